@@ -1,0 +1,3 @@
+"""raftkv: a linearizable key-value store replicated with Raft."""
+
+__version__ = "0.1.0"
