@@ -222,10 +222,15 @@ class SoftState:
 
 @dataclass(frozen=True, slots=True)
 class ReadState:
-    """The read `ctx` is linearizable once the state machine has applied `index`."""
+    """The read `ctx` is linearizable once the state machine has applied `index`.
+
+    ok=False means the read could not be confirmed (no leader, or leadership was lost before a
+    majority answered): the driver should fail it and let the client retry.
+    """
 
     index: int
     ctx: bytes
+    ok: bool = True
 
 
 @dataclass(slots=True)
