@@ -1,0 +1,400 @@
+"""Commands: the client writes that travel inside Raft log entries to the key-value state machine.
+
+Theory of operation
+-------------------
+A write is one immutable command: `Put`, `Delete` or `Txn` (etcd-style: compares, then the `success`
+or the `failure` ops). The HTTP API builds it from JSON (`put_from_json`, `delete_from_json`,
+`txn_from_json`), which raise `InvalidCommand` with a message a person can act on; the leader
+`encode`s it into an entry and every replica `decode`s those same bytes, so only decoding has to be
+deterministic, never the proposer's objects.
+
+Wire form: a msgpack array `[tag, field, ...]` of fixed length per tag, no field names. "prev_value
+not given" and "prev_value is null" are different requests: in memory the first is the sentinel
+`UNSET`; on the wire it is nil, while a given value travels boxed in a one-element array ([nil]).
+
+`decode` runs the same `validate` as the JSON parsers, so a decoded command is always valid and the
+state machine answers a bad entry (a bug, a newer node) with an error result instead of raising
+halfway through it. `encode` trusts its caller, to keep the leader's hot path short.
+
+Values are JSON values (null, bool, finite numbers within 64 bits, strings, lists, objects with
+string keys): the API hands them back as JSON, and msgpack must carry them unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Any
+
+import msgpack
+
+MAX_KEY_CHARS = 4096
+MAX_REQUEST_ID_CHARS = 256
+MAX_TXN_OPS = 128  # per list (compare, success, failure); etcd's default --max-txn-ops
+MAX_VALUE_DEPTH = 64  # nesting of lists/objects inside one value
+DEFAULT_RANGE_LIMIT = 1000
+MAX_RANGE_LIMIT = 10_000
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what a msgpack integer can hold
+
+
+class InvalidCommand(ValueError):
+    """A command or its JSON is malformed; str(exc) is a message for the person who sent it."""
+
+
+class _Unset(Enum):
+    UNSET = "UNSET"
+
+
+UNSET = _Unset.UNSET  # "prev_value was not given" (None would mean "must currently be null")
+
+
+class Target(StrEnum):
+    VALUE = "value"
+    VERSION = "version"
+    CREATE_REVISION = "create_revision"
+    MOD_REVISION = "mod_revision"
+    EXISTS = "exists"
+
+
+class CompareOp(StrEnum):
+    EQ = "=="
+    NE = "!="
+    GT = ">"
+    LT = "<"
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Write key=value if every given prev_* holds (compare-and-set). prev_revision is matched against
+    mod_revision (0 for an absent key); prev_exist=False is create-only, True update-only."""
+
+    key: str
+    value: Any
+    prev_value: Any = UNSET
+    prev_revision: int | None = None
+    prev_exist: bool | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+    prev_revision: int | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """A txn guard. An absent key has version/revisions 0 and fails every `value` compare (as etcd)."""
+
+    key: str
+    target: Target
+    op: CompareOp
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TxnPut:
+    key: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TxnDelete:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class TxnGet:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class TxnRange:
+    prefix: str = ""
+    limit: int = DEFAULT_RANGE_LIMIT
+
+
+TxnOp = TxnPut | TxnDelete | TxnGet | TxnRange
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """If every compare holds, run `success` in order, else `failure`; atomic, one revision."""
+
+    compare: tuple[Compare, ...] = ()
+    success: tuple[TxnOp, ...] = ()
+    failure: tuple[TxnOp, ...] = ()
+    request_id: str | None = None
+
+
+Command = Put | Delete | Txn
+
+# ---- wire codec --------------------------------------------------------------------------------
+
+_PUT, _DELETE, _TXN = 1, 2, 3
+_OP_TAGS: dict[type, int] = {TxnPut: 1, TxnDelete: 2, TxnGet: 3, TxnRange: 4}  # [tag, *fields in order]
+_OP_CLASSES = {tag: (cls, len(cls.__slots__)) for cls, tag in _OP_TAGS.items()}
+
+
+def _encode_op(op: TxnOp) -> list[Any]:
+    return [_OP_TAGS[type(op)], *(getattr(op, f) for f in op.__slots__)]
+
+
+def encode(cmd: Command) -> bytes:
+    """The bytes of a log entry for `cmd`. Does not validate: build commands with *_from_json."""
+    if type(cmd) is Put:
+        boxed = None if cmd.prev_value is UNSET else [cmd.prev_value]
+        t: list[Any] = [_PUT, cmd.key, cmd.value, boxed, cmd.prev_revision, cmd.prev_exist, cmd.request_id]
+    elif type(cmd) is Delete:
+        t = [_DELETE, cmd.key, cmd.prev_revision, cmd.request_id]
+    elif type(cmd) is Txn:
+        compare = [[c.key, c.target.value, c.op.value, c.value] for c in cmd.compare]
+        t = [_TXN, compare, [_encode_op(o) for o in cmd.success], [_encode_op(o) for o in cmd.failure],
+             cmd.request_id]
+    else:
+        raise TypeError(f"not a command: {cmd!r}")
+    return msgpack.packb(t)
+
+
+def _decode_op(o: Any, where: str) -> TxnOp:
+    ok = type(o) is list and o and type(o[0]) is int  # an unhashable tag must not raise TypeError
+    cls, n = _OP_CLASSES.get(o[0], (None, 0)) if ok else (None, 0)
+    if cls is None or len(o) != n + 1:
+        raise InvalidCommand(f"{where}: malformed op")
+    return cls(*o[1:])
+
+
+def _decode_compare(c: Any, where: str) -> Compare:
+    if type(c) is not list or len(c) != 4:
+        raise InvalidCommand(f"{where}: malformed compare")
+    return Compare(c[0], _enum(Target, c[1], f"{where}.target"), _enum(CompareOp, c[2], f"{where}.op"), c[3])
+
+
+def decode(data: bytes) -> Command:
+    """The command in a log entry's bytes; raises InvalidCommand unless it is a valid command."""
+    try:
+        t = msgpack.unpackb(data)
+    except Exception as exc:  # any parse failure of untrusted bytes is just "invalid"
+        raise InvalidCommand(f"undecodable command: {type(exc).__name__}: {exc}") from None
+    if type(t) is not list or not t or type(t[0]) is not int:  # (True == 1, so check the type)
+        raise InvalidCommand("undecodable command: not a tagged array")
+    tag, n = t[0], len(t)
+    cmd: Command
+    if tag == _PUT and n == 7:
+        boxed = t[3]
+        if boxed is not None and (type(boxed) is not list or len(boxed) != 1):
+            raise InvalidCommand("undecodable command: malformed prev_value box")
+        cmd = Put(t[1], t[2], UNSET if boxed is None else boxed[0], t[4], t[5], t[6])
+    elif tag == _DELETE and n == 4:
+        cmd = Delete(t[1], t[2], t[3])
+    elif tag == _TXN and n == 5:
+        if any(type(p) is not list for p in t[1:4]):
+            raise InvalidCommand("undecodable command: txn lists are not arrays")
+        cmd = Txn(tuple(_decode_compare(c, f"compare[{i}]") for i, c in enumerate(t[1])),
+                  tuple(_decode_op(o, f"success[{i}]") for i, o in enumerate(t[2])),
+                  tuple(_decode_op(o, f"failure[{i}]") for i, o in enumerate(t[3])), t[4])
+    else:
+        raise InvalidCommand(f"undecodable command: unknown tag {tag!r} with {n} fields")
+    validate(cmd)
+    return cmd
+
+
+# ---- validation --------------------------------------------------------------------------------
+
+
+def _enum(cls: type[StrEnum], v: Any, where: str) -> Any:
+    try:
+        return cls(v)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in cls)
+        raise InvalidCommand(f"{where}: {v!r} is not one of {choices}") from None
+
+
+def _check_str(s: Any, where: str, *, allow_empty: bool = False, max_chars: int = MAX_KEY_CHARS) -> None:
+    if type(s) is not str:
+        raise InvalidCommand(f"{where}: must be a string, not {_json_type(s)}")
+    if not (s or allow_empty) or len(s) > max_chars:
+        raise InvalidCommand(f"{where}: must not be empty" if not s else f"{where}: longer than {max_chars} chars")
+    _check_utf8(s, where)
+
+
+def _check_utf8(s: str, where: str) -> None:
+    # json.loads accepts lone surrogates ("\ud800"), which no UTF-8 encoder (msgpack's) can carry.
+    if not s.isascii():
+        try:
+            s.encode()
+        except UnicodeEncodeError:
+            raise InvalidCommand(f"{where}: string is not valid Unicode (lone surrogate)") from None
+
+
+def check_value(v: Any, where: str = "value", depth: int = 0) -> None:
+    """Raise InvalidCommand unless v is a JSON value that msgpack carries unchanged."""
+    t = type(v)
+    if t is str:
+        _check_utf8(v, where)
+    elif t is int and not _INT_MIN <= v <= _INT_MAX:
+        raise InvalidCommand(f"{where}: integer out of the 64-bit range")
+    elif t is float and not math.isfinite(v):
+        raise InvalidCommand(f"{where}: numbers must be finite (no NaN or Infinity)")
+    elif t is list or t is dict:
+        if depth >= MAX_VALUE_DEPTH:
+            raise InvalidCommand(f"{where}: nested deeper than {MAX_VALUE_DEPTH} levels")
+        for k, item in enumerate(v) if t is list else v.items():
+            if type(k) is not str and t is dict:
+                raise InvalidCommand(f"{where}: object keys must be strings")
+            check_value(item, f"{where}[{k}]" if t is list else f"{where}.{k}", depth + 1)
+    elif t not in (int, float, bool) and v is not None:
+        raise InvalidCommand(f"{where}: {t.__name__} is not a JSON value")
+
+
+def _check_revision(v: Any, where: str, minimum: int) -> None:
+    if type(v) is not int or not minimum <= v <= _INT_MAX:
+        raise InvalidCommand(f"{where}: must be an integer >= {minimum}, not {v!r}")
+
+
+def _check_op(op: Any, where: str) -> None:
+    t = type(op)
+    if t is TxnRange:
+        _check_str(op.prefix, f"{where}.prefix", allow_empty=True)
+        if type(op.limit) is not int or not 1 <= op.limit <= MAX_RANGE_LIMIT:
+            raise InvalidCommand(f"{where}.limit: must be an integer from 1 to {MAX_RANGE_LIMIT}")
+    elif t in (TxnPut, TxnDelete, TxnGet):
+        _check_str(op.key, f"{where}.key")
+        if t is TxnPut:
+            check_value(op.value, f"{where}.value")
+    else:
+        raise InvalidCommand(f"{where}: not a txn op")
+
+
+def _check_compare(c: Any, where: str) -> None:
+    if type(c) is not Compare or type(c.target) is not Target or type(c.op) is not CompareOp:
+        raise InvalidCommand(f"{where}: not a compare")
+    _check_str(c.key, f"{where}.key")
+    if c.target is Target.VALUE:
+        check_value(c.value, f"{where}.value")
+        if c.op in (CompareOp.GT, CompareOp.LT) and (type(c.value) not in (int, float, str)):
+            raise InvalidCommand(f"{where}: '{c.op}' compares numbers or strings, not {_json_type(c.value)}")
+    elif c.target is Target.EXISTS:
+        if type(c.value) is not bool or c.op not in (CompareOp.EQ, CompareOp.NE):
+            raise InvalidCommand(f"{where}: 'exists' takes op '==' or '!=' and a true/false value")
+    else:
+        _check_revision(c.value, f"{where}.value", 0)
+
+
+def validate(cmd: Command) -> None:
+    """Raise InvalidCommand with a human message unless `cmd` is well-formed."""
+    t = type(cmd)
+    if t is Put:
+        _check_str(cmd.key, "key")
+        check_value(cmd.value)
+        if cmd.prev_value is not UNSET:
+            check_value(cmd.prev_value, "prev_value")
+        if cmd.prev_revision is not None:
+            _check_revision(cmd.prev_revision, "prev_revision", 0)
+        if cmd.prev_exist is not None and type(cmd.prev_exist) is not bool:
+            raise InvalidCommand("prev_exist: must be true or false")
+        if cmd.prev_exist is False and (cmd.prev_value is not UNSET or (cmd.prev_revision or 0) > 0):
+            raise InvalidCommand("prev_exist=false (create-only) contradicts prev_value/prev_revision")
+    elif t is Delete:
+        _check_str(cmd.key, "key")
+        if cmd.prev_revision is not None:
+            _check_revision(cmd.prev_revision, "prev_revision", 1)
+    elif t is Txn:
+        for name in ("compare", "success", "failure"):
+            items = getattr(cmd, name)
+            if type(items) is not tuple or len(items) > MAX_TXN_OPS:
+                raise InvalidCommand(f"{name}: must be a tuple of at most {MAX_TXN_OPS} items")
+            check = _check_compare if name == "compare" else _check_op
+            for i, item in enumerate(items):
+                check(item, f"{name}[{i}]")
+    else:
+        raise InvalidCommand(f"not a command: {type(cmd).__name__}")
+    if cmd.request_id is not None:
+        _check_str(cmd.request_id, "request_id", max_chars=MAX_REQUEST_ID_CHARS)
+
+
+# ---- from the JSON the HTTP API receives -------------------------------------------------------
+
+
+_JSON_TYPES = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string",
+               list: "an array", dict: "an object"}
+
+
+def _json_type(v: Any) -> str:
+    return _JSON_TYPES.get(type(v), type(v).__name__)
+
+
+def _fields(obj: Any, where: str, required: set[str], optional: set[str]) -> dict[str, Any]:
+    """obj as a dict, after rejecting unknown and missing fields (typos must not pass silently)."""
+    if type(obj) is not dict:
+        raise InvalidCommand(f"{where}: must be a JSON object, not {_json_type(obj)}")
+    if unknown := obj.keys() - required - optional:
+        allowed = ", ".join(sorted(required | optional))
+        raise InvalidCommand(f"{where}: unknown field {sorted(unknown)[0]!r} (allowed: {allowed})")
+    if missing := required - obj.keys():
+        raise InvalidCommand(f"{where}: missing field {sorted(missing)[0]!r}")
+    return obj
+
+
+def put_from_json(key: str, body: Any, request_id: str | None = None) -> Put:
+    """`PUT /kv/{key}` with body {"value", "prev_value"?, "prev_revision"?, "prev_exist"?, "request_id"?}."""
+    f = _fields(body, "body", {"value"}, {"prev_value", "prev_revision", "prev_exist", "request_id"})
+    cmd = Put(key, f["value"], f.get("prev_value", UNSET), f.get("prev_revision"), f.get("prev_exist"),
+              f.get("request_id", request_id))
+    validate(cmd)
+    return cmd
+
+
+def delete_from_json(key: str, body: Any = None, request_id: str | None = None) -> Delete:
+    """`DELETE /kv/{key}` with an optional body {"prev_revision"?, "request_id"?}."""
+    f = {} if body is None else _fields(body, "body", set(), {"prev_revision", "request_id"})
+    cmd = Delete(key, f.get("prev_revision"), f.get("request_id", request_id))
+    validate(cmd)
+    return cmd
+
+
+_OPS_JSON: dict[str, tuple[type, set[str], set[str]]] = {  # op name: (class, required, optional)
+    "put": (TxnPut, {"key", "value"}, set()), "delete": (TxnDelete, {"key"}, set()),
+    "get": (TxnGet, {"key"}, set()), "range": (TxnRange, set(), {"prefix", "limit"})}
+
+
+def _op_from_json(item: Any, where: str) -> TxnOp:
+    # Two spellings: flat {"op": "put", "key": ..} and etcd-like {"put": {"key": ..}}.
+    if type(item) is dict and len(item) == 1 and "op" not in item:
+        ((name, inner),) = item.items()
+        if name in _OPS_JSON and type(inner) is dict and "op" not in inner:
+            item = {"op": name, **inner}
+    if type(item) is not dict:
+        raise InvalidCommand(f"{where}: must be a JSON object, not {_json_type(item)}")
+    name = item.get("op")
+    if type(name) is not str or name not in _OPS_JSON:
+        got = "missing" if "op" not in item else f"{name!r}"
+        raise InvalidCommand(f"{where}.op: must be one of 'put', 'delete', 'get', 'range' ({got})")
+    cls, required, optional = _OPS_JSON[name]
+    f = _fields(item, where, required | {"op"}, optional)
+    return cls(**{k: v for k, v in f.items() if k != "op"})  # only known fields are left
+
+
+def txn_from_json(obj: Any, request_id: str | None = None) -> Txn:
+    """`POST /txn` with {"compare": [...], "success": [...], "failure": [...], "request_id"?}.
+
+    compare items are {"key", "target", "op", "value"}; ops are put {key, value}, delete {key},
+    get {key} and range {prefix?, limit?}. Raises InvalidCommand naming the offending item.
+    """
+    f = _fields(obj, "txn", set(), {"compare", "success", "failure", "request_id"})
+    lists = {name: f.get(name, []) for name in ("compare", "success", "failure")}
+    for name, items in lists.items():
+        if type(items) is not list or len(items) > MAX_TXN_OPS:  # bounded before any parsing
+            raise InvalidCommand(f"{name}: must be an array of at most {MAX_TXN_OPS} items, not "
+                                 + (_json_type(items) if type(items) is not list else f"{len(items)}"))
+    names = ("key", "target", "op", "value")
+    compare = (_decode_compare([_fields(c, f"compare[{i}]", set(names), set())[n] for n in names],
+                               f"compare[{i}]") for i, c in enumerate(lists["compare"]))
+    cmd = Txn(tuple(compare),
+              tuple(_op_from_json(o, f"success[{i}]") for i, o in enumerate(lists["success"])),
+              tuple(_op_from_json(o, f"failure[{i}]") for i, o in enumerate(lists["failure"])),
+              f.get("request_id", request_id))
+    validate(cmd)
+    return cmd

@@ -1,0 +1,349 @@
+"""The replicated key-value state machine: committed log entries in, plain-data results out.
+
+Theory of operation
+-------------------
+Every replica feeds the same committed entries, in log order, to `apply(index, data)`; the machine
+is a pure function of that sequence (no clocks, no randomness, no I/O, no dependence on dict or set
+iteration order), so all replicas hold the same state after the same index. That is Raft's State
+Machine Safety carried up to the data: `digest()` lets tests check it byte for byte.
+
+State, as in etcd's v3 store but without history: key -> KeyValue(value, create_revision,
+mod_revision, version) and one global `revision` that grows by exactly 1 per applied command that
+changed something. A txn with several writes is one revision; a failed compare-and-set, a delete
+of an absent key and a read-only txn change nothing and take no revision. Deleting a key forgets
+it: re-creating it starts again at version 1 with a new create_revision.
+
+Results are plain dicts the HTTP layer can serialise as they are (shapes in `apply`). Failures
+that are answers, not errors (a precondition that does not hold, an absent key, a malformed entry)
+are results with ok=False and an `error` code; apply never raises for the contents of an entry,
+because an exception on one replica and not another would be divergence. Results share value
+objects with the store, so callers must treat them (and `get` results) as read-only.
+
+Exactly-once: a command may carry a request_id. The result of the last `max_dedup_entries` ids is
+kept, as msgpack bytes so that nothing a caller does to a returned dict can alter it; a retried id
+gets the first result back and changes nothing, even if the retried body differs. Eviction is
+oldest-first in apply order, which every replica sees identically, so the tables agree too.
+
+Snapshots are canonical msgpack (keys sorted, dedup table in apply order): equal states give equal
+bytes, which is what makes `digest()` and `__eq__` meaningful across replicas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
+import msgpack
+
+from raftkv.kv.commands import (
+    UNSET,
+    Command,
+    Compare,
+    CompareOp,
+    Delete,
+    InvalidCommand,
+    Put,
+    Target,
+    Txn,
+    TxnDelete,
+    TxnGet,
+    TxnPut,
+    TxnRange,
+    decode,
+)
+
+Result = dict[str, Any]
+
+# Values of a result's "error" field; the HTTP layer maps them to 412, 404 and 400.
+PRECONDITION_FAILED = "precondition_failed"
+NOT_FOUND = "not_found"
+INVALID = "invalid"
+
+DEFAULT_MAX_DEDUP_ENTRIES = 10_000
+_SNAPSHOT_FORMAT = 1
+
+
+class KeyValue(NamedTuple):
+    value: Any
+    create_revision: int
+    mod_revision: int
+    version: int  # number of writes since the key was (re)created; 1 after the first
+
+
+def kv_to_dict(key: str, kv: KeyValue) -> dict[str, Any]:
+    """The JSON shape of one key: {key, value, create_revision, mod_revision, version}."""
+    return {"key": key, "value": kv.value, "create_revision": kv.create_revision,
+            "mod_revision": kv.mod_revision, "version": kv.version}
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values: unlike Python's ==, true is not 1 (numbers still match 1 == 1.0)."""
+    ta, tb = type(a), type(b)
+    if ta is bool or tb is bool:
+        return ta is tb and a is b
+    if ta is list:
+        return tb is list and len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if ta is dict:
+        return tb is dict and a.keys() == b.keys() and all(json_equal(v, b[k]) for k, v in a.items())
+    if tb is list or tb is dict:
+        return False
+    return a == b
+
+
+def _holds(actual: Any, op: CompareOp, expected: Any) -> bool:
+    if op is CompareOp.EQ:
+        return json_equal(actual, expected)
+    if op is CompareOp.NE:
+        return not json_equal(actual, expected)
+    # Ordering only between two numbers or two strings; anything else is simply false, not an error.
+    num = (int, float)
+    ta, te = type(actual), type(expected)
+    if not ((ta in num and te in num) or (ta is str and te is str)):
+        return False
+    return actual > expected if op is CompareOp.GT else actual < expected
+
+
+class KVStateMachine:
+    def __init__(self, max_dedup_entries: int = DEFAULT_MAX_DEDUP_ENTRIES) -> None:
+        # All replicas must use the same max_dedup_entries, or their dedup tables diverge.
+        assert max_dedup_entries >= 0
+        self.max_dedup_entries = max_dedup_entries
+        self.revision = 0
+        self.applied_index = 0
+        self._kvs: dict[str, KeyValue] = {}
+        self._dedup: OrderedDict[str, bytes] = OrderedDict()
+        # Sorted key index for range(), brought up to date lazily: puts of new keys are frequent and
+        # ranges rare, so creations/deletions are queued here and merged on the next range.
+        self._sorted_keys: list[str] = []
+        self._index_added: set[str] = set()
+        self._index_removed: set[str] = set()
+
+    # ---- applying the log ----------------------------------------------------------------------
+
+    def apply(self, index: int, data: bytes) -> Result:
+        """Apply the command in a committed entry. Result shapes (all have "ok" and "op"):
+
+        put ok:      {ok, op:"put", key, value, revision, prev: kv|None}
+        delete ok:   {ok, op:"delete", key, revision, prev: kv}
+        txn:         {ok:True, op:"txn", succeeded, responses:[...], revision}; responses are
+                     {op:"put", key, revision, prev}, {op:"delete", key, deleted, prev},
+                     {op:"get", key, kv: kv|None}, {op:"range", prefix, items:[kv...], more}
+        failed CAS:  {ok:False, error:"precondition_failed", op, key, reason, current: kv|None, revision}
+        absent key:  {ok:False, error:"not_found", op:"delete", key, revision}
+        bad entry:   {ok:False, error:"invalid", op:None, message}
+        where kv is kv_to_dict(...) and revision is the store's revision after the command.
+        """
+        self._advance(index)
+        try:
+            cmd = decode(data)
+        except InvalidCommand as exc:
+            return {"ok": False, "error": INVALID, "op": None, "message": str(exc)}
+        rid = cmd.request_id
+        if rid is not None:
+            first = self._dedup.get(rid)
+            if first is not None:
+                return msgpack.unpackb(first)
+        result = self._execute(cmd)
+        if rid is not None and self.max_dedup_entries > 0:
+            self._dedup[rid] = msgpack.packb(result)
+            if len(self._dedup) > self.max_dedup_entries:
+                self._dedup.popitem(last=False)
+        return result
+
+    def apply_noop(self, index: int) -> None:
+        """Record an entry that is not a command (a leader's no-op, a membership change)."""
+        self._advance(index)
+
+    def _advance(self, index: int) -> None:
+        # Re-applying or going back is a driver bug that would corrupt state: refuse loudly.
+        if type(index) is not int or index <= self.applied_index:
+            raise ValueError(f"apply index {index!r} is not after applied index {self.applied_index}")
+        self.applied_index = index
+
+    def _execute(self, cmd: Command) -> Result:
+        if type(cmd) is Put:
+            return self._put(cmd)
+        if type(cmd) is Delete:
+            return self._delete(cmd)
+        assert type(cmd) is Txn
+        return self._txn(cmd)
+
+    def _put(self, cmd: Put) -> Result:
+        key = cmd.key
+        cur = self._kvs.get(key)
+        reason = self._check_preconditions(cur, cmd)
+        if reason is not None:
+            return self._precondition_failed("put", key, cur, reason)
+        self.revision += 1
+        self._write(key, cmd.value, cur, self.revision)
+        return {"ok": True, "op": "put", "key": key, "value": cmd.value, "revision": self.revision,
+                "prev": None if cur is None else kv_to_dict(key, cur)}
+
+    @staticmethod
+    def _check_preconditions(cur: KeyValue | None, cmd: Put) -> str | None:
+        if cmd.prev_exist is False and cur is not None:
+            return "key already exists (prev_exist=false)"
+        if cmd.prev_exist is True and cur is None:
+            return "key does not exist (prev_exist=true)"
+        if cmd.prev_revision is not None and (0 if cur is None else cur.mod_revision) != cmd.prev_revision:
+            return "mod_revision does not match prev_revision"
+        if cmd.prev_value is not UNSET and (cur is None or not json_equal(cur.value, cmd.prev_value)):
+            return "value does not match prev_value"
+        return None
+
+    def _delete(self, cmd: Delete) -> Result:
+        key = cmd.key
+        cur = self._kvs.get(key)
+        if cur is None:
+            return {"ok": False, "error": NOT_FOUND, "op": "delete", "key": key, "revision": self.revision}
+        if cmd.prev_revision is not None and cur.mod_revision != cmd.prev_revision:
+            return self._precondition_failed("delete", key, cur, "mod_revision does not match prev_revision")
+        self.revision += 1
+        self._remove(key)
+        return {"ok": True, "op": "delete", "key": key, "revision": self.revision,
+                "prev": kv_to_dict(key, cur)}
+
+    def _precondition_failed(self, op: str, key: str, cur: KeyValue | None, reason: str) -> Result:
+        return {"ok": False, "error": PRECONDITION_FAILED, "op": op, "key": key, "reason": reason,
+                "current": None if cur is None else kv_to_dict(key, cur), "revision": self.revision}
+
+    def _txn(self, cmd: Txn) -> Result:
+        # Compares all see the state before the txn; ops then run in order, and a read sees the
+        # writes before it in the same txn. Validation already passed, so no op can fail midway:
+        # the branch is applied whole, which is what makes the txn atomic.
+        succeeded = all(self._compare(c) for c in cmd.compare)
+        rev = self.revision + 1  # every write in this txn carries the same revision
+        changed = False
+        responses: list[Result] = []
+        for op in cmd.success if succeeded else cmd.failure:
+            t = type(op)
+            if t is TxnPut:
+                cur = self._kvs.get(op.key)
+                self._write(op.key, op.value, cur, rev)
+                changed = True
+                responses.append({"op": "put", "key": op.key, "revision": rev,
+                                  "prev": None if cur is None else kv_to_dict(op.key, cur)})
+            elif t is TxnDelete:
+                cur = self._kvs.get(op.key)
+                if cur is not None:
+                    self._remove(op.key)
+                    changed = True
+                responses.append({"op": "delete", "key": op.key, "deleted": cur is not None,
+                                  "prev": None if cur is None else kv_to_dict(op.key, cur)})
+            elif t is TxnGet:
+                cur = self._kvs.get(op.key)
+                responses.append({"op": "get", "key": op.key,
+                                  "kv": None if cur is None else kv_to_dict(op.key, cur)})
+            else:
+                assert t is TxnRange
+                items, more = self.range(op.prefix, op.limit)
+                responses.append({"op": "range", "prefix": op.prefix,
+                                  "items": [kv_to_dict(k, kv) for k, kv in items], "more": more})
+        if changed:
+            self.revision = rev
+        return {"ok": True, "op": "txn", "succeeded": succeeded, "responses": responses,
+                "revision": self.revision}
+
+    def _compare(self, c: Compare) -> bool:
+        kv = self._kvs.get(c.key)
+        if c.target is Target.EXISTS:
+            return _holds(kv is not None, c.op, c.value)
+        if c.target is Target.VALUE:
+            return kv is not None and _holds(kv.value, c.op, c.value)
+        actual = 0 if kv is None else getattr(kv, c.target.value)
+        return _holds(actual, c.op, c.value)
+
+    def _write(self, key: str, value: Any, cur: KeyValue | None, rev: int) -> None:
+        if cur is None:
+            self._kvs[key] = KeyValue(value, rev, rev, 1)
+            if key in self._index_removed:
+                self._index_removed.discard(key)  # still in _sorted_keys
+            else:
+                self._index_added.add(key)
+        else:
+            self._kvs[key] = KeyValue(value, cur.create_revision, rev, cur.version + 1)
+
+    def _remove(self, key: str) -> None:
+        del self._kvs[key]
+        if key in self._index_added:
+            self._index_added.discard(key)  # never reached _sorted_keys
+        else:
+            self._index_removed.add(key)
+
+    # ---- reads (local state; linearizability is the caller's job, via ReadIndex) ----------------
+
+    def get(self, key: str) -> KeyValue | None:
+        return self._kvs.get(key)
+
+    def range(self, prefix: str = "", limit: int | None = None) -> tuple[list[tuple[str, KeyValue]], bool]:
+        """Keys starting with prefix in sorted order, at most limit of them (None: all), and
+        whether more keys matched than were returned."""
+        keys = self._sorted()
+        items: list[tuple[str, KeyValue]] = []
+        i = bisect_left(keys, prefix)
+        n = len(keys)
+        while i < n and keys[i].startswith(prefix):
+            if limit is not None and len(items) >= limit:
+                return items, True
+            items.append((keys[i], self._kvs[keys[i]]))
+            i += 1
+        return items, False
+
+    def _sorted(self) -> list[str]:
+        if self._index_removed:
+            removed = self._index_removed
+            self._sorted_keys = [k for k in self._sorted_keys if k not in removed]
+            self._index_removed = set()
+        if self._index_added:
+            # Timsort merges the sorted run with the sorted additions in linear time.
+            self._sorted_keys += sorted(self._index_added)
+            self._sorted_keys.sort()
+            self._index_added = set()
+        return self._sorted_keys
+
+    def __len__(self) -> int:
+        return len(self._kvs)
+
+    # ---- snapshots and comparison --------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Everything, canonically: equal states give equal bytes."""
+        items = [[k, *self._kvs[k]] for k in self._sorted()]
+        dedup = [[rid, result] for rid, result in self._dedup.items()]
+        return msgpack.packb([_SNAPSHOT_FORMAT, self.applied_index, self.revision, items, dedup])
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot's; raises ValueError if data is not one."""
+        try:
+            fmt, applied_index, revision, items, dedup = msgpack.unpackb(data)
+            if fmt != _SNAPSHOT_FORMAT:
+                raise ValueError(f"unknown snapshot format {fmt!r}")
+            kvs = {k: KeyValue(v, c, m, ver) for k, v, c, m, ver in items}
+            table = OrderedDict((rid, result) for rid, result in dedup)
+            if not all(type(r) is str and type(b) is bytes for r, b in table.items()):
+                raise ValueError("malformed dedup table")
+        except Exception as exc:
+            raise ValueError(f"not a KV snapshot: {exc}") from exc
+        while len(table) > self.max_dedup_entries:
+            table.popitem(last=False)
+        self.applied_index, self.revision = applied_index, revision
+        self._kvs, self._dedup = kvs, table
+        self._sorted_keys = sorted(kvs)
+        self._index_added, self._index_removed = set(), set()
+
+    def digest(self) -> str:
+        """A stable hash of the whole state (sha256 of the snapshot), for comparing replicas."""
+        return hashlib.sha256(self.snapshot()).hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KVStateMachine):
+            return NotImplemented
+        return self.snapshot() == other.snapshot()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return (f"KVStateMachine(keys={len(self._kvs)}, revision={self.revision}, "
+                f"applied_index={self.applied_index}, dedup={len(self._dedup)})")
