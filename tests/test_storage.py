@@ -1,0 +1,562 @@
+"""Storage: the RaftStorage contract on both implementations, then the disk's crash recovery.
+
+Behavioural tests take the `backend` fixture and run against MemoryStorage and DiskStorage alike;
+`reopen` is a clean close and open for both. Disk-only tests poke at the files: rotation,
+compaction, torn tails, corruption, the lock, snapshot fallback, and a real kill -9.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from raftkv.core.messages import ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
+from raftkv.storage import (
+    CorruptSnapshotError,
+    CorruptWALError,
+    DataDirLockedError,
+    DiskStorage,
+    MemoryStorage,
+    RaftStorage,
+    StorageClosedError,
+)
+from raftkv.storage.snapshots import SnapshotStore
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = ConfState(("n1", "n2", "n3"), ("n4",))
+
+
+def ents(first: int, last: int, term: int = 1) -> list[Entry]:
+    return [Entry(term, i, EntryKind.NORMAL, b"v%d-t%d" % (i, term)) for i in range(first, last + 1)]
+
+
+def snap(index: int, term: int = 1, data: bytes | None = None) -> Snapshot:
+    return Snapshot(SnapshotMeta(index, term, CONF), data if data is not None else b"image@%d" % index)
+
+
+class Backend:
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind, self.dir = kind, tmp_path / "node"
+
+    def open(self) -> RaftStorage:
+        return MemoryStorage() if self.kind == "memory" else DiskStorage(self.dir, segment_bytes=8192)
+
+    def reopen(self, s: RaftStorage) -> RaftStorage:
+        s.close()
+        if isinstance(s, MemoryStorage):
+            s.crash()  # after a clean close nothing is unsynced: this is just "start again"
+            return s
+        return self.open()
+
+
+@pytest.fixture(params=["memory", "disk"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return Backend(request.param, tmp_path)
+
+
+# ---- the contract, on both implementations ---------------------------------------------------
+
+
+def test_fresh_storage_is_empty(backend: Backend) -> None:
+    s = backend.open()
+    assert isinstance(s, RaftStorage)
+    st = s.load()
+    assert (st.hard_state, st.snapshot, st.entries) == (HardState(), None, [])
+
+
+def test_round_trip_through_reopen(backend: Backend) -> None:
+    s = backend.open()
+    written = [*ents(1, 3), Entry(2, 4, EntryKind.NOOP), Entry(2, 5, EntryKind.CONF_CHANGE, b"add_voter:n4")]
+    written.append(Entry(2, 6, EntryKind.NORMAL, bytes(range(256)) * 40))  # bigger than a page
+    s.append(written)
+    s.set_hard_state(HardState(2, "n2", 5))
+    s.sync()
+    assert s.load().entries == written
+    s = backend.reopen(s)
+    st = s.load()
+    assert st.entries == written and st.hard_state == HardState(2, "n2", 5) and st.snapshot is None
+    s.close()
+
+
+@pytest.mark.parametrize("sync_between", [False, True])
+def test_entry_at_i_replaces_i_and_everything_after(backend: Backend, sync_between: bool) -> None:
+    s = backend.open()
+    s.append(ents(1, 10, term=1))
+    if sync_between:
+        s.sync()
+    s.append(ents(6, 8, term=2))  # a new leader overwrote 6..10 with a shorter suffix
+    s.sync()
+    expected = ents(1, 5, term=1) + ents(6, 8, term=2)
+    assert s.load().entries == expected
+    s = backend.reopen(s)
+    assert s.load().entries == expected
+    s.append(ents(9, 9, term=2))
+    s = backend.reopen(s)
+    assert s.load().entries == [*expected, *ents(9, 9, term=2)]
+    s.close()
+
+
+def test_last_hard_state_wins_and_survives(backend: Backend) -> None:
+    s = backend.open()
+    for hs in (HardState(1, None, 0), HardState(2, "n1", 0), HardState(3, None, 7)):
+        s.set_hard_state(hs)
+    s.sync()
+    s = backend.reopen(s)
+    assert s.load().hard_state == HardState(3, None, 7)
+    s.close()
+
+
+def test_snapshot_keeps_only_the_agreeing_tail(backend: Backend) -> None:
+    s = backend.open()
+    s.append(ents(1, 100))
+    s.set_hard_state(HardState(1, "n1", 90))
+    s.sync()
+    s.save_snapshot(snap(60))
+    for st in (s.load(), (s := backend.reopen(s)).load()):
+        assert st.snapshot == snap(60)
+        assert st.entries == ents(61, 100)
+        assert st.hard_state == HardState(1, "n1", 90)
+    s.append(ents(101, 102))
+    s = backend.reopen(s)
+    assert s.load().entries == ents(61, 102)
+    assert s.stats.snapshot_index == 60
+    s.close()
+
+
+@pytest.mark.parametrize("snap_index, snap_term", [(8, 2), (50, 1)], ids=["conflicting", "ahead"])
+def test_installed_snapshot_discards_a_log_that_disagrees(backend: Backend, snap_index: int, snap_term: int) -> None:
+    """Paper section 7: if the log does not contain the snapshot's last entry, discard it all."""
+    s = backend.open()
+    s.append(ents(1, 10))
+    s.sync()
+    s.save_snapshot(snap(snap_index, snap_term))
+    assert s.load().entries == []
+    s.append(ents(snap_index + 1, snap_index + 3, term=2))
+    s = backend.reopen(s)
+    st = s.load()
+    assert st.snapshot == snap(snap_index, snap_term)
+    assert st.entries == ents(snap_index + 1, snap_index + 3, term=2)
+    s.close()
+
+
+def test_impossible_appends_and_snapshots_are_refused(backend: Backend) -> None:
+    s = backend.open()
+    s.append(ents(1, 5))
+    with pytest.raises(ValueError, match="gap"):
+        s.append(ents(7, 8))
+    with pytest.raises(ValueError, match="contiguous"):
+        s.append([*ents(6, 6), *ents(8, 8)])
+    s.save_snapshot(snap(4))
+    with pytest.raises(ValueError, match="covered by the snapshot"):
+        s.append(ents(3, 6))
+    with pytest.raises(ValueError, match="older"):
+        s.save_snapshot(snap(2))
+    s.close()
+
+
+def test_use_after_close_is_an_error(backend: Backend) -> None:
+    s = backend.open()
+    s.close()
+    s.close()  # idempotent
+    with pytest.raises(StorageClosedError):
+        s.append(ents(1, 1))
+
+
+def test_stats_describe_the_last_sync(backend: Backend) -> None:
+    s = backend.open()
+    before = s.stats.fsyncs_total
+    s.append(ents(1, 10))
+    s.set_hard_state(HardState(1, "n1", 10))
+    s.sync()
+    assert s.stats.last_sync_records == 11
+    assert s.stats.last_sync_bytes > 10
+    assert s.stats.fsyncs_total == before + 1  # group commit: one fsync for the whole batch
+    s.sync()  # nothing staged: no fsync
+    assert s.stats.fsyncs_total == before + 1
+    s.close()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_disk_matches_its_memory_twin_under_random_operations(tmp_path: Path, seed: int) -> None:
+    """Seeded random appends, truncations, snapshots (agreeing, conflicting, ahead) and reopens."""
+    rng = random.Random(seed)
+    mem, disk = MemoryStorage(), DiskStorage(tmp_path, segment_bytes=4096)
+    term, snap_index = 1, 0
+    for step in range(300):
+        last = mem.last_index()
+        op = rng.random()
+        if op < 0.55:
+            if rng.random() < 0.1:
+                term += 1  # a new leader; its entries may overwrite an uncommitted suffix
+            first = rng.randint(max(snap_index + 1, last - 5), last + 1)
+            batch = [Entry(term, i, EntryKind.NORMAL, rng.randbytes(rng.randint(0, 300))) for i in
+                     range(first, first + rng.randint(1, 40))]  # fmt: skip
+            for s in (mem, disk):
+                s.append(batch)
+        elif op < 0.7:
+            hs = HardState(term, rng.choice([None, "n1", "n2"]), rng.randint(0, last))
+            for s in (mem, disk):
+                s.set_hard_state(hs)
+        elif op < 0.85:
+            for s in (mem, disk):
+                s.sync()
+        elif op < 0.95:
+            st = mem.load()
+            if rng.random() < 0.8 and st.entries:  # a local snapshot of an applied prefix
+                e = rng.choice(st.entries)
+                image = snap(e.index, e.term)
+            else:  # installed from a leader: disagrees with the log or is ahead of it
+                term += 1
+                image = snap(last + rng.randint(0, 30), term)
+            snap_index = image.meta.index
+            for s in (mem, disk):
+                s.save_snapshot(image)
+        else:
+            disk.close()
+            disk = DiskStorage(tmp_path, segment_bytes=4096)
+            mem.close()
+            mem.crash()
+        assert disk.load() == mem.load(), f"seed {seed} step {step}"
+    disk.close()
+
+
+# ---- the in-memory twin's crash model ---------------------------------------------------------
+
+
+def test_memory_crash_loses_unsynced_writes_only() -> None:
+    s = MemoryStorage()
+    s.append(ents(1, 5))
+    s.set_hard_state(HardState(1, "n1", 3))
+    s.sync()
+    s.append(ents(4, 8, term=2))  # truncates 4..5, never synced
+    s.set_hard_state(HardState(2, "n2", 3))
+    s.crash()
+    st = s.load()
+    assert st.entries == ents(1, 5) and st.hard_state == HardState(1, "n1", 3)
+
+
+def test_memory_lying_fsync_loses_acknowledged_writes() -> None:
+    s = MemoryStorage(lying_fsync=True)
+    s.append(ents(1, 3))
+    s.sync()  # "succeeds"
+    s.crash()
+    assert s.load().entries == []
+    s.append(ents(1, 2))
+    s.sync()
+    s.lying_fsync = False
+    s.append(ents(3, 4))
+    s.sync()  # a real flush persists everything still pending, in order
+    s.crash()
+    assert s.load().entries == ents(1, 4)
+
+
+# ---- the disk: segments, compaction, recovery -------------------------------------------------
+
+
+def segments(d: Path) -> list[Path]:
+    return sorted((d / "wal").glob("*.wal"))
+
+
+def test_segments_rotate_and_replay_in_order(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path, segment_bytes=4096)
+    s.set_hard_state(HardState(1, "n1", 0))  # only ever written into the first segment
+    for first in range(1, 2001, 50):
+        s.append(ents(first, first + 49))
+        s.sync()
+    s.append(ents(1500, 1600, term=2))  # a truncation that reaches back across segments
+    s.sync()
+    expected = ents(1, 1499) + ents(1500, 1600, term=2)
+    before = segments(tmp_path)
+    assert len(before) > 10
+    assert s.stats.wal_segments == len(segments(tmp_path))
+    s.close()
+    s = DiskStorage(tmp_path, segment_bytes=4096)
+    assert s.load().entries == expected
+    s.save_snapshot(snap(1550, 2))
+    after = segments(tmp_path)
+    assert len(after) < len(before) - 5 and after == before[-len(after) :], "oldest segments deleted"
+    s.close()
+    s = DiskStorage(tmp_path, segment_bytes=4096)
+    st = s.load()
+    assert st.snapshot == snap(1550, 2) and st.entries == ents(1551, 1600, term=2)
+    assert st.hard_state == HardState(1, "n1", 0), "hard state outlives the segment it was written to"
+    s.close()
+
+
+def write_synced(d: Path, last: int) -> list[int]:
+    """One sync per entry; return the byte offset where each entry's record starts."""
+    s = DiskStorage(d)
+    offsets = []
+    for i in range(1, last + 1):
+        offsets.append(s.stats.wal_bytes)
+        s.append(ents(i, i))
+        s.sync()
+    s.close()
+    return offsets
+
+
+@pytest.mark.parametrize("cut", [1, 4, 7, 8, 9, -1])
+def test_torn_last_record_is_cut_off_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture, cut: int) -> None:
+    offsets = write_synced(tmp_path, 20)
+    (seg,) = segments(tmp_path)
+    size = seg.stat().st_size
+    at = offsets[-1] + cut if cut > 0 else size + cut
+    os.truncate(seg, at)
+    with caplog.at_level(logging.WARNING, logger="raftkv.storage"):
+        s = DiskStorage(tmp_path)
+    assert s.load().entries == ents(1, 19)
+    assert f"torn tail in {seg} at byte offset {offsets[-1]}" in caplog.text
+    assert seg.stat().st_size == offsets[-1]
+    s.append(ents(20, 21, term=2))
+    s.close()
+    s = DiskStorage(tmp_path)
+    assert s.load().entries == ents(1, 19) + ents(20, 21, term=2)
+    s.close()
+
+
+@pytest.mark.parametrize("damage", ["zeros", "zeroed-last-record", "bad-crc-at-end"])
+def test_tail_followed_only_by_zeros_is_torn(tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:
+    offsets = write_synced(tmp_path, 10)
+    (seg,) = segments(tmp_path)
+    raw = bytearray(seg.read_bytes())
+    if damage == "zeros":  # a file extended but never filled: every record survives
+        raw += bytes(4096)
+    elif damage == "zeroed-last-record":
+        raw[offsets[-1] :] = bytes(len(raw) - offsets[-1] + 100)
+    else:
+        raw[-1] ^= 0xFF
+    seg.write_bytes(raw)
+    with caplog.at_level(logging.WARNING, logger="raftkv.storage"):
+        s = DiskStorage(tmp_path)
+    assert s.load().entries == (ents(1, 10) if damage == "zeros" else ents(1, 9))
+    assert "torn tail" in caplog.text
+    s.append(ents(s.last_index() + 1, 12))
+    s.close()
+    s = DiskStorage(tmp_path)
+    assert s.load().entries == ents(1, 12)
+    s.close()
+
+
+@pytest.mark.parametrize("left", [b"", b"\x0c\x00"], ids=["empty", "partial-header"])
+def test_crash_while_creating_a_segment(tmp_path: Path, left: bytes) -> None:
+    s = DiskStorage(tmp_path, segment_bytes=4096)
+    for first in range(1, 301, 10):
+        s.append(ents(first, first + 9))
+        s.sync()
+    s.close()
+    last = segments(tmp_path)[-1]
+    seq = int(last.name.split("-")[0], 16) + 1
+    (tmp_path / "wal" / f"{seq:016x}-{301:016x}.wal").write_bytes(left)
+    s = DiskStorage(tmp_path, segment_bytes=4096)
+    assert segments(tmp_path)[-1] == last, "the stillborn segment is removed"
+    s.append(ents(301, 310))
+    s.close()
+    s = DiskStorage(tmp_path, segment_bytes=4096)
+    assert s.load().entries == ents(1, 310)
+    s.close()
+
+
+def test_damaged_record_before_the_tail_is_corruption(tmp_path: Path) -> None:
+    offsets = write_synced(tmp_path, 10)
+    (seg,) = segments(tmp_path)
+    raw = bytearray(seg.read_bytes())
+    raw[offsets[4] + 12] ^= 0x01  # inside entry 5's payload; entries 6..10 follow
+    seg.write_bytes(raw)
+    with pytest.raises(CorruptWALError) as err:
+        DiskStorage(tmp_path)
+    assert str(seg) in str(err.value) and f"byte offset {offsets[4]}" in str(err.value)
+    DiskStorage(tmp_path / "other").close()  # the failed open released its lock...
+    with pytest.raises(CorruptWALError):
+        DiskStorage(tmp_path)  # ...and did not "repair" anything: still refused
+
+
+def test_damage_in_an_older_segment_is_corruption_even_at_its_end(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path, segment_bytes=4096)
+    for first in range(1, 501, 10):
+        s.append(ents(first, first + 9))
+        s.sync()
+    s.close()
+    older = segments(tmp_path)[1]
+    os.truncate(older, older.stat().st_size - 3)
+    with pytest.raises(CorruptWALError, match=str(older)):
+        DiskStorage(tmp_path, segment_bytes=4096)
+
+
+def test_missing_segment_is_corruption(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path, segment_bytes=4096)
+    for first in range(1, 501, 10):
+        s.append(ents(first, first + 9))
+        s.sync()
+    s.close()
+    assert len(segments(tmp_path)) >= 3
+    segments(tmp_path)[1].unlink()
+    with pytest.raises(CorruptWALError, match="missing"):
+        DiskStorage(tmp_path)
+
+
+def test_data_dir_lock_names_the_dir_and_pid(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path)
+    with pytest.raises(DataDirLockedError) as err:
+        DiskStorage(tmp_path)
+    assert str(tmp_path) in str(err.value) and str(os.getpid()) in str(err.value)
+    s.close()
+    DiskStorage(tmp_path).close()
+
+
+def test_only_the_newest_two_snapshots_are_kept(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path)
+    s.append(ents(1, 40))
+    for i in (10, 20, 30):
+        s.save_snapshot(snap(i))
+    names = sorted(p.name for p in (tmp_path / "snap").iterdir())
+    assert names == [f"{1:016x}-{20:016x}.snap", f"{1:016x}-{30:016x}.snap"]
+    s.close()
+
+
+def test_corrupt_newest_snapshot_falls_back_while_the_wal_covers_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = DiskStorage(tmp_path)  # one big segment: nothing is compacted away
+    s.append(ents(1, 40))
+    s.save_snapshot(snap(10))
+    s.save_snapshot(snap(30))
+    s.close()
+    newest = SnapshotStore(tmp_path / "snap").paths_newest_first()[0]
+    raw = bytearray(newest.read_bytes())
+    raw[-1] ^= 0xFF
+    newest.write_bytes(raw)
+    with caplog.at_level(logging.WARNING, logger="raftkv.storage"):
+        s = DiskStorage(tmp_path)
+    st = s.load()
+    assert st.snapshot == snap(10) and st.entries == ents(11, 40)
+    assert str(newest) in caplog.text
+    s.close()
+
+
+def test_corrupt_newest_snapshot_without_wal_cover_is_a_clear_error(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path, segment_bytes=4096)
+    for first in range(1, 401, 10):
+        s.append(ents(first, first + 9))
+        s.sync()
+    s.save_snapshot(snap(100))
+    s.save_snapshot(snap(390))  # compacts segments 101..390 away
+    s.close()
+    newest = SnapshotStore(tmp_path / "snap").paths_newest_first()[0]
+    newest.write_bytes(newest.read_bytes()[:-5])
+    with pytest.raises(CorruptSnapshotError, match="nowhere") as err:
+        DiskStorage(tmp_path)
+    assert str(newest) in str(err.value)
+
+
+def test_crash_between_snapshot_file_and_wal_marker(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path)
+    s.append(ents(1, 10))
+    s.close()
+    SnapshotStore(tmp_path / "snap").save(snap(50))  # as if save_snapshot died after step 1
+    s = DiskStorage(tmp_path)
+    st = s.load()
+    assert st.snapshot == snap(50) and st.entries == []
+    s.append(ents(51, 53))  # would look like a gap after 10 unless the marker was repaired
+    s.close()
+    s = DiskStorage(tmp_path)
+    assert s.load().entries == ents(51, 53)
+    s.close()
+
+
+def test_interrupted_snapshot_write_leaves_no_trace(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path)
+    s.append(ents(1, 5))
+    s.save_snapshot(snap(3))
+    s.close()
+    (tmp_path / "snap" / "half-written.snap.tmp").write_bytes(b"RKVSNAP1\x00")
+    s = DiskStorage(tmp_path)
+    assert s.load().snapshot == snap(3)
+    assert not list((tmp_path / "snap").glob("*.tmp"))
+    s.close()
+
+
+# ---- a real crash -----------------------------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from raftkv.core.messages import ConfState, Entry, HardState, Snapshot, SnapshotMeta
+    from raftkv.storage import DiskStorage
+
+    s = DiskStorage(sys.argv[1], segment_bytes=16384)
+    st = s.load()
+    nxt = (st.entries[-1].index if st.entries else (st.snapshot.meta.index if st.snapshot else 0)) + 1
+    if sys.argv[2] == "unsynced":
+        s.append([Entry(1, i, data=b"%d" % i) for i in range(nxt, nxt + 10)])
+        s.sync()
+        s.append([Entry(1, i, data=b"%d" % i) for i in range(nxt + 10, nxt + 20)])
+        s.set_hard_state(HardState(9, "n9", 9))
+        print("staged", nxt + 9, flush=True)
+        sys.stdin.read()
+    n = 0
+    while True:
+        n += 1
+        k = 1 + n % 37
+        s.append([Entry(1, i, data=b"%d" % i) for i in range(nxt, nxt + k)])
+        nxt += k
+        s.set_hard_state(HardState(1, "n1", nxt - 1))
+        s.sync()
+        print(nxt - 1, flush=True)
+        if n % 97 == 0:
+            s.save_snapshot(Snapshot(SnapshotMeta(nxt - 20, 1, ConfState(("n1",))), b"%d" % (nxt - 20)))
+    """
+)
+
+
+def run_child(d: Path, mode: str, lines: int) -> list[int]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(d), mode],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
+    )  # fmt: skip
+    reported = []
+    assert p.stdout is not None
+    try:
+        while len(reported) < lines:
+            line = p.stdout.readline()
+            assert line, f"child exited early with {p.wait()}"
+            reported.append(int(line.split()[-1]))
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    return reported
+
+
+def check_durable(d: Path, last_synced: int) -> None:
+    s = DiskStorage(d, segment_bytes=16384)
+    st = s.load()
+    s.close()
+    base = st.snapshot.meta.index if st.snapshot else 0
+    if st.snapshot:
+        assert st.snapshot.data == b"%d" % base
+    assert [e.index for e in st.entries] == list(range(base + 1, base + 1 + len(st.entries)))
+    assert all(e.data == b"%d" % e.index for e in st.entries)
+    assert (st.entries[-1].index if st.entries else base) >= last_synced
+    assert st.hard_state.commit >= last_synced
+
+
+def test_kill_9_never_loses_a_synced_entry(tmp_path: Path) -> None:
+    for round_ in range(4):  # each round resumes from what the previous kill left
+        reported = run_child(tmp_path, "loop", lines=200 + 100 * round_)
+        check_durable(tmp_path, reported[-1])
+
+
+def test_kill_9_loses_what_was_staged_but_not_synced(tmp_path: Path) -> None:
+    (synced,) = run_child(tmp_path, "unsynced", lines=1)
+    s = DiskStorage(tmp_path)
+    st = s.load()
+    assert st.entries[-1].index == synced and st.hard_state == HardState()
+    s.close()
