@@ -30,6 +30,7 @@ class Progress:
         "pending_snapshot",
         "probe_sent",
         "recent_active",
+        "snapshot_ticks",
         "state",
         "ticks_since_contact",
     )
@@ -42,6 +43,7 @@ class Progress:
         self.pending_snapshot = 0
         self.recent_active = False
         self.ticks_since_contact = 0
+        self.snapshot_ticks = 0  # ticks since the pending InstallSnapshot left
         self.max_inflight = max_inflight
         self.inflight: deque[int] = deque()  # last index of each unacknowledged AppendRequest
 
@@ -67,6 +69,7 @@ class Progress:
     def become_snapshot(self, snapshot_index: int) -> None:
         self._reset(ProgressState.SNAPSHOT)
         self.pending_snapshot = snapshot_index
+        self.snapshot_ticks = 0
 
     def _reset(self, state: ProgressState) -> None:
         self.state = state

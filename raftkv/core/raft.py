@@ -246,6 +246,16 @@ class RaftCore:
             raise ValueError(f"{self.id} is not a voter")
         self._campaign(pre_vote=False, transfer=True)
 
+    def report_snapshot(self, peer: str, delivered: bool) -> None:
+        """The transport finished (or failed) streaming an InstallSnapshot to `peer`.
+
+        On failure the leader probes again at once instead of waiting for the retry timeout;
+        on success it waits for the follower's acknowledgement as usual.
+        """
+        pr = self.progress.get(peer)
+        if pr is not None and pr.state is ProgressState.SNAPSHOT and not delivered:
+            pr.become_probe()
+
     def make_snapshot(self, index: int, data: bytes) -> Snapshot:
         """Describe a state-machine image taken at applied `index` (the driver makes `data`)."""
         if not self.log.offset < index <= self.log.applied:
@@ -420,8 +430,10 @@ class RaftCore:
         retry_after = SNAPSHOT_RETRY_ELECTION_TIMEOUTS * self.config.election_timeout_ticks
         for pr in self.progress.values():
             pr.ticks_since_contact += 1
-            if pr.state is ProgressState.SNAPSHOT and pr.ticks_since_contact > retry_after:
-                pr.become_probe()
+            if pr.state is ProgressState.SNAPSHOT:
+                pr.snapshot_ticks += 1
+                if pr.snapshot_ticks > retry_after:
+                    pr.become_probe()  # presumed lost; the probe leads to a fresh snapshot
         if self.election_elapsed >= self.config.election_timeout_ticks:
             self.election_elapsed = 0
             if self.config.check_quorum:
@@ -653,7 +665,6 @@ class RaftCore:
     def _send_snapshot(self, peer: str, pr: Progress) -> None:
         assert self._snapshot is not None, "entries were compacted without a snapshot"
         pr.become_snapshot(self._snapshot.meta.index)
-        pr.ticks_since_contact = 0
         self._trace("snapshot", action=f"sent to {peer}", index=self._snapshot.meta.index)
         self._send(SnapshotRequest(src=self.id, dst=peer, term=self.term, snapshot=self._snapshot))
 
@@ -814,7 +825,7 @@ class RaftCore:
         members = set(conf.members())
         for gone in set(self.progress) - members:
             del self.progress[gone]
-        for new in members - set(self.progress) - {self.id}:
+        for new in sorted(members - set(self.progress) - {self.id}):  # sorted: replays must not depend on hashing
             self.progress[new] = self._new_progress(self.log.last_index() + 1)
             self._send_append(new)
         if self.transfer_target is not None and self.transfer_target not in conf.voters:

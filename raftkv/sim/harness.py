@@ -1,0 +1,161 @@
+"""A hand-driven cluster for scenario tests: you decide every tick and every delivery.
+
+Where the randomized simulation explores, this harness replays a story exactly as the Raft paper
+tells it ("n1 is elected, its entry reaches only n2, n1 crashes, ..."). Messages wait in
+`in_flight` until delivered or dropped; cuts block links; crashes keep only the durable state.
+Every Ready goes through the same Replica and SafetyMonitor the randomized simulator uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from raftkv.core import Config, Message, RaftCore, Role
+
+from .invariants import SafetyMonitor
+from .replica import CoreFactory, Replica, encode_command
+
+
+class Harness:
+    def __init__(
+        self,
+        ids: Iterable[str] = ("n1", "n2", "n3"),
+        core_factory: CoreFactory = RaftCore,
+        snapshot_every: int = 0,
+        **config: Any,
+    ) -> None:
+        self.ids = list(ids)
+        config.setdefault("election_timeout_ticks", 10)
+        self.replicas = {
+            node: Replica(Config(node, voters=tuple(self.ids), **config), 7, core_factory, None, snapshot_every)
+            for node in self.ids
+        }
+        self.monitor = SafetyMonitor()
+        self.in_flight: list[Message] = []
+        self.blocked: set[tuple[str, str]] = set()
+        self.applied: dict[str, list[tuple[int, int, bytes]]] = {n: [] for n in self.ids}
+        self.read_results: dict[str, list[tuple[bytes, int, bool]]] = {n: [] for n in self.ids}
+
+    # ---- looking ------------------------------------------------------------------------------
+
+    def core(self, node: str) -> RaftCore:
+        core = self.replicas[node].core
+        assert core is not None, f"{node} is down"
+        return core
+
+    def role(self, node: str) -> Role:
+        return self.core(node).role
+
+    def leaders(self) -> list[str]:
+        return [n for n, r in self.replicas.items() if r.core is not None and r.core.role is Role.LEADER]
+
+    def log_terms(self, node: str) -> list[int]:
+        """Terms of the entries in `node`'s log, index 1 first (the paper's figures draw logs so)."""
+        log = self.core(node).log
+        return [log.term(i) for i in range(log.first_index(), log.last_index() + 1)]
+
+    def values(self, node: str) -> dict:
+        return self.replicas[node].sm.values
+
+    # ---- acting ------------------------------------------------------------------------------
+
+    def act(self, node: str, fn: Callable[[RaftCore], Any]) -> Any:
+        """Run `fn` on a node's core, then carry out whatever Ready it produced."""
+        result = fn(self.core(node))
+        self.process(node)
+        return result
+
+    def process(self, node: str) -> None:
+        r = self.replicas[node]
+        while r.core is not None and r.core.has_ready():
+            rd = r.core.ready()
+            self.monitor.before_persist(node, r.core, rd)
+            r.persist(rd)
+            applied = r.finish(rd)
+            for e, _ in applied.results:
+                self.monitor.on_apply(node, e)
+                self.applied[node].append((e.index, e.term, e.data))
+            self.read_results[node].extend((rs.ctx, rs.index, rs.ok) for rs in applied.read_states)
+            self.in_flight.extend(rd.messages)
+
+    def tick(self, node: str, ticks: int = 1) -> None:
+        for _ in range(ticks):
+            self.act(node, RaftCore.tick)
+
+    def tick_all(self, ticks: int = 1) -> None:
+        for _ in range(ticks):
+            for node in self.ids:
+                if self.replicas[node].alive:
+                    self.tick(node)
+
+    def timeout(self, node: str) -> None:
+        """Tick `node` until its election timer fires (it campaigns, with pre-vote if enabled)."""
+        core = self.core(node)
+        self.tick(node, core.randomized_election_timeout - core.election_elapsed)
+
+    def expire_leases(self) -> None:
+        """Let every live node's leader lease lapse, as if an election timeout passed silently."""
+        for node in self.ids:
+            core = self.replicas[node].core
+            if core is not None and core.role is not Role.LEADER:
+                core.election_elapsed = max(core.election_elapsed, core.config.election_timeout_ticks)
+
+    def elect(self, node: str) -> None:
+        """Let `node` time out and deliver everything until the election settles."""
+        self.expire_leases()
+        self.timeout(node)
+        self.stabilize()
+
+    def propose(self, node: str, *values: str, key: str = "k") -> tuple[int, int]:
+        data = [encode_command(f"{node}-{v}", "write", key, v) for v in values]
+        return self.act(node, lambda c: c.propose(data))
+
+    def crash(self, node: str) -> None:
+        self.replicas[node].crash()
+        self.in_flight = [m for m in self.in_flight if m.dst != node]
+
+    def restart(self, node: str) -> None:
+        self.replicas[node].start()
+
+    def isolate(self, node: str) -> None:
+        for other in self.ids:
+            if other != node:
+                self.blocked |= {(node, other), (other, node)}
+
+    def cut(self, a: str, b: str, one_way: bool = False) -> None:
+        self.blocked.add((a, b))
+        if not one_way:
+            self.blocked.add((b, a))
+
+    def heal(self) -> None:
+        self.blocked.clear()
+
+    # ---- the network -------------------------------------------------------------------------
+
+    def deliver(self, src: str | None = None, dst: str | None = None, kind: type | None = None) -> int:
+        """Deliver the in-flight messages that match (all by default); returns how many."""
+        chosen = [
+            m
+            for m in self.in_flight
+            if (src is None or m.src == src) and (dst is None or m.dst == dst) and (kind is None or isinstance(m, kind))
+        ]
+        self.in_flight = [m for m in self.in_flight if m not in chosen]
+        delivered = 0
+        for m in chosen:
+            if (m.src, m.dst) in self.blocked or not self.replicas[m.dst].alive:
+                continue
+            delivered += 1
+            self.act(m.dst, lambda c, m=m: c.step(m))
+        return delivered
+
+    def drop(self, src: str | None = None, dst: str | None = None) -> None:
+        self.in_flight = [
+            m for m in self.in_flight if not ((src is None or m.src == src) and (dst is None or m.dst == dst))
+        ]
+
+    def stabilize(self, max_rounds: int = 200) -> None:
+        for _ in range(max_rounds):
+            if not self.deliver():
+                return
+        raise AssertionError("messages still flowing after stabilize()")

@@ -1,0 +1,144 @@
+"""One simulated server: a Raft core, the state it has made durable, and a tiny state machine.
+
+The replica carries out a `Ready` in two halves so the simulator can put time between them:
+`persist()` copies what the Ready says into `durable` (the model of the disk), and `finish()`
+applies committed entries and hands back the messages and read states, then advances the core.
+A crash between the two halves loses the Ready entirely, which is how an unsynced write is lost.
+
+The state machine is a map of registers with write and compare-and-set, enough for clients whose
+histories the linearizability checker judges. Commands are canonical JSON so every replica
+applies byte-identical data.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from raftkv.core import Config, DurableState, Entry, EntryKind, Listener, RaftCore, ReadState, Ready, Snapshot
+
+CoreFactory = Callable[[Config, random.Random, DurableState, Listener | None], RaftCore]
+
+
+def encode_command(op_id: str, kind: str, key: str, value: Any = None, expected: Any = None) -> bytes:
+    return json.dumps([op_id, kind, key, value, expected], separators=(",", ":")).encode()
+
+
+@dataclass
+class RegisterMachine:
+    """Registers keyed by name; absent keys read as None."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    applied: int = 0
+
+    def apply(self, entry: Entry) -> tuple[str, Any] | None:
+        """Apply one committed entry; returns (op_id, result) for client commands."""
+        self.applied = entry.index
+        if entry.kind is not EntryKind.NORMAL:
+            return None
+        op_id, kind, key, value, expected = json.loads(entry.data)
+        if kind == "write":
+            self.values[key] = value
+            return op_id, None
+        if kind == "cas":
+            if self.values.get(key) == expected:
+                self.values[key] = value
+                return op_id, True
+            return op_id, False
+        raise ValueError(f"unknown command kind {kind!r}")
+
+    def snapshot(self) -> bytes:
+        return json.dumps(self.values, sort_keys=True).encode()
+
+    def restore(self, data: bytes, index: int) -> None:
+        self.values = json.loads(data) if data else {}
+        self.applied = index
+
+
+@dataclass
+class Applied:
+    """What finishing a Ready produced, for the simulator to route."""
+
+    results: list[tuple[Entry, tuple[str, Any] | None]]
+    read_states: list[ReadState]
+
+
+class Replica:
+    def __init__(
+        self,
+        config: Config,
+        seed: int,
+        core_factory: CoreFactory = RaftCore,
+        listener: Listener | None = None,
+        snapshot_every: int = 0,
+    ) -> None:
+        self.id = config.node_id
+        self.config = config
+        self._seed = seed
+        self._restarts = 0
+        self._core_factory = core_factory
+        self._listener = listener
+        self.snapshot_every = snapshot_every  # 0: never
+        self.durable = DurableState()
+        self.core: RaftCore | None = None
+        self.sm = RegisterMachine()
+        self.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.core is not None
+
+    def start(self) -> None:
+        """Boot from durable state alone, as a restarted process would."""
+        d = self.durable
+        durable_copy = DurableState(d.hard_state, d.snapshot, list(d.entries))
+        rng = random.Random(f"{self._seed}/{self.id}/{self._restarts}")
+        self._restarts += 1
+        self.core = self._core_factory(self.config, rng, durable_copy, self._listener)
+        self.sm = RegisterMachine()
+        if d.snapshot is not None:
+            self.sm.restore(d.snapshot.data, d.snapshot.meta.index)
+
+    def crash(self) -> None:
+        self.core = None
+
+    def persist(self, rd: Ready) -> None:
+        d = self.durable
+        if rd.snapshot is not None:
+            self._persist_snapshot(rd.snapshot)
+        if rd.entries:
+            first = rd.entries[0].index
+            base = d.snapshot.meta.index if d.snapshot else 0
+            del d.entries[max(first - base - 1, 0) :]
+            d.entries.extend(e for e in rd.entries if e.index > base)
+        if rd.hard_state is not None:
+            d.hard_state = rd.hard_state
+
+    def _persist_snapshot(self, snap: Snapshot) -> None:
+        d = self.durable
+        old_base = d.snapshot.meta.index if d.snapshot else 0
+        at = snap.meta.index - old_base - 1
+        keeps_tail = 0 <= at < len(d.entries) and d.entries[at].term == snap.meta.term
+        d.entries = d.entries[at + 1 :] if keeps_tail else []
+        d.snapshot = snap
+
+    def finish(self, rd: Ready) -> Applied:
+        assert self.core is not None
+        if rd.snapshot is not None:
+            self.sm.restore(rd.snapshot.data, rd.snapshot.meta.index)
+        results = [(e, self.sm.apply(e)) for e in rd.committed_entries]
+        self.core.advance(rd)
+        self._maybe_snapshot()
+        return Applied(results, rd.read_states)
+
+    def _maybe_snapshot(self) -> None:
+        assert self.core is not None
+        base = self.durable.snapshot.meta.index if self.durable.snapshot else 0
+        if self.snapshot_every and self.sm.applied - base >= self.snapshot_every:
+            snap = self.core.make_snapshot(self.sm.applied, self.sm.snapshot())
+            self._persist_snapshot(snap)
+            # Keep a few entries so a briefly lagging follower still gets appends, not a snapshot.
+            self.core.compact(snap, retain_entries=self.snapshot_every // 4)

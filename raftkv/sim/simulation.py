@@ -1,0 +1,502 @@
+"""Deterministic simulation of a whole cluster under faults, checked after every step.
+
+Theory of operation
+-------------------
+Everything happens on one virtual clock (milliseconds) through one event queue ordered by
+(time, sequence number). Nodes tick every `tick_ms`; messages are delivered after random delays
+(see network.py); simulated clients issue writes, compare-and-sets and ReadIndex reads against
+random nodes and record what they saw; a nemesis partitions the network (symmetric, one-way, a
+bridge node), crashes and restarts nodes and makes disks slow. A slow disk splits a Ready in two
+(persisted later, then finished): meanwhile the node is busy and queues its inputs, and a crash
+in between loses the unsynced writes, as on a real machine.
+
+Every random choice comes from RNGs derived from the seed, so a seed replays exactly: the same
+deliveries, the same crash points, the same violation. Safety (invariants.py) is checked at every
+Ready; at the end the faults stop, every node restarts, and liveness is required: one leader
+known by all, and a new proposal applied everywhere, within `liveness_ms`. Finally the client
+history must be linearizable and every replica's state machine identical.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from raftkv.check import Operation, Verdict, check_history
+from raftkv.core import Config, NotLeaderError, ProposalDroppedError, RaftCore, Ready, Role, TraceEvent
+
+from .invariants import InvariantViolation, SafetyMonitor
+from .network import LinkConditions, VirtualNetwork
+from .replica import CoreFactory, Replica, encode_command
+
+TICK, DELIVER, PERSISTED, CLIENT, OP_TIMEOUT, NEMESIS, CRASH, RESTART, HEAL, CHECK = range(10)
+
+
+class LivenessViolation(AssertionError):
+    pass
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    nodes: int = 3
+    clients: int = 4
+    keys: int = 2
+    fault_ms: int = 3000
+    liveness_ms: int = 4000
+    tick_ms: int = 10
+    election_timeout_ticks: int = 10
+    heartbeat_interval_ticks: int = 2
+    op_timeout_ms: int = 500
+    nemesis_interval_ms: tuple[int, int] = (80, 400)
+    faults: bool = True
+    trace: bool = False  # also record the cores' own trace events (slower; used to replay a seed)
+
+
+@dataclass
+class SimResult:
+    seed: int
+    config: SimConfig
+    violation: str | None = None
+    operations: int = 0
+    unknown_operations: int = 0
+    elections: int = 0
+    faults: list[str] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)
+    end_ms: int = 0
+    lin_verdict: str = "ok"
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None
+
+    def replay_command(self) -> str:
+        return f"python -m raftkv.sim --seed {self.seed} --nodes {self.config.nodes} --trace"
+
+
+@dataclass
+class _PendingOp:
+    op_id: str
+    client: int
+    kind: str
+    key: str
+    value: Any
+    expected: Any
+    node: str
+    invoke_ms: int
+    read_index: int | None = None
+
+
+class Simulation:
+    def __init__(self, seed: int, cfg: SimConfig, core_factory: CoreFactory = RaftCore) -> None:
+        self.seed = seed
+        self.cfg = cfg
+        self.rng = random.Random(f"{seed}/sim")
+        self.now = 0
+        self.ids = [f"n{i + 1}" for i in range(cfg.nodes)]
+        self.net = VirtualNetwork(random.Random(f"{seed}/net"), self._link_conditions())
+        self.monitor = SafetyMonitor()
+        snapshot_every = self.rng.choice([0, 0, 15, 40]) if cfg.faults else 0
+        # Tiny batches split a new leader's catch-up across many requests, which opens the windows
+        # that commit-rule bugs (the paper's figure 8) need.
+        max_entries = self.rng.choice([1, 2, 16])
+        max_inflight = self.rng.choice([1, 8])
+        listener = self._on_core_event if cfg.trace else None
+        self.replicas = {
+            node: Replica(
+                Config(
+                    node,
+                    voters=tuple(self.ids),
+                    election_timeout_ticks=cfg.election_timeout_ticks,
+                    heartbeat_interval_ticks=cfg.heartbeat_interval_ticks,
+                    max_inflight_appends=max_inflight,
+                    max_entries_per_append=max_entries,
+                ),
+                seed,
+                core_factory,
+                listener,
+                snapshot_every,
+            )
+            for node in self.ids
+        }
+        self.disk_delay_ms = dict.fromkeys(self.ids, 0)
+        self._busy: dict[str, Ready | None] = dict.fromkeys(self.ids)
+        self._inbox: dict[str, list[Callable[[RaftCore], None]]] = {n: [] for n in self.ids}
+        self._waiting_reads: dict[str, list[_PendingOp]] = {n: [] for n in self.ids}
+        self._queue: list[tuple[int, int, int, Any]] = []
+        self._seq = 0
+        self.history: list[Operation] = []
+        self._pending: dict[str, _PendingOp] = {}
+        self._client_guess: dict[int, str | None] = dict.fromkeys(range(cfg.clients))
+        self._op_counter = 0
+        self._clients_on = True
+        self._probe: tuple[str, int] | None = None  # (leader, index) of the liveness probe
+        self._live_since: int | None = None
+        self._kill_next_leader = False
+        self.result = SimResult(seed, cfg)
+        self._trace: deque[str] = deque(maxlen=400 if cfg.trace else 120)
+
+    # ---- driving -----------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        cfg = self.cfg
+        for node in self.ids:
+            self._at(self.rng.randrange(cfg.tick_ms), TICK, node)
+        for c in range(cfg.clients):
+            self._at(self.rng.randrange(50), CLIENT, c)
+        if cfg.faults:
+            self._at(self.rng.randint(50, 300), NEMESIS, None)
+        self._at(cfg.fault_ms, HEAL, None)
+        deadline = cfg.fault_ms + cfg.liveness_ms
+        try:
+            while self._queue:
+                self.now, _, kind, arg = heapq.heappop(self._queue)
+                if self.now > deadline:
+                    raise LivenessViolation(self._liveness_failure())
+                self._dispatch(kind, arg)
+                if self._live_since is not None and not self._pending and self.now - self._live_since > 300:
+                    break
+            self._check_convergence()
+            self._check_linearizability()
+        except (InvariantViolation, LivenessViolation) as e:
+            self.result.violation = f"{type(e).__name__}: {e}"
+        self.result.end_ms = self.now
+        self.result.operations = len(self.history)
+        self.result.unknown_operations = sum(op.outcome == "unknown" for op in self.history)
+        self.result.elections = len(self.monitor.leaders_by_term)
+        self.result.trace = list(self._trace)
+        return self.result
+
+    def _at(self, when: int, kind: int, arg: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (when, self._seq, kind, arg))
+
+    def _dispatch(self, kind: int, arg: Any) -> None:
+        if kind == TICK:
+            self._input(arg, RaftCore.tick)
+            self._at(self.now + self.cfg.tick_ms, TICK, arg)
+        elif kind == DELIVER:
+            if self.net.can_reach(arg.src, arg.dst):
+                self.net.delivered += 1
+                self._input(arg.dst, lambda core, m=arg: core.step(m))
+        elif kind == PERSISTED:
+            self._persisted(*arg)
+        elif kind == CLIENT:
+            self._client_issue(arg)
+        elif kind == OP_TIMEOUT:
+            self._op_timeout(arg)
+        elif kind == NEMESIS:
+            self._nemesis()
+        elif kind == CRASH:
+            if self.replicas[arg].alive:
+                self._crash(arg)
+                self._at(self.now + self.rng.randint(50, 600), RESTART, arg)
+        elif kind == RESTART:
+            self._restart(arg)
+        elif kind == HEAL:
+            self._heal()
+        elif kind == CHECK:
+            self._liveness_check()
+
+    # ---- nodes -------------------------------------------------------------------------------
+
+    def _input(self, node: str, fn: Callable[[RaftCore], None]) -> None:
+        r = self.replicas[node]
+        if r.core is None:
+            return
+        if self._busy[node] is not None:
+            self._inbox[node].append(fn)
+            return
+        fn(r.core)
+        self._drain(node)
+
+    def _drain(self, node: str) -> None:
+        r = self.replicas[node]
+        while r.core is not None and self._busy[node] is None and r.core.has_ready():
+            rd = r.core.ready()
+            self.monitor.before_persist(node, r.core, rd)
+            if rd.soft_state:
+                if self.cfg.trace:
+                    self._note(f"{node} is {rd.soft_state.role.value} in term {rd.soft_state.term}")
+                if self._kill_next_leader and rd.soft_state.role is Role.LEADER and self.now < self.cfg.fault_ms:
+                    # Jepsen's favourite: kill a leader moments after it wins, mid catch-up.
+                    self._kill_next_leader = False
+                    self._at(self.now + self.rng.randint(1, 12), CRASH, node)
+            delay = self.disk_delay_ms[node]
+            if delay and rd.must_sync():
+                self._busy[node] = rd
+                self._at(self.now + delay, PERSISTED, (node, rd))
+                return
+            r.persist(rd)
+            self._finish(node, rd)
+
+    def _persisted(self, node: str, rd: Ready) -> None:
+        r = self.replicas[node]
+        if self._busy[node] is not rd or r.core is None:
+            return  # crashed while the write was in flight: it never reached the disk
+        r.persist(rd)
+        self._busy[node] = None
+        self._finish(node, rd)
+        inputs, self._inbox[node] = self._inbox[node], []
+        for fn in inputs:
+            fn(r.core)
+        self._drain(node)
+
+    def _finish(self, node: str, rd: Ready) -> None:
+        r = self.replicas[node]
+        applied = r.finish(rd)
+        for m in rd.messages:
+            for delay in self.net.delays_for(m.src, m.dst):
+                self._at(self.now + delay, DELIVER, m)
+        for entry, outcome in applied.results:
+            self.monitor.on_apply(node, entry)
+            if outcome is not None:
+                op = self._pending.get(outcome[0])
+                if op is not None and op.node == node:
+                    self._complete(op, "ok", outcome[1])
+        for rs in applied.read_states:
+            op = self._pending.get(rs.ctx.decode())
+            if op is None or op.node != node:
+                continue
+            if not rs.ok:
+                self._complete(op, "fail", None)
+            else:
+                op.read_index = rs.index
+                self._waiting_reads[node].append(op)
+        if self._waiting_reads[node]:
+            still = []
+            for op in self._waiting_reads[node]:
+                if op.op_id not in self._pending:
+                    continue
+                if r.sm.applied >= (op.read_index or 0):
+                    self._complete(op, "ok", r.sm.values.get(op.key))
+                else:
+                    still.append(op)
+            self._waiting_reads[node] = still
+
+    def _crash(self, node: str) -> None:
+        self.replicas[node].crash()
+        self._busy[node] = None
+        self._inbox[node] = []
+        self._waiting_reads[node] = []
+        self._fault(f"crash {node}")
+
+    def _restart(self, node: str) -> None:
+        if not self.replicas[node].alive:
+            self.replicas[node].start()
+            self._note(f"restart {node} from its disk")
+
+    # ---- clients -----------------------------------------------------------------------------
+
+    def _client_issue(self, client: int) -> None:
+        if not self._clients_on:
+            return
+        rng = self.rng
+        kind = rng.choice(("write", "write", "cas", "read", "read"))
+        key = f"k{rng.randrange(self.cfg.keys)}"
+        guess = self._client_guess[client]
+        node = guess if guess is not None and rng.random() < 0.9 else rng.choice(self.ids)
+        self._op_counter += 1
+        op_id = f"c{client}.{self._op_counter}"
+        value = op_id if kind != "read" else None
+        expected = None
+        if kind == "cas":
+            seen = [o.result if o.kind == "read" else o.value for o in self.history[-20:] if o.key == key]
+            expected = rng.choice([*seen, None]) if seen else None
+        op = _PendingOp(op_id, client, kind, key, value, expected, node, self.now)
+        self._pending[op_id] = op
+        self._at(self.now + self.cfg.op_timeout_ms, OP_TIMEOUT, op_id)
+        if not self.replicas[node].alive:
+            self._complete(op, "fail", None)  # connection refused: nothing happened
+            return
+        if kind == "read":
+            self._input(node, lambda core: core.read_index(op_id.encode()))
+            return
+        data = encode_command(op_id, kind, key, value, expected)
+
+        def submit(core: RaftCore) -> None:
+            if op_id not in self._pending:
+                return
+            try:
+                core.propose([data])
+            except NotLeaderError as e:
+                self._complete(op, "fail", None)
+                self._client_guess[client] = e.leader_id  # like a redirect: try the leader next
+            except ProposalDroppedError:
+                self._complete(op, "fail", None)
+
+        self._input(node, submit)
+
+    def _op_timeout(self, op_id: str) -> None:
+        op = self._pending.get(op_id)
+        if op is not None:
+            # A write may still commit later; a read that never answered had no effect.
+            self._complete(op, "unknown" if op.kind != "read" else "fail", None)
+
+    def _complete(self, op: _PendingOp, outcome: str, result: Any) -> None:
+        del self._pending[op.op_id]
+        if outcome != "ok":
+            self._client_guess[op.client] = None
+        elif op.kind != "read":
+            self._client_guess[op.client] = op.node
+        self.history.append(
+            Operation(
+                client=op.client,
+                kind=op.kind,  # type: ignore[arg-type]
+                key=op.key,
+                invoke_time=float(op.invoke_ms),
+                complete_time=None if outcome == "unknown" else float(self.now),
+                outcome=outcome,  # type: ignore[arg-type]
+                value=op.value,
+                expected=op.expected,
+                result=result,
+            )
+        )
+        self._at(self.now + self.rng.randint(0, 20), CLIENT, op.client)
+
+    # ---- nemesis -----------------------------------------------------------------------------
+
+    def _nemesis(self) -> None:
+        if self.now >= self.cfg.fault_ms:
+            return
+        rng, ids = self.rng, self.ids
+        leader = self._leader()
+        action = rng.choice(
+            (
+                "split",
+                "isolate_leader",
+                "one_way",
+                "bridge",
+                "heal",
+                "crash",
+                "crash_leader",
+                "kill_new_leader",
+                "slow_disk",
+                "heal",
+            )
+        )
+        if action == "split":
+            shuffled = rng.sample(ids, len(ids))
+            cut = rng.randint(1, len(ids) // 2)
+            self.net.cut(shuffled[:cut], shuffled[cut:])
+            self._fault(f"partition {shuffled[:cut]} | {shuffled[cut:]}")
+        elif action == "isolate_leader" and leader:
+            self.net.cut([leader], [n for n in ids if n != leader])
+            self._fault(f"isolate leader {leader}")
+        elif action == "one_way":
+            a, b = rng.sample(ids, 2)
+            self.net.cut([a], [b], one_way=True)
+            self._fault(f"one-way cut {a} -> {b}")
+        elif action == "bridge" and len(ids) >= 3:
+            bridge, *rest = rng.sample(ids, len(ids))
+            half = len(rest) // 2
+            self.net.cut(rest[:half], rest[half:])
+            self._fault(f"bridge {bridge} between {rest[:half]} and {rest[half:]}")
+        elif action == "heal":
+            self.net.heal()
+            self._fault("heal network")
+        elif action in ("crash", "crash_leader"):
+            victim = leader if action == "crash_leader" and leader else rng.choice(ids)
+            if self.replicas[victim].alive:
+                self._crash(victim)
+                self._at(self.now + rng.randint(50, 600), RESTART, victim)
+        elif action == "kill_new_leader":
+            self._kill_next_leader = True
+            self._fault("will kill the next leader right after it is elected")
+        elif action == "slow_disk":
+            node = rng.choice(ids)
+            self.disk_delay_ms[node] = rng.randint(2, 40)
+            self._fault(f"slow disk on {node} ({self.disk_delay_ms[node]} ms per sync)")
+        self._at(self.now + rng.randint(*self.cfg.nemesis_interval_ms), NEMESIS, None)
+
+    def _fault(self, text: str) -> None:
+        self.result.faults.append(f"t={self.now}ms {text}")
+        self._note(text)
+
+    def _link_conditions(self) -> LinkConditions:
+        if not self.cfg.faults:
+            return LinkConditions()
+        return LinkConditions(
+            drop_rate=self.rng.choice((0.0, 0.01, 0.05, 0.15)),
+            duplicate_rate=self.rng.choice((0.0, 0.0, 0.03)),
+            min_delay_ms=1,
+            max_delay_ms=self.rng.choice((2, 8, 30)),
+        )
+
+    # ---- the end: heal, liveness, convergence, linearizability --------------------------------
+
+    def _heal(self) -> None:
+        self.net.heal()
+        self.net.conditions = LinkConditions()
+        self.disk_delay_ms = dict.fromkeys(self.ids, 0)
+        for node in self.ids:
+            self._restart(node)
+        self._note("faults stop: network healed, every node running")
+        self._at(self.now + 10, CHECK, None)
+
+    def _leader(self) -> str | None:
+        leaders = [n for n, r in self.replicas.items() if r.core is not None and r.core.role is Role.LEADER]
+        return max(leaders, key=lambda n: self.replicas[n].core.term) if leaders else None  # type: ignore[union-attr]
+
+    def _liveness_check(self) -> None:
+        if self._live_since is not None:
+            return
+        leader = self._leader()
+        if leader is not None and self._probe is None:
+            core = self.replicas[leader].core
+            assert core is not None
+            if all(r.core is not None and r.core.leader_id == leader for r in self.replicas.values()):
+                try:
+                    _, index = core.propose([encode_command(f"probe@{self.now}", "write", "probe", self.now)])
+                    self._probe = (leader, index)
+                    self._drain(leader)
+                except ProposalDroppedError:
+                    pass
+        if self._probe is not None:
+            index = self._probe[1]
+            if all(r.sm.applied >= index for r in self.replicas.values()):
+                self._live_since = self.now
+                self._clients_on = False
+                self._note(f"live: probe entry {index} applied on every node")
+                return
+        self._at(self.now + 20, CHECK, None)
+
+    def _liveness_failure(self) -> str:
+        states = {
+            n: (r.core.role.value, r.core.term, r.core.leader_id, r.core.log.committed, r.sm.applied)
+            if r.core
+            else "down"
+            for n, r in self.replicas.items()
+        }
+        return f"no leader committed a new entry on every node within {self.cfg.liveness_ms} ms of healing: {states}"
+
+    def _check_convergence(self) -> None:
+        applied = {n: r.sm.applied for n, r in self.replicas.items()}
+        if len(set(applied.values())) == 1:
+            first = self.replicas[self.ids[0]].sm.values
+            for n, r in self.replicas.items():
+                if r.sm.values != first:
+                    raise InvariantViolation(f"replicas differ at index {applied[n]}: {n} has {r.sm.values}")
+
+    def _check_linearizability(self) -> None:
+        result = check_history(self.history, timeout_s=20.0)
+        self.result.lin_verdict = result.verdict.value
+        if result.verdict is Verdict.ILLEGAL:
+            raise InvariantViolation("client history is not linearizable:\n" + result.explain())
+
+    # ---- trace -------------------------------------------------------------------------------
+
+    def _note(self, text: str) -> None:
+        self._trace.append(f"t={self.now:>5}ms {text}")
+
+    def _on_core_event(self, event: TraceEvent) -> None:
+        if event.kind in ("send", "receive", "append"):
+            return
+        self._note(event.describe())
+
+
+def run_seed(seed: int, cfg: SimConfig | None = None, core_factory: CoreFactory = RaftCore) -> SimResult:
+    return Simulation(seed, cfg or SimConfig(), core_factory).run()
