@@ -1,0 +1,125 @@
+"""How one node is configured: who the members are, where they listen, and the timings.
+
+A cluster is described by its members, each with a client (HTTP) address and a peer (Raft)
+address. On the command line that is `--cluster node1@127.0.0.1:3000:4000,node2@...`
+(id@host:http_port:raft_port); in a file it is TOML (see `load_toml`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raftkv.core import ReadMode
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Member:
+    id: str
+    host: str
+    http_port: int
+    raft_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @classmethod
+    def parse(cls, text: str) -> Member:
+        """`id@host:http_port:raft_port`."""
+        ident, at, rest = text.strip().partition("@")
+        parts = rest.rsplit(":", 2)
+        if not ident or not at or len(parts) != 3:
+            raise ConfigError(f"member {text!r}: expected id@host:http_port:raft_port")
+        host, http_port, raft_port = parts
+        try:
+            return cls(ident, host, int(http_port), int(raft_port))
+        except ValueError:
+            raise ConfigError(f"member {text!r}: ports must be numbers") from None
+
+
+def parse_cluster(text: str) -> dict[str, Member]:
+    members = [Member.parse(part) for part in text.split(",") if part.strip()]
+    if not members:
+        raise ConfigError("the cluster has no members")
+    by_id = {m.id: m for m in members}
+    if len(by_id) != len(members):
+        raise ConfigError("member ids must be unique")
+    return by_id
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    data_dir: Path
+    members: dict[str, Member]
+    tick_ms: int = 20
+    election_timeout_ticks: int = 10  # 200-400 ms with 20 ms ticks
+    heartbeat_interval_ticks: int = 2
+    pre_vote: bool = True
+    check_quorum: bool = True
+    read_mode: ReadMode = ReadMode.SAFE
+    snapshot_every: int = 10_000  # applied entries between snapshots
+    snapshot_retain_entries: int = 1_000  # kept after a snapshot so briefly lagging peers need no snapshot
+    proposal_timeout_s: float = 5.0
+    read_timeout_s: float = 5.0
+    max_batch_proposals: int = 4096
+    # Deliberately unsafe switches, for proving that `raftkv chaos` notices broken guarantees.
+    unsafe_skip_fsync: bool = False  # acknowledge before the WAL reaches the disk
+    unsafe_stale_reads: bool = False  # followers answer reads from local state without ReadIndex
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.node_id not in self.members:
+            raise ConfigError(f"node id {self.node_id!r} is not one of the members {sorted(self.members)}")
+        if self.tick_ms < 1:
+            raise ConfigError("tick_ms must be at least 1")
+
+    @property
+    def me(self) -> Member:
+        return self.members[self.node_id]
+
+    def peers(self) -> dict[str, Member]:
+        return {i: m for i, m in self.members.items() if i != self.node_id}
+
+
+def load_toml(path: Path, node_id: str | None = None) -> NodeConfig:
+    """Read a node's configuration file.
+
+    ```toml
+    node_id = "node1"
+    data_dir = "data/node1"
+    tick_ms = 20
+    [[members]]
+    id = "node1"
+    host = "127.0.0.1"
+    http_port = 3000
+    raft_port = 4000
+    ```
+    """
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    try:
+        members = {
+            m["id"]: Member(m["id"], m["host"], int(m["http_port"]), int(m["raft_port"])) for m in raw.pop("members")
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: every [[members]] needs id, host, http_port, raft_port ({e})") from None
+    node_id = node_id or raw.pop("node_id", None)
+    raw.pop("node_id", None)
+    if not node_id:
+        raise ConfigError(f"{path}: no node_id (set it in the file or with --id)")
+    data_dir = Path(raw.pop("data_dir", f"data/{node_id}"))
+    if "read_mode" in raw:
+        raw["read_mode"] = ReadMode(raw["read_mode"])
+    try:
+        return NodeConfig(node_id=node_id, data_dir=data_dir, members=members, **raw)
+    except TypeError as e:
+        raise ConfigError(f"{path}: {e}") from None

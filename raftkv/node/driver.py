@@ -1,0 +1,536 @@
+"""The node: drives a pure Raft core with real time, a real disk and a real network.
+
+Theory of operation
+-------------------
+One asyncio task, the loop, owns the core. Everything else (the ticker, the transport's receive
+callback, HTTP handlers) only queues inputs and wakes the loop. Each turn of the loop:
+
+1. feeds the core everything queued since the last turn: ticks, received messages, operator
+   actions, and *all* waiting client proposals as one batch (one log append);
+2. carries out each Ready strictly in order: write snapshot / entries / hard state to the WAL and
+   fsync once (in a worker thread, so the loop keeps receiving meanwhile: that is group commit,
+   since whatever arrives during one fsync goes into the next one); only then send the messages;
+   then apply committed entries and wake the clients waiting for them; then release safe reads;
+   then `advance()`.
+
+A client write is answered only after its entry is committed and applied here, and commitment
+needs a majority that fsynced it, so an acknowledged write survives kill -9 of any minority.
+A proposal whose index ends up holding another term's entry was definitely not applied (503); one
+that times out may still commit (504). Reads go through ReadIndex (a follower asks the leader for
+the read point and serves it locally once it has applied that far).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from raftkv.core import (
+    Config,
+    EntryKind,
+    HeartbeatRequest,
+    Message,
+    ProposalDroppedError,
+    RaftCore,
+    Ready,
+    Role,
+    TraceEvent,
+)
+from raftkv.core import (
+    NotLeaderError as CoreNotLeader,
+)
+from raftkv.kv import Command, KVStateMachine, encode
+from raftkv.storage import DiskStorage, RaftStorage
+from raftkv.transport import LinkFaults, TcpTransport
+
+from .config import NodeConfig
+from .errors import NoQuorumError, NotLeaderError, OutcomeUnknownError
+from .metrics import NodeMetrics
+from .observe import EventHub
+
+log = logging.getLogger("raftkv.node")
+
+STATUS_EVERY_S = 0.25
+UNSAFE_SYNC_EVERY_S = 1.0
+
+
+class RaftNode:
+    def __init__(self, cfg: NodeConfig, storage: RaftStorage | None = None) -> None:
+        self.cfg = cfg
+        self.id = cfg.node_id
+        self.url = cfg.me.url
+        self.hub = EventHub(self.id)
+        self.metrics = NodeMetrics(self.id)
+        self.storage = storage or DiskStorage(cfg.data_dir / "raft")
+        durable = self.storage.load()
+        self.kv = KVStateMachine()
+        if durable.snapshot is not None:
+            self.kv.restore(durable.snapshot.data)
+        self._snapshot_index = durable.snapshot.meta.index if durable.snapshot else 0
+        self.core = RaftCore(
+            Config(
+                self.id,
+                voters=tuple(cfg.members),
+                election_timeout_ticks=cfg.election_timeout_ticks,
+                heartbeat_interval_ticks=cfg.heartbeat_interval_ticks,
+                pre_vote=cfg.pre_vote,
+                check_quorum=cfg.check_quorum,
+                read_mode=cfg.read_mode,
+            ),
+            random.Random(),
+            durable,
+            listener=self._on_trace,
+        )
+        self.faults = LinkFaults(on_drop=self._on_drop)
+        self.transport = TcpTransport(
+            self.id,
+            cfg.me.host,
+            cfg.me.raft_port,
+            {i: (m.host, m.raft_port) for i, m in cfg.peers().items()},
+            self.faults,
+        )
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix=f"{self.id}-wal")
+        self._wake = asyncio.Event()
+        self._ticks = 0
+        self._inbox: list[Message] = []
+        self._actions: list[Callable[[], None]] = []
+        self._proposals: list[tuple[bytes, asyncio.Future[dict], float]] = []
+        self._reads: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._waiting_proposals: dict[int, tuple[int, asyncio.Future[dict], float]] = {}
+        self._waiting_reads: dict[bytes, tuple[asyncio.Future[None], float]] = {}
+        self._reads_by_index: list[tuple[int, asyncio.Future[None]]] = []
+        self._read_ids = itertools.count()
+        self._tasks: list[asyncio.Task] = []
+        self._running = False
+        self._leader: str | None = None
+        self._last_unsafe_sync = time.monotonic()
+        self.started_at = time.time()
+
+    # ================================================================ lifecycle =================
+
+    async def start(self) -> None:
+        await self.transport.start(self._on_message)
+        self._running = True
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._loop()),
+            loop.create_task(self._ticker()),
+            loop.create_task(self._status()),
+        ]
+        log.info("node started id=%s http=%s raft_port=%d", self.id, self.url, self.cfg.me.raft_port)
+
+    async def stop(self) -> None:
+        """Graceful stop: finish the current Ready (so what was acknowledged is on disk), then close."""
+        self._running = False
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.transport.close()
+        await asyncio.get_running_loop().run_in_executor(self._disk, self.storage.close)
+        self._disk.shutdown(wait=True)
+        for fut in self._pending_futures():
+            if not fut.done():
+                fut.set_exception(OutcomeUnknownError("the node is shutting down"))
+        log.info("node stopped id=%s", self.id)
+
+    def _pending_futures(self) -> list[asyncio.Future]:
+        return (
+            [f for _, f, _ in self._proposals]
+            + [f for _, f in self._reads]
+            + [f for _, f, _ in self._waiting_proposals.values()]
+            + [f for f, _ in self._waiting_reads.values()]
+            + [f for _, f in self._reads_by_index]
+        )
+
+    # ================================================================ the public interface ======
+
+    def leader_id(self) -> str | None:
+        return self.core.leader_id
+
+    def leader_url(self) -> str | None:
+        leader = self.core.leader_id
+        return self.cfg.members[leader].url if leader in self.cfg.members else None
+
+    async def propose(self, command: Command) -> dict:
+        if self.core.role is not Role.LEADER:
+            raise NotLeaderError(self.leader_id(), self.leader_url())
+        fut: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        self._proposals.append((encode(command), fut, time.monotonic()))
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.cfg.proposal_timeout_s)
+        except TimeoutError:
+            self.metrics.proposals.labels("unknown").inc()
+            raise OutcomeUnknownError(
+                f"not applied within {self.cfg.proposal_timeout_s} s; it may or may not have been applied"
+            ) from None
+
+    async def read_barrier(self) -> None:
+        if self.cfg.unsafe_stale_reads and self.core.role is not Role.LEADER:
+            return  # deliberately broken mode: serve whatever this replica has
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ctx = f"{self.id}:{next(self._read_ids)}".encode()
+        self._reads.append((ctx, fut))
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.cfg.read_timeout_s)
+        except TimeoutError:
+            self._waiting_reads.pop(ctx, None)
+            raise OutcomeUnknownError("the read could not be confirmed in time; retry") from None
+
+    async def force_election(self) -> dict:
+        """The seed's button: this node campaigns now (through a leadership transfer if a leader is known)."""
+        term_before = self.core.term
+        done = asyncio.get_running_loop().create_future()
+
+        def act() -> None:
+            try:
+                leader = self.core.leader_id
+                if leader is not None and leader != self.id:
+                    self.core.transfer_leadership(self.id)
+                else:
+                    self.core.campaign_now()
+                done.set_result(None)
+            except (ValueError, CoreNotLeader) as e:
+                done.set_exception(NoQuorumError(str(e)))
+
+        self._actions.append(act)
+        self._wake.set()
+        await done
+        deadline = time.monotonic() + 2.0
+        while self.core.term == term_before and time.monotonic() < deadline:
+            await asyncio.sleep(self.cfg.tick_ms / 1000)
+        return {"nodeId": self.id, "previousTerm": term_before, "term": self.core.term, "state": self.core.role.value}
+
+    def set_partition(self, partitioned: bool, peers: list[str] | None) -> dict:
+        unknown = sorted(set(peers or ()) - set(self.cfg.peers()))
+        if unknown:
+            raise ValueError(f"unknown peer ids: {unknown}; peers are {sorted(self.cfg.peers())}")
+        self.faults.set_partitioned(partitioned, peers)
+        self.hub.publish({"type": "fault", "faults": self.faults.describe()})
+        log.info("partition node=%s partitioned=%s peers=%s", self.id, partitioned, peers or "all")
+        return self.faults.describe()
+
+    def raft_state(self) -> dict:
+        status = self.core.status()
+        progress = status.pop("progress")
+        tick_s = self.cfg.tick_ms / 1000
+        peers = []
+        for peer_id, member in self.cfg.peers().items():
+            entry: dict[str, Any] = {"id": peer_id, "url": member.url}
+            pr = progress.get(peer_id)
+            if pr is not None:
+                entry.update(pr)
+                entry["lastContact"] = round(pr["ticksSinceContact"] * tick_s, 3)
+                entry["lagEntries"] = status["logLength"] - pr["matchIndex"]
+            peers.append(entry)
+        status.update(
+            peers=peers,
+            url=self.url,
+            tickMs=self.cfg.tick_ms,
+            keys=len(self.kv),
+            revision=self.kv.revision,
+            faults=self.faults.describe(),
+            transport=self.transport.stats(),
+            storage=dataclasses.asdict(self.storage.stats),
+            uptime=round(time.time() - self.started_at, 3),
+        )
+        return status
+
+    def health(self) -> dict:
+        leader = self.core.leader_id
+        return {
+            "status": "ok",
+            "node": self.id,
+            "leader": leader,
+            "hasLeader": leader is not None,
+            "term": self.core.term,
+        }
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        self._refresh_gauges()
+        return self.metrics.render()
+
+    def record_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.metrics.http_requests.labels(route, method, str(status)).inc()
+        self.metrics.http_seconds.labels(route, method).observe(seconds)
+
+    async def watch(self) -> AsyncIterator[dict]:
+        self.hub.publish(self._status_event())
+        async for event in self.hub.subscribe():
+            yield event
+
+    # ================================================================ inputs ====================
+
+    def _on_message(self, m: Message) -> None:
+        self._inbox.append(m)
+        self._wake.set()
+
+    async def _ticker(self) -> None:
+        interval = self.cfg.tick_ms / 1000
+        next_at = time.monotonic()
+        while True:
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            self._ticks += 1
+            self._wake.set()
+
+    async def _status(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_EVERY_S)
+            self._refresh_gauges()
+            if self.hub.watched:
+                self.hub.publish(self._status_event())
+
+    def _status_event(self) -> dict:
+        return {"type": "status", "state": self.raft_state(), "kv": self._kv_preview()}
+
+    def _kv_preview(self, limit: int = 50) -> dict:
+        items, more = self.kv.range("", limit)
+        return {"items": {k: v.value for k, v in items}, "more": more, "count": len(self.kv)}
+
+    # ================================================================ the loop ==================
+
+    async def _loop(self) -> None:
+        while self._running:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._feed_core()
+                await self._carry_out_readies()
+            except Exception:
+                log.exception("node loop failed id=%s; stopping the node", self.id)
+                raise
+
+    def _feed_core(self) -> None:
+        core = self.core
+        ticks, self._ticks = self._ticks, 0
+        for _ in range(ticks):
+            core.tick()
+        inbox, self._inbox = self._inbox, []
+        for m in inbox:
+            if isinstance(m, HeartbeatRequest):
+                self.metrics.on_heartbeat_received()
+            core.step(m)
+        actions, self._actions = self._actions, []
+        for act in actions:
+            act()
+        if self._proposals:
+            self._propose_batch()
+        reads, self._reads = self._reads, []
+        now = time.monotonic()
+        for ctx, fut in reads:
+            if not fut.done():
+                self._waiting_reads[ctx] = (fut, now)
+                core.read_index(ctx)
+
+    def _propose_batch(self) -> None:
+        batch = self._proposals[: self.cfg.max_batch_proposals]
+        del self._proposals[: self.cfg.max_batch_proposals]
+        if self._proposals:
+            self._wake.set()  # the rest go in the next turn
+        batch = [p for p in batch if not p[1].done()]
+        if not batch:
+            return
+        try:
+            term, first = self.core.propose([data for data, _, _ in batch])
+        except CoreNotLeader:
+            for _, fut, _ in batch:
+                fut.set_exception(NotLeaderError(self.leader_id(), self.leader_url()))
+            return
+        except ProposalDroppedError as e:
+            for _, fut, _ in batch:
+                fut.set_exception(NoQuorumError(str(e)))
+            return
+        for i, (_, fut, started) in enumerate(batch):
+            self._waiting_proposals[first + i] = (term, fut, started)
+
+    async def _carry_out_readies(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.core.has_ready():
+            rd = self.core.ready()
+            if rd.must_sync():
+                await self._persist(rd, loop)
+            self.transport.send(rd.messages)
+            self._note_messages(rd)
+            if rd.soft_state is not None:
+                self._on_soft_state(rd)
+            if rd.snapshot is not None:
+                self.kv.restore(rd.snapshot.data)
+                self._snapshot_index = rd.snapshot.meta.index
+                self.metrics.snapshots.labels("installed").inc()
+            self._apply(rd)
+            self._answer_reads(rd)
+            self.core.advance(rd)
+            await self._maybe_snapshot(loop)
+
+    async def _persist(self, rd: Ready, loop: asyncio.AbstractEventLoop) -> None:
+        storage = self.storage
+        if rd.snapshot is not None:
+            await loop.run_in_executor(self._disk, storage.save_snapshot, rd.snapshot)
+        if rd.entries:
+            storage.append(rd.entries)
+        if rd.hard_state is not None:
+            storage.set_hard_state(rd.hard_state)
+        if self.cfg.unsafe_skip_fsync and time.monotonic() - self._last_unsafe_sync < UNSAFE_SYNC_EVERY_S:
+            return  # deliberately broken mode: acknowledge what is only in memory
+        self._last_unsafe_sync = time.monotonic()
+        started = time.perf_counter()
+        await loop.run_in_executor(self._disk, storage.sync)
+        self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+        self.metrics.fsync_batch.observe(len(rd.entries))
+
+    def _apply(self, rd: Ready) -> None:
+        now = time.monotonic()
+        for e in rd.committed_entries:
+            if e.kind is EntryKind.NORMAL:
+                result = self.kv.apply(e.index, e.data)
+            else:
+                self.kv.apply_noop(e.index)
+                result = None
+            waiting = self._waiting_proposals.pop(e.index, None)
+            if waiting is None:
+                continue
+            term, fut, started = waiting
+            if fut.done():
+                continue
+            if e.term == term and result is not None:
+                self.metrics.apply_seconds.observe(now - started)
+                self.metrics.commit_seconds.observe(now - started)
+                self.metrics.proposals.labels("applied").inc()
+                fut.set_result(result)
+            else:
+                self.metrics.proposals.labels("lost").inc()
+                fut.set_exception(NoQuorumError("leadership changed before the write committed; it was not applied"))
+        # Anything at or below what was applied, still waiting, was overwritten by a snapshot.
+        for index in [i for i in self._waiting_proposals if i <= self.kv.applied_index]:
+            _, fut, _ = self._waiting_proposals.pop(index)
+            if not fut.done():
+                fut.set_exception(OutcomeUnknownError("this node caught up from a snapshot; the outcome is unknown"))
+
+    def _answer_reads(self, rd: Ready) -> None:
+        now = time.monotonic()
+        for rs in rd.read_states:
+            waiting = self._waiting_reads.pop(rs.ctx, None)
+            if waiting is None:
+                continue
+            fut, started = waiting
+            if fut.done():
+                continue
+            if not rs.ok:
+                fut.set_exception(NoQuorumError("no leader could confirm this read; retry"))
+                continue
+            self.metrics.read_index_seconds.observe(now - started)
+            self._reads_by_index.append((rs.index, fut))
+        applied = self.kv.applied_index
+        still = []
+        for index, fut in self._reads_by_index:
+            if fut.done():
+                continue
+            if index <= applied:
+                fut.set_result(None)
+            else:
+                still.append((index, fut))
+        self._reads_by_index = still
+
+    async def _maybe_snapshot(self, loop: asyncio.AbstractEventLoop) -> None:
+        applied = self.kv.applied_index
+        if not self.cfg.snapshot_every or applied - self._snapshot_index < self.cfg.snapshot_every:
+            return
+        started = time.perf_counter()
+        snapshot = self.core.make_snapshot(applied, self.kv.snapshot())
+        await loop.run_in_executor(self._disk, self.storage.save_snapshot, snapshot)
+        self.core.compact(snapshot, retain_entries=self.cfg.snapshot_retain_entries)
+        self._snapshot_index = applied
+        self.metrics.snapshots.labels("taken").inc()
+        self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
+        self.metrics.snapshot_bytes.set(len(snapshot.data))
+        log.info("snapshot node=%s index=%d bytes=%d", self.id, applied, len(snapshot.data))
+
+    # ================================================================ observation ===============
+
+    def _on_soft_state(self, rd: Ready) -> None:
+        soft = rd.soft_state
+        assert soft is not None
+        self.metrics.on_soft_state(soft.role, soft.leader_id, soft.term, self._leader)
+        if soft.leader_id != self._leader:
+            log.info("leader node=%s term=%d leader=%s role=%s", self.id, soft.term, soft.leader_id, soft.role.value)
+        self._leader = soft.leader_id
+
+    def _on_trace(self, event: TraceEvent) -> None:
+        if event.kind in ("send", "receive", "append"):
+            return  # messages are reported per Ready, grouped (see _note_messages)
+        if event.kind == "campaign":
+            self.metrics.elections_started.inc()
+        if self.hub.watched or event.kind not in ("commit",):
+            self.hub.publish(
+                {
+                    "type": "trace",
+                    "kind": event.kind,
+                    "term": event.term,
+                    "detail": event.detail,
+                    "text": event.describe(),
+                }
+            )
+
+    def _note_messages(self, rd: Ready) -> None:
+        groups: dict[tuple[str, str], list[Message]] = {}
+        for m in rd.messages:
+            groups.setdefault((m.dst, type(m).__name__), []).append(m)
+        for (dst, kind), msgs in groups.items():
+            self.metrics.messages_sent.labels(kind).inc(len(msgs))
+            if kind == "HeartbeatRequest":
+                self.metrics.heartbeats_sent.inc(len(msgs))
+            if self.hub.watched:
+                entries = sum(len(getattr(m, "entries", ())) for m in msgs)
+                self.hub.publish(
+                    {
+                        "type": "msg",
+                        "src": self.id,
+                        "dst": dst,
+                        "kind": kind,
+                        "count": len(msgs),
+                        "entries": entries,
+                        "term": msgs[-1].term,
+                        "dropped": False,
+                    }
+                )
+
+    def _on_drop(self, m: Message, direction: str) -> None:
+        self.metrics.messages_dropped.labels(direction).inc()
+        if self.hub.watched:
+            self.hub.publish(
+                {
+                    "type": "msg",
+                    "src": m.src,
+                    "dst": m.dst,
+                    "kind": type(m).__name__,
+                    "count": 1,
+                    "term": m.term,
+                    "dropped": True,
+                    "direction": direction,
+                }
+            )
+
+    def _refresh_gauges(self) -> None:
+        m, core = self.metrics, self.core
+        m.term.set(core.term)
+        m.commit_index.set(core.log.committed)
+        m.applied_index.set(self.kv.applied_index)
+        m.last_log_index.set(core.log.last_index())
+        m.keys.set(len(self.kv))
+        tick_s = self.cfg.tick_ms / 1000
+        for peer in self.cfg.peers():
+            pr = core.progress.get(peer)
+            m.peer_lag_entries.labels(peer).set(core.log.last_index() - pr.match if pr else 0)
+            m.peer_last_contact.labels(peer).set(pr.ticks_since_contact * tick_s if pr else 0)

@@ -1,0 +1,130 @@
+"""Prometheus metrics of one node, through the official prometheus_client.
+
+Each node owns a registry (tests run several nodes in one process). The driver records what it
+sees happen: role and term changes, elections, heartbeats, commits, fsyncs, snapshots, reads
+and proposals; the HTTP layer records requests. `/metrics` renders the registry and the
+dashboard's charts read the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from raftkv.core import Role
+
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+ELECTION_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+ROLE_VALUE = {Role.FOLLOWER: 0, Role.PRE_CANDIDATE: 1, Role.CANDIDATE: 2, Role.LEADER: 3}
+
+
+class NodeMetrics:
+    def __init__(self, node_id: str) -> None:
+        r = self.registry = CollectorRegistry()
+        labels = {"node": node_id}
+        self.term = Gauge("raft_term", "Current Raft term", registry=r)
+        self.role = Gauge("raft_role", "0 follower, 1 pre-candidate, 2 candidate, 3 leader", registry=r)
+        self.is_leader = Gauge("raft_is_leader", "1 if this node is the leader", registry=r)
+        self.has_leader = Gauge("raft_has_leader", "1 if this node knows a leader", registry=r)
+        self.commit_index = Gauge("raft_commit_index", "Highest committed log index", registry=r)
+        self.applied_index = Gauge("raft_applied_index", "Highest applied log index", registry=r)
+        self.last_log_index = Gauge("raft_last_log_index", "Last index in the log", registry=r)
+        self.leader_changes = Counter("raft_leader_changes", "Times the known leader changed", registry=r)
+        self.elections_started = Counter("raft_elections_started", "Elections this node started", registry=r)
+        self.elections_won = Counter("raft_elections_won", "Elections this node won", registry=r)
+        self.election_seconds = Histogram(
+            "raft_election_duration_seconds",
+            "From starting a campaign to winning it",
+            buckets=ELECTION_BUCKETS,
+            registry=r,
+        )
+        self.leaderless_seconds = Counter("raft_leaderless_seconds", "Time this node knew no leader", registry=r)
+        self.failover_seconds = Histogram(
+            "raft_failover_seconds",
+            "From losing the leader to knowing a new one",
+            buckets=ELECTION_BUCKETS,
+            registry=r,
+        )
+        self.heartbeats_sent = Counter("raft_heartbeats_sent", "Heartbeat requests sent", registry=r)
+        self.heartbeats_received = Counter("raft_heartbeats_received", "Heartbeat requests received", registry=r)
+        self.heartbeat_interval = Histogram(
+            "raft_heartbeat_interval_seconds", "Time between heartbeats received", buckets=FAST_BUCKETS, registry=r
+        )
+        self.messages_sent = Counter("raft_messages_sent", "Raft messages sent", ["type"], registry=r)
+        self.messages_dropped = Counter(
+            "raft_messages_dropped", "Raft messages dropped by the fault layer", ["direction"], registry=r
+        )
+        self.peer_lag_entries = Gauge(
+            "raft_peer_lag_entries", "Leader's last index minus the peer's match", ["peer"], registry=r
+        )
+        self.peer_last_contact = Gauge(
+            "raft_peer_last_contact_seconds", "Since the leader heard from the peer", ["peer"], registry=r
+        )
+        self.proposals = Counter("raft_proposals", "Client commands proposed", ["outcome"], registry=r)
+        self.commit_seconds = Histogram(
+            "raft_propose_to_commit_seconds", "From propose to commit on the leader", buckets=FAST_BUCKETS, registry=r
+        )
+        self.apply_seconds = Histogram(
+            "raft_propose_to_apply_seconds", "From propose to applied on the leader", buckets=FAST_BUCKETS, registry=r
+        )
+        self.read_index_seconds = Histogram(
+            "raft_read_index_seconds", "From a read request to its safe read point", buckets=FAST_BUCKETS, registry=r
+        )
+        self.fsync_seconds = Histogram("raft_wal_fsync_seconds", "WAL sync duration", buckets=FAST_BUCKETS, registry=r)
+        self.fsync_batch = Histogram(
+            "raft_wal_fsync_batch_entries", "Entries made durable by one sync", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.snapshots = Counter("raft_snapshots", "Snapshots taken or installed", ["kind"], registry=r)
+        self.snapshot_seconds = Histogram(
+            "raft_snapshot_duration_seconds", "Time to take and save a snapshot", buckets=ELECTION_BUCKETS, registry=r
+        )
+        self.snapshot_bytes = Gauge("raft_snapshot_bytes", "Size of the newest snapshot", registry=r)
+        self.http_requests = Counter("raft_http_requests", "HTTP requests", ["route", "method", "status"], registry=r)
+        self.http_seconds = Histogram(
+            "raft_http_request_seconds", "HTTP request latency", ["route", "method"], buckets=FAST_BUCKETS, registry=r
+        )
+        self.keys = Gauge("raft_kv_keys", "Keys in the state machine", registry=r)
+        self.info = Gauge("raft_node_info", "Constant 1, labelled with the node id", ["node"], registry=r)
+        self.info.labels(**labels).set(1)
+        self._leaderless_since: float | None = time.monotonic()
+        self._campaign_started: float | None = None
+        self._last_heartbeat: float | None = None
+
+    # ---- events the driver reports ----------------------------------------------------------
+
+    def on_soft_state(self, role: Role, leader: str | None, term: int, previous_leader: str | None) -> None:
+        now = time.monotonic()
+        self.term.set(term)
+        self.role.set(ROLE_VALUE[role])
+        self.is_leader.set(1 if role is Role.LEADER else 0)
+        self.has_leader.set(1 if leader else 0)
+        if leader != previous_leader:
+            self.leader_changes.inc()
+        if leader is None and self._leaderless_since is None:
+            self._leaderless_since = now
+        elif leader is not None and self._leaderless_since is not None:
+            gap = now - self._leaderless_since
+            self.leaderless_seconds.inc(gap)
+            self.failover_seconds.observe(gap)
+            self._leaderless_since = None
+        if role is Role.CANDIDATE:
+            self._campaign_started = self._campaign_started or now
+        elif role is Role.LEADER and self._campaign_started is not None:
+            self.elections_won.inc()
+            self.election_seconds.observe(now - self._campaign_started)
+            self._campaign_started = None
+        elif role is Role.FOLLOWER:
+            self._campaign_started = None
+
+    def on_heartbeat_received(self) -> None:
+        now = time.monotonic()
+        self.heartbeats_received.inc()
+        if self._last_heartbeat is not None:
+            self.heartbeat_interval.observe(now - self._last_heartbeat)
+        self._last_heartbeat = now
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
