@@ -42,6 +42,7 @@ def main(verbose: bool) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: data/<id>.")
 @click.option("--tick-ms", type=click.IntRange(1, 1000), default=None, help="Length of one Raft tick.")
 @click.option("--snapshot-every", type=click.IntRange(0), default=None, help="Applied entries between snapshots.")
+@click.option("--snapshot-retain", type=click.IntRange(0), default=None, help="Entries kept after a snapshot.")
 @click.option("--unsafe-skip-fsync", is_flag=True, hidden=True, help="Testing only: acknowledge before fsync.")
 @click.option("--unsafe-stale-reads", is_flag=True, hidden=True, help="Testing only: followers skip ReadIndex.")
 def node(
@@ -51,6 +52,7 @@ def node(
     data_dir: Path | None,
     tick_ms: int | None,
     snapshot_every: int | None,
+    snapshot_retain: int | None,
     unsafe_skip_fsync: bool,
     unsafe_stale_reads: bool,
 ) -> None:
@@ -62,6 +64,7 @@ def node(
         for k, v in {
             "tick_ms": tick_ms,
             "snapshot_every": snapshot_every,
+            "snapshot_retain_entries": snapshot_retain,
             "unsafe_skip_fsync": unsafe_skip_fsync or None,
             "unsafe_stale_reads": unsafe_stale_reads or None,
         }.items()

@@ -221,7 +221,8 @@ class RaftNode:
         log.info("partition node=%s partitioned=%s peers=%s", self.id, partitioned, peers or "all")
         return self.faults.describe()
 
-    def raft_state(self) -> dict:
+    def raft_state(self, digest: bool = False) -> dict:
+        """/raft-state; with digest, also a hash of the whole state machine (costs a full snapshot)."""
         status = self.core.status()
         progress = status.pop("progress")
         tick_s = self.cfg.tick_ms / 1000
@@ -245,6 +246,8 @@ class RaftNode:
             storage=dataclasses.asdict(self.storage.stats),
             uptime=round(time.time() - self.started_at, 3),
         )
+        if digest:
+            status["kvDigest"] = self.kv.digest()
         return status
 
     def health(self) -> dict:

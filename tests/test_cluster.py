@@ -1,0 +1,281 @@
+"""Real three-node clusters on loopback: real processes, real disks, kill -9 and restarts.
+
+Every test starts its own cluster (see conftest.py); node logs are printed when a test fails.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from cluster import LocalCluster, http
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def put(url: str, key: str, value: object, timeout: float = 10.0, **extra: object) -> tuple[int, dict]:
+    return http("PUT", f"{url}/kv/{key}", {"value": value, **extra}, timeout=timeout)
+
+
+def get(url: str, key: str, stale: bool = False) -> tuple[int, dict]:
+    return http("GET", f"{url}/kv/{key}" + ("?stale=true" if stale else ""))
+
+
+def put_retrying(c: LocalCluster, key: str, value: object, timeout: float = 20.0) -> dict:
+    """Write through any live node until one acknowledges (503 means nothing was written)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for node_id, proc in c.supervisor.nodes.items():
+            if not proc.running:
+                continue
+            try:
+                status, body = put(c.url(node_id), key, value, timeout=5)
+            except OSError:
+                continue
+            if status == 200:
+                return body
+        time.sleep(0.1)
+    raise AssertionError(f"no node acknowledged {key}={value!r} within {timeout}s")
+
+
+def digests(c: LocalCluster) -> dict[str, str]:
+    return {n: http("GET", c.url(n) + "/raft-state?digest=true")[1]["kvDigest"] for n in c.urls}
+
+
+def test_writes_through_any_node_are_read_from_every_node(cluster: LocalCluster) -> None:
+    cluster.wait_for_leader()
+    for i, node_id in enumerate(cluster.urls):
+        status, body = put(cluster.url(node_id), f"from-{node_id}", {"n": i})
+        assert status == 200, body
+        assert body["key"] == f"from-{node_id}" and body["revision"] >= 1
+    for reader in cluster.urls:
+        for i, writer in enumerate(cluster.urls):
+            status, body = get(cluster.url(reader), f"from-{writer}")
+            assert status == 200 and body["value"] == {"n": i}, (reader, writer, body)
+    cluster.wait_converged()
+    assert len(set(digests(cluster).values())) == 1
+
+
+@pytest.mark.cluster_args("--snapshot-every", "40", "--snapshot-retain", "5")
+def test_kill_the_leader_writes_go_on_and_the_killed_node_catches_up_through_a_snapshot(cluster: LocalCluster) -> None:
+    leader = cluster.wait_for_leader()
+    acknowledged: dict[str, object] = {}
+    for i in range(60):
+        acknowledged[f"k{i % 25}"] = put_retrying(cluster, f"k{i % 25}", i)["value"]
+
+    cluster.supervisor.kill(leader)  # kill -9
+    survivors = [n for n in cluster.urls if n != leader]
+    new_leader = cluster.wait_for_leader(among=survivors)
+    assert new_leader != leader
+    for i in range(60, 200):  # enough for several snapshots while the old leader is down
+        acknowledged[f"k{i % 25}"] = put_retrying(cluster, f"k{i % 25}", i)["value"]
+
+    cluster.supervisor.start(leader)
+    cluster.wait_for_leader()
+    states = cluster.wait_converged()
+    assert states[leader]["snapshotIndex"] > 0, "the restarted node should have installed a snapshot"
+    assert "installed" in cluster.log_text(leader) or states[leader]["snapshotIndex"] >= 40
+    for node_id in cluster.urls:
+        for key, value in acknowledged.items():
+            status, body = get(cluster.url(node_id), key, stale=True)
+            assert status == 200 and body["value"] == value, (node_id, key, body)
+    assert len(set(digests(cluster).values())) == 1
+
+
+def test_every_node_restarted_from_disk_keeps_every_acknowledged_write(cluster: LocalCluster) -> None:
+    cluster.wait_for_leader()
+    acknowledged = {f"durable{i}": put_retrying(cluster, f"durable{i}", i)["value"] for i in range(30)}
+    for node_id in cluster.urls:
+        cluster.supervisor.kill(node_id)
+    cluster.supervisor.start_all()
+    cluster.wait_for_leader()
+    for key, value in acknowledged.items():
+        status, body = get(cluster.url("node1"), key)
+        assert status == 200 and body["value"] == value
+
+
+def test_seed_demo_2_leader_stops_and_a_new_one_is_elected(cluster: LocalCluster) -> None:
+    leader = cluster.wait_for_leader()
+    term_before = cluster.state(leader)["term"]
+    cluster.supervisor.kill(leader)
+    survivors = [n for n in cluster.urls if n != leader]
+    new_leader = cluster.wait_for_leader(among=survivors, timeout=10)
+    assert new_leader in survivors
+    assert cluster.state(new_leader)["term"] > term_before
+    assert put_retrying(cluster, "after-failover", True)["value"] is True
+
+
+def test_seed_demo_4_consistency_under_failover(cluster: LocalCluster) -> None:
+    leader = cluster.wait_for_leader()
+    status, _ = http("PUT", cluster.url(leader) + "/saldo_cuenta_123", {"value": 1000})  # the seed's root route
+    assert status == 200
+    cluster.supervisor.kill(leader)
+    survivors = [n for n in cluster.urls if n != leader]
+    new_leader = cluster.wait_for_leader(among=survivors)
+    status, _ = http("PUT", cluster.url(new_leader) + "/saldo_cuenta_123", {"value": 1500})
+    assert status == 200
+    cluster.supervisor.start(leader)
+    cluster.wait_converged()
+    for node_id in cluster.urls:
+        status, body = http("GET", cluster.url(node_id) + "/saldo_cuenta_123")
+        assert status == 200 and body["value"] == 1500, (node_id, body)
+
+
+def test_without_a_quorum_a_write_is_never_reported_done(cluster: LocalCluster) -> None:
+    leader = cluster.wait_for_leader()
+    assert put(cluster.url(leader), "before", 1)[0] == 200
+    for follower in [n for n in cluster.urls if n != leader]:
+        cluster.supervisor.kill(follower)
+    status, body = put(cluster.url(leader), "lonely", "never acknowledged", timeout=15)
+    assert status in (503, 504), body
+    assert "error" in body
+    cluster.supervisor.start_all()
+    cluster.wait_for_leader()
+    cluster.wait_converged()
+    after, _ = get(cluster.url(leader), "lonely")
+    if status == 503:
+        assert after == 404, "503 promised the write was not applied"
+    # A 504 promised nothing either way: both outcomes are allowed.
+    assert put_retrying(cluster, "after", 2)["value"] == 2
+
+
+def test_a_losing_compare_and_set_returns_412_and_writes_nothing(cluster: LocalCluster) -> None:
+    leader = cluster.wait_for_leader()
+    url = cluster.url(leader)
+    first = put(url, "stock", 100)[1]
+    status, body = put(url, "stock", 95, prev_value=99)
+    assert status == 412, body
+    assert body["current"]["value"] == 100
+    status, body = get(url, "stock")
+    assert body["value"] == 100 and body["mod_revision"] == first["revision"]
+    status, body = put(url, "stock", 95, prev_value=100)
+    assert status == 200 and body["value"] == 95
+
+
+def test_bad_input_is_rejected_and_changes_nothing(cluster: LocalCluster) -> None:
+    leader = cluster.wait_for_leader()
+    url = cluster.url(leader)
+    revision = put(url, "x", 1)[1]["revision"]
+    cases = [
+        ("PUT", "/kv/x", b"{not json", 400),
+        ("PUT", "/kv/x", b'{"nope": 1}', 400),
+        ("PUT", "/kv/x", b'["value", 2]', 400),
+        ("PUT", "/kv/x", b'{"value": 2, "prev_revision": "one"}', 400),
+        ("POST", "/txn", b'{"compare": 5}', 400),
+        ("POST", "/simulate-partition", b'{"partitioned": "yes"}', 400),
+        ("GET", "/kv?limit=-3", None, 400),
+        ("PUT", "/kv/" + "k" * 5000, b'{"value": 1}', 413),
+    ]
+    import urllib.request
+
+    for method, path, body, expected in cases:
+        req = urllib.request.Request(url + path, data=body, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                status, text = resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read()
+        assert status == expected, (method, path, status, text)
+        assert text.startswith(b"{") and b'"error"' in text, text
+    status, body = get(url, "x")
+    assert body["value"] == 1 and body["mod_revision"] == revision
+
+
+def test_a_torn_last_wal_record_is_truncated_and_the_node_rejoins(cluster: LocalCluster) -> None:
+    leader = cluster.wait_for_leader()
+    for i in range(20):
+        put_retrying(cluster, f"t{i}", i)
+    victim = next(n for n in cluster.urls if n != leader)
+    cluster.supervisor.kill(victim)
+    segment = max((cluster.data_dir / victim / "raft" / "wal").iterdir())
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-3])  # the last record loses its tail, as if power failed mid-write
+    cluster.supervisor.start(victim)
+    cluster.wait_for_leader()
+    cluster.wait_converged()
+    assert "torn" in cluster.log_text(victim).lower()
+    status, body = get(cluster.url(victim), "t19", stale=True)
+    assert status == 200 and body["value"] == 19
+
+
+def test_a_corrupt_record_in_the_middle_stops_the_node_with_file_and_offset(cluster: LocalCluster) -> None:
+    leader = cluster.wait_for_leader()
+    for i in range(50):
+        put_retrying(cluster, f"c{i}", "x" * 50)
+    victim = next(n for n in cluster.urls if n != leader)
+    cluster.supervisor.kill(victim)
+    segment = max((cluster.data_dir / victim / "raft" / "wal").iterdir())
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    cluster.supervisor.start(victim)
+    proc = cluster.supervisor.nodes[victim].proc
+    assert proc is not None
+    assert proc.wait(timeout=30) != 0
+    text = cluster.log_text(victim)
+    assert str(segment.name) in text and "offset" in text, text[-2000:]
+
+
+def test_a_second_node_on_the_same_data_directory_is_refused(cluster: LocalCluster) -> None:
+    cluster.wait_for_leader()
+    m = cluster.members[0]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raftkv",
+            "node",
+            "--id",
+            m.id,
+            "--cluster",
+            cluster.supervisor.cluster,
+            "--data-dir",
+            str(cluster.data_dir / m.id),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "in use by another raftkv" in out.stderr, out.stderr
+
+
+def test_graceful_stop_exits_cleanly(cluster: LocalCluster) -> None:
+    cluster.wait_for_leader()
+    put_retrying(cluster, "bye", 1)
+    proc = cluster.supervisor.nodes["node1"].proc
+    assert proc is not None
+    proc.terminate()
+    assert proc.wait(timeout=20) == 0
+
+
+def test_cli_put_get_and_status_table(cluster: LocalCluster) -> None:
+    cluster.wait_for_leader()
+    endpoints = ",".join(cluster.urls.values())
+    raftkv = [sys.executable, "-m", "raftkv"]
+    out = subprocess.run(
+        [*raftkv, "put", "--endpoints", endpoints, "greeting", '"hola"'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run(
+        [*raftkv, "get", "--endpoints", endpoints, "greeting"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 0 and out.stdout.strip() == '"hola"'
+    out = subprocess.run(
+        [*raftkv, "get", "--endpoints", endpoints, "missing"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 1 and "404" in out.stderr
+    out = subprocess.run(
+        [*raftkv, "status", "--endpoints", endpoints], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].split()[:4] == ["ENDPOINT", "ID", "ROLE", "TERM"]
+    assert len(lines) == 4 and sum(" leader " in line for line in lines) == 1
