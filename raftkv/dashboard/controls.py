@@ -1,0 +1,324 @@
+"""What a person can do from the dashboard, carried out against the real nodes and processes.
+
+Theory of operation
+-------------------
+Every control is a call to an interface the cluster already has: a node's HTTP API (force an
+election, `/simulate-partition`, the KV routes) or the local `Supervisor` (kill -9, restart,
+SIGSTOP/SIGCONT). The dashboard never reaches into a node's internals.
+
+Partitions are built from `/simulate-partition` alone: isolating a node is
+`{"partitioned": true}` on it; splitting the cluster into groups is, on every node, a cut to each
+peer outside its group (both directions, so the split holds even if one node's rule is lost);
+healing is `{"partitioned": false}` on every node. The node API offers no one-way cut, loss or
+delay today, so those controls answer 501 saying exactly that.
+
+Slow motion restarts each node (followers first, the leader last, one at a time, each waiting for
+the previous to report again) with a larger `--tick-ms`, so every timer in the cluster (election
+timeouts, heartbeats) really runs that many times slower. It needs the supervisor; attached to a
+remote cluster it is unavailable, and the dashboard says so rather than faking it in the browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import time
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from .hub import Hub, NodeLink
+
+NODE_CALL_TIMEOUT_S = 6.0
+SLOWMO_MAX_FACTOR = 50
+SLOWMO_NODE_READY_S = 15.0
+
+
+class ControlError(Exception):
+    def __init__(self, status: int, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.fields = status, message, fields
+
+
+NO_SUPERVISOR = (
+    "this dashboard is attached to a remote cluster (raftkv dashboard --endpoints ...) and has no "
+    "supervisor, so it cannot {what}; run `raftkv up` to get a local cluster the dashboard can crash, "
+    "pause and restart"
+)
+
+
+class Controls:
+    def __init__(self, hub: Hub, supervisor: Any = None) -> None:
+        self.hub = hub
+        self.supervisor = supervisor
+        self._original_args = (
+            {i: list(p.extra_args) for i, p in supervisor.nodes.items()} if supervisor is not None else {}
+        )
+        self.slowmo_factor = 1
+        self.slowmo_busy = False
+        self._slowmo_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ node HTTP ----------------
+
+    async def call(self, link: NodeLink, method: str, path: str, body: Any = None,
+                   timeout_s: float = NODE_CALL_TIMEOUT_S) -> tuple[int, Any]:
+        try:
+            async with self.hub.session.request(
+                method, link.url.rstrip("/") + path, json=body,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                text = await resp.text()
+                try:
+                    return resp.status, json.loads(text) if text else None
+                except ValueError:
+                    return resp.status, text
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise ControlError(502, f"the dashboard cannot reach {link.id}: {type(e).__name__} {e}".strip(),
+                               node=link.id) from None
+
+    def _link(self, node_id: str) -> NodeLink:
+        try:
+            return self.hub.link(node_id)
+        except KeyError:
+            raise ControlError(404, f"no node {node_id!r}; nodes are {sorted(self.hub.links)}") from None
+
+    async def force_election(self, node_id: str) -> dict:
+        link = self._link(node_id)
+        self.hub.action(f"🗳️ force election on {node_id}", kind="force-election", target=node_id)
+        status, body = await self.call(link, "POST", "/force-election")
+        if status >= 400:
+            raise ControlError(status, f"{node_id} refused: {_err(body)}", node=node_id)
+        return {"node": node_id, "result": body}
+
+    # ------------------------------------------------------------------ partitions --------------
+
+    async def _partition(self, link: NodeLink, partitioned: bool, peers: list[str] | None) -> dict:
+        body: dict[str, Any] = {"partitioned": partitioned}
+        if peers is not None:
+            body["peers"] = peers
+        status, answer = await self.call(link, "POST", "/simulate-partition", body)
+        if status >= 400:
+            raise ControlError(status, f"{link.id} refused the partition: {_err(answer)}", node=link.id)
+        return answer if isinstance(answer, dict) else {"answer": answer}
+
+    async def isolate(self, node_id: str) -> dict:
+        link = self._link(node_id)
+        self.hub.action(f"🔌 cut {node_id} off from all its peers", kind="partition", target=node_id)
+        return {"node": node_id, "result": await self._partition(link, True, None)}
+
+    async def heal(self) -> dict:
+        self.hub.action("🩹 heal the network: every link restored", kind="heal")
+        results, errors = {}, {}
+        for link in self.hub.links.values():
+            try:
+                results[link.id] = await self._partition(link, False, None)
+            except ControlError as e:
+                errors[link.id] = e.message
+        return {"healed": sorted(results), "errors": errors}
+
+    async def split(self, groups: list[list[str]]) -> dict:
+        ids = set(self.hub.links)
+        if not isinstance(groups, list) or not groups or any(not isinstance(g, list) or not g for g in groups):
+            raise ControlError(400, 'groups: non-empty lists of node ids, e.g. [["node1"], ["node2", "node3"]]')
+        seen: list[str] = [n for g in groups for n in g]
+        if unknown := set(seen) - ids:
+            raise ControlError(400, f"groups: unknown nodes {sorted(unknown)}; nodes are {sorted(ids)}")
+        if len(seen) != len(set(seen)):
+            raise ControlError(400, "groups: a node may be in only one group")
+        groups = [list(g) for g in groups] + [[n] for n in sorted(ids - set(seen))]
+        text = " | ".join("{" + ", ".join(g) + "}" for g in groups)
+        self.hub.action(f"✂️ split the cluster into {text}", kind="partition", groups=groups)
+        await self.heal_quietly()
+        results = {}
+        for g in groups:
+            for node_id in g:
+                link = self.hub.links[node_id]
+                outside = [self.hub.links[o].raft_id for o in ids - set(g)]
+                if outside:
+                    results[node_id] = await self._partition(link, True, sorted(outside))
+        return {"groups": groups, "results": results}
+
+    async def heal_quietly(self) -> None:
+        for link in self.hub.links.values():
+            with contextlib.suppress(ControlError):
+                await self._partition(link, False, None)
+
+    async def cut_one_way(self, src: str, dst: str) -> dict:
+        raise ControlError(501, "one-way cuts are not offered by the node API: POST /simulate-partition cuts both "
+                                "directions (the transport's fault layer can cut one way, but no route exposes it)",
+                           src=src, dst=dst)
+
+    async def link_quality(self, node_id: str, loss_percent: float, delay_ms: float) -> dict:
+        raise ControlError(501, "packet loss and latency are not offered by the node API (only /simulate-partition); "
+                                "use `raftkv` chaos tools with tc netem for lossy links", node=node_id)
+
+    # ------------------------------------------------------------------ processes ---------------
+
+    def _need_supervisor(self, what: str) -> Any:
+        if self.supervisor is None:
+            raise ControlError(501, NO_SUPERVISOR.format(what=what), unavailable=what)
+        return self.supervisor
+
+    async def process(self, node_id: str, op: str) -> dict:
+        words = {"crash": "crash (kill -9)", "restart": "restart", "pause": "pause (SIGSTOP)",
+                 "resume": "resume (SIGCONT)"}
+        if op not in words:
+            raise ControlError(404, f"unknown process action {op!r}; one of {sorted(words)}")
+        sup = self._need_supervisor(f"{words[op]} a node")
+        link = self._link(node_id)
+        if link.raft_id not in sup.nodes:
+            raise ControlError(404, f"the supervisor does not run {node_id}")
+        icon = {"crash": "💥", "restart": "🔄", "pause": "⏸️", "resume": "▶️"}[op]
+        self.hub.action(f"{icon} {words[op]} {node_id}", kind=op, target=node_id)
+        fn = {"crash": sup.kill, "restart": sup.restart, "pause": sup.pause, "resume": sup.resume}[op]
+        if op == "restart" and not sup.nodes[link.raft_id].running:
+            fn = sup.start
+        await asyncio.get_running_loop().run_in_executor(None, fn, link.raft_id)
+        return {"node": node_id, "process": sup.nodes[link.raft_id].describe()}
+
+    # ------------------------------------------------------------------ slow motion -------------
+
+    def slowmo_info(self) -> dict:
+        return {
+            "slowmo": {
+                "factor": self.slowmo_factor,
+                "busy": self.slowmo_busy,
+                "available": self.supervisor is not None,
+                "why": None if self.supervisor is not None
+                else NO_SUPERVISOR.format(what="restart nodes with slower ticks"),
+            }
+        }
+
+    async def slow_motion(self, factor: int) -> dict:
+        sup = self._need_supervisor("slow the cluster down (it restarts each node with a larger --tick-ms)")
+        if not 1 <= factor <= SLOWMO_MAX_FACTOR:
+            raise ControlError(400, f"factor: 1..{SLOWMO_MAX_FACTOR}")
+        if self._slowmo_lock.locked():
+            raise ControlError(409, "slow motion is already being changed; wait for it to finish")
+        async with self._slowmo_lock:
+            self.slowmo_busy = True
+            try:
+                return await self._rolling_restart(sup, factor)
+            finally:
+                self.slowmo_busy = False
+
+    async def _rolling_restart(self, sup: Any, factor: int) -> dict:
+        base = {}
+        for node_id, args in self._original_args.items():
+            base[node_id] = int(args[args.index("--tick-ms") + 1]) if "--tick-ms" in args else 20
+        word = "normal speed" if factor == 1 else f"slow motion x{factor}"
+        self.hub.action(f"🐢 {word}: restarting each node with --tick-ms {base and max(base.values()) * factor}",
+                        kind="slowmo", factor=factor)
+        links = sorted(self.hub.links.values(), key=lambda n: (n.status or {}).get("state") == "leader")
+        done = []
+        for link in links:
+            node_id = link.raft_id
+            if node_id not in sup.nodes:
+                continue
+            tick = base[node_id] * factor
+            args = _without_tick(self._original_args[node_id])
+            if factor != 1 or "--tick-ms" in self._original_args[node_id]:
+                args += ["--tick-ms", str(tick)]
+            proc = sup.nodes[node_id]
+            was_running = proc.running
+            proc.extra_args = args
+            if was_running:
+                await asyncio.get_running_loop().run_in_executor(None, _graceful_restart, sup, node_id)
+                deadline = time.monotonic() + SLOWMO_NODE_READY_S
+                while time.monotonic() < deadline:
+                    if link.status and link.status.get("tickMs") == tick and link.reach(time.time()) == "ok":
+                        break
+                    await asyncio.sleep(0.1)
+            done.append({"node": node_id, "tickMs": tick, "restarted": was_running})
+        self.slowmo_factor = factor
+        self.hub.action(f"🐢 {word} in effect", kind="slowmo-done", factor=factor)
+        return {"factor": factor, "nodes": done}
+
+    # ------------------------------------------------------------------ key-value --------------
+
+    async def kv(self, req: dict) -> dict:
+        op = req.get("op")
+        key = req.get("key")
+        if op not in ("put", "get", "delete", "cas"):
+            raise ControlError(400, "op: one of put, get, delete, cas")
+        if not isinstance(key, str) or not key:
+            raise ControlError(400, "key: a non-empty string")
+        node_id = req.get("node") or self._any_reachable()
+        link = self._link(node_id)
+        path = "/kv/" + quote(key, safe="")
+        body: dict[str, Any] | None = None
+        method = {"put": "PUT", "cas": "PUT", "get": "GET", "delete": "DELETE"}[op]
+        if op in ("put", "cas"):
+            if "value" not in req:
+                raise ControlError(400, "value: required for put and cas")
+            body = {"value": req["value"]}
+            if op == "cas":
+                for k in ("prev_value", "prev_revision", "prev_exist"):
+                    if k in req and req[k] is not None:
+                        body[k] = req[k]
+                if len(body) == 1:
+                    raise ControlError(400, "cas: give prev_value, prev_revision or prev_exist")
+        if op == "get" and req.get("stale"):
+            path += "?stale=true"
+        started = time.perf_counter()
+        status, answer = await self.call(link, method, path, body)
+        ms = round((time.perf_counter() - started) * 1000, 2)
+        served = answer.get("node") if isinstance(answer, dict) else None
+        forwarded = answer.get("forwardedBy") if isinstance(answer, dict) else None
+        rev = answer.get("revision") if isinstance(answer, dict) else None
+        shown = f"={_short(req.get('value'))}" if op in ("put", "cas") else ""
+        outcome = f"{status}" + (f" revision {rev}" if rev is not None else "")
+        if op == "get" and status == 200 and isinstance(answer, dict):
+            outcome += f" value {_short(answer.get('value'))}"
+        via = f" (served by {served}" + (f", forwarded by {forwarded})" if forwarded else ")") if served else ""
+        self.hub.action(f"✍️ {op.upper()} {key}{shown} asked {node_id}: {outcome}{via} in {ms} ms",
+                        kind="kv", op=op, key=key, status=status, revision=rev, servedBy=served)
+        return {"op": op, "key": key, "askedNode": node_id, "status": status, "body": answer,
+                "servedBy": served, "forwardedBy": forwarded, "revision": rev, "ms": ms}
+
+    def _any_reachable(self) -> str:
+        now = time.time()
+        links = list(self.hub.links.values())
+        leader = next((n for n in links if (n.status or {}).get("state") == "leader" and n.reach(now) == "ok"), None)
+        ok = leader or next((n for n in links if n.reach(now) == "ok"), None) or links[0]
+        return ok.id
+
+
+def _without_tick(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--tick-ms":
+            skip = True
+            continue
+        out.append(a)
+    return out
+
+
+def _graceful_restart(sup: Any, node_id: str) -> None:
+    """SIGTERM and wait (the node finishes its Ready and closes its WAL), then start it again."""
+    proc = sup.nodes[node_id]
+    sup.resume(node_id)
+    if proc.running and proc.proc is not None:
+        proc.proc.send_signal(signal.SIGTERM)
+        try:
+            proc.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            sup.kill(node_id)
+    proc.restarts += 1
+    sup.start(node_id)
+
+
+def _err(body: Any) -> str:
+    return str(body.get("error", body)) if isinstance(body, dict) else str(body)
+
+
+def _short(v: Any, limit: int = 40) -> str:
+    text = json.dumps(v) if not isinstance(v, str) else repr(v)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,321 @@
+"""The dashboard's view of the cluster: one watcher per node, fanned out to every open browser.
+
+Theory of operation
+-------------------
+For each node the hub keeps a `NodeLink`: a WebSocket to the node's `GET /watch` (reconnected
+with capped exponential backoff and jitter) and a poller of its `GET /metrics`. Every event a
+node publishes (trace events in plain words, messages sent or dropped, periodic status with KV
+contents, fault changes) is stamped with a dashboard sequence number and receipt time, recorded,
+and sent to each browser. The hub adds events of its own: reachability, per-link message rates,
+metric rates for the charts, safety-check results, and what the person did (actions).
+
+Reachability is the dashboard's own knowledge and is kept apart from the node's: "cannot reach"
+means the dashboard's connection failed or went silent (the node may be crashed, paused, or the
+dashboard's own network may be at fault); "partitioned" is what the node itself reports about
+its Raft links in its status (`faults`). A node can be partitioned yet perfectly reachable.
+
+Everything is bounded: the recorder keeps the newest `RECORD_EVENTS` events; each browser has a
+queue of `CLIENT_QUEUE_BATCHES` batches and loses its oldest batch when it cannot keep up; events
+go to browsers in batches every `FLUSH_S` seconds so a busy cluster is not a frame per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from . import promtext
+from .safety import SafetyChecker
+
+log = logging.getLogger("raftkv.dashboard")
+
+RECORD_EVENTS = 100_000
+CLIENT_QUEUE_BATCHES = 400
+FLUSH_S = 0.05
+TICK_S = 0.5
+METRICS_EVERY_S = 1.0
+SILENT_AFTER_S = 1.5  # connected, yet no status for this long: the node is not answering
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.2, 3.0
+HELLO_EVENTS = 3000  # recent events a newly opened page receives, so its timeline has a past
+
+
+@dataclass
+class NodeLink:
+    id: str
+    url: str
+    raft_id: str
+    connected: bool = False
+    error: str | None = "not connected yet"
+    last_heard: float | None = None  # wall time of the last frame from the node
+    connected_since: float | None = None
+    status: dict | None = None
+    kv: dict | None = None
+    rates: promtext.RateTracker = field(default_factory=promtext.RateTracker)
+    metrics: dict | None = None
+    attempts: int = 0
+
+    def reach(self, now: float) -> str:
+        if not self.connected:
+            return "unreachable"
+        if self.last_heard is None or now - self.last_heard > SILENT_AFTER_S:
+            return "silent"
+        return "ok"
+
+
+class BrowserClient:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[str] = asyncio.Queue(CLIENT_QUEUE_BATCHES)
+        self.lost_batches = 0
+
+    def offer(self, frame: str) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()
+            self.lost_batches += 1
+        self.queue.put_nowait(frame)
+
+
+class Hub:
+    def __init__(self, links: list[NodeLink], supervisor: Any = None) -> None:
+        self.links = {link.id: link for link in links}
+        self.supervisor = supervisor
+        self.safety = SafetyChecker()
+        self.recorder: deque[dict] = deque(maxlen=RECORD_EVENTS)
+        self.clients: set[BrowserClient] = set()
+        self._seq = itertools.count(1)
+        self._pending: list[dict] = []
+        self._link_counts: dict[tuple[str, str, str], list[int]] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._session: aiohttp.ClientSession | None = None
+        self.extra_reach: Callable[[], dict] | None = None
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------ lifecycle ---------------
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0))
+        loop = asyncio.get_running_loop()
+        for link in self.links.values():
+            self._tasks.append(loop.create_task(self._watch(link)))
+            self._tasks.append(loop.create_task(self._poll_metrics(link)))
+        self._tasks.append(loop.create_task(self._flusher()))
+        self._tasks.append(loop.create_task(self._ticker()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "the hub is not started"
+        return self._session
+
+    def link(self, node_id: str) -> NodeLink:
+        if node_id not in self.links:
+            raise KeyError(node_id)
+        return self.links[node_id]
+
+    def by_raft_id(self, raft_id: str) -> NodeLink | None:
+        return next((n for n in self.links.values() if n.raft_id == raft_id), None)
+
+    # ------------------------------------------------------------------ events ------------------
+
+    def emit(self, event: dict) -> dict:
+        """Stamp, record and queue one event for every browser."""
+        event["seq"] = next(self._seq)
+        event["rt"] = round(time.time(), 4)
+        self.recorder.append(event)
+        self._pending.append(event)
+        return event
+
+    def action(self, text: str, **fields: Any) -> dict:
+        """Something a person (or the tour) did: shown in the feed and on the timeline."""
+        log.info("dashboard action: %s", text)
+        return self.emit({"type": "action", "text": text, **fields})
+
+    def hello(self) -> dict:
+        recent = list(itertools.islice(reversed(self.recorder), HELLO_EVENTS))[::-1]
+        return {
+            "type": "hello",
+            "nodes": [{"id": n.id, "url": n.url, "raftId": n.raft_id} for n in self.links.values()],
+            "supervisor": self.supervisor is not None,
+            "safety": self.safety.describe(),
+            "reach": self.reach(),
+            "events": recent,
+            "now": time.time(),
+        }
+
+    def reach(self) -> dict:
+        now = time.time()
+        sup = {}
+        if self.supervisor is not None:
+            with contextlib.suppress(Exception):
+                sup = {d["id"]: d for d in self.supervisor.describe()}
+        out = {}
+        for n in self.links.values():
+            out[n.id] = {
+                "reach": n.reach(now),
+                "error": n.error,
+                "lastHeard": n.last_heard,
+                "connectedSince": n.connected_since,
+                "process": sup.get(n.raft_id) or sup.get(n.id),
+            }
+        return out
+
+    def _on_node_event(self, link: NodeLink, ev: dict) -> None:
+        kind = ev.get("type")
+        if kind == "status":
+            state = ev.get("state") or {}
+            link.status, link.kv = state, ev.get("kv")
+            if state.get("nodeId"):
+                link.raft_id = state["nodeId"]
+            if self.safety.observe_status(link.id, state):
+                self.emit({"type": "safety", "checks": self.safety.describe(), "broken": True})
+        elif kind == "trace" and ev.get("kind") == "role" and (ev.get("detail") or {}).get("role") == "leader":
+            if self.safety.observe_leader(link.id, int(ev.get("term", 0))):
+                self.emit({"type": "safety", "checks": self.safety.describe(), "broken": True})
+        elif kind == "msg":
+            key = (ev.get("src", "?"), ev.get("dst", "?"), ev.get("kind", "?"))
+            counts = self._link_counts.setdefault(key, [0, 0, 0])
+            counts[0] += int(ev.get("count", 1))
+            counts[1] += int(ev.get("entries", 0) or 0)
+            counts[2] += int(ev.get("count", 1)) if ev.get("dropped") else 0
+        ev["via"] = link.id
+        self.emit(ev)
+
+    # ------------------------------------------------------------------ tasks -------------------
+
+    async def _watch(self, link: NodeLink) -> None:
+        backoff = BACKOFF_FIRST_S
+        ws_url = link.url.rstrip("/") + "/watch"
+        while True:
+            link.attempts += 1
+            try:
+                async with self.session.ws_connect(ws_url, heartbeat=5.0, timeout=aiohttp.ClientWSTimeout(
+                        ws_close=2.0), max_msg_size=16 * 1024 * 1024) as ws:
+                    link.connected, link.error = True, None
+                    link.connected_since = time.time()
+                    backoff = BACKOFF_FIRST_S
+                    self.emit({"type": "reach", "node": link.id, "reach": "ok", "text":
+                               f"the dashboard is connected to {link.id}"})
+                    async for msg in ws:
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        link.last_heard = time.time()
+                        try:
+                            ev = json.loads(msg.data)
+                        except ValueError:
+                            continue
+                        if isinstance(ev, dict):
+                            self._on_node_event(link, ev)
+                    link.error = "the node closed the event stream"
+            except asyncio.CancelledError:
+                raise
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                link.error = f"{type(e).__name__}: {e}".strip().rstrip(":")
+            except Exception as e:  # never let one node's stream kill the dashboard
+                log.exception("watching %s failed", link.id)
+                link.error = f"{type(e).__name__}: {e}"
+            if link.connected:
+                self.emit({"type": "reach", "node": link.id, "reach": "unreachable",
+                           "text": f"the dashboard cannot reach {link.id} ({link.error})"})
+            link.connected = False
+            await asyncio.sleep(backoff * (0.75 + random.random() / 2))
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _poll_metrics(self, link: NodeLink) -> None:
+        while True:
+            await asyncio.sleep(METRICS_EVERY_S)
+            if not link.connected:
+                continue
+            try:
+                async with self.session.get(link.url.rstrip("/") + "/metrics",
+                                            timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
+                    text = await resp.text()
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                continue
+            figures = link.rates.update(promtext.parse(text), time.time())
+            if figures is not None:
+                link.metrics = figures
+                self.emit({"type": "metrics", "node": link.id, **figures})
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            if not self._pending:
+                continue
+            batch, self._pending = self._pending, []
+            if self.clients:
+                frame = json.dumps({"type": "batch", "events": batch}, default=str)
+                for c in list(self.clients):
+                    c.offer(frame)
+
+    async def _ticker(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.monotonic()
+            dt, last = now - last, now
+            counts, self._link_counts = self._link_counts, {}
+            rates: dict[str, dict[str, float]] = {}
+            for (src, dst, kind), (n, entries, dropped) in counts.items():
+                r = rates.setdefault(f"{src}>{dst}", {"messages": 0.0, "entries": 0.0, "dropped": 0.0, "kinds": {}})
+                r["messages"] += n / dt
+                r["entries"] += entries / dt
+                r["dropped"] += dropped / dt
+                r["kinds"][kind] = round(n / dt, 1)
+            for r in rates.values():
+                for k in ("messages", "entries", "dropped"):
+                    r[k] = round(r[k], 1)
+            self.emit({"type": "tick", "reach": self.reach(), "links": rates, "safety": self.safety.describe(),
+                       **(self.extra_reach() if self.extra_reach else {})})
+
+
+def label_for(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc or url
+
+
+async def resolve_ids(node_urls: list[str], supervisor: Any, timeout_s: float = 3.0) -> list[NodeLink]:
+    """Node ids for the given URLs: from the supervisor, else from any reachable node's /raft-state."""
+    urls = [u.rstrip("/") for u in node_urls]
+    ids: dict[str, str] = {}
+    if supervisor is not None:
+        for node_id, proc in supervisor.nodes.items():
+            ids[proc.member.url.rstrip("/")] = node_id
+    missing = [u for u in urls if u not in ids]
+    if missing:
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as s:
+            while missing and time.monotonic() < deadline:
+                for u in urls:
+                    try:
+                        async with s.get(u + "/raft-state") as resp:
+                            state = await resp.json()
+                    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                        continue
+                    if isinstance(state, dict) and state.get("nodeId"):
+                        ids[u] = state["nodeId"]
+                        for p in state.get("peers", []):
+                            if p.get("url") and p.get("id"):
+                                ids.setdefault(p["url"].rstrip("/"), p["id"])
+                missing = [u for u in urls if u not in ids]
+                if missing:
+                    await asyncio.sleep(0.2)
+    return [NodeLink(ids.get(u, label_for(u)), u, ids.get(u, label_for(u))) for u in urls]

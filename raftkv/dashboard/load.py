@@ -1,0 +1,127 @@
+"""A small load generator: N concurrent writers for S seconds through the nodes' HTTP API.
+
+Each writer sends `PUT /kv/load-<writer>-<n>` in a loop, spreading its requests over the nodes
+(followers forward to the leader, as a real client's requests would be). While it runs, the
+generator reports twice a second: writes acknowledged per second over the last interval,
+latency percentiles of those, and errors by status. What a person sees under load is therefore
+what clients experienced, while the charts show what the nodes measured themselves.
+
+Bounded: at most `MAX_WRITERS` writers, `MAX_SECONDS` seconds, `KEYS_PER_WRITER` distinct keys
+per writer (so the store does not grow without end), latencies kept per interval only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import aiohttp
+
+from .hub import Hub
+
+MAX_WRITERS = 64
+MAX_SECONDS = 120
+KEYS_PER_WRITER = 50
+REPORT_EVERY_S = 0.5
+REQUEST_TIMEOUT_S = 6.0
+
+
+def _pct(sorted_ms: list[float], q: float) -> float | None:
+    if not sorted_ms:
+        return None
+    return round(sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))], 2)
+
+
+class LoadGenerator:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.task: asyncio.Task | None = None
+        self.last: dict[str, Any] = {"running": False}
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def start(self, writers: int, seconds: float) -> dict:
+        if not 1 <= writers <= MAX_WRITERS:
+            raise ValueError(f"writers: 1..{MAX_WRITERS}")
+        if not 0 < seconds <= MAX_SECONDS:
+            raise ValueError(f"seconds: more than 0, at most {MAX_SECONDS}")
+        if self.running:
+            raise RuntimeError("a load is already running; stop it first")
+        self.hub.action(f"📈 load: {writers} writers for {seconds:g} s", kind="load", writers=writers, seconds=seconds)
+        self.task = asyncio.get_running_loop().create_task(self._run(writers, seconds))
+        return {"started": True, "writers": writers, "seconds": seconds}
+
+    async def stop(self) -> dict:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        return self.last
+
+    async def _run(self, writers: int, seconds: float) -> None:
+        started = time.monotonic()
+        deadline = started + seconds
+        window: list[float] = []
+        totals = {"ok": 0, "errors": {}}
+        urls = [n.url.rstrip("/") for n in self.hub.links.values()]
+
+        async def writer(w: int) -> None:
+            n = 0
+            while time.monotonic() < deadline:
+                url = urls[(w + n) % len(urls)]
+                key = f"load-{w}-{n % KEYS_PER_WRITER}"
+                t0 = time.perf_counter()
+                try:
+                    async with session.put(f"{url}/kv/{key}", json={"value": n}) as resp:
+                        await resp.read()
+                        code = resp.status
+                except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                    code = type(e).__name__
+                if code == 200:
+                    totals["ok"] += 1
+                    window.append((time.perf_counter() - t0) * 1000)
+                else:
+                    totals["errors"][str(code)] = totals["errors"].get(str(code), 0) + 1
+                    await asyncio.sleep(0.05)  # an unreachable node must not become a busy loop
+                n += 1
+
+        def report(running: bool, dt: float) -> None:
+            lat = sorted(window)
+            window.clear()
+            self.last = {
+                "running": running,
+                "writers": writers,
+                "seconds": seconds,
+                "elapsed": round(time.monotonic() - started, 2),
+                "ok": totals["ok"],
+                "errors": dict(totals["errors"]),
+                "throughput": round(len(lat) / dt, 1) if dt > 0 else 0.0,
+                "p50Ms": _pct(lat, 0.5),
+                "p99Ms": _pct(lat, 0.99),
+            }
+            self.hub.emit({"type": "load", **self.last})
+
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=writers * 2)) as session:
+            tasks = [asyncio.create_task(writer(w)) for w in range(writers)]
+            last = time.monotonic()
+            try:
+                while not all(t.done() for t in tasks):
+                    await asyncio.sleep(REPORT_EVERY_S)
+                    now = time.monotonic()
+                    report(True, now - last)
+                    last = now
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                report(False, max(1e-3, time.monotonic() - last))
+                self.hub.action(
+                    f"📈 load finished: {totals['ok']} writes acknowledged in {self.last['elapsed']} s"
+                    + (f", errors {totals['errors']}" if totals["errors"] else ""),
+                    kind="load-done",
+                )

@@ -1,0 +1,122 @@
+"""Reading the nodes' `/metrics` (Prometheus text format) into the numbers the charts show.
+
+Theory of operation
+-------------------
+Each node exposes cumulative counters and histograms. The dashboard polls them about once a
+second and turns two consecutive samples into rates over that interval: writes applied per
+second, the median and 99th percentile of propose-to-commit latency (from the histogram's bucket
+deltas, the same way Prometheus' `histogram_quantile` interpolates), and the seconds this node
+spent without knowing a leader. A counter that went down means the node restarted; that interval
+is skipped instead of charting a negative rate.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+Sample = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Sample:
+    """{(name, sorted labels): value} for every sample line; comments and junk lines are skipped."""
+    out: Sample = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if not m:
+            continue
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        labels = tuple(sorted(_LABEL.findall(m.group(2) or "")))
+        out[(m.group(1), labels)] = value
+    return out
+
+
+def value(sample: Sample, name: str, **labels: str) -> float:
+    """Sum of every series of `name` whose labels include `labels` (0 if none)."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in sample.items() if n == name and want <= set(ls))
+
+
+def buckets(sample: Sample, name: str) -> list[tuple[float, float]]:
+    """[(upper bound, cumulative count)] of histogram `name`, sorted by bound."""
+    out = []
+    for (n, ls), v in sample.items():
+        if n == name + "_bucket":
+            le = dict(ls).get("le")
+            if le is not None:
+                out.append((math.inf if le == "+Inf" else float(le), v))
+    return sorted(out)
+
+
+def quantile(q: float, bucket_counts: list[tuple[float, float]]) -> float | None:
+    """Linear interpolation inside the bucket holding the q-th observation, like histogram_quantile."""
+    if not bucket_counts or bucket_counts[-1][1] <= 0:
+        return None
+    total = bucket_counts[-1][1]
+    rank = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in bucket_counts:
+        if count >= rank:
+            if math.isinf(bound):
+                return prev_bound
+            in_bucket = count - prev_count
+            if in_bucket <= 0:
+                return bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / in_bucket
+        prev_bound, prev_count = bound, count
+    return prev_bound
+
+
+def _delta_buckets(now: list[tuple[float, float]], before: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    old = dict(before)
+    return [(b, c - old.get(b, 0.0)) for b, c in now]
+
+
+@dataclass
+class RateTracker:
+    """Turns one node's successive samples into per-interval figures for the charts."""
+
+    last: Sample | None = None
+    last_t: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    def update(self, sample: Sample, t: float) -> dict | None:
+        before, before_t = self.last, self.last_t
+        self.last, self.last_t = sample, t
+        if before is None or t <= before_t:
+            return None
+        applied = value(sample, "raft_proposals_total", outcome="applied")
+        applied_before = value(before, "raft_proposals_total", outcome="applied")
+        if applied < applied_before:
+            return None  # the node restarted: its counters began again from zero
+        dt = t - before_t
+        commit = _delta_buckets(buckets(sample, "raft_propose_to_commit_seconds"),
+                                buckets(before, "raft_propose_to_commit_seconds"))
+        p50, p99 = quantile(0.5, commit), quantile(0.99, commit)
+        leaderless = value(sample, "raft_leaderless_seconds_total") - value(before, "raft_leaderless_seconds_total")
+        return {
+            "interval": round(dt, 3),
+            "writesPerSecond": round((applied - applied_before) / dt, 2),
+            "commitP50Ms": None if p50 is None else round(p50 * 1000, 2),
+            "commitP99Ms": None if p99 is None else round(p99 * 1000, 2),
+            "leaderlessSeconds": round(max(0.0, leaderless), 3),
+            "isLeader": value(sample, "raft_is_leader") >= 1,
+            "hasLeader": value(sample, "raft_has_leader") >= 1,
+            "elections": value(sample, "raft_elections_started_total"),
+            "dropped": value(sample, "raft_messages_dropped_total"),
+            "fsyncP50Ms": _ms(quantile(0.5, _delta_buckets(buckets(sample, "raft_wal_fsync_seconds"),
+                                                           buckets(before, "raft_wal_fsync_seconds")))),
+        }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)

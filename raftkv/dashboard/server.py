@@ -1,0 +1,292 @@
+"""The dashboard's web server: the page, one WebSocket for the browser, and the controls.
+
+Theory of operation
+-------------------
+`run_dashboard(host, port, node_urls, supervisor)` runs an aiohttp app in the foreground until
+Ctrl-C or SIGTERM (or until `stop_event` is set, when run in a thread), then returns, so that
+`raftkv up` can stop its nodes. The app:
+
+* serves `static/` (plain HTML, CSS, JavaScript and inline SVG: no CDN, no build step, works
+  offline);
+* `GET /ws`: a WebSocket that first sends a `hello` (nodes, what is available, the recent
+  events) and then batches of events from the hub (see hub.py), live;
+* `POST /api/...`: the controls (controls.py), the load generator (load.py), slow motion and the
+  guided tour (tour.py). Errors are JSON `{"error": ...}`; what needs a supervisor answers 501
+  with the reason when the dashboard only attaches to a remote cluster;
+* `GET /api/trace.ndjson`: everything recorded, one JSON event per line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .controls import ControlError, Controls
+from .hub import BrowserClient, Hub, resolve_ids
+from .load import LoadGenerator
+from .tour import DEMOS, Tour
+
+log = logging.getLogger("raftkv.dashboard")
+
+STATIC_DIR = Path(__file__).parent / "static"
+HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
+CONTROLS_KEY: web.AppKey[Controls] = web.AppKey("controls", Controls)
+LOAD_KEY: web.AppKey[LoadGenerator] = web.AppKey("load", LoadGenerator)
+TOUR_KEY: web.AppKey[Tour] = web.AppKey("tour", Tour)
+
+
+def _error(status: int, message: str, **fields: Any) -> web.Response:
+    return web.json_response({"error": message, **fields}, status=status)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ControlError as e:
+        return _error(e.status, e.message, **e.fields)
+    except (ValueError, TypeError) as e:
+        return _error(400, str(e))
+    except RuntimeError as e:
+        return _error(409, str(e))
+
+
+async def _json(request: web.Request) -> dict:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ValueError("body: not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("body: must be a JSON object")
+    return body
+
+
+# ---------------------------------------------------------------------- handlers -----------------
+
+
+async def index(_request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def ws_handler(request: web.Request) -> web.StreamResponse:
+    hub = request.app[HUB_KEY]
+    ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=1 << 20)
+    await ws.prepare(request)
+    client = BrowserClient()
+    hello = hub.hello()
+    hello.update(features(request.app))
+    await ws.send_str(json.dumps(hello, default=str))
+    hub.clients.add(client)
+
+    async def pump() -> None:
+        while True:
+            frame = await client.queue.get()
+            await ws.send_str(frame)
+
+    task = asyncio.create_task(pump())
+    try:
+        async for msg in ws:
+            if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                break
+    finally:
+        hub.clients.discard(client)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    return ws
+
+
+def features(app: web.Application) -> dict:
+    controls = app[CONTROLS_KEY]
+    sup = controls.supervisor is not None
+    why = None if sup else "needs a supervisor: start the cluster with `raftkv up` to crash, pause and restart nodes"
+    return {
+        "features": {
+            "forceElection": {"available": True},
+            "partition": {"available": True},
+            "split": {"available": True},
+            "oneWayCut": {"available": False, "why": "the node API's /simulate-partition cuts both directions only"},
+            "lossDelay": {"available": False, "why": "the node API offers no packet loss or latency control"},
+            "process": {"available": sup, "why": why},
+            "slowmo": {"available": sup, "why": None if sup else
+                       "slow motion restarts the nodes with a larger --tick-ms, which needs the supervisor"},
+            "load": {"available": True},
+            "tour": {"available": True, "demos": DEMOS},
+        },
+        **controls.slowmo_info(),
+    }
+
+
+async def state(request: web.Request) -> web.Response:
+    hub, controls = request.app[HUB_KEY], request.app[CONTROLS_KEY]
+    nodes = [
+        {"id": n.id, "url": n.url, "raftId": n.raft_id, "status": n.status, "kv": n.kv, "metrics": n.metrics}
+        for n in hub.links.values()
+    ]
+    return web.json_response(
+        {
+            "nodes": nodes,
+            "reach": hub.reach(),
+            "safety": hub.safety.describe(),
+            "supervisor": controls.supervisor is not None,
+            "load": request.app[LOAD_KEY].last,
+            "tour": {"running": request.app[TOUR_KEY].running},
+            **controls.slowmo_info(),
+        },
+        dumps=lambda o: json.dumps(o, default=str),
+    )
+
+
+async def node_action(request: web.Request) -> web.Response:
+    controls = request.app[CONTROLS_KEY]
+    node, op = request.match_info["node"], request.match_info["op"]
+    if op == "force-election":
+        return web.json_response(await controls.force_election(node))
+    if op == "isolate":
+        return web.json_response(await controls.isolate(node))
+    return web.json_response(await controls.process(node, op))
+
+
+async def heal(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[CONTROLS_KEY].heal())
+
+
+async def split(request: web.Request) -> web.Response:
+    body = await _json(request)
+    return web.json_response(await request.app[CONTROLS_KEY].split(body.get("groups")))
+
+
+async def cut(request: web.Request) -> web.Response:
+    body = await _json(request)
+    return web.json_response(await request.app[CONTROLS_KEY].cut_one_way(body.get("src"), body.get("dst")))
+
+
+async def link_quality(request: web.Request) -> web.Response:
+    body = await _json(request)
+    return web.json_response(await request.app[CONTROLS_KEY].link_quality(
+        body.get("node"), body.get("loss_percent", 0), body.get("delay_ms", 0)))
+
+
+async def kv(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[CONTROLS_KEY].kv(await _json(request)))
+
+
+async def load_start(request: web.Request) -> web.Response:
+    body = await _json(request)
+    return web.json_response(request.app[LOAD_KEY].start(int(body.get("writers", 8)), float(body.get("seconds", 10))))
+
+
+async def load_stop(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[LOAD_KEY].stop())
+
+
+async def slowmo(request: web.Request) -> web.Response:
+    body = await _json(request)
+    return web.json_response(await request.app[CONTROLS_KEY].slow_motion(int(body.get("factor", 10))))
+
+
+async def tour_start(request: web.Request) -> web.Response:
+    body = await _json(request)
+    return web.json_response(request.app[TOUR_KEY].start(str(body.get("demo", "all"))))
+
+
+async def tour_stop(request: web.Request) -> web.Response:
+    await request.app[TOUR_KEY].stop()
+    return web.json_response({"stopped": True})
+
+
+async def trace(request: web.Request) -> web.StreamResponse:
+    hub = request.app[HUB_KEY]
+    resp = web.StreamResponse(headers={
+        "Content-Type": "application/x-ndjson",
+        "Content-Disposition": 'attachment; filename="raftkv-trace.ndjson"',
+    })
+    await resp.prepare(request)
+    chunk: list[str] = []
+    for ev in list(hub.recorder):
+        chunk.append(json.dumps(ev, default=str))
+        if len(chunk) >= 500:
+            await resp.write(("\n".join(chunk) + "\n").encode())
+            chunk = []
+    if chunk:
+        await resp.write(("\n".join(chunk) + "\n").encode())
+    await resp.write_eof()
+    return resp
+
+
+# ---------------------------------------------------------------------- app and running ---------
+
+
+async def create_app(node_urls: list[str], supervisor: Any = None) -> web.Application:
+    links = await resolve_ids(node_urls, supervisor)
+    hub = Hub(links, supervisor)
+    controls = Controls(hub, supervisor)
+    hub.extra_reach = controls.slowmo_info
+    app = web.Application(middlewares=[errors])
+    app[HUB_KEY], app[CONTROLS_KEY] = hub, controls
+    app[LOAD_KEY], app[TOUR_KEY] = LoadGenerator(hub), Tour(hub, controls)
+
+    async def lifecycle(app: web.Application) -> Any:
+        await hub.start()
+        yield
+        await app[LOAD_KEY].stop()
+        await app[TOUR_KEY].stop()
+        await hub.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    r = app.router
+    r.add_get("/", index)
+    r.add_static("/static", STATIC_DIR)
+    r.add_get("/ws", ws_handler)
+    r.add_get("/api/state", state)
+    r.add_post("/api/nodes/{node}/{op}", node_action)
+    r.add_post("/api/heal", heal)
+    r.add_post("/api/split", split)
+    r.add_post("/api/cut", cut)
+    r.add_post("/api/link-quality", link_quality)
+    r.add_post("/api/kv", kv)
+    r.add_post("/api/load", load_start)
+    r.add_post("/api/load/stop", load_stop)
+    r.add_post("/api/slowmo", slowmo)
+    r.add_post("/api/tour", tour_start)
+    r.add_post("/api/tour/stop", tour_stop)
+    r.add_get("/api/trace.ndjson", trace)
+    return app
+
+
+async def serve(host: str, port: int, node_urls: list[str], supervisor: Any = None,
+                stop_event: threading.Event | None = None, ready: threading.Event | None = None) -> None:
+    app = await create_app(node_urls, supervisor)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    log.info("dashboard on http://%s:%d watching %s", host, port, node_urls)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.is_set() and not (stop_event is not None and stop_event.is_set()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+    finally:
+        await runner.cleanup()
+
+
+def run_dashboard(host: str, port: int, node_urls: list[str], supervisor: Any = None, *,
+                  stop_event: threading.Event | None = None, ready: threading.Event | None = None) -> None:
+    """Serve the dashboard in the foreground; returns after Ctrl-C / SIGTERM (or `stop_event`)."""
+    asyncio.run(serve(host, port, list(node_urls), supervisor, stop_event, ready))
