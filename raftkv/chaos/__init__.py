@@ -1,0 +1,42 @@
+"""Jepsen-style chaos testing of real raftkv clusters: real processes, real faults, judged history.
+
+Modules, one job each (data flows top to bottom):
+
+    netns.py        a lab of network namespaces + bridge; nftables cuts, one-way drops, loss
+    clusters.py     the clusters a run acts on: loopback processes, processes in a lab, attached
+    workload.py     concurrent clients (read / write / CAS on a few keys, random nodes) -> history
+    observer.py     polls /raft-state: leaders and terms over time, "who leads now"
+    nemesis.py      seeded fault schedule; kill -9, SIGSTOP, /simulate-partition, nft cuts; heal
+    recorder.py     the shared clock and everything observed
+    judge.py        linearizability per key, lost acknowledged writes, divergence, election safety
+    report.py       history.json, run.json, timeline.html
+    runner.py       one run from cluster start to verdict (and `run_in_lab` for netns)
+    worker.py       the run as a child process inside the lab's client namespace
+    cli_command.py  the `raftkv chaos` click command
+"""
+
+from raftkv.chaos.judge import Judgement, judge
+from raftkv.chaos.nemesis import KINDS, FaultPlan, Nemesis, plan_schedule
+from raftkv.chaos.netns import Lab, LabUnavailable, NetState, lab_unavailable_reason
+from raftkv.chaos.recorder import FaultRecord, Recorder, StateSample
+from raftkv.chaos.runner import ChaosError, ChaosOptions, run, run_in_lab
+
+__all__ = [
+    "KINDS",
+    "ChaosError",
+    "ChaosOptions",
+    "FaultPlan",
+    "FaultRecord",
+    "Judgement",
+    "Lab",
+    "LabUnavailable",
+    "Nemesis",
+    "NetState",
+    "Recorder",
+    "StateSample",
+    "judge",
+    "lab_unavailable_reason",
+    "plan_schedule",
+    "run",
+    "run_in_lab",
+]

@@ -1,0 +1,155 @@
+"""The clusters a chaos run can act on: started on loopback, started in a netns lab, or attached.
+
+Theory of operation
+-------------------
+The nemesis needs two things from a cluster: the client URL of each node, and (for kill and
+pause) the node processes. `ChaosCluster` is that narrow interface. Three implementations:
+
+* `LocalCluster`: `python -m raftkv node` processes on free loopback ports, through the project's
+  `Supervisor` (kill is SIGKILL, pause SIGSTOP, restart recovers from the data directory);
+* `NetnsCluster`: the same processes, each started with `ip netns exec <node namespace>` on its
+  lab address (`ip netns exec` replaces itself with the program, so the pid is the node's);
+* `AttachedCluster`: someone else's nodes, known only by URL: no processes to kill or pause.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Protocol
+
+from raftkv.chaos.netns import Lab
+from raftkv.node.config import Member
+from raftkv.supervisor import Supervisor
+
+__all__ = ["AttachedCluster", "ChaosCluster", "LocalCluster", "NetnsCluster"]
+
+NODE_HTTP_PORT = 3000
+NODE_RAFT_PORT = 4000
+
+
+class ChaosCluster(Protocol):
+    urls: dict[str, str]  # node id -> client URL
+    can_signal: bool  # kill/pause available
+
+    def start_all(self) -> None: ...
+    def kill(self, node_id: str) -> None: ...
+    def start(self, node_id: str) -> None: ...
+    def pause(self, node_id: str) -> None: ...
+    def resume(self, node_id: str) -> None: ...
+    def is_down(self, node_id: str) -> bool: ...
+    def stop(self) -> None: ...
+    def log_tail(self, node_id: str, chars: int = 3000) -> str: ...
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class _SupervisedCluster:
+    can_signal = True
+
+    def __init__(self, supervisor: Supervisor, members: list[Member], data_dir: Path) -> None:
+        self.supervisor = supervisor
+        self.members = members
+        self.data_dir = data_dir
+        self.urls = {m.id: m.url for m in members}
+
+    def start_all(self) -> None:
+        self.supervisor.start_all()
+
+    def kill(self, node_id: str) -> None:
+        self.supervisor.kill(node_id)
+
+    def start(self, node_id: str) -> None:
+        if not self.supervisor.nodes[node_id].running:
+            self.supervisor.nodes[node_id].restarts += 1
+        self.supervisor.start(node_id)
+
+    def pause(self, node_id: str) -> None:
+        self.supervisor.pause(node_id)
+
+    def resume(self, node_id: str) -> None:
+        self.supervisor.resume(node_id)
+
+    def is_down(self, node_id: str) -> bool:
+        node = self.supervisor.nodes[node_id]
+        return not node.running or node.paused
+
+    def stop(self) -> None:
+        self.supervisor.stop_all()
+
+    def log_tail(self, node_id: str, chars: int = 3000) -> str:
+        path = self.data_dir / node_id / "node.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+class LocalCluster(_SupervisedCluster):
+    def __init__(self, data_dir: Path, nodes: int = 3, node_args: list[str] | None = None) -> None:
+        ports = _free_ports(2 * nodes)
+        members = [Member(f"node{i + 1}", "127.0.0.1", ports[2 * i], ports[2 * i + 1]) for i in range(nodes)]
+        super().__init__(Supervisor(members, data_dir, node_args), members, data_dir)
+
+
+class _NetnsSupervisor(Supervisor):
+    """The project's Supervisor, with each node's command run inside its lab namespace."""
+
+    def __init__(self, lab: Lab, members: list[Member], data_dir: Path, node_args: list[str] | None) -> None:
+        super().__init__(members, data_dir, node_args)
+        self.lab = lab
+
+    def start(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        if node.running:
+            return
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            *self.lab.exec_prefix(self.lab.node_ns(node_id)),
+            sys.executable, "-m", "raftkv", "node",
+            "--id", node_id, "--cluster", self.cluster, "--data-dir", str(node.data_dir),
+            *node.extra_args,
+        ]
+        with open(node.data_dir / "node.log", "ab") as log:
+            node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        node.paused = False
+
+
+class NetnsCluster(_SupervisedCluster):
+    def __init__(self, lab: Lab, data_dir: Path, node_args: list[str] | None = None) -> None:
+        members = [Member(n, lab.address(n), NODE_HTTP_PORT, NODE_RAFT_PORT) for n in lab.node_ids]
+        super().__init__(_NetnsSupervisor(lab, members, data_dir, node_args), members, data_dir)
+        self.lab = lab
+
+
+class AttachedCluster:
+    """Nodes this run did not start: only their HTTP API can be used (so no kill, no pause)."""
+
+    can_signal = False
+
+    def __init__(self, urls: dict[str, str]) -> None:
+        self.urls = dict(urls)
+
+    def start_all(self) -> None:
+        pass
+
+    def _refuse(self, node_id: str) -> None:
+        raise RuntimeError("kill and pause need the node processes; an attached cluster has none")
+
+    kill = start = pause = resume = _refuse
+
+    def is_down(self, node_id: str) -> bool:
+        return False
+
+    def stop(self) -> None:
+        pass
+
+    def log_tail(self, node_id: str, chars: int = 3000) -> str:
+        return ""

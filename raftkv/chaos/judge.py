@@ -1,0 +1,190 @@
+"""The judge: was the recorded run correct? Linearizability, lost acknowledged writes, divergent
+replicas, two leaders in one term; plus the numbers a person wants (outcomes, faults, terms).
+
+Theory of operation
+-------------------
+The judge reads only the `Recorder` (and the final per-node local reads), never the cluster, so
+a history saved as JSON can be judged again later. Its checks, strongest first:
+
+1. **Linearizability per key** (`raftkv.check.check_history`): the final linearizable reads on
+   every node are part of the history, so "every node returns the newest value" is included.
+   ILLEGAL is a violation; a checker that ran out of budget is *inconclusive*, not a pass.
+2. **Acknowledged writes present at the end**: for every write that got 200 (and every CAS that
+   swapped), the final value of its key must be its value, or the value of a write that could
+   have come after it: one that was not finished before it began (an unknown write may take
+   effect at any time after its call). A final value nobody wrote is a phantom. This is implied
+   by (1) but reads better when it fails.
+3. **No divergent replicas**: after convergence, every node's *local* state (`?stale=true`)
+   holds the same value for every key.
+4. **Election safety, sampled**: no two nodes seen as leader in the same term.
+5. **Liveness after healing**: the cluster elected a leader and converged, and every final read
+   got an answer, within the bound. A failure here is reported as inconclusive (exit 3), not as
+   a safety violation.
+
+`Judgement.exit_code`: 0 passed, 1 a safety violation (1-4), 3 inconclusive (budget or liveness).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from raftkv.chaos.recorder import Recorder
+from raftkv.check import CheckResult, Operation, Verdict, check_history
+
+__all__ = ["Judgement", "judge"]
+
+FINAL_CLIENT = "final"
+
+
+@dataclass
+class Judgement:
+    check: CheckResult
+    lost_writes: list[str] = field(default_factory=list)
+    divergence: list[str] = field(default_factory=list)
+    election_safety: list[str] = field(default_factory=list)
+    liveness: list[str] = field(default_factory=list)
+    outcome_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    fault_counts: dict[str, int] = field(default_factory=dict)
+    fault_errors: list[str] = field(default_factory=list)
+    leaders_by_term: dict[int, list[str]] = field(default_factory=dict)
+    final_values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def violations(self) -> list[str]:
+        out = []
+        if self.check.verdict is Verdict.ILLEGAL:
+            bad = sorted(k for k, r in self.check.keys.items() if r.verdict is Verdict.ILLEGAL)
+            out.append(f"NOT linearizable on key(s) {', '.join(bad)}")
+        out += [f"acknowledged write lost: {x}" for x in self.lost_writes]
+        out += [f"divergent replicas: {x}" for x in self.divergence]
+        out += [f"two leaders in one term: {x}" for x in self.election_safety]
+        return out
+
+    @property
+    def inconclusive(self) -> list[str]:
+        out = []
+        if self.check.verdict is Verdict.UNKNOWN:
+            out.append("the linearizability search ran out of budget on some key")
+        return out + self.liveness
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.violations else 3 if self.inconclusive else 0
+
+    @property
+    def verdict(self) -> str:
+        return "VIOLATION" if self.violations else "INCONCLUSIVE" if self.inconclusive else "PASS"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "exitCode": self.exit_code,
+            "violations": self.violations,
+            "inconclusive": self.inconclusive,
+            "linearizability": {
+                k: {"verdict": r.verdict.value, "opsChecked": r.ops_checked, "steps": r.steps,
+                    "elapsedS": round(r.elapsed_s, 3), "explanation": r.explanation,
+                    "longestPrefix": list(r.longest_prefix), "unplaced": list(r.unplaced)}
+                for k, r in sorted(self.check.keys.items())
+            },
+            "lostWrites": self.lost_writes,
+            "divergence": self.divergence,
+            "electionSafety": self.election_safety,
+            "liveness": self.liveness,
+            "outcomes": self.outcome_counts,
+            "faults": self.fault_counts,
+            "faultErrors": self.fault_errors,
+            "leadersByTerm": {str(t): ns for t, ns in sorted(self.leaders_by_term.items())},
+            "finalValues": self.final_values,
+        }
+
+    def summary(self) -> str:
+        ops = self.outcome_counts.get("all", {})
+        lines = [
+            f"verdict: {self.verdict}",
+            f"operations: {sum(ops.values())} (ok {ops.get('ok', 0)}, fail {ops.get('fail', 0)}, "
+            f"unknown {ops.get('unknown', 0)}); by kind: "
+            + ", ".join(f"{k} {sum(v.values())}" for k, v in sorted(self.outcome_counts.items()) if k != "all"),
+            "faults: " + (", ".join(f"{k} x{n}" for k, n in sorted(self.fault_counts.items())) or "none"),
+            f"terms seen: {len(self.leaders_by_term)}; leaders: "
+            + ", ".join(f"t{t}={'/'.join(ns)}" for t, ns in sorted(self.leaders_by_term.items())),
+            f"linearizability: {self.check.verdict.value} over {len(self.check.keys)} key(s)",
+        ]
+        lines += [f"VIOLATION: {v}" for v in self.violations]
+        if self.check.verdict is Verdict.ILLEGAL:
+            lines.append(self.check.explain())
+        lines += [f"INCONCLUSIVE: {v}" for v in self.inconclusive]
+        lines += [f"note: fault not fully injected: {e}" for e in self.fault_errors]
+        return "\n".join(lines)
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def judge(
+    recorder: Recorder,
+    local_values: dict[str, dict[str, Any]] | None = None,
+    converged: bool = True,
+    liveness: list[str] | None = None,
+    check_timeout_s: float = 60.0,
+) -> Judgement:
+    ops = recorder.ops
+    result = check_history(ops, timeout_s=check_timeout_s)
+    j = Judgement(check=result, liveness=list(liveness or []))
+
+    by_kind: dict[str, Counter] = defaultdict(Counter)
+    for op in ops:
+        by_kind[op.kind][op.outcome] += 1
+        by_kind["all"][op.outcome] += 1
+    j.outcome_counts = {k: dict(v) for k, v in by_kind.items()}
+    j.fault_counts = dict(Counter(f.kind for f in recorder.faults))
+    j.fault_errors = [f"{f.label}: {f.error}" for f in recorder.faults if f.error]
+
+    _check_final(ops, j)
+    if local_values is not None and converged:
+        for key, per_node in sorted(local_values.items()):
+            if len({_canon(v) for v in per_node.values()}) > 1:
+                j.divergence.append(f"{key}: " + ", ".join(f"{n}={_canon(v)}" for n, v in sorted(per_node.items())))
+
+    leaders: dict[int, set[str]] = defaultdict(set)
+    for s in recorder.samples:
+        if s.state == "leader" and s.term is not None:
+            leaders[s.term].add(s.node)
+    j.leaders_by_term = {t: sorted(ns) for t, ns in sorted(leaders.items())}
+    j.election_safety = [f"term {t}: {', '.join(ns)}" for t, ns in j.leaders_by_term.items() if len(ns) > 1]
+    return j
+
+
+def _check_final(ops: list[Operation], j: Judgement) -> None:
+    finals: dict[str, list[Operation]] = defaultdict(list)
+    for op in ops:
+        if op.client == FINAL_CLIENT and op.kind == "read":
+            finals[op.key].append(op)
+    keys = sorted({op.key for op in ops})
+    for key in keys:
+        answered = [op for op in finals.get(key, []) if op.outcome == "ok"]
+        if len(answered) < len(finals.get(key, [])) or not answered:
+            j.liveness.append(f"final read of {key} got no answer from some node")
+        if not answered:
+            continue
+        final = answered[-1].result
+        j.final_values[key] = final
+        writers = [op for op in ops if op.key == key and op.kind in ("write", "cas") and op.outcome != "fail"
+                   and not (op.kind == "cas" and op.result is False)]
+        producers = [op for op in writers if _canon(op.value) == _canon(final)]
+        if final is not None and not producers:
+            j.lost_writes.append(f"{key}: final value {_canon(final)} was never written (phantom)")
+            continue
+        for w in writers:
+            if w.outcome != "ok" or _canon(w.value) == _canon(final):
+                continue
+            later = [p for p in producers
+                     if p.outcome == "unknown" or p.complete_time is None or p.complete_time >= w.invoke_time]
+            if not later:
+                j.lost_writes.append(
+                    f"{key}: {w.describe()} was acknowledged, but every node ends with {_canon(final)}, "
+                    "which was written before it")

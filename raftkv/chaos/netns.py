@@ -1,0 +1,264 @@
+"""A network lab of Linux network namespaces, where partitions are real cuts in a real network.
+
+Theory of operation
+-------------------
+Layout (<tag> is the creating process's pid and a letter, so labs of parallel runs never collide and a
+lab whose creator died can be recognised and removed by `remove_stale_labs`):
+
+    rkv<tag>-hub      a namespace holding the bridge `br0`; it has no address of its own
+    rkv<tag>-n1..nN   one per node: `eth0` (a veth) with 10.99.0.(10+i)/24, and `lo`
+    rkv<tag>-client   the chaos clients: `eth0` with 10.99.0.2/24
+
+Each veth's other end (`p<i>` / `pc`) lives in the hub and is enslaved to `br0`. Nothing is
+created in the root namespace and no lab namespace has a default route, so lab traffic can only
+reach lab addresses (NETNS.md's safety rule: test traffic never leaves from the root namespace).
+
+Cuts are nftables rules in the hub's bridge forward hook (`table bridge raftkv`, chain `cut`),
+matched on IPv4 source and destination; every change replaces the whole chain in one atomic
+`nft -f` transaction, so the network is always in exactly one described state (`NetState`). Only
+node-to-node traffic is cut; the client namespace keeps reaching every node, so an isolated old
+leader still gets client requests and must refuse them (503/504), as in the seed's experiment 2.
+
+What the kernel here cannot do (measured, see NETNS.md): no `tc netem`, so no added latency; the
+lab offers full, partial, one-way cuts and random loss only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+__all__ = ["Lab", "LabUnavailable", "NetState", "lab_unavailable_reason", "remove_stale_labs"]
+
+SUBNET_PREFIX = "10.99.0."
+CLIENT_ADDRESS = SUBNET_PREFIX + "2"
+NFT_TABLE = "raftkv"
+NFT_CHAIN = "cut"
+_NAME_RE = re.compile(r"^rkv(\d+)[a-z]*-(hub|client|n\d+)$")
+_lab_counter = itertools.count()
+COMMAND_TIMEOUT_S = 10.0
+
+
+class LabUnavailable(RuntimeError):
+    """This machine cannot build the lab (not root, no `ip` or `nft`): the reason is the message."""
+
+
+def lab_unavailable_reason() -> str | None:
+    """None when a lab can be built here, else why not (for a printed skip)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed (Debian packages iproute2, nftables; ./dev test installs them)"
+    return None
+
+
+def _run(args: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def node_address(index: int) -> str:
+    """Lab address of node number `index` (1-based)."""
+    assert 1 <= index <= 200, index
+    return f"{SUBNET_PREFIX}{10 + index}"
+
+
+@dataclass(frozen=True)
+class NetState:
+    """What the lab's network does now: directed cuts between node ids and random loss.
+
+    `cuts` holds (src, dst) pairs whose packets are dropped from src to dst; a full partition of
+    a and b is both (a, b) and (b, a). `loss_percent` applies to every node-to-node direction not
+    already cut.
+    """
+
+    cuts: frozenset[tuple[str, str]] = frozenset()
+    loss_percent: int = 0
+    label: str = "healed"
+
+    @staticmethod
+    def partition(groups: Iterable[Iterable[str]], label: str) -> NetState:
+        """Nodes in different groups cannot talk (both directions); a node may sit in several
+        groups (a "bridge" node then reaches both sides)."""
+        groups = [set(g) for g in groups]
+        every = set().union(*groups)
+        cuts = {
+            (a, b)
+            for a in every
+            for b in every
+            if a != b and not any(a in g and b in g for g in groups)
+        }
+        return NetState(frozenset(cuts), 0, label)
+
+    def describe(self) -> dict:
+        return {"label": self.label, "cuts": sorted(list(c) for c in self.cuts), "lossPercent": self.loss_percent}
+
+
+@dataclass
+class Lab:
+    """Build with `Lab(node_ids).create()` (or as a context manager); always `destroy()`."""
+
+    node_ids: list[str]
+    tag: str = field(default_factory=lambda: _new_tag())
+    created: list[str] = field(default_factory=list)
+    state: NetState = field(default_factory=NetState)
+
+    @property
+    def hub(self) -> str:
+        return f"rkv{self.tag}-hub"
+
+    @property
+    def client_ns(self) -> str:
+        return f"rkv{self.tag}-client"
+
+    def node_ns(self, node_id: str) -> str:
+        return f"rkv{self.tag}-n{self.node_ids.index(node_id) + 1}"
+
+    def address(self, node_id: str) -> str:
+        return node_address(self.node_ids.index(node_id) + 1)
+
+    def exec_prefix(self, namespace: str) -> list[str]:
+        """Prefix a command with this to run it inside `namespace`."""
+        return ["ip", "netns", "exec", namespace]
+
+    # ---------------------------------------------------------------- building and removing ----
+
+    def create(self) -> Lab:
+        reason = lab_unavailable_reason()
+        if reason:
+            raise LabUnavailable(reason)
+        try:
+            self._add_ns(self.hub)
+            _run(["ip", "-n", self.hub, "link", "add", "br0", "type", "bridge"])
+            _run(["ip", "-n", self.hub, "link", "set", "br0", "up"])
+            _run(["ip", "-n", self.hub, "link", "set", "lo", "up"])
+            for i, node_id in enumerate(self.node_ids, start=1):
+                self._add_member(self.node_ns(node_id), f"p{i}", node_address(i))
+            self._add_member(self.client_ns, "pc", CLIENT_ADDRESS)
+            _run(["ip", "netns", "exec", self.hub, "nft", "-f", "-"], stdin=self._ruleset(NetState()))
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def _add_ns(self, name: str) -> None:
+        _run(["ip", "netns", "add", name])
+        self.created.append(name)
+
+    def _add_member(self, namespace: str, port: str, address: str) -> None:
+        self._add_ns(namespace)
+        # Both ends are made inside the hub and the peer moved straight into the member's
+        # namespace: no interface ever exists in the root namespace.
+        _run(["ip", "-n", self.hub, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", namespace])
+        _run(["ip", "-n", self.hub, "link", "set", port, "master", "br0"])
+        _run(["ip", "-n", self.hub, "link", "set", port, "up"])
+        _run(["ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0"])
+        _run(["ip", "-n", namespace, "link", "set", "eth0", "up"])
+        _run(["ip", "-n", namespace, "link", "set", "lo", "up"])
+
+    def destroy(self) -> None:
+        """Kill every process left in the lab's namespaces (by pid), then delete the namespaces.
+        Idempotent and never raises: it runs in `finally` blocks."""
+        for name in reversed(self.created):
+            _kill_namespace_processes(name)
+            with contextlib.suppress(Exception):
+                _run(["ip", "netns", "delete", name], check=False)
+        self.created.clear()
+
+    def __enter__(self) -> Lab:
+        return self.create()
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    # ---------------------------------------------------------------- the network's state ------
+
+    def apply(self, state: NetState) -> None:
+        """Replace every cut and loss rule with `state`'s, atomically."""
+        unknown = {n for pair in state.cuts for n in pair} - set(self.node_ids)
+        if unknown:
+            raise ValueError(f"unknown node ids in cuts: {sorted(unknown)}")
+        if not 0 <= state.loss_percent <= 100:
+            raise ValueError("loss_percent must be within 0..100")
+        _run(["ip", "netns", "exec", self.hub, "nft", "-f", "-"], stdin=self._ruleset(state))
+        self.state = state
+
+    def heal(self) -> None:
+        self.apply(NetState())
+
+    def rules_text(self) -> str:
+        """The hub's live ruleset, as nft lists it (for tests and debugging)."""
+        return _run(["ip", "netns", "exec", self.hub, "nft", "list", "table", "bridge", NFT_TABLE]).stdout
+
+    def _ruleset(self, state: NetState) -> str:
+        lines = [
+            f"table bridge {NFT_TABLE} {{}}",
+            f"flush table bridge {NFT_TABLE}",
+            f"table bridge {NFT_TABLE} {{",
+            f"  chain {NFT_CHAIN} {{",
+            "    type filter hook forward priority 0; policy accept;",
+        ]
+        for src, dst in sorted(state.cuts):
+            lines.append(f"    ip saddr {self.address(src)} ip daddr {self.address(dst)} drop")
+        if state.loss_percent:
+            for src in self.node_ids:
+                for dst in self.node_ids:
+                    if src != dst and (src, dst) not in state.cuts:
+                        lines.append(
+                            f"    ip saddr {self.address(src)} ip daddr {self.address(dst)} "
+                            f"numgen random mod 100 < {state.loss_percent} drop"
+                        )
+        lines += ["  }", "}"]
+        return "\n".join(lines) + "\n"
+
+
+def _new_tag() -> str:
+    """The creator's pid, then a letter per lab this process made (a, b, ... z, aa, ...)."""
+    n = next(_lab_counter)
+    return f"{os.getpid()}" + "z" * (n // 26) + chr(ord("a") + n % 26)
+
+
+def _namespace_pids(name: str) -> list[int]:
+    proc = _run(["ip", "netns", "pids", name], check=False)
+    return [int(p) for p in proc.stdout.split() if p.isdigit()]
+
+
+def _kill_namespace_processes(name: str) -> None:
+    for pid in _namespace_pids(name):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, 9)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_labs() -> list[str]:
+    """Delete lab namespaces whose creating process is gone (left by a run that was SIGKILLed)."""
+    if lab_unavailable_reason():
+        return []
+    removed = []
+    listing = _run(["ip", "netns", "list"], check=False).stdout
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = _NAME_RE.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            _kill_namespace_processes(name)
+            _run(["ip", "netns", "delete", name], check=False)
+            removed.append(name)
+    return removed

@@ -1,0 +1,217 @@
+"""What a chaos run leaves behind: the history as JSON, the verdict, and a timeline a person opens.
+
+Theory of operation
+-------------------
+`write_report(out_dir, recorder, judgement, meta)` writes three files:
+
+* `history.json`: the operations alone, in `raftkv.check`'s format (`load_history` reads it, so
+  any run can be re-checked later);
+* `run.json`: everything: options, operations with their node and HTTP status, faults, sampled
+  Raft states, phases, and the judgement;
+* `timeline.html`: one self-contained page (inline SVG and CSS, no scripts from anywhere): the
+  verdict on top, then on one time axis a "leader per term" band, one lane per node (its role
+  over time, grey when down), one lane per client (each operation a bar from invocation to
+  completion, coloured by outcome; hover for details), nemesis windows shaded across all lanes,
+  and the operations the checker could not place outlined in red.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from raftkv.chaos.judge import Judgement
+from raftkv.chaos.recorder import Recorder
+from raftkv.check import save_history
+
+__all__ = ["render_timeline", "write_report"]
+
+WIDTH_PX = 1400
+LEFT_PX = 110
+RIGHT_PX = 20
+LANE_PX = 18
+NODE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
+STATE_COLORS = {"leader": "#f2b705", "follower": "#9ecae1", "candidate": "#fd8d3c", "pre-candidate": "#fdd0a2",
+                "precandidate": "#fdd0a2", "learner": "#c7e9c0", None: "#bbbbbb"}
+OUTCOME_COLORS = {"ok": "#2e9d4a", "fail": "#e0584f", "unknown": "#f0a030"}
+FAULT_COLORS = {"kill": "#d62728", "pause": "#9467bd", "partition": "#1f77b4", "netns": "#17becf"}
+
+
+def write_report(out_dir: Path, recorder: Recorder, judgement: Judgement, meta: dict[str, Any]) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"history": out_dir / "history.json", "run": out_dir / "run.json", "timeline": out_dir / "timeline.html"}
+    save_history(paths["history"], recorder.ops)
+    run = {"meta": meta, "judgement": judgement.to_json(), **recorder.to_json()}
+    paths["run"].write_text(json.dumps(run, indent=1, sort_keys=True, default=str))
+    paths["timeline"].write_text(render_timeline(recorder, judgement, meta))
+    return paths
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def render_timeline(recorder: Recorder, judgement: Judgement, meta: dict[str, Any]) -> str:
+    ops = recorder.ops
+    t_end = max([op.complete_time or op.invoke_time for op in ops] + [f.end or 0 for f in recorder.faults]
+                + [s.time for s in recorder.samples] + list(recorder.phases.values()) + [1.0])
+    plot_w = WIDTH_PX - LEFT_PX - RIGHT_PX
+
+    def x(t: float) -> float:
+        return LEFT_PX + plot_w * max(0.0, min(t, t_end)) / t_end
+
+    nodes = sorted({s.node for s in recorder.samples} | {m.get("node") for m in recorder.op_meta if m.get("node")})
+    node_color = {n: NODE_COLORS[i % len(NODE_COLORS)] for i, n in enumerate(nodes)}
+    clients = sorted({op.client for op in ops}, key=lambda c: (isinstance(c, str), str(c).zfill(6)))
+    bad_ops = {i for r in judgement.check.keys.values() for i in r.unplaced}
+
+    svg: list[str] = []
+    y = 30
+    # --- time axis
+    step = _tick_step(t_end)
+    axis_top = y
+    t = 0.0
+    while t <= t_end + 1e-9:
+        svg.append(f'<line x1="{x(t):.1f}" y1="{axis_top - 6}" x2="{x(t):.1f}" y2="{{BOTTOM}}" class="grid"/>')
+        svg.append(f'<text x="{x(t):.1f}" y="{axis_top - 10}" class="tick">{t:g}s</text>')
+        t += step
+    y += 4
+
+    # --- leader per term band
+    svg.append(f'<text x="{LEFT_PX - 8}" y="{y + 13}" class="lane">leader/term</text>')
+    for start, end, node, term in _leader_spans(recorder, t_end):
+        w = max(1.0, x(end) - x(start))
+        svg.append(f'<rect x="{x(start):.1f}" y="{y}" width="{w:.1f}" height="{LANE_PX}" fill="{node_color.get(node)}">'
+                   f'<title>term {term}: {_esc(node)} leads ({start:.2f}s-{end:.2f}s)</title></rect>')
+        if w > 40:
+            svg.append(f'<text x="{x(start) + 3:.1f}" y="{y + 13}" class="inbar">t{term} {_esc(node)}</text>')
+    y += LANE_PX + 8
+
+    # --- one lane per node: its role over time
+    for node in nodes:
+        svg.append(f'<text x="{LEFT_PX - 8}" y="{y + 12}" class="lane" fill="{node_color[node]}">{_esc(node)}</text>')
+        for start, end, state, term in _state_spans(recorder, node, t_end):
+            w = max(0.5, x(end) - x(start))
+            label = state or "no answer"
+            svg.append(f'<rect x="{x(start):.1f}" y="{y}" width="{w:.1f}" height="{LANE_PX - 4}" '
+                       f'fill="{STATE_COLORS.get(state, "#dddddd")}"><title>{_esc(node)}: {_esc(label)}'
+                       f'{"" if term is None else f" (term {term})"} {start:.2f}s-{end:.2f}s</title></rect>')
+        y += LANE_PX
+    y += 8
+
+    # --- one lane per client: its operations
+    lane_of = {c: i for i, c in enumerate(clients)}
+    lanes_top = y
+    for c in clients:
+        yy = lanes_top + lane_of[c] * LANE_PX
+        svg.append(f'<text x="{LEFT_PX - 8}" y="{yy + 12}" class="lane">client {_esc(c)}</text>')
+    for i, (op, m) in enumerate(zip(ops, recorder.op_meta, strict=True)):
+        yy = lanes_top + lane_of[op.client] * LANE_PX
+        end = op.complete_time if op.complete_time is not None else t_end
+        w = max(1.5, x(end) - x(op.invoke_time))
+        h = LANE_PX - (8 if op.kind == "read" else 4)
+        top = yy + (LANE_PX - 4 - h) / 2
+        stroke = ' stroke="#c00000" stroke-width="2.5"' if i in bad_ops else ""
+        tip = (f"{op.describe()} on {key_node(m)}, HTTP {m.get('status')}"
+               + (f" - {m['error']}" if m.get("error") else ""))
+        svg.append(f'<rect x="{x(op.invoke_time):.1f}" y="{top:.1f}" width="{w:.1f}" height="{h}" '
+                   f'fill="{OUTCOME_COLORS[op.outcome]}" class="{op.kind}"{stroke}><title>{_esc(tip)}</title></rect>')
+    y = lanes_top + len(clients) * LANE_PX + 10
+    bottom = y
+
+    # --- nemesis windows and phases, over everything
+    shades = []
+    for f in recorder.faults:
+        end = f.end if f.end is not None else t_end
+        color = FAULT_COLORS.get(f.kind, "#888888")
+        shades.append(f'<rect x="{x(f.start):.1f}" y="{axis_top}" width="{max(1.0, x(end) - x(f.start)):.1f}" '
+                      f'height="{bottom - axis_top}" fill="{color}" opacity="0.13"><title>{_esc(f.label)} '
+                      f'{f.start:.2f}s-{end:.2f}s{(" ERROR " + _esc(f.error)) if f.error else ""}</title></rect>')
+        shades.append(f'<text x="{x(f.start) + 2:.1f}" y="{bottom + 14}" class="fault" fill="{color}">'
+                      f'{_esc(f.label)}</text>')
+    for name, t in sorted(recorder.phases.items(), key=lambda kv: kv[1]):
+        shades.append(f'<line x1="{x(t):.1f}" y1="{axis_top}" x2="{x(t):.1f}" y2="{bottom}" class="phase"/>'
+                      f'<text x="{x(t) + 2:.1f}" y="{bottom + 28}" class="tick">{_esc(name)}</text>')
+    height = bottom + 40
+    body = "\n".join(shades + svg).replace("{BOTTOM}", str(bottom))
+    return _page(judgement, meta, recorder, f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH_PX}" '
+                                            f'height="{height}" viewBox="0 0 {WIDTH_PX} {height}">{body}</svg>')
+
+
+def key_node(meta: dict[str, Any]) -> str:
+    return str(meta.get("node", "?"))
+
+
+def _tick_step(t_end: float) -> float:
+    for step in (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300):
+        if t_end / step <= 25:
+            return float(step)
+    return 600.0
+
+
+def _state_spans(recorder: Recorder, node: str, t_end: float) -> list[tuple[float, float, str | None, int | None]]:
+    samples = [s for s in recorder.samples if s.node == node]
+    spans = []
+    for i, s in enumerate(samples):
+        end = samples[i + 1].time if i + 1 < len(samples) else t_end
+        spans.append((s.time, end, s.state, s.term))
+    return spans
+
+
+def _leader_spans(recorder: Recorder, t_end: float) -> list[tuple[float, float, str, int]]:
+    """(start, end, node, term): from the first sample of a node leading a term until that node
+    is seen in another state or a newer term's leader appears."""
+    spans: list[list] = []
+    for s in sorted(recorder.samples, key=lambda s: s.time):
+        if s.state == "leader" and s.term is not None:
+            if not any(sp[2] == s.node and sp[3] == s.term and sp[1] is None for sp in spans):
+                for sp in spans:
+                    if sp[1] is None and sp[3] < s.term:
+                        sp[1] = s.time
+                spans.append([s.time, None, s.node, s.term])
+        else:
+            for sp in spans:
+                if sp[1] is None and sp[2] == s.node:
+                    sp[1] = s.time
+    return [(a, b if b is not None else t_end, n, t) for a, b, n, t in spans]
+
+
+def _page(judgement: Judgement, meta: dict[str, Any], recorder: Recorder, svg: str) -> str:
+    verdict = judgement.verdict
+    color = {"PASS": "#2e9d4a", "VIOLATION": "#c00000"}.get(verdict, "#d08000")
+    summary = _esc(judgement.summary())
+    options = _esc(json.dumps(meta, sort_keys=True, default=str))
+    faults = "".join(
+        f"<tr><td>{f.start:.2f}</td><td>{'' if f.end is None else f'{f.end:.2f}'}</td><td>{_esc(f.kind)}</td>"
+        f"<td>{_esc(f.label)}</td><td>{_esc(f.error or '')}</td></tr>" for f in recorder.faults)
+    legend = " ".join(
+        [f'<span class="sw" style="background:{c}"></span>{k}' for k, c in OUTCOME_COLORS.items()]
+        + [f'<span class="sw" style="background:{c};opacity:.35"></span>{k}' for k, c in FAULT_COLORS.items()]
+        + [f'<span class="sw" style="background:{c}"></span>{k}' for k, c in STATE_COLORS.items()
+           if k in ("leader", "follower", "candidate")]
+        + ['<span class="sw" style="background:#bbbbbb"></span>no answer'])
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>raftkv chaos: {verdict}</title>
+<style>
+body {{ font: 13px/1.4 system-ui, sans-serif; margin: 16px; color: #222; }}
+h1 {{ font-size: 20px; margin: 0 0 8px; }} h1 span {{ color: {color}; }}
+pre {{ background: #f6f6f6; padding: 8px; white-space: pre-wrap; }}
+.grid {{ stroke: #e4e4e4; }} .phase {{ stroke: #333; stroke-dasharray: 4 3; }}
+.tick {{ font-size: 10px; fill: #555; }} .lane {{ font-size: 11px; text-anchor: end; }}
+.inbar {{ font-size: 10px; fill: #fff; }} .fault {{ font-size: 10px; }}
+rect.read {{ opacity: .75; }} .sw {{ display: inline-block; width: 12px; height: 12px; margin: 0 3px 0 10px;
+ vertical-align: middle; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ddd; padding: 2px 6px; }}
+</style></head><body>
+<h1>raftkv chaos run: <span>{verdict}</span></h1>
+<pre>{summary}</pre>
+<div>Operations: short bars are reads, tall bars writes/CAS; colour = outcome; red outline = an
+operation the linearizability checker could not place. Hover anything for details.</div>
+<div>{legend}</div>
+{svg}
+<h2>Faults</h2><table><tr><th>start s</th><th>end s</th><th>kind</th><th>what</th><th>error</th></tr>{faults}</table>
+<h2>Options</h2><pre>{options}</pre>
+</body></html>
+"""

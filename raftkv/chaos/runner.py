@@ -1,0 +1,261 @@
+"""One chaos run from start to verdict: cluster up, clients + nemesis + observer, heal, final
+reads, judge, report.
+
+Theory of operation
+-------------------
+    start (or attach to) the cluster; wait for a leader
+    t=0 ........ clients and observer run; the nemesis follows its seeded schedule ........ t=duration
+    stop clients (each finishes its request in flight), heal everything ("healed")
+    wait for one leader and converged logs (bounded), final reads on every node ("final reads")
+    judge the history; write history.json, run.json, timeline.html; stop what we started
+
+Everything that was started or broken is undone in `finally` blocks, also on errors and Ctrl-C.
+
+Network namespaces: when the nemesis includes `netns`, the cluster must live in a lab and so
+must the clients (traffic to lab addresses never leaves from the root namespace). `run_in_lab`
+builds the lab in the calling process, then runs this whole module's `run()` as a child process
+inside the lab's client namespace (`python -m raftkv.chaos.worker SPEC`), and destroys the lab
+afterwards whatever happened. The child starts the nodes with `ip netns exec`, signals them
+(same pid namespace) and changes the hub's nft rules with `ip netns exec <hub> nft`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiohttp
+from tqdm import tqdm
+
+from raftkv.chaos.clusters import AttachedCluster, ChaosCluster, LocalCluster, NetnsCluster
+from raftkv.chaos.judge import Judgement, judge
+from raftkv.chaos.nemesis import KINDS, Nemesis, plan_schedule
+from raftkv.chaos.netns import Lab, lab_unavailable_reason, remove_stale_labs
+from raftkv.chaos.observer import Observer
+from raftkv.chaos.recorder import Recorder
+from raftkv.chaos.report import write_report
+from raftkv.chaos.workload import WorkloadConfig, call, final_reads, run_clients
+
+__all__ = ["ChaosError", "ChaosOptions", "run", "run_in_lab", "validate"]
+
+STARTUP_TIMEOUT_S = 30.0
+EXIT_SETUP_FAILED = 4
+
+
+class ChaosError(Exception):
+    """The run could not be carried out (not a verdict about the cluster)."""
+
+
+@dataclass(frozen=True)
+class ChaosOptions:
+    duration_s: float = 20.0
+    clients: int = 5
+    keys: int = 3
+    nemesis: tuple[str, ...] = ("kill", "pause", "partition")
+    seed: int = 0
+    nodes: int = 3
+    out_dir: str = "chaos-out"
+    endpoints: tuple[str, ...] = ()
+    node_args: tuple[str, ...] = ()
+    op_timeout_s: float = 3.0
+    recover_timeout_s: float = 30.0
+    progress: bool = True
+    lab_tag: str | None = None  # set by run_in_lab for the worker: the lab already built
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ChaosOptions:
+        data = json.loads(text)
+        for name in ("nemesis", "endpoints", "node_args"):
+            data[name] = tuple(data[name])
+        return cls(**data)
+
+    @property
+    def node_ids(self) -> list[str]:
+        return [f"node{i + 1}" for i in range(self.nodes)]
+
+
+def validate(opts: ChaosOptions) -> list[str]:
+    """Why these options cannot run (empty when they can)."""
+    problems = []
+    unknown = set(opts.nemesis) - set(KINDS)
+    if unknown:
+        problems.append(f"unknown nemesis kind(s) {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    if opts.endpoints:
+        unavailable = sorted({"kill", "pause", "netns"} & set(opts.nemesis))
+        if unavailable:
+            problems.append(f"{', '.join(unavailable)} unavailable with --endpoints: they need node processes "
+                            "this command starts itself (only `partition`, via /simulate-partition, works "
+                            "on an attached cluster)")
+        if opts.node_args:
+            problems.append("--node-arg needs nodes this command starts; it cannot apply to --endpoints")
+    if "netns" in opts.nemesis and not opts.lab_tag:
+        reason = lab_unavailable_reason()
+        if reason:
+            problems.append(f"netns nemesis unavailable: {reason}")
+    if opts.duration_s <= 0 or opts.clients < 1 or opts.keys < 1 or opts.nodes < 1:
+        problems.append("duration, clients, keys and nodes must be positive")
+    return problems
+
+
+def run(opts: ChaosOptions) -> Judgement:
+    """Run the whole thing in this process (the clients run in this network namespace)."""
+    problems = validate(opts)
+    if problems:
+        raise ChaosError("; ".join(problems))
+    return asyncio.run(_run(opts))
+
+
+async def _attached_urls(endpoints: tuple[str, ...]) -> dict[str, str]:
+    urls = {}
+    async with aiohttp.ClientSession() as session:
+        for ep in endpoints:
+            ep = ep.rstrip("/")
+            status, data, error, _ = await call(session, "GET", f"{ep}/raft-state", None, 3.0)
+            if status != 200 or not isinstance(data, dict) or "nodeId" not in data:
+                raise ChaosError(f"{ep}/raft-state did not answer with a node id ({status} {error or data})")
+            urls[data["nodeId"]] = ep
+    return urls
+
+
+def _make_cluster(opts: ChaosOptions, data_dir: Path) -> tuple[ChaosCluster, Lab | None]:
+    if opts.lab_tag:
+        lab = Lab(opts.node_ids, tag=opts.lab_tag)  # built (and destroyed) by the parent: run_in_lab
+        return NetnsCluster(lab, data_dir, list(opts.node_args)), lab
+    return LocalCluster(data_dir, opts.nodes, list(opts.node_args)), None
+
+
+async def _run(opts: ChaosOptions) -> Judgement:
+    out_dir = Path(opts.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if opts.endpoints:
+        cluster: ChaosCluster = AttachedCluster(await _attached_urls(opts.endpoints))
+        lab = None
+    else:
+        cluster, lab = _make_cluster(opts, out_dir / "data")
+    say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if opts.progress else (lambda msg: None)
+    nemesis: Nemesis | None = None
+    try:
+        cluster.start_all()
+        probe = Observer(cluster.urls, Recorder())
+        stable, view = await probe.wait_stable(STARTUP_TIMEOUT_S)
+        if not stable:
+            raise ChaosError(f"the cluster did not start: {view}")
+        say(f"chaos: cluster up ({view}); nodes: " + ", ".join(f"{n}={u}" for n, u in sorted(cluster.urls.items())))
+
+        recorder = Recorder()
+        observer = Observer(cluster.urls, recorder)
+        nemesis = Nemesis(cluster, recorder, observer.leader_now, lab)
+        schedule = plan_schedule(opts.seed, opts.nemesis, opts.duration_s, sorted(cluster.urls))
+        say(f"chaos: seed {opts.seed}, {len(schedule)} fault(s) planned: "
+            + "; ".join(p.describe() for p in schedule))
+        workload = WorkloadConfig(clients=opts.clients, keys=opts.keys, op_timeout_s=opts.op_timeout_s,
+                                  seed=opts.seed)
+        stop_clients, stop_observer = asyncio.Event(), asyncio.Event()
+        observer_task = asyncio.create_task(observer.run(stop_observer))
+        clients_task = asyncio.create_task(run_clients(workload, cluster.urls, recorder, stop_clients))
+        nemesis_task = asyncio.create_task(nemesis.run(schedule, opts.duration_s))
+        try:
+            await _progress(opts, recorder, nemesis, observer, clients_task)
+        finally:
+            stop_clients.set()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(nemesis_task), MAX_FAULT_OVERRUN_S)
+            if not nemesis_task.done():
+                nemesis_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await nemesis_task
+            await asyncio.wait_for(clients_task, opts.op_timeout_s + 10)
+            recorder.mark("workload end")
+            await nemesis.heal_all()
+            recorder.mark("healed")
+        if nemesis_task.exception():
+            raise ChaosError(f"the nemesis failed: {nemesis_task.exception()!r}")
+
+        liveness = []
+        if nemesis.unhealed:
+            liveness.append(f"could not heal {', '.join(nemesis.unhealed)}")
+        converged, view = await observer.wait_stable(opts.recover_timeout_s)
+        if not converged:
+            liveness.append(f"after healing: {view}")
+        say(f"chaos: after healing: {view}")
+        local = await final_reads(cluster.urls, workload.key_names(), recorder)
+        recorder.mark("final reads")
+        stop_observer.set()
+        await observer_task
+
+        say(f"chaos: checking {len(recorder.ops)} operations ...")
+        judgement = await asyncio.to_thread(judge, recorder, local, converged, liveness)
+        meta = {**asdict(opts), "nodeUrls": cluster.urls, "schedule": [asdict(p) for p in schedule],
+                "network": "netns lab" if lab else "attached" if opts.endpoints else "loopback"}
+        paths = write_report(out_dir, recorder, judgement, meta)
+        say(f"chaos: timeline {paths['timeline']}  history {paths['history']}")
+        if judgement.violations or judgement.inconclusive:
+            for node in sorted(cluster.urls):
+                tail = cluster.log_tail(node, 1500)
+                if tail:
+                    say(f"----- {node} log (tail) -----\n{tail}")
+        return judgement
+    finally:
+        if nemesis is not None:
+            with contextlib.suppress(Exception):
+                await nemesis.heal_all()
+        await asyncio.to_thread(cluster.stop)
+
+
+MAX_FAULT_OVERRUN_S = 5.0
+
+
+async def _progress(opts: ChaosOptions, recorder: Recorder, nemesis: Nemesis, observer: Observer,
+                    clients_task: asyncio.Task) -> None:
+    with tqdm(total=int(opts.duration_s), unit="s", desc="chaos", disable=not opts.progress, file=sys.stderr,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}s {postfix}") as bar:
+        shown = 0
+        while (now := recorder.now()) < opts.duration_s:
+            if clients_task.done():
+                clients_task.result()  # a client crashed: raise its error now
+            await asyncio.sleep(min(0.5, opts.duration_s - now))
+            whole = min(int(recorder.now()), int(opts.duration_s))
+            if whole > shown:
+                bar.update(whole - shown)
+                shown = whole
+            c = recorder.counts()
+            bar.set_postfix_str(f"ok={c['ok']} fail={c['fail']} unknown={c['unknown']} "
+                                f"leader={observer.leader_now() or '-'} "
+                                f"fault={nemesis.current.label if nemesis.current else '-'}", refresh=True)
+
+
+def run_in_lab(opts: ChaosOptions) -> int:
+    """Build a netns lab here, run the chaos run inside its client namespace, always tear it down.
+    Returns the child's exit code."""
+    problems = validate(opts)
+    if problems:
+        raise ChaosError("; ".join(problems))
+    remove_stale_labs()
+    lab = Lab(opts.node_ids)
+    try:
+        lab.create()
+        child_opts = ChaosOptions(**{**asdict(opts), "lab_tag": lab.tag})
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spec:
+            spec.write(child_opts.to_json())
+        cmd = [*lab.exec_prefix(lab.client_ns), sys.executable, "-m", "raftkv.chaos.worker", spec.name]
+        proc = subprocess.Popen(cmd)
+        try:
+            return proc.wait()
+        except BaseException:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+            raise
+        finally:
+            Path(spec.name).unlink(missing_ok=True)
+    finally:
+        lab.destroy()

@@ -1,0 +1,208 @@
+"""The chaos clients: concurrent reads, writes and CAS on a few keys against random nodes.
+
+Theory of operation
+-------------------
+Each client is a loop: pick a key, an operation and a node (from its own seeded `Random`, so the
+*choices* replay from the seed even though timing cannot), take the time, send one HTTP request,
+take the time again, and record what it learned as an `Operation`. A client never retries: a
+retry would blur what the system acknowledged. Values written are unique integers
+(`client * 1_000_000 + n`), so any value read names the one write that produced it.
+
+How an answer becomes an outcome (the checker's semantics, `raftkv.check.history`):
+
+    200                          ok (a read sees body["value"]; a cas swapped: True)
+    404 on GET                   ok: a read of "absent"
+    412 on a cas                 ok with result False (it read the current value, wrote nothing)
+    503                          fail: definitely not applied (the contract in DESIGN.md)
+    504, 5xx other than 503      unknown: may or may not have been applied
+    connection refused, or the   fail: the request never reached a server
+      connect itself timed out
+    timeout or a connection      unknown: the request was sent; only the reply was lost
+      lost after sending
+
+Reads that fail or time out are recorded too; the checker drops them (they observed nothing).
+A CAS expects the value this client last saw for the key (absent if it saw nothing), which makes
+the CAS succeed often enough to be interesting.
+
+Final reads: after the run is healed and converged, `final_reads` reads every key on every node,
+linearizably (recorded into the history, so the checker covers "the newest value on every node")
+and with `?stale=true` (local state, compared across nodes to find divergent replicas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from raftkv.chaos.recorder import Recorder
+from raftkv.check import Operation
+
+__all__ = ["WorkloadConfig", "call", "final_reads", "run_clients"]
+
+CONNECT_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    clients: int = 5
+    keys: int = 3
+    read_fraction: float = 0.5
+    cas_fraction: float = 0.2  # the rest are plain writes
+    op_timeout_s: float = 3.0
+    think_s: float = 0.02  # pause between a client's operations, so histories stay checkable
+    seed: int = 0
+
+    def key_names(self) -> list[str]:
+        return [f"chaos-k{i}" for i in range(self.keys)]
+
+
+async def call(
+    session: aiohttp.ClientSession, method: str, url: str, body: Any = None, timeout_s: float = 3.0
+) -> tuple[int | None, Any, str | None, bool]:
+    """(status, JSON body, error, maybe_sent). status None: no HTTP answer; then `maybe_sent`
+    says whether the request could have reached the server (False only when connecting failed)."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(CONNECT_TIMEOUT_S, timeout_s))
+    try:
+        async with session.request(method, url, json=body, timeout=timeout) as resp:
+            text = await resp.text()
+            try:
+                data = json.loads(text) if text else None
+            except ValueError:
+                data = text
+            return resp.status, data, None, True
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
+        return None, None, f"{type(e).__name__}: {e}", False
+    except (aiohttp.ClientError, TimeoutError) as e:
+        return None, None, f"{type(e).__name__}: {e}".rstrip(": "), True
+
+
+def _outcome(kind: str, status: int | None, maybe_sent: bool, data: Any) -> tuple[str, Any]:
+    """(outcome, result) for an HTTP answer; see the table in the module docstring."""
+    if status is None:
+        return ("unknown" if maybe_sent else "fail"), None
+    if kind == "read":
+        if status == 200 and isinstance(data, dict):
+            return "ok", data.get("value")
+        if status == 404:
+            return "ok", None
+        return "fail", None  # an unanswered read observed nothing: the checker drops it either way
+    if status == 200:
+        return "ok", True if kind == "cas" else None
+    if status == 412 and kind == "cas":
+        return "ok", False
+    if status == 503 or 400 <= status < 500:
+        return "fail", None
+    return "unknown", None  # 504, and any unexpected 5xx: assume it may have happened
+
+
+async def _one_op(
+    session: aiohttp.ClientSession,
+    recorder: Recorder,
+    client: str | int,
+    node: str,
+    url: str,
+    kind: str,
+    key: str,
+    value: Any,
+    expected: Any,
+    timeout_s: float,
+) -> Operation:
+    if kind == "read":
+        method, body = "GET", None
+    else:
+        method = "PUT"
+        body = {"value": value}
+        if kind == "cas":
+            body.update({"prev_exist": False} if expected is None else {"prev_value": expected})
+    start = recorder.now()
+    status, data, error, maybe_sent = await call(session, method, f"{url}/kv/{key}", body, timeout_s)
+    end = recorder.now()
+    outcome, result = _outcome(kind, status, maybe_sent, data)
+    op = Operation(
+        client=client,
+        kind=kind,  # type: ignore[arg-type]
+        key=key,
+        invoke_time=start,
+        complete_time=end,
+        outcome=outcome,  # type: ignore[arg-type]
+        value=value if kind != "read" else None,
+        expected=expected if kind == "cas" else None,
+        result=result,
+    )
+    meta: dict[str, Any] = {"node": node, "status": status}
+    if error:
+        meta["error"] = error[:200]
+    elif status is not None and status >= 400 and isinstance(data, dict):
+        meta["error"] = str(data.get("error", ""))[:200]
+    recorder.record(op, **meta)
+    return op
+
+
+async def _client_loop(
+    index: int,
+    cfg: WorkloadConfig,
+    urls: Mapping[str, str],
+    recorder: Recorder,
+    stop: asyncio.Event,
+    session: aiohttp.ClientSession,
+) -> None:
+    rng = random.Random(f"{cfg.seed}/client/{index}")
+    keys = cfg.key_names()
+    nodes = sorted(urls)
+    seen: dict[str, Any] = {}
+    n = 0
+    while not stop.is_set():
+        key = rng.choice(keys)
+        node = rng.choice(nodes)
+        roll = rng.random()
+        kind = "read" if roll < cfg.read_fraction else "cas" if roll < cfg.read_fraction + cfg.cas_fraction else "write"
+        value = expected = None
+        if kind != "read":
+            n += 1
+            value = index * 1_000_000 + n
+        if kind == "cas":
+            expected = seen.get(key)
+        op = await _one_op(session, recorder, index, node, urls[node], kind, key, value, expected, cfg.op_timeout_s)
+        if op.outcome == "ok":
+            if kind == "read":
+                seen[key] = op.result
+            elif kind == "write" or op.result:
+                seen[key] = value
+        if cfg.think_s:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), cfg.think_s * (0.5 + rng.random()))
+
+
+async def run_clients(cfg: WorkloadConfig, urls: Mapping[str, str], recorder: Recorder, stop: asyncio.Event) -> None:
+    """Run `cfg.clients` clients until `stop` is set and each one's last request has finished."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(_client_loop(i, cfg, urls, recorder, stop, session) for i in range(cfg.clients)))
+
+
+async def final_reads(
+    urls: Mapping[str, str], keys: list[str], recorder: Recorder, timeout_s: float = 5.0
+) -> dict[str, dict[str, Any]]:
+    """Read every key on every node: linearizable reads go into the history (client "final");
+    returns {key: {node: stale local value, or the string "<error ...>"}} for the divergence check."""
+    local: dict[str, dict[str, Any]] = {k: {} for k in keys}
+    async with aiohttp.ClientSession() as session:
+        for key in keys:
+            for node in sorted(urls):
+                await _one_op(session, recorder, "final", node, urls[node], "read", key, None, None, timeout_s)
+                stale_url = f"{urls[node]}/kv/{key}?stale=true"
+                status, data, error, _ = await call(session, "GET", stale_url, None, timeout_s)
+                if status == 200 and isinstance(data, dict):
+                    local[key][node] = data.get("value")
+                elif status == 404:
+                    local[key][node] = None
+                else:
+                    local[key][node] = f"<error {status} {error or ''}>".strip()
+    return local
