@@ -1,0 +1,34 @@
+"""The HTTP API of one raftkv node (aiohttp): `create_app(node)` serves DESIGN.md's contract.
+
+`http` has the routes, validation, status mapping and forwarding to the leader; `errors` maps every
+failure to a JSON body and status; `openapi` is the OpenAPI 3.1 document served at /openapi.json.
+"""
+
+from raftkv.api.errors import RETRY_AFTER_SECONDS, ApiError
+from raftkv.api.http import (
+    DEFAULT_FORWARD_TIMEOUT_SECONDS,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_KEY_BYTES,
+    DEFAULT_MAX_VALUE_BYTES,
+    FORWARDED_HEADER,
+    IDEMPOTENCY_HEADER,
+    RESERVED_NAMES,
+    Node,
+    create_app,
+)
+from raftkv.api.openapi import openapi_document
+
+__all__ = [
+    "DEFAULT_FORWARD_TIMEOUT_SECONDS",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_KEY_BYTES",
+    "DEFAULT_MAX_VALUE_BYTES",
+    "FORWARDED_HEADER",
+    "IDEMPOTENCY_HEADER",
+    "RESERVED_NAMES",
+    "RETRY_AFTER_SECONDS",
+    "ApiError",
+    "Node",
+    "create_app",
+    "openapi_document",
+]

@@ -1,0 +1,205 @@
+"""Every failure of the HTTP API becomes one JSON body with the right status code.
+
+Theory of operation
+-------------------
+Handlers never build error responses by hand: they raise `ApiError(status, message, **fields)`
+(bad input, absent key, failed precondition, too large) or let the node's own exceptions escape
+(`NoQuorumError`, `OutcomeUnknownError`, `NotLeaderError` when it could not be forwarded). The
+`error_middleware` turns all of them, and aiohttp's own `HTTPException`s (404 no route, 405 wrong
+method, 413 body over `client_max_size`), into `{"error": "...", "node": <id>, ...}` with the status
+DESIGN.md assigns:
+
+    400 malformed input   404 absent / no route   405 wrong method (with Allow)   412 CAS failed
+    413 too large         503 no leader or quorum, Retry-After   504 outcome unknown
+
+Anything else is a bug, not bad input: it is logged with its traceback on logger `raftkv.api`
+(with structured `extra` fields) and answered 500 in JSON, so a client never sees an HTML page or
+a dropped connection. `asyncio.CancelledError` (the client went away) is never converted.
+
+503 means "definitely not done, retry"; 504 means "we stopped waiting, it may still happen": the
+difference is what a client needs to retry safely (with the same Idempotency-Key for 504).
+
+The small parsers at the end (`parse_json`, `parse_command`, `check_query`, `query_flag`,
+`query_integer`) are the other source of errors: untrusted text in, a value or an ApiError 400 out.
+JSON is parsed strictly (no NaN/Infinity) and every way `json.loads` can fail on hostile input
+(bad UTF-8, 5000-digit integers, nesting deep enough to exhaust the recursion limit) is a 400.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from raftkv.kv import InvalidCommand
+from raftkv.node.errors import NodeError, NoQuorumError, NotLeaderError, OutcomeUnknownError
+
+__all__ = ["RETRY_AFTER_SECONDS", "ApiError", "check_query", "error_middleware", "json_response", "node_error",
+           "parse_command", "parse_json", "query_flag", "query_integer", "retry_later"]
+
+log = logging.getLogger("raftkv.api")
+
+RETRY_AFTER_SECONDS = 1  # an election takes ~1 s with the default timeouts, so retry after that
+
+_DECIMAL = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() also accepts "²" and "٣"
+_TRUE, _FALSE = frozenset({"", "1", "true", "yes"}), frozenset({"0", "false", "no"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An error response: `status`, a human `message` (the JSON "error") and extra JSON fields."""
+
+    def __init__(self, status: int, message: str, *, headers: Mapping[str, str] | None = None,
+                 **fields: Any) -> None:
+        assert 400 <= status <= 599, status
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.fields = fields
+        self.headers = dict(headers or {})
+
+
+def json_response(node_id: str, payload: dict[str, Any], status: int = 200,
+                  headers: Mapping[str, str] | None = None) -> web.Response:
+    """A JSON response that always names the node that answered (unless the payload already does,
+    as a response relayed from the leader does)."""
+    payload.setdefault("node", node_id)
+    return web.json_response(payload, status=status, headers=headers, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    # Status dicts from the node may hold enums, paths or sets; a status page must not 500 on them.
+    # (Key values are JSON already: the kv module validated them.)
+    return json.dumps(obj, default=lambda o: sorted(o, key=str) if isinstance(o, set | frozenset) else str(o))
+
+
+def retry_later(message: str, **fields: Any) -> ApiError:
+    """503 with Retry-After: nothing was done, and trying again soon may work."""
+    return ApiError(503, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, **fields)
+
+
+def node_error(exc: NodeError, *, reading: bool, leader: str | None) -> ApiError:
+    """The response for a node exception that reached the API (forwarding already ruled out)."""
+    if isinstance(exc, OutcomeUnknownError):
+        if reading:
+            return ApiError(504, f"timed out: the read could not be confirmed ({exc}); retry", leader=leader)
+        return ApiError(504, f"timed out: the write may or may not have been applied ({exc}); "
+                             "retry with the same Idempotency-Key to find out", leader=leader)
+    if isinstance(exc, NotLeaderError):
+        if exc.leader_id is None:
+            return retry_later("no leader", leader=None)
+        return retry_later(str(exc), leader=exc.leader_id, leaderUrl=exc.leader_url)
+    # NoQuorumError and any other NodeError: the node says it did nothing.
+    message = str(exc) or "no quorum"
+    if not isinstance(exc, NoQuorumError):
+        message = f"{type(exc).__name__}: {message}"
+    return retry_later(message, leader=leader)
+
+
+def _from_http_exception(exc: web.HTTPException, request: web.Request, max_body_bytes: int,
+                         allowed: Callable[[str], set[str] | None]) -> ApiError:
+    headers: dict[str, str] = {}
+    if exc.status == 405:
+        # The router's Allow set includes the root-key catch-all's methods for reserved paths
+        # (POST /raft-state "could" be GET/PUT/DELETE /{key}); use the real route's methods.
+        methods = allowed(request.path) or set(getattr(exc, "allowed_methods", ()))
+        headers["Allow"] = ", ".join(sorted(methods))
+        return ApiError(405, f"method {request.method} is not allowed on {request.path}",
+                        headers=headers, allowed=sorted(methods))
+    if exc.status == 413:
+        return ApiError(413, f"request body larger than {max_body_bytes} bytes", limit=max_body_bytes)
+    if exc.status == 404:
+        return ApiError(404, f"no route {request.path}; see /openapi.json", path=request.path)
+    return ApiError(exc.status, exc.reason or exc.text or "error")
+
+
+def error_middleware(node: Any, max_body_bytes: int,
+                     allowed: Callable[[str], set[str] | None]) -> Callable[..., Any]:
+    """The middleware that maps every exception to a JSON response (see the module docstring).
+
+    `allowed(path)` returns the methods of the fixed route at `path`, or None."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            err = exc
+        except NodeError as exc:
+            err = node_error(exc, reading=request.method == "GET", leader=_leader(node))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            err = _from_http_exception(exc, request, max_body_bytes, allowed)
+        except Exception as exc:  # a bug: log it, answer JSON, keep serving
+            log.exception("unhandled %s on %s %s", type(exc).__name__, request.method, request.path,
+                          extra={"event": "api.unhandled", "node": node.id, "method": request.method,
+                                 "path": request.path, "exception": type(exc).__name__})
+            err = ApiError(500, f"internal error: {type(exc).__name__}")
+        return json_response(node.id, {"error": err.message, **err.fields}, err.status, err.headers)
+
+    return middleware
+
+
+def _leader(node: Any) -> str | None:
+    try:
+        return node.leader_id()
+    except Exception:  # the hint is best-effort; never turn a 503 into a 500
+        return None
+
+
+# ---- input parsing that ends in 400 -----------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON (no NaN/Infinity) or ApiError 400; never RecursionError or UnicodeError."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ApiError(400, "body: JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits, NaN
+        raise ApiError(400, f"body: malformed JSON: {exc}") from None
+
+
+def parse_command(parser: Callable[..., Any], *args: Any) -> Any:
+    """`parser(*args)` (a raftkv.kv *_from_json), with its InvalidCommand message as a 400."""
+    try:
+        return parser(*args)
+    except InvalidCommand as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def check_query(request: web.Request, allowed: set[str]) -> Mapping[str, str]:
+    """The query parameters, after refusing any not in `allowed`."""
+    # Unknown parameters are refused: `?prefx=a` silently listing every key would be worse.
+    if unknown := request.query.keys() - allowed:
+        names = ", ".join(sorted(allowed)) or "none"
+        raise ApiError(400, f"unknown query parameter {sorted(unknown)[0]!r} (allowed: {names})")
+    return request.query
+
+
+def query_flag(value: str | None, name: str) -> bool:
+    """A boolean parameter: absent is false; `?stale` alone, 1/true/yes are true; 0/false/no false."""
+    if value is None:
+        return False
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ApiError(400, f"{name}: must be true or false, not {value!r}")
+
+
+def query_integer(value: str, name: str, minimum: int, maximum: int = 2**63 - 1) -> int:
+    """A decimal integer parameter within [minimum, maximum]."""
+    if not _DECIMAL.fullmatch(value) or not minimum <= int(value) <= maximum:
+        raise ApiError(400, f"{name}: must be an integer from {minimum} to {maximum}, not {value!r}")
+    return int(value)

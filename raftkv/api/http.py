@@ -1,0 +1,499 @@
+"""The HTTP API of one raftkv node: JSON over aiohttp, per DESIGN.md's contract table.
+
+Theory of operation
+-------------------
+`create_app(node)` builds a `web.Application` around an object with the node interface
+(`propose`, `read_barrier`, `kv`, `raft_state`, ...; see `Node`). The API owns no replicated
+state. Each data request goes through the same steps:
+
+1. validate everything that can be validated locally (key size, body size, JSON, field types,
+   value size, query parameters) with the kv module's own parsers, so bad input is a 4xx before
+   anything reaches Raft, and a follower rejects it exactly as the leader would;
+2. writes: `node.propose(command)` returns the state machine's result once the entry is committed
+   and applied here; the result's `ok`/`error` picks 200, 404 or 412. Reads: `await
+   node.read_barrier()` (ReadIndex) and then read `node.kv` locally; `?stale=true` skips the barrier;
+3. if the node says `NotLeaderError`, the original request (method, raw path and query, body,
+   Idempotency-Key) is forwarded once to the leader's client URL and its answer relayed with
+   `"forwardedBy": <this node>`. The forwarded copy carries `X-Raftkv-Forwarded: 1`; a node that
+   receives such a copy never forwards it again (503 instead), so two nodes with stale leader hints
+   cannot bounce a request between them;
+4. every other failure is an exception that `errors.error_middleware` maps to a JSON error
+   (503 = definitely not done, 504 = may or may not be done).
+
+A forward that cannot connect is 503 (nothing was sent). A forwarded *write* that times out or
+loses its connection after being sent is 504, not 503: the leader may have committed it, and
+saying "not done" there would let a client's blind retry apply it twice.
+
+The seed's routes `PUT|GET|DELETE /{key}` share the handlers of `/kv/{key}`. They are registered
+last, so fixed routes win; a key whose first segment is a reserved name (`RESERVED_NAMES`) is
+refused at the root (405 if it is exactly a fixed route, else 404) so that `PUT /health` can
+never write a key called "health". Such keys remain reachable as `/kv/health`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Protocol
+
+import aiohttp
+import msgpack
+from aiohttp import web
+from yarl import URL
+
+from raftkv.api.errors import (
+    ApiError,
+    check_query,
+    error_middleware,
+    json_response,
+    node_error,
+    parse_command,
+    parse_json,
+    query_flag,
+    query_integer,
+    retry_later,
+)
+from raftkv.api.openapi import openapi_document
+from raftkv.kv import (
+    DEFAULT_RANGE_LIMIT,
+    INVALID,
+    MAX_RANGE_LIMIT,
+    NOT_FOUND,
+    PRECONDITION_FAILED,
+    Command,
+    KVStateMachine,
+    Txn,
+    TxnPut,
+    delete_from_json,
+    kv_to_dict,
+    put_from_json,
+    txn_from_json,
+)
+from raftkv.node.errors import NotLeaderError
+
+log = logging.getLogger("raftkv.api")
+
+DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
+DEFAULT_MAX_KEY_BYTES = 1024
+DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+DEFAULT_FORWARD_TIMEOUT_SECONDS = 5.0
+FORWARD_CONNECT_TIMEOUT_SECONDS = 2.0  # a connect failure means "not sent": 503, safe to retry
+MAX_PARTITION_PEERS = 1000
+FORWARDED_HEADER = "X-Raftkv-Forwarded"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+# First path segments that are never keys at the root (`/{key}`): today's routes plus names kept
+# for routes to come, so adding one later cannot silently shadow a user's key.
+RESERVED_NAMES = frozenset({
+    "kv", "txn", "raft-state", "force-election", "simulate-partition", "metrics", "health",
+    "openapi.json", "watch", "events", "dashboard", "static", "members", "transfer-leader",
+    "snapshot", "admin", "api", "favicon.ico",
+})
+
+_CORS_HEADERS = {"Access-Control-Allow-Origin": "*",
+                 "Access-Control-Expose-Headers": f"Retry-After, Allow, {FORWARDED_HEADER}"}
+_CORS_METHODS = "GET, PUT, POST, DELETE, OPTIONS"
+_KNOWN_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH"})
+
+
+class Node(Protocol):
+    """What the API needs from a node (raftkv.node.driver.RaftNode provides it). An optional
+    `watch() -> AsyncIterator[dict]` method feeds GET /watch; without it /watch answers 501."""
+
+    id: str
+    url: str
+    kv: KVStateMachine
+
+    def leader_id(self) -> str | None: ...
+    def leader_url(self) -> str | None: ...
+    async def propose(self, command: Command) -> dict[str, Any]: ...
+    async def read_barrier(self) -> None: ...
+    def raft_state(self) -> dict[str, Any]: ...
+    async def force_election(self) -> dict[str, Any]: ...
+    def set_partition(self, partitioned: bool, peers: list[str] | None) -> dict[str, Any]: ...
+    def health(self) -> dict[str, Any]: ...
+    def metrics_text(self) -> tuple[bytes, str]: ...
+    def record_request(self, route: str, method: str, status: int, seconds: float) -> None: ...
+
+
+def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               max_key_bytes: int = DEFAULT_MAX_KEY_BYTES, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+               forward_timeout_seconds: float = DEFAULT_FORWARD_TIMEOUT_SECONDS) -> web.Application:
+    """The aiohttp application serving `node`'s client API (run it with web.AppRunner/TCPSite)."""
+    assert max_body_bytes > 0 and max_key_bytes > 0 and max_value_bytes > 0 and forward_timeout_seconds > 0
+    api = _Api(node, max_body_bytes, max_key_bytes, max_value_bytes, forward_timeout_seconds)
+    app = web.Application(
+        client_max_size=max_body_bytes,  # aiohttp's own default (1 MiB) would cut bodies short
+        middlewares=[_metrics_middleware(node), _cors_preflight,
+                     error_middleware(node, max_body_bytes, api.fixed_route_methods)])
+    add = app.router.add_route
+    add("GET", "/kv", api.range)
+    add("GET", "/kv/{key:.*}", api.get_key)  # ".*": an empty key gets a 400 that says so, not a 404
+    add("PUT", "/kv/{key:.*}", api.put_key)
+    add("DELETE", "/kv/{key:.*}", api.delete_key)
+    add("POST", "/txn", api.txn)
+    add("GET", "/raft-state", api.raft_state)
+    add("POST", "/force-election", api.force_election)
+    add("POST", "/simulate-partition", api.simulate_partition)
+    add("GET", "/metrics", api.metrics)
+    add("GET", "/health", api.health)
+    add("GET", "/openapi.json", api.openapi)
+    add("GET", "/watch", api.watch)
+    root = _RootKeys(api)  # last: every fixed route above must win over the catch-all
+    add("GET", "/{key:.+}", root.get_key)
+    add("PUT", "/{key:.+}", root.put_key)
+    add("DELETE", "/{key:.+}", root.delete_key)
+    for resource in app.router.resources():
+        if isinstance(resource, web.PlainResource):
+            # Each fixed route must be reserved, or PUT /<route> would write a key of that name.
+            assert resource.canonical[1:].split("/")[0] in RESERVED_NAMES, resource.canonical
+            api.fixed[resource.canonical] = {route.method for route in resource}
+    app.cleanup_ctx.append(api.client_session)
+    app.on_response_prepare.append(_add_cors_headers)
+    return app
+
+
+class _Api:
+    def __init__(self, node: Node, max_body_bytes: int, max_key_bytes: int, max_value_bytes: int,
+                 forward_timeout_seconds: float) -> None:
+        self.node = node
+        self.max_body_bytes = max_body_bytes
+        self.max_key_bytes = max_key_bytes
+        self.max_value_bytes = max_value_bytes
+        self.forward_timeout_seconds = forward_timeout_seconds
+        self.fixed: dict[str, set[str]] = {}  # path of each fixed route -> its methods
+        self.doc = openapi_document(max_body_bytes=max_body_bytes, max_key_bytes=max_key_bytes,
+                                    max_value_bytes=max_value_bytes)
+        self._session: aiohttp.ClientSession | None = None
+
+    def fixed_route_methods(self, path: str) -> set[str] | None:
+        return self.fixed.get(path)
+
+    async def client_session(self, _app: web.Application) -> AsyncIterator[None]:
+        # One pooled session per app for forwarding: keeps connections to the leader warm.
+        timeout = aiohttp.ClientTimeout(total=self.forward_timeout_seconds,
+                                        sock_connect=min(FORWARD_CONNECT_TIMEOUT_SECONDS, self.forward_timeout_seconds))
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            self._session = session
+            yield
+            self._session = None
+
+    # ---- keys ------------------------------------------------------------------------------------
+
+    async def get_key(self, request: web.Request) -> web.StreamResponse:
+        key = self._key(request)
+        query = check_query(request, {"stale"})
+        if not key:
+            raise ApiError(400, "key: must not be empty (to list keys use GET /kv?prefix=...)")
+        if not query_flag(query.get("stale"), "stale") and (forwarded := await self._barrier(request)):
+            return forwarded
+        kv_store = self.node.kv
+        kv = kv_store.get(key)
+        if kv is None:
+            raise ApiError(404, "key not found", key=key, revision=kv_store.revision, leader=self._leader())
+        payload = kv_to_dict(key, kv)
+        payload.update(revision=kv_store.revision, leader=self._leader())
+        return json_response(self.node.id, payload)
+
+    async def put_key(self, request: web.Request) -> web.StreamResponse:
+        key = self._key(request)
+        check_query(request, set())
+        body = await self._body(request, required=True)
+        cmd = parse_command(put_from_json, key, body, _request_id(request))
+        self._check_value_size(cmd.value, "value")
+        return await self._propose(request, cmd)
+
+    async def delete_key(self, request: web.Request) -> web.StreamResponse:
+        key = self._key(request)
+        query = check_query(request, {"prev_revision"})
+        body = await self._body(request, required=False)
+        if "prev_revision" in query and (body is None or type(body) is dict):
+            if body and "prev_revision" in body:
+                raise ApiError(400, "prev_revision: given both in the query and in the body")
+            body = {**(body or {}), "prev_revision": query_integer(query["prev_revision"], "prev_revision", 1)}
+        cmd = parse_command(delete_from_json, key, body, _request_id(request))
+        return await self._propose(request, cmd)
+
+    async def range(self, request: web.Request) -> web.StreamResponse:
+        query = check_query(request, {"prefix", "limit", "stale"})
+        limit = DEFAULT_RANGE_LIMIT
+        if "limit" in query:
+            limit = query_integer(query["limit"], "limit", 1, MAX_RANGE_LIMIT)
+        if not query_flag(query.get("stale"), "stale") and (forwarded := await self._barrier(request)):
+            return forwarded
+        kv_store = self.node.kv
+        items, more = kv_store.range(query.get("prefix", ""), limit)
+        return json_response(self.node.id, {
+            "items": [kv_to_dict(k, kv) for k, kv in items], "more": more, "count": len(items),
+            "revision": kv_store.revision, "leader": self._leader()})
+
+    async def txn(self, request: web.Request) -> web.StreamResponse:
+        check_query(request, set())
+        body = await self._body(request, required=True)
+        cmd: Txn = parse_command(txn_from_json, body, _request_id(request))
+        for name in ("compare", "success", "failure"):
+            for i, item in enumerate(getattr(cmd, name)):
+                if (key := getattr(item, "key", None)) is not None:
+                    self._check_key_size(key, f"{name}[{i}].key")
+                if type(item) is TxnPut:
+                    self._check_value_size(item.value, f"{name}[{i}].value")
+        return await self._propose(request, cmd)
+
+    # ---- the node's own operations ---------------------------------------------------------------
+
+    async def raft_state(self, _request: web.Request) -> web.StreamResponse:
+        return json_response(self.node.id, dict(self.node.raft_state()))
+
+    async def force_election(self, _request: web.Request) -> web.StreamResponse:
+        # No body is needed (the seed's button sends none); any body is ignored.
+        return json_response(self.node.id, dict(await self.node.force_election()))
+
+    async def simulate_partition(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request, required=True)
+        if type(body) is not dict:
+            raise ApiError(400, "body: must be a JSON object such as {\"partitioned\": true}")
+        if unknown := body.keys() - {"partitioned", "peers"}:
+            raise ApiError(400, f"body: unknown field {sorted(unknown)[0]!r} (allowed: partitioned, peers)")
+        partitioned, peers = body.get("partitioned"), body.get("peers")
+        if type(partitioned) is not bool:
+            raise ApiError(400, "partitioned: must be true or false" + ("" if "partitioned" in body else " (missing)"))
+        if peers is not None and (type(peers) is not list or len(peers) > MAX_PARTITION_PEERS
+                                  or not all(type(p) is str and p for p in peers)):
+            raise ApiError(400, "peers: must be an array of peer ids (non-empty strings), or omitted for all peers")
+        try:
+            faults = self.node.set_partition(partitioned, peers)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        return json_response(self.node.id, {"partitioned": partitioned, "peers": peers, "faults": faults})
+
+    async def metrics(self, _request: web.Request) -> web.StreamResponse:
+        body, content_type = self.node.metrics_text()
+        # Passed as a header: web.Response(content_type=...) rejects Prometheus' "; version=..." params.
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def health(self, _request: web.Request) -> web.StreamResponse:
+        health = dict(self.node.health())
+        return json_response(self.node.id, health, 200 if health.get("hasLeader") else 503)
+
+    async def openapi(self, _request: web.Request) -> web.StreamResponse:
+        # Served as is: a "node" field is not allowed at the root of an OpenAPI document.
+        return web.json_response(self.doc)
+
+    async def watch(self, request: web.Request) -> web.StreamResponse:
+        watch = getattr(self.node, "watch", None)
+        if watch is None:
+            raise ApiError(501, "this node does not provide an event stream")
+        ws = web.WebSocketResponse(heartbeat=30.0)
+        if not ws.can_prepare(request).ok:
+            raise ApiError(400, "GET /watch is a WebSocket: send an Upgrade: websocket request")
+        await ws.prepare(request)
+        events = watch()
+        if inspect.isawaitable(events):
+            events = await events
+        pump = asyncio.create_task(_pump_events(ws, events))
+        try:
+            async for _msg in ws:  # clients send nothing we need; this ends when either side closes
+                pass
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            if (aclose := getattr(events, "aclose", None)) is not None:
+                await aclose()  # unsubscribe now, not whenever the generator is collected
+        return ws
+
+    # ---- shared steps ----------------------------------------------------------------------------
+
+    def _leader(self) -> str | None:
+        return self.node.leader_id()
+
+    def _key(self, request: web.Request) -> str:
+        key = request.match_info["key"]
+        self._check_key_size(key, "key")
+        return key
+
+    def _check_key_size(self, key: str, where: str) -> None:
+        size = len(key.encode("utf-8", "surrogatepass"))
+        if size > self.max_key_bytes:
+            raise ApiError(413, f"{where}: {size} bytes of UTF-8, more than the limit of {self.max_key_bytes}",
+                           limit=self.max_key_bytes)
+
+    def _check_value_size(self, value: Any, where: str) -> None:
+        size = len(msgpack.packb(value))  # the bytes it will take in the log and the store
+        if size > self.max_value_bytes:
+            raise ApiError(413, f"{where}: {size} bytes encoded, more than the limit of {self.max_value_bytes}",
+                           limit=self.max_value_bytes)
+
+    async def _body(self, request: web.Request, *, required: bool) -> Any:
+        """The body as JSON (None if empty and not required). The Content-Type is not checked:
+        the seed's `curl -d '{...}'` sends application/x-www-form-urlencoded."""
+        if (request.content_length or 0) > self.max_body_bytes:  # refuse before reading any of it
+            raise ApiError(413, f"request body larger than {self.max_body_bytes} bytes", limit=self.max_body_bytes)
+        raw = await request.read()  # a chunked body over client_max_size raises 413
+        if not raw.strip():
+            if required:
+                raise ApiError(400, "body: missing; send a JSON object")
+            return None
+        return parse_json(raw)
+
+    async def _propose(self, request: web.Request, cmd: Command) -> web.StreamResponse:
+        try:
+            result = await self.node.propose(cmd)
+        except NotLeaderError as exc:
+            return await self._forward(request, exc)
+        return self._result(result)
+
+    async def _barrier(self, request: web.Request) -> web.StreamResponse | None:
+        """None once a linearizable read may proceed here; else the leader's relayed answer."""
+        try:
+            await self.node.read_barrier()
+        except NotLeaderError as exc:
+            return await self._forward(request, exc)
+        return None
+
+    def _result(self, result: Mapping[str, Any]) -> web.StreamResponse:
+        leader = self._leader()
+        if result.get("ok"):
+            payload = {k: v for k, v in result.items() if k != "ok"}
+            payload["leader"] = leader
+            return json_response(self.node.id, payload)
+        error = result.get("error")
+        if error == PRECONDITION_FAILED:
+            raise ApiError(412, f"precondition failed: {result.get('reason')}", key=result.get("key"),
+                           reason=result.get("reason"), current=result.get("current"),
+                           revision=result.get("revision"), leader=leader)
+        if error == NOT_FOUND:
+            raise ApiError(404, "key not found", key=result.get("key"), revision=result.get("revision"), leader=leader)
+        if error == INVALID:  # validated before proposing, so only a newer/buggy peer gets here
+            raise ApiError(400, str(result.get("message") or "invalid command"), leader=leader)
+        raise RuntimeError(f"unexpected state machine result: {result!r}")
+
+    async def _forward(self, request: web.Request, exc: NotLeaderError) -> web.StreamResponse:
+        reading = request.method == "GET"
+        own_url = self.node.url.rstrip("/")
+        if request.headers.get(FORWARDED_HEADER):
+            raise retry_later("not the leader, and this request was already forwarded once: not forwarding it "
+                              "again", leader=exc.leader_id, leaderUrl=exc.leader_url)
+        if not exc.leader_url or exc.leader_url.rstrip("/") == own_url:
+            raise node_error(exc, reading=reading, leader=exc.leader_id)
+        assert self._session is not None, "the app is not running"
+        url = URL(exc.leader_url.rstrip("/") + request.raw_path, encoded=True)
+        headers = {FORWARDED_HEADER: "1", "Content-Type": "application/json"}
+        if (request_id := request.headers.get(IDEMPOTENCY_HEADER)) is not None:
+            headers[IDEMPOTENCY_HEADER] = request_id
+        where = f"the leader {exc.leader_id} at {exc.leader_url}"
+        try:
+            async with self._session.request(request.method, url, data=await request.read() or None,
+                                             headers=headers, allow_redirects=False) as resp:
+                status, raw = resp.status, await resp.read()
+                relay = {h: resp.headers[h] for h in ("Retry-After", "Allow") if h in resp.headers}
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
+            raise retry_later(f"{where} is unreachable: {err}", leader=exc.leader_id,
+                              leaderUrl=exc.leader_url) from None
+        except (TimeoutError, aiohttp.ClientError) as err:
+            what = ("the read could not be confirmed; retry" if reading else
+                    "the write may or may not have been applied; retry with the same Idempotency-Key")
+            raise ApiError(504, f"forwarded to {where}, then no answer ({type(err).__name__}): {what}",
+                           leader=exc.leader_id, leaderUrl=exc.leader_url) from None
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            payload = None
+        if type(payload) is not dict:
+            raise ApiError(502, f"forwarded to {where}, which answered {status} without a JSON object",
+                           leader=exc.leader_id, leaderUrl=exc.leader_url)
+        payload["forwardedBy"] = self.node.id
+        return json_response(self.node.id, payload, status, relay)
+
+
+class _RootKeys:
+    """The seed's `/{key}` routes: the /kv/{key} handlers, after refusing reserved names."""
+
+    def __init__(self, api: _Api) -> None:
+        self.api = api
+
+    def _check(self, request: web.Request) -> None:
+        key = request.match_info["key"]
+        if key.split("/", 1)[0] in RESERVED_NAMES:
+            if (methods := self.api.fixed_route_methods(request.path)) is not None:
+                raise ApiError(405, f"method {request.method} is not allowed on {request.path}",
+                               headers={"Allow": ", ".join(sorted(methods))}, allowed=sorted(methods))
+            raise ApiError(404, f"{request.path} is under a reserved name, not a key; use /kv/{key}", path=request.path)
+
+    async def get_key(self, request: web.Request) -> web.StreamResponse:
+        self._check(request)
+        return await self.api.get_key(request)
+
+    async def put_key(self, request: web.Request) -> web.StreamResponse:
+        self._check(request)
+        return await self.api.put_key(request)
+
+    async def delete_key(self, request: web.Request) -> web.StreamResponse:
+        self._check(request)
+        return await self.api.delete_key(request)
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def _request_id(request: web.Request) -> str | None:
+    return request.headers.get(IDEMPOTENCY_HEADER)
+
+
+async def _pump_events(ws: web.WebSocketResponse, events: AsyncIterator[dict[str, Any]]) -> None:
+    try:
+        async for event in events:
+            await ws.send_str(json.dumps(event, default=str))
+    except (ConnectionError, aiohttp.ClientError):
+        pass  # the client went away; the handler's receive loop ends too
+    finally:
+        await ws.close()
+
+
+def _route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return "unmatched" if resource is None else resource.canonical  # bounded label values
+
+
+def _metrics_middleware(node: Node) -> Callable[..., Any]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except asyncio.CancelledError:
+            status = 499  # client closed the connection (nginx's convention)
+            raise
+        finally:
+            method = request.method if request.method in _KNOWN_METHODS else "OTHER"
+            try:
+                node.record_request(_route_template(request), method, status, time.perf_counter() - start)
+            except Exception:  # metrics must never fail a request
+                log.exception("record_request failed", extra={"event": "api.metrics_failed"})
+
+    return middleware
+
+
+@web.middleware
+async def _cors_preflight(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+    # The dashboard runs on another port (another origin): answer browsers' preflights for any path.
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        allow_headers = request.headers.get("Access-Control-Request-Headers",
+                                            f"Content-Type, {IDEMPOTENCY_HEADER}")
+        return web.Response(status=204, headers={"Access-Control-Allow-Methods": _CORS_METHODS,
+                                                 "Access-Control-Allow-Headers": allow_headers,
+                                                 "Access-Control-Max-Age": "600"})
+    return await handler(request)
+
+
+async def _add_cors_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in _CORS_HEADERS.items():
+        response.headers.setdefault(name, value)

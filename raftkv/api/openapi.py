@@ -1,0 +1,240 @@
+"""The OpenAPI 3.1 description of a raftkv node's HTTP API, served at GET /openapi.json.
+
+Theory of operation
+-------------------
+The document is plain data built by `openapi_document()`, with the node's configured size limits
+written into it. It must describe exactly what `http.create_app` serves: tests compare its paths
+and methods with the app's router, and every status code any test observes on a route must appear
+under that operation's `responses`, so the document cannot drift from the code unnoticed.
+
+Conventions shared by all operations, documented once in `info.description` rather than on each:
+405 (with Allow) for a method a route does not have, 404 for a path no route matches, CORS
+preflight (OPTIONS) answered 204 on every path, and a JSON error body for every failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["openapi_document"]
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_E400 = _err("Malformed input: invalid JSON, wrong field types, unknown fields, empty key, bad query parameter.")
+_E404_KEY = _err("The key does not exist.")
+_E412 = _json(_ref("PreconditionFailed"), "A compare-and-set precondition did not hold; nothing was written.")
+_E502 = _err("The request was forwarded to the leader, which did not answer with a JSON object.")
+_E503 = {**_err("No leader or no quorum (or the leader hint loops): nothing was done. Retry after Retry-After."),
+         "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}}
+_E500 = _err("A bug in the server (logged); never returned for bad input.")
+
+
+def _e504(what: str) -> dict[str, Any]:
+    return _err(f"Timed out: {what}")
+
+
+_E504_WRITE = _e504("the write may or may not have been applied. Retry with the same Idempotency-Key.")
+_E504_READ = _e504("the read could not be confirmed as linearizable. Retry.")
+
+
+def _op(summary: str, responses: dict[str, Any], *, parameters: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None, body_required: bool = True, description: str = "") -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {**responses, "500": _E500}}
+    if description:
+        op["description"] = description
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = {"required": body_required, "content": {_JSON: {"schema": body}}}
+    return op
+
+
+_KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
+        "description": "The key; may contain '/' (percent-encode '?' and '#')."}
+_STALE = {"name": "stale", "in": "query", "schema": {"type": "boolean", "default": False},
+          "description": "Read this node's local state without a ReadIndex barrier (may be stale)."}
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 256},
+                "description": "Becomes the command's request_id: a retry with the same key is applied at most "
+                               "once and returns the first result."}
+_FORWARDED = {"name": "X-Raftkv-Forwarded", "in": "header", "schema": {"type": "string"},
+              "description": "Set by a follower forwarding to the leader; such a request is never forwarded again."}
+_PREV_REVISION_Q = {"name": "prev_revision", "in": "query", "schema": {"type": "integer", "minimum": 1},
+                    "description": "Delete only if the key's mod_revision equals this (also accepted in the body)."}
+
+
+def _key_ops(root: bool, limits: dict[str, int]) -> dict[str, Any]:
+    """GET/PUT/DELETE on one key; `root` is the seed's /{key} spelling of the same operations."""
+    extra: dict[str, Any] = {}
+    note = ""
+    if root:
+        extra = {"405": _err("The path is a fixed route (e.g. PUT /health) that does not have this method."),
+                 "404": _err("The key does not exist, or its first segment is a reserved name (use /kv/{key}).")}
+        note = "The seed's spelling of /kv/{key}; keys whose first segment is a reserved route name are refused. "
+    too_large_key = _err(f"The key is longer than {limits['key']} bytes of UTF-8.")
+    write_common = {"413": _err(f"Key over {limits['key']} bytes, value over {limits['value']} bytes encoded, "
+                                f"or body over {limits['body']} bytes."),
+                    "502": _E502, "503": _E503, "504": _E504_WRITE}
+    params = [_KEY, _FORWARDED]
+    return {
+        "get": _op("Read a key (linearizable unless stale=true)", {
+            "200": _json(_ref("GetResult"), "The key's current value and metadata."),
+            "400": _E400, "404": _E404_KEY, "413": too_large_key, "502": _E502, "503": _E503, "504": _E504_READ,
+            **({"405": extra["405"], "404": extra["404"]} if root else {})},
+            parameters=[*params, _STALE], description=note + "Followers forward to the leader unless stale=true."),
+        "put": _op("Write a key (compare-and-set with prev_*)", {
+            "200": _json(_ref("PutResult"), "Committed and applied."),
+            "400": _E400, "412": _E412, **write_common, **extra},
+            parameters=[*params, _IDEMPOTENCY], body=_ref("PutRequest"),
+            description=note + "Answered only after commit and apply; followers forward to the leader."),
+        "delete": _op("Delete a key", {
+            "200": _json(_ref("DeleteResult"), "Deleted."),
+            "400": _E400, "404": _E404_KEY, "412": _E412, **write_common, **extra},
+            parameters=[*params, _IDEMPOTENCY, _PREV_REVISION_Q], body=_ref("DeleteRequest"), body_required=False,
+            description=note + "The body is optional."),
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    any_json: dict[str, Any] = {"description": "Any JSON value."}
+    kv = {"type": "object", "required": ["key", "value", "create_revision", "mod_revision", "version"],
+          "properties": {"key": {"type": "string"}, "value": any_json, "create_revision": {"type": "integer"},
+                         "mod_revision": {"type": "integer"}, "version": {"type": "integer"}}}
+    answered = {"node": {"type": "string", "description": "The node that answered."},
+                "leader": {"type": ["string", "null"], "description": "The leader as this node knows it."},
+                "forwardedBy": {"type": "string",
+                                "description": "Present when a follower relayed the leader's answer."}}
+    nullable_kv = {"oneOf": [_ref("KeyValue"), {"type": "null"}]}
+    op_item = {"type": "object", "description": "{\"op\": \"put\"|\"delete\"|\"get\"|\"range\", ...fields} or "
+                                                "{\"put\": {...fields}}; put {key, value}, delete {key}, get {key}, "
+                                                "range {prefix?, limit?}."}
+    return {
+        "Error": {"type": "object", "required": ["error", "node"],
+                  "properties": {"error": {"type": "string"}, **answered}, "additionalProperties": True},
+        "KeyValue": kv,
+        "PreconditionFailed": {"type": "object", "required": ["error", "key", "reason", "current", "revision"],
+                               "properties": {"error": {"type": "string"}, "key": {"type": "string"},
+                                              "reason": {"type": "string"}, "current": nullable_kv,
+                                              "revision": {"type": "integer"}, **answered}},
+        "PutRequest": {"type": "object", "required": ["value"], "additionalProperties": False, "properties": {
+            "value": any_json, "prev_value": {"description": "Write only if the current value equals this."},
+            "prev_revision": {"type": "integer", "minimum": 0,
+                              "description": "Only if mod_revision equals this (0: absent)."},
+            "prev_exist": {"type": "boolean", "description": "false: create only; true: update only."},
+            "request_id": {"type": "string", "maxLength": 256, "description": "Same as the Idempotency-Key header."}}},
+        "PutResult": {"type": "object", "required": ["key", "value", "revision", "node", "leader"], "properties": {
+            "op": {"const": "put"}, "key": {"type": "string"}, "value": any_json, "revision": {"type": "integer"},
+            "prev": nullable_kv, **answered}},
+        "GetResult": {"allOf": [kv, {"type": "object", "required": ["revision", "node"], "properties": {
+            "revision": {"type": "integer", "description": "The store's revision when read."}, **answered}}]},
+        "DeleteRequest": {"type": "object", "additionalProperties": False, "properties": {
+            "prev_revision": {"type": "integer", "minimum": 1}, "request_id": {"type": "string", "maxLength": 256}}},
+        "DeleteResult": {"type": "object", "required": ["key", "revision", "node", "leader"], "properties": {
+            "op": {"const": "delete"}, "key": {"type": "string"}, "revision": {"type": "integer"},
+            "prev": _ref("KeyValue"), **answered}},
+        "RangeResult": {"type": "object", "required": ["items", "more", "count", "revision", "node"], "properties": {
+            "items": {"type": "array", "items": _ref("KeyValue")}, "more": {"type": "boolean"},
+            "count": {"type": "integer"}, "revision": {"type": "integer"}, **answered}},
+        "TxnRequest": {"type": "object", "additionalProperties": False, "properties": {
+            "compare": {"type": "array", "maxItems": 128, "items": {
+                "type": "object", "required": ["key", "target", "op", "value"], "properties": {
+                    "key": {"type": "string"},
+                    "target": {"enum": ["value", "version", "create_revision", "mod_revision", "exists"]},
+                    "op": {"enum": ["==", "!=", ">", "<"]}, "value": any_json}}},
+            "success": {"type": "array", "maxItems": 128, "items": op_item},
+            "failure": {"type": "array", "maxItems": 128, "items": op_item},
+            "request_id": {"type": "string", "maxLength": 256}}},
+        "TxnResult": {"type": "object", "required": ["succeeded", "responses", "revision", "node", "leader"],
+                      "properties": {"op": {"const": "txn"}, "succeeded": {"type": "boolean"},
+                                     "responses": {"type": "array", "items": {"type": "object"}},
+                                     "revision": {"type": "integer"}, **answered}},
+        "RaftState": {"type": "object", "additionalProperties": True,
+                      "required": ["nodeId", "state", "term", "votedFor", "logLength", "commitIndex"],
+                      "properties": {"nodeId": {"type": "string"}, "state": {"type": "string"},
+                                     "term": {"type": "integer"}, "votedFor": {"type": ["string", "null"]},
+                                     "logLength": {"type": "integer"}, "commitIndex": {"type": "integer"},
+                                     "lastApplied": {"type": "integer"}, "leaderId": {"type": ["string", "null"]},
+                                     "snapshotIndex": {"type": "integer"},
+                                     "peers": {"type": "array", "items": {"type": "object"}},
+                                     "node": {"type": "string"}}},
+        "ElectionResult": {"type": "object", "required": ["nodeId", "term", "state", "node"],
+                           "additionalProperties": True, "properties": {
+                               "nodeId": {"type": "string"}, "term": {"type": "integer"},
+                               "state": {"type": "string"}, "node": {"type": "string"}}},
+        "PartitionRequest": {"type": "object", "required": ["partitioned"], "additionalProperties": False,
+                             "properties": {"partitioned": {"type": "boolean"},
+                                            "peers": {"type": ["array", "null"],
+                                                      "items": {"type": "string", "minLength": 1},
+                                                      "description": "Only these peers; omitted: all peers."}}},
+        "PartitionResult": {"type": "object", "required": ["partitioned", "peers", "faults", "node"], "properties": {
+            "partitioned": {"type": "boolean"}, "peers": {"type": ["array", "null"], "items": {"type": "string"}},
+            "faults": {"description": "This node's resulting fault description."}, "node": {"type": "string"}}},
+        "Health": {"type": "object", "required": ["status", "hasLeader", "node"], "additionalProperties": True,
+                   "properties": {"status": {"type": "string"}, "leader": {"type": ["string", "null"]},
+                                  "hasLeader": {"type": "boolean"}, "node": {"type": "string"}}},
+    }
+
+
+def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes: int) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for a node with these limits (a fresh dict each call)."""
+    limits = {"body": max_body_bytes, "key": max_key_bytes, "value": max_value_bytes}
+    paths: dict[str, Any] = {
+        "/kv/{key}": _key_ops(False, limits),
+        "/kv": {"get": _op("List keys by prefix", {
+            "200": _json(_ref("RangeResult"), "Keys in sorted order; more=true if the limit cut the list."),
+            "400": _E400, "502": _E502, "503": _E503, "504": _E504_READ},
+            parameters=[{"name": "prefix", "in": "query", "schema": {"type": "string", "default": ""}},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
+                        _STALE, _FORWARDED])},
+        "/txn": {"post": _op("Atomic transaction, like etcd's Txn", {
+            "200": _json(_ref("TxnResult"), "Applied: the success ops if every compare held, else the failure ops."),
+            "400": _E400, "413": _err("A key, value or the body is over its limit."),
+            "502": _E502, "503": _E503, "504": _E504_WRITE},
+            parameters=[_IDEMPOTENCY, _FORWARDED], body=_ref("TxnRequest"))},
+        "/raft-state": {"get": _op("This node's Raft state (the seed's fields and more)", {
+            "200": _json(_ref("RaftState"), "Role, term, log, commit/apply indexes, peers' progress, faults.")})},
+        "/force-election": {"post": _op("Make this node start an election now", {
+            "200": _json(_ref("ElectionResult"), "The election began (the result says where it stands)."),
+            "503": _E503}, description="No body is needed; any body is ignored.")},
+        "/simulate-partition": {"post": _op("Cut (or restore) this node's Raft traffic", {
+            "200": _json(_ref("PartitionResult"), "The fault is in place."),
+            "400": _err("Wrong types, unknown fields or unknown peer ids."),
+            "413": _err(f"Body over {max_body_bytes} bytes.")}, body=_ref("PartitionRequest"))},
+        "/metrics": {"get": _op("Prometheus metrics", {"200": {
+            "description": "Prometheus text exposition format.",
+            "content": {"text/plain": {"schema": {"type": "string"}}}}})},
+        "/health": {"get": _op("Liveness and whether a leader is known", {
+            "200": _json(_ref("Health"), "Alive and a leader is known."),
+            "503": _json(_ref("Health"), "Alive, but no leader is known.")})},
+        "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1.")})},
+        "/watch": {"get": _op("Live event stream (WebSocket)", {
+            "101": {"description": "Switching to WebSocket: each text message is one JSON event object."},
+            "400": _err("Not a WebSocket upgrade request."),
+            "501": _err("This node provides no event stream.")})},
+        "/{key}": _key_ops(True, limits),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "raftkv node API", "version": "0.1.0", "description": (
+            "The client API of one raftkv node: a linearizable key-value store replicated with Raft. Any node "
+            "accepts any request; followers forward writes and linearizable reads to the leader once. Every JSON "
+            "answer names the answering node in \"node\". Errors are JSON {\"error\": ...}: 405 with Allow for a "
+            "method a route lacks, 404 for an unknown path. Any origin may call the API (CORS); preflight "
+            f"OPTIONS requests are answered 204 on every path. Limits: body {max_body_bytes} bytes, key "
+            f"{max_key_bytes} bytes of UTF-8, value {max_value_bytes} bytes encoded.")},
+        "paths": paths,
+        "components": {"schemas": _schemas()},
+    }

@@ -1,0 +1,644 @@
+"""Tests of the HTTP API layer (raftkv.api) against a fake node.
+
+`FakeNode` implements the node interface the API programs against over a real in-memory
+KVStateMachine, applying each proposal at once (a one-node "cluster" with no Raft), and lets a
+test make `propose` / `read_barrier` raise any node error. This tests the API's own job: routes,
+validation, status mapping, forwarding, errors. The real node is exercised end to end elsewhere.
+
+Every test's requests are recorded through the node's `record_request` hook; the fixture then
+checks that each (route, method, status) seen is documented in /openapi.json, so the document
+cannot drift from the behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from raftkv.api import FORWARDED_HEADER, create_app, openapi_document
+from raftkv.kv import Command, KVStateMachine, encode
+from raftkv.node.errors import NoQuorumError, NotLeaderError, OutcomeUnknownError
+
+SMALL = {"max_body_bytes": 64 * 1024, "max_key_bytes": 64, "max_value_bytes": 1024}
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+
+
+class FakeNode:
+    """The node interface over an in-memory state machine; errors are injected per test."""
+
+    def __init__(self, node_id: str = "n1", url: str = "http://fake-n1") -> None:
+        self.id, self.url = node_id, url
+        self.kv = KVStateMachine()
+        self.index = 0
+        self.term = 1
+        self.leader: str | None = node_id
+        self.propose_error: Exception | None = None
+        self.read_error: Exception | None = None
+        self.propose_delay_seconds = 0.0
+        self.proposals: list[Command] = []
+        self.barriers = 0
+        self.partition: dict[str, Any] = {"partitioned": False, "peers": None}
+        self.events: list[dict[str, Any]] | None = [{"type": "status", "term": 1}, {"type": "commit", "index": 1}]
+        self.watch_closed = asyncio.Event()
+        self.requests: list[tuple[str, str, int]] = []
+
+    def leader_id(self) -> str | None:
+        return self.leader
+
+    def leader_url(self) -> str | None:
+        return self.url if self.leader == self.id else None
+
+    async def propose(self, command: Command) -> dict:
+        self.proposals.append(command)
+        if self.propose_delay_seconds:
+            await asyncio.sleep(self.propose_delay_seconds)
+        if self.propose_error is not None:
+            raise self.propose_error
+        self.index += 1
+        return self.kv.apply(self.index, encode(command))
+
+    async def read_barrier(self) -> None:
+        self.barriers += 1
+        if self.read_error is not None:
+            raise self.read_error
+
+    def raft_state(self) -> dict:
+        return {"nodeId": self.id, "state": "leader", "term": self.term, "votedFor": self.id,
+                "logLength": self.index, "commitIndex": self.index, "lastApplied": self.index,
+                "leaderId": self.leader, "snapshotIndex": 0, "peers": [{"id": "n2", "matchIndex": 0}]}
+
+    async def force_election(self) -> dict:
+        self.term += 1
+        return {"nodeId": self.id, "term": self.term, "state": "candidate"}
+
+    def set_partition(self, partitioned: bool, peers: list[str] | None) -> dict:
+        if unknown := set(peers or ()) - {"n2", "n3"}:
+            raise ValueError(f"unknown peer ids: {sorted(unknown)}")
+        self.partition = {"partitioned": partitioned, "peers": peers}
+        return dict(self.partition)
+
+    def health(self) -> dict:
+        return {"status": "ok", "leader": self.leader, "hasLeader": self.leader is not None}
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        return b"# TYPE raftkv_up gauge\nraftkv_up 1\n", "text/plain; version=0.0.4; charset=utf-8"
+
+    async def watch(self) -> AsyncIterator[dict]:
+        try:
+            if self.events is None:  # a live stream that never ends on its own
+                while True:
+                    yield {"type": "tick"}
+                    await asyncio.sleep(0.01)
+            for event in self.events:
+                yield event
+        finally:
+            self.watch_closed.set()
+
+    def record_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        assert seconds >= 0
+        self.requests.append((route, method, status))
+
+
+def assert_documented(requests: list[tuple[str, str, int]]) -> None:
+    paths = openapi_document(max_body_bytes=1, max_key_bytes=1, max_value_bytes=1)["paths"]
+    for route, method, status in requests:
+        if route in paths and method.lower() in paths[route]:
+            documented = paths[route][method.lower()]["responses"]
+            assert str(status) in documented, f"{method} {route} answered {status}, not in /openapi.json"
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[tuple[FakeNode, TestClient]]:
+    node = FakeNode()
+    async with TestClient(TestServer(create_app(node, **SMALL))) as client:
+        yield node, client
+    assert_documented(node.requests)
+
+
+async def call(client: TestClient, method: str, path: str, body: Any = None, *, raw: bytes | str | None = None,
+               headers: dict[str, str] | None = None) -> tuple[int, dict, Any]:
+    """(status, JSON body, headers); every response of these routes must be JSON naming the node."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body))
+    async with client.request(method, path, data=data, headers=headers) as resp:
+        assert resp.content_type == "application/json", (resp.status, await resp.text())
+        payload = await resp.json()
+        assert "node" in payload
+        return resp.status, payload, resp.headers
+
+
+# ---- keys: happy paths ---------------------------------------------------------------------------
+
+
+async def test_put_get_delete_on_kv_routes(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    status, body, _ = await call(client, "PUT", "/kv/a", {"value": {"n": 1}})
+    assert status == 200
+    assert body["key"] == "a" and body["value"] == {"n": 1} and body["revision"] == 1
+    assert body["node"] == "n1" and body["leader"] == "n1" and body["prev"] is None
+    status, body, _ = await call(client, "GET", "/kv/a")
+    assert status == 200 and node.barriers == 1
+    assert body == {"key": "a", "value": {"n": 1}, "create_revision": 1, "mod_revision": 1, "version": 1,
+                    "revision": 1, "node": "n1", "leader": "n1"}
+    status, body, _ = await call(client, "DELETE", "/kv/a")
+    assert status == 200 and body["revision"] == 2 and body["prev"]["value"] == {"n": 1}
+    status, body, _ = await call(client, "GET", "/kv/a")
+    assert status == 404 and body["key"] == "a" and "error" in body
+    status, body, _ = await call(client, "DELETE", "/kv/a")
+    assert status == 404 and node.kv.revision == 2
+
+
+async def test_keys_may_contain_slashes_and_unicode(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    for path, key in (("/kv/dir/sub/leaf", "dir/sub/leaf"), ("/kv/ma%C3%B1ana%20x", "mañana x"),
+                      ("/cuenta/123", "cuenta/123")):
+        status, body, _ = await call(client, "PUT", path, {"value": key})
+        assert status == 200 and body["key"] == key
+        assert node.kv.get(key).value == key
+
+
+async def test_seed_root_routes(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    # The seed's curl sends application/x-www-form-urlencoded: the body is JSON regardless.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, body, _ = await call(client, "PUT", "/saldo_cuenta_123", raw='{"value":1000}', headers=form)
+    assert status == 200 and body["key"] == "saldo_cuenta_123" and body["value"] == 1000
+    status, body, _ = await call(client, "GET", "/saldo_cuenta_123")
+    assert status == 200 and body["value"] == 1000
+    status, body, _ = await call(client, "GET", "/kv/saldo_cuenta_123")
+    assert status == 200 and body["value"] == 1000
+    status, body, _ = await call(client, "DELETE", "/saldo_cuenta_123")
+    assert status == 200 and node.kv.get("saldo_cuenta_123") is None
+    status, body, _ = await call(client, "GET", "/nothing-here")
+    assert status == 404
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_seed_curl_commands_verbatim(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    base = str(client.make_url("")).rstrip("/")
+
+    async def curl(*args: str) -> dict:
+        proc = await asyncio.create_subprocess_exec("curl", "-s", *args, stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0
+        return json.loads(out)
+
+    assert (await curl("-X", "PUT", f"{base}/key1", "-d", '{"value":"value$i"}'))["revision"] == 1
+    assert (await curl(f"{base}/key1"))["value"] == "value$i"
+    assert (await curl("-X", "POST", f"{base}/force-election"))["term"] == 2
+    assert (await curl("-X", "POST", f"{base}/simulate-partition", "-d", '{"partitioned": true}'))["partitioned"]
+    assert node.partition == {"partitioned": True, "peers": None}
+    assert (await curl("-X", "POST", f"{base}/simulate-partition", "-d", '{"partitioned": false}'))["node"] == "n1"
+    assert (await curl(f"{base}/raft-state"))["nodeId"] == "n1"
+
+
+async def test_stale_read_skips_the_barrier(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    await call(client, "PUT", "/kv/a", {"value": 1})
+    node.read_error = NoQuorumError("no leader could confirm this read")
+    status, _, headers = await call(client, "GET", "/kv/a")
+    assert status == 503 and headers["Retry-After"] == "1"
+    for query in ("stale=true", "stale", "stale=1"):
+        status, body, _ = await call(client, "GET", f"/kv/a?{query}")
+        assert status == 200 and body["value"] == 1
+        status, body, _ = await call(client, "GET", f"/kv?prefix=a&{query}")
+        assert status == 200 and body["count"] == 1
+    assert node.barriers == 1
+
+
+async def test_range(api: tuple[FakeNode, TestClient]) -> None:
+    _, client = api
+    for key in ("b", "a2", "a1", "a3", "c"):
+        await call(client, "PUT", f"/kv/{key}", {"value": key})
+    status, body, _ = await call(client, "GET", "/kv?prefix=a&limit=2")
+    assert status == 200 and body["more"] is True and body["count"] == 2
+    assert [i["key"] for i in body["items"]] == ["a1", "a2"] and body["items"][0]["value"] == "a1"
+    status, body, _ = await call(client, "GET", "/kv")
+    assert [i["key"] for i in body["items"]] == ["a1", "a2", "a3", "b", "c"] and body["more"] is False
+    assert body["revision"] == 5
+
+
+async def test_txn(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    await call(client, "PUT", "/kv/from", {"value": 100})
+    txn = {"compare": [{"key": "from", "target": "value", "op": ">", "value": 30}],
+           "success": [{"op": "put", "key": "from", "value": 70}, {"put": {"key": "to", "value": 30}},
+                       {"op": "get", "key": "to"}],
+           "failure": [{"op": "get", "key": "from"}]}
+    status, body, _ = await call(client, "POST", "/txn", txn)
+    assert status == 200 and body["succeeded"] is True and body["revision"] == 2 and body["leader"] == "n1"
+    assert body["responses"][2]["kv"]["value"] == 30
+    assert node.kv.get("from").value == 70 and node.kv.get("to").value == 30
+    status, body, _ = await call(client, "POST", "/txn", txn | {"compare": [
+        {"key": "from", "target": "value", "op": ">", "value": 100}]})
+    assert status == 200 and body["succeeded"] is False and body["responses"][0]["kv"]["value"] == 70
+    assert node.kv.revision == 2
+
+
+# ---- compare-and-set and exactly-once ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("precondition", [
+    {"prev_value": 2}, {"prev_revision": 7}, {"prev_revision": 0}, {"prev_exist": False}])
+async def test_failed_cas_is_412_and_writes_nothing(api: tuple[FakeNode, TestClient], precondition: dict) -> None:
+    node, client = api
+    await call(client, "PUT", "/kv/a", {"value": 1})
+    status, body, _ = await call(client, "PUT", "/kv/a", {"value": 99, **precondition})
+    assert status == 412 and "precondition failed" in body["error"]
+    assert body["current"]["value"] == 1 and body["current"]["mod_revision"] == 1 and body["key"] == "a"
+    assert node.kv.get("a").value == 1 and node.kv.revision == 1
+
+
+async def test_cas_success_and_create_only(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    assert (await call(client, "PUT", "/kv/a", {"value": 1, "prev_exist": False}))[0] == 200
+    status, body, _ = await call(client, "PUT", "/kv/a", {"value": 2, "prev_revision": 1, "prev_value": 1})
+    assert status == 200 and body["revision"] == 2
+    status, body, _ = await call(client, "PUT", "/kv/nope", {"value": 1, "prev_exist": True})
+    assert status == 412 and body["current"] is None
+    status, _, _ = await call(client, "DELETE", "/kv/a?prev_revision=1")
+    assert status == 412 and node.kv.get("a").value == 2
+    status, _, _ = await call(client, "DELETE", "/kv/a", {"prev_revision": 2})
+    assert status == 200 and node.kv.get("a") is None
+
+
+async def test_idempotency_key_makes_retries_exactly_once(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    headers = {"Idempotency-Key": "req-42"}
+    first = await call(client, "PUT", "/kv/a", {"value": 1}, headers=headers)
+    retry = await call(client, "PUT", "/kv/a", {"value": 2}, headers=headers)  # even with another body
+    assert first[0] == retry[0] == 200 and first[1]["revision"] == retry[1]["revision"] == 1
+    assert node.kv.get("a").value == 1 and node.kv.revision == 1
+    assert node.proposals[0].request_id == "req-42"
+
+
+# ---- bad input: 4xx, JSON, nothing proposed -------------------------------------------------------
+
+BAD_INPUT = [
+    ("PUT", "/kv/a", b"{not json", {}, 400, "malformed JSON"),
+    ("PUT", "/kv/a", b'{"value": NaN}', {}, 400, "malformed JSON"),
+    ("PUT", "/kv/a", b'{"value": 1e999}', {}, 400, "finite"),
+    ("PUT", "/kv/a", b'{"value": ' + b"9" * 5000 + b"}", {}, 400, "malformed JSON"),
+    ("PUT", "/kv/a", b"[" * 20_000 + b"]" * 20_000, {}, 400, "nested too deeply"),
+    ("PUT", "/kv/a", b'"\xff\xfe"', {}, 400, ""),
+    ("PUT", "/kv/a", b"[1, 2]", {}, 400, "must be a JSON object"),
+    ("PUT", "/kv/a", b"", {}, 400, "missing"),
+    ("PUT", "/kv/a", b'{"val": 1}', {}, 400, "unknown field 'val'"),
+    ("PUT", "/kv/a", b'{"prev_value": 1}', {}, 400, "missing field 'value'"),
+    ("PUT", "/kv/a", b'{"value": 1, "prev_revision": "3"}', {}, 400, "prev_revision"),
+    ("PUT", "/kv/a", b'{"value": 1, "prev_revision": -1}', {}, 400, "prev_revision"),
+    ("PUT", "/kv/a", b'{"value": 1, "prev_exist": "no"}', {}, 400, "prev_exist"),
+    ("PUT", "/kv/a", b'{"value": "\\ud800"}', {}, 400, "surrogate"),
+    ("PUT", "/kv/a?x=1", b'{"value": 1}', {}, 400, "unknown query parameter"),
+    ("PUT", "/kv/", b'{"value": 1}', {}, 400, "must not be empty"),
+    ("GET", "/kv/", None, {}, 400, "must not be empty"),
+    ("PUT", "/kv/a", b'{"value": 1}', {"Idempotency-Key": "x" * 300}, 400, "request_id"),
+    ("PUT", "/kv/" + "k" * 65, b'{"value": 1}', {}, 413, "limit of 64"),
+    ("GET", "/kv/" + "k" * 65, None, {}, 413, "limit of 64"),
+    ("PUT", "/" + "ñ" * 33, b'{"value": 1}', {}, 413, "66 bytes"),
+    ("PUT", "/kv/a", json.dumps({"value": "v" * 1100}).encode(), {}, 413, "value"),
+    ("PUT", "/kv/a", b'{"value": 1}' + b" " * 70_000, {}, 413, "body"),
+    ("DELETE", "/kv/a", b'{"prev_revision": true}', {}, 400, "prev_revision"),
+    ("DELETE", "/kv/a?prev_revision=abc", None, {}, 400, "prev_revision"),
+    ("DELETE", "/kv/a?prev_revision=1", b'{"prev_revision": 1}', {}, 400, "both"),
+    ("GET", "/kv?limit=0", None, {}, 400, "limit"),
+    ("GET", "/kv?limit=10001", None, {}, 400, "limit"),
+    ("GET", "/kv?limit=ten", None, {}, 400, "limit"),
+    ("GET", "/kv?prefx=a", None, {}, 400, "unknown query parameter 'prefx'"),
+    ("GET", "/kv/a?stale=maybe", None, {}, 400, "stale"),
+    ("POST", "/txn", b"{}" + b"x", {}, 400, "malformed JSON"),
+    ("POST", "/txn", b'{"success": [{"op": "explode"}]}', {}, 400, "success[0].op"),
+    ("POST", "/txn", b'{"compare": 5}', {}, 400, "compare"),
+    ("POST", "/txn", json.dumps({"success": [{"op": "put", "key": "k" * 65, "value": 1}]}).encode(), {}, 413, "key"),
+    ("POST", "/txn", json.dumps({"success": [{"op": "put", "key": "a", "value": "v" * 1100}]}).encode(), {},
+     413, "success[0].value"),
+    ("POST", "/simulate-partition", b"", {}, 400, "missing"),
+    ("POST", "/simulate-partition", b'{"partitioned": "yes"}', {}, 400, "partitioned"),
+    ("POST", "/simulate-partition", b'{"partitioned": 1}', {}, 400, "partitioned"),
+    ("POST", "/simulate-partition", b"{}", {}, 400, "partitioned"),
+    ("POST", "/simulate-partition", b'{"partitioned": true, "peers": "n2"}', {}, 400, "peers"),
+    ("POST", "/simulate-partition", b'{"partitioned": true, "peers": [2]}', {}, 400, "peers"),
+    ("POST", "/simulate-partition", b'{"partitioned": true, "peers": ["n9"]}', {}, 400, "unknown peer"),
+    ("POST", "/simulate-partition", b'{"partitioned": true, "oops": 1}', {}, 400, "unknown field"),
+    ("POST", "/simulate-partition", b"[true]", {}, 400, "JSON object"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "raw", "headers", "status", "message"), BAD_INPUT,
+                         ids=[f"{m} {p[:40]} {(r or b'')[:24]!r}" for m, p, r, *_ in BAD_INPUT])
+async def test_bad_input_is_4xx_json_and_changes_nothing(method: str, path: str, raw: bytes | None,
+                                                         headers: dict, status: int, message: str) -> None:
+    node = FakeNode()
+    async with TestClient(TestServer(create_app(node, **SMALL))) as client:
+        got, body, _ = await call(client, method, path, raw=raw, headers=headers)
+    assert got == status, body
+    assert message in body["error"] and body["node"] == "n1"
+    assert node.proposals == [] and node.kv.revision == 0 and node.partition["partitioned"] is False
+    assert_documented(node.requests)
+
+
+@pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")  # the test client's
+async def test_default_limits() -> None:
+    node = FakeNode()
+    async with TestClient(TestServer(create_app(node))) as client:
+        # Over aiohttp's own 1 MiB default but under our 2 MiB body limit: accepted.
+        status, _, _ = await call(client, "PUT", "/kv/a", raw=b'{"value": 1}' + b" " * (3 << 19))
+        assert status == 200
+        status, body, _ = await call(client, "PUT", "/kv/b", {"value": "v" * (1 << 20)})
+        assert status == 413 and "value" in body["error"]
+        status, body, _ = await call(client, "PUT", "/kv/b", raw=b'{"value": 1}' + b" " * (2 << 20))
+        assert status == 413 and "body" in body["error"]
+        status, _, _ = await call(client, "PUT", "/kv/" + "k" * 1025, {"value": 1})
+        assert status == 413
+        status, _, _ = await call(client, "PUT", "/kv/" + "k" * 1024, {"value": 1})
+        assert status == 200
+    assert node.kv.revision == 2
+
+
+async def test_chunked_body_over_the_limit_is_413_json(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: aiohttp's client_max_size catches it
+        yield b'{"value": "'
+        for _ in range(100):
+            yield b"x" * 1024
+        yield b'"}'
+
+    status, body, _ = await call(client, "PUT", "/kv/a", raw=chunks())  # type: ignore[arg-type]
+    assert status == 413 and "body" in body["error"] and node.proposals == []
+
+
+# ---- routing: reserved names, 404, 405 ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("POST", "/raft-state", "GET"), ("PUT", "/raft-state", "GET"), ("DELETE", "/health", "GET"),
+    ("GET", "/force-election", "POST"), ("PUT", "/simulate-partition", "POST"), ("PUT", "/kv", "GET"),
+    ("GET", "/txn", "POST"), ("PUT", "/metrics", "GET"), ("PATCH", "/kv/a", "DELETE, GET, PUT"),
+    ("POST", "/some-key", "DELETE, GET, PUT")])
+async def test_wrong_method_is_405_json_with_allow(api: tuple[FakeNode, TestClient], method: str, path: str,
+                                                   allow: str) -> None:
+    node, client = api
+    status, body, headers = await call(client, method, path, raw=b'{"value": 1}')
+    assert status == 405 and headers["Allow"] == allow and method in body["error"]
+    assert node.proposals == [] and len(node.kv) == 0
+
+
+async def test_reserved_names_are_not_root_keys(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    for path in ("/metrics/x", "/watch/a/b", "/events", "/dashboard"):
+        status, body, _ = await call(client, "PUT", path, {"value": 1})
+        assert status == 404 and "reserved" in body["error"]
+    status, _, _ = await call(client, "PUT", "/kv/health", {"value": 1})  # reachable under /kv/
+    assert status == 200 and node.kv.get("health").value == 1
+    status, body, _ = await call(client, "GET", "/")
+    assert status == 404 and "openapi" in body["error"]
+
+
+# ---- node failures -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("error", "status", "message"), [
+    (NoQuorumError("leadership changed before the write committed"), 503, "leadership changed"),
+    (NotLeaderError(None, None), 503, "no leader"),
+    (OutcomeUnknownError("not applied within 2 s"), 504, "may or may not have been applied"),
+])
+async def test_node_errors_on_writes(api: tuple[FakeNode, TestClient], error: Exception, status: int,
+                                     message: str) -> None:
+    node, client = api
+    node.propose_error = error
+    for method, path, body in (("PUT", "/kv/a", {"value": 1}), ("DELETE", "/kv/a", None), ("POST", "/txn", {})):
+        got, payload, headers = await call(client, method, path, body)
+        assert got == status and message in payload["error"]
+        assert ("Retry-After" in headers) == (status == 503)
+        if isinstance(error, NotLeaderError):
+            assert payload["leader"] is None and headers["Retry-After"] == "1"
+
+
+async def test_node_errors_on_reads(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    node.read_error = OutcomeUnknownError("the read could not be confirmed in time")
+    for path in ("/kv/a", "/kv?prefix=", "/a"):
+        status, body, _ = await call(client, "GET", path)
+        assert status == 504 and "read" in body["error"]
+
+
+async def test_unexpected_exception_is_json_500_and_logged(api: tuple[FakeNode, TestClient],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    node, client = api
+
+    def broken() -> dict:
+        raise RuntimeError("bug")
+
+    node.raft_state = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="raftkv.api"):
+        status, body, _ = await call(client, "GET", "/raft-state")
+    assert status == 500 and body["error"] == "internal error: RuntimeError"
+    record = next(r for r in caplog.records if r.name == "raftkv.api")
+    assert record.exc_info is not None and record.event == "api.unhandled"  # type: ignore[attr-defined]
+    assert (await call(client, "GET", "/health"))[0] == 200  # still serving
+    node.raft_state = lambda: {"nodeId": "n1", "voters": {"n1"}, "dir": PurePosixPath("/d")}  # type: ignore[method-assign]
+    status, body, _ = await call(client, "GET", "/raft-state")  # not JSON types: shown, not a 500
+    assert status == 200 and body["voters"] == ["n1"] and body["dir"] == "/d"
+
+
+# ---- forwarding to the leader --------------------------------------------------------------------
+
+
+async def test_follower_forwards_to_the_leader() -> None:
+    leader, follower = FakeNode("n1", "http://unused"), FakeNode("n2", "http://unused")
+    async with TestServer(create_app(leader, **SMALL)) as leader_server:
+        leader.url = str(leader_server.make_url("")).rstrip("/")
+        follower.leader = "n1"
+        follower.propose_error = follower.read_error = NotLeaderError("n1", leader.url)
+        async with TestClient(TestServer(create_app(follower, **SMALL))) as client:
+            status, body, _ = await call(client, "PUT", "/kv/dir/a%20b?", {"value": 1},
+                                         headers={"Idempotency-Key": "abc"})
+            assert status == 200 and body["node"] == "n1" and body["forwardedBy"] == "n2" and body["revision"] == 1
+            assert leader.kv.get("dir/a b").value == 1 and leader.proposals[0].request_id == "abc"
+            assert len(follower.kv) == 0
+            status, body, _ = await call(client, "GET", "/kv/dir/a%20b")
+            assert status == 200 and body["value"] == 1 and body["forwardedBy"] == "n2" and leader.barriers == 1
+            status, body, _ = await call(client, "GET", "/kv?prefix=dir/&limit=5")
+            assert status == 200 and body["count"] == 1 and body["forwardedBy"] == "n2"
+            status, body, _ = await call(client, "PUT", "/seedkey", raw=b'{"value": 2}')
+            assert status == 200 and leader.kv.get("seedkey").value == 2
+            status, body, _ = await call(client, "PUT", "/kv/dir/a%20b", {"value": 5, "prev_value": 7})
+            assert status == 412 and body["current"]["value"] == 1 and body["forwardedBy"] == "n2"
+            status, body, _ = await call(client, "POST", "/txn", {"success": [{"op": "delete", "key": "seedkey"}]})
+            assert status == 200 and body["succeeded"] and leader.kv.get("seedkey") is None
+            status, body, _ = await call(client, "DELETE", "/kv/dir/a%20b?prev_revision=1")
+            assert status == 200 and body["forwardedBy"] == "n2" and len(leader.kv) == 0
+            leader.propose_error = NoQuorumError("lost quorum")
+            status, body, headers = await call(client, "PUT", "/kv/x", {"value": 1})
+            assert status == 503 and headers["Retry-After"] == "1" and body["forwardedBy"] == "n2"
+            # Stale reads are local: the follower's (empty) state, no forwarding.
+            status, body, _ = await call(client, "GET", "/kv/seedkey?stale=true")
+            assert status == 404 and body["node"] == "n2" and "forwardedBy" not in body
+    assert_documented(follower.requests + leader.requests)
+
+
+async def test_forwarded_request_is_never_forwarded_again() -> None:
+    a, b = FakeNode("a"), FakeNode("b")
+    async with TestServer(create_app(a)) as server_a, TestServer(create_app(b)) as server_b:
+        a.url, b.url = (str(s.make_url("")).rstrip("/") for s in (server_a, server_b))
+        a.propose_error = NotLeaderError("b", b.url)  # stale hints pointing at each other
+        b.propose_error = NotLeaderError("a", a.url)
+        async with TestClient(server_a) as client:
+            status, body, headers = await call(client, "PUT", "/kv/k", {"value": 1})
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert "already forwarded" in body["error"] and body["node"] == "b" and body["forwardedBy"] == "a"
+    assert len(a.proposals) == len(b.proposals) == 1
+
+
+async def test_request_marked_forwarded_is_not_forwarded(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    node.propose_error = node.read_error = NotLeaderError("n9", "http://127.0.0.1:9")
+    for method, path in (("PUT", "/kv/a"), ("GET", "/kv/a")):
+        status, body, headers = await call(client, method, path, {"value": 1}, headers={FORWARDED_HEADER: "1"})
+        assert status == 503 and headers["Retry-After"] == "1" and body["leader"] == "n9"
+        assert "forwardedBy" not in body
+
+
+async def test_unreachable_leader_is_503() -> None:
+    with socket.socket() as s:  # a port that was free a moment ago: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    node = FakeNode("n2")
+    node.propose_error = NotLeaderError("n1", f"http://127.0.0.1:{port}")
+    async with TestClient(TestServer(create_app(node))) as client:
+        status, body, headers = await call(client, "PUT", "/kv/a", {"value": 1})
+    assert status == 503 and "unreachable" in body["error"] and headers["Retry-After"] == "1"
+    assert body["leader"] == "n1"
+
+
+async def test_forwarded_write_without_answer_is_504() -> None:
+    leader, follower = FakeNode("n1"), FakeNode("n2")
+    leader.propose_delay_seconds = 2.0
+    async with TestServer(create_app(leader)) as leader_server:
+        follower.propose_error = NotLeaderError("n1", str(leader_server.make_url("")))
+        async with TestClient(TestServer(create_app(follower, forward_timeout_seconds=0.3))) as client:
+            status, body, _ = await call(client, "PUT", "/kv/a", {"value": 1})
+    assert status == 504 and "may or may not have been applied" in body["error"]
+
+
+# ---- the node's own routes -----------------------------------------------------------------------
+
+
+async def test_admin_routes(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    status, body, _ = await call(client, "GET", "/raft-state")
+    assert status == 200 and body["nodeId"] == "n1" and body["node"] == "n1" and "peers" in body
+    status, body, _ = await call(client, "POST", "/force-election")
+    assert status == 200 and body == {"nodeId": "n1", "term": 2, "state": "candidate", "node": "n1"}
+    status, body, _ = await call(client, "POST", "/simulate-partition", {"partitioned": True, "peers": ["n2"]})
+    assert status == 200 and body["partitioned"] is True and body["peers"] == ["n2"]
+    assert node.partition == {"partitioned": True, "peers": ["n2"]}
+    status, body, _ = await call(client, "GET", "/health")
+    assert status == 200 and body["hasLeader"] is True
+    node.leader = None
+    status, body, _ = await call(client, "GET", "/health")
+    assert status == 503 and body["hasLeader"] is False and body["node"] == "n1"
+    async with client.get("/metrics") as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+        assert "raftkv_up 1" in await resp.text()
+
+
+async def test_metrics_hook_sees_route_templates(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    await call(client, "PUT", "/kv/a/b", {"value": 1})
+    await call(client, "GET", "/c")
+    await call(client, "POST", "/raft-state")
+    assert node.requests == [("/kv/{key}", "PUT", 200), ("/{key}", "GET", 404), ("unmatched", "POST", 405)]
+
+
+async def test_cors(api: tuple[FakeNode, TestClient]) -> None:
+    _, client = api
+    async with client.get("/health", headers={"Origin": "http://localhost:8080"}) as resp:
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    preflight = {"Origin": "http://localhost:8080", "Access-Control-Request-Method": "PUT",
+                 "Access-Control-Request-Headers": "content-type,idempotency-key"}
+    async with client.options("/kv/a", headers=preflight) as resp:
+        assert resp.status == 204 and resp.headers["Access-Control-Allow-Origin"] == "*"
+        assert "PUT" in resp.headers["Access-Control-Allow-Methods"]
+        assert resp.headers["Access-Control-Allow-Headers"] == "content-type,idempotency-key"
+    status, _, headers = await call(client, "GET", "/kv/missing", headers={"Origin": "http://x"})
+    assert status == 404 and headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_watch_streams_events_then_closes(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    async with client.ws_connect("/watch") as ws:
+        received = [await ws.receive_json(timeout=5), await ws.receive_json(timeout=5)]
+        closing = await ws.receive(timeout=5)
+    assert received == node.events
+    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    status, body, _ = await call(client, "GET", "/watch")  # not an upgrade
+    assert status == 400 and "WebSocket" in body["error"]
+
+
+async def test_watch_unsubscribes_when_the_client_leaves(api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    node.events = None
+    async with client.ws_connect("/watch") as ws:
+        assert (await ws.receive_json(timeout=5)) == {"type": "tick"}
+    await asyncio.wait_for(node.watch_closed.wait(), 5)
+
+
+async def test_watch_absent_is_501() -> None:
+    class NoWatch(FakeNode):
+        watch = None  # type: ignore[assignment]
+
+    async with TestClient(TestServer(create_app(NoWatch()))) as client:
+        status, body, _ = await call(client, "GET", "/watch")
+    assert status == 501 and body["node"] == "n1"
+
+
+# ---- the OpenAPI document ------------------------------------------------------------------------
+
+
+def test_openapi_lists_exactly_the_served_routes() -> None:
+    app = create_app(FakeNode())
+    served = {(resource.canonical, route.method.lower()) for resource in app.router.resources() for route in resource}
+    doc = openapi_document(max_body_bytes=1, max_key_bytes=1, max_value_bytes=1)
+    documented = {(path, method) for path, ops in doc["paths"].items() for method in ops if method in HTTP_METHODS}
+    assert served == documented
+
+
+def test_openapi_refs_resolve_and_statuses_are_complete() -> None:
+    doc = openapi_document(max_body_bytes=1, max_key_bytes=1, max_value_bytes=1)
+    assert doc["openapi"].startswith("3.1")
+    text = json.dumps(doc)
+    for name in {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}:
+        assert name in doc["components"]["schemas"], name
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            assert "500" in op["responses"] and op["summary"], (path, method)
+            path_params = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert path_params == {"key"} if "{key}" in path else not path_params
+
+
+async def test_openapi_is_served(api: tuple[FakeNode, TestClient]) -> None:
+    _, client = api
+    async with client.get("/openapi.json") as resp:
+        assert resp.status == 200
+        doc = await resp.json()
+    assert doc["paths"].keys() == openapi_document(**SMALL)["paths"].keys()
+    assert "64 bytes" in doc["info"]["description"]
+
+
+def test_route_table_has_no_head_routes_by_accident() -> None:
+    app = create_app(FakeNode())
+    assert all(route.method != "HEAD" for resource in app.router.resources() for route in resource)
+    assert isinstance(app, web.Application)
