@@ -767,12 +767,29 @@ class RaftCore:
             return
         read.index = self.log.committed
         single_voter = self.conf.voters == (self.id,)
-        lease = self.config.read_mode is ReadMode.LEASE and self.config.check_quorum
-        if single_voter or lease:
+        if single_voter or self._lease_holds():
             self._answer_read(read, ok=True)
             return
         self._reads.add(read)
         self._start_read_round()
+
+    def _lease_holds(self) -> bool:
+        """ReadMode.LEASE: a majority of voters answered us within the last election timeout.
+
+        Each of them then still refuses other candidates (leader stickiness), so no other leader
+        can exist. Being leader is not enough: check-quorum steps down only at its next check, up
+        to two election timeouts after the majority last heard from us. One tick of margin covers
+        the phase between our clock and theirs (and assumes an answer reaches us within a tick,
+        besides the clock-rate assumption ReadMode.LEASE states). Not during a transfer:
+        TimeoutNow sets the voters' leases aside. Without a lease the read takes a heartbeat round.
+        """
+        if self.config.read_mode is not ReadMode.LEASE or not self.config.check_quorum:
+            return False
+        if self.transfer_target is not None:
+            return False
+        lease_ticks = self.config.election_timeout_ticks - 1
+        fresh = {p for p, pr in self.progress.items() if pr.ticks_since_contact < lease_ticks}
+        return has_quorum(self.conf.voters, fresh | {self.id})
 
     def _start_read_round(self) -> None:
         read_round = self._reads.start_round()

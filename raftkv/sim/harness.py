@@ -92,7 +92,9 @@ class Harness:
     def timeout(self, node: str) -> None:
         """Tick `node` until its election timer fires (it campaigns, with pre-vote if enabled)."""
         core = self.core(node)
-        self.tick(node, core.randomized_election_timeout - core.election_elapsed)
+        # At least one tick: right after expire_leases() the elapsed time may already equal the
+        # timeout, and the timer only fires inside tick().
+        self.tick(node, max(1, core.randomized_election_timeout - core.election_elapsed))
 
     def expire_leases(self) -> None:
         """Let every live node's leader lease lapse, as if an election timeout passed silently."""

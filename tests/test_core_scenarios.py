@@ -1,0 +1,862 @@
+"""The Raft paper, told as scenarios against the pure core: one claim per test.
+
+Each test drives a small cluster by hand through raftkv.sim.harness.Harness (you decide every
+tick, every delivery, every drop, every crash) and its docstring names the section of the Raft
+paper ("In Search of an Understandable Consensus Algorithm", extended version) or of Ongaro's
+thesis ("Consensus: Bridging Theory and Practice") whose claim it demonstrates. Every Ready
+passes through the same Replica and SafetyMonitor the randomized simulator uses, so each story
+is also checked against the safety properties of the paper's figure 3 at every step.
+
+Vocabulary used below:
+- `h.elect(n)`     n times out and the network delivers everything until the election settles;
+- `run(h, ticks)`  time passes on every live node and the network delivers after each tick;
+- `h.isolate(n)`, `h.cut(a, b)`, `h.heal()`: partitions; `h.crash(n)`, `h.restart(n)`: failures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from buggy_cores import CommitsOldTermEntries
+
+from raftkv.core import (
+    AppendRequest,
+    AppendResponse,
+    ConfChange,
+    ConfChangeKind,
+    DurableState,
+    Entry,
+    EntryKind,
+    HardState,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    Message,
+    ProposalDroppedError,
+    RaftCore,
+    ReadIndexRequest,
+    ReadMode,
+    Role,
+    SnapshotRequest,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+)
+from raftkv.sim.harness import Harness
+from raftkv.sim.invariants import InvariantViolation
+from raftkv.sim.replica import Replica, encode_command
+
+ELECTION_TICKS = 10  # the harness's default election_timeout_ticks
+
+
+# ---- small helpers that keep the stories short ---------------------------------------------------
+
+
+def run(h: Harness, ticks: int) -> None:
+    """Let `ticks` ticks of time pass on every live node, the network delivering after each one."""
+    for _ in range(ticks):
+        h.tick_all()
+        h.stabilize()
+
+
+def run_until(h: Harness, done, max_ticks: int = 10 * ELECTION_TICKS) -> int:
+    """Like run(), stopping as soon as `done()` holds; returns the ticks it took."""
+    for ticks in range(1, max_ticks + 1):
+        run(h, 1)
+        if done():
+            return ticks
+    raise AssertionError(f"not done after {max_ticks} ticks")
+
+
+def in_flight(h: Harness, kind: type[Message], src: str | None = None, dst: str | None = None) -> list:
+    return [m for m in h.in_flight if isinstance(m, kind) and src in (None, m.src) and dst in (None, m.dst)]
+
+
+def stabilize_watching(h: Harness, wanted) -> list[Message]:
+    """Deliver everything until quiet; returns the messages satisfying `wanted` that went by."""
+    seen: list[Message] = []
+    while True:
+        seen += [m for m in h.in_flight if wanted(m)]
+        if not h.deliver():
+            return seen
+
+
+def committed(h: Harness, node: str) -> int:
+    return h.core(node).log.committed
+
+
+def the_leader(h: Harness) -> str:
+    leaders = h.leaders()
+    assert len(leaders) == 1, f"expected exactly one leader, found {leaders}"
+    return leaders[0]
+
+
+def entry_data(index: int, term: int) -> bytes:
+    """The command stored at (index, term) in hand-made logs: equal (index, term), equal data."""
+    return encode_command(f"e{index}t{term}", "write", "k", f"{index}/{term}")
+
+
+def boot_with_log(h: Harness, node: str, terms: list[int], term: int, commit: int) -> None:
+    """Restart `node` from a hand-made disk: a log whose entry i has term terms[i-1]."""
+    entries = [Entry(t, i, EntryKind.NORMAL, entry_data(i, t)) for i, t in enumerate(terms, start=1)]
+    h.replicas[node].durable = DurableState(HardState(term, None, commit), None, entries)
+    h.restart(node)
+    h.process(node)  # apply what the disk says is committed
+
+
+def add_replica(h: Harness, node: str) -> None:
+    """Boot a brand-new server that knows only the founding configuration, as a joining process does."""
+    config = dataclasses.replace(h.replicas[h.ids[0]].config, node_id=node)
+    h.replicas[node] = Replica(config, 7)
+    h.ids.append(node)
+    h.applied[node] = []
+    h.read_results[node] = []
+
+
+def change(h: Harness, leader: str, kind: ConfChangeKind, node: str) -> None:
+    h.act(leader, lambda c: c.propose_conf_change(ConfChange(kind, node)))
+
+
+# ==== 1. leader election (Raft 5.2) ===============================================================
+
+
+def test_basic_election_one_node_times_out_wins_and_the_others_follow():
+    """Raft 5.2: a follower that hears nothing for an election timeout becomes a candidate, wins
+    the votes of a majority and becomes the only leader of term 1; its no-op (Raft 8, thesis
+    6.4) commits on every server."""
+    h = Harness()
+    assert all(h.role(n) is Role.FOLLOWER and h.core(n).term == 0 for n in h.ids)
+
+    h.timeout("n1")  # pre-vote first (thesis 9.6): could I win term 1?
+    assert h.role("n1") is Role.PRE_CANDIDATE and h.core("n1").term == 0
+    h.deliver(kind=VoteRequest)
+    h.deliver(kind=VoteResponse)  # yes: a real campaign for term 1
+    assert h.role("n1") is Role.CANDIDATE and h.core("n1").term == 1
+    h.deliver(kind=VoteRequest)
+    h.deliver(kind=VoteResponse)
+    assert h.role("n1") is Role.LEADER
+
+    h.stabilize()
+    assert h.leaders() == ["n1"] and committed(h, "n1") == 1
+    # Raft 5.3: followers learn the commit index from later AppendEntries, heartbeats included.
+    h.tick("n1")
+    h.stabilize()
+    for n in h.ids:
+        assert h.core(n).term == 1
+        assert h.core(n).leader_id == "n1"
+        assert h.log_terms(n) == [1]  # the leader's no-op
+        assert committed(h, n) == 1
+        assert h.applied[n] == [(1, 1, b"")]
+    assert h.monitor.leaders_by_term == {1: "n1"}
+
+
+def test_split_vote_elects_nobody_and_a_later_term_elects_exactly_one():
+    """Raft 5.2: when two candidates split the votes, nobody wins that term; each times out
+    again and the randomized election timeouts make a repeat unlikely, so a later term elects
+    exactly one leader. (Four servers, so two candidates can get two votes each.)"""
+    h = Harness(("n1", "n2", "n3", "n4"), pre_vote=False)
+    h.timeout("n1")
+    h.timeout("n2")
+    assert h.role("n1") is h.role("n2") is Role.CANDIDATE
+    h.deliver(src="n1", dst="n3")  # n3 hears n1 first and votes for it...
+    h.deliver(src="n2", dst="n4")  # ...n4 hears n2 first and votes for it
+    h.stabilize()
+    assert h.leaders() == []
+    assert all(h.core(n).term == 1 for n in h.ids)
+    assert 1 not in h.monitor.leaders_by_term
+
+    # Time passes for everyone; the first randomized timeout to fire starts term 2 alone.
+    run_until(h, lambda: bool(h.leaders()))
+    leader = the_leader(h)
+    assert h.core(leader).term == 2
+    assert h.monitor.leaders_by_term == {2: leader}
+    assert all(h.core(n).leader_id == leader for n in h.ids)
+
+
+def test_a_node_with_a_stale_log_cannot_win_an_election():
+    """Raft 5.4.1: a voter refuses a candidate whose log is less up-to-date than its own (last
+    term, then length), so a server missing committed entries cannot become leader; the
+    up-to-date server wins instead."""
+    h = Harness(pre_vote=False)
+    h.elect("n1")
+    h.isolate("n3")
+    h.propose("n1", "a", "b", "c")
+    h.stabilize()
+    assert committed(h, "n1") == 4 and h.log_terms("n3") == [1]
+
+    h.crash("n1")
+    h.heal()
+    h.expire_leases()
+    h.timeout("n3")
+    assert h.role("n3") is Role.CANDIDATE and h.core("n3").term == 2
+    h.stabilize()
+    assert h.leaders() == []  # n2 refused: its log [1,1,1,1] beats n3's [1]
+    assert h.core("n2").voted_for is None
+
+    h.timeout("n2")
+    h.stabilize()
+    assert h.leaders() == ["n2"]
+    assert h.log_terms("n3") == h.log_terms("n2") == [1, 1, 1, 1, 3]
+    assert h.values("n3") == {"k": "c"}
+
+
+# ==== 2. the commit rule: figure 8 (Raft 5.4.2) ===================================================
+
+
+# Three servers a, b, c play the paper's S1, S2 (standing for the majority S2-S4) and S5. One entry
+# per AppendRequest (max_entries_per_append=1) lets panel (c) stop after X alone reached b.
+
+
+def figure_8_a(h: Harness) -> None:
+    """(a) a leads term 1 (after its no-op) and appends X at index 2; a crashes before X leaves."""
+    h.elect("a")
+    h.propose("a", "X")
+    h.drop(src="a")
+    h.crash("a")
+
+
+def figure_8_b(h: Harness) -> None:
+    """(b) c wins term 2 with b's vote and appends its no-op at index 2, which reaches only c;
+    then c crashes too."""
+    h.expire_leases()
+    h.timeout("c")
+    for _ in range(4):  # pre-vote request and response, vote request and response
+        h.deliver()
+    h.drop(src="c")
+    h.crash("c")
+
+
+def figure_8_c_a_leads_term_3(h: Harness) -> None:
+    """(c) a restarts and wins term 3 (its first campaign only teaches it that term 2 exists) and
+    appends its no-op at index 3."""
+    h.restart("a")
+    h.expire_leases()
+    h.timeout("a")
+    h.deliver()
+    h.deliver()
+    h.timeout("a")
+    for _ in range(4):
+        h.deliver()
+
+
+def figure_8_c_x_reaches_b(h: Harness) -> None:
+    """(c) continued: a walks b's log back to index 1 and sends X (term 1) alone. X is now on a
+    majority, a and b, but a must NOT count it as committed: it is not from a's current term."""
+    for _ in range(2):
+        h.deliver(dst="b")
+        h.deliver(dst="a")
+
+
+def figure_8_d(h: Harness) -> None:
+    """(d) a crashes before its term-3 entry reaches b. c restarts and wins term 4 with b's vote
+    (c's last term 2 beats b's last term 1), then overwrites X on b with its term-2 entry."""
+    h.drop(src="a")
+    h.crash("a")
+    h.restart("c")
+    h.expire_leases()
+    h.timeout("c")
+    h.stabilize()
+    h.timeout("c")
+    h.stabilize()
+
+
+def test_figure_8_an_old_term_entry_on_a_majority_is_not_committed_and_may_be_overwritten():
+    """Raft 5.4.2, figure 8 (a)-(d): a leader never commits an entry of a previous term by counting
+    its replicas, because a later leader may still overwrite it; so when X is overwritten, nothing
+    that was committed or applied is lost."""
+    h = Harness(("a", "b", "c"), max_entries_per_append=1)
+    figure_8_a(h)
+    figure_8_b(h)
+    figure_8_c_a_leads_term_3(h)
+    figure_8_c_x_reaches_b(h)
+    assert h.log_terms("a") == [1, 1, 3] and h.log_terms("b") == [1, 1]
+    assert committed(h, "a") == 1  # X is on a majority, yet not committed
+    figure_8_d(h)
+    assert h.leaders() == ["c"] and h.core("c").term == 4
+    assert h.log_terms("b") == h.log_terms("c") == [1, 2, 4]  # X is gone...
+    assert not any(b'"X"' in data for n in h.ids for _, _, data in h.applied[n])  # ...and was never applied
+    assert h.values("b") == h.values("c") == {}
+
+
+def test_figure_8_with_the_commit_rule_broken_the_monitor_catches_a_leader_completeness_violation():
+    """Raft 5.4.2, figure 8: a core that counts replicas of X in panel (c) commits and applies it;
+    panel (d)'s leader then lacks a committed entry, which breaks Leader Completeness (figure 3),
+    and the SafetyMonitor says so."""
+    h = Harness(("a", "b", "c"), core_factory=CommitsOldTermEntries, max_entries_per_append=1)
+    figure_8_a(h)
+    figure_8_b(h)
+    figure_8_c_a_leads_term_3(h)
+    figure_8_c_x_reaches_b(h)
+    assert committed(h, "a") == 2 and h.values("a") == {"k": "X"}  # the bug
+    with pytest.raises(InvariantViolation, match="Leader Completeness"):
+        figure_8_d(h)
+
+
+def test_figure_8_e_a_current_term_entry_on_a_majority_commits_everything_before_it():
+    """Raft 5.4.2, figure 8 (e): once the leader has replicated an entry of its *own* term to a
+    majority, that entry and every entry before it (X) are committed, and no server that lacks
+    them (c) can be elected any more."""
+    h = Harness(("a", "b", "c"), max_entries_per_append=1)
+    figure_8_a(h)
+    figure_8_b(h)
+    figure_8_c_a_leads_term_3(h)
+    h.stabilize()  # (e) this time a's term-3 no-op reaches b as well
+    assert h.log_terms("b") == [1, 1, 3] and committed(h, "a") == 3
+    assert h.values("a") == {"k": "X"}
+
+    h.crash("a")
+    h.restart("c")
+    h.expire_leases()
+    for _ in range(3):
+        h.timeout("c")
+        h.stabilize()
+        assert h.role("c") is not Role.LEADER  # b refuses: c's last term 2 < b's last term 3
+    h.timeout("b")
+    h.stabilize()
+    assert h.leaders() == ["b"]
+    assert h.log_terms("c") == [1, 1, 3, h.core("b").term]
+    assert h.values("c") == {"k": "X"}
+
+
+# ==== 3. terms (Raft 5.1) =========================================================================
+
+
+def test_a_leader_steps_down_when_it_sees_a_higher_term():
+    """Raft 5.1 (and figure 2, "Rules for Servers"): a server that sees a larger term in any
+    message adopts it and, if it was leader, reverts to follower."""
+    h = Harness()
+    h.elect("n1")
+    h.isolate("n1")  # n1 keeps believing it leads term 1...
+    h.elect("n2")  # ...while the majority moves on to term 2
+    assert h.leaders() == ["n1", "n2"]
+    assert (h.core("n1").term, h.core("n2").term) == (1, 2)
+
+    h.heal()
+    h.tick("n1")  # n1's heartbeat, stamped with term 1
+    h.deliver(kind=HeartbeatRequest)
+    stale_answers = in_flight(h, AppendResponse, dst="n1")
+    assert stale_answers and all(m.term == 2 and not m.success for m in stale_answers)
+    h.deliver(dst="n1")
+    assert h.role("n1") is Role.FOLLOWER and h.core("n1").term == 2
+    assert h.leaders() == ["n2"]
+
+
+# ==== 4. disruptive servers: pre-vote (thesis 9.6) ================================================
+
+
+def test_with_pre_vote_a_rejoining_partitioned_node_does_not_disrupt_the_leader():
+    """Thesis 9.6: with pre-vote a server cut off from the cluster keeps asking whether it could
+    win, never raising its term, so when the partition heals it simply rejoins the leader's term."""
+    h = Harness()
+    h.elect("n1")
+    h.isolate("n3")
+    run(h, 5 * ELECTION_TICKS)  # n3 times out again and again
+    assert h.core("n3").term == 1
+    assert h.role("n3") in (Role.PRE_CANDIDATE, Role.FOLLOWER)
+    h.propose("n1", "a")
+    h.stabilize()
+
+    h.heal()
+    run(h, 2 * ELECTION_TICKS)
+    assert h.leaders() == ["n1"] and h.core("n1").term == 1
+    assert h.monitor.leaders_by_term == {1: "n1"}
+    assert h.role("n3") is Role.FOLLOWER and h.values("n3") == {"k": "a"}
+
+
+def test_without_pre_vote_a_rejoining_partitioned_node_inflates_its_term_and_deposes_the_leader():
+    """Thesis 9.6, the problem pre-vote solves: without it (and without check-quorum's leader
+    stickiness) the cut-off server raises its term at every timeout; when it returns, its term
+    forces the healthy leader to step down, even though it cannot win itself."""
+    h = Harness(pre_vote=False, check_quorum=False)
+    h.elect("n1")
+    h.isolate("n3")
+    run(h, 5 * ELECTION_TICKS)
+    assert h.core("n3").term > 3  # one more term per timeout while cut off
+    h.propose("n1", "a")  # n3 also misses an entry, so it cannot win either
+    h.stabilize()
+
+    inflated = h.core("n3").term
+    h.heal()
+    run_until(h, lambda: h.role("n1") is not Role.LEADER)
+    assert h.core("n1").term >= inflated  # the healthy leader was deposed
+    run_until(h, lambda: bool(h.leaders()))
+    assert the_leader(h) != "n3" and h.core(the_leader(h)).term > inflated
+    assert len(h.monitor.leaders_by_term) >= 2
+
+
+# ==== 5. check-quorum (thesis 6.2) ================================================================
+
+
+def test_check_quorum_a_leader_cut_off_from_the_majority_steps_down():
+    """Thesis 6.2: a leader that has not heard from a majority within an election timeout steps
+    down by itself (so clients stop talking to it), without having to learn of a newer term; the
+    majority elects a new leader."""
+    h = Harness(("n1", "n2", "n3", "n4", "n5"))
+    h.elect("n1")
+    run(h, 3)  # a few heartbeat rounds: every follower is recently active
+    h.isolate("n1")
+    ticks = run_until(h, lambda: h.role("n1") is not Role.LEADER)
+    # It checks once per election timeout whether a majority answered since the previous check,
+    # so it notices between one and two timeouts after the silence began.
+    assert ELECTION_TICKS < ticks <= 2 * ELECTION_TICKS
+    assert h.core("n1").term == 1  # it stepped down on its own, not by seeing term 2
+
+    run_until(h, lambda: len(h.leaders()) == 1)
+    new = the_leader(h)
+    assert new != "n1" and h.core(new).term == 2
+
+
+# ==== 6. leadership transfer (thesis 3.10) ========================================================
+
+
+def test_leadership_transfer_catches_up_a_lagging_target_then_sends_timeout_now():
+    """Thesis 3.10: the leader stops accepting proposals, brings the target's log up to date,
+    then sends TimeoutNow; the target campaigns at once (past the other voters' leases) and wins
+    the next term."""
+    h = Harness()
+    h.elect("n1")
+    h.cut("n1", "n3")
+    h.propose("n1", "a", "b")
+    h.stabilize()
+    h.heal()
+    assert len(h.log_terms("n3")) < len(h.log_terms("n1"))  # n3 lags
+
+    h.act("n1", lambda c: c.transfer_leadership("n3"))
+    with pytest.raises(ProposalDroppedError):
+        h.propose("n1", "refused")
+    assert in_flight(h, AppendRequest, dst="n3") and not in_flight(h, TimeoutNow)
+
+    while not in_flight(h, TimeoutNow):  # the leader catches n3 up first...
+        assert h.deliver()
+    assert h.log_terms("n3") == h.log_terms("n1")  # ...and only then tells it to time out
+    h.stabilize()
+    assert h.leaders() == ["n3"] and h.core("n3").term == 2
+    assert h.values("n3") == {"k": "b"}
+
+
+def test_a_transfer_to_an_unreachable_node_is_abandoned_after_an_election_timeout():
+    """Thesis 3.10: if the transfer does not complete within an election timeout, the leader
+    aborts it and resumes accepting client requests."""
+    h = Harness()
+    h.elect("n1")
+    h.isolate("n3")
+    h.act("n1", lambda c: c.transfer_leadership("n3"))
+    run(h, ELECTION_TICKS - 1)
+    with pytest.raises(ProposalDroppedError):
+        h.propose("n1", "refused")
+    run(h, 1)
+    assert h.core("n1").transfer_target is None
+    assert h.leaders() == ["n1"] and h.core("n1").term == 1
+    h.propose("n1", "accepted")
+    h.stabilize()
+    assert h.values("n2") == {"k": "accepted"}
+
+
+def test_campaign_now_on_an_up_to_date_follower_makes_it_leader():
+    """Thesis 3.10 (the "force election" button): campaign_now starts an election at once, like a
+    TimeoutNow; voters set their leader lease aside, and a follower whose log is up to date wins."""
+    h = Harness()
+    h.elect("n1")
+    h.act("n2", RaftCore.campaign_now)
+    h.stabilize()
+    assert h.leaders() == ["n2"] and h.core("n2").term == 2
+    assert all(h.core(n).leader_id == "n2" for n in h.ids)
+
+
+def test_campaign_now_on_a_follower_with_a_stale_log_loses():
+    """Raft 5.4.1 still applies to a forced election: a stale follower's campaign raises the term
+    but gets no votes, and an up-to-date server leads the next term."""
+    h = Harness()
+    h.elect("n1")
+    h.cut("n1", "n3")
+    h.propose("n1", "a")
+    h.stabilize()
+    h.heal()
+    h.act("n3", RaftCore.campaign_now)
+    h.stabilize()
+    assert "n3" not in h.leaders()
+    run_until(h, lambda: bool(h.leaders()))
+    assert the_leader(h) in ("n1", "n2") and h.values("n3") == {"k": "a"}
+
+
+# ==== 7. snapshots (Raft 7) =======================================================================
+
+
+def test_a_follower_that_missed_compacted_entries_catches_up_through_install_snapshot():
+    """Raft 7: when the leader has discarded the entries a follower needs, it sends its snapshot
+    instead (InstallSnapshot); the follower replaces its state machine with it and then takes the
+    remaining entries as usual."""
+    h = Harness(snapshot_every=4)
+    h.elect("n1")
+    h.crash("n3")
+    for i in range(12):
+        h.propose("n1", str(i), key=f"k{i % 3}")
+        h.stabilize()
+    assert h.core("n1").log.first_index() > 2  # the entries n3 needs are gone
+
+    h.restart("n3")
+    snapshots: list[Message] = []
+    for _ in range(3 * ELECTION_TICKS):
+        h.tick_all()
+        snapshots += stabilize_watching(h, lambda m: isinstance(m, SnapshotRequest) and m.dst == "n3")
+    assert len(snapshots) == 1
+    assert h.core("n3").log.last_index() == h.core("n1").log.last_index()
+    assert committed(h, "n3") == committed(h, "n1")
+    assert h.values("n3") == h.values("n1") == {"k0": "9", "k1": "10", "k2": "11"}
+    # Before the crash n3 applied the no-op; after it, nothing up to the snapshot was applied one
+    # entry at a time: the snapshot carried it, and the entries after it followed as usual.
+    snap = snapshots[0].snapshot.meta.index
+    assert [i for i, _, _ in h.applied["n3"]] == [1, *range(snap + 1, committed(h, "n3") + 1)]
+
+
+def test_a_node_restarts_from_its_snapshot_and_log():
+    """Raft 7: a snapshot plus the log after it is the durable state; a server that crashes after
+    compacting rebuilds its state machine from them alone."""
+    h = Harness(snapshot_every=4)
+    h.elect("n1")
+    for i in range(10):
+        h.propose("n1", str(i), key=f"k{i % 2}")
+    h.stabilize()
+    before = h.values("n2")
+    assert h.replicas["n2"].durable.snapshot is not None
+
+    h.crash("n2")
+    h.restart("n2")
+    h.process("n2")
+    assert h.values("n2") == before == {"k0": "8", "k1": "9"}
+    assert h.core("n2").log.first_index() > 1
+
+    for n in ("n1", "n3"):  # the whole cluster, too
+        h.crash(n)
+        h.restart(n)
+    h.elect("n3")
+    h.propose("n3", "after", key="k0")
+    h.stabilize()
+    assert all(h.values(n) == {"k0": "after", "k1": "9"} for n in h.ids)
+
+
+# ==== 8. membership changes (thesis 4) ============================================================
+
+
+def test_a_learner_receives_the_log_but_neither_votes_nor_counts_for_commit():
+    """Thesis 4.2.1: a new server first joins as a non-voting member, catching up without
+    affecting availability; it never campaigns and the leader does not count it for commit."""
+    h = Harness()
+    h.elect("n1")
+    h.propose("n1", "a")
+    add_replica(h, "n4")
+    change(h, "n1", ConfChangeKind.ADD_LEARNER, "n4")
+    h.stabilize()
+    assert h.core("n4").conf.learners == ("n4",)
+    assert h.log_terms("n4") == h.log_terms("n1") and h.values("n4") == {"k": "a"}
+
+    run(h, 3 * ELECTION_TICKS)
+    h.expire_leases()
+    h.tick("n4", 3 * ELECTION_TICKS)  # n4 hears nothing for a long time, and still does not campaign
+    assert h.role("n4") is Role.FOLLOWER and not in_flight(h, VoteRequest)
+    h.expire_leases()
+    h.timeout("n2")
+    assert not in_flight(h, VoteRequest, dst="n4")  # nor is it asked for a vote
+    h.stabilize()
+
+    leader = the_leader(h)
+    followers = [n for n in ("n1", "n2", "n3") if n != leader]
+    for n in followers:
+        h.crash(n)
+    before = committed(h, leader)
+    h.propose(leader, "b")
+    h.stabilize()
+    assert h.log_terms("n4") == h.log_terms(leader)  # the learner stores it...
+    assert committed(h, leader) == before  # ...but leader + learner are no majority of 3 voters
+
+
+def test_a_learner_promoted_to_voter_counts_for_commit():
+    """Thesis 4.2.1: once caught up, the learner becomes a voter with a second configuration
+    change; from then on quorums are majorities of the four voters."""
+    h = Harness()
+    h.elect("n1")
+    add_replica(h, "n4")
+    change(h, "n1", ConfChangeKind.ADD_LEARNER, "n4")
+    h.stabilize()
+    change(h, "n1", ConfChangeKind.ADD_VOTER, "n4")
+    h.stabilize()
+    assert all(h.core(n).conf.voters == ("n1", "n2", "n3", "n4") for n in h.ids)
+
+    h.crash("n3")
+    h.crash("n2")  # n1 + n4 are 2 of 4: no majority
+    last = committed(h, "n1")
+    h.propose("n1", "a")
+    h.stabilize()
+    assert committed(h, "n1") == last
+    h.restart("n2")  # n1 + n2 + n4 are 3 of 4
+    run(h, 2)
+    assert committed(h, "n1") == last + 1 and h.values("n4") == {"k": "a"}
+
+
+def test_removing_a_voter_shrinks_the_quorum():
+    """Thesis 4.1: a configuration takes effect on each server as soon as the entry is in its log;
+    after n3 is removed, n1 and n2 are a majority of the two remaining voters."""
+    h = Harness()
+    h.elect("n1")
+    change(h, "n1", ConfChangeKind.REMOVE, "n3")
+    assert h.core("n1").conf.voters == ("n1", "n2")  # in force from the moment it is appended
+    assert not in_flight(h, AppendRequest, dst="n3")  # n3 gets no more entries
+    h.stabilize()
+    h.crash("n3")
+    h.propose("n1", "a")
+    h.stabilize()
+    assert h.values("n1") == h.values("n2") == {"k": "a"}
+
+
+def test_a_leader_that_removes_itself_steps_down_once_the_removal_commits():
+    """Thesis 4.2.2: a leader removed from the configuration keeps managing the cluster (without
+    counting itself) until the change commits, then steps down; the rest elect a new leader."""
+    h = Harness()
+    h.elect("n1")
+    change(h, "n1", ConfChangeKind.REMOVE, "n1")
+    assert h.role("n1") is Role.LEADER  # still leads while the change is uncommitted
+    h.stabilize()
+    assert h.role("n1") is Role.FOLLOWER
+    assert all(h.core(n).conf.voters == ("n2", "n3") for n in h.ids)
+
+    run_until(h, lambda: bool(h.leaders()))
+    new = the_leader(h)
+    assert new in ("n2", "n3") and h.core(new).term > 1
+    assert h.role("n1") is Role.FOLLOWER and h.core("n1").term == 1  # no longer a voter: never campaigns
+    h.propose(new, "a")
+    h.stabilize()
+    assert h.values("n2") == h.values("n3") == {"k": "a"}
+
+
+def test_a_second_membership_change_is_refused_while_one_is_pending():
+    """Thesis 4.1: the leader starts a new change only after the previous one committed, so two
+    changes never overlap (which could let two disjoint majorities form)."""
+    h = Harness()
+    h.elect("n1")
+    add_replica(h, "n4")
+    change(h, "n1", ConfChangeKind.ADD_LEARNER, "n4")
+    with pytest.raises(ProposalDroppedError, match="in progress"):
+        change(h, "n1", ConfChangeKind.REMOVE, "n3")
+    h.stabilize()
+    change(h, "n1", ConfChangeKind.REMOVE, "n3")  # accepted once the first one committed
+    h.stabilize()
+    assert h.core("n1").conf.voters == ("n1", "n2")
+
+
+def test_a_new_leader_refuses_a_membership_change_before_committing_an_entry_of_its_term():
+    """Thesis 4.1 and its errata (raft-dev, 2015): a new leader must commit an entry of its own
+    term before starting a membership change, or a change appended by an earlier leader could be
+    lost while the new one takes effect."""
+    h = Harness()
+    h.elect("n1")
+    h.expire_leases()
+    h.timeout("n2")
+    while h.role("n2") is not Role.LEADER:  # elect n2, but hold back its no-op's acknowledgements
+        assert h.deliver(kind=VoteRequest) + h.deliver(kind=VoteResponse)
+    with pytest.raises(ProposalDroppedError, match="has not committed"):
+        change(h, "n2", ConfChangeKind.REMOVE, "n1")
+    h.stabilize()
+    change(h, "n2", ConfChangeKind.REMOVE, "n1")
+    h.stabilize()
+    assert h.core("n2").conf.voters == ("n2", "n3")
+
+
+# ==== 9. linearizable reads (thesis 6.4) ==========================================================
+
+
+def test_a_leader_answers_a_read_only_after_a_heartbeat_round_confirms_it_still_leads():
+    """Thesis 6.4 (ReadIndex): the leader records its commit index, then exchanges heartbeats
+    with a majority to be sure no newer leader exists; only then is the read safe."""
+    h = Harness()
+    h.elect("n1")
+    h.propose("n1", "a")
+    h.stabilize()
+
+    h.act("n1", lambda c: c.read_index(b"r1"))
+    assert h.read_results["n1"] == []
+    assert len(in_flight(h, HeartbeatRequest, src="n1")) == 2
+    h.deliver(kind=HeartbeatRequest)
+    assert h.read_results["n1"] == []  # heartbeats out, answers not yet back
+    h.deliver(kind=HeartbeatResponse, src="n2")  # n1 + n2: a majority
+    assert h.read_results["n1"] == [(b"r1", 2, True)]
+
+
+def test_reads_arriving_during_a_round_share_the_next_round():
+    """Thesis 6.4 (batching): one heartbeat round can confirm any number of reads; reads that
+    arrive while a round is in flight all wait for the next one, so ten reads cost two rounds."""
+    h = Harness()
+    h.elect("n1")
+    h.act("n1", lambda c: c.read_index(b"r0"))  # starts round 1
+    for i in range(1, 10):
+        h.act("n1", lambda c, i=i: c.read_index(b"r%d" % i))  # queue up behind it
+    heartbeats = stabilize_watching(h, lambda m: isinstance(m, HeartbeatRequest))
+    assert sorted(m.read_round for m in heartbeats) == [1, 1, 2, 2]  # two rounds to two followers
+    assert sorted(ctx for ctx, _, ok in h.read_results["n1"] if ok) == [b"r%d" % i for i in range(10)]
+
+
+def test_a_follower_read_is_forwarded_to_the_leader_and_answered():
+    """Thesis 6.4: a follower asks the leader for its read index (the leader confirms leadership
+    as for its own reads) and may then serve the read from its own state machine once applied."""
+    h = Harness()
+    h.elect("n1")
+    h.propose("n1", "a")
+    h.stabilize()
+    h.act("n2", lambda c: c.read_index(b"f1"))
+    assert in_flight(h, ReadIndexRequest, src="n2", dst="n1")
+    h.stabilize()
+    assert h.read_results["n2"] == [(b"f1", 2, True)]
+    assert h.core("n2").log.applied >= 2
+
+
+def test_a_partitioned_leader_cannot_confirm_a_read():
+    """Thesis 6.4: a deposed leader that does not know it yet must not serve reads; cut off from
+    the majority it never completes a heartbeat round, and the read fails when it steps down."""
+    h = Harness()
+    h.elect("n1")
+    h.isolate("n1")
+    h.act("n1", lambda c: c.read_index(b"stale?"))
+    h.elect("n2")
+    h.propose("n2", "new")
+    h.stabilize()
+    assert h.read_results["n1"] == []
+    run_until(h, lambda: h.role("n1") is not Role.LEADER)  # check-quorum
+    assert h.read_results["n1"] == [(b"stale?", 1, False)]
+
+
+def test_a_new_leader_answers_reads_only_after_its_no_op_commits():
+    """Thesis 6.4 step 1: a new leader does not know the latest commit index until it commits an
+    entry of its own term, so a read waits for the no-op."""
+    h = Harness()
+    h.elect("n1")
+    h.propose("n1", "a")
+    h.stabilize()
+    h.expire_leases()
+    h.timeout("n2")
+    while h.role("n2") is not Role.LEADER:
+        assert h.deliver(kind=VoteRequest) + h.deliver(kind=VoteResponse)
+    h.act("n2", lambda c: c.read_index(b"r"))
+    h.deliver(kind=HeartbeatRequest)
+    h.deliver(kind=HeartbeatResponse)
+    assert h.read_results["n2"] == []
+    h.stabilize()
+    assert h.read_results["n2"] == [(b"r", 3, True)]
+
+
+def test_lease_reads_are_answered_at_once():
+    """Thesis 6.4.1 (leases): with check-quorum's leader stickiness, a leader that heard from a
+    majority within an election timeout answers without a heartbeat round, trading safety under
+    clock drift for latency."""
+    h = Harness(read_mode=ReadMode.LEASE)
+    h.elect("n1")
+    h.act("n1", lambda c: c.read_index(b"r"))
+    assert h.read_results["n1"] == [(b"r", 1, True)]
+    assert not in_flight(h, HeartbeatRequest)
+
+
+def test_a_lease_expires_one_election_timeout_after_the_majority_last_answered():
+    """Thesis 6.4.1: a follower that heard from the leader refuses other candidates for one election
+    timeout, so the leader may skip the heartbeat round only within that time of the majority's last
+    answer. Check-quorum is not enough: it steps down only at its next check, up to two election
+    timeouts later, while the majority may already have elected a leader that accepted writes."""
+    h = Harness(read_mode=ReadMode.LEASE)
+    h.elect("n1")
+    h.propose("n1", "old")
+    run(h, 1)  # every follower has just answered n1
+    h.isolate("n1")
+    h.tick("n1", ELECTION_TICKS - 1)  # an election timeout passes, n1's clock a little behind...
+    h.expire_leases()  # ...the followers' leases run out...
+    h.elect("n2")  # ...and they elect n2, which commits a write
+    h.propose("n2", "new")
+    h.stabilize()
+    assert h.values("n2") == {"k": "new"}
+    assert h.leaders() == ["n1", "n2"]  # n1's check-quorum has not noticed yet
+
+    h.act("n1", lambda c: c.read_index(b"stale?"))
+    assert h.read_results["n1"] == []  # the lease has run out; n1 falls back to a heartbeat round
+    assert len(in_flight(h, HeartbeatRequest, src="n1")) == 2
+    run_until(h, lambda: h.role("n1") is not Role.LEADER)
+    assert h.read_results["n1"] == [(b"stale?", 2, False)]
+
+
+def test_no_lease_reads_during_a_leadership_transfer():
+    """Thesis 3.10 and 6.4.1: TimeoutNow lets the target win past the voters' leases, so once a
+    transfer has started the leader's lease proves nothing: here the target wins and accepts a
+    write while the old leader, cut off, still believes it leads. Its read takes a heartbeat
+    round instead, which never completes."""
+    h = Harness(read_mode=ReadMode.LEASE)
+    h.elect("n1")
+    h.propose("n1", "old")
+    h.stabilize()
+    h.act("n1", lambda c: c.transfer_leadership("n3"))
+    h.deliver(kind=TimeoutNow)
+    h.isolate("n1")
+    h.stabilize()
+    h.propose("n3", "new")
+    h.stabilize()
+    assert h.leaders() == ["n1", "n3"] and h.values("n3") == {"k": "new"}
+
+    h.act("n1", lambda c: c.read_index(b"stale?"))
+    assert h.read_results["n1"] == [] and in_flight(h, HeartbeatRequest, src="n1")
+    run_until(h, lambda: h.role("n1") is not Role.LEADER)
+    assert h.read_results["n1"] == [(b"stale?", 2, False)]
+
+
+# ==== 10. log replication (Raft 5.3) ==============================================================
+
+# The leader's log and follower (f)'s log in the paper's figure 7, with every run of entries after
+# the first three made `k` times longer.
+FIG7_LEADER = [1, 1, 1, 4, 4, 5, 5, 6, 6, 6]
+FIG7_F = [1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3]
+
+
+def stretch(terms: list[int], k: int) -> list[int]:
+    return terms[:3] + [t for t in terms[3:] for _ in range(k)]
+
+
+@pytest.mark.parametrize("k", [1, 20], ids=["figure-7", "figure-7-x20"])
+def test_fast_back_off_repairs_a_divergent_log_in_one_round_trip_per_term(k):
+    """Raft 5.3 (its last paragraphs): a rejecting follower names the term of the conflicting entry
+    and the first index it holds for that term, so the leader skips a whole term per round trip:
+    follower (f) of figure 7 is repaired after one rejection per divergent term (2), however many
+    entries those terms hold."""
+    h = Harness(("top", "peer", "f"))
+    boot_with_log(h, "top", stretch(FIG7_LEADER, k), term=7, commit=3)
+    boot_with_log(h, "peer", stretch(FIG7_LEADER, k), term=7, commit=3)
+    boot_with_log(h, "f", stretch(FIG7_F, k), term=3, commit=3)
+    divergent = len(stretch(FIG7_F, k)) - 3
+
+    h.timeout("top")
+    rejections = stabilize_watching(h, lambda m: isinstance(m, AppendResponse) and m.src == "f" and not m.success)
+    assert h.leaders() == ["top"]
+    assert [m.conflict_term for m in rejections] == [3, 2]  # one rejection per divergent term...
+    assert divergent == 8 * k  # ...not one per entry
+    assert h.log_terms("f") == [*stretch(FIG7_LEADER, k), 8]
+
+
+def test_log_matching_a_new_leader_makes_every_follower_log_identical_to_its_own():
+    """Raft 5.3, figure 7: when the leader at the top comes to power its followers may miss
+    entries (a, b), hold extra uncommitted ones (c, d), or both (e, f). The leader forces its log
+    on them: each follower's log is cut back to the last entry it shares with the leader and then
+    extended, and all logs end identical."""
+    followers = {
+        "a": [1, 1, 1, 4, 4, 5, 5, 6, 6],
+        "b": [1, 1, 1, 4],
+        "c": [1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6],
+        "d": [1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7],
+        "e": [1, 1, 1, 4, 4, 4, 4],
+        "f": FIG7_F,
+    }
+    h = Harness(("top", *followers))
+    boot_with_log(h, "top", FIG7_LEADER, term=7, commit=3)
+    for node, terms in followers.items():
+        boot_with_log(h, node, terms, term=max(terms), commit=3)
+
+    h.timeout("top")  # votes from a, b, e, f (c and d have longer logs and refuse): 5 of 7
+    h.stabilize()
+    h.tick("top")  # one heartbeat carries the final commit index to everyone
+    h.stabilize()
+    assert h.leaders() == ["top"] and h.core("top").term == 8
+    for node in h.ids:
+        assert h.log_terms(node) == [*FIG7_LEADER, 8], node
+        assert committed(h, node) == 11
+    assert all(h.values(n) == h.values("top") for n in h.ids)
