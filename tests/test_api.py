@@ -73,7 +73,7 @@ class FakeNode:
         if self.read_error is not None:
             raise self.read_error
 
-    def raft_state(self) -> dict:
+    def raft_state(self, digest: bool = False) -> dict:
         return {"nodeId": self.id, "state": "leader", "term": self.term, "votedFor": self.id,
                 "logLength": self.index, "commitIndex": self.index, "lastApplied": self.index,
                 "leaderId": self.leader, "snapshotIndex": 0, "peers": [{"id": "n2", "matchIndex": 0}]}
@@ -438,7 +438,7 @@ async def test_unexpected_exception_is_json_500_and_logged(api: tuple[FakeNode, 
                                                            caplog: pytest.LogCaptureFixture) -> None:
     node, client = api
 
-    def broken() -> dict:
+    def broken(digest: bool = False) -> dict:
         raise RuntimeError("bug")
 
     node.raft_state = broken  # type: ignore[method-assign]
@@ -448,7 +448,7 @@ async def test_unexpected_exception_is_json_500_and_logged(api: tuple[FakeNode, 
     record = next(r for r in caplog.records if r.name == "raftkv.api")
     assert record.exc_info is not None and record.event == "api.unhandled"  # type: ignore[attr-defined]
     assert (await call(client, "GET", "/health"))[0] == 200  # still serving
-    node.raft_state = lambda: {"nodeId": "n1", "voters": {"n1"}, "dir": PurePosixPath("/d")}  # type: ignore[method-assign]
+    node.raft_state = lambda digest=False: {"nodeId": "n1", "voters": {"n1"}, "dir": PurePosixPath("/d")}  # type: ignore[method-assign]
     status, body, _ = await call(client, "GET", "/raft-state")  # not JSON types: shown, not a 500
     assert status == 200 and body["voters"] == ["n1"] and body["dir"] == "/d"
 

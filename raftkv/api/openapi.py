@@ -205,7 +205,10 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "502": _E502, "503": _E503, "504": _E504_WRITE},
             parameters=[_IDEMPOTENCY, _FORWARDED], body=_ref("TxnRequest"))},
         "/raft-state": {"get": _op("This node's Raft state (the seed's fields and more)", {
-            "200": _json(_ref("RaftState"), "Role, term, log, commit/apply indexes, peers' progress, faults.")})},
+            "200": _json(_ref("RaftState"), "Role, term, log, commit/apply indexes, peers' progress, faults."),
+            "400": _err("digest is not true or false.")},
+            parameters=[{"name": "digest", "in": "query", "required": False, "schema": {"type": "boolean"},
+                         "description": "Also return kvDigest, a hash of the whole state machine (costly)."}])},
         "/force-election": {"post": _op("Make this node start an election now", {
             "200": _json(_ref("ElectionResult"), "The election began (the result says where it stands)."),
             "503": _E503}, description="No body is needed; any body is ignored.")},
