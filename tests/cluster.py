@@ -28,9 +28,13 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def http(method: str, url: str, body: Any = None, timeout: float = 10.0, headers: dict | None = None) -> tuple[int, Any]:
+def http(
+    method: str, url: str, body: Any = None, timeout: float = 10.0, headers: dict | None = None
+) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
@@ -96,8 +100,10 @@ class LocalCluster:
             if all(states.values()) and len(applied) == 1 and applied == commits:
                 return states
             time.sleep(0.05)
-        raise AssertionError(f"not converged within {timeout}s: "
-                             f"{ {n: s and (s['commitIndex'], s['lastApplied']) for n, s in states.items()} }")
+        raise AssertionError(
+            f"not converged within {timeout}s: "
+            f"{ {n: s and (s['commitIndex'], s['lastApplied']) for n, s in states.items()} }"
+        )
 
     def log_text(self, node_id: str) -> str:
         path = self.data_dir / node_id / "node.log"
