@@ -1,0 +1,399 @@
+"""Raft peer transport over persistent TCP connections, optionally mutual TLS.
+
+Theory of operation
+-------------------
+Outbound. Each peer has a ``_Link``: a LinkQueue (faults.py: outbound fault rules, bounded, delay
+line) and one writer task owning one TCP connection to the peer. ``send()`` never touches the
+network: it offers each message to its peer's queue and wakes the writer, which encodes every due
+message and writes them with one ``writelines`` + ``drain``, never waiting for answers (pipelining;
+answers come back on the peer's own connection to us). Outbound connections are write-only, so the
+writer watches them for EOF to notice a restarted peer at once. Redials back off exponentially
+(50 ms to 1 s, jittered so a cluster restarting together does not redial in lockstep); messages
+keep queueing meanwhile.
+
+Queue policy: a full queue drops the *newest* message (counted). The queue holds a contiguous run
+of the leader's pipelined appends; dropping its head would leave a gap that makes the follower
+reject everything behind it, while dropping the tail keeps what is queued useful, and the leader's
+next heartbeat/append retry re-sends from the follower's match index.
+
+Snapshots go as 1 MiB CHUNK frames (frame format: codec.py). Each writer round sends the due
+messages and then one chunk, so heartbeats keep flowing while a snapshot streams (a message sent
+after a snapshot may overtake it; Raft tolerates reordering). Only the newest waiting snapshot is
+kept; a broken connection restarts the stream from offset 0 on the next one.
+
+Inbound. A Protocol per accepted connection feeds a codec.FrameDecoder (no await per frame), then
+the inbound fault rules apply and ``on_message`` is called. A protocol violation (bad hello,
+oversized frame, undecodable body) closes only that connection, with a logged error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import raftkv.transport.codec as codec
+from raftkv.core.messages import Message, SnapshotRequest
+from raftkv.transport.faults import LinkFaults, LinkQueue
+
+__all__ = ["TcpOptions", "TcpTransport", "make_mtls_contexts"]
+
+logger = logging.getLogger("raftkv.transport")
+Address = tuple[str, int]
+
+
+def make_mtls_contexts(ca_file: str, cert_file: str, key_file: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts where both ends must present a certificate signed by the CA.
+
+    Hostnames are not checked: peers are addressed by IP and authenticated by holding a
+    certificate from the cluster CA, which is what makes a node a member.
+    """
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca_file)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    client.check_hostname = False
+    for ctx in (server, client):
+        ctx.load_cert_chain(cert_file, key_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return server, client
+
+
+class _Link:
+    """Outbound state for one peer; touched only by send() and the peer's writer task."""
+
+    def __init__(self, peer_id: str, addr: Address, queue: LinkQueue) -> None:
+        self.peer_id, self.addr, self.queue = peer_id, (addr[0], addr[1]), queue
+        self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.watch: asyncio.Task[None] | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.stopped = False
+        self.snapshot: codec.ChunkStream | None = None  # streaming now
+        self.next_snapshot: SnapshotRequest | None = None  # newest one waiting its turn
+        self.stream_id, self.up_since, self.last_uptime_s = 0, 0.0, 0.0
+        self.connects = self.connect_failures = self.frames_sent = self.bytes_sent = self.dropped_oversize = 0
+        self.last_error: str | None = None
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "address": f"{self.addr[0]}:{self.addr[1]}",
+            "connected": self.writer is not None,
+            "frames_sent": self.frames_sent,
+            "bytes_sent": self.bytes_sent,
+            "send_queue": len(self.queue),
+            "snapshot_streaming": self.snapshot is not None,
+            "reconnects": max(0, self.connects - 1),
+            "connect_failures": self.connect_failures,
+            "dropped_queue_full": self.queue.dropped_full,
+            "dropped_oversize": self.dropped_oversize,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TcpOptions:
+    """Bounds and timings; the defaults suit a LAN cluster."""
+
+    max_queue_messages: int = 4096  # per peer; beyond it the newest message is dropped
+    max_batch_bytes: int = 4 << 20  # per write
+    max_frame_bytes: int = 64 << 20  # larger inbound frames close the connection
+    max_snapshot_bytes: int = 1 << 30  # larger inbound snapshot streams close the connection
+    snapshot_chunk_bytes: int = 1 << 20
+    connect_timeout_s: float = 2.0
+    backoff_min_s: float = 0.05
+    backoff_max_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        assert self.snapshot_chunk_bytes + 64 <= self.max_frame_bytes, "a chunk must fit in a frame"
+
+
+class TcpTransport:
+    """Sends Raft messages to peers over TCP and hands received ones to ``on_message``."""
+
+    def __init__(
+        self,
+        node_id: str,
+        listen_host: str,
+        listen_port: int,
+        peers: dict[str, Address],
+        faults: LinkFaults,
+        ssl_server: ssl.SSLContext | None = None,
+        ssl_client: ssl.SSLContext | None = None,
+        options: TcpOptions | None = None,
+    ) -> None:
+        self.node_id, self.faults, self.opt = node_id, faults, options or TcpOptions()
+        self.listen_host, self.listen_port = listen_host, listen_port
+        self.ssl_server, self.ssl_client = ssl_server, ssl_client
+        self._links: dict[str, _Link] = {}
+        self._inbound: set[_Inbound] = set()
+        self._received: dict[str, list[int]] = {}  # peer -> [frames, bytes]
+        self._on_message: Callable[[Message], None] | None = None
+        self._server: asyncio.Server | None = None
+        self._jitter = random.Random()  # not faults.rng: fault decisions must stay reproducible
+        self.unknown_destination = 0
+        for pid, addr in peers.items():
+            self.add_peer(pid, addr)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, on_message: Callable[[Message], None]) -> None:
+        self._on_message = on_message
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Inbound(self), self.listen_host, self.listen_port, ssl=self.ssl_server
+        )
+        self.listen_port = self._server.sockets[0].getsockname()[1]  # resolves port 0
+        for link in self._links.values():
+            self._start_link(link)
+        logger.info("listening node=%s port=%d tls=%s", self.node_id, self.listen_port, bool(self.ssl_server))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._inbound):
+            conn.transport.abort()
+        tasks = [t for link in self._links.values() for t in (link.task, link.watch) if t is not None]
+        for link in self._links.values():
+            self._stop_link(link)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        self._on_message = None
+
+    def add_peer(self, peer_id: str, addr: Address) -> None:
+        old = self._links.get(peer_id)
+        if old is not None:
+            if old.addr == (addr[0], addr[1]):
+                return
+            self._stop_link(old)  # address changed: start over with a fresh connection
+        queue = LinkQueue(peer_id, self.faults, self.opt.max_queue_messages)  # clock: time.monotonic
+        link = self._links[peer_id] = _Link(peer_id, addr, queue)
+        if self._server is not None:
+            self._start_link(link)
+
+    def remove_peer(self, peer_id: str) -> None:
+        if (link := self._links.pop(peer_id, None)) is not None:
+            self._stop_link(link)
+
+    def _start_link(self, link: _Link) -> None:
+        link.task = asyncio.get_running_loop().create_task(self._run_link(link))
+
+    def _stop_link(self, link: _Link) -> None:
+        link.stopped = True
+        if link.task is not None:
+            link.task.cancel()
+        self._disconnect(link, None)
+        link.queue.clear()
+
+    # ---- sending ------------------------------------------------------------------------------
+
+    def send(self, messages: list[Message]) -> None:
+        """Queue messages for their peers; returns at once (never awaits the network)."""
+        for m in messages:
+            link = self._links.get(m.dst)
+            if link is None:
+                self.unknown_destination += 1
+                logger.debug("no such peer dst=%s type=%s", m.dst, type(m).__name__)
+            elif link.queue.offer(m):
+                link.wake()
+
+    async def _run_link(self, link: _Link) -> None:
+        backoff = self.opt.backoff_min_s
+        try:
+            while not link.stopped:
+                if link.writer is None:
+                    if link.connects or link.connect_failures:  # redialling: back off, with jitter
+                        # Only a connection that stayed up resets the backoff: one the peer drops
+                        # at once (TLS or protocol mismatch) must not make us redial in a hot loop.
+                        if link.last_uptime_s >= self.opt.backoff_max_s:
+                            backoff = self.opt.backoff_min_s
+                        link.last_uptime_s = 0.0
+                        await asyncio.sleep(backoff * (0.5 + self._jitter.random() / 2))
+                        backoff = min(backoff * 2, self.opt.backoff_max_s)
+                    try:
+                        await self._connect(link)
+                    except OSError as exc:  # TimeoutError and ssl.SSLError are OSErrors too
+                        link.connect_failures += 1
+                        link.last_error = f"connect: {exc!r}"
+                        logger.debug("connect failed peer=%s error=%r", link.peer_id, exc)
+                        continue
+                try:
+                    wrote = await self._write_batch(link)
+                except (OSError, RuntimeError) as exc:  # RuntimeError: write on a closed transport
+                    logger.info("connection lost peer=%s error=%r", link.peer_id, exc)
+                    self._disconnect(link, f"write: {exc!r}")
+                    continue
+                except Exception:  # a bug, e.g. an unencodable message: lose this batch, keep the link
+                    logger.exception("writer failed peer=%s; batch dropped", link.peer_id)
+                    continue
+                if not wrote:
+                    await self._wait(link)
+        finally:  # a connect that completed as the link was being stopped must not leak
+            self._disconnect(link, None)
+
+    async def _connect(self, link: _Link) -> None:
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that races with a
+        # failed connect (gh-86296), which would leave this task reconnecting after close().
+        async with asyncio.timeout(self.opt.connect_timeout_s):
+            reader, writer = await asyncio.open_connection(*link.addr, ssl=self.ssl_client)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # latency over throughput: a heartbeat must not wait for Nagle
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        writer.write(codec.hello_frame(self.node_id))
+        link.writer, link.up_since = writer, time.monotonic()
+        link.connects += 1
+        link.stream_id += 1
+        if link.snapshot is not None:  # a half-sent snapshot starts over on the new connection
+            link.snapshot.restart(link.stream_id)
+        link.watch = asyncio.get_running_loop().create_task(self._watch(link, reader, writer))
+        logger.info("connected peer=%s addr=%s:%d reconnects=%d", link.peer_id, *link.addr, link.connects - 1)
+
+    async def _watch(self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Peers never write on our outbound connection: any read result means it is over."""
+        with contextlib.suppress(Exception):
+            await reader.read(1)
+        if link.writer is writer:
+            logger.info("connection closed by peer peer=%s", link.peer_id)
+            self._disconnect(link, "closed by peer")
+            link.wake()
+
+    def _disconnect(self, link: _Link, error: str | None) -> None:
+        link.last_error = error or link.last_error
+        if link.writer is not None:
+            link.writer.close()
+            link.writer, link.last_uptime_s = None, time.monotonic() - link.up_since
+
+    async def _wait(self, link: _Link) -> None:
+        loop = asyncio.get_running_loop()
+        fut = link.waiter = loop.create_future()
+        wait_s = link.queue.seconds_until_due()  # the head is delayed: sleep until it is due
+        timer = loop.call_later(wait_s, link.wake) if wait_s is not None else None
+        try:
+            await fut
+        finally:
+            link.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    async def _write_batch(self, link: _Link) -> bool:
+        """Write every due message (and at most one snapshot chunk); False if nothing to do."""
+        writer = link.writer
+        assert writer is not None
+        queue, peer = link.queue, link.peer_id
+        frames: list[bytes] = []
+        nbytes = 0
+        while nbytes < self.opt.max_batch_bytes and (m := queue.pop_due()) is not None:
+            if type(m) is SnapshotRequest:
+                link.next_snapshot = m  # supersedes any older one that has not started
+            else:
+                body = codec.encode(m)
+                if len(body) + 1 > self.opt.max_frame_bytes:
+                    link.dropped_oversize += 1
+                    logger.error("message too large peer=%s type=%s bytes=%d", peer, type(m).__name__, len(body))
+                    continue
+                frames += (codec.message_frame(body), body)
+                nbytes += len(body) + codec.FRAME_HEADER.size
+        chunk_bytes = self._next_chunk(link, frames)
+        if not frames:
+            return False
+        writer.writelines(frames)
+        link.frames_sent += len(frames) // 2  # every frame is a (header, body) pair
+        link.bytes_sent += nbytes + chunk_bytes
+        await writer.drain()
+        if chunk_bytes:
+            await asyncio.sleep(0)  # let send() enqueue heartbeats between chunks
+        return True
+
+    def _next_chunk(self, link: _Link, frames: list[bytes]) -> int:
+        """Append the next chunk of the streaming snapshot (starting the waiting one if idle);
+        return the bytes added."""
+        if link.snapshot is None and link.next_snapshot is not None:
+            link.stream_id += 1
+            snap, link.next_snapshot = link.next_snapshot, None
+            link.snapshot = codec.ChunkStream(snap, link.stream_id, self.opt.snapshot_chunk_bytes)
+            logger.info("streaming snapshot peer=%s bytes=%d", link.peer_id, len(link.snapshot.data))
+            if len(link.snapshot.data) > self.opt.max_snapshot_bytes:  # the peer would refuse it
+                logger.error("snapshot too large peer=%s bytes=%d", link.peer_id, len(link.snapshot.data))
+                link.snapshot = None
+        stream = link.snapshot
+        if stream is None:
+            return 0
+        if self.faults.is_blocked_outbound(link.peer_id):
+            self.faults.record_drop(stream.message, "outbound")
+            link.snapshot = None
+            return 0
+        head, piece = stream.next_frame()
+        frames += (head, piece)
+        if stream.done:
+            link.snapshot = None
+        return len(head) + len(piece)
+
+    # ---- receiving ----------------------------------------------------------------------------
+
+    def _deliver(self, peer: str, m: Message, nbytes: int) -> None:
+        counts = self._received.setdefault(peer, [0, 0])
+        counts[0] += 1
+        counts[1] += nbytes
+        if m.dst != self.node_id:
+            logger.debug("misaddressed message dropped src=%s dst=%s", m.src, m.dst)
+        elif self.faults.should_drop_inbound(peer):
+            self.faults.record_drop(m, "inbound")
+        elif self._on_message is not None:
+            try:
+                self._on_message(m)
+            except Exception:
+                logger.exception("on_message failed for %s from %s", type(m).__name__, peer)
+
+    def stats(self) -> dict[str, Any]:
+        """Per-peer link statistics, JSON-able (for /raft-state, /metrics and the dashboard)."""
+        peers: dict[str, dict[str, Any]] = {pid: link.stats() for pid, link in self._links.items()}
+        for pid in self._received.keys() - peers.keys():  # inbound-only peers
+            peers[pid] = {"address": None, "connected": False}
+        for pid, row in peers.items():
+            row["frames_received"], row["bytes_received"] = self._received.get(pid, (0, 0))
+        return {
+            "node_id": self.node_id,
+            "listen": f"{self.listen_host}:{self.listen_port}",
+            "tls": self.ssl_server is not None,
+            "inbound_connections": len(self._inbound),
+            "unknown_destination": self.unknown_destination,
+            "peers": peers,
+            "faults": self.faults.describe(),
+        }
+
+
+class _Inbound(asyncio.Protocol):
+    """One accepted connection: bytes in, messages out through a FrameDecoder."""
+
+    transport: asyncio.Transport  # set by connection_made, before the connection is listed
+
+    def __init__(self, owner: TcpTransport) -> None:
+        self.owner = owner
+        self.decoder = codec.FrameDecoder(owner._deliver, owner.opt.max_frame_bytes, owner.opt.max_snapshot_bytes)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+        self.owner._inbound.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._inbound.discard(self)  # a partial snapshot dies with the connection's decoder
+        logger.info("inbound connection closed peer=%s error=%r", self.decoder.peer, exc)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.decoder.feed(data)
+        except codec.CodecError as exc:
+            peername = self.transport.get_extra_info("peername")
+            logger.error("closing inbound connection peer=%s from=%s: %s", self.decoder.peer, peername, exc)
+            self.transport.abort()  # no more data_received calls after this
