@@ -76,20 +76,37 @@ def plan_schedule(seed: int, kinds: tuple[str, ...], duration_s: float, node_ids
         raise ValueError(f"unknown nemesis kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
     rng = random.Random(f"nemesis/{seed}")
     plans: list[FaultPlan] = []
-    if not kinds:
+    if not kinds or not node_ids:
         return plans
+    # Kinds, and each kind's variants, come in shuffled rounds rather than independent draws, so
+    # even a short run exercises every kind and variant asked for (and still varies by seed).
+    kind_cycle = _Cycle(sorted(set(kinds)), rng)
+    variant_cycles = {k: _Cycle(list(VARIANTS[k]), rng) for k in sorted(set(kinds))}
     t = FIRST_FAULT_AFTER_S
     while True:
         window = round(rng.uniform(MIN_WINDOW_S, MAX_WINDOW_S), 2)
         if t + window > duration_s:
             break
-        kind = rng.choice(sorted(kinds))
-        variant = rng.choice(VARIANTS[kind])
+        kind = kind_cycle.next()
+        variant = variant_cycles[kind].next()
         loss = rng.choice(LOSS_PERCENT_CHOICES) if variant == "loss" else 0
         plans.append(FaultPlan(round(t, 2), window, kind, variant, rng.random() < 0.5,
                                rng.randrange(len(node_ids)), loss))
         t += window + rng.uniform(MIN_GAP_S, MAX_GAP_S)
     return plans
+
+
+class _Cycle:
+    """Endless shuffled rounds over `items`: every item once per round."""
+
+    def __init__(self, items: list[str], rng: random.Random) -> None:
+        self.items, self.rng, self.queue = items, rng, []
+
+    def next(self) -> str:
+        if not self.queue:
+            self.queue = list(self.items)
+            self.rng.shuffle(self.queue)
+        return self.queue.pop()
 
 
 class Nemesis:

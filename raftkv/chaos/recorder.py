@@ -92,6 +92,20 @@ class Recorder:
             out[op.outcome] += 1
         return out
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Recorder:
+        """The inverse of `to_json` (for re-judging or re-drawing a saved run)."""
+        r = cls()
+        r.started_at_unix = data.get("startedAtUnix", 0.0)
+        for item in data["operations"]:
+            item = dict(item)
+            meta = item.pop("meta", {})
+            r.record(Operation.from_dict(item), **meta)
+        r.faults = [FaultRecord(**f) for f in data.get("faults", [])]
+        r.samples = [StateSample(**s) for s in data.get("states", [])]
+        r.phases = dict(data.get("phases", {}))
+        return r
+
     def to_json(self) -> dict[str, Any]:
         return {
             "startedAtUnix": self.started_at_unix,

@@ -32,7 +32,8 @@ WIDTH_PX = 1400
 LEFT_PX = 110
 RIGHT_PX = 20
 LANE_PX = 18
-NODE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
+# Node colours avoid the role colours below, so "node2 leads" never reads as "a candidate".
+NODE_COLORS = ["#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#1f78b4", "#b15928", "#6a3d9a", "#666666"]
 STATE_COLORS = {"leader": "#f2b705", "follower": "#9ecae1", "candidate": "#fd8d3c", "pre-candidate": "#fdd0a2",
                 "precandidate": "#fdd0a2", "learner": "#c7e9c0", None: "#bbbbbb"}
 OUTCOME_COLORS = {"ok": "#2e9d4a", "fail": "#e0584f", "unknown": "#f0a030"}
@@ -81,11 +82,14 @@ def render_timeline(recorder: Recorder, judgement: Judgement, meta: dict[str, An
 
     # --- leader per term band
     svg.append(f'<text x="{LEFT_PX - 8}" y="{y + 13}" class="lane">leader/term</text>')
-    for start, end, node, term in _leader_spans(recorder, t_end):
+    for start, end, node, term, stale in _leader_spans(recorder, t_end):
         w = max(1.0, x(end) - x(start))
-        svg.append(f'<rect x="{x(start):.1f}" y="{y}" width="{w:.1f}" height="{LANE_PX}" fill="{node_color.get(node)}">'
-                   f'<title>term {term}: {_esc(node)} leads ({start:.2f}s-{end:.2f}s)</title></rect>')
-        if w > 40:
+        # A deposed leader that still believes it leads (an older term) is drawn half height.
+        h, note = (LANE_PX // 2, " - a stale leader: a newer term already has one") if stale else (LANE_PX, "")
+        svg.append(f'<rect x="{x(start):.1f}" y="{y + LANE_PX - h}" width="{w:.1f}" height="{h}" '
+                   f'fill="{node_color.get(node)}"><title>term {term}: {_esc(node)} leads '
+                   f'({start:.2f}s-{end:.2f}s){note}</title></rect>')
+        if w > 40 and not stale:
             svg.append(f'<text x="{x(start) + 3:.1f}" y="{y + 13}" class="inbar">t{term} {_esc(node)}</text>')
     y += LANE_PX + 8
 
@@ -129,12 +133,15 @@ def render_timeline(recorder: Recorder, judgement: Judgement, meta: dict[str, An
         shades.append(f'<rect x="{x(f.start):.1f}" y="{axis_top}" width="{max(1.0, x(end) - x(f.start)):.1f}" '
                       f'height="{bottom - axis_top}" fill="{color}" opacity="0.13"><title>{_esc(f.label)} '
                       f'{f.start:.2f}s-{end:.2f}s{(" ERROR " + _esc(f.error)) if f.error else ""}</title></rect>')
-        shades.append(f'<text x="{x(f.start) + 2:.1f}" y="{bottom + 14}" class="fault" fill="{color}">'
-                      f'{_esc(f.label)}</text>')
-    for name, t in sorted(recorder.phases.items(), key=lambda kv: kv[1]):
+    for i, f in enumerate(recorder.faults):  # labels on two alternating rows, so long ones do not collide
+        color = FAULT_COLORS.get(f.kind, "#888888")
+        shades.append(f'<text x="{x(f.start) + 2:.1f}" y="{bottom + 14 + 13 * (i % 2)}" class="fault" '
+                      f'fill="{color}">{_esc(f.label)}</text>')
+    for i, (name, t) in enumerate(sorted(recorder.phases.items(), key=lambda kv: kv[1])):
         shades.append(f'<line x1="{x(t):.1f}" y1="{axis_top}" x2="{x(t):.1f}" y2="{bottom}" class="phase"/>'
-                      f'<text x="{x(t) + 2:.1f}" y="{bottom + 28}" class="tick">{_esc(name)}</text>')
-    height = bottom + 40
+                      f'<text x="{x(t) - 2:.1f}" y="{bottom + 44 + 12 * i}" class="tick" text-anchor="end">'
+                      f'{_esc(name)} {t:.1f}s</text>')
+    height = bottom + 50 + 12 * len(recorder.phases)
     body = "\n".join(shades + svg).replace("{BOTTOM}", str(bottom))
     return _page(judgement, meta, recorder, f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH_PX}" '
                                             f'height="{height}" viewBox="0 0 {WIDTH_PX} {height}">{body}</svg>')
@@ -160,22 +167,25 @@ def _state_spans(recorder: Recorder, node: str, t_end: float) -> list[tuple[floa
     return spans
 
 
-def _leader_spans(recorder: Recorder, t_end: float) -> list[tuple[float, float, str, int]]:
-    """(start, end, node, term): from the first sample of a node leading a term until that node
-    is seen in another state or a newer term's leader appears."""
+def _leader_spans(recorder: Recorder, t_end: float) -> list[tuple[float, float, str, int, bool]]:
+    """(start, end, node, term, stale): from the first sample of a node leading a term until that
+    node is seen in another state or a newer term's leader appears. `stale`: when it was first
+    seen leading, a newer term had already been seen with a leader."""
     spans: list[list] = []
+    newest = -1
     for s in sorted(recorder.samples, key=lambda s: s.time):
         if s.state == "leader" and s.term is not None:
             if not any(sp[2] == s.node and sp[3] == s.term and sp[1] is None for sp in spans):
                 for sp in spans:
                     if sp[1] is None and sp[3] < s.term:
                         sp[1] = s.time
-                spans.append([s.time, None, s.node, s.term])
+                spans.append([s.time, None, s.node, s.term, s.term < newest])
+                newest = max(newest, s.term)
         else:
             for sp in spans:
                 if sp[1] is None and sp[2] == s.node:
                     sp[1] = s.time
-    return [(a, b if b is not None else t_end, n, t) for a, b, n, t in spans]
+    return [(a, b if b is not None else t_end, n, t, stale) for a, b, n, t, stale in spans]
 
 
 def _page(judgement: Judgement, meta: dict[str, Any], recorder: Recorder, svg: str) -> str:

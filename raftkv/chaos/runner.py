@@ -45,6 +45,7 @@ from raftkv.chaos.workload import WorkloadConfig, call, final_reads, run_clients
 __all__ = ["ChaosError", "ChaosOptions", "run", "run_in_lab", "validate"]
 
 STARTUP_TIMEOUT_S = 30.0
+ATTACH_TIMEOUT_S = 10.0
 EXIT_SETUP_FAILED = 4
 
 
@@ -115,13 +116,20 @@ def run(opts: ChaosOptions) -> Judgement:
 
 
 async def _attached_urls(endpoints: tuple[str, ...]) -> dict[str, str]:
+    """{node id: URL}, asking each endpoint who it is (for a few seconds, in case it is starting)."""
     urls = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ATTACH_TIMEOUT_S
     async with aiohttp.ClientSession() as session:
         for ep in endpoints:
             ep = ep.rstrip("/")
-            status, data, error, _ = await call(session, "GET", f"{ep}/raft-state", None, 3.0)
-            if status != 200 or not isinstance(data, dict) or "nodeId" not in data:
-                raise ChaosError(f"{ep}/raft-state did not answer with a node id ({status} {error or data})")
+            while True:
+                status, data, error, _ = await call(session, "GET", f"{ep}/raft-state", None, 3.0)
+                if status == 200 and isinstance(data, dict) and "nodeId" in data:
+                    break
+                if loop.time() > deadline:
+                    raise ChaosError(f"{ep}/raft-state did not answer with a node id ({status} {error or data})")
+                await asyncio.sleep(0.2)
             urls[data["nodeId"]] = ep
     return urls
 

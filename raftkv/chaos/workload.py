@@ -44,7 +44,7 @@ import aiohttp
 from raftkv.chaos.recorder import Recorder
 from raftkv.check import Operation
 
-__all__ = ["WorkloadConfig", "call", "final_reads", "run_clients"]
+__all__ = ["WorkloadConfig", "call", "final_reads", "perform", "run_clients"]
 
 CONNECT_TIMEOUT_S = 1.0
 
@@ -102,7 +102,7 @@ def _outcome(kind: str, status: int | None, maybe_sent: bool, data: Any) -> tupl
     return "unknown", None  # 504, and any unexpected 5xx: assume it may have happened
 
 
-async def _one_op(
+async def perform(
     session: aiohttp.ClientSession,
     recorder: Recorder,
     client: str | int,
@@ -114,6 +114,7 @@ async def _one_op(
     expected: Any,
     timeout_s: float,
 ) -> Operation:
+    """Send one request, record it (with its node and HTTP status) and return the operation."""
     if kind == "read":
         method, body = "GET", None
     else:
@@ -169,7 +170,7 @@ async def _client_loop(
             value = index * 1_000_000 + n
         if kind == "cas":
             expected = seen.get(key)
-        op = await _one_op(session, recorder, index, node, urls[node], kind, key, value, expected, cfg.op_timeout_s)
+        op = await perform(session, recorder, index, node, urls[node], kind, key, value, expected, cfg.op_timeout_s)
         if op.outcome == "ok":
             if kind == "read":
                 seen[key] = op.result
@@ -196,7 +197,7 @@ async def final_reads(
     async with aiohttp.ClientSession() as session:
         for key in keys:
             for node in sorted(urls):
-                await _one_op(session, recorder, "final", node, urls[node], "read", key, None, None, timeout_s)
+                await perform(session, recorder, "final", node, urls[node], "read", key, None, None, timeout_s)
                 stale_url = f"{urls[node]}/kv/{key}?stale=true"
                 status, data, error, _ = await call(session, "GET", stale_url, None, timeout_s)
                 if status == 200 and isinstance(data, dict):
