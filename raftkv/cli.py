@@ -43,6 +43,9 @@ def main(verbose: bool) -> None:
 @click.option("--tick-ms", type=click.IntRange(1, 1000), default=None, help="Length of one Raft tick.")
 @click.option("--snapshot-every", type=click.IntRange(0), default=None, help="Applied entries between snapshots.")
 @click.option("--snapshot-retain", type=click.IntRange(0), default=None, help="Entries kept after a snapshot.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: CA file.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: cert.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: key.")
 @click.option("--unsafe-skip-fsync", is_flag=True, hidden=True, help="Testing only: acknowledge before fsync.")
 @click.option("--unsafe-stale-reads", is_flag=True, hidden=True, help="Testing only: followers skip ReadIndex.")
 def node(
@@ -53,6 +56,9 @@ def node(
     tick_ms: int | None,
     snapshot_every: int | None,
     snapshot_retain: int | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     unsafe_skip_fsync: bool,
     unsafe_stale_reads: bool,
 ) -> None:
@@ -65,6 +71,9 @@ def node(
             "tick_ms": tick_ms,
             "snapshot_every": snapshot_every,
             "snapshot_retain_entries": snapshot_retain,
+            "tls_ca": tls_ca,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
             "unsafe_skip_fsync": unsafe_skip_fsync or None,
             "unsafe_stale_reads": unsafe_stale_reads or None,
         }.items()

@@ -12,11 +12,11 @@ import json
 import os
 import random
 import shutil
-import subprocess
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from certs import make_test_certs
 
 from raftkv.core.messages import (
     MESSAGE_TYPES,
@@ -541,26 +541,12 @@ async def test_a_peer_that_hangs_up_at_once_is_redialled_with_backoff() -> None:
         server.close()
 
 
-def _make_certs(tmp: str) -> tuple[str, str, str]:
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=tmp, check=True, capture_output=True, timeout=30)
-
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=raftkv-test-ca")
-    run("req", *ec, "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=raftkv-node")
-    with open(os.path.join(tmp, "ext.cnf"), "w") as f:
-        f.write("basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n")
-    sign = "x509 -req -in node.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out node.crt -days 2"
-    run(*sign.split(), "-extfile", "ext.cnf")
-    return tuple(os.path.join(tmp, n) for n in ("ca.crt", "node.crt", "node.key"))  # type: ignore[return-value]
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
     # The openssl CLI, not the `cryptography` package: it is not a dependency of the project.
     if shutil.which("openssl") is None:
         pytest.skip("mTLS test needs the openssl CLI to generate a CA and a node certificate")
-    return _make_certs(str(tmp_path_factory.mktemp("certs")))
+    return make_test_certs(str(tmp_path_factory.mktemp("certs")))
 
 
 async def test_mutual_tls(certs: tuple[str, str, str]) -> None:

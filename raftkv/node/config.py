@@ -69,6 +69,10 @@ class NodeConfig:
     proposal_timeout_s: float = 5.0
     read_timeout_s: float = 5.0
     max_batch_proposals: int = 4096
+    # Mutual TLS between peers: all three, or none (plain TCP).
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     # Deliberately unsafe switches, for proving that `raftkv chaos` notices broken guarantees.
     unsafe_skip_fsync: bool = False  # acknowledge before the WAL reaches the disk
     unsafe_stale_reads: bool = False  # followers answer reads from local state without ReadIndex
@@ -79,6 +83,9 @@ class NodeConfig:
             raise ConfigError(f"node id {self.node_id!r} is not one of the members {sorted(self.members)}")
         if self.tick_ms < 1:
             raise ConfigError("tick_ms must be at least 1")
+        tls = (self.tls_ca, self.tls_cert, self.tls_key)
+        if any(tls) and not all(tls):
+            raise ConfigError("peer TLS needs all of tls_ca, tls_cert and tls_key")
 
     @property
     def me(self) -> Member:

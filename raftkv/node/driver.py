@@ -49,7 +49,7 @@ from raftkv.core import (
 )
 from raftkv.kv import Command, KVStateMachine, encode
 from raftkv.storage import DiskStorage, RaftStorage
-from raftkv.transport import LinkFaults, TcpTransport
+from raftkv.transport import LinkFaults, TcpTransport, make_mtls_contexts
 
 from .config import NodeConfig
 from .errors import NoQuorumError, NotLeaderError, OutcomeUnknownError
@@ -90,12 +90,17 @@ class RaftNode:
             listener=self._on_trace,
         )
         self.faults = LinkFaults(on_drop=self._on_drop)
+        ssl_server = ssl_client = None
+        if cfg.tls_ca and cfg.tls_cert and cfg.tls_key:
+            ssl_server, ssl_client = make_mtls_contexts(str(cfg.tls_ca), str(cfg.tls_cert), str(cfg.tls_key))
         self.transport = TcpTransport(
             self.id,
             cfg.me.host,
             cfg.me.raft_port,
             {i: (m.host, m.raft_port) for i, m in cfg.peers().items()},
             self.faults,
+            ssl_server=ssl_server,
+            ssl_client=ssl_client,
         )
         self._disk = ThreadPoolExecutor(1, thread_name_prefix=f"{self.id}-wal")
         self._wake = asyncio.Event()
