@@ -1,0 +1,180 @@
+"""The closed-loop HTTP load driver every networked system is measured with.
+
+Theory of operation
+-------------------
+`concurrency` clients each send one request, wait for its answer, and send the next, until the
+fixed duration is over (a closed loop: the offered load adapts to the system, so throughput is
+what the system sustains at that many requests in flight). Keys are drawn uniformly from a fixed
+key space (10k by default); values have a fixed size. Clients are pinned to nodes round-robin
+("spread") or all talk to the leader ("leader"). Each completed request's latency is recorded;
+requests that fail are counted apart and not in the latencies.
+
+What differs between systems is only how a request looks on the wire: an adapter gives
+`build_write(url, key, value)` / `build_read(url, key)` returning (method, url, body, headers),
+and `ok(status)` to judge the answer. Everything else (connection pooling, timing, key choice)
+is this same code for every system, so ratios compare the servers, not the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+
+KEY_SPACE = 10_000
+REQUEST_TIMEOUT_S = 10.0
+
+
+class HttpSystem(Protocol):
+    name: str
+
+    def urls(self) -> list[str]: ...
+    def leader_url(self) -> str: ...
+    def build_write(self, url: str, key: str, value: str) -> tuple[str, str, bytes, dict]: ...
+    def build_read(self, url: str, key: str) -> tuple[str, str, bytes, dict]: ...
+    def ok(self, op: str, status: int) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Workload:
+    op: str  # "write" | "read"
+    concurrency: int
+    value_bytes: int
+    target: str  # "spread" | "leader"
+    duration_s: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.op} c={self.concurrency} v={self.value_bytes}B {self.target}"
+
+
+@dataclass
+class LoadResult:
+    workload: Workload
+    completed: int
+    failed: int
+    elapsed_s: float
+    latencies_s: list[float] = field(repr=False, default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        return self.completed / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def percentile(self, p: float) -> float:
+        return percentile(self.latencies_s, p)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def make_value(size: int) -> str:
+    return "x" * size
+
+
+def make_session(concurrency: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
+
+
+async def run_load(system: HttpSystem, w: Workload, seed: int = 0, key_space: int = KEY_SPACE) -> LoadResult:
+    """One closed-loop measurement of `w` against `system`."""
+    urls = [system.leader_url()] if w.target == "leader" else system.urls()
+    value = make_value(w.value_bytes)
+    build: Callable[[int, str], tuple[str, str, bytes, dict]]
+    if w.op == "write":
+        build = lambda i, key: system.build_write(urls[i % len(urls)], key, value)  # noqa: E731
+    else:
+        build = lambda i, key: system.build_read(urls[i % len(urls)], key)  # noqa: E731
+    latencies: list[float] = []
+    failed = 0
+    rng = random.Random(seed)
+    keys = [f"k{rng.randrange(key_space):05d}" for _ in range(4096)]
+
+    async with make_session(w.concurrency) as session:
+        deadline = 0.0
+
+        async def client(i: int) -> None:
+            nonlocal failed
+            n = i * 7919
+            perf = time.perf_counter
+            while True:
+                n += 1
+                method, url, body, headers = build(i, keys[n % len(keys)])
+                started = perf()
+                if started >= deadline:
+                    return
+                try:
+                    async with session.request(method, url, data=body, headers=headers) as resp:
+                        await resp.read()
+                        good = system.ok(w.op, resp.status)
+                except (aiohttp.ClientError, TimeoutError, OSError):
+                    good = False
+                if good:
+                    latencies.append(perf() - started)
+                else:
+                    failed += 1
+                    await asyncio.sleep(0.01)  # do not spin on a failing node
+
+        # Warm the connections up outside the measured window.
+        deadline = time.perf_counter() + min(0.3, w.duration_s / 5)
+        await asyncio.gather(*(client(i) for i in range(w.concurrency)))
+        latencies.clear()
+        failed = 0
+        started = time.perf_counter()
+        deadline = started + w.duration_s
+        await asyncio.gather(*(client(i) for i in range(w.concurrency)))
+        elapsed = time.perf_counter() - started
+    return LoadResult(w, len(latencies), failed, elapsed, latencies)
+
+
+@dataclass
+class Summary:
+    """Median of several repetitions, with the min and max across them."""
+
+    values: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+    @property
+    def lo(self) -> float:
+        return min(self.values) if self.values else float("nan")
+
+    @property
+    def hi(self) -> float:
+        return max(self.values) if self.values else float("nan")
+
+    def fmt(self, unit: str = "", scale: float = 1.0, digits: int = 0) -> str:
+        if not self.values:
+            return "-"
+        m, lo, hi = self.median * scale, self.lo * scale, self.hi * scale
+        if len(self.values) == 1:
+            return f"{m:,.{digits}f}{unit}"
+        return f"{m:,.{digits}f}{unit} ({lo:,.{digits}f}-{hi:,.{digits}f})"
+
+
+def summarize(results: list[LoadResult], metric: Callable[[LoadResult], float]) -> Summary:
+    return Summary([metric(r) for r in results])
+
+
+def as_dict(r: LoadResult) -> dict[str, Any]:
+    return {
+        "label": r.workload.label,
+        "throughput": r.throughput,
+        "completed": r.completed,
+        "failed": r.failed,
+        "p50_ms": r.percentile(50) * 1000,
+        "p99_ms": r.percentile(99) * 1000,
+    }

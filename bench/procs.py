@@ -1,0 +1,87 @@
+"""Small helpers shared by the system adapters: free ports, bounded waits, resident memory, HTTP.
+
+Every process the benchmark starts is remembered by PID and stopped by PID (SIGTERM, then SIGKILL
+after a bounded wait); nothing is ever matched by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_until(what: str, probe: Callable[[], T | None], timeout_s: float, every_s: float = 0.02) -> T:
+    """Call `probe` until it returns something truthy; raise TimeoutError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            got = probe()
+            if got:
+                return got
+        except Exception as e:
+            last_error = e
+        time.sleep(every_s)
+    raise TimeoutError(f"{what}: not within {timeout_s} s (last error: {last_error})")
+
+
+def http_json(method: str, url: str, body: Any = None, timeout_s: float = 2.0) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            raw, status = resp.read(), resp.status
+    except urllib.error.HTTPError as e:
+        raw, status = e.read(), e.code
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def stop_pid(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """SIGTERM this one process, SIGKILL it if it has not exited within `timeout_s`."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout_s)
+    except ProcessLookupError:
+        pass
+
+
+def kill9(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)

@@ -1,0 +1,314 @@
+"""Turns measurements into the one table (Markdown, also printed), the targets and a PNG.
+
+Every figure is the median of the repetitions with (min-max) beside it; ratios are raftkv's
+median over the peer's median (>1 means raftkv is faster; for latency, <1 means raftkv is faster).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .load import LoadResult, Summary, Workload, percentile
+
+
+@dataclass
+class Results:
+    meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    http: dict[str, dict[Workload, list[LoadResult]]] = field(default_factory=dict)  # system -> workload -> reps
+    embedded: dict[str, dict[int, list[dict]]] = field(default_factory=dict)  # system/variant -> inflight -> reps
+    failover: dict[str, list[Any]] = field(default_factory=dict)
+    restart: Any = None
+    elections_during_load: dict[str, int] = field(default_factory=dict)
+
+
+def _ratio(a: float, b: float) -> str:
+    if not b or math.isnan(a) or math.isnan(b):
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def _thr(reps: list[LoadResult]) -> Summary:
+    return Summary([r.throughput for r in reps])
+
+
+def _pct(reps: list[LoadResult], p: float) -> Summary:
+    return Summary([r.percentile(p) for r in reps if r.latencies_s])
+
+
+def _emb_thr(reps: list[dict]) -> Summary:
+    return Summary([r["completed"] / r["elapsed_s"] if r["elapsed_s"] else 0.0 for r in reps])
+
+
+def best_pysyncobj(res: Results, inflight: int) -> tuple[str, Summary] | None:
+    best = None
+    for name, by_n in res.embedded.items():
+        if not name.startswith("pysyncobj") or inflight not in by_n:
+            continue
+        s = _emb_thr(by_n[inflight])
+        if best is None or s.median > best[1].median:
+            best = (name.split(":", 1)[1], s)
+    return best
+
+
+def http_table(res: Results) -> list[str]:
+    systems = list(res.http)
+    if not systems:
+        return []
+    peer = next((s for s in systems if s != "raftkv"), None)
+    head = "| workload | raftkv ops/s | p50 / p99 ms |"
+    sep = "|---|---:|---:|"
+    if peer:
+        head += f" {peer} ops/s | p50 / p99 ms | raftkv/{peer} throughput | raftkv/{peer} p99 |"
+        sep += "---:|---:|---:|---:|"
+    lines = [head, sep]
+    workloads = list(res.http.get("raftkv", res.http[systems[0]]))
+    for w in workloads:
+        row = [w.label]
+        figures = {}
+        for s in ["raftkv", *([peer] if peer else [])]:
+            reps = res.http.get(s, {}).get(w, [])
+            thr, p50, p99 = _thr(reps), _pct(reps, 50), _pct(reps, 99)
+            figures[s] = (thr, p99)
+            row.append(thr.fmt())
+            row.append(f"{p50.fmt(scale=1000, digits=1)} / {p99.fmt(scale=1000, digits=1)}" if reps else "-")
+        if peer:
+            row.append(_ratio(figures["raftkv"][0].median, figures[peer][0].median))
+            row.append(_ratio(figures["raftkv"][1].median, figures[peer][1].median))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def embedded_table(res: Results) -> list[str]:
+    if "raftkv" not in res.embedded:
+        return []
+    lines = [
+        "| writes in flight | raftkv embedded commits/s | p99 ms | PySyncObj commits/s (best config) |"
+        " raftkv/PySyncObj |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for n, reps in sorted(res.embedded["raftkv"].items()):
+        rk = _emb_thr(reps)
+        p99 = Summary([percentile(r["latencies"], 99) for r in reps if r["latencies"]])
+        best = best_pysyncobj(res, n)
+        ps = f"{best[1].fmt()} ({best[0]})" if best else "not run"
+        lines.append(
+            f"| {n} | {rk.fmt()} | {p99.fmt(scale=1000, digits=1)} | {ps} | "
+            f"{_ratio(rk.median, best[1].median) if best else '-'} |"
+        )
+    return lines
+
+
+def failover_table(res: Results) -> list[str]:
+    if not res.failover:
+        return []
+    lines = ["| system | kill -9 leader → first write (median, min-max) | trials | failed requests meanwhile |",
+             "|---|---:|---:|---|"]
+    for s, trials in res.failover.items():
+        secs = [t.seconds for t in trials if t.seconds is not None]
+        missing = len(trials) - len(secs)
+        errors: dict[str, int] = {}
+        for t in trials:
+            for k, v in t.errors.items():
+                errors[k] = errors.get(k, 0) + v
+        err = ", ".join(f"{k} x{v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])) or "-"
+        cell = Summary(secs).fmt(" s", digits=3) + (f"; {missing} trial(s) without success" if missing else "")
+        lines.append(f"| {s} | {cell} | {len(trials)} | {err} |")
+    return lines
+
+
+def restart_table(res: Results) -> list[str]:
+    r = res.restart
+    if r is None:
+        return []
+    return [
+        "| keys | restart: spawn → all keys applied and serving | RSS | RSS of an empty node | memory per key |"
+        " snapshot index / last index |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {r.keys:,} | {r.restart_s:.2f} s | {r.rss_bytes / 2**20:.0f} MiB | {r.empty_rss_bytes / 2**20:.0f} MiB |"
+        f" {r.bytes_per_key:.0f} B | {r.snapshot_index:,} / {r.last_index:,} |",
+    ]
+
+
+def _find(res: Results, system: str, op: str, c: int, v: int, target: str) -> list[LoadResult]:
+    for w, reps in res.http.get(system, {}).items():
+        if (w.op, w.concurrency, w.value_bytes, w.target) == (op, c, v, target):
+            return reps
+    return []
+
+
+def targets(res: Results) -> list[str]:
+    out = []
+
+    def verdict(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("**met**" if ok else "**not met**")
+
+    for op, need in (("write", 1.5), ("read", 1.5)):
+        rk, et = _find(res, "raftkv", op, 64, 10, "spread"), _find(res, "etcd", op, 64, 10, "spread")
+        if rk and et:
+            ratio = _thr(rk).median / max(_thr(et).median, 1e-9)
+            ok = ratio >= need
+            extra = ""
+            if op == "write":
+                p_rk, p_et = _pct(rk, 99).median, _pct(et, 99).median
+                ok = ok and p_rk <= p_et
+                extra = f"; p99 {p_rk * 1000:.1f} ms vs etcd {p_et * 1000:.1f} ms"
+            out.append(f"- HTTP {op}s at concurrency 64 (10 B, spread) >= {need}x etcd"
+                       f"{' with p99 no worse' if op == 'write' else ''}: {ratio:.2f}x{extra} → {verdict(ok)}")
+        else:
+            out.append(f"- HTTP {op}s at concurrency 64 >= {need}x etcd → {verdict(None)}")
+    if "raftkv" in res.embedded:
+        cells, oks = [], []
+        for n, reps in sorted(res.embedded["raftkv"].items()):
+            best = best_pysyncobj(res, n)
+            if best:
+                r = _emb_thr(reps).median / max(best[1].median, 1e-9)
+                cells.append(f"{n}: {r:.2f}x")
+                oks.append(r >= 2)
+        out.append(f"- embedded writes >= 2x PySyncObj at each in-flight count: {', '.join(cells) or '-'} → "
+                   f"{verdict(all(oks) if oks else None)}")
+    fo = res.failover.get("raftkv")
+    if fo:
+        secs = [t.seconds if t.seconds is not None else math.inf for t in fo]
+        med = statistics.median(secs)
+        out.append(f"- failover median < 0.5 s: {med:.3f} s → {verdict(med < 0.5)}")
+        codes = {}
+        for t in fo:
+            for k, v in t.errors.items():
+                codes[k] = codes.get(k, 0) + v
+        hangs = codes.get("TimeoutError", 0)
+        out.append(f"- followers fail fast while leaderless (no request timeouts): {hangs} timed-out requests → "
+                   f"{verdict(hangs == 0)}")
+    if res.elections_during_load:
+        n = res.elections_during_load.get("raftkv", 0)
+        out.append(f"- no spurious elections under client load (raftkv term changes during HTTP load runs): {n} → "
+                   f"{verdict(n == 0)}")
+    if res.restart is not None:
+        r = res.restart
+        out.append(f"- restart with {r.keys:,} keys < 10 s: {r.restart_s:.2f} s → "
+                   f"{verdict(r.restart_s < 10 if r.keys >= 1_000_000 else None)}"
+                   + ("" if r.keys >= 1_000_000 else " (fewer than 1M keys in this run)"))
+    return out
+
+
+DURABILITY = [
+    "- **raftkv**: appends to its WAL and fsyncs (group commit: one fsync per batch) before sending the entries"
+    " and before acknowledging; a write is acknowledged only after a majority has it on disk (default, and in"
+    " every raftkv figure here).",
+    "- **etcd**: fsyncs its WAL before acknowledging (default settings; nothing tuned).",
+    "- **PySyncObj**: does not fsync. It ran in memory (no journal file), its fastest configuration; even with"
+    " `journalFile` set its journal is not fsynced, so its acknowledged writes can be lost on power loss.",
+]
+
+
+def markdown(res: Results) -> str:
+    m = res.meta
+    parts = [
+        "# raftkv benchmark results",
+        "",
+        f"Run {m.get('started', '?')} on {m.get('host', '?')} ({m.get('cpus', '?')} CPUs), "
+        f"mode: {m.get('mode', '?')}; {m.get('reps', '?')} interleaved repetitions of"
+        f" {m.get('duration_s', '?')} s each;"
+        f" figures are medians with (min-max). Peers measured in the same run: {m.get('peers', '?')}.",
+        "",
+    ]
+    h = http_table(res)
+    if h:
+        parts += [
+            "## HTTP: 3-node raftkv vs 3-member etcd, same closed-loop aiohttp client",
+            "",
+            "Random keys over 10k; `spread` = clients pinned round-robin to all nodes, `leader` = all to the leader;"
+            " reads are linearizable (raftkv ReadIndex, etcd default range). etcd via its v3 JSON gateway.",
+            "",
+            *h,
+            "",
+        ]
+    e = embedded_table(res)
+    if e:
+        parts += [
+            "## Embedded: raftkv's in-process API vs PySyncObj (which has no network client)",
+            "",
+            "Not HTTP: each of the 3 nodes is its own OS process and the leader generates the writes itself through"
+            " the library API (raftkv `await node.propose(Put(...))`, PySyncObj `@replicated` calls with callbacks),"
+            " keeping exactly N writes in flight; committed writes per second. PySyncObj: best of its"
+            f" configurations per row ({', '.join(m.get('pysyncobj_variants', []))}).",
+            "",
+            *e,
+            "",
+        ]
+    f = failover_table(res)
+    if f:
+        parts += ["## Failover (kill -9 of the leader under steady writes)", "", *f, ""]
+    r = restart_table(res)
+    if r:
+        parts += ["## Restart and memory", "", *r, ""]
+    parts += ["## Durability", "", *DURABILITY, ""]
+    parts += ["## Targets (issue 6)", "", *targets(res), ""]
+    if res.notes:
+        parts += ["## Notes", "", *[f"- {n}" for n in res.notes], ""]
+    return "\n".join(parts)
+
+
+def plot(res: Results, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    for system, by_w in res.http.items():
+        for op, style in (("write", "-o"), ("read", "--s")):
+            pts = sorted(
+                (w.concurrency, _thr(reps).median)
+                for w, reps in by_w.items()
+                if w.op == op and w.value_bytes == 10 and w.target == "spread"
+            )
+            if pts:
+                ax1.plot(*zip(*pts, strict=True), style, label=f"{system} HTTP {op}s")
+    for name, by_n in res.embedded.items():
+        if name.startswith("pysyncobj"):
+            continue
+        pts = sorted((n, _emb_thr(reps).median) for n, reps in by_n.items())
+        ax1.plot(*zip(*pts, strict=True), ":^", label=f"{name} embedded writes")
+    best = sorted(
+        (n, b[1].median) for n in {n for k, v in res.embedded.items() if k.startswith("pysyncobj") for n in v}
+        if (b := best_pysyncobj(res, n))
+    )
+    if best:
+        ax1.plot(*zip(*best, strict=True), ":v", label="PySyncObj embedded writes (best config)")
+    ax1.set_xscale("log", base=2)
+    ax1.set_xlabel("concurrency / writes in flight")
+    ax1.set_ylabel("ops/s (median)")
+    ax1.set_title("Throughput vs concurrency (10 B values)")
+    ax1.grid(True, alpha=0.3)
+    ax1.legend(fontsize=8)
+
+    pcts = (50, 90, 99, 99.9)
+    bars = []
+    for system in res.http:
+        for op in ("write", "read"):
+            reps = _find(res, system, op, 64, 10, "spread")
+            if reps:
+                lat = [x for r in reps for x in r.latencies_s]
+                bars.append((f"{system} {op}", [percentile(lat, p) * 1000 for p in pcts]))
+    width = 0.8 / max(1, len(bars))
+    for i, (label, vals) in enumerate(bars):
+        ax2.bar([j + i * width for j in range(len(pcts))], vals, width, label=label)
+    ax2.set_xticks([j + width * (len(bars) - 1) / 2 for j in range(len(pcts))], [f"p{p}" for p in pcts])
+    ax2.set_ylabel("latency, ms")
+    ax2.set_yscale("log")
+    ax2.set_title("HTTP latency percentiles at concurrency 64 (10 B, spread)")
+    ax2.grid(True, axis="y", alpha=0.3)
+    if bars:
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

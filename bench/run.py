@@ -1,0 +1,249 @@
+"""`./dev bench`: raftkv side by side with etcd and PySyncObj, in one run on this machine.
+
+Theory of operation
+-------------------
+Phases, each bounded, each stopping every process it started (by PID) before the next:
+
+1. HTTP (`load.py`, `raftkv_http.py`, `etcd.py`): for each repetition, for each system, start a
+   fresh 3-node cluster, run every workload (writes before reads, so reads mostly hit), stop it.
+   Repetitions alternate between systems (interleaved), so drift on the machine hits both.
+2. Embedded (`embedded.py`): raftkv's in-process API vs PySyncObj, one process per node, N writes
+   in flight; PySyncObj in each of its configurations, the best one reported per N.
+3. Failover (`failover.py`): kill -9 the leader under steady writes, several trials per system.
+4. Restart (`restart.py`): a node with 1M keys restarts from snapshot + WAL; RSS per key.
+
+Then `report.py` prints one table with ratios, writes it to `<out>/RESULTS.md` and a PNG.
+`--smoke` runs everything tiny (seconds) with raftkv and whichever peers are installed; the test
+suite runs it so the benchmark cannot rot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: `python bench/run.py`
+
+from tqdm import tqdm
+
+from bench import etcd, report
+from bench.embedded import PYSYNCOBJ_VARIANTS, EmbeddedCluster
+from bench.failover import FailoverTrial, run_failover
+from bench.load import Workload, run_load
+from bench.raftkv_http import RaftkvCluster
+from bench.restart import measure_restart
+
+PHASES = ("http", "embedded", "failover", "restart")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="everything tiny (seconds): for the test suite")
+    p.add_argument("--duration", type=float, help="seconds per measurement (default 4; smoke 0.4)")
+    p.add_argument("--reps", type=int, help="interleaved repetitions (default 3; smoke 1)")
+    p.add_argument("--concurrency", help="HTTP client counts, comma-separated (default 1,16,64,256)")
+    p.add_argument("--values", help="value sizes in bytes (default 10,1024)")
+    p.add_argument("--targets", help="spread,leader (default both)")
+    p.add_argument("--inflight", help="embedded writes in flight (default 1,64,256,4096)")
+    p.add_argument("--failover-trials", type=int, help="kill -9 trials per system (default 5; smoke 1)")
+    p.add_argument("--restart-keys", type=int, help="keys for the restart test (default 1000000; smoke 2000)")
+    p.add_argument("--systems", default="raftkv,etcd,pysyncobj", help="which systems to run")
+    p.add_argument("--skip", default="", help=f"phases to skip, comma-separated: {','.join(PHASES)}")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="output directory")
+    a = p.parse_args(argv)
+    smoke = a.smoke
+
+    def ints(text: str | None, full: str, tiny: str) -> list[int]:
+        return [int(x) for x in (text or (tiny if smoke else full)).split(",") if x]
+
+    a.duration = a.duration or (0.4 if smoke else 4.0)
+    a.reps = a.reps or (1 if smoke else 3)
+    a.concurrency = ints(a.concurrency, "1,16,64,256", "1,16")
+    a.values = ints(a.values, "10,1024", "10")
+    a.targets = (a.targets or ("spread" if smoke else "spread,leader")).split(",")
+    a.inflight = ints(a.inflight, "1,64,256,4096", "1,64")
+    a.failover_trials = a.failover_trials if a.failover_trials is not None else (1 if smoke else 5)
+    a.restart_keys = a.restart_keys if a.restart_keys is not None else (2000 if smoke else 1_000_000)
+    a.systems = set(a.systems.split(","))
+    a.skip = set(filter(None, a.skip.split(",")))
+    return a
+
+
+def pysyncobj_missing() -> str | None:
+    try:
+        import pysyncobj  # noqa: F401
+    except ImportError:
+        return "PySyncObj not installed (pip install pysyncobj, or `./dev bench`)"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    res = report.Results()
+    http_systems = ["raftkv"]
+    if "etcd" in a.systems:
+        why = etcd.available()
+        if why:
+            res.notes.append(f"etcd skipped: {why}")
+        else:
+            http_systems.append("etcd")
+    pso_variants = list(PYSYNCOBJ_VARIANTS) if not a.smoke else ["nobatch"]
+    use_pso = "pysyncobj" in a.systems and not (why := pysyncobj_missing())
+    if "pysyncobj" in a.systems and not use_pso:
+        res.notes.append(f"PySyncObj skipped: {why}")
+    peers = [("etcd " + etcd.version()) if "etcd" in http_systems else None, "PySyncObj" if use_pso else None]
+    res.meta = {
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "host": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "mode": "smoke" if a.smoke else "full",
+        "reps": a.reps,
+        "duration_s": a.duration,
+        "peers": ", ".join(p for p in peers if p) or "none",
+        "pysyncobj_variants": pso_variants,
+        "python": platform.python_version(),
+    }
+    for note in res.notes:
+        print("note:", note)
+
+    workloads = [
+        Workload(op, c, v, t, a.duration)
+        for op in ("write", "read")
+        for v in a.values
+        for t in a.targets
+        for c in a.concurrency
+    ]
+    emb_systems = [("raftkv", "")] + ([("pysyncobj", v) for v in pso_variants] if use_pso else [])
+    # Smoke: raftkv's failover only (the peers' failover code runs in full mode).
+    fo_systems = ["raftkv"] if a.smoke else http_systems + (["pysyncobj"] if use_pso else [])
+    steps = 0
+    if "http" not in a.skip:
+        steps += a.reps * len(http_systems) * len(workloads)
+    if "embedded" not in a.skip:
+        steps += a.reps * len(emb_systems) * len(a.inflight)
+    if "failover" not in a.skip:
+        steps += a.failover_trials * len(fo_systems)
+
+    with tempfile.TemporaryDirectory(prefix="raftkv-bench-") as tmp, tqdm(total=steps, unit="run") as bar:
+        base = Path(tmp)
+        if "http" not in a.skip:
+            run_http(a, res, base, http_systems, workloads, bar)
+        if "embedded" not in a.skip:
+            run_embedded(a, res, base, emb_systems, bar)
+        if "failover" not in a.skip:
+            run_failovers(a, res, base, fo_systems, bar)
+        if "restart" not in a.skip and a.restart_keys > 0:
+            bar.set_description("restart")
+            with tqdm(total=a.restart_keys, unit="key", desc=f"fill {a.restart_keys:,} keys", leave=False) as kb:
+                res.restart = measure_restart(base, a.restart_keys, progress=kb)
+
+    text = report.markdown(res)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "RESULTS.md").write_text(text)
+    png = report.plot(res, a.out / "results.png")
+    print()
+    print(text)
+    print(f"written: {a.out / 'RESULTS.md'}" + (f", {png}" if png else " (no PNG: matplotlib missing)"))
+    return 0
+
+
+def _start_http(name: str, base: Path, rep: int) -> RaftkvCluster | etcd.EtcdCluster:
+    d = base / f"{name}-{rep}"
+    return (RaftkvCluster(d) if name == "raftkv" else etcd.EtcdCluster(d)).start()
+
+
+def _term(cluster: RaftkvCluster) -> int:
+    terms = []
+    for m in cluster.members:
+        with contextlib.suppress(OSError):
+            st = cluster.state(m.id)
+            if st:
+                terms.append(int(st.get("term", 0)))
+    return max(terms, default=0)
+
+
+def run_http(a, res: report.Results, base: Path, systems: list[str], workloads: list[Workload], bar: tqdm) -> None:
+    for rep in range(a.reps):
+        order = systems if rep % 2 == 0 else list(reversed(systems))
+        for name in order:
+            bar.set_description(f"http {name} rep {rep + 1}")
+            cluster = _start_http(name, base, rep)
+            try:
+                for w in workloads:
+                    bar.set_postfix_str(w.label)
+                    term_before = _term(cluster) if name == "raftkv" else 0
+                    r = asyncio.run(run_load(cluster, w, seed=rep))
+                    res.http.setdefault(name, {}).setdefault(w, []).append(r)
+                    if name == "raftkv":
+                        changed = _term(cluster) - term_before
+                        res.elections_during_load["raftkv"] = res.elections_during_load.get("raftkv", 0) + changed
+                        if changed:
+                            res.notes.append(f"raftkv term moved by {changed} during `{w.label}` (rep {rep + 1})")
+                    if r.failed:
+                        res.notes.append(f"{name} `{w.label}` rep {rep + 1}: {r.failed} failed requests")
+                    bar.update(1)
+            finally:
+                cluster.stop()
+
+
+def run_embedded(a, res: report.Results, base: Path, systems: list[tuple[str, str]], bar: tqdm) -> None:
+    for rep in range(a.reps):
+        for kind, variant in systems if rep % 2 == 0 else list(reversed(systems)):
+            key = kind if not variant else f"{kind}:{variant}"
+            bar.set_description(f"embedded {key} rep {rep + 1}")
+            cluster = EmbeddedCluster(kind, base / f"emb-{rep}", variant).start()
+            try:
+                for n in a.inflight:
+                    bar.set_postfix_str(f"{n} in flight")
+                    try:
+                        out = cluster.load(n, a.duration)
+                    except (RuntimeError, TimeoutError) as e:
+                        res.notes.append(f"{key} {n} in flight rep {rep + 1}: {e}")
+                        out = {"completed": 0, "failed": 0, "elapsed_s": a.duration, "latencies": []}
+                    if out.get("failed"):
+                        errs = "; ".join(f"{k} x{v}" for k, v in list(out.get("errors", {}).items())[:3])
+                        res.notes.append(
+                            f"{key} {n} in flight rep {rep + 1}: {out['failed']} failed proposals"
+                            + (f" ({errs})" if errs else "")
+                        )
+                    res.embedded.setdefault(key, {}).setdefault(n, []).append(out)
+                    bar.update(1)
+            finally:
+                cluster.stop()
+
+
+def run_failovers(a, res: report.Results, base: Path, systems: list[str], bar: tqdm) -> None:
+    for name in systems:
+        bar.set_description(f"failover {name}")
+        if name == "pysyncobj":
+            cluster = EmbeddedCluster("pysyncobj", base / "fo-pso", "batch-100ms").start()
+            try:
+                trials = []
+                for _ in range(a.failover_trials):
+                    trials.append(FailoverTrial(cluster.failover_trial()))
+                    bar.update(1)
+                    cluster.stop()
+                    cluster = EmbeddedCluster("pysyncobj", base / "fo-pso", "batch-100ms").start()
+                res.failover["PySyncObj (embedded, default timeouts)"] = trials
+            finally:
+                cluster.stop()
+            continue
+        cluster = _start_http(name, base, 99)
+        try:
+            res.failover[name] = run_failover(
+                cluster, a.failover_trials, before_s=0.5 if a.smoke else 1.0, progress=bar
+            )
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
