@@ -1,0 +1,335 @@
+"""The dashboard in a real browser, against a real 3-node cluster of OS processes.
+
+One cluster (started by the Supervisor on free loopback ports), one dashboard (run_dashboard in a
+thread, so it shares the supervisor and can kill -9 / restart nodes) and one headless Debian
+Chromium driven by Playwright serve every test in this module; before each test the network is
+healed and every node is running again. Each test clicks what a person would click and waits,
+always with a bound, for the page to show what the nodes really did. Screenshots go to
+docs/screenshots/ (the README shows them).
+
+If /usr/bin/chromium is missing these tests skip with the reason, except under CI (CI=...),
+where they fail: CI must run them (`./dev test` installs Debian's chromium).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster import LocalCluster, free_ports, http
+
+from raftkv.dashboard.server import run_dashboard
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+
+def _need_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    reason = f"{CHROMIUM} is missing (install Debian's chromium: ./dev test does)"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the browser tests, but {reason}")
+    pytest.skip(reason)
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout_s: float = 20.0, every_s: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"{what}: not within {timeout_s} s (last seen: {last!r})")
+
+
+class Dashboard:
+    """A dashboard served from a thread of this process, like `raftkv up` serves it."""
+
+    def __init__(self, node_urls: list[str], supervisor: Any) -> None:
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop, ready = threading.Event(), threading.Event()
+        self._thread = threading.Thread(
+            target=run_dashboard, args=("127.0.0.1", self.port, node_urls, supervisor),
+            kwargs={"stop_event": self._stop, "ready": ready}, daemon=True, name=f"dashboard-{self.port}")
+        self._thread.start()
+        assert ready.wait(15), "the dashboard did not start within 15 s"
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
+        return http(method, self.url + path, body, timeout=timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+        assert not self._thread.is_alive(), "run_dashboard did not return after being asked to stop"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    _need_chromium()
+    c = LocalCluster(tmp_path_factory.mktemp("dashboard") / "data", nodes=3).start()
+    try:
+        c.wait_for_leader(30)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def dashboard(cluster: LocalCluster) -> Iterator[Dashboard]:
+    d = Dashboard(list(cluster.urls.values()), cluster.supervisor)
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(cluster: LocalCluster) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Any, dashboard: Dashboard, cluster: LocalCluster) -> Iterator[Any]:
+    """A fresh browser context (no shared state) on the dashboard, with the cluster back to healthy."""
+    dashboard.api("POST", "/api/heal")
+    for node_id, proc in cluster.supervisor.nodes.items():
+        cluster.supervisor.resume(node_id)
+        if not proc.running:
+            cluster.supervisor.start(node_id)
+    cluster.wait_for_leader(30)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(15_000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(dashboard.url)
+    wait_until("all three node cards to show a status", lambda: len(
+        [r for r in cards(pg).values() if r["term"]]) == 3)
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def cards(pg: Any) -> dict[str, dict]:
+    """What the page shows for each node (the cards' data attributes, set from the live view)."""
+    return pg.evaluate("""() => Object.fromEntries([...document.querySelectorAll('[data-node]')].map(c => [
+        c.dataset.node, {role: c.dataset.role, term: c.dataset.term ? Number(c.dataset.term) : null,
+        reach: c.dataset.reach, partitioned: c.dataset.partitioned === 'true', tickMs: Number(c.dataset.tickMs),
+        electionTimeoutMs: Number(c.querySelector('.facts').dataset.electionTimeoutMs || 0),
+        text: c.innerText}]))""")
+
+
+def one_leader(pg: Any, among: set[str] | None = None) -> tuple[str, int] | None:
+    """(leader, term) if the page shows exactly one leader (among `among`) and its term is the highest there."""
+    shown = {n: c for n, c in cards(pg).items() if among is None or n in among}
+    leaders = [n for n, c in shown.items() if c["role"] == "leader"]
+    if len(leaders) != 1:
+        return None
+    term = shown[leaders[0]]["term"]
+    if any(c["term"] is None or c["term"] > term for c in shown.values()):
+        return None
+    return leaders[0], term
+
+
+def shot(pg: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(SHOTS / name), full_page=False)
+
+
+def click_node_button(pg: Any, node: str, op: str) -> None:
+    pg.locator(f'[data-node="{node}"] button[data-op="{op}"]').click()
+
+
+# ------------------------------------------------------------------------------ the tests ----------
+
+
+def test_page_shows_three_nodes_and_exactly_one_leader(page: Any) -> None:
+    assert page.locator("[data-ring-node]").count() == 3
+    assert page.locator("[data-node]").count() == 3
+    leader, _ = wait_until("exactly one leader on the page", lambda: one_leader(page))
+    roles = {n: c["role"] for n, c in cards(page).items()}
+    assert sorted(roles.values()) == ["follower", "follower", "leader"], roles
+    assert page.locator(f'[data-ring-node="{leader}"]').get_attribute("data-role") == "leader"
+    wait_until("the safety checks to report", lambda: "safety checks hold" in page.locator("#safety-pill").inner_text())
+    shot(page, "overview.png")
+
+
+def test_force_election_changes_the_term_then_shows_one_leader(page: Any) -> None:
+    leader, term = wait_until("one leader", lambda: one_leader(page))
+    follower = next(n for n in cards(page) if n != leader)
+    click_node_button(page, follower, "force-election")
+    _, new_term = wait_until(
+        "a higher term with one leader", lambda: (r := one_leader(page)) and r[1] > term and r, 20)
+    assert new_term > term
+    assert all(c["term"] == new_term for c in cards(page).values())
+    wait_until("the feed to say someone asked for votes",
+               lambda: "asked for votes" in page.locator("#feed").inner_text() or None)
+    shot(page, "force-election.png")
+
+
+def test_isolating_the_leader_shows_it_cut_off_and_a_new_leader_on_the_majority_side(page: Any) -> None:
+    leader, term = wait_until("one leader", lambda: one_leader(page))
+    majority = set(cards(page)) - {leader}
+    click_node_button(page, leader, "isolate")
+    wait_until(f"{leader} shown partitioned", lambda: cards(page)[leader]["partitioned"])
+    assert "partitioned from all peers" in cards(page)[leader]["text"]
+    new_leader, _ = wait_until(
+        "a new leader on the majority side", lambda: (r := one_leader(page, majority)) and r[1] > term and r, 20)
+    assert new_leader in majority
+    # With check-quorum the cut-off leader steps down by itself.
+    wait_until(f"{leader} to stop being leader", lambda: cards(page)[leader]["role"] != "leader", 15)
+    assert page.locator(f'[data-ring-node="{leader}"].cut').count() == 1
+    shot(page, "partition.png")
+    page.locator("#heal").click()
+    wait_until("the partition healed", lambda: not any(c["partitioned"] for c in cards(page).values()))
+    wait_until("one leader for the whole cluster", lambda: one_leader(page), 20)
+
+
+def test_split_into_groups_keeps_the_majority_working(page: Any, dashboard: Dashboard) -> None:
+    wait_until("one leader", lambda: one_leader(page))
+    status, body = dashboard.api("POST", "/api/split", {"groups": [["node1"], ["node2", "node3"]]})
+    assert status == 200, body
+    wait_until("every node shown partitioned", lambda: all(c["partitioned"] for c in cards(page).values()))
+    wait_until("a leader in {node2, node3}", lambda: one_leader(page, {"node2", "node3"}), 20)
+    status, body = dashboard.api("POST", "/api/cut", {"src": "node1", "dst": "node2"})
+    assert status == 501 and "both directions" in body["error"]
+
+
+def test_crash_and_restart_a_node(page: Any, cluster: LocalCluster) -> None:
+    leader, _ = wait_until("one leader", lambda: one_leader(page))
+    victim = leader  # the hardest case: the cluster must fail over, then take the node back
+    click_node_button(page, victim, "crash")
+    wait_until(f"{victim} shown crashed", lambda: cards(page)[victim]["reach"] == "crashed")
+    assert not cluster.supervisor.nodes[victim].running
+    assert "crashed" in cards(page)[victim]["text"]
+    assert "grey" in (page.locator(f'[data-ring-node="{victim}"]').get_attribute("class") or "")
+    wait_until("a new leader among the survivors", lambda: one_leader(page, set(cards(page)) - {victim}), 20)
+    shot(page, "crash.png")
+    click_node_button(page, victim, "restart")
+    wait_until(f"{victim} back and following", lambda: cards(page)[victim]["reach"] == "ok"
+               and cards(page)[victim]["role"] in ("follower", "leader"), 30)
+    wait_until("one leader", lambda: one_leader(page), 20)
+
+
+def test_put_then_get_shows_the_value_on_every_nodes_kv_view(page: Any) -> None:
+    wait_until("one leader", lambda: one_leader(page))
+    key, value = f"saldo_cuenta_{int(time.time() * 1000) % 100000}", 1500
+    page.select_option("#kv-op", "put")
+    page.fill("#kv-key", key)
+    page.fill("#kv-value", str(value))
+    page.select_option("#kv-node", "node2")  # any node accepts writes: followers forward them
+    page.click("#kv-send")
+    wait_until("the PUT acknowledged", lambda: "→ 200" in page.locator("#kv-result").inner_text())
+    result = page.locator("#kv-result").inner_text()
+    assert "revision" in result and "served by" in result, result
+    for node in ("node1", "node2", "node3"):
+        cell = page.locator(f'[data-kv-node="{node}"] tr[data-key="{key}"] td')
+        wait_until(f"{key} on {node}'s KV view",
+                   lambda cell=cell: cell.count() == 1 and cell.inner_text() == str(value))
+    page.select_option("#kv-op", "get")
+    page.select_option("#kv-node", "node3")
+    page.click("#kv-send")
+    wait_until("the GET answered", lambda: f"value {value}" in page.locator("#kv-result").inner_text())
+    page.locator(f'[data-kv-node="node1"] tr[data-key="{key}"]').scroll_into_view_if_needed()
+    shot(page, "kv.png")
+
+
+def test_guided_tour_runs_the_leader_election_demo(page: Any) -> None:
+    page.select_option("#tour-demo", "election")
+    page.click("#tour-run")
+    wait_until("the tour to finish", lambda: "Demo finished" in page.locator("#tour-caption").inner_text()
+               or "stopped" in page.locator("#tour-caption").inner_text(), 60, 0.25)
+    assert "Demo finished" in page.locator("#tour-caption").inner_text()
+    feed = page.locator("#feed").inner_text()
+    assert "won term" in feed and "force election" in feed
+
+
+def test_load_pause_scrub_and_export(page: Any, dashboard: Dashboard) -> None:
+    page.fill("#load-writers", "4")
+    page.fill("#load-seconds", "2")
+    page.click("#load-start")
+    wait_until("the load to finish", lambda: "finished" in page.locator("#load-out").inner_text(), 20)
+    assert "writes ok" in page.locator("#load-out").inner_text()
+    page.locator("#load-out").scroll_into_view_if_needed()
+    shot(page, "load.png")
+    page.click("#pause")
+    assert page.locator("#pause").get_attribute("aria-pressed") == "true"
+    page.locator("#scrub").fill("500")
+    assert "viewing" in page.locator("#view-at").inner_text()
+    page.click("#live")
+    assert page.locator("#view-at").inner_text() == "live"
+    status, text = dashboard.api("GET", "/api/trace.ndjson")
+    assert status == 200
+    events = [json.loads(line) for line in text.splitlines() if line]
+    assert {"status", "trace", "msg", "action"} <= {e["type"] for e in events}
+
+
+def test_slow_motion_changes_the_timers(page: Any, dashboard: Dashboard) -> None:
+    wait_until("one leader", lambda: one_leader(page))
+    before = cards(page)
+    assert all(c["tickMs"] == 20 for c in before.values()), before
+    page.click("#slowmo")
+    try:
+        wait_until("every node restarted with a 10x tick", lambda: all(
+            c["tickMs"] == 200 and c["reach"] == "ok" for c in cards(page).values()), 60, 0.25)
+        after = cards(page)
+        for node, c in after.items():
+            assert c["electionTimeoutMs"] >= 10 * 200, (node, c)  # at least 10 ticks of 200 ms
+            assert c["electionTimeoutMs"] > before[node]["electionTimeoutMs"]
+        wait_until("the slow-motion badge", lambda: "slow motion" in page.locator("#slowmo-pill").inner_text(), 5)
+        wait_until("one leader in slow motion", lambda: one_leader(page), 40)
+        shot(page, "slow-motion.png")
+    finally:
+        status, body = dashboard.api("POST", "/api/slowmo", {"factor": 1}, timeout=90)
+        assert status == 200, body
+    wait_until("normal speed again", lambda: all(c["tickMs"] == 20 for c in cards(page).values()), 30)
+
+
+def test_phone_width(page: Any) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    wait_until("one leader", lambda: one_leader(page))
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 392, f"the page scrolls sideways at phone width ({width} px)"
+    assert page.locator('[data-node="node1"] button[data-op="force-election"]').is_visible()
+    shot(page, "phone.png")
+
+
+def test_attached_to_a_remote_cluster_says_what_is_unavailable(browser: Any, cluster: LocalCluster) -> None:
+    remote = Dashboard(list(cluster.urls.values()), None)
+    try:
+        status, body = remote.api("POST", "/api/nodes/node1/crash")
+        assert status == 501 and "supervisor" in body["error"], body
+        status, body = remote.api("POST", "/api/slowmo", {"factor": 10})
+        assert status == 501, body
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        try:
+            pg = context.new_page()
+            pg.goto(remote.url)
+            wait_until("three nodes with status", lambda: len([c for c in cards(pg).values() if c["term"]]) == 3)
+            assert pg.locator("#remote-note").is_visible()
+            assert "remote cluster" in pg.locator("#remote-note").inner_text()
+            assert pg.locator('[data-node="node1"] button[data-op="crash"]').is_disabled()
+            assert pg.locator("#slowmo").is_disabled()
+            assert pg.locator('[data-node="node1"] button[data-op="force-election"]').is_enabled()
+        finally:
+            context.close()
+    finally:
+        remote.stop()
