@@ -138,13 +138,14 @@ def cards(pg: Any) -> dict[str, dict]:
 
 
 def one_leader(pg: Any, among: set[str] | None = None) -> tuple[str, int] | None:
-    """(leader, term) if the page shows exactly one leader (among `among`) and its term is the highest there."""
+    """(leader, term) once the page shows, for the nodes in `among` (default all), exactly one
+    leader and every other node a follower in that same term: a settled election."""
     shown = {n: c for n, c in cards(pg).items() if among is None or n in among}
     leaders = [n for n, c in shown.items() if c["role"] == "leader"]
     if len(leaders) != 1:
         return None
     term = shown[leaders[0]]["term"]
-    if any(c["term"] is None or c["term"] > term for c in shown.values()):
+    if any(c["term"] != term or c["role"] not in ("leader", "follower") for c in shown.values()):
         return None
     return leaders[0], term
 

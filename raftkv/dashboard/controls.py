@@ -36,6 +36,7 @@ from .hub import Hub, NodeLink
 NODE_CALL_TIMEOUT_S = 6.0
 SLOWMO_MAX_FACTOR = 50
 SLOWMO_NODE_READY_S = 15.0
+SLOWMO_GRACE_S = 1.5
 
 
 class ControlError(Exception):
@@ -302,13 +303,17 @@ def _without_tick(args: list[str]) -> list[str]:
 
 
 def _graceful_restart(sup: Any, node_id: str) -> None:
-    """SIGTERM and wait (the node finishes its Ready and closes its WAL), then start it again."""
+    """SIGTERM (the node finishes its Ready and closes its WAL), then start it again.
+
+    A node waits for open HTTP streams (ours included) before exiting, so after a short grace
+    period it gets SIGKILL: nothing acknowledged is lost either way, since acknowledged writes are
+    fsynced on a majority before the client hears of them."""
     proc = sup.nodes[node_id]
     sup.resume(node_id)
     if proc.running and proc.proc is not None:
         proc.proc.send_signal(signal.SIGTERM)
         try:
-            proc.proc.wait(10)
+            proc.proc.wait(SLOWMO_GRACE_S)
         except subprocess.TimeoutExpired:
             sup.kill(node_id)
     proc.restarts += 1

@@ -7,13 +7,15 @@ latency percentiles of those, and errors by status. What a person sees under loa
 what clients experienced, while the charts show what the nodes measured themselves.
 
 Bounded: at most `MAX_WRITERS` writers, `MAX_SECONDS` seconds, `KEYS_PER_WRITER` distinct keys
-per writer (so the store does not grow without end), latencies kept per interval only.
+per writer (so the store does not grow without end); latencies are kept per interval, plus a
+uniform sample of `OVERALL_SAMPLE` of them for the final figures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from typing import Any
 
@@ -26,6 +28,7 @@ MAX_SECONDS = 120
 KEYS_PER_WRITER = 50
 REPORT_EVERY_S = 0.5
 REQUEST_TIMEOUT_S = 6.0
+OVERALL_SAMPLE = 20_000
 
 
 def _pct(sorted_ms: list[float], q: float) -> float | None:
@@ -65,7 +68,9 @@ class LoadGenerator:
     async def _run(self, writers: int, seconds: float) -> None:
         started = time.monotonic()
         deadline = started + seconds
-        window: list[float] = []
+        window: list[float] = []  # latencies (ms) of the current report interval
+        overall: list[float] = []  # a uniform sample of every latency, for the final figures
+        rng = random.Random(0)
         totals = {"ok": 0, "errors": {}}
         urls = [n.url.rstrip("/") for n in self.hub.links.values()]
 
@@ -83,23 +88,31 @@ class LoadGenerator:
                     code = type(e).__name__
                 if code == 200:
                     totals["ok"] += 1
-                    window.append((time.perf_counter() - t0) * 1000)
+                    ms = (time.perf_counter() - t0) * 1000
+                    window.append(ms)
+                    if len(overall) < OVERALL_SAMPLE:
+                        overall.append(ms)
+                    elif (j := rng.randrange(totals["ok"])) < OVERALL_SAMPLE:  # reservoir sampling
+                        overall[j] = ms
                 else:
                     totals["errors"][str(code)] = totals["errors"].get(str(code), 0) + 1
                     await asyncio.sleep(0.05)  # an unreachable node must not become a busy loop
                 n += 1
 
         def report(running: bool, dt: float) -> None:
-            lat = sorted(window)
+            lat = sorted(window if running else overall)
             window.clear()
+            elapsed = time.monotonic() - started
+            if not running:
+                dt = max(1e-3, min(elapsed, seconds))  # the final figures cover the whole run
             self.last = {
                 "running": running,
                 "writers": writers,
                 "seconds": seconds,
-                "elapsed": round(time.monotonic() - started, 2),
+                "elapsed": round(elapsed, 2),
                 "ok": totals["ok"],
                 "errors": dict(totals["errors"]),
-                "throughput": round(len(lat) / dt, 1) if dt > 0 else 0.0,
+                "throughput": round((len(lat) if running else totals["ok"]) / dt, 1),
                 "p50Ms": _pct(lat, 0.5),
                 "p99Ms": _pct(lat, 0.99),
             }

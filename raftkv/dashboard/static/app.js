@@ -242,7 +242,7 @@ function buildCards() {
 
 // ------------------------------------------------------------------------- the ring ------------
 
-const RING = {cx: 220, cy: 205, r: 145, nodeR: 34};
+const RING = {cx: 220, cy: 222, r: 165, nodeR: 34};
 function nodePos(i, count) {
   const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(1, count);
   return {x: RING.cx + RING.r * Math.cos(a), y: RING.cy + RING.r * Math.sin(a)};
@@ -374,7 +374,8 @@ function renderRing() {
     const entries = (ab ? ab.entries : 0) + (ba ? ba.entries : 0);
     const dropped = (ab ? ab.dropped : 0) + (ba ? ba.dropped : 0);
     text.textContent = S.viewAt == null && (total > 60 || dropped > 0)
-      ? `${Math.round(total)} msg/s${entries ? ` · ${Math.round(entries)} entries/s` : ""}${dropped ? ` · ${Math.round(dropped)} dropped/s` : ""}` : "";
+      ? `${Math.round(total)}/s${entries ? ` ${Math.round(entries)}e/s` : ""}${dropped ? ` ✕${Math.round(dropped)}/s` : ""}` : "";
+    text.setAttribute("aria-label", `${a}–${b}: ${Math.round(total)} messages, ${Math.round(entries)} entries, ${Math.round(dropped)} dropped per second`);
     const line = document.querySelector(`[data-link="${a}|${b}"]`);
     if (line) line.classList.toggle("dropping", dropped > 0);
   }
