@@ -7,11 +7,12 @@ standalone as `python -m raftkv.chaos`.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from raftkv.chaos.nemesis import KINDS
-from raftkv.chaos.runner import EXIT_SETUP_FAILED, ChaosError, ChaosOptions, run, run_in_lab, validate
+from raftkv.chaos.runner import EXIT_SETUP_FAILED, ChaosError, ChaosOptions, recheck, run, run_in_lab, validate
 
 
 def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -42,15 +43,24 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 @click.option("--node-arg", "node_args", multiple=True, hidden=True,
               help="Extra `raftkv node` argument for every node (e.g. --unsafe-stale-reads).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--recheck", "recheck_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Run nothing: judge the saved run in this --out directory again and redraw its timeline.")
 def chaos(duration: float, clients: int, keys: int, nemesis: tuple[str, ...], seed: int, nodes: int,
           out_dir: str, endpoints: str | None, op_timeout: float, node_args: tuple[str, ...],
-          no_progress: bool) -> None:
+          no_progress: bool, recheck_dir: str | None) -> None:
     """Run clients against a cluster while a nemesis kills, pauses and partitions it; then judge
     the history (linearizability per key, lost acknowledged writes, divergence, leaders per term).
 
     Exit code: 0 pass, 1 violation, 3 inconclusive (checker budget, or no recovery after
     healing), 4 the run could not be carried out.
     """
+    if recheck_dir is not None:
+        try:
+            judgement = recheck(Path(recheck_dir))
+        except ChaosError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(judgement.summary())
+        sys.exit(judgement.exit_code)
     opts = ChaosOptions(
         duration_s=duration, clients=clients, keys=keys, nemesis=nemesis, seed=seed, nodes=nodes,
         out_dir=out_dir, endpoints=tuple(e.strip() for e in (endpoints or "").split(",") if e.strip()),

@@ -14,6 +14,9 @@ a history saved as JSON can be judged again later. Its checks, strongest first:
    have come after it: one that was not finished before it began (an unknown write may take
    effect at any time after its call). A final value nobody wrote is a phantom. This is implied
    by (1) but reads better when it fails.
+   Its mirror image: a value that some client *read*, written only by a request that was
+   answered "definitely not applied" (503, refused connection), shows a failure report that lied
+   ("failed write applied", with the node and the answer it gave).
 3. **No divergent replicas**: after convergence, every node's *local* state (`?stale=true`)
    holds the same value for every key.
 4. **Election safety, sampled**: no two nodes seen as leader in the same term.
@@ -26,6 +29,7 @@ a history saved as JSON can be judged again later. Its checks, strongest first:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -43,6 +47,12 @@ FINAL_CLIENT = "final"
 class Judgement:
     check: CheckResult
     lost_writes: list[str] = field(default_factory=list)
+    failed_but_applied: list[str] = field(default_factory=list)
+    suspect_ops: list[int] = field(default_factory=list)  # indices into the history, for the timeline
+    # True when the history is linearizable once every write answered "definitely not applied"
+    # is counted as unknown, and nothing else is wrong: the bug is then in how failures are
+    # reported (a real bug still: a client would retry and apply twice), not in replication.
+    explained_by_failed_writes: bool = False
     divergence: list[str] = field(default_factory=list)
     election_safety: list[str] = field(default_factory=list)
     liveness: list[str] = field(default_factory=list)
@@ -59,6 +69,7 @@ class Judgement:
             bad = sorted(k for k, r in self.check.keys.items() if r.verdict is Verdict.ILLEGAL)
             out.append(f"NOT linearizable on key(s) {', '.join(bad)}")
         out += [f"acknowledged write lost: {x}" for x in self.lost_writes]
+        out += [f"failed write applied: {x}" for x in self.failed_but_applied]
         out += [f"divergent replicas: {x}" for x in self.divergence]
         out += [f"two leaders in one term: {x}" for x in self.election_safety]
         return out
@@ -91,6 +102,9 @@ class Judgement:
                 for k, r in sorted(self.check.keys.items())
             },
             "lostWrites": self.lost_writes,
+            "failedButApplied": self.failed_but_applied,
+            "explainedByFailedWrites": self.explained_by_failed_writes,
+            "suspectOps": self.suspect_ops,
             "divergence": self.divergence,
             "electionSafety": self.election_safety,
             "liveness": self.liveness,
@@ -114,6 +128,9 @@ class Judgement:
             f"linearizability: {self.check.verdict.value} over {len(self.check.keys)} key(s)",
         ]
         lines += [f"VIOLATION: {v}" for v in self.violations]
+        if self.explained_by_failed_writes:
+            lines.append("(counting every failed write as unknown, the history is linearizable: the bug is in "
+                         "how failures are reported, not in replication)")
         if self.check.verdict is Verdict.ILLEGAL:
             lines.append(self.check.explain())
         lines += [f"INCONCLUSIVE: {v}" for v in self.inconclusive]
@@ -145,10 +162,17 @@ def judge(
     j.fault_errors = [f"{f.label}: {f.error}" for f in recorder.faults if f.error]
 
     _check_final(ops, j)
+    _check_failed_writes(recorder, j)
     if local_values is not None and converged:
         for key, per_node in sorted(local_values.items()):
             if len({_canon(v) for v in per_node.values()}) > 1:
                 j.divergence.append(f"{key}: " + ", ".join(f"{n}={_canon(v)}" for n, v in sorted(per_node.items())))
+
+    if (j.failed_but_applied or not result.ok) and not (j.lost_writes or j.divergence):
+        # Distrust every "definitely not applied" answer to a write: is the rest consistent?
+        as_unknown = [dataclasses.replace(op, outcome="unknown") if op.outcome == "fail" and op.kind != "read"
+                      else op for op in ops]
+        j.explained_by_failed_writes = check_history(as_unknown, timeout_s=check_timeout_s).ok
 
     leaders: dict[int, set[str]] = defaultdict(set)
     for s in recorder.samples:
@@ -156,6 +180,7 @@ def judge(
             leaders[s.term].add(s.node)
     j.leaders_by_term = {t: sorted(ns) for t, ns in sorted(leaders.items())}
     j.election_safety = [f"term {t}: {', '.join(ns)}" for t, ns in j.leaders_by_term.items() if len(ns) > 1]
+    j.explained_by_failed_writes = j.explained_by_failed_writes and not j.election_safety
     return j
 
 
@@ -173,7 +198,9 @@ def _check_final(ops: list[Operation], j: Judgement) -> None:
             continue
         final = answered[-1].result
         j.final_values[key] = final
-        writers = [op for op in ops if op.key == key and op.kind in ("write", "cas") and op.outcome != "fail"
+        # Failed writes count as producers here: one that took effect anyway is reported by
+        # `_check_failed_writes`, and must not also make its value look like a phantom.
+        writers = [op for op in ops if op.key == key and op.kind in ("write", "cas")
                    and not (op.kind == "cas" and op.result is False)]
         producers = [op for op in writers if _canon(op.value) == _canon(final)]
         if final is not None and not producers:
@@ -183,8 +210,33 @@ def _check_final(ops: list[Operation], j: Judgement) -> None:
             if w.outcome != "ok" or _canon(w.value) == _canon(final):
                 continue
             later = [p for p in producers
-                     if p.outcome == "unknown" or p.complete_time is None or p.complete_time >= w.invoke_time]
+                     if p.outcome != "ok" or p.complete_time is None or p.complete_time >= w.invoke_time]
             if not later:
                 j.lost_writes.append(
                     f"{key}: {w.describe()} was acknowledged, but every node ends with {_canon(final)}, "
                     "which was written before it")
+
+
+def _check_failed_writes(recorder: Recorder, j: Judgement) -> None:
+    ops = recorder.ops
+    produced: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, op in enumerate(ops):
+        if op.kind in ("write", "cas"):
+            produced[(op.key, _canon(op.value))].append(i)
+    reported: set[tuple[str, str]] = set()
+    for i, op in enumerate(ops):
+        if op.kind != "read" or op.outcome != "ok" or op.result is None:
+            continue
+        key = (op.key, _canon(op.result))
+        writers = produced.get(key, [])
+        if key in reported or not writers or any(ops[w].outcome != "fail" for w in writers):
+            continue
+        reported.add(key)
+        for w in writers:
+            meta = recorder.op_meta[w]
+            answer = f"HTTP {meta.get('status')}" if meta.get("status") else "no connection"
+            j.failed_but_applied.append(
+                f"#{w} {ops[w].describe()} via {meta.get('node')} was answered {answer} "
+                f"({meta.get('error', '')!s}) = definitely not applied, yet #{i} {op.describe()} "
+                f"via {recorder.op_meta[i].get('node')} saw its value")
+            j.suspect_ops += [w, i]

@@ -32,12 +32,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
-
 from raftkv.chaos.clusters import ChaosCluster
 from raftkv.chaos.netns import Lab, NetState
 from raftkv.chaos.recorder import FaultRecord, Recorder
-from raftkv.chaos.workload import call
+from raftkv.chaos.workload import call, new_session
 
 __all__ = ["KINDS", "FaultPlan", "Nemesis", "plan_schedule"]
 
@@ -219,7 +217,7 @@ class Nemesis:
         body: dict = {"partitioned": partitioned}
         if peers is not None:
             body["peers"] = peers
-        async with aiohttp.ClientSession() as session:
+        async with new_session() as session:
             status, data, error, _ = await call(session, "POST", f"{self.cluster.urls[node]}/simulate-partition",
                                                 body, self.http_timeout_s)
         if status == 200:

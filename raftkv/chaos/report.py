@@ -66,7 +66,7 @@ def render_timeline(recorder: Recorder, judgement: Judgement, meta: dict[str, An
     nodes = sorted({s.node for s in recorder.samples} | {m.get("node") for m in recorder.op_meta if m.get("node")})
     node_color = {n: NODE_COLORS[i % len(NODE_COLORS)] for i, n in enumerate(nodes)}
     clients = sorted({op.client for op in ops}, key=lambda c: (isinstance(c, str), str(c).zfill(6)))
-    bad_ops = {i for r in judgement.check.keys.values() for i in r.unplaced}
+    bad_ops = {i for r in judgement.check.keys.values() for i in r.unplaced} | set(judgement.suspect_ops)
 
     svg: list[str] = []
     y = 30
@@ -218,7 +218,8 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ddd; padding
 <h1>raftkv chaos run: <span>{verdict}</span></h1>
 <pre>{summary}</pre>
 <div>Operations: short bars are reads, tall bars writes/CAS; colour = outcome; red outline = an
-operation the linearizability checker could not place. Hover anything for details.</div>
+operation the linearizability checker could not place, or a
+write answered "not applied" whose value was read later. Hover anything for details.</div>
 <div>{legend}</div>
 {svg}
 <h2>Faults</h2><table><tr><th>start s</th><th>end s</th><th>kind</th><th>what</th><th>error</th></tr>{faults}</table>

@@ -30,7 +30,6 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import aiohttp
 from tqdm import tqdm
 
 from raftkv.chaos.clusters import AttachedCluster, ChaosCluster, LocalCluster, NetnsCluster
@@ -40,9 +39,9 @@ from raftkv.chaos.netns import Lab, lab_unavailable_reason, remove_stale_labs
 from raftkv.chaos.observer import Observer
 from raftkv.chaos.recorder import Recorder
 from raftkv.chaos.report import write_report
-from raftkv.chaos.workload import WorkloadConfig, call, final_reads, run_clients
+from raftkv.chaos.workload import WorkloadConfig, call, final_reads, new_session, run_clients
 
-__all__ = ["ChaosError", "ChaosOptions", "run", "run_in_lab", "validate"]
+__all__ = ["ChaosError", "ChaosOptions", "recheck", "run", "run_in_lab", "validate"]
 
 STARTUP_TIMEOUT_S = 30.0
 ATTACH_TIMEOUT_S = 10.0
@@ -120,7 +119,7 @@ async def _attached_urls(endpoints: tuple[str, ...]) -> dict[str, str]:
     urls = {}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ATTACH_TIMEOUT_S
-    async with aiohttp.ClientSession() as session:
+    async with new_session() as session:
         for ep in endpoints:
             ep = ep.rstrip("/")
             while True:
@@ -203,7 +202,9 @@ async def _run(opts: ChaosOptions) -> Judgement:
         say(f"chaos: checking {len(recorder.ops)} operations ...")
         judgement = await asyncio.to_thread(judge, recorder, local, converged, liveness)
         meta = {**asdict(opts), "nodeUrls": cluster.urls, "schedule": [asdict(p) for p in schedule],
-                "network": "netns lab" if lab else "attached" if opts.endpoints else "loopback"}
+                "network": "netns lab" if lab else "attached" if opts.endpoints else "loopback",
+                # What `recheck` needs to judge this run again without the cluster:
+                "finalLocalValues": local, "converged": converged, "livenessNotes": liveness}
         paths = write_report(out_dir, recorder, judgement, meta)
         say(f"chaos: timeline {paths['timeline']}  history {paths['history']}")
         if judgement.violations or judgement.inconclusive:
@@ -267,3 +268,18 @@ def run_in_lab(opts: ChaosOptions) -> int:
             Path(spec.name).unlink(missing_ok=True)
     finally:
         lab.destroy()
+
+
+def recheck(out_dir: Path) -> Judgement:
+    """Judge a saved run (`run.json`) again and redraw its timeline: no cluster needed."""
+    path = Path(out_dir) / "run.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ChaosError(f"cannot read {path}: {e}") from None
+    recorder = Recorder.from_json(saved)
+    meta = saved.get("meta", {})
+    judgement = judge(recorder, meta.get("finalLocalValues"), meta.get("converged", True),
+                      meta.get("livenessNotes", []))
+    write_report(Path(out_dir), recorder, judgement, meta)
+    return judgement
