@@ -16,6 +16,22 @@ class ClusterUnreachableError(Exception):
     pass
 
 
+def single_send_session(**kwargs: Any) -> aiohttp.ClientSession:
+    """An aiohttp session that sends each request exactly once.
+
+    aiohttp silently resends an "idempotent" request (GET, PUT, DELETE) on a new connection when
+    a persistent one drops (ServerDisconnectedError); if that second connect is refused, the
+    caller sees ClientConnectorError, i.e. "never sent", although the first copy was sent and may
+    have been applied. A write to raftkv is not idempotent in that sense (a lost answer is an
+    unknown outcome, 504, never a safe 503), so the resend is switched off, as aiohttp's own test
+    client does; the assertion catches an aiohttp release that renames the switch.
+    """
+    session = aiohttp.ClientSession(**kwargs)
+    assert hasattr(session, "_retry_connection"), "aiohttp changed: check how to disable its resend"
+    session._retry_connection = False
+    return session
+
+
 class Client:
     def __init__(self, endpoints: list[str], timeout_s: float = 5.0) -> None:
         if not endpoints:
@@ -25,7 +41,7 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        self._session = single_send_session(timeout=self._timeout)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

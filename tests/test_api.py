@@ -74,9 +74,18 @@ class FakeNode:
             raise self.read_error
 
     def raft_state(self, digest: bool = False) -> dict:
-        return {"nodeId": self.id, "state": "leader", "term": self.term, "votedFor": self.id,
-                "logLength": self.index, "commitIndex": self.index, "lastApplied": self.index,
-                "leaderId": self.leader, "snapshotIndex": 0, "peers": [{"id": "n2", "matchIndex": 0}]}
+        return {
+            "nodeId": self.id,
+            "state": "leader",
+            "term": self.term,
+            "votedFor": self.id,
+            "logLength": self.index,
+            "commitIndex": self.index,
+            "lastApplied": self.index,
+            "leaderId": self.leader,
+            "snapshotIndex": 0,
+            "peers": [{"id": "n2", "matchIndex": 0}],
+        }
 
     async def force_election(self) -> dict:
         self.term += 1
@@ -126,8 +135,15 @@ async def api() -> AsyncIterator[tuple[FakeNode, TestClient]]:
     assert_documented(node.requests)
 
 
-async def call(client: TestClient, method: str, path: str, body: Any = None, *, raw: bytes | str | None = None,
-               headers: dict[str, str] | None = None) -> tuple[int, dict, Any]:
+async def call(
+    client: TestClient,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict, Any]:
     """(status, JSON body, headers); every response of these routes must be JSON naming the node."""
     data = raw if raw is not None else (None if body is None else json.dumps(body))
     async with client.request(method, path, data=data, headers=headers) as resp:
@@ -148,8 +164,16 @@ async def test_put_get_delete_on_kv_routes(api: tuple[FakeNode, TestClient]) -> 
     assert body["node"] == "n1" and body["leader"] == "n1" and body["prev"] is None
     status, body, _ = await call(client, "GET", "/kv/a")
     assert status == 200 and node.barriers == 1
-    assert body == {"key": "a", "value": {"n": 1}, "create_revision": 1, "mod_revision": 1, "version": 1,
-                    "revision": 1, "node": "n1", "leader": "n1"}
+    assert body == {
+        "key": "a",
+        "value": {"n": 1},
+        "create_revision": 1,
+        "mod_revision": 1,
+        "version": 1,
+        "revision": 1,
+        "node": "n1",
+        "leader": "n1",
+    }
     status, body, _ = await call(client, "DELETE", "/kv/a")
     assert status == 200 and body["revision"] == 2 and body["prev"]["value"] == {"n": 1}
     status, body, _ = await call(client, "GET", "/kv/a")
@@ -160,8 +184,11 @@ async def test_put_get_delete_on_kv_routes(api: tuple[FakeNode, TestClient]) -> 
 
 async def test_keys_may_contain_slashes_and_unicode(api: tuple[FakeNode, TestClient]) -> None:
     node, client = api
-    for path, key in (("/kv/dir/sub/leaf", "dir/sub/leaf"), ("/kv/ma%C3%B1ana%20x", "mañana x"),
-                      ("/cuenta/123", "cuenta/123")):
+    for path, key in (
+        ("/kv/dir/sub/leaf", "dir/sub/leaf"),
+        ("/kv/ma%C3%B1ana%20x", "mañana x"),
+        ("/cuenta/123", "cuenta/123"),
+    ):
         status, body, _ = await call(client, "PUT", path, {"value": key})
         assert status == 200 and body["key"] == key
         assert node.kv.get(key).value == key
@@ -232,16 +259,22 @@ async def test_range(api: tuple[FakeNode, TestClient]) -> None:
 async def test_txn(api: tuple[FakeNode, TestClient]) -> None:
     node, client = api
     await call(client, "PUT", "/kv/from", {"value": 100})
-    txn = {"compare": [{"key": "from", "target": "value", "op": ">", "value": 30}],
-           "success": [{"op": "put", "key": "from", "value": 70}, {"put": {"key": "to", "value": 30}},
-                       {"op": "get", "key": "to"}],
-           "failure": [{"op": "get", "key": "from"}]}
+    txn = {
+        "compare": [{"key": "from", "target": "value", "op": ">", "value": 30}],
+        "success": [
+            {"op": "put", "key": "from", "value": 70},
+            {"put": {"key": "to", "value": 30}},
+            {"op": "get", "key": "to"},
+        ],
+        "failure": [{"op": "get", "key": "from"}],
+    }
     status, body, _ = await call(client, "POST", "/txn", txn)
     assert status == 200 and body["succeeded"] is True and body["revision"] == 2 and body["leader"] == "n1"
     assert body["responses"][2]["kv"]["value"] == 30
     assert node.kv.get("from").value == 70 and node.kv.get("to").value == 30
-    status, body, _ = await call(client, "POST", "/txn", txn | {"compare": [
-        {"key": "from", "target": "value", "op": ">", "value": 100}]})
+    status, body, _ = await call(
+        client, "POST", "/txn", txn | {"compare": [{"key": "from", "target": "value", "op": ">", "value": 100}]}
+    )
     assert status == 200 and body["succeeded"] is False and body["responses"][0]["kv"]["value"] == 70
     assert node.kv.revision == 2
 
@@ -249,8 +282,9 @@ async def test_txn(api: tuple[FakeNode, TestClient]) -> None:
 # ---- compare-and-set and exactly-once ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("precondition", [
-    {"prev_value": 2}, {"prev_revision": 7}, {"prev_revision": 0}, {"prev_exist": False}])
+@pytest.mark.parametrize(
+    "precondition", [{"prev_value": 2}, {"prev_revision": 7}, {"prev_revision": 0}, {"prev_exist": False}]
+)
 async def test_failed_cas_is_412_and_writes_nothing(api: tuple[FakeNode, TestClient], precondition: dict) -> None:
     node, client = api
     await call(client, "PUT", "/kv/a", {"value": 1})
@@ -321,8 +355,14 @@ BAD_INPUT = [
     ("POST", "/txn", b'{"success": [{"op": "explode"}]}', {}, 400, "success[0].op"),
     ("POST", "/txn", b'{"compare": 5}', {}, 400, "compare"),
     ("POST", "/txn", json.dumps({"success": [{"op": "put", "key": "k" * 65, "value": 1}]}).encode(), {}, 413, "key"),
-    ("POST", "/txn", json.dumps({"success": [{"op": "put", "key": "a", "value": "v" * 1100}]}).encode(), {},
-     413, "success[0].value"),
+    (
+        "POST",
+        "/txn",
+        json.dumps({"success": [{"op": "put", "key": "a", "value": "v" * 1100}]}).encode(),
+        {},
+        413,
+        "success[0].value",
+    ),
     ("POST", "/simulate-partition", b"", {}, 400, "missing"),
     ("POST", "/simulate-partition", b'{"partitioned": "yes"}', {}, 400, "partitioned"),
     ("POST", "/simulate-partition", b'{"partitioned": 1}', {}, 400, "partitioned"),
@@ -335,10 +375,14 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "raw", "headers", "status", "message"), BAD_INPUT,
-                         ids=[f"{m} {p[:40]} {(r or b'')[:24]!r}" for m, p, r, *_ in BAD_INPUT])
-async def test_bad_input_is_4xx_json_and_changes_nothing(method: str, path: str, raw: bytes | None,
-                                                         headers: dict, status: int, message: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "raw", "headers", "status", "message"),
+    BAD_INPUT,
+    ids=[f"{m} {p[:40]} {(r or b'')[:24]!r}" for m, p, r, *_ in BAD_INPUT],
+)
+async def test_bad_input_is_4xx_json_and_changes_nothing(
+    method: str, path: str, raw: bytes | None, headers: dict, status: int, message: str
+) -> None:
     node = FakeNode()
     async with TestClient(TestServer(create_app(node, **SMALL))) as client:
         got, body, _ = await call(client, method, path, raw=raw, headers=headers)
@@ -382,13 +426,24 @@ async def test_chunked_body_over_the_limit_is_413_json(api: tuple[FakeNode, Test
 # ---- routing: reserved names, 404, 405 ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "path", "allow"), [
-    ("POST", "/raft-state", "GET"), ("PUT", "/raft-state", "GET"), ("DELETE", "/health", "GET"),
-    ("GET", "/force-election", "POST"), ("PUT", "/simulate-partition", "POST"), ("PUT", "/kv", "GET"),
-    ("GET", "/txn", "POST"), ("PUT", "/metrics", "GET"), ("PATCH", "/kv/a", "DELETE, GET, PUT"),
-    ("POST", "/some-key", "DELETE, GET, PUT")])
-async def test_wrong_method_is_405_json_with_allow(api: tuple[FakeNode, TestClient], method: str, path: str,
-                                                   allow: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("POST", "/raft-state", "GET"),
+        ("PUT", "/raft-state", "GET"),
+        ("DELETE", "/health", "GET"),
+        ("GET", "/force-election", "POST"),
+        ("PUT", "/simulate-partition", "POST"),
+        ("PUT", "/kv", "GET"),
+        ("GET", "/txn", "POST"),
+        ("PUT", "/metrics", "GET"),
+        ("PATCH", "/kv/a", "DELETE, GET, PUT"),
+        ("POST", "/some-key", "DELETE, GET, PUT"),
+    ],
+)
+async def test_wrong_method_is_405_json_with_allow(
+    api: tuple[FakeNode, TestClient], method: str, path: str, allow: str
+) -> None:
     node, client = api
     status, body, headers = await call(client, method, path, raw=b'{"value": 1}')
     assert status == 405 and headers["Allow"] == allow and method in body["error"]
@@ -409,13 +464,17 @@ async def test_reserved_names_are_not_root_keys(api: tuple[FakeNode, TestClient]
 # ---- node failures -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("error", "status", "message"), [
-    (NoQuorumError("leadership changed before the write committed"), 503, "leadership changed"),
-    (NotLeaderError(None, None), 503, "no leader"),
-    (OutcomeUnknownError("not applied within 2 s"), 504, "may or may not have been applied"),
-])
-async def test_node_errors_on_writes(api: tuple[FakeNode, TestClient], error: Exception, status: int,
-                                     message: str) -> None:
+@pytest.mark.parametrize(
+    ("error", "status", "message"),
+    [
+        (NoQuorumError("leadership changed before the write committed"), 503, "leadership changed"),
+        (NotLeaderError(None, None), 503, "no leader"),
+        (OutcomeUnknownError("not applied within 2 s"), 504, "may or may not have been applied"),
+    ],
+)
+async def test_node_errors_on_writes(
+    api: tuple[FakeNode, TestClient], error: Exception, status: int, message: str
+) -> None:
     node, client = api
     node.propose_error = error
     for method, path, body in (("PUT", "/kv/a", {"value": 1}), ("DELETE", "/kv/a", None), ("POST", "/txn", {})):
@@ -434,8 +493,9 @@ async def test_node_errors_on_reads(api: tuple[FakeNode, TestClient]) -> None:
         assert status == 504 and "read" in body["error"]
 
 
-async def test_unexpected_exception_is_json_500_and_logged(api: tuple[FakeNode, TestClient],
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+async def test_unexpected_exception_is_json_500_and_logged(
+    api: tuple[FakeNode, TestClient], caplog: pytest.LogCaptureFixture
+) -> None:
     node, client = api
 
     def broken(digest: bool = False) -> dict:
@@ -456,6 +516,41 @@ async def test_unexpected_exception_is_json_500_and_logged(api: tuple[FakeNode, 
 # ---- forwarding to the leader --------------------------------------------------------------------
 
 
+async def test_a_forwarded_write_whose_connection_drops_is_504_never_503() -> None:
+    """The leader receives the forwarded PUT over a kept-alive connection, then dies: the answer is
+    lost and new connections are refused. The follower must say "unknown" (504): aiohttp's silent
+    resend would turn this into "unreachable" (503, "not applied") although the write may commit."""
+    seen: list[bytes] = []
+
+    async def leader(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(
+                next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+            )
+            seen.append(head + await reader.readexactly(length))
+            if len(seen) > 1:  # the second request: the leader dies before answering
+                server.close()
+                writer.close()
+                return
+            body = b'{"op": "put", "key": "a", "value": 1, "revision": 1, "node": "n1"}'
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+
+    server = await asyncio.start_server(leader, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    follower = FakeNode("n2", "http://unused")
+    follower.propose_error = NotLeaderError("n1", f"http://127.0.0.1:{port}")
+    async with TestClient(TestServer(create_app(follower, **SMALL))) as client:
+        assert (await call(client, "PUT", "/kv/a", {"value": 1}))[0] == 200
+        status, body, _ = await call(client, "PUT", "/kv/a", {"value": 2})
+    assert len(seen) == 2, "the second write reached the leader"
+    assert status == 504, body
+    assert "may or may not" in body["error"]
+
+
 async def test_follower_forwards_to_the_leader() -> None:
     leader, follower = FakeNode("n1", "http://unused"), FakeNode("n2", "http://unused")
     async with TestServer(create_app(leader, **SMALL)) as leader_server:
@@ -463,8 +558,9 @@ async def test_follower_forwards_to_the_leader() -> None:
         follower.leader = "n1"
         follower.propose_error = follower.read_error = NotLeaderError("n1", leader.url)
         async with TestClient(TestServer(create_app(follower, **SMALL))) as client:
-            status, body, _ = await call(client, "PUT", "/kv/dir/a%20b?", {"value": 1},
-                                         headers={"Idempotency-Key": "abc"})
+            status, body, _ = await call(
+                client, "PUT", "/kv/dir/a%20b?", {"value": 1}, headers={"Idempotency-Key": "abc"}
+            )
             assert status == 200 and body["node"] == "n1" and body["forwardedBy"] == "n2" and body["revision"] == 1
             assert leader.kv.get("dir/a b").value == 1 and leader.proposals[0].request_id == "abc"
             assert len(follower.kv) == 0
@@ -567,8 +663,11 @@ async def test_cors(api: tuple[FakeNode, TestClient]) -> None:
     _, client = api
     async with client.get("/health", headers={"Origin": "http://localhost:8080"}) as resp:
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
-    preflight = {"Origin": "http://localhost:8080", "Access-Control-Request-Method": "PUT",
-                 "Access-Control-Request-Headers": "content-type,idempotency-key"}
+    preflight = {
+        "Origin": "http://localhost:8080",
+        "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "content-type,idempotency-key",
+    }
     async with client.options("/kv/a", headers=preflight) as resp:
         assert resp.status == 204 and resp.headers["Access-Control-Allow-Origin"] == "*"
         assert "PUT" in resp.headers["Access-Control-Allow-Methods"]

@@ -59,6 +59,7 @@ from raftkv.api.errors import (
     retry_later,
 )
 from raftkv.api.openapi import openapi_document
+from raftkv.client import single_send_session
 from raftkv.kv import (
     DEFAULT_RANGE_LIMIT,
     INVALID,
@@ -178,7 +179,7 @@ class _Api:
         # One pooled session per app for forwarding: keeps connections to the leader warm.
         timeout = aiohttp.ClientTimeout(total=self.forward_timeout_seconds,
                                         sock_connect=min(FORWARD_CONNECT_TIMEOUT_SECONDS, self.forward_timeout_seconds))
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with single_send_session(timeout=timeout) as session:
             self._session = session
             yield
             self._session = None
