@@ -13,6 +13,17 @@ Modules, one job each (data flows top to bottom):
     runner.py       one run from cluster start to verdict (and `run_in_lab` for netns)
     worker.py       the run as a child process inside the lab's client namespace
     cli_command.py  the `raftkv chaos` click command
+
+Running it (as `raftkv chaos`, or `python -m raftkv.chaos`):
+
+    raftkv chaos --duration 20                        # 3 local nodes; kill, pause, partition
+    raftkv chaos --nemesis kill,pause,partition,netns --nodes 5 --duration 600 --seed 7
+                                                      # a long run with real cuts (root, nftables)
+    raftkv chaos --endpoints http://h1:3000,http://h2:3000,http://h3:3000 --nemesis partition
+    raftkv chaos --recheck chaos-out                  # judge a saved run again, redraw its timeline
+
+Exit code 0 pass, 1 violation, 3 inconclusive, 4 could not run. The same --seed replays the same
+fault schedule and client choices (timing, and so the exact history, cannot be replayed).
 """
 
 from raftkv.chaos.judge import Judgement, judge
