@@ -26,7 +26,8 @@ from cluster import LocalCluster, free_ports, http
 
 from raftkv.dashboard.server import run_dashboard
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
+browser_test = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -150,8 +151,13 @@ def one_leader(pg: Any, among: set[str] | None = None) -> tuple[str, int] | None
     return leaders[0], term
 
 
-def shot(pg: Any, name: str) -> None:
+def shot(pg: Any, name: str, show: str | None = None) -> None:
+    """Save a screenshot of the viewport: the top of the page, or scrolled to the `show` selector."""
     SHOTS.mkdir(parents=True, exist_ok=True)
+    if show is None:
+        pg.evaluate("() => window.scrollTo(0, 0)")
+    else:
+        pg.locator(show).first.scroll_into_view_if_needed()
     pg.screenshot(path=str(SHOTS / name), full_page=False)
 
 
@@ -162,6 +168,7 @@ def click_node_button(pg: Any, node: str, op: str) -> None:
 # ------------------------------------------------------------------------------ the tests ----------
 
 
+@browser_test
 def test_page_shows_three_nodes_and_exactly_one_leader(page: Any) -> None:
     assert page.locator("[data-ring-node]").count() == 3
     assert page.locator("[data-node]").count() == 3
@@ -173,6 +180,7 @@ def test_page_shows_three_nodes_and_exactly_one_leader(page: Any) -> None:
     shot(page, "overview.png")
 
 
+@browser_test
 def test_force_election_changes_the_term_then_shows_one_leader(page: Any) -> None:
     leader, term = wait_until("one leader", lambda: one_leader(page))
     follower = next(n for n in cards(page) if n != leader)
@@ -186,6 +194,7 @@ def test_force_election_changes_the_term_then_shows_one_leader(page: Any) -> Non
     shot(page, "force-election.png")
 
 
+@browser_test
 def test_isolating_the_leader_shows_it_cut_off_and_a_new_leader_on_the_majority_side(page: Any) -> None:
     leader, term = wait_until("one leader", lambda: one_leader(page))
     majority = set(cards(page)) - {leader}
@@ -204,6 +213,7 @@ def test_isolating_the_leader_shows_it_cut_off_and_a_new_leader_on_the_majority_
     wait_until("one leader for the whole cluster", lambda: one_leader(page), 20)
 
 
+@browser_test
 def test_split_into_groups_keeps_the_majority_working(page: Any, dashboard: Dashboard) -> None:
     wait_until("one leader", lambda: one_leader(page))
     status, body = dashboard.api("POST", "/api/split", {"groups": [["node1"], ["node2", "node3"]]})
@@ -214,6 +224,7 @@ def test_split_into_groups_keeps_the_majority_working(page: Any, dashboard: Dash
     assert status == 501 and "both directions" in body["error"]
 
 
+@browser_test
 def test_crash_and_restart_a_node(page: Any, cluster: LocalCluster) -> None:
     leader, _ = wait_until("one leader", lambda: one_leader(page))
     victim = leader  # the hardest case: the cluster must fail over, then take the node back
@@ -230,6 +241,7 @@ def test_crash_and_restart_a_node(page: Any, cluster: LocalCluster) -> None:
     wait_until("one leader", lambda: one_leader(page), 20)
 
 
+@browser_test
 def test_put_then_get_shows_the_value_on_every_nodes_kv_view(page: Any) -> None:
     wait_until("one leader", lambda: one_leader(page))
     key, value = f"saldo_cuenta_{int(time.time() * 1000) % 100000}", 1500
@@ -249,10 +261,10 @@ def test_put_then_get_shows_the_value_on_every_nodes_kv_view(page: Any) -> None:
     page.select_option("#kv-node", "node3")
     page.click("#kv-send")
     wait_until("the GET answered", lambda: f"value {value}" in page.locator("#kv-result").inner_text())
-    page.locator(f'[data-kv-node="node1"] tr[data-key="{key}"]').scroll_into_view_if_needed()
-    shot(page, "kv.png")
+    shot(page, "kv.png", "#kv-result")
 
 
+@browser_test
 def test_guided_tour_runs_the_leader_election_demo(page: Any) -> None:
     page.select_option("#tour-demo", "election")
     page.click("#tour-run")
@@ -263,14 +275,14 @@ def test_guided_tour_runs_the_leader_election_demo(page: Any) -> None:
     assert "won term" in feed and "force election" in feed
 
 
+@browser_test
 def test_load_pause_scrub_and_export(page: Any, dashboard: Dashboard) -> None:
     page.fill("#load-writers", "4")
     page.fill("#load-seconds", "2")
     page.click("#load-start")
     wait_until("the load to finish", lambda: "finished" in page.locator("#load-out").inner_text(), 20)
     assert "writes ok" in page.locator("#load-out").inner_text()
-    page.locator("#load-out").scroll_into_view_if_needed()
-    shot(page, "load.png")
+    shot(page, "load.png", "#h-logs")
     page.click("#pause")
     assert page.locator("#pause").get_attribute("aria-pressed") == "true"
     page.locator("#scrub").fill("500")
@@ -283,6 +295,7 @@ def test_load_pause_scrub_and_export(page: Any, dashboard: Dashboard) -> None:
     assert {"status", "trace", "msg", "action"} <= {e["type"] for e in events}
 
 
+@browser_test
 def test_slow_motion_changes_the_timers(page: Any, dashboard: Dashboard) -> None:
     wait_until("one leader", lambda: one_leader(page))
     before = cards(page)
@@ -304,6 +317,7 @@ def test_slow_motion_changes_the_timers(page: Any, dashboard: Dashboard) -> None
     wait_until("normal speed again", lambda: all(c["tickMs"] == 20 for c in cards(page).values()), 30)
 
 
+@browser_test
 def test_phone_width(page: Any) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     wait_until("one leader", lambda: one_leader(page))
@@ -313,6 +327,7 @@ def test_phone_width(page: Any) -> None:
     shot(page, "phone.png")
 
 
+@browser_test
 def test_attached_to_a_remote_cluster_says_what_is_unavailable(browser: Any, cluster: LocalCluster) -> None:
     remote = Dashboard(list(cluster.urls.values()), None)
     try:
@@ -334,3 +349,59 @@ def test_attached_to_a_remote_cluster_says_what_is_unavailable(browser: Any, clu
             context.close()
     finally:
         remote.stop()
+
+
+# ------------------------------------------------------------------------------ pure parts ---------
+# The checks and the metrics arithmetic, without a browser: a broken guarantee must turn red.
+
+
+def test_safety_checks_flag_two_leaders_in_one_term() -> None:
+    from raftkv.dashboard.safety import SafetyChecker
+
+    s = SafetyChecker()
+    assert not s.observe_leader("node1", 3)
+    assert not s.observe_leader("node1", 3)
+    assert not s.observe_leader("node2", 4)
+    assert s.observe_leader("node2", 3)
+    broken = {c["id"]: c for c in s.describe()}["one-leader"]
+    assert not broken["ok"] and "node1" in broken["violation"] and "node2" in broken["violation"]
+
+
+def test_safety_checks_flag_diverging_state_and_lost_commits() -> None:
+    from raftkv.dashboard.safety import SafetyChecker
+
+    base = {"state": "follower", "term": 2, "revision": 5, "keys": 3, "uptime": 10.0, "logLength": 9}
+    s = SafetyChecker()
+    assert not s.observe_status("node1", {**base, "lastApplied": 7, "commitIndex": 7})
+    assert not s.observe_status("node2", {**base, "lastApplied": 7, "commitIndex": 7})
+    assert not s.observe_status("node1", {**base, "lastApplied": 3, "commitIndex": 3, "uptime": 1.0})  # restarted
+    assert all(c["ok"] for c in s.describe())
+    assert s.observe_status("node3", {**base, "lastApplied": 7, "commitIndex": 7, "revision": 6})
+    assert s.observe_status("node2", {**base, "lastApplied": 7, "commitIndex": 6, "uptime": 11.0})
+    assert SafetyChecker().observe_status("x", {**base, "term": 1, "commitIndex": 9}) is False
+    s2 = SafetyChecker()
+    s2.observe_status("node1", {**base, "term": 1, "commitIndex": 9, "lastApplied": 9})
+    assert s2.observe_status("node2", {**base, "state": "leader", "term": 2, "logLength": 8, "lastApplied": 1})
+    assert "index 9" in {c["id"]: c for c in s2.describe()}["never-lost"]["violation"]
+
+
+def test_metrics_rates_from_prometheus_text() -> None:
+    from raftkv.dashboard import promtext
+
+    def text(applied: float, b1: float, b2: float, count: float) -> str:
+        return f"""# HELP raft_proposals_total x
+raft_proposals_total{{outcome="applied"}} {applied}
+raft_propose_to_commit_seconds_bucket{{le="0.001"}} {b1}
+raft_propose_to_commit_seconds_bucket{{le="0.01"}} {b2}
+raft_propose_to_commit_seconds_bucket{{le="+Inf"}} {count}
+raft_leaderless_seconds_total 0.5
+raft_is_leader 1
+"""
+
+    r = promtext.RateTracker()
+    assert r.update(promtext.parse(text(10, 5, 10, 10)), 100.0) is None
+    fig = r.update(promtext.parse(text(110, 5, 110, 110)), 101.0)
+    assert fig is not None
+    assert fig["writesPerSecond"] == 100.0 and fig["isLeader"]
+    assert 1.0 < fig["commitP50Ms"] <= 10.0
+    assert r.update(promtext.parse(text(3, 1, 3, 3)), 102.0) is None  # the node restarted: counters reset
