@@ -673,12 +673,17 @@ function renderCharts() {
   drawChart("#c-tput", [{data: S.chart.tput}]);
   drawChart("#c-lat", [{data: S.chart.p50}, {data: S.chart.p99, cls: "dashed"}]);
   drawChart("#c-leaderless", [{data: S.chart.leaderless, cls: "warn"}]);
+  // The leader's own view of each link: how long since it last heard from that follower.
+  const leader = S.nodes.map((n) => statusAt(n.id, viewTime())).find((x) => x && x.state && x.state.state === "leader");
+  const contact = {};
+  if (leader) for (const p of leader.state.peers || []) contact[`${leader.state.nodeId}>${p.id}`] = p.lastContact;
   const rows = Object.entries(S.links).sort().map(([k, r]) => el("tr", {},
     el("td", {text: k.replace(">", " → ")}), el("td", {text: r.messages}), el("td", {text: r.entries}),
-    el("td", {class: r.dropped ? "bad" : "", text: r.dropped})));
+    el("td", {class: r.dropped ? "bad" : "", text: r.dropped}),
+    el("td", {text: contact[k] != null ? `${contact[k]} s` : ""})));
   $("#links-table").replaceChildren(el("table", {},
     el("caption", {text: "per link, last half second"}),
-    el("thead", {}, el("tr", {}, ...["link", "msg/s", "entries/s", "dropped/s"].map((h) => el("th", {scope: "col", text: h})))),
+    el("thead", {}, el("tr", {}, ...["link", "msg/s", "entries/s", "dropped/s", "leader last heard"].map((h) => el("th", {scope: "col", text: h})))),
     el("tbody", {}, ...rows)));
 }
 
@@ -714,9 +719,31 @@ function renderLoad(ev) {
 }
 
 function renderTour(ev) {
-  const box = $("#tour-caption");
-  box.className = "caption " + ev.state;
-  box.replaceChildren(el("b", {text: `${ev.title} — step ${ev.step}: `}), ev.caption);
+  for (const sel of ["#tour-caption", "#ring-caption"]) {  // the caption also sits right under the ring
+    const box = $(sel);
+    box.className = "caption " + ev.state;
+    box.replaceChildren(el("b", {text: `${ev.title} — step ${ev.step}: `}), ev.caption);
+  }
+  const ring = $("#ring-caption");
+  ring.hidden = false;
+  clearTimeout(S.captionTimer);
+  if (ev.state !== "running") S.captionTimer = setTimeout(() => { ring.hidden = true; }, 8000);
+}
+
+function renderMiniFeed() {
+  // The last few events in plain words, right under the ring, so cause and effect are seen together.
+  const t = viewTime();
+  const out = [];
+  for (let i = S.history.length - 1; i >= 0 && out.length < 7; i--) {
+    const ev = S.history[i];
+    if (ev.rt <= t && isFeedEvent(ev) && ev.type !== "tour") out.push(ev);
+  }
+  const sig = out.map((e) => e.seq).join(",");
+  const box = $("#mini-feed");
+  if (box.dataset.sig === sig) return;
+  box.dataset.sig = sig;
+  box.replaceChildren(...out.map((ev) => el("li", {class: `f-${ev.type}`, style: ev.term != null ? `--c:${termColour(ev.term)}` : null},
+    el("time", {text: fmtTime(ev.rt)}), " ", feedText(ev))));
 }
 
 function renderAll() {
@@ -833,6 +860,6 @@ function frame() {
 
 wire();
 connect();
-setInterval(() => { if (S.nodes.length) { renderCards(); renderLogs(); renderSafety(); renderCharts(); } }, 250);
+setInterval(() => { if (S.nodes.length) { renderCards(); renderLogs(); renderSafety(); renderCharts(); renderMiniFeed(); } }, 250);
 setInterval(() => { if (S.nodes.length) { renderTimeline(); const v = $("#view-at"); if (S.viewAt == null) v.textContent = S.paused ? "paused" : "live"; } }, 1000);
 requestAnimationFrame(frame);
