@@ -242,6 +242,19 @@ def test_crash_and_restart_a_node(page: Any, cluster: LocalCluster) -> None:
 
 
 @browser_test
+def test_pause_and_resume_a_node(page: Any, cluster: LocalCluster) -> None:
+    leader, _ = wait_until("one leader", lambda: one_leader(page))
+    follower = next(n for n in cards(page) if n != leader)
+    click_node_button(page, follower, "pause")
+    wait_until(f"{follower} shown paused", lambda: cards(page)[follower]["reach"] == "paused")
+    assert cluster.supervisor.nodes[follower].paused
+    assert page.locator(f'[data-node="{follower}"] button[data-op="resume"]').is_enabled()
+    click_node_button(page, follower, "resume")
+    wait_until(f"{follower} answering again", lambda: cards(page)[follower]["reach"] == "ok", 15)
+    wait_until("one leader", lambda: one_leader(page), 20)
+
+
+@browser_test
 def test_put_then_get_shows_the_value_on_every_nodes_kv_view(page: Any) -> None:
     wait_until("one leader", lambda: one_leader(page))
     key, value = f"saldo_cuenta_{int(time.time() * 1000) % 100000}", 1500
@@ -325,6 +338,19 @@ def test_phone_width(page: Any) -> None:
     assert width <= 392, f"the page scrolls sideways at phone width ({width} px)"
     assert page.locator('[data-node="node1"] button[data-op="force-election"]').is_visible()
     shot(page, "phone.png")
+    unnamed = page.evaluate("""() => [...document.querySelectorAll('button, input, select')]
+        .filter(e => !(e.getAttribute('aria-label') || e.labels?.length || e.textContent.trim()))
+        .map(e => e.outerHTML)""")
+    assert not unnamed, f"controls without an accessible name: {unnamed}"
+
+
+@browser_test
+def test_keyboard_alone_can_force_an_election(page: Any) -> None:
+    leader, term = wait_until("one leader", lambda: one_leader(page))
+    follower = next(n for n in cards(page) if n != leader)
+    page.locator(f'[data-ring-node="{follower}"]').focus()
+    page.keyboard.press("Enter")
+    wait_until("a higher term with one leader", lambda: (r := one_leader(page)) and r[1] > term and r, 20)
 
 
 @browser_test
@@ -345,9 +371,21 @@ def test_attached_to_a_remote_cluster_says_what_is_unavailable(browser: Any, clu
             assert pg.locator('[data-node="node1"] button[data-op="crash"]').is_disabled()
             assert pg.locator("#slowmo").is_disabled()
             assert pg.locator('[data-node="node1"] button[data-op="force-election"]').is_enabled()
+            # "The dashboard cannot reach a node" and "a node is partitioned" are different things.
+            cluster.supervisor.kill("node3")
+            status, body = remote.api("POST", "/api/nodes/node1/isolate")
+            assert status == 200, body
+            wait_until("node3 unreachable, node1 partitioned", lambda: (c := cards(pg))["node3"]["reach"]
+                       == "unreachable" and c["node1"]["reach"] == "partitioned")
+            shown = cards(pg)
+            assert "dashboard cannot reach node" in shown["node3"]["text"]
+            assert "partitioned from all peers" in shown["node1"]["text"] and not shown["node3"]["partitioned"]
+            shot(pg, "remote-unreachable-vs-partitioned.png")
         finally:
             context.close()
     finally:
+        remote.api("POST", "/api/heal")
+        cluster.supervisor.start("node3")
         remote.stop()
 
 

@@ -384,8 +384,26 @@ function renderRing() {
 
 // ------------------------------------------------------------------------- messages ----------
 
+function faultsOf(raftId) {
+  const n = S.nodes.find((x) => x.raftId === raftId || x.id === raftId);
+  const arr = n ? S.statuses[n.id] : null;
+  const st = arr && arr[arr.length - 1];
+  return (st && st.state && st.state.faults) || {};
+}
+
+function linkCut(src, dst) {
+  // Whether either end's fault rules stop src -> dst. A node reports every message it sends, and
+  // separately each one its fault layer drops; a "sent" report on a cut link is one that will be
+  // (or was) dropped, so it must not be drawn arriving nor refill the receiver's election timer.
+  const a = faultsOf(src), b = faultsOf(dst);
+  const has = (list, x) => Array.isArray(list) && list.includes(x);
+  return !!(a.isolated || has(a.partitioned, dst) || has(a.cut_outbound, dst) ||
+    b.isolated || has(b.partitioned, src) || has(b.cut_inbound, src));
+}
+
 function onMessage(ev) {
   const kind = MSG_KINDS[ev.kind] || "timeout";
+  if (!ev.dropped && linkCut(ev.src, ev.dst)) return;  // its "dropped" report bursts instead
   if (!ev.dropped && (ev.kind === "HeartbeatRequest" || ev.kind === "AppendRequest")) {
     S.lastHb[ev.dst] = ev.rt;
     const prev = S.lastHbSent[ev.src];
