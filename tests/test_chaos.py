@@ -126,9 +126,8 @@ def test_experiment2_partitioned_leader_cannot_commit_majority_moves_on(cluster:
 
     status, body = http("POST", cluster.url(old) + "/simulate-partition", {"partitioned": False})
     assert status == 200, body
-    leader = cluster.wait_for_leader()
-    assert cluster.state(old)["state"] == "follower"
-    assert leader != old or cluster.state(old)["term"] > cluster.state(new)["term"] - 1
+    cluster.wait_for_leader()
+    assert cluster.state(old)["state"] == "follower"  # stepped down: its log is behind, it cannot win
     converged = cluster.wait_converged()
     assert len({s["commitIndex"] for s in converged.values()}) == 1
     for m in cluster.members:
@@ -324,7 +323,7 @@ def test_nemesis_schedule_replays_from_the_seed() -> None:
     for p, q in itertools.pairwise(a):
         assert p.start_s + p.duration_s < q.start_s  # faults never overlap
     netns = plan_schedule(1, ("netns",), 40, nodes)
-    assert {p.variant for p in netns} == {"isolate", "split", "bridge", "asymmetric", "loss"}
+    assert {p.variant for p in netns} == {"isolate", "split", "bridge", "asymmetric", "loss", "latency"}
 
 
 def test_partition_shapes() -> None:

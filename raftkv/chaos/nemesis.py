@@ -17,7 +17,8 @@ Kinds and variants:
     pause      SIGSTOP a node for longer than an election timeout, then SIGCONT
     partition  POST /simulate-partition: isolate one node, or cut a minority from the majority
     netns      nftables cuts in the lab's bridge: isolate, majority/minority split, a "bridge" node
-               that sees both halves, asymmetric (one direction of a node's traffic), random loss
+               that sees both halves, asymmetric (one direction of a node's traffic), random loss,
+               added latency with jitter (NFQUEUE + raftkv.chaos.delayer, since there is no netem)
 
 `Nemesis.heal_all()` undoes everything that may still be in effect (resume paused nodes, restart
 killed ones, clear API partitions on every node, remove every nft rule); the runner calls it
@@ -44,12 +45,13 @@ VARIANTS = {
     "kill": ("node",),
     "pause": ("node",),
     "partition": ("isolate", "split"),
-    "netns": ("isolate", "split", "bridge", "asymmetric", "loss"),
+    "netns": ("isolate", "split", "bridge", "asymmetric", "loss", "latency"),
 }
 FIRST_FAULT_AFTER_S = 1.5
 MIN_WINDOW_S, MAX_WINDOW_S = 1.5, 4.0  # every window is several election timeouts (0.2-0.4 s)
 MIN_GAP_S, MAX_GAP_S = 1.0, 2.5
 LOSS_PERCENT_CHOICES = (20, 30, 50)
+LATENCY_MS_CHOICES = (30, 80, 150)  # one way, +- half of it as jitter; elections take 200-400 ms
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,12 @@ class FaultPlan:
     variant: str
     target_leader: bool  # hit the leader of the moment (else the node at `pick`)
     pick: int  # index into the sorted node ids, and a seed for any further choice
-    loss_percent: int = 0
+    amount: int = 0  # loss: percent dropped; latency: milliseconds one way
 
     def describe(self) -> str:
         who = "the leader" if self.target_leader else f"node #{self.pick}"
-        extra = f" {self.loss_percent}%" if self.loss_percent else ""
+        unit = "ms" if self.variant == "latency" else "%"
+        extra = f" {self.amount}{unit}" if self.amount else ""
         return f"t={self.start_s:.1f}s +{self.duration_s:.1f}s {self.kind}/{self.variant}{extra} on {who}"
 
 
@@ -87,9 +90,10 @@ def plan_schedule(seed: int, kinds: tuple[str, ...], duration_s: float, node_ids
             break
         kind = kind_cycle.next()
         variant = variant_cycles[kind].next()
-        loss = rng.choice(LOSS_PERCENT_CHOICES) if variant == "loss" else 0
+        amount = (rng.choice(LOSS_PERCENT_CHOICES) if variant == "loss"
+                  else rng.choice(LATENCY_MS_CHOICES) if variant == "latency" else 0)
         plans.append(FaultPlan(round(t, 2), window, kind, variant, rng.random() < 0.5,
-                               rng.randrange(len(node_ids)), loss))
+                               rng.randrange(len(node_ids)), amount))
         t += window + rng.uniform(MIN_GAP_S, MAX_GAP_S)
     return plans
 
@@ -175,6 +179,16 @@ class Nemesis:
                     "partition", f"split {'+'.join(minority)} | {'+'.join(majority)} (API)", minority, **details)
                 for n in minority:
                     await self._api_partition(n, True, majority, record)
+        elif plan.kind == "netns" and plan.variant == "latency":
+            delay = plan.amount
+            record = self.recorder.fault_started("netns", f"latency {delay}+-{delay // 2} ms between all nodes "
+                                                 "(NFQUEUE)", list(self.node_ids), **details, latencyMs=delay)
+            try:
+                if self.lab is None:
+                    raise RuntimeError("netns faults need the cluster to run in a netns lab")
+                await asyncio.to_thread(self.lab.add_latency, delay, delay // 2, plan.pick)
+            except Exception as e:
+                record.error = f"{type(e).__name__}: {e}"
         elif plan.kind == "netns":
             state = self._net_state(plan, victim, role, minority, majority, others)
             targets = _nodes_in(state) or (list(self.node_ids) if plan.variant == "loss" else [victim])
@@ -209,7 +223,7 @@ class Nemesis:
             cuts = frozenset((o, victim) for o in others)
             return NetState(cuts, 0, f"asymmetric: {victim}{role} cannot receive")
         if plan.variant == "loss":
-            return NetState(frozenset(), plan.loss_percent, f"random loss {plan.loss_percent}% between all nodes")
+            return NetState(frozenset(), plan.amount, f"random loss {plan.amount}% between all nodes")
         raise ValueError(plan.variant)
 
     async def _api_partition(self, node: str, partitioned: bool, peers: list[str] | None,
@@ -247,6 +261,8 @@ class Nemesis:
         self._killed.clear()
         if self.lab is not None and self.lab.state.label != "healed":
             await asyncio.to_thread(self.lab.heal)
+        if self.lab is not None and (self.lab.latency_ms):
+            await asyncio.to_thread(self.lab.remove_latency)
         for node in sorted(self._api_partitioned):
             await self._api_partition(node, False, None, None)
         # A heal request that failed leaves the node in the set; try once more, then report.

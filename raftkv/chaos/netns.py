@@ -19,8 +19,10 @@ matched on IPv4 source and destination; every change replaces the whole chain in
 node-to-node traffic is cut; the client namespace keeps reaching every node, so an isolated old
 leader still gets client requests and must refuse them (503/504), as in the seed's experiment 2.
 
-What the kernel here cannot do (measured, see NETNS.md): no `tc netem`, so no added latency; the
-lab offers full, partial, one-way cuts and random loss only.
+Latency: the kernel here has no `tc netem` (measured, see NETNS.md), so `add_latency` puts an
+iptables NFQUEUE rule in each node namespace's OUTPUT chain (node-to-node traffic only) and runs
+`raftkv.chaos.delayer` there, which releases each packet after delay +- jitter. That needs the
+`iptables` command (Debian package iptables); without it `add_latency` raises LabUnavailable.
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ import contextlib
 import itertools
 import os
 import re
+import select
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 __all__ = ["Lab", "LabUnavailable", "NetState", "lab_unavailable_reason", "remove_stale_labs"]
 
@@ -43,6 +48,7 @@ NFT_CHAIN = "cut"
 _NAME_RE = re.compile(r"^rkv(\d+)[a-z]*-(hub|client|n\d+)$")
 _lab_counter = itertools.count()
 COMMAND_TIMEOUT_S = 10.0
+DELAYER_START_TIMEOUT_S = 15.0
 
 
 class LabUnavailable(RuntimeError):
@@ -111,6 +117,8 @@ class Lab:
     tag: str = field(default_factory=lambda: _new_tag())
     created: list[str] = field(default_factory=list)
     state: NetState = field(default_factory=NetState)
+    latency_ms: float = 0.0
+    _delayers: list[subprocess.Popen] = field(default_factory=list)
 
     @property
     def hub(self) -> str:
@@ -168,6 +176,10 @@ class Lab:
     def destroy(self) -> None:
         """Kill every process left in the lab's namespaces (by pid), then delete the namespaces.
         Idempotent and never raises: it runs in `finally` blocks."""
+        for proc in self._delayers:
+            with contextlib.suppress(OSError):
+                proc.kill()
+        self._delayers.clear()
         for name in reversed(self.created):
             _kill_namespace_processes(name)
             with contextlib.suppress(Exception):
@@ -195,6 +207,48 @@ class Lab:
     def heal(self) -> None:
         self.apply(NetState())
 
+    def add_latency(self, delay_ms: float, jitter_ms: float = 0.0, seed: int | None = None) -> None:
+        """Delay every node-to-node packet by delay_ms +- jitter_ms (both directions: each node
+        delays what it sends). Replaces any latency already in place."""
+        from raftkv.chaos.delayer import install_rules
+
+        if shutil.which("iptables") is None:
+            raise LabUnavailable("added latency needs `iptables` (Debian package iptables) for its NFQUEUE target")
+        self.remove_latency()
+        self.latency_ms = delay_ms
+        for i, node in enumerate(self.node_ids):
+            ns = self.node_ns(node)
+            # Run by path, not `-m raftkv.chaos.delayer`: it imports nothing of raftkv, and skipping
+            # the package's imports (aiohttp, ...) makes it start in milliseconds, not a second.
+            cmd = [*self.exec_prefix(ns), sys.executable, str(Path(__file__).with_name("delayer.py")), "--queue", "0",
+                   "--delay-ms", str(delay_ms), "--jitter-ms", str(jitter_ms)]
+            if seed is not None:
+                cmd += ["--seed", str(seed + i)]
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+            self._delayers.append(proc)
+            # Rules only once the queue is bound: until then --queue-bypass lets packets through
+            # undelayed, and a test measuring right after add_latency() would see no latency.
+            ready = _read_line(proc, DELAYER_START_TIMEOUT_S)
+            if ready != "ready":
+                raise RuntimeError(f"the delayer in {ns} did not start (said {ready!r}, exit {proc.poll()})")
+            install_rules(ns, [self.address(n) for n in self.node_ids if n != node])
+
+    def remove_latency(self) -> None:
+        from raftkv.chaos.delayer import remove_rules
+
+        if self.latency_ms or self._delayers:
+            for node in self.node_ids:
+                remove_rules(self.node_ns(node), [self.address(n) for n in self.node_ids if n != node])
+        for proc in self._delayers:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self._delayers.clear()
+        self.latency_ms = 0.0
+
     def rules_text(self) -> str:
         """The hub's live ruleset, as nft lists it (for tests and debugging)."""
         return _run(["ip", "netns", "exec", self.hub, "nft", "list", "table", "bridge", NFT_TABLE]).stdout
@@ -219,6 +273,13 @@ class Lab:
                         )
         lines += ["  }", "}"]
         return "\n".join(lines) + "\n"
+
+
+def _read_line(proc: subprocess.Popen, timeout_s: float) -> str:
+    """One line of a child's stdout, or "" after timeout_s / at its exit."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    return proc.stdout.readline().strip() if ready else ""
 
 
 def _new_tag() -> str:
