@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -79,7 +82,6 @@ class Dashboard:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    _need_chromium()
     c = LocalCluster(tmp_path_factory.mktemp("dashboard") / "data", nodes=3).start()
     try:
         c.wait_for_leader(30)
@@ -97,6 +99,7 @@ def dashboard(cluster: LocalCluster) -> Iterator[Dashboard]:
 
 @pytest.fixture(scope="module")
 def browser(cluster: LocalCluster) -> Iterator[Any]:
+    _need_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -387,6 +390,33 @@ def test_attached_to_a_remote_cluster_says_what_is_unavailable(browser: Any, clu
         remote.api("POST", "/api/heal")
         cluster.supervisor.start("node3")
         remote.stop()
+
+
+def test_dashboard_command_serves_a_remote_cluster_until_sigterm(cluster: LocalCluster, tmp_path: Path) -> None:
+    """`raftkv dashboard --endpoints ...` in its own process: it serves, and SIGTERM ends it cleanly."""
+    port = free_ports(1)[0]
+    code = "from raftkv.dashboard.cli_command import dashboard; dashboard()"
+    log = open(tmp_path / "dashboard.log", "wb")  # noqa: SIM115 - handed to the child process
+    proc = subprocess.Popen([sys.executable, "-c", code, "--endpoints", ",".join(cluster.urls.values()),
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    try:
+        def state() -> Any:
+            try:
+                status, body = http("GET", f"http://127.0.0.1:{port}/api/state", timeout=2)
+            except OSError:
+                return None
+            return body if status == 200 and all(n["status"] for n in body["nodes"]) else None
+
+        body = wait_until("the dashboard to serve every node's status", state, 20)
+        assert body["supervisor"] is False and body["slowmo"]["available"] is False
+        assert sorted(n["id"] for n in body["nodes"]) == ["node1", "node2", "node3"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # ------------------------------------------------------------------------------ pure parts ---------
