@@ -161,8 +161,10 @@ class Tour:
                   "majority, so the cluster keeps working without any help.")
         await self._dwell()
         await self._bring_back(leader)
-        self._say(f"{leader} comes back. It recovers its log and term from disk, hears the leader of term "
-                  f"{new_term} and follows it, catching up on what it missed.")
+        how_back = ("It recovers its log and term from disk" if self.controls.supervisor is not None
+                    else "The network is healed")
+        self._say(f"{leader} comes back. {how_back}; it hears the leader of term {new_term} and follows it, "
+                  "catching up on what it missed.")
         await self._wait(f"{leader} to follow again",
                          lambda: (self._states().get(leader) or {}).get("state") == "follower" and self._leader())
         await self._dwell()
@@ -205,7 +207,7 @@ class Tour:
         for node in sorted(others):
             got = await self.controls.kv({"op": "get", "key": key, "node": node})
             values[node] = (got["body"] or {}).get("value") if isinstance(got["body"], dict) else got["body"]
-        self._say("GET from every running node: " + ", ".join(f"{n} → {v}" for n, v in values.items())
+        self._say("GET through every node still in the majority: " + ", ".join(f"{n} → {v}" for n, v in values.items())
                   + ". A linearizable read always returns the latest acknowledged write.")
         await self._dwell()
         await self._bring_back(leader)
