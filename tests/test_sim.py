@@ -17,6 +17,7 @@ SAFE_SEEDS = 1000  # x 2 cluster sizes = 2,000 runs
 BUG_SEED_BUDGET = 300
 
 
+@pytest.mark.timeout(1200)  # about 90 s on an idle 2-core machine; generous for a loaded one
 def test_two_thousand_seeded_runs_with_faults_are_safe_live_and_linearizable() -> None:
     configs = [SimConfig(nodes=3), SimConfig(nodes=5)]
     summary = summarise(run_many(range(SAFE_SEEDS), configs))
