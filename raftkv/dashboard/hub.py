@@ -65,6 +65,8 @@ class NodeLink:
     rates: promtext.RateTracker = field(default_factory=promtext.RateTracker)
     metrics: dict | None = None
     attempts: int = 0
+    newest_t: float = 0.0  # node time of the newest event seen: a reconnect replays the node's recent ring
+    replay_before: float = 0.0  # during this connection, events stamped at or before this are replays
 
     def reach(self, now: float) -> str:
         if not self.connected:
@@ -180,6 +182,11 @@ class Hub:
 
     def _on_node_event(self, link: NodeLink, ev: dict) -> None:
         kind = ev.get("type")
+        t = ev.get("t")
+        if isinstance(t, (int, float)):
+            if kind != "status" and t <= link.replay_before:
+                return  # already seen before the reconnect (the node replays its recent events)
+            link.newest_t = max(link.newest_t, float(t))
         if kind == "status":
             state = ev.get("state") or {}
             link.status, link.kv = state, ev.get("kv")
@@ -210,6 +217,7 @@ class Hub:
                 async with self.session.ws_connect(ws_url, heartbeat=5.0, timeout=aiohttp.ClientWSTimeout(
                         ws_close=2.0), max_msg_size=16 * 1024 * 1024) as ws:
                     link.connected, link.error = True, None
+                    link.replay_before = link.newest_t
                     link.connected_since = time.time()
                     backoff = BACKOFF_FIRST_S
                     self.emit({"type": "reach", "node": link.id, "reach": "ok", "text":
