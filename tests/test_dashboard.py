@@ -160,7 +160,7 @@ def shot(pg: Any, name: str, show: str | None = None) -> None:
     if show is None:
         pg.evaluate("() => window.scrollTo(0, 0)")
     else:
-        pg.locator(show).first.scroll_into_view_if_needed()
+        pg.locator(show).first.evaluate("e => e.scrollIntoView({block: 'start'})")
     pg.screenshot(path=str(SHOTS / name), full_page=False)
 
 
@@ -269,6 +269,9 @@ def test_put_then_get_shows_the_value_on_every_nodes_kv_view(page: Any) -> None:
     wait_until("the PUT acknowledged", lambda: "→ 200" in page.locator("#kv-result").inner_text())
     result = page.locator("#kv-result").inner_text()
     assert "revision" in result and "served by" in result, result
+    wait_until("the write marked in every node's log row", lambda: all(
+        page.locator(f'[data-log-node="{n}"] .cell.mine').count() >= 1 for n in ("node1", "node2", "node3")))
+    shot(page, "log-write.png", "#h-logs")
     for node in ("node1", "node2", "node3"):
         cell = page.locator(f'[data-kv-node="{node}"] tr[data-key="{key}"] td')
         wait_until(f"{key} on {node}'s KV view",

@@ -571,6 +571,7 @@ function renderLogs() {
       if (i > s.stableIndex) { cls.push("volatile"); title += ", in memory only (not fsynced)"; }
       if (i <= s.lastApplied) { cls.push("applied"); title += ", applied"; }
       if (pr && i === pr.matchIndex) { cls.push("match"); title += ", leader's matchIndex"; }
+      if (S.mine && i >= S.mine.from && i <= S.mine.to && now() < S.mine.until) { cls.push("mine"); title += ", your write (or next to it)"; }
       if (trunc && i >= trunc.index && now() - trunc.rt < 5) cls.push("truncated");
       title += term != null ? `, term ${term}` : ", term not observed";
       row.append(el("span", {class: cls.join(" "), style: `--c:${termColour(term)}`, title, text: term != null ? String(term) : "?"}));
@@ -831,7 +832,18 @@ function wire() {
     }
     const out = $("#kv-result");
     out.textContent = "…";
+    const leaderLen = () => {
+      const st = S.nodes.map((n) => statusAt(n.id, now())).find((x) => x && x.state && x.state.state === "leader");
+      return st ? st.state.logLength : null;
+    };
+    const before = leaderLen();
     const r = await api("/api/kv", body);
+    if (r && r.status < 300 && before != null && op.value !== "get") {
+      // The write went into the leader's log after index `before`: mark those cells in every node's
+      // row for a while, so the entry can be followed from striped (appended) to solid (committed).
+      const after = leaderLen();
+      S.mine = {from: before + 1, to: Math.min(before + 4, Math.max(before + 1, after || 0)), until: now() + 20};
+    }
     if (!r) { out.textContent = $("#control-msg").textContent; out.className = "kv-result bad"; return; }
     const b = r.body || {};
     out.className = "kv-result " + (r.status < 300 ? "ok" : "bad");
