@@ -213,7 +213,9 @@ def markdown(res: Results) -> str:
         f"Run {m.get('started', '?')} on {m.get('host', '?')} ({m.get('cpus', '?')} CPUs), "
         f"mode: {m.get('mode', '?')}; {m.get('reps', '?')} interleaved repetitions of"
         f" {m.get('duration_s', '?')} s each;"
-        f" figures are medians with (min-max). Peers measured in the same run: {m.get('peers', '?')}.",
+        f" figures are medians with (min-max). Peers measured in the same run: {m.get('peers', '?')}."
+        f" Load average (1/5/15 min) before: {m.get('load_before', '?')}, after: {m.get('load_after', '?')}"
+        " (other work shares this machine; interleaving spreads its noise over all systems).",
         "",
     ]
     h = http_table(res)

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "peers": ", ".join(p for p in peers if p) or "none",
         "pysyncobj_variants": pso_variants,
         "python": platform.python_version(),
+        "load_before": _loadavg(),
     }
     for note in res.notes:
         print("note:", note)
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             with tqdm(total=a.restart_keys, unit="key", desc=f"fill {a.restart_keys:,} keys", leave=False) as kb:
                 res.restart = measure_restart(base, a.restart_keys, progress=kb)
 
+    res.meta["load_after"] = _loadavg()
     text = report.markdown(res)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "RESULTS.md").write_text(text)
@@ -153,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"written: {a.out / 'RESULTS.md'}" + (f", {png}" if png else " (no PNG: matplotlib missing)"))
     return 0
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 def _start_http(name: str, base: Path, rep: int) -> RaftkvCluster | etcd.EtcdCluster:
