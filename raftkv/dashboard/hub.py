@@ -48,7 +48,7 @@ TICK_S = 0.5
 METRICS_EVERY_S = 1.0
 SILENT_AFTER_S = 1.5  # connected, yet no status for this long: the node is not answering
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.2, 3.0
-HELLO_EVENTS = 3000  # recent events a newly opened page receives, so its timeline has a past
+HELLO_EVENTS = 5000  # recent events (not messages) a newly opened page receives, so its timeline has a past
 
 
 @dataclass
@@ -152,7 +152,9 @@ class Hub:
         return self.emit({"type": "action", "text": text, **fields})
 
     def hello(self) -> dict:
-        recent = list(itertools.islice(reversed(self.recorder), HELLO_EVENTS))[::-1]
+        # Messages and ticks are too many to replay usefully; everything else gives the timeline a past.
+        wanted = (e for e in reversed(self.recorder) if e.get("type") not in ("msg", "tick"))
+        recent = list(itertools.islice(wanted, HELLO_EVENTS))[::-1]
         return {
             "type": "hello",
             "nodes": [{"id": n.id, "url": n.url, "raftId": n.raft_id} for n in self.links.values()],
