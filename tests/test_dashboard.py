@@ -296,12 +296,15 @@ def test_guided_tour_runs_the_leader_election_demo(page: Any) -> None:
 
 @browser_test
 def test_load_pause_scrub_and_export(page: Any, dashboard: Dashboard) -> None:
-    page.fill("#load-writers", "4")
-    page.fill("#load-seconds", "2")
+    page.fill("#load-writers", "8")
+    page.fill("#load-seconds", "3")
     page.click("#load-start")
+    wait_until("the load to report", lambda: "running" in page.locator("#load-out").inner_text(), 10)
+    wait_until("a link's rate shown on the ring", lambda: page.evaluate(
+        "() => [...document.querySelectorAll('[data-rate]')].some(t => t.textContent.trim())"), 10)
+    shot(page, "load.png")
     wait_until("the load to finish", lambda: "finished" in page.locator("#load-out").inner_text(), 20)
     assert "writes ok" in page.locator("#load-out").inner_text()
-    shot(page, "load.png", "#h-logs")
     page.click("#pause")
     assert page.locator("#pause").get_attribute("aria-pressed") == "true"
     page.locator("#scrub").fill("500")

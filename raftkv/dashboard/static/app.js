@@ -113,14 +113,18 @@ function onHello(h) {
 // ------------------------------------------------------------------------- ingesting events ---
 
 function ingest(ev, live) {
-  S.history.push(ev);
-  if (S.history.length > HISTORY_MAX) S.history.splice(0, S.history.length - HISTORY_MAX);
+  // Messages are only animated (and counted per link by the server); the rest is kept for the
+  // timeline, trimmed in chunks so a busy cluster does not cost a copy per event.
+  if (ev.type !== "msg" && ev.type !== "tick") {
+    S.history.push(ev);
+    if (S.history.length > HISTORY_MAX + 2000) S.history.splice(0, S.history.length - HISTORY_MAX);
+  }
   const node = ev.via || ev.node;
   switch (ev.type) {
     case "status": {
       const arr = S.statuses[node] || (S.statuses[node] = []);
       arr.push({rt: ev.rt, state: ev.state, kv: ev.kv});
-      if (arr.length > STATUS_PER_NODE_MAX) arr.splice(0, arr.length - STATUS_PER_NODE_MAX);
+      if (arr.length > STATUS_PER_NODE_MAX + 500) arr.splice(0, arr.length - STATUS_PER_NODE_MAX);
       noteTerms(node, ev.state);
       break;
     }
