@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_chaos import xfail_if_only_the_forwarding_bug
 
 from raftkv.chaos.netns import Lab, NetState, lab_unavailable_reason
 
@@ -147,7 +146,6 @@ def test_chaos_over_real_network_cuts_passes(tmp_path: Path) -> None:
     print(output[-5000:])
     assert namespaces() == before, "the lab was not torn down"
     run = json.loads((out / "run.json").read_text())
-    xfail_if_only_the_forwarding_bug(run)
     assert proc.returncode == 0, output[-4000:]
     assert run["meta"]["network"] == "netns lab"
     assert all(url.startswith("http://10.99.0.") for url in run["meta"]["nodeUrls"].values())

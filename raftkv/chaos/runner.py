@@ -184,7 +184,7 @@ async def _run(opts: ChaosOptions) -> Judgement:
             recorder.mark("workload end")
             await nemesis.heal_all()
             recorder.mark("healed")
-        if nemesis_task.exception():
+        if not nemesis_task.cancelled() and nemesis_task.exception():
             raise ChaosError(f"the nemesis failed: {nemesis_task.exception()!r}")
 
         liveness = []
