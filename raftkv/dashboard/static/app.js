@@ -496,8 +496,9 @@ function renderCards() {
     card.classList.toggle("grey", cond.grey);
     card.classList.toggle("leader", role === "leader" && !cond.grey);
     card.style.setProperty("--term", termColour(s && s.term));
-    card.querySelector(".role-icon").textContent = {leader: "♛", candidate: "◆", "pre-candidate": "◇", follower: "●"}[role] || "○";
-    card.querySelector(".role-word").textContent = s ? `${role} · term ${s.term}` : "no status yet";
+    card.querySelector(".role-icon").textContent = cond.grey ? "✕" : ({leader: "♛", candidate: "◆", "pre-candidate": "◇", follower: "●"}[role] || "○");
+    card.querySelector(".role-word").textContent = !s ? "no status yet"
+      : cond.grey ? `${cond.key} · last known: ${role}, term ${s.term}` : `${role} · term ${s.term}`;
     const facts = card.querySelector(".facts");
     if (s) {
       const tick = s.tickMs || 20;
