@@ -13,7 +13,9 @@ from typing import Any
 
 import click
 
+from raftkv.chaos.cli_command import chaos as chaos_command
 from raftkv.client import Client, ClusterUnreachableError
+from raftkv.dashboard.cli_command import dashboard as dashboard_command
 from raftkv.node.config import ConfigError, NodeConfig, load_toml, parse_cluster
 from raftkv.sim.__main__ import main as sim_command
 
@@ -261,3 +263,5 @@ def status(endpoints: str, as_json: bool) -> None:
 
 
 main.add_command(sim_command, name="sim")
+main.add_command(dashboard_command, name="dashboard")
+main.add_command(chaos_command, name="chaos")
