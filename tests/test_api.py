@@ -49,6 +49,7 @@ class FakeNode:
         self.proposals: list[Command] = []
         self.barriers = 0
         self.partition: dict[str, Any] = {"partitioned": False, "peers": None}
+        self.link: dict[str, Any] = {}
         self.events: list[dict[str, Any]] | None = [{"type": "status", "term": 1}, {"type": "commit", "index": 1}]
         self.watch_closed = asyncio.Event()
         self.requests: list[tuple[str, str, int]] = []
@@ -91,11 +92,17 @@ class FakeNode:
         self.term += 1
         return {"nodeId": self.id, "term": self.term, "state": "candidate"}
 
-    def set_partition(self, partitioned: bool, peers: list[str] | None) -> dict:
+    def set_partition(self, partitioned: bool, peers: list[str] | None, direction: str = "both") -> dict:
         if unknown := set(peers or ()) - {"n2", "n3"}:
             raise ValueError(f"unknown peer ids: {sorted(unknown)}")
-        self.partition = {"partitioned": partitioned, "peers": peers}
+        self.partition = {"partitioned": partitioned, "peers": peers, "direction": direction}
         return dict(self.partition)
+
+    def set_link_quality(self, peers: list[str] | None, loss_percent: float | None, delay_ms: float | None) -> dict:
+        if unknown := set(peers or ()) - {"n2", "n3"}:
+            raise ValueError(f"unknown peer ids: {sorted(unknown)}")
+        self.link = {"peers": peers, "loss_percent": loss_percent, "delay_ms": delay_ms}
+        return dict(self.link)
 
     def health(self) -> dict:
         return {"status": "ok", "leader": self.leader, "hasLeader": self.leader is not None}
@@ -225,7 +232,7 @@ async def test_seed_curl_commands_verbatim(api: tuple[FakeNode, TestClient]) -> 
     assert (await curl(f"{base}/key1"))["value"] == "value$i"
     assert (await curl("-X", "POST", f"{base}/force-election"))["term"] == 2
     assert (await curl("-X", "POST", f"{base}/simulate-partition", "-d", '{"partitioned": true}'))["partitioned"]
-    assert node.partition == {"partitioned": True, "peers": None}
+    assert node.partition == {"partitioned": True, "peers": None, "direction": "both"}
     assert (await curl("-X", "POST", f"{base}/simulate-partition", "-d", '{"partitioned": false}'))["node"] == "n1"
     assert (await curl(f"{base}/raft-state"))["nodeId"] == "n1"
 
@@ -372,6 +379,13 @@ BAD_INPUT = [
     ("POST", "/simulate-partition", b'{"partitioned": true, "peers": ["n9"]}', {}, 400, "unknown peer"),
     ("POST", "/simulate-partition", b'{"partitioned": true, "oops": 1}', {}, 400, "unknown field"),
     ("POST", "/simulate-partition", b"[true]", {}, 400, "JSON object"),
+    ("POST", "/simulate-partition", b'{"partitioned": true, "direction": "sideways"}', {}, 400, "direction"),
+    ("POST", "/simulate-link", b"{}", {}, 400, "loss_percent and/or delay_ms"),
+    ("POST", "/simulate-link", b'{"loss_percent": 101}', {}, 400, "loss_percent"),
+    ("POST", "/simulate-link", b'{"loss_percent": "lots"}', {}, 400, "loss_percent"),
+    ("POST", "/simulate-link", b'{"delay_ms": -1}', {}, 400, "delay_ms"),
+    ("POST", "/simulate-link", b'{"delay_ms": 5, "peers": ["n9"]}', {}, 400, "unknown peer"),
+    ("POST", "/simulate-link", b'{"delay_ms": 5, "jitter": 1}', {}, 400, "unknown field"),
 ]
 
 
@@ -389,6 +403,7 @@ async def test_bad_input_is_4xx_json_and_changes_nothing(
     assert got == status, body
     assert message in body["error"] and body["node"] == "n1"
     assert node.proposals == [] and node.kv.revision == 0 and node.partition["partitioned"] is False
+    assert node.link == {}
     assert_documented(node.requests)
 
 
@@ -640,7 +655,17 @@ async def test_admin_routes(api: tuple[FakeNode, TestClient]) -> None:
     assert status == 200 and body == {"nodeId": "n1", "term": 2, "state": "candidate", "node": "n1"}
     status, body, _ = await call(client, "POST", "/simulate-partition", {"partitioned": True, "peers": ["n2"]})
     assert status == 200 and body["partitioned"] is True and body["peers"] == ["n2"]
-    assert node.partition == {"partitioned": True, "peers": ["n2"]}
+    assert node.partition == {"partitioned": True, "peers": ["n2"], "direction": "both"}
+    status, body, _ = await call(
+        client, "POST", "/simulate-partition", {"partitioned": True, "peers": ["n3"], "direction": "outbound"}
+    )
+    assert status == 200 and node.partition["direction"] == "outbound"
+    status, body, _ = await call(
+        client, "POST", "/simulate-link", {"peers": ["n2"], "loss_percent": 30, "delay_ms": 50}
+    )
+    assert status == 200 and node.link == {"peers": ["n2"], "loss_percent": 30, "delay_ms": 50}
+    status, body, _ = await call(client, "POST", "/simulate-link", {"delay_ms": 0})
+    assert status == 200 and node.link == {"peers": None, "loss_percent": None, "delay_ms": 0}
     status, body, _ = await call(client, "GET", "/health")
     assert status == 200 and body["hasLeader"] is True
     node.leader = None

@@ -279,3 +279,33 @@ def test_cli_put_get_and_status_table(cluster: LocalCluster) -> None:
     lines = out.stdout.strip().splitlines()
     assert lines[0].split()[:4] == ["ENDPOINT", "ID", "ROLE", "TERM"]
     assert len(lines) == 4 and sum(" leader " in line for line in lines) == 1
+
+
+def test_a_one_way_cut_and_a_lossy_link_on_a_real_cluster(cluster: LocalCluster) -> None:
+    leader = cluster.wait_for_leader()
+    # The leader can still hear its followers but no longer reaches them: they elect someone else,
+    # and their higher term, which still reaches the old leader, makes it step down.
+    status, body = http(
+        "POST", cluster.url(leader) + "/simulate-partition", {"partitioned": True, "direction": "outbound"}
+    )
+    assert status == 200 and sorted(body["faults"]["cut_outbound"]) == sorted(n for n in cluster.urls if n != leader)
+    others = [n for n in cluster.urls if n != leader]
+    new_leader = cluster.wait_for_leader(among=others)
+    assert new_leader != leader
+    deadline = time.monotonic() + 10
+    while cluster.state(leader)["state"] == "leader" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cluster.state(leader)["state"] != "leader"
+    assert http("POST", cluster.url(leader) + "/simulate-partition", {"partitioned": False})[0] == 200
+    cluster.wait_for_leader()
+
+    # 30% loss on the leader's outgoing Raft traffic: slower, still correct.
+    current = cluster.wait_for_leader()
+    status, body = http("POST", cluster.url(current) + "/simulate-link", {"loss_percent": 30, "delay_ms": 5})
+    assert status == 200 and body["faults"]["loss_percent"] == {"*": 30.0}
+    for i in range(20):
+        put_retrying(cluster, f"lossy{i}", i)
+    assert http("POST", cluster.url(current) + "/simulate-link", {"loss_percent": 0, "delay_ms": 0})[0] == 200
+    cluster.wait_converged()
+    for node_id in cluster.urls:
+        assert get(cluster.url(node_id), "lossy19", stale=True)[1]["value"] == 19

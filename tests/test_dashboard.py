@@ -223,8 +223,12 @@ def test_split_into_groups_keeps_the_majority_working(page: Any, dashboard: Dash
     assert status == 200, body
     wait_until("every node shown partitioned", lambda: all(c["partitioned"] for c in cards(page).values()))
     wait_until("a leader in {node2, node3}", lambda: one_leader(page, {"node2", "node3"}), 20)
-    status, body = dashboard.api("POST", "/api/cut", {"src": "node1", "dst": "node2"})
-    assert status == 501 and "both directions" in body["error"]
+    status, body = dashboard.api("POST", "/api/cut", {"src": "node2", "dst": "node3"})
+    assert status == 200 and body["result"]["faults"]["cut_outbound"] == ["node3"], body
+    status, body = dashboard.api("POST", "/api/link-quality", {"node": "node2", "loss_percent": 20, "delay_ms": 10})
+    assert status == 200 and body["result"]["faults"]["loss_percent"] == {"*": 20.0}, body
+    page.locator("#heal").click()
+    wait_until("one leader for the whole cluster", lambda: one_leader(page), 20)
 
 
 @browser_test

@@ -85,13 +85,14 @@ DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 DEFAULT_FORWARD_TIMEOUT_SECONDS = 5.0
 FORWARD_CONNECT_TIMEOUT_SECONDS = 2.0  # a connect failure means "not sent": 503, safe to retry
 MAX_PARTITION_PEERS = 1000
+MAX_LINK_DELAY_MS = 10_000
 FORWARDED_HEADER = "X-Raftkv-Forwarded"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 # First path segments that are never keys at the root (`/{key}`): today's routes plus names kept
 # for routes to come, so adding one later cannot silently shadow a user's key.
 RESERVED_NAMES = frozenset({
-    "kv", "txn", "raft-state", "force-election", "simulate-partition", "metrics", "health",
+    "kv", "txn", "raft-state", "force-election", "simulate-partition", "simulate-link", "metrics", "health",
     "openapi.json", "watch", "events", "dashboard", "static", "members", "transfer-leader",
     "snapshot", "admin", "api", "favicon.ico",
 })
@@ -116,7 +117,9 @@ class Node(Protocol):
     async def read_barrier(self) -> None: ...
     def raft_state(self, digest: bool = False) -> dict[str, Any]: ...
     async def force_election(self) -> dict[str, Any]: ...
-    def set_partition(self, partitioned: bool, peers: list[str] | None) -> dict[str, Any]: ...
+    def set_partition(self, partitioned: bool, peers: list[str] | None, direction: str = "both") -> dict[str, Any]: ...
+    def set_link_quality(self, peers: list[str] | None, loss_percent: float | None,
+                         delay_ms: float | None) -> dict[str, Any]: ...
     def health(self) -> dict[str, Any]: ...
     def metrics_text(self) -> tuple[bytes, str]: ...
     def record_request(self, route: str, method: str, status: int, seconds: float) -> None: ...
@@ -141,6 +144,7 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     add("GET", "/raft-state", api.raft_state)
     add("POST", "/force-election", api.force_election)
     add("POST", "/simulate-partition", api.simulate_partition)
+    add("POST", "/simulate-link", api.simulate_link)
     add("GET", "/metrics", api.metrics)
     add("GET", "/health", api.health)
     add("GET", "/openapi.json", api.openapi)
@@ -261,19 +265,41 @@ class _Api:
         body = await self._body(request, required=True)
         if type(body) is not dict:
             raise ApiError(400, "body: must be a JSON object such as {\"partitioned\": true}")
-        if unknown := body.keys() - {"partitioned", "peers"}:
-            raise ApiError(400, f"body: unknown field {sorted(unknown)[0]!r} (allowed: partitioned, peers)")
-        partitioned, peers = body.get("partitioned"), body.get("peers")
+        if unknown := body.keys() - {"partitioned", "peers", "direction"}:
+            raise ApiError(400, f"body: unknown field {sorted(unknown)[0]!r} (allowed: partitioned, peers, direction)")
+        partitioned, peers = body.get("partitioned"), _peers(body)
         if type(partitioned) is not bool:
             raise ApiError(400, "partitioned: must be true or false" + ("" if "partitioned" in body else " (missing)"))
-        if peers is not None and (type(peers) is not list or len(peers) > MAX_PARTITION_PEERS
-                                  or not all(type(p) is str and p for p in peers)):
-            raise ApiError(400, "peers: must be an array of peer ids (non-empty strings), or omitted for all peers")
+        direction = body.get("direction", "both")
+        if direction not in ("both", "outbound", "inbound"):
+            raise ApiError(400, 'direction: must be "both", "outbound" or "inbound"')
         try:
-            faults = self.node.set_partition(partitioned, peers)
+            faults = self.node.set_partition(partitioned, peers, direction)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-        return json_response(self.node.id, {"partitioned": partitioned, "peers": peers, "faults": faults})
+        return json_response(
+            self.node.id, {"partitioned": partitioned, "peers": peers, "direction": direction, "faults": faults}
+        )
+
+    async def simulate_link(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request, required=True)
+        if type(body) is not dict:
+            raise ApiError(400, 'body: must be a JSON object such as {"loss_percent": 30, "delay_ms": 50}')
+        if unknown := body.keys() - {"peers", "loss_percent", "delay_ms"}:
+            raise ApiError(400, f"body: unknown field {sorted(unknown)[0]!r} (allowed: peers, loss_percent, delay_ms)")
+        peers = _peers(body)
+        loss, delay = body.get("loss_percent"), body.get("delay_ms")
+        if loss is None and delay is None:
+            raise ApiError(400, "give loss_percent and/or delay_ms")
+        if loss is not None and (type(loss) not in (int, float) or not 0 <= loss <= 100):
+            raise ApiError(400, "loss_percent: must be a number from 0 to 100")
+        if delay is not None and (type(delay) not in (int, float) or not 0 <= delay <= MAX_LINK_DELAY_MS):
+            raise ApiError(400, f"delay_ms: must be a number from 0 to {MAX_LINK_DELAY_MS}")
+        try:
+            faults = self.node.set_link_quality(peers, loss, delay)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        return json_response(self.node.id, {"peers": peers, "loss_percent": loss, "delay_ms": delay, "faults": faults})
 
     async def metrics(self, _request: web.Request) -> web.StreamResponse:
         body, content_type = self.node.metrics_text()
@@ -413,6 +439,14 @@ class _Api:
                            leader=exc.leader_id, leaderUrl=exc.leader_url)
         payload["forwardedBy"] = self.node.id
         return json_response(self.node.id, payload, status, relay)
+
+
+def _peers(body: dict[str, Any]) -> list[str] | None:
+    peers = body.get("peers")
+    if peers is not None and (type(peers) is not list or len(peers) > MAX_PARTITION_PEERS
+                              or not all(type(p) is str and p for p in peers)):
+        raise ApiError(400, "peers: must be an array of peer ids (non-empty strings), or omitted for all peers")
+    return peers
 
 
 class _RootKeys:

@@ -177,9 +177,23 @@ def _schemas() -> dict[str, Any]:
                              "properties": {"partitioned": {"type": "boolean"},
                                             "peers": {"type": ["array", "null"],
                                                       "items": {"type": "string", "minLength": 1},
-                                                      "description": "Only these peers; omitted: all peers."}}},
+                                                      "description": "Only these peers; omitted: all peers."},
+                                            "direction": {"enum": ["both", "outbound", "inbound"],
+                                                          "description": "One-way cuts; default both."}}},
+        "LinkRequest": {"type": "object", "additionalProperties": False,
+                        "properties": {"peers": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1},
+                                                 "description": "Only these peers; omitted: all peers."},
+                                       "loss_percent": {"type": "number", "minimum": 0, "maximum": 100},
+                                       "delay_ms": {"type": "number", "minimum": 0, "maximum": 10000}},
+                        "description": "Applies to this node's outbound Raft traffic; set it on both ends for a "
+                                       "symmetric link. 0 removes the rule."},
+        "LinkResult": {"type": "object", "required": ["faults", "node"], "properties": {
+            "peers": {"type": ["array", "null"], "items": {"type": "string"}},
+            "loss_percent": {"type": ["number", "null"]}, "delay_ms": {"type": ["number", "null"]},
+            "faults": {"description": "This node's resulting fault description."}, "node": {"type": "string"}}},
         "PartitionResult": {"type": "object", "required": ["partitioned", "peers", "faults", "node"], "properties": {
             "partitioned": {"type": "boolean"}, "peers": {"type": ["array", "null"], "items": {"type": "string"}},
+            "direction": {"enum": ["both", "outbound", "inbound"]},
             "faults": {"description": "This node's resulting fault description."}, "node": {"type": "string"}}},
         "Health": {"type": "object", "required": ["status", "hasLeader", "node"], "additionalProperties": True,
                    "properties": {"status": {"type": "string"}, "leader": {"type": ["string", "null"]},
@@ -216,6 +230,10 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "200": _json(_ref("PartitionResult"), "The fault is in place."),
             "400": _err("Wrong types, unknown fields or unknown peer ids."),
             "413": _err(f"Body over {max_body_bytes} bytes.")}, body=_ref("PartitionRequest"))},
+        "/simulate-link": {"post": _op("Add packet loss and latency to this node's outgoing Raft traffic", {
+            "200": _json(_ref("LinkResult"), "The rule is in place."),
+            "400": _err("Wrong types, out-of-range numbers, unknown fields or unknown peer ids."),
+            "413": _err(f"Body over {max_body_bytes} bytes.")}, body=_ref("LinkRequest"))},
         "/metrics": {"get": _op("Prometheus metrics", {"200": {
             "description": "Prometheus text exposition format.",
             "content": {"text/plain": {"schema": {"type": "string"}}}}})},

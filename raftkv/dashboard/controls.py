@@ -97,13 +97,20 @@ class Controls:
 
     # ------------------------------------------------------------------ partitions --------------
 
-    async def _partition(self, link: NodeLink, partitioned: bool, peers: list[str] | None) -> dict:
+    async def _partition(
+        self, link: NodeLink, partitioned: bool, peers: list[str] | None, direction: str = "both"
+    ) -> dict:
         body: dict[str, Any] = {"partitioned": partitioned}
         if peers is not None:
             body["peers"] = peers
-        status, answer = await self.call(link, "POST", "/simulate-partition", body)
+        if direction != "both":
+            body["direction"] = direction
+        return await self._post(link, "/simulate-partition", body, "the partition")
+
+    async def _post(self, link: NodeLink, path: str, body: dict, what: str) -> dict:
+        status, answer = await self.call(link, "POST", path, body)
         if status >= 400:
-            raise ControlError(status, f"{link.id} refused the partition: {_err(answer)}", node=link.id)
+            raise ControlError(status, f"{link.id} refused {what}: {_err(answer)}", node=link.id)
         return answer if isinstance(answer, dict) else {"answer": answer}
 
     async def isolate(self, node_id: str) -> dict:
@@ -116,7 +123,7 @@ class Controls:
         results, errors = {}, {}
         for link in self.hub.links.values():
             try:
-                results[link.id] = await self._partition(link, False, None)
+                results[link.id] = await self._restore(link)
             except ControlError as e:
                 errors[link.id] = e.message
         return {"healed": sorted(results), "errors": errors}
@@ -146,16 +153,32 @@ class Controls:
     async def heal_quietly(self) -> None:
         for link in self.hub.links.values():
             with contextlib.suppress(ControlError):
-                await self._partition(link, False, None)
+                await self._restore(link)
+
+    async def _restore(self, link: NodeLink) -> dict:
+        """Every cut, one-way cut, loss and delay on this node's links removed."""
+        await self._post(link, "/simulate-link", {"loss_percent": 0, "delay_ms": 0}, "the link change")
+        return await self._partition(link, False, None)
 
     async def cut_one_way(self, src: str, dst: str) -> dict:
-        raise ControlError(501, "one-way cuts are not offered by the node API: POST /simulate-partition cuts both "
-                                "directions (the transport's fault layer can cut one way, but no route exposes it)",
-                           src=src, dst=dst)
+        """src stops reaching dst; dst still reaches src (cut on src's outbound side)."""
+        source, target = self._link(src), self._link(dst)
+        if source.id == target.id:
+            raise ControlError(400, "a one-way cut needs two different nodes")
+        self.hub.action(f"➡️✂️ cut {src} → {dst} (one way: {dst} still reaches {src})", kind="partition",
+                        src=src, dst=dst)
+        return {"src": src, "dst": dst,
+                "result": await self._partition(source, True, [target.raft_id], direction="outbound")}
 
     async def link_quality(self, node_id: str, loss_percent: float, delay_ms: float) -> dict:
-        raise ControlError(501, "packet loss and latency are not offered by the node API (only /simulate-partition); "
-                                "use `raftkv` chaos tools with tc netem for lossy links", node=node_id)
+        """Loss and latency on node_id's outgoing Raft traffic (0 and 0 restore the link)."""
+        link = self._link(node_id)
+        if not isinstance(loss_percent, (int, float)) or not isinstance(delay_ms, (int, float)):
+            raise ControlError(400, "loss_percent and delay_ms must be numbers")
+        self.hub.action(f"📉 {node_id}'s outgoing links: {loss_percent}% loss, {delay_ms} ms delay", kind="link",
+                        target=node_id)
+        body = {"loss_percent": loss_percent, "delay_ms": delay_ms}
+        return {"node": node_id, "result": await self._post(link, "/simulate-link", body, "the link change")}
 
     # ------------------------------------------------------------------ processes ---------------
 

@@ -115,8 +115,8 @@ def features(app: web.Application) -> dict:
             "forceElection": {"available": True},
             "partition": {"available": True},
             "split": {"available": True},
-            "oneWayCut": {"available": False, "why": "the node API's /simulate-partition cuts both directions only"},
-            "lossDelay": {"available": False, "why": "the node API offers no packet loss or latency control"},
+            "oneWayCut": {"available": True},
+            "lossDelay": {"available": True},
             "process": {"available": sup, "why": why},
             "slowmo": {"available": sup, "why": None if sup else
                        "slow motion restarts the nodes with a larger --tick-ms, which needs the supervisor"},

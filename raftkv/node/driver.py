@@ -49,7 +49,7 @@ from raftkv.core import (
 )
 from raftkv.kv import Command, KVStateMachine, encode
 from raftkv.storage import DiskStorage, RaftStorage
-from raftkv.transport import LinkFaults, TcpTransport, make_mtls_contexts
+from raftkv.transport import ALL_PEERS, LinkFaults, TcpTransport, make_mtls_contexts
 
 from .config import NodeConfig
 from .errors import NoQuorumError, NotLeaderError, OutcomeUnknownError
@@ -217,14 +217,40 @@ class RaftNode:
             await asyncio.sleep(self.cfg.tick_ms / 1000)
         return {"nodeId": self.id, "previousTerm": term_before, "term": self.core.term, "state": self.core.role.value}
 
-    def set_partition(self, partitioned: bool, peers: list[str] | None) -> dict:
+    def set_partition(self, partitioned: bool, peers: list[str] | None, direction: str = "both") -> dict:
+        """Cut (or restore) Raft traffic with `peers` (all if None); one way with direction
+        "outbound" (we stop reaching them) or "inbound" (they stop reaching us)."""
+        targets = self._known_peers(peers)
+        if not partitioned or direction == "both":
+            self.faults.set_partitioned(partitioned, peers)
+        else:
+            cut = self.faults.cut_outbound if direction == "outbound" else self.faults.cut_inbound
+            for peer in targets:
+                cut(peer)
+        log.info("partition node=%s partitioned=%s peers=%s direction=%s", self.id, partitioned, targets, direction)
+        return self._faults_changed()
+
+    def set_link_quality(self, peers: list[str] | None, loss_percent: float | None, delay_ms: float | None) -> dict:
+        """Loss and latency on this node's outbound Raft traffic to `peers` (all if None); 0 removes."""
+        targets = [ALL_PEERS] if peers is None else self._known_peers(peers)
+        for peer in targets:
+            if loss_percent is not None:
+                self.faults.set_loss(loss_percent, peer)
+            if delay_ms is not None:
+                self.faults.set_delay(delay_ms, peer)
+        log.info("link node=%s peers=%s loss=%s delay_ms=%s", self.id, peers or "all", loss_percent, delay_ms)
+        return self._faults_changed()
+
+    def _known_peers(self, peers: list[str] | None) -> list[str]:
         unknown = sorted(set(peers or ()) - set(self.cfg.peers()))
         if unknown:
             raise ValueError(f"unknown peer ids: {unknown}; peers are {sorted(self.cfg.peers())}")
-        self.faults.set_partitioned(partitioned, peers)
-        self.hub.publish({"type": "fault", "faults": self.faults.describe()})
-        log.info("partition node=%s partitioned=%s peers=%s", self.id, partitioned, peers or "all")
-        return self.faults.describe()
+        return list(peers) if peers is not None else list(self.cfg.peers())
+
+    def _faults_changed(self) -> dict:
+        described = self.faults.describe()
+        self.hub.publish({"type": "fault", "faults": described})
+        return described
 
     def raft_state(self, digest: bool = False) -> dict:
         """/raft-state; with digest, also a hash of the whole state machine (costs a full snapshot)."""

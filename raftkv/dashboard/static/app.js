@@ -205,6 +205,7 @@ function buildStatic() {
     ...Object.entries(demos).map(([k, v]) => el("option", {value: k, text: v})));
   const cut = S.features.oneWayCut || {};
   $("#cut").disabled = !cut.available;
+  $("#link-apply").disabled = !(S.features.lossDelay || {}).available;
   $("#cut-why").textContent = cut.available ? "" : `Unavailable: ${cut.why}. ${(S.features.lossDelay || {}).why || ""}`;
   const remote = $("#remote-note");
   if (!S.supervisor) {
@@ -812,6 +813,8 @@ function wire() {
     api("/api/split", {groups: [a, b].filter((g) => g.length)});
   });
   $("#cut").addEventListener("click", () => api("/api/cut", {src: $("#cut-src").value, dst: $("#cut-dst").value}));
+  $("#link-apply").addEventListener("click", () => api("/api/link-quality", {node: $("#cut-src").value,
+    loss_percent: Number($("#link-loss").value), delay_ms: Number($("#link-delay").value)}));
   $("#slowmo").addEventListener("click", () => {
     S.slowmo.busy = true; renderSafety();
     api("/api/slowmo", {factor: S.slowmo.factor > 1 ? 1 : 10});
