@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -150,7 +151,8 @@ def test_experiment3_hundred_concurrent_puts_while_the_leader_is_killed(
                                             urls[nodes[i % len(nodes)]], "write", f"key{i}", f"value{i}", None, 8.0))
                 for i in range(100)
             ]
-            while len(recorder.ops) < 15 and not all(t.done() for t in tasks):
+            # Kill once some PUTs are acknowledged and most are still in flight: "during operations".
+            while sum(op.outcome == "ok" for op in recorder.ops) < 10 and not all(t.done() for t in tasks):
                 await asyncio.sleep(0.001)
             cluster.supervisor.kill(leader)
             recorder.mark("leader killed")
@@ -187,11 +189,13 @@ def test_experiment3_hundred_concurrent_puts_while_the_leader_is_killed(
     verdict = judge(recorder)
     assert not verdict.violations, verdict.summary()  # incl. "a write answered 503 was applied"
     puts = [op.outcome for op in recorder.ops if op.kind == "write"]
-    report(capsys, f"experiment 3: 100 PUTs with the leader ({leader}) killed after ~15: "
+    report(capsys, f"experiment 3: 100 PUTs with the leader ({leader}) killed after ~10 acks: "
                    f"{puts.count('ok')} acknowledged, {puts.count('fail')} failed (503/refused), "
                    f"{puts.count('unknown')} unknown (504/timeout); every acknowledged one read back on "
                    f"{len(nodes)} nodes")
-    assert len(acknowledged) >= 15
+    outcomes = Counter((op.outcome, m.get("status"), str(m.get("error", ""))[:60])
+                       for op, m in zip(recorder.ops, recorder.op_meta, strict=True) if op.kind == "write")
+    assert len(acknowledged) >= 10, outcomes
 
 
 # ---------------------------------------------------------------- demo 4 ----------------------
@@ -297,9 +301,11 @@ def test_judge_flags_two_leaders_in_a_term_and_divergent_replicas() -> None:
     r = recorder_of([op(1, "write", "k", 0, 1, value=1), op(FINAL_CLIENT, "read", "k", 2, 3, result=1)])
     r.sample(StateSample(0.1, "node1", "leader", 3, "node1"))
     r.sample(StateSample(0.2, "node2", "leader", 3, "node2"))
-    j = judge(r, local_values={"k": {"node1": 1, "node2": 7}})
+    j = judge(r, local_values={"k": {"node1": 1, "node2": 7}},
+              digests={"node1": [9, "aa"], "node2": [9, "bb"], "node3": [8, "cc"]})
     assert any("two leaders" in v for v in j.violations)
-    assert any("divergent" in v for v in j.violations)
+    assert any("divergent" in v and "node1=1" in v for v in j.violations)
+    assert any("differ at applied index 9" in v for v in j.violations)
     html = render_timeline(r, j, {})
     assert "VIOLATION" in html and "<svg" in html
     assert "<script" not in html and "https://" not in html  # self-contained: no CDN

@@ -18,7 +18,8 @@ a history saved as JSON can be judged again later. Its checks, strongest first:
    answered "definitely not applied" (503, refused connection), shows a failure report that lied
    ("failed write applied", with the node and the answer it gave).
 3. **No divergent replicas**: after convergence, every node's *local* state (`?stale=true`)
-   holds the same value for every key.
+   holds the same value for every key, and nodes that applied the same index report the same
+   digest of their whole state machine (`/raft-state?digest=true`, when the nodes offer it).
 4. **Election safety, sampled**: no two nodes seen as leader in the same term.
 5. **Liveness after healing**: the cluster elected a leader and converged, and every final read
    got an answer, within the bound. A failure here is reported as inconclusive (exit 3), not as
@@ -148,7 +149,10 @@ def judge(
     converged: bool = True,
     liveness: list[str] | None = None,
     check_timeout_s: float = 60.0,
+    digests: dict[str, Any] | None = None,
 ) -> Judgement:
+    """`digests`: {node: [lastApplied, kvDigest]} read after convergence (nodes that applied the
+    same index must hold byte-identical state machines)."""
     ops = recorder.ops
     result = check_history(ops, timeout_s=check_timeout_s)
     j = Judgement(check=result, liveness=list(liveness or []))
@@ -173,6 +177,15 @@ def judge(
         as_unknown = [dataclasses.replace(op, outcome="unknown") if op.outcome == "fail" and op.kind != "read"
                       else op for op in ops]
         j.explained_by_failed_writes = check_history(as_unknown, timeout_s=check_timeout_s).ok
+
+    if digests and converged:
+        by_index: dict[Any, dict[str, Any]] = defaultdict(dict)
+        for node, (applied, digest) in sorted(digests.items()):
+            by_index[applied][node] = digest
+        for applied, per_node in sorted(by_index.items(), key=lambda kv: str(kv[0])):
+            if len(set(per_node.values())) > 1:
+                j.divergence.append(f"state machines differ at applied index {applied}: "
+                                    + ", ".join(f"{n}={d}" for n, d in sorted(per_node.items())))
 
     leaders: dict[int, set[str]] = defaultdict(set)
     for s in recorder.samples:

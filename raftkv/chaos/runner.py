@@ -195,16 +195,18 @@ async def _run(opts: ChaosOptions) -> Judgement:
             liveness.append(f"after healing: {view}")
         say(f"chaos: after healing: {view}")
         local = await final_reads(cluster.urls, workload.key_names(), recorder)
+        digests = await _digests(cluster.urls)
         recorder.mark("final reads")
         stop_observer.set()
         await observer_task
 
         say(f"chaos: checking {len(recorder.ops)} operations ...")
-        judgement = await asyncio.to_thread(judge, recorder, local, converged, liveness)
+        judgement = await asyncio.to_thread(judge, recorder, local, converged, liveness, 60.0, digests)
         meta = {**asdict(opts), "nodeUrls": cluster.urls, "schedule": [asdict(p) for p in schedule],
                 "network": "netns lab" if lab else "attached" if opts.endpoints else "loopback",
                 # What `recheck` needs to judge this run again without the cluster:
-                "finalLocalValues": local, "converged": converged, "livenessNotes": liveness}
+                "finalLocalValues": local, "converged": converged, "livenessNotes": liveness,
+                "finalDigests": digests}
         paths = write_report(out_dir, recorder, judgement, meta)
         say(f"chaos: timeline {paths['timeline']}  history {paths['history']}")
         if judgement.violations or judgement.inconclusive:
@@ -221,6 +223,17 @@ async def _run(opts: ChaosOptions) -> Judgement:
 
 
 MAX_FAULT_OVERRUN_S = 5.0
+
+
+async def _digests(urls: dict[str, str]) -> dict[str, list]:
+    """{node: [lastApplied, kvDigest]} from nodes that offer a digest (others are left out)."""
+    out = {}
+    async with new_session() as session:
+        for node, url in sorted(urls.items()):
+            status, data, _, _ = await call(session, "GET", f"{url}/raft-state?digest=true", None, 5.0)
+            if status == 200 and isinstance(data, dict) and data.get("kvDigest") is not None:
+                out[node] = [data.get("lastApplied"), data["kvDigest"]]
+    return out
 
 
 async def _progress(opts: ChaosOptions, recorder: Recorder, nemesis: Nemesis, observer: Observer,
@@ -280,6 +293,6 @@ def recheck(out_dir: Path) -> Judgement:
     recorder = Recorder.from_json(saved)
     meta = saved.get("meta", {})
     judgement = judge(recorder, meta.get("finalLocalValues"), meta.get("converged", True),
-                      meta.get("livenessNotes", []))
+                      meta.get("livenessNotes", []), digests=meta.get("finalDigests"))
     write_report(Path(out_dir), recorder, judgement, meta)
     return judgement
