@@ -346,6 +346,7 @@ def test_partition_shapes() -> None:
 def test_attached_cluster_refuses_kill_and_pause_and_says_why() -> None:
     problems = validate(ChaosOptions(endpoints=("http://127.0.0.1:1",), nemesis=("kill", "pause", "partition")))
     assert problems and "kill, pause unavailable with --endpoints" in problems[0]
+    assert validate(ChaosOptions(endpoints=("http://127.0.0.1:1",), nemesis=("crash",)))
     assert validate(ChaosOptions(endpoints=("http://127.0.0.1:1",), nemesis=("partition",))) == []
 
 
@@ -363,11 +364,12 @@ def run_chaos(tmp_path: Path, *args: str, timeout_s: float = 180) -> tuple[int, 
     return proc.returncode, output, run
 
 
-def test_chaos_run_with_kill_pause_and_partition_passes(tmp_path: Path) -> None:
-    code, output, run = run_chaos(tmp_path, "--duration", "20", "--nemesis", "kill,pause,partition", "--seed", "0")
+def test_chaos_run_with_kill_pause_partition_and_crash_passes(tmp_path: Path) -> None:
+    code, output, run = run_chaos(tmp_path, "--duration", "20", "--nemesis", "kill,pause,partition,crash",
+                                  "--seed", "0")
     assert code == 0, output[-3000:]
     assert run["judgement"]["verdict"] == "PASS"
-    assert {f["kind"] for f in run["faults"]} == {"kill", "pause", "partition"}
+    assert {f["kind"] for f in run["faults"]} == {"kill", "pause", "partition", "crash"}
     assert all(f["end"] is not None and not f["error"] for f in run["faults"]), run["faults"]
     assert run["judgement"]["outcomes"]["all"]["ok"] > 100
     assert (tmp_path / "chaos-out" / "timeline.html").exists()
@@ -396,3 +398,13 @@ def test_proof_chaos_catches_stale_follower_reads(tmp_path: Path) -> None:
     assert "NOT linearizable" in output
     assert run["judgement"]["verdict"] == "VIOLATION"
     assert not run["judgement"]["explainedByFailedWrites"]  # caught for the right reason: stale reads
+
+
+def test_proof_chaos_catches_acknowledging_before_fsync(tmp_path: Path) -> None:
+    """The second proof: nodes that acknowledge before fsync (--unsafe-skip-fsync) lose
+    acknowledged writes when every node is killed at once; `raftkv chaos` must say so."""
+    code, output, run = run_chaos(tmp_path, "--duration", "12", "--nemesis", "crash", "--seed", "1",
+                                  "--node-arg=--unsafe-skip-fsync")
+    assert code == 1, output[-3000:]
+    assert run["judgement"]["verdict"] == "VIOLATION"
+    assert {f["kind"] for f in run["faults"]} == {"crash"}

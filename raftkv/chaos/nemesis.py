@@ -14,6 +14,8 @@ effect on the history can be seen on its own, and the timeline's shaded windows 
 Kinds and variants:
 
     kill       kill -9 a node (the leader half the time), restart it from disk at the window's end
+    crash      kill -9 every node at once (a power failure), restart them all: only what was
+               fsynced survives, so this is where acknowledging before fsync shows
     pause      SIGSTOP a node for longer than an election timeout, then SIGCONT
     partition  POST /simulate-partition: isolate one node, or cut a minority from the majority
     netns      nftables cuts in the lab's bridge: isolate, majority/minority split, a "bridge" node
@@ -40,9 +42,10 @@ from raftkv.chaos.workload import call, new_session
 
 __all__ = ["KINDS", "FaultPlan", "Nemesis", "plan_schedule"]
 
-KINDS = ("kill", "pause", "partition", "netns")
+KINDS = ("kill", "pause", "partition", "netns", "crash")
 VARIANTS = {
     "kill": ("node",),
+    "crash": ("all",),
     "pause": ("node",),
     "partition": ("isolate", "split"),
     "netns": ("isolate", "split", "bridge", "asymmetric", "loss", "latency"),
@@ -162,7 +165,14 @@ class Nemesis:
         minority = [victim, *others[: minority_size - 1]] if minority_size > 1 else [victim]
         majority = [n for n in self.node_ids if n not in minority]
         details = {"plan": plan.describe(), "leaderAtStart": self.leader_now()}
-        if plan.kind == "kill":
+        if plan.kind == "crash":
+            everyone = list(self.node_ids)
+            record = self.recorder.fault_started("crash", "kill -9 every node at once (power failure)", everyone,
+                                                 **details)
+            for node in everyone:
+                self.cluster.kill(node)
+                self._killed.add(node)
+        elif plan.kind == "kill":
             record = self.recorder.fault_started("kill", f"kill -9 {victim}{role}", [victim], **details)
             self.cluster.kill(victim)
             self._killed.add(victim)

@@ -30,7 +30,7 @@ __all__ = ["FaultRecord", "Recorder", "StateSample"]
 
 @dataclass
 class FaultRecord:
-    kind: str  # "kill", "pause", "partition", "netns"
+    kind: str  # "kill", "pause", "partition", "netns", "crash"
     label: str  # what a person reads: "kill -9 node2 (leader)", "netns bridge via node3"
     targets: list[str]
     start: float

@@ -37,7 +37,8 @@ NODE_COLORS = ["#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#1f78b4",
 STATE_COLORS = {"leader": "#f2b705", "follower": "#9ecae1", "candidate": "#fd8d3c", "pre-candidate": "#fdd0a2",
                 "precandidate": "#fdd0a2", "learner": "#c7e9c0", None: "#bbbbbb"}
 OUTCOME_COLORS = {"ok": "#2e9d4a", "fail": "#e0584f", "unknown": "#f0a030"}
-FAULT_COLORS = {"kill": "#d62728", "pause": "#9467bd", "partition": "#1f77b4", "netns": "#17becf"}
+FAULT_COLORS = {"kill": "#d62728", "pause": "#9467bd", "partition": "#1f77b4", "netns": "#17becf",
+                "crash": "#8b0000"}
 
 
 def write_report(out_dir: Path, recorder: Recorder, judgement: Judgement, meta: dict[str, Any]) -> dict[str, Path]:

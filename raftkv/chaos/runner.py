@@ -90,7 +90,7 @@ def validate(opts: ChaosOptions) -> list[str]:
     if unknown:
         problems.append(f"unknown nemesis kind(s) {sorted(unknown)}; choose from {', '.join(KINDS)}")
     if opts.endpoints:
-        unavailable = sorted({"kill", "pause", "netns"} & set(opts.nemesis))
+        unavailable = sorted({"kill", "pause", "netns", "crash"} & set(opts.nemesis))
         if unavailable:
             problems.append(f"{', '.join(unavailable)} unavailable with --endpoints: they need node processes "
                             "this command starts itself (only `partition`, via /simulate-partition, works "

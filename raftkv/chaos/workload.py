@@ -47,6 +47,7 @@ from raftkv.check import Operation
 __all__ = ["WorkloadConfig", "call", "final_reads", "new_session", "perform", "run_clients"]
 
 CONNECT_TIMEOUT_S = 1.0
+REFUSED_BACKOFF_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,8 @@ async def perform(
     value: Any,
     expected: Any,
     timeout_s: float,
-) -> Operation:
-    """Send one request, record it (with its node and HTTP status) and return the operation."""
+) -> tuple[Operation, dict[str, Any]]:
+    """Send one request, record it (with its node and HTTP status); return both."""
     if kind == "read":
         method, body = "GET", None
     else:
@@ -158,7 +159,7 @@ async def perform(
     elif status is not None and status >= 400 and isinstance(data, dict):
         meta["error"] = str(data.get("error", ""))[:200]
     recorder.record(op, **meta)
-    return op
+    return op, meta
 
 
 async def _client_loop(
@@ -185,15 +186,19 @@ async def _client_loop(
             value = index * 1_000_000 + n
         if kind == "cas":
             expected = seen.get(key)
-        op = await perform(session, recorder, index, node, urls[node], kind, key, value, expected, cfg.op_timeout_s)
+        op, meta = await perform(session, recorder, index, node, urls[node], kind, key, value, expected,
+                                 cfg.op_timeout_s)
         if op.outcome == "ok":
             if kind == "read":
                 seen[key] = op.result
             elif kind == "write" or op.result:
                 seen[key] = value
-        if cfg.think_s:
+        pause_s = cfg.think_s * (0.5 + rng.random())
+        if op.outcome == "fail" and meta.get("status") is None:
+            pause_s += REFUSED_BACKOFF_S  # a node is down: do not flood the history with refusals
+        if pause_s:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), cfg.think_s * (0.5 + rng.random()))
+                await asyncio.wait_for(stop.wait(), pause_s)
 
 
 async def run_clients(cfg: WorkloadConfig, urls: Mapping[str, str], recorder: Recorder, stop: asyncio.Event) -> None:
