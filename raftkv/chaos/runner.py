@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -147,8 +148,14 @@ async def _run(opts: ChaosOptions) -> Judgement:
         cluster: ChaosCluster = AttachedCluster(await _attached_urls(opts.endpoints))
         lab = None
     else:
+        # The nodes' data is this run's own: a previous run's log under the same --out would be
+        # another cluster's history.
+        shutil.rmtree(out_dir / "data", ignore_errors=True)
         cluster, lab = _make_cluster(opts, out_dir / "data")
-    say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if opts.progress else (lambda msg: None)
+
+    def say(msg: str) -> None:
+        tqdm.write(msg, file=sys.stderr)  # above the progress bar when there is one
+
     nemesis: Nemesis | None = None
     try:
         cluster.start_all()
