@@ -215,7 +215,8 @@ def markdown(res: Results) -> str:
         f" {m.get('duration_s', '?')} s each;"
         f" figures are medians with (min-max). Peers measured in the same run: {m.get('peers', '?')}."
         f" Load average (1/5/15 min) before: {m.get('load_before', '?')}, after: {m.get('load_after', '?')}"
-        " (other work shares this machine; interleaving spreads its noise over all systems).",
+        " (other work shares this machine; interleaving spreads its noise over all systems)."
+        f" raftkv code measured: {m.get('raftkv_code', '?')}.",
         "",
     ]
     h = http_table(res)

@@ -30,16 +30,21 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: `python bench/run.py`
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: `python bench/run.py`
 
-from tqdm import tqdm
+from bench.pin import pin_raftkv  # noqa: E402 - must run before anything imports raftkv
 
-from bench import etcd, report
-from bench.embedded import PYSYNCOBJ_VARIANTS, EmbeddedCluster
-from bench.failover import FailoverTrial, run_failover
-from bench.load import Workload, run_load
-from bench.raftkv_http import RaftkvCluster
-from bench.restart import measure_restart
+PINNED = pin_raftkv(ROOT)
+
+from tqdm import tqdm  # noqa: E402
+
+from bench import etcd, report  # noqa: E402
+from bench.embedded import PYSYNCOBJ_VARIANTS, EmbeddedCluster  # noqa: E402
+from bench.failover import FailoverTrial, run_failover  # noqa: E402
+from bench.load import Workload, run_load  # noqa: E402
+from bench.raftkv_http import RaftkvCluster  # noqa: E402
+from bench.restart import measure_restart  # noqa: E402
 
 PHASES = ("http", "embedded", "failover", "restart")
 
@@ -57,8 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--restart-keys", type=int, help="keys for the restart test (default 1000000; smoke 2000)")
     p.add_argument("--systems", default="raftkv,etcd,pysyncobj", help="which systems to run")
     p.add_argument("--skip", default="", help=f"phases to skip, comma-separated: {','.join(PHASES)}")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="output directory")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output directory")
     a = p.parse_args(argv)
+    a.out = Path(PINNED["cwd"], a.out)  # the run works from the pinned copy's directory
     smoke = a.smoke
 
     def ints(text: str | None, full: str, tiny: str) -> list[int]:
@@ -111,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "pysyncobj_variants": pso_variants,
         "python": platform.python_version(),
         "load_before": _loadavg(),
+        "raftkv_code": _describe_pinned(),
     }
     for note in res.notes:
         print("note:", note)
@@ -155,6 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"written: {a.out / 'RESULTS.md'}" + (f", {png}" if png else " (no PNG: matplotlib missing)"))
     return 0
+
+
+def _describe_pinned() -> str:
+    dirty = PINNED["dirty_files"]
+    text = f"git {PINNED['commit']}"
+    if dirty != "0":
+        text += f" + uncommitted changes in {dirty} file(s) of raftkv/"
+    return text + f", pinned for the whole run (sha256 of raftkv/*.py {PINNED['digest']})"
 
 
 def _loadavg() -> str:
