@@ -860,3 +860,22 @@ def test_log_matching_a_new_leader_makes_every_follower_log_identical_to_its_own
         assert h.log_terms(node) == [*FIG7_LEADER, 8], node
         assert committed(h, node) == 11
     assert all(h.values(n) == h.values("top") for n in h.ids)
+
+
+def test_a_follower_that_lost_acknowledged_entries_is_repaired() -> None:
+    """Beyond the paper, which assumes stable storage never loses an acknowledged entry: a
+    follower restarted with an emptied disk (an operator wiped its data directory) must still
+    catch up, instead of the leader trusting its old match index forever."""
+    h = Harness(("a", "b", "c"))
+    h.elect("a")
+    h.propose("a", "x", "y")
+    h.stabilize()
+    h.crash("c")
+    h.replicas["c"].durable = DurableState()  # the data directory is gone
+    h.restart("c")
+    h.propose("a", "z")
+    h.stabilize()
+    h.tick_all(3)
+    h.stabilize()
+    assert h.log_terms("c") == h.log_terms("a")
+    assert h.values("c") == h.values("a") == {"k": "z"}

@@ -681,6 +681,15 @@ class RaftCore:
         pr.recent_active = True
         pr.ticks_since_contact = 0
         if not m.success:
+            if m.conflict_term == 0 and m.conflict_index <= pr.match:
+                # The follower's log ends before what it acknowledged: its disk lost entries (a
+                # wiped or restored data directory), or this rejection is very old. Probing again
+                # is safe either way; it only lowers bookkeeping, never the commit index.
+                pr.become_probe()
+                pr.match = m.conflict_index - 1
+                pr.next = m.conflict_index
+                self._send_append(m.src)
+                return
             if not self._is_fresh_rejection(pr, m):
                 return
             pr.become_probe()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_left
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgpack
@@ -103,6 +104,9 @@ def _holds(actual: Any, op: CompareOp, expected: Any) -> bool:
     if not ((ta in num and te in num) or (ta is str and te is str)):
         return False
     return actual > expected if op is CompareOp.GT else actual < expected
+
+
+_ENCODE_CHUNK_ROWS = 5_000
 
 
 class KVStateMachine:
@@ -310,9 +314,31 @@ class KVStateMachine:
 
     def snapshot(self) -> bytes:
         """Everything, canonically: equal states give equal bytes."""
-        items = [[k, *self._kvs[k]] for k in self._sorted()]
-        dedup = [[rid, result] for rid, result in self._dedup.items()]
-        return msgpack.packb([_SNAPSHOT_FORMAT, self.applied_index, self.revision, items, dedup])
+        return self.snapshot_later()()
+
+    def snapshot_later(self) -> Callable[[], bytes]:
+        """Freeze the current state cheaply; the returned function encodes it, on any thread.
+
+        Values are immutable KeyValue tuples, so shallow copies of the containers are a
+        consistent image while applying goes on; the expensive encoding can then run off the
+        event loop (a million keys take seconds to encode, far longer than an election timeout).
+        """
+        kvs, dedup = dict(self._kvs), list(self._dedup.items())
+        applied_index, revision = self.applied_index, self.revision
+
+        def encode() -> bytes:
+            # Byte-for-byte what packb of the whole list gives, packed in chunks: one packb of a
+            # million rows is a single C call that holds the GIL (and so the node's loop) for it all.
+            packer = msgpack.Packer()
+            keys = sorted(kvs)
+            parts = [packer.pack_array_header(5), packer.pack(_SNAPSHOT_FORMAT), packer.pack(applied_index),
+                     packer.pack(revision), packer.pack_array_header(len(keys))]
+            for lo in range(0, len(keys), _ENCODE_CHUNK_ROWS):
+                parts.append(b"".join(packer.pack([k, *kvs[k]]) for k in keys[lo : lo + _ENCODE_CHUNK_ROWS]))
+            parts.append(packer.pack([list(d) for d in dedup]))
+            return b"".join(parts)
+
+        return encode
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's; raises ValueError if data is not one."""
@@ -320,7 +346,10 @@ class KVStateMachine:
             fmt, applied_index, revision, items, dedup = msgpack.unpackb(data)
             if fmt != _SNAPSHOT_FORMAT:
                 raise ValueError(f"unknown snapshot format {fmt!r}")
-            kvs = {k: KeyValue(v, c, m, ver) for k, v, c, m, ver in items}
+            make = KeyValue._make
+            kvs = {row[0]: make(row[1:]) for row in items}
+            if not all(len(kv) == 4 for kv in kvs.values()):
+                raise ValueError("malformed key-value row")
             table = OrderedDict((rid, result) for rid, result in dedup)
             if not all(type(r) is str and type(b) is bytes for r, b in table.items()):
                 raise ValueError("malformed dedup table")

@@ -3,21 +3,29 @@
 Theory of operation
 -------------------
 One asyncio task, the loop, owns the core. Everything else (the ticker, the transport's receive
-callback, HTTP handlers) only queues inputs and wakes the loop. Each turn of the loop:
+callback, HTTP handlers) only queues inputs and wakes the loop. Each turn of the loop feeds the
+core what was queued (received messages first, then ticks, operator actions, and *all* waiting
+client proposals as one batch), then hands out every Ready, calling `advance()` at once, so the
+loop never waits for the disk: ticks, heartbeats and reads keep flowing during a slow fsync.
 
-1. feeds the core everything queued since the last turn: ticks, received messages, operator
-   actions, and *all* waiting client proposals as one batch (one log append);
-2. carries out each Ready strictly in order: write snapshot / entries / hard state to the WAL and
-   fsync once (in a worker thread, so the loop keeps receiving meanwhile: that is group commit,
-   since whatever arrives during one fsync goes into the next one); only then send the messages;
-   then apply committed entries and wake the clients waiting for them; then release safe reads;
-   then `advance()`.
+What a Ready asks for is split by what it depends on:
+- messages that promise nothing about this node's disk (heartbeats and their answers, ReadIndex
+  traffic, transfer requests, TimeoutNow) leave immediately;
+- everything else waits for the disk pump: a second task that takes all Readys handed out so far,
+  writes their snapshot / entries / hard state and fsyncs *once* (group commit across Readys),
+  then sends their held messages in order. A vote or an append acknowledgement therefore leaves
+  only once what it vouches for is on disk, and a leader's AppendRequests only once its own copy
+  is, which is what lets the leader count itself when it commits;
+- committed entries are applied in log order as soon as a majority holds them on disk. With more
+  than one voter, "committed" already means that (see above), so they apply without waiting for
+  this node's own fsync of newer entries; a single voter waits for its own fsync.
 
-A client write is answered only after its entry is committed and applied here, and commitment
-needs a majority that fsynced it, so an acknowledged write survives kill -9 of any minority.
-A proposal whose index ends up holding another term's entry was definitely not applied (503); one
-that times out may still commit (504). Reads go through ReadIndex (a follower asks the leader for
-the read point and serves it locally once it has applied that far).
+A client write is answered only after its entry is committed and applied here, so an
+acknowledged write survives kill -9 of any minority. A proposal whose index ends up holding
+another term's entry was definitely not applied (503); one that times out may still commit (504).
+Reads go through ReadIndex (a follower asks the leader for the read point and serves it locally
+once it has applied that far). Snapshots are frozen on the loop (a shallow copy) and encoded in a
+worker thread, so a large state machine does not stall elections.
 """
 
 from __future__ import annotations
@@ -29,20 +37,28 @@ import itertools
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from raftkv.core import (
     Config,
+    Entry,
     EntryKind,
     HeartbeatRequest,
+    HeartbeatResponse,
     Message,
     ProposalDroppedError,
     RaftCore,
+    ReadIndexRequest,
+    ReadIndexResponse,
     Ready,
     Role,
+    Snapshot,
+    TimeoutNow,
     TraceEvent,
+    TransferRequest,
 )
 from raftkv.core import (
     NotLeaderError as CoreNotLeader,
@@ -59,7 +75,10 @@ from .observe import EventHub
 log = logging.getLogger("raftkv.node")
 
 STATUS_EVERY_S = 0.25
+DEADLINE_SWEEP_S = 0.05
 UNSAFE_SYNC_EVERY_S = 1.0
+# Messages that vouch for nothing on this node's disk, so they need not wait for its fsync.
+SEND_AT_ONCE = (HeartbeatRequest, HeartbeatResponse, ReadIndexRequest, ReadIndexResponse, TransferRequest, TimeoutNow)
 
 
 class RaftNode:
@@ -103,15 +122,29 @@ class RaftNode:
             ssl_client=ssl_client,
         )
         self._disk = ThreadPoolExecutor(1, thread_name_prefix=f"{self.id}-wal")
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"{self.id}-snap")
         self._wake = asyncio.Event()
+        self._disk_wake = asyncio.Event()
         self._ticks = 0
         self._inbox: list[Message] = []
         self._actions: list[Callable[[], None]] = []
         self._proposals: list[tuple[bytes, asyncio.Future[dict], float]] = []
         self._reads: list[tuple[bytes, asyncio.Future[None]]] = []
-        self._waiting_proposals: dict[int, tuple[int, asyncio.Future[dict], float]] = {}
-        self._waiting_reads: dict[bytes, tuple[asyncio.Future[None], float]] = {}
-        self._reads_by_index: list[tuple[int, asyncio.Future[None]]] = []
+        # index -> (term, future, proposed at, deadline)
+        self._waiting_proposals: dict[int, tuple[int, asyncio.Future[dict], float, float]] = {}
+        self._waiting_reads: dict[bytes, tuple[asyncio.Future[None], float, float]] = {}
+        self._reads_by_index: list[tuple[int, asyncio.Future[None], float]] = []
+        # Readys handed out whose writes are not yet durable, each with the messages it holds back.
+        self._unsynced: list[tuple[int, Ready, list[Message]]] = []
+        self._ready_seq = 0
+        self._durable_seq = 0  # every Ready up to this one is on disk
+        self._written_index = self._durable_index = (
+            durable.entries[-1].index if durable.entries else (self._snapshot_index)
+        )
+        # Committed work in log order: (ready seq, entry or snapshot to restore).
+        self._to_apply: deque[tuple[int, Entry | Snapshot]] = deque()
+        self._snapshotting = False
+        self._storage_lock = asyncio.Lock()  # the storage takes one caller at a time
         self._read_ids = itertools.count()
         self._tasks: list[asyncio.Task] = []
         self._running = False
@@ -127,22 +160,27 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._loop()),
+            loop.create_task(self._disk_pump()),
             loop.create_task(self._ticker()),
             loop.create_task(self._status()),
+            loop.create_task(self._sweep_deadlines()),
         ]
         log.info("node started id=%s http=%s raft_port=%d", self.id, self.url, self.cfg.me.raft_port)
 
     async def stop(self) -> None:
-        """Graceful stop: finish the current Ready (so what was acknowledged is on disk), then close."""
+        """Graceful stop: write out what was handed to the disk, then close everything."""
         self._running = False
-        self._wake.set()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._disk, lambda: None)  # let a cancelled batch's fsync finish
+        await self._write_unsynced()  # what was handed out but not yet written
         await self.transport.close()
-        await asyncio.get_running_loop().run_in_executor(self._disk, self.storage.close)
+        await loop.run_in_executor(self._disk, self.storage.close)
         self._disk.shutdown(wait=True)
+        self._encoder.shutdown(wait=False, cancel_futures=True)
         for fut in self._pending_futures():
             if not fut.done():
                 fut.set_exception(OutcomeUnknownError("the node is shutting down"))
@@ -152,9 +190,9 @@ class RaftNode:
         return (
             [f for _, f, _ in self._proposals]
             + [f for _, f in self._reads]
-            + [f for _, f, _ in self._waiting_proposals.values()]
-            + [f for f, _ in self._waiting_reads.values()]
-            + [f for _, f in self._reads_by_index]
+            + [w[1] for w in self._waiting_proposals.values()]
+            + [w[0] for w in self._waiting_reads.values()]
+            + [f for _, f, _ in self._reads_by_index]
         )
 
     # ================================================================ the public interface ======
@@ -172,13 +210,7 @@ class RaftNode:
         fut: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
         self._proposals.append((encode(command), fut, time.monotonic()))
         self._wake.set()
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.cfg.proposal_timeout_s)
-        except TimeoutError:
-            self.metrics.proposals.labels("unknown").inc()
-            raise OutcomeUnknownError(
-                f"not applied within {self.cfg.proposal_timeout_s} s; it may or may not have been applied"
-            ) from None
+        return await fut  # the deadline sweep fails it with OutcomeUnknownError when it times out
 
     async def read_barrier(self) -> None:
         if self.cfg.unsafe_stale_reads and self.core.role is not Role.LEADER:
@@ -187,11 +219,7 @@ class RaftNode:
         ctx = f"{self.id}:{next(self._read_ids)}".encode()
         self._reads.append((ctx, fut))
         self._wake.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), self.cfg.read_timeout_s)
-        except TimeoutError:
-            self._waiting_reads.pop(ctx, None)
-            raise OutcomeUnknownError("the read could not be confirmed in time; retry") from None
+        await fut
 
     async def force_election(self) -> dict:
         """The seed's button: this node campaigns now (through a leadership transfer if a leader is known)."""
@@ -277,6 +305,7 @@ class RaftNode:
             storage=dataclasses.asdict(self.storage.stats),
             uptime=round(time.time() - self.started_at, 3),
         )
+        status["stableIndex"] = self._durable_index  # fsynced, not merely handed to the disk
         if digest:
             status["kvDigest"] = self.kv.digest()
         return status
@@ -341,21 +370,23 @@ class RaftNode:
             self._wake.clear()
             try:
                 self._feed_core()
-                await self._carry_out_readies()
+                self._hand_out_readies()
             except Exception:
                 log.exception("node loop failed id=%s; stopping the node", self.id)
                 raise
 
     def _feed_core(self) -> None:
         core = self.core
-        ticks, self._ticks = self._ticks, 0
-        for _ in range(ticks):
-            core.tick()
+        # Messages before ticks: what arrived while this process was busy must count before the
+        # busy time itself is taken for the peers' silence.
         inbox, self._inbox = self._inbox, []
         for m in inbox:
             if isinstance(m, HeartbeatRequest):
                 self.metrics.on_heartbeat_received()
             core.step(m)
+        ticks, self._ticks = self._ticks, 0
+        for _ in range(ticks):
+            core.tick()
         actions, self._actions = self._actions, []
         for act in actions:
             act()
@@ -365,7 +396,7 @@ class RaftNode:
         now = time.monotonic()
         for ctx, fut in reads:
             if not fut.done():
-                self._waiting_reads[ctx] = (fut, now)
+                self._waiting_reads[ctx] = (fut, now, now + self.cfg.read_timeout_s)
                 core.read_index(ctx)
 
     def _propose_batch(self) -> None:
@@ -387,109 +418,214 @@ class RaftNode:
                 fut.set_exception(NoQuorumError(str(e)))
             return
         for i, (_, fut, started) in enumerate(batch):
-            self._waiting_proposals[first + i] = (term, fut, started)
+            self._waiting_proposals[first + i] = (term, fut, started, started + self.cfg.proposal_timeout_s)
 
-    async def _carry_out_readies(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self.core.has_ready():
-            rd = self.core.ready()
-            if rd.must_sync():
-                await self._persist(rd, loop)
-            self.transport.send(rd.messages)
-            self._note_messages(rd)
+    def _hand_out_readies(self) -> None:
+        core = self.core
+        while core.has_ready():
+            rd = core.ready()
+            core.advance(rd)
+            self._ready_seq += 1
+            now, held = [], []
+            for m in rd.messages:
+                (now if isinstance(m, SEND_AT_ONCE) else held).append(m)
+            if now:
+                self.transport.send(now)
+                self._note_messages(now)
             if rd.soft_state is not None:
                 self._on_soft_state(rd)
             if rd.snapshot is not None:
-                self.kv.restore(rd.snapshot.data)
-                self._snapshot_index = rd.snapshot.meta.index
+                self._to_apply.append((self._ready_seq, rd.snapshot))
+            if rd.committed_entries:
+                self._note_commits(rd.committed_entries)
+                self._to_apply.extend((self._ready_seq, e) for e in rd.committed_entries)
+            self._note_read_states(rd)
+            if rd.must_sync() or held or self._unsynced:
+                self._unsynced.append((self._ready_seq, rd, held))
+                self._disk_wake.set()
+            else:
+                self._durable_seq = self._ready_seq
+        self._apply_what_is_safe()
+
+    async def _disk_pump(self) -> None:
+        while True:
+            await self._disk_wake.wait()
+            self._disk_wake.clear()
+            while self._unsynced:
+                await self._write_unsynced()
+                self._apply_what_is_safe()
+                if self._snapshot_due():
+                    self._snapshotting = True
+                    self._tasks.append(asyncio.get_running_loop().create_task(self._take_snapshot()))
+
+    async def _write_unsynced(self) -> None:
+        """One batch: everything handed out so far, written and fsynced once, then its held messages."""
+        async with self._storage_lock:
+            await self._write_batch()
+
+    async def _write_batch(self) -> None:
+        batch, self._unsynced = self._unsynced, []
+        if not batch:
+            return
+        loop = asyncio.get_running_loop()
+        storage, entries = self.storage, 0
+        for _, rd, _ in batch:
+            if rd.snapshot is not None:
+                await loop.run_in_executor(self._disk, storage.save_snapshot, rd.snapshot)
+                self._written_index = max(self._written_index, rd.snapshot.meta.index)
+            if rd.entries:
+                storage.append(rd.entries)
+                self._written_index = rd.entries[-1].index
+                entries += len(rd.entries)
+            if rd.hard_state is not None:
+                storage.set_hard_state(rd.hard_state)
+        if not self.cfg.unsafe_skip_fsync or time.monotonic() - self._last_unsafe_sync >= UNSAFE_SYNC_EVERY_S:
+            # (the unsafe mode acknowledges what is only in memory, syncing once a second)
+            self._last_unsafe_sync = time.monotonic()
+            started = time.perf_counter()
+            await loop.run_in_executor(self._disk, storage.sync)
+            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+            self.metrics.fsync_batch.observe(entries)
+        self._durable_seq, self._durable_index = batch[-1][0], self._written_index
+        for _, _, held in batch:
+            if held:
+                self.transport.send(held)
+                self._note_messages(held)
+
+    def _apply_what_is_safe(self) -> None:
+        """Apply committed entries (and installed snapshots) in log order, as far as it is safe.
+
+        An entry is safe once a majority holds it on disk. With several voters its commitment
+        says so already; a single voter must wait for its own fsync (its Ready's batch).
+        """
+        quorum_elsewhere = len(self.core.conf.voters) > 1 or self.id not in self.core.conf.voters
+        applied_any = False
+        while self._to_apply:
+            seq, item = self._to_apply[0]
+            durable = seq <= self._durable_seq
+            if isinstance(item, Snapshot):
+                if not durable:
+                    break
+                self.kv.restore(item.data)
+                self._snapshot_index = item.meta.index
                 self.metrics.snapshots.labels("installed").inc()
-            self._apply(rd)
-            self._answer_reads(rd)
-            self.core.advance(rd)
-            await self._maybe_snapshot(loop)
+            elif durable or quorum_elsewhere or item.index <= self._durable_index:
+                self._apply_entry(item)
+            else:
+                break
+            self._to_apply.popleft()
+            applied_any = True
+        if applied_any:
+            self._release_reads()
 
-    async def _persist(self, rd: Ready, loop: asyncio.AbstractEventLoop) -> None:
-        storage = self.storage
-        if rd.snapshot is not None:
-            await loop.run_in_executor(self._disk, storage.save_snapshot, rd.snapshot)
-        if rd.entries:
-            storage.append(rd.entries)
-        if rd.hard_state is not None:
-            storage.set_hard_state(rd.hard_state)
-        if self.cfg.unsafe_skip_fsync and time.monotonic() - self._last_unsafe_sync < UNSAFE_SYNC_EVERY_S:
-            return  # deliberately broken mode: acknowledge what is only in memory
-        self._last_unsafe_sync = time.monotonic()
-        started = time.perf_counter()
-        await loop.run_in_executor(self._disk, storage.sync)
-        self.metrics.fsync_seconds.observe(time.perf_counter() - started)
-        self.metrics.fsync_batch.observe(len(rd.entries))
+    def _apply_entry(self, e: Entry) -> None:
+        if e.index <= self.kv.applied_index:
+            return  # a snapshot installed after this entry was handed out already covers it
+        if e.kind is EntryKind.NORMAL:
+            result = self.kv.apply(e.index, e.data)
+        else:
+            self.kv.apply_noop(e.index)
+            result = None
+        waiting = self._waiting_proposals.pop(e.index, None)
+        if waiting is None:
+            return
+        term, fut, started, _ = waiting
+        if fut.done():
+            return
+        if e.term == term and result is not None:
+            self.metrics.apply_seconds.observe(time.monotonic() - started)
+            self.metrics.proposals.labels("applied").inc()
+            fut.set_result(result)
+        else:
+            self.metrics.proposals.labels("lost").inc()
+            fut.set_exception(NoQuorumError("leadership changed before the write committed; it was not applied"))
 
-    def _apply(self, rd: Ready) -> None:
+    def _note_commits(self, entries: list[Entry]) -> None:
+        if not self._waiting_proposals:
+            return
         now = time.monotonic()
-        for e in rd.committed_entries:
-            if e.kind is EntryKind.NORMAL:
-                result = self.kv.apply(e.index, e.data)
-            else:
-                self.kv.apply_noop(e.index)
-                result = None
-            waiting = self._waiting_proposals.pop(e.index, None)
-            if waiting is None:
-                continue
-            term, fut, started = waiting
-            if fut.done():
-                continue
-            if e.term == term and result is not None:
-                self.metrics.apply_seconds.observe(now - started)
-                self.metrics.commit_seconds.observe(now - started)
-                self.metrics.proposals.labels("applied").inc()
-                fut.set_result(result)
-            else:
-                self.metrics.proposals.labels("lost").inc()
-                fut.set_exception(NoQuorumError("leadership changed before the write committed; it was not applied"))
-        # Anything at or below what was applied, still waiting, was overwritten by a snapshot.
-        for index in [i for i in self._waiting_proposals if i <= self.kv.applied_index]:
-            _, fut, _ = self._waiting_proposals.pop(index)
-            if not fut.done():
-                fut.set_exception(OutcomeUnknownError("this node caught up from a snapshot; the outcome is unknown"))
+        for e in entries:
+            waiting = self._waiting_proposals.get(e.index)
+            if waiting is not None and waiting[0] == e.term:
+                self.metrics.commit_seconds.observe(now - waiting[2])
 
-    def _answer_reads(self, rd: Ready) -> None:
+    def _note_read_states(self, rd: Ready) -> None:
         now = time.monotonic()
         for rs in rd.read_states:
             waiting = self._waiting_reads.pop(rs.ctx, None)
             if waiting is None:
                 continue
-            fut, started = waiting
+            fut, started, deadline = waiting
             if fut.done():
                 continue
             if not rs.ok:
                 fut.set_exception(NoQuorumError("no leader could confirm this read; retry"))
                 continue
             self.metrics.read_index_seconds.observe(now - started)
-            self._reads_by_index.append((rs.index, fut))
+            self._reads_by_index.append((rs.index, fut, deadline))
+        if rd.read_states:
+            self._release_reads()
+
+    def _release_reads(self) -> None:
         applied = self.kv.applied_index
         still = []
-        for index, fut in self._reads_by_index:
+        for index, fut, deadline in self._reads_by_index:
             if fut.done():
                 continue
             if index <= applied:
                 fut.set_result(None)
             else:
-                still.append((index, fut))
+                still.append((index, fut, deadline))
         self._reads_by_index = still
 
-    async def _maybe_snapshot(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _sweep_deadlines(self) -> None:
+        """Fail what waited too long: one timer for everything instead of one per request."""
+        while True:
+            await asyncio.sleep(DEADLINE_SWEEP_S)
+            now = time.monotonic()
+            expired = [i for i, w in self._waiting_proposals.items() if w[3] <= now]
+            for index in expired:
+                fut = self._waiting_proposals.pop(index)[1]
+                if not fut.done():
+                    self.metrics.proposals.labels("unknown").inc()
+                    fut.set_exception(
+                        OutcomeUnknownError(
+                            f"not applied within {self.cfg.proposal_timeout_s} s; it may or may not have been applied"
+                        )
+                    )
+            for ctx in [c for c, w in self._waiting_reads.items() if w[2] <= now]:
+                fut = self._waiting_reads.pop(ctx)[0]
+                if not fut.done():
+                    fut.set_exception(OutcomeUnknownError("the read could not be confirmed in time; retry"))
+            for _, fut, deadline in self._reads_by_index:
+                if deadline <= now and not fut.done():
+                    fut.set_exception(OutcomeUnknownError("this node did not catch up in time; retry"))
+
+    def _snapshot_due(self) -> bool:
         applied = self.kv.applied_index
-        if not self.cfg.snapshot_every or applied - self._snapshot_index < self.cfg.snapshot_every:
-            return
-        started = time.perf_counter()
-        snapshot = self.core.make_snapshot(applied, self.kv.snapshot())
-        await loop.run_in_executor(self._disk, self.storage.save_snapshot, snapshot)
-        self.core.compact(snapshot, retain_entries=self.cfg.snapshot_retain_entries)
-        self._snapshot_index = applied
-        self.metrics.snapshots.labels("taken").inc()
-        self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
-        self.metrics.snapshot_bytes.set(len(snapshot.data))
-        log.info("snapshot node=%s index=%d bytes=%d", self.id, applied, len(snapshot.data))
+        due = self.cfg.snapshot_every and applied - self._snapshot_index >= self.cfg.snapshot_every
+        # Only at an index the WAL already holds, so entries still being written never precede it.
+        return bool(due) and not self._snapshotting and applied <= self._durable_index
+
+    async def _take_snapshot(self) -> None:
+        try:
+            started = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            applied = self.kv.applied_index
+            data = await loop.run_in_executor(self._encoder, self.kv.snapshot_later())
+            snapshot = self.core.make_snapshot(applied, data)
+            async with self._storage_lock:
+                await loop.run_in_executor(self._disk, self.storage.save_snapshot, snapshot)
+            self.core.compact(snapshot, retain_entries=self.cfg.snapshot_retain_entries)
+            self._snapshot_index = applied
+            self.metrics.snapshots.labels("taken").inc()
+            self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
+            self.metrics.snapshot_bytes.set(len(snapshot.data))
+            log.info("snapshot node=%s index=%d bytes=%d", self.id, applied, len(snapshot.data))
+        except Exception:
+            log.exception("snapshot failed node=%s; will retry at the next threshold", self.id)
+        finally:
+            self._snapshotting = False
 
     # ================================================================ observation ===============
 
@@ -517,9 +653,9 @@ class RaftNode:
                 }
             )
 
-    def _note_messages(self, rd: Ready) -> None:
+    def _note_messages(self, messages: list[Message]) -> None:
         groups: dict[tuple[str, str], list[Message]] = {}
-        for m in rd.messages:
+        for m in messages:
             groups.setdefault((m.dst, type(m).__name__), []).append(m)
         for (dst, kind), msgs in groups.items():
             self.metrics.messages_sent.labels(kind).inc(len(msgs))
