@@ -385,6 +385,7 @@ def test_chaos_attached_to_a_running_cluster(cluster: LocalCluster, tmp_path: Pa
     code, output, run = run_chaos(tmp_path, "--endpoints", endpoints, "--duration", "8", "--nemesis", "partition")
     assert code == 0, output[-3000:]
     assert run["meta"]["network"] == "attached"
+    assert run["faults"] and all(f["kind"] == "partition" and not f["error"] for f in run["faults"])
     code, output, _ = run_chaos(tmp_path, "--endpoints", endpoints, "--nemesis", "kill")
     assert code == 2 and "unavailable with --endpoints" in output
 

@@ -17,7 +17,8 @@ Kinds and variants:
     crash      kill -9 every node at once (a power failure), restart them all: only what was
                fsynced survives, so this is where acknowledging before fsync shows
     pause      SIGSTOP a node for longer than an election timeout, then SIGCONT
-    partition  POST /simulate-partition: isolate one node, or cut a minority from the majority
+    partition  POST /simulate-partition: isolate one node, cut a minority from the majority, or cut
+               one direction of a node's traffic ("direction": outbound / inbound)
     netns      nftables cuts in the lab's bridge: isolate, majority/minority split, a "bridge" node
                that sees both halves, asymmetric (one direction of a node's traffic), random loss,
                added latency with jitter (NFQUEUE + raftkv.chaos.delayer, since there is no netem)
@@ -47,13 +48,14 @@ VARIANTS = {
     "kill": ("node",),
     "crash": ("all",),
     "pause": ("node",),
-    "partition": ("isolate", "split"),
+    "partition": ("isolate", "split", "one-way"),
     "netns": ("isolate", "split", "bridge", "asymmetric", "loss", "latency"),
 }
 FIRST_FAULT_AFTER_S = 1.5
 MIN_WINDOW_S, MAX_WINDOW_S = 1.5, 4.0  # every window is several election timeouts (0.2-0.4 s)
 MIN_GAP_S, MAX_GAP_S = 1.0, 2.5
 LOSS_PERCENT_CHOICES = (20, 30, 50)
+API_FAULT_RETRY_S = 5.0  # how long to retry /simulate-partition on a node that refuses connections
 LATENCY_MS_CHOICES = (30, 80, 150)  # one way, +- half of it as jitter; elections take 200-400 ms
 
 
@@ -181,7 +183,13 @@ class Nemesis:
             self.cluster.pause(victim)
             self._paused.add(victim)
         elif plan.kind == "partition":
-            if plan.variant == "isolate" or len(minority) == 1:
+            if plan.variant == "one-way":
+                direction = "outbound" if plan.pick % 2 == 0 else "inbound"
+                verb = "cannot send" if direction == "outbound" else "cannot receive"
+                record = self.recorder.fault_started("partition", f"one-way: {victim}{role} {verb} (API)", [victim],
+                                                     **details)
+                await self._api_partition(victim, True, None, record, direction)
+            elif plan.variant == "isolate" or len(minority) == 1:
                 record = self.recorder.fault_started("partition", f"isolate {victim}{role} (API)", [victim], **details)
                 await self._api_partition(victim, True, None, record)
             else:
@@ -237,13 +245,22 @@ class Nemesis:
         raise ValueError(plan.variant)
 
     async def _api_partition(self, node: str, partitioned: bool, peers: list[str] | None,
-                             record: FaultRecord | None) -> None:
+                             record: FaultRecord | None, direction: str | None = None) -> None:
         body: dict = {"partitioned": partitioned}
         if peers is not None:
             body["peers"] = peers
+        if direction is not None:
+            body["direction"] = direction
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + API_FAULT_RETRY_S
         async with new_session() as session:
-            status, data, error, _ = await call(session, "POST", f"{self.cluster.urls[node]}/simulate-partition",
-                                                body, self.http_timeout_s)
+            while True:
+                status, data, error, sent = await call(session, "POST", f"{self.cluster.urls[node]}/simulate-partition",
+                                                       body, self.http_timeout_s)
+                # A node still restarting after an earlier kill refuses connections for a moment.
+                if status is not None or sent or loop.time() > deadline:
+                    break
+                await asyncio.sleep(0.2)
         if status == 200:
             if partitioned:
                 self._api_partitioned.add(node)
