@@ -200,18 +200,21 @@ def test_experiment3_hundred_concurrent_puts_while_the_leader_is_killed(
 
 # ---------------------------------------------------------------- demo 4 ----------------------
 
-def test_demo4_balance_survives_leader_stop(cluster: LocalCluster) -> None:
+def test_demo4_balance_survives_leader_stop(cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:
     """Seed, demo 4: PUT saldo_cuenta_123=1000 via the leader, stop the leader, PUT 1500 via the
     new leader; GET returns 1500 from every node (the stopped one too, once it is back)."""
     leader = cluster.wait_for_leader()
     status, body = http("PUT", cluster.url(leader) + "/saldo_cuenta_123", {"value": 1000})  # the seed's route
     assert status == 200, body
     proc = cluster.supervisor.nodes[leader].proc
+    stopped_at = time.monotonic()
     proc.send_signal(signal.SIGTERM)  # `docker stop`: a graceful stop
     proc.wait(15)
     others = [m.id for m in cluster.members if m.id != leader]
     new = cluster.wait_for_leader(among=others)
+    failover_s = time.monotonic() - stopped_at
     put_with_retry(cluster.url(new), "saldo_cuenta_123", 1500)
+    report(capsys, f"demo 4: failover after stopping leader {leader}: {new} leads after {failover_s * 1000:.0f} ms")
     for node in others:
         assert http("GET", cluster.url(node) + "/saldo_cuenta_123")[1]["value"] == 1500
     cluster.supervisor.start(leader)
