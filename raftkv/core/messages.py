@@ -237,13 +237,21 @@ class ReadState:
 class Ready:
     """One batch of work for the driver, to be carried out in this order:
 
+    0. `early_messages` may be sent at once, before anything is written: they vouch for nothing
+       on this node's disk (a leader's entries, heartbeats, ReadIndex traffic);
     1. persist `snapshot` (if any), then `entries` (an entry at index i replaces the stored
        entry at i and everything after it), then `hard_state` (if any), and fsync;
     2. only then send `messages`: a vote or an append acknowledgement promises that step 1 is
        durable (persist before sending what depends on it);
-    3. restore the state machine from `snapshot` (if any), then apply `committed_entries`;
+    3. restore the state machine from `snapshot` (if any), then apply `committed_entries`
+       (committed means a majority, counting this node only once durable, holds them on disk,
+       so they may be applied before step 1 of this Ready completes);
     4. hand `read_states` to waiting readers (each may run once applied >= its index);
-    5. call `advance(ready)` on the core.
+    5. call `advance(ready)` on the core, and once step 1 is durable report it with
+       `on_persisted(index, term)` of the last entry written (a leader counts itself only then).
+
+    `advance` may come before the fsync, as long as messages and durability reports keep this
+    order; the core takes no other input between `ready()` and `advance()`.
     """
 
     soft_state: SoftState | None = None
@@ -251,6 +259,7 @@ class Ready:
     snapshot: Snapshot | None = None
     entries: list[Entry] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
+    early_messages: list[Message] = field(default_factory=list)
     committed_entries: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
 
@@ -261,6 +270,7 @@ class Ready:
             or self.snapshot
             or self.entries
             or self.messages
+            or self.early_messages
             or self.committed_entries
             or self.read_states
         )

@@ -73,6 +73,20 @@ from .progress import Progress, ProgressState
 from .quorum import VoteResult, committed_index, has_quorum, vote_result
 from .readonly import PendingRead, ReadIndexQueue
 
+# Messages that vouch for nothing on the sender's disk: a leader's entries (it counts its own copy
+# only once durable, see on_persisted), heartbeats and their answers, ReadIndex traffic, transfers.
+# Votes and append acknowledgements are not among them: they promise durable state.
+_EARLY_MESSAGE_TYPES = (
+    AppendRequest,
+    SnapshotRequest,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    TransferRequest,
+    TimeoutNow,
+)
+
 # An InstallSnapshot unanswered for this many election timeouts is presumed lost and retried.
 SNAPSHOT_RETRY_ELECTION_TIMEOUTS = 5
 
@@ -112,6 +126,9 @@ class RaftCore:
             self._conf_history = [(0, ConfState(tuple(config.voters), tuple(config.learners)))]
         self._snapshot = snap  # newest snapshot, sent to followers that need compacted entries
         self.role = Role.FOLLOWER
+        # Last index this node's own disk is known to hold: a leader counts itself towards a
+        # commit only up to here (see on_persisted).
+        self.durable_index = self.log.last_index()
         self.log.committed = min(max(hs.commit, self.log.offset), self.log.last_index())
         self._record_conf_entries(durable.entries)
         self.conf = self._conf_history[-1][1]
@@ -291,13 +308,20 @@ class RaftCore:
         soft = self._soft_state()
         if soft != self._prev_soft:
             rd.soft_state = soft
-        hard = self._hard_state()
+        hard: HardState | None = self._hard_state()
         if hard != self._prev_hard:
             rd.hard_state = hard
+        else:
+            hard = None
         rd.snapshot = self._snapshot_to_install
         rd.entries = self.log.unstable()
         rd.committed_entries = self.log.committed_to_apply(self.config.max_committed_per_ready)
-        rd.messages, self._outbox = self._outbox, []
+        outbox, self._outbox = self._outbox, []
+        if hard is not None and (hard.term, hard.voted_for) != (self._prev_hard.term, self._prev_hard.voted_for):
+            rd.messages = outbox  # a new term or vote must be durable before anyone hears of it
+        else:
+            for m in outbox:
+                (rd.early_messages if isinstance(m, _EARLY_MESSAGE_TYPES) else rd.messages).append(m)
         rd.read_states, self._read_states = self._read_states, []
         return rd
 
@@ -313,6 +337,19 @@ class RaftCore:
         if rd.committed_entries:
             self.log.applied = max(self.log.applied, rd.committed_entries[-1].index)
 
+    def on_persisted(self, index: int, term: int) -> None:
+        """The driver's fsync made the log durable up to (index, term).
+
+        Raft thesis 10.2.1: a leader may send its entries before writing them itself, as long as
+        it counts its own copy towards a commit only once it is durable; this is that count. A
+        report about entries replaced meanwhile (a follower's truncation) is ignored; a later one
+        covers the new entries.
+        """
+        if index > self.durable_index and self.log.matches(index, term):
+            self.durable_index = index
+            if self.role is Role.LEADER and self._maybe_commit():
+                self._bcast_append(send_empty=True)
+
     def status(self) -> dict:
         """A JSON-able picture of this node, for /raft-state and the dashboard."""
         return {
@@ -327,7 +364,7 @@ class RaftCore:
             "lastApplied": self.log.applied,
             "snapshotIndex": self._snapshot.meta.index if self._snapshot else 0,
             "firstIndex": self.log.first_index(),
-            "stableIndex": self.log.stable,
+            "stableIndex": self.durable_index,
             "voters": list(self.conf.voters),
             "learners": list(self.conf.learners),
             "electionElapsed": self.election_elapsed,
@@ -617,6 +654,7 @@ class RaftCore:
             self._send_append_ack(m.src, self.log.committed)
             return
         self.log.restore(meta.index, meta.term)
+        self.durable_index = min(self.durable_index, self.log.last_index())
         self._conf_history = [(meta.index, meta.conf)]
         self._record_conf_entries(self.log.entries)
         self._set_conf(self._conf_history[-1][1])
@@ -741,7 +779,7 @@ class RaftCore:
 
     def _maybe_commit(self) -> bool:
         match = {p: pr.match for p, pr in self.progress.items()}
-        match[self.id] = self.log.last_index()
+        match[self.id] = self.durable_index
         index = committed_index(self.conf.voters, match)
         if index <= self.log.committed or not self._can_commit(index):
             return False
@@ -822,6 +860,7 @@ class RaftCore:
         if first <= self.log.last_index() and self._conf_history[-1][0] >= first:
             self._conf_history = [(i, c) for i, c in self._conf_history if i < first]
         self.log.append(entries)
+        self.durable_index = min(self.durable_index, first - 1)
         self._record_conf_entries(entries)
         if self._conf_history[-1][1] != self.conf:
             self._set_conf(self._conf_history[-1][1])

@@ -8,17 +8,16 @@ core what was queued (received messages first, then ticks, operator actions, and
 client proposals as one batch), then hands out every Ready, calling `advance()` at once, so the
 loop never waits for the disk: ticks, heartbeats and reads keep flowing during a slow fsync.
 
-What a Ready asks for is split by what it depends on:
-- messages that promise nothing about this node's disk (heartbeats and their answers, ReadIndex
-  traffic, transfer requests, TimeoutNow) leave immediately;
-- everything else waits for the disk pump: a second task that takes all Readys handed out so far,
-  writes their snapshot / entries / hard state and fsyncs *once* (group commit across Readys),
-  then sends their held messages in order. A vote or an append acknowledgement therefore leaves
-  only once what it vouches for is on disk, and a leader's AppendRequests only once its own copy
-  is, which is what lets the leader count itself when it commits;
-- committed entries are applied in log order as soon as a majority holds them on disk. With more
-  than one voter, "committed" already means that (see above), so they apply without waiting for
-  this node's own fsync of newer entries; a single voter waits for its own fsync.
+What a Ready asks for is split the way the core marks it:
+- `early_messages` (a leader's entries, heartbeats and their answers, ReadIndex traffic) leave
+  immediately: they vouch for nothing on this node's disk;
+- the writes and the other `messages` go to the disk pump, a second task that takes all Readys
+  handed out so far, writes their snapshot / entries / hard state, fsyncs *once* (group commit
+  across Readys), then sends their held messages in order: a vote or an append acknowledgement
+  leaves only once what it vouches for is on disk. Then it reports `on_persisted` to the core,
+  because a leader counts its own copy towards a commit only once it is durable (Raft thesis
+  10.2.1: the leader writes in parallel with its followers);
+- committed entries are applied at once: committed already means a majority holds them on disk.
 
 A client write is answered only after its entry is committed and applied here, so an
 acknowledged write survives kill -9 of any minority. A proposal whose index ends up holding
@@ -37,7 +36,6 @@ import itertools
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -47,18 +45,12 @@ from raftkv.core import (
     Entry,
     EntryKind,
     HeartbeatRequest,
-    HeartbeatResponse,
     Message,
     ProposalDroppedError,
     RaftCore,
-    ReadIndexRequest,
-    ReadIndexResponse,
     Ready,
     Role,
-    Snapshot,
-    TimeoutNow,
     TraceEvent,
-    TransferRequest,
 )
 from raftkv.core import (
     NotLeaderError as CoreNotLeader,
@@ -77,8 +69,6 @@ log = logging.getLogger("raftkv.node")
 STATUS_EVERY_S = 0.25
 DEADLINE_SWEEP_S = 0.05
 UNSAFE_SYNC_EVERY_S = 1.0
-# Messages that vouch for nothing on this node's disk, so they need not wait for its fsync.
-SEND_AT_ONCE = (HeartbeatRequest, HeartbeatResponse, ReadIndexRequest, ReadIndexResponse, TransferRequest, TimeoutNow)
 
 
 class RaftNode:
@@ -134,15 +124,9 @@ class RaftNode:
         self._waiting_proposals: dict[int, tuple[int, asyncio.Future[dict], float, float]] = {}
         self._waiting_reads: dict[bytes, tuple[asyncio.Future[None], float, float]] = {}
         self._reads_by_index: list[tuple[int, asyncio.Future[None], float]] = []
-        # Readys handed out whose writes are not yet durable, each with the messages it holds back.
-        self._unsynced: list[tuple[int, Ready, list[Message]]] = []
-        self._ready_seq = 0
-        self._durable_seq = 0  # every Ready up to this one is on disk
-        self._written_index = self._durable_index = (
-            durable.entries[-1].index if durable.entries else (self._snapshot_index)
-        )
-        # Committed work in log order: (ready seq, entry or snapshot to restore).
-        self._to_apply: deque[tuple[int, Entry | Snapshot]] = deque()
+        # Readys handed out whose writes (and held messages) still wait for the disk pump.
+        self._unsynced: list[Ready] = []
+        self._written: tuple[int, int] | None = None  # (index, term) of the last entry written
         self._snapshotting = False
         self._storage_lock = asyncio.Lock()  # the storage takes one caller at a time
         self._read_ids = itertools.count()
@@ -305,7 +289,6 @@ class RaftNode:
             storage=dataclasses.asdict(self.storage.stats),
             uptime=round(time.time() - self.started_at, 3),
         )
-        status["stableIndex"] = self._durable_index  # fsynced, not merely handed to the disk
         if digest:
             status["kvDigest"] = self.kv.digest()
         return status
@@ -425,27 +408,26 @@ class RaftNode:
         while core.has_ready():
             rd = core.ready()
             core.advance(rd)
-            self._ready_seq += 1
-            now, held = [], []
-            for m in rd.messages:
-                (now if isinstance(m, SEND_AT_ONCE) else held).append(m)
-            if now:
-                self.transport.send(now)
-                self._note_messages(now)
+            if rd.early_messages:
+                self.transport.send(rd.early_messages)
+                self._note_messages(rd.early_messages)
             if rd.soft_state is not None:
                 self._on_soft_state(rd)
             if rd.snapshot is not None:
-                self._to_apply.append((self._ready_seq, rd.snapshot))
+                self.kv.restore(rd.snapshot.data)
+                self._snapshot_index = rd.snapshot.meta.index
+                self.metrics.snapshots.labels("installed").inc()
+            # Committed means a majority holds it on disk (a leader counts itself only once its
+            # own fsync is reported), so it applies now, whatever this node is still writing.
             if rd.committed_entries:
                 self._note_commits(rd.committed_entries)
-                self._to_apply.extend((self._ready_seq, e) for e in rd.committed_entries)
+                for e in rd.committed_entries:
+                    self._apply_entry(e)
             self._note_read_states(rd)
-            if rd.must_sync() or held or self._unsynced:
-                self._unsynced.append((self._ready_seq, rd, held))
+            if rd.must_sync() or rd.messages or self._unsynced:
+                self._unsynced.append(rd)
                 self._disk_wake.set()
-            else:
-                self._durable_seq = self._ready_seq
-        self._apply_what_is_safe()
+        self._release_reads()
 
     async def _disk_pump(self) -> None:
         while True:
@@ -453,7 +435,6 @@ class RaftNode:
             self._disk_wake.clear()
             while self._unsynced:
                 await self._write_unsynced()
-                self._apply_what_is_safe()
                 if self._snapshot_due():
                     self._snapshotting = True
                     self._tasks.append(asyncio.get_running_loop().create_task(self._take_snapshot()))
@@ -469,13 +450,12 @@ class RaftNode:
             return
         loop = asyncio.get_running_loop()
         storage, entries = self.storage, 0
-        for _, rd, _ in batch:
+        for rd in batch:
             if rd.snapshot is not None:
                 await loop.run_in_executor(self._disk, storage.save_snapshot, rd.snapshot)
-                self._written_index = max(self._written_index, rd.snapshot.meta.index)
             if rd.entries:
                 storage.append(rd.entries)
-                self._written_index = rd.entries[-1].index
+                self._written = (rd.entries[-1].index, rd.entries[-1].term)
                 entries += len(rd.entries)
             if rd.hard_state is not None:
                 storage.set_hard_state(rd.hard_state)
@@ -486,37 +466,13 @@ class RaftNode:
             await loop.run_in_executor(self._disk, storage.sync)
             self.metrics.fsync_seconds.observe(time.perf_counter() - started)
             self.metrics.fsync_batch.observe(entries)
-        self._durable_seq, self._durable_index = batch[-1][0], self._written_index
-        for _, _, held in batch:
-            if held:
-                self.transport.send(held)
-                self._note_messages(held)
-
-    def _apply_what_is_safe(self) -> None:
-        """Apply committed entries (and installed snapshots) in log order, as far as it is safe.
-
-        An entry is safe once a majority holds it on disk. With several voters its commitment
-        says so already; a single voter must wait for its own fsync (its Ready's batch).
-        """
-        quorum_elsewhere = len(self.core.conf.voters) > 1 or self.id not in self.core.conf.voters
-        applied_any = False
-        while self._to_apply:
-            seq, item = self._to_apply[0]
-            durable = seq <= self._durable_seq
-            if isinstance(item, Snapshot):
-                if not durable:
-                    break
-                self.kv.restore(item.data)
-                self._snapshot_index = item.meta.index
-                self.metrics.snapshots.labels("installed").inc()
-            elif durable or quorum_elsewhere or item.index <= self._durable_index:
-                self._apply_entry(item)
-            else:
-                break
-            self._to_apply.popleft()
-            applied_any = True
-        if applied_any:
-            self._release_reads()
+        for rd in batch:
+            if rd.messages:
+                self.transport.send(rd.messages)
+                self._note_messages(rd.messages)
+        if self._written is not None:
+            self.core.on_persisted(*self._written)
+            self._wake.set()  # a leader may commit now that its own copy counts
 
     def _apply_entry(self, e: Entry) -> None:
         if e.index <= self.kv.applied_index:
@@ -563,8 +519,6 @@ class RaftNode:
                 continue
             self.metrics.read_index_seconds.observe(now - started)
             self._reads_by_index.append((rs.index, fut, deadline))
-        if rd.read_states:
-            self._release_reads()
 
     def _release_reads(self) -> None:
         applied = self.kv.applied_index
@@ -605,7 +559,7 @@ class RaftNode:
         applied = self.kv.applied_index
         due = self.cfg.snapshot_every and applied - self._snapshot_index >= self.cfg.snapshot_every
         # Only at an index the WAL already holds, so entries still being written never precede it.
-        return bool(due) and not self._snapshotting and applied <= self._durable_index
+        return bool(due) and not self._snapshotting and applied <= self.core.durable_index
 
     async def _take_snapshot(self) -> None:
         try:

@@ -71,6 +71,7 @@ class Harness:
         while r.core is not None and r.core.has_ready():
             rd = r.core.ready()
             self.monitor.before_persist(node, r.core, rd)
+            self.in_flight.extend(rd.early_messages)
             r.persist(rd)
             applied = r.finish(rd)
             for e, _ in applied.results:

@@ -2,7 +2,8 @@
 
 The replica carries out a `Ready` in two halves so the simulator can put time between them:
 `persist()` copies what the Ready says into `durable` (the model of the disk), and `finish()`
-applies committed entries and hands back the messages and read states, then advances the core.
+applies committed entries, advances the core and reports the write as durable (`on_persisted`);
+the caller sends `early_messages` before `persist()` and `messages` after it.
 A crash between the two halves loses the Ready entirely, which is how an unsynced write is lost.
 
 The state machine is a map of registers with write and compare-and-set, enough for clients whose
@@ -131,6 +132,8 @@ class Replica:
             self.sm.restore(rd.snapshot.data, rd.snapshot.meta.index)
         results = [(e, self.sm.apply(e)) for e in rd.committed_entries]
         self.core.advance(rd)
+        if rd.entries:
+            self.core.on_persisted(rd.entries[-1].index, rd.entries[-1].term)
         self._maybe_snapshot()
         return Applied(results, rd.read_states)
 

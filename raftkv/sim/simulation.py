@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raftkv.check import Operation, Verdict, check_history
-from raftkv.core import Config, NotLeaderError, ProposalDroppedError, RaftCore, Ready, Role, TraceEvent
+from raftkv.core import Config, Message, NotLeaderError, ProposalDroppedError, RaftCore, Ready, Role, TraceEvent
 
 from .invariants import InvariantViolation, SafetyMonitor
 from .network import LinkConditions, VirtualNetwork
@@ -225,6 +225,7 @@ class Simulation:
                     # Jepsen's favourite: kill a leader moments after it wins, mid catch-up.
                     self._kill_next_leader = False
                     self._at(self.now + self.rng.randint(1, 12), CRASH, node)
+            self._send(rd.early_messages)  # they vouch for nothing on this disk: before the write
             delay = self.disk_delay_ms[node]
             if delay and rd.must_sync():
                 self._busy[node] = rd
@@ -248,9 +249,7 @@ class Simulation:
     def _finish(self, node: str, rd: Ready) -> None:
         r = self.replicas[node]
         applied = r.finish(rd)
-        for m in rd.messages:
-            for delay in self.net.delays_for(m.src, m.dst):
-                self._at(self.now + delay, DELIVER, m)
+        self._send(rd.messages)
         for entry, outcome in applied.results:
             self.monitor.on_apply(node, entry)
             if outcome is not None:
@@ -276,6 +275,11 @@ class Simulation:
                 else:
                     still.append(op)
             self._waiting_reads[node] = still
+
+    def _send(self, messages: list[Message]) -> None:
+        for m in messages:
+            for delay in self.net.delays_for(m.src, m.dst):
+                self._at(self.now + delay, DELIVER, m)
 
     def _crash(self, node: str) -> None:
         self.replicas[node].crash()
