@@ -156,9 +156,12 @@ def test_writes_move_commit_latency_and_fsync_counts(three: LocalCluster) -> Non
             )
 
 
-@pytest.mark.xfail(reason="issue 6 lists per-peer replication lag in seconds and per-peer RTT; not exported yet",
-                   strict=True)
 def test_per_peer_lag_seconds_and_rtt(three: LocalCluster) -> None:
-    types = scrape(three.url(three.wait_for_leader()))["__types__"]
-    assert any("rtt" in f for f in types), sorted(types)
-    assert any("lag_seconds" in f for f in types), sorted(types)
+    leader = three.wait_for_leader()
+    time.sleep(0.5)  # a few heartbeat round trips
+    text = urllib.request.urlopen(three.url(leader) + "/metrics", timeout=10).read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    rtt = {s.labels["peer"]: s.value for s in families["raft_peer_rtt_seconds"].samples if s.name.endswith("_count")}
+    assert set(rtt) == {n for n in three.urls if n != leader} and all(v > 0 for v in rtt.values()), rtt
+    lag = {s.labels["peer"]: s.value for s in families["raft_peer_lag_seconds"].samples}
+    assert set(lag) == set(rtt) and all(0 <= v < 5 for v in lag.values()), lag

@@ -45,6 +45,7 @@ from raftkv.core import (
     Entry,
     EntryKind,
     HeartbeatRequest,
+    HeartbeatResponse,
     Message,
     ProposalDroppedError,
     RaftCore,
@@ -129,6 +130,8 @@ class RaftNode:
         self._written: tuple[int, int] | None = None  # (index, term) of the last entry written
         self._snapshotting = False
         self._storage_lock = asyncio.Lock()  # the storage takes one caller at a time
+        self._heartbeat_sent: dict[str, float] = {}  # peer -> when the last unanswered heartbeat left
+        self._caught_up_at: dict[str, float] = {}  # peer -> when it last held the leader's whole log
         self._read_ids = itertools.count()
         self._tasks: list[asyncio.Task] = []
         self._running = False
@@ -366,6 +369,8 @@ class RaftNode:
         for m in inbox:
             if isinstance(m, HeartbeatRequest):
                 self.metrics.on_heartbeat_received()
+            elif isinstance(m, HeartbeatResponse) and (sent := self._heartbeat_sent.pop(m.src, None)) is not None:
+                self.metrics.peer_rtt_seconds.labels(m.src).observe(time.monotonic() - sent)
             core.step(m)
         ticks, self._ticks = self._ticks, 0
         for _ in range(ticks):
@@ -615,6 +620,7 @@ class RaftNode:
             self.metrics.messages_sent.labels(kind).inc(len(msgs))
             if kind == "HeartbeatRequest":
                 self.metrics.heartbeats_sent.inc(len(msgs))
+                self._heartbeat_sent.setdefault(dst, time.monotonic())
             if self.hub.watched:
                 entries = sum(len(getattr(m, "entries", ())) for m in msgs)
                 self.hub.publish(
@@ -654,7 +660,11 @@ class RaftNode:
         m.last_log_index.set(core.log.last_index())
         m.keys.set(len(self.kv))
         tick_s = self.cfg.tick_ms / 1000
+        now = time.monotonic()
         for peer in self.cfg.peers():
             pr = core.progress.get(peer)
+            if pr is None or pr.match >= core.log.last_index():
+                self._caught_up_at[peer] = now
             m.peer_lag_entries.labels(peer).set(core.log.last_index() - pr.match if pr else 0)
+            m.peer_lag_seconds.labels(peer).set(now - self._caught_up_at.get(peer, now))
             m.peer_last_contact.labels(peer).set(pr.ticks_since_contact * tick_s if pr else 0)

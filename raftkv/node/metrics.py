@@ -63,6 +63,15 @@ class NodeMetrics:
         self.peer_last_contact = Gauge(
             "raft_peer_last_contact_seconds", "Since the leader heard from the peer", ["peer"], registry=r
         )
+        self.peer_lag_seconds = Gauge(
+            "raft_peer_lag_seconds",
+            "Since the peer last held the leader's whole log (0: caught up)",
+            ["peer"],
+            registry=r,
+        )
+        self.peer_rtt_seconds = Histogram(
+            "raft_peer_rtt_seconds", "Heartbeat round trip to the peer", ["peer"], buckets=FAST_BUCKETS, registry=r
+        )
         self.proposals = Counter("raft_proposals", "Client commands proposed", ["outcome"], registry=r)
         self.commit_seconds = Histogram(
             "raft_propose_to_commit_seconds", "From propose to commit on the leader", buckets=FAST_BUCKETS, registry=r
