@@ -879,3 +879,21 @@ def test_a_follower_that_lost_acknowledged_entries_is_repaired() -> None:
     h.stabilize()
     assert h.log_terms("c") == h.log_terms("a")
     assert h.values("c") == h.values("a") == {"k": "z"}
+
+
+def test_an_answer_to_an_older_term_s_append_changes_nothing() -> None:
+    """A leader's AppendRequest from an earlier term, delayed, reaches a follower already in the
+    leader's current term; the follower's "stale term" answer (no log comparison at all) must not
+    be read as a log rejection. Found by the network-namespace chaos test."""
+    h = Harness(("a", "b", "c"))
+    h.elect("a")
+    h.propose("a", "x")
+    h.stabilize()
+    leader = h.core("a")
+    before = {p: (pr.match, pr.next) for p, pr in leader.progress.items()}
+    h.act("a", lambda c: c.step(AppendResponse(src="b", dst="a", term=c.term, success=False)))
+    assert h.role("a") is Role.LEADER
+    assert {p: (pr.match, pr.next) for p, pr in leader.progress.items()} == before
+    h.propose("a", "y")
+    h.stabilize()
+    assert h.values("b") == {"k": "y"}

@@ -719,6 +719,10 @@ class RaftCore:
         pr.recent_active = True
         pr.ticks_since_contact = 0
         if not m.success:
+            if m.reject_index == 0:
+                # Not a log comparison (index 0 always matches): a follower's answer to a message
+                # from an older term of ours, delayed until we led again in its current term.
+                return
             if m.conflict_term == 0 and m.conflict_index <= pr.match:
                 # The follower's log ends before what it acknowledged: its disk lost entries (a
                 # wiped or restored data directory), or this rejection is very old. Probing again
