@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +42,17 @@ class NodeProcess:
             "exitCode": self.proc.returncode if self.proc is not None and not self.running else None,
             "restarts": self.restarts,
         }
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports nothing listens on right now (the OS picks them; a small race remains until used)."""
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind((host, 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 def local_members(count: int, host: str = "127.0.0.1", http_base: int = 3000, raft_base: int = 4000) -> list[Member]:

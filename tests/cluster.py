@@ -7,7 +7,6 @@ wait for what a test needs (a leader, convergence) with bounded timeouts.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -15,17 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from raftkv.node.config import Member
-from raftkv.supervisor import Supervisor
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from raftkv.supervisor import Supervisor, free_ports
 
 
 def http(

@@ -28,8 +28,9 @@ from raftkv.chaos import ChaosOptions, FaultPlan, NetState, Recorder, judge, pla
 from raftkv.chaos.judge import FINAL_CLIENT
 from raftkv.chaos.report import render_timeline
 from raftkv.chaos.runner import validate
-from raftkv.chaos.workload import _outcome, new_session, perform
+from raftkv.chaos.workload import _outcome, perform
 from raftkv.check import Operation
+from raftkv.client import single_send_session
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,7 +146,7 @@ def test_experiment3_hundred_concurrent_puts_while_the_leader_is_killed(
     recorder = Recorder()
 
     async def go() -> None:
-        async with new_session() as session:
+        async with single_send_session() as session:
             tasks = [
                 asyncio.create_task(perform(session, recorder, i % 10, nodes[i % len(nodes)],
                                             urls[nodes[i % len(nodes)]], "write", f"key{i}", f"value{i}", None, 8.0))
@@ -166,7 +167,7 @@ def test_experiment3_hundred_concurrent_puts_while_the_leader_is_killed(
     cluster.wait_converged()
 
     async def read_all() -> None:
-        async with new_session() as session:
+        async with single_send_session() as session:
             for i in range(100):
                 for node in nodes:
                     await perform(session, recorder, FINAL_CLIENT, node, urls[node], "read", f"key{i}", None, None, 5)

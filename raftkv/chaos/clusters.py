@@ -14,7 +14,6 @@ pause) the node processes. `ChaosCluster` is that narrow interface. Three implem
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Protocol
 
 from raftkv.chaos.netns import Lab
 from raftkv.node.config import Member
-from raftkv.supervisor import Supervisor
+from raftkv.supervisor import Supervisor, free_ports
 
 __all__ = ["AttachedCluster", "ChaosCluster", "LocalCluster", "NetnsCluster"]
 
@@ -42,16 +41,6 @@ class ChaosCluster(Protocol):
     def is_down(self, node_id: str) -> bool: ...
     def stop(self) -> None: ...
     def log_tail(self, node_id: str, chars: int = 3000) -> str: ...
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class _SupervisedCluster:
@@ -94,7 +83,7 @@ class _SupervisedCluster:
 
 class LocalCluster(_SupervisedCluster):
     def __init__(self, data_dir: Path, nodes: int = 3, node_args: list[str] | None = None) -> None:
-        ports = _free_ports(2 * nodes)
+        ports = free_ports(2 * nodes)
         members = [Member(f"node{i + 1}", "127.0.0.1", ports[2 * i], ports[2 * i + 1]) for i in range(nodes)]
         super().__init__(Supervisor(members, data_dir, node_args), members, data_dir)
 

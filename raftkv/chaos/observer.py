@@ -19,7 +19,8 @@ from collections.abc import Mapping
 import aiohttp
 
 from raftkv.chaos.recorder import Recorder, StateSample
-from raftkv.chaos.workload import call, new_session
+from raftkv.chaos.workload import call
+from raftkv.client import single_send_session
 
 __all__ = ["Observer"]
 
@@ -57,7 +58,7 @@ class Observer:
         await asyncio.gather(*(one(n, u) for n, u in self.urls.items()))
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with new_session() as session:
+        async with single_send_session() as session:
             while not stop.is_set():
                 await self.poll_once(session)
                 with contextlib.suppress(TimeoutError):
@@ -68,7 +69,7 @@ class Observer:
         they have applied the same index as the leader's commit. (ok, description of the last view)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        async with new_session() as session:
+        async with single_send_session() as session:
             while True:
                 await self.poll_once(session)
                 states = {n: s for n, s in self.latest.items() if s}

@@ -40,7 +40,8 @@ from raftkv.chaos.netns import Lab, lab_unavailable_reason, remove_stale_labs
 from raftkv.chaos.observer import Observer
 from raftkv.chaos.recorder import Recorder
 from raftkv.chaos.report import write_report
-from raftkv.chaos.workload import WorkloadConfig, call, final_reads, new_session, run_clients
+from raftkv.chaos.workload import WorkloadConfig, call, final_reads, run_clients
+from raftkv.client import single_send_session
 
 __all__ = ["ChaosError", "ChaosOptions", "recheck", "run", "run_in_lab", "validate"]
 
@@ -120,7 +121,7 @@ async def _attached_urls(endpoints: tuple[str, ...]) -> dict[str, str]:
     urls = {}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ATTACH_TIMEOUT_S
-    async with new_session() as session:
+    async with single_send_session() as session:
         for ep in endpoints:
             ep = ep.rstrip("/")
             while True:
@@ -235,7 +236,7 @@ MAX_FAULT_OVERRUN_S = 5.0
 async def _digests(urls: dict[str, str]) -> dict[str, list]:
     """{node: [lastApplied, kvDigest]} from nodes that offer a digest (others are left out)."""
     out = {}
-    async with new_session() as session:
+    async with single_send_session() as session:
         for node, url in sorted(urls.items()):
             status, data, _, _ = await call(session, "GET", f"{url}/raft-state?digest=true", None, 5.0)
             if status == 200 and isinstance(data, dict) and data.get("kvDigest") is not None:

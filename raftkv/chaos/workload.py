@@ -16,7 +16,7 @@ How an answer becomes an outcome (the checker's semantics, `raftkv.check.history
     503                          fail: definitely not applied (the contract in DESIGN.md)
     504, 5xx other than 503      unknown: may or may not have been applied
     connection refused, or the   fail: the request never reached a server (true only because
-      connect itself timed out       `new_session` turns off aiohttp's silent resend of PUTs)
+      connect itself timed out       `single_send_session` turns off aiohttp's silent resend of PUTs)
     timeout or a connection      unknown: the request was sent; only the reply was lost
       lost after sending
 
@@ -43,8 +43,9 @@ import aiohttp
 
 from raftkv.chaos.recorder import Recorder
 from raftkv.check import Operation
+from raftkv.client import single_send_session
 
-__all__ = ["WorkloadConfig", "call", "final_reads", "new_session", "perform", "run_clients"]
+__all__ = ["WorkloadConfig", "call", "final_reads", "perform", "run_clients"]
 
 CONNECT_TIMEOUT_S = 1.0
 REFUSED_BACKOFF_S = 0.1
@@ -62,21 +63,6 @@ class WorkloadConfig:
 
     def key_names(self) -> list[str]:
         return [f"chaos-k{i}" for i in range(self.keys)]
-
-
-def new_session(**kwargs: Any) -> aiohttp.ClientSession:
-    """An aiohttp session that sends each request exactly once.
-
-    aiohttp silently resends an "idempotent" request (GET, PUT, DELETE) on a new connection when
-    a persistent one drops (ServerDisconnectedError); if that second connect is refused, the
-    caller sees ClientConnectorError, i.e. "never sent", although the first copy was sent and may
-    have been applied. PUT here is not idempotent in that sense (a lost ack is an *unknown*
-    outcome), so the retry is switched off; aiohttp's own test client does the same.
-    """
-    session = aiohttp.ClientSession(**kwargs)
-    assert hasattr(session, "_retry_connection"), "aiohttp changed: check how to disable its resend"
-    session._retry_connection = False
-    return session
 
 
 async def call(
@@ -204,7 +190,7 @@ async def _client_loop(
 async def run_clients(cfg: WorkloadConfig, urls: Mapping[str, str], recorder: Recorder, stop: asyncio.Event) -> None:
     """Run `cfg.clients` clients until `stop` is set and each one's last request has finished."""
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    async with new_session(connector=connector) as session:
+    async with single_send_session(connector=connector) as session:
         await asyncio.gather(*(_client_loop(i, cfg, urls, recorder, stop, session) for i in range(cfg.clients)))
 
 
@@ -214,7 +200,7 @@ async def final_reads(
     """Read every key on every node: linearizable reads go into the history (client "final");
     returns {key: {node: stale local value, or the string "<error ...>"}} for the divergence check."""
     local: dict[str, dict[str, Any]] = {k: {} for k in keys}
-    async with new_session() as session:
+    async with single_send_session() as session:
         for key in keys:
             for node in sorted(urls):
                 await perform(session, recorder, "final", node, urls[node], "read", key, None, None, timeout_s)
