@@ -225,14 +225,40 @@ STATUS_COLUMNS = (
     ("LOG", lambda s: s["logLength"]),
     ("SNAPSHOT", lambda s: s["snapshotIndex"]),
     ("KEYS", lambda s: s["keys"]),
+    ("ELECTIONS", lambda s: _metric(s, "raft_elections_started_total")),
+    ("LEADER CHANGES", lambda s: _metric(s, "raft_leader_changes_total")),
+    ("FSYNC ms", lambda s: _mean_ms(s, "raft_wal_fsync_seconds")),
+    ("COMMIT ms", lambda s: _mean_ms(s, "raft_propose_to_commit_seconds")),
+    ("MAX LAG", lambda s: _metric(s, "raft_peer_lag_entries", max)),
 )
+
+
+def _metric(state: dict, sample: str, combine: Any = sum) -> str:
+    values = state.get("metrics", {}).get(sample)
+    return "-" if not values else f"{combine(values):g}"
+
+
+def _mean_ms(state: dict, histogram: str) -> str:
+    samples = state.get("metrics", {})
+    count, total = sum(samples.get(histogram + "_count", [])), sum(samples.get(histogram + "_sum", []))
+    return f"{1000 * total / count:.1f}" if count else "-"
+
+
+def _parse_metrics(text: str) -> dict[str, list[float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample.value)
+    return samples
 
 
 @main.command()
 @endpoints_option
-@click.option("--json", "as_json", is_flag=True, help="Print the raw /raft-state of each node.")
+@click.option("--json", "as_json", is_flag=True, help="Print each node's /raft-state (and parsed metrics).")
 def status(endpoints: str, as_json: bool) -> None:
-    """A table per node, like `etcdctl endpoint status -w table`."""
+    """A table per node, like `etcdctl endpoint status -w table`, with headline metrics."""
 
     async def gather() -> list[dict]:
         rows = []
@@ -240,7 +266,12 @@ def status(endpoints: str, as_json: bool) -> None:
             for ep in c.endpoints:
                 try:
                     _, state = await c.request("GET", "/raft-state", endpoint=ep)
-                    rows.append(state if isinstance(state, dict) else {"url": ep, "error": str(state)})
+                    if not isinstance(state, dict):
+                        rows.append({"url": ep, "error": str(state)})
+                        continue
+                    _, text = await c.request("GET", "/metrics", endpoint=ep)
+                    state["metrics"] = _parse_metrics(text) if isinstance(text, str) else {}
+                    rows.append(state)
                 except ClusterUnreachableError as e:
                     rows.append({"url": ep, "error": str(e)})
         return rows

@@ -599,7 +599,7 @@ class RaftNode:
     def _on_trace(self, event: TraceEvent) -> None:
         if event.kind in ("send", "receive", "append"):
             return  # messages are reported per Ready, grouped (see _note_messages)
-        if event.kind == "campaign":
+        if event.kind == "campaign" and not event.detail.get("pre_vote"):  # a pre-vote round is no election
             self.metrics.elections_started.inc()
         if self.hub.watched or event.kind not in ("commit",):
             self.hub.publish(
