@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .procs import free_ports
+from raftkv.supervisor import free_ports  # raftkv is imported after bench.pin has pinned it
 
 REPLY_TIMEOUT_S = 60.0
 KEYS = 10_000

@@ -15,7 +15,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .procs import free_ports, http_json, kill9, stop_pid, wait_until
+from raftkv.supervisor import free_ports
+
+from .procs import http_json, kill9, stop_pid, wait_until
 
 ETCD_BIN = "etcd"
 JSON_HEADERS = {"Content-Type": "application/json"}

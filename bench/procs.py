@@ -1,4 +1,4 @@
-"""Small helpers shared by the system adapters: free ports, bounded waits, resident memory, HTTP.
+"""Small helpers shared by the system adapters: bounded waits, resident memory, HTTP, stopping processes.
 
 Every process the benchmark starts is remembered by PID and stopped by PID (SIGTERM, then SIGKILL
 after a bounded wait); nothing is ever matched by name.

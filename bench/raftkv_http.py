@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 
 from raftkv.node.config import Member
-from raftkv.supervisor import Supervisor
+from raftkv.supervisor import Supervisor, free_ports
 
-from .procs import free_ports, http_json, wait_until
+from .procs import http_json, wait_until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 

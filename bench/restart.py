@@ -20,9 +20,9 @@ from raftkv.kv import Txn, TxnPut
 from raftkv.kv.commands import MAX_TXN_OPS
 from raftkv.node.config import Member, NodeConfig
 from raftkv.node.driver import RaftNode
-from raftkv.supervisor import Supervisor
+from raftkv.supervisor import Supervisor, free_ports
 
-from .procs import free_ports, http_json, rss_bytes, wait_until
+from .procs import http_json, rss_bytes, wait_until
 
 FILL_CONCURRENCY = 32
 

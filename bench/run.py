@@ -142,16 +142,21 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="raftkv-bench-") as tmp, tqdm(total=steps, unit="run") as bar:
         base = Path(tmp)
-        if "http" not in a.skip:
-            run_http(a, res, base, http_systems, workloads, bar)
-        if "embedded" not in a.skip:
-            run_embedded(a, res, base, emb_systems, bar)
-        if "failover" not in a.skip:
-            run_failovers(a, res, base, fo_systems, bar)
-        if "restart" not in a.skip and a.restart_keys > 0:
-            bar.set_description("restart")
-            with tqdm(total=a.restart_keys, unit="key", desc=f"fill {a.restart_keys:,} keys", leave=False) as kb:
-                res.restart = measure_restart(base, a.restart_keys, progress=kb)
+        failed: BaseException | None = None
+        try:
+            if "http" not in a.skip:
+                run_http(a, res, base, http_systems, workloads, bar)
+            if "embedded" not in a.skip:
+                run_embedded(a, res, base, emb_systems, bar)
+            if "failover" not in a.skip:
+                run_failovers(a, res, base, fo_systems, bar)
+            if "restart" not in a.skip and a.restart_keys > 0:
+                bar.set_description("restart")
+                with tqdm(total=a.restart_keys, unit="key", desc=f"fill {a.restart_keys:,} keys", leave=False) as kb:
+                    res.restart = measure_restart(base, a.restart_keys, progress=kb)
+        except (Exception, KeyboardInterrupt) as e:  # still write what was measured (every phase stops its processes)
+            failed = e
+            res.notes.insert(0, f"**the run stopped early**: {type(e).__name__}: {e}; the table has what was measured")
 
     res.meta["load_after"] = _loadavg()
     text = report.markdown(res)
@@ -161,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     print(f"written: {a.out / 'RESULTS.md'}" + (f", {png}" if png else " (no PNG: matplotlib missing)"))
+    if failed is not None:
+        raise failed
     return 0
 
 

@@ -109,7 +109,7 @@ def _child(idx: int, ports: list[tuple[int, int]], data_dir: str, conn, inflight
 
 
 def main() -> None:
-    from bench.procs import free_ports
+    from raftkv.supervisor import free_ports
 
     inflight = int(sys.argv[1]) if len(sys.argv) > 1 else 256
     duration_s = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
