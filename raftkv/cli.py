@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -123,17 +122,11 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, dashboard_port: in
     supervisor.start_all()
     for m in members:
         click.echo(f"{m.id}: {m.url}  (data: {data_dir / m.id})")
+    from raftkv.dashboard.server import run_dashboard
+
+    click.echo(f"dashboard: http://{host}:{dashboard_port}")
     try:
-        from raftkv.dashboard.server import run_dashboard
-    except ImportError:
-        run_dashboard = None
-    try:
-        if run_dashboard is not None:
-            click.echo(f"dashboard: http://{host}:{dashboard_port}")
-            run_dashboard(host, dashboard_port, [m.url for m in members], supervisor)
-        else:
-            click.echo("dashboard: not available in this build; press Ctrl-C to stop")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        run_dashboard(host, dashboard_port, [m.url for m in members], supervisor)
     except KeyboardInterrupt:
         pass
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from cluster import LocalCluster, http
@@ -76,7 +77,10 @@ def test_kill_the_leader_writes_go_on_and_the_killed_node_catches_up_through_a_s
     cluster.wait_for_leader()
     states = cluster.wait_converged()
     assert states[leader]["snapshotIndex"] > 0, "the restarted node should have installed a snapshot"
-    assert "installed" in cluster.log_text(leader) or states[leader]["snapshotIndex"] >= 40
+    metrics = urllib.request.urlopen(cluster.url(leader) + "/metrics", timeout=10).read().decode()
+    assert 'raft_snapshots_total{kind="installed"}' in metrics, "it caught up from the leader's snapshot"
+    installed = float(metrics.split('raft_snapshots_total{kind="installed"}')[1].split()[0])
+    assert installed >= 1
     for node_id in cluster.urls:
         for key, value in acknowledged.items():
             status, body = get(cluster.url(node_id), key, stale=True)

@@ -495,10 +495,10 @@ class RaftNode:
             return
         if e.term == term and result is not None:
             self.metrics.apply_seconds.observe(time.monotonic() - started)
-            self.metrics.proposals.labels("applied").inc()
+            self.metrics.proposals_applied.inc()
             fut.set_result(result)
         else:
-            self.metrics.proposals.labels("lost").inc()
+            self.metrics.proposals_lost.inc()
             fut.set_exception(NoQuorumError("leadership changed before the write committed; it was not applied"))
 
     def _note_commits(self, entries: list[Entry]) -> None:
@@ -546,7 +546,7 @@ class RaftNode:
             for index in expired:
                 fut = self._waiting_proposals.pop(index)[1]
                 if not fut.done():
-                    self.metrics.proposals.labels("unknown").inc()
+                    self.metrics.proposals_unknown.inc()
                     fut.set_exception(
                         OutcomeUnknownError(
                             f"not applied within {self.cfg.proposal_timeout_s} s; it may or may not have been applied"

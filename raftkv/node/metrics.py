@@ -73,6 +73,10 @@ class NodeMetrics:
             "raft_peer_rtt_seconds", "Heartbeat round trip to the peer", ["peer"], buckets=FAST_BUCKETS, registry=r
         )
         self.proposals = Counter("raft_proposals", "Client commands proposed", ["outcome"], registry=r)
+        # Children looked up once: these are bumped per applied entry, on the node's hot path.
+        self.proposals_applied = self.proposals.labels("applied")
+        self.proposals_lost = self.proposals.labels("lost")
+        self.proposals_unknown = self.proposals.labels("unknown")
         self.commit_seconds = Histogram(
             "raft_propose_to_commit_seconds", "From propose to commit on the leader", buckets=FAST_BUCKETS, registry=r
         )
