@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 from typing import Any
@@ -26,8 +25,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from raftkv.api import FORWARDED_HEADER, create_app, openapi_document
+from raftkv.api import create_app, openapi_document
 from raftkv.kv import Command, KVStateMachine, encode
+from raftkv.node.driver import FORWARDED_TO
 from raftkv.node.errors import NoQuorumError, NotLeaderError, OutcomeUnknownError
 
 SMALL = {"max_body_bytes": 64 * 1024, "max_key_bytes": 64, "max_value_bytes": 1024}
@@ -44,6 +44,7 @@ class FakeNode:
         self.term = 1
         self.leader: str | None = node_id
         self.propose_error: Exception | None = None
+        self.forwarded_to: str | None = None  # as if a follower's node forwarded every write there
         self.read_error: Exception | None = None
         self.propose_delay_seconds = 0.0
         self.proposals: list[Command] = []
@@ -67,7 +68,8 @@ class FakeNode:
         if self.propose_error is not None:
             raise self.propose_error
         self.index += 1
-        return self.kv.apply(self.index, encode(command))
+        result = self.kv.apply(self.index, encode(command))
+        return result if self.forwarded_to is None else {**result, FORWARDED_TO: self.forwarded_to}
 
     async def read_barrier(self) -> None:
         self.barriers += 1
@@ -528,120 +530,36 @@ async def test_unexpected_exception_is_json_500_and_logged(
     assert status == 200 and body["voters"] == ["n1"] and body["dir"] == "/d"
 
 
-# ---- forwarding to the leader --------------------------------------------------------------------
+# ---- writes a follower forwarded to the leader ------------------------------------------------------
 
 
-async def test_a_forwarded_write_whose_connection_drops_is_504_never_503() -> None:
-    """The leader receives the forwarded PUT over a kept-alive connection, then dies: the answer is
-    lost and new connections are refused. The follower must say "unknown" (504): aiohttp's silent
-    resend would turn this into "unreachable" (503, "not applied") although the write may commit."""
-    seen: list[bytes] = []
-
-    async def leader(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(
-                next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-            )
-            seen.append(head + await reader.readexactly(length))
-            if len(seen) > 1:  # the second request: the leader dies before answering
-                server.close()
-                writer.close()
-                return
-            body = b'{"op": "put", "key": "a", "value": 1, "revision": 1, "node": "n1"}'
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            await writer.drain()
-
-    server = await asyncio.start_server(leader, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    follower = FakeNode("n2", "http://unused")
-    follower.propose_error = NotLeaderError("n1", f"http://127.0.0.1:{port}")
+async def test_a_forwarded_write_names_the_leader_and_the_follower() -> None:
+    """The node forwards (over the Raft link); the API only says so: "node" is the leader that
+    took the write, "forwardedBy" this node, for answers and for errors alike."""
+    follower = FakeNode("n2")
+    follower.leader = follower.forwarded_to = "n1"
     async with TestClient(TestServer(create_app(follower, **SMALL))) as client:
-        assert (await call(client, "PUT", "/kv/a", {"value": 1}))[0] == 200
-        status, body, _ = await call(client, "PUT", "/kv/a", {"value": 2})
-    assert len(seen) == 2, "the second write reached the leader"
-    assert status == 504, body
-    assert "may or may not" in body["error"]
+        status, body, _ = await call(client, "PUT", "/kv/dir/a%20b", {"value": 1}, headers={"Idempotency-Key": "abc"})
+        assert status == 200 and body["node"] == "n1" and body["forwardedBy"] == "n2" and body["revision"] == 1
+        assert FORWARDED_TO not in body and follower.proposals[0].request_id == "abc"
+        status, body, _ = await call(client, "PUT", "/kv/dir/a%20b", {"value": 5, "prev_value": 7})
+        assert status == 412 and body["current"]["value"] == 1 and body["node"] == "n1" and body["forwardedBy"] == "n2"
+        status, body, _ = await call(client, "DELETE", "/kv/nothing")
+        assert status == 404 and body["node"] == "n1" and body["forwardedBy"] == "n2"
+        status, body, _ = await call(client, "POST", "/txn", {"success": [{"op": "delete", "key": "dir/a b"}]})
+        assert status == 200 and body["succeeded"] and body["forwardedBy"] == "n2"
+        # Reads never go through the forwarding path: the node answers from its own state.
+        status, body, _ = await call(client, "GET", "/kv/dir/a%20b")
+        assert status == 404 and body["node"] == "n2" and "forwardedBy" not in body and follower.barriers == 1
+    assert_documented(follower.requests)
 
 
-async def test_follower_forwards_to_the_leader() -> None:
-    leader, follower = FakeNode("n1", "http://unused"), FakeNode("n2", "http://unused")
-    async with TestServer(create_app(leader, **SMALL)) as leader_server:
-        leader.url = str(leader_server.make_url("")).rstrip("/")
-        follower.leader = "n1"
-        follower.propose_error = follower.read_error = NotLeaderError("n1", leader.url)
-        async with TestClient(TestServer(create_app(follower, **SMALL))) as client:
-            status, body, _ = await call(
-                client, "PUT", "/kv/dir/a%20b?", {"value": 1}, headers={"Idempotency-Key": "abc"}
-            )
-            assert status == 200 and body["node"] == "n1" and body["forwardedBy"] == "n2" and body["revision"] == 1
-            assert leader.kv.get("dir/a b").value == 1 and leader.proposals[0].request_id == "abc"
-            assert len(follower.kv) == 0
-            status, body, _ = await call(client, "GET", "/kv/dir/a%20b")
-            assert status == 200 and body["value"] == 1 and body["forwardedBy"] == "n2" and leader.barriers == 1
-            status, body, _ = await call(client, "GET", "/kv?prefix=dir/&limit=5")
-            assert status == 200 and body["count"] == 1 and body["forwardedBy"] == "n2"
-            status, body, _ = await call(client, "PUT", "/seedkey", raw=b'{"value": 2}')
-            assert status == 200 and leader.kv.get("seedkey").value == 2
-            status, body, _ = await call(client, "PUT", "/kv/dir/a%20b", {"value": 5, "prev_value": 7})
-            assert status == 412 and body["current"]["value"] == 1 and body["forwardedBy"] == "n2"
-            status, body, _ = await call(client, "POST", "/txn", {"success": [{"op": "delete", "key": "seedkey"}]})
-            assert status == 200 and body["succeeded"] and leader.kv.get("seedkey") is None
-            status, body, _ = await call(client, "DELETE", "/kv/dir/a%20b?prev_revision=1")
-            assert status == 200 and body["forwardedBy"] == "n2" and len(leader.kv) == 0
-            leader.propose_error = NoQuorumError("lost quorum")
-            status, body, headers = await call(client, "PUT", "/kv/x", {"value": 1})
-            assert status == 503 and headers["Retry-After"] == "1" and body["forwardedBy"] == "n2"
-            # Stale reads are local: the follower's (empty) state, no forwarding.
-            status, body, _ = await call(client, "GET", "/kv/seedkey?stale=true")
-            assert status == 404 and body["node"] == "n2" and "forwardedBy" not in body
-    assert_documented(follower.requests + leader.requests)
-
-
-async def test_forwarded_request_is_never_forwarded_again() -> None:
-    a, b = FakeNode("a"), FakeNode("b")
-    async with TestServer(create_app(a)) as server_a, TestServer(create_app(b)) as server_b:
-        a.url, b.url = (str(s.make_url("")).rstrip("/") for s in (server_a, server_b))
-        a.propose_error = NotLeaderError("b", b.url)  # stale hints pointing at each other
-        b.propose_error = NotLeaderError("a", a.url)
-        async with TestClient(server_a) as client:
-            status, body, headers = await call(client, "PUT", "/kv/k", {"value": 1})
-    assert status == 503 and headers["Retry-After"] == "1"
-    assert "already forwarded" in body["error"] and body["node"] == "b" and body["forwardedBy"] == "a"
-    assert len(a.proposals) == len(b.proposals) == 1
-
-
-async def test_request_marked_forwarded_is_not_forwarded(api: tuple[FakeNode, TestClient]) -> None:
+async def test_a_follower_without_a_leader_is_503(api: tuple[FakeNode, TestClient]) -> None:
     node, client = api
-    node.propose_error = node.read_error = NotLeaderError("n9", "http://127.0.0.1:9")
-    for method, path in (("PUT", "/kv/a"), ("GET", "/kv/a")):
-        status, body, headers = await call(client, method, path, {"value": 1}, headers={FORWARDED_HEADER: "1"})
-        assert status == 503 and headers["Retry-After"] == "1" and body["leader"] == "n9"
-        assert "forwardedBy" not in body
-
-
-async def test_unreachable_leader_is_503() -> None:
-    with socket.socket() as s:  # a port that was free a moment ago: connection refused
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    node = FakeNode("n2")
-    node.propose_error = NotLeaderError("n1", f"http://127.0.0.1:{port}")
-    async with TestClient(TestServer(create_app(node))) as client:
-        status, body, headers = await call(client, "PUT", "/kv/a", {"value": 1})
-    assert status == 503 and "unreachable" in body["error"] and headers["Retry-After"] == "1"
-    assert body["leader"] == "n1"
-
-
-async def test_forwarded_write_without_answer_is_504() -> None:
-    leader, follower = FakeNode("n1"), FakeNode("n2")
-    leader.propose_delay_seconds = 2.0
-    async with TestServer(create_app(leader)) as leader_server:
-        follower.propose_error = NotLeaderError("n1", str(leader_server.make_url("")))
-        async with TestClient(TestServer(create_app(follower, forward_timeout_seconds=0.3))) as client:
-            status, body, _ = await call(client, "PUT", "/kv/a", {"value": 1})
-    assert status == 504 and "may or may not have been applied" in body["error"]
+    node.leader = None
+    node.propose_error = NotLeaderError(None, None)
+    status, body, headers = await call(client, "PUT", "/kv/a", {"value": 1})
+    assert status == 503 and headers["Retry-After"] == "1" and body["error"] == "no leader" and body["leader"] is None
 
 
 # ---- the node's own routes -----------------------------------------------------------------------

@@ -59,6 +59,29 @@ def test_writes_through_any_node_are_read_from_every_node(cluster: LocalCluster)
     assert len(set(digests(cluster).values())) == 1
 
 
+def test_a_follower_forwards_writes_over_the_raft_link_not_http(cluster: LocalCluster) -> None:
+    leader = cluster.wait_for_leader()
+    follower = next(n for n in cluster.urls if n != leader)
+    for i in range(5):
+        status, body = put(cluster.url(follower), f"fw{i}", i)
+        assert status == 200 and body["node"] == leader and body["forwardedBy"] == follower, body
+    status, body = put(cluster.url(follower), "fw0", "x", prev_value=99)
+    assert status == 412 and body["current"]["value"] == 0 and body["forwardedBy"] == follower, body
+    assert get(cluster.url(leader), "fw4")[1]["value"] == 4
+    with urllib.request.urlopen(cluster.url(leader) + "/metrics", timeout=5) as resp:
+        leader_metrics = resp.read().decode()
+    assert 'method="PUT"' not in leader_metrics, "a forwarded write reached the leader over HTTP"
+
+    # The follower still hears the leader but can no longer reach it: its forwarded write may
+    # or may not have arrived, so the answer is 504 ("unknown"), never 503 or 200.
+    assert http("POST", cluster.url(follower) + "/simulate-partition",
+                {"partitioned": True, "peers": [leader], "direction": "outbound"})[0] == 200
+    status, body = put(cluster.url(follower), "cut", 1, timeout=15)
+    assert status == 504 and "may or may not" in body["error"], body
+    assert http("POST", cluster.url(follower) + "/simulate-partition", {"partitioned": False})[0] == 200
+    assert get(cluster.url(leader), "cut")[0] == 404
+
+
 @pytest.mark.cluster_args("--snapshot-every", "40", "--snapshot-retain", "5")
 def test_kill_the_leader_writes_go_on_and_the_killed_node_catches_up_through_a_snapshot(cluster: LocalCluster) -> None:
     leader = cluster.wait_for_leader()

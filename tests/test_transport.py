@@ -28,6 +28,8 @@ from raftkv.core.messages import (
     HeartbeatRequest,
     HeartbeatResponse,
     Message,
+    ProposeAnswer,
+    ProposeForward,
     ReadIndexRequest,
     ReadIndexResponse,
     Snapshot,
@@ -88,6 +90,10 @@ SAMPLES: list[Message] = [
     TransferRequest(**H, target="c"),
     ReadIndexRequest(**H, ctx=b"\x00read-1"),
     ReadIndexResponse(**H, ctx=b"", index=12, ok=False),
+    ProposeForward(**H, ticket=7, datas=(b"put-a", b"", b"x" * 1000)),
+    ProposeForward(**H, ticket=0, datas=()),
+    ProposeAnswer(**H, ticket=7, index=41),
+    ProposeAnswer(**H, ticket=8, index=0, error="not the leader"),
 ]
 
 
@@ -134,6 +140,7 @@ def test_codec_is_compact() -> None:
         b"\x98\x03\xa1a\xa1b\x01\x00\x00\x91\x94\x01\x01\x09\xc4\x00\x00",  # unknown entry kind 9
         b"\x98\x03\xa1a\xa1b\x01\x00\x00\x91\x93\x01\x01\x00\x00",  # entry 3-array
         b"\x95\x07\xa1a\xa1b\x01\x95\x01\x01\x91\x01\x90\xc4\x00",  # voters not strings
+        b"\x96\x0c\xa1a\xa1b\x01\x01\x92\xc4\x00\xa1x",  # a forwarded write that is a str
     ],
 )
 def test_codec_rejects_malformed_frames(frame: bytes) -> None:
@@ -148,6 +155,8 @@ def test_codec_refuses_to_encode_what_a_peer_would_reject() -> None:
         encode(ReadIndexRequest(src="a", dst="b", term=1, ctx="str, not bytes"))  # type: ignore[arg-type]
     with pytest.raises(CodecError):
         encode(HeartbeatRequest(src="a", dst="b", term=True, commit=1))
+    with pytest.raises(CodecError):
+        encode(ProposeForward(src="a", dst="b", term=1, ticket=1, datas=(b"ok", "str")))  # type: ignore[arg-type]
 
 
 def test_frame_decoder_reassembles_any_split_of_the_stream() -> None:

@@ -1,16 +1,14 @@
 """The HTTP API of one raftkv node (aiohttp): `create_app(node)` serves DESIGN.md's contract.
 
-`http` has the routes, validation, status mapping and forwarding to the leader; `errors` maps every
+`http` has the routes, validation and status mapping; `errors` maps every
 failure to a JSON body and status; `openapi` is the OpenAPI 3.1 document served at /openapi.json.
 """
 
 from raftkv.api.errors import RETRY_AFTER_SECONDS, ApiError
 from raftkv.api.http import (
-    DEFAULT_FORWARD_TIMEOUT_SECONDS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_KEY_BYTES,
     DEFAULT_MAX_VALUE_BYTES,
-    FORWARDED_HEADER,
     IDEMPOTENCY_HEADER,
     RESERVED_NAMES,
     Node,
@@ -19,11 +17,9 @@ from raftkv.api.http import (
 from raftkv.api.openapi import openapi_document
 
 __all__ = [
-    "DEFAULT_FORWARD_TIMEOUT_SECONDS",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_KEY_BYTES",
     "DEFAULT_MAX_VALUE_BYTES",
-    "FORWARDED_HEADER",
     "IDEMPOTENCY_HEADER",
     "RESERVED_NAMES",
     "RETRY_AFTER_SECONDS",

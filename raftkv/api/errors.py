@@ -5,7 +5,7 @@ Theory of operation
 Handlers never build error responses by hand: they raise `ApiError(status, message, **fields)`
 (bad input, absent key, failed precondition, too large) or let the node's own exceptions escape
 (`NoQuorumError`, `OutcomeUnknownError`, `NotLeaderError` when it could not be forwarded). The
-`error_middleware` turns all of them, and aiohttp's own `HTTPException`s (404 no route, 405 wrong
+`error_response` turns all of them, and aiohttp's own `HTTPException`s (404 no route, 405 wrong
 method, 413 body over `client_max_size`), into `{"error": "...", "node": <id>, ...}` with the status
 DESIGN.md assigns:
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -38,7 +38,7 @@ from aiohttp import web
 from raftkv.kv import InvalidCommand
 from raftkv.node.errors import NodeError, NoQuorumError, NotLeaderError, OutcomeUnknownError
 
-__all__ = ["RETRY_AFTER_SECONDS", "ApiError", "check_query", "error_middleware", "json_response", "node_error",
+__all__ = ["RETRY_AFTER_SECONDS", "ApiError", "check_query", "error_response", "json_response", "node_error",
            "parse_command", "parse_json", "query_flag", "query_integer", "retry_later"]
 
 log = logging.getLogger("raftkv.api")
@@ -48,7 +48,7 @@ RETRY_AFTER_SECONDS = 1  # an election takes ~1 s with the default timeouts, so 
 _DECIMAL = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() also accepts "²" and "٣"
 _TRUE, _FALSE = frozenset({"", "1", "true", "yes"}), frozenset({"0", "false", "no"})
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_JSON = "application/json"
 
 
 class ApiError(Exception):
@@ -69,13 +69,13 @@ def json_response(node_id: str, payload: dict[str, Any], status: int = 200,
     """A JSON response that always names the node that answered (unless the payload already does,
     as a response relayed from the leader does)."""
     payload.setdefault("node", node_id)
-    return web.json_response(payload, status=status, headers=headers, dumps=_dumps)
+    return web.Response(body=_dumps(payload).encode(), status=status, headers=headers, content_type=_JSON)
 
 
-def _dumps(obj: Any) -> str:
-    # Status dicts from the node may hold enums, paths or sets; a status page must not 500 on them.
-    # (Key values are JSON already: the kv module validated them.)
-    return json.dumps(obj, default=lambda o: sorted(o, key=str) if isinstance(o, set | frozenset) else str(o))
+# Status dicts from the node may hold enums, paths or sets; a status page must not 500 on them.
+# (Key values are JSON already: the kv module validated them.) Built once: json.dumps with a
+# keyword argument builds a new encoder per call.
+_dumps = json.JSONEncoder(default=lambda o: sorted(o, key=str) if isinstance(o, set | frozenset) else str(o)).encode
 
 
 def retry_later(message: str, **fields: Any) -> ApiError:
@@ -118,32 +118,26 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request, max_body_
     return ApiError(exc.status, exc.reason or exc.text or "error")
 
 
-def error_middleware(node: Any, max_body_bytes: int,
-                     allowed: Callable[[str], set[str] | None]) -> Callable[..., Any]:
-    """The middleware that maps every exception to a JSON response (see the module docstring).
+def error_response(node: Any, request: web.Request, exc: Exception, max_body_bytes: int,
+                   allowed: Callable[[str], set[str] | None]) -> web.Response:
+    """The JSON answer for an exception a handler raised (see the module docstring). An aiohttp
+    HTTPException below 400 (a redirect) is no error: it is raised again.
 
     `allowed(path)` returns the methods of the fixed route at `path`, or None."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            err = exc
-        except NodeError as exc:
-            err = node_error(exc, reading=request.method == "GET", leader=_leader(node))
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            err = _from_http_exception(exc, request, max_body_bytes, allowed)
-        except Exception as exc:  # a bug: log it, answer JSON, keep serving
-            log.exception("unhandled %s on %s %s", type(exc).__name__, request.method, request.path,
-                          extra={"event": "api.unhandled", "node": node.id, "method": request.method,
-                                 "path": request.path, "exception": type(exc).__name__})
-            err = ApiError(500, f"internal error: {type(exc).__name__}")
-        return json_response(node.id, {"error": err.message, **err.fields}, err.status, err.headers)
-
-    return middleware
+    if isinstance(exc, ApiError):
+        err = exc
+    elif isinstance(exc, NodeError):
+        err = node_error(exc, reading=request.method == "GET", leader=_leader(node))
+    elif isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        err = _from_http_exception(exc, request, max_body_bytes, allowed)
+    else:  # a bug: log it, answer JSON, keep serving
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.path, exc_info=exc,
+                  extra={"event": "api.unhandled", "node": node.id, "method": request.method,
+                         "path": request.path, "exception": type(exc).__name__})
+        err = ApiError(500, f"internal error: {type(exc).__name__}")
+    return json_response(node.id, {"error": err.message, **err.fields}, err.status, err.headers)
 
 
 def _leader(node: Any) -> str | None:
@@ -160,10 +154,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def parse_json(raw: bytes) -> Any:
-    """Strict JSON (no NaN/Infinity) or ApiError 400; never RecursionError or UnicodeError."""
+    """Strict JSON (no NaN/Infinity) in UTF-8 (RFC 8259 8.1), or ApiError 400; never
+    RecursionError or UnicodeError."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return _decode(raw.decode("utf-8-sig"))
     except RecursionError:
         raise ApiError(400, "body: JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits, NaN

@@ -12,17 +12,12 @@ state. Each data request goes through the same steps:
 2. writes: `node.propose(command)` returns the state machine's result once the entry is committed
    and applied here; the result's `ok`/`error` picks 200, 404 or 412. Reads: `await
    node.read_barrier()` (ReadIndex) and then read `node.kv` locally; `?stale=true` skips the barrier;
-3. if the node says `NotLeaderError`, the original request (method, raw path and query, body,
-   Idempotency-Key) is forwarded once to the leader's client URL and its answer relayed with
-   `"forwardedBy": <this node>`. The forwarded copy carries `X-Raftkv-Forwarded: 1`; a node that
-   receives such a copy never forwards it again (503 instead), so two nodes with stale leader hints
-   cannot bounce a request between them;
-4. every other failure is an exception that `errors.error_middleware` maps to a JSON error
+3. a follower's node forwards writes to the leader itself, over the Raft link (see the node
+   driver), and answers from its own state machine once the entry is applied here; the answer
+   says so: `"node": <the leader that took it>, "forwardedBy": <this node>`. Linearizable reads
+   never leave the node but for the ReadIndex round with the leader;
+4. every failure is an exception that `errors.error_response` maps to a JSON error
    (503 = definitely not done, 504 = may or may not be done).
-
-A forward that cannot connect is 503 (nothing was sent). A forwarded *write* that times out or
-loses its connection after being sent is 504, not 503: the leader may have committed it, and
-saying "not done" there would let a client's blind retry apply it twice.
 
 The seed's routes `PUT|GET|DELETE /{key}` share the handlers of `/kv/{key}`. They are registered
 last, so fixed routes win; a key whose first segment is a reserved name (`RESERVED_NAMES`) is
@@ -44,22 +39,18 @@ from typing import Any, Protocol
 import aiohttp
 import msgpack
 from aiohttp import web
-from yarl import URL
 
 from raftkv.api.errors import (
     ApiError,
     check_query,
-    error_middleware,
+    error_response,
     json_response,
-    node_error,
     parse_command,
     parse_json,
     query_flag,
     query_integer,
-    retry_later,
 )
 from raftkv.api.openapi import openapi_document
-from raftkv.client import single_send_session
 from raftkv.kv import (
     DEFAULT_RANGE_LIMIT,
     INVALID,
@@ -75,18 +66,15 @@ from raftkv.kv import (
     put_from_json,
     txn_from_json,
 )
-from raftkv.node.errors import NotLeaderError
+from raftkv.node.driver import FORWARDED_TO
 
 log = logging.getLogger("raftkv.api")
 
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 DEFAULT_MAX_KEY_BYTES = 1024
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
-DEFAULT_FORWARD_TIMEOUT_SECONDS = 5.0
-FORWARD_CONNECT_TIMEOUT_SECONDS = 2.0  # a connect failure means "not sent": 503, safe to retry
 MAX_PARTITION_PEERS = 1000
 MAX_LINK_DELAY_MS = 10_000
-FORWARDED_HEADER = "X-Raftkv-Forwarded"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 # First path segments that are never keys at the root (`/{key}`): today's routes plus names kept
@@ -98,7 +86,7 @@ RESERVED_NAMES = frozenset({
 })
 
 _CORS_HEADERS = {"Access-Control-Allow-Origin": "*",
-                 "Access-Control-Expose-Headers": f"Retry-After, Allow, {FORWARDED_HEADER}"}
+                 "Access-Control-Expose-Headers": "Retry-After, Allow"}
 _CORS_METHODS = "GET, PUT, POST, DELETE, OPTIONS"
 _KNOWN_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH"})
 
@@ -126,15 +114,14 @@ class Node(Protocol):
 
 
 def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               max_key_bytes: int = DEFAULT_MAX_KEY_BYTES, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
-               forward_timeout_seconds: float = DEFAULT_FORWARD_TIMEOUT_SECONDS) -> web.Application:
+               max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+               max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> web.Application:
     """The aiohttp application serving `node`'s client API (run it with web.AppRunner/TCPSite)."""
-    assert max_body_bytes > 0 and max_key_bytes > 0 and max_value_bytes > 0 and forward_timeout_seconds > 0
-    api = _Api(node, max_body_bytes, max_key_bytes, max_value_bytes, forward_timeout_seconds)
+    assert max_body_bytes > 0 and max_key_bytes > 0 and max_value_bytes > 0
+    api = _Api(node, max_body_bytes, max_key_bytes, max_value_bytes)
     app = web.Application(
         client_max_size=max_body_bytes,  # aiohttp's own default (1 MiB) would cut bodies short
-        middlewares=[_metrics_middleware(node), _cors_preflight,
-                     error_middleware(node, max_body_bytes, api.fixed_route_methods)])
+        middlewares=[_middleware(node, max_body_bytes, api.fixed_route_methods)])
     add = app.router.add_route
     add("GET", "/kv", api.range)
     add("GET", "/kv/{key:.*}", api.get_key)  # ".*": an empty key gets a 400 that says so, not a 404
@@ -158,35 +145,21 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
             # Each fixed route must be reserved, or PUT /<route> would write a key of that name.
             assert resource.canonical[1:].split("/")[0] in RESERVED_NAMES, resource.canonical
             api.fixed[resource.canonical] = {route.method for route in resource}
-    app.cleanup_ctx.append(api.client_session)
-    app.on_response_prepare.append(_add_cors_headers)
     return app
 
 
 class _Api:
-    def __init__(self, node: Node, max_body_bytes: int, max_key_bytes: int, max_value_bytes: int,
-                 forward_timeout_seconds: float) -> None:
+    def __init__(self, node: Node, max_body_bytes: int, max_key_bytes: int, max_value_bytes: int) -> None:
         self.node = node
         self.max_body_bytes = max_body_bytes
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
-        self.forward_timeout_seconds = forward_timeout_seconds
         self.fixed: dict[str, set[str]] = {}  # path of each fixed route -> its methods
         self.doc = openapi_document(max_body_bytes=max_body_bytes, max_key_bytes=max_key_bytes,
                                     max_value_bytes=max_value_bytes)
-        self._session: aiohttp.ClientSession | None = None
 
     def fixed_route_methods(self, path: str) -> set[str] | None:
         return self.fixed.get(path)
-
-    async def client_session(self, _app: web.Application) -> AsyncIterator[None]:
-        # One pooled session per app for forwarding: keeps connections to the leader warm.
-        timeout = aiohttp.ClientTimeout(total=self.forward_timeout_seconds,
-                                        sock_connect=min(FORWARD_CONNECT_TIMEOUT_SECONDS, self.forward_timeout_seconds))
-        async with single_send_session(timeout=timeout) as session:
-            self._session = session
-            yield
-            self._session = None
 
     # ---- keys ------------------------------------------------------------------------------------
 
@@ -195,8 +168,8 @@ class _Api:
         query = check_query(request, {"stale"})
         if not key:
             raise ApiError(400, "key: must not be empty (to list keys use GET /kv?prefix=...)")
-        if not query_flag(query.get("stale"), "stale") and (forwarded := await self._barrier(request)):
-            return forwarded
+        if not query_flag(query.get("stale"), "stale"):
+            await self.node.read_barrier()
         kv_store = self.node.kv
         kv = kv_store.get(key)
         if kv is None:
@@ -211,7 +184,7 @@ class _Api:
         body = await self._body(request, required=True)
         cmd = parse_command(put_from_json, key, body, _request_id(request))
         self._check_value_size(cmd.value, "value")
-        return await self._propose(request, cmd)
+        return self._result(await self.node.propose(cmd))
 
     async def delete_key(self, request: web.Request) -> web.StreamResponse:
         key = self._key(request)
@@ -222,15 +195,15 @@ class _Api:
                 raise ApiError(400, "prev_revision: given both in the query and in the body")
             body = {**(body or {}), "prev_revision": query_integer(query["prev_revision"], "prev_revision", 1)}
         cmd = parse_command(delete_from_json, key, body, _request_id(request))
-        return await self._propose(request, cmd)
+        return self._result(await self.node.propose(cmd))
 
     async def range(self, request: web.Request) -> web.StreamResponse:
         query = check_query(request, {"prefix", "limit", "stale"})
         limit = DEFAULT_RANGE_LIMIT
         if "limit" in query:
             limit = query_integer(query["limit"], "limit", 1, MAX_RANGE_LIMIT)
-        if not query_flag(query.get("stale"), "stale") and (forwarded := await self._barrier(request)):
-            return forwarded
+        if not query_flag(query.get("stale"), "stale"):
+            await self.node.read_barrier()
         kv_store = self.node.kv
         items, more = kv_store.range(query.get("prefix", ""), limit)
         return json_response(self.node.id, {
@@ -247,7 +220,7 @@ class _Api:
                     self._check_key_size(key, f"{name}[{i}].key")
                 if type(item) is TxnPut:
                     self._check_value_size(item.value, f"{name}[{i}].value")
-        return await self._propose(request, cmd)
+        return self._result(await self.node.propose(cmd))
 
     # ---- the node's own operations ---------------------------------------------------------------
 
@@ -371,74 +344,26 @@ class _Api:
             return None
         return parse_json(raw)
 
-    async def _propose(self, request: web.Request, cmd: Command) -> web.StreamResponse:
-        try:
-            result = await self.node.propose(cmd)
-        except NotLeaderError as exc:
-            return await self._forward(request, exc)
-        return self._result(result)
-
-    async def _barrier(self, request: web.Request) -> web.StreamResponse | None:
-        """None once a linearizable read may proceed here; else the leader's relayed answer."""
-        try:
-            await self.node.read_barrier()
-        except NotLeaderError as exc:
-            return await self._forward(request, exc)
-        return None
-
     def _result(self, result: Mapping[str, Any]) -> web.StreamResponse:
-        leader = self._leader()
+        """The answer for a write's state machine result; a forwarded write names both nodes."""
+        via = result.get(FORWARDED_TO)
+        where = {"leader": self._leader()}
+        if via is not None:
+            where.update(node=via, forwardedBy=self.node.id)
         if result.get("ok"):
-            payload = {k: v for k, v in result.items() if k != "ok"}
-            payload["leader"] = leader
+            payload = {k: v for k, v in result.items() if k not in ("ok", FORWARDED_TO)}
+            payload.update(where)
             return json_response(self.node.id, payload)
         error = result.get("error")
         if error == PRECONDITION_FAILED:
             raise ApiError(412, f"precondition failed: {result.get('reason')}", key=result.get("key"),
                            reason=result.get("reason"), current=result.get("current"),
-                           revision=result.get("revision"), leader=leader)
+                           revision=result.get("revision"), **where)
         if error == NOT_FOUND:
-            raise ApiError(404, "key not found", key=result.get("key"), revision=result.get("revision"), leader=leader)
+            raise ApiError(404, "key not found", key=result.get("key"), revision=result.get("revision"), **where)
         if error == INVALID:  # validated before proposing, so only a newer/buggy peer gets here
-            raise ApiError(400, str(result.get("message") or "invalid command"), leader=leader)
+            raise ApiError(400, str(result.get("message") or "invalid command"), **where)
         raise RuntimeError(f"unexpected state machine result: {result!r}")
-
-    async def _forward(self, request: web.Request, exc: NotLeaderError) -> web.StreamResponse:
-        reading = request.method == "GET"
-        own_url = self.node.url.rstrip("/")
-        if request.headers.get(FORWARDED_HEADER):
-            raise retry_later("not the leader, and this request was already forwarded once: not forwarding it "
-                              "again", leader=exc.leader_id, leaderUrl=exc.leader_url)
-        if not exc.leader_url or exc.leader_url.rstrip("/") == own_url:
-            raise node_error(exc, reading=reading, leader=exc.leader_id)
-        assert self._session is not None, "the app is not running"
-        url = URL(exc.leader_url.rstrip("/") + request.raw_path, encoded=True)
-        headers = {FORWARDED_HEADER: "1", "Content-Type": "application/json"}
-        if (request_id := request.headers.get(IDEMPOTENCY_HEADER)) is not None:
-            headers[IDEMPOTENCY_HEADER] = request_id
-        where = f"the leader {exc.leader_id} at {exc.leader_url}"
-        try:
-            async with self._session.request(request.method, url, data=await request.read() or None,
-                                             headers=headers, allow_redirects=False) as resp:
-                status, raw = resp.status, await resp.read()
-                relay = {h: resp.headers[h] for h in ("Retry-After", "Allow") if h in resp.headers}
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
-            raise retry_later(f"{where} is unreachable: {err}", leader=exc.leader_id,
-                              leaderUrl=exc.leader_url) from None
-        except (TimeoutError, aiohttp.ClientError) as err:
-            what = ("the read could not be confirmed; retry" if reading else
-                    "the write may or may not have been applied; retry with the same Idempotency-Key")
-            raise ApiError(504, f"forwarded to {where}, then no answer ({type(err).__name__}): {what}",
-                           leader=exc.leader_id, leaderUrl=exc.leader_url) from None
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = None
-        if type(payload) is not dict:
-            raise ApiError(502, f"forwarded to {where}, which answered {status} without a JSON object",
-                           leader=exc.leader_id, leaderUrl=exc.leader_url)
-        payload["forwardedBy"] = self.node.id
-        return json_response(self.node.id, payload, status, relay)
 
 
 def _peers(body: dict[str, Any]) -> list[str] | None:
@@ -498,13 +423,25 @@ def _route_template(request: web.Request) -> str:
     return "unmatched" if resource is None else resource.canonical  # bounded label values
 
 
-def _metrics_middleware(node: Node) -> Callable[..., Any]:
+def _middleware(node: Node, max_body_bytes: int, allowed: Callable[[str], set[str] | None]) -> Callable[..., Any]:
+    """Around every request, in one frame (each aiohttp middleware costs a frame and a partial):
+    browsers' CORS preflights, errors as JSON, CORS headers, and the request metrics."""
+
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
         start = time.perf_counter()
         status = 500
         try:
-            response = await handler(request)
+            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                response: web.StreamResponse = _preflight(request)
+            else:
+                try:
+                    response = await handler(request)
+                except Exception as exc:
+                    response = error_response(node, request, exc, max_body_bytes, allowed)
+            if not response.prepared:  # (a WebSocket is; CORS does not apply to it)
+                for name, value in _CORS_HEADERS.items():
+                    response.headers.setdefault(name, value)
             status = response.status
             return response
         except asyncio.CancelledError:
@@ -520,18 +457,9 @@ def _metrics_middleware(node: Node) -> Callable[..., Any]:
     return middleware
 
 
-@web.middleware
-async def _cors_preflight(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+def _preflight(request: web.Request) -> web.Response:
     # The dashboard runs on another port (another origin): answer browsers' preflights for any path.
-    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-        allow_headers = request.headers.get("Access-Control-Request-Headers",
-                                            f"Content-Type, {IDEMPOTENCY_HEADER}")
-        return web.Response(status=204, headers={"Access-Control-Allow-Methods": _CORS_METHODS,
-                                                 "Access-Control-Allow-Headers": allow_headers,
-                                                 "Access-Control-Max-Age": "600"})
-    return await handler(request)
-
-
-async def _add_cors_headers(_request: web.Request, response: web.StreamResponse) -> None:
-    for name, value in _CORS_HEADERS.items():
-        response.headers.setdefault(name, value)
+    allow_headers = request.headers.get("Access-Control-Request-Headers", f"Content-Type, {IDEMPOTENCY_HEADER}")
+    return web.Response(status=204, headers={"Access-Control-Allow-Methods": _CORS_METHODS,
+                                             "Access-Control-Allow-Headers": allow_headers,
+                                             "Access-Control-Max-Age": "600"})

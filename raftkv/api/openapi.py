@@ -36,7 +36,6 @@ def _err(description: str) -> dict[str, Any]:
 _E400 = _err("Malformed input: invalid JSON, wrong field types, unknown fields, empty key, bad query parameter.")
 _E404_KEY = _err("The key does not exist.")
 _E412 = _json(_ref("PreconditionFailed"), "A compare-and-set precondition did not hold; nothing was written.")
-_E502 = _err("The request was forwarded to the leader, which did not answer with a JSON object.")
 _E503 = {**_err("No leader or no quorum (or the leader hint loops): nothing was done. Retry after Retry-After."),
          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}}
 _E500 = _err("A bug in the server (logged); never returned for bad input.")
@@ -69,8 +68,6 @@ _STALE = {"name": "stale", "in": "query", "schema": {"type": "boolean", "default
 _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 256},
                 "description": "Becomes the command's request_id: a retry with the same key is applied at most "
                                "once and returns the first result."}
-_FORWARDED = {"name": "X-Raftkv-Forwarded", "in": "header", "schema": {"type": "string"},
-              "description": "Set by a follower forwarding to the leader; such a request is never forwarded again."}
 _PREV_REVISION_Q = {"name": "prev_revision", "in": "query", "schema": {"type": "integer", "minimum": 1},
                     "description": "Delete only if the key's mod_revision equals this (also accepted in the body)."}
 
@@ -86,19 +83,22 @@ def _key_ops(root: bool, limits: dict[str, int]) -> dict[str, Any]:
     too_large_key = _err(f"The key is longer than {limits['key']} bytes of UTF-8.")
     write_common = {"413": _err(f"Key over {limits['key']} bytes, value over {limits['value']} bytes encoded, "
                                 f"or body over {limits['body']} bytes."),
-                    "502": _E502, "503": _E503, "504": _E504_WRITE}
-    params = [_KEY, _FORWARDED]
+                    "503": _E503, "504": _E504_WRITE}
+    params = [_KEY]
     return {
         "get": _op("Read a key (linearizable unless stale=true)", {
             "200": _json(_ref("GetResult"), "The key's current value and metadata."),
-            "400": _E400, "404": _E404_KEY, "413": too_large_key, "502": _E502, "503": _E503, "504": _E504_READ,
+            "400": _E400, "404": _E404_KEY, "413": too_large_key, "503": _E503, "504": _E504_READ,
             **({"405": extra["405"], "404": extra["404"]} if root else {})},
-            parameters=[*params, _STALE], description=note + "Followers forward to the leader unless stale=true."),
+            parameters=[*params, _STALE],
+            description=note + "A follower asks the leader for the read index (ReadIndex), then answers from its "
+                               "own state once it has applied that far."),
         "put": _op("Write a key (compare-and-set with prev_*)", {
             "200": _json(_ref("PutResult"), "Committed and applied."),
             "400": _E400, "412": _E412, **write_common, **extra},
             parameters=[*params, _IDEMPOTENCY], body=_ref("PutRequest"),
-            description=note + "Answered only after commit and apply; followers forward to the leader."),
+            description=note + "Answered only after commit and apply; a follower forwards the write to the "
+                                 "leader over the Raft link and answers once it has applied it too."),
         "delete": _op("Delete a key", {
             "200": _json(_ref("DeleteResult"), "Deleted."),
             "400": _E400, "404": _E404_KEY, "412": _E412, **write_common, **extra},
@@ -115,7 +115,8 @@ def _schemas() -> dict[str, Any]:
     answered = {"node": {"type": "string", "description": "The node that answered."},
                 "leader": {"type": ["string", "null"], "description": "The leader as this node knows it."},
                 "forwardedBy": {"type": "string",
-                                "description": "Present when a follower relayed the leader's answer."}}
+                                "description": "Present when a follower forwarded the write to the leader; "
+                                               "\"node\" is then the leader that took it."}}
     nullable_kv = {"oneOf": [_ref("KeyValue"), {"type": "null"}]}
     op_item = {"type": "object", "description": "{\"op\": \"put\"|\"delete\"|\"get\"|\"range\", ...fields} or "
                                                 "{\"put\": {...fields}}; put {key, value}, delete {key}, get {key}, "
@@ -208,16 +209,16 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
         "/kv/{key}": _key_ops(False, limits),
         "/kv": {"get": _op("List keys by prefix", {
             "200": _json(_ref("RangeResult"), "Keys in sorted order; more=true if the limit cut the list."),
-            "400": _E400, "502": _E502, "503": _E503, "504": _E504_READ},
+            "400": _E400, "503": _E503, "504": _E504_READ},
             parameters=[{"name": "prefix", "in": "query", "schema": {"type": "string", "default": ""}},
                         {"name": "limit", "in": "query",
                          "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
-                        _STALE, _FORWARDED])},
+                        _STALE])},
         "/txn": {"post": _op("Atomic transaction, like etcd's Txn", {
             "200": _json(_ref("TxnResult"), "Applied: the success ops if every compare held, else the failure ops."),
             "400": _E400, "413": _err("A key, value or the body is over its limit."),
-            "502": _E502, "503": _E503, "504": _E504_WRITE},
-            parameters=[_IDEMPOTENCY, _FORWARDED], body=_ref("TxnRequest"))},
+            "503": _E503, "504": _E504_WRITE},
+            parameters=[_IDEMPOTENCY], body=_ref("TxnRequest"))},
         "/raft-state": {"get": _op("This node's Raft state (the seed's fields and more)", {
             "200": _json(_ref("RaftState"), "Role, term, log, commit/apply indexes, peers' progress, faults."),
             "400": _err("digest is not true or false.")},
@@ -251,7 +252,7 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
         "openapi": "3.1.0",
         "info": {"title": "raftkv node API", "version": "0.1.0", "description": (
             "The client API of one raftkv node: a linearizable key-value store replicated with Raft. Any node "
-            "accepts any request; followers forward writes and linearizable reads to the leader once. Every JSON "
+            "accepts any request; followers forward writes to the leader over the Raft link. Every JSON "
             "answer names the answering node in \"node\". Errors are JSON {\"error\": ...}: 405 with Allow for a "
             "method a route lacks, 404 for an unknown path. Any origin may call the API (CORS); preflight "
             f"OPTIONS requests are answered 204 on every path. Limits: body {max_body_bytes} bytes, key "

@@ -20,7 +20,11 @@ What a Ready asks for is split the way the core marks it:
 - committed entries are applied at once: committed already means a majority holds them on disk.
 
 A client write is answered only after its entry is committed and applied here, so an
-acknowledged write survives kill -9 of any minority. A proposal whose index ends up holding
+acknowledged write survives kill -9 of any minority. A follower does not propose: it sends each
+turn's writes to the leader as one `ProposeForward` on the Raft link; the leader appends them and
+answers with where they went (`ProposeAnswer`: index and term), and the follower then waits for
+those indexes exactly as the leader waits for its own, answering from its own state machine
+(every replica computes the same result). A proposal whose index ends up holding
 another term's entry was definitely not applied (503); one that times out may still commit (504).
 Reads go through ReadIndex (a follower asks the leader for the read point and serves it locally
 once it has applied that far). Snapshots are frozen on the loop (a shallow copy) and encoded in a
@@ -48,6 +52,8 @@ from raftkv.core import (
     HeartbeatResponse,
     Message,
     ProposalDroppedError,
+    ProposeAnswer,
+    ProposeForward,
     RaftCore,
     Ready,
     Role,
@@ -67,6 +73,8 @@ from .observe import EventHub
 
 log = logging.getLogger("raftkv.node")
 
+# The key a forwarded proposal's result carries: which leader took it (the API reports it).
+FORWARDED_TO = "forwardedTo"
 STATUS_EVERY_S = 0.25
 DEADLINE_SWEEP_S = 0.05
 UNSAFE_SYNC_EVERY_S = 1.0
@@ -121,8 +129,11 @@ class RaftNode:
         self._actions: list[Callable[[], None]] = []
         self._proposals: list[tuple[bytes, asyncio.Future[dict], float]] = []
         self._reads: list[tuple[bytes, asyncio.Future[None]]] = []
-        # index -> (term, future, proposed at, deadline)
-        self._waiting_proposals: dict[int, tuple[int, asyncio.Future[dict], float, float]] = {}
+        # index -> (term, future, proposed at, deadline, the leader it was forwarded to or None)
+        self._waiting_proposals: dict[int, tuple[int, asyncio.Future[dict], float, float, str | None]] = {}
+        # ticket -> (leader, [(future, proposed at)], deadline): forwarded, not yet placed
+        self._forwarded: dict[int, tuple[str, list[tuple[asyncio.Future[dict], float]], float]] = {}
+        self._tickets = itertools.count(1)
         self._waiting_reads: dict[bytes, tuple[asyncio.Future[None], float, float]] = {}
         self._reads_by_index: list[tuple[int, asyncio.Future[None], float]] = []
         # Readys handed out whose writes (and held messages) still wait for the disk pump.
@@ -178,6 +189,7 @@ class RaftNode:
             [f for _, f, _ in self._proposals]
             + [f for _, f in self._reads]
             + [w[1] for w in self._waiting_proposals.values()]
+            + [f for _, items, _ in self._forwarded.values() for f, _ in items]
             + [w[0] for w in self._waiting_reads.values()]
             + [f for _, f, _ in self._reads_by_index]
         )
@@ -192,8 +204,10 @@ class RaftNode:
         return self.cfg.members[leader].url if leader in self.cfg.members else None
 
     async def propose(self, command: Command) -> dict:
-        if self.core.role is not Role.LEADER:
-            raise NotLeaderError(self.leader_id(), self.leader_url())
+        """Replicate `command`; its state machine result once committed and applied here. On a
+        follower the write goes to the leader, and the result says so: `FORWARDED_TO` names it."""
+        if self.core.role is not Role.LEADER and self.core.leader_id is None:
+            raise NotLeaderError(None, None)
         fut: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
         self._proposals.append((encode(command), fut, time.monotonic()))
         self._wake.set()
@@ -311,8 +325,7 @@ class RaftNode:
         return self.metrics.render()
 
     def record_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.metrics.http_requests.labels(route, method, str(status)).inc()
-        self.metrics.http_seconds.labels(route, method).observe(seconds)
+        self.metrics.on_http_request(route, method, status, seconds)
 
     async def watch(self) -> AsyncIterator[dict]:
         self.hub.publish(self._status_event())
@@ -367,6 +380,12 @@ class RaftNode:
         # busy time itself is taken for the peers' silence.
         inbox, self._inbox = self._inbox, []
         for m in inbox:
+            if type(m) is ProposeForward:
+                self._take_forwarded(m)
+                continue
+            if type(m) is ProposeAnswer:
+                self._place_forwarded(m)
+                continue
             if isinstance(m, HeartbeatRequest):
                 self.metrics.on_heartbeat_received()
             elif isinstance(m, HeartbeatResponse) and (sent := self._heartbeat_sent.pop(m.src, None)) is not None:
@@ -395,18 +414,56 @@ class RaftNode:
         batch = [p for p in batch if not p[1].done()]
         if not batch:
             return
+        leader = self.core.leader_id
+        if self.core.role is not Role.LEADER and leader is not None:
+            ticket = next(self._tickets)
+            self._forwarded[ticket] = (leader, [(fut, started) for _, fut, started in batch],
+                                       batch[0][2] + self.cfg.proposal_timeout_s)
+            self.transport.send([ProposeForward(src=self.id, dst=leader, term=self.core.term, ticket=ticket,
+                                                datas=tuple(data for data, _, _ in batch))])
+            return
         try:
             term, first = self.core.propose([data for data, _, _ in batch])
-        except CoreNotLeader:
+        except CoreNotLeader:  # no leader at all: forwarding was ruled out above
             for _, fut, _ in batch:
-                fut.set_exception(NotLeaderError(self.leader_id(), self.leader_url()))
+                fut.set_exception(NotLeaderError(None, None))
             return
         except ProposalDroppedError as e:
             for _, fut, _ in batch:
                 fut.set_exception(NoQuorumError(str(e)))
             return
         for i, (_, fut, started) in enumerate(batch):
-            self._waiting_proposals[first + i] = (term, fut, started, started + self.cfg.proposal_timeout_s)
+            self._waiting_proposals[first + i] = (term, fut, started, started + self.cfg.proposal_timeout_s, None)
+
+    def _take_forwarded(self, m: ProposeForward) -> None:
+        """The leader's side: append a follower's batch and tell it where the entries went. The
+        answer leaves before the entries' AppendRequest on the same link, so it arrives first."""
+        try:
+            term, first = self.core.propose(list(m.datas))
+            answer = ProposeAnswer(src=self.id, dst=m.src, term=term, ticket=m.ticket, index=first)
+        except (CoreNotLeader, ProposalDroppedError) as e:
+            answer = ProposeAnswer(src=self.id, dst=m.src, term=self.core.term, ticket=m.ticket, index=0,
+                                   error=str(e) or type(e).__name__)
+        self.transport.send([answer])
+
+    def _place_forwarded(self, m: ProposeAnswer) -> None:
+        """The follower's side: wait for the indexes the leader gave, as for a local proposal."""
+        pending = self._forwarded.pop(m.ticket, None)
+        if pending is None:
+            return  # it timed out already (the client got a 504)
+        leader, items, deadline = pending
+        if m.index == 0:
+            error = NoQuorumError(f"the leader {m.src} did not take the write: {m.error}")
+            for fut, _ in items:
+                if not fut.done():
+                    fut.set_exception(error)
+            return
+        applied = self.kv.applied_index
+        for i, (fut, started) in enumerate(items):
+            if m.index + i <= applied:  # applied before the answer came: the result is gone
+                fut.set_exception(OutcomeUnknownError("the answer from the leader came too late to tell"))
+            else:
+                self._waiting_proposals[m.index + i] = (m.term, fut, started, deadline, leader)
 
     def _hand_out_readies(self) -> None:
         core = self.core
@@ -490,13 +547,13 @@ class RaftNode:
         waiting = self._waiting_proposals.pop(e.index, None)
         if waiting is None:
             return
-        term, fut, started, _ = waiting
+        term, fut, started, _, leader = waiting
         if fut.done():
             return
         if e.term == term and result is not None:
             self.metrics.apply_seconds.observe(time.monotonic() - started)
             self.metrics.proposals_applied.inc()
-            fut.set_result(result)
+            fut.set_result(result if leader is None else {**result, FORWARDED_TO: leader})
         else:
             self.metrics.proposals_lost.inc()
             fut.set_exception(NoQuorumError("leadership changed before the write committed; it was not applied"))
@@ -552,6 +609,12 @@ class RaftNode:
                             f"not applied within {self.cfg.proposal_timeout_s} s; it may or may not have been applied"
                         )
                     )
+            for ticket in [t for t, w in self._forwarded.items() if w[2] <= now]:
+                for fut, _ in self._forwarded.pop(ticket)[1]:
+                    if not fut.done():
+                        self.metrics.proposals_unknown.inc()
+                        fut.set_exception(OutcomeUnknownError(
+                            "forwarded to the leader, and no answer came in time; it may or may not have been applied"))
             for ctx in [c for c, w in self._waiting_reads.items() if w[2] <= now]:
                 fut = self._waiting_reads.pop(ctx)[0]
                 if not fut.done():

@@ -9,6 +9,7 @@ dashboard's charts read the same numbers.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -105,6 +106,8 @@ class NodeMetrics:
         self._leaderless_since: float | None = time.monotonic()
         self._campaign_started: float | None = None
         self._last_heartbeat: float | None = None
+        # (route, method, status) -> the two children; label lookups cost more than the update
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     # ---- events the driver reports ----------------------------------------------------------
 
@@ -131,6 +134,14 @@ class NodeMetrics:
             self._campaign_started = None
         elif role is Role.FOLLOWER:
             self._campaign_started = None
+
+    def on_http_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        children = self._http_children.get((route, method, status))
+        if children is None:
+            children = (self.http_requests.labels(route, method, str(status)), self.http_seconds.labels(route, method))
+            self._http_children[route, method, status] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def on_heartbeat_received(self) -> None:
         now = time.monotonic()

@@ -58,6 +58,8 @@ from raftkv.core.messages import (
     HeartbeatRequest,
     HeartbeatResponse,
     Message,
+    ProposeAnswer,
+    ProposeForward,
     ReadIndexRequest,
     ReadIndexResponse,
     Snapshot,
@@ -85,11 +87,14 @@ _TAGS: dict[type[Message], int] = {
     TransferRequest: 9,
     ReadIndexRequest: 10,
     ReadIndexResponse: 11,
+    ProposeForward: 12,
+    ProposeAnswer: 13,
 }
 
 _KINDS: dict[int, EntryKind] = {int(k): k for k in EntryKind}
 _ENTRIES = "entries"  # marker for a tuple[Entry, ...] field
 _SNAPSHOT = "snapshot"  # marker for a Snapshot field
+_BLOBS = "blobs"  # marker for a tuple[bytes, ...] field
 
 
 class CodecError(ValueError):
@@ -117,6 +122,12 @@ def _entries_in(raw: tuple[Any, ...]) -> tuple[Entry, ...]:
     return tuple(out)
 
 
+def _blobs_in(raw: tuple[Any, ...]) -> tuple[bytes, ...]:
+    if any(type(b) is not bytes for b in raw):
+        raise CodecError("expected an array of byte strings")
+    return raw
+
+
 def _snapshot_out(s: Snapshot) -> tuple[Any, ...]:
     m = s.meta
     return (m.index, m.term, m.conf.voters, m.conf.learners, s.data)
@@ -136,6 +147,12 @@ def _snapshot_in(raw: Any) -> Snapshot:
         raise CodecError("snapshot field of the wrong type")
     conf = ConfState(_str_tuple(voters), _str_tuple(learners))
     return Snapshot(SnapshotMeta(index, term, conf), data)
+
+
+# Converters for the fields that are not plain scalars (a byte-string array is only checked:
+# msgpack would quietly send a str in it, which every peer then rejects).
+_TO_WIRE: dict[str, Callable[[Any], Any]] = {_ENTRIES: _entries_out, _SNAPSHOT: _snapshot_out, _BLOBS: _blobs_in}
+_FROM_WIRE: dict[str, Callable[[Any], Any]] = {_ENTRIES: _entries_in, _SNAPSHOT: _snapshot_in, _BLOBS: _blobs_in}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -173,14 +190,16 @@ def _layout(cls: type[Message], tag: int) -> _Layout:
             kinds.append(_ENTRIES)
         elif hint is Snapshot:
             kinds.append(_SNAPSHOT)
+        elif hint == tuple[bytes, ...]:
+            kinds.append(_BLOBS)
         else:  # a new field type needs a converter here; fail at import, not on the wire
             raise TypeError(f"codec cannot carry {cls.__name__}.{name}: {hint!r}")
-    special = tuple(i for i, k in enumerate(kinds) if k in (_ENTRIES, _SNAPSHOT))
+    special = tuple(i for i, k in enumerate(kinds) if k in (_ENTRIES, _SNAPSHOT, _BLOBS))
     # The fast build skips __init__, so it is only safe while the class has no __post_init__.
     fast = not hasattr(cls, "__post_init__") and all(hasattr(cls, n) for n in names)
     setters = tuple(getattr(cls, n).__set__ for n in names) if fast else None
-    wire_types = tuple(tuple if k in (_ENTRIES, _SNAPSHOT) else k for k in kinds)
-    py_types = tuple({_ENTRIES: tuple, _SNAPSHOT: Snapshot}.get(k, k) for k in kinds)
+    wire_types = tuple(tuple if k in (_ENTRIES, _SNAPSHOT, _BLOBS) else k for k in kinds)
+    py_types = tuple({_ENTRIES: tuple, _SNAPSHOT: Snapshot, _BLOBS: tuple}.get(k, k) for k in kinds)
     return _Layout(cls, tag, names, tuple(kinds), wire_types, py_types, attrgetter(*names), special, setters)
 
 
@@ -205,8 +224,7 @@ def encode(message: Message) -> bytes:
     if lay.special:
         values = list(values)
         for i in lay.special:
-            v = values[i]
-            values[i] = _entries_out(v) if lay.kinds[i] is _ENTRIES else _snapshot_out(v)
+            values[i] = _TO_WIRE[lay.kinds[i]](values[i])
     try:
         return _packb((lay.tag, *values))
     except (TypeError, ValueError, OverflowError) as exc:  # e.g. a str where bytes belong
@@ -231,8 +249,7 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     if lay.special:
         values = list(values)
         for i in lay.special:
-            v = values[i]
-            values[i] = _entries_in(v) if lay.kinds[i] is _ENTRIES else _snapshot_in(v)
+            values[i] = _FROM_WIRE[lay.kinds[i]](values[i])
     return lay.build(values)
 
 
