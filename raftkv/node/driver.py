@@ -128,14 +128,16 @@ class RaftNode:
         self._inbox: list[Message] = []
         self._actions: list[Callable[[], None]] = []
         self._proposals: list[tuple[bytes, asyncio.Future[dict], float]] = []
-        self._reads: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._reads: list[asyncio.Future[None]] = []
         # index -> (term, future, proposed at, deadline, the leader it was forwarded to or None)
         self._waiting_proposals: dict[int, tuple[int, asyncio.Future[dict], float, float, str | None]] = {}
         # ticket -> (leader, [(future, proposed at)], deadline): forwarded, not yet placed
         self._forwarded: dict[int, tuple[str, list[tuple[asyncio.Future[dict], float]], float]] = {}
         self._tickets = itertools.count(1)
-        self._waiting_reads: dict[bytes, tuple[asyncio.Future[None], float, float]] = {}
-        self._reads_by_index: list[tuple[int, asyncio.Future[None], float]] = []
+        # One ReadIndex request per loop turn serves every read that arrived before it:
+        # ctx -> (those reads, asked at, deadline); then (read index, reads, deadline).
+        self._waiting_reads: dict[bytes, tuple[list[asyncio.Future[None]], float, float]] = {}
+        self._reads_by_index: list[tuple[int, list[asyncio.Future[None]], float]] = []
         # Readys handed out whose writes (and held messages) still wait for the disk pump.
         self._unsynced: list[Ready] = []
         self._written: tuple[int, int] | None = None  # (index, term) of the last entry written
@@ -187,11 +189,11 @@ class RaftNode:
     def _pending_futures(self) -> list[asyncio.Future]:
         return (
             [f for _, f, _ in self._proposals]
-            + [f for _, f in self._reads]
+            + self._reads
             + [w[1] for w in self._waiting_proposals.values()]
             + [f for _, items, _ in self._forwarded.values() for f, _ in items]
-            + [w[0] for w in self._waiting_reads.values()]
-            + [f for _, f, _ in self._reads_by_index]
+            + [f for w in self._waiting_reads.values() for f in w[0]]
+            + [f for _, futs, _ in self._reads_by_index for f in futs]
         )
 
     # ================================================================ the public interface ======
@@ -217,8 +219,7 @@ class RaftNode:
         if self.cfg.unsafe_stale_reads and self.core.role is not Role.LEADER:
             return  # deliberately broken mode: serve whatever this replica has
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        ctx = f"{self.id}:{next(self._read_ids)}".encode()
-        self._reads.append((ctx, fut))
+        self._reads.append(fut)
         self._wake.set()
         await fut
 
@@ -400,11 +401,12 @@ class RaftNode:
         if self._proposals:
             self._propose_batch()
         reads, self._reads = self._reads, []
-        now = time.monotonic()
-        for ctx, fut in reads:
-            if not fut.done():
-                self._waiting_reads[ctx] = (fut, now, now + self.cfg.read_timeout_s)
-                core.read_index(ctx)
+        reads = [fut for fut in reads if not fut.done()]
+        if reads:  # each of them arrived before this request: its read index is safe for all
+            ctx = f"{self.id}:{next(self._read_ids)}".encode()
+            now = time.monotonic()
+            self._waiting_reads[ctx] = (reads, now, now + self.cfg.read_timeout_s)
+            core.read_index(ctx)
 
     def _propose_batch(self) -> None:
         batch = self._proposals[: self.cfg.max_batch_proposals]
@@ -453,10 +455,7 @@ class RaftNode:
             return  # it timed out already (the client got a 504)
         leader, items, deadline = pending
         if m.index == 0:
-            error = NoQuorumError(f"the leader {m.src} did not take the write: {m.error}")
-            for fut, _ in items:
-                if not fut.done():
-                    fut.set_exception(error)
+            _fail([fut for fut, _ in items], NoQuorumError(f"the leader {m.src} did not take the write: {m.error}"))
             return
         applied = self.kv.applied_index
         for i, (fut, started) in enumerate(items):
@@ -573,25 +572,23 @@ class RaftNode:
             waiting = self._waiting_reads.pop(rs.ctx, None)
             if waiting is None:
                 continue
-            fut, started, deadline = waiting
-            if fut.done():
-                continue
+            futs, started, deadline = waiting
             if not rs.ok:
-                fut.set_exception(NoQuorumError("no leader could confirm this read; retry"))
+                _fail(futs, NoQuorumError("no leader could confirm this read; retry"))
                 continue
             self.metrics.read_index_seconds.observe(now - started)
-            self._reads_by_index.append((rs.index, fut, deadline))
+            self._reads_by_index.append((rs.index, futs, deadline))
 
     def _release_reads(self) -> None:
         applied = self.kv.applied_index
         still = []
-        for index, fut, deadline in self._reads_by_index:
-            if fut.done():
+        for item in self._reads_by_index:
+            if item[0] > applied:
+                still.append(item)
                 continue
-            if index <= applied:
-                fut.set_result(None)
-            else:
-                still.append((index, fut, deadline))
+            for fut in item[1]:
+                if not fut.done():
+                    fut.set_result(None)
         self._reads_by_index = still
 
     async def _sweep_deadlines(self) -> None:
@@ -616,12 +613,11 @@ class RaftNode:
                         fut.set_exception(OutcomeUnknownError(
                             "forwarded to the leader, and no answer came in time; it may or may not have been applied"))
             for ctx in [c for c, w in self._waiting_reads.items() if w[2] <= now]:
-                fut = self._waiting_reads.pop(ctx)[0]
-                if not fut.done():
-                    fut.set_exception(OutcomeUnknownError("the read could not be confirmed in time; retry"))
-            for _, fut, deadline in self._reads_by_index:
-                if deadline <= now and not fut.done():
-                    fut.set_exception(OutcomeUnknownError("this node did not catch up in time; retry"))
+                unconfirmed = self._waiting_reads.pop(ctx)[0]
+                _fail(unconfirmed, OutcomeUnknownError("the read could not be confirmed in time; retry"))
+            for _, futs, deadline in self._reads_by_index:
+                if deadline <= now:
+                    _fail(futs, OutcomeUnknownError("this node did not catch up in time; retry"))
 
     def _snapshot_due(self) -> bool:
         applied = self.kv.applied_index
@@ -731,3 +727,9 @@ class RaftNode:
             m.peer_lag_entries.labels(peer).set(core.log.last_index() - pr.match if pr else 0)
             m.peer_lag_seconds.labels(peer).set(now - self._caught_up_at.get(peer, now))
             m.peer_last_contact.labels(peer).set(pr.ticks_since_contact * tick_s if pr else 0)
+
+
+def _fail(futures: list[asyncio.Future[Any]], error: Exception) -> None:
+    for fut in futures:
+        if not fut.done():
+            fut.set_exception(error)
