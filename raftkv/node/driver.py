@@ -400,13 +400,22 @@ class RaftNode:
             act()
         if self._proposals:
             self._propose_batch()
-        reads, self._reads = self._reads, []
-        reads = [fut for fut in reads if not fut.done()]
-        if reads:  # each of them arrived before this request: its read index is safe for all
+        if self._reads and self._may_ask_read_index():
+            reads, self._reads = [fut for fut in self._reads if not fut.done()], []
+            # Each of them arrived before this request, so its read index is safe for all of them.
             ctx = f"{self.id}:{next(self._read_ids)}".encode()
             now = time.monotonic()
             self._waiting_reads[ctx] = (reads, now, now + self.cfg.read_timeout_s)
             core.read_index(ctx)
+
+    def _may_ask_read_index(self) -> bool:
+        """One ReadIndex request in flight at a time (as etcd does): reads that arrive meanwhile
+        wait and share the next one, so under load a round serves many reads, not one per turn.
+        A request unanswered for a minimum election timeout (lost with its leader) stops blocking."""
+        if not self._waiting_reads:
+            return True
+        patience = self.cfg.election_timeout_ticks * self.cfg.tick_ms / 1000
+        return time.monotonic() - max(asked for _, asked, _ in self._waiting_reads.values()) >= patience
 
     def _propose_batch(self) -> None:
         batch = self._proposals[: self.cfg.max_batch_proposals]
@@ -578,6 +587,8 @@ class RaftNode:
                 continue
             self.metrics.read_index_seconds.observe(now - started)
             self._reads_by_index.append((rs.index, futs, deadline))
+        if rd.read_states and self._reads:
+            self._wake.set()  # the reads that waited for that answer ask now
 
     def _release_reads(self) -> None:
         applied = self.kv.applied_index
