@@ -134,6 +134,7 @@ class RaftNode:
         # ticket -> (leader, [(future, proposed at)], deadline): forwarded, not yet placed
         self._forwarded: dict[int, tuple[str, list[tuple[asyncio.Future[dict], float]], float]] = {}
         self._tickets = itertools.count(1)
+        self._last_forward: tuple[int, str, float] | None = None  # (ticket, leader, sent at) until answered
         # One ReadIndex request per loop turn serves every read that arrived before it:
         # ctx -> (those reads, asked at, deadline); then (read index, reads, deadline).
         self._waiting_reads: dict[bytes, tuple[list[asyncio.Future[None]], float, float]] = {}
@@ -398,7 +399,7 @@ class RaftNode:
         actions, self._actions = self._actions, []
         for act in actions:
             act()
-        if self._proposals:
+        if self._proposals and (self.core.role is Role.LEADER or not self._forward_in_flight()):
             self._propose_batch()
         if self._reads and self._may_ask_read_index():
             reads, self._reads = [fut for fut in self._reads if not fut.done()], []
@@ -408,14 +409,24 @@ class RaftNode:
             self._waiting_reads[ctx] = (reads, now, now + self.cfg.read_timeout_s)
             core.read_index(ctx)
 
+    def _patience_s(self) -> float:
+        """How long an unanswered request to the leader holds back the next (a minimum election
+        timeout: by then a lost leader is known to be lost)."""
+        return self.cfg.election_timeout_ticks * self.cfg.tick_ms / 1000
+
+    def _forward_in_flight(self) -> bool:
+        """A follower keeps one ProposeForward in flight, like one ReadIndex: the writes that arrive
+        meanwhile go together in the next, so the leader makes fewer, larger appends."""
+        last = self._last_forward
+        return (last is not None and last[1] == self.core.leader_id
+                and time.monotonic() - last[2] < self._patience_s())
+
     def _may_ask_read_index(self) -> bool:
         """One ReadIndex request in flight at a time (as etcd does): reads that arrive meanwhile
-        wait and share the next one, so under load a round serves many reads, not one per turn.
-        A request unanswered for a minimum election timeout (lost with its leader) stops blocking."""
+        wait and share the next one, so under load a round serves many reads, not one per turn."""
         if not self._waiting_reads:
             return True
-        patience = self.cfg.election_timeout_ticks * self.cfg.tick_ms / 1000
-        return time.monotonic() - max(asked for _, asked, _ in self._waiting_reads.values()) >= patience
+        return time.monotonic() - max(asked for _, asked, _ in self._waiting_reads.values()) >= self._patience_s()
 
     def _propose_batch(self) -> None:
         batch = self._proposals[: self.cfg.max_batch_proposals]
@@ -430,6 +441,7 @@ class RaftNode:
             ticket = next(self._tickets)
             self._forwarded[ticket] = (leader, [(fut, started) for _, fut, started in batch],
                                        batch[0][2] + self.cfg.proposal_timeout_s)
+            self._last_forward = (ticket, leader, time.monotonic())
             self.transport.send([ProposeForward(src=self.id, dst=leader, term=self.core.term, ticket=ticket,
                                                 datas=tuple(data for data, _, _ in batch))])
             return
@@ -459,6 +471,10 @@ class RaftNode:
 
     def _place_forwarded(self, m: ProposeAnswer) -> None:
         """The follower's side: wait for the indexes the leader gave, as for a local proposal."""
+        if self._last_forward is not None and self._last_forward[0] == m.ticket:
+            self._last_forward = None
+            if self._proposals:
+                self._wake.set()  # the writes that waited for this answer go now
         pending = self._forwarded.pop(m.ticket, None)
         if pending is None:
             return  # it timed out already (the client got a 504)
