@@ -51,6 +51,7 @@ def _raftkv_child(idx: int, ports: list[tuple[int, int]], data_dir: str, conn: A
     from raftkv.kv import Put
     from raftkv.node.config import Member, NodeConfig
     from raftkv.node.driver import RaftNode
+    from raftkv.node.server import tune_gc
 
     members = {f"node{i + 1}": Member(f"node{i + 1}", "127.0.0.1", h, r) for i, (h, r) in enumerate(ports)}
     cfg = NodeConfig(node_id=f"node{idx + 1}", data_dir=Path(data_dir), members=members)
@@ -93,6 +94,7 @@ def _raftkv_child(idx: int, ports: list[tuple[int, int]], data_dir: str, conn: A
 
     async def main() -> None:
         node = RaftNode(cfg)
+        tune_gc()  # as the node process does (raftkv.node.server)
         await node.start()
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(quiet)

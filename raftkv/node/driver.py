@@ -345,7 +345,13 @@ class RaftNode:
         next_at = time.monotonic()
         while True:
             next_at += interval
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            now = time.monotonic()
+            if next_at < now - interval:
+                # Ticks missed while this process was busy are dropped, not replayed (as Go's
+                # ticker under etcd does): ten replayed ticks in a few milliseconds let a leader's
+                # check-quorum window pass before its followers' answers were even read.
+                next_at = now
+            await asyncio.sleep(max(0.0, next_at - now))
             self._ticks += 1
             self._wake.set()
 
@@ -456,7 +462,7 @@ class RaftNode:
                 fut.set_exception(NoQuorumError(str(e)))
             return
         for i, (_, fut, started) in enumerate(batch):
-            self._waiting_proposals[first + i] = (term, fut, started, started + self.cfg.proposal_timeout_s, None)
+            self._wait_for(first + i, (term, fut, started, started + self.cfg.proposal_timeout_s, None))
 
     def _take_forwarded(self, m: ProposeForward) -> None:
         """The leader's side: append a follower's batch and tell it where the entries went. The
@@ -487,7 +493,17 @@ class RaftNode:
             if m.index + i <= applied:  # applied before the answer came: the result is gone
                 fut.set_exception(OutcomeUnknownError("the answer from the leader came too late to tell"))
             else:
-                self._waiting_proposals[m.index + i] = (m.term, fut, started, deadline, leader)
+                self._wait_for(m.index + i, (m.term, fut, started, deadline, leader))
+
+    def _wait_for(self, index: int, waiting: tuple[int, asyncio.Future[dict], float, float, str | None]) -> None:
+        """Wait for the entry of `waiting`'s term at `index`. A write still waiting there from an
+        older term lost its place: a leader that appends at an index holds no committed entry
+        there (Leader Completeness), so that write was definitely not applied."""
+        old = self._waiting_proposals.get(index)
+        if old is not None and old[0] != waiting[0] and not old[1].done():
+            self.metrics.proposals_lost.inc()
+            old[1].set_exception(NoQuorumError("leadership changed before the write committed; it was not applied"))
+        self._waiting_proposals[index] = waiting
 
     def _hand_out_readies(self) -> None:
         core = self.core
@@ -507,8 +523,9 @@ class RaftNode:
             # own fsync is reported), so it applies now, whatever this node is still writing.
             if rd.committed_entries:
                 self._note_commits(rd.committed_entries)
-                for e in rd.committed_entries:
-                    self._apply_entry(e)
+                answered = sum(self._apply_entry(e) for e in rd.committed_entries)
+                if answered:
+                    self.metrics.proposals_applied.inc(answered)  # once per batch: inc() takes a lock
             self._note_read_states(rd)
             if rd.must_sync() or rd.messages or self._unsynced:
                 self._unsynced.append(rd)
@@ -560,9 +577,10 @@ class RaftNode:
             self.core.on_persisted(*self._written)
             self._wake.set()  # a leader may commit now that its own copy counts
 
-    def _apply_entry(self, e: Entry) -> None:
+    def _apply_entry(self, e: Entry) -> bool:
+        """Apply `e`; True if that answered a waiting write with its result."""
         if e.index <= self.kv.applied_index:
-            return  # a snapshot installed after this entry was handed out already covers it
+            return False  # a snapshot installed after this entry was handed out already covers it
         if e.kind is EntryKind.NORMAL:
             result = self.kv.apply(e.index, e.data)
         else:
@@ -570,17 +588,17 @@ class RaftNode:
             result = None
         waiting = self._waiting_proposals.pop(e.index, None)
         if waiting is None:
-            return
+            return False
         term, fut, started, _, leader = waiting
         if fut.done():
-            return
+            return False
         if e.term == term and result is not None:
             self.metrics.apply_seconds.observe(time.monotonic() - started)
-            self.metrics.proposals_applied.inc()
             fut.set_result(result if leader is None else {**result, FORWARDED_TO: leader})
-        else:
-            self.metrics.proposals_lost.inc()
-            fut.set_exception(NoQuorumError("leadership changed before the write committed; it was not applied"))
+            return True
+        self.metrics.proposals_lost.inc()
+        fut.set_exception(NoQuorumError("leadership changed before the write committed; it was not applied"))
+        return False
 
     def _note_commits(self, entries: list[Entry]) -> None:
         if not self._waiting_proposals:

@@ -8,11 +8,16 @@ dashboard's charts read the same numbers.
 
 from __future__ import annotations
 
+import math
 import time
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 from raftkv.core import Role
 
@@ -20,6 +25,33 @@ FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 ELECTION_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 ROLE_VALUE = {Role.FOLLOWER: 0, Role.PRE_CANDIDATE: 1, Role.CANDIDATE: 2, Role.LEADER: 3}
+
+
+class LoopHistogram:
+    """A histogram for the per-entry hot path, observed and collected on the event loop's thread
+    only, so it needs no lock: prometheus_client's Histogram takes one per bucket and per sum,
+    which at 30k entries/s cost more than the Raft work of an entry. A custom collector (the
+    library's extension point), exposed exactly as a histogram."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self._bounds = [*buckets, math.inf]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1  # the first bucket with value <= le
+        self._sum += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation)
+        cumulative, buckets = 0, []
+        for bound, count in zip(self._bounds, self._counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        family.add_metric([], buckets, self._sum)
+        yield family
 
 
 class NodeMetrics:
@@ -78,11 +110,11 @@ class NodeMetrics:
         self.proposals_applied = self.proposals.labels("applied")
         self.proposals_lost = self.proposals.labels("lost")
         self.proposals_unknown = self.proposals.labels("unknown")
-        self.commit_seconds = Histogram(
-            "raft_propose_to_commit_seconds", "From propose to commit on the leader", buckets=FAST_BUCKETS, registry=r
+        self.commit_seconds = LoopHistogram(
+            "raft_propose_to_commit_seconds", "From propose to commit on the leader", FAST_BUCKETS, r
         )
-        self.apply_seconds = Histogram(
-            "raft_propose_to_apply_seconds", "From propose to applied on the leader", buckets=FAST_BUCKETS, registry=r
+        self.apply_seconds = LoopHistogram(
+            "raft_propose_to_apply_seconds", "From propose to applied on the node that took the write", FAST_BUCKETS, r
         )
         self.read_index_seconds = Histogram(
             "raft_read_index_seconds", "From a read request to its safe read point", buckets=FAST_BUCKETS, registry=r
