@@ -73,6 +73,8 @@ from .observe import EventHub
 
 log = logging.getLogger("raftkv.node")
 
+Proposal = tuple[bytes, asyncio.Future[dict], float]  # (encoded command, its answer, proposed at)
+
 # The key a forwarded proposal's result carries: which leader took it (the API reports it).
 FORWARDED_TO = "forwardedTo"
 STATUS_EVERY_S = 0.25
@@ -127,7 +129,7 @@ class RaftNode:
         self._ticks = 0
         self._inbox: list[Message] = []
         self._actions: list[Callable[[], None]] = []
-        self._proposals: list[tuple[bytes, asyncio.Future[dict], float]] = []
+        self._proposals: list[Proposal] = []
         self._reads: list[asyncio.Future[None]] = []
         # index -> (term, future, proposed at, deadline, the leader it was forwarded to or None)
         self._waiting_proposals: dict[int, tuple[int, asyncio.Future[dict], float, float, str | None]] = {}
@@ -387,9 +389,10 @@ class RaftNode:
         # Messages before ticks: what arrived while this process was busy must count before the
         # busy time itself is taken for the peers' silence.
         inbox, self._inbox = self._inbox, []
+        forwards: list[ProposeForward] = []
         for m in inbox:
             if type(m) is ProposeForward:
-                self._take_forwarded(m)
+                forwards.append(m)
                 continue
             if type(m) is ProposeAnswer:
                 self._place_forwarded(m)
@@ -405,8 +408,9 @@ class RaftNode:
         actions, self._actions = self._actions, []
         for act in actions:
             act()
-        if self._proposals and (self.core.role is Role.LEADER or not self._forward_in_flight()):
-            self._propose_batch()
+        own = self._proposals and (self.core.role is Role.LEADER or not self._forward_in_flight())
+        if forwards or own:
+            self._propose_turn(forwards, self._take_own_batch() if own else [])
         if self._reads and self._may_ask_read_index():
             reads, self._reads = [fut for fut in self._reads if not fut.done()], []
             # Each of them arrived before this request, so its read index is safe for all of them.
@@ -434,46 +438,47 @@ class RaftNode:
             return True
         return time.monotonic() - max(asked for _, asked, _ in self._waiting_reads.values()) >= self._patience_s()
 
-    def _propose_batch(self) -> None:
+    def _take_own_batch(self) -> list[Proposal]:
         batch = self._proposals[: self.cfg.max_batch_proposals]
         del self._proposals[: self.cfg.max_batch_proposals]
         if self._proposals:
             self._wake.set()  # the rest go in the next turn
-        batch = [p for p in batch if not p[1].done()]
-        if not batch:
-            return
+        return [p for p in batch if not p[1].done()]
+
+    def _propose_turn(self, forwards: list[ProposeForward], batch: list[Proposal]) -> None:
+        """One append per loop turn: this node's own writes and every batch a follower forwarded
+        go in one proposal (so one AppendRequest per follower, not one per source). A follower
+        forwards its own writes to the leader instead."""
         leader = self.core.leader_id
-        if self.core.role is not Role.LEADER and leader is not None:
+        if batch and self.core.role is not Role.LEADER and leader is not None:
             ticket = next(self._tickets)
             self._forwarded[ticket] = (leader, [(fut, started) for _, fut, started in batch],
                                        batch[0][2] + self.cfg.proposal_timeout_s)
             self._last_forward = (ticket, leader, time.monotonic())
             self.transport.send([ProposeForward(src=self.id, dst=leader, term=self.core.term, ticket=ticket,
                                                 datas=tuple(data for data, _, _ in batch))])
+            batch = []
+        forwards = [m for m in forwards if m.datas]
+        datas = [data for m in forwards for data in m.datas] + [data for data, _, _ in batch]
+        if not datas:
             return
         try:
-            term, first = self.core.propose([data for data, _, _ in batch])
-        except CoreNotLeader:  # no leader at all: forwarding was ruled out above
-            for _, fut, _ in batch:
-                fut.set_exception(NotLeaderError(None, None))
-            return
-        except ProposalDroppedError as e:
-            for _, fut, _ in batch:
-                fut.set_exception(NoQuorumError(str(e)))
-            return
-        for i, (_, fut, started) in enumerate(batch):
-            self._wait_for(first + i, (term, fut, started, started + self.cfg.proposal_timeout_s, None))
-
-    def _take_forwarded(self, m: ProposeForward) -> None:
-        """The leader's side: append a follower's batch and tell it where the entries went. The
-        answer leaves before the entries' AppendRequest on the same link, so it arrives first."""
-        try:
-            term, first = self.core.propose(list(m.datas))
-            answer = ProposeAnswer(src=self.id, dst=m.src, term=term, ticket=m.ticket, index=first)
+            term, first = self.core.propose(datas)
         except (CoreNotLeader, ProposalDroppedError) as e:
-            answer = ProposeAnswer(src=self.id, dst=m.src, term=self.core.term, ticket=m.ticket, index=0,
-                                   error=str(e) or type(e).__name__)
-        self.transport.send([answer])
+            # CoreNotLeader for this node's own writes means no leader at all (else they went above).
+            _fail([fut for _, fut, _ in batch],
+                  NotLeaderError(None, None) if isinstance(e, CoreNotLeader) else NoQuorumError(str(e)))
+            self.transport.send([ProposeAnswer(src=self.id, dst=m.src, term=self.core.term, ticket=m.ticket, index=0,
+                                               error=str(e) or type(e).__name__) for m in forwards])
+            return
+        # The answers leave before the entries' AppendRequests on the same links, so they arrive first.
+        answers, index = [], first
+        for m in forwards:
+            answers.append(ProposeAnswer(src=self.id, dst=m.src, term=term, ticket=m.ticket, index=index))
+            index += len(m.datas)
+        self.transport.send(answers)
+        for i, (_, fut, started) in enumerate(batch):
+            self._wait_for(index + i, (term, fut, started, started + self.cfg.proposal_timeout_s, None))
 
     def _place_forwarded(self, m: ProposeAnswer) -> None:
         """The follower's side: wait for the indexes the leader gave, as for a local proposal."""
