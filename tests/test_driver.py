@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from raftkv.core import ProposeAnswer
 from raftkv.node.config import Member, NodeConfig
 from raftkv.node.driver import RaftNode
-from raftkv.node.errors import NoQuorumError
+from raftkv.node.errors import NoQuorumError, OutcomeUnknownError
 from raftkv.node.metrics import FAST_BUCKETS, NodeMetrics
 from raftkv.storage import MemoryStorage
 
@@ -70,3 +70,25 @@ def test_the_lock_free_histogram_renders_as_a_prometheus_histogram() -> None:
     assert samples["raft_propose_to_apply_seconds_bucket", "+Inf"] == 5
     assert samples["raft_propose_to_apply_seconds_count", None] == 5
     assert samples["raft_propose_to_apply_seconds_sum", None] == pytest.approx(7.0066)
+
+
+def test_writes_forwarded_to_a_leader_that_is_gone_are_504_at_once(tmp_path: Path) -> None:
+    """The leader was killed before it answered: its followers must not hold their clients for
+    the whole proposal timeout (clients would time out instead of retrying elsewhere)."""
+
+    async def scenario() -> None:
+        node = make_node(tmp_path)
+        fut = asyncio.get_running_loop().create_future()
+        node._forwarded[3] = ("n2", [(fut, 0.0)], 1e18)
+        node._leader = "n2"
+        node.core.campaign_now()  # this node stops following n2
+        while node.core.has_ready():
+            rd = node.core.ready()
+            node.core.advance(rd)
+            if rd.soft_state is not None:
+                node._on_soft_state(rd)
+        with pytest.raises(OutcomeUnknownError, match="stopped being the leader"):
+            fut.result()
+        assert not node._forwarded
+
+    asyncio.run(scenario())

@@ -500,6 +500,17 @@ class RaftNode:
             else:
                 self._wait_for(m.index + i, (m.term, fut, started, deadline, leader))
 
+    def _abandon_forwards(self, leader: str) -> None:
+        """The leader changed before it said where it put our forwarded writes: they may or may
+        not have reached its log (and may yet commit under the next leader), so 504 at once,
+        not after the full proposal timeout; a client should not hang on a dead leader."""
+        for ticket in [t for t, pending in self._forwarded.items() if pending[0] == leader]:
+            for fut, _ in self._forwarded.pop(ticket)[1]:
+                if not fut.done():
+                    self.metrics.proposals_unknown.inc()
+                    fut.set_exception(OutcomeUnknownError(
+                        f"forwarded to {leader}, which stopped being the leader before it answered"))
+
     def _wait_for(self, index: int, waiting: tuple[int, asyncio.Future[dict], float, float, str | None]) -> None:
         """Wait for the entry of `waiting`'s term at `index`. A write still waiting there from an
         older term lost its place: a leader that appends at an index holds no committed entry
@@ -703,6 +714,8 @@ class RaftNode:
         self.metrics.on_soft_state(soft.role, soft.leader_id, soft.term, self._leader)
         if soft.leader_id != self._leader:
             log.info("leader node=%s term=%d leader=%s role=%s", self.id, soft.term, soft.leader_id, soft.role.value)
+            if self._leader is not None:
+                self._abandon_forwards(self._leader)
         self._leader = soft.leader_id
 
     def _on_trace(self, event: TraceEvent) -> None:
