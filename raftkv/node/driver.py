@@ -137,7 +137,7 @@ class RaftNode:
         self._forwarded: dict[int, tuple[str, list[tuple[asyncio.Future[dict], float]], float]] = {}
         self._tickets = itertools.count(1)
         self._last_forward: tuple[int, str, float] | None = None  # (ticket, leader, sent at) until answered
-        # One ReadIndex request per loop turn serves every read that arrived before it:
+        # One ReadIndex request (in flight at a time) serves every read that arrived before it:
         # ctx -> (those reads, asked at, deadline); then (read index, reads, deadline).
         self._waiting_reads: dict[bytes, tuple[list[asyncio.Future[None]], float, float]] = {}
         self._reads_by_index: list[tuple[int, list[asyncio.Future[None]], float]] = []
@@ -500,16 +500,14 @@ class RaftNode:
             else:
                 self._wait_for(m.index + i, (m.term, fut, started, deadline, leader))
 
-    def _abandon_forwards(self, leader: str) -> None:
-        """The leader changed before it said where it put our forwarded writes: they may or may
-        not have reached its log (and may yet commit under the next leader), so 504 at once,
-        not after the full proposal timeout; a client should not hang on a dead leader."""
-        for ticket in [t for t, pending in self._forwarded.items() if pending[0] == leader]:
+    def _give_up_forwards(self, tickets: list[int], why: str) -> None:
+        """504 for forwarded writes whose answer will not come: they may or may not have reached
+        the leader's log, and may yet commit."""
+        for ticket in tickets:
             for fut, _ in self._forwarded.pop(ticket)[1]:
                 if not fut.done():
                     self.metrics.proposals_unknown.inc()
-                    fut.set_exception(OutcomeUnknownError(
-                        f"forwarded to {leader}, which stopped being the leader before it answered"))
+                    fut.set_exception(OutcomeUnknownError(why))
 
     def _wait_for(self, index: int, waiting: tuple[int, asyncio.Future[dict], float, float, str | None]) -> None:
         """Wait for the entry of `waiting`'s term at `index`. A write still waiting there from an
@@ -667,12 +665,8 @@ class RaftNode:
                             f"not applied within {self.cfg.proposal_timeout_s} s; it may or may not have been applied"
                         )
                     )
-            for ticket in [t for t, w in self._forwarded.items() if w[2] <= now]:
-                for fut, _ in self._forwarded.pop(ticket)[1]:
-                    if not fut.done():
-                        self.metrics.proposals_unknown.inc()
-                        fut.set_exception(OutcomeUnknownError(
-                            "forwarded to the leader, and no answer came in time; it may or may not have been applied"))
+            self._give_up_forwards([t for t, w in self._forwarded.items() if w[2] <= now],
+                                   "forwarded to the leader, and no answer came in time")
             for ctx in [c for c, w in self._waiting_reads.items() if w[2] <= now]:
                 unconfirmed = self._waiting_reads.pop(ctx)[0]
                 _fail(unconfirmed, OutcomeUnknownError("the read could not be confirmed in time; retry"))
@@ -714,8 +708,9 @@ class RaftNode:
         self.metrics.on_soft_state(soft.role, soft.leader_id, soft.term, self._leader)
         if soft.leader_id != self._leader:
             log.info("leader node=%s term=%d leader=%s role=%s", self.id, soft.term, soft.leader_id, soft.role.value)
-            if self._leader is not None:
-                self._abandon_forwards(self._leader)
+            if (old := self._leader) is not None:  # a client must not wait out the timeout on a dead leader
+                self._give_up_forwards([t for t, pending in self._forwarded.items() if pending[0] == old],
+                                       f"forwarded to {old}, which stopped being the leader before it answered")
         self._leader = soft.leader_id
 
     def _on_trace(self, event: TraceEvent) -> None:
