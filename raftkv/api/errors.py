@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Handlers never build error responses by hand: they raise `ApiError(status, message, **fields)`
 (bad input, absent key, failed precondition, too large) or let the node's own exceptions escape
-(`NoQuorumError`, `OutcomeUnknownError`, `NotLeaderError` when it could not be forwarded). The
+(`NoQuorumError`, `OutcomeUnknownError`, `NotLeaderError` when no leader is known). The
 `error_response` turns all of them, and aiohttp's own `HTTPException`s (404 no route, 405 wrong
 method, 413 body over `client_max_size`), into `{"error": "...", "node": <id>, ...}` with the status
 DESIGN.md assigns:
@@ -84,7 +84,7 @@ def retry_later(message: str, **fields: Any) -> ApiError:
 
 
 def node_error(exc: NodeError, *, reading: bool, leader: str | None) -> ApiError:
-    """The response for a node exception that reached the API (forwarding already ruled out)."""
+    """The response for a node exception that reached the API."""
     if isinstance(exc, OutcomeUnknownError):
         if reading:
             return ApiError(504, f"timed out: the read could not be confirmed ({exc}); retry", leader=leader)

@@ -6,9 +6,9 @@ A client write has exactly three bad endings, and a client must be told which on
 because they call for different retries (DESIGN.md: "never an acknowledged write that is later
 lost", and unknown outcomes count as "may or may not have happened" in linearizability checks):
 
-* `NotLeaderError`: this node cannot do it at all (it is a follower or learner). Nothing was
-  proposed. It carries the leader's id and client URL when known, so the API can forward the
-  request there; without a URL the client gets 503 and retries.
+* `NotLeaderError`: this node cannot do it at all: it is not the leader and knows none to forward
+  the write to (the node forwards writes itself when it knows one). Nothing was proposed: 503,
+  with the leader's id and client URL when known, and the client retries.
 * `NoQuorumError`: the command was definitely *not* applied (no leader known, the leader refused
   the proposal, leadership changed before the entry committed and its index now holds another
   entry). Safe to retry blindly: 503 with Retry-After.
