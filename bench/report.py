@@ -196,9 +196,9 @@ def targets(res: Results) -> list[str]:
 
 
 DURABILITY = [
-    "- **raftkv**: appends to its WAL and fsyncs (group commit: one fsync per batch) before sending the entries"
-    " and before acknowledging; a write is acknowledged only after a majority has it on disk (default, and in"
-    " every raftkv figure here).",
+    "- **raftkv**: appends to its WAL and fsyncs (group commit: one fsync per batch) before acknowledging; the"
+    " leader sends entries while its own fsync runs, and a write is acknowledged only once a majority, counting"
+    " the leader only when durable, has it on disk (default, and in every raftkv figure here).",
     "- **etcd**: fsyncs its WAL before acknowledging (default settings; nothing tuned).",
     "- **PySyncObj**: does not fsync. It ran in memory (no journal file), its fastest configuration; even with"
     " `journalFile` set its journal is not fsynced, so its acknowledged writes can be lost on power loss.",

@@ -294,7 +294,9 @@ def test_judge_passes_a_correct_history_and_names_a_lost_write() -> None:
              op(2, "write", "k", 2, 3, value=2), op(FINAL_CLIENT, "read", "k", 7, 8, result=3)]
     assert judge(recorder_of(maybe)).exit_code == 0
     failed = [op(1, "write", "k", 0, 1, "fail", value=1), op(FINAL_CLIENT, "read", "k", 2, 3, result=1)]
-    assert any("failed write applied" in v for v in judge(recorder_of(failed)).violations)
+    failed_judgement = judge(recorder_of(failed))
+    assert any("failed write applied" in v for v in failed_judgement.violations)
+    assert failed_judgement.explained_by_failed_writes  # the history is fine if that "fail" was a lie
     phantom = [op(1, "write", "k", 0, 1, value=1), op(FINAL_CLIENT, "read", "k", 2, 3, result=99)]
     assert any("phantom" in v for v in judge(recorder_of(phantom)).violations)
 
@@ -338,6 +340,8 @@ def test_nemesis_schedule_replays_from_the_seed() -> None:
         assert p.start_s + p.duration_s < q.start_s  # faults never overlap
     netns = plan_schedule(1, ("netns",), 40, nodes)
     assert {p.variant for p in netns} == {"isolate", "split", "bridge", "asymmetric", "loss", "latency"}
+    api = plan_schedule(1, ("partition",), 40, nodes)
+    assert {p.variant for p in api} == {"isolate", "split", "one-way"}
 
 
 def test_partition_shapes() -> None:
@@ -376,6 +380,7 @@ def test_chaos_run_with_kill_pause_partition_and_crash_passes(tmp_path: Path) ->
     assert {f["kind"] for f in run["faults"]} == {"kill", "pause", "partition", "crash"}
     assert all(f["end"] is not None and not f["error"] for f in run["faults"]), run["faults"]
     assert run["judgement"]["outcomes"]["all"]["ok"] > 100
+    assert len(run["meta"]["finalDigests"]) == 3  # every replica's state machine was compared
     assert (tmp_path / "chaos-out" / "timeline.html").exists()
     assert (tmp_path / "chaos-out" / "history.json").exists()
     again = subprocess.run([sys.executable, "-m", "raftkv.chaos", "--recheck", str(tmp_path / "chaos-out")],

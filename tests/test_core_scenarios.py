@@ -897,3 +897,35 @@ def test_an_answer_to_an_older_term_s_append_changes_nothing() -> None:
     h.propose("a", "y")
     h.stabilize()
     assert h.values("b") == {"k": "y"}
+
+
+def test_a_leader_sends_its_entries_before_its_fsync_but_counts_itself_only_once_durable():
+    """Raft thesis 10.2.1: the leader writes in parallel with its followers, and "committed"
+    still means on a majority's disks: one follower's ack alone is not a majority of three."""
+    h = Harness()
+    h.elect("n1")
+    c = h.core("n1")
+    before = c.log.committed
+    c.propose([encode_command("op", "write", "k", "x")])
+    rd = c.ready()
+    last = rd.entries[-1]
+    assert any(isinstance(m, AppendRequest) for m in rd.early_messages)
+    c.step(AppendResponse(src="n2", dst="n1", term=c.term, success=True, match_index=last.index))
+    assert c.log.committed == before, "committed with the leader's own copy not yet on disk"
+    c.advance(rd)
+    c.on_persisted(last.index, last.term)
+    assert c.log.committed == last.index
+
+
+def test_a_vote_waits_for_the_fsync_of_the_term_and_vote_it_promises():
+    h = Harness()
+    h.elect("n1")
+    h.expire_leases()
+    c = h.core("n3")
+    term = c.term + 1
+    c.step(VoteRequest(src="n2", dst="n3", term=term, last_log_index=c.log.last_index(),
+                       last_log_term=c.log.last_term()))
+    rd = c.ready()
+    assert rd.hard_state is not None and rd.hard_state.term == term
+    assert not rd.early_messages, "a message left before the new term and vote were on disk"
+    assert any(isinstance(m, VoteResponse) for m in rd.messages)

@@ -112,7 +112,8 @@ print(round((time.monotonic() - start) / 5 * 1000))
 """
 
 
-@pytest.mark.skipif(shutil.which("iptables") is None, reason="added latency needs iptables (NFQUEUE target)")
+@pytest.mark.skipif(shutil.which("iptables") is None and not MUST_RUN,
+                    reason="added latency needs iptables (NFQUEUE target; ./dev test installs it)")
 def test_lab_adds_latency_without_netem() -> None:
     lab = Lab(["node1", "node2"]).create()
     try:
@@ -162,8 +163,8 @@ def test_chaos_over_real_network_cuts_passes(tmp_path: Path) -> None:
         assert shape in labels, (shape, labels)
     for f in run["faults"]:
         assert f["kind"] == "netns"
-        if f["error"] and "latency" in f["label"] and shutil.which("iptables") is None:
-            print(f"note: latency not injected: {f['error']}")  # iptables is not in ./dev's packages yet
+        if f["error"] and "latency" in f["label"] and shutil.which("iptables") is None and not MUST_RUN:
+            print(f"note: latency not injected: {f['error']}")  # outside CI iptables may be missing
         else:
             assert not f["error"], f
     assert run["judgement"]["verdict"] == "PASS"

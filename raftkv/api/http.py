@@ -235,11 +235,7 @@ class _Api:
         return json_response(self.node.id, dict(await self.node.force_election()))
 
     async def simulate_partition(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request, required=True)
-        if type(body) is not dict:
-            raise ApiError(400, "body: must be a JSON object such as {\"partitioned\": true}")
-        if unknown := body.keys() - {"partitioned", "peers", "direction"}:
-            raise ApiError(400, f"body: unknown field {sorted(unknown)[0]!r} (allowed: partitioned, peers, direction)")
+        body = await self._object(request, ("partitioned", "peers", "direction"), '{"partitioned": true}')
         partitioned, peers = body.get("partitioned"), _peers(body)
         if type(partitioned) is not bool:
             raise ApiError(400, "partitioned: must be true or false" + ("" if "partitioned" in body else " (missing)"))
@@ -255,11 +251,8 @@ class _Api:
         )
 
     async def simulate_link(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request, required=True)
-        if type(body) is not dict:
-            raise ApiError(400, 'body: must be a JSON object such as {"loss_percent": 30, "delay_ms": 50}')
-        if unknown := body.keys() - {"peers", "loss_percent", "delay_ms"}:
-            raise ApiError(400, f"body: unknown field {sorted(unknown)[0]!r} (allowed: peers, loss_percent, delay_ms)")
+        body = await self._object(request, ("peers", "loss_percent", "delay_ms"),
+                                  '{"loss_percent": 30, "delay_ms": 50}')
         peers = _peers(body)
         loss, delay = body.get("loss_percent"), body.get("delay_ms")
         if loss is None and delay is None:
@@ -343,6 +336,15 @@ class _Api:
                 raise ApiError(400, "body: missing; send a JSON object")
             return None
         return parse_json(raw)
+
+    async def _object(self, request: web.Request, allowed: tuple[str, ...], example: str) -> dict[str, Any]:
+        """A required JSON object body with only the `allowed` fields."""
+        body = await self._body(request, required=True)
+        if type(body) is not dict:
+            raise ApiError(400, f"body: must be a JSON object such as {example}")
+        if unknown := body.keys() - set(allowed):
+            raise ApiError(400, f"body: unknown field {sorted(unknown)[0]!r} (allowed: {', '.join(allowed)})")
+        return body
 
     def _result(self, result: Mapping[str, Any]) -> web.StreamResponse:
         """The answer for a write's state machine result; a forwarded write names both nodes."""

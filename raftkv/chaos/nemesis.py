@@ -289,8 +289,8 @@ class Nemesis:
         self._killed.clear()
         if self.lab is not None and self.lab.state.label != "healed":
             await asyncio.to_thread(self.lab.heal)
-        if self.lab is not None and (self.lab.latency_ms):
-            await asyncio.to_thread(self.lab.remove_latency)
+        if self.lab is not None:
+            await asyncio.to_thread(self.lab.remove_latency)  # nothing to do when none is in place
         for node in sorted(self._api_partitioned):
             await self._api_partition(node, False, None, None)
         # A heal request that failed leaves the node in the set; try once more, then report.

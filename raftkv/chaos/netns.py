@@ -117,7 +117,6 @@ class Lab:
     tag: str = field(default_factory=lambda: _new_tag())
     created: list[str] = field(default_factory=list)
     state: NetState = field(default_factory=NetState)
-    latency_ms: float = 0.0
     _delayers: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -215,7 +214,6 @@ class Lab:
         if shutil.which("iptables") is None:
             raise LabUnavailable("added latency needs `iptables` (Debian package iptables) for its NFQUEUE target")
         self.remove_latency()
-        self.latency_ms = delay_ms
         for i, node in enumerate(self.node_ids):
             ns = self.node_ns(node)
             # Run by path, not `-m raftkv.chaos.delayer`: it imports nothing of raftkv, and skipping
@@ -236,7 +234,7 @@ class Lab:
     def remove_latency(self) -> None:
         from raftkv.chaos.delayer import remove_rules
 
-        if self.latency_ms or self._delayers:
+        if self._delayers:  # (appended before each delayer's rules go in)
             for node in self.node_ids:
                 remove_rules(self.node_ns(node), [self.address(n) for n in self.node_ids if n != node])
         for proc in self._delayers:
@@ -247,7 +245,6 @@ class Lab:
                 proc.kill()
                 proc.wait()
         self._delayers.clear()
-        self.latency_ms = 0.0
 
     def rules_text(self) -> str:
         """The hub's live ruleset, as nft lists it (for tests and debugging)."""

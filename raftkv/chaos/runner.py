@@ -209,7 +209,7 @@ async def _run(opts: ChaosOptions) -> Judgement:
         await observer_task
 
         say(f"chaos: checking {len(recorder.ops)} operations ...")
-        judgement = await asyncio.to_thread(judge, recorder, local, converged, liveness, 60.0, digests)
+        judgement = await asyncio.to_thread(judge, recorder, local, converged, liveness, digests=digests)
         meta = {**asdict(opts), "nodeUrls": cluster.urls, "schedule": [asdict(p) for p in schedule],
                 "network": "netns lab" if lab else "attached" if opts.endpoints else "loopback",
                 # What `recheck` needs to judge this run again without the cluster:

@@ -99,7 +99,7 @@ class LoadGenerator:
                     await asyncio.sleep(0.05)  # an unreachable node must not become a busy loop
                 n += 1
 
-        def report(running: bool, dt: float) -> None:
+        def report(running: bool, dt: float = 0.0) -> None:
             lat = sorted(window if running else overall)
             window.clear()
             elapsed = time.monotonic() - started
@@ -132,7 +132,7 @@ class LoadGenerator:
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                report(False, max(1e-3, time.monotonic() - last))
+                report(False)  # the final figures cover the whole run
                 self.hub.action(
                     f"📈 load finished: {totals['ok']} writes acknowledged in {self.last['elapsed']} s"
                     + (f", errors {totals['errors']}" if totals["errors"] else ""),

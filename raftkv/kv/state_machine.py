@@ -347,9 +347,7 @@ class KVStateMachine:
             if fmt != _SNAPSHOT_FORMAT:
                 raise ValueError(f"unknown snapshot format {fmt!r}")
             make = KeyValue._make
-            kvs = {row[0]: make(row[1:]) for row in items}
-            if not all(len(kv) == 4 for kv in kvs.values()):
-                raise ValueError("malformed key-value row")
+            kvs = {row[0]: make(row[1:]) for row in items}  # a row of the wrong length raises TypeError
             table = OrderedDict((rid, result) for rid, result in dedup)
             if not all(type(r) is str and type(b) is bytes for r, b in table.items()):
                 raise ValueError("malformed dedup table")

@@ -74,6 +74,9 @@ from .observe import EventHub
 log = logging.getLogger("raftkv.node")
 
 Proposal = tuple[bytes, asyncio.Future[dict], float]  # (encoded command, its answer, proposed at)
+# A write waiting for its index: (term, its answer, proposed at, deadline, the leader it was
+# forwarded to or None)
+Waiting = tuple[int, asyncio.Future[dict], float, float, str | None]
 
 # The key a forwarded proposal's result carries: which leader took it (the API reports it).
 FORWARDED_TO = "forwardedTo"
@@ -131,8 +134,7 @@ class RaftNode:
         self._actions: list[Callable[[], None]] = []
         self._proposals: list[Proposal] = []
         self._reads: list[asyncio.Future[None]] = []
-        # index -> (term, future, proposed at, deadline, the leader it was forwarded to or None)
-        self._waiting_proposals: dict[int, tuple[int, asyncio.Future[dict], float, float, str | None]] = {}
+        self._waiting_proposals: dict[int, Waiting] = {}  # by log index
         # ticket -> (leader, [(future, proposed at)], deadline): forwarded, not yet placed
         self._forwarded: dict[int, tuple[str, list[tuple[asyncio.Future[dict], float]], float]] = {}
         self._tickets = itertools.count(1)
@@ -509,7 +511,7 @@ class RaftNode:
                     self.metrics.proposals_unknown.inc()
                     fut.set_exception(OutcomeUnknownError(why))
 
-    def _wait_for(self, index: int, waiting: tuple[int, asyncio.Future[dict], float, float, str | None]) -> None:
+    def _wait_for(self, index: int, waiting: Waiting) -> None:
         """Wait for the entry of `waiting`'s term at `index`. A write still waiting there from an
         older term lost its place: a leader that appends at an index holds no committed entry
         there (Leader Completeness), so that write was definitely not applied."""
