@@ -929,3 +929,28 @@ def test_a_vote_waits_for_the_fsync_of_the_term_and_vote_it_promises():
     assert rd.hard_state is not None and rd.hard_state.term == term
     assert not rd.early_messages, "a message left before the new term and vote were on disk"
     assert any(isinstance(m, VoteResponse) for m in rd.messages)
+
+
+def test_a_commit_index_alone_is_recorded_without_an_fsync_of_its_own():
+    """Figure 2 keeps commitIndex volatile: a follower that only learns a new commit index writes
+    it with its next fsync, while new entries need theirs before the follower acknowledges them."""
+    h = Harness()
+    h.elect("n1")
+    h.propose("n1", "x")
+    h.stabilize()
+    f = h.core("n2")
+    term, last = f.term, f.log.last_index()
+    new = Entry(term=term, index=last + 1, data=encode_command("op", "write", "k", "y"))
+    f.step(AppendRequest(src="n1", dst="n2", term=term, prev_log_index=last, prev_log_term=term,
+                         entries=(new,), commit=last))
+    rd = f.ready()
+    assert rd.entries == [new] and rd.must_sync()
+    assert any(isinstance(m, AppendResponse) for m in rd.messages) and not rd.early_messages
+    f.advance(rd)
+    f.on_persisted(new.index, new.term)
+    f.step(AppendRequest(src="n1", dst="n2", term=term, prev_log_index=new.index, prev_log_term=term,
+                         commit=new.index))
+    rd = f.ready()
+    assert rd.hard_state is not None and rd.hard_state.commit == new.index
+    assert rd.committed_entries == [new]
+    assert not rd.must_sync(), "a commit index alone cost an fsync"

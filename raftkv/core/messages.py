@@ -265,7 +265,10 @@ class Ready:
     0. `early_messages` may be sent at once, before anything is written: they vouch for nothing
        on this node's disk (a leader's entries, heartbeats, ReadIndex traffic);
     1. persist `snapshot` (if any), then `entries` (an entry at index i replaces the stored
-       entry at i and everything after it), then `hard_state` (if any), and fsync;
+       entry at i and everything after it), then `hard_state` (if any), and fsync if
+       `must_sync()`: a hard state that only moves the commit index may wait for the next fsync
+       (a commit index lost in a crash is learnt again from the leader; figure 2 of the Raft
+       paper keeps it volatile), so it costs no fsync of its own;
     2. only then send `messages`: a vote or an append acknowledgement promises that step 1 is
        durable (persist before sending what depends on it);
     3. restore the state machine from `snapshot` (if any), then apply `committed_entries`
@@ -287,6 +290,7 @@ class Ready:
     early_messages: list[Message] = field(default_factory=list)
     committed_entries: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+    new_term_or_vote: bool = False  # `hard_state` carries a term or vote not yet on disk
 
     def __bool__(self) -> bool:
         return bool(
@@ -301,8 +305,8 @@ class Ready:
         )
 
     def must_sync(self) -> bool:
-        """Whether step 1 has anything to write."""
-        return bool(self.snapshot or self.entries or self.hard_state)
+        """Whether step 1 needs an fsync before this Ready's messages go."""
+        return bool(self.snapshot or self.entries or self.new_term_or_vote)
 
 
 @dataclass(slots=True)

@@ -317,7 +317,9 @@ class RaftCore:
         rd.entries = self.log.unstable()
         rd.committed_entries = self.log.committed_to_apply(self.config.max_committed_per_ready)
         outbox, self._outbox = self._outbox, []
-        if hard is not None and (hard.term, hard.voted_for) != (self._prev_hard.term, self._prev_hard.voted_for):
+        rd.new_term_or_vote = hard is not None and (hard.term, hard.voted_for) != (
+            self._prev_hard.term, self._prev_hard.voted_for)
+        if rd.new_term_or_vote:
             rd.messages = outbox  # a new term or vote must be durable before anyone hears of it
         else:
             for m in outbox:

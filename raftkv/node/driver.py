@@ -543,7 +543,7 @@ class RaftNode:
                 if answered:
                     self.metrics.proposals_applied.inc(answered)  # once per batch: inc() takes a lock
             self._note_read_states(rd)
-            if rd.must_sync() or rd.messages or self._unsynced:
+            if rd.hard_state is not None or rd.must_sync() or rd.messages or self._unsynced:
                 self._unsynced.append(rd)
                 self._disk_wake.set()
         self._release_reads()
@@ -578,7 +578,11 @@ class RaftNode:
                 entries += len(rd.entries)
             if rd.hard_state is not None:
                 storage.set_hard_state(rd.hard_state)
-        if not self.cfg.unsafe_skip_fsync or time.monotonic() - self._last_unsafe_sync >= UNSAFE_SYNC_EVERY_S:
+        # A batch that only records a commit index waits for the next fsync (see Ready).
+        must_sync = any(rd.must_sync() for rd in batch)
+        if must_sync and (
+            not self.cfg.unsafe_skip_fsync or time.monotonic() - self._last_unsafe_sync >= UNSAFE_SYNC_EVERY_S
+        ):
             # (the unsafe mode acknowledges what is only in memory, syncing once a second)
             self._last_unsafe_sync = time.monotonic()
             started = time.perf_counter()
@@ -589,7 +593,7 @@ class RaftNode:
             if rd.messages:
                 self.transport.send(rd.messages)
                 self._note_messages(rd.messages)
-        if self._written is not None:
+        if must_sync and self._written is not None:
             self.core.on_persisted(*self._written)
             self._wake.set()  # a leader may commit now that its own copy counts
 
