@@ -14,6 +14,7 @@ import click
 
 from raftkv.chaos.cli_command import chaos as chaos_command
 from raftkv.client import Client, ClusterUnreachableError
+from raftkv.dashboard import promtext
 from raftkv.dashboard.cli_command import dashboard as dashboard_command
 from raftkv.node.config import ConfigError, NodeConfig, load_toml, parse_cluster
 from raftkv.sim.__main__ import main as sim_command
@@ -218,38 +219,40 @@ STATUS_COLUMNS = (
     ("LOG", lambda s: s["logLength"]),
     ("SNAPSHOT", lambda s: s["snapshotIndex"]),
     ("KEYS", lambda s: s["keys"]),
-    ("ELECTIONS", lambda s: _metric(s, "raft_elections_started_total")),
-    ("LEADER CHANGES", lambda s: _metric(s, "raft_leader_changes_total")),
-    ("FSYNC ms", lambda s: _mean_ms(s, "raft_wal_fsync_seconds")),
-    ("COMMIT ms", lambda s: _mean_ms(s, "raft_propose_to_commit_seconds")),
-    ("MAX LAG", lambda s: _metric(s, "raft_peer_lag_entries", max)),
+    ("ELECTIONS", lambda s: s["metrics"]["electionsStarted"]),
+    ("LEADER CHANGES", lambda s: s["metrics"]["leaderChanges"]),
+    ("FSYNC ms", lambda s: s["metrics"]["fsyncMeanMs"]),
+    ("COMMIT ms", lambda s: s["metrics"]["commitMeanMs"]),
+    ("MAX LAG", lambda s: s["metrics"]["maxLagEntries"]),
 )
 
 
-def _metric(state: dict, sample: str, combine: Any = sum) -> str:
-    values = state.get("metrics", {}).get(sample)
-    return "-" if not values else f"{combine(values):g}"
+def _headline_metrics(text: str) -> dict[str, float | None]:
+    """The figures `status` shows from a node's /metrics (None: nothing observed yet)."""
+    sample = promtext.parse(text)
+
+    def mean_ms(histogram: str) -> float | None:
+        seconds = promtext.mean(sample, histogram)
+        return None if seconds is None else round(1000 * seconds, 2)
+
+    return {
+        "electionsStarted": promtext.value(sample, "raft_elections_started_total"),
+        "leaderChanges": promtext.value(sample, "raft_leader_changes_total"),
+        "fsyncMeanMs": mean_ms("raft_wal_fsync_seconds"),
+        "commitMeanMs": mean_ms("raft_propose_to_commit_seconds"),
+        "maxLagEntries": max(promtext.series(sample, "raft_peer_lag_entries"), default=None),
+    }
 
 
-def _mean_ms(state: dict, histogram: str) -> str:
-    samples = state.get("metrics", {})
-    count, total = sum(samples.get(histogram + "_count", [])), sum(samples.get(histogram + "_sum", []))
-    return f"{1000 * total / count:.1f}" if count else "-"
-
-
-def _parse_metrics(text: str) -> dict[str, list[float]]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    samples: dict[str, list[float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample.value)
-    return samples
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @main.command()
 @endpoints_option
-@click.option("--json", "as_json", is_flag=True, help="Print each node's /raft-state (and parsed metrics).")
+@click.option("--json", "as_json", is_flag=True, help="Print each node's /raft-state with the headline metrics.")
 def status(endpoints: str, as_json: bool) -> None:
     """A table per node, like `etcdctl endpoint status -w table`, with headline metrics."""
 
@@ -260,13 +263,15 @@ def status(endpoints: str, as_json: bool) -> None:
                 try:
                     _, state = await c.request("GET", "/raft-state", endpoint=ep)
                     if not isinstance(state, dict):
-                        rows.append({"url": ep, "error": str(state)})
+                        rows.append({"url": ep, "problem": "bad /raft-state", "error": str(state)})
                         continue
                     _, text = await c.request("GET", "/metrics", endpoint=ep)
-                    state["metrics"] = _parse_metrics(text) if isinstance(text, str) else {}
+                    state["metrics"] = _headline_metrics(text if isinstance(text, str) else json.dumps(text))
                     rows.append(state)
                 except ClusterUnreachableError as e:
-                    rows.append({"url": ep, "error": str(e)})
+                    rows.append({"url": ep, "problem": "unreachable", "error": str(e)})
+                except ValueError as e:  # prometheus_client's parser: not Prometheus text
+                    rows.append({"url": ep, "problem": "bad /metrics", "error": str(e)})
         return rows
 
     rows = asyncio.run(gather())
@@ -276,9 +281,9 @@ def status(endpoints: str, as_json: bool) -> None:
     table = [[name for name, _ in STATUS_COLUMNS]]
     for row in rows:
         if "error" in row:
-            table.append([row["url"], "unreachable"] + [""] * (len(STATUS_COLUMNS) - 2))
+            table.append([row["url"], row["problem"]] + [""] * (len(STATUS_COLUMNS) - 2))
         else:
-            table.append([str(get(row)) for _, get in STATUS_COLUMNS])
+            table.append([_cell(get(row)) for _, get in STATUS_COLUMNS])
     widths = [max(len(r[i]) for r in table) for i in range(len(STATUS_COLUMNS))]
     for r in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())

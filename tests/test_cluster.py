@@ -5,6 +5,7 @@ Every test starts its own cluster (see conftest.py); node logs are printed when 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -325,6 +326,22 @@ def test_cli_put_get_and_status_table(cluster: LocalCluster) -> None:
     lines = out.stdout.strip().splitlines()
     assert lines[0].split()[:4] == ["ENDPOINT", "ID", "ROLE", "TERM"]
     assert len(lines) == 4 and sum(" leader " in line for line in lines) == 1
+    assert lines[0].endswith("ELECTIONS  LEADER CHANGES  FSYNC ms  COMMIT ms  MAX LAG"), lines[0]
+
+    out = subprocess.run(
+        [*raftkv, "status", "--json", "--endpoints", endpoints], capture_output=True, text=True, timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = {row["nodeId"]: row for row in json.loads(out.stdout)}
+    leader = next(n for n, row in rows.items() if row["state"] == "leader")
+    headline = rows[leader]["metrics"]
+    # The leader won an election, fsynced the write above, and measured its commit.
+    assert headline["electionsStarted"] >= 1 and headline["leaderChanges"] >= 1, headline
+    assert headline["fsyncMeanMs"] > 0 and headline["commitMeanMs"] > 0, headline
+    assert headline["maxLagEntries"] is not None and headline["maxLagEntries"] >= 0, headline
+    table_row = next(line for line in lines if f" {leader} " in line).split()
+    assert table_row[-5:-3] == [f"{headline['electionsStarted']:g}", f"{headline['leaderChanges']:g}"], table_row
 
 
 def test_a_one_way_cut_and_a_lossy_link_on_a_real_cluster(cluster: LocalCluster) -> None:

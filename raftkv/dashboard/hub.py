@@ -257,10 +257,10 @@ class Hub:
             try:
                 async with self.session.get(link.url.rstrip("/") + "/metrics",
                                             timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
-                    text = await resp.text()
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                continue
-            figures = link.rates.update(promtext.parse(text), time.time())
+                    sample = promtext.parse(await resp.text())
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                continue  # unreachable, or not metrics text: the next poll tries again
+            figures = link.rates.update(sample, time.time())
             if figures is not None:
                 link.metrics = figures
                 self.emit({"type": "metrics", "node": link.id, **figures})

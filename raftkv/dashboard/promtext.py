@@ -13,37 +13,37 @@ is skipped instead of charting a negative rate.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
-_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+from prometheus_client.parser import text_string_to_metric_families
 
 Sample = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def parse(text: str) -> Sample:
-    """{(name, sorted labels): value} for every sample line; comments and junk lines are skipped."""
-    out: Sample = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _LINE.match(line)
-        if not m:
-            continue
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        labels = tuple(sorted(_LABEL.findall(m.group(2) or "")))
-        out[(m.group(1), labels)] = value
-    return out
+    """{(sample name, sorted labels): value} for every sample, read by prometheus_client's parser."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def series(sample: Sample, name: str, **labels: str) -> list[float]:
+    """The value of every series of `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return [v for (n, ls), v in sample.items() if n == name and want <= set(ls)]
 
 
 def value(sample: Sample, name: str, **labels: str) -> float:
     """Sum of every series of `name` whose labels include `labels` (0 if none)."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in sample.items() if n == name and want <= set(ls))
+    return sum(series(sample, name, **labels))
+
+
+def mean(sample: Sample, histogram: str) -> float | None:
+    """Mean of every observation of `histogram` so far (None before the first)."""
+    count = value(sample, histogram + "_count")
+    return value(sample, histogram + "_sum") / count if count else None
 
 
 def buckets(sample: Sample, name: str) -> list[tuple[float, float]]:
