@@ -32,6 +32,7 @@ from raftkv.core import (
     HeartbeatRequest,
     HeartbeatResponse,
     Message,
+    ProgressState,
     ProposalDroppedError,
     RaftCore,
     ReadIndexRequest,
@@ -880,6 +881,23 @@ def test_a_follower_that_lost_acknowledged_entries_is_repaired() -> None:
     assert h.log_terms("c") == h.log_terms("a")
     assert h.values("c") == h.values("a") == {"k": "z"}
 
+
+
+def test_a_duplicated_old_rejection_does_not_demote_a_caught_up_follower() -> None:
+    """A rejection from when b was behind, delivered again after b caught up, is stale: b stays
+    replicating at its match instead of being probed and sent its entries again."""
+    h = Harness(("a", "b", "c"))
+    h.elect("a")
+    h.propose("a", "x", "y", "z")
+    h.stabilize()
+    leader = h.core("a")
+    pr = leader.progress["b"]
+    match = pr.match
+    assert pr.state is ProgressState.REPLICATE and match == leader.log.last_index()
+    old = AppendResponse(src="b", dst="a", term=leader.term, success=False, reject_index=match - 1,
+                         conflict_index=match - 1)
+    h.act("a", lambda c: c.step(old))
+    assert (pr.state, pr.match, pr.next) == (ProgressState.REPLICATE, match, match + 1)
 
 def test_an_answer_to_an_older_term_s_append_changes_nothing() -> None:
     """A leader's AppendRequest from an earlier term, delayed, reaches a follower already in the

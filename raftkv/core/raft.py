@@ -725,10 +725,12 @@ class RaftCore:
                 # Not a log comparison (index 0 always matches): a follower's answer to a message
                 # from an older term of ours, delayed until we led again in its current term.
                 return
-            if m.conflict_term == 0 and m.conflict_index <= pr.match:
-                # The follower's log ends before what it acknowledged: its disk lost entries (a
-                # wiped or restored data directory), or this rejection is very old. Probing again
-                # is safe either way; it only lowers bookkeeping, never the commit index.
+            if m.conflict_term == 0 and m.conflict_index <= pr.match <= m.reject_index:
+                # The follower's log ends before what it acknowledged, in answer to an append
+                # sent after that acknowledgement: its disk lost entries (a wiped or restored data
+                # directory). An older rejection (reject_index below the match) is stale instead
+                # and must not demote a follower that has caught up since. Probing again only
+                # lowers bookkeeping, never the commit index.
                 pr.become_probe()
                 pr.match = m.conflict_index - 1
                 pr.next = m.conflict_index
