@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raftkv.supervisor import free_ports  # raftkv is imported after bench.pin has pinned it
+from raftkv.supervisor import loopback_members  # raftkv is imported after bench.pin has pinned it
 
 REPLY_TIMEOUT_S = 60.0
 KEYS = 10_000
@@ -218,8 +218,7 @@ class EmbeddedCluster:
     def __init__(self, kind: str, base_dir: Path, variant: str = "", nodes: int = 3) -> None:
         self.kind = kind
         self.variant = variant
-        ports = free_ports(2 * nodes)
-        self.ports = [(ports[2 * i], ports[2 * i + 1]) for i in range(nodes)]
+        self.ports = [(m.http_port, m.raft_port) for m in loopback_members(nodes)]
         self.base_dir = base_dir
         self.procs: list[Any] = []
         self.conns: list[Any] = []

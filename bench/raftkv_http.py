@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from raftkv.node.config import Member
-from raftkv.supervisor import Supervisor, free_ports
+from raftkv.supervisor import Supervisor, loopback_members
 
 from .procs import http_json, wait_until
 
@@ -22,8 +21,7 @@ class RaftkvCluster:
     name = "raftkv"
 
     def __init__(self, base_dir: Path, nodes: int = 3, node_args: list[str] | None = None) -> None:
-        ports = free_ports(2 * nodes)
-        self.members = [Member(f"node{i + 1}", "127.0.0.1", ports[2 * i], ports[2 * i + 1]) for i in range(nodes)]
+        self.members = loopback_members(nodes)
         self.supervisor = Supervisor(self.members, base_dir, node_args)
         self.base_dir = base_dir
 

@@ -44,15 +44,21 @@ class NodeProcess:
         }
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports nothing listens on right now (the OS picks them; a small race remains until used)."""
+def free_ports(count: int) -> list[int]:
+    """Loopback ports nothing listens on right now (the OS picks them; a small race remains until used)."""
     socks = [socket.socket() for _ in range(count)]
     for s in socks:
-        s.bind((host, 0))
+        s.bind(("127.0.0.1", 0))
     ports = [s.getsockname()[1] for s in socks]
     for s in socks:
         s.close()
     return ports
+
+
+def loopback_members(count: int) -> list[Member]:
+    """`count` members on 127.0.0.1 on ports free right now (tests, benchmarks, the chaos runner)."""
+    ports = free_ports(2 * count)
+    return [Member(f"node{i + 1}", "127.0.0.1", ports[2 * i], ports[2 * i + 1]) for i in range(count)]
 
 
 def local_members(count: int, host: str = "127.0.0.1", http_base: int = 3000, raft_base: int = 4000) -> list[Member]:

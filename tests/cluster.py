@@ -13,8 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from raftkv.node.config import Member
-from raftkv.supervisor import Supervisor, free_ports
+from raftkv.supervisor import Supervisor, loopback_members
 
 
 def http(
@@ -38,8 +37,7 @@ def http(
 
 class LocalCluster:
     def __init__(self, data_dir: Path, nodes: int = 3, node_args: list[str] | None = None) -> None:
-        ports = free_ports(2 * nodes)
-        self.members = [Member(f"node{i + 1}", "127.0.0.1", ports[2 * i], ports[2 * i + 1]) for i in range(nodes)]
+        self.members = loopback_members(nodes)
         self.data_dir = data_dir
         self.supervisor = Supervisor(self.members, data_dir, node_args)
 

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from raftkv.chaos.netns import Lab
 from raftkv.node.config import Member
-from raftkv.supervisor import Supervisor, free_ports
+from raftkv.supervisor import Supervisor, loopback_members
 
 __all__ = ["AttachedCluster", "ChaosCluster", "LocalCluster", "NetnsCluster"]
 
@@ -83,8 +83,7 @@ class _SupervisedCluster:
 
 class LocalCluster(_SupervisedCluster):
     def __init__(self, data_dir: Path, nodes: int = 3, node_args: list[str] | None = None) -> None:
-        ports = free_ports(2 * nodes)
-        members = [Member(f"node{i + 1}", "127.0.0.1", ports[2 * i], ports[2 * i + 1]) for i in range(nodes)]
+        members = loopback_members(nodes)
         super().__init__(Supervisor(members, data_dir, node_args), members, data_dir)
 
 

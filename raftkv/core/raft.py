@@ -308,17 +308,14 @@ class RaftCore:
         soft = self._soft_state()
         if soft != self._prev_soft:
             rd.soft_state = soft
-        hard: HardState | None = self._hard_state()
+        hard = self._hard_state()
         if hard != self._prev_hard:
             rd.hard_state = hard
-        else:
-            hard = None
+            rd.new_term_or_vote = (hard.term, hard.voted_for) != (self._prev_hard.term, self._prev_hard.voted_for)
         rd.snapshot = self._snapshot_to_install
         rd.entries = self.log.unstable()
         rd.committed_entries = self.log.committed_to_apply(self.config.max_committed_per_ready)
         outbox, self._outbox = self._outbox, []
-        rd.new_term_or_vote = hard is not None and (hard.term, hard.voted_for) != (
-            self._prev_hard.term, self._prev_hard.voted_for)
         if rd.new_term_or_vote:
             rd.messages = outbox  # a new term or vote must be durable before anyone hears of it
         else:
