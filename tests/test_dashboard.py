@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import LocalCluster, free_ports, http
+from cluster import LocalCluster, http
 
 from raftkv.dashboard.server import run_dashboard
+from raftkv.supervisor import free_ports
 
 pytestmark = pytest.mark.timeout(240)
 browser_test = pytest.mark.browser

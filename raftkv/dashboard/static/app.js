@@ -187,6 +187,11 @@ function statusAt(id, t) {
   return found;
 }
 
+// The status of the node that believed itself leader at `t` (null when none did).
+function leaderStatusAt(t) {
+  return S.nodes.map((n) => statusAt(n.id, t)).find((x) => x && x.state && x.state.state === "leader") || null;
+}
+
 // ------------------------------------------------------------------------- static parts -------
 
 function buildStatic() {
@@ -481,7 +486,6 @@ function burst(shape, x, y) {
 
 function renderCards() {
   const t = viewTime();
-  const leaderStatus = S.nodes.map((n) => statusAt(n.id, t)).find((x) => x && x.state && x.state.state === "leader");
   for (const n of S.nodes) {
     const card = document.querySelector(`[data-node="${n.id}"]`);
     if (!card) continue;
@@ -538,7 +542,6 @@ function renderCards() {
       const rows = items.map(([k, v]) => el("tr", {"data-key": k}, el("th", {scope: "row", text: k}), el("td", {text: short(v)})));
       tbody.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", {colspan: 2, class: "empty", text: kv ? "empty" : "—"}))]));
     }
-    void leaderStatus;
   }
 }
 
@@ -549,9 +552,9 @@ function renderLogs() {
   const sts = S.nodes.map((n) => ({n, st: statusAt(n.id, t)}));
   const maxIdx = Math.max(0, ...sts.map(({st}) => (st && st.state ? st.state.logLength : 0)));
   const first = Math.max(1, maxIdx - LOG_CELLS + 1);
-  const leader = sts.find(({st}) => st && st.state && st.state.state === "leader");
+  const leader = leaderStatusAt(t);
   const progress = {};
-  if (leader) for (const p of leader.st.state.peers || []) progress[p.id] = p;
+  if (leader) for (const p of leader.state.peers || []) progress[p.id] = p;
   const wrap = $("#logs");
   const rows = [];
   const head = el("div", {class: "log-row head"}, el("span", {class: "log-label", text: "index"}));
@@ -699,7 +702,7 @@ function renderCharts() {
   drawChart("#c-lat", [{data: S.chart.p50}, {data: S.chart.p99, cls: "dashed"}]);
   drawChart("#c-leaderless", [{data: S.chart.leaderless, cls: "warn"}]);
   // The leader's own view of each link: how long since it last heard from that follower.
-  const leader = S.nodes.map((n) => statusAt(n.id, viewTime())).find((x) => x && x.state && x.state.state === "leader");
+  const leader = leaderStatusAt(viewTime());
   const contact = {};
   if (leader) for (const p of leader.state.peers || []) contact[`${leader.state.nodeId}>${p.id}`] = p.lastContact;
   const rows = Object.entries(S.links).sort().map(([k, r]) => el("tr", {},
@@ -841,7 +844,7 @@ function wire() {
     const out = $("#kv-result");
     out.textContent = "…";
     const leaderLen = () => {
-      const st = S.nodes.map((n) => statusAt(n.id, now())).find((x) => x && x.state && x.state.state === "leader");
+      const st = leaderStatusAt(now());
       return st ? st.state.logLength : null;
     };
     const before = leaderLen();
