@@ -9,6 +9,7 @@ so a green run means something. Each test is bounded (cluster start ~4 s, runs o
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import json
 import os
@@ -20,6 +21,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster import LocalCluster, http
@@ -29,7 +31,7 @@ from raftkv.chaos.judge import FINAL_CLIENT
 from raftkv.chaos.report import render_timeline
 from raftkv.chaos.runner import validate
 from raftkv.chaos.workload import _outcome, perform
-from raftkv.check import Operation
+from raftkv.check import CheckResult, Operation
 from raftkv.client import single_send_session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -315,6 +317,76 @@ def test_judge_flags_two_leaders_in_a_term_and_divergent_replicas() -> None:
     html = render_timeline(r, j, {})
     assert "VIOLATION" in html and "<svg" in html
     assert "<script" not in html and "https://" not in html  # self-contained: no CDN
+
+
+def test_judge_explains_a_violation_by_failed_writes_only_when_they_explain_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`explainedByFailedWrites`: the ILLEGAL keys, and only those, are searched again with every
+    "definitely not applied" write counted as unknown; not at all when something else is wrong."""
+    judge_module = importlib.import_module("raftkv.chaos.judge")  # `raftkv.chaos.judge` is the function
+
+    searched: list[set[str]] = []
+    real_check = judge_module.check_history
+
+    def spy(ops: list[Operation], **kw: Any) -> CheckResult:
+        searched.append({o.key for o in ops})
+        return real_check(ops, **kw)
+
+    monkeypatch.setattr(judge_module, "check_history", spy)
+    clean = [op(2, "write", "other", 0, 1, value=7), op(FINAL_CLIENT, "read", "other", 2, 3, result=7)]
+    # Answered "definitely not applied", yet applied and read: fine, if that answer was a lie.
+    lied = [op(1, "write", "k", 0, 1, "fail", value=1), op(FINAL_CLIENT, "read", "k", 2, 3, result=1)]
+    j = judge(recorder_of(lied + clean))
+    assert j.failed_but_applied and j.explained_by_failed_writes, j.summary()
+    assert searched == [{"k", "other"}, {"k"}]
+    assert j.to_json()["explainedByFailedWrites"] is True
+    assert "the bug is in how failures are reported" in j.summary()
+
+    # A failed write that was read, and a stale read besides: the lie does not explain it all.
+    stale = [op(1, "write", "k", 0, 1, value=1), op(2, "write", "k", 2, 3, value=2),
+             op(3, "read", "k", 4, 5, result=1), op(4, "write", "k", 6, 7, "fail", value=9),
+             op(5, "read", "k", 8, 9, result=9), op(FINAL_CLIENT, "read", "k", 10, 11, result=9)]
+    searched.clear()
+    j = judge(recorder_of(stale + clean))
+    assert j.failed_but_applied and not j.lost_writes and "NOT linearizable on key(s) k" in j.violations
+    assert not j.explained_by_failed_writes and searched == [{"k", "other"}, {"k"}]
+
+    # Something else is wrong (an acknowledged write lost, replicas that differ, two leaders in a
+    # term): no second search, and no explanation.
+    from raftkv.chaos import StateSample
+
+    lost = [op(3, "write", "j", 0, 1, value=1), op(4, "write", "j", 2, 3, value=2),
+            op(FINAL_CLIENT, "read", "j", 4, 5, result=1)]
+    two_leaders = recorder_of(lied)
+    two_leaders.sample(StateSample(0.1, "node1", "leader", 3, "node1"))
+    two_leaders.sample(StateSample(0.2, "node2", "leader", 3, "node2"))
+    for other_fault, j in [
+        ("lost", judge(recorder_of(lied + lost))),
+        ("digests", judge(recorder_of(lied), digests={"node1": [2, "aa"], "node2": [2, "bb"]})),
+        ("leaders", judge(two_leaders)),
+    ]:
+        assert j.failed_but_applied and not j.explained_by_failed_writes, (other_fault, j.summary())
+    assert searched == [{"k", "other"}, {"k"}, {"k", "j"}, {"k"}, {"k"}]
+
+
+def test_judge_has_one_answer_to_who_wrote_a_value() -> None:
+    """A cas refused with 412 wrote nothing; one with an unknown outcome may have written; one
+    answered "definitely not applied" is a suspect. The phantom check and the failed-write check
+    must agree on all three."""
+    read_1 = op(FINAL_CLIENT, "read", "k", 2, 3, result=1)
+    refused = op(2, "cas", "k", 0, 1, value=1, expected=5, result=False)
+    failed = op(1, "write", "k", 0, 1, "fail", value=1)
+    j = judge(recorder_of([refused, read_1]))
+    assert any("final value 1 was never written (phantom)" in v for v in j.violations), j.violations
+    j = judge(recorder_of([failed, refused, read_1]))  # the refused cas does not vouch for the value
+    assert not j.lost_writes and len(j.failed_but_applied) == 1, j.summary()
+    assert j.failed_but_applied[0].startswith("#0 client 1 write 1 (fail)") and j.suspect_ops == [0, 2]
+    maybe = op(2, "cas", "k", 0, None, "unknown", value=1, expected=None)
+    j = judge(recorder_of([failed, maybe, read_1]))
+    assert j.exit_code == 0, j.summary()
+    failed_cas = op(2, "cas", "k", 0, 1, "fail", value=1, expected=None)
+    j = judge(recorder_of([failed_cas, read_1]))
+    assert not j.lost_writes and j.failed_but_applied[0].startswith("#0 client 2 cas absent -> 1"), j.summary()
 
 
 def test_http_answers_map_to_outcomes() -> None:

@@ -43,6 +43,8 @@ __all__ = ["Judgement", "judge"]
 
 FINAL_CLIENT = "final"
 
+_ValueWriters = dict[str, dict[str, list[int]]]  # built by `_writers_by_value`, which says what counts
+
 
 @dataclass
 class Judgement:
@@ -165,18 +167,13 @@ def judge(
     j.fault_counts = dict(Counter(f.kind for f in recorder.faults))
     j.fault_errors = [f"{f.label}: {f.error}" for f in recorder.faults if f.error]
 
-    _check_final(ops, j)
-    _check_failed_writes(recorder, j)
+    written = _writers_by_value(ops)
+    _check_final(ops, written, j)
+    _check_failed_writes(recorder, written, j)
     if local_values is not None and converged:
         for key, per_node in sorted(local_values.items()):
             if len({_canon(v) for v in per_node.values()}) > 1:
                 j.divergence.append(f"{key}: " + ", ".join(f"{n}={_canon(v)}" for n, v in sorted(per_node.items())))
-
-    if (j.failed_but_applied or not result.ok) and not (j.lost_writes or j.divergence):
-        # Distrust every "definitely not applied" answer to a write: is the rest consistent?
-        as_unknown = [dataclasses.replace(op, outcome="unknown") if op.outcome == "fail" and op.kind != "read"
-                      else op for op in ops]
-        j.explained_by_failed_writes = check_history(as_unknown, timeout_s=check_timeout_s).ok
 
     if digests and converged:
         by_index: dict[Any, dict[str, Any]] = defaultdict(dict)
@@ -193,11 +190,31 @@ def judge(
             leaders[s.term].add(s.node)
     j.leaders_by_term = {t: sorted(ns) for t, ns in sorted(leaders.items())}
     j.election_safety = [f"term {t}: {', '.join(ns)}" for t, ns in j.leaders_by_term.items() if len(ns) > 1]
-    j.explained_by_failed_writes = j.explained_by_failed_writes and not j.election_safety
+
+    # Last: it needs every other check's answer, and is skipped when one of them already failed.
+    j.explained_by_failed_writes = _explained_by_failed_writes(ops, j, check_timeout_s)
     return j
 
 
-def _check_final(ops: list[Operation], j: Judgement) -> None:
+def _writers_by_value(ops: list[Operation]) -> _ValueWriters:
+    """{key: {canonical value: indices of the writes and cas that may have stored it}}, in
+    history order. The one index both `_check_final` and `_check_failed_writes` read, so "who
+    wrote this value" has one answer.
+
+    A cas refused with 412 (outcome "ok", result False) read the value and wrote nothing, so it is
+    left out: counting it would hide a phantom final value, and would hide a failed write that was
+    read (its "ok" outcome would pass for an honest writer). A cas or write with an unknown outcome
+    may have written, so it stays; so do those answered "definitely not applied", because whether
+    that answer was true is exactly what `_check_failed_writes` asks.
+    """
+    written: _ValueWriters = {}
+    for i, op in enumerate(ops):
+        if op.kind == "write" or (op.kind == "cas" and op.result is not False):
+            written.setdefault(op.key, {}).setdefault(_canon(op.value), []).append(i)
+    return written
+
+
+def _check_final(ops: list[Operation], written: _ValueWriters, j: Judgement) -> None:
     finals: dict[str, list[Operation]] = defaultdict(list)
     for op in ops:
         if op.client == FINAL_CLIENT and op.kind == "read":
@@ -213,13 +230,12 @@ def _check_final(ops: list[Operation], j: Judgement) -> None:
         j.final_values[key] = final
         # Failed writes count as producers here: one that took effect anyway is reported by
         # `_check_failed_writes`, and must not also make its value look like a phantom.
-        writers = [op for op in ops if op.key == key and op.kind in ("write", "cas")
-                   and not (op.kind == "cas" and op.result is False)]
-        producers = [op for op in writers if _canon(op.value) == _canon(final)]
+        by_value = written.get(key, {})
+        producers = [ops[i] for i in by_value.get(_canon(final), [])]
         if final is not None and not producers:
             j.lost_writes.append(f"{key}: final value {_canon(final)} was never written (phantom)")
             continue
-        for w in writers:
+        for w in (ops[i] for i in sorted(i for ids in by_value.values() for i in ids)):
             if w.outcome != "ok" or _canon(w.value) == _canon(final):
                 continue
             later = [p for p in producers
@@ -230,21 +246,17 @@ def _check_final(ops: list[Operation], j: Judgement) -> None:
                     "which was written before it")
 
 
-def _check_failed_writes(recorder: Recorder, j: Judgement) -> None:
+def _check_failed_writes(recorder: Recorder, written: _ValueWriters, j: Judgement) -> None:
     ops = recorder.ops
-    produced: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for i, op in enumerate(ops):
-        if op.kind in ("write", "cas"):
-            produced[(op.key, _canon(op.value))].append(i)
     reported: set[tuple[str, str]] = set()
     for i, op in enumerate(ops):
         if op.kind != "read" or op.outcome != "ok" or op.result is None:
             continue
-        key = (op.key, _canon(op.result))
-        writers = produced.get(key, [])
-        if key in reported or not writers or any(ops[w].outcome != "fail" for w in writers):
+        seen = (op.key, _canon(op.result))
+        writers = written.get(op.key, {}).get(seen[1], [])
+        if seen in reported or not writers or any(ops[w].outcome != "fail" for w in writers):
             continue
-        reported.add(key)
+        reported.add(seen)
         for w in writers:
             meta = recorder.op_meta[w]
             answer = f"HTTP {meta.get('status')}" if meta.get("status") else "no connection"
@@ -253,3 +265,24 @@ def _check_failed_writes(recorder: Recorder, j: Judgement) -> None:
                 f"({meta.get('error', '')!s}) = definitely not applied, yet #{i} {op.describe()} "
                 f"via {recorder.op_meta[i].get('node')} saw its value")
             j.suspect_ops += [w, i]
+
+
+def _explained_by_failed_writes(ops: list[Operation], j: Judgement, timeout_s: float) -> bool:
+    """`Judgement.explained_by_failed_writes`, from a judgement whose other checks are done.
+
+    Linearizability is checked key by key, and counting a failed write as unknown only adds an
+    op that may be left out, so a key that passed still passes: only the ILLEGAL keys are searched
+    again. A key whose search ran out of budget was never shown linearizable, so it is not
+    searched again (that could cost a whole budget more) and the answer is False.
+    """
+    if j.lost_writes or j.divergence or j.election_safety:
+        return False  # something besides the failure reports is wrong
+    illegal = {k for k, r in j.check.keys.items() if r.verdict is Verdict.ILLEGAL}
+    if not (illegal or j.failed_but_applied):
+        return False  # nothing to explain
+    if any(r.verdict is Verdict.UNKNOWN for r in j.check.keys.values()):
+        return False
+    # Distrust every "definitely not applied" answer to a write: is the rest consistent?
+    as_unknown = [dataclasses.replace(op, outcome="unknown") if op.outcome == "fail" and op.kind != "read" else op
+                  for op in ops if op.key in illegal]
+    return check_history(as_unknown, timeout_s=timeout_s).ok
