@@ -31,13 +31,13 @@ a history saved as JSON can be judged again later. Its checks, strongest first:
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from raftkv.chaos.recorder import Recorder
 from raftkv.check import CheckResult, Operation, Verdict, check_history
+from raftkv.check.history import canonical_json
 
 __all__ = ["Judgement", "judge"]
 
@@ -141,10 +141,6 @@ class Judgement:
         return "\n".join(lines)
 
 
-def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
 def judge(
     recorder: Recorder,
     local_values: dict[str, dict[str, Any]] | None = None,
@@ -172,8 +168,9 @@ def judge(
     _check_failed_writes(recorder, written, j)
     if local_values is not None and converged:
         for key, per_node in sorted(local_values.items()):
-            if len({_canon(v) for v in per_node.values()}) > 1:
-                j.divergence.append(f"{key}: " + ", ".join(f"{n}={_canon(v)}" for n, v in sorted(per_node.items())))
+            shown = {n: canonical_json(v) for n, v in sorted(per_node.items())}
+            if len(set(shown.values())) > 1:
+                j.divergence.append(f"{key}: " + ", ".join(f"{n}={v}" for n, v in shown.items()))
 
     if digests and converged:
         by_index: dict[Any, dict[str, Any]] = defaultdict(dict)
@@ -210,7 +207,7 @@ def _writers_by_value(ops: list[Operation]) -> _ValueWriters:
     written: _ValueWriters = {}
     for i, op in enumerate(ops):
         if op.kind == "write" or (op.kind == "cas" and op.result is not False):
-            written.setdefault(op.key, {}).setdefault(_canon(op.value), []).append(i)
+            written.setdefault(op.key, {}).setdefault(canonical_json(op.value), []).append(i)
     return written
 
 
@@ -231,18 +228,18 @@ def _check_final(ops: list[Operation], written: _ValueWriters, j: Judgement) -> 
         # Failed writes count as producers here: one that took effect anyway is reported by
         # `_check_failed_writes`, and must not also make its value look like a phantom.
         by_value = written.get(key, {})
-        producers = [ops[i] for i in by_value.get(_canon(final), [])]
+        producers = [ops[i] for i in by_value.get(canonical_json(final), [])]
         if final is not None and not producers:
-            j.lost_writes.append(f"{key}: final value {_canon(final)} was never written (phantom)")
+            j.lost_writes.append(f"{key}: final value {canonical_json(final)} was never written (phantom)")
             continue
         for w in (ops[i] for i in sorted(i for ids in by_value.values() for i in ids)):
-            if w.outcome != "ok" or _canon(w.value) == _canon(final):
+            if w.outcome != "ok" or canonical_json(w.value) == canonical_json(final):
                 continue
             later = [p for p in producers
                      if p.outcome != "ok" or p.complete_time is None or p.complete_time >= w.invoke_time]
             if not later:
                 j.lost_writes.append(
-                    f"{key}: {w.describe()} was acknowledged, but every node ends with {_canon(final)}, "
+                    f"{key}: {w.describe()} was acknowledged, but every node ends with {canonical_json(final)}, "
                     "which was written before it")
 
 
@@ -252,7 +249,7 @@ def _check_failed_writes(recorder: Recorder, written: _ValueWriters, j: Judgemen
     for i, op in enumerate(ops):
         if op.kind != "read" or op.outcome != "ok" or op.result is None:
             continue
-        seen = (op.key, _canon(op.result))
+        seen = (op.key, canonical_json(op.result))
         writers = written.get(op.key, {}).get(seen[1], [])
         if seen in reported or not writers or any(ops[w].outcome != "fail" for w in writers):
             continue

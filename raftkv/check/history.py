@@ -99,8 +99,13 @@ def _time(t: float) -> str:
     return f"{t:.6f}".rstrip("0").rstrip(".")
 
 
+def canonical_json(value: Any) -> str:
+    """One text per JSON value (keys sorted): for comparing values, and for showing them."""
+    return json.dumps(value, sort_keys=True)
+
+
 def _show(value: Any) -> str:
-    return "absent" if value is None else json.dumps(value, sort_keys=True)
+    return "absent" if value is None else canonical_json(value)
 
 
 def history_to_json(ops: Iterable[Operation]) -> str:

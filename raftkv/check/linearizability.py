@@ -55,7 +55,6 @@ entry per move, about n_ops/8 bytes each), so the step bound is also the memory 
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -63,7 +62,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from raftkv.check.history import Operation
+from raftkv.check.history import Operation, canonical_json
 
 
 class Verdict(Enum):
@@ -128,10 +127,6 @@ def check_history(
     return CheckResult(keys=results)
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
 # Operation codes for the search's inner loop, which works on ints only.
 _READ, _WRITE, _CAS_TRUE, _CAS_FALSE, _DEL_ANY, _DEL_EXISTED, _DEL_ABSENT, _CAS_MAYBE = range(8)
 _OBSERVERS = frozenset({_READ, _CAS_FALSE, _DEL_ABSENT})  # ops that never change the value
@@ -180,7 +175,7 @@ class _KeySearch:
         interned: dict[str, int] = {}
 
         def intern(value: Any) -> int:
-            return interned.setdefault(_canonical(value), len(interned))
+            return interned.setdefault(canonical_json(value), len(interned))
 
         self.absent = intern(None)
         self.src: list[int] = []
