@@ -140,6 +140,63 @@ def test_lab_adds_latency_without_netem() -> None:
     assert server.wait(10) != 0
 
 
+DELAYER = ROOT / "raftkv" / "chaos" / "delayer.py"
+
+
+def start_delayer(lab: Lab, node: str, queue: int) -> subprocess.Popen:
+    cmd = [*lab.exec_prefix(lab.node_ns(node)), sys.executable, str(DELAYER), "--queue", str(queue),
+           "--delay-ms", "10"]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_a_second_delayer_on_a_bound_queue_exits_without_saying_ready() -> None:
+    """The kernel refuses to bind a queue another process holds (EPERM). The delayer must hear
+    that refusal, not print "ready": the caller would then add rules whose packets bypass it."""
+    lab = Lab(["node1"]).create()
+    first = start_delayer(lab, "node1", 7)
+    second = None
+    try:
+        assert first.stdout is not None and first.stdout.readline().strip() == "ready", first.communicate()
+        second = start_delayer(lab, "node1", 7)
+        try:
+            out, err = second.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            second.kill()
+            out, err = second.communicate()
+            pytest.fail(f"the second delayer kept running (it said {out!r}): its failed bind went unnoticed")
+        assert second.returncode != 0
+        assert "ready" not in out
+        assert "binding NFQUEUE 7" in err and "Operation not permitted" in err, err
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                proc.kill()
+                proc.communicate()
+        lab.destroy()
+
+
+@pytest.mark.skipif(shutil.which("iptables") is None and not MUST_RUN,
+                    reason="added latency needs iptables (NFQUEUE target; ./dev test installs it)")
+def test_add_latency_fails_loudly_and_undoes_itself_when_a_delayer_cannot_bind() -> None:
+    lab = Lab(["node1", "node2"]).create()
+    squatter = start_delayer(lab, "node2", 0)  # holds the queue node2's delayer needs
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline().strip() == "ready"
+        with pytest.raises(RuntimeError, match=r"delayer in .*-n2 did not start.*binding NFQUEUE 0"):
+            lab.add_latency(50)
+        # All or nothing: node1's delayer (started first, and fine) and its rules are gone again.
+        rules = subprocess.run([*lab.exec_prefix(lab.node_ns("node1")), "iptables", "-t", "mangle", "-S", "OUTPUT"],
+                               capture_output=True, text=True, check=True).stdout
+        assert "NFQUEUE" not in rules, rules
+        assert subprocess.run(["ip", "netns", "pids", lab.node_ns("node1")], capture_output=True,
+                              text=True).stdout.split() == []
+    finally:
+        squatter.kill()
+        squatter.communicate()
+        lab.destroy()
+
+
 def test_chaos_over_real_network_cuts_passes(tmp_path: Path) -> None:
     """`raftkv chaos --nemesis netns` on five nodes: majority/minority, full isolation, a bridge
     node, asymmetric cuts and random loss as nft rules, and added latency (NFQUEUE); the same

@@ -202,27 +202,27 @@ class Nemesis:
             delay = plan.amount
             record = self.recorder.fault_started("netns", f"latency {delay}+-{delay // 2} ms between all nodes "
                                                  "(NFQUEUE)", list(self.node_ids), **details, latencyMs=delay)
-            try:
-                if self.lab is None:
-                    raise RuntimeError("netns faults need the cluster to run in a netns lab")
-                await asyncio.to_thread(self.lab.add_latency, delay, delay // 2, plan.pick)
-            except Exception as e:
-                record.error = f"{type(e).__name__}: {e}"
+            await self._change_lab(record, lambda lab: lab.add_latency(delay, delay // 2, plan.pick))
         elif plan.kind == "netns":
             state = self._net_state(plan, victim, role, minority, majority, others)
             targets = _nodes_in(state) or (list(self.node_ids) if plan.variant == "loss" else [victim])
             record = self.recorder.fault_started("netns", f"{state.label} (nft)", targets,
                                                  **details, net=state.describe())
-            try:
-                if self.lab is None:
-                    raise RuntimeError("netns faults need the cluster to run in a netns lab")
-                await asyncio.to_thread(self.lab.apply, state)
-            except Exception as e:
-                record.error = f"{type(e).__name__}: {e}"
+            await self._change_lab(record, lambda lab: lab.apply(state))
         else:
             raise ValueError(plan.kind)
         self.current = record
         return record
+
+    async def _change_lab(self, record: FaultRecord, change: Callable[[Lab], None]) -> None:
+        """Make a netns fault's change to the lab, off the event loop. A failure goes on the fault's
+        record (the report and dashboard show it) instead of ending the run."""
+        try:
+            if self.lab is None:
+                raise RuntimeError("netns faults need the cluster to run in a netns lab")
+            await asyncio.to_thread(change, self.lab)
+        except Exception as e:
+            record.error = f"{type(e).__name__}: {e}"
 
     def _net_state(self, plan: FaultPlan, victim: str, role: str, minority: list[str], majority: list[str],
                    others: list[str]) -> NetState:

@@ -23,6 +23,9 @@ Latency: the kernel here has no `tc netem` (measured, see NETNS.md), so `add_lat
 iptables NFQUEUE rule in each node namespace's OUTPUT chain (node-to-node traffic only) and runs
 `raftkv.chaos.delayer` there, which releases each packet after delay +- jitter. That needs the
 `iptables` command (Debian package iptables); without it `add_latency` raises LabUnavailable.
+A node's rules go in only after its delayer said "ready" (it prints that only once the kernel
+acknowledged its queue binding); a delayer that fails makes `add_latency` undo what it did and
+raise with the delayer's own stderr, so latency is either in place on every node or nowhere.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ _NAME_RE = re.compile(r"^rkv(\d+)[a-z]*-(hub|client|n\d+)$")
 _lab_counter = itertools.count()
 COMMAND_TIMEOUT_S = 10.0
 DELAYER_START_TIMEOUT_S = 15.0
+DELAYER_STOP_TIMEOUT_S = 5.0
+LATENCY_QUEUE = 0  # the NFQUEUE number; each node namespace has its own set of queues
 
 
 class LabUnavailable(RuntimeError):
@@ -137,6 +142,11 @@ class Lab:
         """Prefix a command with this to run it inside `namespace`."""
         return ["ip", "netns", "exec", namespace]
 
+    def _run_in(self, namespace: str, args: list[str], stdin: str | None = None,
+                check: bool = True) -> subprocess.CompletedProcess:
+        """`_run` inside `namespace`: bounded, and a failure raises RuntimeError naming the command."""
+        return _run([*self.exec_prefix(namespace), *args], stdin=stdin, check=check)
+
     # ---------------------------------------------------------------- building and removing ----
 
     def create(self) -> Lab:
@@ -151,7 +161,7 @@ class Lab:
             for i, node_id in enumerate(self.node_ids, start=1):
                 self._add_member(self.node_ns(node_id), f"p{i}", node_address(i))
             self._add_member(self.client_ns, "pc", CLIENT_ADDRESS)
-            _run(["ip", "netns", "exec", self.hub, "nft", "-f", "-"], stdin=self._ruleset(NetState()))
+            self._run_in(self.hub, ["nft", "-f", "-"], stdin=self._ruleset(NetState()))
         except BaseException:
             self.destroy()
             raise
@@ -178,6 +188,7 @@ class Lab:
         for proc in self._delayers:
             with contextlib.suppress(OSError):
                 proc.kill()
+            proc.communicate()  # reap it and close its pipes (SIGKILL cannot be ignored: no hang)
         self._delayers.clear()
         for name in reversed(self.created):
             _kill_namespace_processes(name)
@@ -200,7 +211,7 @@ class Lab:
             raise ValueError(f"unknown node ids in cuts: {sorted(unknown)}")
         if not 0 <= state.loss_percent <= 100:
             raise ValueError("loss_percent must be within 0..100")
-        _run(["ip", "netns", "exec", self.hub, "nft", "-f", "-"], stdin=self._ruleset(state))
+        self._run_in(self.hub, ["nft", "-f", "-"], stdin=self._ruleset(state))
         self.state = state
 
     def heal(self) -> None:
@@ -208,47 +219,61 @@ class Lab:
 
     def add_latency(self, delay_ms: float, jitter_ms: float = 0.0, seed: int | None = None) -> None:
         """Delay every node-to-node packet by delay_ms +- jitter_ms (both directions: each node
-        delays what it sends). Replaces any latency already in place."""
-        from raftkv.chaos.delayer import install_rules
-
+        delays what it sends). Replaces any latency already in place. All or nothing: if a
+        delayer or a rule fails, what was added is removed and RuntimeError says why."""
         if shutil.which("iptables") is None:
             raise LabUnavailable("added latency needs `iptables` (Debian package iptables) for its NFQUEUE target")
         self.remove_latency()
-        for i, node in enumerate(self.node_ids):
-            ns = self.node_ns(node)
-            # Run by path, not `-m raftkv.chaos.delayer`: it imports nothing of raftkv, and skipping
-            # the package's imports (aiohttp, ...) makes it start in milliseconds, not a second.
-            cmd = [*self.exec_prefix(ns), sys.executable, str(Path(__file__).with_name("delayer.py")), "--queue", "0",
-                   "--delay-ms", str(delay_ms), "--jitter-ms", str(jitter_ms)]
-            if seed is not None:
-                cmd += ["--seed", str(seed + i)]
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
-            self._delayers.append(proc)
-            # Rules only once the queue is bound: until then --queue-bypass lets packets through
-            # undelayed, and a test measuring right after add_latency() would see no latency.
-            ready = _read_line(proc, DELAYER_START_TIMEOUT_S)
-            if ready != "ready":
-                raise RuntimeError(f"the delayer in {ns} did not start (said {ready!r}, exit {proc.poll()})")
-            install_rules(ns, [self.address(n) for n in self.node_ids if n != node])
+        try:
+            for i, node in enumerate(self.node_ids):
+                self._start_delayer(node, delay_ms, jitter_ms, None if seed is None else seed + i)
+                # Rules only once the queue is bound: until then --queue-bypass lets packets through
+                # undelayed, and a test measuring right after add_latency() would see no latency.
+                self._latency_rules(node, "-A", check=True)
+        except BaseException:
+            self.remove_latency()
+            raise
 
     def remove_latency(self) -> None:
-        from raftkv.chaos.delayer import remove_rules
-
         if self._delayers:  # (appended before each delayer's rules go in)
             for node in self.node_ids:
-                remove_rules(self.node_ns(node), [self.address(n) for n in self.node_ids if n != node])
+                # Not checked: a node whose delayer failed to start has no rules to delete.
+                self._latency_rules(node, "-D", check=False)
         for proc in self._delayers:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
         self._delayers.clear()
+
+    def _start_delayer(self, node: str, delay_ms: float, jitter_ms: float, seed: int | None) -> None:
+        """Start `node`'s delayer and return once it has bound its queue; RuntimeError if it cannot."""
+        ns = self.node_ns(node)
+        # Run by path, not `-m raftkv.chaos.delayer`: it imports nothing of raftkv, and skipping
+        # the package's imports (aiohttp, ...) makes it start in milliseconds, not a second.
+        cmd = [*self.exec_prefix(ns), sys.executable, str(Path(__file__).with_name("delayer.py")),
+               "--queue", str(LATENCY_QUEUE), "--delay-ms", str(delay_ms), "--jitter-ms", str(jitter_ms)]
+        if seed is not None:
+            cmd += ["--seed", str(seed)]
+        # stderr is a pipe nobody reads while the delayer runs: it writes there only when it exits.
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        self._delayers.append(proc)
+        said = _read_line(proc, DELAYER_START_TIMEOUT_S)
+        if said != "ready":
+            errors = _stop(proc)
+            raise RuntimeError(f"the delayer in {ns} did not start (said {said!r}, exit {proc.returncode}): "
+                               f"{errors or 'no error output'}")
+
+    def _latency_rules(self, node: str, action: str, check: bool) -> None:
+        """Append (-A) or delete (-D) the rules handing `node`'s packets for other nodes to its
+        delayer; clients keep an undelayed path, as with the nft cuts."""
+        for other in self.node_ids:
+            if other != node:
+                self._run_in(self.node_ns(node), [
+                    "iptables", "-t", "mangle", action, "OUTPUT", "-d", self.address(other),
+                    "-j", "NFQUEUE", "--queue-num", str(LATENCY_QUEUE), "--queue-bypass"], check=check)
 
     def rules_text(self) -> str:
         """The hub's live ruleset, as nft lists it (for tests and debugging)."""
-        return _run(["ip", "netns", "exec", self.hub, "nft", "list", "table", "bridge", NFT_TABLE]).stdout
+        return self._run_in(self.hub, ["nft", "list", "table", "bridge", NFT_TABLE]).stdout
 
     def _ruleset(self, state: NetState) -> str:
         lines = [
@@ -277,6 +302,18 @@ def _read_line(proc: subprocess.Popen, timeout_s: float) -> str:
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
     return proc.stdout.readline().strip() if ready else ""
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    """Stop a child (SIGTERM, SIGKILL if it lingers), reap it, and return its stderr. Idempotent."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        _, errors = proc.communicate(timeout=DELAYER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, errors = proc.communicate()
+    return (errors or "").strip()
 
 
 def _new_tag() -> str:
