@@ -157,6 +157,25 @@ def test_writes_move_commit_latency_and_fsync_counts(three: LocalCluster) -> Non
     )
     assert moved("raft_wal_fsync_seconds", "raft_wal_fsync_seconds_count") >= 1
     assert moved("raft_http_requests", "raft_http_requests_total") >= writes
+
+    # A write sent to a follower is forwarded: the leader times its commit (so the leader's
+    # figures, which the dashboard charts, are the cluster's), the follower its client's wait.
+    follower = next(m.id for m in three.members if m.id != leader)
+    leader_before, follower_before = scrape(three.url(leader)), scrape(three.url(follower))
+    for i in range(writes):
+        status, body = http("PUT", three.url(follower) + f"/kv/forwarded-{i}", {"value": i})
+        assert status == 200 and body["forwardedBy"] == follower, body
+    leader_after, follower_after = scrape(three.url(leader)), scrape(three.url(follower))
+
+    def delta(fams_after: dict, fams_before: dict, family: str, sample: str) -> float:
+        return total(fams_after, family, sample) - total(fams_before, family, sample)
+
+    commit = ("raft_propose_to_commit_seconds", "raft_propose_to_commit_seconds_count")
+    applied = ("raft_propose_to_apply_seconds", "raft_propose_to_apply_seconds_count")
+    assert delta(leader_after, leader_before, *commit) >= writes
+    assert delta(follower_after, follower_before, *commit) == 0
+    assert delta(follower_after, follower_before, *applied) >= writes
+    assert delta(follower_after, follower_before, "raft_proposals", "raft_proposals_total") >= writes
     # Followers fsync what they replicate too.
     for m in three.members:
         if m.id != leader:

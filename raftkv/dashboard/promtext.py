@@ -3,11 +3,12 @@
 Theory of operation
 -------------------
 Each node exposes cumulative counters and histograms. The dashboard polls them about once a
-second and turns two consecutive samples into rates over that interval: writes applied per
+second and turns two consecutive samples into rates over that interval: writes committed per
 second, the median and 99th percentile of propose-to-commit latency (from the histogram's bucket
 deltas, the same way Prometheus' `histogram_quantile` interpolates), and the seconds this node
-spent without knowing a leader. A counter that went down means the node restarted; that interval
-is skipped instead of charting a negative rate.
+spent without knowing a leader. The leader times every write it commits, whichever node its
+client sent it to, so the leader's figures are the cluster's. A counter that went down means
+the node restarted; that interval is skipped instead of charting a negative rate.
 """
 
 from __future__ import annotations
@@ -94,9 +95,9 @@ class RateTracker:
         self.last, self.last_t = sample, t
         if before is None or t <= before_t:
             return None
-        applied = value(sample, "raft_proposals_total", outcome="applied")
-        applied_before = value(before, "raft_proposals_total", outcome="applied")
-        if applied < applied_before:
+        committed = value(sample, "raft_propose_to_commit_seconds_count")
+        committed_before = value(before, "raft_propose_to_commit_seconds_count")
+        if committed < committed_before:
             return None  # the node restarted: its counters began again from zero
         dt = t - before_t
         commit = _delta_buckets(buckets(sample, "raft_propose_to_commit_seconds"),
@@ -105,7 +106,7 @@ class RateTracker:
         leaderless = value(sample, "raft_leaderless_seconds_total") - value(before, "raft_leaderless_seconds_total")
         return {
             "interval": round(dt, 3),
-            "writesPerSecond": round((applied - applied_before) / dt, 2),
+            "writesPerSecond": round((committed - committed_before) / dt, 2),
             "commitP50Ms": None if p50 is None else round(p50 * 1000, 2),
             "commitP99Ms": None if p99 is None else round(p99 * 1000, 2),
             "leaderlessSeconds": round(max(0.0, leaderless), 3),

@@ -34,6 +34,7 @@ worker thread, so a large state machine does not stall elections.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -135,6 +136,8 @@ class RaftNode:
         self._proposals: list[Proposal] = []
         self._reads: list[asyncio.Future[None]] = []
         self._waiting_proposals: dict[int, Waiting] = {}  # by log index
+        # The leader's proposals not yet committed, for propose-to-commit: (first, last, proposed at).
+        self._uncommitted: collections.deque[tuple[int, int, float]] = collections.deque()
         # ticket -> (leader, [(future, proposed at)], deadline): forwarded, not yet placed
         self._forwarded: dict[int, tuple[str, list[tuple[asyncio.Future[dict], float]], float]] = {}
         self._tickets = itertools.count(1)
@@ -473,6 +476,7 @@ class RaftNode:
             self.transport.send([ProposeAnswer(src=self.id, dst=m.src, term=self.core.term, ticket=m.ticket, index=0,
                                                error=str(e) or type(e).__name__) for m in forwards])
             return
+        self._uncommitted.append((first, first + len(datas) - 1, time.monotonic()))
         # The answers leave before the entries' AppendRequests on the same links, so they arrive first.
         answers, index = [], first
         for m in forwards:
@@ -628,13 +632,16 @@ class RaftNode:
         return False
 
     def _note_commits(self, entries: list[Entry]) -> None:
-        if not self._waiting_proposals:
-            return
+        """Propose-to-commit of this leader's proposals that `entries` committed: each write is
+        timed once, by the leader, wherever its client sent it."""
+        pending, last = self._uncommitted, entries[-1].index
         now = time.monotonic()
-        for e in entries:
-            waiting = self._waiting_proposals.get(e.index)
-            if waiting is not None and waiting[0] == e.term:
-                self.metrics.commit_seconds.observe(now - waiting[2])
+        while pending and pending[0][0] <= last:
+            first, end, proposed = pending.popleft()
+            if end > last:  # the rest of that proposal commits later
+                pending.appendleft((last + 1, end, proposed))
+                end = last
+            self.metrics.commit_seconds.observe(now - proposed, end - first + 1)
 
     def _note_read_states(self, rd: Ready) -> None:
         now = time.monotonic()
@@ -719,6 +726,8 @@ class RaftNode:
         soft = rd.soft_state
         assert soft is not None
         self.metrics.on_soft_state(soft.role, soft.leader_id, soft.term, self._leader)
+        if soft.role is not Role.LEADER:
+            self._uncommitted.clear()  # another leader commits (or replaces) them now
         if soft.leader_id != self._leader:
             log.info("leader node=%s term=%d leader=%s role=%s", self.id, soft.term, soft.leader_id, soft.role.value)
             if (old := self._leader) is not None:  # a client must not wait out the timeout on a dead leader

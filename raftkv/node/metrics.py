@@ -40,9 +40,9 @@ class LoopHistogram:
         self._sum = 0.0
         registry.register(self)
 
-    def observe(self, value: float) -> None:
-        self._counts[bisect_left(self._bounds, value)] += 1  # the first bucket with value <= le
-        self._sum += value
+    def observe(self, value: float, times: int = 1) -> None:
+        self._counts[bisect_left(self._bounds, value)] += times  # the first bucket with value <= le
+        self._sum += value * times
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(self.name, self.documentation)
@@ -111,7 +111,9 @@ class NodeMetrics:
         self.proposals_lost = self.proposals.labels("lost")
         self.proposals_unknown = self.proposals.labels("unknown")
         self.commit_seconds = LoopHistogram(
-            "raft_propose_to_commit_seconds", "From propose to commit on the leader", FAST_BUCKETS, r
+            "raft_propose_to_commit_seconds",
+            "On the leader, from proposing a write (its own or one a follower forwarded) to its commit",
+            FAST_BUCKETS, r
         )
         self.apply_seconds = LoopHistogram(
             "raft_propose_to_apply_seconds", "From propose to applied on the node that took the write", FAST_BUCKETS, r
