@@ -336,13 +336,13 @@ def test_cli_put_get_and_status_table(cluster: LocalCluster) -> None:
     rows = {row["nodeId"]: row for row in json.loads(out.stdout)}
     leader = next(n for n, row in rows.items() if row["state"] == "leader")
     headline = rows[leader]["metrics"]
-    # The leader won an election and knows its followers' lag; every node fsynced the write
-    # above, and the node that took it (the first endpoint, maybe forwarding it) timed its commit.
+    # The leader won an election, knows its followers' lag and timed the commit of the write
+    # above (whichever node took it); every node fsynced that write.
     assert headline["electionsStarted"] >= 1 and headline["leaderChanges"] >= 1, headline
     assert headline["maxLagEntries"] is not None and headline["maxLagEntries"] >= 0, headline
+    assert headline["commitMeanMs"] > 0, headline
     assert all(row["metrics"]["fsyncMeanMs"] > 0 for row in rows.values()), rows
-    assert rows["node1"]["metrics"]["commitMeanMs"] > 0, rows["node1"]["metrics"]
-    table_row = next(line for line in lines if f" {leader} " in line).split()
+    table_row = next(row for row in (line.split() for line in lines[1:]) if row[1] == leader)
     assert table_row[-5:-3] == [f"{headline['electionsStarted']:g}", f"{headline['leaderChanges']:g}"], table_row
 
 
