@@ -64,7 +64,7 @@ class NodeConfig:
     pre_vote: bool = True
     check_quorum: bool = True
     read_mode: ReadMode = ReadMode.SAFE
-    snapshot_every: int = 10_000  # applied entries between snapshots
+    snapshot_every: int = 100_000  # applied entries between snapshots
     snapshot_retain_entries: int = 1_000  # kept after a snapshot so briefly lagging peers need no snapshot
     proposal_timeout_s: float = 5.0
     read_timeout_s: float = 5.0
