@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raftkv.supervisor import loopback_members  # raftkv is imported after bench.pin has pinned it
+from raftkv.node.config import Member  # raftkv is imported after bench.pin has pinned it
+from raftkv.supervisor import loopback_members
 
 REPLY_TIMEOUT_S = 60.0
 KEYS = 10_000
@@ -46,15 +47,14 @@ PYSYNCOBJ_VARIANTS = {
 # ================================================================ node processes (children) =====
 
 
-def _raftkv_child(idx: int, ports: list[tuple[int, int]], data_dir: str, conn: Any, variant: str) -> None:
+def _raftkv_child(idx: int, members: list[Member], data_dir: str, conn: Any, variant: str) -> None:
     from raftkv.core import Role
     from raftkv.kv import Put
-    from raftkv.node.config import Member, NodeConfig
+    from raftkv.node.config import NodeConfig
     from raftkv.node.driver import RaftNode
     from raftkv.node.server import tune_gc
 
-    members = {f"node{i + 1}": Member(f"node{i + 1}", "127.0.0.1", h, r) for i, (h, r) in enumerate(ports)}
-    cfg = NodeConfig(node_id=f"node{idx + 1}", data_dir=Path(data_dir), members=members)
+    cfg = NodeConfig(node_id=members[idx].id, data_dir=Path(data_dir), members={m.id: m for m in members})
 
     async def load(node: RaftNode, inflight: int, duration_s: float, value_bytes: int) -> dict:
         value = "x" * value_bytes
@@ -119,7 +119,7 @@ def _raftkv_child(idx: int, ports: list[tuple[int, int]], data_dir: str, conn: A
         asyncio.run(main())
 
 
-def _pysyncobj_child(idx: int, ports: list[tuple[int, int]], data_dir: str, conn: Any, variant: str) -> None:
+def _pysyncobj_child(idx: int, members: list[Member], data_dir: str, conn: Any, variant: str) -> None:
     from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
     class KV(SyncObj):
@@ -131,7 +131,7 @@ def _pysyncobj_child(idx: int, ports: list[tuple[int, int]], data_dir: str, conn
         def set(self, key: str, value: str) -> None:
             self._data[key] = value
 
-    addrs = [f"127.0.0.1:{p}" for p, _ in ports]
+    addrs = [f"{m.host}:{m.http_port}" for m in members]
     conf = SyncObjConf(**PYSYNCOBJ_VARIANTS[variant])
     obj = KV(addrs[idx], [a for i, a in enumerate(addrs) if i != idx], conf)
     manual = not conf.autoTick
@@ -218,19 +218,19 @@ class EmbeddedCluster:
     def __init__(self, kind: str, base_dir: Path, variant: str = "", nodes: int = 3) -> None:
         self.kind = kind
         self.variant = variant
-        self.ports = [(m.http_port, m.raft_port) for m in loopback_members(nodes)]
+        self.members = loopback_members(nodes)
         self.base_dir = base_dir
         self.procs: list[Any] = []
         self.conns: list[Any] = []
 
     def start(self, timeout_s: float = 30.0) -> EmbeddedCluster:
         ctx = mp.get_context("spawn")
-        for i in range(len(self.ports)):
+        for i in range(len(self.members)):
             parent, child = ctx.Pipe()
             data = self.base_dir / f"{self.kind}-{self.variant or 'default'}-{i + 1}"
             data.mkdir(parents=True, exist_ok=True)
             p = ctx.Process(
-                target=CHILDREN[self.kind], args=(i, self.ports, str(data), child, self.variant), daemon=True
+                target=CHILDREN[self.kind], args=(i, self.members, str(data), child, self.variant), daemon=True
             )
             p.start()
             self.procs.append(p)

@@ -266,11 +266,13 @@ def status(endpoints: str, as_json: bool) -> None:
                         rows.append({"url": ep, "problem": "bad /raft-state", "error": str(state)})
                         continue
                     _, text = await c.request("GET", "/metrics", endpoint=ep)
-                    state["metrics"] = _headline_metrics(text if isinstance(text, str) else json.dumps(text))
+                    if not isinstance(text, str):  # a JSON answer is an error, not metrics
+                        raise ValueError(f"/metrics answered {text!r}")
+                    state["metrics"] = _headline_metrics(text)
                     rows.append(state)
                 except ClusterUnreachableError as e:
                     rows.append({"url": ep, "problem": "unreachable", "error": str(e)})
-                except ValueError as e:  # prometheus_client's parser: not Prometheus text
+                except ValueError as e:  # not Prometheus text (prometheus_client's parser says so too)
                     rows.append({"url": ep, "problem": "bad /metrics", "error": str(e)})
         return rows
 

@@ -112,7 +112,6 @@ def test_kill_the_leader_writes_go_on_and_the_killed_node_catches_up_through_a_s
     assert len(set(digests(cluster).values())) == 1
 
 
-
 def test_one_write_at_a_time_costs_each_node_one_fsync_not_two(cluster: LocalCluster) -> None:
     """Group commit's floor: a lone write is fsynced once per node (its entry). Learning that it
     committed moves only the commit index, which waits for the next fsync instead of costing its
@@ -127,6 +126,7 @@ def test_one_write_at_a_time_costs_each_node_one_fsync_not_two(cluster: LocalClu
     time.sleep(0.5)  # the last commit index reaches the followers with a heartbeat
     syncs = {n: cluster.state(n)["storage"]["syncs_total"] - before[n] for n in cluster.urls}
     assert all(writes <= s <= writes + 5 for s in syncs.values()), syncs
+
 
 def test_every_node_restarted_from_disk_keeps_every_acknowledged_write(cluster: LocalCluster) -> None:
     cluster.wait_for_leader()

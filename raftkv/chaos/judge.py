@@ -227,19 +227,19 @@ def _check_final(ops: list[Operation], written: _ValueWriters, j: Judgement) -> 
         j.final_values[key] = final
         # Failed writes count as producers here: one that took effect anyway is reported by
         # `_check_failed_writes`, and must not also make its value look like a phantom.
-        by_value = written.get(key, {})
-        producers = [ops[i] for i in by_value.get(canonical_json(final), [])]
+        by_value, final_text = written.get(key, {}), canonical_json(final)
+        producers = [ops[i] for i in by_value.get(final_text, [])]
         if final is not None and not producers:
-            j.lost_writes.append(f"{key}: final value {canonical_json(final)} was never written (phantom)")
+            j.lost_writes.append(f"{key}: final value {final_text} was never written (phantom)")
             continue
-        for w in (ops[i] for i in sorted(i for ids in by_value.values() for i in ids)):
-            if w.outcome != "ok" or canonical_json(w.value) == canonical_json(final):
+        for w in (ops[i] for i in sorted(i for text, ids in by_value.items() if text != final_text for i in ids)):
+            if w.outcome != "ok":
                 continue
             later = [p for p in producers
                      if p.outcome != "ok" or p.complete_time is None or p.complete_time >= w.invoke_time]
             if not later:
                 j.lost_writes.append(
-                    f"{key}: {w.describe()} was acknowledged, but every node ends with {canonical_json(final)}, "
+                    f"{key}: {w.describe()} was acknowledged, but every node ends with {final_text}, "
                     "which was written before it")
 
 

@@ -510,10 +510,19 @@ class RaftNode:
         """504 for forwarded writes whose answer will not come: they may or may not have reached
         the leader's log, and may yet commit."""
         for ticket in tickets:
-            for fut, _ in self._forwarded.pop(ticket)[1]:
-                if not fut.done():
-                    self.metrics.proposals_unknown.inc()
-                    fut.set_exception(OutcomeUnknownError(why))
+            self._give_up([fut for fut, _ in self._forwarded.pop(ticket)[1]], why)
+
+    def _give_up(self, futures: list[asyncio.Future[dict]], why: str) -> None:
+        """504 for writes this node stops waiting for: their outcome is unknown to it."""
+        for fut in futures:
+            if not fut.done():
+                self.metrics.proposals_unknown.inc()
+                fut.set_exception(OutcomeUnknownError(why))
+
+    def _not_applied(self, fut: asyncio.Future[dict]) -> None:
+        """503 for a write whose index now holds another term's entry: it will never be applied."""
+        self.metrics.proposals_lost.inc()
+        fut.set_exception(NoQuorumError("leadership changed before the write committed; it was not applied"))
 
     def _wait_for(self, index: int, waiting: Waiting) -> None:
         """Wait for the entry of `waiting`'s term at `index`. A write still waiting there from an
@@ -521,8 +530,7 @@ class RaftNode:
         there (Leader Completeness), so that write was definitely not applied."""
         old = self._waiting_proposals.get(index)
         if old is not None and old[0] != waiting[0] and not old[1].done():
-            self.metrics.proposals_lost.inc()
-            old[1].set_exception(NoQuorumError("leadership changed before the write committed; it was not applied"))
+            self._not_applied(old[1])
         self._waiting_proposals[index] = waiting
 
     def _hand_out_readies(self) -> None:
@@ -627,8 +635,7 @@ class RaftNode:
             self.metrics.apply_seconds.observe(time.monotonic() - started)
             fut.set_result(result if leader is None else {**result, FORWARDED_TO: leader})
             return True
-        self.metrics.proposals_lost.inc()
-        fut.set_exception(NoQuorumError("leadership changed before the write committed; it was not applied"))
+        self._not_applied(fut)
         return False
 
     def _note_commits(self, entries: list[Entry]) -> None:
@@ -676,15 +683,8 @@ class RaftNode:
             await asyncio.sleep(DEADLINE_SWEEP_S)
             now = time.monotonic()
             expired = [i for i, w in self._waiting_proposals.items() if w[3] <= now]
-            for index in expired:
-                fut = self._waiting_proposals.pop(index)[1]
-                if not fut.done():
-                    self.metrics.proposals_unknown.inc()
-                    fut.set_exception(
-                        OutcomeUnknownError(
-                            f"not applied within {self.cfg.proposal_timeout_s} s; it may or may not have been applied"
-                        )
-                    )
+            self._give_up([self._waiting_proposals.pop(i)[1] for i in expired],
+                          f"not applied within {self.cfg.proposal_timeout_s} s; it may or may not have been applied")
             self._give_up_forwards([t for t, w in self._forwarded.items() if w[2] <= now],
                                    "forwarded to the leader, and no answer came in time")
             for ctx in [c for c, w in self._waiting_reads.items() if w[2] <= now]:
