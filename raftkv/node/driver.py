@@ -70,7 +70,7 @@ from raftkv.transport import ALL_PEERS, LinkFaults, TcpTransport, make_mtls_cont
 from .config import NodeConfig
 from .errors import NoQuorumError, NotLeaderError, OutcomeUnknownError
 from .metrics import NodeMetrics
-from .observe import EventHub
+from .observe import EventHub, kv_preview
 
 log = logging.getLogger("raftkv.node")
 
@@ -370,11 +370,7 @@ class RaftNode:
                 self.hub.publish(self._status_event())
 
     def _status_event(self) -> dict:
-        return {"type": "status", "state": self.raft_state(), "kv": self._kv_preview()}
-
-    def _kv_preview(self, limit: int = 50) -> dict:
-        items, more = self.kv.range("", limit)
-        return {"items": {k: v.value for k, v in items}, "more": more, "count": len(self.kv)}
+        return {"type": "status", "state": self.raft_state(), "kv": kv_preview(self.kv)}
 
     # ================================================================ the loop ==================
 

@@ -15,7 +15,15 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
+from raftkv.kv import KVStateMachine
+
 SUBSCRIBER_QUEUE_EVENTS = 2048
+
+
+def kv_preview(kv: KVStateMachine, limit: int = 50) -> dict[str, Any]:
+    """The part of the state machine a status event shows: its first keys and how many there are."""
+    items, more = kv.range("", limit)
+    return {"items": {k: v.value for k, v in items}, "more": more, "count": len(kv)}
 
 
 class EventHub:
