@@ -6,8 +6,9 @@ test make `propose` / `read_barrier` raise any node error. This tests the API's 
 validation, status mapping, forwarding, errors. The real node is exercised end to end elsewhere.
 
 Every test's requests are recorded through the node's `record_request` hook; the fixture then
-checks that each (route, method, status) seen is documented in /openapi.json, so the document
-cannot drift from the behaviour.
+checks that each (route, method, status) seen is documented in /openapi.json, and every JSON
+answer is validated against the schema the document gives for it (`checked_app`), so the
+document cannot drift from the behaviour.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -136,10 +138,36 @@ def assert_documented(requests: list[tuple[str, str, int]]) -> None:
             assert str(status) in documented, f"{method} {route} answered {status}, not in /openapi.json"
 
 
+def checked_app(node: FakeNode, **limits: int) -> web.Application:
+    """The API app with an outermost middleware that validates every JSON answer of a documented
+    operation against the schema /openapi.json gives for its status."""
+    app = create_app(node, **limits)
+    doc = openapi_document(**(limits or SMALL))
+
+    @web.middleware
+    async def validate(request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)
+        resource = request.match_info.route.resource
+        operation = doc["paths"].get(resource.canonical if resource else "", {}).get(request.method.lower())
+        if operation is None or not isinstance(response, web.Response) or response.content_type != "application/json":
+            return response
+        documented = operation["responses"].get(str(response.status))
+        assert documented is not None, f"{request.method} {resource.canonical} answered {response.status}, undocumented"
+        schema = documented["content"]["application/json"]["schema"]
+        try:
+            jsonschema.validate(json.loads(response.body), {**schema, "components": doc["components"]})
+        except jsonschema.ValidationError as exc:
+            raise AssertionError(f"{request.method} {request.path} {response.status}: {exc.message}") from None
+        return response
+
+    app.middlewares.insert(0, validate)
+    return app
+
+
 @pytest.fixture
 async def api() -> AsyncIterator[tuple[FakeNode, TestClient]]:
     node = FakeNode()
-    async with TestClient(TestServer(create_app(node, **SMALL))) as client:
+    async with TestClient(TestServer(checked_app(node, **SMALL))) as client:
         yield node, client
     assert_documented(node.requests)
 
@@ -320,10 +348,50 @@ async def test_idempotency_key_makes_retries_exactly_once(api: tuple[FakeNode, T
     node, client = api
     headers = {"Idempotency-Key": "req-42"}
     first = await call(client, "PUT", "/kv/a", {"value": 1}, headers=headers)
-    retry = await call(client, "PUT", "/kv/a", {"value": 2}, headers=headers)  # even with another body
-    assert first[0] == retry[0] == 200 and first[1]["revision"] == retry[1]["revision"] == 1
+    retry = await call(client, "PUT", "/kv/a", {"value": 1}, headers=headers)
+    assert first[0] == retry[0] == 200 and first[1] == retry[1] and first[1]["revision"] == 1
+    assert "Idempotent-Replayed" not in first[2] and retry[2]["Idempotent-Replayed"] == "true"
     assert node.kv.get("a").value == 1 and node.kv.revision == 1
     assert node.proposals[0].request_id == "req-42"
+    in_body = await call(client, "DELETE", "/kv/a", {"request_id": "req-43"})
+    assert in_body[0] == 200 and (await call(client, "DELETE", "/kv/a", {"request_id": "req-43"}))[1] == in_body[1]
+
+
+async def test_a_reused_request_key_is_422_naming_the_first_use_and_changes_nothing(
+        api: tuple[FakeNode, TestClient]) -> None:
+    """The first-hour report: a key reused for another request answered 200 with the earlier
+    result and silently dropped the new operation."""
+    node, client = api
+    assert (await call(client, "PUT", "/kv/a", {"value": 1}, headers={"Idempotency-Key": "k1"}))[0] == 200
+    status, body, _ = await call(client, "PUT", "/kv/b", {"value": 2}, headers={"Idempotency-Key": "k1"})
+    assert status == 422 and body["mismatch"] == "key" and body["first_use"] == {"op": "put", "key": "a"}
+    assert 'first used for a put of key "a"' in body["error"] and 'a put of key "b"' in body["error"]
+    assert (await call(client, "GET", "/kv/b"))[0] == 404
+    status, body, _ = await call(client, "DELETE", "/kv/a", raw='{"request_id": "k1"}',
+                                 headers={"Content-Type": "application/json"})
+    assert status == 422 and body["mismatch"] == "operation"
+    status, body, _ = await call(client, "PUT", "/kv/a", {"value": 3}, headers={"Idempotency-Key": "k1"})
+    assert status == 422 and body["mismatch"] == "body" and body["first_index"] == 1
+    status, body, _ = await call(client, "POST", "/txn", {"success": [{"op": "put", "key": "a", "value": 1}],
+                                                          "request_id": "k1"})
+    assert status == 422 and body["mismatch"] == "operation"
+    assert node.kv.get("a").value == 1 and node.kv.revision == 1
+    status, body, _ = await call(client, "PUT", "/kv/a", {"value": 1, "request_id": "k2"},
+                                 headers={"Idempotency-Key": "k1"})
+    assert status == 400 and "'k2'" in body["error"] and "'k1'" in body["error"]
+
+
+async def test_a_504_advises_a_retry_with_the_same_key_only_when_the_write_had_one(
+        api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    node.propose_error = OutcomeUnknownError("not applied within 5 s")
+    status, body, _ = await call(client, "PUT", "/kv/a", {"value": 1}, headers={"Idempotency-Key": "k9"})
+    assert status == 504 and "same Idempotency-Key ('k9')" in body["error"]
+    status, body, _ = await call(client, "POST", "/txn", {"request_id": "k10"})
+    assert status == 504 and "('k10')" in body["error"]
+    status, body, _ = await call(client, "PUT", "/kv/a", {"value": 1})
+    assert status == 504 and "Idempotency-Key" in body["error"] and "same Idempotency-Key" not in body["error"]
+    assert "read the key" in body["error"]
 
 
 # ---- bad input: 4xx, JSON, nothing proposed -------------------------------------------------------
@@ -400,7 +468,7 @@ async def test_bad_input_is_4xx_json_and_changes_nothing(
     method: str, path: str, raw: bytes | None, headers: dict, status: int, message: str
 ) -> None:
     node = FakeNode()
-    async with TestClient(TestServer(create_app(node, **SMALL))) as client:
+    async with TestClient(TestServer(checked_app(node, **SMALL))) as client:
         got, body, _ = await call(client, method, path, raw=raw, headers=headers)
     assert got == status, body
     assert message in body["error"] and body["node"] == "n1"
@@ -412,7 +480,7 @@ async def test_bad_input_is_4xx_json_and_changes_nothing(
 @pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")  # the test client's
 async def test_default_limits() -> None:
     node = FakeNode()
-    async with TestClient(TestServer(create_app(node))) as client:
+    async with TestClient(TestServer(checked_app(node))) as client:
         # Over aiohttp's own 1 MiB default but under our 2 MiB body limit: accepted.
         status, _, _ = await call(client, "PUT", "/kv/a", raw=b'{"value": 1}' + b" " * (3 << 19))
         assert status == 200
@@ -525,7 +593,8 @@ async def test_unexpected_exception_is_json_500_and_logged(
     record = next(r for r in caplog.records if r.name == "raftkv.api")
     assert record.exc_info is not None and record.event == "api.unhandled"  # type: ignore[attr-defined]
     assert (await call(client, "GET", "/health"))[0] == 200  # still serving
-    node.raft_state = lambda digest=False: {"nodeId": "n1", "voters": {"n1"}, "dir": PurePosixPath("/d")}  # type: ignore[method-assign]
+    node.raft_state = lambda digest=False: {  # type: ignore[method-assign]
+        **FakeNode.raft_state(node), "voters": {"n1"}, "dir": PurePosixPath("/d")}
     status, body, _ = await call(client, "GET", "/raft-state")  # not JSON types: shown, not a 500
     assert status == 200 and body["voters"] == ["n1"] and body["dir"] == "/d"
 
@@ -538,7 +607,7 @@ async def test_a_forwarded_write_names_the_leader_and_the_follower() -> None:
     took the write, "forwardedBy" this node, for answers and for errors alike."""
     follower = FakeNode("n2")
     follower.leader = follower.forwarded_to = "n1"
-    async with TestClient(TestServer(create_app(follower, **SMALL))) as client:
+    async with TestClient(TestServer(checked_app(follower, **SMALL))) as client:
         status, body, _ = await call(client, "PUT", "/kv/dir/a%20b", {"value": 1}, headers={"Idempotency-Key": "abc"})
         assert status == 200 and body["node"] == "n1" and body["forwardedBy"] == "n2" and body["revision"] == 1
         assert FORWARDED_TO not in body and follower.proposals[0].request_id == "abc"
@@ -642,7 +711,7 @@ async def test_watch_absent_is_501() -> None:
     class NoWatch(FakeNode):
         watch = None  # type: ignore[assignment]
 
-    async with TestClient(TestServer(create_app(NoWatch()))) as client:
+    async with TestClient(TestServer(checked_app(NoWatch()))) as client:
         status, body, _ = await call(client, "GET", "/watch")
     assert status == 501 and body["node"] == "n1"
 

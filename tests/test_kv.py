@@ -18,7 +18,9 @@ from raftkv.kv import (
     INVALID,
     NOT_FOUND,
     PRECONDITION_FAILED,
+    REQUEST_KEY_REUSED,
     UNSET,
+    Command,
     Compare,
     CompareOp,
     Delete,
@@ -290,13 +292,40 @@ def test_stock_is_never_oversold() -> None:
 
 def test_retried_request_returns_the_first_result_and_changes_nothing(kv: Replica) -> None:
     first = kv(Put("k", 1, request_id="req-1"))
-    again = kv(Put("k", 2, request_id="req-1"))  # a retry whose body differs still changes nothing
-    assert again == first and kv.sm.revision == 1 and kv.sm.get("k").value == 1
+    again = kv(Put("k", 1, request_id="req-1"))
+    assert again == {**first, "replayed": True} and kv.sm.revision == 1 and kv.sm.get("k").value == 1
     failed = kv(Put("k", 3, prev_value=42, request_id="req-2"))
     kv(Put("k", 42))
-    assert kv(Put("k", 3, prev_value=42, request_id="req-2")) == failed  # the answer was "failed"
+    assert kv(Put("k", 3, prev_value=42, request_id="req-2")) == {**failed, "replayed": True}  # it was "failed"
     t1 = kv(Txn((), (TxnPut("n", 1),), (), request_id="req-3"))
-    assert kv(Txn((), (TxnPut("n", 1),), (), request_id="req-3")) == t1 and kv.sm.revision == 3
+    assert kv(Txn((), (TxnPut("n", 1),), (), request_id="req-3")) == {**t1, "replayed": True}
+    assert kv.sm.revision == 3
+
+
+def test_a_retry_is_recognised_whatever_the_key_order_of_its_json_objects(kv: Replica) -> None:
+    kv(Put("k", {"a": 1, "b": [2, {"c": 3, "d": 4}]}, request_id="r"))
+    assert kv(Put("k", {"b": [2, {"d": 4, "c": 3}], "a": 1}, request_id="r"))["replayed"]
+    assert kv(Put("k", {"a": 1.0, "b": [2, {"c": 3, "d": 4}]}, request_id="r"))["mismatch"] == "body"
+
+
+@pytest.mark.parametrize(("reuse", "mismatch"), [
+    (Put("b", 1, request_id="k1"), "key"),
+    (Put("a", 2, request_id="k1"), "body"),
+    (Put("a", 1, prev_value=None, request_id="k1"), "body"),
+    (Delete("a", request_id="k1"), "operation"),
+    (Txn((), (TxnPut("a", 1),), (), request_id="k1"), "operation"),
+])
+def test_a_request_key_reused_for_another_request_is_refused_and_changes_nothing(
+        kv: Replica, reuse: Command, mismatch: str) -> None:
+    first = kv(Put("a", 1, request_id="k1"))
+    remembered = kv.sm.dedup_stats()
+    result = kv(reuse)
+    assert result["ok"] is False and result["error"] == REQUEST_KEY_REUSED
+    assert result["mismatch"] == mismatch and result["first_use"] == {"op": "put", "key": "a"}
+    assert result["first_index"] == 1 and result["request_id"] == "k1"
+    assert kv.sm.dedup_stats() == remembered
+    assert kv.sm.revision == 1 and kv.sm.get("b") is None and kv.sm.get("a").value == 1
+    assert kv(Put("a", 1, request_id="k1")) == {**first, "replayed": True}  # the true retry still works
 
 
 def test_dedup_eviction_is_oldest_first_and_identical_on_replicas() -> None:
@@ -304,13 +333,34 @@ def test_dedup_eviction_is_oldest_first_and_identical_on_replicas() -> None:
     for replica in (a, b):
         for i in range(4):
             replica(Put(f"k{i}", i, request_id=f"r{i}"))
-        replica(Put("k3", "retry", request_id="r3"))  # remembered: no effect
+        replica(Put("k3", 3, request_id="r3"))  # remembered: no effect
         replica(Put("k0", "again", request_id="r0"))  # r0 was evicted: applied as new
     assert a.sm.get("k3").value == 3 and a.sm.get("k0").value == "again"
     assert a.sm.digest() == b.sm.digest()
     restored = KVStateMachine(max_dedup_entries=3)
     restored.restore(a.sm.snapshot())
     assert Replica(restored)(Put("k1", "x", request_id="r1"))["revision"] == 6  # r1 is now evicted
+
+
+def test_dedup_table_is_bounded_in_bytes() -> None:
+    kv = Replica(KVStateMachine(max_dedup_bytes=10_000))
+    for i in range(5):
+        kv(Put(f"k{i}", "v" * 3000, request_id=f"r{i}"))  # each answer holds a 3,000-byte value
+    stats = kv.sm.dedup_stats()
+    assert stats["requestKeys"] == 3 and stats["bytes"] <= 10_000 and stats["oldestIndex"] == 3
+    assert kv(Put("k0", "v" * 3000, request_id="r0")).get("replayed") is None  # forgotten: a new write
+    restored = KVStateMachine(max_dedup_bytes=10_000)
+    restored.restore(kv.sm.snapshot())
+    assert restored.dedup_stats() == kv.sm.dedup_stats()
+
+
+def test_a_format_1_snapshot_restores_and_treats_any_reuse_of_its_ids_as_a_retry() -> None:
+    old_result = msgpack.packb({"ok": True, "op": "put", "key": "a", "value": 1, "revision": 1, "prev": None})
+    old = msgpack.packb([1, 1, 1, [["a", 1, 1, 1, 1]], [["k1", old_result]]])
+    sm = KVStateMachine()
+    sm.restore(old)
+    assert sm.get("a").value == 1 and sm.dedup_stats()["requestKeys"] == 1
+    assert Replica(sm)(Put("a", 2, request_id="k1"))["replayed"] and sm.get("a").value == 1
 
 
 # ---- ranges ------------------------------------------------------------------------------------

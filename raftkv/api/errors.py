@@ -17,7 +17,8 @@ Anything else is a bug, not bad input: it is logged with its traceback on logger
 a dropped connection. `asyncio.CancelledError` (the client went away) is never converted.
 
 503 means "definitely not done, retry"; 504 means "we stopped waiting, it may still happen": the
-difference is what a client needs to retry safely (with the same Idempotency-Key for 504).
+difference is what a client needs to retry safely: a 504 says to retry with the same
+Idempotency-Key when the write had one, and to read before writing again when it had none.
 
 The small parsers at the end (`parse_json`, `parse_command`, `check_query`, `query_flag`,
 `query_integer`) are the other source of errors: untrusted text in, a value or an ApiError 400 out.
@@ -38,12 +39,14 @@ from aiohttp import web
 from raftkv.kv import InvalidCommand
 from raftkv.node.errors import NodeError, NoQuorumError, NotLeaderError, OutcomeUnknownError
 
-__all__ = ["RETRY_AFTER_SECONDS", "ApiError", "check_query", "error_response", "json_response", "node_error",
-           "parse_command", "parse_json", "query_flag", "query_integer", "retry_later"]
+__all__ = ["REQUEST_ID_KEY", "RETRY_AFTER_SECONDS", "ApiError", "check_query", "error_response", "json_response",
+           "node_error", "parse_command", "parse_json", "query_flag", "query_integer", "retry_later"]
 
 log = logging.getLogger("raftkv.api")
 
 RETRY_AFTER_SECONDS = 1  # an election takes ~1 s with the default timeouts, so retry after that
+# On a write's request: its command's request_id, or None.
+REQUEST_ID_KEY: web.RequestKey[str | None] = web.RequestKey("request_id", str)
 
 _DECIMAL = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() also accepts "²" and "٣"
 _TRUE, _FALSE = frozenset({"", "1", "true", "yes"}), frozenset({"0", "false", "no"})
@@ -83,13 +86,18 @@ def retry_later(message: str, **fields: Any) -> ApiError:
     return ApiError(503, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, **fields)
 
 
-def node_error(exc: NodeError, *, reading: bool, leader: str | None) -> ApiError:
-    """The response for a node exception that reached the API."""
+def node_error(exc: NodeError, *, reading: bool, leader: str | None, request_id: str | None = None) -> ApiError:
+    """The response for a node exception that reached the API; `request_id` is the write's, if it had one."""
     if isinstance(exc, OutcomeUnknownError):
         if reading:
             return ApiError(504, f"timed out: the read could not be confirmed ({exc}); retry", leader=leader)
-        return ApiError(504, f"timed out: the write may or may not have been applied ({exc}); "
-                             "retry with the same Idempotency-Key to find out", leader=leader)
+        if request_id is not None:
+            advice = f"retry with the same Idempotency-Key ({request_id!r}) to find out: it is applied at most once"
+        else:
+            advice = ("read the key to find out before writing again (this request had no Idempotency-Key, so a "
+                      "blind retry could apply it twice)")
+        return ApiError(504, f"timed out: the write may or may not have been applied ({exc}); {advice}",
+                        leader=leader)
     if isinstance(exc, NotLeaderError):
         if exc.leader_id is None:
             return retry_later("no leader", leader=None)
@@ -127,7 +135,8 @@ def error_response(node: Any, request: web.Request, exc: Exception, max_body_byt
     if isinstance(exc, ApiError):
         err = exc
     elif isinstance(exc, NodeError):
-        err = node_error(exc, reading=request.method == "GET", leader=_leader(node))
+        err = node_error(exc, reading=request.method == "GET", leader=_leader(node),
+                         request_id=request.get(REQUEST_ID_KEY))
     elif isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc

@@ -41,6 +41,7 @@ import msgpack
 from aiohttp import web
 
 from raftkv.api.errors import (
+    REQUEST_ID_KEY,
     ApiError,
     check_query,
     error_response,
@@ -57,6 +58,7 @@ from raftkv.kv import (
     MAX_RANGE_LIMIT,
     NOT_FOUND,
     PRECONDITION_FAILED,
+    REQUEST_KEY_REUSED,
     Command,
     KVStateMachine,
     Txn,
@@ -76,6 +78,7 @@ DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 MAX_PARTITION_PEERS = 1000
 MAX_LINK_DELAY_MS = 10_000
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"  # on the answer to a retry: this is the first answer, again
 
 # First path segments that are never keys at the root (`/{key}`): today's routes plus names kept
 # for routes to come, so adding one later cannot silently shadow a user's key.
@@ -184,7 +187,7 @@ class _Api:
         body = await self._body(request, required=True)
         cmd = parse_command(put_from_json, key, body, _request_id(request))
         self._check_value_size(cmd.value, "value")
-        return self._result(await self.node.propose(cmd))
+        return await self._propose(request, cmd)
 
     async def delete_key(self, request: web.Request) -> web.StreamResponse:
         key = self._key(request)
@@ -195,7 +198,7 @@ class _Api:
                 raise ApiError(400, "prev_revision: given both in the query and in the body")
             body = {**(body or {}), "prev_revision": query_integer(query["prev_revision"], "prev_revision", 1)}
         cmd = parse_command(delete_from_json, key, body, _request_id(request))
-        return self._result(await self.node.propose(cmd))
+        return await self._propose(request, cmd)
 
     async def range(self, request: web.Request) -> web.StreamResponse:
         query = check_query(request, {"prefix", "limit", "stale"})
@@ -220,7 +223,7 @@ class _Api:
                     self._check_key_size(key, f"{name}[{i}].key")
                 if type(item) is TxnPut:
                     self._check_value_size(item.value, f"{name}[{i}].value")
-        return self._result(await self.node.propose(cmd))
+        return await self._propose(request, cmd)
 
     # ---- the node's own operations ---------------------------------------------------------------
 
@@ -346,6 +349,11 @@ class _Api:
             raise ApiError(400, f"body: unknown field {sorted(unknown)[0]!r} (allowed: {', '.join(allowed)})")
         return body
 
+    async def _propose(self, request: web.Request, cmd: Command) -> web.StreamResponse:
+        # Kept on the request so that a 504 can say whether a retry is safe (errors.node_error).
+        request[REQUEST_ID_KEY] = cmd.request_id
+        return self._result(await self.node.propose(cmd))
+
     def _result(self, result: Mapping[str, Any]) -> web.StreamResponse:
         """The answer for a write's state machine result; a forwarded write names both nodes."""
         via = result.get(FORWARDED_TO)
@@ -353,10 +361,18 @@ class _Api:
         if via is not None:
             where.update(node=via, forwardedBy=self.node.id)
         if result.get("ok"):
-            payload = {k: v for k, v in result.items() if k not in ("ok", FORWARDED_TO)}
+            payload = {k: v for k, v in result.items() if k not in _NOT_ANSWERED}
             payload.update(where)
-            return json_response(self.node.id, payload)
+            return json_response(self.node.id, payload,
+                                 headers={REPLAYED_HEADER: "true"} if result.get("replayed") else None)
         error = result.get("error")
+        if error == REQUEST_KEY_REUSED:
+            first, this = result["first_use"], {"op": result.get("op"), "key": result.get("key")}
+            rid, mismatch = result.get("request_id"), result.get("mismatch")
+            raise ApiError(422, f"Idempotency-Key {rid!r} was first used for {_described(first)}, but this request "
+                                f"is {_described(this)} (the {mismatch} differs). Nothing was done: use a new key "
+                                "for a new request", request_id=rid, mismatch=mismatch, first_use=first,
+                           first_index=result.get("first_index"), **where)
         if error == PRECONDITION_FAILED:
             raise ApiError(412, f"precondition failed: {result.get('reason')}", key=result.get("key"),
                            reason=result.get("reason"), current=result.get("current"),
@@ -366,6 +382,16 @@ class _Api:
         if error == INVALID:  # validated before proposing, so only a newer/buggy peer gets here
             raise ApiError(400, str(result.get("message") or "invalid command"), **where)
         raise RuntimeError(f"unexpected state machine result: {result!r}")
+
+
+_NOT_ANSWERED = ("ok", "replayed", FORWARDED_TO)  # result fields that are the node's business, not the client's
+
+
+def _described(use: Mapping[str, Any]) -> str:
+    """'a put of key "a"' for a request_key_reused result's first_use."""
+    if use.get("key") is None:
+        return f"a {use.get('op')}"
+    return f"a {use.get('op')} of key {json.dumps(use['key'], ensure_ascii=False)}"
 
 
 def _peers(body: dict[str, Any]) -> list[str] | None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from raftkv.kv import DEFAULT_MAX_DEDUP_BYTES, DEFAULT_MAX_DEDUP_ENTRIES, MAX_REQUEST_ID_CHARS
+
 __all__ = ["openapi_document"]
 
 _JSON = "application/json"
@@ -45,7 +47,18 @@ def _e504(what: str) -> dict[str, Any]:
     return _err(f"Timed out: {what}")
 
 
-_E504_WRITE = _e504("the write may or may not have been applied. Retry with the same Idempotency-Key.")
+_E504_WRITE = _e504("the write may or may not have been applied. Retry with the same Idempotency-Key if it had one "
+                    "(it is applied at most once); without one, read the key before writing again.")
+_E422 = _json(_ref("RequestKeyReused"), "The Idempotency-Key (request_id) was first used for another request (another "
+                                         "operation, key or body); nothing was done.")
+_REPLAYED = {"Idempotent-Replayed": {"schema": {"const": "true"},
+                                     "description": "Present on the answer to a retry: this is the first answer, "
+                                                    "again; nothing was done now."}}
+
+
+def _done(schema: str, description: str) -> dict[str, Any]:
+    """A write's 200, which may be a retry's replayed first answer."""
+    return {**_json(_ref(schema), description), "headers": _REPLAYED}
 _E504_READ = _e504("the read could not be confirmed as linearizable. Retry.")
 
 
@@ -65,9 +78,12 @@ _KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "strin
         "description": "The key; may contain '/' (percent-encode '?' and '#')."}
 _STALE = {"name": "stale", "in": "query", "schema": {"type": "boolean", "default": False},
           "description": "Read this node's local state without a ReadIndex barrier (may be stale)."}
-_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 256},
-                "description": "Becomes the command's request_id: a retry with the same key is applied at most "
-                               "once and returns the first result."}
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
+                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_REQUEST_ID_CHARS},
+                "description": "Becomes the command's request_id: a retry (same key, same operation, key and body) is "
+                               "applied at most once and returns the first answer; the same key for a different "
+                               f"request is 422. The last {DEFAULT_MAX_DEDUP_ENTRIES:,} keys (at most "
+                               f"{DEFAULT_MAX_DEDUP_BYTES >> 20} MiB of answers) are remembered."}
 _PREV_REVISION_Q = {"name": "prev_revision", "in": "query", "schema": {"type": "integer", "minimum": 1},
                     "description": "Delete only if the key's mod_revision equals this (also accepted in the body)."}
 
@@ -83,7 +99,7 @@ def _key_ops(root: bool, limits: dict[str, int]) -> dict[str, Any]:
     too_large_key = _err(f"The key is longer than {limits['key']} bytes of UTF-8.")
     write_common = {"413": _err(f"Key over {limits['key']} bytes, value over {limits['value']} bytes encoded, "
                                 f"or body over {limits['body']} bytes."),
-                    "503": _E503, "504": _E504_WRITE}
+                    "422": _E422, "503": _E503, "504": _E504_WRITE}
     params = [_KEY]
     return {
         "get": _op("Read a key (linearizable unless stale=true)", {
@@ -94,13 +110,13 @@ def _key_ops(root: bool, limits: dict[str, int]) -> dict[str, Any]:
             description=note + "A follower asks the leader for the read index (ReadIndex), then answers from its "
                                "own state once it has applied that far."),
         "put": _op("Write a key (compare-and-set with prev_*)", {
-            "200": _json(_ref("PutResult"), "Committed and applied."),
+            "200": _done("PutResult", "Committed and applied."),
             "400": _E400, "412": _E412, **write_common, **extra},
             parameters=[*params, _IDEMPOTENCY], body=_ref("PutRequest"),
             description=note + "Answered only after commit and apply; a follower forwards the write to the "
                                  "leader over the Raft link and answers once it has applied it too."),
         "delete": _op("Delete a key", {
-            "200": _json(_ref("DeleteResult"), "Deleted."),
+            "200": _done("DeleteResult", "Deleted."),
             "400": _E400, "404": _E404_KEY, "412": _E412, **write_common, **extra},
             parameters=[*params, _IDEMPOTENCY, _PREV_REVISION_Q], body=_ref("DeleteRequest"), body_required=False,
             description=note + "The body is optional."),
@@ -125,6 +141,14 @@ def _schemas() -> dict[str, Any]:
         "Error": {"type": "object", "required": ["error", "node"],
                   "properties": {"error": {"type": "string"}, **answered}, "additionalProperties": True},
         "KeyValue": kv,
+        "RequestKeyReused": {"type": "object", "required": ["error", "request_id", "mismatch", "first_use", "node"],
+                             "properties": {
+                                 "error": {"type": "string"}, "request_id": {"type": "string"},
+                                 "mismatch": {"enum": ["operation", "key", "body"]},
+                                 "first_use": {"type": "object", "required": ["op", "key"], "properties": {
+                                     "op": {"enum": ["put", "delete", "txn"]}, "key": {"type": ["string", "null"]}}},
+                                 "first_index": {"type": "integer", "description": "The log index of the first use."},
+                                 **answered}},
         "PreconditionFailed": {"type": "object", "required": ["error", "key", "reason", "current", "revision"],
                                "properties": {"error": {"type": "string"}, "key": {"type": "string"},
                                               "reason": {"type": "string"}, "current": nullable_kv,
@@ -215,9 +239,9 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
                          "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
                         _STALE])},
         "/txn": {"post": _op("Atomic transaction, like etcd's Txn", {
-            "200": _json(_ref("TxnResult"), "Applied: the success ops if every compare held, else the failure ops."),
+            "200": _done("TxnResult", "Applied: the success ops if every compare held, else the failure ops."),
             "400": _E400, "413": _err("A key, value or the body is over its limit."),
-            "503": _E503, "504": _E504_WRITE},
+            "422": _E422, "503": _E503, "504": _E504_WRITE},
             parameters=[_IDEMPOTENCY], body=_ref("TxnRequest"))},
         "/raft-state": {"get": _op("This node's Raft state (the seed's fields and more)", {
             "200": _json(_ref("RaftState"), "Role, term, log, commit/apply indexes, peers' progress, faults."),

@@ -8,6 +8,7 @@ from raftkv.kv.commands import (
     DEFAULT_RANGE_LIMIT,
     MAX_KEY_CHARS,
     MAX_RANGE_LIMIT,
+    MAX_REQUEST_ID_CHARS,
     MAX_TXN_OPS,
     UNSET,
     Command,
@@ -32,10 +33,12 @@ from raftkv.kv.commands import (
     validate,
 )
 from raftkv.kv.state_machine import (
+    DEFAULT_MAX_DEDUP_BYTES,
     DEFAULT_MAX_DEDUP_ENTRIES,
     INVALID,
     NOT_FOUND,
     PRECONDITION_FAILED,
+    REQUEST_KEY_REUSED,
     KeyValue,
     KVStateMachine,
     Result,
@@ -44,14 +47,17 @@ from raftkv.kv.state_machine import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_DEDUP_BYTES",
     "DEFAULT_MAX_DEDUP_ENTRIES",
     "DEFAULT_RANGE_LIMIT",
     "INVALID",
     "MAX_KEY_CHARS",
     "MAX_RANGE_LIMIT",
+    "MAX_REQUEST_ID_CHARS",
     "MAX_TXN_OPS",
     "NOT_FOUND",
     "PRECONDITION_FAILED",
+    "REQUEST_KEY_REUSED",
     "UNSET",
     "Command",
     "Compare",

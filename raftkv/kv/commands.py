@@ -22,6 +22,8 @@ string keys): the API hands them back as JSON, and msgpack must carry them uncha
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from enum import Enum, StrEnum
@@ -142,20 +144,38 @@ def _encode_op(op: TxnOp) -> list[Any]:
     return [_OP_TAGS[type(op)], *(getattr(op, f) for f in op.__slots__)]
 
 
-def encode(cmd: Command) -> bytes:
-    """The bytes of a log entry for `cmd`. Does not validate: build commands with *_from_json."""
+def _wire(cmd: Command) -> list[Any]:
+    """The command as the msgpack array of its log entry; the request_id is always last."""
     if type(cmd) is Put:
         boxed = None if cmd.prev_value is UNSET else [cmd.prev_value]
-        t: list[Any] = [_PUT, cmd.key, cmd.value, boxed, cmd.prev_revision, cmd.prev_exist, cmd.request_id]
-    elif type(cmd) is Delete:
-        t = [_DELETE, cmd.key, cmd.prev_revision, cmd.request_id]
-    elif type(cmd) is Txn:
+        return [_PUT, cmd.key, cmd.value, boxed, cmd.prev_revision, cmd.prev_exist, cmd.request_id]
+    if type(cmd) is Delete:
+        return [_DELETE, cmd.key, cmd.prev_revision, cmd.request_id]
+    if type(cmd) is Txn:
         compare = [[c.key, c.target.value, c.op.value, c.value] for c in cmd.compare]
-        t = [_TXN, compare, [_encode_op(o) for o in cmd.success], [_encode_op(o) for o in cmd.failure],
-             cmd.request_id]
-    else:
-        raise TypeError(f"not a command: {cmd!r}")
-    return msgpack.packb(t)
+        return [_TXN, compare, [_encode_op(o) for o in cmd.success], [_encode_op(o) for o in cmd.failure],
+                cmd.request_id]
+    raise TypeError(f"not a command: {cmd!r}")
+
+
+def encode(cmd: Command) -> bytes:
+    """The bytes of a log entry for `cmd`. Does not validate: build commands with *_from_json."""
+    return msgpack.packb(_wire(cmd))
+
+
+def fingerprint(cmd: Command) -> bytes:
+    """What makes two commands the same request, whatever their request_id: operation, keys and
+    body. JSON objects compare by content, not key order (a client that re-serialises its retry
+    must still be recognised); 1 and 1.0 differ, as their JSON texts do."""
+    text = json.dumps(_wire(cmd)[:-1], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def target(cmd: Command) -> tuple[str, str | None]:
+    """The operation and the key it writes ("put", "a"); a txn names no single key."""
+    if type(cmd) is Txn:
+        return "txn", None
+    return ("put" if type(cmd) is Put else "delete"), cmd.key
 
 
 def _decode_op(o: Any, where: str) -> TxnOp:
@@ -338,11 +358,20 @@ def _fields(obj: Any, where: str, required: set[str], optional: set[str]) -> dic
     return obj
 
 
+def _request_id(fields: dict[str, Any], header_id: str | None) -> str | None:
+    """The request_id from the body or from the Idempotency-Key header; both must agree."""
+    body_id = fields.get("request_id")
+    if body_id is not None and header_id is not None and body_id != header_id:
+        raise InvalidCommand(f"request_id: the body says {body_id!r} but the Idempotency-Key header says "
+                             f"{header_id!r}; give one, or the same in both")
+    return header_id if body_id is None else body_id
+
+
 def put_from_json(key: str, body: Any, request_id: str | None = None) -> Put:
     """`PUT /kv/{key}` with body {"value", "prev_value"?, "prev_revision"?, "prev_exist"?, "request_id"?}."""
     f = _fields(body, "body", {"value"}, {"prev_value", "prev_revision", "prev_exist", "request_id"})
     cmd = Put(key, f["value"], f.get("prev_value", UNSET), f.get("prev_revision"), f.get("prev_exist"),
-              f.get("request_id", request_id))
+              _request_id(f, request_id))
     validate(cmd)
     return cmd
 
@@ -350,7 +379,7 @@ def put_from_json(key: str, body: Any, request_id: str | None = None) -> Put:
 def delete_from_json(key: str, body: Any = None, request_id: str | None = None) -> Delete:
     """`DELETE /kv/{key}` with an optional body {"prev_revision"?, "request_id"?}."""
     f = {} if body is None else _fields(body, "body", set(), {"prev_revision", "request_id"})
-    cmd = Delete(key, f.get("prev_revision"), f.get("request_id", request_id))
+    cmd = Delete(key, f.get("prev_revision"), _request_id(f, request_id))
     validate(cmd)
     return cmd
 
@@ -395,6 +424,6 @@ def txn_from_json(obj: Any, request_id: str | None = None) -> Txn:
     cmd = Txn(tuple(compare),
               tuple(_op_from_json(o, f"success[{i}]") for i, o in enumerate(lists["success"])),
               tuple(_op_from_json(o, f"failure[{i}]") for i, o in enumerate(lists["failure"])),
-              f.get("request_id", request_id))
+              _request_id(f, request_id))
     validate(cmd)
     return cmd

@@ -19,10 +19,16 @@ are results with ok=False and an `error` code; apply never raises for the conten
 because an exception on one replica and not another would be divergence. Results share value
 objects with the store, so callers must treat them (and `get` results) as read-only.
 
-Exactly-once: a command may carry a request_id. The result of the last `max_dedup_entries` ids is
-kept, as msgpack bytes so that nothing a caller does to a returned dict can alter it; a retried id
-gets the first result back and changes nothing, even if the retried body differs. Eviction is
-oldest-first in apply order, which every replica sees identically, so the tables agree too.
+Exactly-once: a command may carry a request_id (the HTTP API's Idempotency-Key). The first use of
+an id is remembered with the command's fingerprint (operation, keys and body) and its result, as
+msgpack bytes so that nothing a caller does to a returned dict can alter it. A retry (same id,
+same fingerprint) gets that first result back, marked `replayed`, and changes nothing. The same id
+with a different command is refused (`request_key_reused`, naming what differs) and changes
+nothing either: answering it with the first command's result would report as done a write that
+never happened. The table is bounded by count (`max_dedup_entries`) and by the bytes of what it
+holds (`max_dedup_bytes`: results carry values of up to 1 MiB); eviction is oldest-first in apply
+order, which every replica sees identically, so the tables agree too. There is no clock here, so
+"how long" an id is remembered is "until that many newer ids or bytes have pushed it out".
 
 Snapshots are canonical msgpack (keys sorted, dedup table in apply order): equal states give equal
 bytes, which is what makes `digest()` and `__eq__` meaningful across replicas.
@@ -53,17 +59,36 @@ from raftkv.kv.commands import (
     TxnPut,
     TxnRange,
     decode,
+    fingerprint,
+    target,
 )
 
 Result = dict[str, Any]
 
-# Values of a result's "error" field; the HTTP layer maps them to 412, 404 and 400.
+# Values of a result's "error" field; the HTTP layer maps them to 412, 404, 422 and 400.
 PRECONDITION_FAILED = "precondition_failed"
 NOT_FOUND = "not_found"
+REQUEST_KEY_REUSED = "request_key_reused"
 INVALID = "invalid"
 
 DEFAULT_MAX_DEDUP_ENTRIES = 10_000
-_SNAPSHOT_FORMAT = 1
+DEFAULT_MAX_DEDUP_BYTES = 64 * 1024 * 1024
+_DEDUP_ROW_OVERHEAD_BYTES = 100  # what one remembered id costs beyond its strings and result, roughly
+_SNAPSHOT_FORMAT = 2  # 1: dedup rows were [id, result], with no fingerprint
+
+
+class FirstUse(NamedTuple):
+    """What a request_id was first used for. An empty fingerprint (from a format-1 snapshot, which
+    did not record it) matches any command, as every reuse was treated before."""
+
+    fingerprint: bytes
+    op: str  # "put", "delete" or "txn"
+    key: str | None  # the key a put or delete wrote
+    index: int  # the log index that first used it
+    result: bytes  # msgpack of its result
+
+    def cost_bytes(self, request_id: str) -> int:
+        return len(self.result) + len(request_id) + len(self.key or "") + _DEDUP_ROW_OVERHEAD_BYTES
 
 
 class KeyValue(NamedTuple):
@@ -110,14 +135,18 @@ _ENCODE_CHUNK_ROWS = 5_000
 
 
 class KVStateMachine:
-    def __init__(self, max_dedup_entries: int = DEFAULT_MAX_DEDUP_ENTRIES) -> None:
-        # All replicas must use the same max_dedup_entries, or their dedup tables diverge.
-        assert max_dedup_entries >= 0
+    def __init__(self, max_dedup_entries: int = DEFAULT_MAX_DEDUP_ENTRIES,
+                 max_dedup_bytes: int = DEFAULT_MAX_DEDUP_BYTES) -> None:
+        # All replicas must use the same bounds, or their dedup tables (and so their answers to a
+        # retry, and so their states) diverge: they are constants of the product, not options.
+        assert max_dedup_entries >= 0 and max_dedup_bytes >= 0
         self.max_dedup_entries = max_dedup_entries
+        self.max_dedup_bytes = max_dedup_bytes
         self.revision = 0
         self.applied_index = 0
         self._kvs: dict[str, KeyValue] = {}
-        self._dedup: OrderedDict[str, bytes] = OrderedDict()
+        self._dedup: OrderedDict[str, FirstUse] = OrderedDict()
+        self._dedup_bytes = 0
         # Sorted key index for range(), brought up to date lazily: puts of new keys are frequent and
         # ranges rare, so creations/deletions are queued here and merged on the next range.
         self._sorted_keys: list[str] = []
@@ -136,8 +165,11 @@ class KVStateMachine:
                      {op:"get", key, kv: kv|None}, {op:"range", prefix, items:[kv...], more}
         failed CAS:  {ok:False, error:"precondition_failed", op, key, reason, current: kv|None, revision}
         absent key:  {ok:False, error:"not_found", op:"delete", key, revision}
+        reused id:   {ok:False, error:"request_key_reused", op, key, request_id, first_use: {op, key},
+                      mismatch: "operation"|"key"|"body", first_index, revision}
         bad entry:   {ok:False, error:"invalid", op:None, message}
         where kv is kv_to_dict(...) and revision is the store's revision after the command.
+        A retry of a remembered request_id gets its first result again, with replayed=True.
         """
         self._advance(index)
         try:
@@ -145,16 +177,42 @@ class KVStateMachine:
         except InvalidCommand as exc:
             return {"ok": False, "error": INVALID, "op": None, "message": str(exc)}
         rid = cmd.request_id
-        if rid is not None:
-            first = self._dedup.get(rid)
-            if first is not None:
-                return msgpack.unpackb(first)
+        if rid is None:
+            return self._execute(cmd)
+        mark = fingerprint(cmd)
+        first = self._dedup.get(rid)
+        if first is not None:
+            if first.fingerprint in (mark, b""):
+                return {**msgpack.unpackb(first.result), "replayed": True}
+            return self._reused(rid, first, cmd)
         result = self._execute(cmd)
-        if rid is not None and self.max_dedup_entries > 0:
-            self._dedup[rid] = msgpack.packb(result)
-            if len(self._dedup) > self.max_dedup_entries:
-                self._dedup.popitem(last=False)
+        self._remember(rid, FirstUse(mark, *target(cmd), index, msgpack.packb(result)))
         return result
+
+    def _reused(self, rid: str, first: FirstUse, cmd: Command) -> Result:
+        op, key = target(cmd)
+        mismatch = "operation" if op != first.op else "key" if key != first.key else "body"
+        return {"ok": False, "error": REQUEST_KEY_REUSED, "op": op, "key": key, "request_id": rid,
+                "first_use": {"op": first.op, "key": first.key}, "mismatch": mismatch,
+                "first_index": first.index, "revision": self.revision}
+
+    def _remember(self, rid: str, first: FirstUse) -> None:
+        self._dedup[rid] = first
+        self._dedup_bytes += first.cost_bytes(rid)
+        self._evict_dedup()
+
+    def _evict_dedup(self) -> None:
+        table = self._dedup
+        while table and (len(table) > self.max_dedup_entries or self._dedup_bytes > self.max_dedup_bytes):
+            rid, first = table.popitem(last=False)
+            self._dedup_bytes -= first.cost_bytes(rid)
+
+    def dedup_stats(self) -> dict[str, int | None]:
+        """How much the request-id table holds, and the log index of its oldest id (None: empty)."""
+        oldest = next(iter(self._dedup.values()), None)
+        return {"requestKeys": len(self._dedup), "bytes": self._dedup_bytes,
+                "oldestIndex": None if oldest is None else oldest.index,
+                "maxRequestKeys": self.max_dedup_entries, "maxBytes": self.max_dedup_bytes}
 
     def apply_noop(self, index: int) -> None:
         """Record an entry that is not a command (a leader's no-op, a membership change)."""
@@ -335,7 +393,7 @@ class KVStateMachine:
                      packer.pack(revision), packer.pack_array_header(len(keys))]
             for lo in range(0, len(keys), _ENCODE_CHUNK_ROWS):
                 parts.append(b"".join(packer.pack([k, *kvs[k]]) for k in keys[lo : lo + _ENCODE_CHUNK_ROWS]))
-            parts.append(packer.pack([list(d) for d in dedup]))
+            parts.append(packer.pack([[rid, *first] for rid, first in dedup]))
             return b"".join(parts)
 
         return encode
@@ -344,19 +402,23 @@ class KVStateMachine:
         """Replace the whole state with a snapshot's; raises ValueError if data is not one."""
         try:
             fmt, applied_index, revision, items, dedup = msgpack.unpackb(data)
-            if fmt != _SNAPSHOT_FORMAT:
+            if fmt not in (1, _SNAPSHOT_FORMAT):
                 raise ValueError(f"unknown snapshot format {fmt!r}")
             make = KeyValue._make
             kvs = {row[0]: make(row[1:]) for row in items}  # a row of the wrong length raises TypeError
-            table = OrderedDict((rid, result) for rid, result in dedup)
-            if not all(type(r) is str and type(b) is bytes for r, b in table.items()):
+            if fmt == 1:  # written before fingerprints: any reuse of these ids counts as a retry
+                table = OrderedDict((rid, FirstUse(b"", "", None, 0, result)) for rid, result in dedup)
+            else:
+                table = OrderedDict((row[0], FirstUse._make(row[1:])) for row in dedup)
+            if not all(type(r) is str and type(f.result) is bytes and type(f.fingerprint) is bytes
+                       for r, f in table.items()):
                 raise ValueError("malformed dedup table")
         except Exception as exc:
             raise ValueError(f"not a KV snapshot: {exc}") from exc
-        while len(table) > self.max_dedup_entries:
-            table.popitem(last=False)
         self.applied_index, self.revision = applied_index, revision
         self._kvs, self._dedup = kvs, table
+        self._dedup_bytes = sum(first.cost_bytes(rid) for rid, first in table.items())
+        self._evict_dedup()
         self._sorted_keys = sorted(kvs)
         self._index_added, self._index_removed = set(), set()
 
