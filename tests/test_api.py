@@ -109,7 +109,9 @@ class FakeNode:
         return dict(self.link)
 
     def health(self) -> dict:
-        return {"status": "ok", "leader": self.leader, "hasLeader": self.leader is not None}
+        if self.leader is None:
+            return {"status": "unavailable", "reason": "no leader is known", "leader": None, "hasLeader": False}
+        return {"status": "ok", "leader": self.leader, "hasLeader": True}
 
     def metrics_text(self) -> tuple[bytes, str]:
         return b"# TYPE raftkv_up gauge\nraftkv_up 1\n", "text/plain; version=0.0.4; charset=utf-8"

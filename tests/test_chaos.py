@@ -201,6 +201,60 @@ def test_experiment3_hundred_concurrent_puts_while_the_leader_is_killed(
     assert len(acknowledged) >= 10, outcomes
 
 
+def test_experiment3_as_the_seed_runs_it_writes_to_one_node_wait_for_the_next_leader(
+        cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """The seed's loop of 100 background `curl -X PUT` to one node while the leader is killed.
+    A node that loses its leader holds what arrives until the next one is known (its link to the
+    dead leader closes at once), so those writes succeed instead of failing 503 "no leader"; only
+    writes already handed to the dead leader may be 504 (their outcome is unknown)."""
+    leader = cluster.wait_for_leader()
+    target = next(n for n in sorted(cluster.urls) if n != leader)
+    recorder = Recorder()
+
+    async def go() -> None:
+        async with single_send_session() as session:
+            tasks = []
+            for i in range(100):  # started over ~0.5 s, the leader killed after the first ~20
+                tasks.append(asyncio.create_task(perform(session, recorder, i, target, cluster.url(target), "write",
+                                                         f"key{i}", f"value{i}", None, 8.0)))
+                if i == 20:
+                    cluster.supervisor.kill(leader)
+                    recorder.mark("leader killed")
+                await asyncio.sleep(0.005)
+            await asyncio.gather(*tasks)
+
+    asyncio.run(go())
+    outcomes = Counter((m.get("status"), str(m.get("error", ""))[:50]) for m in recorder.op_meta)
+    statuses = Counter(m.get("status") for m in recorder.op_meta)
+    report(capsys, f"experiment 3 (seed's shape, leader {leader} killed, writes to {target}): {dict(statuses)}")
+    assert statuses[503] == 0, outcomes
+    assert statuses[200] >= 80 and statuses[200] + statuses[504] == 100, outcomes
+    cluster.wait_for_leader(among=[n for n in cluster.urls if n != leader])
+    for op in recorder.ops:
+        if op.outcome == "ok":
+            status, body = http("GET", f"{cluster.url(target)}/kv/{op.key}")
+            assert status == 200 and body["value"] == op.value, (op.key, status, body)
+
+
+def test_a_node_cut_off_from_every_peer_holds_a_write_then_answers_503(cluster: LocalCluster) -> None:
+    leader = cluster.wait_for_leader()
+    follower = next(n for n in cluster.urls if n != leader)
+    assert http("POST", cluster.url(follower) + "/simulate-partition", {"partitioned": True})[0] == 200
+    deadline = time.monotonic() + 5
+    while cluster.state(follower)["leaderId"] is not None:  # it notices after an election timeout
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    started = time.monotonic()
+    status, body = http("PUT", f"{cluster.url(follower)}/kv/cut-off", {"value": 1})
+    held_s = time.monotonic() - started
+    assert status == 503 and body["error"] == "no leader", body
+    assert 0.3 <= held_s < 3.0, held_s  # held for one maximum election timeout (0.4 s), not failed at once
+    status, body = http("GET", f"{cluster.url(follower)}/kv/cut-off")
+    assert status == 503, body
+    assert http("POST", cluster.url(follower) + "/simulate-partition", {"partitioned": False})[0] == 200
+    assert http("GET", f"{cluster.url(leader)}/kv/cut-off")[0] == 404  # 503 meant not done
+
+
 # ---------------------------------------------------------------- demo 4 ----------------------
 
 def test_demo4_balance_survives_leader_stop(cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:

@@ -92,3 +92,10 @@ def test_writes_forwarded_to_a_leader_that_is_gone_are_504_at_once(tmp_path: Pat
         assert not node._forwarded
 
     asyncio.run(scenario())
+
+
+def test_health_says_unavailable_with_the_reason_while_no_leader_is_known(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+    health = node.health()
+    assert health["hasLeader"] is False and health["status"] == "unavailable"
+    assert health["reason"] == "no leader is known"

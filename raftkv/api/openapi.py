@@ -221,8 +221,9 @@ def _schemas() -> dict[str, Any]:
             "direction": {"enum": ["both", "outbound", "inbound"]},
             "faults": {"description": "This node's resulting fault description."}, "node": {"type": "string"}}},
         "Health": {"type": "object", "required": ["status", "hasLeader", "node"], "additionalProperties": True,
-                   "properties": {"status": {"type": "string"}, "leader": {"type": ["string", "null"]},
-                                  "hasLeader": {"type": "boolean"}, "node": {"type": "string"}}},
+                   "properties": {"status": {"enum": ["ok", "unavailable"]}, "leader": {"type": ["string", "null"]},
+                                  "hasLeader": {"type": "boolean"}, "node": {"type": "string"},
+                                  "reason": {"type": "string", "description": "Why it is unavailable."}}},
     }
 
 
@@ -263,8 +264,8 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "description": "Prometheus text exposition format.",
             "content": {"text/plain": {"schema": {"type": "string"}}}}})},
         "/health": {"get": _op("Liveness and whether a leader is known", {
-            "200": _json(_ref("Health"), "Alive and a leader is known."),
-            "503": _json(_ref("Health"), "Alive, but no leader is known.")})},
+            "200": _json(_ref("Health"), "Alive and a leader is known: status \"ok\"."),
+            "503": _json(_ref("Health"), "Alive, but no leader is known: status \"unavailable\" and the reason.")})},
         "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1.")})},
         "/watch": {"get": _op("Live event stream (WebSocket)", {
             "101": {"description": "Switching to WebSocket: each text message is one JSON event object."},

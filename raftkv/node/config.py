@@ -58,6 +58,9 @@ class NodeConfig:
     node_id: str
     data_dir: Path
     members: dict[str, Member]
+    # Where the client HTTP API listens, when not on this member's own address (e.g. "0.0.0.0"
+    # to serve every interface); peers always use the member's address.
+    listen_client_host: str | None = None
     tick_ms: int = 20
     election_timeout_ticks: int = 10  # 200-400 ms with 20 ms ticks
     heartbeat_interval_ticks: int = 2
@@ -68,6 +71,9 @@ class NodeConfig:
     snapshot_retain_entries: int = 1_000  # kept after a snapshot so briefly lagging peers need no snapshot
     proposal_timeout_s: float = 5.0
     read_timeout_s: float = 5.0
+    # How long a write or read waits for a leader when none is known (or its link is down) before
+    # a 503; None: one maximum election timeout, by which time a new leader is normally known.
+    no_leader_hold_ms: int | None = None
     max_batch_proposals: int = 4096
     # Mutual TLS between peers: all three, or none (plain TCP).
     tls_ca: Path | None = None
@@ -83,9 +89,17 @@ class NodeConfig:
             raise ConfigError(f"node id {self.node_id!r} is not one of the members {sorted(self.members)}")
         if self.tick_ms < 1:
             raise ConfigError("tick_ms must be at least 1")
+        if self.no_leader_hold_ms is not None and not 0 <= self.no_leader_hold_ms <= 60_000:
+            raise ConfigError("no_leader_hold_ms must be from 0 to 60000")
         tls = (self.tls_ca, self.tls_cert, self.tls_key)
         if any(tls) and not all(tls):
             raise ConfigError("peer TLS needs all of tls_ca, tls_cert and tls_key")
+
+    @property
+    def no_leader_hold_s(self) -> float:
+        if self.no_leader_hold_ms is not None:
+            return self.no_leader_hold_ms / 1000
+        return 2 * self.election_timeout_ticks * self.tick_ms / 1000  # randomized timeouts reach twice the base
 
     @property
     def me(self) -> Member:

@@ -20,7 +20,10 @@ What a Ready asks for is split the way the core marks it:
 - committed entries are applied at once: committed already means a majority holds them on disk.
 
 A client write is answered only after its entry is committed and applied here, so an
-acknowledged write survives kill -9 of any minority. A follower does not propose: it sends each
+acknowledged write survives kill -9 of any minority. While no leader is known, or the connection
+to it is down (a leader killed with -9 closes it at once), writes and reads are held for up to
+`no_leader_hold_s` (one maximum election timeout) and then go to the new leader, or fail 503:
+held, they were never sent, so a failure means "not done". A follower does not propose: it sends each
 turn's writes to the leader as one `ProposeForward` on the Raft link; the leader appends them and
 answers with where they went (`ProposeAnswer`: index and term), and the follower then waits for
 those indexes exactly as the leader waits for its own, answering from its own state machine
@@ -134,7 +137,7 @@ class RaftNode:
         self._inbox: list[Message] = []
         self._actions: list[Callable[[], None]] = []
         self._proposals: list[Proposal] = []
-        self._reads: list[asyncio.Future[None]] = []
+        self._reads: list[tuple[asyncio.Future[None], float]] = []  # (answer, asked at)
         self._waiting_proposals: dict[int, Waiting] = {}  # by log index
         # The leader's proposals not yet committed, for propose-to-commit: (first, last, proposed at).
         self._uncommitted: collections.deque[tuple[int, int, float]] = collections.deque()
@@ -197,7 +200,7 @@ class RaftNode:
     def _pending_futures(self) -> list[asyncio.Future]:
         return (
             [f for _, f, _ in self._proposals]
-            + self._reads
+            + [f for f, _ in self._reads]
             + [w[1] for w in self._waiting_proposals.values()]
             + [f for _, items, _ in self._forwarded.values() for f, _ in items]
             + [f for w in self._waiting_reads.values() for f in w[0]]
@@ -216,8 +219,6 @@ class RaftNode:
     async def propose(self, command: Command) -> dict:
         """Replicate `command`; its state machine result once committed and applied here. On a
         follower the write goes to the leader, and the result says so: `FORWARDED_TO` names it."""
-        if self.core.role is not Role.LEADER and self.core.leader_id is None:
-            raise NotLeaderError(None, None)
         fut: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
         self._proposals.append((encode(command), fut, time.monotonic()))
         self._wake.set()
@@ -227,7 +228,7 @@ class RaftNode:
         if self.cfg.unsafe_stale_reads and self.core.role is not Role.LEADER:
             return  # deliberately broken mode: serve whatever this replica has
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._reads.append(fut)
+        self._reads.append((fut, time.monotonic()))
         self._wake.set()
         await fut
 
@@ -320,14 +321,13 @@ class RaftNode:
         return status
 
     def health(self) -> dict:
+        """Alive, and whether a leader is known: "ok", or "unavailable" with the reason (a 503)."""
         leader = self.core.leader_id
-        return {
-            "status": "ok",
-            "node": self.id,
-            "leader": leader,
-            "hasLeader": leader is not None,
-            "term": self.core.term,
-        }
+        health = {"status": "ok" if leader is not None else "unavailable", "node": self.id, "leader": leader,
+                  "hasLeader": leader is not None, "term": self.core.term}
+        if leader is None:
+            health["reason"] = "no leader is known"
+        return health
 
     def metrics_text(self) -> tuple[bytes, str]:
         self._refresh_gauges()
@@ -409,16 +409,39 @@ class RaftNode:
         actions, self._actions = self._actions, []
         for act in actions:
             act()
-        own = self._proposals and (self.core.role is Role.LEADER or not self._forward_in_flight())
+        leading = self.core.role is Role.LEADER
+        own = self._proposals and (leading or (self._leader_reachable() and not self._forward_in_flight()))
         if forwards or own:
             self._propose_turn(forwards, self._take_own_batch() if own else [])
-        if self._reads and self._may_ask_read_index():
-            reads, self._reads = [fut for fut in self._reads if not fut.done()], []
+        if self._reads and self._may_ask_read_index() and (leading or self._leader_reachable()):
+            reads, self._reads = [fut for fut, _ in self._reads if not fut.done()], []
             # Each of them arrived before this request, so its read index is safe for all of them.
             ctx = f"{self.id}:{next(self._read_ids)}".encode()
             now = time.monotonic()
             self._waiting_reads[ctx] = (reads, now, now + self.cfg.read_timeout_s)
             core.read_index(ctx)
+
+    def _leader_reachable(self) -> bool:
+        """A follower knows a leader and its connection to it is up: what it forwards can arrive."""
+        leader = self.core.leader_id
+        return leader is not None and self.transport.reachable(leader)
+
+    def _fail_held(self, now: float) -> None:
+        """503 for the writes and reads held longer than `no_leader_hold_s` for want of a leader:
+        they were never sent, so nothing was done."""
+        if self.core.role is Role.LEADER or self._leader_reachable():
+            return
+        cutoff = now - self.cfg.no_leader_hold_s
+        leader = self.core.leader_id
+        why = (NotLeaderError(None, None) if leader is None
+               else NoQuorumError(f"the leader {leader} has been unreachable for {self.cfg.no_leader_hold_s:g} s"))
+        expired = [p for p in self._proposals if p[2] <= cutoff]
+        if expired:
+            self._proposals = [p for p in self._proposals if p[2] > cutoff]
+            _fail([fut for _, fut, _ in expired], why)
+        if any(asked <= cutoff for _, asked in self._reads):
+            _fail([fut for fut, asked in self._reads if asked <= cutoff], why)
+            self._reads = [(fut, asked) for fut, asked in self._reads if asked > cutoff]
 
     def _patience_s(self) -> float:
         """How long an unanswered request to the leader holds back the next (a minimum election
@@ -678,6 +701,7 @@ class RaftNode:
         while True:
             await asyncio.sleep(DEADLINE_SWEEP_S)
             now = time.monotonic()
+            self._fail_held(now)
             expired = [i for i, w in self._waiting_proposals.items() if w[3] <= now]
             self._give_up([self._waiting_proposals.pop(i)[1] for i in expired],
                           f"not applied within {self.cfg.proposal_timeout_s} s; it may or may not have been applied")

@@ -2,7 +2,8 @@
 
 `TcpTransport` (persistent TCP/mTLS connections, length-prefixed msgpack frames, pipelined) and
 its in-process twin `MemoryTransport` share one interface: ``await start(on_message)``,
-``send(messages)`` (never blocks), ``add_peer``, ``remove_peer``, ``await close()``, ``stats()``.
+``send(messages)`` (never blocks), ``reachable(peer)``, ``add_peer``, ``remove_peer``,
+``await close()``, ``stats()``.
 Both consult a `LinkFaults` on every message, so a simulated partition looks like a cut wire.
 """
 

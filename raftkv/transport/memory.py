@@ -114,6 +114,10 @@ class MemoryTransport:
 
     # ---- sending ------------------------------------------------------------------------------
 
+    def reachable(self, peer_id: str) -> bool:
+        """Whether the peer's transport is running (TcpTransport: whether its connection is up)."""
+        return peer_id in self._links and peer_id in self.network.nodes
+
     def send(self, messages: list[Message]) -> None:
         for m in messages:
             link = self._links.get(m.dst)

@@ -198,6 +198,12 @@ class TcpTransport:
 
     # ---- sending ------------------------------------------------------------------------------
 
+    def reachable(self, peer_id: str) -> bool:
+        """Whether our connection to the peer is up now: a message sent while it is down waits in
+        the queue, and reaches the peer only if it comes back."""
+        link = self._links.get(peer_id)
+        return link is not None and link.writer is not None
+
     def send(self, messages: list[Message]) -> None:
         """Queue messages for their peers; returns at once (never awaits the network)."""
         for m in messages:
