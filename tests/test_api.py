@@ -26,6 +26,7 @@ import jsonschema
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from raftkv.api import create_app, openapi_document
 from raftkv.kv import Command, KVStateMachine, encode
@@ -155,6 +156,8 @@ def checked_app(node: FakeNode, **limits: int) -> web.Application:
             return response
         documented = operation["responses"].get(str(response.status))
         assert documented is not None, f"{request.method} {resource.canonical} answered {response.status}, undocumented"
+        if "content" not in documented:  # HEAD: no body to check
+            return response
         schema = documented["content"]["application/json"]["schema"]
         try:
             jsonschema.validate(json.loads(response.body), {**schema, "components": doc["components"]})
@@ -177,7 +180,7 @@ async def api() -> AsyncIterator[tuple[FakeNode, TestClient]]:
 async def call(
     client: TestClient,
     method: str,
-    path: str,
+    path: str | URL,
     body: Any = None,
     *,
     raw: bytes | str | None = None,
@@ -231,6 +234,18 @@ async def test_keys_may_contain_slashes_and_unicode(api: tuple[FakeNode, TestCli
         status, body, _ = await call(client, "PUT", path, {"value": key})
         assert status == 200 and body["key"] == key
         assert node.kv.get(key).value == key
+
+
+async def test_a_key_is_its_percent_decoded_utf8_and_has_one_spelling(api: tuple[FakeNode, TestClient]) -> None:
+    """The first-hour report: /kv/%ff%fe wrote the key "%ff%fe", which /kv/%25ff%25fe also named."""
+    node, client = api
+    for path in ("/kv/%ff%fe", "/%ff", "/kv/ok%C3"):
+        status, body, _ = await call(client, "PUT", URL(path, encoded=True), {"value": 1})
+        assert status == 400 and "not valid UTF-8" in body["error"], (path, body)
+    assert len(node.kv) == 0 and node.proposals == []
+    status, body, _ = await call(client, "PUT", URL("/kv/%25ff%3F%23", encoded=True), {"value": 1})
+    assert status == 200 and body["key"] == "%ff?#"
+    assert (await call(client, "GET", URL("/kv/%25ff%3F%23", encoded=True)))[1]["key"] == "%ff?#"
 
 
 async def test_seed_root_routes(api: tuple[FakeNode, TestClient]) -> None:
@@ -292,7 +307,49 @@ async def test_range(api: tuple[FakeNode, TestClient]) -> None:
     assert [i["key"] for i in body["items"]] == ["a1", "a2"] and body["items"][0]["value"] == "a1"
     status, body, _ = await call(client, "GET", "/kv")
     assert [i["key"] for i in body["items"]] == ["a1", "a2", "a3", "b", "c"] and body["more"] is False
-    assert body["revision"] == 5
+    assert body["revision"] == 5 and "next" not in body
+
+
+async def test_range_pages_with_start_and_next_and_stops_at_end(api: tuple[FakeNode, TestClient]) -> None:
+    _, client = api
+    for i in range(7):
+        await call(client, "PUT", f"/kv/p/{i}", {"value": i})
+    await call(client, "PUT", "/kv/q", {"value": "other prefix"})
+    seen, start = [], ""
+    while True:
+        status, body, _ = await call(client, "GET", f"/kv?prefix=p/&limit=3&start={start}")
+        assert status == 200 and body["count"] == len(body["items"]) <= 3
+        seen += [item["key"] for item in body["items"]]
+        if not body["more"]:
+            break
+        start = body["next"]
+    assert seen == [f"p/{i}" for i in range(7)]
+    status, body, _ = await call(client, "GET", "/kv?start=p/2&end=p/5")
+    assert [item["key"] for item in body["items"]] == ["p/2", "p/3", "p/4"] and body["more"] is False
+    assert (await call(client, "GET", "/kv?prefix=" + "k" * 65))[0] == 413
+
+
+async def test_a_txn_ordering_a_number_against_a_string_is_400_and_changes_nothing(
+        api: tuple[FakeNode, TestClient]) -> None:
+    node, client = api
+    await call(client, "PUT", "/kv/stock", {"value": 5})
+    status, body, _ = await call(client, "POST", "/txn", {
+        "compare": [{"key": "stock", "target": "value", "op": ">", "value": "0"}],
+        "success": [{"op": "put", "key": "stock", "value": 4}], "failure": [{"op": "put", "key": "x", "value": 1}]})
+    assert status == 400 and "holds a number" in body["error"] and "a string" in body["error"]
+    assert node.kv.get("stock").value == 5 and node.kv.get("x") is None and node.kv.revision == 1
+
+
+async def test_head_answers_like_get_without_a_body(api: tuple[FakeNode, TestClient]) -> None:
+    _, client = api
+    await call(client, "PUT", "/kv/a", {"value": "x" * 100})
+    for path, status in (("/kv/a", 200), ("/a", 200), ("/kv/absent", 404), ("/health", 200), ("/raft-state", 200)):
+        async with client.head(path) as resp:
+            assert resp.status == status and await resp.read() == b"", path
+            assert int(resp.headers["Content-Length"]) > 0
+    assert (await call(client, "GET", "/raft-state?digest=1"))[0] == 200
+    assert (await call(client, "GET", "/raft-state?digest=maybe"))[0] == 400
+    assert (await call(client, "GET", "/raft-state?x=1"))[0] == 400
 
 
 async def test_txn(api: tuple[FakeNode, TestClient]) -> None:
@@ -516,16 +573,16 @@ async def test_chunked_body_over_the_limit_is_413_json(api: tuple[FakeNode, Test
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("POST", "/raft-state", "GET"),
-        ("PUT", "/raft-state", "GET"),
-        ("DELETE", "/health", "GET"),
+        ("POST", "/raft-state", "GET, HEAD"),
+        ("PUT", "/raft-state", "GET, HEAD"),
+        ("DELETE", "/health", "GET, HEAD"),
         ("GET", "/force-election", "POST"),
         ("PUT", "/simulate-partition", "POST"),
-        ("PUT", "/kv", "GET"),
+        ("PUT", "/kv", "GET, HEAD"),
         ("GET", "/txn", "POST"),
-        ("PUT", "/metrics", "GET"),
-        ("PATCH", "/kv/a", "DELETE, GET, PUT"),
-        ("POST", "/some-key", "DELETE, GET, PUT"),
+        ("PUT", "/metrics", "GET, HEAD"),
+        ("PATCH", "/kv/a", "DELETE, GET, HEAD, PUT"),
+        ("POST", "/some-key", "DELETE, GET, HEAD, PUT"),
     ],
 )
 async def test_wrong_method_is_405_json_with_allow(
@@ -751,7 +808,10 @@ async def test_openapi_is_served(api: tuple[FakeNode, TestClient]) -> None:
     assert "64 bytes" in doc["info"]["description"]
 
 
-def test_route_table_has_no_head_routes_by_accident() -> None:
+def test_head_is_served_exactly_where_get_is_but_on_the_websocket() -> None:
     app = create_app(FakeNode())
-    assert all(route.method != "HEAD" for resource in app.router.resources() for route in resource)
-    assert isinstance(app, web.Application)
+    methods: dict[str, set[str]] = {}
+    for resource in app.router.resources():
+        methods.setdefault(resource.canonical, set()).update(route.method for route in resource)
+    assert {path for path, m in methods.items() if "HEAD" in m} == {
+        path for path, m in methods.items() if "GET" in m} - {"/watch"}

@@ -185,6 +185,31 @@ def test_without_a_quorum_a_write_is_never_reported_done(cluster: LocalCluster) 
     assert put_retrying(cluster, "after", 2)["value"] == 2
 
 
+def test_a_retry_gets_the_first_answer_across_a_leader_change_and_a_restart(cluster: LocalCluster) -> None:
+    """An Idempotency-Key is remembered by the replicated state machine, so the answer to a retry
+    does not depend on which node took the first attempt, nor on that node still being there."""
+    leader = cluster.wait_for_leader()
+    follower = next(n for n in cluster.urls if n != leader)
+    key = {"Idempotency-Key": "order-17"}
+    status, first = http("PUT", cluster.url(follower) + "/kv/order17", {"value": "paid"}, headers=key)
+    assert status == 200, first
+    same = ("op", "key", "value", "revision", "prev")
+    cluster.supervisor.kill(leader)
+    survivors = [n for n in cluster.urls if n != leader]
+    cluster.wait_for_leader(among=survivors)
+    for node in survivors:
+        status, retry = http("PUT", cluster.url(node) + "/kv/order17", {"value": "paid"}, headers=key)
+        assert status == 200 and {k: retry[k] for k in same} == {k: first[k] for k in same}, retry
+    status, reused = http("PUT", cluster.url(follower) + "/kv/order18", {"value": "paid"}, headers=key)
+    assert status == 422 and reused["first_use"] == {"op": "put", "key": "order17"}, reused
+    cluster.stop()
+    cluster.start()
+    cluster.wait_for_leader()
+    status, retry = http("PUT", cluster.url(leader) + "/kv/order17", {"value": "paid"}, headers=key)
+    assert status == 200 and {k: retry[k] for k in same} == {k: first[k] for k in same}, retry
+    assert get(cluster.url(leader), "order18")[0] == 404 and get(cluster.url(leader), "order17")[1]["version"] == 1
+
+
 def test_a_losing_compare_and_set_returns_412_and_writes_nothing(cluster: LocalCluster) -> None:
     leader = cluster.wait_for_leader()
     url = cluster.url(leader)

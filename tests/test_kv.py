@@ -224,7 +224,6 @@ def test_read_only_txn_and_no_op_deletes_take_no_revision(kv: Replica) -> None:
         (cmp("k", "exists", "!=", False), True),
         (cmp("k", "value", ">", 4), True),
         (cmp("k", "value", "<", 5.5), True),
-        (cmp("k", "value", ">", "4"), False),  # number vs string: no order, so false
         (cmp("k", "value", "==", True), False),
         (cmp("s", "value", ">", "abc"), True),
         (cmp("k", "mod_revision", "==", 1), True),
@@ -235,6 +234,25 @@ def test_compare_semantics(kv: Replica, compare: Compare, holds: bool) -> None:
     kv(Put("k", 5))
     kv(Put("s", "abd"))
     assert kv(Txn((compare,), (), ()))["succeeded"] is holds
+
+
+def test_ordering_a_number_against_a_string_is_invalid_and_changes_nothing(kv: Replica) -> None:
+    kv(Put("k", 5))
+    kv(Put("l", [1]))
+    for compare in (cmp("k", "value", ">", "4"), cmp("l", "value", "<", 2)):
+        result = kv(Txn((compare,), (TxnPut("x", 1),), (TxnPut("y", 1),)))
+        assert result["ok"] is False and result["error"] == INVALID and "cannot compare" in result["message"]
+    assert kv.sm.revision == 2 and kv.sm.get("x") is None and kv.sm.get("y") is None
+    assert kv(Txn((cmp("k", "value", "==", "5"),), (), ()))["succeeded"] is False  # equality is just false
+
+
+def test_a_txn_logged_before_typed_compares_replays_as_it_applied(kv: Replica) -> None:
+    """An entry written by an older version (wire tag 3) took the failure branch on a number
+    against a string; replaying it now must do the same, or replicas would diverge."""
+    kv(Put("k", 5))
+    old = Txn((cmp("k", "value", ">", "4"),), (TxnPut("x", 1),), (TxnPut("y", 1),), typed_compares=False)
+    assert msgpack.unpackb(encode(old))[0] == 3 and decode(encode(old)) == old
+    assert kv(old)["succeeded"] is False and kv.sm.get("y").value == 1
 
 
 def transfer(kv: Replica, src: str, dst: str, amount: int, seen: dict[str, KeyValue]) -> dict[str, Any]:
@@ -518,6 +536,10 @@ def test_txn_from_json_accepts_both_op_spellings() -> None:
         ({"compare": "a==1"}, "compare: must be an array of at most 128 items, not a string"),
         ({"request_id": ""}, "request_id: must not be empty"),
         ({"request_id": 7}, "request_id: must be a string"),
+        ({"success": [{"op": "put", "key": "a", "value": 1}, {"op": "get", "key": "a"},
+                      {"op": "delete", "key": "a"}]}, "success[2]: key 'a' is already written by success[0]"),
+        ({"failure": [{"put": {"key": "b", "value": 1}}, {"put": {"key": "b", "value": 2}}]},
+         "failure[1]: key 'b' is already written by failure[0]"),
     ],
 )
 def test_txn_from_json_rejects_malformed_input(obj: Any, message: str) -> None:

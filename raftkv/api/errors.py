@@ -135,7 +135,7 @@ def error_response(node: Any, request: web.Request, exc: Exception, max_body_byt
     if isinstance(exc, ApiError):
         err = exc
     elif isinstance(exc, NodeError):
-        err = node_error(exc, reading=request.method == "GET", leader=_leader(node),
+        err = node_error(exc, reading=request.method in ("GET", "HEAD"), leader=_leader(node),
                          request_id=request.get(REQUEST_ID_KEY))
     elif isinstance(exc, web.HTTPException):
         if exc.status < 400:

@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
+from urllib.parse import unquote_to_bytes
 
 import aiohttp
 import msgpack
@@ -90,7 +91,7 @@ RESERVED_NAMES = frozenset({
 
 _CORS_HEADERS = {"Access-Control-Allow-Origin": "*",
                  "Access-Control-Expose-Headers": "Retry-After, Allow"}
-_CORS_METHODS = "GET, PUT, POST, DELETE, OPTIONS"
+_CORS_METHODS = "GET, HEAD, PUT, POST, DELETE, OPTIONS"
 _KNOWN_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH"})
 
 
@@ -126,21 +127,22 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         client_max_size=max_body_bytes,  # aiohttp's own default (1 MiB) would cut bodies short
         middlewares=[_middleware(node, max_body_bytes, api.fixed_route_methods)])
     add = app.router.add_route
-    add("GET", "/kv", api.range)
-    add("GET", "/kv/{key:.*}", api.get_key)  # ".*": an empty key gets a 400 that says so, not a 404
+    get = app.router.add_get  # with HEAD too (curl -I): GET's status and headers, no body
+    get("/kv", api.range)
+    get("/kv/{key:.*}", api.get_key)  # ".*": an empty key gets a 400 that says so, not a 404
     add("PUT", "/kv/{key:.*}", api.put_key)
     add("DELETE", "/kv/{key:.*}", api.delete_key)
     add("POST", "/txn", api.txn)
-    add("GET", "/raft-state", api.raft_state)
+    get("/raft-state", api.raft_state)
     add("POST", "/force-election", api.force_election)
     add("POST", "/simulate-partition", api.simulate_partition)
     add("POST", "/simulate-link", api.simulate_link)
-    add("GET", "/metrics", api.metrics)
-    add("GET", "/health", api.health)
-    add("GET", "/openapi.json", api.openapi)
-    add("GET", "/watch", api.watch)
+    get("/metrics", api.metrics)
+    get("/health", api.health)
+    get("/openapi.json", api.openapi)
+    get("/watch", api.watch, allow_head=False)  # a WebSocket
     root = _RootKeys(api)  # last: every fixed route above must win over the catch-all
-    add("GET", "/{key:.+}", root.get_key)
+    get("/{key:.+}", root.get_key)
     add("PUT", "/{key:.+}", root.put_key)
     add("DELETE", "/{key:.+}", root.delete_key)
     for resource in app.router.resources():
@@ -201,17 +203,22 @@ class _Api:
         return await self._propose(request, cmd)
 
     async def range(self, request: web.Request) -> web.StreamResponse:
-        query = check_query(request, {"prefix", "limit", "stale"})
+        query = check_query(request, {"prefix", "start", "end", "limit", "stale"})
         limit = DEFAULT_RANGE_LIMIT
         if "limit" in query:
             limit = query_integer(query["limit"], "limit", 1, MAX_RANGE_LIMIT)
+        for name in ("prefix", "start", "end"):
+            self._check_key_size(query.get(name, ""), name)
         if not query_flag(query.get("stale"), "stale"):
             await self.node.read_barrier()
         kv_store = self.node.kv
-        items, more = kv_store.range(query.get("prefix", ""), limit)
-        return json_response(self.node.id, {
-            "items": [kv_to_dict(k, kv) for k, kv in items], "more": more, "count": len(items),
-            "revision": kv_store.revision, "leader": self._leader()})
+        # One key more than asked for: if it exists, it is where the next page starts.
+        items, _ = kv_store.range(query.get("prefix", ""), limit + 1, query.get("start", ""), query.get("end"))
+        page = {"items": [kv_to_dict(k, kv) for k, kv in items[:limit]], "more": len(items) > limit,
+                "count": min(len(items), limit), "revision": kv_store.revision, "leader": self._leader()}
+        if len(items) > limit:
+            page["next"] = items[limit][0]
+        return json_response(self.node.id, page)
 
     async def txn(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
@@ -228,10 +235,8 @@ class _Api:
     # ---- the node's own operations ---------------------------------------------------------------
 
     async def raft_state(self, request: web.Request) -> web.StreamResponse:
-        digest = request.query.get("digest", "false")
-        if digest not in ("true", "false"):
-            raise ApiError(400, "digest must be true or false")
-        return json_response(self.node.id, dict(self.node.raft_state(digest=digest == "true")))
+        digest = query_flag(check_query(request, {"digest"}).get("digest"), "digest")
+        return json_response(self.node.id, dict(self.node.raft_state(digest=digest)))
 
     async def force_election(self, _request: web.Request) -> web.StreamResponse:
         # No body is needed (the seed's button sends none); any body is ignored.
@@ -312,7 +317,7 @@ class _Api:
         return self.node.leader_id()
 
     def _key(self, request: web.Request) -> str:
-        key = request.match_info["key"]
+        key = _path_key(request)
         self._check_key_size(key, "key")
         return key
 
@@ -409,7 +414,7 @@ class _RootKeys:
         self.api = api
 
     def _check(self, request: web.Request) -> None:
-        key = request.match_info["key"]
+        key = _path_key(request)
         if key.split("/", 1)[0] in RESERVED_NAMES:
             if (methods := self.api.fixed_route_methods(request.path)) is not None:
                 raise ApiError(405, f"method {request.method} is not allowed on {request.path}",
@@ -430,6 +435,21 @@ class _RootKeys:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
+
+
+def _path_key(request: web.Request) -> str:
+    """The key in a /kv/{key} or /{key} path, percent-decoded as UTF-8 from the raw path. The
+    router's own decoding leaves an invalid sequence such as %ff as the three characters "%ff",
+    which would make /kv/%ff and /kv/%25ff two spellings of one key."""
+    raw = request.rel_url.raw_path
+    route = request.match_info.route.resource
+    prefix = "/kv/" if route is not None and route.canonical.startswith("/kv/") else "/"
+    assert raw.startswith(prefix), (raw, prefix)
+    try:
+        return unquote_to_bytes(raw[len(prefix):]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"key: not valid UTF-8 once percent-decoded (byte {exc.start}); keys are UTF-8 text, "
+                            "percent-encoded in the path") from None
 
 
 def _request_id(request: web.Request) -> str | None:

@@ -88,6 +88,16 @@ _PREV_REVISION_Q = {"name": "prev_revision", "in": "query", "schema": {"type": "
                     "description": "Delete only if the key's mod_revision equals this (also accepted in the body)."}
 
 
+def _head(get: dict[str, Any]) -> dict[str, Any]:
+    """HEAD of a GET operation: the same statuses and headers, no body."""
+    responses = {status: {k: v for k, v in answer.items() if k != "content"}
+                 for status, answer in get["responses"].items()}
+    head = {"summary": f"{get['summary']}: status and headers only (HEAD)", "responses": responses}
+    if "parameters" in get:
+        head["parameters"] = get["parameters"]
+    return head
+
+
 def _key_ops(root: bool, limits: dict[str, int]) -> dict[str, Any]:
     """GET/PUT/DELETE on one key; `root` is the seed's /{key} spelling of the same operations."""
     extra: dict[str, Any] = {}
@@ -171,6 +181,7 @@ def _schemas() -> dict[str, Any]:
             "prev": _ref("KeyValue"), **answered}},
         "RangeResult": {"type": "object", "required": ["items", "more", "count", "revision", "node"], "properties": {
             "items": {"type": "array", "items": _ref("KeyValue")}, "more": {"type": "boolean"},
+            "next": {"type": "string", "description": "With more=true: the start of the next page."},
             "count": {"type": "integer"}, "revision": {"type": "integer"}, **answered}},
         "TxnRequest": {"type": "object", "additionalProperties": False, "properties": {
             "compare": {"type": "array", "maxItems": 128, "items": {
@@ -233,9 +244,16 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
     paths: dict[str, Any] = {
         "/kv/{key}": _key_ops(False, limits),
         "/kv": {"get": _op("List keys by prefix", {
-            "200": _json(_ref("RangeResult"), "Keys in sorted order; more=true if the limit cut the list."),
-            "400": _E400, "503": _E503, "504": _E504_READ},
+            "200": _json(_ref("RangeResult"), "Keys in sorted order; more=true if the limit cut the list, "
+                                              "and then next is the first key not returned."),
+            "400": _E400, "413": _err("prefix, start or end is longer than a key may be."), "503": _E503,
+            "504": _E504_READ},
             parameters=[{"name": "prefix", "in": "query", "schema": {"type": "string", "default": ""}},
+                        {"name": "start", "in": "query", "schema": {"type": "string", "default": ""},
+                         "description": "Only keys from this one on (inclusive); pass the previous page's "
+                                        "\"next\" to page through a large prefix."},
+                        {"name": "end", "in": "query", "schema": {"type": "string"},
+                         "description": "Only keys before this one (exclusive), like etcd's range_end."},
                         {"name": "limit", "in": "query",
                          "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
                         _STALE])},
@@ -246,7 +264,7 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             parameters=[_IDEMPOTENCY], body=_ref("TxnRequest"))},
         "/raft-state": {"get": _op("This node's Raft state (the seed's fields and more)", {
             "200": _json(_ref("RaftState"), "Role, term, log, commit/apply indexes, peers' progress, faults."),
-            "400": _err("digest is not true or false.")},
+            "400": _err("digest is not a boolean, or an unknown query parameter.")},
             parameters=[{"name": "digest", "in": "query", "required": False, "schema": {"type": "boolean"},
                          "description": "Also return kvDigest, a hash of the whole state machine (costly)."}])},
         "/force-election": {"post": _op("Make this node start an election now", {
@@ -273,6 +291,9 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "501": _err("This node provides no event stream.")})},
         "/{key}": _key_ops(True, limits),
     }
+    for path, ops in paths.items():
+        if "get" in ops and path != "/watch":  # a WebSocket has no HEAD
+            ops["head"] = _head(ops["get"])
     return {
         "openapi": "3.1.0",
         "info": {"title": "raftkv node API", "version": "0.1.0", "description": (

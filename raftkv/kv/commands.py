@@ -123,19 +123,24 @@ TxnOp = TxnPut | TxnDelete | TxnGet | TxnRange
 
 @dataclass(frozen=True, slots=True)
 class Txn:
-    """If every compare holds, run `success` in order, else `failure`; atomic, one revision."""
+    """If every compare holds, run `success` in order, else `failure`; atomic, one revision.
+
+    typed_compares: '>' or '<' between a number and a string (the stored value and the compare's)
+    makes the whole txn invalid, as a client mistake. Txns logged before that rule existed carry
+    False (another wire tag), so replaying an old log still takes their failure branch."""
 
     compare: tuple[Compare, ...] = ()
     success: tuple[TxnOp, ...] = ()
     failure: tuple[TxnOp, ...] = ()
     request_id: str | None = None
+    typed_compares: bool = True
 
 
 Command = Put | Delete | Txn
 
 # ---- wire codec --------------------------------------------------------------------------------
 
-_PUT, _DELETE, _TXN = 1, 2, 3
+_PUT, _DELETE, _TXN_UNTYPED, _TXN = 1, 2, 3, 4
 _OP_TAGS: dict[type, int] = {TxnPut: 1, TxnDelete: 2, TxnGet: 3, TxnRange: 4}  # [tag, *fields in order]
 _OP_CLASSES = {tag: (cls, len(cls.__slots__)) for cls, tag in _OP_TAGS.items()}
 
@@ -153,8 +158,8 @@ def _wire(cmd: Command) -> list[Any]:
         return [_DELETE, cmd.key, cmd.prev_revision, cmd.request_id]
     if type(cmd) is Txn:
         compare = [[c.key, c.target.value, c.op.value, c.value] for c in cmd.compare]
-        return [_TXN, compare, [_encode_op(o) for o in cmd.success], [_encode_op(o) for o in cmd.failure],
-                cmd.request_id]
+        return [_TXN if cmd.typed_compares else _TXN_UNTYPED, compare, [_encode_op(o) for o in cmd.success],
+                [_encode_op(o) for o in cmd.failure], cmd.request_id]
     raise TypeError(f"not a command: {cmd!r}")
 
 
@@ -209,12 +214,12 @@ def decode(data: bytes) -> Command:
         cmd = Put(t[1], t[2], UNSET if boxed is None else boxed[0], t[4], t[5], t[6])
     elif tag == _DELETE and n == 4:
         cmd = Delete(t[1], t[2], t[3])
-    elif tag == _TXN and n == 5:
+    elif tag in (_TXN, _TXN_UNTYPED) and n == 5:
         if any(type(p) is not list for p in t[1:4]):
             raise InvalidCommand("undecodable command: txn lists are not arrays")
         cmd = Txn(tuple(_decode_compare(c, f"compare[{i}]") for i, c in enumerate(t[1])),
                   tuple(_decode_op(o, f"success[{i}]") for i, o in enumerate(t[2])),
-                  tuple(_decode_op(o, f"failure[{i}]") for i, o in enumerate(t[3])), t[4])
+                  tuple(_decode_op(o, f"failure[{i}]") for i, o in enumerate(t[3])), t[4], tag == _TXN)
     else:
         raise InvalidCommand(f"undecodable command: unknown tag {tag!r} with {n} fields")
     validate(cmd)
@@ -322,6 +327,8 @@ def validate(cmd: Command) -> None:
         if cmd.prev_revision is not None:
             _check_revision(cmd.prev_revision, "prev_revision", 1)
     elif t is Txn:
+        if type(cmd.typed_compares) is not bool:
+            raise InvalidCommand("typed_compares: must be true or false")
         for name in ("compare", "success", "failure"):
             items = getattr(cmd, name)
             if type(items) is not tuple or len(items) > MAX_TXN_OPS:
@@ -426,4 +433,19 @@ def txn_from_json(obj: Any, request_id: str | None = None) -> Txn:
               tuple(_op_from_json(o, f"failure[{i}]") for i, o in enumerate(lists["failure"])),
               _request_id(f, request_id))
     validate(cmd)
+    for name in ("success", "failure"):
+        _check_distinct_writes(getattr(cmd, name), name)
     return cmd
+
+
+def _check_distinct_writes(ops: tuple[TxnOp, ...], where: str) -> None:
+    """One branch may write a key once (as etcd: "duplicate key given in txn request"): two puts
+    of one key in one revision would leave a version history no reader could have seen. Checked on
+    the JSON only, never on decode: an old log entry that did it must still replay as it applied."""
+    first: dict[str, int] = {}
+    for i, op in enumerate(ops):
+        if type(op) in (TxnPut, TxnDelete):
+            if op.key in first:
+                raise InvalidCommand(f"{where}[{i}]: key {op.key!r} is already written by {where}[{first[op.key]}]; "
+                                     "a txn writes each key at most once per branch")
+            first[op.key] = i

@@ -131,6 +131,14 @@ def _holds(actual: Any, op: CompareOp, expected: Any) -> bool:
     return actual > expected if op is CompareOp.GT else actual < expected
 
 
+def _kind(value: Any) -> str:
+    """What an ordering compare sees in a JSON value: a number, a string, or something else."""
+    t = type(value)
+    if t in (int, float):
+        return "a number"
+    return "a string" if t is str else "a value that is neither a number nor a string"
+
+
 _ENCODE_CHUNK_ROWS = 5_000
 
 
@@ -168,6 +176,7 @@ class KVStateMachine:
         reused id:   {ok:False, error:"request_key_reused", op, key, request_id, first_use: {op, key},
                       mismatch: "operation"|"key"|"body", first_index, revision}
         bad entry:   {ok:False, error:"invalid", op:None, message}
+        mistyped:    {ok:False, error:"invalid", op:"txn", message}  ('>' or '<' of a number and a string)
         where kv is kv_to_dict(...) and revision is the store's revision after the command.
         A retry of a remembered request_id gets its first result again, with replayed=True.
         """
@@ -275,6 +284,8 @@ class KVStateMachine:
         # Compares all see the state before the txn; ops then run in order, and a read sees the
         # writes before it in the same txn. Validation already passed, so no op can fail midway:
         # the branch is applied whole, which is what makes the txn atomic.
+        if cmd.typed_compares and (mistyped := self._mistyped_compare(cmd.compare)) is not None:
+            return {"ok": False, "error": INVALID, "op": "txn", "message": mistyped}
         succeeded = all(self._compare(c) for c in cmd.compare)
         rev = self.revision + 1  # every write in this txn carries the same revision
         changed = False
@@ -308,6 +319,17 @@ class KVStateMachine:
         return {"ok": True, "op": "txn", "succeeded": succeeded, "responses": responses,
                 "revision": self.revision}
 
+    def _mistyped_compare(self, compares: tuple[Compare, ...]) -> str | None:
+        """Why an ordering compare cannot be evaluated: a number against a string (or the reverse)."""
+        for i, c in enumerate(compares):
+            if c.target is not Target.VALUE or c.op not in (CompareOp.GT, CompareOp.LT):
+                continue
+            kv = self._kvs.get(c.key)
+            if kv is not None and _kind(kv.value) != _kind(c.value):
+                return (f"compare[{i}]: key {c.key!r} holds {_kind(kv.value)}, which '{c.op}' cannot compare with "
+                        f"{_kind(c.value)}; nothing was done")
+        return None
+
     def _compare(self, c: Compare) -> bool:
         kv = self._kvs.get(c.key)
         if c.target is Target.EXISTS:
@@ -339,14 +361,16 @@ class KVStateMachine:
     def get(self, key: str) -> KeyValue | None:
         return self._kvs.get(key)
 
-    def range(self, prefix: str = "", limit: int | None = None) -> tuple[list[tuple[str, KeyValue]], bool]:
-        """Keys starting with prefix in sorted order, at most limit of them (None: all), and
-        whether more keys matched than were returned."""
+    def range(self, prefix: str = "", limit: int | None = None, start: str = "",
+              end: str | None = None) -> tuple[list[tuple[str, KeyValue]], bool]:
+        """Keys starting with prefix, from start (inclusive) to end (exclusive; None: no end), in
+        sorted order, at most limit of them (None: all), and whether more keys matched than were
+        returned (etcd's key and range_end, for paging through a large prefix)."""
         keys = self._sorted()
         items: list[tuple[str, KeyValue]] = []
-        i = bisect_left(keys, prefix)
+        i = bisect_left(keys, max(prefix, start))
         n = len(keys)
-        while i < n and keys[i].startswith(prefix):
+        while i < n and keys[i].startswith(prefix) and (end is None or keys[i] < end):
             if limit is not None and len(items) >= limit:
                 return items, True
             items.append((keys[i], self._kvs[keys[i]]))
