@@ -208,6 +208,8 @@ def test_a_retry_gets_the_first_answer_across_a_leader_change_and_a_restart(clus
     status, retry = http("PUT", cluster.url(leader) + "/kv/order17", {"value": "paid"}, headers=key)
     assert status == 200 and {k: retry[k] for k in same} == {k: first[k] for k in same}, retry
     assert get(cluster.url(leader), "order18")[0] == 404 and get(cluster.url(leader), "order17")[1]["version"] == 1
+    remembered = cluster.state(leader)["requestKeys"]
+    assert remembered["requestKeys"] == 1 and remembered["oldestIndex"] >= 1 and remembered["maxRequestKeys"] == 10_000
 
 
 def test_a_losing_compare_and_set_returns_412_and_writes_nothing(cluster: LocalCluster) -> None:

@@ -90,7 +90,7 @@ RESERVED_NAMES = frozenset({
 })
 
 _CORS_HEADERS = {"Access-Control-Allow-Origin": "*",
-                 "Access-Control-Expose-Headers": "Retry-After, Allow"}
+                 "Access-Control-Expose-Headers": f"Retry-After, Allow, {REPLAYED_HEADER}"}
 _CORS_METHODS = "GET, HEAD, PUT, POST, DELETE, OPTIONS"
 _KNOWN_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH"})
 

@@ -311,6 +311,7 @@ class RaftNode:
             tickMs=self.cfg.tick_ms,
             keys=len(self.kv),
             revision=self.kv.revision,
+            requestKeys=self.kv.dedup_stats(),
             faults=self.faults.describe(),
             transport=self.transport.stats(),
             storage=dataclasses.asdict(self.storage.stats),
