@@ -289,6 +289,23 @@ def test_put_then_get_shows_the_value_on_every_nodes_kv_view(page: Any) -> None:
 
 
 @browser_test
+def test_a_large_value_shows_its_size_and_all_of_it_on_demand(page: Any, dashboard: Dashboard) -> None:
+    key, value = "large_value", "y" * 300_000  # its JSON text (quotes included): 300,002 bytes
+    status, body = dashboard.api("POST", "/api/kv", {"op": "put", "key": key, "value": value})
+    assert status == 200 and body["status"] == 200, body
+    try:
+        cell = page.locator(f'[data-kv-node="node2"] tr[data-key="{key}"] td')
+        wait_until("node2's KV view to show the start of the value and its size",
+                   lambda: cell.count() == 1 and "293.0 KiB" in cell.inner_text())
+        assert len(cell.inner_text()) < 100, cell.inner_text()
+        cell.locator("button").click()
+        whole = page.locator('[data-node="node2"] .kv-full pre')
+        wait_until("all of the value, read from node2", lambda: whole.count() == 1 and whole.inner_text() == value)
+    finally:
+        dashboard.api("POST", "/api/kv", {"op": "delete", "key": key})
+
+
+@browser_test
 def test_guided_tour_runs_the_leader_election_demo(page: Any) -> None:
     page.select_option("#tour-demo", "election")
     page.click("#tour-run")

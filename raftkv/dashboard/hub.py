@@ -14,9 +14,19 @@ means the dashboard's connection failed or went silent (the node may be crashed,
 dashboard's own network may be at fault); "partitioned" is what the node itself reports about
 its Raft links in its status (`faults`). A node can be partitioned yet perfectly reachable.
 
-Everything is bounded: the recorder keeps the newest `RECORD_EVENTS` events; each browser has a
-queue of `CLIENT_QUEUE_BATCHES` batches and loses its oldest batch when it cannot keep up; events
-go to browsers in batches every `FLUSH_S` seconds so a busy cluster is not a frame per message.
+Everything is bounded, in count and in bytes. An event is encoded to JSON once, when it is
+emitted; that text is what is recorded, sent to browsers and exported, and its length is what the
+byte bounds count (a node's status is small however large its values: see raftkv/node/observe.py).
+The recorder keeps the newest events within `RECORD_MAX_EVENTS` and `RECORD_MAX_BYTES`, dropping
+the oldest. A node's status (four a second) is recorded only when something the page draws from
+it changed, or `STATUS_RECORD_EVERY_S` after the last one recorded: scrubbing the timeline still
+finds each node's picture at any moment, without a copy per quarter second. Every status still goes
+to the open pages, marked `"recorded": false` when it was not kept, so a page can keep the same
+history. A newly opened page's `hello` carries the newest recorded events (not messages or ticks)
+within `HELLO_MAX_EVENTS` and `HELLO_MAX_BYTES`. Events go to browsers in batches every `FLUSH_S`
+seconds, so a busy cluster is not a frame per message; each browser's queue holds at most
+`CLIENT_QUEUE_FRAMES` frames and `CLIENT_QUEUE_BYTES`, and a page that cannot keep up loses its
+oldest frames.
 """
 
 from __future__ import annotations
@@ -29,9 +39,9 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -41,14 +51,83 @@ from .safety import SafetyChecker
 
 log = logging.getLogger("raftkv.dashboard")
 
-RECORD_EVENTS = 100_000
-CLIENT_QUEUE_BATCHES = 400
+MIB = 1024 * 1024
+RECORD_MAX_EVENTS = 100_000
+RECORD_MAX_BYTES = 32 * MIB
+STATUS_RECORD_EVERY_S = 2.0  # an unchanged status is still recorded this often
+HELLO_MAX_EVENTS = 5000  # recent events (not messages) a newly opened page receives, so its timeline has a past
+HELLO_MAX_BYTES = 2 * MIB
+CLIENT_QUEUE_FRAMES = 400
+CLIENT_QUEUE_BYTES = 16 * MIB
 FLUSH_S = 0.05
 TICK_S = 0.5
 METRICS_EVERY_S = 1.0
 SILENT_AFTER_S = 1.5  # connected, yet no status for this long: the node is not answering
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.2, 3.0
-HELLO_EVENTS = 5000  # recent events (not messages) a newly opened page receives, so its timeline has a past
+# Status fields that move with nothing happening (clocks, counters): a status that differs from
+# the last recorded one only in these shows the page nothing new.
+STATUS_CLOCK_FIELDS = frozenset({"electionElapsed", "heartbeatElapsed", "uptime", "transport", "storage"})
+PEER_CLOCK_FIELDS = frozenset({"lastContact", "ticksSinceContact", "recentActive"})
+NOT_IN_HELLO = frozenset({"msg", "tick"})  # too many to replay usefully
+
+T = TypeVar("T")
+
+
+class BoundedLog(Generic[T]):
+    """The newest items, at most `max_items` of them and at most `max_bytes` together; appending
+    past either bound drops the oldest. `size(item)` must be cheap and always give the same answer
+    for an item (here: the length of a text already encoded)."""
+
+    def __init__(self, max_items: int, max_bytes: int, size: Callable[[T], int]) -> None:
+        assert max_items > 0 and max_bytes > 0
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._size = size
+        self._items: deque[T] = deque()
+        self.bytes = 0
+        self.dropped = 0
+
+    def append(self, item: T) -> None:
+        self._items.append(item)
+        self.bytes += self._size(item)
+        while len(self._items) > self.max_items or self.bytes > self.max_bytes:
+            self.popleft()
+            self.dropped += 1
+
+    def popleft(self) -> T:
+        item = self._items.popleft()
+        self.bytes -= self._size(item)
+        return item
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items)
+
+    def __reversed__(self) -> Iterator[T]:
+        return reversed(self._items)
+
+    def describe(self) -> dict[str, int]:
+        return {"events": len(self._items), "bytes": self.bytes, "maxEvents": self.max_items,
+                "maxBytes": self.max_bytes, "dropped": self.dropped}
+
+
+class Recorded(NamedTuple):
+    type: str
+    json: str  # the event as browsers receive it and the export writes it
+
+
+def status_picture(state: dict, kv: dict | None) -> tuple:
+    """What the page draws from a node's status: all of it but the clocks and counters."""
+    still = {k: v for k, v in state.items() if k not in STATUS_CLOCK_FIELDS}
+    still["peers"] = [{k: v for k, v in p.items() if k not in PEER_CLOCK_FIELDS} for p in state.get("peers") or ()]
+    return still, kv
+
+
+def encoded_frame(head: dict, events: list[str]) -> str:
+    """`head` as a JSON object with an "events" list of events already encoded (not encoded again)."""
+    assert head, "an empty head would leave a comma before events"
+    return json.dumps(head, default=str)[:-1] + ',"events":[' + ",".join(events) + "]}"
 
 
 @dataclass
@@ -67,6 +146,17 @@ class NodeLink:
     attempts: int = 0
     newest_t: float = 0.0  # node time of the newest event seen: a reconnect replays the node's recent ring
     replay_before: float = 0.0  # during this connection, events stamped at or before this are replays
+    recorded_picture: tuple | None = None  # what the page draws from the last status recorded
+    recorded_at: float = 0.0  # monotonic time that status was recorded
+
+    def status_worth_recording(self, state: dict, kv: dict | None) -> bool:
+        """Whether this status shows the page something new, or the last one recorded is getting old."""
+        picture = status_picture(state, kv)
+        now = time.monotonic()
+        if picture == self.recorded_picture and now - self.recorded_at < STATUS_RECORD_EVERY_S:
+            return False
+        self.recorded_picture, self.recorded_at = picture, now
+        return True
 
     def reach(self, now: float) -> str:
         if not self.connected:
@@ -77,15 +167,21 @@ class NodeLink:
 
 
 class BrowserClient:
+    """The frames waiting to go to one open page; a page that cannot keep up loses its oldest."""
+
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[str] = asyncio.Queue(CLIENT_QUEUE_BATCHES)
-        self.lost_batches = 0
+        self._frames: BoundedLog[str] = BoundedLog(CLIENT_QUEUE_FRAMES, CLIENT_QUEUE_BYTES, len)
+        self._offered = asyncio.Event()
 
     def offer(self, frame: str) -> None:
-        if self.queue.full():
-            self.queue.get_nowait()
-            self.lost_batches += 1
-        self.queue.put_nowait(frame)
+        self._frames.append(frame)
+        self._offered.set()
+
+    async def next_frame(self) -> str:
+        while not self._frames:
+            self._offered.clear()
+            await self._offered.wait()
+        return self._frames.popleft()
 
 
 class Hub:
@@ -93,10 +189,10 @@ class Hub:
         self.links = {link.id: link for link in links}
         self.supervisor = supervisor
         self.safety = SafetyChecker()
-        self.recorder: deque[dict] = deque(maxlen=RECORD_EVENTS)
+        self.recorder: BoundedLog[Recorded] = BoundedLog(RECORD_MAX_EVENTS, RECORD_MAX_BYTES, lambda r: len(r.json))
         self.clients: set[BrowserClient] = set()
         self._seq = itertools.count(1)
-        self._pending: list[dict] = []
+        self._pending: list[str] = []  # encoded events for the next batch
         self._link_counts: dict[tuple[str, str, str], list[int]] = {}
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
@@ -139,11 +235,13 @@ class Hub:
     # ------------------------------------------------------------------ events ------------------
 
     def emit(self, event: dict) -> dict:
-        """Stamp, record and queue one event for every browser."""
+        """Stamp, encode, record (unless marked `"recorded": false`) and queue one event for every browser."""
         event["seq"] = next(self._seq)
         event["rt"] = round(time.time(), 4)
-        self.recorder.append(event)
-        self._pending.append(event)
+        text = json.dumps(event, default=str)
+        if event.get("recorded", True):
+            self.recorder.append(Recorded(event["type"], text))
+        self._pending.append(text)
         return event
 
     def action(self, text: str, **fields: Any) -> dict:
@@ -151,19 +249,31 @@ class Hub:
         log.info("dashboard action: %s", text)
         return self.emit({"type": "action", "text": text, **fields})
 
-    def hello(self) -> dict:
-        # Messages and ticks are too many to replay usefully; everything else gives the timeline a past.
-        wanted = (e for e in reversed(self.recorder) if e.get("type") not in ("msg", "tick"))
-        recent = list(itertools.islice(wanted, HELLO_EVENTS))[::-1]
-        return {
+    def hello(self, features: dict) -> str:
+        """The first frame a newly opened page receives: the nodes, what it can do (`features`) and
+        the newest recorded events, within HELLO_MAX_EVENTS and HELLO_MAX_BYTES, to give its timeline a past."""
+        head = {
             "type": "hello",
             "nodes": [{"id": n.id, "url": n.url, "raftId": n.raft_id} for n in self.links.values()],
             "supervisor": self.supervisor is not None,
             "safety": self.safety.describe(),
             "reach": self.reach(),
-            "events": recent,
             "now": time.time(),
+            **features,
         }
+        return encoded_frame(head, self._newest_for_hello())
+
+    def _newest_for_hello(self) -> list[str]:
+        newest_first: list[str] = []
+        total_bytes = 0
+        for rec in reversed(self.recorder):
+            if rec.type in NOT_IN_HELLO:
+                continue
+            if len(newest_first) == HELLO_MAX_EVENTS or total_bytes + len(rec.json) > HELLO_MAX_BYTES:
+                break
+            newest_first.append(rec.json)
+            total_bytes += len(rec.json)
+        return newest_first[::-1]
 
     def reach(self) -> dict:
         now = time.time()
@@ -192,6 +302,7 @@ class Hub:
         if kind == "status":
             state = ev.get("state") or {}
             link.status, link.kv = state, ev.get("kv")
+            ev["recorded"] = link.status_worth_recording(state, link.kv)
             if state.get("nodeId"):
                 link.raft_id = state["nodeId"]
             if self.safety.observe_status(link.id, state):
@@ -272,7 +383,7 @@ class Hub:
                 continue
             batch, self._pending = self._pending, []
             if self.clients:
-                frame = json.dumps({"type": "batch", "events": batch}, default=str)
+                frame = encoded_frame({"type": "batch"}, batch)
                 for c in list(self.clients):
                     c.offer(frame)
 

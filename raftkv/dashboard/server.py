@@ -9,10 +9,12 @@ Ctrl-C or SIGTERM (or until `stop_event` is set, when run in a thread), then ret
 * serves `static/` (plain HTML, CSS, JavaScript and inline SVG: no CDN, no build step, works
   offline);
 * `GET /ws`: a WebSocket that first sends a `hello` (nodes, what is available, the recent
-  events) and then batches of events from the hub (see hub.py), live;
+  events) and then batches of events from the hub (see hub.py), live; both are bounded in bytes;
 * `POST /api/...`: the controls (controls.py), the load generator (load.py), slow motion and the
   guided tour (tour.py). Errors are JSON `{"error": ...}`; what needs a supervisor answers 501
   with the reason when the dashboard only attaches to a remote cluster;
+* `GET /api/state`: each node's latest status and KV preview, reachability, safety, and how full
+  the recorder is;
 * `GET /api/trace.ndjson`: everything recorded, one JSON event per line.
 """
 
@@ -30,7 +32,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from .controls import ControlError, Controls
-from .hub import BrowserClient, Hub, resolve_ids
+from .hub import MIB, BrowserClient, Hub, resolve_ids
 from .load import LoadGenerator
 from .tour import DEMOS, Tour
 
@@ -41,6 +43,7 @@ HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
 CONTROLS_KEY: web.AppKey[Controls] = web.AppKey("controls", Controls)
 LOAD_KEY: web.AppKey[LoadGenerator] = web.AppKey("load", LoadGenerator)
 TOUR_KEY: web.AppKey[Tour] = web.AppKey("tour", Tour)
+MAX_REQUEST_BYTES = 2 * MIB  # a PUT of the largest value a node takes (1 MiB) fits, as on the nodes
 
 
 def _error(status: int, message: str, **fields: Any) -> web.Response:
@@ -83,15 +86,12 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=1 << 20)
     await ws.prepare(request)
     client = BrowserClient()
-    hello = hub.hello()
-    hello.update(features(request.app))
-    await ws.send_str(json.dumps(hello, default=str))
+    await ws.send_str(hub.hello(features(request.app)))
     hub.clients.add(client)
 
     async def pump() -> None:
         while True:
-            frame = await client.queue.get()
-            await ws.send_str(frame)
+            await ws.send_str(await client.next_frame())
 
     task = asyncio.create_task(pump())
     try:
@@ -141,6 +141,7 @@ async def state(request: web.Request) -> web.Response:
             "supervisor": controls.supervisor is not None,
             "load": request.app[LOAD_KEY].last,
             "tour": {"running": request.app[TOUR_KEY].running},
+            "recorder": hub.recorder.describe(),
             **controls.slowmo_info(),
         },
         dumps=lambda o: json.dumps(o, default=str),
@@ -213,8 +214,8 @@ async def trace(request: web.Request) -> web.StreamResponse:
     })
     await resp.prepare(request)
     chunk: list[str] = []
-    for ev in list(hub.recorder):
-        chunk.append(json.dumps(ev, default=str))
+    for recorded in list(hub.recorder):
+        chunk.append(recorded.json)
         if len(chunk) >= 500:
             await resp.write(("\n".join(chunk) + "\n").encode())
             chunk = []
@@ -232,7 +233,7 @@ async def create_app(node_urls: list[str], supervisor: Any = None) -> web.Applic
     hub = Hub(links, supervisor)
     controls = Controls(hub, supervisor)
     hub.extra_reach = controls.slowmo_info
-    app = web.Application(middlewares=[errors])
+    app = web.Application(middlewares=[errors], client_max_size=MAX_REQUEST_BYTES)
     app[HUB_KEY], app[CONTROLS_KEY] = hub, controls
     app[LOAD_KEY], app[TOUR_KEY] = LoadGenerator(hub), Tour(hub, controls)
 

@@ -1,15 +1,18 @@
 // raftkv dashboard: renders what the dashboard server pushes over /ws. No framework, no build step.
 //
 // Data flow: the server sends one `hello` (nodes, features, recent events) and then batches of
-// events. Every event is kept in `history` (bounded); the view is always rendered from "the
+// events. Every event the server recorded is kept in `history`, bounded in count and in bytes like
+// the server's own record (messages are only animated; a status the server did not record, the
+// same picture as the last one, only updates the live view); the view is always rendered from "the
 // latest status of each node at time T", where T is now (live) or a point the person scrubbed to
 // (paused). Message animations and the event feed follow the same rule.
 "use strict";
 
 const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442"]; // Okabe-Ito
 const termColour = (t) => (t == null ? "#bbb" : PALETTE[((t % PALETTE.length) + PALETTE.length) % PALETTE.length]);
-const HISTORY_MAX = 40000;
-const STATUS_PER_NODE_MAX = 5000;
+const HISTORY_MAX_EVENTS = 40000;
+const HISTORY_MAX_BYTES = 16 * 1024 * 1024;  // as JSON text: objects take a few times that
+const ENCODED_BYTES = Symbol("encoded bytes");  // on each kept event: its size as JSON text
 const FEED_MAX = 250;
 const LOG_CELLS = 32;
 const CHART_POINTS = 120;
@@ -24,8 +27,9 @@ const S = {
   nodes: [],            // [{id, url, raftId}]
   features: {},
   supervisor: false,
-  history: [],          // every event, oldest first
-  statuses: {},         // id -> [{rt, state, kv}]
+  history: [],          // every recorded event but messages and ticks, oldest first
+  historyBytes: 0,      // their size as JSON text
+  statuses: {},         // id -> [{rt, state, kv, recorded}]: the recorded ones, then the newest if it was not
   terms: {},            // id -> Map(index -> term), inferred from status (lastLogTerm) and truncations
   truncatedAt: {},      // id -> {index, rt}
   reach: {},            // id -> reach record from the latest tick
@@ -66,6 +70,7 @@ const now = () => Date.now() / 1000 + S.serverSkew;
 const fmtAgo = (t) => (t == null ? "never" : `${Math.max(0, now() - t).toFixed(1)} s ago`);
 const fmtTime = (t) => new Date(t * 1000).toLocaleTimeString([], {hour12: false}) + "." + String(Math.floor((t % 1) * 10));
 const short = (v) => { const s = typeof v === "string" ? v : JSON.stringify(v); return s.length > 40 ? s.slice(0, 39) + "…" : s; };
+const fmtBytes = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} bytes`);
 
 // ------------------------------------------------------------------------- connection ---------
 
@@ -100,6 +105,7 @@ function onHello(h) {
   S.safety = h.safety || [];
   S.reach = h.reach || {};
   S.history = [];
+  S.historyBytes = 0;
   S.statuses = {};
   S.terms = {};
   for (const n of S.nodes) { S.statuses[n.id] = []; S.terms[n.id] = new Map(); }
@@ -113,18 +119,14 @@ function onHello(h) {
 // ------------------------------------------------------------------------- ingesting events ---
 
 function ingest(ev, live) {
-  // Messages are only animated (and counted per link by the server); the rest is kept for the
-  // timeline, trimmed in chunks so a busy cluster does not cost a copy per event.
-  if (ev.type !== "msg" && ev.type !== "tick") {
-    S.history.push(ev);
-    if (S.history.length > HISTORY_MAX + 2000) S.history.splice(0, S.history.length - HISTORY_MAX);
-  }
+  // Messages are only animated (and counted per link by the server); ticks only update the view.
+  if (ev.type !== "msg" && ev.type !== "tick" && ev.recorded !== false) remember(ev);
   const node = ev.via || ev.node;
   switch (ev.type) {
     case "status": {
       const arr = S.statuses[node] || (S.statuses[node] = []);
-      arr.push({rt: ev.rt, state: ev.state, kv: ev.kv});
-      if (arr.length > STATUS_PER_NODE_MAX + 500) arr.splice(0, arr.length - STATUS_PER_NODE_MAX);
+      if (arr.length && !arr[arr.length - 1].recorded) arr.pop();  // it was only the live view's
+      arr.push({rt: ev.rt, state: ev.state, kv: ev.kv, recorded: ev.recorded !== false});
       noteTerms(node, ev.state);
       break;
     }
@@ -159,6 +161,30 @@ function ingest(ev, live) {
       break;
   }
   if (live && isFeedEvent(ev) && !S.paused) addFeed(ev, true);
+}
+
+function remember(ev) {
+  ev[ENCODED_BYTES] = JSON.stringify(ev).length;
+  S.history.push(ev);
+  S.historyBytes += ev[ENCODED_BYTES];
+  if (S.history.length > HISTORY_MAX_EVENTS || S.historyBytes > HISTORY_MAX_BYTES) forgetOldest();
+}
+
+function forgetOldest() {
+  // Down to 90% of both bounds at once, so a busy cluster does not cost a copy of the history per event.
+  let drop = 0;
+  while (drop < S.history.length && (S.history.length - drop > 0.9 * HISTORY_MAX_EVENTS || S.historyBytes > 0.9 * HISTORY_MAX_BYTES)) {
+    S.historyBytes -= S.history[drop][ENCODED_BYTES];
+    drop++;
+  }
+  S.history.splice(0, drop);
+  // Statuses older than the history go with it, except each node's newest: the view needs one.
+  const oldest = S.history.length ? S.history[0].rt : Infinity;
+  for (const arr of Object.values(S.statuses)) {
+    let old = 0;
+    while (old < arr.length - 1 && arr[old].rt < oldest) old++;
+    arr.splice(0, old);
+  }
 }
 
 function noteTerms(node, st) {
@@ -245,7 +271,8 @@ function buildCards() {
         b("resume", "▶ Resume", "Resume (SIGCONT)", procOff)),
       proc.available ? null : el("p", {class: "why", text: proc.why}),
       el("details", {class: "kv", open: true}, el("summary", {}, "KV store ", el("span", {class: "kv-count"})),
-        el("table", {"data-kv-node": n.id}, el("tbody"))));
+        el("table", {"data-kv-node": n.id}, el("tbody"))),
+      el("div", {class: "kv-full", hidden: true, "aria-live": "polite"}));
     cards.append(card);
   }
 }
@@ -531,18 +558,49 @@ function renderCards() {
       q("pause").disabled = !proc.running || proc.paused;
       q("resume").disabled = !proc.paused;
     }
-    // KV contents as this node has applied them.
-    const kv = st && st.kv;
-    const tbody = card.querySelector("tbody");
-    const items = kv ? Object.entries(kv.items || {}) : [];
-    card.querySelector(".kv-count").textContent = kv ? `(${kv.count} key${kv.count === 1 ? "" : "s"}${kv.more ? ", first 50 shown" : ""})` : "";
-    const sig = kv ? JSON.stringify(kv.items) : "";
-    if (tbody.dataset.sig !== sig) {  // rebuilt only when the contents change: rows stay put for reading
-      tbody.dataset.sig = sig;
-      const rows = items.map(([k, v]) => el("tr", {"data-key": k}, el("th", {scope: "row", text: k}), el("td", {text: short(v)})));
-      tbody.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", {colspan: 2, class: "empty", text: kv ? "empty" : "—"}))]));
-    }
+    renderKv(card, n.id, st && st.kv);
   }
+}
+
+function renderKv(card, node, kv) {
+  // KV contents as this node has applied them: values too long for a status event come as the
+  // start of their JSON text and their size, and the whole value is read from the node on demand.
+  const whole = Object.entries((kv && kv.items) || {}), truncated = Object.entries((kv && kv.truncated) || {});
+  const shown = whole.length + truncated.length;
+  card.querySelector(".kv-count").textContent = kv ? `(${kv.count} key${kv.count === 1 ? "" : "s"}${kv.more ? `, first ${shown} shown` : ""})` : "";
+  const tbody = card.querySelector("tbody");
+  const sig = kv ? JSON.stringify([whole, truncated]) : "";
+  if (tbody.dataset.sig === sig) return;  // rebuilt only when the contents change: rows stay put for reading
+  tbody.dataset.sig = sig;
+  const cells = [...whole.map(([k, v]) => [k, el("td", {text: short(v)})]), ...truncated.map(([k, t]) => [k, truncatedCell(node, k, t)])];
+  const rows = cells.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([k, td]) => el("tr", {"data-key": k}, el("th", {scope: "row", text: k}), td));
+  tbody.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", {colspan: 2, class: "empty", text: kv ? "empty" : "—"}))]));
+}
+
+function truncatedCell(node, key, t) {
+  return el("td", {class: "truncated"}, `${short(t.head)} `,
+    el("button", {type: "button", class: "kv-more", "aria-label": `Show all ${fmtBytes(t.bytes)} of ${key} as ${node} has it`,
+      onclick: () => showWholeValue(node, key)}, `${fmtBytes(t.bytes)}: show all`));
+}
+
+async function showWholeValue(node, key) {
+  // A stale read answers from this node's own copy: the value its card stands for.
+  const box = document.querySelector(`[data-node="${node}"] .kv-full`);
+  box.hidden = false;
+  box.replaceChildren(el("p", {text: `reading ${key} from ${node}…`}));
+  const r = await api("/api/kv", {op: "get", key, node, stale: true});
+  const close = el("button", {type: "button", class: "kv-close", "aria-label": `Close the value of ${key}`,
+    onclick: () => { box.hidden = true; box.replaceChildren(); }}, "✕");
+  if (!r || r.status !== 200) {
+    const why = r ? `${r.status} ${(r.body && r.body.error) || ""}` : $("#control-msg").textContent;
+    box.replaceChildren(el("p", {class: "bad"}, `could not read ${key} from ${node}: ${why} `, close));
+    return;
+  }
+  const v = r.body.value;
+  const text = typeof v === "string" ? v : JSON.stringify(v);
+  box.replaceChildren(el("p", {}, el("b", {text: key}), ` on ${node}, revision ${r.body.mod_revision} `, close),
+    el("pre", {text}));
 }
 
 // ------------------------------------------------------------------------- logs --------------
