@@ -452,6 +452,25 @@ def test_dashboard_command_serves_a_remote_cluster_until_sigterm(cluster: LocalC
             proc.wait()
 
 
+def test_number_fields_out_of_range_or_not_numbers_get_a_400_naming_the_field_and_range(dashboard: Dashboard) -> None:
+    from raftkv.dashboard.controls import SLOWMO_MAX_FACTOR
+    from raftkv.dashboard.load import MAX_SECONDS, MAX_WRITERS
+
+    refused = [
+        ("/api/slowmo", {"factor": "abc"}, f"factor: an integer from 1 to {SLOWMO_MAX_FACTOR}"),
+        ("/api/slowmo", {"factor": SLOWMO_MAX_FACTOR + 1}, f"factor: an integer from 1 to {SLOWMO_MAX_FACTOR}"),
+        ("/api/slowmo", {"factor": True}, f"factor: an integer from 1 to {SLOWMO_MAX_FACTOR}"),
+        ("/api/load", {"writers": "many"}, f"writers: an integer from 1 to {MAX_WRITERS}"),
+        ("/api/load", {"writers": 2.5}, f"writers: an integer from 1 to {MAX_WRITERS}"),
+        ("/api/load", {"seconds": "ten"}, f"seconds: a number from 0.1 to {MAX_SECONDS}"),
+        ("/api/load", {"seconds": 0}, f"seconds: a number from 0.1 to {MAX_SECONDS}"),
+    ]
+    for path, body, error in refused:
+        status, answer = dashboard.api("POST", path, body)
+        assert (status, answer["error"]) == (400, error), (path, body, answer)
+        assert answer["field"] == next(iter(body)), answer
+
+
 # ------------------------------------------------------------------------------ pure parts ---------
 # The checks and the metrics arithmetic, without a browser: a broken guarantee must turn red.
 

@@ -11,8 +11,9 @@ Ctrl-C or SIGTERM (or until `stop_event` is set, when run in a thread), then ret
 * `GET /ws`: a WebSocket that first sends a `hello` (nodes, what is available, the recent
   events) and then batches of events from the hub (see hub.py), live; both are bounded in bytes;
 * `POST /api/...`: the controls (controls.py), the load generator (load.py), slow motion and the
-  guided tour (tour.py). Errors are JSON `{"error": ...}`; what needs a supervisor answers 501
-  with the reason when the dashboard only attaches to a remote cluster;
+  guided tour (tour.py). Errors are JSON `{"error": ...}`; a number out of its range or not a
+  number is a 400 naming the field and the range; what needs a supervisor answers 501 with the
+  reason when the dashboard only attaches to a remote cluster;
 * `GET /api/state`: each node's latest status and KV preview, reachability, safety, and how full
   the recorder is;
 * `GET /api/trace.ndjson`: everything recorded, one JSON event per line.
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
 import threading
 from pathlib import Path
@@ -31,9 +33,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from .controls import ControlError, Controls
+from .controls import SLOWMO_MAX_FACTOR, ControlError, Controls
 from .hub import MIB, BrowserClient, Hub, resolve_ids
-from .load import LoadGenerator
+from .load import MAX_SECONDS, MAX_WRITERS, LoadGenerator
 from .tour import DEMOS, Tour
 
 log = logging.getLogger("raftkv.dashboard")
@@ -44,6 +46,7 @@ CONTROLS_KEY: web.AppKey[Controls] = web.AppKey("controls", Controls)
 LOAD_KEY: web.AppKey[LoadGenerator] = web.AppKey("load", LoadGenerator)
 TOUR_KEY: web.AppKey[Tour] = web.AppKey("tour", Tour)
 MAX_REQUEST_BYTES = 2 * MIB  # a PUT of the largest value a node takes (1 MiB) fits, as on the nodes
+MIN_LOAD_SECONDS = 0.1
 
 
 def _error(status: int, message: str, **fields: Any) -> web.Response:
@@ -72,6 +75,17 @@ async def _json(request: web.Request) -> dict:
     if not isinstance(body, dict):
         raise ValueError("body: must be a JSON object")
     return body
+
+
+def _number(body: dict, name: str, default: float, low: float, high: float, *, integer: bool) -> Any:
+    """body[name] (or the default) if it is a JSON number (an integer if asked) within low..high;
+    otherwise a 400 that names the field and the range."""
+    value = body.get(name, default)
+    kinds = (int,) if integer else (int, float)
+    if type(value) not in kinds or not math.isfinite(value) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise ControlError(400, f"{name}: {kind} from {low:g} to {high:g}", field=name, min=low, max=high)
+    return value
 
 
 # ---------------------------------------------------------------------- handlers -----------------
@@ -184,7 +198,9 @@ async def kv(request: web.Request) -> web.Response:
 
 async def load_start(request: web.Request) -> web.Response:
     body = await _json(request)
-    return web.json_response(request.app[LOAD_KEY].start(int(body.get("writers", 8)), float(body.get("seconds", 10))))
+    writers = _number(body, "writers", 8, 1, MAX_WRITERS, integer=True)
+    seconds = _number(body, "seconds", 10, MIN_LOAD_SECONDS, MAX_SECONDS, integer=False)
+    return web.json_response(request.app[LOAD_KEY].start(writers, seconds))
 
 
 async def load_stop(request: web.Request) -> web.Response:
@@ -193,7 +209,8 @@ async def load_stop(request: web.Request) -> web.Response:
 
 async def slowmo(request: web.Request) -> web.Response:
     body = await _json(request)
-    return web.json_response(await request.app[CONTROLS_KEY].slow_motion(int(body.get("factor", 10))))
+    factor = _number(body, "factor", 10, 1, SLOWMO_MAX_FACTOR, integer=True)
+    return web.json_response(await request.app[CONTROLS_KEY].slow_motion(factor))
 
 
 async def tour_start(request: web.Request) -> web.Response:
