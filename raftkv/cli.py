@@ -13,13 +13,25 @@ from typing import Any
 import click
 
 from raftkv.chaos.cli_command import chaos as chaos_command
-from raftkv.client import Client, ClusterUnreachableError
+from raftkv.client import Client, ClusterUnreachableError, endpoint_url, parse_endpoints
 from raftkv.dashboard import promtext
 from raftkv.dashboard.cli_command import dashboard as dashboard_command
 from raftkv.node.config import ConfigError, NodeConfig, load_toml, parse_cluster
+from raftkv.ports import (
+    OPEN_TO_NETWORK,
+    WILDCARD_HOSTS,
+    Listener,
+    PortUnavailableError,
+    check_listeners,
+    node_listeners,
+    reachable_urls,
+)
 from raftkv.sim.__main__ import main as sim_command
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:3000,http://127.0.0.1:3001,http://127.0.0.1:3002"
+DEFAULT_DASHBOARD = "http://127.0.0.1:8080"
+PREVIEW_CHARS = 60  # of a deleted value, as `raftkv del` shows it
+LAB_TIMEOUT_S = 30.0  # a graceful stop through the dashboard waits for the node to exit
 
 
 def setup_logging(verbose: bool) -> None:
@@ -42,6 +54,11 @@ def main(verbose: bool) -> None:
 @click.option("--cluster", help="Members: id@host:http_port:raft_port,... (or use --config).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: data/<id>.")
+@click.option(
+    "--listen-client-host",
+    help="Address the client HTTP API listens on (default: this member's host), e.g. 0.0.0.0 for every "
+    "interface; peers still use the member's address.",
+)
 @click.option("--tick-ms", type=click.IntRange(1, 1000), default=None, help="Length of one Raft tick.")
 @click.option("--snapshot-every", type=click.IntRange(0), default=None, help="Applied entries between snapshots.")
 @click.option("--snapshot-retain", type=click.IntRange(0), default=None, help="Entries kept after a snapshot.")
@@ -55,6 +72,7 @@ def node(
     cluster: str | None,
     config_file: Path | None,
     data_dir: Path | None,
+    listen_client_host: str | None,
     tick_ms: int | None,
     snapshot_every: int | None,
     snapshot_retain: int | None,
@@ -70,6 +88,7 @@ def node(
     overrides: dict[str, Any] = {
         k: v
         for k, v in {
+            "listen_client_host": listen_client_host,
             "tick_ms": tick_ms,
             "snapshot_every": snapshot_every,
             "snapshot_retain_entries": snapshot_retain,
@@ -100,7 +119,10 @@ def node(
     from raftkv.storage import DataDirLockedError
 
     try:
+        check_listeners(node_listeners(cfg.me, cfg.listen_client_host))
         run(cfg)
+    except PortUnavailableError as e:
+        raise click.ClickException(f"{e}; {cfg.node_id} not started") from None
     except DataDirLockedError as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
@@ -109,27 +131,55 @@ def node(
 
 @main.command()
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--http-port", type=int, default=3000, show_default=True, help="First node's client port.")
-@click.option("--raft-port", type=int, default=4000, show_default=True, help="First node's peer port.")
-@click.option("--dashboard-port", type=int, default=8080, show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the nodes' client APIs and the dashboard listen on; 0.0.0.0 opens them to the network.",
+)
+@click.option("--http-port", type=click.IntRange(1, 65535), default=3000, show_default=True,
+              help="First node's client port.")
+@click.option("--raft-port", type=click.IntRange(1, 65535), default=4000, show_default=True,
+              help="First node's peer port.")
+@click.option("--dashboard-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True)
 def up(nodes: int, host: str, http_port: int, raft_port: int, dashboard_port: int, data_dir: Path) -> None:
-    """Run a local cluster (node1.. on consecutive ports) with its dashboard, until Ctrl-C."""
+    """Run a local cluster (node1.. on consecutive ports) with its dashboard, until Ctrl-C.
+
+    Node exits and restarts are printed as they happen; `raftkv lab` starts, stops and restarts
+    the nodes from another terminal."""
+    from raftkv.dashboard.server import run_dashboard
     from raftkv.supervisor import Supervisor, local_members
 
-    members = local_members(nodes, host, http_port, raft_port)
-    supervisor = Supervisor(members, data_dir)
+    # On every interface, the nodes still talk to each other (and the dashboard to them) over
+    # loopback: only their client APIs and the dashboard are opened to the network.
+    everywhere = host in WILDCARD_HOSTS
+    local_host = "127.0.0.1" if everywhere else host
+    members = local_members(nodes, local_host, http_port, raft_port)
+    listen_client_host = host if everywhere else None
+    try:
+        check_listeners([
+            *(listener for m in members for listener in node_listeners(m, listen_client_host)),
+            Listener(host, dashboard_port, "the dashboard"),
+        ])
+    except PortUnavailableError as e:
+        raise click.ClickException(f"{e}; nothing was started") from None
+    node_args = ["--listen-client-host", listen_client_host] if listen_client_host else []
+    supervisor = Supervisor(members, data_dir, node_args, on_event=click.echo)
     supervisor.start_all()
+    supervisor.watch_exits()
     for m in members:
-        click.echo(f"{m.id}: {m.url}  (data: {data_dir / m.id})")
-    from raftkv.dashboard.server import run_dashboard
-
-    click.echo(f"dashboard: http://{host}:{dashboard_port}")
+        click.echo(f"{m.id}: {', '.join(reachable_urls(host, m.http_port))}  (data: {data_dir / m.id})")
+    click.echo(f"dashboard: {', '.join(reachable_urls(host, dashboard_port))}")
+    if everywhere:
+        click.echo(OPEN_TO_NETWORK.format(what="the dashboard's controls (crash, pause, partition the nodes) "
+                                               "and the nodes' APIs"))
     try:
         run_dashboard(host, dashboard_port, [m.url for m in members], supervisor)
     except KeyboardInterrupt:
         pass
+    except OSError as e:  # lost the port between the check and the bind
+        raise click.ClickException(f"the dashboard cannot listen on {host}:{dashboard_port}: {e.strerror}") from None
     finally:
         click.echo("stopping nodes...")
         supervisor.stop_all()
@@ -144,15 +194,25 @@ def endpoints_option(fn: Any) -> Any:
     )(fn)
 
 
-def _call(endpoints: str, method: str, path: str, body: Any = None) -> Any:
+def _call(
+    endpoints: list[str],
+    method: str,
+    path: str,
+    body: Any = None,
+    unreachable: str | None = None,
+    timeout_s: float = 5.0,
+) -> Any:
+    """The decoded answer; an unreachable cluster (said as `unreachable`, when given) or an error
+    status ends the command (exit 1)."""
+
     async def go() -> tuple[int, Any]:
-        async with Client(endpoints.split(",")) as c:
+        async with Client(endpoints, timeout_s=timeout_s) as c:
             return await c.request(method, path, body)
 
     try:
         status, data = asyncio.run(go())
     except ClusterUnreachableError as e:
-        raise click.ClickException(f"no endpoint answered: {e}") from None
+        raise click.ClickException(unreachable or f"no endpoint answered: {e}") from None
     if status >= 400:
         message = data.get("error", data) if isinstance(data, dict) else data
         click.echo(f"error {status}: {message}", err=True)
@@ -185,7 +245,7 @@ def put(
         body["prev_revision"] = prev_revision
     if create_only:
         body["prev_exist"] = False
-    data = _call(endpoints, "PUT", f"/kv/{key}", body)
+    data = _call(parse_endpoints(endpoints), "PUT", f"/kv/{key}", body)
     click.echo(json.dumps(data))
 
 
@@ -193,19 +253,47 @@ def put(
 @endpoints_option
 @click.argument("key")
 @click.option("--stale", is_flag=True, help="Read the answering node's local state (no ReadIndex).")
-def get(endpoints: str, key: str, stale: bool) -> None:
-    """Read KEY (linearizable by default)."""
-    data = _call(endpoints, "GET", f"/kv/{key}" + ("?stale=true" if stale else ""))
-    click.echo(json.dumps(data["value"]))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole answer (value, revisions, node) as JSON.")
+def get(endpoints: str, key: str, stale: bool, as_json: bool) -> None:
+    """Read KEY (linearizable by default): a string value as it is, any other as JSON."""
+    data = _call(parse_endpoints(endpoints), "GET", f"/kv/{key}" + ("?stale=true" if stale else ""))
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        click.echo(_as_text(data["value"]))
 
 
 @main.command(name="del")
 @endpoints_option
 @click.argument("key")
-def delete(endpoints: str, key: str) -> None:
-    """Delete KEY."""
-    data = _call(endpoints, "DELETE", f"/kv/{key}")
-    click.echo(json.dumps(data))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole answer, the previous value in full.")
+def delete(endpoints: str, key: str, as_json: bool) -> None:
+    """Delete KEY (exit 1 when absent)."""
+    data = _call(parse_endpoints(endpoints), "DELETE", f"/kv/{key}")
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        click.echo(f"deleted {key} at revision {data['revision']}; it was {_preview(data['prev']['value'])}")
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _preview(value: Any) -> str:
+    """A value bounded for a terminal: its first PREVIEW_CHARS characters, and its size when cut."""
+    text = json.dumps(value)
+    if len(text) <= PREVIEW_CHARS:
+        return text
+    return f"{text[:PREVIEW_CHARS]}… ({_size(len(text.encode()))} of JSON)"
+
+
+def _size(n_bytes: int) -> str:
+    for unit in ("B", "KiB"):
+        if n_bytes < 1024:
+            return f"{n_bytes:g} {unit}"
+        n_bytes = round(n_bytes / 1024, 1)
+    return f"{n_bytes:g} MiB"
 
 
 STATUS_COLUMNS = (
@@ -258,7 +346,7 @@ def status(endpoints: str, as_json: bool) -> None:
 
     async def gather() -> list[dict]:
         rows = []
-        async with Client(endpoints.split(","), timeout_s=2.0) as c:
+        async with Client(parse_endpoints(endpoints), timeout_s=2.0) as c:
             for ep in c.endpoints:
                 try:
                     _, state = await c.request("GET", "/raft-state", endpoint=ep)
@@ -279,18 +367,98 @@ def status(endpoints: str, as_json: bool) -> None:
     rows = asyncio.run(gather())
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    table = [[name for name, _ in STATUS_COLUMNS]]
-    for row in rows:
-        if "error" in row:
-            table.append([row["url"], row["problem"]] + [""] * (len(STATUS_COLUMNS) - 2))
-        else:
-            table.append([_cell(get(row)) for _, get in STATUS_COLUMNS])
-    widths = [max(len(r[i]) for r in table) for i in range(len(STATUS_COLUMNS))]
+    else:
+        blank = [""] * (len(STATUS_COLUMNS) - 2)
+        _echo_table(
+            [name for name, _ in STATUS_COLUMNS],
+            [[row["url"], row["problem"], *blank] if "error" in row else [_cell(get(row)) for _, get in STATUS_COLUMNS]
+             for row in rows],
+        )
+    if any("error" in row for row in rows):  # as `etcdctl endpoint health`: every endpoint must answer
+        sys.exit(1)
+
+
+def _echo_table(header: list[str], rows: list[list[str]]) -> None:
+    table = [header, *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
-    if all("error" in r for r in rows):
-        sys.exit(1)
+
+
+# ---------------------------------------------------------------------- the local lab -----------------
+
+
+def dashboard_option(fn: Any) -> Any:
+    return click.option(
+        "--dashboard",
+        default=lambda: os.environ.get("RAFTKV_DASHBOARD", DEFAULT_DASHBOARD),
+        show_default="RAFTKV_DASHBOARD or " + DEFAULT_DASHBOARD,
+        help="The dashboard of the `raftkv up` whose nodes to control.",
+    )(fn)
+
+
+def _lab_call(dashboard: str, method: str, path: str) -> Any:
+    url = endpoint_url(dashboard)
+    return _call([url], method, path, timeout_s=LAB_TIMEOUT_S,
+                 unreachable=f"no `raftkv up` answers at {url} (start one, or give its --dashboard URL)")
+
+
+@main.group()
+def lab() -> None:
+    """The node processes of a running `raftkv up`, from another terminal.
+
+    It asks the dashboard that `raftkv up` serves (GET /api/state, POST /api/nodes/NODE/ACTION),
+    which carries the action out and prints it in the `up` terminal."""
+
+
+@lab.command(name="list")
+@dashboard_option
+def lab_list(dashboard: str) -> None:
+    """Each node: its process (running, paused, or how it exited), restarts, role and term."""
+    state = _lab_call(dashboard, "GET", "/api/state")
+    if not state.get("supervisor"):
+        raise click.ClickException(
+            f"the dashboard at {endpoint_url(dashboard)} watches a cluster it did not start (`raftkv dashboard`): "
+            "it runs no node processes"
+        )
+    rows = []
+    for node in state["nodes"]:
+        reach = state["reach"][node["id"]]
+        process = reach["process"] or {}
+        status = (node["status"] or {}) if reach["reach"] == "ok" else {}  # a dead node's last status is old
+        rows.append([node["id"], node["url"], _process_words(process), str(process.get("restarts", "-")),
+                     status.get("state", reach["reach"]), _cell(status.get("term"))])
+    _echo_table(["NODE", "URL", "PROCESS", "RESTARTS", "ROLE", "TERM"], rows)
+
+
+def _process_words(process: dict) -> str:
+    if process.get("running"):
+        return f"{'paused' if process['paused'] else 'running'} (pid {process['pid']})"
+    return f"exited: {process['exit']}" if process.get("exit") else "not started"
+
+
+LAB_ACTIONS = {
+    "start": "Start NODE again: it recovers from its data directory.",
+    "stop": "Stop NODE: SIGTERM, then kill -9 if it has not exited within a few seconds.",
+    "restart": "Restart NODE: kill -9 if it runs, then start it from its data directory.",
+    "crash": "Crash NODE: kill -9, no chance to flush anything.",
+    "pause": "Pause NODE (SIGSTOP): it stays in memory and says nothing.",
+    "resume": "Resume a paused NODE (SIGCONT).",
+}
+
+
+def _lab_action(action: str, help_text: str) -> click.Command:
+    @dashboard_option
+    @click.argument("node")
+    def act(dashboard: str, node: str) -> None:
+        answer = _lab_call(dashboard, "POST", f"/api/nodes/{node}/{action}")
+        click.echo(f"{node}: {_process_words(answer['process'])}, restarts: {answer['process']['restarts']}")
+
+    return click.command(name=action, help=help_text)(act)
+
+
+for _action, _help in LAB_ACTIONS.items():
+    lab.add_command(_lab_action(_action, _help))
 
 
 main.add_command(sim_command, name="sim")

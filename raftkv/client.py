@@ -16,6 +16,17 @@ class ClusterUnreachableError(Exception):
     pass
 
 
+def endpoint_url(text: str) -> str:
+    """A node's base URL from what a person typed: `localhost:3000` means http://localhost:3000."""
+    text = text.strip().rstrip("/")
+    return text if "://" in text else f"http://{text}"
+
+
+def parse_endpoints(text: str) -> list[str]:
+    """Comma-separated endpoints (`--endpoints`, RAFTKV_ENDPOINTS) as base URLs."""
+    return [endpoint_url(part) for part in text.split(",") if part.strip()]
+
+
 def single_send_session(**kwargs: Any) -> aiohttp.ClientSession:
     """An aiohttp session that sends each request exactly once.
 
@@ -36,7 +47,7 @@ class Client:
     def __init__(self, endpoints: list[str], timeout_s: float = 5.0) -> None:
         if not endpoints:
             raise ValueError("no endpoints")
-        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.endpoints = [endpoint_url(e) for e in endpoints]
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 

@@ -10,6 +10,16 @@ import os
 
 import click
 
+from raftkv.client import parse_endpoints
+from raftkv.ports import (
+    OPEN_TO_NETWORK,
+    WILDCARD_HOSTS,
+    Listener,
+    PortUnavailableError,
+    check_listeners,
+    reachable_urls,
+)
+
 DEFAULT_ENDPOINTS = "http://127.0.0.1:3000,http://127.0.0.1:3001,http://127.0.0.1:3002"
 
 
@@ -21,14 +31,20 @@ DEFAULT_ENDPOINTS = "http://127.0.0.1:3000,http://127.0.0.1:3001,http://127.0.0.
     help="Comma-separated node URLs (each node's client HTTP address).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the dashboard listens on.")
-@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 def dashboard(endpoints: str, host: str, port: int) -> None:
     """Serve the live dashboard for a running cluster, until Ctrl-C."""
     from .server import run_dashboard
 
-    urls = [u.strip() for u in endpoints.split(",") if u.strip()]
+    urls = parse_endpoints(endpoints)
     if not urls:
         raise click.UsageError("--endpoints: give at least one node URL")
-    click.echo(f"dashboard: http://{host}:{port}  (watching {', '.join(urls)}; no supervisor: crash/pause/restart "
-               "and slow motion are unavailable)")
+    try:
+        check_listeners([Listener(host, port, "the dashboard")])
+    except PortUnavailableError as e:
+        raise click.ClickException(f"{e}; the dashboard was not started") from None
+    click.echo(f"dashboard: {', '.join(reachable_urls(host, port))}  (watching {', '.join(urls)}; no supervisor: "
+               "crash/pause/restart and slow motion are unavailable)")
+    if host in WILDCARD_HOSTS:
+        click.echo(OPEN_TO_NETWORK.format(what="its controls (partition the nodes, force elections, write keys)"))
     run_dashboard(host, port, urls, None)

@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 Every control is a call to an interface the cluster already has: a node's HTTP API (force an
-election, `/simulate-partition`, the KV routes) or the local `Supervisor` (kill -9, restart,
-SIGSTOP/SIGCONT). The dashboard never reaches into a node's internals.
+election, `/simulate-partition`, the KV routes) or the local `Supervisor` (kill -9, stop, start,
+restart, SIGSTOP/SIGCONT: `POST /api/nodes/{node}/{op}`, which `raftkv lab` uses too). The
+dashboard never reaches into a node's internals.
 
 Partitions are built from `/simulate-partition` alone: isolating a node is
 `{"partitioned": true}` on it; splitting the cluster into groups is, on every node, a cut to each
@@ -22,9 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
-import signal
-import subprocess
 import time
 from typing import Any
 from urllib.parse import quote
@@ -37,6 +37,16 @@ NODE_CALL_TIMEOUT_S = 6.0
 SLOWMO_MAX_FACTOR = 50
 SLOWMO_NODE_READY_S = 15.0
 SLOWMO_GRACE_S = 1.5
+STOP_GRACE_S = 10.0  # a node stopped from the lab gets this long to exit cleanly before kill -9
+
+PROCESS_ACTIONS = {  # op of POST /api/nodes/{node}/{op}: (icon, what it does in words)
+    "crash": ("💥", "crash (kill -9)"),
+    "stop": ("⏹️", "stop (SIGTERM)"),
+    "start": ("▶️", "start"),
+    "restart": ("🔄", "restart"),
+    "pause": ("⏸️", "pause (SIGSTOP)"),
+    "resume": ("▶️", "resume (SIGCONT)"),
+}
 
 
 class ControlError(Exception):
@@ -188,20 +198,17 @@ class Controls:
         return self.supervisor
 
     async def process(self, node_id: str, op: str) -> dict:
-        words = {"crash": "crash (kill -9)", "restart": "restart", "pause": "pause (SIGSTOP)",
-                 "resume": "resume (SIGCONT)"}
-        if op not in words:
-            raise ControlError(404, f"unknown process action {op!r}; one of {sorted(words)}")
-        sup = self._need_supervisor(f"{words[op]} a node")
+        if op not in PROCESS_ACTIONS:
+            raise ControlError(404, f"unknown process action {op!r}; one of {sorted(PROCESS_ACTIONS)}")
+        icon, words = PROCESS_ACTIONS[op]
+        sup = self._need_supervisor(f"{words} a node")
         link = self._link(node_id)
         if link.raft_id not in sup.nodes:
             raise ControlError(404, f"the supervisor does not run {node_id}")
-        icon = {"crash": "💥", "restart": "🔄", "pause": "⏸️", "resume": "▶️"}[op]
-        self.hub.action(f"{icon} {words[op]} {node_id}", kind=op, target=node_id)
-        fn = {"crash": sup.kill, "restart": sup.restart, "pause": sup.pause, "resume": sup.resume}[op]
-        if op == "restart" and not sup.nodes[link.raft_id].running:
-            fn = sup.start
-        await asyncio.get_running_loop().run_in_executor(None, fn, link.raft_id)
+        self.hub.action(f"{icon} {words} {node_id}", kind=op, target=node_id)
+        act = {"crash": sup.kill, "stop": functools.partial(sup.stop, grace_s=STOP_GRACE_S), "start": sup.start,
+               "restart": sup.restart, "pause": sup.pause, "resume": sup.resume}[op]
+        await asyncio.get_running_loop().run_in_executor(None, act, link.raft_id)
         return {"node": node_id, "process": sup.nodes[link.raft_id].describe()}
 
     # ------------------------------------------------------------------ slow motion -------------
@@ -331,15 +338,7 @@ def _graceful_restart(sup: Any, node_id: str) -> None:
     A node waits for open HTTP streams (ours included) before exiting, so after a short grace
     period it gets SIGKILL: nothing acknowledged is lost either way, since acknowledged writes are
     fsynced on a majority before the client hears of them."""
-    proc = sup.nodes[node_id]
-    sup.resume(node_id)
-    if proc.running and proc.proc is not None:
-        proc.proc.send_signal(signal.SIGTERM)
-        try:
-            proc.proc.wait(SLOWMO_GRACE_S)
-        except subprocess.TimeoutExpired:
-            sup.kill(node_id)
-    proc.restarts += 1
+    sup.stop(node_id, SLOWMO_GRACE_S)
     sup.start(node_id)
 
 

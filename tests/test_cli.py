@@ -1,0 +1,82 @@
+"""The key-value commands as a person types them against a real cluster: endpoints without a
+scheme, `get` printing a string as it is, `del` keeping a big previous value off the terminal, and
+`status` failing when any endpoint is unreachable (as `etcdctl endpoint health` does)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from cluster import LocalCluster
+
+from raftkv.client import endpoint_url, parse_endpoints
+from raftkv.supervisor import free_ports
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def raftkv(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raftkv", *args], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def bare_endpoints(cluster: LocalCluster) -> str:
+    """host:port,host:port,... as a person types them, without http://."""
+    return ",".join(url.removeprefix("http://") for url in cluster.urls.values())
+
+
+def test_an_endpoint_without_a_scheme_is_http() -> None:
+    assert endpoint_url("localhost:3000") == "http://localhost:3000"
+    assert endpoint_url(" https://10.0.0.1:3000/ ") == "https://10.0.0.1:3000"
+    assert parse_endpoints("localhost:3000, 127.0.0.1:3001,") == ["http://localhost:3000", "http://127.0.0.1:3001"]
+
+
+def test_get_prints_a_string_as_it_is_and_json_only_when_asked(cluster: LocalCluster) -> None:
+    cluster.wait_for_leader()
+    endpoints = bare_endpoints(cluster)
+    assert raftkv("put", "--endpoints", endpoints, "greeting", '"hola"').returncode == 0
+    assert raftkv("put", "--endpoints", endpoints, "stock", '{"n": 5}').returncode == 0
+
+    out = raftkv("get", "--endpoints", endpoints, "greeting")
+    assert out.returncode == 0 and out.stdout == "hola\n", out
+    out = raftkv("get", "--endpoints", endpoints, "stock")
+    assert out.returncode == 0 and json.loads(out.stdout) == {"n": 5}, out
+    out = raftkv("get", "--json", "--endpoints", endpoints, "greeting")
+    answer = json.loads(out.stdout)
+    assert answer["key"] == "greeting" and answer["value"] == "hola" and answer["mod_revision"] >= 1, answer
+
+
+def test_del_shows_a_bounded_preview_of_the_previous_value(cluster: LocalCluster) -> None:
+    cluster.wait_for_leader()
+    endpoints = bare_endpoints(cluster)
+    big = "x" * 100_000  # an argument may be at most 128 KiB
+    assert raftkv("put", "--endpoints", endpoints, "big", json.dumps(big)).returncode == 0
+    out = raftkv("del", "--endpoints", endpoints, "big")
+    assert out.returncode == 0, out
+    [line] = out.stdout.splitlines()
+    assert len(line) < 200, line
+    assert line.startswith("deleted big at revision ") and '"xxxxx' in line and "(97.7 KiB of JSON)" in line, line
+
+    assert raftkv("put", "--endpoints", endpoints, "small", "7").returncode == 0
+    out = raftkv("del", "--endpoints", endpoints, "small")
+    assert out.stdout.endswith("; it was 7\n"), out
+    out = raftkv("del", "--endpoints", endpoints, "small")
+    assert out.returncode == 1 and "404" in out.stderr
+
+
+def test_status_fails_when_any_endpoint_is_unreachable_and_still_prints_the_table(cluster: LocalCluster) -> None:
+    cluster.wait_for_leader()
+    endpoints = bare_endpoints(cluster)
+    out = raftkv("status", "--endpoints", endpoints)
+    assert out.returncode == 0, out
+
+    dead = f"127.0.0.1:{free_ports(1)[0]}"
+    out = raftkv("status", "--endpoints", f"{endpoints},{dead}")
+    assert out.returncode != 0
+    lines = out.stdout.splitlines()
+    assert len(lines) == 5 and sum(" leader " in line for line in lines) == 1, lines
+    assert lines[-1].split() == [f"http://{dead}", "unreachable"], lines[-1]
+    out = raftkv("status", "--json", "--endpoints", f"{endpoints},{dead}")
+    assert out.returncode != 0 and json.loads(out.stdout)[-1]["problem"] == "unreachable"

@@ -1,0 +1,286 @@
+"""`raftkv up` and `raftkv lab` as a person uses them: real processes on free ports.
+
+A taken port is reported in one line before anything starts; node exits and restarts are printed
+in the `up` terminal; `raftkv lab` lists, stops, starts and restarts the nodes through the
+dashboard; `--host 0.0.0.0` prints addresses other machines can use while the nodes keep talking
+over loopback. Everything waits with deadlines, never with fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from cluster import http
+
+from raftkv.node.config import Member
+from raftkv.ports import network_addresses
+from raftkv.supervisor import Supervisor, free_ports
+
+pytestmark = pytest.mark.timeout(120)
+
+RAFTKV = [sys.executable, "-m", "raftkv"]
+
+
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive loopback ports that are all free right now."""
+    while True:
+        first = free_ports(1)[0]
+        if first + count > 65535:
+            continue
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+
+
+def listening_socket(port: int, host: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket()
+    s.bind((host, port))
+    s.listen()
+    return s
+
+
+def raftkv(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*RAFTKV, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def get_json(url: str) -> dict | None:
+    """The JSON answer of a 200, or None while the server is not (yet) answering."""
+    try:
+        status, body = http("GET", url, timeout=2)
+    except OSError:
+        return None
+    return body if status == 200 else None
+
+
+def wait_until(what: str, condition: Callable[[], object], timeout: float = 30.0) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+class Up:
+    """`raftkv up` in a subprocess, its output collected line by line."""
+
+    def __init__(self, data_dir: Path, nodes: int, host: str = "127.0.0.1") -> None:
+        self.http_port = free_port_run(nodes)
+        self.raft_port = free_port_run(nodes)
+        self.dashboard_port = free_ports(1)[0]
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [*RAFTKV, "up", "--nodes", str(nodes), "--host", host, "--http-port", str(self.http_port),
+             "--raft-port", str(self.raft_port), "--dashboard-port", str(self.dashboard_port),
+             "--data-dir", str(data_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for_line(self, pattern: str, timeout: float = 30.0) -> str:
+        return wait_until(f"a line matching {pattern!r} in {self.lines}",
+                          lambda: next((line for line in self.lines if re.search(pattern, line)), None), timeout)
+
+    def wait_ready(self) -> dict:
+        """The dashboard's /api/state once the dashboard answers."""
+        self.wait_for_line(r"^dashboard: ")
+        return wait_until("the dashboard answers", lambda: get_json(self.dashboard + "/api/state"))
+
+    def node_url(self, node_id: str) -> str:
+        return f"http://127.0.0.1:{self.http_port + int(node_id.removeprefix('node')) - 1}"
+
+    def lab(self, *args: str) -> subprocess.CompletedProcess:
+        return raftkv("lab", *args, "--dashboard", self.dashboard)
+
+    def stop(self) -> int:
+        """Ctrl-C, as a person would; kill -9 (and its nodes) if it does not stop in time."""
+        if self.proc.poll() is None:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                for p in [self.proc, *children]:
+                    p.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
+    started: list[Up] = []
+
+    def start(nodes: int = 1, host: str = "127.0.0.1") -> Up:
+        up = Up(tmp_path / "data", nodes, host)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        up.stop()
+
+
+# ---------------------------------------------------------------------- ports taken --------------
+
+
+@pytest.mark.parametrize("taken", ["node2's client port", "node3's peer port", "the dashboard"])
+def test_up_with_a_port_taken_says_which_in_one_line_and_starts_nothing(tmp_path: Path, taken: str) -> None:
+    http_port, raft_port, dashboard_port = free_port_run(3), free_port_run(3), free_ports(1)[0]
+    port = {"node2's client port": http_port + 1, "node3's peer port": raft_port + 2,
+            "the dashboard": dashboard_port}[taken]
+    with listening_socket(port):
+        out = raftkv("up", "--nodes", "3", "--http-port", str(http_port), "--raft-port", str(raft_port),
+                     "--dashboard-port", str(dashboard_port), "--data-dir", str(tmp_path / "data"))
+    assert out.returncode != 0
+    assert out.stdout == "", "nothing may be announced as started"
+    [line] = out.stderr.splitlines()
+    assert f":{port} ({taken}) is already in use by pid {os.getpid()}" in line, line
+    assert "nothing was started" in line
+    assert not (tmp_path / "data").exists(), "no node may have been started"
+
+
+def test_up_refuses_ports_that_overlap_each_other(tmp_path: Path) -> None:
+    first = free_port_run(4)
+    out = raftkv("up", "--nodes", "3", "--http-port", str(first), "--raft-port", str(first + 1),
+                 "--dashboard-port", str(free_ports(1)[0]), "--data-dir", str(tmp_path / "data"))
+    assert out.returncode != 0 and out.stdout == ""
+    assert f"port {first + 1} is both node1's peer port and node2's client port" in out.stderr, out.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_node_and_dashboard_commands_check_their_ports_first(tmp_path: Path) -> None:
+    http_port, raft_port = free_ports(2)
+    with listening_socket(raft_port):
+        out = raftkv("node", "--id", "n1", "--cluster", f"n1@127.0.0.1:{http_port}:{raft_port}",
+                     "--data-dir", str(tmp_path / "n1"))
+    assert out.returncode != 0
+    [line] = out.stderr.splitlines()
+    assert f":{raft_port} (n1's peer port) is already in use by pid {os.getpid()}" in line, line
+    assert not (tmp_path / "n1").exists()
+
+    port = free_ports(1)[0]
+    with listening_socket(port):
+        out = raftkv("dashboard", "--port", str(port), "--endpoints", "127.0.0.1:1")
+    assert out.returncode != 0 and out.stdout == ""
+    [line] = out.stderr.splitlines()
+    assert f":{port} (the dashboard) is already in use by pid {os.getpid()}" in line, line
+
+
+# ---------------------------------------------------------------------- exits and restarts -------
+
+
+def test_the_supervisor_reports_every_exit_and_counts_every_later_start_as_a_restart(tmp_path: Path) -> None:
+    http_port, raft_port = free_ports(2)
+    events: list[str] = []
+    sup = Supervisor([Member("node1", "127.0.0.1", http_port, raft_port)], tmp_path, on_event=events.append)
+    try:
+        sup.start("node1")
+        sup.kill("node1")
+        sup.start("node1")  # a start after a crash is a restart, not only an explicit restart()
+        pid = sup.nodes["node1"].proc.pid
+        assert sup.nodes["node1"].restarts == 1
+        assert events == ["node1 exited: killed by SIGKILL", f"node1 restarted (pid {pid}, restarts: 1)"]
+        sup.restart("node1")
+        assert sup.nodes["node1"].restarts == 2 and sup.describe()[0]["restarts"] == 2
+
+        # A node that stops itself: its status and its log's last line (the reason), once.
+        sup.kill("node1")
+        with listening_socket(http_port):
+            sup.start("node1")
+            sup.watch_exits()
+            line = wait_until("the exit is reported", lambda: events[-1].startswith("node1 exited: status 1")
+                              and events[-1])
+        reason = f"node1/node.log: Error: port 127.0.0.1:{http_port} (node1's client port) is already in use"
+        assert reason in line, line
+        assert sum(e.startswith("node1 exited: status 1") for e in events) == 1
+    finally:
+        sup.stop_all()
+
+
+def test_up_prints_a_killed_node_and_lab_restarts_it(start_up: Callable[..., Up]) -> None:
+    up = start_up(nodes=1)
+    up.wait_ready()
+    pid = wait_until("node1 runs", lambda: up.lab("list").stdout.partition("running (pid ")[2].partition(")")[0])
+    os.kill(int(pid), signal.SIGKILL)  # from outside, as `kill -9` in another terminal
+    up.wait_for_line(r"^node1 exited: killed by SIGKILL$")
+    listed = up.lab("list")
+    assert listed.returncode == 0 and "exited: killed by SIGKILL" in listed.stdout, listed.stdout
+
+    out = up.lab("restart", "node1")
+    assert out.returncode == 0 and "running" in out.stdout and "restarts: 1" in out.stdout, out
+    up.wait_for_line(r"^node1 restarted \(pid \d+, restarts: 1\)$")
+
+    # A node stopped while it is still starting up has no SIGTERM handler yet: it would be "killed by SIGTERM".
+    wait_until("node1 answers", lambda: get_json(up.node_url("node1") + "/raft-state"))
+    out = up.lab("stop", "node1")
+    assert out.returncode == 0 and "exited: status 0" in out.stdout, out
+    up.wait_for_line(r"^node1 exited: status 0$")
+    out = up.lab("start", "node1")
+    assert out.returncode == 0 and "restarts: 2" in out.stdout, out
+    header, row = up.lab("list").stdout.splitlines()
+    assert header.split()[:4] == ["NODE", "URL", "PROCESS", "RESTARTS"]
+    assert row.split()[0] == "node1" and "running (pid" in row and row.split()[5] == "2", row
+
+    out = up.lab("restart", "node9")
+    assert out.returncode != 0 and "no node 'node9'; nodes are ['node1']" in out.stderr, out
+
+    assert up.stop() == 0
+    assert "stopping nodes..." in up.lines and up.lines[-1] == "node1 exited: status 0", up.lines
+
+
+def test_lab_says_so_when_no_raftkv_up_answers() -> None:
+    url = f"http://127.0.0.1:{free_ports(1)[0]}"
+    out = raftkv("lab", "list", "--dashboard", url)
+    assert out.returncode != 0
+    assert out.stderr.strip() == f"Error: no `raftkv up` answers at {url} (start one, or give its --dashboard URL)"
+    out = raftkv("lab", "restart", "node1", "--dashboard", url)
+    assert out.returncode != 0 and "no `raftkv up` answers" in out.stderr
+
+
+# ---------------------------------------------------------------------- every interface ---------
+
+
+def test_up_on_every_interface_prints_reachable_addresses_and_peers_use_loopback(
+    start_up: Callable[..., Up],
+) -> None:
+    up = start_up(nodes=2, host="0.0.0.0")
+    up.wait_ready()
+    printed = "\n".join(up.lines)
+    assert "0.0.0.0" not in printed, printed
+    node1 = up.wait_for_line(r"^node1: ")
+    for host in ["127.0.0.1", *network_addresses("0.0.0.0")]:
+        assert f"http://{host}:{up.http_port}" in node1, node1
+        assert f"http://{host}:{up.dashboard_port}" in up.wait_for_line(r"^dashboard: ")
+    assert up.wait_for_line(r"^warning: listening on every interface: anyone on your network can use the dashboard")
+
+    node1_state = up.node_url("node1") + "/raft-state"
+    state = wait_until("a leader", lambda: (s := get_json(node1_state)) and s["leaderId"] and s)
+    assert {p["url"] for p in state["peers"]} == {up.node_url("node2")}
+    listening = {c.laddr for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    assert ("0.0.0.0", up.http_port) in listening, "the client API serves every interface"
+    assert ("127.0.0.1", up.raft_port) in listening, "peer traffic stays on loopback"
+    assert ("0.0.0.0", up.dashboard_port) in listening
