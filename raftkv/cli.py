@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -439,7 +440,7 @@ def _process_words(process: dict) -> str:
 
 LAB_ACTIONS = {
     "start": "Start NODE again: it recovers from its data directory.",
-    "stop": "Stop NODE: SIGTERM, then kill -9 if it has not exited within a few seconds.",
+    "stop": "Stop NODE: SIGTERM, then kill -9 if it has not exited within 10 s.",
     "restart": "Restart NODE: kill -9 if it runs, then start it from its data directory.",
     "crash": "Crash NODE: kill -9, no chance to flush anything.",
     "pause": "Pause NODE (SIGSTOP): it stays in memory and says nothing.",
@@ -451,7 +452,7 @@ def _lab_action(action: str, help_text: str) -> click.Command:
     @dashboard_option
     @click.argument("node")
     def act(dashboard: str, node: str) -> None:
-        answer = _lab_call(dashboard, "POST", f"/api/nodes/{node}/{action}")
+        answer = _lab_call(dashboard, "POST", f"/api/nodes/{quote(node, safe='')}/{action}")
         click.echo(f"{node}: {_process_words(answer['process'])}, restarts: {answer['process']['restarts']}")
 
     return click.command(name=action, help=help_text)(act)
