@@ -8,6 +8,7 @@ over loopback. Everything waits with deadlines, never with fixed sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import psutil
 import pytest
 from cluster import http
@@ -217,6 +219,28 @@ def test_the_supervisor_reports_every_exit_and_counts_every_later_start_as_a_res
         reason = f"node1/node.log: Error: port 127.0.0.1:{http_port} (node1's client port) is already in use"
         assert reason in line, line
         assert sum(e.startswith("node1 exited: status 1") for e in events) == 1
+    finally:
+        sup.stop_all()
+
+
+def test_a_node_with_an_open_event_stream_stops_at_once_on_sigterm(tmp_path: Path) -> None:
+    """The dashboard always watches /watch; a lab stop must not wait out aiohttp's shutdown timeout."""
+    http_port, raft_port = free_ports(2)
+    sup = Supervisor([Member("node1", "127.0.0.1", http_port, raft_port)], tmp_path)
+    url = f"http://127.0.0.1:{http_port}"
+
+    async def watch_while_stopping() -> float:
+        async with aiohttp.ClientSession() as session, session.ws_connect(url + "/watch") as ws:
+            await ws.receive()  # the stream is live
+            started = time.monotonic()
+            await asyncio.get_running_loop().run_in_executor(None, sup.stop, "node1", 8.0)
+            return time.monotonic() - started
+
+    try:
+        sup.start("node1")
+        wait_until("node1 answers", lambda: get_json(url + "/raft-state"))
+        seconds = asyncio.run(watch_while_stopping())
+        assert sup.nodes["node1"].exit_status == "status 0" and seconds < 4, (sup.describe(), seconds)
     finally:
         sup.stop_all()
 
