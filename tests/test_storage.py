@@ -2,21 +2,30 @@
 
 Behavioural tests take the `backend` fixture and run against MemoryStorage and DiskStorage alike;
 `reopen` is a clean close and open for both. Disk-only tests poke at the files: rotation,
-compaction, torn tails, corruption, the lock, snapshot fallback, and a real kill -9.
+compaction, torn tails, corruption (named by exact file and byte offset), the lock, snapshot
+fallback, and a real kill -9. A kill -9 keeps the page cache, so fsyncs are checked against a
+model of what a power cut would leave (PowerCutModel). The last section runs these tests against
+the deliberately broken storage of tests/buggy_storage.py and requires each to fail.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import random
+import re
 import signal
+import stat
+import struct
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from buggy_storage import BUGS
 
 from raftkv.core.messages import ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 from raftkv.storage import (
@@ -314,7 +323,7 @@ def test_torn_last_record_is_cut_off_with_a_warning(tmp_path: Path, caplog: pyte
         s = DiskStorage(tmp_path)
     assert s.load().entries == ents(1, 19)
     assert f"torn tail in {seg} at byte offset {offsets[-1]}" in caplog.text
-    assert seg.stat().st_size == offsets[-1]
+    assert seg.stat().st_size == offsets[-1], "cut exactly where the torn record starts"
     s.append(ents(20, 21, term=2))
     s.close()
     s = DiskStorage(tmp_path)
@@ -334,10 +343,12 @@ def test_tail_followed_only_by_zeros_is_torn(tmp_path: Path, caplog: pytest.LogC
     else:
         raw[-1] ^= 0xFF
     seg.write_bytes(raw)
+    cut_at = len(raw) - 4096 if damage == "zeros" else offsets[-1]
     with caplog.at_level(logging.WARNING, logger="raftkv.storage"):
         s = DiskStorage(tmp_path)
     assert s.load().entries == (ents(1, 10) if damage == "zeros" else ents(1, 9))
-    assert "torn tail" in caplog.text
+    assert f"torn tail in {seg} at byte offset {cut_at}," in caplog.text
+    assert seg.stat().st_size == cut_at, "cut exactly where the torn record starts"
     s.append(ents(s.last_index() + 1, 12))
     s.close()
     s = DiskStorage(tmp_path)
@@ -364,15 +375,95 @@ def test_crash_while_creating_a_segment(tmp_path: Path, left: bytes) -> None:
     s.close()
 
 
+def record_starts(raw: bytes) -> list[int]:
+    """Where each record of a segment starts, from the framing alone: u32 length, u32 crc, payload."""
+    starts, off = [], 0
+    while off < len(raw):
+        starts.append(off)
+        (length,) = struct.unpack_from("<I", raw, off)
+        off += 8 + length
+    assert off == len(raw), "the segment ends inside a record"
+    return starts
+
+
+def fails_checksum(seg: Path, offset: int) -> str:
+    """The error for the record at `offset` of `seg`, as a pattern: exactly that file and offset."""
+    return f"^{re.escape(str(seg))}: record at byte offset {offset} fails its checksum "
+
+
+def damage_record(raw: bytes, offset: int, in_payload: bool) -> bytes:
+    """Flip one bit of the record at `offset`: its crc field, or its payload's last byte.
+
+    Never its length field: a length past the end of the last segment reads as a torn write.
+    """
+    (length,) = struct.unpack_from("<I", raw, offset)
+    damaged = bytearray(raw)
+    damaged[offset + 8 + length - 1 if in_payload else offset + 4] ^= 0x01
+    return bytes(damaged)
+
+
+def test_damage_to_any_record_is_corruption_at_its_exact_offset_unless_it_is_the_torn_last_one(
+    tmp_path: Path,
+) -> None:
+    """Entries, hard states, a truncation and snapshot markers over several segments; each record
+    damaged in turn must stop the open with CorruptWALError naming its segment and offset, so
+    nothing after it is ever returned. Only the last record of the last segment is a torn tail:
+    cut exactly where it starts, with the log before it intact."""
+    s = DiskStorage(tmp_path, segment_bytes=4096)
+    log = []
+    for first in range(1, 101, 10):
+        batch = [Entry(1, i, EntryKind.NORMAL, b"%d" % i * 40) for i in range(first, first + 10)]
+        log[first - 1 :] = batch
+        s.append(batch)
+        s.set_hard_state(HardState(1, "n1", first))
+        s.sync()
+        if first == 31:
+            s.save_snapshot(snap(5))  # a marker in a segment's middle; compacts nothing
+    log[95:] = ents(96, 100, term=2)  # a truncation: replay must drop the term-1 suffix
+    s.append(log[95:])
+    s.sync()
+    s.append(ents(101, 101, term=2))  # the last record of all
+    s.close()
+    segs = segments(tmp_path)
+    assert len(segs) >= 3
+    for seg in segs:
+        raw = seg.read_bytes()
+        starts = record_starts(raw)
+        for k, offset in enumerate(starts):
+            seg.write_bytes(damage_record(raw, offset, in_payload=k % 2 == 1))
+            if seg == segs[-1] and offset == starts[-1]:
+                s = DiskStorage(tmp_path, segment_bytes=4096)
+                assert s.load().entries == log[5:]  # everything before it, after the snapshot at 5
+                assert seg.stat().st_size == offset, "a torn tail is cut exactly where its record starts"
+                s.close()
+            else:
+                with pytest.raises(CorruptWALError, match=fails_checksum(seg, offset)) as err:
+                    DiskStorage(tmp_path, segment_bytes=4096)
+                assert type(err.value) is CorruptWALError
+            seg.write_bytes(raw)
+
+
+def test_a_record_damaged_while_running_stops_load_too(tmp_path: Path) -> None:
+    """load() after writes reads the disk back without repairing it; damage found then is reported."""
+    offsets = write_synced(tmp_path, 10)
+    s = DiskStorage(tmp_path)
+    (seg,) = segments(tmp_path)
+    seg.write_bytes(damage_record(seg.read_bytes(), offsets[6], in_payload=True))  # bit rot under it
+    s.append(ents(11, 12))
+    with pytest.raises(CorruptWALError, match=fails_checksum(seg, offsets[6])):
+        s.load()
+    s.close()
+
+
 def test_damaged_record_before_the_tail_is_corruption(tmp_path: Path) -> None:
     offsets = write_synced(tmp_path, 10)
     (seg,) = segments(tmp_path)
     raw = bytearray(seg.read_bytes())
     raw[offsets[4] + 12] ^= 0x01  # inside entry 5's payload; entries 6..10 follow
     seg.write_bytes(raw)
-    with pytest.raises(CorruptWALError) as err:
+    with pytest.raises(CorruptWALError, match=fails_checksum(seg, offsets[4])) as err:
         DiskStorage(tmp_path)
-    assert str(seg) in str(err.value) and f"byte offset {offsets[4]}" in str(err.value)
+    assert type(err.value) is CorruptWALError
     DiskStorage(tmp_path / "other").close()  # the failed open released its lock...
     with pytest.raises(CorruptWALError):
         DiskStorage(tmp_path)  # ...and did not "repair" anything: still refused
@@ -385,8 +476,9 @@ def test_damage_in_an_older_segment_is_corruption_even_at_its_end(tmp_path: Path
         s.sync()
     s.close()
     older = segments(tmp_path)[1]
+    last_record = record_starts(older.read_bytes())[-1]
     os.truncate(older, older.stat().st_size - 3)
-    with pytest.raises(CorruptWALError, match=str(older)):
+    with pytest.raises(CorruptWALError, match=fails_checksum(older, last_record)):
         DiskStorage(tmp_path, segment_bytes=4096)
 
 
@@ -483,6 +575,115 @@ def test_interrupted_snapshot_write_leaves_no_trace(tmp_path: Path) -> None:
     s.close()
 
 
+# ---- a power cut: what the fsyncs made durable ------------------------------------------------
+
+
+class PowerCutModel:
+    """What a power cut would leave on disk, learnt from the fsyncs the storage makes.
+
+    It wraps os.fsync and os.fdatasync and, at each call, records what the call made durable:
+    for a file the size it covered (the WAL only appends), for a directory the names it held.
+    Both are keyed by inode, so a rename keeps them, and an unlink forgets its inode (ext4 hands
+    freed inodes out again). Whatever is on disk when the model starts, or when the test calls
+    `assume_durable` after planting files, counts as durable, as after a clean shutdown.
+    """
+
+    # Rewritten by every open (flock and pid), never read back after a crash.
+    IGNORED = frozenset({"LOCK"})
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.root = root
+        self.synced_size: dict[tuple[int, int], int] = {}
+        self.synced_names: dict[tuple[int, int], set[str]] = {}
+        self.assume_durable()
+        for name in ("fsync", "fdatasync"):
+            monkeypatch.setattr(os, name, self._noting(getattr(os, name)))
+        monkeypatch.setattr(os, "unlink", self._forgetting(os.unlink))
+
+    def assume_durable(self) -> None:
+        for path in [self.root, *self.root.rglob("*")]:
+            self._note(path)
+
+    def assert_nothing_lost(self, after: str) -> None:
+        lost = self.unsynced()
+        assert not lost, f"a power cut right after {after} would undo:\n" + "\n".join(lost)
+
+    def unsynced(self) -> list[str]:
+        """Everything a power cut now would undo, one line each; empty when all is durable."""
+        lost = []
+        for d in [self.root, *(p for p in self.root.rglob("*") if p.is_dir())]:
+            names = set(os.listdir(d)) - self.IGNORED
+            synced = self.synced_names.get(self._key(os.stat(d)), set()) - self.IGNORED
+            rel = d.relative_to(self.root)
+            lost += [f"{rel / n}: new name, {rel} not fsynced since" for n in sorted(names - synced)]
+            lost += [f"{rel / n}: deleted, {rel} not fsynced since" for n in sorted(synced - names)]
+        for f in self.root.rglob("*"):
+            st = f.stat()
+            synced = self.synced_size.get(self._key(st))
+            if f.name not in self.IGNORED and stat.S_ISREG(st.st_mode) and synced != st.st_size:
+                lost.append(f"{f.relative_to(self.root)}: {st.st_size} bytes, its last fsync covered {synced}")
+        return lost
+
+    @staticmethod
+    def _key(st: os.stat_result) -> tuple[int, int]:
+        return st.st_dev, st.st_ino
+
+    def _note(self, where: Path | int) -> None:
+        st = os.stat(where)
+        if stat.S_ISDIR(st.st_mode):
+            self.synced_names[self._key(st)] = set(os.listdir(where))
+        else:
+            self.synced_size[self._key(st)] = st.st_size
+
+    def _noting(self, real_sync: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            real_sync(fd)
+            self._note(fd)
+
+        return sync
+
+    def _forgetting(self, real_unlink: Callable[..., None]) -> Callable[..., None]:
+        def unlink(path: Path | str, *args: object, **kwargs: object) -> None:
+            st = os.stat(path, dir_fd=kwargs.get("dir_fd"), follow_symlinks=False)  # type: ignore[arg-type]
+            real_unlink(path, *args, **kwargs)
+            self.synced_size.pop(self._key(st), None)
+
+        return unlink
+
+
+def test_every_sync_reaches_the_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After sync() or save_snapshot() returns a power cut loses nothing: every byte written was
+    fsynced on its own file, and every segment, snapshot or directory created, renamed or deleted
+    had its directory fsynced too; the same after recovery cut a torn tail or removed leftovers."""
+    d = tmp_path / "data" / "node"
+    disk = PowerCutModel(tmp_path, monkeypatch)
+    s = DiskStorage(d, segment_bytes=4096)
+    disk.assert_nothing_lost("creating a data directory")
+    for first in range(1, 601, 20):
+        s.append(ents(first, first + 19))
+        s.set_hard_state(HardState(1, "n1", first))
+        s.sync()
+        disk.assert_nothing_lost(f"the sync of {first}..{first + 19}")
+        if first % 200 == 181:
+            s.save_snapshot(snap(first))  # compacts segments and, from the third on, prunes snapshots
+            disk.assert_nothing_lost(f"the snapshot at {first}")
+    s.close()
+    live = segments(d)[-1]
+    assert int(live.name.split("-")[0], 16) >= 3, "segments rotated"
+
+    os.truncate(live, live.stat().st_size - 3)  # what a power cut mid-write leaves behind
+    (d / "snap" / "half-written.snap.tmp").write_bytes(b"RKVSNAP1")
+    disk.assume_durable()
+    DiskStorage(d, segment_bytes=4096).close()
+    disk.assert_nothing_lost("cutting a torn tail and removing a half-written snapshot")
+
+    seq = int(live.name.split("-")[0], 16) + 1
+    (d / "wal" / f"{seq:016x}-{601:016x}.wal").write_bytes(b"")  # a crash while creating a segment
+    disk.assume_durable()
+    DiskStorage(d, segment_bytes=4096).close()
+    disk.assert_nothing_lost("removing a stillborn segment")
+
+
 # ---- a real crash -----------------------------------------------------------------------------
 
 CHILD = textwrap.dedent(
@@ -560,3 +761,46 @@ def test_kill_9_loses_what_was_staged_but_not_synced(tmp_path: Path) -> None:
     st = s.load()
     assert st.entries[-1].index == synced and st.hard_state == HardState()
     s.close()
+
+
+# ---- the tests bite: each broken storage fails at least one of them ---------------------------
+
+# (bug in tests/buggy_storage.py, a test above that must fail on it, its parameters, what the failure says)
+CATCHES: list[tuple[str, Callable[..., None], dict[str, object], str]] = [
+    ("fsync-is-a-no-op", test_every_sync_reaches_the_disk, {}, r"\.wal: \d+ bytes, its last fsync covered"),
+    ("wal-never-fsyncs-a-directory", test_every_sync_reaches_the_disk, {}, r"\.wal: new name, data/node/wal not"),
+    ("snapshot-rename-not-fsynced", test_every_sync_reaches_the_disk, {}, r"\.snap: new name, data/node/snap not"),
+    ("torn-tail-never-cut", test_torn_last_record_is_cut_off_with_a_warning, {"cut": 4}, "cut exactly where"),
+    ("torn-tail-never-cut", test_tail_followed_only_by_zeros_is_torn, {"damage": "zeros"}, "cut exactly where"),
+    (
+        "skips-bad-records",
+        test_damage_to_any_record_is_corruption_at_its_exact_offset_unless_it_is_the_torn_last_one,
+        {},
+        "DID NOT RAISE",
+    ),
+    ("skips-bad-records", test_damaged_record_before_the_tail_is_corruption, {}, "Regex pattern did not match"),
+    ("skips-bad-records", test_a_record_damaged_while_running_stops_load_too, {}, "Regex pattern did not match"),
+]
+
+
+@pytest.mark.parametrize(
+    ("bug", "test", "params", "failure"), [pytest.param(*c, id=f"{c[0]}:{c[1].__name__}") for c in CATCHES]
+)
+def test_a_broken_storage_fails_the_test(
+    bug: str,
+    test: Callable[..., None],
+    params: dict[str, object],
+    failure: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    BUGS[bug](monkeypatch)
+    given = {"tmp_path": tmp_path, "monkeypatch": monkeypatch, "caplog": caplog, **params}
+    # A failed assert, or pytest.raises finding no error: the test failed, not crashed.
+    with pytest.raises((AssertionError, pytest.fail.Exception), match=failure):
+        test(**{name: given[name] for name in inspect.signature(test).parameters})
+
+
+def test_every_broken_storage_is_caught() -> None:
+    assert {bug for bug, *_ in CATCHES} == set(BUGS)

@@ -49,7 +49,7 @@ from raftkv.storage.base import (
     check_snapshot_order,
 )
 from raftkv.storage.snapshots import SnapshotStore
-from raftkv.storage.wal import DEFAULT_SEGMENT_BYTES, WAL, Replay, replay
+from raftkv.storage.wal import DEFAULT_SEGMENT_BYTES, WAL, Replay, create_dirs_durably, replay
 
 log = logging.getLogger("raftkv.storage")
 
@@ -98,7 +98,7 @@ class DiskStorage:
 
     def __init__(self, data_dir: Path | str, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        create_dirs_durably(self.data_dir)
         self._lock_fd = _lock_data_dir(self.data_dir)
         self._closed = False
         self._stats = StorageStats()
@@ -151,6 +151,11 @@ class DiskStorage:
         check_append(entries, self._snap_index, self._last)
         self._loaded = None
         self._truncate_runs(entries[0].index)
+        # Raft terms never decrease along a log; the term runs (and _extend_runs' shortcut) rely on it.
+        prev_term = self._run_terms[-1] if self._run_terms else self._snap_term
+        assert prev_term <= entries[0].term <= entries[-1].term, (
+            f"terms decrease along the log: {prev_term} before {entries[0].term}..{entries[-1].term}"
+        )
         self._extend_runs(entries)
         self._last = entries[-1].index
         self._wal.append(entries)
@@ -183,6 +188,9 @@ class DiskStorage:
         if self._last == index:
             self._run_starts.clear()
             self._run_terms.clear()
+        assert self._last >= index and (not self._run_starts or self._run_starts[0] == index + 1), (
+            f"term runs {self._run_starts[:1]} must start right after the snapshot at {index}"
+        )
         self._snap_index, self._snap_term = index, term
         self._wal.mark_snapshot(index, term)  # step 2: marker + hard state, synced
         self._wal.set_hard_state(self._hs)

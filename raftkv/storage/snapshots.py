@@ -33,7 +33,7 @@ import msgpack
 
 from raftkv.core.messages import ConfState, Snapshot, SnapshotMeta
 from raftkv.storage.base import CorruptSnapshotError
-from raftkv.storage.wal import fsync_dir
+from raftkv.storage.wal import create_dirs_durably, fsync_dir
 
 log = logging.getLogger("raftkv.storage")
 
@@ -79,7 +79,7 @@ class SnapshotStore:
         if keep < 1:
             raise ValueError("keep must be >= 1")
         self.dir = Path(snap_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        create_dirs_durably(self.dir)
         self.keep = keep
         self.fsyncs = 0
         stale = list(self.dir.glob("*.tmp"))

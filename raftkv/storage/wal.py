@@ -37,6 +37,11 @@ would silently drop committed entries.
 
 After any write or fsync error the WAL refuses further use: after a failed fsync the page cache
 may already have dropped the dirty pages, so retrying could report success for lost data.
+
+Durability of names: a new file's (or directory's) entry lives in its parent directory, which
+has to be fsynced too, or a power cut can lose a whole fsynced segment. The WAL fsyncs its
+directory after creating or deleting a segment, and `create_dirs_durably` does the same for
+every directory it creates.
 """
 
 from __future__ import annotations
@@ -63,9 +68,12 @@ REC_ENTRY, REC_HARD_STATE, REC_SNAPSHOT = 0, 1, 2
 _FRAME = struct.Struct("<II")  # payload length, crc32 of payload
 _SEGMENT_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
 _KINDS = {k.value: k for k in EntryKind}
-# fdatasync flushes the data and the metadata needed to read it back (the file size); that is
-# all an append-only file needs, and it skips the mtime journal write fsync would add.
-_datasync = getattr(os, "fdatasync", os.fsync)
+
+
+def _datasync(fd: int) -> None:
+    """fdatasync flushes the data and the metadata needed to read it back (the file size); that
+    is all an append-only file needs, and it skips the mtime journal write fsync would add."""
+    getattr(os, "fdatasync", os.fsync)(fd)  # macOS has no fdatasync
 
 
 def segment_name(seq: int, first_index: int) -> str:
@@ -79,6 +87,17 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def create_dirs_durably(path: Path) -> None:
+    """mkdir -p, with each directory it creates fsynced into its parent (see the module docstring)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        fsync_dir(d.parent)
 
 
 @dataclass(slots=True)
@@ -233,7 +252,7 @@ class WAL:
         if segment_bytes < 4096:
             raise ValueError(f"segment_bytes={segment_bytes} is too small (minimum 4096)")
         self.dir = Path(wal_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        create_dirs_durably(self.dir)
         self.segment_bytes = segment_bytes
         self.stats = stats if stats is not None else StorageStats()
         self._packer = msgpack.Packer(use_bin_type=True)
@@ -266,6 +285,12 @@ class WAL:
         """Encode entries into the buffer; the caller has validated their indexes."""
         if not entries:
             return
+        first, last = entries[0].index, entries[-1].index
+        # Replay reads a gap, inside the batch or after what the WAL holds, as corruption.
+        assert last - first == len(entries) - 1, f"entries {first}..{last} are not contiguous"
+        assert first <= max(self._last_index, self._marker_staged[0]) + 1, (
+            f"entry {first} leaves a gap after {self._last_index} (snapshot marker {self._marker_staged})"
+        )
         pack, frame, crc32 = self._packer.pack, _FRAME.pack, zlib.crc32
         buf = self._buf
         nbytes = 0
@@ -277,8 +302,8 @@ class WAL:
         self._buf_bytes += nbytes + _FRAME.size * len(entries)
         self._buf_records += len(entries)
         if not self._buf_first_index:
-            self._buf_first_index = entries[0].index
-        self._last_index = entries[-1].index
+            self._buf_first_index = first
+        self._last_index = last
         self._buf_max_index = max(self._buf_max_index, self._last_index)
 
     def set_hard_state(self, hs: HardState) -> None:
@@ -298,11 +323,16 @@ class WAL:
             return
         rotate = self._seg_has_records and self._segments[-1].size + self._buf_bytes > self.segment_bytes
         self._write_out(self._buf, rotate_to=(self._buf_first_index or self._last_index + 1) if rotate else 0)
+        seg = self._segments[-1]
+        # The rotation rule bounds a segment: only the first batch written to one may take it past
+        # segment_bytes. Failing here means _buf_bytes miscounted what reached the file.
+        assert seg.size <= self.segment_bytes or not self._seg_has_records, (
+            f"{seg.path} grew to {seg.size} bytes, past segment_bytes={self.segment_bytes}"
+        )
         stats = self.stats
         stats.syncs_total += 1
         stats.last_sync_records = self._buf_records
         stats.last_sync_bytes = self._buf_bytes
-        seg = self._segments[-1]
         seg.max_index = max(seg.max_index, self._buf_max_index)
         self._seg_has_records = True
         self._hs_written, self._marker_written = self._hs_staged, self._marker_staged
@@ -317,6 +347,9 @@ class WAL:
         caller must already have synced a marker and the hard state into the live segment.
         """
         self._check_usable()
+        assert snapshot_index <= self._marker_written[0], (
+            f"compacting to {snapshot_index} before a marker there is synced ({self._marker_written})"
+        )
         removed = 0
         while len(self._segments) > 1 and self._segments[0].max_index <= snapshot_index:
             self._segments.pop(0).path.unlink()
@@ -356,6 +389,13 @@ class WAL:
     def _open_segment(self, first_index: int) -> bytes:
         """Create the next segment, make it live and return its header (not yet written)."""
         seq = self._segments[-1].seq + 1 if self._segments else 0
+        # The new segment continues the log the WAL holds (or truncates it), never leaves a gap:
+        # its entries follow the older segments' or the snapshot marker's.
+        held = max((s.max_index for s in self._segments), default=0)
+        marker = self._marker_staged[0]
+        assert first_index <= max(held, marker) + 1, (
+            f"segment {seq} would start at {first_index}: a gap after the log's {held} and the marker's {marker}"
+        )
         path = self.dir / segment_name(seq, first_index)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._segments.append(Segment(path, seq, first_index, 0, 0))
@@ -372,9 +412,14 @@ class WAL:
                     self._fd = -1
                 parts = [self._open_segment(rotate_to), *parts]
             data = b"".join(parts)
+            assert data, "an empty write: record offsets must strictly increase"
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
+            # Appends land at the end of the file; replay's offsets, rotation and compaction all
+            # trust the tracked size, so it must be exactly where the file ends.
+            end = self._segments[-1].size + len(data)
+            assert os.lseek(self._fd, 0, os.SEEK_CUR) == end, f"{self._segments[-1].path} does not end at {end}"
             t0 = time.perf_counter()
             _datasync(self._fd)
             self.stats.last_fsync_seconds = time.perf_counter() - t0
