@@ -8,6 +8,10 @@ Two watermarks split the entries for the driver:
 - `stable`: everything <= stable is known to be durable; later entries are handed out in the
   next Ready to be written (a truncation lowers it, so a rewritten suffix is written again);
 - `committed` / `applied`: committed entries after `applied` are handed out to be applied.
+
+Invariants (asserted where they are relied on): offset <= applied <= committed <= last index, so
+the first index (offset + 1) is at most last + 1; entries are contiguous; a committed entry is
+never truncated.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class RaftLog:
         self.entries: list[Entry] = list(entries or [])
         if self.entries:
             assert self.entries[0].index == offset + 1, "entries must start right after the offset"
+            assert self.entries[-1].index == self.last_index(), "entries must be contiguous"
         self.stable = self.last_index()
         self.committed = offset
         self.applied = offset
@@ -104,6 +109,7 @@ class RaftLog:
         first = entries[0].index
         assert first > self.committed, f"truncating committed entry {first} <= {self.committed}"
         assert first <= self.last_index() + 1, "gap in the log"
+        assert entries[-1].index == first + len(entries) - 1, "entries must be contiguous"
         del self.entries[first - self.offset - 1 :]
         self.entries.extend(entries)
         self.stable = min(self.stable, first - 1)
@@ -122,6 +128,10 @@ class RaftLog:
         return False
 
     def committed_to_apply(self, max_count: int) -> list[Entry]:
+        assert self.offset <= self.applied <= self.committed <= self.last_index(), (
+            f"offset {self.offset} <= applied {self.applied} <= committed {self.committed} "
+            f"<= last {self.last_index()} broken"
+        )
         lo = max(self.applied, self.offset)
         hi = min(self.committed, lo + max_count)
         return self.entries[lo - self.offset : hi - self.offset]
@@ -137,6 +147,8 @@ class RaftLog:
 
     def restore(self, index: int, term: int) -> None:
         """Reset the log to start after a snapshot at (index, term)."""
+        # applied jumps to index: a snapshot behind it would make the state machine go back.
+        assert index >= self.applied, f"restoring snapshot {index} behind applied {self.applied}"
         if self.matches(index, term) and index <= self.last_index():
             # Raft 7: keep the entries that follow a snapshot our log already agrees with.
             del self.entries[: index - self.offset]
@@ -146,3 +158,4 @@ class RaftLog:
         self.committed = max(self.committed, index)
         self.applied = index
         self.stable = max(min(self.stable, self.last_index()), index)
+        assert self.committed <= self.last_index(), f"commit {self.committed} beyond last {self.last_index()}"
