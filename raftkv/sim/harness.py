@@ -4,6 +4,10 @@ Where the randomized simulation explores, this harness replays a story exactly a
 tells it ("n1 is elected, its entry reaches only n2, n1 crashes, ..."). Messages wait in
 `in_flight` until delivered or dropped; cuts block links; crashes keep only the durable state.
 Every Ready goes through the same Replica and SafetyMonitor the randomized simulator uses.
+
+Observers (the interaction-script runner, raftkv.sim.script) watch without steering: `listener`
+receives the cores' trace events, `on_ready` sees each Ready before it is carried out, and
+`on_delivery` sees each message the network takes out of flight and whether it arrived.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from raftkv.core import Config, Message, RaftCore, Role
+from raftkv.core import Config, Listener, Message, RaftCore, Ready, Role
 
 from .invariants import SafetyMonitor
 from .replica import CoreFactory, Replica, encode_command
@@ -23,19 +27,28 @@ class Harness:
         ids: Iterable[str] = ("n1", "n2", "n3"),
         core_factory: CoreFactory = RaftCore,
         snapshot_every: int = 0,
+        listener: Listener | None = None,
         **config: Any,
     ) -> None:
         self.ids = list(ids)
         config.setdefault("election_timeout_ticks", 10)
-        self.replicas = {
-            node: Replica(Config(node, voters=tuple(self.ids), **config), 7, core_factory, None, snapshot_every)
-            for node in self.ids
-        }
+        self._founders = tuple(self.ids)
+        self._core_factory = core_factory
+        self._snapshot_every = snapshot_every
+        self._listener = listener
+        self._config = config
+        self.replicas = {node: self._new_replica(node) for node in self.ids}
         self.monitor = SafetyMonitor()
         self.in_flight: list[Message] = []
         self.blocked: set[tuple[str, str]] = set()
         self.applied: dict[str, list[tuple[int, int, bytes]]] = {n: [] for n in self.ids}
         self.read_results: dict[str, list[tuple[bytes, int, bool]]] = {n: [] for n in self.ids}
+        self.on_ready: Callable[[str, Ready], None] | None = None
+        self.on_delivery: Callable[[Message, bool], None] | None = None
+
+    def _new_replica(self, node: str) -> Replica:
+        config = Config(node, voters=self._founders, **self._config)
+        return Replica(config, 7, self._core_factory, self._listener, self._snapshot_every)
 
     # ---- looking ------------------------------------------------------------------------------
 
@@ -70,6 +83,8 @@ class Harness:
         r = self.replicas[node]
         while r.core is not None and r.core.has_ready():
             rd = r.core.ready()
+            if self.on_ready:
+                self.on_ready(node, rd)
             self.monitor.before_persist(node, r.core, rd)
             self.in_flight.extend(rd.early_messages)
             r.persist(rd)
@@ -114,6 +129,14 @@ class Harness:
         data = [encode_command(f"{node}-{v}", "write", key, v) for v in values]
         return self.act(node, lambda c: c.propose(data))
 
+    def add_node(self, node: str) -> None:
+        """Boot a brand-new server that knows only the founding configuration, as a joining
+        process does; it takes part once a membership change adds it."""
+        self.replicas[node] = self._new_replica(node)
+        self.ids.append(node)
+        self.applied[node] = []
+        self.read_results[node] = []
+
     def crash(self, node: str) -> None:
         self.replicas[node].crash()
         self.in_flight = [m for m in self.in_flight if m.dst != node]
@@ -136,26 +159,32 @@ class Harness:
 
     # ---- the network -------------------------------------------------------------------------
 
-    def deliver(self, src: str | None = None, dst: str | None = None, kind: type | None = None) -> int:
-        """Deliver the in-flight messages that match (all by default); returns how many."""
-        chosen = [
+    def matching(self, src: str | None = None, dst: str | None = None, kind: type | None = None) -> list[Message]:
+        """The in-flight messages from `src`, to `dst` and of type `kind` (None matches any)."""
+        return [
             m
             for m in self.in_flight
             if (src is None or m.src == src) and (dst is None or m.dst == dst) and (kind is None or isinstance(m, kind))
         ]
+
+    def deliver(self, src: str | None = None, dst: str | None = None, kind: type | None = None) -> int:
+        """Deliver the in-flight messages that match (all by default); returns how many."""
+        chosen = self.matching(src, dst, kind)
         self.in_flight = [m for m in self.in_flight if m not in chosen]
         delivered = 0
         for m in chosen:
-            if (m.src, m.dst) in self.blocked or not self.replicas[m.dst].alive:
+            arrives = (m.src, m.dst) not in self.blocked and self.replicas[m.dst].alive
+            if self.on_delivery:
+                self.on_delivery(m, arrives)
+            if not arrives:
                 continue
             delivered += 1
             self.act(m.dst, lambda c, m=m: c.step(m))
         return delivered
 
-    def drop(self, src: str | None = None, dst: str | None = None) -> None:
-        self.in_flight = [
-            m for m in self.in_flight if not ((src is None or m.src == src) and (dst is None or m.dst == dst))
-        ]
+    def drop(self, src: str | None = None, dst: str | None = None, kind: type | None = None) -> None:
+        dropped = self.matching(src, dst, kind)
+        self.in_flight = [m for m in self.in_flight if m not in dropped]
 
     def stabilize(self, max_rounds: int = 200) -> None:
         for _ in range(max_rounds):
