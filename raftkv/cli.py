@@ -63,6 +63,8 @@ def main(verbose: bool) -> None:
 @click.option("--tick-ms", type=click.IntRange(1, 1000), default=None, help="Length of one Raft tick.")
 @click.option("--snapshot-every", type=click.IntRange(0), default=None, help="Applied entries between snapshots.")
 @click.option("--snapshot-retain", type=click.IntRange(0), default=None, help="Entries kept after a snapshot.")
+@click.option("--no-leader-hold-ms", type=click.IntRange(0, 60_000), default=None,
+              help="How long a write or read waits for a leader before a 503 (default: one maximum election timeout).")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: CA file.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: cert.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: key.")
@@ -77,6 +79,7 @@ def node(
     tick_ms: int | None,
     snapshot_every: int | None,
     snapshot_retain: int | None,
+    no_leader_hold_ms: int | None,
     tls_ca: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -93,6 +96,7 @@ def node(
             "tick_ms": tick_ms,
             "snapshot_every": snapshot_every,
             "snapshot_retain_entries": snapshot_retain,
+            "no_leader_hold_ms": no_leader_hold_ms,
             "tls_ca": tls_ca,
             "tls_cert": tls_cert,
             "tls_key": tls_key,
@@ -235,9 +239,9 @@ def _parse_value(text: str) -> Any:
 @click.option("--prev-value", help="Only if the current value equals this (JSON or a bare string).")
 @click.option("--prev-revision", type=int, help="Only if the key's mod_revision equals this.")
 @click.option("--create-only", is_flag=True, help="Only if the key does not exist.")
-def put(
-    endpoints: str, key: str, value: str, prev_value: str | None, prev_revision: int | None, create_only: bool
-) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the whole answer, the previous value in full.")
+def put(endpoints: str, key: str, value: str, prev_value: str | None, prev_revision: int | None,
+        create_only: bool, as_json: bool) -> None:
     """Write KEY=VALUE (VALUE is JSON, or taken as a string)."""
     body: dict[str, Any] = {"value": _parse_value(value)}
     if prev_value is not None:
@@ -246,8 +250,12 @@ def put(
         body["prev_revision"] = prev_revision
     if create_only:
         body["prev_exist"] = False
-    data = _call(parse_endpoints(endpoints), "PUT", f"/kv/{key}", body)
-    click.echo(json.dumps(data))
+    data = _call(parse_endpoints(endpoints), "PUT", _key_path(key), body)
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        was = "" if data.get("prev") is None else f"; it was {_preview(data['prev']['value'])}"
+        click.echo(f"put {key} at revision {data['revision']}{was}")
 
 
 @main.command()
@@ -257,7 +265,7 @@ def put(
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer (value, revisions, node) as JSON.")
 def get(endpoints: str, key: str, stale: bool, as_json: bool) -> None:
     """Read KEY (linearizable by default): a string value as it is, any other as JSON."""
-    data = _call(parse_endpoints(endpoints), "GET", f"/kv/{key}" + ("?stale=true" if stale else ""))
+    data = _call(parse_endpoints(endpoints), "GET", _key_path(key) + ("?stale=true" if stale else ""))
     if as_json:
         click.echo(json.dumps(data))
     else:
@@ -270,11 +278,16 @@ def get(endpoints: str, key: str, stale: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer, the previous value in full.")
 def delete(endpoints: str, key: str, as_json: bool) -> None:
     """Delete KEY (exit 1 when absent)."""
-    data = _call(parse_endpoints(endpoints), "DELETE", f"/kv/{key}")
+    data = _call(parse_endpoints(endpoints), "DELETE", _key_path(key))
     if as_json:
         click.echo(json.dumps(data))
     else:
         click.echo(f"deleted {key} at revision {data['revision']}; it was {_preview(data['prev']['value'])}")
+
+
+def _key_path(key: str) -> str:
+    """/kv/KEY with the key percent-encoded ('/' kept): a key may hold '?', '#', '%' or spaces."""
+    return "/kv/" + quote(key, safe="/")
 
 
 def _as_text(value: Any) -> str:

@@ -1,5 +1,5 @@
 """The key-value commands as a person types them against a real cluster: endpoints without a
-scheme, `get` printing a string as it is, `del` keeping a big previous value off the terminal, and
+scheme, `get` printing a string as it is, `put` and `del` keeping a big previous value off the terminal, and
 `status` failing when any endpoint is unreachable (as `etcdctl endpoint health` does)."""
 
 from __future__ import annotations
@@ -59,6 +59,13 @@ def test_del_shows_a_bounded_preview_of_the_previous_value(cluster: LocalCluster
     assert len(line) < 200, line
     assert line.startswith("deleted big at revision ") and '"xxxxx' in line and "(97.7 KiB of JSON)" in line, line
 
+    out = raftkv("put", "--endpoints", endpoints, "big", json.dumps(big))
+    assert out.stdout.startswith("put big at revision ") and len(out.stdout) < 200, out  # no previous value yet
+    out = raftkv("put", "--endpoints", endpoints, "big", "1")
+    assert "; it was " in out.stdout and "(97.7 KiB of JSON)" in out.stdout and len(out.stdout) < 200, out
+    out = raftkv("put", "--endpoints", endpoints, "50% off?#", "1")
+    assert out.returncode == 0 and json.loads(raftkv("get", "--json", "--endpoints", endpoints,
+                                                       "50% off?#").stdout)["key"] == "50% off?#", out
     assert raftkv("put", "--endpoints", endpoints, "small", "7").returncode == 0
     out = raftkv("del", "--endpoints", endpoints, "small")
     assert out.stdout.endswith("; it was 7\n"), out

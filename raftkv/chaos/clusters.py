@@ -59,9 +59,7 @@ class _SupervisedCluster:
         self.supervisor.kill(node_id)
 
     def start(self, node_id: str) -> None:
-        if not self.supervisor.nodes[node_id].running:
-            self.supervisor.nodes[node_id].restarts += 1
-        self.supervisor.start(node_id)
+        self.supervisor.start(node_id)  # it counts the restart
 
     def pause(self, node_id: str) -> None:
         self.supervisor.pause(node_id)

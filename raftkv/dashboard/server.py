@@ -287,16 +287,16 @@ async def serve(host: str, port: int, node_urls: list[str], supervisor: Any = No
     app = await create_app(node_urls, supervisor)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
-    log.info("dashboard on http://%s:%d watching %s", host, port, node_urls)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
-    try:
+    try:  # from here on, cleanup closes the hub's client session even if binding fails
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        log.info("dashboard on http://%s:%d watching %s", host, port, node_urls)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready.set()
         while not stop.is_set() and not (stop_event is not None and stop_event.is_set()):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
