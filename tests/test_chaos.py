@@ -286,40 +286,113 @@ def test_demo4_balance_survives_leader_stop(cluster: LocalCluster, capsys: pytes
 
 def test_concurrent_forced_elections_resolve_to_one_leader_per_term(
         cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:
-    """The seed's "Concurrent Elections": force elections on every node at once, five times; each
-    round ends with one agreed leader, and no term ever has two leaders (sampled throughout)."""
-    cluster.wait_for_leader()
-    seen: dict[int, set[str]] = {}
+    """The seed's "Concurrent Elections": force elections on every node at once, five times.
+
+    Every answer is a 200 naming the node and a term past the one it had, or the documented 503
+    refusal (`{"error": ...}`: nothing was done). Each round moves the cluster to a later term and
+    ends with one leader that every node names, in one term. No term ever has two leaders (Raft
+    §5.2, election safety), whether the leader is seen in a node's role, in the leader a node
+    names, or in a force-election answer; /raft-state is sampled throughout. At the end the logs
+    converge under one agreed leader.
+    """
+    ids = [m.id for m in cluster.members]
+    leaders_by_term: dict[int, set[str]] = {}
+    lock = threading.Lock()  # the watcher thread and this one both record
+
+    def observe(sample: dict) -> None:
+        # A node in the leader role, or a node naming its term's leader, says who led that term.
+        claimed = sample["nodeId"] if sample["state"] == "leader" else sample.get("leaderId")
+        if claimed is not None:
+            with lock:
+                leaders_by_term.setdefault(sample["term"], set()).add(claimed)
+
+    def terms_with_two_leaders() -> dict[int, list[str]]:
+        with lock:
+            return {t: sorted(n) for t, n in leaders_by_term.items() if len(n) != 1}
+
+    def settle(term_before: int, what: str, timeout_s: float = 20.0) -> tuple[str, int]:
+        """Wait until every node answers in one term past `term_before`, exactly one holds the
+        leader role, and every node names it; the (leader, term) it settled on. Fails at once
+        if any term has had two leaders so far."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            now = states(cluster)
+            live = {n: s for n, s in now.items() if s}
+            for s in live.values():
+                observe(s)
+            twice = terms_with_two_leaders()
+            assert not twice, f"{what}: terms with more than one leader: {twice}"
+            if sorted(live) == sorted(ids):
+                leaders = [n for n, s in live.items() if s["state"] == "leader"]
+                terms = {s["term"] for s in live.values()}
+                named = {s["leaderId"] for s in live.values()}
+                if len(leaders) == 1 and named == set(leaders) and len(terms) == 1 and min(terms) > term_before:
+                    return leaders[0], terms.pop()
+            assert time.monotonic() < deadline, (
+                f"{what}: no single agreed leader in a term past {term_before} within {timeout_s} s: "
+                f"{ {n: s and (s['state'], s['term'], s['leaderId']) for n, s in now.items()} }")
+            time.sleep(0.02)
+
     stop = threading.Event()
 
     def watch() -> None:
         while not stop.is_set():
             for s in states(cluster).values():
-                if s and s["state"] == "leader":
-                    seen.setdefault(s["term"], set()).add(s["nodeId"])
+                if s:
+                    observe(s)
             time.sleep(0.005)
 
+    _, term = settle(0, "before the first round")
+    settled: list[tuple[str, int]] = []
+    refusals = 0
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        for _ in range(5):
-            barrier = threading.Barrier(len(cluster.members))
+        for round_no in range(1, 6):
+            barrier = threading.Barrier(len(ids))
+            answers: dict[str, tuple[int, Any]] = {}
 
-            def force(url: str, barrier: threading.Barrier = barrier) -> None:
-                barrier.wait()
-                http("POST", url + "/force-election", {})
+            def force(node_id: str, barrier: threading.Barrier = barrier,
+                      answers: dict[str, tuple[int, Any]] = answers) -> None:
+                barrier.wait(timeout=10)
+                answers[node_id] = http("POST", cluster.url(node_id) + "/force-election", {})
 
-            threads = [threading.Thread(target=force, args=(m.url,)) for m in cluster.members]
+            threads = [threading.Thread(target=force, args=(n,)) for n in ids]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-            cluster.wait_for_leader()
+            assert sorted(answers) == sorted(ids), f"round {round_no}: some requests got no answer: {answers}"
+            for node_id, (status, body) in answers.items():
+                where = f"round {round_no}, {node_id}: {status} {body!r}"
+                if status == 503:  # refused (no leader or quorum to act through): a JSON error, nothing done
+                    assert isinstance(body, dict) and isinstance(body.get("error"), str), where
+                    refusals += 1
+                    continue
+                assert status == 200 and isinstance(body, dict), where
+                assert body.get("nodeId") == node_id and isinstance(body.get("state"), str), where
+                previous, after = body.get("previousTerm"), body.get("term")
+                assert isinstance(previous, int) and isinstance(after, int), where
+                assert previous >= term, f"{where}: the node was behind the settled term {term}"
+                assert after > previous, f"{where}: the forced election did not move its term"
+                observe(body)
+            leader, new_term = settle(term, f"round {round_no}")
+            assert new_term > term
+            settled.append((leader, new_term))
+            term = new_term
+        cluster.wait_converged()
+        final_leader, final_term = settle(0, "at the end")
     finally:
         stop.set()
         watcher.join()
-    assert all(len(nodes) == 1 for nodes in seen.values()), seen
-    report(capsys, f"concurrent elections: leaders by term {dict(sorted((t, sorted(n)) for t, n in seen.items()))}")
+    assert final_term >= term
+    twice = terms_with_two_leaders()
+    assert not twice, f"terms with more than one leader: {twice}"
+    for leader, t in settled:  # the samples saw what each round settled on
+        assert leaders_by_term[t] == {leader}, (t, leader, leaders_by_term.get(t))
+    report(capsys, f"concurrent elections: settled on {settled}, {refusals} refusals, final leader {final_leader} "
+                   f"in term {final_term}; leaders by term "
+                   f"{dict(sorted((t, sorted(n)) for t, n in leaders_by_term.items()))}")
 
 
 # ---------------------------------------------------------------- the judge, offline ---------
