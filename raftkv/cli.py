@@ -13,9 +13,9 @@ from urllib.parse import quote
 
 import click
 
+from raftkv import promtext
 from raftkv.chaos.cli_command import chaos as chaos_command
 from raftkv.client import Client, ClusterUnreachableError, endpoint_url, parse_endpoints
-from raftkv.dashboard import promtext
 from raftkv.dashboard.cli_command import dashboard as dashboard_command
 from raftkv.node.config import ConfigError, NodeConfig, load_toml, parse_cluster
 from raftkv.ports import (

@@ -506,7 +506,7 @@ def test_safety_checks_flag_diverging_state_and_lost_commits() -> None:
 
 
 def test_metrics_rates_from_prometheus_text() -> None:
-    from raftkv.dashboard import promtext
+    from raftkv import promtext
 
     def text(b1: float, b2: float, count: float) -> str:
         return f"""# TYPE raft_propose_to_commit_seconds histogram

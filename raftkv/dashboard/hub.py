@@ -46,7 +46,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from . import promtext
+from raftkv import promtext
+
 from .safety import SafetyChecker
 
 log = logging.getLogger("raftkv.dashboard")

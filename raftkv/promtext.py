@@ -1,5 +1,8 @@
 """Reading the nodes' `/metrics` (Prometheus text format) into the numbers the charts show.
 
+It sits at the bottom of the package, beside client.py, because two layers read `/metrics`: the
+dashboard (the rates below) and the CLI (`raftkv status`'s headline figures).
+
 Theory of operation
 -------------------
 Each node exposes cumulative counters and histograms. The dashboard polls them about once a
