@@ -1,4 +1,4 @@
-"""Embedded (in-process API) clusters: raftkv's RaftNode and PySyncObj, one OS process per node.
+"""Embedded (in-process API) clusters: raftkv's NodeHost and PySyncObj, one OS process per node.
 
 PySyncObj has no network client, so it is compared with raftkv's embedded API, not its HTTP API:
 each node is a separate process (its best layout: no shared GIL), and the node that is leader
@@ -48,15 +48,15 @@ PYSYNCOBJ_VARIANTS = {
 
 
 def _raftkv_child(idx: int, members: list[Member], data_dir: str, conn: Any, variant: str) -> None:
+    from raftkv.api.server import tune_gc
     from raftkv.core import Role
     from raftkv.kv import Put
+    from raftkv.node import NodeHost
     from raftkv.node.config import NodeConfig
-    from raftkv.node.driver import RaftNode
-    from raftkv.node.server import tune_gc
 
     cfg = NodeConfig(node_id=members[idx].id, data_dir=Path(data_dir), members={m.id: m for m in members})
 
-    async def load(node: RaftNode, inflight: int, duration_s: float, value_bytes: int) -> dict:
+    async def load(node: NodeHost, inflight: int, duration_s: float, value_bytes: int) -> dict:
         value = "x" * value_bytes
         perf = time.perf_counter
         latencies: list[float] = []
@@ -93,8 +93,8 @@ def _raftkv_child(idx: int, members: list[Member], data_dir: str, conn: Any, var
             loop.default_exception_handler(context)
 
     async def main() -> None:
-        node = RaftNode(cfg)
-        tune_gc()  # as the node process does (raftkv.node.server)
+        node = NodeHost(cfg)
+        tune_gc()  # as the node process does (raftkv.api.server)
         await node.start()
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(quiet)
@@ -102,9 +102,9 @@ def _raftkv_child(idx: int, members: list[Member], data_dir: str, conn: Any, var
             while True:
                 msg = await loop.run_in_executor(None, conn.recv)
                 if msg[0] == "leader?":
-                    conn.send(node.core.role is Role.LEADER)
+                    conn.send(node.group.core.role is Role.LEADER)
                 elif msg[0] == "load":
-                    conn.send(await load(node, *msg[1:]) if node.core.role is Role.LEADER else None)
+                    conn.send(await load(node, *msg[1:]) if node.group.core.role is Role.LEADER else None)
                 elif msg[0] == "stop":
                     break
         finally:

@@ -1,6 +1,6 @@
 """Restart time of a raftkv node holding many keys, and its resident memory per key.
 
-1. An embedded single-node raftkv (RaftNode in this process, fsync on, frequent snapshots) is filled
+1. An embedded single-node raftkv (NodeHost in this process, fsync on, frequent snapshots) is filled
    with `keys` keys through transactions of MAX_TXN_OPS puts each, then stopped cleanly. Its data
    dir now holds a snapshot plus a WAL tail written after it.
 2. The same data dir is started as a real node process (`python -m raftkv node`); the restart time
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from raftkv.kv import Txn, TxnPut
 from raftkv.kv.commands import MAX_TXN_OPS
+from raftkv.node import NodeHost
 from raftkv.node.config import Member, NodeConfig
-from raftkv.node.driver import RaftNode
 from raftkv.supervisor import Supervisor, free_ports
 
 from .procs import http_json, rss_bytes, wait_until
@@ -43,7 +43,7 @@ class RestartResult:
 
 
 async def _fill(cfg: NodeConfig, keys: int, value_bytes: int, progress: object = None) -> int:
-    node = RaftNode(cfg)
+    node = NodeHost(cfg)
     await node.start()
     try:
         deadline = time.monotonic() + 20

@@ -87,7 +87,7 @@ def node(
     unsafe_stale_reads: bool,
 ) -> None:
     """Run one node (one per host in a real cluster)."""
-    from raftkv.node.server import run
+    from raftkv.api.server import run
 
     overrides: dict[str, Any] = {
         k: v

@@ -30,8 +30,8 @@ from yarl import URL
 
 from raftkv.api import create_app, openapi_document
 from raftkv.kv import Command, KVStateMachine, encode
-from raftkv.node.driver import FORWARDED_TO
-from raftkv.node.errors import NoQuorumError, NotLeaderError, OutcomeUnknownError
+from raftkv.node import FORWARDED_TO
+from raftkv.node.errors import NoLeaderError, NotAppliedError, OutcomeUnknownError
 
 SMALL = {"max_body_bytes": 64 * 1024, "max_key_bytes": 64, "max_value_bytes": 1024}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -117,7 +117,7 @@ class FakeNode:
     def metrics_text(self) -> tuple[bytes, str]:
         return b"# TYPE raftkv_up gauge\nraftkv_up 1\n", "text/plain; version=0.0.4; charset=utf-8"
 
-    async def watch(self) -> AsyncIterator[dict]:
+    async def raft_events(self) -> AsyncIterator[dict]:
         try:
             if self.events is None:  # a live stream that never ends on its own
                 while True:
@@ -295,7 +295,7 @@ async def test_seed_curl_commands_verbatim(api: tuple[FakeNode, TestClient]) -> 
 async def test_stale_read_skips_the_barrier(api: tuple[FakeNode, TestClient]) -> None:
     node, client = api
     await call(client, "PUT", "/kv/a", {"value": 1})
-    node.read_error = NoQuorumError("no leader could confirm this read")
+    node.read_error = NotAppliedError("no leader could confirm this read")
     status, _, headers = await call(client, "GET", "/kv/a")
     assert status == 503 and headers["Retry-After"] == "1"
     for query in ("stale=true", "stale", "stale=1"):
@@ -604,7 +604,7 @@ async def test_wrong_method_is_405_json_with_allow(
 
 async def test_reserved_names_are_not_root_keys(api: tuple[FakeNode, TestClient]) -> None:
     node, client = api
-    for path in ("/metrics/x", "/watch/a/b", "/events", "/dashboard"):
+    for path in ("/metrics/x", "/watch/a/b", "/raft/x", "/events", "/dashboard"):
         status, body, _ = await call(client, "PUT", path, {"value": 1})
         assert status == 404 and "reserved" in body["error"]
     status, _, _ = await call(client, "PUT", "/kv/health", {"value": 1})  # reachable under /kv/
@@ -619,8 +619,8 @@ async def test_reserved_names_are_not_root_keys(api: tuple[FakeNode, TestClient]
 @pytest.mark.parametrize(
     ("error", "status", "message"),
     [
-        (NoQuorumError("leadership changed before the write committed"), 503, "leadership changed"),
-        (NotLeaderError(None, None), 503, "no leader"),
+        (NotAppliedError("leadership changed before the write committed"), 503, "leadership changed"),
+        (NoLeaderError(), 503, "no leader"),
         (OutcomeUnknownError("not applied within 2 s"), 504, "may or may not have been applied"),
     ],
 )
@@ -633,8 +633,8 @@ async def test_node_errors_on_writes(
         got, payload, headers = await call(client, method, path, body)
         assert got == status and message in payload["error"]
         assert ("Retry-After" in headers) == (status == 503)
-        if isinstance(error, NotLeaderError):
-            assert payload["leader"] is None and headers["Retry-After"] == "1"
+        if status == 503:
+            assert headers["Retry-After"] == "1"
 
 
 async def test_node_errors_on_reads(api: tuple[FakeNode, TestClient]) -> None:
@@ -693,7 +693,7 @@ async def test_a_forwarded_write_names_the_leader_and_the_follower() -> None:
 async def test_a_follower_without_a_leader_is_503(api: tuple[FakeNode, TestClient]) -> None:
     node, client = api
     node.leader = None
-    node.propose_error = NotLeaderError(None, None)
+    node.propose_error = NoLeaderError()
     status, body, headers = await call(client, "PUT", "/kv/a", {"value": 1})
     assert status == 503 and headers["Retry-After"] == "1" and body["error"] == "no leader" and body["leader"] is None
 
@@ -755,32 +755,23 @@ async def test_cors(api: tuple[FakeNode, TestClient]) -> None:
     assert status == 404 and headers["Access-Control-Allow-Origin"] == "*"
 
 
-async def test_watch_streams_events_then_closes(api: tuple[FakeNode, TestClient]) -> None:
+async def test_the_raft_event_stream_streams_events_then_closes(api: tuple[FakeNode, TestClient]) -> None:
     node, client = api
-    async with client.ws_connect("/watch") as ws:
+    async with client.ws_connect("/raft/events") as ws:
         received = [await ws.receive_json(timeout=5), await ws.receive_json(timeout=5)]
         closing = await ws.receive(timeout=5)
     assert received == node.events
     assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-    status, body, _ = await call(client, "GET", "/watch")  # not an upgrade
+    status, body, _ = await call(client, "GET", "/raft/events")  # not an upgrade
     assert status == 400 and "WebSocket" in body["error"]
 
 
-async def test_watch_unsubscribes_when_the_client_leaves(api: tuple[FakeNode, TestClient]) -> None:
+async def test_the_raft_event_stream_unsubscribes_when_the_client_leaves(api: tuple[FakeNode, TestClient]) -> None:
     node, client = api
     node.events = None
-    async with client.ws_connect("/watch") as ws:
+    async with client.ws_connect("/raft/events") as ws:
         assert (await ws.receive_json(timeout=5)) == {"type": "tick"}
     await asyncio.wait_for(node.watch_closed.wait(), 5)
-
-
-async def test_watch_absent_is_501() -> None:
-    class NoWatch(FakeNode):
-        watch = None  # type: ignore[assignment]
-
-    async with TestClient(TestServer(checked_app(NoWatch()))) as client:
-        status, body, _ = await call(client, "GET", "/watch")
-    assert status == 501 and body["node"] == "n1"
 
 
 # ---- the OpenAPI document ------------------------------------------------------------------------
@@ -822,4 +813,4 @@ def test_head_is_served_exactly_where_get_is_but_on_the_websocket() -> None:
     for resource in app.router.resources():
         methods.setdefault(resource.canonical, set()).update(route.method for route in resource)
     assert {path for path, m in methods.items() if "HEAD" in m} == {
-        path for path, m in methods.items() if "GET" in m} - {"/watch"}
+        path for path, m in methods.items() if "GET" in m} - {"/raft/events"}

@@ -127,7 +127,9 @@ def test_one_write_at_a_time_costs_each_node_one_fsync_not_two(cluster: LocalClu
     cluster.wait_converged()
     time.sleep(0.5)  # the last commit index reaches the followers with a heartbeat
     syncs = {n: cluster.state(n)["storage"]["syncs_total"] - before[n] for n in cluster.urls}
-    assert all(writes <= s <= writes + 5 for s in syncs.values()), syncs
+    # At most one fsync per write and node (two per write was the bug). Fewer is group commit at
+    # work: a node still syncing one entry when the next arrives writes both with one fsync.
+    assert all(writes // 2 <= s <= writes + 5 for s in syncs.values()), syncs
 
 
 def test_every_node_restarted_from_disk_keeps_every_acknowledged_write(cluster: LocalCluster) -> None:

@@ -162,17 +162,6 @@ def test_snapshot_state_sends_nothing_until_it_resolves():
     assert (pr.state, pr.next, pr.is_paused()) == (ProgressState.REPLICATE, 21, False)
 
 
-def test_describe_is_json_friendly():
-    d = Progress(next_index=3, max_inflight=8).describe()
-    assert {k: d[k] for k in ("matchIndex", "nextIndex", "state", "inflight")} == {
-        "matchIndex": 0,
-        "nextIndex": 3,
-        "state": "probe",
-        "inflight": 0,
-    }
-    assert all(isinstance(v, (int, str, bool)) for v in d.values())
-
-
 # ==== log.py ========================================================================================
 
 

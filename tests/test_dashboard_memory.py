@@ -138,23 +138,24 @@ def test_dashboard_memory_stays_flat_while_1_mib_values_are_written(
 
 def test_a_status_preview_is_bounded_in_bytes_and_says_how_large_each_cut_value_is() -> None:
     from raftkv.kv import KVStateMachine, Put, encode
-    from raftkv.node.observe import MAX_PREVIEW_BYTES, MAX_PREVIEW_KEYS, MAX_PREVIEW_VALUE_BYTES, kv_preview
+    from raftkv.node.preview import MAX_PREVIEW_BYTES, MAX_PREVIEW_KEYS, MAX_PREVIEW_VALUE_BYTES, KVPreview
 
     kv = KVStateMachine()
+    kv_preview = KVPreview(kv)
     kv.apply(1, encode(Put("a-small", {"n": 1})))
     kv.apply(2, encode(Put("b-large", "é" * 600_000)))  # 1.2 MB of UTF-8
     for i in range(3, 3 + 2 * MAX_PREVIEW_KEYS):
         kv.apply(i, encode(Put(f"c-{i:03}", [i] * 1000)))
-    preview = kv_preview(kv)
+    preview = kv_preview()
     assert len(json.dumps(preview, ensure_ascii=False, separators=(",", ":")).encode()) <= MAX_PREVIEW_BYTES + 100
     assert preview["items"] == {"a-small": {"n": 1}}
     large = preview["truncated"]["b-large"]
     assert large["bytes"] == 2 + 2 * 600_000 and large["head"].startswith('"éé')
     assert len(large["head"].encode()) <= MAX_PREVIEW_VALUE_BYTES
     assert preview["more"] and preview["count"] == 2 + 2 * MAX_PREVIEW_KEYS
-    assert kv_preview(kv) == preview  # measured once, shown the same until the key changes
+    assert kv_preview() == preview  # measured once, shown the same until the key changes
     kv.apply(200, encode(Put("b-large", "short now")))
-    assert kv_preview(kv)["items"]["b-large"] == "short now"
+    assert kv_preview()["items"]["b-large"] == "short now"
 
 
 def test_bounded_log_drops_its_oldest_past_either_bound() -> None:

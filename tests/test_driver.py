@@ -1,57 +1,112 @@
-"""The node driver's bookkeeping for writes, in-process (no sockets opened): where each waiting
-write's answer comes from when leadership moves."""
+"""The node driver in-process: its trackers' bookkeeping, and the real RaftGroup on in-memory links
+and in-memory storage (no sockets, no files), so a whole cluster runs in a test in seconds.
+
+A group is the same code a node process runs; only its transport (MemoryTransport) and storage
+(MemoryStorage) are the in-memory twins of the TCP and disk ones.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from raftkv.core import ProposeAnswer
-from raftkv.node.config import Member, NodeConfig
-from raftkv.node.driver import RaftNode
-from raftkv.node.errors import NoQuorumError, OutcomeUnknownError
+from raftkv.core import Entry, EntryKind, Role
+from raftkv.kv import KVStateMachine, Put
+from raftkv.node import NodeConfig, NotAppliedError, OutcomeUnknownError, RaftGroup
+from raftkv.node.config import Member
+from raftkv.node.event_stream import EventHub
 from raftkv.node.metrics import FAST_BUCKETS, NodeMetrics
+from raftkv.node.observe import GroupObserver
+from raftkv.node.peer_messages import ProposeAnswer
+from raftkv.node.proposals import FORWARDED_TO, ForwardedBatch, PlacedWrite, ProposalTracker, QueuedWrite
+from raftkv.node.status import StatusReporter
 from raftkv.storage import MemoryStorage
+from raftkv.transport import LinkFaults, MemoryNetwork
+
+IDS = ("n1", "n2", "n3")
 
 
-def make_node(tmp_path: Path) -> RaftNode:
-    members = {f"n{i}": Member(f"n{i}", "127.0.0.1", 1, 2) for i in (1, 2, 3)}
-    return RaftNode(NodeConfig(node_id="n1", data_dir=tmp_path, members=members), storage=MemoryStorage())
+def members(ids: tuple[str, ...] = IDS) -> dict[str, Member]:
+    return {node: Member(node, "127.0.0.1", 1, 2) for node in ids}
 
 
-def test_a_write_displaced_by_another_terms_entry_is_answered_503_not_left_hanging(tmp_path: Path) -> None:
+# ---- where a write waits (proposals.py) -------------------------------------------------------------
+
+
+def tracker() -> ProposalTracker:
+    return ProposalTracker("n1", timeout_s=5.0, metrics=NodeMetrics("n1"))
+
+
+def test_a_write_displaced_by_another_terms_entry_is_answered_503_not_left_hanging() -> None:
     """An old leader's write waits at index 7 of term 2; after a leadership change a forwarded
     batch is placed at index 7 of term 3. The old write can never commit (the new leader holds no
     committed entry there), so it is answered "not applied" at once instead of never."""
 
     async def scenario() -> None:
-        node = make_node(tmp_path)
-        loop = asyncio.get_running_loop()
+        proposals, loop = tracker(), asyncio.get_running_loop()
         old, new = loop.create_future(), loop.create_future()
-        node._wait_for(7, (2, old, 0.0, 1e18, None))
-        node._forwarded[5] = ("n2", [(new, 0.0)], 1e18)
-        node._place_forwarded(ProposeAnswer(src="n2", dst="n1", term=3, ticket=5, index=7))
-        with pytest.raises(NoQuorumError, match="not applied"):
+        proposals.place(7, PlacedWrite(2, old, 0.0, 1e18, None))
+        proposals.forwarded[5] = _batch("n2", [new])
+        proposals.place_forwarded(ProposeAnswer(src="n2", dst="n1", term=3, ticket=5, index=7), applied_index=0)
+        with pytest.raises(NotAppliedError, match="not applied"):
             old.result()
-        assert not new.done() and node._waiting_proposals[7][:2] == (3, new)
+        assert not new.done() and proposals.placed[7].term == 3 and proposals.placed[7].answer is new
 
     asyncio.run(scenario())
 
 
-def test_a_forwarded_batch_the_leader_refused_is_503(tmp_path: Path) -> None:
+def _batch(leader: str, answers: list[asyncio.Future]) -> ForwardedBatch:
+    return ForwardedBatch(leader, [QueuedWrite(b"", a, 0.0) for a in answers], 1e18)
+
+
+def test_a_forwarded_batch_the_leader_refused_is_503() -> None:
     async def scenario() -> None:
-        node = make_node(tmp_path)
-        futs = [asyncio.get_running_loop().create_future() for _ in range(3)]
-        node._forwarded[9] = ("n2", [(f, 0.0) for f in futs], 1e18)
-        node._last_forward = (9, "n2", 0.0)
-        node._place_forwarded(ProposeAnswer(src="n2", dst="n1", term=3, ticket=9, index=0, error="not the leader"))
-        for fut in futs:
-            with pytest.raises(NoQuorumError, match="did not take the write: not the leader"):
-                fut.result()
-        assert node._last_forward is None and not node._forwarded
+        proposals, loop = tracker(), asyncio.get_running_loop()
+        answers = [loop.create_future() for _ in range(3)]
+        proposals.submit(b"w", loop.create_future(), 0.0)
+        message = proposals.forward(proposals.take_batch(10), "n2", 3, now=0.0)
+        proposals.forwarded[message.ticket] = _batch("n2", answers)
+        assert proposals.forward_in_flight("n2", now=0.1, patience_s=0.2)
+        proposals.place_forwarded(ProposeAnswer(src="n2", dst="n1", term=3, ticket=message.ticket, index=0,
+                                                error="not the leader"), applied_index=0)
+        for answer in answers:
+            with pytest.raises(NotAppliedError, match="did not take the write: not the leader"):
+                answer.result()
+        assert not proposals.forward_in_flight("n2", now=0.1, patience_s=0.2) and not proposals.forwarded
+
+    asyncio.run(scenario())
+
+
+def test_writes_forwarded_to_a_leader_that_is_gone_are_504_at_once() -> None:
+    """The leader was killed before it answered: a client must not wait out the whole timeout."""
+
+    async def scenario() -> None:
+        proposals, loop = tracker(), asyncio.get_running_loop()
+        answer = loop.create_future()
+        proposals.forwarded[3] = _batch("n2", [answer])
+        proposals.leader_changed("n2")
+        with pytest.raises(OutcomeUnknownError, match="stopped being the leader"):
+            answer.result()
+        assert not proposals.forwarded
+
+    asyncio.run(scenario())
+
+
+def test_a_placed_write_is_answered_by_its_entry_and_names_the_leader_that_took_it() -> None:
+    async def scenario() -> None:
+        proposals, loop = tracker(), asyncio.get_running_loop()
+        mine, forwarded = loop.create_future(), loop.create_future()
+        proposals.place(4, PlacedWrite(2, mine, 0.0, 1e18, None))
+        proposals.place(5, PlacedWrite(2, forwarded, 0.0, 1e18, "n2"))
+        assert proposals.applied(Entry(2, 4, EntryKind.NORMAL, b""), {"ok": True}, now=0.5)
+        assert proposals.applied(Entry(2, 5, EntryKind.NORMAL, b""), {"ok": True}, now=0.5)
+        assert mine.result() == {"ok": True} and forwarded.result() == {"ok": True, FORWARDED_TO: "n2"}
 
     asyncio.run(scenario())
 
@@ -72,30 +127,104 @@ def test_the_lock_free_histogram_renders_as_a_prometheus_histogram() -> None:
     assert samples["raft_propose_to_apply_seconds_sum", None] == pytest.approx(7.0066)
 
 
-def test_writes_forwarded_to_a_leader_that_is_gone_are_504_at_once(tmp_path: Path) -> None:
-    """The leader was killed before it answered: its followers must not hold their clients for
-    the whole proposal timeout (clients would time out instead of retrying elsewhere)."""
-
-    async def scenario() -> None:
-        node = make_node(tmp_path)
-        fut = asyncio.get_running_loop().create_future()
-        node._forwarded[3] = ("n2", [(fut, 0.0)], 1e18)
-        node._leader = "n2"
-        node.core.campaign_now()  # this node stops following n2
-        while node.core.has_ready():
-            rd = node.core.ready()
-            node.core.advance(rd)
-            if rd.soft_state is not None:
-                node._on_soft_state(rd)
-        with pytest.raises(OutcomeUnknownError, match="stopped being the leader"):
-            fut.result()
-        assert not node._forwarded
-
-    asyncio.run(scenario())
+# ---- a real cluster of groups in one process -------------------------------------------------------
 
 
-def test_health_says_unavailable_with_the_reason_while_no_leader_is_known(tmp_path: Path) -> None:
-    node = make_node(tmp_path)
-    health = node.health()
+class InProcessCluster:
+    """Three RaftGroups on a MemoryNetwork, each with MemoryStorage: the driver a node runs, minus
+    sockets and files. Fast ticks (5 ms) keep elections short."""
+
+    def __init__(self, tmp_path: Path, ids: tuple[str, ...] = IDS, **config: object) -> None:
+        self.network = MemoryNetwork()
+        self.groups: dict[str, RaftGroup] = {}
+        for node in ids:
+            cfg = NodeConfig(node_id=node, data_dir=tmp_path / node, members=members(ids), tick_ms=5, **config)
+            metrics = NodeMetrics(node)
+            observer = GroupObserver(node, metrics, EventHub(node))
+            faults = LinkFaults(on_drop=observer.on_drop)
+            transport = self.network.transport(node, [p for p in ids if p != node], faults, serialize=True)
+            self.groups[node] = RaftGroup(cfg, MemoryStorage(), transport, KVStateMachine(), metrics, observer,
+                                          random.Random(f"{node}"))
+
+    async def start(self) -> None:
+        for group in self.groups.values():
+            await group.transport.start(group.deliver)
+            await group.start()
+
+    async def stop(self) -> None:
+        for group in self.groups.values():
+            await group.stop()
+            await group.transport.close()
+
+    async def leader(self, timeout_s: float = 5.0) -> RaftGroup:
+        async def agreed() -> RaftGroup:
+            while True:
+                leaders = [g for g in self.groups.values() if g.core.role is Role.LEADER]
+                known = {g.leader_id for g in self.groups.values()}
+                if len(leaders) == 1 and known == {leaders[0].id}:
+                    return leaders[0]
+                await asyncio.sleep(0.005)
+
+        return await asyncio.wait_for(agreed(), timeout_s)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[InProcessCluster]:
+    c = InProcessCluster(tmp_path)
+    await c.start()
+    yield c
+    await c.stop()
+
+
+async def test_an_in_process_cluster_elects_writes_through_any_node_and_reads_linearizably(
+        cluster: InProcessCluster) -> None:
+    leader = await cluster.leader()
+    for i, group in enumerate(cluster.groups.values()):
+        result = await group.propose(Put(f"k{i}", i))
+        assert result["ok"] and (FORWARDED_TO in result) == (group is not leader), result
+    for group in cluster.groups.values():
+        await group.read_barrier()  # after it, the local state holds every write acknowledged before
+        assert [group.kv.get(f"k{i}").value for i in range(3)] == [0, 1, 2]
+    assert len({g.kv.digest() for g in cluster.groups.values()}) == 1
+    state = StatusReporter(leader, leader.metrics, {p: f"http://{p}" for p in IDS if p != leader.id}).raft_state()
+    json.dumps(state)  # plain JSON data
+    assert state["state"] == "leader" and state["commitIndex"] == state["lastApplied"] >= 4 and state["keys"] == 3
+    assert {p["id"] for p in state["peers"]} == set(IDS) - {leader.id}
+    assert all(p["matchIndex"] == state["logLength"] and p["state"] == "replicate" for p in state["peers"])
+
+
+async def test_an_in_process_cluster_transfers_leadership_on_force_election(cluster: InProcessCluster) -> None:
+    leader = await cluster.leader()
+    target = next(g for g in cluster.groups.values() if g is not leader)
+    answer = await target.force_election()
+    assert answer["term"] > answer["previousTerm"]
+    assert (await cluster.leader()) is target
+    assert (await leader.propose(Put("after", 1)))[FORWARDED_TO] == target.id
+
+
+async def test_a_lagging_follower_catches_up_through_a_snapshot_in_process(tmp_path: Path) -> None:
+    c = InProcessCluster(tmp_path, snapshot_every=20, snapshot_retain_entries=2)
+    await c.start()
+    try:
+        leader = await c.leader()
+        lagging = next(g for g in c.groups.values() if g is not leader)
+        lagging.transport.faults.set_partitioned(True, None)
+        for i in range(60):
+            await leader.propose(Put(f"k{i}", i))
+        assert leader.snapshot_index >= 20 and leader.core.log.first_index() > lagging.kv.applied_index + 1
+        lagging.transport.faults.set_partitioned(False, None)
+        for _ in range(400):
+            if lagging.kv.applied_index >= leader.kv.applied_index:
+                break
+            await asyncio.sleep(0.01)
+        assert lagging.kv.get("k59").value == 59 and lagging.snapshot_index >= 20
+        assert lagging.metrics.snapshots.labels("installed")._value.get() >= 1
+    finally:
+        await c.stop()
+
+
+async def test_health_says_unavailable_with_the_reason_while_no_leader_is_known(tmp_path: Path) -> None:
+    group = InProcessCluster(tmp_path).groups["n1"]
+    health = StatusReporter(group, group.metrics, {"n2": "", "n3": ""}).health()
     assert health["hasLeader"] is False and health["status"] == "unavailable"
     assert health["reason"] == "no leader is known"

@@ -224,13 +224,13 @@ def test_the_supervisor_reports_every_exit_and_counts_every_later_start_as_a_res
 
 
 def test_a_node_with_an_open_event_stream_stops_at_once_on_sigterm(tmp_path: Path) -> None:
-    """The dashboard always watches /watch; a lab stop must not wait out aiohttp's shutdown timeout."""
+    """The dashboard always watches /raft/events; a lab stop must not wait out aiohttp's shutdown timeout."""
     http_port, raft_port = free_ports(2)
     sup = Supervisor([Member("node1", "127.0.0.1", http_port, raft_port)], tmp_path)
     url = f"http://127.0.0.1:{http_port}"
 
     async def watch_while_stopping() -> float:
-        async with aiohttp.ClientSession() as session, session.ws_connect(url + "/watch") as ws:
+        async with aiohttp.ClientSession() as session, session.ws_connect(url + "/raft/events") as ws:
             await ws.receive()  # the stream is live
             started = time.monotonic()
             await asyncio.get_running_loop().run_in_executor(None, sup.stop, "node1", 8.0)

@@ -28,8 +28,6 @@ from raftkv.core.messages import (
     HeartbeatRequest,
     HeartbeatResponse,
     Message,
-    ProposeAnswer,
-    ProposeForward,
     ReadIndexRequest,
     ReadIndexResponse,
     Snapshot,
@@ -40,6 +38,7 @@ from raftkv.core.messages import (
     VoteRequest,
     VoteResponse,
 )
+from raftkv.node.peer_messages import PEER_MESSAGE_TYPES, ProposeAnswer, ProposeForward
 from raftkv.transport import (
     CodecError,
     LinkFaults,
@@ -105,7 +104,7 @@ def hb(src: str, dst: str, i: int) -> HeartbeatRequest:
 
 
 def test_samples_cover_every_message_type() -> None:
-    assert {type(m) for m in SAMPLES} == set(MESSAGE_TYPES)
+    assert {type(m) for m in SAMPLES} == set(MESSAGE_TYPES) | set(PEER_MESSAGE_TYPES) == set(codec.message_types())
 
 
 @pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)

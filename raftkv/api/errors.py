@@ -4,13 +4,14 @@ Theory of operation
 -------------------
 Handlers never build error responses by hand: they raise `ApiError(status, message, **fields)`
 (bad input, absent key, failed precondition, too large) or let the node's own exceptions escape
-(`NoQuorumError`, `OutcomeUnknownError`, `NotLeaderError` when no leader is known). The
+(`NoLeaderError`, `NotAppliedError`, `OutcomeUnknownError`; see raftkv/node/errors.py). The
 `error_response` turns all of them, and aiohttp's own `HTTPException`s (404 no route, 405 wrong
-method, 413 body over `client_max_size`), into `{"error": "...", "node": <id>, ...}` with the status
-DESIGN.md assigns:
+method, 413 body over `client_max_size`), into `{"error": "...", "node": <id>, ...}` with this
+status:
 
     400 malformed input   404 absent / no route   405 wrong method (with Allow)   412 CAS failed
-    413 too large         503 no leader or quorum, Retry-After   504 outcome unknown
+    413 too large   422 request key reused   503 not done (no leader, refused), Retry-After
+    504 outcome unknown
 
 Anything else is a bug, not bad input: it is logged with its traceback on logger `raftkv.api`
 (with structured `extra` fields) and answered 500 in JSON, so a client never sees an HTML page or
@@ -37,7 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from raftkv.kv import InvalidCommand
-from raftkv.node.errors import NodeError, NoQuorumError, NotLeaderError, OutcomeUnknownError
+from raftkv.node.errors import NodeError, OutcomeUnknownError
 
 __all__ = ["REQUEST_ID_KEY", "RETRY_AFTER_SECONDS", "ApiError", "check_query", "error_response", "json_response",
            "node_error", "parse_command", "parse_json", "query_flag", "query_integer", "retry_later"]
@@ -98,15 +99,8 @@ def node_error(exc: NodeError, *, reading: bool, leader: str | None, request_id:
                       "blind retry could apply it twice)")
         return ApiError(504, f"timed out: the write may or may not have been applied ({exc}); {advice}",
                         leader=leader)
-    if isinstance(exc, NotLeaderError):
-        if exc.leader_id is None:
-            return retry_later("no leader", leader=None)
-        return retry_later(str(exc), leader=exc.leader_id, leaderUrl=exc.leader_url)
-    # NoQuorumError and any other NodeError: the node says it did nothing.
-    message = str(exc) or "no quorum"
-    if not isinstance(exc, NoQuorumError):
-        message = f"{type(exc).__name__}: {message}"
-    return retry_later(message, leader=leader)
+    # NoLeaderError, NotAppliedError: the node says it did nothing.
+    return retry_later(str(exc) or type(exc).__name__, leader=leader)
 
 
 def _from_http_exception(exc: web.HTTPException, request: web.Request, max_body_bytes: int,

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import time
@@ -69,7 +68,7 @@ from raftkv.kv import (
     put_from_json,
     txn_from_json,
 )
-from raftkv.node.driver import FORWARDED_TO
+from raftkv.node import FORWARDED_TO
 
 log = logging.getLogger("raftkv.api")
 
@@ -85,7 +84,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"  # on the answer to a retry: this is the
 # for routes to come, so adding one later cannot silently shadow a user's key.
 RESERVED_NAMES = frozenset({
     "kv", "txn", "raft-state", "force-election", "simulate-partition", "simulate-link", "metrics", "health",
-    "openapi.json", "watch", "events", "dashboard", "static", "members", "transfer-leader",
+    "openapi.json", "watch", "raft", "events", "dashboard", "static", "members", "transfer-leader",
     "snapshot", "admin", "api", "favicon.ico",
 })
 
@@ -96,8 +95,7 @@ _KNOWN_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "
 
 
 class Node(Protocol):
-    """What the API needs from a node (raftkv.node.driver.RaftNode provides it). An optional
-    `watch() -> AsyncIterator[dict]` method feeds GET /watch; without it /watch answers 501."""
+    """What the API needs from a node (raftkv.node.NodeHost provides it)."""
 
     id: str
     url: str
@@ -115,6 +113,7 @@ class Node(Protocol):
     def health(self) -> dict[str, Any]: ...
     def metrics_text(self) -> tuple[bytes, str]: ...
     def record_request(self, route: str, method: str, status: int, seconds: float) -> None: ...
+    def raft_events(self) -> AsyncIterator[dict[str, Any]]: ...
 
 
 def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -140,7 +139,7 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     get("/metrics", api.metrics)
     get("/health", api.health)
     get("/openapi.json", api.openapi)
-    get("/watch", api.watch, allow_head=False)  # a WebSocket
+    get("/raft/events", api.raft_events, allow_head=False)  # a WebSocket
     root = _RootKeys(api)  # last: every fixed route above must win over the catch-all
     get("/{key:.+}", root.get_key)
     add("PUT", "/{key:.+}", root.put_key)
@@ -288,17 +287,12 @@ class _Api:
         # Served as is: a "node" field is not allowed at the root of an OpenAPI document.
         return web.json_response(self.doc)
 
-    async def watch(self, request: web.Request) -> web.StreamResponse:
-        watch = getattr(self.node, "watch", None)
-        if watch is None:
-            raise ApiError(501, "this node does not provide an event stream")
+    async def raft_events(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=30.0)
         if not ws.can_prepare(request).ok:
-            raise ApiError(400, "GET /watch is a WebSocket: send an Upgrade: websocket request")
+            raise ApiError(400, "GET /raft/events is a WebSocket: send an Upgrade: websocket request")
         await ws.prepare(request)
-        events = watch()
-        if inspect.isawaitable(events):
-            events = await events
+        events = self.node.raft_events()
         pump = asyncio.create_task(_pump_events(ws, events))
         try:
             async for _msg in ws:  # clients send nothing we need; this ends when either side closes
@@ -307,8 +301,7 @@ class _Api:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
-            if (aclose := getattr(events, "aclose", None)) is not None:
-                await aclose()  # unsubscribe now, not whenever the generator is collected
+            await events.aclose()  # unsubscribe now, not whenever the generator is collected
         return ws
 
     # ---- shared steps ----------------------------------------------------------------------------

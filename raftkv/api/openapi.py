@@ -285,14 +285,14 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "200": _json(_ref("Health"), "Alive and a leader is known: status \"ok\"."),
             "503": _json(_ref("Health"), "Alive, but no leader is known: status \"unavailable\" and the reason.")})},
         "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1.")})},
-        "/watch": {"get": _op("Live event stream (WebSocket)", {
-            "101": {"description": "Switching to WebSocket: each text message is one JSON event object."},
-            "400": _err("Not a WebSocket upgrade request."),
-            "501": _err("This node provides no event stream.")})},
+        "/raft/events": {"get": _op("This node's Raft event stream (WebSocket)", {
+            "101": {"description": "Switching to WebSocket: each text message is one JSON event object (role "
+                                   "changes, votes, messages sent and dropped, commits, periodic status)."},
+            "400": _err("Not a WebSocket upgrade request.")})},
         "/{key}": _key_ops(True, limits),
     }
     for path, ops in paths.items():
-        if "get" in ops and path != "/watch":  # a WebSocket has no HEAD
+        if "get" in ops and path != "/raft/events":  # a WebSocket has no HEAD
             ops["head"] = _head(ops["get"])
     return {
         "openapi": "3.1.0",

@@ -1,48 +1,209 @@
 """Trace events: the one way the outside world watches a core.
 
-The core calls an injected listener with a `TraceEvent` for every role change, vote, message,
-append, truncation, commit, snapshot and membership change. The dashboard, the metrics and the
-simulator's replay read only these (and the Ready batches), never the core's attributes, so the
-core's internals stay free to change. With no listener the core skips building events at all.
+The core calls an injected listener with a `TraceEvent` for every role change, campaign, vote,
+message, append, truncation, commit, snapshot and membership change. The driver, the metrics, the
+dashboard and the simulator read only these (and the Ready batches), never the core's attributes,
+so the core's internals stay free to change. With no listener the core builds no events at all.
+
+Each kind of event is its own frozen dataclass, so readers match on types and fields instead of a
+kind string and a dict; `kind` is the short stable name the dashboard's JSON carries, and
+`describe()` the event in plain words for an event feed. `EVENT_TYPES` lists every kind: the
+dashboard's schema is built from it, and a test requires each to be described there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = [
+    "EVENT_TYPES",
+    "CampaignStarted",
+    "Committed",
+    "EntriesAppended",
+    "EntriesTruncated",
+    "Listener",
+    "LogCompacted",
+    "MembershipChanged",
+    "MessageReceived",
+    "MessageSent",
+    "RoleChanged",
+    "SnapshotInstalled",
+    "SnapshotSent",
+    "SteppedDown",
+    "TraceEvent",
+    "TransferStarted",
+    "VoteCast",
+]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TraceEvent:
-    kind: str  # role, campaign, vote, send, receive, append, truncate, commit, snapshot, conf, ...
+    """What happened on `node` while it was in `term`."""
+
+    kind: ClassVar[str] = ""
     node: str
     term: int
-    detail: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         """One line in plain words, for an event feed."""
-        d = self.detail
-        words = {
-            "role": lambda: f"{self.node} became {d['role']} in term {self.term}",
-            "campaign": lambda: (
-                f"{self.node} timed out in term {self.term} and asked for "
-                f"{'pre-votes' if d.get('pre_vote') else 'votes'}"
-                + (" (leadership transfer)" if d.get("transfer") else "")
-            ),
-            "vote": lambda: (
-                f"{self.node} {'granted' if d['granted'] else 'refused'} its "
-                f"{'pre-vote' if d.get('pre_vote') else 'vote'} to {d['candidate']} for term {d['for_term']}"
-                + (f" ({d['reason']})" if d.get("reason") else "")
-            ),
-            "commit": lambda: f"{self.node} committed up to index {d['index']}",
-            "truncate": lambda: f"{self.node} dropped its conflicting entries from index {d['from_index']}",
-            "snapshot": lambda: f"{self.node} {d['action']} a snapshot at index {d['index']}",
-            "conf": lambda: f"{self.node} now has voters {d['voters']} and learners {d['learners']}",
-            "step_down": lambda: f"{self.node} stepped down: {d['reason']}",
-            "transfer": lambda: f"{self.node} hands leadership to {d['target']}",
-        }.get(self.kind)
-        return words() if words else f"{self.node} {self.kind} {d}"
+        raise NotImplementedError
 
+    def details(self) -> dict[str, Any]:
+        """The fields particular to this kind (not node and term), as plain JSON-able data."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("node", "term")}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoleChanged(TraceEvent):
+    kind: ClassVar[str] = "role"
+    role: str  # a Role's value: "follower", "pre-candidate", "candidate", "leader"
+    leader: str | None
+
+    def describe(self) -> str:
+        return f"{self.node} became {self.role} in term {self.term}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CampaignStarted(TraceEvent):
+    kind: ClassVar[str] = "campaign"
+    pre_vote: bool  # a pre-vote round asks without raising the term: no election yet
+    transfer: bool  # started by a leadership transfer (TimeoutNow), not by a timeout
+
+    def describe(self) -> str:
+        asked = "pre-votes" if self.pre_vote else "votes"
+        why = "was told to take over (leadership transfer)" if self.transfer else "timed out"
+        return f"{self.node} {why} in term {self.term} and asked for {asked}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoteCast(TraceEvent):
+    kind: ClassVar[str] = "vote"
+    candidate: str
+    granted: bool
+    pre_vote: bool
+    for_term: int
+    reason: str | None = None  # why it was refused
+
+    def describe(self) -> str:
+        what = "pre-vote" if self.pre_vote else "vote"
+        verdict = "granted" if self.granted else "refused"
+        because = f" ({self.reason})" if self.reason else ""
+        return f"{self.node} {verdict} its {what} to {self.candidate} for term {self.for_term}{because}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageSent(TraceEvent):
+    kind: ClassVar[str] = "send"
+    message_type: str
+    dst: str
+
+    def describe(self) -> str:
+        return f"{self.node} sent {self.message_type} to {self.dst}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageReceived(TraceEvent):
+    kind: ClassVar[str] = "receive"
+    message_type: str
+    src: str
+
+    def describe(self) -> str:
+        return f"{self.node} received {self.message_type} from {self.src}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntriesAppended(TraceEvent):
+    kind: ClassVar[str] = "append"
+    first: int
+    last: int
+    count: int
+
+    def describe(self) -> str:
+        return f"{self.node} appended entries {self.first}..{self.last} to its log"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntriesTruncated(TraceEvent):
+    kind: ClassVar[str] = "truncate"
+    from_index: int
+
+    def describe(self) -> str:
+        return f"{self.node} dropped its conflicting entries from index {self.from_index}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Committed(TraceEvent):
+    kind: ClassVar[str] = "commit"
+    index: int
+
+    def describe(self) -> str:
+        return f"{self.node} committed up to index {self.index}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotSent(TraceEvent):
+    kind: ClassVar[str] = "snapshot_sent"
+    peer: str
+    index: int
+
+    def describe(self) -> str:
+        return f"{self.node} sent a snapshot at index {self.index} to {self.peer}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotInstalled(TraceEvent):
+    kind: ClassVar[str] = "snapshot_installed"
+    index: int
+
+    def describe(self) -> str:
+        return f"{self.node} installed a snapshot at index {self.index}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogCompacted(TraceEvent):
+    kind: ClassVar[str] = "compact"
+    index: int
+
+    def describe(self) -> str:
+        return f"{self.node} compacted its log with a snapshot at index {self.index}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MembershipChanged(TraceEvent):
+    kind: ClassVar[str] = "conf"
+    voters: tuple[str, ...]
+    learners: tuple[str, ...]
+
+    def describe(self) -> str:
+        learners = f" and learners {', '.join(self.learners)}" if self.learners else ""
+        return f"{self.node} now has voters {', '.join(self.voters)}{learners}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SteppedDown(TraceEvent):
+    kind: ClassVar[str] = "step_down"
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.node} stepped down: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferStarted(TraceEvent):
+    kind: ClassVar[str] = "transfer"
+    target: str
+
+    def describe(self) -> str:
+        return f"{self.node} hands leadership to {self.target}"
+
+
+EVENT_TYPES: tuple[type[TraceEvent], ...] = (
+    RoleChanged, CampaignStarted, VoteCast, MessageSent, MessageReceived, EntriesAppended, EntriesTruncated,
+    Committed, SnapshotSent, SnapshotInstalled, LogCompacted, MembershipChanged, SteppedDown, TransferStarted,
+)
+assert len({t.kind for t in EVENT_TYPES}) == len(EVENT_TYPES), "two event types share a kind"
 
 Listener = Callable[[TraceEvent], None]

@@ -193,29 +193,6 @@ class ReadIndexResponse(Message):
     ok: bool = True
 
 
-# ---- messages between node drivers ---------------------------------------------------------------
-# Not Raft: they ride the same links, but the drivers handle them and the core never steps them.
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProposeForward(Message):
-    """A follower hands its clients' writes to the leader it knows (etcd forwards MsgProp the
-    same way): one message per batch, on the Raft link, instead of an HTTP hop per write."""
-
-    ticket: int  # the follower's number for this batch, echoed in the answer
-    datas: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProposeAnswer(Message):
-    """Where the leader put a forwarded batch: entries `index` .. `index + n - 1` of `term`.
-    `index` 0 means it appended nothing, and `error` says why."""
-
-    ticket: int
-    index: int
-    error: str = ""
-
-
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     VoteRequest,
     VoteResponse,
@@ -228,8 +205,6 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     TransferRequest,
     ReadIndexRequest,
     ReadIndexResponse,
-    ProposeForward,
-    ProposeAnswer,
 )
 
 

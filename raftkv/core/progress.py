@@ -110,13 +110,3 @@ class Progress:
                 self.inflight.append(last_index)
         else:
             self.probe_sent = True
-
-    def describe(self) -> dict:
-        return {
-            "matchIndex": self.match,
-            "nextIndex": self.next,
-            "state": self.state.value,
-            "inflight": len(self.inflight),
-            "recentActive": self.recent_active,
-            "ticksSinceContact": self.ticks_since_contact,
-        }

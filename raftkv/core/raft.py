@@ -38,9 +38,27 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 from .config import Config, ReadMode
-from .events import Listener, TraceEvent
+from .events import (
+    CampaignStarted,
+    Committed,
+    EntriesAppended,
+    EntriesTruncated,
+    Listener,
+    LogCompacted,
+    MembershipChanged,
+    MessageReceived,
+    MessageSent,
+    RoleChanged,
+    SnapshotInstalled,
+    SnapshotSent,
+    SteppedDown,
+    TraceEvent,
+    TransferStarted,
+    VoteCast,
+)
 from .log import CompactedError, RaftLog
 from .messages import (
     AppendRequest,
@@ -161,7 +179,7 @@ class RaftCore:
 
     def step(self, m: Message) -> None:
         if self._listener:
-            self._trace("receive", type=type(m).__name__, src=m.src)
+            self._trace(MessageReceived, message_type=type(m).__name__, src=m.src)
         if m.term > self.term:
             if isinstance(m, VoteRequest):
                 if self._in_leader_lease() and not m.transfer:
@@ -247,7 +265,7 @@ class RaftCore:
             raise ValueError(f"{target} is not a voter")
         self.transfer_target = target
         self.election_elapsed = 0  # the transfer is abandoned after one election timeout
-        self._trace("transfer", target=target)
+        self._trace(TransferStarted, target=target)
         if self.progress[target].match == self.log.last_index():
             self._send(TimeoutNow(src=self.id, dst=target, term=self.term))
         else:
@@ -288,7 +306,7 @@ class RaftCore:
             self.log.compact(upto)
             keep = [i for i, (idx, _) in enumerate(self._conf_history) if idx <= upto]
             self._conf_history = self._conf_history[keep[-1] :] if keep else self._conf_history
-            self._trace("snapshot", action="compacted the log with", index=snapshot.meta.index)
+            self._trace(LogCompacted, index=snapshot.meta.index)
 
     # ================================================================ output ====================
 
@@ -349,30 +367,10 @@ class RaftCore:
             if self.role is Role.LEADER and self._maybe_commit():
                 self._bcast_append(send_empty=True)
 
-    def status(self) -> dict:
-        """A JSON-able picture of this node, for /raft-state and the dashboard."""
-        return {
-            "nodeId": self.id,
-            "state": self.role.value,
-            "term": self.term,
-            "votedFor": self.voted_for,
-            "leaderId": self.leader_id,
-            "logLength": self.log.last_index(),
-            "lastLogTerm": self.log.last_term(),
-            "commitIndex": self.log.committed,
-            "lastApplied": self.log.applied,
-            "snapshotIndex": self._snapshot.meta.index if self._snapshot else 0,
-            "firstIndex": self.log.first_index(),
-            "stableIndex": self.durable_index,
-            "voters": list(self.conf.voters),
-            "learners": list(self.conf.learners),
-            "electionElapsed": self.election_elapsed,
-            "electionTimeout": self.randomized_election_timeout,
-            "heartbeatElapsed": self.heartbeat_elapsed,
-            "transferTarget": self.transfer_target,
-            "votes": dict(self.votes),
-            "progress": {p: pr.describe() for p, pr in self.progress.items()},
-        }
+    @property
+    def snapshot_index(self) -> int:
+        """The index of the newest snapshot this core holds (0: none)."""
+        return self._snapshot.meta.index if self._snapshot else 0
 
     # ================================================================ roles =====================
 
@@ -381,7 +379,7 @@ class RaftCore:
         self.role = Role.FOLLOWER
         self._reset(term)
         self.leader_id = leader
-        self._trace("role", role=self.role.value, leader=leader)
+        self._trace(RoleChanged, role=self.role.value, leader=leader)
 
     def _become_pre_candidate(self) -> None:
         # Pre-vote (thesis 9.6): ask whether we *could* win before raising our term, so a node
@@ -390,14 +388,14 @@ class RaftCore:
         self.role = Role.PRE_CANDIDATE
         self.votes = {}
         self.leader_id = None
-        self._trace("role", role=self.role.value, leader=None)
+        self._trace(RoleChanged, role=self.role.value, leader=None)
 
     def _become_candidate(self) -> None:
         self._stop_leading()
         self.role = Role.CANDIDATE
         self._reset(self.term + 1)
         self.voted_for = self.id
-        self._trace("role", role=self.role.value, leader=None)
+        self._trace(RoleChanged, role=self.role.value, leader=None)
 
     def _become_leader(self) -> None:
         self.role = Role.LEADER
@@ -405,7 +403,7 @@ class RaftCore:
         self.leader_id = self.id
         last = self.log.last_index()
         self.progress = {p: self._new_progress(last + 1) for p in self.conf.members() if p != self.id}
-        self._trace("role", role=self.role.value, leader=self.id)
+        self._trace(RoleChanged, role=self.role.value, leader=self.id)
         # A no-op lets the leader commit (and so learn the commit point of) earlier terms' entries.
         self._term_start_index = last + 1
         self._pending_conf_index = last + 1
@@ -475,13 +473,13 @@ class RaftCore:
             if self.config.check_quorum:
                 active = {p for p, pr in self.progress.items() if pr.recent_active} | {self.id}
                 if not has_quorum(self.conf.voters, active):
-                    self._trace("step_down", reason="it lost contact with a majority (check-quorum)")
+                    self._trace(SteppedDown, reason="it lost contact with a majority (check-quorum)")
                     self._become_follower(self.term, None)
                     return
                 for pr in self.progress.values():
                     pr.recent_active = False
             if self.transfer_target is not None:
-                self._trace("step_down", reason=f"transfer to {self.transfer_target} timed out")
+                self._trace(SteppedDown, reason=f"transfer to {self.transfer_target} timed out")
                 self.transfer_target = None
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks:
             self.heartbeat_elapsed = 0
@@ -496,7 +494,7 @@ class RaftCore:
         else:
             self._become_candidate()
             vote_term = self.term
-        self._trace("campaign", pre_vote=pre_vote, transfer=transfer)
+        self._trace(CampaignStarted, pre_vote=pre_vote, transfer=transfer)
         self.votes[self.id] = True
         if self._tally() is not VoteResult.PENDING:
             return
@@ -547,7 +545,7 @@ class RaftCore:
 
     def _trace_vote(self, m: VoteRequest, granted: bool, reason: str) -> None:
         if self._listener:
-            self._trace("vote", candidate=m.src, granted=granted, pre_vote=m.pre_vote, for_term=m.term, reason=reason)
+            self._trace(VoteCast, candidate=m.src, granted=granted, pre_vote=m.pre_vote, for_term=m.term, reason=reason)
 
     # ================================================================ role steps ================
 
@@ -581,7 +579,7 @@ class RaftCore:
                 self._handle_append(m)
             elif isinstance(m, HeartbeatRequest):
                 if self.log.commit_to(min(m.commit, self.log.last_index())):
-                    self._trace("commit", index=self.log.committed)
+                    self._trace(Committed, index=self.log.committed)
                 self._send(HeartbeatResponse(src=self.id, dst=m.src, term=self.term, read_round=m.read_round))
             else:
                 self._handle_snapshot(m)
@@ -606,7 +604,7 @@ class RaftCore:
         if self.log.matches(m.prev_log_index, m.prev_log_term):
             last_new = self._accept_entries(m)
             if self.log.commit_to(min(m.commit, last_new)):
-                self._trace("commit", index=self.log.committed)
+                self._trace(Committed, index=self.log.committed)
             self._send_append_ack(m.src, last_new)
             return
         # Reject with a hint so the leader can skip a whole term at once.
@@ -639,7 +637,7 @@ class RaftCore:
         for i, e in enumerate(m.entries):
             if e.index > last or self.log.term(e.index) != e.term:
                 if e.index <= last:
-                    self._trace("truncate", from_index=e.index)
+                    self._trace(EntriesTruncated, from_index=e.index)
                 self._append(list(m.entries[i:]))
                 break
         return m.prev_log_index + len(m.entries)
@@ -659,7 +657,7 @@ class RaftCore:
         self._set_conf(self._conf_history[-1][1])
         self._snapshot = m.snapshot
         self._snapshot_to_install = m.snapshot
-        self._trace("snapshot", action="installed", index=meta.index)
+        self._trace(SnapshotInstalled, index=meta.index)
         self._send_append_ack(m.src, meta.index)
 
     # ================================================================ replication: leader ======
@@ -702,7 +700,7 @@ class RaftCore:
     def _send_snapshot(self, peer: str, pr: Progress) -> None:
         assert self._snapshot is not None, "entries were compacted without a snapshot"
         pr.become_snapshot(self._snapshot.meta.index)
-        self._trace("snapshot", action=f"sent to {peer}", index=self._snapshot.meta.index)
+        self._trace(SnapshotSent, peer=peer, index=self._snapshot.meta.index)
         self._send(SnapshotRequest(src=self.id, dst=peer, term=self.term, snapshot=self._snapshot))
 
     def _bcast_heartbeat(self, read_round: int) -> None:
@@ -789,7 +787,7 @@ class RaftCore:
         if index <= self.log.committed or not self._can_commit(index):
             return False
         self.log.commit_to(index)
-        self._trace("commit", index=index)
+        self._trace(Committed, index=index)
         self._on_leader_commit()
         return True
 
@@ -804,7 +802,7 @@ class RaftCore:
                 self._leader_read(read)
         if self.id not in self.conf.voters and self._pending_conf_index <= self.log.committed:
             # Thesis 4.2.2: a leader that removed itself steps down once the removal commits.
-            self._trace("step_down", reason="it was removed from the cluster")
+            self._trace(SteppedDown, reason="it was removed from the cluster")
             self._become_follower(self.term, None)
 
     def _committed_own_term(self) -> bool:
@@ -870,7 +868,7 @@ class RaftCore:
         if self._conf_history[-1][1] != self.conf:
             self._set_conf(self._conf_history[-1][1])
         if self._listener:
-            self._trace("append", first=first, last=entries[-1].index, count=len(entries))
+            self._trace(EntriesAppended, first=first, last=entries[-1].index, count=len(entries))
 
     def _record_conf_entries(self, entries: Sequence[Entry]) -> None:
         for e in entries:
@@ -889,7 +887,7 @@ class RaftCore:
 
     def _set_conf(self, conf: ConfState) -> None:
         self.conf = conf
-        self._trace("conf", voters=list(conf.voters), learners=list(conf.learners))
+        self._trace(MembershipChanged, voters=tuple(conf.voters), learners=tuple(conf.learners))
         if self.role is not Role.LEADER:
             return
         members = set(conf.members())
@@ -906,7 +904,7 @@ class RaftCore:
     def _send(self, m: Message) -> None:
         self._outbox.append(m)
         if self._listener:
-            self._trace("send", type=type(m).__name__, dst=m.dst)
+            self._trace(MessageSent, message_type=type(m).__name__, dst=m.dst)
 
     def _soft_state(self) -> SoftState:
         return SoftState(self.role, self.leader_id, self.term)
@@ -914,6 +912,6 @@ class RaftCore:
     def _hard_state(self) -> HardState:
         return HardState(self.term, self.voted_for, self.log.committed)
 
-    def _trace(self, kind: str, **detail: object) -> None:
+    def _trace(self, event_type: type[TraceEvent], **fields: Any) -> None:
         if self._listener:
-            self._listener(TraceEvent(kind, self.id, self.term, detail))
+            self._listener(event_type(node=self.id, term=self.term, **fields))

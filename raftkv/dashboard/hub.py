@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-For each node the hub keeps a `NodeLink`: a WebSocket to the node's `GET /watch` (reconnected
+For each node the hub keeps a `NodeLink`: a WebSocket to the node's `GET /raft/events` (reconnected
 with capped exponential backoff and jitter) and a poller of its `GET /metrics`. Every event a
 node publishes (trace events in plain words, messages sent or dropped, periodic status with KV
 contents, fault changes) is stamped with a dashboard sequence number and receipt time, recorded,
@@ -16,7 +16,7 @@ its Raft links in its status (`faults`). A node can be partitioned yet perfectly
 
 Everything is bounded, in count and in bytes. An event is encoded to JSON once, when it is
 emitted; that text is what is recorded, sent to browsers and exported, and its length is what the
-byte bounds count (a node's status is small however large its values: see raftkv/node/observe.py).
+byte bounds count (a node's status is small however large its values: see raftkv/node/preview.py).
 The recorder keeps the newest events within `RECORD_MAX_EVENTS` and `RECORD_MAX_BYTES`, dropping
 the oldest. A node's status (four a second) is recorded only when something the page draws from
 it changed, or `STATUS_RECORD_EVERY_S` after the last one recorded: scrubbing the timeline still
@@ -324,7 +324,7 @@ class Hub:
 
     async def _watch(self, link: NodeLink) -> None:
         backoff = BACKOFF_FIRST_S
-        ws_url = link.url.rstrip("/") + "/watch"
+        ws_url = link.url.rstrip("/") + "/raft/events"
         while True:
             link.attempts += 1
             try:

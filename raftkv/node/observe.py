@@ -1,124 +1,117 @@
-"""The node's event hub: what the dashboard and `/watch` subscribers see.
+"""What a Raft group shows the world: its core's trace events, its messages and its commits,
+turned into Prometheus metrics and events on the node's Raft event stream.
 
-Events come from the core's trace listener (role changes, votes, commits, ...), from the driver
-(messages sent, grouped per destination and type for each Ready; messages the fault layer
-dropped; periodic status) and are fanned out to subscribers through bounded queues: a slow
-subscriber loses its oldest events instead of slowing the node. A ring of recent events lets a
-new subscriber (or `GET /events`) see what just happened.
+Theory of operation
+-------------------
+The group calls the observer at the points where things happen (a trace event from the core, the
+messages of a Ready leaving, a message the fault layer dropped, a proposal, a commit, a role
+change); the observer matches on event and message *types* and never reads the core's state.
+Events for the stream are built only while someone watches it (`EventHub.watched`), except the
+few a late subscriber needs in the recent ring (role changes, votes, ...): commits, messages and
+appends are too many to keep.
 
-Each status event (four a second) carries a preview of the state machine, bounded in bytes so that
-one large value cannot make every status event, and everything that keeps them, large: at most
-`MAX_PREVIEW_KEYS` keys and `MAX_PREVIEW_BYTES` of keys and values together; a value whose JSON
-text is longer than `MAX_PREVIEW_VALUE_BYTES` is shown as the start of that text and its full size
-(a reader fetches the whole value with `GET /kv/{key}` when a person asks for it).
+Propose-to-commit is timed by the leader for every write it commits, its own and those its
+followers forwarded, so the leader's figures are the cluster's: each proposal's (first index, last
+index, proposed at) waits in `_uncommitted` until a commit covers it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any, NamedTuple
-from weakref import finalize
+import collections
+from typing import Any
 
-from raftkv.kv import KeyValue, KVStateMachine
+from raftkv.core import (
+    CampaignStarted,
+    Committed,
+    EntriesAppended,
+    Entry,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    Message,
+    MessageReceived,
+    MessageSent,
+    Role,
+    SoftState,
+    TraceEvent,
+)
 
-SUBSCRIBER_QUEUE_EVENTS = 2048
-MAX_PREVIEW_KEYS = 50
-MAX_PREVIEW_VALUE_BYTES = 256
-MAX_PREVIEW_BYTES = 8 * 1024
+from .event_stream import EventHub
+from .metrics import NodeMetrics
 
+__all__ = ["GroupObserver", "trace_to_json"]
 
-class _ShownValue(NamedTuple):
-    """How the preview shows one key's value; valid while the key's mod_revision is unchanged."""
-
-    mod_revision: int
-    preview_bytes: int  # what showing it adds to the preview, key included
-    truncated: dict[str, Any] | None  # {"head", "bytes"} when the value is too long to show whole
-
-
-# id(state machine) -> the values its last preview showed, forgotten with the state machine.
-# Measuring a 1 MiB value means encoding it (~3.5 ms): this way that happens once per write of the
-# key, not four times a second. (A state machine compares by value, so it cannot be a dict key.)
-_shown_before: dict[int, dict[str, _ShownValue]] = {}
+# Messages and appends are reported per Ready, grouped (on_sent); a stream event each would flood.
+_REPORTED_PER_READY = (MessageSent, MessageReceived, EntriesAppended)
 
 
-def kv_preview(kv: KVStateMachine) -> dict[str, Any]:
-    """The part of the state machine a status event shows, bounded in bytes (see the module doc).
-
-    {"items": {key: value} shown whole, "truncated": {key: {"head": the first bytes of its JSON
-    text, "bytes": the size of all of it}}, "more": whether keys were left out, "count": keys}.
-    """
-    entries, more = kv.range("", MAX_PREVIEW_KEYS)
-    if id(kv) not in _shown_before:
-        finalize(kv, _shown_before.pop, id(kv), None)
-    before = _shown_before.get(id(kv), {})
-    shown: dict[str, _ShownValue] = {}
-    items: dict[str, Any] = {}
-    truncated: dict[str, dict[str, Any]] = {}
-    budget_bytes = MAX_PREVIEW_BYTES
-    for key, entry in entries:
-        value = before.get(key)
-        if value is None or value.mod_revision != entry.mod_revision:
-            value = _shown_value(key, entry)
-        shown[key] = value  # kept even if it does not fit, so it is not measured again next time
-        if value.preview_bytes > budget_bytes:
-            more = True
-            break
-        budget_bytes -= value.preview_bytes
-        if value.truncated is None:
-            items[key] = entry.value
-        else:
-            truncated[key] = value.truncated
-    _shown_before[id(kv)] = shown
-    return {"items": items, "truncated": truncated, "more": more, "count": len(kv)}
+def trace_to_json(event: TraceEvent) -> dict[str, Any]:
+    """A trace event as the Raft event stream carries it (the dashboard's schema names the kinds)."""
+    return {"type": "trace", "kind": event.kind, "term": event.term, "detail": event.details(),
+            "text": event.describe()}
 
 
-def _shown_value(key: str, entry: KeyValue) -> _ShownValue:
-    text = _json_bytes(entry.value)
-    key_bytes = len(_json_bytes(key)) + 2  # with its colon and the comma after the value
-    if len(text) <= MAX_PREVIEW_VALUE_BYTES:
-        return _ShownValue(entry.mod_revision, key_bytes + len(text), None)
-    head = text[:MAX_PREVIEW_VALUE_BYTES].decode(errors="ignore")  # a character cut in two is left out
-    truncated = {"head": head, "bytes": len(text)}
-    return _ShownValue(entry.mod_revision, key_bytes + len(_json_bytes(truncated)), truncated)
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-class EventHub:
-    def __init__(self, node_id: str, history_events: int = 1000) -> None:
+class GroupObserver:
+    def __init__(self, node_id: str, metrics: NodeMetrics, hub: EventHub) -> None:
         self.node_id = node_id
-        self.recent: deque[dict[str, Any]] = deque(maxlen=history_events)
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
-        self.dropped_for_slow_subscribers = 0
+        self.metrics = metrics
+        self.hub = hub
+        self._uncommitted: collections.deque[tuple[int, int, float]] = collections.deque()
+        self._heartbeat_sent: dict[str, float] = {}  # peer -> when the last unanswered heartbeat left
 
-    @property
-    def watched(self) -> bool:
-        return bool(self._subscribers)
+    # ---- the core -----------------------------------------------------------------------------
 
-    def publish(self, event: dict[str, Any]) -> None:
-        event.setdefault("node", self.node_id)
-        event.setdefault("t", time.time())
-        if event.get("type") != "status":
-            self.recent.append(event)
-        for q in self._subscribers:
-            if q.full():
-                q.get_nowait()
-                self.dropped_for_slow_subscribers += 1
-            q.put_nowait(event)
+    def on_trace(self, event: TraceEvent) -> None:
+        if isinstance(event, _REPORTED_PER_READY):
+            return
+        if isinstance(event, CampaignStarted) and not event.pre_vote:  # a pre-vote round is no election
+            self.metrics.elections_started.inc()
+        if self.hub.watched or not isinstance(event, Committed):
+            self.hub.publish(trace_to_json(event))
 
-    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIBER_QUEUE_EVENTS)
-        self._subscribers.add(q)
-        try:
-            for event in list(self.recent):
-                yield event
-            while True:
-                yield await q.get()
-        finally:
-            self._subscribers.discard(q)
+    def on_soft_state(self, soft: SoftState, previous_leader: str | None) -> None:
+        self.metrics.on_soft_state(soft.role, soft.leader_id, soft.term, previous_leader)
+        if soft.role is not Role.LEADER:
+            self._uncommitted.clear()  # another leader commits (or replaces) them now
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    def on_proposed(self, first: int, last: int, now: float) -> None:
+        self._uncommitted.append((first, last, now))
+
+    def on_committed(self, entries: list[Entry], now: float) -> None:
+        """Propose-to-commit of this leader's proposals that `entries` committed."""
+        pending, last = self._uncommitted, entries[-1].index
+        while pending and pending[0][0] <= last:
+            first, end, proposed = pending.popleft()
+            if end > last:  # the rest of that proposal commits later
+                pending.appendleft((last + 1, end, proposed))
+                end = last
+            self.metrics.commit_seconds.observe(now - proposed, end - first + 1)
+
+    # ---- messages -----------------------------------------------------------------------------
+
+    def on_received(self, m: Message, now: float) -> None:
+        if type(m) is HeartbeatRequest:
+            self.metrics.on_heartbeat_received()
+        elif type(m) is HeartbeatResponse and (sent := self._heartbeat_sent.pop(m.src, None)) is not None:
+            self.metrics.peer_rtt_seconds.labels(m.src).observe(now - sent)
+
+    def on_sent(self, messages: list[Message], now: float) -> None:
+        groups: dict[tuple[str, str], list[Message]] = {}
+        for m in messages:
+            groups.setdefault((m.dst, type(m).__name__), []).append(m)
+        for (dst, kind), msgs in groups.items():
+            self.metrics.messages_sent.labels(kind).inc(len(msgs))
+            if kind == "HeartbeatRequest":
+                self.metrics.heartbeats_sent.inc(len(msgs))
+                self._heartbeat_sent.setdefault(dst, now)
+            if self.hub.watched:
+                entries = sum(len(getattr(m, "entries", ())) for m in msgs)
+                self.hub.publish({"type": "msg", "src": self.node_id, "dst": dst, "kind": kind, "count": len(msgs),
+                                  "entries": entries, "term": msgs[-1].term, "dropped": False})
+
+    def on_drop(self, m: Message, direction: str) -> None:
+        self.metrics.messages_dropped.labels(direction).inc()
+        if self.hub.watched:
+            self.hub.publish({"type": "msg", "src": m.src, "dst": m.dst, "kind": type(m).__name__, "count": 1,
+                              "term": m.term, "dropped": True, "direction": direction})

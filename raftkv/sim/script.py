@@ -83,11 +83,14 @@ from raftkv.core import (
     ConfChangeKind,
     Config,
     ConfState,
+    EntriesTruncated,
     Entry,
     EntryKind,
     HardState,
     HeartbeatRequest,
     HeartbeatResponse,
+    LogCompacted,
+    MembershipChanged,
     Message,
     NotLeaderError,
     ProposalDroppedError,
@@ -98,10 +101,15 @@ from raftkv.core import (
     ReadState,
     Ready,
     Role,
+    SnapshotInstalled,
     SnapshotRequest,
+    SnapshotSent,
     SoftState,
+    SteppedDown,
     TraceEvent,
     TransferRequest,
+    TransferStarted,
+    VoteCast,
     VoteRequest,
     VoteResponse,
 )
@@ -113,7 +121,8 @@ INDENT = "  "
 
 # Trace event kinds worth a line: decisions no Ready or message shows on its own. Role changes,
 # sends, appends and commits are already visible as soft state, messages, entries and hard state.
-_EVENT_KINDS = frozenset({"vote", "step_down", "truncate", "conf", "transfer", "snapshot"})
+_EVENT_TYPES = (VoteCast, SteppedDown, EntriesTruncated, MembershipChanged, TransferStarted, SnapshotSent,
+                SnapshotInstalled, LogCompacted)
 
 # Errors a command may meet by design (a proposal to a follower, a refused change): printed as
 # output, so a script can show that Raft refuses them.
@@ -312,7 +321,7 @@ def format_ready(node: str, rd: Ready) -> list[str]:
 
 def format_event(event: TraceEvent) -> str | None:
     """The one place that turns a core's trace event into a script line (None: not shown)."""
-    return event.describe() if event.kind in _EVENT_KINDS else None
+    return event.describe() if isinstance(event, _EVENT_TYPES) else None
 
 
 def format_status(node: str, core: RaftCore | None) -> str:

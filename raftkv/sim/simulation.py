@@ -27,7 +27,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raftkv.check import Operation, Verdict, check_history
-from raftkv.core import Config, Message, NotLeaderError, ProposalDroppedError, RaftCore, Ready, Role, TraceEvent
+from raftkv.core import (
+    Config,
+    EntriesAppended,
+    Message,
+    MessageReceived,
+    MessageSent,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftCore,
+    Ready,
+    Role,
+    TraceEvent,
+)
 
 from .invariants import InvariantViolation, SafetyMonitor
 from .network import LinkConditions, VirtualNetwork
@@ -497,9 +509,12 @@ class Simulation:
         self._trace.append(f"t={self.now:>5}ms {text}")
 
     def _on_core_event(self, event: TraceEvent) -> None:
-        if event.kind in ("send", "receive", "append"):
-            return
-        self._note(event.describe())
+        if not isinstance(event, _SHOWN_IN_READY):
+            self._note(event.describe())
+
+
+# Messages and appends are traced through the Readys themselves; a line per event would double them.
+_SHOWN_IN_READY = (MessageSent, MessageReceived, EntriesAppended)
 
 
 def run_seed(seed: int, cfg: SimConfig | None = None, core_factory: CoreFactory = RaftCore) -> SimResult:

@@ -7,6 +7,7 @@ its in-process twin `MemoryTransport` share one interface: ``await start(on_mess
 Both consult a `LinkFaults` on every message, so a simulated partition looks like a cut wire.
 """
 
+from raftkv.transport.base import Transport
 from raftkv.transport.codec import CodecError, decode, encode
 from raftkv.transport.faults import ALL_PEERS, Direction, LinkFaults
 from raftkv.transport.memory import MemoryNetwork, MemoryTransport
@@ -21,6 +22,7 @@ __all__ = [
     "MemoryTransport",
     "TcpOptions",
     "TcpTransport",
+    "Transport",
     "decode",
     "encode",
     "make_mtls_contexts",

@@ -17,7 +17,8 @@ against the layout, and a direct slot fill of the frozen dataclass.
 
 The per-type layouts are derived once, at import, from the dataclass definitions in
 ``raftkv.core.messages``, so adding a field to a message needs no change here; adding a message
-type needs one line in ``_TAGS`` (a test checks every type in MESSAGE_TYPES has a tag).
+type needs one line in ``_TAGS`` (a test checks every type in MESSAGE_TYPES has a tag); a type
+defined above the core registers itself with ``register_message_type``.
 
 Decoding never trusts the peer: wrong arity, wrong field type, unknown tag, unknown entry kind or
 bytes that are not msgpack all raise ``CodecError``, so the transport can close the connection
@@ -58,8 +59,6 @@ from raftkv.core.messages import (
     HeartbeatRequest,
     HeartbeatResponse,
     Message,
-    ProposeAnswer,
-    ProposeForward,
     ReadIndexRequest,
     ReadIndexResponse,
     Snapshot,
@@ -71,7 +70,8 @@ from raftkv.core.messages import (
     VoteResponse,
 )
 
-__all__ = ["ChunkStream", "CodecError", "FrameDecoder", "decode", "encode", "hello_frame", "message_frame"]
+__all__ = ["ChunkStream", "CodecError", "FrameDecoder", "decode", "encode", "hello_frame", "message_frame",
+           "message_types", "register_message_type"]
 
 # Stable wire tags. Never reuse or renumber a tag: peers running different versions would
 # misread each other's messages.
@@ -87,8 +87,7 @@ _TAGS: dict[type[Message], int] = {
     TransferRequest: 9,
     ReadIndexRequest: 10,
     ReadIndexResponse: 11,
-    ProposeForward: 12,
-    ProposeAnswer: 13,
+    # 12 and 13: the node drivers' own messages (raftkv/node/peer_messages.py), registered there
 }
 
 _KINDS: dict[int, EntryKind] = {int(k): k for k in EntryKind}
@@ -206,6 +205,22 @@ def _layout(cls: type[Message], tag: int) -> _Layout:
 _BY_TYPE: dict[type[Message], _Layout] = {cls: _layout(cls, tag) for cls, tag in _TAGS.items()}
 _BY_TAG: dict[int, _Layout] = {lay.tag: lay for lay in _BY_TYPE.values()}
 assert len(_BY_TAG) == len(_TAGS), "duplicate wire tag"
+
+
+def register_message_type(cls: type[Message], tag: int) -> None:
+    """Carry a message type defined above the core (the node drivers' own messages ride the
+    Raft links too). The tag is as stable as the ones above: never reuse or renumber one."""
+    known = _BY_TYPE.get(cls)
+    if known is not None and known.tag == tag:
+        return  # registered already
+    if known is not None or tag in _BY_TAG:
+        raise ValueError(f"wire tag {tag} or type {cls.__name__} is taken")
+    _BY_TYPE[cls] = _BY_TAG[tag] = _layout(cls, tag)
+
+
+def message_types() -> tuple[type[Message], ...]:
+    """Every message type the codec carries, in tag order."""
+    return tuple(lay.cls for _, lay in sorted(_BY_TAG.items()))
 
 # msgpack.packb, not a shared Packer: a Packer is ~0.3 us faster but not safe to share between
 # threads, and encode() may be called from storage or API threads too.

@@ -1,8 +1,8 @@
-"""Run one node: its HTTP API and its Raft loop, until SIGTERM or Ctrl-C.
+"""Run one node process: its HTTP API around its NodeHost, until SIGTERM or Ctrl-C.
 
 Shutdown order matters: first stop accepting HTTP requests and let in-flight ones finish (their
 writes commit or time out), then stop the Raft loop (which completes the Ready in progress, so
-everything acknowledged is fsynced), then close the WAL. Event streams (`/watch` WebSockets, the
+everything acknowledged is fsynced), then close the WAL. Event streams (`/raft/events` WebSockets, the
 dashboard's among them) never finish by themselves: they are closed as shutdown begins, or
 aiohttp would wait for them twice `shutdown_timeout` (10 s) before the node could exit.
 """
@@ -17,10 +17,9 @@ import weakref
 
 from aiohttp import WSCloseCode, web
 
-from raftkv.api import create_app
+from raftkv.node import NodeConfig, NodeHost
 
-from .config import NodeConfig
-from .driver import RaftNode
+from .http import create_app
 
 log = logging.getLogger("raftkv.node")
 
@@ -51,7 +50,7 @@ def close_event_streams_on_shutdown(app: web.Application) -> None:
 
 
 async def serve(cfg: NodeConfig) -> None:
-    node = RaftNode(cfg)
+    node = NodeHost(cfg)
     tune_gc()
     app = create_app(node)
     close_event_streams_on_shutdown(app)

@@ -1,0 +1,28 @@
+"""A raftkv node without its HTTP face: one Raft group driven with real time, and the process
+around it.
+
+`RaftGroup` (group.py) drives a pure core with a storage and a transport it is given; where its
+writes and reads wait is proposals.py and reads.py, how Readys reach the disk persist.py, what it
+reports observe.py and status.py. `NodeHost` (host.py) is the process's Raft side: the TCP
+transport with its fault layer, metrics and the Raft event stream; it is what the HTTP API serves
+and what an embedding program uses.
+"""
+
+from raftkv.node.config import ConfigError, Member, NodeConfig
+from raftkv.node.errors import NodeError, NoLeaderError, NotAppliedError, OutcomeUnknownError
+from raftkv.node.group import RaftGroup
+from raftkv.node.host import NodeHost
+from raftkv.node.proposals import FORWARDED_TO
+
+__all__ = [
+    "FORWARDED_TO",
+    "ConfigError",
+    "Member",
+    "NoLeaderError",
+    "NodeConfig",
+    "NodeError",
+    "NodeHost",
+    "NotAppliedError",
+    "OutcomeUnknownError",
+    "RaftGroup",
+]

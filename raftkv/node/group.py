@@ -1,0 +1,381 @@
+"""One Raft group: a pure core driven with real time, a storage and a transport it is given.
+
+Theory of operation
+-------------------
+One asyncio task, the loop, owns the core. Everything else (the ticker, the transport's receive
+callback, client calls) only queues inputs and wakes the loop. Each turn feeds the core what was
+queued, in this order: received messages (before ticks, so what arrived while the process was
+busy counts before the busy time is taken for the peers' silence), ticks, operator actions, one
+proposal made of every waiting write (this node's and every batch a follower forwarded), and one
+ReadIndex round for every waiting read. Then it hands out every Ready, calling `advance()` at
+once, so the loop never waits for the disk.
+
+What a Ready asks for is split the way the core marks it (Raft figure 2 and thesis 10.2.1):
+`early_messages` (a leader's appends and heartbeats, ReadIndex traffic: nothing that vouches for
+this node's disk) leave at once; the writes and the other `messages` go to the disk pump
+(persist.py), which sends those only after their fsync; committed entries are applied at once,
+since committed already means a majority holds them on disk.
+
+Where a write waits is proposals.py, where a read waits is reads.py. A follower does not propose:
+it forwards each turn's writes to the leader as one `ProposeForward` and waits for the indexes
+the leader answers, exactly as the leader waits for its own. While no leader is known, or the
+connection to it is down (a leader killed with -9 closes it at once), writes and reads are held
+for up to `no_leader_hold_s` and then go to the new leader, or fail with NoLeaderError: held, they
+were never sent. Snapshots are frozen on the loop (a shallow copy) and encoded in a worker thread,
+so a large state machine does not stall elections.
+
+The group knows nothing of HTTP or sockets: it is given its storage and its transport (real or
+in-memory), and it reads time from its event loop, so a loop with a virtual clock drives it
+deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from raftkv.core import Config, Entry, EntryKind, Message, ProposalDroppedError, RaftCore, Ready, Role
+from raftkv.core import NotLeaderError as CoreNotLeader
+from raftkv.kv import Command, KVStateMachine, encode
+from raftkv.storage import RaftStorage
+from raftkv.transport import Transport
+
+from .config import NodeConfig
+from .errors import NoLeaderError, NotAppliedError, OutcomeUnknownError, fail
+from .metrics import NodeMetrics
+from .observe import GroupObserver
+from .peer_messages import ProposeAnswer, ProposeForward
+from .persist import DiskPump
+from .proposals import ProposalTracker, QueuedWrite
+from .reads import ReadTracker
+
+__all__ = ["RaftGroup"]
+
+log = logging.getLogger("raftkv.node")
+
+DEADLINE_SWEEP_S = 0.05
+
+
+class RaftGroup:
+    def __init__(self, cfg: NodeConfig, storage: RaftStorage, transport: Transport, kv: KVStateMachine,
+                 metrics: NodeMetrics, observer: GroupObserver, rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.id = cfg.node_id
+        self.kv = kv
+        self.transport = transport
+        self.metrics = metrics
+        self.observer = observer
+        durable = storage.load()
+        if durable.snapshot is not None:
+            kv.restore(durable.snapshot.data)
+        self.snapshot_index = durable.snapshot.meta.index if durable.snapshot else 0
+        self.core = RaftCore(
+            Config(self.id, voters=tuple(cfg.members), election_timeout_ticks=cfg.election_timeout_ticks,
+                   heartbeat_interval_ticks=cfg.heartbeat_interval_ticks, pre_vote=cfg.pre_vote,
+                   check_quorum=cfg.check_quorum, read_mode=cfg.read_mode),
+            rng or random.Random(), durable, listener=observer.on_trace)
+        self.proposals = ProposalTracker(self.id, cfg.proposal_timeout_s, metrics)
+        self.reads = ReadTracker(self.id, cfg.read_timeout_s)
+        self.pump = DiskPump(self.id, storage, self._send, self._on_persisted,
+                             lambda: self.core.role is Role.LEADER, metrics, unsafe_skip_fsync=cfg.unsafe_skip_fsync)
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"{self.id}-snap")
+        self._now: Callable[[], float] = time.monotonic  # the running loop's clock once started
+        self._wake = asyncio.Event()
+        self._ticks = 0
+        self._inbox: list[Message] = []
+        self._actions: list[Callable[[], None]] = []
+        self._leader: str | None = None
+        self._snapshotting = False
+        self._tasks: list[asyncio.Task] = []
+        self._running = False
+
+    # ================================================================ lifecycle =================
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._now = loop.time
+        self._running = True
+        self._tasks = [loop.create_task(self._loop()), loop.create_task(self.pump.run(self._after_write)),
+                       loop.create_task(self._ticker()), loop.create_task(self._sweep_deadlines())]
+
+    async def stop(self) -> None:
+        """Graceful: write out what was handed to the disk, then fail what still waits (504)."""
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.pump.close()
+        self._encoder.shutdown(wait=False, cancel_futures=True)
+        fail(self.proposals.answers() + self.reads.answers(), OutcomeUnknownError("the node is shutting down"))
+
+    # ================================================================ what clients call =========
+
+    @property
+    def leader_id(self) -> str | None:
+        return self.core.leader_id
+
+    def deliver(self, m: Message) -> None:
+        """The transport's receive callback."""
+        self._inbox.append(m)
+        self._wake.set()
+
+    async def propose(self, command: Command) -> dict[str, Any]:
+        """Replicate `command`; its state machine result once committed and applied here. On a
+        follower the write goes to the leader, and the result says so (proposals.FORWARDED_TO)."""
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.proposals.submit(encode(command), answer, self._now())
+        self._wake.set()
+        return await answer  # the deadline sweep fails it with OutcomeUnknownError when it times out
+
+    async def read_barrier(self) -> None:
+        """Returns once a read of the local state machine is linearizable (ReadIndex)."""
+        if self.cfg.unsafe_stale_reads and self.core.role is not Role.LEADER:
+            return  # deliberately broken mode: serve whatever this replica has
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.reads.submit(answer, self._now())
+        self._wake.set()
+        await answer
+
+    async def force_election(self) -> dict[str, Any]:
+        """The seed's button: this node campaigns now (through a leadership transfer if a leader is known)."""
+        term_before = self.core.term
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def act() -> None:
+            try:
+                leader = self.core.leader_id
+                if leader is not None and leader != self.id:
+                    self.core.transfer_leadership(self.id)
+                else:
+                    self.core.campaign_now()
+                done.set_result(None)
+            except (ValueError, CoreNotLeader) as e:
+                done.set_exception(NotAppliedError(str(e)))
+
+        self._actions.append(act)
+        self._wake.set()
+        await done
+        deadline = self._now() + 2.0
+        while self.core.term == term_before and self._now() < deadline:
+            await asyncio.sleep(self.cfg.tick_ms / 1000)
+        return {"nodeId": self.id, "previousTerm": term_before, "term": self.core.term, "state": self.core.role.value}
+
+    # ================================================================ the loop ==================
+
+    async def _ticker(self) -> None:
+        interval = self.cfg.tick_ms / 1000
+        next_at = self._now()
+        while True:
+            next_at += interval
+            now = self._now()
+            if next_at < now - interval:
+                # Ticks missed while this process was busy are dropped, not replayed (as Go's
+                # ticker under etcd does): ten replayed ticks in a few milliseconds let a leader's
+                # check-quorum window pass before its followers' answers were even read.
+                next_at = now
+            await asyncio.sleep(max(0.0, next_at - now))
+            self._ticks += 1
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        while self._running:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._feed_core()
+                self._hand_out_readies()
+            except Exception:
+                log.exception("node loop failed id=%s; stopping the node", self.id)
+                raise
+
+    def _feed_core(self) -> None:
+        core, now = self.core, self._now()
+        inbox, self._inbox = self._inbox, []
+        forwards: list[ProposeForward] = []
+        for m in inbox:
+            if type(m) is ProposeForward:
+                forwards.append(m)
+            elif type(m) is ProposeAnswer:
+                if self.proposals.place_forwarded(m, self.kv.applied_index) and self.proposals.queued:
+                    self._wake.set()  # the writes that waited for that answer go now
+            else:
+                self.observer.on_received(m, now)
+                core.step(m)
+        ticks, self._ticks = self._ticks, 0
+        for _ in range(ticks):
+            core.tick()
+        actions, self._actions = self._actions, []
+        for act in actions:
+            act()
+        leading = core.role is Role.LEADER
+        patience_s = self._patience_s()
+        own = self.proposals.queued and (leading or (
+            self._leader_reachable() and not self.proposals.forward_in_flight(core.leader_id, now, patience_s)))
+        if forwards or own:
+            self._propose_turn(forwards, self._take_own_batch() if own else [], now)
+        if self.reads.queued and self.reads.may_ask(now, patience_s) and (leading or self._leader_reachable()):
+            core.read_index(self.reads.start_round(now))
+
+    def _patience_s(self) -> float:
+        """How long an unanswered request to the leader holds back the next (a minimum election
+        timeout: by then a lost leader is known to be lost)."""
+        return self.cfg.election_timeout_ticks * self.cfg.tick_ms / 1000
+
+    def _leader_reachable(self) -> bool:
+        """A follower knows a leader and its connection to it is up: what it forwards can arrive."""
+        leader = self.core.leader_id
+        return leader is not None and self.transport.reachable(leader)
+
+    def _take_own_batch(self) -> list[QueuedWrite]:
+        batch = self.proposals.take_batch(self.cfg.max_batch_proposals)
+        if self.proposals.queued:
+            self._wake.set()  # the rest go in the next turn
+        return batch
+
+    def _propose_turn(self, forwards: list[ProposeForward], batch: list[QueuedWrite], now: float) -> None:
+        """One append per loop turn: this node's own writes and every batch a follower forwarded
+        go in one proposal (so one AppendRequest per follower, not one per source). A follower
+        forwards its own writes to the leader instead."""
+        leader = self.core.leader_id
+        if batch and self.core.role is not Role.LEADER and leader is not None:
+            self._send([self.proposals.forward(batch, leader, self.core.term, now)])
+            batch = []
+        forwards = [m for m in forwards if m.datas]
+        datas = [data for m in forwards for data in m.datas] + [w.data for w in batch]
+        if not datas:
+            return
+        try:
+            term, first = self.core.propose(datas)
+        except (CoreNotLeader, ProposalDroppedError) as e:
+            refused = NoLeaderError() if isinstance(e, CoreNotLeader) else NotAppliedError(str(e))
+            fail([w.answer for w in batch], refused)
+            self._send([ProposeAnswer(src=self.id, dst=m.src, term=self.core.term, ticket=m.ticket, index=0,
+                                      error=str(e) or type(e).__name__) for m in forwards])
+            return
+        self.observer.on_proposed(first, first + len(datas) - 1, now)
+        # The answers leave before the entries' AppendRequests on the same links, so they arrive first.
+        answers, index = [], first
+        for m in forwards:
+            answers.append(ProposeAnswer(src=self.id, dst=m.src, term=term, ticket=m.ticket, index=index))
+            index += len(m.datas)
+        self._send(answers)
+        self.proposals.place_own(index, term, batch)
+
+    # ================================================================ Readys =====================
+
+    def _hand_out_readies(self) -> None:
+        core = self.core
+        while core.has_ready():
+            rd = core.ready()
+            core.advance(rd)
+            if rd.early_messages:
+                self._send(rd.early_messages)
+            if rd.soft_state is not None:
+                self._on_soft_state(rd)
+            if rd.snapshot is not None:
+                self.kv.restore(rd.snapshot.data)
+                self.snapshot_index = rd.snapshot.meta.index
+                self.metrics.snapshots.labels("installed").inc()
+            if rd.committed_entries:
+                self._apply(rd.committed_entries)
+            for state in rd.read_states:
+                if (seconds := self.reads.confirmed(state, self._now())) is not None:
+                    self.metrics.read_index_seconds.observe(seconds)
+            if rd.read_states and self.reads.queued:
+                self._wake.set()  # the reads that waited for that answer ask now
+            if rd.hard_state is not None or rd.must_sync() or rd.messages or self.pump.busy:
+                self.pump.hand(rd)
+        self.reads.release(self.kv.applied_index)
+
+    def _apply(self, entries: list[Entry]) -> None:
+        """Committed means a majority holds them on disk (a leader counts itself only once its own
+        fsync is reported), so they apply now, whatever this node is still writing."""
+        now = self._now()
+        self.observer.on_committed(entries, now)
+        answered = 0
+        for e in entries:
+            if e.index <= self.kv.applied_index:
+                continue  # a snapshot installed after this entry was handed out already covers it
+            if e.kind is EntryKind.NORMAL:
+                result = self.kv.apply(e.index, e.data)
+            else:
+                self.kv.apply_noop(e.index)
+                result = None
+            answered += self.proposals.applied(e, result, now)
+        if answered:
+            self.metrics.proposals_applied.inc(answered)  # once per batch: inc() takes a lock
+
+    def _send(self, messages: list[Message]) -> None:
+        self.transport.send(messages)
+        self.observer.on_sent(messages, self._now())
+
+    def _on_persisted(self, index: int, term: int) -> None:
+        self.core.on_persisted(index, term)
+        self._wake.set()  # a leader may commit now that its own copy counts
+
+    def _on_soft_state(self, rd: Ready) -> None:
+        soft = rd.soft_state
+        assert soft is not None
+        self.observer.on_soft_state(soft, self._leader)
+        if soft.leader_id != self._leader:
+            log.info("leader node=%s term=%d leader=%s role=%s", self.id, soft.term, soft.leader_id, soft.role.value)
+            if self._leader is not None:
+                self.proposals.leader_changed(self._leader)
+        self._leader = soft.leader_id
+
+    # ================================================================ time =======================
+
+    async def _sweep_deadlines(self) -> None:
+        """Fail what waited too long: one timer for everything instead of one per request."""
+        while True:
+            await asyncio.sleep(DEADLINE_SWEEP_S)
+            now = self._now()
+            self._fail_held(now)
+            self.proposals.expire(now)
+            self.reads.expire(now)
+
+    def _fail_held(self, now: float) -> None:
+        """NoLeaderError for what was held longer than `no_leader_hold_s` for want of a leader."""
+        if self.core.role is Role.LEADER or self._leader_reachable():
+            return
+        leader = self.core.leader_id
+        why = NoLeaderError() if leader is None else NotAppliedError(
+            f"the leader {leader} has been unreachable for {self.cfg.no_leader_hold_s:g} s")
+        held_since = now - self.cfg.no_leader_hold_s
+        self.proposals.fail_queued(held_since, why)
+        self.reads.fail_queued(held_since, why)
+
+    # ================================================================ snapshots ==================
+
+    def _after_write(self) -> None:
+        applied = self.kv.applied_index
+        due = self.cfg.snapshot_every and applied - self.snapshot_index >= self.cfg.snapshot_every
+        # Only at an index the WAL already holds, so entries still being written never precede it.
+        if due and not self._snapshotting and applied <= self.core.durable_index:
+            self._snapshotting = True
+            self._tasks.append(asyncio.get_running_loop().create_task(self._take_snapshot()))
+
+    async def _take_snapshot(self) -> None:
+        try:
+            started = time.perf_counter()
+            applied = self.kv.applied_index
+            data = await asyncio.get_running_loop().run_in_executor(self._encoder, self.kv.snapshot_later())
+            snapshot = self.core.make_snapshot(applied, data)
+            await self.pump.save_snapshot(snapshot)
+            self.core.compact(snapshot, retain_entries=self.cfg.snapshot_retain_entries)
+            self.snapshot_index = applied
+            self.metrics.snapshots.labels("taken").inc()
+            self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
+            self.metrics.snapshot_bytes.set(len(snapshot.data))
+            log.info("snapshot node=%s index=%d bytes=%d", self.id, applied, len(snapshot.data))
+        except Exception:
+            log.exception("snapshot failed node=%s; will retry at the next threshold", self.id)
+        finally:
+            self._snapshotting = False

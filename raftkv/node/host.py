@@ -1,0 +1,168 @@
+"""A node process's Raft side: the transport, fault injection, metrics and the Raft event stream,
+around the process's Raft group.
+
+Theory of operation
+-------------------
+`NodeHost` builds what a process has once (the TCP transport with its fault layer, the metrics
+registry, the event stream) and hands the group its storage and transport; the group builds
+nothing of its own. Messages that arrive go to the group; one task publishes the node's status to
+the event stream four times a second while someone watches it, and keeps the gauges fresh. The
+host is the object the HTTP API serves (raftkv/api/server.py) and the embedded API programs use:
+`propose`, `read_barrier` and `kv` are the group's.
+
+Fault injection (`set_partition`, `set_link_quality`) acts on the transport's fault layer, beneath
+the group, so a simulated partition looks to Raft exactly like a cut wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from raftkv.kv import Command, KVStateMachine
+from raftkv.storage import DiskStorage, RaftStorage
+from raftkv.transport import ALL_PEERS, LinkFaults, TcpTransport, make_mtls_contexts
+
+from .config import NodeConfig
+from .event_stream import EventHub
+from .group import RaftGroup
+from .metrics import NodeMetrics
+from .observe import GroupObserver
+from .preview import KVPreview
+from .status import StatusReporter
+
+__all__ = ["NodeHost"]
+
+log = logging.getLogger("raftkv.node")
+
+STATUS_EVERY_S = 0.25
+
+
+class NodeHost:
+    def __init__(self, cfg: NodeConfig, storage: RaftStorage | None = None) -> None:
+        self.cfg = cfg
+        self.id = cfg.node_id
+        self.url = cfg.me.url
+        self.hub = EventHub(self.id)
+        self.metrics = NodeMetrics(self.id)
+        observer = GroupObserver(self.id, self.metrics, self.hub)
+        self.faults = LinkFaults(on_drop=observer.on_drop)
+        ssl_server = ssl_client = None
+        if cfg.tls_ca and cfg.tls_cert and cfg.tls_key:
+            ssl_server, ssl_client = make_mtls_contexts(str(cfg.tls_ca), str(cfg.tls_cert), str(cfg.tls_key))
+        self.transport = TcpTransport(self.id, cfg.me.host, cfg.me.raft_port,
+                                      {i: (m.host, m.raft_port) for i, m in cfg.peers().items()}, self.faults,
+                                      ssl_server=ssl_server, ssl_client=ssl_client)
+        self.kv = KVStateMachine()
+        self.group = RaftGroup(cfg, storage or DiskStorage(cfg.data_dir / "raft"), self.transport, self.kv,
+                               self.metrics, observer)
+        self.status = StatusReporter(self.group, self.metrics, {i: m.url for i, m in cfg.peers().items()})
+        self._preview = KVPreview(self.kv)
+        self._status_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.transport.start(self.group.deliver)
+        await self.group.start()
+        self._status_task = asyncio.get_running_loop().create_task(self._publish_status())
+        log.info("node started id=%s http=%s raft_port=%d", self.id, self.url, self.cfg.me.raft_port)
+
+    async def stop(self) -> None:
+        """Graceful: the group writes out what was handed to its disk; then the links close."""
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._status_task
+        await self.group.stop()
+        await self.transport.close()
+        log.info("node stopped id=%s", self.id)
+
+    # ---- what the HTTP API and embedded programs call ------------------------------------------
+
+    def leader_id(self) -> str | None:
+        return self.group.leader_id
+
+    def leader_url(self) -> str | None:
+        leader = self.group.leader_id
+        return self.cfg.members[leader].url if leader in self.cfg.members else None
+
+    async def propose(self, command: Command) -> dict[str, Any]:
+        return await self.group.propose(command)
+
+    async def read_barrier(self) -> None:
+        await self.group.read_barrier()
+
+    async def force_election(self) -> dict[str, Any]:
+        return await self.group.force_election()
+
+    def raft_state(self, digest: bool = False) -> dict[str, Any]:
+        return self.status.raft_state(digest=digest, url=self.url, faults=self.faults.describe(),
+                                      transport=self.transport.stats())
+
+    def health(self) -> dict[str, Any]:
+        return self.status.health()
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        self.status.refresh_gauges()
+        return self.metrics.render()
+
+    def record_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.metrics.on_http_request(route, method, status, seconds)
+
+    async def raft_events(self) -> AsyncIterator[dict[str, Any]]:
+        """The Raft event stream, starting with the current status."""
+        self.hub.publish(self._status_event())
+        async for event in self.hub.subscribe():
+            yield event
+
+    # ---- fault injection ----------------------------------------------------------------------
+
+    def set_partition(self, partitioned: bool, peers: list[str] | None, direction: str = "both") -> dict[str, Any]:
+        """Cut (or restore) Raft traffic with `peers` (all if None); one way with direction
+        "outbound" (we stop reaching them) or "inbound" (they stop reaching us)."""
+        targets = self._known_peers(peers)
+        if not partitioned or direction == "both":
+            self.faults.set_partitioned(partitioned, peers)
+        else:
+            cut = self.faults.cut_outbound if direction == "outbound" else self.faults.cut_inbound
+            for peer in targets:
+                cut(peer)
+        log.info("partition node=%s partitioned=%s peers=%s direction=%s", self.id, partitioned, targets, direction)
+        return self._faults_changed()
+
+    def set_link_quality(self, peers: list[str] | None, loss_percent: float | None,
+                         delay_ms: float | None) -> dict[str, Any]:
+        """Loss and latency on this node's outbound Raft traffic to `peers` (all if None); 0 removes."""
+        targets = [ALL_PEERS] if peers is None else self._known_peers(peers)
+        for peer in targets:
+            if loss_percent is not None:
+                self.faults.set_loss(loss_percent, peer)
+            if delay_ms is not None:
+                self.faults.set_delay(delay_ms, peer)
+        log.info("link node=%s peers=%s loss=%s delay_ms=%s", self.id, peers or "all", loss_percent, delay_ms)
+        return self._faults_changed()
+
+    def _known_peers(self, peers: list[str] | None) -> list[str]:
+        unknown = sorted(set(peers or ()) - set(self.cfg.peers()))
+        if unknown:
+            raise ValueError(f"unknown peer ids: {unknown}; peers are {sorted(self.cfg.peers())}")
+        return list(peers) if peers is not None else list(self.cfg.peers())
+
+    def _faults_changed(self) -> dict[str, Any]:
+        described = self.faults.describe()
+        self.hub.publish({"type": "fault", "faults": described})
+        return described
+
+    # ---- status ---------------------------------------------------------------------------------
+
+    async def _publish_status(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_EVERY_S)
+            self.status.refresh_gauges()
+            if self.hub.watched:
+                self.hub.publish(self._status_event())
+
+    def _status_event(self) -> dict[str, Any]:
+        return {"type": "status", "state": self.raft_state(), "kv": self._preview()}

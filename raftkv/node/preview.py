@@ -1,0 +1,76 @@
+"""The preview of the state machine that a node's status event carries to the dashboard.
+
+Each status event (four a second) carries a preview of the state machine, bounded in bytes so that
+one large value cannot make every status event, and everything that keeps them, large: at most
+`MAX_PREVIEW_KEYS` keys and `MAX_PREVIEW_BYTES` of keys and values together; a value whose JSON
+text is longer than `MAX_PREVIEW_VALUE_BYTES` is shown as the start of that text and its full size
+(a reader fetches the whole value with `GET /kv/{key}` when a person asks for it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+from raftkv.kv import KeyValue, KVStateMachine
+
+MAX_PREVIEW_KEYS = 50
+MAX_PREVIEW_VALUE_BYTES = 256
+MAX_PREVIEW_BYTES = 8 * 1024
+
+
+class _ShownValue(NamedTuple):
+    """How the preview shows one key's value; valid while the key's mod_revision is unchanged."""
+
+    mod_revision: int
+    preview_bytes: int  # what showing it adds to the preview, key included
+    truncated: dict[str, Any] | None  # {"head", "bytes"} when the value is too long to show whole
+
+
+class KVPreview:
+    """Previews of one state machine. Measuring a 1 MiB value means encoding it (~3.5 ms): the
+    preview remembers how it showed each key, so that happens once per write of the key, not four
+    times a second."""
+
+    def __init__(self, kv: KVStateMachine) -> None:
+        self.kv = kv
+        self._shown_before: dict[str, _ShownValue] = {}
+
+    def __call__(self) -> dict[str, Any]:
+        """{"items": {key: value} shown whole, "truncated": {key: {"head": the first bytes of its
+        JSON text, "bytes": the size of all of it}}, "more": whether keys were left out, "count": keys}."""
+        kv = self.kv
+        entries, more = kv.range("", MAX_PREVIEW_KEYS)
+        shown: dict[str, _ShownValue] = {}
+        items: dict[str, Any] = {}
+        truncated: dict[str, dict[str, Any]] = {}
+        budget_bytes = MAX_PREVIEW_BYTES
+        for key, entry in entries:
+            value = self._shown_before.get(key)
+            if value is None or value.mod_revision != entry.mod_revision:
+                value = _shown_value(key, entry)
+            shown[key] = value  # kept even if it does not fit, so it is not measured again next time
+            if value.preview_bytes > budget_bytes:
+                more = True
+                break
+            budget_bytes -= value.preview_bytes
+            if value.truncated is None:
+                items[key] = entry.value
+            else:
+                truncated[key] = value.truncated
+        self._shown_before = shown
+        return {"items": items, "truncated": truncated, "more": more, "count": len(kv)}
+
+
+def _shown_value(key: str, entry: KeyValue) -> _ShownValue:
+    text = _json_bytes(entry.value)
+    key_bytes = len(_json_bytes(key)) + 2  # with its colon and the comma after the value
+    if len(text) <= MAX_PREVIEW_VALUE_BYTES:
+        return _ShownValue(entry.mod_revision, key_bytes + len(text), None)
+    head = text[:MAX_PREVIEW_VALUE_BYTES].decode(errors="ignore")  # a character cut in two is left out
+    truncated = {"head": head, "bytes": len(text)}
+    return _ShownValue(entry.mod_revision, key_bytes + len(_json_bytes(truncated)), truncated)
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()

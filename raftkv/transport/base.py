@@ -1,0 +1,34 @@
+"""What a Raft group needs from a transport: the interface `TcpTransport` and `MemoryTransport` share.
+
+A group is given its transport and never builds one, so the same driver runs over real TCP
+connections in a node process and over in-memory links in fast tests and simulations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from raftkv.core import Message
+
+__all__ = ["Transport"]
+
+
+class Transport(Protocol):
+    async def start(self, on_message: Callable[[Message], None]) -> None:
+        """Begin accepting messages; each is handed to `on_message` on the event loop."""
+
+    def send(self, messages: list[Message]) -> None:
+        """Queue messages for their peers; returns at once, never awaits the network."""
+
+    def reachable(self, peer_id: str) -> bool:
+        """Whether what is sent to the peer now can arrive (its connection is up)."""
+
+    def add_peer(self, peer_id: str, addr: Any) -> None: ...
+
+    def remove_peer(self, peer_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]:
+        """Per-peer counters and state, JSON-able, for /raft-state."""
