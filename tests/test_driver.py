@@ -211,13 +211,13 @@ async def test_a_lagging_follower_catches_up_through_a_snapshot_in_process(tmp_p
         lagging.transport.faults.set_partitioned(True, None)
         for i in range(60):
             await leader.propose(Put(f"k{i}", i))
-        assert leader.snapshot_index >= 20 and leader.core.log.first_index() > lagging.kv.applied_index + 1
+        assert leader.snapshots.snapshot_index >= 20 and leader.core.log.first_index() > lagging.kv.applied_index + 1
         lagging.transport.faults.set_partitioned(False, None)
         for _ in range(400):
             if lagging.kv.applied_index >= leader.kv.applied_index:
                 break
             await asyncio.sleep(0.01)
-        assert lagging.kv.get("k59").value == 59 and lagging.snapshot_index >= 20
+        assert lagging.kv.get("k59").value == 59 and lagging.snapshots.snapshot_index >= 20
         assert lagging.metrics.snapshots.labels("installed")._value.get() >= 1
     finally:
         await c.stop()

@@ -21,8 +21,7 @@ it forwards each turn's writes to the leader as one `ProposeForward` and waits f
 the leader answers, exactly as the leader waits for its own. While no leader is known, or the
 connection to it is down (a leader killed with -9 closes it at once), writes and reads are held
 for up to `no_leader_hold_s` and then go to the new leader, or fail with NoLeaderError: held, they
-were never sent. Snapshots are frozen on the loop (a shallow copy) and encoded in a worker thread,
-so a large state machine does not stall elections.
+were never sent. Snapshots are taken by snapshots.py without stalling the loop.
 
 The group knows nothing of HTTP or sockets: it is given its storage and its transport (real or
 in-memory), and it reads time from its event loop, so a loop with a virtual clock drives it
@@ -37,7 +36,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from raftkv.core import Config, Entry, EntryKind, Message, ProposalDroppedError, RaftCore, Ready, Role
@@ -54,6 +52,7 @@ from .peer_messages import ProposeAnswer, ProposeForward
 from .persist import DiskPump
 from .proposals import ProposalTracker, QueuedWrite
 from .reads import ReadTracker
+from .snapshots import Snapshotter
 
 __all__ = ["RaftGroup"]
 
@@ -74,7 +73,6 @@ class RaftGroup:
         durable = storage.load()
         if durable.snapshot is not None:
             kv.restore(durable.snapshot.data)
-        self.snapshot_index = durable.snapshot.meta.index if durable.snapshot else 0
         self.core = RaftCore(
             Config(self.id, voters=tuple(cfg.members), election_timeout_ticks=cfg.election_timeout_ticks,
                    heartbeat_interval_ticks=cfg.heartbeat_interval_ticks, pre_vote=cfg.pre_vote,
@@ -84,14 +82,14 @@ class RaftGroup:
         self.reads = ReadTracker(self.id, cfg.read_timeout_s)
         self.pump = DiskPump(self.id, storage, self._send, self._on_persisted,
                              lambda: self.core.role is Role.LEADER, metrics, unsafe_skip_fsync=cfg.unsafe_skip_fsync)
-        self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"{self.id}-snap")
+        self.snapshots = Snapshotter(cfg, self.core, kv, self.pump, metrics,
+                                     durable.snapshot.meta.index if durable.snapshot else 0)
         self._now: Callable[[], float] = time.monotonic  # the running loop's clock once started
         self._wake = asyncio.Event()
         self._ticks = 0
         self._inbox: list[Message] = []
         self._actions: list[Callable[[], None]] = []
         self._leader: str | None = None
-        self._snapshotting = False
         self._tasks: list[asyncio.Task] = []
         self._running = False
 
@@ -101,7 +99,7 @@ class RaftGroup:
         loop = asyncio.get_running_loop()
         self._now = loop.time
         self._running = True
-        self._tasks = [loop.create_task(self._loop()), loop.create_task(self.pump.run(self._after_write)),
+        self._tasks = [loop.create_task(self._loop()), loop.create_task(self.pump.run(self.snapshots.maybe_start)),
                        loop.create_task(self._ticker()), loop.create_task(self._sweep_deadlines())]
 
     async def stop(self) -> None:
@@ -111,8 +109,8 @@ class RaftGroup:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.snapshots.stop()
         await self.pump.close()
-        self._encoder.shutdown(wait=False, cancel_futures=True)
         fail(self.proposals.answers() + self.reads.answers(), OutcomeUnknownError("the node is shutting down"))
 
     # ================================================================ what clients call =========
@@ -281,8 +279,7 @@ class RaftGroup:
                 self._on_soft_state(rd)
             if rd.snapshot is not None:
                 self.kv.restore(rd.snapshot.data)
-                self.snapshot_index = rd.snapshot.meta.index
-                self.metrics.snapshots.labels("installed").inc()
+                self.snapshots.installed(rd.snapshot.meta.index)
             if rd.committed_entries:
                 self._apply(rd.committed_entries)
             for state in rd.read_states:
@@ -351,31 +348,3 @@ class RaftGroup:
         held_since = now - self.cfg.no_leader_hold_s
         self.proposals.fail_queued(held_since, why)
         self.reads.fail_queued(held_since, why)
-
-    # ================================================================ snapshots ==================
-
-    def _after_write(self) -> None:
-        applied = self.kv.applied_index
-        due = self.cfg.snapshot_every and applied - self.snapshot_index >= self.cfg.snapshot_every
-        # Only at an index the WAL already holds, so entries still being written never precede it.
-        if due and not self._snapshotting and applied <= self.core.durable_index:
-            self._snapshotting = True
-            self._tasks.append(asyncio.get_running_loop().create_task(self._take_snapshot()))
-
-    async def _take_snapshot(self) -> None:
-        try:
-            started = time.perf_counter()
-            applied = self.kv.applied_index
-            data = await asyncio.get_running_loop().run_in_executor(self._encoder, self.kv.snapshot_later())
-            snapshot = self.core.make_snapshot(applied, data)
-            await self.pump.save_snapshot(snapshot)
-            self.core.compact(snapshot, retain_entries=self.cfg.snapshot_retain_entries)
-            self.snapshot_index = applied
-            self.metrics.snapshots.labels("taken").inc()
-            self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
-            self.metrics.snapshot_bytes.set(len(snapshot.data))
-            log.info("snapshot node=%s index=%d bytes=%d", self.id, applied, len(snapshot.data))
-        except Exception:
-            log.exception("snapshot failed node=%s; will retry at the next threshold", self.id)
-        finally:
-            self._snapshotting = False
