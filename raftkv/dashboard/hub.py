@@ -49,6 +49,7 @@ import aiohttp
 from raftkv import promtext
 
 from .safety import SafetyChecker
+from .schema import schema
 
 log = logging.getLogger("raftkv.dashboard")
 
@@ -260,6 +261,7 @@ class Hub:
             "safety": self.safety.describe(),
             "reach": self.reach(),
             "now": time.time(),
+            "schema": schema(),
             **features,
         }
         return encoded_frame(head, self._newest_for_hello())

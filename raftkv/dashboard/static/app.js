@@ -16,16 +16,11 @@ const ENCODED_BYTES = Symbol("encoded bytes");  // on each kept event: its size 
 const FEED_MAX = 250;
 const LOG_CELLS = 32;
 const CHART_POINTS = 120;
-const MSG_KINDS = {
-  VoteRequest: "vote", VoteResponse: "vote", PreVoteRequest: "vote", PreVoteResponse: "vote",
-  AppendRequest: "append", AppendResponse: "append", HeartbeatRequest: "hb", HeartbeatResponse: "hb",
-  SnapshotRequest: "snap", InstallSnapshot: "snap", SnapshotResponse: "snap",
-  TimeoutNow: "timeout", ReadIndexRequest: "timeout", ReadIndexResponse: "timeout",
-};
 
 const S = {
   nodes: [],            // [{id, url, raftId}]
   features: {},
+  schema: {messages: {}, glyphs: {}, events: {}},  // names of message types and event kinds, from the server
   supervisor: false,
   history: [],          // every recorded event but messages and ticks, oldest first
   historyBytes: 0,      // their size as JSON text
@@ -100,6 +95,7 @@ function onHello(h) {
   S.serverSkew = h.now - Date.now() / 1000;
   S.nodes = h.nodes;
   S.features = h.features || {};
+  S.schema = h.schema || S.schema;
   S.supervisor = h.supervisor;
   S.slowmo = h.slowmo || S.slowmo;
   S.safety = h.safety || [];
@@ -220,7 +216,18 @@ function leaderStatusAt(t) {
 
 // ------------------------------------------------------------------------- static parts -------
 
+function renderLegend() {
+  // One item per glyph the server declares, before the fixed "dropped" item.
+  const legend = $(".legend");
+  for (const old of legend.querySelectorAll("li.glyph")) old.remove();
+  const dropped = legend.querySelector(".m-drop").parentElement;
+  for (const [glyph, meaning] of Object.entries(S.schema.glyphs)) {
+    legend.insertBefore(el("li", {class: "glyph"}, el("span", {class: `m m-${glyph}`}), meaning), dropped);
+  }
+}
+
 function buildStatic() {
+  renderLegend();
   const opts = (sel, withAny) => {
     const s = $(sel);
     s.replaceChildren(...(withAny ? [el("option", {value: "", text: "the leader"})] : []),
@@ -439,12 +446,14 @@ function linkCut(src, dst) {
 }
 
 function onMessage(ev) {
-  const kind = MSG_KINDS[ev.kind] || "timeout";
+  const known = S.schema.messages[ev.kind];
+  const kind = known ? known.glyph : "unknown";
   if (!ev.dropped && linkCut(ev.src, ev.dst)) return;  // its "dropped" report bursts instead
-  if (!ev.dropped && (ev.kind === "HeartbeatRequest" || ev.kind === "AppendRequest")) {
+  const fromLeader = (kind === "hb" || kind === "append") && !ev.kind.endsWith("Response");
+  if (!ev.dropped && fromLeader) {
     S.lastHb[ev.dst] = ev.rt;
     const prev = S.lastHbSent[ev.src];
-    if (ev.kind === "HeartbeatRequest") {
+    if (kind === "hb") {
       const interval = prev && ev.rt - prev.t > 0.002 ? (ev.rt - prev.t) * 1000 : (prev ? prev.interval : 40);
       S.lastHbSent[ev.src] = {t: ev.rt, interval: prev ? prev.interval * 0.8 + Math.min(5000, interval) * 0.2 : interval};
     }
@@ -469,10 +478,12 @@ function animateMessage(ev, kind) {
   const shape = kind === "vote" ? svg("polygon", {points: `0,${-size} ${size},${size} ${-size},${size}`})
     : kind === "append" || kind === "snap" ? svg("rect", {x: -size, y: -size, width: 2 * size, height: 2 * size})
       : kind === "timeout" ? svg("polygon", {points: `0,${-size} ${size},0 0,${size} ${-size},0`})
+        : kind === "forward" ? svg("polygon", {points: `${-size},${-size} ${size},0 ${-size},${size}`})
         : svg("circle", {r: size});
   const response = /Response$/.test(ev.kind);
   shape.setAttribute("class", `msg m-${kind}${response ? " resp" : ""}${ev.dropped ? " dropped" : ""}`);
-  const title = svg("title"); title.textContent = `${ev.kind} ${ev.src}→${ev.dst} term ${ev.term}${ev.entries ? `, ${ev.entries} entries` : ""}${ev.dropped ? " (dropped)" : ""}`;
+  const label = S.schema.messages[ev.kind] ? S.schema.messages[ev.kind].label : ev.kind;
+  const title = svg("title"); title.textContent = `${label} (${ev.kind}) ${ev.src}→${ev.dst} term ${ev.term}${ev.entries ? `, ${ev.entries} entries` : ""}${ev.dropped ? " (dropped)" : ""}`;
   shape.append(title);
   layer.append(shape);
   const dur = 450 * Math.min(4, Math.max(1, Math.sqrt(S.slowmo.factor || 1)));
