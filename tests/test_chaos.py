@@ -1,7 +1,8 @@
 """The seed's experiments and demos against real processes on loopback, and `raftkv chaos` itself.
 
-Experiments 1-3 and demo 4 are the seed's own scenarios (seed/*.txt, "Laboratorio de
-Experimentos" and "Consistencia bajo Fallos"), turned into assertions. The chaos runs at the end
+Experiments 1-3 and demo 4 are the scenarios of the product's original description ("Laboratorio
+de Experimentos" and "Consistencia bajo Fallos"; the README's chaos section lists them), turned
+into assertions. The chaos runs at the end
 judge a recorded history; the proof test shows that judge catches a deliberately unsafe cluster,
 so a green run means something. Each test is bounded (cluster start ~4 s, runs of 8-20 s).
 """

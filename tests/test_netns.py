@@ -3,7 +3,7 @@
 Needs root, `ip` and `nft` (./dev test installs iproute2 and nftables). Elsewhere these tests skip
 with the reason printed; in CI (CI=true) as root a missing tool is a failure, not a skip.
 
-Safety (NETNS.md): nothing here sends traffic from the root namespace to a lab address. Probes
+Safety (docs/NETNS.md): nothing here sends traffic from the root namespace to a lab address. Probes
 run inside lab namespaces (`ip netns exec`), and `raftkv chaos --nemesis netns` runs its clients
 inside the lab's client namespace.
 """

@@ -1,7 +1,8 @@
-"""The HTTP API of one raftkv node (aiohttp): `create_app(node)` serves DESIGN.md's contract.
+"""The HTTP API of one raftkv node (aiohttp): `create_app(node)` serves the API the README's table lists.
 
 `http` has the routes, validation and status mapping; `errors` maps every
-failure to a JSON body and status; `openapi` is the OpenAPI 3.1 document served at /openapi.json.
+failure to a JSON body and status; `openapi` is the OpenAPI 3.1 document served at /openapi.json;
+`server` runs a node process (this API around a raftkv.node.NodeHost).
 """
 
 from raftkv.api.errors import RETRY_AFTER_SECONDS, ApiError

@@ -1,4 +1,4 @@
-"""The HTTP API of one raftkv node: JSON over aiohttp, per DESIGN.md's contract table.
+"""The HTTP API of one raftkv node: JSON over aiohttp, per the README's API table (/openapi.json documents every route).
 
 Theory of operation
 -------------------

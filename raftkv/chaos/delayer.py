@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The kernel here has no sch_netem (NETNS.md), but iptables' NFQUEUE target works: a rule in a
+The kernel here has no sch_netem (docs/NETNS.md), but iptables' NFQUEUE target works: a rule in a
 node namespace's OUTPUT chain hands each matching packet to a user-space queue, and the packet
 waits in the kernel until a program says ACCEPT (or DROP) for its id. This module is that
 program, speaking nfnetlink_queue directly over a netlink socket (no C library needed):

@@ -11,7 +11,7 @@ lab whose creator died can be recognised and removed by `remove_stale_labs`):
 
 Each veth's other end (`p<i>` / `pc`) lives in the hub and is enslaved to `br0`. Nothing is
 created in the root namespace and no lab namespace has a default route, so lab traffic can only
-reach lab addresses (NETNS.md's safety rule: test traffic never leaves from the root namespace).
+reach lab addresses (docs/NETNS.md's safety rule: test traffic never leaves from the root namespace).
 
 Cuts are nftables rules in the hub's bridge forward hook (`table bridge raftkv`, chain `cut`),
 matched on IPv4 source and destination; every change replaces the whole chain in one atomic
@@ -19,7 +19,7 @@ matched on IPv4 source and destination; every change replaces the whole chain in
 node-to-node traffic is cut; the client namespace keeps reaching every node, so an isolated old
 leader still gets client requests and must refuse them (503/504), as in the seed's experiment 2.
 
-Latency: the kernel here has no `tc netem` (measured, see NETNS.md), so `add_latency` puts an
+Latency: the kernel here has no `tc netem` (measured, see docs/NETNS.md), so `add_latency` puts an
 iptables NFQUEUE rule in each node namespace's OUTPUT chain (node-to-node traffic only) and runs
 `raftkv.chaos.delayer` there, which releases each packet after delay +- jitter. That needs the
 `iptables` command (Debian package iptables); without it `add_latency` raises LabUnavailable.

@@ -13,7 +13,7 @@ How an answer becomes an outcome (the checker's semantics, `raftkv.check.history
     200                          ok (a read sees body["value"]; a cas swapped: True)
     404 on GET                   ok: a read of "absent"
     412 on a cas                 ok with result False (it read the current value, wrote nothing)
-    503                          fail: definitely not applied (the contract in DESIGN.md)
+    503                          fail: definitely not applied (raftkv/node/errors.py)
     504, 5xx other than 503      unknown: may or may not have been applied
     connection refused, or the   fail: the request never reached a server (true only because
       connect itself timed out       `single_send_session` turns off aiohttp's silent resend of PUTs)
