@@ -18,6 +18,7 @@ index, proposed at) waits in `_uncommitted` until a commit covers it.
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass
 from typing import Any
 
 from raftkv.core import (
@@ -44,6 +45,15 @@ __all__ = ["GroupObserver", "trace_to_json"]
 _REPORTED_PER_READY = (MessageSent, MessageReceived, EntriesAppended)
 
 
+@dataclass(frozen=True, slots=True)
+class _Proposal:
+    """A leader's proposal not yet wholly committed: entries first..last, proposed at a time."""
+
+    first: int
+    last: int
+    proposed_at: float
+
+
 def trace_to_json(event: TraceEvent) -> dict[str, Any]:
     """A trace event as the Raft event stream carries it (the dashboard's schema names the kinds)."""
     return {"type": "trace", "kind": event.kind, "term": event.term, "detail": event.details(),
@@ -55,7 +65,7 @@ class GroupObserver:
         self.node_id = node_id
         self.metrics = metrics
         self.hub = hub
-        self._uncommitted: collections.deque[tuple[int, int, float]] = collections.deque()
+        self._uncommitted: collections.deque[_Proposal] = collections.deque()
         self._heartbeat_sent: dict[str, float] = {}  # peer -> when the last unanswered heartbeat left
 
     # ---- the core -----------------------------------------------------------------------------
@@ -76,17 +86,18 @@ class GroupObserver:
     # ---- writes -------------------------------------------------------------------------------
 
     def on_proposed(self, first: int, last: int, now: float) -> None:
-        self._uncommitted.append((first, last, now))
+        self._uncommitted.append(_Proposal(first, last, now))
 
     def on_committed(self, entries: list[Entry], now: float) -> None:
         """Propose-to-commit of this leader's proposals that `entries` committed."""
         pending, last = self._uncommitted, entries[-1].index
-        while pending and pending[0][0] <= last:
-            first, end, proposed = pending.popleft()
+        while pending and pending[0].first <= last:
+            proposal = pending.popleft()
+            end = proposal.last
             if end > last:  # the rest of that proposal commits later
-                pending.appendleft((last + 1, end, proposed))
+                pending.appendleft(_Proposal(last + 1, end, proposal.proposed_at))
                 end = last
-            self.metrics.commit_seconds.observe(now - proposed, end - first + 1)
+            self.metrics.commit_seconds.observe(now - proposal.proposed_at, end - proposal.first + 1)
 
     # ---- messages -----------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from raftkv.core import Message, Ready, Snapshot
+from raftkv.core import Entry, Message, Ready, Snapshot
 from raftkv.storage import RaftStorage
 
 from .metrics import NodeMetrics
@@ -50,7 +50,7 @@ class DiskPump:
         self._metrics = metrics
         self._unsafe_skip_fsync = unsafe_skip_fsync
         self._unsynced: list[Ready] = []
-        self._written: tuple[int, int] | None = None  # (index, term) of the last entry written
+        self._written: Entry | None = None  # the last entry written
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"{node_id}-wal")
@@ -104,7 +104,7 @@ class DiskPump:
                 await loop.run_in_executor(self._thread, storage.save_snapshot, rd.snapshot)
             if rd.entries:
                 storage.append(rd.entries)
-                self._written = (rd.entries[-1].index, rd.entries[-1].term)
+                self._written = rd.entries[-1]
                 entries += len(rd.entries)
             if rd.hard_state is not None:
                 storage.set_hard_state(rd.hard_state)
@@ -121,7 +121,7 @@ class DiskPump:
             if rd.messages:
                 self._send(rd.messages)
         if must_sync and self._written is not None:
-            self._on_persisted(*self._written)
+            self._on_persisted(self._written.index, self._written.term)
 
     def _sync_now(self) -> bool:
         """Always, unless deliberately unsafe: then what is only in memory is acknowledged, and
