@@ -334,6 +334,33 @@ async def test_three_nodes_exchange_messages_in_order(net: Net) -> None:
     assert stats["peers"]["b"]["connected"] is True
 
 
+LINK_ROW_KEYS = {
+    "address", "connected", "frames_sent", "bytes_sent", "send_queue", "reconnects", "dropped_queue_full",
+    "last_error", "frames_received", "bytes_received",
+}  # fmt: skip
+OWN_ROW_KEYS = {"tcp": {"snapshot_streaming", "connect_failures", "dropped_oversize"}, "memory": {"lost"}}
+OWN_TOP_KEYS = {"tcp": {"inbound_connections"}, "memory": set()}
+
+
+async def test_stats_keep_their_shape_on_both_transports(net: Net) -> None:
+    """Both transports count through the same peer table (links.py); /raft-state, /metrics and the
+    dashboard read these keys, each transport adding only its own."""
+    await net.up("a", "b")
+    net.nodes["a"].send([hb("a", "b", 1), hb("a", "nobody", 2)])
+    await wait_for(lambda: net.got("b", "a") == [1])
+    stats = json.loads(json.dumps(net.nodes["a"].stats()))
+    assert set(stats) == {"node_id", "listen", "tls", "unknown_destination", "peers", "faults"} | OWN_TOP_KEYS[net.kind]
+    assert stats["unknown_destination"] == 1 and set(stats["peers"]) == {"b"}
+    row = stats["peers"]["b"]
+    assert set(row) == LINK_ROW_KEYS | OWN_ROW_KEYS[net.kind]
+    assert (row["frames_sent"], row["send_queue"], row["connected"], row["last_error"]) == (1, 0, True, None)
+    net.nodes["b"].remove_peer("a")  # b now only hears from a: a row without a link
+    assert not net.nodes["b"].reachable("a") and net.nodes["a"].reachable("b")
+    inbound_only = net.nodes["b"].stats()["peers"]["a"]
+    assert set(inbound_only) == {"address", "connected", "frames_received", "bytes_received"}
+    assert (inbound_only["connected"], inbound_only["frames_received"]) == (False, 1)
+
+
 async def test_reconnects_after_the_receiver_restarts(net: Net) -> None:
     await net.up("a", "b")
     net.nodes["a"].send([hb("a", "b", 0)])

@@ -2,6 +2,9 @@
 
 Theory of operation
 -------------------
+The peer table, ``send()`` and the delivery of each received message are shared with the
+in-memory twin (links.py: ``PeerLinks``); what follows is this transport's own.
+
 Outbound. Each peer has a ``_Link``: a LinkQueue (faults.py: outbound fault rules, bounded, delay
 line) and one writer task owning one TCP connection to the peer. ``send()`` never touches the
 network: it offers each message to its peer's queue and wakes the writer, which encodes every due
@@ -21,8 +24,9 @@ messages and then one chunk, so heartbeats keep flowing while a snapshot streams
 after a snapshot may overtake it; Raft tolerates reordering). Only the newest waiting snapshot is
 kept; a broken connection restarts the stream from offset 0 on the next one.
 
-Inbound. A Protocol per accepted connection feeds a codec.FrameDecoder (no await per frame), then
-the inbound fault rules apply and ``on_message`` is called. A protocol violation (bad hello,
+Inbound. A Protocol per accepted connection feeds a codec.FrameDecoder (no await per frame), which
+hands each message to the shared delivery: the inbound fault rules apply and ``on_message`` is
+called. A protocol violation (bad hello,
 oversized frame, undecodable body) closes only that connection, with a logged error.
 """
 
@@ -42,6 +46,7 @@ from typing import Any, cast
 import raftkv.transport.codec as codec
 from raftkv.core.messages import Message, SnapshotRequest
 from raftkv.transport.faults import LinkFaults, LinkQueue
+from raftkv.transport.links import Link, PeerLinks
 
 __all__ = ["TcpOptions", "TcpTransport", "make_mtls_contexts"]
 
@@ -64,11 +69,12 @@ def make_mtls_contexts(ca_file: str, cert_file: str, key_file: str) -> tuple[ssl
     return server, client
 
 
-class _Link:
+class _Link(Link):
     """Outbound state for one peer; touched only by send() and the peer's writer task."""
 
-    def __init__(self, peer_id: str, addr: Address, queue: LinkQueue) -> None:
-        self.peer_id, self.addr, self.queue = peer_id, (addr[0], addr[1]), queue
+    def __init__(self, addr: Address, queue: LinkQueue) -> None:
+        super().__init__(queue)
+        self.addr = (addr[0], addr[1])
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.watch: asyncio.Task[None] | None = None
@@ -77,27 +83,32 @@ class _Link:
         self.snapshot: codec.ChunkStream | None = None  # streaming now
         self.next_snapshot: SnapshotRequest | None = None  # newest one waiting its turn
         self.stream_id, self.up_since, self.last_uptime_s = 0, 0.0, 0.0
-        self.connects = self.connect_failures = self.frames_sent = self.bytes_sent = self.dropped_oversize = 0
-        self.last_error: str | None = None
+        self.connects = self.connect_failures = self.dropped_oversize = 0
 
     def wake(self) -> None:
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
 
-    def stats(self) -> dict[str, Any]:
+    @property
+    def connected(self) -> bool:
+        """Whether our connection to the peer is up now: a message sent while it is down waits in
+        the queue, and reaches the peer only if it comes back."""
+        return self.writer is not None
+
+    @property
+    def address(self) -> str:
+        return f"{self.addr[0]}:{self.addr[1]}"
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connects - 1)
+
+    def own_stats(self) -> dict[str, Any]:
         return {
-            "address": f"{self.addr[0]}:{self.addr[1]}",
-            "connected": self.writer is not None,
-            "frames_sent": self.frames_sent,
-            "bytes_sent": self.bytes_sent,
-            "send_queue": len(self.queue),
             "snapshot_streaming": self.snapshot is not None,
-            "reconnects": max(0, self.connects - 1),
             "connect_failures": self.connect_failures,
-            "dropped_queue_full": self.queue.dropped_full,
             "dropped_oversize": self.dropped_oversize,
-            "last_error": self.last_error,
         }
 
 
@@ -118,7 +129,7 @@ class TcpOptions:
         assert self.snapshot_chunk_bytes + 64 <= self.max_frame_bytes, "a chunk must fit in a frame"
 
 
-class TcpTransport:
+class TcpTransport(PeerLinks[_Link]):
     """Sends Raft messages to peers over TCP and hands received ones to ``on_message``."""
 
     def __init__(
@@ -132,16 +143,13 @@ class TcpTransport:
         ssl_client: ssl.SSLContext | None = None,
         options: TcpOptions | None = None,
     ) -> None:
-        self.node_id, self.faults, self.opt = node_id, faults, options or TcpOptions()
+        self.opt = options or TcpOptions()
+        super().__init__(node_id, faults, self.opt.max_queue_messages)
         self.listen_host, self.listen_port = listen_host, listen_port
         self.ssl_server, self.ssl_client = ssl_server, ssl_client
-        self._links: dict[str, _Link] = {}
         self._inbound: set[_Inbound] = set()
-        self._received: dict[str, list[int]] = {}  # peer -> [frames, bytes]
-        self._on_message: Callable[[Message], None] | None = None
         self._server: asyncio.Server | None = None
         self._jitter = random.Random()  # not faults.rng: fault decisions must stay reproducible
-        self.unknown_destination = 0
         for pid, addr in peers.items():
             self.add_peer(pid, addr)
 
@@ -177,14 +185,9 @@ class TcpTransport:
             if old.addr == (addr[0], addr[1]):
                 return
             self._stop_link(old)  # address changed: start over with a fresh connection
-        queue = LinkQueue(peer_id, self.faults, self.opt.max_queue_messages)  # clock: time.monotonic
-        link = self._links[peer_id] = _Link(peer_id, addr, queue)
+        link = self._links[peer_id] = _Link(addr, self._new_queue(peer_id))
         if self._server is not None:
             self._start_link(link)
-
-    def remove_peer(self, peer_id: str) -> None:
-        if (link := self._links.pop(peer_id, None)) is not None:
-            self._stop_link(link)
 
     def _start_link(self, link: _Link) -> None:
         link.task = asyncio.get_running_loop().create_task(self._run_link(link))
@@ -196,23 +199,7 @@ class TcpTransport:
         self._disconnect(link, None)
         link.queue.clear()
 
-    # ---- sending ------------------------------------------------------------------------------
-
-    def reachable(self, peer_id: str) -> bool:
-        """Whether our connection to the peer is up now: a message sent while it is down waits in
-        the queue, and reaches the peer only if it comes back."""
-        link = self._links.get(peer_id)
-        return link is not None and link.writer is not None
-
-    def send(self, messages: list[Message]) -> None:
-        """Queue messages for their peers; returns at once (never awaits the network)."""
-        for m in messages:
-            link = self._links.get(m.dst)
-            if link is None:
-                self.unknown_destination += 1
-                logger.debug("no such peer dst=%s type=%s", m.dst, type(m).__name__)
-            elif link.queue.offer(m):
-                link.wake()
+    # ---- sending (send() itself: links.py) ----------------------------------------------------
 
     async def _run_link(self, link: _Link) -> None:
         backoff = self.opt.backoff_min_s
@@ -345,37 +332,13 @@ class TcpTransport:
             link.snapshot = None
         return len(head) + len(piece)
 
-    # ---- receiving ----------------------------------------------------------------------------
+    # ---- receiving (delivery of each decoded message: links.py) --------------------------------
 
-    def _deliver(self, peer: str, m: Message, nbytes: int) -> None:
-        counts = self._received.setdefault(peer, [0, 0])
-        counts[0] += 1
-        counts[1] += nbytes
-        if m.dst != self.node_id:
-            logger.debug("misaddressed message dropped src=%s dst=%s", m.src, m.dst)
-        elif self.faults.should_drop_inbound(peer):
-            self.faults.record_drop(m, "inbound")
-        elif self._on_message is not None:
-            try:
-                self._on_message(m)
-            except Exception:
-                logger.exception("on_message failed for %s from %s", type(m).__name__, peer)
-
-    def stats(self) -> dict[str, Any]:
-        """Per-peer link statistics, JSON-able (for /raft-state, /metrics and the dashboard)."""
-        peers: dict[str, dict[str, Any]] = {pid: link.stats() for pid, link in self._links.items()}
-        for pid in self._received.keys() - peers.keys():  # inbound-only peers
-            peers[pid] = {"address": None, "connected": False}
-        for pid, row in peers.items():
-            row["frames_received"], row["bytes_received"] = self._received.get(pid, (0, 0))
+    def _describe(self) -> dict[str, Any]:
         return {
-            "node_id": self.node_id,
             "listen": f"{self.listen_host}:{self.listen_port}",
             "tls": self.ssl_server is not None,
             "inbound_connections": len(self._inbound),
-            "unknown_destination": self.unknown_destination,
-            "peers": peers,
-            "faults": self.faults.describe(),
         }
 
 
