@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from buggy_storage import BUGS
 
-from raftkv.core.messages import ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
+from raftkv.core.messages import ConfState, DurableState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 from raftkv.storage import (
     CorruptSnapshotError,
     CorruptWALError,
@@ -37,6 +37,7 @@ from raftkv.storage import (
     RaftStorage,
     StorageClosedError,
 )
+from raftkv.storage.base import entries_after_snapshot
 from raftkv.storage.snapshots import SnapshotStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,6 +157,20 @@ def test_installed_snapshot_discards_a_log_that_disagrees(backend: Backend, snap
     s.close()
 
 
+def test_what_a_snapshot_leaves_of_a_log_is_one_rule_for_both() -> None:
+    """Paper section 7, as both storages apply it (base.py): keep what follows the snapshot's last
+    entry if the log holds that entry, else nothing."""
+    log = ents(5, 9, term=2)
+    assert entries_after_snapshot(log, 7, 2) == ents(8, 9, term=2)  # agrees: keep what follows
+    assert entries_after_snapshot(log, 9, 2) == []  # covers it all
+    assert entries_after_snapshot(log, 7, 3) == []  # disagrees: discard the entire log
+    assert entries_after_snapshot(log, 12, 3) == []  # ahead of the log
+    assert entries_after_snapshot(log, 4, 1) == log  # right before it: the snapshot the log follows
+    assert entries_after_snapshot(log, 4, 1, term_before=1) == log
+    assert entries_after_snapshot(log, 4, 3, term_before=1) == []  # same index, another term
+    assert entries_after_snapshot([], 4, 1) == []
+
+
 def test_impossible_appends_and_snapshots_are_refused(backend: Backend) -> None:
     s = backend.open()
     s.append(ents(1, 5))
@@ -250,6 +265,26 @@ def test_memory_crash_loses_unsynced_writes_only() -> None:
     s.crash()
     st = s.load()
     assert st.entries == ents(1, 5) and st.hard_state == HardState(1, "n1", 3)
+
+
+def test_memory_storage_can_start_from_a_given_disk() -> None:
+    """How a simulator hands a server a made-up disk: it counts as synced, and its log must follow
+    its snapshot as if it had been appended to it."""
+    given = DurableState(HardState(3, "n2", 12), snap(10, 2), ents(11, 14, term=3))
+    s = MemoryStorage(given)
+    s.crash()
+    assert s.load() == given and s.stats.snapshot_index == 10
+    given.entries.clear()
+    s.load().entries.clear()  # neither the given list nor a loaded one is the storage's own
+    assert s.load().entries == ents(11, 14, term=3)
+    s.append(ents(13, 15, term=4))
+    s.sync()
+    s.crash()
+    assert s.load().entries == [*ents(11, 12, term=3), *ents(13, 15, term=4)]
+    with pytest.raises(ValueError, match="gap"):
+        MemoryStorage(DurableState(HardState(), snap(10), ents(12, 13)))
+    with pytest.raises(ValueError, match="covered by the snapshot"):
+        MemoryStorage(DurableState(HardState(), snap(10), ents(9, 13)))
 
 
 def test_memory_lying_fsync_loses_acknowledged_writes() -> None:

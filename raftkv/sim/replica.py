@@ -1,10 +1,13 @@
 """One simulated server: a Raft core, the state it has made durable, and a tiny state machine.
 
 The replica carries out a `Ready` in two halves so the simulator can put time between them:
-`persist()` copies what the Ready says into `durable` (the model of the disk), and `finish()`
-applies committed entries, advances the core and reports the write as durable (`on_persisted`);
-the caller sends `early_messages` before `persist()` and `messages` after it.
-A crash between the two halves loses the Ready entirely, which is how an unsynced write is lost.
+`persist()` writes what the Ready says to its `MemoryStorage` and syncs, and `finish()` applies
+committed entries, advances the core and reports the write as durable (`on_persisted`); the
+caller sends `early_messages` before `persist()` and `messages` after it. A crash between the two
+halves loses the Ready entirely, which is how an unsynced write is lost. The disk is the node's
+own storage twin, so the simulated servers keep their logs by the very rules a real node's
+storage follows (truncation on append, what a snapshot leaves of the log): a crash keeps the
+storage (`MemoryStorage.crash()` forgets whatever was not synced) and a restart loads from it.
 
 The state machine is a map of registers with write and compare-and-set, enough for clients whose
 histories the linearizability checker judges. Commands are canonical JSON so every replica
@@ -19,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from raftkv.core import Config, DurableState, Entry, EntryKind, Listener, RaftCore, ReadState, Ready, Snapshot
+from raftkv.core import Config, DurableState, Entry, EntryKind, Listener, RaftCore, ReadState, Ready
+from raftkv.storage.memory import MemoryStorage
 
 CoreFactory = Callable[[Config, random.Random, DurableState, Listener | None], RaftCore]
 
@@ -83,7 +87,7 @@ class Replica:
         self._core_factory = core_factory
         self._listener = listener
         self.snapshot_every = snapshot_every  # 0: never
-        self.durable = DurableState()
+        self.storage = MemoryStorage()
         self.core: RaftCore | None = None
         self.sm = RegisterMachine()
         self.start()
@@ -92,39 +96,39 @@ class Replica:
     def alive(self) -> bool:
         return self.core is not None
 
+    @property
+    def durable(self) -> DurableState:
+        """What the disk holds (a copy): everything persisted, as a restart would load it."""
+        return self.storage.load()
+
+    @durable.setter
+    def durable(self, state: DurableState) -> None:
+        """Swap in a made-up disk (a hand-written log, a wiped data directory) for the next start."""
+        self.storage = MemoryStorage(state)
+
     def start(self) -> None:
         """Boot from durable state alone, as a restarted process would."""
-        d = self.durable
-        durable_copy = DurableState(d.hard_state, d.snapshot, list(d.entries))
+        durable = self.storage.load()
         rng = random.Random(f"{self._seed}/{self.id}/{self._restarts}")
         self._restarts += 1
-        self.core = self._core_factory(self.config, rng, durable_copy, self._listener)
+        self.core = self._core_factory(self.config, rng, durable, self._listener)
         self.sm = RegisterMachine()
-        if d.snapshot is not None:
-            self.sm.restore(d.snapshot.data, d.snapshot.meta.index)
+        if durable.snapshot is not None:
+            self.sm.restore(durable.snapshot.data, durable.snapshot.meta.index)
 
     def crash(self) -> None:
         self.core = None
+        self.storage.crash()
 
     def persist(self, rd: Ready) -> None:
-        d = self.durable
+        storage = self.storage
         if rd.snapshot is not None:
-            self._persist_snapshot(rd.snapshot)
+            storage.save_snapshot(rd.snapshot)
         if rd.entries:
-            first = rd.entries[0].index
-            base = d.snapshot.meta.index if d.snapshot else 0
-            del d.entries[max(first - base - 1, 0) :]
-            d.entries.extend(e for e in rd.entries if e.index > base)
+            storage.append(rd.entries)
         if rd.hard_state is not None:
-            d.hard_state = rd.hard_state
-
-    def _persist_snapshot(self, snap: Snapshot) -> None:
-        d = self.durable
-        old_base = d.snapshot.meta.index if d.snapshot else 0
-        at = snap.meta.index - old_base - 1
-        keeps_tail = 0 <= at < len(d.entries) and d.entries[at].term == snap.meta.term
-        d.entries = d.entries[at + 1 :] if keeps_tail else []
-        d.snapshot = snap
+            storage.set_hard_state(rd.hard_state)
+        storage.sync()
 
     def finish(self, rd: Ready) -> Applied:
         assert self.core is not None
@@ -139,9 +143,9 @@ class Replica:
 
     def _maybe_snapshot(self) -> None:
         assert self.core is not None
-        base = self.durable.snapshot.meta.index if self.durable.snapshot else 0
+        base = self.storage.stats.snapshot_index
         if self.snapshot_every and self.sm.applied - base >= self.snapshot_every:
             snap = self.core.make_snapshot(self.sm.applied, self.sm.snapshot())
-            self._persist_snapshot(snap)
+            self.storage.save_snapshot(snap)
             # Keep a few entries so a briefly lagging follower still gets appends, not a snapshot.
             self.core.compact(snap, retain_entries=self.snapshot_every // 4)

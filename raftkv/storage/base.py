@@ -19,7 +19,10 @@ stands in for the log prefix it covers. `RaftStorage` is the narrow interface fo
 
 Two implementations honour the same contract: `MemoryStorage` (tests, deterministic simulation;
 it can `crash()`) and `DiskStorage` (segmented WAL plus snapshot files). The helpers below hold
-the rules both must apply identically, so the twin cannot drift from the real thing.
+the rules both must apply identically, so the twin cannot drift from the real thing: which appends
+are valid (`check_append`, `check_snapshot_order`), what survives a snapshot
+(`entries_after_snapshot`), what `load()` hands out (`loaded_state`) and the snapshot's stats
+(`StorageStats.note_snapshot`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ class StorageStats:
     wal_segments: int = 0
     snapshot_bytes: int = 0  # size of the newest snapshot (file size on disk)
     snapshot_index: int = 0
+
+    def note_snapshot(self, snapshot: Snapshot | None, nbytes: int) -> None:
+        """The storage now holds `snapshot` (None: none), taking `nbytes` where it is kept."""
+        self.snapshot_index = snapshot.meta.index if snapshot is not None else 0
+        self.snapshot_bytes = nbytes
 
 
 @runtime_checkable
@@ -115,3 +123,34 @@ def check_append(entries: list[Entry], snapshot_index: int, last_index: int) -> 
 def check_snapshot_order(snapshot: Snapshot, current_index: int) -> None:
     if snapshot.meta.index < current_index:
         raise ValueError(f"snapshot {snapshot.meta.index} is older than the current one at {current_index}")
+
+
+def entries_after_snapshot(entries: list[Entry], index: int, term: int, term_before: int | None = None) -> list[Entry]:
+    """What is left of a log once a snapshot at (index, term) stands in for its prefix.
+
+    Paper section 7: "if an existing entry has the same index and term as the snapshot's last
+    included entry, retain the entries following it; otherwise discard the entire log". A log that
+    ends before the snapshot cannot hold that entry and is discarded too. `entries` are contiguous
+    and begin at most one past the snapshot. When the snapshot's entry is the one just before them,
+    `term_before` is its term as the log knows it (the current snapshot's term), or None when what
+    precedes the entries is known to be that very snapshot (a WAL that begins right after it).
+    """
+    if not entries:
+        return []
+    at = index - entries[0].index  # where the snapshot's last entry sits; -1: just before the log
+    assert at >= -1, f"entries begin at {entries[0].index}, leaving a gap after the snapshot at {index}"
+    if at == -1:
+        return entries[:] if term_before is None or term_before == term else []
+    if at >= len(entries) or entries[at].term != term:
+        return []
+    return entries[at + 1 :]
+
+
+def loaded_state(hard_state: HardState, snapshot: Snapshot | None, entries: list[Entry]) -> DurableState:
+    """The DurableState `load()` hands out: the entries in a list of the caller's own (the storage
+    keeps writing to its copy), checked to follow the snapshot with no gap (DurableState's rule)."""
+    base = snapshot.meta.index if snapshot is not None else 0
+    assert not entries or (entries[0].index == base + 1 and entries[-1].index == base + len(entries)), (
+        f"entries {entries[0].index}..{entries[-1].index} ({len(entries)}) do not follow the snapshot at {base}"
+    )
+    return DurableState(hard_state=hard_state, snapshot=snapshot, entries=list(entries))

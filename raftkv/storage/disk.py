@@ -47,6 +47,8 @@ from raftkv.storage.base import (
     StorageStats,
     check_append,
     check_snapshot_order,
+    entries_after_snapshot,
+    loaded_state,
 )
 from raftkv.storage.snapshots import SnapshotStore
 from raftkv.storage.wal import DEFAULT_SEGMENT_BYTES, WAL, Replay, create_dirs_durably, replay
@@ -82,15 +84,13 @@ def _reconcile(snapshot: Snapshot | None, rep: Replay) -> list[Entry]:
                 f"the WAL records a snapshot at index {rep.prev_index} but the newest readable snapshot is at {s}"
             )
         return []
-    first, last = ents[0].index, ents[-1].index
+    first = ents[0].index
     if first - 1 > s:
         raise CorruptSnapshotError(
             f"the WAL begins at index {first} but the newest readable snapshot "
             f"is at {s}: entries {s + 1}..{first - 1} are nowhere"
         )
-    if s > last or (s >= first and ents[s - first].term != t):
-        return []  # the snapshot replaced (or is ahead of) the whole log
-    return ents[s - first + 1 :]
+    return entries_after_snapshot(ents, s, t)  # [] if the snapshot replaced (or is past) the whole log
 
 
 class DiskStorage:
@@ -142,7 +142,7 @@ class DiskStorage:
             self._wal.sync()
             self._loaded = self._recover(replay(self._wal.dir, repair=False))
         st = self._loaded
-        return DurableState(hard_state=st.hard_state, snapshot=st.snapshot, entries=list(st.entries))
+        return loaded_state(st.hard_state, st.snapshot, st.entries)
 
     def append(self, entries: list[Entry]) -> None:
         self._check_open()
@@ -198,8 +198,7 @@ class DiskStorage:
         self._wal.compact(index)  # step 3: reclaim space
         if self._snaps.prune():
             self._stats.fsyncs_total += 1
-        self._stats.snapshot_index = index
-        self._stats.snapshot_bytes = path.stat().st_size
+        self._stats.note_snapshot(snapshot, path.stat().st_size)
 
     def sync(self) -> None:
         self._check_open()
@@ -228,11 +227,11 @@ class DiskStorage:
 
     def _recover(self, rep: Replay) -> DurableState:
         skipped: list[str] = []
-        snapshot = None
+        snapshot, nbytes = None, 0
         for path in self._snaps.paths_newest_first():
             try:
                 snapshot = self._snaps.read(path)
-                self._stats.snapshot_bytes = path.stat().st_size
+                nbytes = path.stat().st_size
                 break
             except CorruptSnapshotError as exc:
                 log.warning("snapshot: skipping unreadable %s: %s", path, exc, extra={"file": str(path)})
@@ -247,7 +246,7 @@ class DiskStorage:
                 "snapshot: fell back to %s, the WAL still covers it",
                 f"index {snapshot.meta.index}" if snapshot else "no snapshot",
             )
-        self._stats.snapshot_index = snapshot.meta.index if snapshot else 0
+        self._stats.note_snapshot(snapshot, nbytes)
         return DurableState(hard_state=rep.hard_state, snapshot=snapshot, entries=entries)
 
     def _term_at(self, index: int) -> int | None:

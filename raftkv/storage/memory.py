@@ -10,7 +10,7 @@ pending operations onto `durable`. That costs O(batch) per sync rather than copy
 `crash()` models the process (or machine) dying: `current` is rebuilt from `durable`, so every
 write not followed by a sync is gone. A simulator calls `crash()` and then `load()` to restart
 a node with exactly what a real disk would have kept, which is how it shows that acknowledging
-before fsync loses writes.
+before fsync loses writes (sim/replica.py keeps each simulated server's disk in one).
 
 `lying_fsync` models a disk whose fsync returns without persisting (a volatile write cache):
 sync() then keeps the pending operations pending, so a later crash() loses writes the node
@@ -25,7 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from raftkv.core.messages import DurableState, Entry, HardState, Snapshot
-from raftkv.storage.base import StorageClosedError, StorageStats, check_append, check_snapshot_order
+from raftkv.storage.base import (
+    StorageClosedError,
+    StorageStats,
+    check_append,
+    check_snapshot_order,
+    entries_after_snapshot,
+    loaded_state,
+)
 
 
 @dataclass(slots=True)
@@ -43,23 +50,13 @@ class _Image:
     def last_index(self) -> int:
         return self.base + len(self.entries)
 
-    def term_at(self, index: int) -> int | None:
-        base = self.base
-        if index == base:
-            return self.snapshot.meta.term if self.snapshot else 0
-        if base < index <= base + len(self.entries):
-            return self.entries[index - base - 1].term
-        return None
-
     def append(self, entries: list[Entry]) -> None:
         del self.entries[entries[0].index - self.base - 1 :]  # Raft truncation: i replaces i..end
         self.entries.extend(entries)
 
     def install(self, snapshot: Snapshot) -> None:
-        # Paper section 7: keep the log after the snapshot only if it agrees at the snapshot index.
-        index, term = snapshot.meta.index, snapshot.meta.term
-        keep = self.term_at(index) == term
-        self.entries = self.entries[index - self.base :] if keep else []
+        before = self.snapshot.meta.term if self.snapshot else 0
+        self.entries = entries_after_snapshot(self.entries, snapshot.meta.index, snapshot.meta.term, before)
         self.snapshot = snapshot
 
     def copy(self) -> _Image:
@@ -73,14 +70,23 @@ _Op = tuple[str, object]
 class MemoryStorage:
     """RaftStorage kept in memory, with crash() to lose whatever was not synced."""
 
-    def __init__(self, *, lying_fsync: bool = False) -> None:
+    def __init__(self, initial: DurableState | None = None, *, lying_fsync: bool = False) -> None:
+        """An empty storage, or one whose disk already holds `initial` (synced, as after a clean
+        shutdown): a simulator hands a server a made-up disk this way."""
         self.lying_fsync = lying_fsync
-        self._current = _Image()
+        self._stats = StorageStats()
         self._durable = _Image()
+        if initial is not None:
+            snap = initial.snapshot
+            self._durable = _Image(initial.hard_state, snap, [])
+            if initial.entries:  # they must follow the snapshot, as if appended to it
+                check_append(initial.entries, self._durable.base, self._durable.base)
+                self._durable.entries = list(initial.entries)
+            self._stats.note_snapshot(snap, len(snap.data) if snap else 0)
+        self._current = self._durable.copy()
         self._pending: list[_Op] = []
         self._pending_bytes = 0
         self._closed = False
-        self._stats = StorageStats()
 
     @property
     def stats(self) -> StorageStats:
@@ -89,7 +95,7 @@ class MemoryStorage:
     def load(self) -> DurableState:
         self._check_open()
         cur = self._current
-        return DurableState(hard_state=cur.hard_state, snapshot=cur.snapshot, entries=list(cur.entries))
+        return loaded_state(cur.hard_state, cur.snapshot, cur.entries)
 
     def append(self, entries: list[Entry]) -> None:
         self._check_open()
@@ -113,8 +119,7 @@ class MemoryStorage:
         self._pending.append(("s", snapshot))
         self._pending_bytes += len(snapshot.data)
         self.sync()  # durable on return, like the disk version (which syncs the WAL marker)
-        self._stats.snapshot_index = snapshot.meta.index
-        self._stats.snapshot_bytes = len(snapshot.data)
+        self._stats.note_snapshot(snapshot, len(snapshot.data))
 
     def sync(self) -> None:
         self._check_open()
@@ -149,8 +154,7 @@ class MemoryStorage:
         self._pending_bytes = 0
         self._current = self._durable.copy()
         snap = self._current.snapshot
-        self._stats.snapshot_index = snap.meta.index if snap else 0
-        self._stats.snapshot_bytes = len(snap.data) if snap else 0
+        self._stats.note_snapshot(snap, len(snap.data) if snap else 0)
         self._closed = False
 
     def close(self) -> None:
