@@ -25,7 +25,8 @@ were never sent. Snapshots are taken by snapshots.py without stalling the loop.
 
 The group knows nothing of HTTP or sockets: it is given its storage and its transport (real or
 in-memory), and it reads time from its event loop, so a loop with a virtual clock drives it
-deterministically.
+deterministically (given an `executor` that runs the disk's blocking work on that loop too, and a
+seeded `rng`). `halt()` drops a group the way kill -9 drops a process, for simulated crashes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from raftkv.core import Config, Entry, EntryKind, Message, ProposalDroppedError, RaftCore, Ready, Role
@@ -63,7 +65,8 @@ DEADLINE_SWEEP_S = 0.05
 
 class RaftGroup:
     def __init__(self, cfg: NodeConfig, storage: RaftStorage, transport: Transport, kv: KVStateMachine,
-                 metrics: NodeMetrics, observer: GroupObserver, rng: random.Random | None = None) -> None:
+                 metrics: NodeMetrics, observer: GroupObserver, rng: random.Random | None = None,
+                 *, executor: Executor | None = None) -> None:
         self.cfg = cfg
         self.id = cfg.node_id
         self.kv = kv
@@ -81,9 +84,10 @@ class RaftGroup:
         self.proposals = ProposalTracker(self.id, cfg.proposal_timeout_s, metrics)
         self.reads = ReadTracker(self.id, cfg.read_timeout_s)
         self.pump = DiskPump(self.id, storage, self._send, self._on_persisted,
-                             lambda: self.core.role is Role.LEADER, metrics, unsafe_skip_fsync=cfg.unsafe_skip_fsync)
+                             lambda: self.core.role is Role.LEADER, metrics, unsafe_skip_fsync=cfg.unsafe_skip_fsync,
+                             executor=executor)
         self.snapshots = Snapshotter(cfg, self.core, kv, self.pump, metrics,
-                                     durable.snapshot.meta.index if durable.snapshot else 0)
+                                     durable.snapshot.meta.index if durable.snapshot else 0, executor=executor)
         self._now: Callable[[], float] = time.monotonic  # the running loop's clock once started
         self._wake = asyncio.Event()
         self._ticks = 0
@@ -112,6 +116,17 @@ class RaftGroup:
         await self.snapshots.stop()
         await self.pump.close()
         fail(self.proposals.answers() + self.reads.answers(), OutcomeUnknownError("the node is shutting down"))
+
+    async def halt(self) -> None:
+        """Die as kill -9 does: every task stops where it is, before any of them runs again, and
+        nothing more is written or sent; what the storage had not synced is the storage's to lose.
+        Clients still waiting learn nothing (504), as when their connection resets."""
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+        await self.snapshots.stop()  # cancels its task before it first awaits
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        fail(self.proposals.answers() + self.reads.answers(), OutcomeUnknownError("the node crashed"))
 
     # ================================================================ what clients call =========
 

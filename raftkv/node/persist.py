@@ -19,7 +19,9 @@ Where the fsync runs is the caller's choice (`sync_off_loop`): a leader fsyncs o
 heartbeats never wait for its disk; a follower fsyncs on the loop, since its acknowledgements wait
 for the fsync anyway and the hand-off to a thread costs about 85 us of wake-ups (bench/PROFILE.md).
 The storage takes one caller at a time: snapshots written by the group go through `save_snapshot`,
-under the same lock.
+under the same lock. The disk thread is the pump's own unless the caller gives an executor (a
+simulation on a virtual clock gives one that runs the work on its loop, so runs replay exactly);
+an executor given stays its owner's, and the pump never shuts it down.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 from raftkv.core import Entry, Message, Ready, Snapshot
 from raftkv.storage import RaftStorage
@@ -42,7 +44,7 @@ UNSAFE_SYNC_EVERY_S = 1.0
 class DiskPump:
     def __init__(self, node_id: str, storage: RaftStorage, send: Callable[[list[Message]], None],
                  on_persisted: Callable[[int, int], None], sync_off_loop: Callable[[], bool], metrics: NodeMetrics,
-                 *, unsafe_skip_fsync: bool = False) -> None:
+                 *, unsafe_skip_fsync: bool = False, executor: Executor | None = None) -> None:
         self.storage = storage
         self._send = send
         self._on_persisted = on_persisted
@@ -53,7 +55,8 @@ class DiskPump:
         self._written: Entry | None = None  # the last entry written
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"{node_id}-wal")
+        self._own_thread = executor is None
+        self._thread = executor or ThreadPoolExecutor(1, thread_name_prefix=f"{node_id}-wal")
         self._last_unsafe_sync = time.monotonic()
 
     def hand(self, rd: Ready) -> None:
@@ -91,7 +94,8 @@ class DiskPump:
         await loop.run_in_executor(self._thread, lambda: None)
         await self.flush()
         await loop.run_in_executor(self._thread, self.storage.close)
-        self._thread.shutdown(wait=True)
+        if self._own_thread:
+            self._thread.shutdown(wait=True)
 
     async def _write_batch(self) -> None:
         batch, self._unsynced = self._unsynced, []

@@ -9,6 +9,7 @@ frozen on the loop (a shallow copy, `snapshot_later`) and encoded in a worker th
 keys take seconds to encode, far longer than an election timeout. The snapshot is then written
 through the disk pump (one storage caller at a time) and the core compacts its log, keeping
 `snapshot_retain_entries` so a briefly lagging follower still gets appends, not a snapshot.
+The encoder thread is the snapshotter's own unless the caller gives an executor (see persist.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 from raftkv.core import RaftCore
 from raftkv.kv import KVStateMachine
@@ -32,10 +33,11 @@ log = logging.getLogger("raftkv.node")
 
 class Snapshotter:
     def __init__(self, cfg: NodeConfig, core: RaftCore, kv: KVStateMachine, pump: DiskPump, metrics: NodeMetrics,
-                 snapshot_index: int) -> None:
+                 snapshot_index: int, *, executor: Executor | None = None) -> None:
         self.cfg, self.core, self.kv, self.pump, self.metrics = cfg, core, kv, pump, metrics
         self.snapshot_index = snapshot_index  # of the newest snapshot taken or installed
-        self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"{cfg.node_id}-snap")
+        self._own_encoder = executor is None
+        self._encoder = executor or ThreadPoolExecutor(1, thread_name_prefix=f"{cfg.node_id}-snap")
         self._task: asyncio.Task | None = None
 
     def maybe_start(self) -> None:
@@ -53,7 +55,8 @@ class Snapshotter:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._encoder.shutdown(wait=False, cancel_futures=True)
+        if self._own_encoder:
+            self._encoder.shutdown(wait=False, cancel_futures=True)
 
     async def _take(self) -> None:
         try:
