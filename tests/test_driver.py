@@ -228,3 +228,21 @@ async def test_health_says_unavailable_with_the_reason_while_no_leader_is_known(
     health = StatusReporter(group, group.metrics, {"n2": "", "n3": ""}).health()
     assert health["hasLeader"] is False and health["status"] == "unavailable"
     assert health["reason"] == "no leader is known"
+
+
+async def test_a_group_whose_disk_fails_says_so_instead_of_looking_alive(
+        cluster: InProcessCluster, caplog: pytest.LogCaptureFixture) -> None:
+    """A disk pump that dies would leave a node sending heartbeats while persisting nothing: the
+    group reports its death (a node process then exits) and logs why."""
+    leader = await cluster.leader()
+
+    def broken_sync() -> None:
+        raise OSError(5, "Input/output error")
+
+    leader.pump.storage.sync = broken_sync  # type: ignore[method-assign]
+    write = asyncio.ensure_future(leader.propose(Put("doomed", 1)))  # the followers may still commit it
+    assert leader.failed is not None
+    exc = await asyncio.wait_for(asyncio.shield(leader.failed), 5)
+    assert isinstance(exc, OSError) and "cannot go on" in caplog.text
+    await leader.stop()  # a failed group halts: it writes nothing more
+    await asyncio.gather(write, return_exceptions=True)

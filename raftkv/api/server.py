@@ -62,12 +62,16 @@ async def serve(cfg: NodeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    failed = node.group.failed
+    assert failed is not None
     try:
-        await stop.wait()
+        await asyncio.wait([asyncio.ensure_future(stop.wait()), failed], return_when=asyncio.FIRST_COMPLETED)
     finally:
         log.info("shutting down node=%s", cfg.node_id)
         await runner.cleanup()
-        await node.stop()
+        await node.stop()  # a failed group only halts: nothing more is written
+    if failed.done():
+        raise SystemExit(f"node {cfg.node_id} stopped: {failed.result()!r} (see the log above)")
 
 
 def run(cfg: NodeConfig) -> None:

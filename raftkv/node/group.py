@@ -89,6 +89,7 @@ class RaftGroup:
         self.snapshots = Snapshotter(cfg, self.core, kv, self.pump, metrics,
                                      durable.snapshot.meta.index if durable.snapshot else 0, executor=executor)
         self._now: Callable[[], float] = time.monotonic  # the running loop's clock once started
+        self.failed: asyncio.Future[BaseException] | None = None  # set to what killed the group
         self._wake = asyncio.Event()
         self._ticks = 0
         self._inbox: list[Message] = []
@@ -103,11 +104,28 @@ class RaftGroup:
         loop = asyncio.get_running_loop()
         self._now = loop.time
         self._running = True
+        self.failed = loop.create_future()
         self._tasks = [loop.create_task(self._loop()), loop.create_task(self.pump.run(self.snapshots.maybe_start)),
                        loop.create_task(self._ticker()), loop.create_task(self._sweep_deadlines())]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        """A task of the group died of an exception (a disk that cannot be written, a bug): the
+        group cannot go on safely, and must not look alive while it persists nothing. `failed`
+        tells whoever runs it (a node process exits)."""
+        if task.cancelled() or task.exception() is None or self.failed.done():
+            return
+        log.critical("node %s cannot go on: its %s task failed", self.id, task.get_coro().__qualname__,
+                     exc_info=task.exception())
+        self.failed.set_result(task.exception())
 
     async def stop(self) -> None:
-        """Graceful: write out what was handed to the disk, then fail what still waits (504)."""
+        """Graceful: write out what was handed to the disk, then fail what still waits (504). A
+        group that failed only halts: its disk is not to be trusted with more."""
+        if self.failed is not None and self.failed.done():
+            await self.halt()
+            return
         self._running = False
         for task in self._tasks:
             task.cancel()
@@ -201,12 +219,8 @@ class RaftGroup:
         while self._running:
             await self._wake.wait()
             self._wake.clear()
-            try:
-                self._feed_core()
-                self._hand_out_readies()
-            except Exception:
-                log.exception("node loop failed id=%s; stopping the node", self.id)
-                raise
+            self._feed_core()
+            self._hand_out_readies()
 
     def _feed_core(self) -> None:
         core, now = self.core, self._now()

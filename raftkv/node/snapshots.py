@@ -63,6 +63,8 @@ class Snapshotter:
             started = time.perf_counter()
             applied = self.kv.applied_index
             data = await asyncio.get_running_loop().run_in_executor(self._encoder, self.kv.snapshot_later())
+            if self.snapshot_index >= applied:
+                return  # a snapshot from the leader was installed meanwhile: it covers this one
             snapshot = self.core.make_snapshot(applied, data)
             await self.pump.save_snapshot(snapshot)
             self.core.compact(snapshot, retain_entries=self.cfg.snapshot_retain_entries)
