@@ -37,8 +37,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import multiprocessing
-import os
 import random
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -59,6 +57,7 @@ from .driver_safety import ClusterSafety, SafetyObserver
 from .invariants import InvariantViolation
 from .latency import LatencyTransport
 from .persist_before_send import DiskLedger, PromiseCheckingTransport, RecordingStorage
+from .runner import map_seeds
 from .simulation import LivenessViolation
 from .virtual_loop import LoopExecutor, VirtualClockStalled, run_virtual
 
@@ -500,10 +499,4 @@ def _run_quietly(job: tuple[int, DriverSimConfig]) -> DriverSimResult:
 def run_driver_seeds(seeds: Iterable[int], cfg: DriverSimConfig,
                      workers: int | None = None) -> Iterator[DriverSimResult]:
     """Each seed in its own run, spread over worker processes (one per core by default)."""
-    jobs = [(seed, cfg) for seed in seeds]
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    if workers <= 1:
-        yield from map(_run_quietly, jobs)
-        return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        yield from pool.imap_unordered(_run_quietly, jobs, chunksize=2)
+    yield from map_seeds(_run_quietly, [(seed, cfg) for seed in seeds], workers, 2)

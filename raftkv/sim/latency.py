@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import Callable
-from typing import Any
 
 from raftkv.core import Message
-from raftkv.transport import Transport
+from raftkv.transport import Transport, TransportWrapper
 
 __all__ = ["LatencyTransport"]
 
@@ -26,18 +24,15 @@ __all__ = ["LatencyTransport"]
 _LINK_ORDER_S = 1e-9
 
 
-class LatencyTransport:
+class LatencyTransport(TransportWrapper):
     def __init__(self, inner: Transport, rng: random.Random, min_s: float, max_s: float) -> None:
         assert 0 <= min_s <= max_s
-        self.inner = inner
+        super().__init__(inner)
         self._rng = rng
         self._min_s, self._max_s = min_s, max_s
         self._last_due: dict[str, float] = {}
         self._in_flight: dict[int, asyncio.TimerHandle] = {}
         self._tokens = itertools.count()
-
-    async def start(self, on_message: Callable[[Message], None]) -> None:
-        await self.inner.start(on_message)
 
     def send(self, messages: list[Message]) -> None:
         if self._max_s == 0:
@@ -58,20 +53,8 @@ class LatencyTransport:
         del self._in_flight[token]
         self.inner.send(batch)
 
-    def reachable(self, peer_id: str) -> bool:
-        return self.inner.reachable(peer_id)
-
-    def add_peer(self, peer_id: str, addr: Any) -> None:
-        self.inner.add_peer(peer_id, addr)
-
-    def remove_peer(self, peer_id: str) -> None:
-        self.inner.remove_peer(peer_id)
-
     async def close(self) -> None:
         for handle in self._in_flight.values():
             handle.cancel()
         self._in_flight.clear()
         await self.inner.close()
-
-    def stats(self) -> dict[str, Any]:
-        return self.inner.stats()

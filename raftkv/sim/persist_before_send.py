@@ -30,7 +30,6 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from raftkv.core import (
     AppendResponse,
@@ -45,7 +44,7 @@ from raftkv.core import (
     VoteResponse,
 )
 from raftkv.storage import RaftStorage, StorageStats
-from raftkv.transport import Transport
+from raftkv.transport import Transport, TransportWrapper
 
 __all__ = ["DiskLedger", "PromiseCheckingTransport", "RecordingStorage"]
 
@@ -224,12 +223,12 @@ class RecordingStorage:
         self.inner.close()
 
 
-class PromiseCheckingTransport:
+class PromiseCheckingTransport(TransportWrapper):
     """A Transport that checks, as each message leaves, that the sender's disk backs what it vouches
     for, and reports each broken promise to `report` (the message still leaves: the run decides)."""
 
     def __init__(self, inner: Transport, ledger: DiskLedger, report: Callable[[str], None]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.ledger = ledger
         self._report = report
         self._core: RaftCore | None = None
@@ -246,27 +245,9 @@ class PromiseCheckingTransport:
         except CompactedError:
             return None
 
-    async def start(self, on_message: Callable[[Message], None]) -> None:
-        await self.inner.start(on_message)
-
     def send(self, messages: list[Message]) -> None:
         for m in messages:
             broken = self.ledger.broken_promise(m, self._log_term)
             if broken is not None:
                 self._report(broken)
         self.inner.send(messages)
-
-    def reachable(self, peer_id: str) -> bool:
-        return self.inner.reachable(peer_id)
-
-    def add_peer(self, peer_id: str, addr: Any) -> None:
-        self.inner.add_peer(peer_id, addr)
-
-    def remove_peer(self, peer_id: str) -> None:
-        self.inner.remove_peer(peer_id)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def stats(self) -> dict[str, Any]:
-        return self.inner.stats()

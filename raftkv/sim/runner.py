@@ -11,11 +11,14 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from raftkv.core import RaftCore
 
 from .replica import CoreFactory
 from .simulation import SimConfig, SimResult, run_seed
+
+Result = TypeVar("Result")
 
 
 def _run(job: tuple[int, SimConfig, CoreFactory]) -> SimResult:
@@ -26,19 +29,24 @@ def _run(job: tuple[int, SimConfig, CoreFactory]) -> SimResult:
     return result
 
 
+def map_seeds(run: Callable[[Any], Result], jobs: list[Any], workers: int | None, chunksize: int) -> Iterator[Result]:
+    """`run` over `jobs`, spread over worker processes (one per core by default), results in
+    completion order: seeds are independent, and each result is small."""
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    if workers <= 1:
+        yield from map(run, jobs)
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap_unordered(run, jobs, chunksize=chunksize)
+
+
 def run_many(
     seeds: Iterable[int],
     configs: Iterable[SimConfig],
     core_factory: CoreFactory = RaftCore,
     workers: int | None = None,
 ) -> Iterator[SimResult]:
-    jobs = [(seed, cfg, core_factory) for seed in seeds for cfg in configs]
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    if workers <= 1:
-        yield from map(_run, jobs)
-        return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        yield from pool.imap_unordered(_run, jobs, chunksize=8)
+    yield from map_seeds(_run, [(seed, cfg, core_factory) for seed in seeds for cfg in configs], workers, 8)
 
 
 @dataclass

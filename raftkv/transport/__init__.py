@@ -7,7 +7,7 @@ its in-process twin `MemoryTransport` share one interface: ``await start(on_mess
 Both consult a `LinkFaults` on every message, so a simulated partition looks like a cut wire.
 """
 
-from raftkv.transport.base import Transport
+from raftkv.transport.base import Transport, TransportWrapper
 from raftkv.transport.codec import CodecError, decode, encode
 from raftkv.transport.faults import ALL_PEERS, Direction, LinkFaults
 from raftkv.transport.memory import MemoryNetwork, MemoryTransport
@@ -23,6 +23,7 @@ __all__ = [
     "TcpOptions",
     "TcpTransport",
     "Transport",
+    "TransportWrapper",
     "decode",
     "encode",
     "make_mtls_contexts",

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from raftkv.core import Message
 
-__all__ = ["Transport"]
+__all__ = ["Transport", "TransportWrapper"]
 
 
 class Transport(Protocol):
@@ -32,3 +32,32 @@ class Transport(Protocol):
 
     def stats(self) -> dict[str, Any]:
         """Per-peer counters and state, JSON-able, for /raft-state."""
+
+
+class TransportWrapper:
+    """A Transport that hands everything to `inner`: a base for wrappers that change one thing
+    (when messages arrive, what is checked as they leave) and pass the rest through."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+
+    async def start(self, on_message: Callable[[Message], None]) -> None:
+        await self.inner.start(on_message)
+
+    def send(self, messages: list[Message]) -> None:
+        self.inner.send(messages)
+
+    def reachable(self, peer_id: str) -> bool:
+        return self.inner.reachable(peer_id)
+
+    def add_peer(self, peer_id: str, addr: Any) -> None:
+        self.inner.add_peer(peer_id, addr)
+
+    def remove_peer(self, peer_id: str) -> None:
+        self.inner.remove_peer(peer_id)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def stats(self) -> dict[str, Any]:
+        return self.inner.stats()
