@@ -412,8 +412,11 @@ def test_conf_change_round_trips(kind, node):
     assert ConfChange.decode(change.encode()) == change
 
 
-def test_conf_change_encoding_is_stable():
-    assert ConfChange(ConfChangeKind.ADD_LEARNER, "n4").encode() == b"add_learner:n4"
+def test_conf_change_encoding_is_stable_and_reads_the_old_form():
+    change = ConfChange(ConfChangeKind.ADD_LEARNER, "n4", b"member details")
+    assert change.encode() == b"\x93\xabadd_learner\xa2n4\xc4\x0emember details"
+    assert ConfChange.decode(change.encode()) == change
+    assert ConfChange.decode(b"add_learner:n4") == ConfChange(ConfChangeKind.ADD_LEARNER, "n4")  # logged before
 
 
 @pytest.mark.parametrize(

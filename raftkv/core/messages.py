@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
+import msgpack
+
 
 class Role(Enum):
     FOLLOWER = "follower"
@@ -62,16 +64,24 @@ class ConfChangeKind(Enum):
 
 @dataclass(frozen=True, slots=True)
 class ConfChange:
+    """One membership change. `context` is opaque to the core and travels in the entry (etcd's
+    ConfChange.Context): the node layer puts the member's name and addresses there, so that every
+    replica learns them from the log itself."""
+
     kind: ConfChangeKind
     node_id: str
+    context: bytes = b""
 
     def encode(self) -> bytes:
-        return f"{self.kind.value}:{self.node_id}".encode()
+        return msgpack.packb([self.kind.value, self.node_id, self.context])
 
     @classmethod
     def decode(cls, data: bytes) -> ConfChange:
-        kind, _, node_id = data.decode().partition(":")
-        return cls(ConfChangeKind(kind), node_id)
+        if data[:1] != b"\x93":  # written before changes carried a context: "kind:node_id"
+            kind, _, node_id = data.decode().partition(":")
+            return cls(ConfChangeKind(kind), node_id)
+        kind, node_id, context = msgpack.unpackb(data)
+        return cls(ConfChangeKind(kind), node_id, context)
 
     def apply_to(self, conf: ConfState) -> ConfState:
         voters = [v for v in conf.voters if v != self.node_id]
