@@ -17,7 +17,7 @@ from raftkv import promtext
 from raftkv.chaos.cli_command import chaos as chaos_command
 from raftkv.client import Client, ClusterUnreachableError, endpoint_url, parse_endpoints
 from raftkv.dashboard.cli_command import dashboard as dashboard_command
-from raftkv.node.config import ConfigError, NodeConfig, load_toml, parse_cluster
+from raftkv.node.config import ConfigError, NodeConfig, load_toml
 from raftkv.ports import (
     OPEN_TO_NETWORK,
     WILDCARD_HOSTS,
@@ -51,15 +51,17 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-@click.option("--id", "node_id", help="This node's id (one of the members).")
-@click.option("--cluster", help="Members: id@host:http_port:raft_port,... (or use --config).")
+@click.option("--id", "node_id", help="A founding member's id (one of --cluster's).")
+@click.option("--cluster", help="The founding members: id@host:http_port:raft_port,... (or use --config).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: data/<id>.")
-@click.option(
-    "--listen-client-host",
-    help="Address the client HTTP API listens on (default: this member's host), e.g. 0.0.0.0 for every "
-    "interface; peers still use the member's address.",
-)
+@click.option("--join", "join_url", help="Join the live cluster at this client URL (with --name and --advertise-*).")
+@click.option("--name", help="With --join: this member's name (its id is given by the cluster).")
+@click.option("--advertise-client", help="With --join: the client URL others reach this node at (http://host:port).")
+@click.option("--advertise-peer", help="With --join: the host:port peers reach this node's Raft port at.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: data/<id or name>.")
+@click.option("--listen-client", help="Bind the client API here (host or host:port; default: the advertised one), "
+              "e.g. 0.0.0.0 behind NAT or in a container.")
+@click.option("--listen-peer", help="Bind the Raft port here (host or host:port; default: the advertised one).")
 @click.option("--tick-ms", type=click.IntRange(1, 1000), default=None, help="Length of one Raft tick.")
 @click.option("--snapshot-every", type=click.IntRange(0), default=None, help="Applied entries between snapshots.")
 @click.option("--snapshot-retain", type=click.IntRange(0), default=None, help="Entries kept after a snapshot.")
@@ -70,29 +72,21 @@ def main(verbose: bool) -> None:
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: key.")
 @click.option("--unsafe-skip-fsync", is_flag=True, hidden=True, help="Testing only: acknowledge before fsync.")
 @click.option("--unsafe-stale-reads", is_flag=True, hidden=True, help="Testing only: followers skip ReadIndex.")
-def node(
-    node_id: str | None,
-    cluster: str | None,
-    config_file: Path | None,
-    data_dir: Path | None,
-    listen_client_host: str | None,
-    tick_ms: int | None,
-    snapshot_every: int | None,
-    snapshot_retain: int | None,
-    no_leader_hold_ms: int | None,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    unsafe_skip_fsync: bool,
-    unsafe_stale_reads: bool,
-) -> None:
-    """Run one node (one per host in a real cluster)."""
+def node(node_id: str | None, cluster: str | None, config_file: Path | None, join_url: str | None, name: str | None,
+         advertise_client: str | None, advertise_peer: str | None, data_dir: Path | None, listen_client: str | None,
+         listen_peer: str | None, tick_ms: int | None, snapshot_every: int | None, snapshot_retain: int | None,
+         no_leader_hold_ms: int | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
+         unsafe_skip_fsync: bool, unsafe_stale_reads: bool) -> None:
+    """Run one node (one per host in a real cluster): a founding member (--id, --cluster), or a new
+    member joining a live cluster (--join, --name, --advertise-client, --advertise-peer)."""
     from raftkv.api.server import run
+    from raftkv.node.startup import claim_data_dir, founding_config, joining_config
 
-    overrides: dict[str, Any] = {
+    options: dict[str, Any] = {
         k: v
         for k, v in {
-            "listen_client_host": listen_client_host,
+            "listen_client": listen_client,
+            "listen_peer": listen_peer,
             "tick_ms": tick_ms,
             "snapshot_every": snapshot_every,
             "snapshot_retain_entries": snapshot_retain,
@@ -108,30 +102,38 @@ def node(
     try:
         if config_file is not None:
             cfg = load_toml(config_file, node_id)
-            if data_dir is not None or overrides:
-                cfg = NodeConfig(**{**cfg.__dict__, **overrides, **({"data_dir": data_dir} if data_dir else {})})
+            if data_dir is not None or options:
+                cfg = NodeConfig(**{**cfg.__dict__, **options, **({"data_dir": data_dir} if data_dir else {})})
+        elif join_url:
+            if not (name and advertise_client and advertise_peer) or cluster or node_id:
+                raise ConfigError("--join takes --name, --advertise-client and --advertise-peer (not --id or "
+                                  "--cluster: the cluster gives the id)")
+            cfg = asyncio.run(joining_config(name, join_url, advertise_client, advertise_peer,
+                                             data_dir or Path("data") / name, _check_ports, **options))
         elif cluster and node_id:
-            cfg = NodeConfig(
-                node_id=node_id,
-                data_dir=data_dir or Path("data") / node_id,
-                members=parse_cluster(cluster),
-                **overrides,
-            )
+            cfg = founding_config(node_id, cluster, data_dir or Path("data") / node_id, **options)
         else:
-            raise ConfigError("give --id and --cluster, or --config")
+            raise ConfigError("give --id and --cluster (a founding member), --join (a new member), or --config")
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     from raftkv.storage import DataDirLockedError
 
     try:
-        check_listeners(node_listeners(cfg.me, cfg.listen_client_host))
+        _check_ports(cfg)
+        claim_data_dir(cfg)
         run(cfg)
-    except PortUnavailableError as e:
-        raise click.ClickException(f"{e}; {cfg.node_id} not started") from None
     except DataDirLockedError as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot start {cfg.node_id}: {e}") from None
+
+
+def _check_ports(cfg: NodeConfig) -> None:
+    """Before anything is started or written: the node's two ports must be free."""
+    try:
+        check_listeners(node_listeners(cfg))
+    except PortUnavailableError as e:
+        raise click.ClickException(f"{e}; {cfg.node_id} not started") from None
 
 
 @main.command()
@@ -161,15 +163,15 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, dashboard_port: in
     everywhere = host in WILDCARD_HOSTS
     local_host = "127.0.0.1" if everywhere else host
     members = local_members(nodes, local_host, http_port, raft_port)
-    listen_client_host = host if everywhere else None
+    listen_client = host if everywhere else None
+    configs = [NodeConfig(node_id=m.id, data_dir=data_dir / m.id, members={n.id: n for n in members},
+                          listen_client=listen_client) for m in members]
     try:
-        check_listeners([
-            *(listener for m in members for listener in node_listeners(m, listen_client_host)),
-            Listener(host, dashboard_port, "the dashboard"),
-        ])
+        check_listeners([*(listener for cfg in configs for listener in node_listeners(cfg)),
+                         Listener(host, dashboard_port, "the dashboard")])
     except PortUnavailableError as e:
         raise click.ClickException(f"{e}; nothing was started") from None
-    node_args = ["--listen-client-host", listen_client_host] if listen_client_host else []
+    node_args = ["--listen-client", listen_client] if listen_client else []
     supervisor = Supervisor(members, data_dir, node_args, on_event=click.echo)
     supervisor.start_all()
     supervisor.watch_exits()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from raftkv.node.config import Member
+from raftkv.node.config import NodeConfig
 
 MAX_COMMAND_CHARS = 80
 
@@ -40,12 +40,11 @@ class Listener:
     purpose: str  # what will listen there, in words: "node2's client port"
 
 
-def node_listeners(member: Member, listen_client_host: str | None = None) -> list[Listener]:
+def node_listeners(cfg: NodeConfig) -> list[Listener]:
     """The two addresses a node listens on: its client HTTP port and its peer (Raft) port."""
-    return [
-        Listener(listen_client_host or member.host, member.http_port, f"{member.id}'s client port"),
-        Listener(member.host, member.raft_port, f"{member.id}'s peer port"),
-    ]
+    name = cfg.me.display_name
+    return [Listener(*cfg.client_listen_address(), f"{name}'s client port"),
+            Listener(*cfg.peer_listen_address(), f"{name}'s peer port")]
 
 
 def check_listeners(listeners: Iterable[Listener]) -> None:

@@ -31,7 +31,7 @@ from yarl import URL
 from raftkv.api import create_app, openapi_document
 from raftkv.kv import Command, KVStateMachine, encode
 from raftkv.node import FORWARDED_TO
-from raftkv.node.errors import NoLeaderError, NotAppliedError, OutcomeUnknownError
+from raftkv.node.errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError
 
 SMALL = {"max_body_bytes": 64 * 1024, "max_key_bytes": 64, "max_value_bytes": 1024}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -131,6 +131,21 @@ class FakeNode:
     def record_request(self, route: str, method: str, status: int, seconds: float) -> None:
         assert seconds >= 0
         self.requests.append((route, method, status))
+
+    def members_view(self) -> dict:
+        return {"members": [{"id": self.id, "name": self.id, "clientURL": self.url, "peerURL": "h:1", "role": "voter",
+                             "isLeader": True}], "leader": self.leader, "removedIDs": []}
+
+    async def add_member(self, name: str, client_url: str, peer_url: str, learner: bool = True) -> dict:
+        member = {"id": f"{name}-1", "name": name, "clientURL": client_url, "peerURL": peer_url,
+                  "role": "learner" if learner else "voter", "isLeader": False}
+        return {"member": member, "members": [*self.members_view()["members"], member]}
+
+    async def promote_member(self, member_id: str) -> dict:
+        raise MembershipRefused("not_caught_up", f"learner {member_id} is not in sync", lagEntries=500)
+
+    async def remove_member(self, member_id: str) -> dict:
+        raise MembershipRefused("unknown", f"no member {member_id!r}")
 
 
 def assert_documented(requests: list[tuple[str, str, int]]) -> None:
@@ -795,7 +810,7 @@ def test_openapi_refs_resolve_and_statuses_are_complete() -> None:
         for method, op in ops.items():
             assert "500" in op["responses"] and op["summary"], (path, method)
             path_params = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
-            assert path_params == {"key"} if "{key}" in path else not path_params
+            assert path_params == {name for name in ("key", "id") if f"{{{name}}}" in path}, (path, method)
 
 
 async def test_openapi_is_served(api: tuple[FakeNode, TestClient]) -> None:
@@ -814,3 +829,20 @@ def test_head_is_served_exactly_where_get_is_but_on_the_websocket() -> None:
         methods.setdefault(resource.canonical, set()).update(route.method for route in resource)
     assert {path for path, m in methods.items() if "HEAD" in m} == {
         path for path, m in methods.items() if "GET" in m} - {"/raft/events"}
+
+
+async def test_membership_routes_answer_and_refuse_in_json(api: tuple[FakeNode, TestClient]) -> None:
+    """The routes' shapes and refusals (the real changes run on real clusters in test_members.py)."""
+    _, client = api
+    assert (await call(client, "GET", "/members"))[1]["members"][0]["role"] == "voter"
+    status, body, _ = await call(client, "POST", "/members", {"name": "node4", "clientURL": "http://h:3003",
+                                                              "peerURL": "h:4003"})
+    assert status == 200 and body["member"]["role"] == "learner"
+    for bad in ({"name": "node4"}, {"name": 4, "clientURL": "x", "peerURL": "y"}, [1],
+                {"name": "n", "clientURL": "x", "peerURL": "y", "learner": "yes"},
+                {"name": "n", "clientURL": "x", "peerURL": "y", "extra": 1}):
+        assert (await call(client, "POST", "/members", bad))[0] == 400, bad
+    status, body, _ = await call(client, "POST", "/members/node4-1/promote")
+    assert status == 409 and body["reason"] == "not_caught_up" and body["lagEntries"] == 500
+    status, body, _ = await call(client, "DELETE", "/members/nobody")
+    assert status == 404 and body["reason"] == "unknown"

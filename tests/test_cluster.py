@@ -304,21 +304,14 @@ def test_a_corrupt_record_in_the_middle_stops_the_node_with_file_and_offset(clus
 def test_a_second_node_on_the_same_data_directory_is_refused(cluster: LocalCluster) -> None:
     cluster.wait_for_leader()
     m = cluster.members[0]
-    # Free ports of its own: its usual ones are taken too, and `raftkv node` checks ports first.
+    # The same cluster, bound to free ports of its own: its usual ones are taken too, and
+    # `raftkv node` checks ports first (and that the cluster is the data directory's).
     http_port, raft_port = free_ports(2)
+    cluster_text = ",".join(f"{n.id}@{n.host}:{n.http_port}:{n.raft_port}" for n in cluster.members)
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "raftkv",
-            "node",
-            "--id",
-            m.id,
-            "--cluster",
-            f"{m.id}@127.0.0.1:{http_port}:{raft_port}",
-            "--data-dir",
-            str(cluster.data_dir / m.id),
-        ],
+        [sys.executable, "-m", "raftkv", "node", "--id", m.id, "--cluster", cluster_text,
+         "--listen-client", f"127.0.0.1:{http_port}", "--listen-peer", f"127.0.0.1:{raft_port}",
+         "--data-dir", str(cluster.data_dir / m.id)],
         capture_output=True,
         text=True,
         timeout=30,

@@ -186,7 +186,8 @@ async def test_an_in_process_cluster_elects_writes_through_any_node_and_reads_li
         await group.read_barrier()  # after it, the local state holds every write acknowledged before
         assert [group.kv.get(f"k{i}").value for i in range(3)] == [0, 1, 2]
     assert len({g.kv.digest() for g in cluster.groups.values()}) == 1
-    state = StatusReporter(leader, leader.metrics, {p: f"http://{p}" for p in IDS if p != leader.id}).raft_state()
+    peer_urls = {p: f"http://{p}" for p in IDS if p != leader.id}
+    state = StatusReporter(leader, leader.metrics, lambda: peer_urls).raft_state()
     json.dumps(state)  # plain JSON data
     assert state["state"] == "leader" and state["commitIndex"] == state["lastApplied"] >= 4 and state["keys"] == 3
     assert {p["id"] for p in state["peers"]} == set(IDS) - {leader.id}
@@ -225,7 +226,7 @@ async def test_a_lagging_follower_catches_up_through_a_snapshot_in_process(tmp_p
 
 async def test_health_says_unavailable_with_the_reason_while_no_leader_is_known(tmp_path: Path) -> None:
     group = InProcessCluster(tmp_path).groups["n1"]
-    health = StatusReporter(group, group.metrics, {"n2": "", "n3": ""}).health()
+    health = StatusReporter(group, group.metrics, lambda: {"n2": "", "n3": ""}).health()
     assert health["hasLeader"] is False and health["status"] == "unavailable"
     assert health["reason"] == "no leader is known"
 

@@ -273,14 +273,14 @@ async def test_votes_and_acknowledgements_leave_only_after_the_fsync_of_the_wal_
 async def test_a_driver_that_breaks_a_promise_fails_on_the_real_wal(
         bug: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     BUGS[bug](monkeypatch)
-    with pytest.raises(AssertionError, match=r"sent Vote(Request|Response)\(term 1.*before its term 1 was fsynced"):
+    with pytest.raises(AssertionError, match=r"sent Vote(Request|Response)\(term 2.*before its term 2 was fsynced"):
         await test_votes_and_acknowledgements_leave_only_after_the_fsync_of_the_wal_behind_them(tmp_path)
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))
 def test_a_driver_that_breaks_a_promise_fails_the_simulation(bug: str, monkeypatch: pytest.MonkeyPatch) -> None:
     BUGS[bug](monkeypatch)
-    with pytest.raises(AssertionError, match="before its term 1 was fsynced") as failed:
+    with pytest.raises(AssertionError, match="before its term 2 was fsynced") as failed:
         assert_seeds_pass(SEEDS[:10], DriverSimConfig())
     assert "replay: python -m raftkv.sim --driver --seed 0 --nodes 3" in str(failed.value)
 

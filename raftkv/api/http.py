@@ -114,6 +114,10 @@ class Node(Protocol):
     def metrics_text(self) -> tuple[bytes, str]: ...
     def record_request(self, route: str, method: str, status: int, seconds: float) -> None: ...
     def raft_events(self) -> AsyncIterator[dict[str, Any]]: ...
+    def members_view(self) -> dict[str, Any]: ...
+    async def add_member(self, name: str, client_url: str, peer_url: str, learner: bool = True) -> dict[str, Any]: ...
+    async def promote_member(self, member_id: str) -> dict[str, Any]: ...
+    async def remove_member(self, member_id: str) -> dict[str, Any]: ...
 
 
 def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -140,6 +144,10 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     get("/health", api.health)
     get("/openapi.json", api.openapi)
     get("/raft/events", api.raft_events, allow_head=False)  # a WebSocket
+    get("/members", api.members)
+    add("POST", "/members", api.add_member)
+    add("POST", "/members/{id}/promote", api.promote_member)
+    add("DELETE", "/members/{id}", api.remove_member)
     root = _RootKeys(api)  # last: every fixed route above must win over the catch-all
     get("/{key:.+}", root.get_key)
     add("PUT", "/{key:.+}", root.put_key)
@@ -273,6 +281,33 @@ class _Api:
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         return json_response(self.node.id, {"peers": peers, "loss_percent": loss, "delay_ms": delay, "faults": faults})
+
+    # ---- membership ------------------------------------------------------------------------------
+
+    async def members(self, request: web.Request) -> web.StreamResponse:
+        check_query(request, set())
+        return json_response(self.node.id, dict(self.node.members_view()))
+
+    async def add_member(self, request: web.Request) -> web.StreamResponse:
+        check_query(request, set())
+        body = await self._object(request, ("name", "clientURL", "peerURL", "learner"),
+                                  '{"name": "node4", "clientURL": "http://10.0.0.4:3000", "peerURL": "10.0.0.4:4000"}')
+        for field in ("name", "clientURL", "peerURL"):
+            if type(body.get(field)) is not str:
+                raise ApiError(400, f"{field}: must be a string" + ("" if field in body else " (missing)"))
+        learner = body.get("learner", True)
+        if type(learner) is not bool:
+            raise ApiError(400, "learner: must be true or false")
+        answer = await self.node.add_member(body["name"], body["clientURL"], body["peerURL"], learner)
+        return json_response(self.node.id, dict(answer))
+
+    async def promote_member(self, request: web.Request) -> web.StreamResponse:
+        check_query(request, set())
+        return json_response(self.node.id, dict(await self.node.promote_member(request.match_info["id"])))
+
+    async def remove_member(self, request: web.Request) -> web.StreamResponse:
+        check_query(request, set())
+        return json_response(self.node.id, dict(await self.node.remove_member(request.match_info["id"])))
 
     async def metrics(self, _request: web.Request) -> web.StreamResponse:
         body, content_type = self.node.metrics_text()

@@ -84,6 +84,8 @@ _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
                                "applied at most once and returns the first answer; the same key for a different "
                                f"request is 422. The last {DEFAULT_MAX_DEDUP_ENTRIES:,} keys (at most "
                                f"{DEFAULT_MAX_DEDUP_BYTES >> 20} MiB of answers) are remembered."}
+_MEMBER_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+              "description": "The member's id (GET /members lists them)."}
 _PREV_REVISION_Q = {"name": "prev_revision", "in": "query", "schema": {"type": "integer", "minimum": 1},
                     "description": "Delete only if the key's mod_revision equals this (also accepted in the body)."}
 
@@ -151,6 +153,21 @@ def _schemas() -> dict[str, Any]:
         "Error": {"type": "object", "required": ["error", "node"],
                   "properties": {"error": {"type": "string"}, **answered}, "additionalProperties": True},
         "KeyValue": kv,
+        "Member": {"type": "object", "required": ["id", "name", "clientURL", "peerURL", "role", "isLeader"],
+                   "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+                                  "clientURL": {"type": "string"}, "peerURL": {"type": "string"},
+                                  "role": {"enum": ["voter", "learner"]}, "isLeader": {"type": "boolean"},
+                                  "matchIndex": {"type": "integer"}, "lagEntries": {"type": "integer"}}},
+        "Members": {"type": "object", "required": ["members", "leader", "removedIDs", "node"], "properties": {
+            "members": {"type": "array", "items": _ref("Member")}, "leader": {"type": ["string", "null"]},
+            "removedIDs": {"type": "array", "items": {"type": "string"}}, "node": {"type": "string"}}},
+        "AddMember": {"type": "object", "required": ["name", "clientURL", "peerURL"], "additionalProperties": False,
+                      "properties": {"name": {"type": "string"}, "clientURL": {"type": "string"},
+                                     "peerURL": {"type": "string", "description": "host:port of its Raft port"},
+                                     "learner": {"type": "boolean", "default": True}}},
+        "MemberChanged": {"type": "object", "required": ["member", "members", "node"], "properties": {
+            "member": _ref("Member"), "members": {"type": "array", "items": _ref("Member")},
+            "node": {"type": "string"}}},
         "RequestKeyReused": {"type": "object", "required": ["error", "request_id", "mismatch", "first_use", "node"],
                              "properties": {
                                  "error": {"type": "string"}, "request_id": {"type": "string"},
@@ -285,6 +302,34 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "200": _json(_ref("Health"), "Alive and a leader is known: status \"ok\"."),
             "503": _json(_ref("Health"), "Alive, but no leader is known: status \"unavailable\" and the reason.")})},
         "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1.")})},
+        "/members": {
+            "get": _op("The cluster's members", {
+                "200": _json(_ref("Members"), "Every member with its role (voter or learner); on the leader, how far "
+                                              "behind each is. removedIDs: ids removed for good (never reused).")}),
+            "post": _op("Add a member (a learner by default)", {
+                "200": _json(_ref("MemberChanged"), "The change is committed; the new member and the configuration."),
+                "400": _err("Malformed input: a name, an http://host:port clientURL and a host:port peerURL."),
+                "409": _err("The name or an address is a member's already, or another change is not committed yet "
+                            "(reason says which)."),
+                "413": _err(f"Body over {max_body_bytes} bytes."),
+                "503": _E503, "504": _E504_WRITE},
+                body=_ref("AddMember"),
+                description="Start the new node with `raftkv node --join URL`: it receives the log, or a snapshot, "
+                            "as a learner. Any node accepts the request; a follower hands it to the leader.")},
+        "/members/{id}/promote": {"post": _op("Promote a learner to voter", {
+            "200": _json(_ref("MemberChanged"), "The change is committed."),
+            "404": _err("No member with that id."),
+            "409": _err("Not a learner, not caught up with the leader's log yet (retry later), or another change "
+                        "is pending (reason says which)."),
+            "503": _E503, "504": _E504_WRITE}, parameters=[_MEMBER_ID])},
+        "/members/{id}": {"delete": _op("Remove a member", {
+            "200": _json({"type": "object", "required": ["removed", "members"], "properties": {
+                "removed": {"type": "string"}, "members": {"type": "array", "items": _ref("Member")}}},
+                "The change is committed."),
+            "404": _err("No member with that id."),
+            "409": _err("The last voter, or another change is pending (reason says which)."),
+            "503": _E503, "504": _E504_WRITE}, parameters=[_MEMBER_ID],
+            description="Removing the leader hands leadership to another voter first.")},
         "/raft/events": {"get": _op("This node's Raft event stream (WebSocket)", {
             "101": {"description": "Switching to WebSocket: each text message is one JSON event object (role "
                                    "changes, votes, messages sent and dropped, commits, periodic status)."},

@@ -56,7 +56,7 @@ async def serve(cfg: NodeConfig) -> None:
     close_event_streams_on_shutdown(app)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=cfg.proposal_timeout_s)
     await runner.setup()
-    await web.TCPSite(runner, cfg.listen_client_host or cfg.me.host, cfg.me.http_port, reuse_address=True).start()
+    await web.TCPSite(runner, *cfg.client_listen_address(), reuse_address=True).start()
     await node.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

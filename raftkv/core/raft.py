@@ -30,8 +30,9 @@ takes effect as soon as its entry is appended, a leader accepts a new change onl
 previous one committed *and* after it committed an entry of its own term (the fix for the
 single-server change bug the thesis errata describe).
 
-The small private methods `_can_vote`, `_can_commit`, `_accept_entries` and `_leader_read` are
-the seams the simulator's bug-injection tests override; keep them small and separate.
+The small private methods `_can_vote`, `_can_commit`, `_accept_entries`, `_leader_read`,
+`_conf_in_effect` and `_conf_change_pending` are the seams the simulator's bug-injection tests
+override; keep them small and separate.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class RaftCore:
         self.durable_index = self.log.last_index()
         self.log.committed = min(max(hs.commit, self.log.offset), self.log.last_index())
         self._record_conf_entries(durable.entries)
-        self.conf = self._conf_history[-1][1]
+        self.conf = self._conf_in_effect()
 
         self.leader_id: str | None = None
         self.progress: dict[str, Progress] = {}
@@ -230,7 +231,7 @@ class RaftCore:
             raise NotLeaderError(self.leader_id)
         if self.log.committed < self._term_start_index:
             raise ProposalDroppedError("the new leader has not committed an entry of its term yet")
-        if self._pending_conf_index > self.log.committed:
+        if self._conf_change_pending():
             raise ProposalDroppedError("another membership change is still in progress")
         conf = self.conf
         if change.kind is ConfChangeKind.REMOVE and change.node_id not in conf.members():
@@ -366,6 +367,11 @@ class RaftCore:
             self.durable_index = index
             if self.role is Role.LEADER and self._maybe_commit():
                 self._bcast_append(send_empty=True)
+
+    @property
+    def pending_conf_index(self) -> int:
+        """A leader's newest membership change's index: a new change waits until it commits."""
+        return self._pending_conf_index
 
     @property
     def snapshot_index(self) -> int:
@@ -654,7 +660,7 @@ class RaftCore:
         self.durable_index = min(self.durable_index, self.log.last_index())
         self._conf_history = [(meta.index, meta.conf)]
         self._record_conf_entries(self.log.entries)
-        self._set_conf(self._conf_history[-1][1])
+        self._set_conf(self._conf_in_effect())
         self._snapshot = m.snapshot
         self._snapshot_to_install = m.snapshot
         self._trace(SnapshotInstalled, index=meta.index)
@@ -865,8 +871,8 @@ class RaftCore:
         self.log.append(entries)
         self.durable_index = min(self.durable_index, first - 1)
         self._record_conf_entries(entries)
-        if self._conf_history[-1][1] != self.conf:
-            self._set_conf(self._conf_history[-1][1])
+        if self._conf_in_effect() != self.conf:
+            self._set_conf(self._conf_in_effect())
         if self._listener:
             self._trace(EntriesAppended, first=first, last=entries[-1].index, count=len(entries))
 
@@ -876,6 +882,14 @@ class RaftCore:
                 self._conf_history.append((e.index, ConfChange.decode(e.data).apply_to(self._conf_history[-1][1])))
                 if self.role is Role.LEADER:
                     self._pending_conf_index = e.index
+
+    def _conf_in_effect(self) -> ConfState:
+        """Thesis 4.1: a server acts on the latest configuration in its log, committed or not."""
+        return self._conf_history[-1][1]
+
+    def _conf_change_pending(self) -> bool:
+        """Thesis 4.1: one change at a time; the next waits until the previous one committed."""
+        return self._pending_conf_index > self.log.committed
 
     def _conf_at(self, index: int) -> ConfState:
         conf = self._conf_history[0][1]

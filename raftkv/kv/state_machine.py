@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from raftkv.core import ConfChange, ConfChangeKind
 from raftkv.kv.commands import (
     UNSET,
     Command,
@@ -74,7 +75,7 @@ INVALID = "invalid"
 DEFAULT_MAX_DEDUP_ENTRIES = 10_000
 DEFAULT_MAX_DEDUP_BYTES = 64 * 1024 * 1024
 _DEDUP_ROW_OVERHEAD_BYTES = 100  # what one remembered id costs beyond its strings and result, roughly
-_SNAPSHOT_FORMAT = 2  # 1: dedup rows were [id, result], with no fingerprint
+_SNAPSHOT_FORMAT = 3  # 1: dedup rows were [id, result], with no fingerprint; 2: no member table
 
 
 class FirstUse(NamedTuple):
@@ -155,6 +156,8 @@ class KVStateMachine:
         self._kvs: dict[str, KeyValue] = {}
         self._dedup: OrderedDict[str, FirstUse] = OrderedDict()
         self._dedup_bytes = 0
+        self.members: dict[str, bytes] = {}  # member id -> its details (see apply_membership)
+        self.removed_members: set[str] = set()
         # Sorted key index for range(), brought up to date lazily: puts of new keys are frequent and
         # ranges rare, so creations/deletions are queued here and merged on the next range.
         self._sorted_keys: list[str] = []
@@ -224,8 +227,25 @@ class KVStateMachine:
                 "maxRequestKeys": self.max_dedup_entries, "maxBytes": self.max_dedup_bytes}
 
     def apply_noop(self, index: int) -> None:
-        """Record an entry that is not a command (a leader's no-op, a membership change)."""
+        """Record an entry that is not a command (a leader's no-op)."""
         self._advance(index)
+
+    def apply_membership(self, index: int, change: ConfChange) -> Result:
+        """Record a committed membership change in the member table: member id -> the details the
+        node layer put in the change's context (name, addresses), kept opaque here. A promotion
+        (ADD_VOTER with no context) keeps the details it had. The table travels in snapshots, so
+        a node that joins late learns every member's address from its first snapshot or the log.
+        Removed ids are remembered (`removed_members`), as etcd does, so that a node still running
+        under a removed id can be told so: ids are never reused, so that answer is final.
+
+        result: {ok:True, op:"member", kind, id, revision}"""
+        self._advance(index)
+        if change.kind is ConfChangeKind.REMOVE:
+            self.members.pop(change.node_id, None)
+            self.removed_members.add(change.node_id)
+        elif change.context:
+            self.members[change.node_id] = change.context
+        return {"ok": True, "op": "member", "kind": change.kind.value, "id": change.node_id, "revision": self.revision}
 
     def _advance(self, index: int) -> None:
         # Re-applying or going back is a driver bug that would corrupt state: refuse loudly.
@@ -405,7 +425,8 @@ class KVStateMachine:
         consistent image while applying goes on; the expensive encoding can then run off the
         event loop (a million keys take seconds to encode, far longer than an election timeout).
         """
-        kvs, dedup = dict(self._kvs), list(self._dedup.items())
+        kvs, dedup, members = dict(self._kvs), list(self._dedup.items()), sorted(self.members.items())
+        removed = sorted(self.removed_members)
         applied_index, revision = self.applied_index, self.revision
 
         def encode() -> bytes:
@@ -413,11 +434,13 @@ class KVStateMachine:
             # million rows is a single C call that holds the GIL (and so the node's loop) for it all.
             packer = msgpack.Packer()
             keys = sorted(kvs)
-            parts = [packer.pack_array_header(5), packer.pack(_SNAPSHOT_FORMAT), packer.pack(applied_index),
+            parts = [packer.pack_array_header(7), packer.pack(_SNAPSHOT_FORMAT), packer.pack(applied_index),
                      packer.pack(revision), packer.pack_array_header(len(keys))]
             for lo in range(0, len(keys), _ENCODE_CHUNK_ROWS):
                 parts.append(b"".join(packer.pack([k, *kvs[k]]) for k in keys[lo : lo + _ENCODE_CHUNK_ROWS]))
             parts.append(packer.pack([[rid, *first] for rid, first in dedup]))
+            parts.append(packer.pack([list(m) for m in members]))
+            parts.append(packer.pack(removed))
             return b"".join(parts)
 
         return encode
@@ -425,9 +448,15 @@ class KVStateMachine:
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's; raises ValueError if data is not one."""
         try:
-            fmt, applied_index, revision, items, dedup = msgpack.unpackb(data)
-            if fmt not in (1, _SNAPSHOT_FORMAT):
-                raise ValueError(f"unknown snapshot format {fmt!r}")
+            fmt, applied_index, revision, items, dedup, *rest = msgpack.unpackb(data)
+            if fmt not in (1, 2, _SNAPSHOT_FORMAT) or len(rest) != 2 * (fmt == _SNAPSHOT_FORMAT):
+                raise ValueError(f"unknown snapshot format {fmt!r} with {5 + len(rest)} fields")
+            member_rows, removed = rest if rest else ([], [])
+            members = {member_id: details for member_id, details in member_rows}
+            if not all(type(m) is str and type(d) is bytes for m, d in members.items()):
+                raise ValueError("malformed member table")
+            if not all(type(m) is str for m in removed):
+                raise ValueError("malformed removed-member list")
             make = KeyValue._make
             kvs = {row[0]: make(row[1:]) for row in items}  # a row of the wrong length raises TypeError
             if fmt == 1:  # written before fingerprints: any reuse of these ids counts as a retry
@@ -440,7 +469,7 @@ class KVStateMachine:
         except Exception as exc:
             raise ValueError(f"not a KV snapshot: {exc}") from exc
         self.applied_index, self.revision = applied_index, revision
-        self._kvs, self._dedup = kvs, table
+        self._kvs, self._dedup, self.members, self.removed_members = kvs, table, members, set(removed)
         self._dedup_bytes = sum(first.cost_bytes(rid) for rid, first in table.items())
         self._evict_dedup()
         self._sorted_keys = sorted(kvs)

@@ -8,7 +8,7 @@ address. On the command line that is `--cluster node1@127.0.0.1:3000:4000,node2@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from raftkv.core import ReadMode
@@ -20,14 +20,23 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Member:
+    """A member as others reach it: `host`:`raft_port` for peers, `url` for clients. `id` is the
+    member's id in Raft; `name` what people call it (a founding member's id is its name)."""
+
     id: str
     host: str
     http_port: int
     raft_port: int
+    client_host: str | None = None  # when clients reach it at another address than peers do
+    name: str = ""
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"http://{self.client_host or self.host}:{self.http_port}"
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
 
     @classmethod
     def parse(cls, text: str) -> Member:
@@ -41,6 +50,18 @@ class Member:
             return cls(ident, host, int(http_port), int(raft_port))
         except ValueError:
             raise ConfigError(f"member {text!r}: ports must be numbers") from None
+
+
+def _bind(listen: str | None, host: str, port: int) -> tuple[str, int]:
+    """`listen` ("host" or "host:port") with the advertised host and port filling what it leaves out."""
+    if not listen:
+        return host, port
+    listen_host, colon, listen_port = listen.rpartition(":") if listen.count(":") == 1 else ("", "", "")
+    if not colon:
+        return listen, port
+    if not listen_port.isdigit():
+        raise ConfigError(f"listen address {listen!r}: expected host or host:port")
+    return listen_host, int(listen_port)
 
 
 def parse_cluster(text: str) -> dict[str, Member]:
@@ -58,9 +79,13 @@ class NodeConfig:
     node_id: str
     data_dir: Path
     members: dict[str, Member]
-    # Where the client HTTP API listens, when not on this member's own address (e.g. "0.0.0.0"
-    # to serve every interface); peers always use the member's address.
-    listen_client_host: str | None = None
+    # The client URL of a member of an existing cluster this node joins (as a learner, with an
+    # empty log); None: a founding member of the cluster `members` describes.
+    join_url: str | None = None
+    # Where this node binds, when not where others reach it (`members`, the advertised addresses):
+    # "host" or "host:port", e.g. "0.0.0.0" behind NAT or in a container. None: the advertised one.
+    listen_client: str | None = None
+    listen_peer: str | None = None
     tick_ms: int = 20
     election_timeout_ticks: int = 10  # 200-400 ms with 20 ms ticks
     heartbeat_interval_ticks: int = 2
@@ -82,7 +107,9 @@ class NodeConfig:
     # Deliberately unsafe switches, for proving that `raftkv chaos` notices broken guarantees.
     unsafe_skip_fsync: bool = False  # acknowledge before the WAL reaches the disk
     unsafe_stale_reads: bool = False  # followers answer reads from local state without ReadIndex
-    extra: dict = field(default_factory=dict)
+    # What this node's data directory is recorded as made for, on its first start (see
+    # node/startup.py): the founding members, or the URL it joined through.
+    origin: str | None = None
 
     def __post_init__(self) -> None:
         if self.node_id not in self.members:
@@ -100,6 +127,12 @@ class NodeConfig:
         if self.no_leader_hold_ms is not None:
             return self.no_leader_hold_ms / 1000
         return 2 * self.election_timeout_ticks * self.tick_ms / 1000  # randomized timeouts reach twice the base
+
+    def client_listen_address(self) -> tuple[str, int]:
+        return _bind(self.listen_client, self.me.client_host or self.me.host, self.me.http_port)
+
+    def peer_listen_address(self) -> tuple[str, int]:
+        return _bind(self.listen_peer, self.me.host, self.me.raft_port)
 
     @property
     def me(self) -> Member:

@@ -29,7 +29,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["NoLeaderError", "NodeError", "NotAppliedError", "OutcomeUnknownError", "fail"]
+__all__ = ["MembershipRefused", "NoLeaderError", "NodeError", "NotAppliedError", "OutcomeUnknownError", "fail"]
 
 
 class NodeError(Exception):
@@ -45,6 +45,18 @@ class NoLeaderError(NodeError):
 
 class NotAppliedError(NodeError):
     """Definitely not done (refused, overwritten, never delivered): retry later (503)."""
+
+
+class MembershipRefused(NotAppliedError):
+    """A membership change the cluster will not make as asked; nothing was done. `reason` says
+    which rule refused it: "unknown" (no such member), "duplicate" (that name or address is a
+    member already), "pending" (another change is not committed yet), "last_voter", "not_caught_up"
+    (a learner promoted before it holds the log), "invalid" (anything else the core refuses)."""
+
+    def __init__(self, reason: str, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.details = details
 
 
 class OutcomeUnknownError(NodeError):

@@ -40,19 +40,32 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from raftkv.core import Config, Entry, EntryKind, Message, ProposalDroppedError, RaftCore, Ready, Role
+from raftkv.core import (
+    ConfChange,
+    Config,
+    DurableState,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    ProposalDroppedError,
+    RaftCore,
+    Ready,
+    Role,
+)
 from raftkv.core import NotLeaderError as CoreNotLeader
 from raftkv.kv import Command, KVStateMachine, encode
 from raftkv.storage import RaftStorage
 from raftkv.transport import Transport
 
 from .config import NodeConfig
-from .errors import NoLeaderError, NotAppliedError, OutcomeUnknownError, fail
+from .errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError, fail
+from .membership import bootstrap_state, is_self_describing
 from .metrics import NodeMetrics
 from .observe import GroupObserver
 from .peer_messages import ProposeAnswer, ProposeForward
 from .persist import DiskPump
-from .proposals import ProposalTracker, QueuedWrite
+from .proposals import PlacedWrite, ProposalTracker, QueuedWrite
 from .reads import ReadTracker
 from .snapshots import Snapshotter
 
@@ -66,18 +79,22 @@ DEADLINE_SWEEP_S = 0.05
 class RaftGroup:
     def __init__(self, cfg: NodeConfig, storage: RaftStorage, transport: Transport, kv: KVStateMachine,
                  metrics: NodeMetrics, observer: GroupObserver, rng: random.Random | None = None,
-                 *, executor: Executor | None = None) -> None:
+                 *, executor: Executor | None = None, on_members: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
         self.id = cfg.node_id
         self.kv = kv
         self.transport = transport
         self.metrics = metrics
         self.observer = observer
-        durable = storage.load()
+        self._on_members = on_members or (lambda: None)
+        durable = _load_or_found(cfg, storage)
         if durable.snapshot is not None:
             kv.restore(durable.snapshot.data)
+        # A self-describing log (membership.py) builds its configuration from its own entries;
+        # a data directory from before that takes the command line's members as its voters.
+        voters = () if is_self_describing(durable) or cfg.join_url else tuple(cfg.members)
         self.core = RaftCore(
-            Config(self.id, voters=tuple(cfg.members), election_timeout_ticks=cfg.election_timeout_ticks,
+            Config(self.id, voters=voters, election_timeout_ticks=cfg.election_timeout_ticks,
                    heartbeat_interval_ticks=cfg.heartbeat_interval_ticks, pre_vote=cfg.pre_vote,
                    check_quorum=cfg.check_quorum, read_mode=cfg.read_mode),
             rng or random.Random(), durable, listener=observer.on_trace)
@@ -173,6 +190,33 @@ class RaftGroup:
         self.reads.submit(answer, self._now())
         self._wake.set()
         await answer
+
+    def transfer_leadership(self, target: str) -> None:
+        """Ask the core to hand leadership to `target` (at the loop's next turn)."""
+        self._actions.append(lambda: self.core.transfer_leadership(target))
+        self._wake.set()
+
+    async def change_membership(self, change: ConfChange) -> dict[str, Any]:
+        """Propose a membership change on this leader; the result once it is committed and
+        applied here. Refusals (core rules) are MembershipRefused; not leading is NoLeaderError."""
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def act() -> None:
+            try:
+                term, index = self.core.propose_conf_change(change)
+            except CoreNotLeader:
+                answer.set_exception(NoLeaderError("this node is not the leader"))
+            except ProposalDroppedError as e:
+                answer.set_exception(MembershipRefused("pending", str(e), pendingIndex=self.core.pending_conf_index))
+            except ValueError as e:
+                answer.set_exception(MembershipRefused("invalid", str(e)))
+            else:
+                now = self._now()
+                self.proposals.place(index, PlacedWrite(term, answer, now, now + self.cfg.proposal_timeout_s, None))
+
+        self._actions.append(act)
+        self._wake.set()
+        return await answer
 
     async def force_election(self) -> dict[str, Any]:
         """The seed's button: this node campaigns now (through a leadership transfer if a leader is known)."""
@@ -331,6 +375,10 @@ class RaftGroup:
                 continue  # a snapshot installed after this entry was handed out already covers it
             if e.kind is EntryKind.NORMAL:
                 result = self.kv.apply(e.index, e.data)
+            elif e.kind is EntryKind.CONF_CHANGE:
+                result = self.kv.apply_membership(e.index, ConfChange.decode(e.data))
+                self.metrics.conf_changes.inc()
+                self._on_members()
             else:
                 self.kv.apply_noop(e.index)
                 result = None
@@ -377,3 +425,17 @@ class RaftGroup:
         held_since = now - self.cfg.no_leader_hold_s
         self.proposals.fail_queued(held_since, why)
         self.reads.fail_queued(held_since, why)
+
+
+def _load_or_found(cfg: NodeConfig, storage: RaftStorage) -> DurableState:
+    """The storage's durable state; a fresh one of a founding member is first given the founding
+    entries every founder writes alike (membership.py). A node that joins starts empty."""
+    durable = storage.load()
+    fresh = durable.snapshot is None and not durable.entries and durable.hard_state == HardState()
+    if not fresh or cfg.join_url:
+        return durable
+    founding = bootstrap_state(cfg.members)
+    storage.append(founding.entries)
+    storage.set_hard_state(founding.hard_state)
+    storage.sync()
+    return storage.load()

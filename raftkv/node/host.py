@@ -17,8 +17,8 @@ the group, so a simulated partition looks to Raft exactly like a cut wire.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,8 +27,10 @@ from raftkv.storage import DiskStorage, RaftStorage
 from raftkv.transport import ALL_PEERS, LinkFaults, TcpTransport, make_mtls_contexts
 
 from .config import NodeConfig
+from .errors import NotAppliedError
 from .event_stream import EventHub
 from .group import RaftGroup
+from .members import MemberService
 from .metrics import NodeMetrics
 from .observe import GroupObserver
 from .preview import KVPreview
@@ -39,6 +41,8 @@ __all__ = ["NodeHost"]
 log = logging.getLogger("raftkv.node")
 
 STATUS_EVERY_S = 0.25
+CHECK_MEMBERSHIP_EVERY_S = 1.0
+CHECK_MEMBERSHIP_AFTER_S = 3.0  # without a leader, a node starts asking whether it was removed
 
 
 class NodeHost:
@@ -53,31 +57,57 @@ class NodeHost:
         ssl_server = ssl_client = None
         if cfg.tls_ca and cfg.tls_cert and cfg.tls_key:
             ssl_server, ssl_client = make_mtls_contexts(str(cfg.tls_ca), str(cfg.tls_cert), str(cfg.tls_key))
-        self.transport = TcpTransport(self.id, cfg.me.host, cfg.me.raft_port,
+        self.transport = TcpTransport(self.id, *cfg.peer_listen_address(),
                                       {i: (m.host, m.raft_port) for i, m in cfg.peers().items()}, self.faults,
                                       ssl_server=ssl_server, ssl_client=ssl_client)
         self.kv = KVStateMachine()
         self.group = RaftGroup(cfg, storage or DiskStorage(cfg.data_dir / "raft"), self.transport, self.kv,
-                               self.metrics, observer)
-        self.status = StatusReporter(self.group, self.metrics, {i: m.url for i, m in cfg.peers().items()})
+                               self.metrics, observer, on_members=lambda: self.members.sync())
+        self.members = MemberService(cfg, self.group, self.transport, self.metrics, self._removed)
+        self.status = StatusReporter(self.group, self.metrics,
+                                     lambda: {i: m.url for i, m in self.members.peers().items()})
+        self.removed: str | None = None  # why, once this node learned it is no longer a member
         self._preview = KVPreview(self.kv)
-        self._status_task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         await self.transport.start(self.group.deliver)
         await self.group.start()
-        self._status_task = asyncio.get_running_loop().create_task(self._publish_status())
+        self.members.sync()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._publish_status()), loop.create_task(self._check_membership())]
         log.info("node started id=%s http=%s raft_port=%d", self.id, self.url, self.cfg.me.raft_port)
 
     async def stop(self) -> None:
         """Graceful: the group writes out what was handed to its disk; then the links close."""
-        if self._status_task is not None:
-            self._status_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._status_task
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.group.stop()
         await self.transport.close()
         log.info("node stopped id=%s", self.id)
+
+    def _removed(self, why: str) -> None:
+        """This node is no longer a member: its Raft group stops (the process stays, and says why)."""
+        if self.removed is not None:
+            return
+        self.removed = why
+        log.warning("node %s was removed from the cluster (%s); its Raft group stops", self.id, why)
+        self.hub.publish({"type": "removed", "text": f"{self.id} was removed from the cluster: {why}"})
+        self._tasks.append(asyncio.get_running_loop().create_task(self.group.stop()))
+
+    async def _check_membership(self) -> None:
+        """A node that knew no leader for a while asks whether it was removed (see members.py)."""
+        leaderless_since: float | None = None
+        while self.removed is None:
+            await asyncio.sleep(CHECK_MEMBERSHIP_EVERY_S)
+            if self.group.leader_id is not None:
+                leaderless_since = None
+                continue
+            now = time.monotonic()
+            leaderless_since = leaderless_since or now
+            if now - leaderless_since >= CHECK_MEMBERSHIP_AFTER_S:
+                await self.members.check_still_member()
 
     # ---- what the HTTP API and embedded programs call ------------------------------------------
 
@@ -86,20 +116,46 @@ class NodeHost:
 
     def leader_url(self) -> str | None:
         leader = self.group.leader_id
-        return self.cfg.members[leader].url if leader in self.cfg.members else None
+        member = self.members.address_book().get(leader) if leader else None
+        return member.url if member else None
 
     async def propose(self, command: Command) -> dict[str, Any]:
+        self._refuse_if_removed()
         return await self.group.propose(command)
 
     async def read_barrier(self) -> None:
+        self._refuse_if_removed()
         await self.group.read_barrier()
+
+    def _refuse_if_removed(self) -> None:
+        if self.removed is not None:
+            raise NotAppliedError(f"this node was removed from the cluster ({self.removed}); use another member")
+
+    # ---- membership (members.py) ----------------------------------------------------------------
+
+    def members_view(self) -> dict[str, Any]:
+        """GET /members: every member, the leader, and the ids removed for good."""
+        return {"members": self.members.describe(), "leader": self.group.leader_id,
+                "removedIDs": sorted(self.kv.removed_members)}
+
+    async def add_member(self, name: str, client_url: str, peer_url: str, learner: bool = True) -> dict[str, Any]:
+        self._refuse_if_removed()
+        return await self.members.add(name, client_url, peer_url, learner)
+
+    async def promote_member(self, member_id: str) -> dict[str, Any]:
+        self._refuse_if_removed()
+        return await self.members.promote(member_id)
+
+    async def remove_member(self, member_id: str) -> dict[str, Any]:
+        self._refuse_if_removed()
+        return await self.members.remove(member_id)
 
     async def force_election(self) -> dict[str, Any]:
         return await self.group.force_election()
 
     def raft_state(self, digest: bool = False) -> dict[str, Any]:
         return self.status.raft_state(digest=digest, url=self.url, faults=self.faults.describe(),
-                                      transport=self.transport.stats())
+                                      transport=self.transport.stats(), removed=self.removed)
 
     def health(self) -> dict[str, Any]:
         return self.status.health()

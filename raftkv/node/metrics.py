@@ -134,6 +134,10 @@ class NodeMetrics:
         self.http_seconds = Histogram(
             "raft_http_request_seconds", "HTTP request latency", ["route", "method"], buckets=FAST_BUCKETS, registry=r
         )
+        self.conf_changes = Counter("raft_conf_changes", "Membership changes applied", registry=r)
+        self.members = Gauge("raft_members", "Members of the configuration", ["role"], registry=r)
+        self.learner_lag_entries = Gauge("raft_learner_lag_entries", "Entries a learner lacks (leader only)",
+                                         ["learner"], registry=r)
         self.keys = Gauge("raft_kv_keys", "Keys in the state machine", registry=r)
         self.info = Gauge("raft_node_info", "Constant 1, labelled with the node id", ["node"], registry=r)
         self.info.labels(**labels).set(1)

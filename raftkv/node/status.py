@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 from raftkv.core import Progress
@@ -29,10 +30,10 @@ def _progress_json(pr: Progress) -> dict[str, Any]:
 
 
 class StatusReporter:
-    def __init__(self, group: RaftGroup, metrics: NodeMetrics, peer_urls: dict[str, str]) -> None:
+    def __init__(self, group: RaftGroup, metrics: NodeMetrics, peer_urls: Callable[[], dict[str, str]]) -> None:
         self.group = group
         self.metrics = metrics
-        self.peer_urls = peer_urls  # peer id -> its client URL
+        self.peer_urls = peer_urls  # peer id -> its client URL, as the configuration is now
         self._caught_up_at: dict[str, float] = {}  # peer -> when it last held the leader's whole log
         self.started_at = time.time()
 
@@ -42,7 +43,7 @@ class StatusReporter:
         group = self.group
         core, kv, tick_s = group.core, group.kv, group.cfg.tick_ms / 1000
         peers = []
-        for peer_id, url in self.peer_urls.items():
+        for peer_id, url in self.peer_urls().items():
             entry: dict[str, Any] = {"id": peer_id, "url": url}
             pr = core.progress.get(peer_id)
             if pr is not None:
@@ -86,10 +87,14 @@ class StatusReporter:
         m.keys.set(len(kv))
         tick_s = self.group.cfg.tick_ms / 1000
         now = time.monotonic()
-        for peer in self.peer_urls:
+        for peer in self.peer_urls():
             pr = core.progress.get(peer)
             if pr is None or pr.match >= last:
                 self._caught_up_at[peer] = now
             m.peer_lag_entries.labels(peer).set(last - pr.match if pr else 0)
             m.peer_lag_seconds.labels(peer).set(now - self._caught_up_at.get(peer, now))
             m.peer_last_contact.labels(peer).set(pr.ticks_since_contact * tick_s if pr else 0)
+        for learner in core.conf.learners:
+            pr = core.progress.get(learner)
+            if pr is not None:  # only the leader tracks progress
+                m.learner_lag_entries.labels(learner).set(last - pr.match)

@@ -1,0 +1,227 @@
+"""Changing a live cluster's membership, and following the changes (etcd's `member add/promote/remove`).
+
+Theory of operation
+-------------------
+A change is proposed on the leader, one at a time (the core refuses a second while the first is
+uncommitted, and a new leader's until it committed an entry of its own term), and answered once
+committed and applied. Any node accepts a request: a follower hands it to the leader's client API
+and relays the answer, so the leader's checks and the leader's view of the configuration decide.
+
+- add: a new member joins as a learner by default (it receives the log but neither votes nor
+  counts towards a commit), under a fresh id (membership.py); its name, client URL and peer
+  address must not belong to a member already.
+- promote: only once the learner holds nearly all of the leader's log (`PROMOTE_MAX_LAG_ENTRIES`),
+  or the new voter would make commits wait for it to catch up (etcd: "learner not in sync").
+- remove: of the leader, leadership is first handed to the most caught-up other voter, then the
+  new leader removes it; the last voter cannot be removed.
+
+Every node follows the applied configuration (`sync`, called after each membership entry it
+applies): links open to new members and close to removed ones, and `/raft-state` lists them.
+
+A removed node usually never applies its own removal: the configuration takes effect when the
+entry is appended, and the leader stops replicating to it at once. It cannot disturb the others
+(pre-vote and check-quorum refuse a node that no leader answers), but it would campaign in vain
+for ever. So a node that has known no leader for a while asks a peer (`check_still_member`);
+the cluster remembers removed ids, and ids are never reused, so "removed" is a final answer, and
+the node stops its Raft group and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from raftkv.client import Client, ClusterUnreachableError
+from raftkv.core import ConfChange, ConfChangeKind, Role
+from raftkv.transport import Transport
+
+from .config import Member, NodeConfig
+from .errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError
+from .group import RaftGroup
+from .membership import MemberRecord, new_member_id
+from .metrics import NodeMetrics
+
+__all__ = ["PROMOTE_MAX_LAG_ENTRIES", "MemberService"]
+
+log = logging.getLogger("raftkv.node")
+
+PROMOTE_MAX_LAG_ENTRIES = 100
+TRANSFER_WAIT_S = 3.0
+FORWARD_TIMEOUT_S = 10.0
+
+
+class MemberService:
+    def __init__(self, cfg: NodeConfig, group: RaftGroup, transport: Transport, metrics: NodeMetrics,
+                 on_removed: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.group = group
+        self.transport = transport
+        self.metrics = metrics
+        self._on_removed = on_removed
+        self._peers: dict[str, Member] = {}
+
+    # ---- who is in the cluster --------------------------------------------------------------
+
+    def address_book(self) -> dict[str, Member]:
+        """Every member as others reach it: the replicated member table, or the command line's
+        members for a data directory from before the table existed."""
+        table = self.group.kv.members
+        if not table:
+            return dict(self.cfg.members)
+        return {member_id: MemberRecord.decode(details).as_member(member_id) for member_id, details in table.items()}
+
+    def peers(self) -> dict[str, Member]:
+        return {i: m for i, m in self.address_book().items() if i != self.cfg.node_id}
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each member with its role and, on the leader, how far behind it is."""
+        core = self.group.core
+        leading = core.role is Role.LEADER
+        rows = []
+        for member_id, member in sorted(self.address_book().items()):
+            role = "voter" if member_id in core.conf.voters else "learner"
+            row: dict[str, Any] = {"id": member_id, "name": member.display_name, "clientURL": member.url,
+                                   "peerURL": f"{member.host}:{member.raft_port}", "role": role,
+                                   "isLeader": member_id == core.leader_id}
+            pr = core.progress.get(member_id)
+            if leading and pr is not None:
+                row.update(matchIndex=pr.match, lagEntries=core.log.last_index() - pr.match)
+            rows.append(row)
+        return rows
+
+    def sync(self) -> None:
+        """Follow the applied configuration: open links to new members, close them to removed ones."""
+        wanted = self.peers()
+        for peer_id, member in wanted.items():
+            if self._peers.get(peer_id) != member:
+                self.transport.add_peer(peer_id, (member.host, member.raft_port))
+        for gone in set(self._peers) - set(wanted):
+            self.transport.remove_peer(gone)
+        self._peers = wanted
+        self._refresh_gauges()
+        if self.cfg.node_id in self.group.kv.removed_members:
+            self._on_removed("its removal was applied here")
+
+    def _refresh_gauges(self) -> None:
+        conf = self.group.core.conf
+        self.metrics.members.labels("voter").set(len(conf.voters))
+        self.metrics.members.labels("learner").set(len(conf.learners))
+
+    async def check_still_member(self) -> None:
+        """Ask the peers, one after another, whether this node's id was removed; the first that
+        answers decides (its table is the cluster's, up to its applied index, and removals are final)."""
+        for peer in self.peers().values():
+            try:
+                async with Client([peer.url], timeout_s=2.0) as client:
+                    status, answer = await client.request("GET", "/members")
+            except ClusterUnreachableError:
+                continue
+            if status == 200 and isinstance(answer, dict):
+                if self.cfg.node_id in answer.get("removedIDs", ()):
+                    self._on_removed(f"{answer.get('node', peer.id)} says this member was removed from the cluster")
+                return
+
+    # ---- changing it ------------------------------------------------------------------------
+
+    async def add(self, name: str, client_url: str, peer_url: str, learner: bool = True) -> dict[str, Any]:
+        if self.group.core.role is not Role.LEADER:
+            return await self._forward("POST", "/members", {"name": name, "clientURL": client_url,
+                                                             "peerURL": peer_url, "learner": learner})
+        record = _record(name, client_url, peer_url)
+        for member_id, member in self.address_book().items():
+            taken = {"name": member.display_name == name, "clientURL": member.url == record.client_url,
+                     "peerURL": (member.host, member.raft_port) == (record.peer_host, record.peer_port)}
+            if clash := [what for what, same in taken.items() if same]:
+                raise MembershipRefused("duplicate", f"{clash[0]} is already {member_id}'s", member=member_id,
+                                        field=clash[0])
+        member_id = new_member_id(name)
+        kind = ConfChangeKind.ADD_LEARNER if learner else ConfChangeKind.ADD_VOTER
+        await self.group.change_membership(ConfChange(kind, member_id, record.encode()))
+        return self._answer(member_id)
+
+    async def promote(self, member_id: str) -> dict[str, Any]:
+        core = self.group.core
+        if core.role is not Role.LEADER:
+            return await self._forward("POST", f"/members/{member_id}/promote", None)
+        if member_id not in core.conf.members():
+            raise MembershipRefused("unknown", f"no member {member_id!r}", members=sorted(core.conf.members()))
+        if member_id in core.conf.voters:
+            raise MembershipRefused("not_learner", f"{member_id} is a voter already, not a learner")
+        pr = core.progress.get(member_id)
+        lag = core.log.last_index() - (pr.match if pr else 0)
+        if lag > PROMOTE_MAX_LAG_ENTRIES:
+            raise MembershipRefused("not_caught_up", f"learner {member_id} is not in sync: it lacks {lag} entries "
+                                                     f"(at most {PROMOTE_MAX_LAG_ENTRIES} to be promoted); retry once "
+                                                     "it has caught up", lagEntries=lag)
+        await self.group.change_membership(ConfChange(ConfChangeKind.ADD_VOTER, member_id))
+        return self._answer(member_id)
+
+    async def remove(self, member_id: str) -> dict[str, Any]:
+        core = self.group.core
+        if core.role is not Role.LEADER:
+            return await self._forward("DELETE", f"/members/{member_id}", None)
+        if member_id not in core.conf.members():
+            raise MembershipRefused("unknown", f"no member {member_id!r}", members=sorted(core.conf.members()))
+        if core.conf.voters == (member_id,):
+            raise MembershipRefused("last_voter", f"{member_id} is the last voter; a cluster needs one")
+        if member_id == self.cfg.node_id:
+            await self._hand_over_leadership()
+            return await self._forward("DELETE", f"/members/{member_id}", None)
+        await self.group.change_membership(ConfChange(ConfChangeKind.REMOVE, member_id))
+        return {"removed": member_id, "members": self.describe()}
+
+    def _answer(self, member_id: str) -> dict[str, Any]:
+        members = self.describe()
+        return {"member": next(m for m in members if m["id"] == member_id), "members": members}
+
+    async def _hand_over_leadership(self) -> None:
+        """Before the leader removes itself: lead no more, so the removal is some other voter's."""
+        core = self.group.core
+        others = [v for v in core.conf.voters if v != self.cfg.node_id]
+        target = max(others, key=lambda v: core.progress[v].match if v in core.progress else -1)
+        self.group.transfer_leadership(target)
+        deadline = time.monotonic() + TRANSFER_WAIT_S
+        while core.role is Role.LEADER or core.leader_id in (None, self.cfg.node_id):
+            if time.monotonic() > deadline:
+                raise NotAppliedError(f"could not hand leadership to {target} before removing this node; retry")
+            await asyncio.sleep(0.02)
+
+    async def _forward(self, method: str, path: str, body: Any) -> dict[str, Any]:
+        """Have the leader make the change, and relay its answer (or its refusal)."""
+        leader = self.group.core.leader_id
+        member = self.address_book().get(leader) if leader else None
+        if member is None:
+            raise NoLeaderError("no leader is known to make the membership change")
+        try:
+            async with Client([member.url], timeout_s=FORWARD_TIMEOUT_S) as client:
+                status, answer = await client.request(method, path, body)
+        except ClusterUnreachableError as e:
+            raise NotAppliedError(f"the leader {leader} cannot be reached to make the change: {e}") from None
+        if status == 200 and isinstance(answer, dict):
+            return answer
+        detail = answer if isinstance(answer, dict) else {"error": str(answer)}
+        message = str(detail.pop("error", f"the leader answered {status}"))
+        if status == 504:
+            raise OutcomeUnknownError(message)
+        if status == 503:
+            raise NotAppliedError(message)
+        reason = detail.pop("reason", "invalid")
+        detail.pop("node", None)
+        raise MembershipRefused(reason, message, **detail)
+
+
+def _record(name: str, client_url: str, peer_url: str) -> MemberRecord:
+    """The details of a new member, checked: a name, an http(s) client URL, a host:port peer address."""
+    if not name or any(c in name for c in "@,/ ") or len(name) > 64:
+        raise MembershipRefused("invalid", "name: 1 to 64 characters, none of '@', ',', '/' or space")
+    client = urlsplit(client_url)
+    if client.scheme not in ("http", "https") or not client.hostname or client.port is None:
+        raise MembershipRefused("invalid", f"clientURL: expected http://host:port, not {client_url!r}")
+    host, _, port = peer_url.removeprefix("tcp://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MembershipRefused("invalid", f"peerURL: expected host:port, not {peer_url!r}")
+    return MemberRecord(name, f"{client.scheme}://{client.hostname}:{client.port}", host, int(port))
