@@ -20,7 +20,9 @@ from raftkv.core import Entry, EntryKind, Role
 from raftkv.kv import KVStateMachine, Put
 from raftkv.node import NodeConfig, NotAppliedError, OutcomeUnknownError, RaftGroup
 from raftkv.node.config import Member
+from raftkv.node.errors import MembershipRefused
 from raftkv.node.event_stream import EventHub
+from raftkv.node.members import PROMOTE_MAX_LAG_ENTRIES, MemberService
 from raftkv.node.metrics import FAST_BUCKETS, NodeMetrics
 from raftkv.node.observe import GroupObserver
 from raftkv.node.peer_messages import ProposeAnswer
@@ -247,3 +249,119 @@ async def test_a_group_whose_disk_fails_says_so_instead_of_looking_alive(
     assert isinstance(exc, OSError) and "cannot go on" in caplog.text
     await leader.stop()  # a failed group halts: it writes nothing more
     await asyncio.gather(write, return_exceptions=True)
+
+
+# ---- membership rules, on real groups in one process ------------------------------------------------
+
+
+class MembershipCluster(InProcessCluster):
+    """The in-process cluster with a MemberService per group, and room to add joining nodes."""
+
+    def __init__(self, tmp_path: Path, ids: tuple[str, ...] = IDS) -> None:
+        super().__init__(tmp_path, ids)
+        self.tmp_path = tmp_path
+        self.services = {node: self._service(group) for node, group in self.groups.items()}
+
+    def _service(self, group: RaftGroup) -> MemberService:
+        return MemberService(group.cfg, group, group.transport, group.metrics, on_removed=lambda why: None)
+
+    async def join(self, name: str, leader: RaftGroup) -> RaftGroup:
+        """Add `name` as a learner on the leader, then start its group with an empty log."""
+        answer = await self.services[leader.id].add(name, f"http://{name}:1", f"{name}:2")
+        member_id = answer["member"]["id"]
+        cfg = NodeConfig(node_id=member_id, data_dir=self.tmp_path / member_id, tick_ms=5, join_url="memory",
+                         members={**members(tuple(self.groups)), member_id: Member(member_id, name, 1, 2)})
+        metrics = NodeMetrics(member_id)
+        observer = GroupObserver(member_id, metrics, EventHub(member_id))
+        transport = self.network.transport(member_id, list(self.groups), LinkFaults(), serialize=True)
+        for group in self.groups.values():
+            group.transport.add_peer(member_id)
+        group = self.groups[member_id] = RaftGroup(cfg, MemoryStorage(), transport, KVStateMachine(), metrics,
+                                                   observer, random.Random(member_id))
+        self.services[member_id] = self._service(group)
+        await transport.start(group.deliver)
+        await group.start()
+        return group
+
+
+@pytest.fixture
+async def membership(tmp_path: Path) -> AsyncIterator[MembershipCluster]:
+    c = MembershipCluster(tmp_path)
+    await c.start()
+    yield c
+    await c.stop()
+
+
+async def test_a_joining_node_rebuilds_the_configuration_from_the_log_and_is_promoted(
+        membership: MembershipCluster) -> None:
+    leader = await membership.leader()
+    await leader.propose(Put("before", 1))
+    learner = await membership.join("n4", leader)
+    service = membership.services[leader.id]
+    for _ in range(400):
+        if learner.kv.get("before") is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert learner.core.conf == leader.core.conf and learner.id in leader.core.conf.learners
+    assert learner.kv.members == leader.kv.members  # names and addresses, from the log itself
+    await service.promote(learner.id)
+    assert learner.id in leader.core.conf.voters
+    assert [m["role"] for m in service.describe() if m["id"] == learner.id] == ["voter"]
+
+
+async def test_membership_refusals_name_their_reason_and_change_nothing(membership: MembershipCluster) -> None:
+    leader = await membership.leader()
+    service = membership.services[leader.id]
+    before = leader.core.conf
+    refusals = [
+        (service.add("n1", "http://x:1", "x:2"), "duplicate"),  # a member's name
+        (service.add("n9", membership.services["n2"].address_book()["n2"].url, "y:2"), "duplicate"),
+        (service.add("bad name", "http://x:1", "x:2"), "invalid"),
+        (service.add("n9", "ftp://x:1", "x:2"), "invalid"),
+        (service.promote("nobody"), "unknown"),
+        (service.promote("n2"), "not_learner"),
+        (service.remove("nobody"), "unknown"),
+    ]
+    for call, reason in refusals:
+        with pytest.raises(MembershipRefused) as refused:
+            await call
+        assert refused.value.reason == reason, (reason, refused.value)
+    assert leader.core.conf == before
+
+
+async def test_a_learner_that_is_behind_is_not_promoted(membership: MembershipCluster) -> None:
+    leader = await membership.leader()
+    learner = await membership.join("n4", leader)
+    learner.transport.faults.set_partitioned(True, None)
+    for i in range(PROMOTE_MAX_LAG_ENTRIES + 20):
+        await leader.propose(Put(f"k{i}", i))
+    with pytest.raises(MembershipRefused) as refused:
+        await membership.services[leader.id].promote(learner.id)
+    assert refused.value.reason == "not_caught_up" and refused.value.details["lagEntries"] > PROMOTE_MAX_LAG_ENTRIES
+    assert learner.id in leader.core.conf.learners
+
+
+async def test_a_second_change_waits_for_the_first_to_commit(membership: MembershipCluster) -> None:
+    leader = await membership.leader()
+    service = membership.services[leader.id]
+    for group in membership.groups.values():  # no quorum: the first change cannot commit
+        if group is not leader:
+            group.transport.faults.set_partitioned(True, None)
+    first = asyncio.ensure_future(service.add("n4", "http://n4:1", "n4:2"))
+    await asyncio.sleep(0.05)
+    with pytest.raises(MembershipRefused) as refused:
+        await service.add("n5", "http://n5:1", "n5:2")
+    assert refused.value.reason == "pending" and refused.value.details["pendingIndex"] > 0
+    first.cancel()
+
+
+async def test_the_last_voter_cannot_be_removed(tmp_path: Path) -> None:
+    solo = MembershipCluster(tmp_path, ids=("n1",))
+    await solo.start()
+    try:
+        leader = await solo.leader()
+        with pytest.raises(MembershipRefused) as refused:
+            await solo.services["n1"].remove("n1")
+        assert refused.value.reason == "last_voter" and leader.core.conf.voters == ("n1",)
+    finally:
+        await solo.stop()
