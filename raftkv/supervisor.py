@@ -9,11 +9,23 @@ lab`, slow motion, a test), so the count lives here and nowhere else. Whoever ma
 can hear of each exit and restart as one line (`on_event`): `raftkv up` prints them. An exit the
 supervisor caused is reported when it reaps the process; one from outside (kill -9 in a shell, a
 crash) when `note_exits` next looks, which `watch_exits` does a few times a second.
+
+The node set changes at run time. `add_node` starts a new node that joins the running cluster
+(`raftkv node --join <a live member's URL> --name nodeN ...`) on the next consecutive ports, or on
+ports the OS picks when those are taken; `retire` stops a node the cluster has removed and forgets
+its process. The cluster's side of a change (adding the member, promoting it, removing it) is
+asked of the cluster by whoever drives the supervisor (the dashboard: dashboard/membership.py):
+this module only runs processes. Both are written down in `<data_dir>/up-members.json`, so the
+next `raftkv up` on the same directory starts the nodes that joined and not the ones removed. A
+retired node's data directory is kept, never deleted: a removed member cannot rejoin with it
+(its id is removed for good), but nothing it held disappears silently.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,10 +37,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raftkv.node.config import Member
+from raftkv.ports import Listener, PortUnavailableError, check_listeners
 
 EXIT_WATCH_INTERVAL_S = 0.2
 LOG_TAIL_BYTES = 4096
 LOG_LINE_CHARS = 200
+LEDGER_FILE = "up-members.json"
+IDENTITY_FILE = "MEMBER"  # a node's data directory names its member once it started (node/membership.py)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # also a directory name under data_dir
+
+
+class NameTakenError(ValueError):
+    """A new node's name that a node of the cluster, or a data directory of a member, already has."""
 
 
 @dataclass
@@ -40,6 +60,15 @@ class NodeProcess:
     restarts: int = 0
     exit_reported: bool = False  # this proc's exit has been told to on_event
     extra_args: list[str] = field(default_factory=list)
+    join_url: str | None = None  # a node added at run time joins the cluster through this member's URL
+
+    def identity_args(self, founding_cluster: str) -> list[str]:
+        """Who the node is on its command line: a founding member, or a member that joins."""
+        m = self.member
+        if self.join_url is None:
+            return ["--id", m.id, "--cluster", founding_cluster]
+        return ["--join", self.join_url, "--name", m.id, "--advertise-client", m.url,
+                "--advertise-peer", f"{m.host}:{m.raft_port}"]
 
     @property
     def running(self) -> bool:
@@ -56,6 +85,8 @@ class NodeProcess:
         return {
             "id": self.member.id,
             "url": self.member.url,
+            "joined": self.join_url is not None,
+            "dataDir": str(self.data_dir),
             "pid": self.proc.pid if self.running and self.proc else None,
             "running": self.running,
             "paused": self.paused and self.running,
@@ -110,6 +141,30 @@ def local_members(count: int, host: str = "127.0.0.1", http_base: int = 3000, ra
     return [Member(f"node{i + 1}", host, http_base + i, raft_base + i) for i in range(count)]
 
 
+@dataclass
+class Ledger:
+    """What changed in an `up`'s node set since it was founded: the nodes that joined (name ->
+    ports and join URL) and the names removed. Kept as JSON beside the nodes' data directories."""
+
+    path: Path
+    joined: dict[str, dict] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, data_dir: Path) -> Ledger:
+        path = data_dir / LEDGER_FILE
+        if not path.exists():
+            return cls(path)
+        raw = json.loads(path.read_text())
+        return cls(path, dict(raw.get("joined", {})), list(raw.get("removed", [])))
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"joined": self.joined, "removed": self.removed}, indent=1))
+        os.replace(tmp, self.path)
+
+
 class Supervisor:
     def __init__(
         self,
@@ -119,9 +174,18 @@ class Supervisor:
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.cluster = ",".join(f"{m.id}@{m.host}:{m.http_port}:{m.raft_port}" for m in members)
-        self.nodes = {m.id: NodeProcess(m, Path(data_dir) / m.id, extra_args=list(node_args or [])) for m in members}
+        self.data_dir = Path(data_dir)
+        self.node_args = list(node_args or [])
+        self.host = members[0].host
+        self.nodes = {m.id: NodeProcess(m, self.data_dir / m.id, extra_args=list(self.node_args)) for m in members}
+        self._ledger = Ledger.load(self.data_dir)
+        for name in self._ledger.removed:
+            self.nodes.pop(name, None)
+        for name, joined in self._ledger.joined.items():
+            self.nodes[name] = self._joiner(name, joined["httpPort"], joined["raftPort"], joined["join"])
         self._on_event = on_event
         self._report_lock = threading.Lock()  # the watcher and a kill may both see the same exit
+        self._nodes_lock = threading.Lock()  # two adds must not pick the same name or ports
         self._watching = threading.Event()
 
     def start(self, node_id: str) -> None:
@@ -131,19 +195,8 @@ class Supervisor:
         self._note_exit(node)  # an exit nobody reported yet comes before the restart line
         node.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(node.data_dir / "node.log", "ab")  # noqa: SIM115 - handed to the child process
-        cmd = [
-            sys.executable,
-            "-m",
-            "raftkv",
-            "node",
-            "--id",
-            node_id,
-            "--cluster",
-            self.cluster,
-            "--data-dir",
-            str(node.data_dir),
-            *node.extra_args,
-        ]
+        cmd = [sys.executable, "-m", "raftkv", "node", *node.identity_args(self.cluster),
+               "--data-dir", str(node.data_dir), *node.extra_args]
         restarting = node.proc is not None
         node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
@@ -154,8 +207,87 @@ class Supervisor:
             self._report(f"{node_id} restarted (pid {node.proc.pid}, restarts: {node.restarts})")
 
     def start_all(self) -> None:
-        for node_id in self.nodes:
+        for node_id in list(self.nodes):
             self.start(node_id)
+
+    def joined(self) -> list[NodeProcess]:
+        """The nodes added at run time (by this `up` or an earlier one on the same data directory)."""
+        return [n for n in list(self.nodes.values()) if n.join_url is not None]
+
+    # ------------------------------------------------------------------ the node set ------------
+
+    def add_node(self, name: str | None = None, taken: set[str] | frozenset[str] = frozenset(),
+                 join_url: str | None = None) -> NodeProcess:
+        """Start a new node that joins the running cluster through `join_url` (default: the first
+        running node's). `name` defaults to the first nodeN that is free: not run here, not in
+        `taken` (the cluster's member names), and not a data directory that belongs to a member.
+        Its ports are the ones after the highest in use, if free. ValueError: a name not usable."""
+        with self._nodes_lock:
+            name = name or self._free_name(taken)
+            self._check_name(name, taken)
+            join_url = join_url or next((n.member.url for n in list(self.nodes.values()) if n.running), None)
+            if join_url is None:
+                raise ValueError("no node is running to join through")
+            http_port, raft_port = self._next_ports()
+            node = self._joiner(name, http_port, raft_port, join_url)
+            self.nodes[name] = node
+            self._ledger.joined[name] = {"httpPort": http_port, "raftPort": raft_port, "join": join_url}
+            self._ledger.save()
+        self.start(name)
+        assert node.proc is not None
+        self._report(f"{name} added: joining through {join_url} (pid {node.proc.pid}, {node.member.url}, "
+                     f"data: {node.data_dir})")
+        return node
+
+    def retire(self, node_id: str, grace_s: float, why: str = "left the cluster") -> dict:
+        """A node the cluster removed (or that could not join): stop its process and forget it.
+        Its data directory stays."""
+        node = self.nodes[node_id]
+        self.stop(node_id, grace_s)
+        with self._nodes_lock:
+            del self.nodes[node_id]
+            self._ledger.joined.pop(node_id, None)
+            if node.join_url is None:  # a founding member: the next `up` must not start it again
+                self._ledger.removed.append(node_id)
+            self._ledger.save()
+        self._report(f"{node_id} {why} and was stopped; its data stays in {node.data_dir}")
+        return node.describe()
+
+    def _joiner(self, name: str, http_port: int, raft_port: int, join_url: str) -> NodeProcess:
+        return NodeProcess(Member(name, self.host, http_port, raft_port), self.data_dir / name,
+                           extra_args=list(self.node_args), join_url=join_url)
+
+    def _free_name(self, taken: set[str] | frozenset[str]) -> str:
+        n = 1
+        while self._name_in_use(f"node{n}", taken):
+            n += 1
+        return f"node{n}"
+
+    def _name_in_use(self, name: str, taken: set[str] | frozenset[str]) -> bool:
+        belongs_to_a_member = (self.data_dir / name / IDENTITY_FILE).exists()
+        return name in self.nodes or name in taken or belongs_to_a_member
+
+    def _check_name(self, name: str, taken: set[str] | frozenset[str]) -> None:
+        if not NAME_PATTERN.fullmatch(name):
+            raise ValueError(f"name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
+                             "digit")
+        if self._name_in_use(name, taken):
+            raise NameTakenError(f"name {name!r} is taken (a node of this cluster, or a data directory of a member "
+                             f"that was, in {self.data_dir / name})")
+
+    def _next_ports(self) -> tuple[int, int]:
+        """The client and peer ports after the highest in use, when nothing listens there; else two the OS picks."""
+        members = [n.member for n in self.nodes.values()]
+        used = {p for m in members for p in (m.http_port, m.raft_port)}
+        http_port, raft_port = max(m.http_port for m in members) + 1, max(m.raft_port for m in members) + 1
+        try:
+            if used & {http_port, raft_port} or raft_port > 65535:
+                raise PortUnavailableError("the next ports belong to a node")
+            check_listeners([Listener(self.host, http_port, "a new node's client port"),
+                             Listener(self.host, raft_port, "a new node's peer port")])
+        except PortUnavailableError:
+            http_port, raft_port = free_ports(2)
+        return http_port, raft_port
 
     def kill(self, node_id: str) -> None:
         """kill -9: no chance to flush anything."""
@@ -198,12 +330,13 @@ class Supervisor:
     def stop_all(self, timeout_s: float = 10.0) -> None:
         """Graceful: SIGTERM (resuming paused nodes first), then SIGKILL whatever is left."""
         self._watching.clear()
-        for node_id, node in self.nodes.items():
+        nodes = list(self.nodes.items())
+        for node_id, node in nodes:
             self.resume(node_id)
             if node.running and node.proc:
                 node.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        for node in self.nodes.values():
+        for _, node in nodes:
             if node.proc is None:
                 continue
             try:
@@ -214,13 +347,13 @@ class Supervisor:
         self.note_exits()
 
     def describe(self) -> list[dict]:
-        return [n.describe() for n in self.nodes.values()]
+        return [n.describe() for n in list(self.nodes.values())]
 
     # ------------------------------------------------------------------ exits -------------------
 
     def note_exits(self) -> None:
         """Report every node process that ended since the last look, whoever ended it."""
-        for node in self.nodes.values():
+        for node in list(self.nodes.values()):  # the node set may change meanwhile
             self._note_exit(node)
 
     def watch_exits(self) -> None:

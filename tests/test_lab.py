@@ -2,8 +2,10 @@
 
 A taken port is reported in one line before anything starts; node exits and restarts are printed
 in the `up` terminal; `raftkv lab` lists, stops, starts and restarts the nodes through the
-dashboard; `--host 0.0.0.0` prints addresses other machines can use while the nodes keep talking
-over loopback. Everything waits with deadlines, never with fixed sleeps.
+dashboard, and adds and removes nodes at run time (the next `up` on the same data directory starts
+the nodes added and not the ones removed); `--host 0.0.0.0` prints addresses other machines can
+use while the nodes keep talking over loopback. Everything waits with deadlines, never with fixed
+sleeps.
 """
 
 from __future__ import annotations
@@ -82,10 +84,11 @@ def wait_until(what: str, condition: Callable[[], object], timeout: float = 30.0
 class Up:
     """`raftkv up` in a subprocess, its output collected line by line."""
 
-    def __init__(self, data_dir: Path, nodes: int, host: str = "127.0.0.1") -> None:
-        self.http_port = free_port_run(nodes)
-        self.raft_port = free_port_run(nodes)
-        self.dashboard_port = free_ports(1)[0]
+    def __init__(self, data_dir: Path, nodes: int, host: str = "127.0.0.1", ports: tuple[int, int, int] | None = None,
+                 ) -> None:
+        # One more consecutive port than the nodes need: a node added at run time takes the next ones.
+        self.http_port, self.raft_port, self.dashboard_port = ports or (
+            free_port_run(nodes + 1), free_port_run(nodes + 1), free_ports(1)[0])
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
@@ -136,8 +139,8 @@ class Up:
 def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
     started: list[Up] = []
 
-    def start(nodes: int = 1, host: str = "127.0.0.1") -> Up:
-        up = Up(tmp_path / "data", nodes, host)
+    def start(nodes: int = 1, host: str = "127.0.0.1", ports: tuple[int, int, int] | None = None) -> Up:
+        up = Up(tmp_path / "data", nodes, host, ports)
         started.append(up)
         return up
 
@@ -283,6 +286,54 @@ def test_lab_says_so_when_no_raftkv_up_answers() -> None:
     assert out.stderr.strip() == f"Error: no `raftkv up` answers at {url} (start one, or give its --dashboard URL)"
     out = raftkv("lab", "restart", "node1", "--dashboard", url)
     assert out.returncode != 0 and "no `raftkv up` answers" in out.stderr
+
+
+# ---------------------------------------------------------------------- adding and removing nodes -
+
+
+def lab_rows(up: Up) -> dict[str, list[str]]:
+    out = up.lab("list")
+    assert out.returncode == 0, out
+    return {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:]}
+
+
+def test_lab_adds_a_node_that_joins_and_is_promoted_removes_one_and_the_next_up_remembers(
+        start_up: Callable[..., Up], tmp_path: Path) -> None:
+    up = start_up(nodes=3)
+    up.wait_ready()
+    wait_until("a leader", lambda: (s := get_json(up.node_url("node1") + "/raft-state")) and s["leaderId"])
+
+    out = up.lab("add")
+    node4_url = f"http://127.0.0.1:{up.http_port + 3}"  # the next consecutive ports
+    assert out.returncode == 0, out
+    assert re.fullmatch(rf"node4 joined as a voter \(id node4-[0-9a-f]{{16}}\): running \(pid \d+\), {node4_url}, "
+                        rf"data: {tmp_path / 'data' / 'node4'}\n", out.stdout), out.stdout
+    up.wait_for_line(rf"^node4 added: joining through http://127\.0\.0\.1:\d+ \(pid \d+, {node4_url}, data: ")
+    members = get_json(up.node_url("node1") + "/members")["members"]
+    assert {m["name"]: m["role"] for m in members} == {f"node{i}": "voter" for i in range(1, 5)}
+    rows = lab_rows(up)
+    assert sorted(rows) == ["node1", "node2", "node3", "node4"] and rows["node4"][2] == "running", rows
+
+    out = up.lab("remove", "node2")
+    assert out.returncode == 0, out
+    assert out.stdout == (f"node2 was removed from the cluster (id node2); its process stopped, its data stays in "
+                          f"{tmp_path / 'data' / 'node2'}\n")
+    up.wait_for_line(rf"^node2 left the cluster and was stopped; its data stays in {tmp_path / 'data' / 'node2'}$")
+    assert (tmp_path / "data" / "node2" / "raft").is_dir(), "a removed node's data is kept"
+    assert sorted(lab_rows(up)) == ["node1", "node3", "node4"]
+    out = up.lab("remove", "node2")
+    assert out.returncode == 1 and "no member 'node2'; members are ['node1', 'node3', 'node4']" in out.stderr, out
+
+    ports = (up.http_port, up.raft_port, up.dashboard_port)
+    assert up.stop() == 0
+    again = start_up(nodes=3, ports=ports)
+    again.wait_ready()
+    assert again.wait_for_line(r"^node4: ").endswith("(joined later)")
+    assert not any(line.startswith("node2: ") for line in again.lines), again.lines
+    wait_until("node4 back and following a leader",
+               lambda: (s := get_json(node4_url + "/raft-state")) and s["leaderId"] and s["state"] != "candidate")
+    status, body = http("PUT", again.node_url("node3") + "/kv/after-restart", {"value": 1})
+    assert status == 200, body
 
 
 # ---------------------------------------------------------------------- every interface ---------

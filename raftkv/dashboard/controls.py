@@ -66,6 +66,7 @@ class Controls:
     def __init__(self, hub: Hub, supervisor: Any = None) -> None:
         self.hub = hub
         self.supervisor = supervisor
+        # Each node's arguments before slow motion changed its tick (a node added later: the supervisor's).
         self._original_args = (
             {i: list(p.extra_args) for i, p in supervisor.nodes.items()} if supervisor is not None else {}
         )
@@ -102,7 +103,7 @@ class Controls:
         self.hub.action(f"🗳️ force election on {node_id}", kind="force-election", target=node_id)
         status, body = await self.call(link, "POST", "/force-election")
         if status >= 400:
-            raise ControlError(status, f"{node_id} refused: {_err(body)}", node=node_id)
+            raise ControlError(status, f"{node_id} refused: {error_text(body)}", node=node_id)
         return {"node": node_id, "result": body}
 
     # ------------------------------------------------------------------ partitions --------------
@@ -120,7 +121,7 @@ class Controls:
     async def _post(self, link: NodeLink, path: str, body: dict, what: str) -> dict:
         status, answer = await self.call(link, "POST", path, body)
         if status >= 400:
-            raise ControlError(status, f"{link.id} refused {what}: {_err(answer)}", node=link.id)
+            raise ControlError(status, f"{link.id} refused {what}: {error_text(answer)}", node=link.id)
         return answer if isinstance(answer, dict) else {"answer": answer}
 
     async def isolate(self, node_id: str) -> dict:
@@ -139,7 +140,7 @@ class Controls:
         return {"healed": sorted(results), "errors": errors}
 
     async def split(self, groups: list[list[str]]) -> dict:
-        ids = set(self.hub.links)
+        ids = {n.id for n in self.hub.members()}
         if not isinstance(groups, list) or not groups or any(not isinstance(g, list) or not g for g in groups):
             raise ControlError(400, 'groups: non-empty lists of node ids, e.g. [["node1"], ["node2", "node3"]]')
         seen: list[str] = [n for g in groups for n in g]
@@ -192,7 +193,7 @@ class Controls:
 
     # ------------------------------------------------------------------ processes ---------------
 
-    def _need_supervisor(self, what: str) -> Any:
+    def need_supervisor(self, what: str) -> Any:
         if self.supervisor is None:
             raise ControlError(501, NO_SUPERVISOR.format(what=what), unavailable=what)
         return self.supervisor
@@ -201,15 +202,15 @@ class Controls:
         if op not in PROCESS_ACTIONS:
             raise ControlError(404, f"unknown process action {op!r}; one of {sorted(PROCESS_ACTIONS)}")
         icon, words = PROCESS_ACTIONS[op]
-        sup = self._need_supervisor(f"{words} a node")
+        sup = self.need_supervisor(f"{words} a node")
         link = self._link(node_id)
-        if link.raft_id not in sup.nodes:
+        if link.id not in sup.nodes:
             raise ControlError(404, f"the supervisor does not run {node_id}")
         self.hub.action(f"{icon} {words} {node_id}", kind=op, target=node_id)
         act = {"crash": sup.kill, "stop": functools.partial(sup.stop, grace_s=STOP_GRACE_S), "start": sup.start,
                "restart": sup.restart, "pause": sup.pause, "resume": sup.resume}[op]
-        await asyncio.get_running_loop().run_in_executor(None, act, link.raft_id)
-        return {"node": node_id, "process": sup.nodes[link.raft_id].describe()}
+        await asyncio.get_running_loop().run_in_executor(None, act, link.id)
+        return {"node": node_id, "process": sup.nodes[link.id].describe()}
 
     # ------------------------------------------------------------------ slow motion -------------
 
@@ -225,7 +226,7 @@ class Controls:
         }
 
     async def slow_motion(self, factor: int) -> dict:
-        sup = self._need_supervisor("slow the cluster down (it restarts each node with a larger --tick-ms)")
+        sup = self.need_supervisor("slow the cluster down (it restarts each node with a larger --tick-ms)")
         if not 1 <= factor <= SLOWMO_MAX_FACTOR:
             raise ControlError(400, f"factor: 1..{SLOWMO_MAX_FACTOR}")
         if self._slowmo_lock.locked():
@@ -238,16 +239,18 @@ class Controls:
                 self.slowmo_busy = False
 
     async def _rolling_restart(self, sup: Any, factor: int) -> dict:
+        for node_id in list(sup.nodes):
+            self._original_args.setdefault(node_id, list(sup.node_args))
         base = {}
         for node_id, args in self._original_args.items():
             base[node_id] = int(args[args.index("--tick-ms") + 1]) if "--tick-ms" in args else 20
         word = "normal speed" if factor == 1 else f"slow motion x{factor}"
         self.hub.action(f"🐢 {word}: restarting each node with --tick-ms {base and max(base.values()) * factor}",
                         kind="slowmo", factor=factor)
-        links = sorted(self.hub.links.values(), key=lambda n: (n.status or {}).get("state") == "leader")
+        links = sorted(self.hub.members(), key=lambda n: (n.status or {}).get("state") == "leader")
         done = []
         for link in links:
-            node_id = link.raft_id
+            node_id = link.id
             if node_id not in sup.nodes:
                 continue
             tick = base[node_id] * factor
@@ -312,11 +315,13 @@ class Controls:
                 "servedBy": served, "forwardedBy": forwarded, "revision": rev, "ms": ms}
 
     def _any_reachable(self) -> str:
+        return (self.reachable_members() or list(self.hub.links.values()))[0].id
+
+    def reachable_members(self) -> list[NodeLink]:
+        """The members the dashboard reaches now, the leader first."""
         now = time.time()
-        links = list(self.hub.links.values())
-        leader = next((n for n in links if (n.status or {}).get("state") == "leader" and n.reach(now) == "ok"), None)
-        ok = leader or next((n for n in links if n.reach(now) == "ok"), None) or links[0]
-        return ok.id
+        ok = [n for n in self.hub.members() if n.reach(now) == "ok"]
+        return sorted(ok, key=lambda n: (n.status or {}).get("state") != "leader")
 
 
 def _without_tick(args: list[str]) -> list[str]:
@@ -342,7 +347,7 @@ def _graceful_restart(sup: Any, node_id: str) -> None:
     sup.start(node_id)
 
 
-def _err(body: Any) -> str:
+def error_text(body: Any) -> str:
     return str(body.get("error", body)) if isinstance(body, dict) else str(body)
 
 

@@ -9,6 +9,13 @@ contents, fault changes) is stamped with a dashboard sequence number and receipt
 and sent to each browser. The hub adds events of its own: reachability, per-link message rates,
 metric rates for the charts, safety-check results, and what the person did (actions).
 
+The set of nodes follows the cluster's membership. When the leader's status shows another
+configuration (its voters and learners), the hub reads the leader's `GET /members` and starts
+watching each new member under its name, at its client URL; a member the cluster removed (its id
+in `removedIDs`) is marked removed, drawn as such for `REMOVED_LINGER_S`, and then no longer
+watched. Each change of the set goes to the pages as a `nodes` event, and node texts name members
+by name rather than by their long ids (`node4`, not `node4-9f3c...`).
+
 Reachability is the dashboard's own knowledge and is kept apart from the node's: "cannot reach"
 means the dashboard's connection failed or went silent (the node may be crashed, paused, or the
 dashboard's own network may be at fault); "partitioned" is what the node itself reports about
@@ -65,6 +72,8 @@ FLUSH_S = 0.05
 TICK_S = 0.5
 METRICS_EVERY_S = 1.0
 SILENT_AFTER_S = 1.5  # connected, yet no status for this long: the node is not answering
+REMOVED_LINGER_S = 5.0  # a removed member stays on the page, marked removed, this long
+MEMBERS_TIMEOUT_S = 2.0
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.2, 3.0
 # Status fields that move with nothing happening (clocks, counters): a status that differs from
 # the last recorded one only in these shows the page nothing new.
@@ -150,6 +159,10 @@ class NodeLink:
     replay_before: float = 0.0  # during this connection, events stamped at or before this are replays
     recorded_picture: tuple | None = None  # what the page draws from the last status recorded
     recorded_at: float = 0.0  # monotonic time that status was recorded
+    removed_at: float | None = None  # monotonic time the hub learned the cluster removed this member
+
+    def describe(self) -> dict:
+        return {"id": self.id, "url": self.url, "raftId": self.raft_id, "removed": self.removed_at is not None}
 
     def status_worth_recording(self, state: dict, kv: dict | None) -> bool:
         """Whether this status shows the page something new, or the last one recorded is getting old."""
@@ -197,6 +210,9 @@ class Hub:
         self._pending: list[str] = []  # encoded events for the next batch
         self._link_counts: dict[tuple[str, str, str], list[int]] = {}
         self._tasks: list[asyncio.Task] = []
+        self._link_tasks: dict[str, list[asyncio.Task]] = {}
+        self._conf_seen: tuple | None = None  # the leader's (voters, learners) the node set last followed
+        self._members_refresh: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
         self.extra_reach: Callable[[], dict] | None = None
         self.started_at = time.time()
@@ -207,15 +223,16 @@ class Hub:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0))
         loop = asyncio.get_running_loop()
         for link in self.links.values():
-            self._tasks.append(loop.create_task(self._watch(link)))
-            self._tasks.append(loop.create_task(self._poll_metrics(link)))
+            self._watch_link(link)
         self._tasks.append(loop.create_task(self._flusher()))
         self._tasks.append(loop.create_task(self._ticker()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *(t for ts in self._link_tasks.values() for t in ts), self._members_refresh]
+        tasks = [t for t in tasks if t is not None]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._session is not None:
@@ -233,6 +250,89 @@ class Hub:
 
     def by_raft_id(self, raft_id: str) -> NodeLink | None:
         return next((n for n in self.links.values() if n.raft_id == raft_id), None)
+
+    def members(self) -> list[NodeLink]:
+        """The links of nodes that are members (not removed)."""
+        return [n for n in self.links.values() if n.removed_at is None]
+
+    def node_list(self) -> list[dict]:
+        return [n.describe() for n in self.links.values()]
+
+    # ------------------------------------------------------------------ the node set ------------
+
+    def follow_members(self, view: dict) -> None:
+        """Watch every member of a `GET /members` answer, under its name; mark the removed ones."""
+        removed_ids = set(view.get("removedIDs") or ())
+        for member in view.get("members") or ():
+            self._follow_member(member)
+        for link in self.members():
+            if link.raft_id in removed_ids:
+                link.removed_at = time.monotonic()
+                self._nodes_changed(f"{link.id} was removed from the cluster")
+
+    def _follow_member(self, member: dict) -> None:
+        if self.by_raft_id(member["id"]) is not None:
+            return
+        name = member.get("name") or member["id"]
+        known = self.links.get(name)
+        if known is not None and known.removed_at is None:  # watched before the cluster gave its id
+            known.raft_id = member["id"]
+            return
+        if known is not None:  # the name of a removed member, now a new member's
+            self._unwatch(known)
+        link = NodeLink(name, member["clientURL"].rstrip("/"), member["id"])
+        self.links[name] = link
+        if self._session is not None:
+            self._watch_link(link)
+        self._nodes_changed(f"{name} joined the cluster as a {member.get('role', 'member')}; the dashboard "
+                            f"watches it at {link.url}")
+
+    def _drop_removed(self) -> None:
+        now = time.monotonic()
+        for link in list(self.links.values()):
+            if link.removed_at is not None and now - link.removed_at > REMOVED_LINGER_S:
+                self._unwatch(link)
+                self._nodes_changed(f"the dashboard no longer watches {link.id}, which left the cluster")
+
+    def _watch_link(self, link: NodeLink) -> None:
+        loop = asyncio.get_running_loop()
+        self._link_tasks[link.id] = [loop.create_task(self._watch(link)), loop.create_task(self._poll_metrics(link))]
+
+    def _unwatch(self, link: NodeLink) -> None:
+        for task in self._link_tasks.pop(link.id, []):
+            task.cancel()
+        self.links.pop(link.id, None)
+
+    def _nodes_changed(self, text: str) -> None:
+        self.emit({"type": "nodes", "nodes": self.node_list(), "text": text})
+
+    def _notice_configuration(self, link: NodeLink, state: dict) -> None:
+        """A leader's status with another configuration than the node set follows: read the members."""
+        conf = (tuple(state.get("voters") or ()), tuple(state.get("learners") or ()))
+        refreshing = self._members_refresh is not None and not self._members_refresh.done()
+        if conf == self._conf_seen or refreshing:
+            return
+        self._conf_seen = conf
+        self._members_refresh = asyncio.get_running_loop().create_task(self._read_members(link))
+
+    async def _read_members(self, link: NodeLink) -> None:
+        try:
+            async with self.session.get(link.url.rstrip("/") + "/members",
+                                        timeout=aiohttp.ClientTimeout(total=MEMBERS_TIMEOUT_S)) as resp:
+                view = await resp.json() if resp.status == 200 else None
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            view = None
+        if isinstance(view, dict):
+            self.follow_members(view)
+        else:
+            self._conf_seen = None  # the next leader status tries again
+
+    def named(self, text: str) -> str:
+        """A node's text with added members' long ids replaced by their names."""
+        for link in self.links.values():
+            if link.raft_id != link.id and link.raft_id in text:
+                text = text.replace(link.raft_id, link.id)
+        return text
 
     # ------------------------------------------------------------------ events ------------------
 
@@ -256,7 +356,7 @@ class Hub:
         the newest recorded events, within HELLO_MAX_EVENTS and HELLO_MAX_BYTES, to give its timeline a past."""
         head = {
             "type": "hello",
-            "nodes": [{"id": n.id, "url": n.url, "raftId": n.raft_id} for n in self.links.values()],
+            "nodes": self.node_list(),
             "supervisor": self.supervisor is not None,
             "safety": self.safety.describe(),
             "reach": self.reach(),
@@ -308,6 +408,8 @@ class Hub:
             ev["recorded"] = link.status_worth_recording(state, link.kv)
             if state.get("nodeId"):
                 link.raft_id = state["nodeId"]
+            if state.get("state") == "leader":
+                self._notice_configuration(link, state)
             if self.safety.observe_status(link.id, state):
                 self.emit({"type": "safety", "checks": self.safety.describe(), "broken": True})
         elif kind == "trace" and ev.get("kind") == "role" and (ev.get("detail") or {}).get("role") == "leader":
@@ -319,6 +421,8 @@ class Hub:
             counts[0] += int(ev.get("count", 1))
             counts[1] += int(ev.get("entries", 0) or 0)
             counts[2] += int(ev.get("count", 1)) if ev.get("dropped") else 0
+        if isinstance(ev.get("text"), str):
+            ev["text"] = self.named(ev["text"])
         ev["via"] = link.id
         self.emit(ev)
 
@@ -396,6 +500,7 @@ class Hub:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
             dt, last = now - last, now
+            self._drop_removed()
             counts, self._link_counts = self._link_counts, {}
             rates: dict[str, dict[str, float]] = {}
             for (src, dst, kind), (n, entries, dropped) in counts.items():

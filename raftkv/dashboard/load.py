@@ -1,7 +1,7 @@
 """A small load generator: N concurrent writers for S seconds through the nodes' HTTP API.
 
 Each writer sends `PUT /kv/load-<writer>-<n>` in a loop, spreading its requests over the nodes
-(followers forward to the leader, as a real client's requests would be). While it runs, the
+that are members at the time (followers forward to the leader, as a real client's requests would be). While it runs, the
 generator reports twice a second: writes acknowledged per second over the last interval,
 latency percentiles of those, and errors by status. What a person sees under load is therefore
 what clients experienced, while the charts show what the nodes measured themselves.
@@ -72,11 +72,11 @@ class LoadGenerator:
         overall: list[float] = []  # a uniform sample of every latency, for the final figures
         rng = random.Random(0)
         totals = {"ok": 0, "errors": {}}
-        urls = [n.url.rstrip("/") for n in self.hub.links.values()]
 
         async def writer(w: int) -> None:
             n = 0
             while time.monotonic() < deadline:
+                urls = [m.url.rstrip("/") for m in self.hub.members()]  # it follows nodes added and removed
                 url = urls[(w + n) % len(urls)]
                 key = f"load-{w}-{n % KEYS_PER_WRITER}"
                 t0 = time.perf_counter()

@@ -11,9 +11,11 @@ Ctrl-C or SIGTERM (or until `stop_event` is set, when run in a thread), then ret
 * `GET /ws`: a WebSocket that first sends a `hello` (nodes, what is available, the recent
   events) and then batches of events from the hub (see hub.py), live; both are bounded in bytes;
 * `POST /api/...`: the controls (controls.py), the load generator (load.py), slow motion and the
-  guided tour (tour.py). Errors are JSON `{"error": ...}`; a number out of its range or not a
-  number is a 400 naming the field and the range; what needs a supervisor answers 501 with the
-  reason when the dashboard only attaches to a remote cluster;
+  guided tour (tour.py); `POST /api/members` (add a node), `POST /api/members/{node}/promote` and
+  `DELETE /api/members/{node}` change the cluster's membership (membership.py). Errors are
+  JSON `{"error": ...}`; a number out of its range or not a number is a 400 naming the field and
+  the range; what needs a supervisor answers 501 with the reason when the dashboard only attaches
+  to a remote cluster;
 * `GET /api/state`: each node's latest status and KV preview, reachability, safety, and how full
   the recorder is;
 * `GET /api/trace.ndjson`: everything recorded, one JSON event per line.
@@ -36,6 +38,7 @@ from aiohttp import WSMsgType, web
 from .controls import SLOWMO_MAX_FACTOR, ControlError, Controls
 from .hub import MIB, BrowserClient, Hub, resolve_ids
 from .load import MAX_SECONDS, MAX_WRITERS, LoadGenerator
+from .membership import Membership
 from .tour import DEMOS, Tour
 
 log = logging.getLogger("raftkv.dashboard")
@@ -45,6 +48,7 @@ HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
 CONTROLS_KEY: web.AppKey[Controls] = web.AppKey("controls", Controls)
 LOAD_KEY: web.AppKey[LoadGenerator] = web.AppKey("load", LoadGenerator)
 TOUR_KEY: web.AppKey[Tour] = web.AppKey("tour", Tour)
+MEMBERSHIP_KEY: web.AppKey[Membership] = web.AppKey("membership", Membership)
 MAX_REQUEST_BYTES = 2 * MIB  # a PUT of the largest value a node takes (1 MiB) fits, as on the nodes
 MIN_LOAD_SECONDS = 0.1
 
@@ -135,6 +139,9 @@ def features(app: web.Application) -> dict:
             "slowmo": {"available": sup, "why": None if sup else
                        "slow motion restarts the nodes with a larger --tick-ms, which needs the supervisor"},
             "load": {"available": True},
+            "addNode": {"available": sup, "why": None if sup else
+                        "adding a node starts a new node process, which needs the supervisor of `raftkv up`"},
+            "removeNode": {"available": True},
             "tour": {"available": True, "demos": DEMOS},
         },
         **controls.slowmo_info(),
@@ -144,7 +151,7 @@ def features(app: web.Application) -> dict:
 async def state(request: web.Request) -> web.Response:
     hub, controls = request.app[HUB_KEY], request.app[CONTROLS_KEY]
     nodes = [
-        {"id": n.id, "url": n.url, "raftId": n.raft_id, "status": n.status, "kv": n.kv, "metrics": n.metrics}
+        {**n.describe(), "status": n.status, "kv": n.kv, "metrics": n.metrics}
         for n in hub.links.values()
     ]
     return web.json_response(
@@ -170,6 +177,24 @@ async def node_action(request: web.Request) -> web.Response:
     if op == "isolate":
         return web.json_response(await controls.isolate(node))
     return web.json_response(await controls.process(node, op))
+
+
+async def member_add(request: web.Request) -> web.Response:
+    body = await _json(request)
+    name, promote = body.get("name"), body.get("promote", True)
+    if name is not None and not isinstance(name, str):
+        raise ControlError(400, "name: a string, or leave it out for the next free nodeN", field="name")
+    if not isinstance(promote, bool):
+        raise ControlError(400, "promote: true or false", field="promote")
+    return web.json_response(await request.app[MEMBERSHIP_KEY].add(name or None, promote))
+
+
+async def member_promote(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[MEMBERSHIP_KEY].promote(request.match_info["node"]))
+
+
+async def member_remove(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[MEMBERSHIP_KEY].remove(request.match_info["node"]))
 
 
 async def heal(request: web.Request) -> web.Response:
@@ -252,7 +277,9 @@ async def create_app(node_urls: list[str], supervisor: Any = None) -> web.Applic
     hub.extra_reach = controls.slowmo_info
     app = web.Application(middlewares=[errors], client_max_size=MAX_REQUEST_BYTES)
     app[HUB_KEY], app[CONTROLS_KEY] = hub, controls
-    app[LOAD_KEY], app[TOUR_KEY] = LoadGenerator(hub), Tour(hub, controls)
+    membership, load = Membership(hub, controls), LoadGenerator(hub)
+    app[LOAD_KEY], app[MEMBERSHIP_KEY] = load, membership
+    app[TOUR_KEY] = Tour(hub, controls, membership, load)
 
     async def lifecycle(app: web.Application) -> Any:
         await hub.start()
@@ -268,6 +295,9 @@ async def create_app(node_urls: list[str], supervisor: Any = None) -> web.Applic
     r.add_get("/ws", ws_handler)
     r.add_get("/api/state", state)
     r.add_post("/api/nodes/{node}/{op}", node_action)
+    r.add_post("/api/members", member_add)
+    r.add_post("/api/members/{node}/promote", member_promote)
+    r.add_delete("/api/members/{node}", member_remove)
     r.add_post("/api/heal", heal)
     r.add_post("/api/split", split)
     r.add_post("/api/cut", cut)

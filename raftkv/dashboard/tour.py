@@ -1,4 +1,5 @@
-"""The guided tour: the seed's four demos as short scripts of captioned steps, run for real.
+"""The guided tour: the seed's four demos, and replacing a dead machine, as short scripts of
+captioned steps, run for real.
 
 Theory of operation
 -------------------
@@ -10,7 +11,8 @@ so they name the real node and the real term. If an expectation is not met in ti
 so and stops; it never pretends.
 
 Without a supervisor (a remote cluster), "crash the leader" becomes "cut the leader off", which
-shows the same failover, and the caption says which one happened.
+shows the same failover, and the caption says which one happened. Replacing a machine starts a new
+node process, so that demo needs the supervisor; without one it says so and stops.
 """
 
 from __future__ import annotations
@@ -20,17 +22,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from raftkv.node.members import PROMOTE_MAX_LAG_ENTRIES
+
 from .controls import ControlError, Controls
 from .hub import Hub
+from .load import LoadGenerator
+from .membership import Membership
 
 DWELL_S = 3.0  # time to read a caption (times the slow-motion factor, capped)
 WAIT_S = 15.0  # longest wait for the cluster to do what a step expects (times the slow-motion factor)
+REPLACE_WRITERS = 4  # the load that runs through the whole "replace a dead machine" demo
+REPLACE_LOAD_S = 90
 
 DEMOS = {
     "election": "1. Leader election",
     "failover": "2. Leader failure",
     "partition": "3. Network partition",
     "consistency": "4. Consistency under failures",
+    "replace": "5. Replace a dead machine",
 }
 
 
@@ -39,8 +48,8 @@ class TourFailed(Exception):
 
 
 class Tour:
-    def __init__(self, hub: Hub, controls: Controls) -> None:
-        self.hub, self.controls = hub, controls
+    def __init__(self, hub: Hub, controls: Controls, membership: Membership, load: LoadGenerator) -> None:
+        self.hub, self.controls, self.membership, self.load = hub, controls, membership, load
         self.task: asyncio.Task | None = None
         self.demo: str | None = None
         self.step = 0
@@ -86,7 +95,7 @@ class Tour:
 
     def _states(self) -> dict[str, dict]:
         now = time.time()
-        return {n.id: n.status for n in self.hub.links.values() if n.status and n.reach(now) == "ok"}
+        return {n.id: n.status for n in self.hub.members() if n.status and n.reach(now) == "ok"}
 
     def _leader(self, among: set[str] | None = None, above_term: int = -1) -> tuple[str, int] | None:
         """The node every reachable node (in `among`) agrees leads, in a term above `above_term`."""
@@ -215,3 +224,59 @@ class Tour:
                          lambda: ((self.hub.links[leader].kv or {}).get("items") or {}).get(key) == 1500, 20.0)
         self._say(f"{leader} is back and its store shows {key} = 1500 too: the write was never lost.")
         await self._dwell()
+
+    # ------------------------------------------------------------------ replace a dead machine --
+
+    async def _demo_replace(self) -> None:
+        if self.controls.supervisor is None:
+            raise TourFailed("replacing a machine starts a new node process, which needs the supervisor of `raftkv up`")
+        leader, term = await self._agreed_leader()
+        started_load = not self.load.running
+        if started_load:
+            self.load.start(REPLACE_WRITERS, REPLACE_LOAD_S)
+        self._say(f"{leader} leads term {term}. Writes flow through the whole demo: {REPLACE_WRITERS} writers keep "
+                  "writing through every member (the load panel counts them).")
+        await self._dwell(2.0)
+        victim = next(v for v in self._voters() if v != leader)
+        await self.controls.process(victim, "crash")
+        voters = self._voters()
+        self._say(f"💥 {victim}'s machine dies for good (kill -9; it will not come back). {len(voters) - 1} of "
+                  f"{len(voters)} voters are left: still a majority, so writes go on, but one more failure would "
+                  "stop the cluster.")
+        await self._dwell()
+        await self.membership.remove(victim)
+        self._say(f"👋 {victim} is removed from the configuration: the voters are now {', '.join(self._voters())}, "
+                  f"and a commit needs a majority of those. {victim}'s data directory stays on disk, unused.")
+        await self._dwell()
+        new = (await self.membership.add(promote=False))["node"]
+        self._say(f"🆕 {new} joins as a learner (the pentagon): it receives the log, or a snapshot first if the "
+                  "log was compacted, but does not vote, so it cannot hold up a commit while it catches up.")
+        match, last = await self._wait(f"{new} to catch up", lambda: self._caught_up(new))
+        self._say(f"{new} has caught up: it holds entry {match} of the leader's {last}.")
+        await self._dwell(2.0)
+        await self.membership.promote(new)
+        self._say(f"⬆️ {new} is a voter now: {len(self._voters())} voters again, so the cluster can lose a machine "
+                  "once more.")
+        await self._dwell()
+        if started_load:
+            done = await self.load.stop()
+            failed = (f"; not acknowledged: {done['errors']} (a write sent to a dead machine gets no answer)"
+                      if done["errors"] else "")
+            self._say(f"📈 {done['ok']} writes were acknowledged while the machine was replaced{failed}.")
+            await self._dwell()
+
+    def _voters(self) -> list[str]:
+        """The voters' names, as the leader's configuration says."""
+        leader = next((n for n in self.hub.members() if (n.status or {}).get("state") == "leader"), None)
+        voters = set((leader.status or {}).get("voters") or ()) if leader else set()
+        return sorted(n.id for n in self.hub.members() if n.raft_id in voters)
+
+    def _caught_up(self, node: str) -> tuple[int, int] | None:
+        """(its match index, the leader's last index) once the leader sees `node` nearly caught up."""
+        link = self.hub.links.get(node)
+        states = self._states()
+        leader = next((s for s in states.values() if s.get("state") == "leader"), None)
+        peer = next((p for p in (leader or {}).get("peers") or () if link and p["id"] == link.raft_id), None)
+        if peer is None or "lagEntries" not in peer or peer["lagEntries"] > PROMOTE_MAX_LAG_ENTRIES:
+            return None
+        return peer["matchIndex"], leader["logLength"]
