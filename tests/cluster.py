@@ -48,6 +48,15 @@ class LocalCluster:
     def url(self, node_id: str) -> str:
         return self.urls[node_id]
 
+    @property
+    def spec(self) -> str:
+        """The --cluster its nodes run with (id@host:http_port:raft_port,...)."""
+        return self.supervisor.cluster
+
+    def node_dir(self, node_id: str) -> Path:
+        """A node's data directory (given before the first start, it is the one the node starts from)."""
+        return self.supervisor.nodes[node_id].data_dir
+
     def start(self) -> LocalCluster:
         self.supervisor.start_all()
         return self

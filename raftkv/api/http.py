@@ -69,6 +69,7 @@ from raftkv.kv import (
     txn_from_json,
 )
 from raftkv.node import FORWARDED_TO
+from raftkv.node.backup import freeze
 
 log = logging.getLogger("raftkv.api")
 
@@ -148,6 +149,7 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     add("POST", "/members", api.add_member)
     add("POST", "/members/{id}/promote", api.promote_member)
     add("DELETE", "/members/{id}", api.remove_member)
+    get("/snapshot", api.snapshot)
     root = _RootKeys(api)  # last: every fixed route above must win over the catch-all
     get("/{key:.+}", root.get_key)
     add("PUT", "/{key:.+}", root.put_key)
@@ -169,6 +171,7 @@ class _Api:
         self.fixed: dict[str, set[str]] = {}  # path of each fixed route -> its methods
         self.doc = openapi_document(max_body_bytes=max_body_bytes, max_key_bytes=max_key_bytes,
                                     max_value_bytes=max_value_bytes)
+        self.one_snapshot_at_a_time = asyncio.Lock()  # each holds a copy of the whole store in memory
 
     def fixed_route_methods(self, path: str) -> set[str] | None:
         return self.fixed.get(path)
@@ -308,6 +311,32 @@ class _Api:
     async def remove_member(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
         return json_response(self.node.id, dict(await self.node.remove_member(request.match_info["id"])))
+
+    # ---- backup ----------------------------------------------------------------------------------
+
+    async def snapshot(self, request: web.Request) -> web.StreamResponse:
+        """A backup file (node/backup.py) of the store as this replica has it right after a read
+        barrier: every write acknowledged before the request is in it, and it is one cut."""
+        check_query(request, set())
+        async with self.one_snapshot_at_a_time:
+            await self.node.read_barrier()
+            build = freeze(self.node.kv, self.node.id)  # the cut, on the loop: nothing applies meanwhile
+            image = await asyncio.get_running_loop().run_in_executor(None, build)  # seconds for a million keys
+            response = web.StreamResponse(headers={
+                **_CORS_HEADERS,  # the middleware cannot add them to a response already sent
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f'attachment; filename="raftkv-{image.header.revision}.snap"'})
+            response.content_length = image.size()
+            await response.prepare(request)
+            if request.method == "HEAD":
+                return response
+            try:
+                for chunk in image.chunks():
+                    await response.write(chunk)
+                await response.write_eof()
+            except ConnectionError:
+                pass  # the client went away; a partial file is never taken for a whole one (its checksum)
+        return response
 
     async def metrics(self, _request: web.Request) -> web.StreamResponse:
         body, content_type = self.node.metrics_text()

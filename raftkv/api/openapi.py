@@ -21,6 +21,7 @@ from raftkv.kv import DEFAULT_MAX_DEDUP_BYTES, DEFAULT_MAX_DEDUP_ENTRIES, MAX_RE
 __all__ = ["openapi_document"]
 
 _JSON = "application/json"
+_BINARY = "application/octet-stream"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -330,6 +331,14 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "409": _err("The last voter, or another change is pending (reason says which)."),
             "503": _E503, "504": _E504_WRITE}, parameters=[_MEMBER_ID],
             description="Removing the leader hands leadership to another voter first.")},
+        "/snapshot": {"get": _op("A consistent backup of the whole store (`raftkv snapshot save`)", {
+            "200": {"description": "The backup file: a header (format version, revision, applied index, key count, "
+                                   "the members, the body's sha256) and the state machine's image.",
+                    "content": {_BINARY: {"schema": {"type": "string", "contentMediaType": _BINARY}}}},
+            "400": _err("An unknown query parameter."), "503": _E503, "504": _E504_READ},
+            description="Taken after a linearizable read barrier, so it holds every write acknowledged before the "
+                        "request, at one revision. One backup is made at a time per node; others wait their turn. "
+                        "`raftkv snapshot restore` starts a new cluster from it.")},
         "/raft/events": {"get": _op("This node's Raft event stream (WebSocket)", {
             "101": {"description": "Switching to WebSocket: each text message is one JSON event object (role "
                                    "changes, votes, messages sent and dropped, commits, periodic status)."},
