@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import shlex
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -33,6 +36,8 @@ DEFAULT_ENDPOINTS = "http://127.0.0.1:3000,http://127.0.0.1:3001,http://127.0.0.
 DEFAULT_DASHBOARD = "http://127.0.0.1:8080"
 PREVIEW_CHARS = 60  # of a deleted value, as `raftkv del` shows it
 LAB_TIMEOUT_S = 30.0  # a graceful stop through the dashboard waits for the node to exit
+LAB_ADD_TIMEOUT_S = 120.0  # a new node joins, catches up (a snapshot, then the log) and is promoted
+MEMBER_CHANGE_TIMEOUT_S = 15.0  # a follower forwards a change; a leader that leaves hands over first
 
 
 def setup_logging(verbose: bool) -> None:
@@ -154,7 +159,7 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, dashboard_port: in
     """Run a local cluster (node1.. on consecutive ports) with its dashboard, until Ctrl-C.
 
     Node exits and restarts are printed as they happen; `raftkv lab` starts, stops and restarts
-    the nodes from another terminal."""
+    the nodes from another terminal, and adds and removes nodes."""
     from raftkv.dashboard.server import run_dashboard
     from raftkv.supervisor import Supervisor, local_members
 
@@ -164,25 +169,28 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, dashboard_port: in
     local_host = "127.0.0.1" if everywhere else host
     members = local_members(nodes, local_host, http_port, raft_port)
     listen_client = host if everywhere else None
-    configs = [NodeConfig(node_id=m.id, data_dir=data_dir / m.id, members={n.id: n for n in members},
-                          listen_client=listen_client) for m in members]
+    node_args = ["--listen-client", listen_client] if listen_client else []
+    # The nodes an earlier `up` on this data directory added run again, and the ones it removed do not.
+    supervisor = Supervisor(members, data_dir, node_args, on_event=click.echo)
+    configs = [NodeConfig(node_id=n.member.id, data_dir=n.data_dir, members={n.member.id: n.member},
+                          listen_client=listen_client) for n in supervisor.nodes.values()]
     try:
         check_listeners([*(listener for cfg in configs for listener in node_listeners(cfg)),
                          Listener(host, dashboard_port, "the dashboard")])
     except PortUnavailableError as e:
         raise click.ClickException(f"{e}; nothing was started") from None
-    node_args = ["--listen-client", listen_client] if listen_client else []
-    supervisor = Supervisor(members, data_dir, node_args, on_event=click.echo)
     supervisor.start_all()
     supervisor.watch_exits()
-    for m in members:
-        click.echo(f"{m.id}: {', '.join(reachable_urls(host, m.http_port))}  (data: {data_dir / m.id})")
+    for n in supervisor.nodes.values():
+        joined = " (joined later)" if n.join_url else ""
+        urls = ", ".join(reachable_urls(host, n.member.http_port))
+        click.echo(f"{n.member.id}: {urls}  (data: {n.data_dir}){joined}")
     click.echo(f"dashboard: {', '.join(reachable_urls(host, dashboard_port))}")
     if everywhere:
         click.echo(OPEN_TO_NETWORK.format(what="the dashboard's controls (crash, pause, partition the nodes) "
                                                "and the nodes' APIs"))
     try:
-        run_dashboard(host, dashboard_port, [m.url for m in members], supervisor)
+        run_dashboard(host, dashboard_port, [n.member.url for n in supervisor.nodes.values()], supervisor)
     except KeyboardInterrupt:
         pass
     except OSError as e:  # lost the port between the check and the bind
@@ -216,13 +224,20 @@ def _call(
         async with Client(endpoints, timeout_s=timeout_s) as c:
             return await c.request(method, path, body)
 
+    return _run(go, unreachable)
+
+
+def _run(go: Callable[[], Coroutine[Any, Any, tuple[int, Any]]], unreachable: str | None = None) -> Any:
+    """The answer of `go` (status, decoded body), unless the cluster is unreachable or answers an
+    error status: then the command ends with what it said (exit 1)."""
     try:
         status, data = asyncio.run(go())
     except ClusterUnreachableError as e:
         raise click.ClickException(unreachable or f"no endpoint answered: {e}") from None
     if status >= 400:
         message = data.get("error", data) if isinstance(data, dict) else data
-        click.echo(f"error {status}: {message}", err=True)
+        reason = f" ({data['reason']})" if isinstance(data, dict) and "reason" in data else ""
+        click.echo(f"error {status}{reason}: {message}", err=True)
         sys.exit(1)
     return data
 
@@ -401,6 +416,118 @@ def _echo_table(header: list[str], rows: list[list[str]]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
+# ---------------------------------------------------------------------- membership ------------------
+
+MEMBER_COLUMNS = (
+    ("ID", lambda m: m["id"]),
+    ("NAME", lambda m: m["name"]),
+    ("ROLE", lambda m: m["role"]),
+    ("LEADER", lambda m: "yes" if m["isLeader"] else "-"),
+    ("CLIENT URL", lambda m: m["clientURL"]),
+    ("PEER URL", lambda m: m["peerURL"]),
+    ("MATCH", lambda m: m.get("matchIndex")),
+    ("LAG", lambda m: m.get("lagEntries")),
+)
+
+
+@main.group()
+def member() -> None:
+    """The cluster's members, like `etcdctl member ...`: list, add (a learner by default), promote, remove.
+
+    MEMBER is a member's id or its name. Any node takes a change and hands it to the leader."""
+
+
+@member.command(name="list")
+@endpoints_option
+@click.option("--json", "as_json", is_flag=True, help="Print the leader's GET /members answer.")
+def member_list(endpoints: str, as_json: bool) -> None:
+    """Each member: id, name, role (voter or learner), leader, URLs, and on the leader how far behind it is."""
+    view = _run(lambda: _members_from_leader(parse_endpoints(endpoints)))
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+        return
+    _echo_table([name for name, _ in MEMBER_COLUMNS],
+                [[_cell(get(m)) for _, get in MEMBER_COLUMNS] for m in view["members"]])
+    if view.get("removedIDs"):
+        click.echo(f"removed for good: {', '.join(view['removedIDs'])}")
+
+
+async def _members_from_leader(endpoints: list[str]) -> tuple[int, Any]:
+    """GET /members, from the leader when it answers (only the leader knows each member's lag)."""
+    async with Client(endpoints, timeout_s=5.0) as c:
+        status, view = await c.request("GET", "/members")
+        leader = _leader_of(view) if status == 200 else None
+        if leader is None or view.get("node") == leader["id"]:
+            return status, view
+        with contextlib.suppress(ClusterUnreachableError):
+            leaders_status, leaders_view = await c.request("GET", "/members", endpoint=leader["clientURL"])
+            if leaders_status == 200:
+                return leaders_status, leaders_view
+        return status, view
+
+
+def _leader_of(view: dict) -> dict | None:
+    return next((m for m in view["members"] if m["id"] == view.get("leader")), None)
+
+
+@member.command(name="add")
+@endpoints_option
+@click.argument("name")
+@click.option("--client-url", required=True, help="The client URL the new node will serve (http://host:port).")
+@click.option("--peer-url", required=True, help="The host:port peers will reach its Raft port at.")
+@click.option("--voter", is_flag=True, help="A voter at once (default: a learner, to promote once it caught up).")
+@click.option("--json", "as_json", is_flag=True, help="Print the cluster's answer.")
+def member_add(endpoints: str, name: str, client_url: str, peer_url: str, voter: bool, as_json: bool) -> None:
+    """Add NAME to the cluster; prints its id and the command that starts it."""
+    body = {"name": name, "clientURL": client_url, "peerURL": peer_url, "learner": not voter}
+    answer = _call(parse_endpoints(endpoints), "POST", "/members", body, timeout_s=MEMBER_CHANGE_TIMEOUT_S)
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    added = answer["member"]
+    asked = next((m for m in answer["members"] if m["id"] == answer.get("node")), None) or _leader_of(answer)
+    join_url = asked["clientURL"] if asked else parse_endpoints(endpoints)[0]
+    click.echo(f"added {added['name']} as a {added['role']}: id {added['id']}")
+    click.echo("start it on its machine with:")
+    click.echo("  " + shlex.join(["raftkv", "node", "--join", join_url, "--name", added["name"],
+                                  "--advertise-client", added["clientURL"], "--advertise-peer", added["peerURL"]]))
+
+
+@member.command(name="promote")
+@endpoints_option
+@click.argument("member_ref", metavar="MEMBER")
+def member_promote(endpoints: str, member_ref: str) -> None:
+    """Make a learner a voter (refused while it lacks more than 100 of the leader's entries)."""
+    answer = _member_change(endpoints, "POST", member_ref, "/promote")
+    promoted = answer["member"]
+    click.echo(f"promoted {promoted['name']} ({promoted['id']}) to {promoted['role']}")
+
+
+@member.command(name="remove")
+@endpoints_option
+@click.argument("member_ref", metavar="MEMBER")
+def member_remove(endpoints: str, member_ref: str) -> None:
+    """Remove a member for good (its id is never used again); the last voter cannot be removed."""
+    answer = _member_change(endpoints, "DELETE", member_ref)
+    left = ", ".join(f"{m['name']} ({m['role']})" for m in answer["members"])
+    click.echo(f"removed {answer['removed']} from the cluster; members now: {left}")
+
+
+def _member_change(endpoints: str, method: str, member_ref: str, action: str = "") -> Any:
+    """A change to one member, named by id or name (a name is looked up in GET /members first)."""
+
+    async def go() -> tuple[int, Any]:
+        async with Client(parse_endpoints(endpoints), timeout_s=MEMBER_CHANGE_TIMEOUT_S) as c:
+            status, view = await c.request("GET", "/members")
+            members = view["members"] if status == 200 and isinstance(view, dict) else []
+            ids = {m["id"] for m in members}
+            by_name = {m["name"]: m["id"] for m in members}
+            member_id = member_ref if member_ref in ids else by_name.get(member_ref, member_ref)
+            return await c.request(method, f"/members/{quote(member_id, safe='')}{action}")
+
+    return _run(go)
+
+
 # ---------------------------------------------------------------------- the local lab -----------------
 
 
@@ -413,9 +540,9 @@ def dashboard_option(fn: Any) -> Any:
     )(fn)
 
 
-def _lab_call(dashboard: str, method: str, path: str) -> Any:
+def _lab_call(dashboard: str, method: str, path: str, body: Any = None, timeout_s: float = LAB_TIMEOUT_S) -> Any:
     url = endpoint_url(dashboard)
-    return _call([url], method, path, timeout_s=LAB_TIMEOUT_S,
+    return _call([url], method, path, body, timeout_s=timeout_s,
                  unreachable=f"no `raftkv up` answers at {url} (start one, or give its --dashboard URL)")
 
 
@@ -423,8 +550,9 @@ def _lab_call(dashboard: str, method: str, path: str) -> Any:
 def lab() -> None:
     """The node processes of a running `raftkv up`, from another terminal.
 
-    It asks the dashboard that `raftkv up` serves (GET /api/state, POST /api/nodes/NODE/ACTION),
-    which carries the action out and prints it in the `up` terminal."""
+    It asks the dashboard that `raftkv up` serves (GET /api/state, POST /api/nodes/NODE/ACTION,
+    POST /api/members, DELETE /api/members/NODE), which carries the action out and prints it in
+    the `up` terminal."""
 
 
 @lab.command(name="list")
@@ -438,13 +566,20 @@ def lab_list(dashboard: str) -> None:
             "it runs no node processes"
         )
     rows = []
-    for node in state["nodes"]:
+    for node in (n for n in state["nodes"] if not n["removed"]):  # a removed member is on the page a while longer
         reach = state["reach"][node["id"]]
         process = reach["process"] or {}
         status = (node["status"] or {}) if reach["reach"] == "ok" else {}  # a dead node's last status is old
         rows.append([node["id"], node["url"], _process_words(process), str(process.get("restarts", "-")),
-                     status.get("state", reach["reach"]), _cell(status.get("term"))])
+                     _role_words(status, reach["reach"]), _cell(status.get("term"))])
     _echo_table(["NODE", "URL", "PROCESS", "RESTARTS", "ROLE", "TERM"], rows)
+
+
+def _role_words(status: dict, reach: str) -> str:
+    """A node's role as `lab list` shows it: a learner says so (its Raft role is follower)."""
+    if status.get("nodeId") in (status.get("learners") or ()):
+        return "learner"
+    return status.get("state", reach)
 
 
 def _process_words(process: dict) -> str:
@@ -475,6 +610,39 @@ def _lab_action(action: str, help_text: str) -> click.Command:
 
 for _action, _help in LAB_ACTIONS.items():
     lab.add_command(_lab_action(_action, _help))
+
+
+@lab.command(name="add")
+@dashboard_option
+@click.argument("name", required=False)
+@click.option("--learner", is_flag=True, help="Leave it a learner (default: promote it once it has caught up).")
+def lab_add(dashboard: str, name: str | None, learner: bool) -> None:
+    """Start a new node (NAME, default the next free nodeN) that joins the cluster as a learner and,
+    once it has caught up, is promoted to voter."""
+    answer = _lab_call(dashboard, "POST", "/api/members", {"name": name, "promote": not learner},
+                       timeout_s=LAB_ADD_TIMEOUT_S)
+    process = answer["process"]
+    click.echo(f"{answer['node']} joined as a {answer['role']} (id {answer['id']}): {_process_words(process)}, "
+               f"{process['url']}, data: {process['dataDir']}")
+
+
+@lab.command(name="promote")
+@dashboard_option
+@click.argument("node")
+def lab_promote(dashboard: str, node: str) -> None:
+    """Make the learner NODE a voter."""
+    answer = _lab_call(dashboard, "POST", f"/api/members/{quote(node, safe='')}/promote")
+    click.echo(f"{answer['node']} is a {answer['role']} now (id {answer['id']})")
+
+
+@lab.command(name="remove")
+@dashboard_option
+@click.argument("node")
+def lab_remove(dashboard: str, node: str) -> None:
+    """Remove NODE from the cluster, then stop its process (its data directory is kept)."""
+    answer = _lab_call(dashboard, "DELETE", f"/api/members/{quote(node, safe='')}")
+    stopped = f"; its process stopped, its data stays in {answer['process']['dataDir']}" if answer["process"] else ""
+    click.echo(f"{answer['node']} was removed from the cluster (id {answer['id']}){stopped}")
 
 
 # ---------------------------------------------------------------------- backup and restore -----------
