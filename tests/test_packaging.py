@@ -85,7 +85,8 @@ def test_the_build_context_leaves_out_the_virtualenv_and_data_but_has_what_the_i
     assert not any(p.startswith("!") for p in patterns)
     for path in (".venv/bin/python", "data/node1/node.log", "raftkv/__pycache__/cli.cpython-311.pyc"):
         assert docker_ignores(path, patterns), path
-    for path in ("pyproject.toml", "README.md", "raftkv/cli.py", "raftkv/dashboard/static/index.html"):
+    for path in ("pyproject.toml", "README.md", "raftkv/cli.py", "raftkv/dashboard/static/index.html",
+                 "deploy/kubernetes/raftkv_pod.py"):
         assert not docker_ignores(path, patterns), f"the Dockerfile copies {path}"
 
 

@@ -66,7 +66,6 @@ MAGIC = b"RKVBACKP"
 FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<8sIII")  # magic, format version, header length, crc32(header)
 STREAM_CHUNK_BYTES = 1 << 20  # what the node writes to the socket at a time
-RAFT_SUBDIR = "raft"  # where a node keeps its storage inside its data directory (NodeHost)
 
 
 class BackupError(Exception):
@@ -236,7 +235,7 @@ def restore_data_dir(backup: Path, node_id: str, cluster: str, data_dir: Path) -
     data = _new_cluster_image(image, cfg.members)
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted restore of the same pid
     try:
-        _write_storage(staging / RAFT_SUBDIR, image.header.applied_index, tuple(sorted(cfg.members)), data)
+        _write_storage(cfg.storage_dir, image.header.applied_index, tuple(sorted(cfg.members)), data)
         claim_data_dir(cfg)
         os.replace(staging, data_dir)  # over an empty directory too
         fsync_dir(data_dir.parent)

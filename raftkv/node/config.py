@@ -128,6 +128,11 @@ class NodeConfig:
             return self.no_leader_hold_ms / 1000
         return 2 * self.election_timeout_ticks * self.tick_ms / 1000  # randomized timeouts reach twice the base
 
+    @property
+    def storage_dir(self) -> Path:
+        """Where the node keeps its WAL and snapshots, inside its data directory."""
+        return self.data_dir / "raft"
+
     def client_listen_address(self) -> tuple[str, int]:
         return _bind(self.listen_client, self.me.client_host or self.me.host, self.me.http_port)
 

@@ -61,7 +61,7 @@ class NodeHost:
                                       {i: (m.host, m.raft_port) for i, m in cfg.peers().items()}, self.faults,
                                       ssl_server=ssl_server, ssl_client=ssl_client)
         self.kv = KVStateMachine()
-        self.group = RaftGroup(cfg, storage or DiskStorage(cfg.data_dir / "raft"), self.transport, self.kv,
+        self.group = RaftGroup(cfg, storage or DiskStorage(cfg.storage_dir), self.transport, self.kv,
                                self.metrics, observer, on_members=lambda: self.members.sync())
         self.members = MemberService(cfg, self.group, self.transport, self.metrics, self._removed)
         self.status = StatusReporter(self.group, self.metrics,

@@ -13,7 +13,7 @@ empty disk rebuilds exactly the configuration everyone else has, from index 1 or
 Identity: a founding member's id is its name (`node1`); a member added later gets a fresh id
 (`node4-9f3c2a1b`), so a name removed and added again, on a wiped disk, is a new incarnation whose
 votes, acknowledgements and messages can never be mistaken for the old one's. A node keeps its own
-id in its data directory (`raft/MEMBER`), and from then on that file, not its command line, says
+id in its data directory (`<data-dir>/MEMBER`), and from then on that file, not its command line, says
 who it is; a command line that contradicts it is refused.
 
 Data directories written before membership was replicated have a log that does not begin with
