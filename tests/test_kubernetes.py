@@ -7,7 +7,8 @@ pods, the probes hit routes the API serves, the image is the one docker-compose.
 Dockerfile, which installs the entrypoint the pods run), and runs that entrypoint, raftkv-pod, as
 the pods would: the command lines it builds for a founder and a joiner (every flag one that
 `raftkv node --help` lists and that parses), the exec, what a volume decides on a restart, and, on
-real nodes, a pod joining, being removed, and coming back on its old volume.
+real nodes, a pod joining, being removed (`raftkv member remove`), and coming back on its old
+volume.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def test_the_statefulset_is_governed_by_a_headless_service_that_publishes_unread
     assert spec["podManagementPolicy"] == "Parallel"
     ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
     assert ports == {"client": 3000, "peer": 4000}
+    assert env_of(container())["RAFTKV_ENDPOINTS"] == "http://127.0.0.1:3000", "`raftkv member` asks its own pod"
     assert {p["targetPort"] for p in headless["ports"]} == {"client", "peer"}
     client = the("Service", "raftkv-client")["spec"]
     assert client.get("clusterIP") != "None" and [p["targetPort"] for p in client["ports"]] == ["client"]
@@ -285,8 +287,9 @@ class FakeCluster:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self.server.socket.fileno() != -1:
+            self.server.shutdown()
+            self.server.server_close()
 
 
 @pytest.fixture
@@ -312,19 +315,29 @@ def test_a_volume_whose_member_was_removed_is_set_aside_and_the_pod_joins_anew(t
     assert command[2:6] == ["--join", fake_cluster.url, "--name", "raftkv-1"]
 
 
-def test_a_founder_on_an_empty_volume_refuses_to_found_when_the_leader_knows_its_log(
-        tmp_path: Path, fake_cluster: FakeCluster) -> None:
-    """It ran before on another disk: founding again would forget its term and vote."""
-    row = {"id": "raftkv-1", "name": "raftkv-1", "role": "voter", "isLeader": False}
-    fake_cluster.view["members"] = [{**row, "matchIndex": 42, "lagEntries": 0}]
-    out = raftkv_pod("command", env=pod_env("raftkv-1", tmp_path / "data", RAFTKV_JOIN_URL=fake_cluster.url),
-                     check=False)
-    assert out.returncode != 0 and out.stdout == ""
-    assert "up to index 42" in out.stderr and "raftkv-pod remove raftkv-1" in out.stderr, out.stderr
-    # A follower's answer carries no matchIndex (nothing known): the first start of a founder.
-    fake_cluster.view["members"] = [row]
-    command = command_of("raftkv-1", tmp_path / "data", RAFTKV_JOIN_URL=fake_cluster.url)
-    assert command[2:4] == ["--id", "raftkv-1"]
+def test_a_founder_on_an_empty_volume_refuses_to_found_when_the_leader_knows_its_log(tmp_path: Path) -> None:
+    """It ran before on another disk: founding again would forget its term and vote. Only the
+    leader knows how far each member's log matches, so a follower's answer leads to the leader."""
+    leader, follower = FakeCluster({}), FakeCluster({})
+    try:
+        rows = [{"id": f"raftkv-{i}", "name": f"raftkv-{i}", "role": "voter", "isLeader": i == 2,
+                 "clientURL": leader.url if i == 2 else f"http://raftkv-{i}:3000"} for i in range(3)]
+        follower.view = {"members": rows, "leader": "raftkv-2", "removedIDs": [], "node": "raftkv-0"}
+        leader.view = {"members": [{**row, "matchIndex": 42, "lagEntries": 0} for row in rows],
+                       "leader": "raftkv-2", "removedIDs": [], "node": "raftkv-2"}
+        env = pod_env("raftkv-1", tmp_path / "data", RAFTKV_JOIN_URL=follower.url)
+        out = raftkv_pod("command", env=env, check=False)
+        assert out.returncode != 0 and out.stdout == ""
+        assert "up to index 42" in out.stderr and "raftkv member remove raftkv-1" in out.stderr, out.stderr
+        # The founders' first start: the leader has heard nothing from raftkv-1 yet.
+        leader.view["members"] = [{**row, "matchIndex": 0, "lagEntries": 42} for row in rows]
+        assert command_of("raftkv-1", tmp_path / "data", RAFTKV_JOIN_URL=follower.url)[2:4] == ["--id", "raftkv-1"]
+        # No leader to ask: nothing is known, and the volume decides.
+        leader.close()
+        assert command_of("raftkv-1", tmp_path / "data", RAFTKV_JOIN_URL=follower.url)[2:4] == ["--id", "raftkv-1"]
+    finally:
+        follower.close()
+        leader.close()
 
 
 # ---- on real nodes ------------------------------------------------------------------------------
@@ -346,9 +359,10 @@ class PodProcess:
             self.proc = subprocess.Popen([sys.executable, str(ENTRYPOINT), "node"], env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
-    def pod(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """`kubectl exec <this pod> -- raftkv-pod ARGS`."""
-        return raftkv_pod(*args, env=self.env, check=check)
+    def member(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`kubectl exec <this pod> -- raftkv member ARGS` (its own node is the endpoint)."""
+        return subprocess.run([sys.executable, "-m", "raftkv", "member", *args, "--endpoints", self.url],
+                              capture_output=True, text=True, timeout=60, check=False)
 
     def until_answers(self, path: str, status: int = 200, timeout_s: float = 30.0) -> Any:
         deadline = time.monotonic() + timeout_s
@@ -386,10 +400,11 @@ def learners_named(founder: PodProcess, name: str) -> list[str]:
 
 
 def test_pods_found_join_leave_and_come_back_on_real_nodes(tmp_path: Path, pods: list[PodProcess]) -> None:
-    """A one-founder cluster (RAFTKV_FOUNDERS=1) on loopback: the probes answer; raftkv-1 joins as
-    a learner; it is removed (`raftkv-pod remove ID`, as before a scale-down); scaled up again on
-    its old volume, it sets that volume aside and joins under a new id. (The learner's advertised
-    DNS name does not resolve here, so it is never sent the log: promotion is not shown.)"""
+    """A one-founder cluster (RAFTKV_FOUNDERS=1) on loopback: the probes answer; the founder
+    restarts on its volume; raftkv-1 joins as a learner; it is removed (`raftkv member remove`, as
+    before a scale-down); scaled up again on its old volume, it sets that volume aside and joins
+    under a new id. (The learner's advertised DNS name does not resolve here, so it is never sent
+    the log: promotion is not shown.)"""
     founder = PodProcess("raftkv-0", tmp_path / "raftkv-0" / "data", join_url=closed_url())
     pods.append(founder)
     founder.until_answers("/health")  # the readiness probe: a leader is known
@@ -406,15 +421,16 @@ def test_pods_found_join_leave_and_come_back_on_real_nodes(tmp_path: Path, pods:
     joiner.until_answers("/raft-state")
     (first_id,) = learners_named(founder, "raftkv-1")
     assert re.fullmatch(r"raftkv-1-[0-9a-f]{16}", first_id) and Identity.load(joiner_dir).member_id == first_id
-    members = json.loads(founder.pod("members").stdout)["members"]
+    listed = founder.member("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    members = json.loads(listed.stdout)["members"]
     assert {m["id"]: m["role"] for m in members} == {"raftkv-0": "voter", first_id: "learner"}
     assert [m["clientURL"] for m in members if m["id"] == first_id] == [
         f"http://raftkv-1.raftkv.prod.svc.cluster.local:{joiner.client_port}"]
 
-    refused = founder.pod("promote", "raftkv-9-nobody", check=False)
-    assert refused.returncode == 1 and "404" in refused.stderr, refused.stderr
-    removed = json.loads(founder.pod("remove", first_id).stdout)
-    assert removed["removed"] == first_id
+    removed = founder.member("remove", "raftkv-1")  # by name, as the README's scale-down says
+    assert removed.returncode == 0, removed.stderr
+    assert first_id in founder.until_answers("/members")["removedIDs"]
     joiner.stop()  # the scale-down
 
     joiner = PodProcess("raftkv-1", joiner_dir, join_url=founder.url)  # scaled up again, same claim
@@ -423,4 +439,3 @@ def test_pods_found_join_leave_and_come_back_on_real_nodes(tmp_path: Path, pods:
     (second_id,) = learners_named(founder, "raftkv-1")
     assert second_id != first_id and Identity.load(joiner_dir).member_id == second_id
     assert Identity.load(joiner_dir.with_name(f"data.removed-{first_id}")).member_id == first_id
-    assert first_id in founder.until_answers("/members")["removedIDs"]

@@ -1,6 +1,5 @@
 #!/usr/bin/env python3
-"""raftkv-pod: the entrypoint of the raftkv StatefulSet's pods (deploy/kubernetes/), and the member
-commands an operator runs in a pod (`kubectl exec raftkv-4 -- raftkv-pod promote`).
+"""raftkv-pod: the entrypoint of the raftkv StatefulSet's pods (deploy/kubernetes/).
 
 Theory of operation
 -------------------
@@ -35,8 +34,8 @@ update, a drained node, an eviction), a pod cannot tell a scale-down from them w
 the StatefulSet through the Kubernetes API, and a removal is final: removing the member on every
 stop would turn each restart into a new learner that copies the whole state again, and would
 demote voters. Removing a member is the operator's step before scaling down, as etcd's guide
-does it with `etcdctl member remove`: `kubectl exec raftkv-4 -- raftkv-pod remove`, then
-`kubectl scale statefulset raftkv --replicas=4`.
+does it with `etcdctl member remove`: `kubectl exec raftkv-0 -- raftkv member remove raftkv-4`,
+then `kubectl scale statefulset raftkv --replicas=4`.
 """
 
 from __future__ import annotations
@@ -47,26 +46,19 @@ import re
 import shlex
 import socket
 import sys
-import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from raftkv.node.config import ConfigError
 from raftkv.node.membership import Identity
 
 ASK_CLUSTER_TIMEOUT_S = 3.0  # past this, the cluster counts as not answering and the volume decides
-MEMBER_CALL_TIMEOUT_S = 30.0  # promote / remove: removing the leader waits for leadership to move first
-USAGE = """usage: raftkv-pod COMMAND
-  node [FLAGS...]     run this pod's raftkv node (extra `raftkv node` FLAGS are passed on)
-  command [FLAGS...]  print the `raftkv node` command line that `node` would run, and run nothing
-  members             the cluster's members, as this pod's node knows them (GET /members)
-  promote [ID]        make a learner (this pod's member by default) a voter (POST /members/ID/promote)
-  remove [ID]         remove a member (this pod's by default) from the cluster (DELETE /members/ID),
-                      before scaling down
+USAGE = """usage:
+  raftkv-pod node [FLAGS...]     run this pod's raftkv node (extra `raftkv node` FLAGS are passed on)
+  raftkv-pod command [FLAGS...]  print the `raftkv node` command line `node` would run, and run nothing
 """
 
 
@@ -126,11 +118,6 @@ class Pod:
             return self.join_url_override.rstrip("/")
         return f"http://{self.client_service}.{self.namespace}.svc.{self.cluster_domain}:{self.client_port}"
 
-    @property
-    def local_url(self) -> str:
-        """This pod's own node (it listens on every interface, loopback included)."""
-        return f"http://127.0.0.1:{self.client_port}"
-
     def founding_cluster(self) -> str:
         return ",".join(f"{self.set_name}-{i}@{self.host(i)}:{self.client_port}:{self.peer_port}"
                         for i in range(self.founders))
@@ -174,20 +161,30 @@ def settle(pod: Pod) -> tuple[Identity | None, frozenset[str]]:
         raise SystemExit(
             f"raftkv-pod: {pod.data_dir} is empty, but the leader knows {pod.name} held its log up to "
             f"index {match}: this founder's data is lost or elsewhere. Restore the volume, or remove the "
-            f"member (kubectl exec {pod.set_name}-<another ordinal> -- raftkv-pod remove {pod.name}) and "
+            f"member (kubectl exec {pod.set_name}-<another ordinal> -- raftkv member remove {pod.name}) and "
             "restart this pod: it then joins anew as a learner")
     return identity, removed
 
 
 def cluster_view(cluster_url: str) -> dict[str, Any] | None:
-    """The cluster's GET /members answer, or None when it does not answer in time."""
+    """The cluster's GET /members answer, the leader's when it can be had (only the leader's
+    carries matchIndex), or None when the cluster does not answer in time."""
+    view = _get_members(cluster_url)
+    if view is None or view.get("node") == view.get("leader"):
+        return view
+    leader = next((row for row in view["members"] if isinstance(row, dict) and row.get("id") == view["leader"]), None)
+    return (_get_members(leader["clientURL"]) if leader else None) or view  # a follower answered: ask the leader
+
+
+def _get_members(url: str) -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(f"{cluster_url}/members", timeout=ASK_CLUSTER_TIMEOUT_S) as answer:
+        with urllib.request.urlopen(f"{url}/members", timeout=ASK_CLUSTER_TIMEOUT_S) as answer:
             view = json.load(answer)
     except (OSError, ValueError) as exc:  # URLError and timeouts are OSErrors
-        _say(f"{cluster_url} did not answer GET /members ({exc}); the volume decides")
+        _say(f"{url} did not answer GET /members ({exc}); the volume decides")
         return None
-    return view if isinstance(view, dict) else None
+    ok = isinstance(view, dict) and isinstance(view.get("members"), list)
+    return view if ok else None
 
 
 def _acknowledged(view: dict[str, Any] | None, member_id: str) -> int:
@@ -195,31 +192,6 @@ def _acknowledged(view: dict[str, Any] | None, member_id: str) -> int:
     answer carries matchIndex)."""
     rows = view.get("members", []) if view else []
     return next((row.get("matchIndex") or 0 for row in rows if isinstance(row, dict) and row.get("id") == member_id), 0)
-
-
-def member_call(method: str, url: str) -> dict[str, Any]:
-    """One request to this pod's node (any member hands a change to the leader); a refusal ends
-    the command (exit 1) with its reason."""
-    request = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=MEMBER_CALL_TIMEOUT_S) as answer:
-            return json.load(answer)
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode(errors="replace")
-        try:
-            reason = json.loads(body).get("error", body)
-        except (ValueError, AttributeError):
-            reason = body
-        raise SystemExit(f"raftkv-pod: {method} {url}: {exc.code}: {reason}") from None
-    except OSError as exc:
-        raise SystemExit(f"raftkv-pod: {method} {url}: {exc}") from None
-
-
-def own_member_id(pod: Pod) -> str:
-    identity = _load_identity(pod.data_dir)
-    if identity is None:
-        raise SystemExit(f"raftkv-pod: {pod.data_dir} holds no member identity: {pod.name} has not joined yet")
-    return identity.member_id
 
 
 def _load_identity(data_dir: Path) -> Identity | None:
@@ -234,29 +206,17 @@ def _say(text: str) -> None:
 
 
 def main(argv: list[str], env: Mapping[str, str]) -> int:
-    what, args = (argv[0], argv[1:]) if argv else ("", [])
-    if what not in ("node", "command", "members", "promote", "remove") or (
-            what in ("promote", "remove") and len(args) > 1) or (what == "members" and args):
+    if not argv or argv[0] not in ("node", "command"):
         print(USAGE, end="", file=sys.stderr)
         return 2
     pod = Pod.from_env(env)
-    if what in ("node", "command"):
-        command = node_command(pod, *settle(pod), args)
-        if what == "command":
-            print(shlex.join(command))
-            return 0
-        _say(shlex.join(command))
-        os.execvp(command[0], command)  # never returns: the node becomes the container's process
-    if what == "members":
-        answer = member_call("GET", f"{pod.local_url}/members")
-    else:
-        member_id = quote(args[0] if args else own_member_id(pod), safe="")
-        if what == "promote":
-            answer = member_call("POST", f"{pod.local_url}/members/{member_id}/promote")
-        else:
-            answer = member_call("DELETE", f"{pod.local_url}/members/{member_id}")
-    print(json.dumps(answer, indent=2))
-    return 0
+    command = node_command(pod, *settle(pod), argv[1:])
+    if argv[0] == "command":
+        print(shlex.join(command))
+        return 0
+    _say(shlex.join(command))
+    os.execvp(command[0], command)  # never returns: the node becomes the container's process
+    return 1  # not reached
 
 
 if __name__ == "__main__":
