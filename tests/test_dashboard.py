@@ -3,16 +3,18 @@
 One cluster (started by the Supervisor on free loopback ports), one dashboard (run_dashboard in a
 thread, so it shares the supervisor and can kill -9 / restart nodes) and one headless Debian
 Chromium driven by Playwright serve every test in this module; before each test the network is
-healed and every node is running again. Each test clicks what a person would click and waits,
-always with a bound, for the page to show what the nodes really did. Screenshots go to
-docs/screenshots/ (the README shows them).
+healed and every node is running again. The tests that change the membership (a node added from the
+page, the "replace a dead machine" tour) have a cluster and a dashboard of their own. Each test
+clicks what a person would click and waits, always with a bound, for the page to show what the nodes
+really did. Screenshots go to docs/screenshots/ (the README shows them).
 
-If /usr/bin/chromium is missing these tests skip with the reason, except under CI (CI=...),
-where they fail: CI must run them (`./dev test` installs Debian's chromium).
+If /usr/bin/chromium is missing these tests skip with the reason, except under CI (CI=...), where
+they fail: CI must run them (`./dev test` installs Debian's chromium).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -111,15 +113,10 @@ def browser(cluster: LocalCluster) -> Iterator[Any]:
             b.close()
 
 
-@pytest.fixture
-def page(browser: Any, dashboard: Dashboard, cluster: LocalCluster) -> Iterator[Any]:
-    """A fresh browser context (no shared state) on the dashboard, with the cluster back to healthy."""
-    dashboard.api("POST", "/api/heal")
-    for node_id, proc in cluster.supervisor.nodes.items():
-        cluster.supervisor.resume(node_id)
-        if not proc.running:
-            cluster.supervisor.start(node_id)
-    cluster.wait_for_leader(30)
+@contextlib.contextmanager
+def opened(browser: Any, dashboard: Dashboard) -> Iterator[Any]:
+    """A fresh browser context (no shared state) on the dashboard, once three nodes show a status;
+    the page must raise no JavaScript error."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = context.new_page()
     pg.set_default_timeout(15_000)
@@ -133,10 +130,42 @@ def page(browser: Any, dashboard: Dashboard, cluster: LocalCluster) -> Iterator[
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+@pytest.fixture
+def page(browser: Any, dashboard: Dashboard, cluster: LocalCluster) -> Iterator[Any]:
+    """The dashboard in a fresh browser context, with the cluster back to healthy."""
+    dashboard.api("POST", "/api/heal")
+    for node_id, proc in cluster.supervisor.nodes.items():
+        cluster.supervisor.resume(node_id)
+        if not proc.running:
+            cluster.supervisor.start(node_id)
+    cluster.wait_for_leader(30)
+    with opened(browser, dashboard) as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module")
+def growing_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A cluster of its own for the tests that add and remove members."""
+    c = LocalCluster(tmp_path_factory.mktemp("membership") / "data", nodes=3).start()
+    try:
+        c.wait_for_leader(30)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def growing_dashboard(growing_cluster: LocalCluster) -> Iterator[Dashboard]:
+    d = Dashboard(list(growing_cluster.urls.values()), growing_cluster.supervisor)
+    yield d
+    d.stop()
+
+
 def cards(pg: Any) -> dict[str, dict]:
     """What the page shows for each node (the cards' data attributes, set from the live view)."""
     return pg.evaluate("""() => Object.fromEntries([...document.querySelectorAll('[data-node]')].map(c => [
-        c.dataset.node, {role: c.dataset.role, term: c.dataset.term ? Number(c.dataset.term) : null,
+        c.dataset.node, {role: c.dataset.role, member: c.dataset.member,
+        term: c.dataset.term ? Number(c.dataset.term) : null,
         reach: c.dataset.reach, partitioned: c.dataset.partitioned === 'true', tickMs: Number(c.dataset.tickMs),
         electionTimeoutMs: Number(c.querySelector('.facts').dataset.electionTimeoutMs || 0),
         text: c.innerText}]))""")
@@ -397,6 +426,8 @@ def test_attached_to_a_remote_cluster_says_what_is_unavailable(browser: Any, clu
         assert status == 501 and "supervisor" in body["error"], body
         status, body = remote.api("POST", "/api/slowmo", {"factor": 10})
         assert status == 501, body
+        status, body = remote.api("POST", "/api/members", {})
+        assert status == 501 and "supervisor" in body["error"], body
         context = browser.new_context(viewport={"width": 1200, "height": 900})
         try:
             pg = context.new_page()
@@ -423,6 +454,61 @@ def test_attached_to_a_remote_cluster_says_what_is_unavailable(browser: Any, clu
         remote.api("POST", "/api/heal")
         cluster.supervisor.start("node3")
         remote.stop()
+
+
+@browser_test
+def test_a_node_added_from_the_page_catches_up_as_a_learner_is_promoted_and_removed(
+        browser: Any, growing_dashboard: Dashboard, growing_cluster: LocalCluster) -> None:
+    with opened(browser, growing_dashboard) as pg:
+        pg.locator("#add-promote").uncheck()  # stay a learner, to be seen and promoted by hand
+        pg.click("#add-node")
+        wait_until("the ring to grow to four", lambda: pg.locator("[data-ring-node]").count() == 4, 30)
+        ring = pg.locator('[data-ring-node="node4"]')
+        wait_until("node4 drawn as a learner that caught up", lambda: ring.get_attribute("data-role") == "learner"
+                   and "caught up" in ring.locator(".bar-text").text_content(), 30)
+        assert cards(pg)["node4"]["member"] == "learner"
+        assert "learner, does not vote" in cards(pg)["node4"]["text"]
+        wait_until("the feed to tell the new configuration, by name", lambda: "now has voters node1, node2, node3 and "
+                   "learners node4" in pg.locator("#feed").inner_text())
+        shot(pg, "membership.png")
+
+        pg.locator('[data-node="node4"] button[data-op="promote"]').click()
+        wait_until("node4 a voter", lambda: cards(pg)["node4"]["member"] == "voter"
+                   and ring.get_attribute("data-role") in ("follower", "leader"), 30)
+        wait_until("the feed to tell four voters", lambda: "now has voters node1, node2, node3, node4"
+                   in pg.locator("#feed").inner_text())
+        assert "node4-" not in pg.locator("#feed").inner_text(), "members are named by name, not by id"
+        wait_until("each configuration change marked on the timeline", lambda: pg.locator("#timeline .m-conf").count()
+                   >= 2, 5)
+
+        pg.locator('[data-node="node4"] button[data-op="remove"]').click()
+        wait_until("node4 shown removed", lambda: cards(pg).get("node4", {}).get("member") == "removed", 30)
+        assert "removed from the cluster" in cards(pg)["node4"]["text"]
+        wait_until("the ring back to three", lambda: pg.locator("[data-ring-node]").count() == 3, 30)
+    assert "node4" not in growing_cluster.supervisor.nodes
+    assert (growing_cluster.data_dir / "node4" / "raft").is_dir(), "a removed node's data directory is kept"
+
+
+@browser_test
+def test_guided_tour_replaces_a_dead_machine_while_writes_flow(
+        browser: Any, growing_dashboard: Dashboard, growing_cluster: LocalCluster) -> None:
+    with opened(browser, growing_dashboard) as pg:
+        pg.select_option("#tour-demo", "replace")
+        pg.click("#tour-run")
+        caption = pg.locator("#tour-caption")
+        wait_until("the new node drawn as a learner", lambda: pg.locator('[data-ring-node][data-role="learner"]')
+                   .count() == 1, 60, 0.1)
+        shot(pg, "replace-machine.png")
+        wait_until("the tour to finish", lambda: any(w in caption.inner_text() for w in ("Demo finished", "stopped")),
+                   90, 0.25)
+        assert "Demo finished" in caption.inner_text(), caption.inner_text()
+        feed = pg.locator("#feed").inner_text()
+        for told in ("dies for good", "is removed from the configuration", "joins as a learner", "has caught up",
+                     "is a voter now", "writes were acknowledged"):
+            assert told in feed, (told, feed)
+        assert pg.locator("[data-ring-node]").count() == 3
+    supervised = set(growing_cluster.supervisor.nodes)
+    assert len(supervised) == 3 and len(supervised - {"node1", "node2", "node3"}) == 1, supervised
 
 
 def test_dashboard_command_serves_a_remote_cluster_until_sigterm(cluster: LocalCluster, tmp_path: Path) -> None:

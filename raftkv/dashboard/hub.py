@@ -44,6 +44,7 @@ import itertools
 import json
 import logging
 import random
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -74,6 +75,7 @@ METRICS_EVERY_S = 1.0
 SILENT_AFTER_S = 1.5  # connected, yet no status for this long: the node is not answering
 REMOVED_LINGER_S = 5.0  # a removed member stays on the page, marked removed, this long
 MEMBERS_TIMEOUT_S = 2.0
+ADDED_MEMBER_ID = re.compile(r"\b([A-Za-z0-9][A-Za-z0-9_.-]*)-[0-9a-f]{16}\b")
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.2, 3.0
 # Status fields that move with nothing happening (clocks, counters): a status that differs from
 # the last recorded one only in these shows the page nothing new.
@@ -328,11 +330,13 @@ class Hub:
             self._conf_seen = None  # the next leader status tries again
 
     def named(self, text: str) -> str:
-        """A node's text with added members' long ids replaced by their names."""
+        """A node's text with added members' long ids replaced by their names: the watched ones' by
+        their links, any other (the new member a configuration event names before the hub has read
+        the members) by its id's form, `name-<16 hex digits>` (node/membership.py: new_member_id)."""
         for link in self.links.values():
             if link.raft_id != link.id and link.raft_id in text:
                 text = text.replace(link.raft_id, link.id)
-        return text
+        return ADDED_MEMBER_ID.sub(r"\1", text)
 
     # ------------------------------------------------------------------ events ------------------
 

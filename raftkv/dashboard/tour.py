@@ -245,6 +245,7 @@ class Tour:
                   "stop the cluster.")
         await self._dwell()
         await self.membership.remove(victim)
+        await self._wait(f"the leader's configuration without {victim}", lambda: victim not in self._voters(True))
         self._say(f"👋 {victim} is removed from the configuration: the voters are now {', '.join(self._voters())}, "
                   f"and a commit needs a majority of those. {victim}'s data directory stays on disk, unused.")
         await self._dwell()
@@ -255,6 +256,7 @@ class Tour:
         self._say(f"{new} has caught up: it holds entry {match} of the leader's {last}.")
         await self._dwell(2.0)
         await self.membership.promote(new)
+        await self._wait(f"the leader's configuration with {new} a voter", lambda: new in self._voters())
         self._say(f"⬆️ {new} is a voter now: {len(self._voters())} voters again, so the cluster can lose a machine "
                   "once more.")
         await self._dwell()
@@ -265,11 +267,13 @@ class Tour:
             self._say(f"📈 {done['ok']} writes were acknowledged while the machine was replaced{failed}.")
             await self._dwell()
 
-    def _voters(self) -> list[str]:
-        """The voters' names, as the leader's configuration says."""
+    def _voters(self, removed_too: bool = False) -> list[str]:
+        """The voters' names, as the leader's configuration says (with the members the hub knows
+        were removed if `removed_too`: the leader's status may not have caught up with it yet)."""
+        links = list(self.hub.links.values()) if removed_too else self.hub.members()
         leader = next((n for n in self.hub.members() if (n.status or {}).get("state") == "leader"), None)
         voters = set((leader.status or {}).get("voters") or ()) if leader else set()
-        return sorted(n.id for n in self.hub.members() if n.raft_id in voters)
+        return sorted(n.id for n in links if n.raft_id in voters)
 
     def _caught_up(self, node: str) -> tuple[int, int] | None:
         """(its match index, the leader's last index) once the leader sees `node` nearly caught up."""

@@ -6,6 +6,11 @@
 // same picture as the last one, only updates the live view); the view is always rendered from "the
 // latest status of each node at time T", where T is now (live) or a point the person scrubbed to
 // (paused). Message animations and the event feed follow the same rule.
+//
+// The node set follows the cluster's membership: a live `nodes` event (a member joined, or was
+// removed) rebuilds the ring and the cards. Whether a node is a voter or a learner is read from
+// the leader's configuration (its status's `voters` and `learners`); a learner's catch-up is the
+// leader's match index for it against the leader's last index.
 "use strict";
 
 const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442"]; // Okabe-Ito
@@ -120,6 +125,7 @@ function ingest(ev, live) {
   const node = ev.via || ev.node;
   switch (ev.type) {
     case "status": {
+      if (live) noteRaftId(node, ev.state);
       const arr = S.statuses[node] || (S.statuses[node] = []);
       if (arr.length && !arr[arr.length - 1].recorded) arr.pop();  // it was only the live view's
       arr.push({rt: ev.rt, state: ev.state, kv: ev.kv, recorded: ev.recorded !== false});
@@ -155,8 +161,26 @@ function ingest(ev, live) {
     case "tour":
       renderTour(ev);
       break;
+    case "nodes":
+      if (live) applyNodes(ev.nodes);
+      break;
   }
   if (live && isFeedEvent(ev) && !S.paused) addFeed(ev, true);
+}
+
+function applyNodes(nodes) {
+  // Rebuilt only when the set (or a node's id, or its being removed) changed: cards keep their state.
+  const sig = (ns) => ns.map((n) => `${n.id}|${n.raftId}|${n.removed}`).join(",");
+  const changed = sig(nodes) !== sig(S.nodes);
+  S.nodes = nodes;
+  for (const n of nodes) { S.statuses[n.id] = S.statuses[n.id] || []; S.terms[n.id] = S.terms[n.id] || new Map(); }
+  if (changed) { buildStatic(); renderAll(); }
+}
+
+function noteRaftId(node, st) {
+  // A node watched before the cluster gave it its id learns it from its first status.
+  const n = S.nodes.find((x) => x.id === node);
+  if (n && st && st.nodeId && n.raftId !== st.nodeId) applyNodes(S.nodes.map((x) => (x === n ? {...x, raftId: st.nodeId} : x)));
 }
 
 function remember(ev) {
@@ -214,6 +238,31 @@ function leaderStatusAt(t) {
   return S.nodes.map((n) => statusAt(n.id, t)).find((x) => x && x.state && x.state.state === "leader") || null;
 }
 
+// Voter or learner, as the leader's configuration says (the node's own when no leader is known).
+function memberRole(n, st, t) {
+  const leader = leaderStatusAt(t);
+  const conf = leader ? leader.state : st && st.state;
+  if (!conf || !conf.learners) return "voter";
+  return conf.learners.includes(n.raftId) ? "learner" : "voter";
+}
+
+// How far a learner has come: the leader's match index for it against the leader's last index.
+function catchUp(n, t) {
+  const leader = leaderStatusAt(t);
+  if (!leader) return null;
+  const p = (leader.state.peers || []).find((x) => x.id === n.raftId);
+  if (!p || p.matchIndex == null) return null;
+  return {match: p.matchIndex, last: leader.state.logLength, snapshot: p.state === "snapshot"};
+}
+
+function catchUpWords(c) {
+  if (!c) return "waiting to hear from the leader";
+  if (c.snapshot) return "receiving a snapshot";
+  return c.match >= c.last ? `caught up (${c.match} of ${c.last})` : `catching up: ${c.match} of ${c.last}`;
+}
+
+const members = () => S.nodes.filter((n) => !n.removed);
+
 // ------------------------------------------------------------------------- static parts -------
 
 function renderLegend() {
@@ -231,20 +280,23 @@ function buildStatic() {
   const opts = (sel, withAny) => {
     const s = $(sel);
     s.replaceChildren(...(withAny ? [el("option", {value: "", text: "the leader"})] : []),
-      ...S.nodes.map((n) => el("option", {value: n.id, text: n.id})));
+      ...members().map((n) => el("option", {value: n.id, text: n.id})));
   };
   opts("#kv-node", true); opts("#cut-src"); opts("#cut-dst");
-  if (S.nodes.length > 1) $("#cut-dst").value = S.nodes[1].id;
-  $("#split-boxes").replaceChildren(...S.nodes.map((n, i) =>
+  if (members().length > 1) $("#cut-dst").value = members()[1].id;
+  $("#split-boxes").replaceChildren(...members().map((n, i) =>
     el("label", {class: "chk"}, el("input", {type: "checkbox", value: n.id, checked: i === 0 ? true : null,
       "aria-label": `${n.id} in the first group`}), ` ${n.id}`)));
   const demos = (S.features.tour && S.features.tour.demos) || {};
-  $("#tour-demo").replaceChildren(el("option", {value: "all", text: "All four, in order"}),
+  $("#tour-demo").replaceChildren(el("option", {value: "all", text: "All of them, in order"}),
     ...Object.entries(demos).map(([k, v]) => el("option", {value: k, text: v})));
   const cut = S.features.oneWayCut || {};
   $("#cut").disabled = !cut.available;
   $("#link-apply").disabled = !(S.features.lossDelay || {}).available;
   $("#cut-why").textContent = cut.available ? "" : `Unavailable: ${cut.why}. ${(S.features.lossDelay || {}).why || ""}`;
+  const add = S.features.addNode || {};
+  $("#add-node").disabled = !add.available;
+  $("#add-why").textContent = add.available ? "" : `Unavailable: ${add.why}.`;
   const remote = $("#remote-note");
   if (!S.supervisor) {
     remote.hidden = false;
@@ -275,7 +327,11 @@ function buildCards() {
         b("crash", "💥 Crash", "Crash (kill -9)", procOff),
         b("restart", "🔄 Restart", "Restart", procOff),
         b("pause", "⏸ Pause", "Pause (SIGSTOP)", procOff),
-        b("resume", "▶ Resume", "Resume (SIGCONT)", procOff)),
+        b("resume", "▶ Resume", "Resume (SIGCONT)", procOff),
+        el("button", {type: "button", "data-op": "promote", "data-target": n.id, "aria-label": `Promote ${n.id} to voter`,
+          onclick: () => api(`/api/members/${encodeURIComponent(n.id)}/promote`)}, "⬆️ Promote"),
+        el("button", {type: "button", "data-op": "remove", "data-target": n.id,
+          "aria-label": `Remove ${n.id} from the cluster`, onclick: () => removeNode(n.id)}, "👋 Remove node")),
       proc.available ? null : el("p", {class: "why", text: proc.why}),
       el("details", {class: "kv", open: true}, el("summary", {}, "KV store ", el("span", {class: "kv-count"})),
         el("table", {"data-kv-node": n.id}, el("tbody"))),
@@ -325,13 +381,21 @@ function buildRing() {
     const t3 = svg("text", {class: "n-term", y: 22, "text-anchor": "middle"});
     const crown = svg("text", {class: "crown", y: -RING.nodeR - 2, "text-anchor": "middle"}); crown.textContent = "♛";
     const badge = svg("text", {class: "badge", x: RING.nodeR, y: -RING.nodeR + 6, "text-anchor": "middle"});
-    g.append(t1, t2, t3, crown, badge, svg("g", {class: "vote-badges"}));
+    const progress = svg("g", {class: "catch-up", transform: `translate(0,${RING.nodeR + 22})`});
+    progress.append(svg("rect", {class: "bar-bg", x: -40, y: -5, width: 80, height: 8, rx: 3}),
+      svg("rect", {class: "bar", x: -40, y: -5, width: 0, height: 8, rx: 3}),
+      svg("text", {class: "bar-text", y: 16, "text-anchor": "middle"}));
+    g.append(t1, t2, t3, crown, badge, progress, svg("g", {class: "vote-badges"}));
     nodes.append(g);
   });
 }
 
 function shapePath(role) {
   const R = RING.nodeR;
+  if (role === "learner") {  // a pentagon: it receives the log but does not vote
+    const pts = [...Array(5)].map((_, k) => { const a = -Math.PI / 2 + (k * 2 * Math.PI) / 5; return `${R * Math.cos(a)},${R * Math.sin(a)}`; });
+    return "M" + pts.join("L") + "Z";
+  }
   if (role === "leader") {
     const pts = [...Array(6)].map((_, k) => { const a = Math.PI / 6 + (k * Math.PI) / 3; return `${R * Math.cos(a)},${R * Math.sin(a)}`; });
     return "M" + pts.join("L") + "Z";
@@ -345,6 +409,9 @@ function nodeCondition(id, st) {
   // What the dashboard can say about a node, most serious first.
   const r = S.reach[id] || {};
   const proc = r.process;
+  const node = S.nodes.find((n) => n.id === id);
+  const removed = (st && st.state && st.state.removed) || (node && node.removed);
+  if (removed) return {key: "removed", text: `⊘ removed from the cluster${typeof removed === "string" ? `: ${removed}` : ""}`, grey: true};
   if (S.viewAt == null) {
     if (proc && !proc.running) return {key: "crashed", text: `💥 crashed (exit ${proc.exitCode})`, grey: true};
     if (proc && proc.paused) return {key: "paused", text: "⏸ paused (SIGSTOP): not answering", grey: true};
@@ -365,9 +432,11 @@ function renderRing() {
     if (!g) return;
     const st = statusAt(n.id, t);
     const s = st ? st.state : null;
-    const role = s ? s.state : "unknown";
+    const member = memberRole(n, st, t);
+    const role = s ? (member === "learner" && s.state === "follower" ? "learner" : s.state) : "unknown";
     const cond = nodeCondition(n.id, st);
     g.setAttribute("data-role", role);
+    g.setAttribute("data-member", cond.key === "removed" ? "removed" : member);
     g.classList.toggle("grey", cond.grey);
     g.classList.toggle("cut", !!cond.cut);
     g.classList.toggle("leader", role === "leader" && !cond.grey);
@@ -376,13 +445,14 @@ function renderRing() {
     g.querySelector(".shape").classList.toggle("dashed", role === "pre-candidate");
     g.querySelector(".n-role").textContent = cond.grey ? cond.key : role;
     g.querySelector(".n-term").textContent = s ? `term ${s.term}` : "";
-    g.querySelector(".badge").textContent = cond.grey ? "✕" : cond.cut ? "✂" : "";
+    g.querySelector(".badge").textContent = cond.key === "removed" ? "⊘" : cond.grey ? "✕" : cond.cut ? "✂" : "";
+    renderCatchUp(g, role === "learner" && !cond.grey ? catchUp(n, t) : undefined);
     g.setAttribute("aria-label", `${n.id}: ${cond.grey ? cond.key : role}, term ${s ? s.term : "?"}. Enter forces an election.`);
     // Election timer: what remains before this node would time out, shrinking as it runs.
     const timer = g.querySelector(".timer"), hb = g.querySelector(".hb");
     const C = 2 * Math.PI * (RING.nodeR + 9);
     let frac = 0;
-    if (s && !cond.grey && role !== "leader" && s.electionTimeout) {
+    if (s && !cond.grey && role !== "leader" && role !== "learner" && s.electionTimeout) {  // a learner never campaigns
       const tick = s.tickMs || 20;
       const lastHb = S.viewAt == null ? S.lastHb[n.raftId] : null;
       let elapsedMs = s.electionElapsed * tick + (S.viewAt == null ? (now() - st.rt) * 1000 : 0);
@@ -424,6 +494,16 @@ function renderRing() {
     if (line) line.classList.toggle("dropping", dropped > 0);
   }
   void nowMs;
+}
+
+function renderCatchUp(g, c) {
+  // A learner's progress bar under its shape (`undefined`: not a learner, no bar).
+  const box = g.querySelector(".catch-up");
+  box.style.display = c === undefined ? "none" : "";
+  if (c === undefined) return;
+  const frac = c && c.last ? Math.min(1, c.match / c.last) : 0;
+  box.querySelector(".bar").setAttribute("width", String(80 * frac));
+  box.querySelector(".bar-text").textContent = catchUpWords(c);
 }
 
 // ------------------------------------------------------------------------- messages ----------
@@ -531,7 +611,9 @@ function renderCards() {
     const s = st ? st.state : null;
     const cond = nodeCondition(n.id, st);
     const role = s ? s.state : "unknown";
+    const member = cond.key === "removed" ? "removed" : memberRole(n, st, t);
     card.dataset.role = cond.grey ? "down" : role;
+    card.dataset.member = member;
     card.dataset.term = s ? s.term : "";
     card.dataset.reach = cond.key;
     card.dataset.partitioned = cond.cut ? "true" : "false";
@@ -540,8 +622,9 @@ function renderCards() {
     card.classList.toggle("leader", role === "leader" && !cond.grey);
     card.style.setProperty("--term", termColour(s && s.term));
     card.querySelector(".role-icon").textContent = cond.grey ? "✕" : ({leader: "♛", candidate: "◆", "pre-candidate": "◇", follower: "●"}[role] || "○");
+    const roleText = member === "learner" ? `learner (${role})` : role;
     card.querySelector(".role-word").textContent = !s ? "no status yet"
-      : cond.grey ? `${cond.key} · last known: ${role}, term ${s.term}` : `${role} · term ${s.term}`;
+      : cond.grey ? `${cond.key} · last known: ${roleText}, term ${s.term}` : `${roleText} · term ${s.term}`;
     const facts = card.querySelector(".facts");
     if (s) {
       const tick = s.tickMs || 20;
@@ -560,7 +643,8 @@ function renderCards() {
     if (s && (role === "candidate" || role === "pre-candidate")) {
       const v = Object.entries(s.votes || {});
       votes.textContent = `${role === "pre-candidate" ? "pre-votes" : "votes"}: ` + (v.length ? v.map(([k, g]) => `${k} ${g ? "✓ granted" : "✗ refused"}`).join(", ") : "waiting…");
-    } else votes.textContent = "";
+    } else if (member === "learner") votes.textContent = `learner, does not vote · ${catchUpWords(catchUp(n, t))}`;
+    else votes.textContent = "";
     // Supervisor-dependent buttons reflect the process state.
     const proc = r.process;
     const q = (op) => card.querySelector(`[data-op="${op}"]`);
@@ -569,6 +653,9 @@ function renderCards() {
       q("pause").disabled = !proc.running || proc.paused;
       q("resume").disabled = !proc.paused;
     }
+    q("promote").disabled = member !== "learner";
+    q("remove").disabled = member === "removed" || members().length < 2;
+    if (member === "removed") for (const b of card.querySelectorAll(".buttons button")) b.disabled = true;  // nothing left to do
     renderKv(card, n.id, st && st.kv);
   }
 }
@@ -632,7 +719,8 @@ function renderLogs() {
   for (const {n, st} of sts) {
     const s = st && st.state;
     const pr = progress[n.raftId];
-    const label = el("span", {class: "log-label"}, el("b", {text: n.id}),
+    const learner = memberRole(n, st, t) === "learner" ? " (learner)" : "";
+    const label = el("span", {class: "log-label"}, el("b", {text: n.id + learner}),
       el("small", {text: s ? (pr ? ` match ${pr.matchIndex} · next ${pr.nextIndex}${pr.lastContact != null ? ` · heard ${pr.lastContact}s` : ""}`
         : s.state === "leader" ? " leader" : "") : " —"}));
     const row = el("div", {class: "log-row", "data-log-node": n.id}, label);
@@ -663,6 +751,7 @@ function renderLogs() {
 
 function isFeedEvent(ev) {
   return (ev.type === "trace" && ev.kind !== "commit") || ev.type === "action" || ev.type === "reach" ||
+    ev.type === "nodes" || ev.type === "removed" ||
     (ev.type === "safety" && ev.broken) || (ev.type === "tour");
 }
 
@@ -711,9 +800,12 @@ function renderTimeline() {
     }
   }
   flush(t1);
+  let conf = null;  // every node reports each configuration: one mark per change
   for (const ev of S.history) {
     let mark = null;
-    if (ev.type === "trace" && ev.kind === "role" && ev.detail && ev.detail.role === "leader") mark = ["♛", "m-lead"];
+    const confNow = ev.type === "trace" && ev.kind === "conf" ? JSON.stringify(ev.detail) : null;
+    if (confNow && confNow !== conf) { conf = confNow; mark = ["±", "m-conf"]; }
+    else if (ev.type === "trace" && ev.kind === "role" && ev.detail && ev.detail.role === "leader") mark = ["♛", "m-lead"];
     else if (ev.type === "action") mark = [{crash: "✕", partition: "✂", heal: "+", kv: "•", restart: "↻", "force-election": "🗳"}[ev.kind] || "|", "m-act"];
     else if (ev.type === "reach" && ev.reach === "unreachable") mark = ["!", "m-reach"];
     else if (ev.type === "safety" && ev.broken) mark = ["⚠", "m-bad"];
@@ -856,12 +948,12 @@ function renderAll() {
 
 // ------------------------------------------------------------------------- actions -----------
 
-async function api(path, body) {
+async function api(path, body, method = "POST") {
   const msg = $("#control-msg");
   msg.className = "msg";
   msg.textContent = "…";
   try {
-    const r = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body || {})});
+    const r = await fetch(path, {method, headers: {"Content-Type": "application/json"}, body: JSON.stringify(body || {})});
     const data = await r.json().catch(() => ({}));
     if (!r.ok) { msg.className = "msg bad"; msg.textContent = `${r.status}: ${data.error || r.statusText}`; return null; }
     msg.textContent = "done";
@@ -875,13 +967,29 @@ async function api(path, body) {
 
 function nodeAction(id, op) { return api(`/api/nodes/${encodeURIComponent(id)}/${op}`); }
 
+function removeNode(id) {
+  $("#control-msg").textContent = `removing ${id}…`;
+  return api(`/api/members/${encodeURIComponent(id)}`, null, "DELETE");
+}
+
+async function addNode() {
+  const promote = $("#add-promote").checked;
+  const button = $("#add-node");
+  button.disabled = true;
+  try {
+    const r = await api("/api/members", {promote});
+    if (r) $("#control-msg").textContent = `${r.node} joined as a ${r.role}`;
+  } finally { button.disabled = !(S.features.addNode || {}).available; }
+}
+
 function parseValue(text) { try { return JSON.parse(text); } catch { return text; } }
 
 function wire() {
   $("#heal").addEventListener("click", () => api("/api/heal"));
+  $("#add-node").addEventListener("click", addNode);
   $("#split").addEventListener("click", () => {
     const a = [...document.querySelectorAll("#split-boxes input:checked")].map((i) => i.value);
-    const b = S.nodes.map((n) => n.id).filter((x) => !a.includes(x));
+    const b = members().map((n) => n.id).filter((x) => !a.includes(x));
     api("/api/split", {groups: [a, b].filter((g) => g.length)});
   });
   $("#cut").addEventListener("click", () => api("/api/cut", {src: $("#cut-src").value, dst: $("#cut-dst").value}));
