@@ -217,11 +217,12 @@ class Supervisor:
     # ------------------------------------------------------------------ the node set ------------
 
     def add_node(self, name: str | None = None, taken: set[str] | frozenset[str] = frozenset(),
-                 join_url: str | None = None) -> NodeProcess:
+                 join_url: str | None = None, extra_args: list[str] | None = None) -> NodeProcess:
         """Start a new node that joins the running cluster through `join_url` (default: the first
-        running node's). `name` defaults to the first nodeN that is free: not run here, not in
-        `taken` (the cluster's member names), and not a data directory that belongs to a member.
-        Its ports are the ones after the highest in use, if free. ValueError: a name not usable."""
+        running node's), with `extra_args` (default: every node's). `name` defaults to the first
+        nodeN that is free: not run here, not in `taken` (the cluster's member names), and not a
+        data directory that belongs to a member. Its ports are the ones after the highest in use,
+        if free. ValueError: a name not usable (NameTakenError: one taken)."""
         with self._nodes_lock:
             name = name or self._free_name(taken)
             self._check_name(name, taken)
@@ -230,6 +231,8 @@ class Supervisor:
                 raise ValueError("no node is running to join through")
             http_port, raft_port = self._next_ports()
             node = self._joiner(name, http_port, raft_port, join_url)
+            if extra_args is not None:
+                node.extra_args = list(extra_args)
             self.nodes[name] = node
             self._ledger.joined[name] = {"httpPort": http_port, "raftPort": raft_port, "join": join_url}
             self._ledger.save()

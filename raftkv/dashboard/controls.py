@@ -37,6 +37,7 @@ NODE_CALL_TIMEOUT_S = 6.0
 SLOWMO_MAX_FACTOR = 50
 SLOWMO_NODE_READY_S = 15.0
 SLOWMO_GRACE_S = 1.5
+DEFAULT_TICK_MS = 20  # raftkv node's --tick-ms
 STOP_GRACE_S = 10.0  # a node stopped from the lab gets this long to exit cleanly before kill -9
 
 PROCESS_ACTIONS = {  # op of POST /api/nodes/{node}/{op}: (icon, what it does in words)
@@ -241,9 +242,7 @@ class Controls:
     async def _rolling_restart(self, sup: Any, factor: int) -> dict:
         for node_id in list(sup.nodes):
             self._original_args.setdefault(node_id, list(sup.node_args))
-        base = {}
-        for node_id, args in self._original_args.items():
-            base[node_id] = int(args[args.index("--tick-ms") + 1]) if "--tick-ms" in args else 20
+        base = {node_id: _tick_ms(args) for node_id, args in self._original_args.items()}
         word = "normal speed" if factor == 1 else f"slow motion x{factor}"
         self.hub.action(f"🐢 {word}: restarting each node with --tick-ms {base and max(base.values()) * factor}",
                         kind="slowmo", factor=factor)
@@ -254,9 +253,7 @@ class Controls:
             if node_id not in sup.nodes:
                 continue
             tick = base[node_id] * factor
-            args = _without_tick(self._original_args[node_id])
-            if factor != 1 or "--tick-ms" in self._original_args[node_id]:
-                args += ["--tick-ms", str(tick)]
+            args = _at_speed(self._original_args[node_id], factor)
             proc = sup.nodes[node_id]
             was_running = proc.running
             proc.extra_args = args
@@ -271,6 +268,11 @@ class Controls:
         self.slowmo_factor = factor
         self.hub.action(f"🐢 {word} in effect", kind="slowmo-done", factor=factor)
         return {"factor": factor, "nodes": done}
+
+    def new_node_args(self, sup: Any) -> list[str]:
+        """A new node's arguments: the supervisor's, at the cluster's current speed (a node with a
+        10x shorter tick than its peers would time out between their heartbeats)."""
+        return _at_speed(sup.node_args, self.slowmo_factor)
 
     # ------------------------------------------------------------------ key-value --------------
 
@@ -322,6 +324,18 @@ class Controls:
         now = time.time()
         ok = [n for n in self.hub.members() if n.reach(now) == "ok"]
         return sorted(ok, key=lambda n: (n.status or {}).get("state") != "leader")
+
+
+def _tick_ms(args: list[str]) -> int:
+    return int(args[args.index("--tick-ms") + 1]) if "--tick-ms" in args else DEFAULT_TICK_MS
+
+
+def _at_speed(original: list[str], factor: int) -> list[str]:
+    """A node's arguments with its tick `factor` times its original one."""
+    args = _without_tick(original)
+    if factor != 1 or "--tick-ms" in original:
+        args += ["--tick-ms", str(_tick_ms(original) * factor)]
+    return args
 
 
 def _without_tick(args: list[str]) -> list[str]:

@@ -53,7 +53,8 @@ class Membership:
         async with self._one_change():
             view = await self.members()
             join_url = self._join_url(view)
-            add = functools.partial(sup.add_node, name, {m["name"] for m in view["members"]}, join_url)
+            add = functools.partial(sup.add_node, name, {m["name"] for m in view["members"]}, join_url,
+                                    self.controls.new_node_args(sup))
             try:
                 node = await asyncio.get_running_loop().run_in_executor(None, add)
             except NameTakenError as e:
