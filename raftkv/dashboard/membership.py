@@ -32,7 +32,7 @@ from urllib.parse import quote
 from raftkv.supervisor import NameTakenError, last_log_line
 
 from .controls import STOP_GRACE_S, ControlError, Controls, error_text
-from .hub import Hub
+from .hub import Hub, NodeLink
 
 JOIN_WAIT_S = 30.0  # a new node's process has this long to be listed by the cluster
 CATCH_UP_WAIT_S = 60.0  # a learner has this long to catch up and be promoted
@@ -97,15 +97,11 @@ class Membership:
 
     async def members(self) -> dict[str, Any]:
         """GET /members from the first reachable member (the leader first)."""
-        for link in self._asked():
-            try:
-                status, view = await self.controls.call(link, "GET", "/members")
-            except ControlError:
-                continue
-            if status == 200 and isinstance(view, dict):
-                self.hub.follow_members(view)
-                return view
-        raise ControlError(503, "no member of the cluster answers GET /members")
+        status, view = await self._ask("GET", "/members")
+        if status != 200 or not isinstance(view, dict):
+            raise ControlError(503, f"the cluster's members cannot be read: {error_text(view)}")
+        self.hub.follow_members(view)
+        return view
 
     async def _change(self, method: str, path: str, retry_s: float = CATCH_UP_WAIT_S) -> dict[str, Any]:
         """A membership change on a reachable member, retried while the cluster says to wait."""
@@ -122,6 +118,7 @@ class Membership:
             await asyncio.sleep(POLL_S)
 
     async def _ask(self, method: str, path: str) -> tuple[int, Any]:
+        """The answer of the first member that answers (the leader first)."""
         for link in self._asked():
             try:
                 return await self.controls.call(link, method, path)
@@ -129,7 +126,7 @@ class Membership:
                 continue
         return 503, {"error": "no member of the cluster is reachable"}
 
-    def _asked(self) -> list:
+    def _asked(self) -> list[NodeLink]:
         return self.controls.reachable_members() or self.hub.members()
 
     # ------------------------------------------------------------------ helpers -----------------
