@@ -466,6 +466,7 @@ def test_a_node_added_from_the_page_catches_up_as_a_learner_is_promoted_and_remo
         ring = pg.locator('[data-ring-node="node4"]')
         wait_until("node4 drawn as a learner that caught up", lambda: ring.get_attribute("data-role") == "learner"
                    and "caught up" in ring.locator(".bar-text").text_content(), 30)
+        wait_until("node4's card to show it a learner", lambda: "learner (follower)" in cards(pg)["node4"]["text"])
         assert cards(pg)["node4"]["member"] == "learner"
         assert "learner, does not vote" in cards(pg)["node4"]["text"]
         wait_until("the feed to tell the new configuration, by name", lambda: "now has voters node1, node2, node3 and "
@@ -496,8 +497,9 @@ def test_guided_tour_replaces_a_dead_machine_while_writes_flow(
         pg.select_option("#tour-demo", "replace")
         pg.click("#tour-run")
         caption = pg.locator("#tour-caption")
-        wait_until("the new node drawn as a learner", lambda: pg.locator('[data-ring-node][data-role="learner"]')
-                   .count() == 1, 60, 0.1)
+        wait_until("the new node drawn as a learner, and reached", lambda: any(
+            c["member"] == "learner" and c["reach"] == "ok" for c in cards(pg).values())
+            and pg.locator('[data-ring-node][data-role="learner"]').count() == 1, 60, 0.1)
         shot(pg, "replace-machine.png")
         wait_until("the tour to finish", lambda: any(w in caption.inner_text() for w in ("Demo finished", "stopped")),
                    90, 0.25)

@@ -654,6 +654,7 @@ function renderCards() {
       q("resume").disabled = !proc.paused;
     }
     q("promote").disabled = member !== "learner";
+    q("force-election").disabled = member === "learner";  // a learner never campaigns
     q("remove").disabled = member === "removed" || members().length < 2;
     if (member === "removed") for (const b of card.querySelectorAll(".buttons button")) b.disabled = true;  // nothing left to do
     renderKv(card, n.id, st && st.kv);
