@@ -28,9 +28,9 @@ pytestmark = pytest.mark.timeout(240)
 class Joiner:
     """A node started with --join, ended by its PID."""
 
-    def __init__(self, name: str, join_url: str, data_dir: Path) -> None:
+    def __init__(self, name: str, join_url: str, data_dir: Path, ports: tuple[int, int] | None = None) -> None:
         self.name = name
-        http_port, raft_port = free_ports(2)
+        http_port, raft_port = ports or free_ports(2)
         self.url = f"http://127.0.0.1:{http_port}"
         self.log_path = data_dir.parent / f"{name}.log"
         with open(self.log_path, "ab") as log:
@@ -195,3 +195,25 @@ def test_a_learner_never_counts_toward_a_quorum(cluster: LocalCluster, joiners: 
     assert status in (503, 504), (status, body)
     status, body = http("GET", f"{joiners[0].url}/kv/needs-two-voters?stale=true")
     assert status == 404, body  # not applied anywhere, the learner included
+
+
+def test_a_node_joins_as_the_member_added_for_it(cluster: LocalCluster, joiners: list[Joiner], tmp_path: Path) -> None:
+    """`raftkv member add` first, then the node's own --join with the same name and addresses:
+    the node takes over the member added for it instead of being refused as a duplicate."""
+    leader = cluster.wait_for_leader()
+    http_port, raft_port = free_ports(2)
+    status, added = http("POST", cluster.url(leader) + "/members", {
+        "name": "node4", "clientURL": f"http://127.0.0.1:{http_port}", "peerURL": f"127.0.0.1:{raft_port}"})
+    assert status == 200, added
+    joiners.append(Joiner("node4", cluster.url(leader), tmp_path / "node4", (http_port, raft_port)))
+    until("node4 serves as the member added for it",
+          lambda: (http("GET", joiners[0].url + "/raft-state")[1] or {}).get("nodeId") == added["member"]["id"]
+          if _answers(joiners[0].url) else False)
+    assert [m["name"] for m in members(cluster.url(leader))["members"]].count("node4") == 1
+
+
+def _answers(url: str) -> bool:
+    try:
+        return http("GET", url + "/health", timeout=1)[0] in (200, 503)
+    except OSError:
+        return False

@@ -201,10 +201,11 @@ class NodeHost:
         return self._faults_changed()
 
     def _known_peers(self, peers: list[str] | None) -> list[str]:
-        unknown = sorted(set(peers or ()) - set(self.cfg.peers()))
+        known = self.members.peers()  # the configuration as it is now, not as the node started
+        unknown = sorted(set(peers or ()) - set(known))
         if unknown:
-            raise ValueError(f"unknown peer ids: {unknown}; peers are {sorted(self.cfg.peers())}")
-        return list(peers) if peers is not None else list(self.cfg.peers())
+            raise ValueError(f"unknown peer ids: {unknown}; peers are {sorted(known)}")
+        return list(peers) if peers is not None else list(known)
 
     def _faults_changed(self) -> dict[str, Any]:
         described = self.faults.describe()

@@ -83,16 +83,33 @@ def claim_data_dir(cfg: NodeConfig) -> None:
 
 
 async def _ask_to_join(join_url: str, record: MemberRecord) -> dict[str, Any]:
+    """The cluster's answer to adding this node. A member already added for exactly this node (the
+    same name and addresses: `raftkv member add` first, or an earlier attempt whose answer was
+    lost) is this node, and is taken over rather than refused as a duplicate."""
     body = {"name": record.name, "clientURL": record.client_url, "peerURL": record.peer_address(), "learner": True}
     try:
         async with Client([join_url], timeout_s=15.0) as client:
             status, answer = await client.request("POST", "/members", body)
+            if status == 409 and isinstance(answer, dict) and answer.get("reason") == "duplicate":
+                status, listed = await client.request("GET", "/members")
+                answer = _added_for(record, listed) or answer
     except ClusterUnreachableError as e:
         raise ConfigError(f"cannot reach {join_url} to join the cluster: {e}") from None
-    if status != 200 or not isinstance(answer, dict):
+    if status != 200 or not isinstance(answer, dict) or "member" not in answer:
         error = answer.get("error") if isinstance(answer, dict) else answer
         raise ConfigError(f"the cluster at {join_url} refused to add {record.name} ({status}): {error}")
     return answer
+
+
+def _added_for(record: MemberRecord, listed: Any) -> dict[str, Any] | None:
+    """The member of GET /members's answer that was added for exactly `record`, as an add's answer."""
+    if not isinstance(listed, dict):
+        return None
+    for member in listed.get("members", ()):
+        if (member.get("name"), member.get("clientURL"), member.get("peerURL")) == (
+                record.name, record.client_url, record.peer_address()):
+            return {"member": member, "members": listed["members"]}
+    return None
 
 
 def _advertised(name: str, advertise_client: str, advertise_peer: str) -> MemberRecord:
