@@ -405,3 +405,38 @@ def test_a_one_way_cut_and_a_lossy_link_on_a_real_cluster(cluster: LocalCluster)
     cluster.wait_converged()
     for node_id in cluster.urls:
         assert get(cluster.url(node_id), "lossy19", stale=True)[1]["value"] == 19
+
+
+def test_the_lab_routes_slow_the_clock_without_a_restart_and_hold_messages(cluster: LocalCluster) -> None:
+    leader = cluster.wait_for_leader()
+    term = cluster.state(leader)["term"]
+    for node in cluster.urls:  # slow motion: ten times longer ticks, at run time
+        status, lab = http("POST", cluster.url(node) + "/lab", {"tickMs": 200})
+        assert status == 200 and lab["tickMs"] == 200, lab
+    time.sleep(1.5)
+    assert cluster.wait_for_leader() == leader and cluster.state(leader)["term"] == term  # no restart, no election
+    assert cluster.state(leader)["tickMs"] == 200
+
+    follower = next(n for n in cluster.urls if n != leader)
+    status, lab = http("POST", cluster.url(leader) + "/lab", {"holding": True, "clockHeld": True, "tickMs": 20})
+    assert status == 200 and lab["holding"] and lab["clockHeld"]
+    deadline = time.monotonic() + 5
+    while not (held := http("GET", cluster.url(leader) + "/lab")[1]["held"]):
+        assert time.monotonic() < deadline, "the leader sent nothing to hold"
+        time.sleep(0.05)
+    assert held[0]["src"] == leader and held[0]["type"]
+    for_follower = [h["number"] for h in held if h["dst"] == follower]
+    assert http("POST", cluster.url(leader) + "/lab/release", {"numbers": for_follower})[1]["released"] == len(
+        for_follower)
+    assert http("POST", cluster.url(leader) + "/lab/drop", {"numbers": [10**9]})[1]["dropped"] == 0
+    assert http("POST", cluster.url(leader) + "/lab", {"holding": "yes"})[0] == 400
+    assert http("POST", cluster.url(leader) + "/lab", {"holding": False, "clockHeld": False})[1]["held"] == []
+    for node in cluster.urls:
+        http("POST", cluster.url(node) + "/lab", {"tickMs": 20})
+    assert put_retrying(cluster, "after-the-lab", 1)["value"] == 1
+
+    logs = {n: http("GET", cluster.url(n) + "/raft/log?start=1&limit=500")[1] for n in cluster.urls}
+    committed = {n: {e["index"]: e["term"] for e in v["entries"] if e["committed"]} for n, v in logs.items()}
+    for index, term_at in committed[leader].items():
+        assert all(c.get(index, term_at) == term_at for c in committed.values()), index
+    assert http("GET", cluster.url(leader) + "/raft/log?limit=0")[0] == 400

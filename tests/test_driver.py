@@ -22,6 +22,7 @@ from raftkv.node import NodeConfig, NotAppliedError, OutcomeUnknownError, RaftGr
 from raftkv.node.config import Member
 from raftkv.node.errors import MembershipRefused
 from raftkv.node.event_stream import EventHub
+from raftkv.node.log_view import log_view
 from raftkv.node.members import PROMOTE_MAX_LAG_ENTRIES, MemberService
 from raftkv.node.metrics import FAST_BUCKETS, NodeMetrics
 from raftkv.node.observe import GroupObserver
@@ -365,3 +366,61 @@ async def test_the_last_voter_cannot_be_removed(tmp_path: Path) -> None:
         assert refused.value.reason == "last_voter" and leader.core.conf.voters == ("n1",)
     finally:
         await solo.stop()
+
+
+# ---- the lab: hold-and-step delivery and true logs -------------------------------------------------
+
+
+async def test_an_election_stepped_through_message_by_message(cluster: InProcessCluster) -> None:
+    """With every node's messages held and clocks stopped, nothing happens until a person releases
+    a message: a forced election is a transfer request, the leader's TimeoutNow, the candidate's
+    vote requests and a vote back, seen one at a time, in that order."""
+    old = await cluster.leader()
+    for group in cluster.groups.values():
+        group.transport.hold.set_active(True)
+        group.clock_held = True
+    candidate = next(g for g in cluster.groups.values() if g is not old)
+    voter = next(g for g in cluster.groups.values() if g not in (old, candidate))
+    election = asyncio.ensure_future(candidate.force_election())
+
+    async def step(group: RaftGroup, kind: str, to: RaftGroup) -> None:
+        """Wait until `group` holds a `kind` for `to`, check nothing else moved, release it."""
+        for _ in range(300):
+            found = [h["number"] for h in group.transport.hold.held() if h["type"] == kind and h["dst"] == to.id]
+            if found:
+                group.transport.hold.release(found[:1])
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"{group.id} holds no {kind} for {to.id}: {group.transport.hold.held()}")
+
+    await step(candidate, "TransferRequest", old)
+    await step(old, "TimeoutNow", candidate)
+    await step(candidate, "VoteRequest", voter)
+    assert candidate.core.role is Role.CANDIDATE and old.core.role is Role.LEADER  # nothing moved on its own
+    await step(voter, "VoteResponse", candidate)
+    for _ in range(200):
+        if candidate.core.role is Role.LEADER:
+            break
+        await asyncio.sleep(0.005)
+    assert candidate.core.role is Role.LEADER and candidate.core.term > old.core.term
+    for group in cluster.groups.values():  # leaving the mode lets everything flow again
+        group.clock_held = False
+        group.transport.hold.set_active(False)
+    assert (await cluster.leader()) is candidate and (await election)["term"] == candidate.core.term
+
+
+async def test_the_log_view_shows_real_terms_equal_on_every_node(cluster: InProcessCluster) -> None:
+    leader = await cluster.leader()
+    for i in range(5):
+        await leader.propose(Put(f"k{i}", "v" * i))
+    await leader.read_barrier()
+    views = {g.id: log_view(g.core, 1, 100) for g in cluster.groups.values()}
+    for group in cluster.groups.values():
+        await group.read_barrier()
+    leader_view = views[leader.id]
+    assert [e["kind"] for e in leader_view["entries"][:3]] == ["conf_change"] * 3  # the founding members
+    assert leader_view["entries"][0]["summary"] == "add voter n1"
+    assert any(e["summary"] == 'put "k4" (6 B)' for e in leader_view["entries"])
+    committed = {g: {e["index"]: e["term"] for e in v["entries"] if e["committed"]} for g, v in views.items()}
+    for index, term in committed[leader.id].items():
+        assert all(c.get(index, term) == term for c in committed.values()), index

@@ -70,6 +70,8 @@ from raftkv.kv import (
 )
 from raftkv.node import FORWARDED_TO
 from raftkv.node.backup import freeze
+from raftkv.node.log_view import MAX_LOG_ENTRIES
+from raftkv.transport.hold import MAX_HELD_MESSAGES
 
 log = logging.getLogger("raftkv.api")
 
@@ -78,6 +80,7 @@ DEFAULT_MAX_KEY_BYTES = 1024
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 MAX_PARTITION_PEERS = 1000
 MAX_LINK_DELAY_MS = 10_000
+MAX_LAB_TICK_MS = 1000
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"  # on the answer to a retry: this is the first answer, again
 
@@ -85,7 +88,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"  # on the answer to a retry: this is the
 # for routes to come, so adding one later cannot silently shadow a user's key.
 RESERVED_NAMES = frozenset({
     "kv", "txn", "raft-state", "force-election", "simulate-partition", "simulate-link", "metrics", "health",
-    "openapi.json", "watch", "raft", "events", "dashboard", "static", "members", "transfer-leader",
+    "openapi.json", "watch", "raft", "lab", "events", "dashboard", "static", "members", "transfer-leader",
     "snapshot", "admin", "api", "favicon.ico",
 })
 
@@ -116,6 +119,12 @@ class Node(Protocol):
     def record_request(self, route: str, method: str, status: int, seconds: float) -> None: ...
     def raft_events(self) -> AsyncIterator[dict[str, Any]]: ...
     def members_view(self) -> dict[str, Any]: ...
+    def raft_log(self, start: int | None, limit: int) -> dict[str, Any]: ...
+    def lab_state(self) -> dict[str, Any]: ...
+    def set_lab(self, *, holding: bool | None = None, clock_held: bool | None = None, tick_ms: int | None = None,
+                snapshot_every: int | None = None) -> dict[str, Any]: ...
+    def release_held(self, numbers: list[int]) -> int: ...
+    def drop_held(self, numbers: list[int]) -> int: ...
     async def add_member(self, name: str, client_url: str, peer_url: str, learner: bool = True) -> dict[str, Any]: ...
     async def promote_member(self, member_id: str) -> dict[str, Any]: ...
     async def remove_member(self, member_id: str) -> dict[str, Any]: ...
@@ -145,6 +154,11 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     get("/health", api.health)
     get("/openapi.json", api.openapi)
     get("/raft/events", api.raft_events, allow_head=False)  # a WebSocket
+    get("/raft/log", api.raft_log)
+    get("/lab", api.lab)
+    add("POST", "/lab", api.set_lab)
+    add("POST", "/lab/release", api.release_held)
+    add("POST", "/lab/drop", api.drop_held)
     get("/members", api.members)
     add("POST", "/members", api.add_member)
     add("POST", "/members/{id}/promote", api.promote_member)
@@ -284,6 +298,45 @@ class _Api:
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         return json_response(self.node.id, {"peers": peers, "loss_percent": loss, "delay_ms": delay, "faults": faults})
+
+    # ---- the lab ---------------------------------------------------------------------------------
+
+    async def raft_log(self, request: web.Request) -> web.StreamResponse:
+        query = check_query(request, {"start", "limit"})
+        start = query_integer(query["start"], "start", 1) if "start" in query else None
+        limit = query_integer(query.get("limit", "100"), "limit", 1, MAX_LOG_ENTRIES)
+        return json_response(self.node.id, dict(self.node.raft_log(start, limit)))
+
+    async def lab(self, request: web.Request) -> web.StreamResponse:
+        check_query(request, set())
+        return json_response(self.node.id, dict(self.node.lab_state()))
+
+    async def set_lab(self, request: web.Request) -> web.StreamResponse:
+        body = await self._object(request, ("holding", "clockHeld", "tickMs", "snapshotEvery"),
+                                  '{"holding": true, "clockHeld": true}')
+        for name in ("holding", "clockHeld"):
+            if name in body and type(body[name]) is not bool:
+                raise ApiError(400, f"{name}: must be true or false")
+        numbers = {"tickMs": (1, MAX_LAB_TICK_MS), "snapshotEvery": (1, 10_000_000)}
+        for name, (low, high) in numbers.items():
+            if name in body and (type(body[name]) is not int or not low <= body[name] <= high):
+                raise ApiError(400, f"{name}: must be an integer from {low} to {high}")
+        state = self.node.set_lab(holding=body.get("holding"), clock_held=body.get("clockHeld"),
+                                  tick_ms=body.get("tickMs"), snapshot_every=body.get("snapshotEvery"))
+        return json_response(self.node.id, dict(state))
+
+    async def release_held(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.node.id, {"released": self.node.release_held(await self._numbers(request))})
+
+    async def drop_held(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.node.id, {"dropped": self.node.drop_held(await self._numbers(request))})
+
+    async def _numbers(self, request: web.Request) -> list[int]:
+        body = await self._object(request, ("numbers",), '{"numbers": [3, 1]}')
+        numbers = body.get("numbers")
+        if type(numbers) is not list or len(numbers) > MAX_HELD_MESSAGES or not all(type(n) is int for n in numbers):
+            raise ApiError(400, "numbers: must be an array of held messages' numbers (GET /lab lists them)")
+        return numbers
 
     # ---- membership ------------------------------------------------------------------------------
 

@@ -154,6 +154,35 @@ def _schemas() -> dict[str, Any]:
         "Error": {"type": "object", "required": ["error", "node"],
                   "properties": {"error": {"type": "string"}, **answered}, "additionalProperties": True},
         "KeyValue": kv,
+        "RaftLog": {"type": "object", "required": ["nodeId", "firstIndex", "lastIndex", "commitIndex", "entries"],
+                    "properties": {
+                        "nodeId": {"type": "string"}, "term": {"type": "integer"},
+                        "firstIndex": {"type": "integer"}, "lastIndex": {"type": "integer"},
+                        "snapshotIndex": {"type": "integer"}, "commitIndex": {"type": "integer"},
+                        "appliedIndex": {"type": "integer"}, "stableIndex": {"type": "integer"},
+                        "readAt": {"type": "number"}, "node": {"type": "string"},
+                        "entries": {"type": "array", "items": {"type": "object", "required": [
+                            "index", "term", "kind", "summary", "onDisk", "committed", "applied"], "properties": {
+                            "index": {"type": "integer"}, "term": {"type": "integer"},
+                            "kind": {"enum": ["normal", "noop", "conf_change"]}, "summary": {"type": "string"},
+                            "bytes": {"type": "integer"}, "onDisk": {"type": "boolean"},
+                            "committed": {"type": "boolean"}, "applied": {"type": "boolean"}}}}}},
+        "Lab": {"type": "object", "required": ["holding", "clockHeld", "tickMs", "snapshotEvery", "held"],
+                "properties": {"holding": {"type": "boolean"}, "clockHeld": {"type": "boolean"},
+                               "tickMs": {"type": "integer"}, "snapshotEvery": {"type": "integer"},
+                               "heldDroppedFull": {"type": "integer"}, "node": {"type": "string"},
+                               "held": {"type": "array", "items": {"type": "object", "required": [
+                                   "number", "type", "src", "dst", "term"], "properties": {
+                                   "number": {"type": "integer"}, "type": {"type": "string"},
+                                   "src": {"type": "string"}, "dst": {"type": "string"},
+                                   "term": {"type": "integer"}, "entries": {"type": "integer"},
+                                   "heldAt": {"type": "number"}}}}}},
+        "LabSettings": {"type": "object", "additionalProperties": False, "properties": {
+            "holding": {"type": "boolean"}, "clockHeld": {"type": "boolean"},
+            "tickMs": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "snapshotEvery": {"type": "integer", "minimum": 1}}},
+        "HeldNumbers": {"type": "object", "required": ["numbers"], "additionalProperties": False, "properties": {
+            "numbers": {"type": "array", "items": {"type": "integer"}}}},
         "Member": {"type": "object", "required": ["id", "name", "clientURL", "peerURL", "role", "isLeader"],
                    "properties": {"id": {"type": "string"}, "name": {"type": "string"},
                                   "clientURL": {"type": "string"}, "peerURL": {"type": "string"},
@@ -303,6 +332,30 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "200": _json(_ref("Health"), "Alive and a leader is known: status \"ok\"."),
             "503": _json(_ref("Health"), "Alive, but no leader is known: status \"unavailable\" and the reason.")})},
         "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1.")})},
+        "/raft/log": {"get": _op("This node's log as it is", {
+            "200": _json(_ref("RaftLog"), "Entries with their real terms, kinds, summaries and where each stands."),
+            "400": _E400},
+            parameters=[{"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 1},
+                         "description": "First index to show (default: the newest `limit` entries)."},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}}])},
+        "/lab": {
+            "get": _op("The lab: hold-and-step delivery, held clock, tick length, snapshot interval", {
+                "200": _json(_ref("Lab"), "The settings and the messages held now.")}),
+            "post": _op("Change the lab's settings", {
+                "200": _json(_ref("Lab"), "The settings in force."),
+                "400": _E400, "413": _err(f"Body over {max_body_bytes} bytes.")}, body=_ref("LabSettings"),
+                description="holding: this node's outgoing Raft messages wait until released (leaving releases "
+                            "them all); clockHeld: nothing times out; tickMs: the tick length, at run time "
+                            "(slow motion without a restart); snapshotEvery: applied entries between snapshots.")},
+        "/lab/release": {"post": _op("Send held messages on, in the order given", {
+            "200": _json({"type": "object", "required": ["released"], "properties": {
+                "released": {"type": "integer"}, "node": {"type": "string"}}}, "How many were still held."),
+            "400": _E400, "413": _err(f"Body over {max_body_bytes} bytes.")}, body=_ref("HeldNumbers"))},
+        "/lab/drop": {"post": _op("Drop held messages", {
+            "200": _json({"type": "object", "required": ["dropped"], "properties": {
+                "dropped": {"type": "integer"}, "node": {"type": "string"}}}, "How many were still held."),
+            "400": _E400, "413": _err(f"Body over {max_body_bytes} bytes.")}, body=_ref("HeldNumbers"))},
         "/members": {
             "get": _op("The cluster's members", {
                 "200": _json(_ref("Members"), "Every member with its role (voter or learner); on the leader, how far "

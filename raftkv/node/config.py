@@ -123,12 +123,6 @@ class NodeConfig:
             raise ConfigError("peer TLS needs all of tls_ca, tls_cert and tls_key")
 
     @property
-    def no_leader_hold_s(self) -> float:
-        if self.no_leader_hold_ms is not None:
-            return self.no_leader_hold_ms / 1000
-        return 2 * self.election_timeout_ticks * self.tick_ms / 1000  # randomized timeouts reach twice the base
-
-    @property
     def storage_dir(self) -> Path:
         """Where the node keeps its WAL and snapshots, inside its data directory."""
         return self.data_dir / "raft"

@@ -106,6 +106,10 @@ class RaftGroup:
         self.snapshots = Snapshotter(cfg, self.core, kv, self.pump, metrics,
                                      durable.snapshot.meta.index if durable.snapshot else 0, executor=executor)
         self._now: Callable[[], float] = time.monotonic  # the running loop's clock once started
+        # The lab changes these at run time: slow motion stretches the tick without a restart, and
+        # a held clock lets nothing time out while a person steps through messages.
+        self.tick_ms = cfg.tick_ms
+        self.clock_held = False
         self.failed: asyncio.Future[BaseException] | None = None  # set to what killed the group
         self._wake = asyncio.Event()
         self._ticks = 0
@@ -239,15 +243,15 @@ class RaftGroup:
         await done
         deadline = self._now() + 2.0
         while self.core.term == term_before and self._now() < deadline:
-            await asyncio.sleep(self.cfg.tick_ms / 1000)
+            await asyncio.sleep(self.tick_ms / 1000)
         return {"nodeId": self.id, "previousTerm": term_before, "term": self.core.term, "state": self.core.role.value}
 
     # ================================================================ the loop ==================
 
     async def _ticker(self) -> None:
-        interval = self.cfg.tick_ms / 1000
         next_at = self._now()
         while True:
+            interval = self.tick_ms / 1000  # read each time: the lab changes it at run time
             next_at += interval
             now = self._now()
             if next_at < now - interval:
@@ -256,8 +260,9 @@ class RaftGroup:
                 # check-quorum window pass before its followers' answers were even read.
                 next_at = now
             await asyncio.sleep(max(0.0, next_at - now))
-            self._ticks += 1
-            self._wake.set()
+            if not self.clock_held:
+                self._ticks += 1
+                self._wake.set()
 
     async def _loop(self) -> None:
         while self._running:
@@ -294,10 +299,18 @@ class RaftGroup:
         if self.reads.queued and self.reads.may_ask(now, patience_s) and (leading or self._leader_reachable()):
             core.read_index(self.reads.start_round(now))
 
+    @property
+    def no_leader_hold_s(self) -> float:
+        """How long a write or read waits for a leader: as configured, or one maximum election
+        timeout at the current tick length."""
+        if self.cfg.no_leader_hold_ms is not None:
+            return self.cfg.no_leader_hold_ms / 1000
+        return 2 * self.cfg.election_timeout_ticks * self.tick_ms / 1000
+
     def _patience_s(self) -> float:
         """How long an unanswered request to the leader holds back the next (a minimum election
         timeout: by then a lost leader is known to be lost)."""
-        return self.cfg.election_timeout_ticks * self.cfg.tick_ms / 1000
+        return self.cfg.election_timeout_ticks * self.tick_ms / 1000
 
     def _leader_reachable(self) -> bool:
         """A follower knows a leader and its connection to it is up: what it forwards can arrive."""
@@ -421,8 +434,8 @@ class RaftGroup:
             return
         leader = self.core.leader_id
         why = NoLeaderError() if leader is None else NotAppliedError(
-            f"the leader {leader} has been unreachable for {self.cfg.no_leader_hold_s:g} s")
-        held_since = now - self.cfg.no_leader_hold_s
+            f"the leader {leader} has been unreachable for {self.no_leader_hold_s:g} s")
+        held_since = now - self.no_leader_hold_s
         self.proposals.fail_queued(held_since, why)
         self.reads.fail_queued(held_since, why)
 

@@ -30,6 +30,7 @@ from .config import NodeConfig
 from .errors import NotAppliedError
 from .event_stream import EventHub
 from .group import RaftGroup
+from .log_view import log_view
 from .members import MemberService
 from .metrics import NodeMetrics
 from .observe import GroupObserver
@@ -172,6 +173,39 @@ class NodeHost:
         self.hub.publish(self._status_event())
         async for event in self.hub.subscribe():
             yield event
+
+    # ---- the lab: true logs, hold-and-step delivery, clocks ------------------------------------
+
+    def raft_log(self, start: int | None, limit: int) -> dict[str, Any]:
+        return log_view(self.group.core, start, limit)
+
+    def lab_state(self) -> dict[str, Any]:
+        hold = self.transport.hold
+        return {"holding": hold.active, "clockHeld": self.group.clock_held, "tickMs": self.group.tick_ms,
+                "snapshotEvery": self.group.snapshots.every, "held": hold.held(), "heldDroppedFull": hold.dropped_full}
+
+    def set_lab(self, *, holding: bool | None = None, clock_held: bool | None = None, tick_ms: int | None = None,
+                snapshot_every: int | None = None) -> dict[str, Any]:
+        """Change the lab's settings; leaving hold-and-step releases every held message."""
+        if holding is not None:
+            self.transport.hold.set_active(holding)
+        if clock_held is not None:
+            self.group.clock_held = clock_held
+        if tick_ms is not None:
+            self.group.tick_ms = tick_ms
+        if snapshot_every is not None:
+            self.group.snapshots.every = snapshot_every
+        log.info("lab node=%s holding=%s clock_held=%s tick_ms=%s snapshot_every=%s", self.id, holding, clock_held,
+                 tick_ms, snapshot_every)
+        state = self.lab_state()
+        self.hub.publish({"type": "lab", **{k: v for k, v in state.items() if k != "held"}})
+        return state
+
+    def release_held(self, numbers: list[int]) -> int:
+        return self.transport.hold.release(numbers)
+
+    def drop_held(self, numbers: list[int]) -> int:
+        return self.transport.hold.drop(numbers)
 
     # ---- fault injection ----------------------------------------------------------------------
 

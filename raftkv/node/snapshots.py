@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-After each batch the disk pump wrote, the group asks `maybe_start`: once `snapshot_every` entries
+After each batch the disk pump wrote, the group asks `maybe_start`: once `every` entries
 were applied since the last snapshot, and only at an index the WAL already holds (so entries still
 being written never precede it), a snapshot is taken in a task of its own. The state machine is
 frozen on the loop (a shallow copy, `snapshot_later`) and encoded in a worker thread: a million
@@ -36,13 +36,14 @@ class Snapshotter:
                  snapshot_index: int, *, executor: Executor | None = None) -> None:
         self.cfg, self.core, self.kv, self.pump, self.metrics = cfg, core, kv, pump, metrics
         self.snapshot_index = snapshot_index  # of the newest snapshot taken or installed
+        self.every = cfg.snapshot_every  # applied entries between snapshots (the lab lowers it at run time)
         self._own_encoder = executor is None
         self._encoder = executor or ThreadPoolExecutor(1, thread_name_prefix=f"{cfg.node_id}-snap")
         self._task: asyncio.Task | None = None
 
     def maybe_start(self) -> None:
         applied = self.kv.applied_index
-        due = self.cfg.snapshot_every and applied - self.snapshot_index >= self.cfg.snapshot_every
+        due = self.every and applied - self.snapshot_index >= self.every
         if due and self._task is None and applied <= self.core.durable_index:
             self._task = asyncio.get_running_loop().create_task(self._take())
 

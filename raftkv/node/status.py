@@ -41,7 +41,7 @@ class StatusReporter:
         """/raft-state: the seed's fields and more; `extra` adds the host's (faults, transport);
         `digest` adds a hash of the whole state machine (costs a full snapshot)."""
         group = self.group
-        core, kv, tick_s = group.core, group.kv, group.cfg.tick_ms / 1000
+        core, kv, tick_s = group.core, group.kv, group.tick_ms / 1000
         peers = []
         for peer_id, url in self.peer_urls().items():
             entry: dict[str, Any] = {"id": peer_id, "url": url}
@@ -58,7 +58,7 @@ class StatusReporter:
             "voters": list(core.conf.voters), "learners": list(core.conf.learners),
             "electionElapsed": core.election_elapsed, "electionTimeout": core.randomized_election_timeout,
             "heartbeatElapsed": core.heartbeat_elapsed, "transferTarget": core.transfer_target,
-            "votes": dict(core.votes), "peers": peers, "tickMs": group.cfg.tick_ms, "keys": len(kv),
+            "votes": dict(core.votes), "peers": peers, "tickMs": group.tick_ms, "keys": len(kv),
             "revision": kv.revision, "requestKeys": kv.dedup_stats(),
             "storage": dataclasses.asdict(group.pump.storage.stats), "uptime": round(time.time() - self.started_at, 3),
             **extra,
@@ -85,7 +85,7 @@ class StatusReporter:
         last = core.log.last_index()
         m.last_log_index.set(last)
         m.keys.set(len(kv))
-        tick_s = self.group.cfg.tick_ms / 1000
+        tick_s = self.group.tick_ms / 1000
         now = time.monotonic()
         for peer in self.peer_urls():
             pr = core.progress.get(peer)

@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 
 from raftkv.core.messages import Message
 from raftkv.transport.faults import LinkFaults, LinkQueue
+from raftkv.transport.hold import MessageHold
 
 __all__ = ["Link", "PeerLinks"]
 
@@ -93,6 +94,7 @@ class PeerLinks(ABC, Generic[LinkT]):
         self._received: dict[str, list[int]] = {}  # peer -> [frames, bytes]
         self._on_message: Callable[[Message], None] | None = None
         self.unknown_destination = 0
+        self.hold = MessageHold(self._send_now, lambda m: faults.record_drop(m, "outbound"))
 
     # ---- the table ----------------------------------------------------------------------------
 
@@ -114,7 +116,14 @@ class PeerLinks(ABC, Generic[LinkT]):
     # ---- the message paths --------------------------------------------------------------------
 
     def send(self, messages: list[Message]) -> None:
-        """Queue messages for their peers; returns at once (never awaits the network)."""
+        """Queue messages for their peers; returns at once (never awaits the network). In the
+        lab's hold-and-step mode they wait in `hold` until released (hold.py)."""
+        if self.hold.active:
+            self.hold.keep(messages)
+            return
+        self._send_now(messages)
+
+    def _send_now(self, messages: list[Message]) -> None:
         links = self._links
         for m in messages:
             link = links.get(m.dst)
