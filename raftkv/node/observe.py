@@ -119,10 +119,12 @@ class GroupObserver:
             if self.hub.watched:
                 entries = sum(len(getattr(m, "entries", ())) for m in msgs)
                 self.hub.publish({"type": "msg", "src": self.node_id, "dst": dst, "kind": kind, "count": len(msgs),
-                                  "entries": entries, "term": msgs[-1].term, "dropped": False})
+                                  "entries": entries, "term": msgs[-1].term, "dropped": False,
+                                  "preVote": getattr(msgs[-1], "pre_vote", False)})
 
     def on_drop(self, m: Message, direction: str) -> None:
         self.metrics.messages_dropped.labels(direction).inc()
         if self.hub.watched:
             self.hub.publish({"type": "msg", "src": m.src, "dst": m.dst, "kind": type(m).__name__, "count": 1,
-                              "term": m.term, "dropped": True, "direction": direction})
+                              "term": m.term, "dropped": True, "direction": direction,
+                              "preVote": getattr(m, "pre_vote", False)})
