@@ -77,6 +77,7 @@ class Put:
     prev_revision: int | None = None
     prev_exist: bool | None = None
     request_id: str | None = None
+    lease: int = 0  # attach the key to this lease (0: none); it is deleted when the lease ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +137,39 @@ class Txn:
     typed_compares: bool = True
 
 
-Command = Put | Delete | Txn
+@dataclass(frozen=True, slots=True)
+class Compact:
+    """Forget history at or below `revision` (reads, ranges and watches there are then refused)."""
+
+    revision: int
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """A lease of `ttl_s` seconds under `lease_id` (chosen by the proposer: random, never reused)."""
+
+    lease_id: int
+    ttl_s: int
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevoke:
+    """End a lease: its keys are deleted in one revision. `expired`: the leader found it expired."""
+
+    lease_id: int
+    expired: bool = False
+    request_id: str | None = None
+
+
+Command = Put | Delete | Txn | Compact | LeaseGrant | LeaseRevoke
 
 # ---- wire codec --------------------------------------------------------------------------------
 
-_PUT, _DELETE, _TXN_UNTYPED, _TXN = 1, 2, 3, 4
+_PUT, _DELETE, _TXN_UNTYPED, _TXN, _COMPACT, _LEASE_GRANT, _LEASE_REVOKE = 1, 2, 3, 4, 5, 6, 7
+MAX_LEASE_TTL_S = 10 * 365 * 24 * 3600
+_MAX_LEASE_ID = 2**63 - 1
 _OP_TAGS: dict[type, int] = {TxnPut: 1, TxnDelete: 2, TxnGet: 3, TxnRange: 4}  # [tag, *fields in order]
 _OP_CLASSES = {tag: (cls, len(cls.__slots__)) for cls, tag in _OP_TAGS.items()}
 
@@ -153,7 +182,14 @@ def _wire(cmd: Command) -> list[Any]:
     """The command as the msgpack array of its log entry; the request_id is always last."""
     if type(cmd) is Put:
         boxed = None if cmd.prev_value is UNSET else [cmd.prev_value]
-        return [_PUT, cmd.key, cmd.value, boxed, cmd.prev_revision, cmd.prev_exist, cmd.request_id]
+        leased = [cmd.lease] if cmd.lease else []  # a put with no lease keeps the older, shorter form
+        return [_PUT, cmd.key, cmd.value, boxed, cmd.prev_revision, cmd.prev_exist, *leased, cmd.request_id]
+    if type(cmd) is Compact:
+        return [_COMPACT, cmd.revision, cmd.request_id]
+    if type(cmd) is LeaseGrant:
+        return [_LEASE_GRANT, cmd.lease_id, cmd.ttl_s, cmd.request_id]
+    if type(cmd) is LeaseRevoke:
+        return [_LEASE_REVOKE, cmd.lease_id, cmd.expired, cmd.request_id]
     if type(cmd) is Delete:
         return [_DELETE, cmd.key, cmd.prev_revision, cmd.request_id]
     if type(cmd) is Txn:
@@ -177,10 +213,16 @@ def fingerprint(cmd: Command) -> bytes:
 
 
 def target(cmd: Command) -> tuple[str, str | None]:
-    """The operation and the key it writes ("put", "a"); a txn names no single key."""
-    if type(cmd) is Txn:
-        return "txn", None
-    return ("put" if type(cmd) is Put else "delete"), cmd.key
+    """The operation and the key it writes ("put", "a"); other commands name no single key."""
+    if type(cmd) is Put:
+        return "put", cmd.key
+    if type(cmd) is Delete:
+        return "delete", cmd.key
+    return _OPERATION_NAMES[type(cmd)], None
+
+
+_OPERATION_NAMES: dict[type, str] = {Txn: "txn", Compact: "compact", LeaseGrant: "lease_grant",
+                                     LeaseRevoke: "lease_revoke"}
 
 
 def _decode_op(o: Any, where: str) -> TxnOp:
@@ -207,11 +249,17 @@ def decode(data: bytes) -> Command:
         raise InvalidCommand("undecodable command: not a tagged array")
     tag, n = t[0], len(t)
     cmd: Command
-    if tag == _PUT and n == 7:
+    if tag == _PUT and n in (7, 8):
         boxed = t[3]
         if boxed is not None and (type(boxed) is not list or len(boxed) != 1):
             raise InvalidCommand("undecodable command: malformed prev_value box")
-        cmd = Put(t[1], t[2], UNSET if boxed is None else boxed[0], t[4], t[5], t[6])
+        cmd = Put(t[1], t[2], UNSET if boxed is None else boxed[0], t[4], t[5], t[-1], t[6] if n == 8 else 0)
+    elif tag == _COMPACT and n == 3:
+        cmd = Compact(t[1], t[2])
+    elif tag == _LEASE_GRANT and n == 4:
+        cmd = LeaseGrant(t[1], t[2], t[3])
+    elif tag == _LEASE_REVOKE and n == 4:
+        cmd = LeaseRevoke(t[1], t[2], t[3])
     elif tag == _DELETE and n == 4:
         cmd = Delete(t[1], t[2], t[3])
     elif tag in (_TXN, _TXN_UNTYPED) and n == 5:
@@ -274,6 +322,11 @@ def check_value(v: Any, where: str = "value", depth: int = 0) -> None:
         raise InvalidCommand(f"{where}: {t.__name__} is not a JSON value")
 
 
+def _check_lease_id(v: Any, where: str, *, allow_zero: bool = False) -> None:
+    if type(v) is not int or not (0 if allow_zero else 1) <= v <= _MAX_LEASE_ID:
+        raise InvalidCommand(f"{where}: must be a lease id, an integer from 1 to {_MAX_LEASE_ID}")
+
+
 def _check_revision(v: Any, where: str, minimum: int) -> None:
     if type(v) is not int or not minimum <= v <= _INT_MAX:
         raise InvalidCommand(f"{where}: must be an integer >= {minimum}, not {v!r}")
@@ -322,10 +375,21 @@ def validate(cmd: Command) -> None:
             raise InvalidCommand("prev_exist: must be true or false")
         if cmd.prev_exist is False and (cmd.prev_value is not UNSET or (cmd.prev_revision or 0) > 0):
             raise InvalidCommand("prev_exist=false (create-only) contradicts prev_value/prev_revision")
+        _check_lease_id(cmd.lease, "lease", allow_zero=True)
     elif t is Delete:
         _check_str(cmd.key, "key")
         if cmd.prev_revision is not None:
             _check_revision(cmd.prev_revision, "prev_revision", 1)
+    elif t is Compact:
+        _check_revision(cmd.revision, "revision", 1)
+    elif t is LeaseGrant:
+        _check_lease_id(cmd.lease_id, "lease_id")
+        if type(cmd.ttl_s) is not int or not 1 <= cmd.ttl_s <= MAX_LEASE_TTL_S:
+            raise InvalidCommand(f"ttl: must be an integer number of seconds from 1 to {MAX_LEASE_TTL_S}")
+    elif t is LeaseRevoke:
+        _check_lease_id(cmd.lease_id, "lease_id")
+        if type(cmd.expired) is not bool:
+            raise InvalidCommand("expired: must be true or false")
     elif t is Txn:
         if type(cmd.typed_compares) is not bool:
             raise InvalidCommand("typed_compares: must be true or false")
@@ -375,10 +439,11 @@ def _request_id(fields: dict[str, Any], header_id: str | None) -> str | None:
 
 
 def put_from_json(key: str, body: Any, request_id: str | None = None) -> Put:
-    """`PUT /kv/{key}` with body {"value", "prev_value"?, "prev_revision"?, "prev_exist"?, "request_id"?}."""
-    f = _fields(body, "body", {"value"}, {"prev_value", "prev_revision", "prev_exist", "request_id"})
+    """`PUT /kv/{key}` with body {"value", "prev_value"?, "prev_revision"?, "prev_exist"?, "lease"?,
+    "request_id"?}."""
+    f = _fields(body, "body", {"value"}, {"prev_value", "prev_revision", "prev_exist", "lease", "request_id"})
     cmd = Put(key, f["value"], f.get("prev_value", UNSET), f.get("prev_revision"), f.get("prev_exist"),
-              _request_id(f, request_id))
+              _request_id(f, request_id), f.get("lease", 0))
     validate(cmd)
     return cmd
 

@@ -7,11 +7,14 @@ is a pure function of that sequence (no clocks, no randomness, no I/O, no depend
 iteration order), so all replicas hold the same state after the same index. That is Raft's State
 Machine Safety carried up to the data: `digest()` lets tests check it byte for byte.
 
-State, as in etcd's v3 store but without history: key -> KeyValue(value, create_revision,
-mod_revision, version) and one global `revision` that grows by exactly 1 per applied command that
-changed something. A txn with several writes is one revision; a failed compare-and-set, a delete
-of an absent key and a read-only txn change nothing and take no revision. Deleting a key forgets
-it: re-creating it starts again at version 1 with a new create_revision.
+State, as in etcd's v3 store: a multi-version key store (mvcc.py: key -> KeyValue(value,
+create_revision, mod_revision, version, lease), and each key's past versions back to the compacted
+revision) and one global `revision` that grows by exactly 1 per applied command that changed
+something. A txn with several writes is one revision; a failed compare-and-set, a delete of an
+absent key and a read-only txn change nothing and take no revision. Deleting a key ends it: re-
+creating it starts again at version 1 with a new create_revision. Leases (leases.py) own keys;
+revoking a lease deletes its keys in one revision. Compaction (a command in the log) forgets
+history at or below a revision, on every replica at the same index.
 
 Results are plain dicts the HTTP layer can serialise as they are (shapes in `apply`). Failures
 that are answers, not errors (a precondition that does not hold, an absent key, a malformed entry)
@@ -37,7 +40,6 @@ bytes, which is what makes `digest()` and `__eq__` meaningful across replicas.
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -48,10 +50,13 @@ from raftkv.core import ConfChange, ConfChangeKind
 from raftkv.kv.commands import (
     UNSET,
     Command,
+    Compact,
     Compare,
     CompareOp,
     Delete,
     InvalidCommand,
+    LeaseGrant,
+    LeaseRevoke,
     Put,
     Target,
     Txn,
@@ -63,6 +68,8 @@ from raftkv.kv.commands import (
     fingerprint,
     target,
 )
+from raftkv.kv.leases import LeaseTable
+from raftkv.kv.mvcc import KeyValue, MVCCStore
 
 Result = dict[str, Any]
 
@@ -75,7 +82,10 @@ INVALID = "invalid"
 DEFAULT_MAX_DEDUP_ENTRIES = 10_000
 DEFAULT_MAX_DEDUP_BYTES = 64 * 1024 * 1024
 _DEDUP_ROW_OVERHEAD_BYTES = 100  # what one remembered id costs beyond its strings and result, roughly
-_SNAPSHOT_FORMAT = 3  # 1: dedup rows were [id, result], with no fingerprint; 2: no member table
+_SNAPSHOT_FORMAT = 4
+# Fields of each format: 1 had dedup rows [id, result] with no fingerprint; 2 no member table; 3 no
+# history, compaction or leases (and rows without a lease).
+_SNAPSHOT_FIELDS = {1: 5, 2: 5, 3: 7, 4: 10}
 
 
 class FirstUse(NamedTuple):
@@ -92,17 +102,13 @@ class FirstUse(NamedTuple):
         return len(self.result) + len(request_id) + len(self.key or "") + _DEDUP_ROW_OVERHEAD_BYTES
 
 
-class KeyValue(NamedTuple):
-    value: Any
-    create_revision: int
-    mod_revision: int
-    version: int  # number of writes since the key was (re)created; 1 after the first
-
-
 def kv_to_dict(key: str, kv: KeyValue) -> dict[str, Any]:
-    """The JSON shape of one key: {key, value, create_revision, mod_revision, version}."""
-    return {"key": key, "value": kv.value, "create_revision": kv.create_revision,
-            "mod_revision": kv.mod_revision, "version": kv.version}
+    """The JSON shape of one key: {key, value, create_revision, mod_revision, version, lease?}."""
+    shown = {"key": key, "value": kv.value, "create_revision": kv.create_revision,
+             "mod_revision": kv.mod_revision, "version": kv.version}
+    if kv.lease:
+        shown["lease"] = kv.lease
+    return shown
 
 
 def json_equal(a: Any, b: Any) -> bool:
@@ -153,16 +159,12 @@ class KVStateMachine:
         self.max_dedup_bytes = max_dedup_bytes
         self.revision = 0
         self.applied_index = 0
-        self._kvs: dict[str, KeyValue] = {}
+        self.store = MVCCStore()
+        self.leases = LeaseTable()
         self._dedup: OrderedDict[str, FirstUse] = OrderedDict()
         self._dedup_bytes = 0
         self.members: dict[str, bytes] = {}  # member id -> its details (see apply_membership)
         self.removed_members: set[str] = set()
-        # Sorted key index for range(), brought up to date lazily: puts of new keys are frequent and
-        # ranges rare, so creations/deletions are queued here and merged on the next range.
-        self._sorted_keys: list[str] = []
-        self._index_added: set[str] = set()
-        self._index_removed: set[str] = set()
 
     # ---- applying the log ----------------------------------------------------------------------
 
@@ -258,17 +260,27 @@ class KVStateMachine:
             return self._put(cmd)
         if type(cmd) is Delete:
             return self._delete(cmd)
-        assert type(cmd) is Txn
-        return self._txn(cmd)
+        if type(cmd) is Txn:
+            return self._txn(cmd)
+        if type(cmd) is Compact:
+            return self._compact(cmd)
+        if type(cmd) is LeaseGrant:
+            return self._lease_grant(cmd)
+        assert type(cmd) is LeaseRevoke
+        return self._lease_revoke(cmd)
 
     def _put(self, cmd: Put) -> Result:
         key = cmd.key
-        cur = self._kvs.get(key)
+        cur = self.store.get(key)
+        if cmd.lease and cmd.lease not in self.leases:
+            return {"ok": False, "error": NOT_FOUND, "op": "put", "key": key, "lease": cmd.lease,
+                    "message": f"lease {cmd.lease} does not exist (it expired, was revoked or never granted)",
+                    "revision": self.revision}
         reason = self._check_preconditions(cur, cmd)
         if reason is not None:
             return self._precondition_failed("put", key, cur, reason)
         self.revision += 1
-        self._write(key, cmd.value, cur, self.revision)
+        self._write(key, cmd.value, cur, self.revision, cmd.lease)
         return {"ok": True, "op": "put", "key": key, "value": cmd.value, "revision": self.revision,
                 "prev": None if cur is None else kv_to_dict(key, cur)}
 
@@ -286,13 +298,13 @@ class KVStateMachine:
 
     def _delete(self, cmd: Delete) -> Result:
         key = cmd.key
-        cur = self._kvs.get(key)
+        cur = self.store.get(key)
         if cur is None:
             return {"ok": False, "error": NOT_FOUND, "op": "delete", "key": key, "revision": self.revision}
         if cmd.prev_revision is not None and cur.mod_revision != cmd.prev_revision:
             return self._precondition_failed("delete", key, cur, "mod_revision does not match prev_revision")
         self.revision += 1
-        self._remove(key)
+        self._remove(key, self.revision)
         return {"ok": True, "op": "delete", "key": key, "revision": self.revision,
                 "prev": kv_to_dict(key, cur)}
 
@@ -313,20 +325,20 @@ class KVStateMachine:
         for op in cmd.success if succeeded else cmd.failure:
             t = type(op)
             if t is TxnPut:
-                cur = self._kvs.get(op.key)
-                self._write(op.key, op.value, cur, rev)
+                cur = self.store.get(op.key)
+                self._write(op.key, op.value, cur, rev, 0)
                 changed = True
                 responses.append({"op": "put", "key": op.key, "revision": rev,
                                   "prev": None if cur is None else kv_to_dict(op.key, cur)})
             elif t is TxnDelete:
-                cur = self._kvs.get(op.key)
+                cur = self.store.get(op.key)
                 if cur is not None:
-                    self._remove(op.key)
+                    self._remove(op.key, rev)
                     changed = True
                 responses.append({"op": "delete", "key": op.key, "deleted": cur is not None,
                                   "prev": None if cur is None else kv_to_dict(op.key, cur)})
             elif t is TxnGet:
-                cur = self._kvs.get(op.key)
+                cur = self.store.get(op.key)
                 responses.append({"op": "get", "key": op.key,
                                   "kv": None if cur is None else kv_to_dict(op.key, cur)})
             else:
@@ -344,14 +356,14 @@ class KVStateMachine:
         for i, c in enumerate(compares):
             if c.target is not Target.VALUE or c.op not in (CompareOp.GT, CompareOp.LT):
                 continue
-            kv = self._kvs.get(c.key)
+            kv = self.store.get(c.key)
             if kv is not None and _kind(kv.value) != _kind(c.value):
                 return (f"compare[{i}]: key {c.key!r} holds {_kind(kv.value)}, which '{c.op}' cannot compare with "
                         f"{_kind(c.value)}; nothing was done")
         return None
 
     def _compare(self, c: Compare) -> bool:
-        kv = self._kvs.get(c.key)
+        kv = self.store.get(c.key)
         if c.target is Target.EXISTS:
             return _holds(kv is not None, c.op, c.value)
         if c.target is Target.VALUE:
@@ -359,58 +371,63 @@ class KVStateMachine:
         actual = 0 if kv is None else getattr(kv, c.target.value)
         return _holds(actual, c.op, c.value)
 
-    def _write(self, key: str, value: Any, cur: KeyValue | None, rev: int) -> None:
+    def _write(self, key: str, value: Any, cur: KeyValue | None, rev: int, lease: int) -> None:
         if cur is None:
-            self._kvs[key] = KeyValue(value, rev, rev, 1)
-            if key in self._index_removed:
-                self._index_removed.discard(key)  # still in _sorted_keys
-            else:
-                self._index_added.add(key)
+            self.store.put(key, KeyValue(value, rev, rev, 1, lease))
         else:
-            self._kvs[key] = KeyValue(value, cur.create_revision, rev, cur.version + 1)
+            self.store.put(key, KeyValue(value, cur.create_revision, rev, cur.version + 1, lease))
+        if lease or (cur is not None and cur.lease):
+            self.leases.attach(key, lease)
 
-    def _remove(self, key: str) -> None:
-        del self._kvs[key]
-        if key in self._index_added:
-            self._index_added.discard(key)  # never reached _sorted_keys
-        else:
-            self._index_removed.add(key)
+    def _remove(self, key: str, rev: int) -> None:
+        self.store.delete(key, rev)
+        self.leases.detach(key)
+
+    def _compact(self, cmd: Compact) -> Result:
+        if cmd.revision > self.revision:
+            return {"ok": False, "error": INVALID, "op": "compact", "revision": self.revision,
+                    "message": f"revision {cmd.revision} is in the future (the store is at {self.revision})"}
+        if cmd.revision <= self.store.compacted:  # compacted there already: nothing to do
+            return {"ok": True, "op": "compact", "compacted": self.store.compacted, "dropped": 0,
+                    "revision": self.revision}
+        dropped = self.store.compact(cmd.revision)
+        return {"ok": True, "op": "compact", "compacted": cmd.revision, "dropped": dropped,
+                "revision": self.revision}
+
+    def _lease_grant(self, cmd: LeaseGrant) -> Result:
+        if cmd.lease_id in self.leases:
+            return {"ok": False, "error": INVALID, "op": "lease_grant", "revision": self.revision,
+                    "message": f"lease {cmd.lease_id} exists already"}
+        self.leases.grant(cmd.lease_id, cmd.ttl_s, self.revision)
+        return {"ok": True, "op": "lease_grant", "lease": cmd.lease_id, "ttl": cmd.ttl_s, "revision": self.revision}
+
+    def _lease_revoke(self, cmd: LeaseRevoke) -> Result:
+        """End the lease: its keys are deleted, all in one revision (none if it held no key)."""
+        if cmd.lease_id not in self.leases:
+            return {"ok": False, "error": NOT_FOUND, "op": "lease_revoke", "lease": cmd.lease_id,
+                    "message": f"lease {cmd.lease_id} does not exist", "revision": self.revision}
+        keys = sorted(self.leases.revoke(cmd.lease_id).keys)
+        if keys:
+            self.revision += 1
+            for key in keys:
+                self.store.delete(key, self.revision)
+        return {"ok": True, "op": "lease_revoke", "lease": cmd.lease_id, "expired": cmd.expired, "deleted": keys,
+                "revision": self.revision}
 
     # ---- reads (local state; linearizability is the caller's job, via ReadIndex) ----------------
 
     def get(self, key: str) -> KeyValue | None:
-        return self._kvs.get(key)
+        return self.store.get(key)
 
-    def range(self, prefix: str = "", limit: int | None = None, start: str = "",
-              end: str | None = None) -> tuple[list[tuple[str, KeyValue]], bool]:
+    def range(self, prefix: str = "", limit: int | None = None, start: str = "", end: str | None = None,
+              revision: int | None = None) -> tuple[list[tuple[str, KeyValue]], bool]:
         """Keys starting with prefix, from start (inclusive) to end (exclusive; None: no end), in
-        sorted order, at most limit of them (None: all), and whether more keys matched than were
-        returned (etcd's key and range_end, for paging through a large prefix)."""
-        keys = self._sorted()
-        items: list[tuple[str, KeyValue]] = []
-        i = bisect_left(keys, max(prefix, start))
-        n = len(keys)
-        while i < n and keys[i].startswith(prefix) and (end is None or keys[i] < end):
-            if limit is not None and len(items) >= limit:
-                return items, True
-            items.append((keys[i], self._kvs[keys[i]]))
-            i += 1
-        return items, False
-
-    def _sorted(self) -> list[str]:
-        if self._index_removed:
-            removed = self._index_removed
-            self._sorted_keys = [k for k in self._sorted_keys if k not in removed]
-            self._index_removed = set()
-        if self._index_added:
-            # Timsort merges the sorted run with the sorted additions in linear time.
-            self._sorted_keys += sorted(self._index_added)
-            self._sorted_keys.sort()
-            self._index_added = set()
-        return self._sorted_keys
+        sorted order, as at `revision` (None: now), at most limit of them (None: all), and whether
+        more keys matched than were returned (etcd's key and range_end, for paging)."""
+        return self.store.range(prefix, limit, start, end, revision)
 
     def __len__(self) -> int:
-        return len(self._kvs)
+        return len(self.store)
 
     # ---- snapshots and comparison --------------------------------------------------------------
 
@@ -421,26 +438,32 @@ class KVStateMachine:
     def snapshot_later(self) -> Callable[[], bytes]:
         """Freeze the current state cheaply; the returned function encodes it, on any thread.
 
-        Values are immutable KeyValue tuples, so shallow copies of the containers are a
-        consistent image while applying goes on; the expensive encoding can then run off the
-        event loop (a million keys take seconds to encode, far longer than an election timeout).
+        Values are immutable KeyValue tuples and version lists are never changed in place after
+        they are frozen (mvcc.py), so shallow copies are a consistent image while applying goes on;
+        the expensive encoding can then run off the event loop (a million keys take seconds to
+        encode, far longer than an election timeout).
         """
-        kvs, dedup, members = dict(self._kvs), list(self._dedup.items()), sorted(self.members.items())
-        removed = sorted(self.removed_members)
+        current, past, compacted = self.store.frozen()
+        dedup, members = list(self._dedup.items()), sorted(self.members.items())
+        removed, leases = sorted(self.removed_members), self.leases.rows()
         applied_index, revision = self.applied_index, self.revision
 
         def encode() -> bytes:
             # Byte-for-byte what packb of the whole list gives, packed in chunks: one packb of a
             # million rows is a single C call that holds the GIL (and so the node's loop) for it all.
             packer = msgpack.Packer()
-            keys = sorted(kvs)
-            parts = [packer.pack_array_header(7), packer.pack(_SNAPSHOT_FORMAT), packer.pack(applied_index),
+            keys = sorted(current)
+            parts = [packer.pack_array_header(10), packer.pack(_SNAPSHOT_FORMAT), packer.pack(applied_index),
                      packer.pack(revision), packer.pack_array_header(len(keys))]
             for lo in range(0, len(keys), _ENCODE_CHUNK_ROWS):
-                parts.append(b"".join(packer.pack([k, *kvs[k]]) for k in keys[lo : lo + _ENCODE_CHUNK_ROWS]))
+                parts.append(b"".join(packer.pack([k, *current[k]]) for k in keys[lo : lo + _ENCODE_CHUNK_ROWS]))
             parts.append(packer.pack([[rid, *first] for rid, first in dedup]))
             parts.append(packer.pack([list(m) for m in members]))
             parts.append(packer.pack(removed))
+            parts.append(packer.pack([[k, [[rev, None if kv is None else list(kv)] for rev, kv in past[k].fixed()]]
+                                      for k in sorted(past)]))
+            parts.append(packer.pack(compacted))
+            parts.append(packer.pack(leases))
             return b"".join(parts)
 
         return encode
@@ -449,16 +472,18 @@ class KVStateMachine:
         """Replace the whole state with a snapshot's; raises ValueError if data is not one."""
         try:
             fmt, applied_index, revision, items, dedup, *rest = msgpack.unpackb(data)
-            if fmt not in (1, 2, _SNAPSHOT_FORMAT) or len(rest) != 2 * (fmt == _SNAPSHOT_FORMAT):
+            if fmt not in _SNAPSHOT_FIELDS or len(rest) != _SNAPSHOT_FIELDS[fmt] - 5:
                 raise ValueError(f"unknown snapshot format {fmt!r} with {5 + len(rest)} fields")
-            member_rows, removed = rest if rest else ([], [])
+            member_rows, removed, past_rows, compacted, lease_rows = (rest + [[], [], [], 0, []][len(rest):])
             members = {member_id: details for member_id, details in member_rows}
             if not all(type(m) is str and type(d) is bytes for m, d in members.items()):
                 raise ValueError("malformed member table")
             if not all(type(m) is str for m in removed):
                 raise ValueError("malformed removed-member list")
-            make = KeyValue._make
-            kvs = {row[0]: make(row[1:]) for row in items}  # a row of the wrong length raises TypeError
+            make = KeyValue._make  # rows from before leases lack the lease: it is 0
+            current = {row[0]: make(row[1:] if len(row) == 6 else [*row[1:], 0]) for row in items}
+            past = {key: [(rev, None if kv is None else make(kv)) for rev, kv in versions]
+                    for key, versions in past_rows}
             if fmt == 1:  # written before fingerprints: any reuse of these ids counts as a retry
                 table = OrderedDict((rid, FirstUse(b"", "", None, 0, result)) for rid, result in dedup)
             else:
@@ -466,14 +491,14 @@ class KVStateMachine:
             if not all(type(r) is str and type(f.result) is bytes and type(f.fingerprint) is bytes
                        for r, f in table.items()):
                 raise ValueError("malformed dedup table")
+            leases = LeaseTable.from_rows(lease_rows)
         except Exception as exc:
             raise ValueError(f"not a KV snapshot: {exc}") from exc
         self.applied_index, self.revision = applied_index, revision
-        self._kvs, self._dedup, self.members, self.removed_members = kvs, table, members, set(removed)
+        self.store, self.leases = MVCCStore.restored(current, past, compacted), leases
+        self._dedup, self.members, self.removed_members = table, members, set(removed)
         self._dedup_bytes = sum(first.cost_bytes(rid) for rid, first in table.items())
         self._evict_dedup()
-        self._sorted_keys = sorted(kvs)
-        self._index_added, self._index_removed = set(), set()
 
     def digest(self) -> str:
         """A stable hash of the whole state (sha256 of the snapshot), for comparing replicas."""
@@ -487,5 +512,5 @@ class KVStateMachine:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        return (f"KVStateMachine(keys={len(self._kvs)}, revision={self.revision}, "
+        return (f"KVStateMachine(keys={len(self.store)}, revision={self.revision}, "
                 f"applied_index={self.applied_index}, dedup={len(self._dedup)})")

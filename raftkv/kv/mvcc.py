@@ -1,0 +1,244 @@
+"""The multi-version key store: every key's current value, its past versions back to the compacted
+revision, and the order in which keys changed (what a watch replays).
+
+Theory of operation
+-------------------
+Each change of a key at revision R is a version: (R, KeyValue) for a put, (R, None) for a delete.
+A key's versions, oldest first, say what it held at any revision: the last version at or below
+R. Only keys with more than one retained version keep a list (`_past`); a key changed once since
+the compacted revision is read from `_current` alone, so a million keys that are never
+overwritten cost nothing extra. `_changes` lists (revision, key) in apply order, one per key
+changed, so a watch starting at revision S replays in revision order with a bisect and no scan.
+
+Compaction to revision C forgets what no read at C or later can see: of each key's versions at
+or below C only the last is kept (as the key's state at C), a key deleted at or below C is
+forgotten, and changes at or below C leave `_changes`. A read, range or watch below C is refused
+with `CompactedError(C)`, never answered from a partial history.
+
+Every replica applies the same changes and compactions at the same log indexes, so the stores
+agree; `rows()` and `restore()` carry everything but `_changes`, which is rebuilt.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+__all__ = ["Change", "CompactedError", "KeyValue", "MVCCStore"]
+
+
+class KeyValue(NamedTuple):
+    value: Any
+    create_revision: int
+    mod_revision: int
+    version: int  # number of writes since the key was (re)created; 1 after the first
+    lease: int = 0  # the lease the key is attached to (0: none)
+
+
+Version = tuple[int, KeyValue | None]  # (revision of the change, what the key held from then; None: deleted)
+
+
+class Change(NamedTuple):
+    """One key's change at one revision, as a watch delivers it."""
+
+    revision: int
+    key: str
+    kv: KeyValue | None  # None: deleted
+    prev: KeyValue | None
+
+
+class CompactedError(ValueError):
+    """A read, range or watch asked for a revision whose history was compacted."""
+
+    def __init__(self, revision: int, compacted: int) -> None:
+        super().__init__(f"revision {revision} is compacted: history is kept from revision {compacted + 1} on")
+        self.revision, self.compacted = revision, compacted
+
+
+class MVCCStore:
+    def __init__(self) -> None:
+        self._current: dict[str, KeyValue] = {}
+        self._past: dict[str, list[Version]] = {}  # keys with more than one retained version
+        self._changes: list[tuple[int, str]] = []
+        self.compacted = 0
+        # Sorted index of every key with a retained version (the current ones and the deleted ones
+        # still in history), brought up to date lazily: puts of new keys are frequent and ranges rare.
+        self._sorted_keys: list[str] = []
+        self._index_added: set[str] = set()
+        self._index_removed: set[str] = set()
+
+    # ---- changes ------------------------------------------------------------------------------
+
+    def put(self, key: str, kv: KeyValue) -> None:
+        self._record(key, kv.mod_revision, kv)
+        self._current[key] = kv
+
+    def delete(self, key: str, revision: int) -> None:
+        self._record(key, revision, None)
+        del self._current[key]
+
+    def _record(self, key: str, revision: int, kv: KeyValue | None) -> None:
+        versions = self._past.get(key)
+        if versions is None:
+            cur = self._current.get(key)
+            if cur is not None:
+                self._past[key] = [(cur.mod_revision, cur), (revision, kv)]
+            elif key in self._past or kv is None:
+                raise AssertionError(f"deleting {key!r}, which holds nothing")
+            else:
+                self._index(key)
+        else:
+            versions.append((revision, kv))
+        self._changes.append((revision, key))
+
+    def compact(self, revision: int) -> int:
+        """Forget history at or below `revision`; returns how many versions were dropped."""
+        assert revision >= self.compacted, (revision, self.compacted)
+        upto = bisect_right(self._changes, (revision, _MAX_KEY))
+        dropped = 0
+        for key in dict.fromkeys(k for _, k in self._changes[:upto]):
+            versions = self._past.get(key)
+            if versions is None:
+                continue
+            keep_from = bisect_right(versions, revision, key=_revision) - 1  # the key's state at `revision`
+            if versions[keep_from][1] is None:  # deleted by then: nothing left to read
+                keep_from += 1
+            dropped += keep_from
+            # A new list, never trimmed in place: a snapshot frozen earlier still reads the old one.
+            kept = versions[keep_from:]
+            if not kept:
+                del self._past[key]
+                self._unindex(key)
+            elif len(kept) == 1 and kept[0][1] is self._current.get(key):
+                del self._past[key]  # one version left, the current one
+            else:
+                self._past[key] = kept
+        del self._changes[:upto]
+        self.compacted = revision
+        return dropped
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    def get(self, key: str) -> KeyValue | None:
+        return self._current.get(key)
+
+    def get_at(self, key: str, revision: int) -> KeyValue | None:
+        self._check(revision)
+        versions = self._past.get(key)
+        if versions is None:
+            cur = self._current.get(key)
+            return cur if cur is not None and cur.mod_revision <= revision else None
+        at = bisect_right(versions, revision, key=_revision) - 1
+        return versions[at][1] if at >= 0 else None
+
+    def history(self, key: str) -> list[Version]:
+        """Every retained version of `key`, oldest first."""
+        versions = self._past.get(key)
+        if versions is not None:
+            return list(versions)
+        cur = self._current.get(key)
+        return [(cur.mod_revision, cur)] if cur is not None else []
+
+    def range(self, prefix: str = "", limit: int | None = None, start: str = "", end: str | None = None,
+              revision: int | None = None) -> tuple[list[tuple[str, KeyValue]], bool]:
+        """Keys starting with `prefix`, from `start` (inclusive) to `end` (exclusive), in sorted
+        order, as they were at `revision` (None: now); at most `limit`, and whether more matched."""
+        if revision is not None:
+            self._check(revision)
+        keys = self._sorted()
+        items: list[tuple[str, KeyValue]] = []
+        i, n = bisect_left(keys, max(prefix, start)), len(keys)
+        while i < n and keys[i].startswith(prefix) and (end is None or keys[i] < end):
+            kv = self._current.get(keys[i]) if revision is None else self.get_at(keys[i], revision)
+            if kv is not None:
+                if limit is not None and len(items) >= limit:
+                    return items, True
+                items.append((keys[i], kv))
+            i += 1
+        return items, False
+
+    def changes_since(self, revision: int) -> Iterator[Change]:
+        """Every change after `revision`, in revision order (what a watch from revision + 1 replays)."""
+        self._check(revision)
+        for rev, key in self._changes[bisect_right(self._changes, (revision, _MAX_KEY)):]:
+            yield self.change_at(rev, key)
+
+    def change_at(self, revision: int, key: str) -> Change:
+        versions = self.history(key)
+        at = bisect_left(versions, revision, key=_revision)
+        assert at < len(versions) and versions[at][0] == revision, (key, revision)
+        prev = versions[at - 1][1] if at > 0 else None
+        return Change(revision, key, versions[at][1], prev)
+
+    def _check(self, revision: int) -> None:
+        if revision < self.compacted:
+            raise CompactedError(revision, self.compacted)
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+    def current(self) -> dict[str, KeyValue]:
+        return self._current
+
+    # ---- the sorted index ---------------------------------------------------------------------
+
+    def _index(self, key: str) -> None:
+        if key in self._index_removed:
+            self._index_removed.discard(key)  # still in _sorted_keys
+        else:
+            self._index_added.add(key)
+
+    def _unindex(self, key: str) -> None:
+        if key in self._index_added:
+            self._index_added.discard(key)  # never reached _sorted_keys
+        else:
+            self._index_removed.add(key)
+
+    def _sorted(self) -> list[str]:
+        if self._index_removed:
+            removed = self._index_removed
+            self._sorted_keys = [k for k in self._sorted_keys if k not in removed]
+            self._index_removed = set()
+        if self._index_added:
+            # Timsort merges the sorted run with the sorted additions in linear time.
+            self._sorted_keys += sorted(self._index_added)
+            self._sorted_keys.sort()
+            self._index_added = set()
+        return self._sorted_keys
+
+    # ---- snapshots ----------------------------------------------------------------------------
+
+    def frozen(self) -> tuple[dict[str, KeyValue], dict[str, list[Version]], int]:
+        """A consistent image, cheap to take on the loop: values are immutable tuples, and a version
+        list is only ever appended to (compaction replaces it), so a list with its length now is
+        fixed. Returns a function's worth of work: call `versions_of` on the result off the loop."""
+        return dict(self._current), {k: _Frozen(v, len(v)) for k, v in self._past.items()}, self.compacted
+
+    @classmethod
+    def restored(cls, current: dict[str, KeyValue], past: dict[str, list[Version]], compacted: int) -> MVCCStore:
+        store = cls()
+        store._current, store._past, store.compacted = current, past, compacted
+        keys = set(current) | set(past)
+        store._sorted_keys = sorted(keys)
+        changes = [(kv.mod_revision, k) for k, kv in current.items() if k not in past and kv.mod_revision > compacted]
+        changes += [(rev, k) for k, versions in past.items() for rev, _ in versions if rev > compacted]
+        store._changes = sorted(changes)
+        return store
+
+
+def _revision(version: Version) -> int:
+    return version[0]
+
+
+_MAX_KEY = "\U0010ffff"  # sorts after every key: (revision, _MAX_KEY) bounds a revision's changes
+
+
+class _Frozen(NamedTuple):
+    """A version list as it was when a snapshot was frozen: its first `length` elements."""
+
+    versions: list[Version]
+    length: int
+
+    def fixed(self) -> list[Version]:
+        return self.versions[: self.length]

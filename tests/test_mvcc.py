@@ -1,0 +1,160 @@
+"""Key history, compaction and leases in the replicated state machine (raftkv/kv/mvcc.py, leases.py),
+fed as a node feeds it: encoded commands at consecutive indexes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raftkv.kv import (
+    INVALID,
+    NOT_FOUND,
+    Compact,
+    CompactedError,
+    Delete,
+    KVStateMachine,
+    LeaseGrant,
+    LeaseRevoke,
+    Put,
+    Txn,
+    TxnDelete,
+    TxnPut,
+    decode,
+    encode,
+)
+
+
+class Replica:
+    def __init__(self, sm: KVStateMachine | None = None) -> None:
+        self.sm = sm if sm is not None else KVStateMachine()
+
+    def __call__(self, cmd: Any) -> dict[str, Any]:
+        return self.sm.apply(self.sm.applied_index + 1, encode(cmd))
+
+
+@pytest.fixture
+def kv() -> Replica:
+    return Replica()
+
+
+def value_at(kv: Replica, key: str, revision: int) -> Any:
+    found = kv.sm.store.get_at(key, revision)
+    return None if found is None else found.value
+
+
+def test_a_key_reads_as_it_was_at_every_past_revision(kv: Replica) -> None:
+    kv(Put("a", 1))  # rev 1
+    kv(Put("b", "x"))  # rev 2
+    kv(Put("a", 2))  # rev 3
+    kv(Delete("a"))  # rev 4
+    kv(Put("a", 3))  # rev 5: a new life, version 1 again
+    assert [value_at(kv, "a", r) for r in range(0, 6)] == [None, 1, 1, 2, None, 3]
+    assert kv.sm.get("a").version == 1 and kv.sm.get("a").create_revision == 5
+    assert [rev for rev, _ in kv.sm.store.history("a")] == [1, 3, 4, 5]
+    items, _ = kv.sm.range("", revision=3)
+    assert [(k, v.value) for k, v in items] == [("a", 2), ("b", "x")]
+    assert [(k, v.value) for k, v in kv.sm.range("", revision=4)[0]] == [("b", "x")]
+
+
+def test_changes_replay_in_revision_order_with_previous_values(kv: Replica) -> None:
+    kv(Put("a", 1))
+    kv(Txn((), (TxnPut("a", 2), TxnPut("b", 1)), ()))  # one revision, two keys
+    kv(Delete("b"))
+    changes = [(c.revision, c.key, c.kv and c.kv.value, c.prev and c.prev.value) for c in kv.sm.store.changes_since(0)]
+    assert changes == [(1, "a", 1, None), (2, "a", 2, 1), (2, "b", 1, None), (3, "b", None, 1)]
+    assert [c.revision for c in kv.sm.store.changes_since(2)] == [3]
+
+
+def test_compaction_forgets_what_no_later_read_can_see_and_refuses_reads_below_it(kv: Replica) -> None:
+    for i in range(5):
+        kv(Put("a", i))  # revs 1-5
+    kv(Put("gone", 1))  # 6
+    kv(Delete("gone"))  # 7
+    kv(Put("b", 1))  # 8
+    result = kv(Compact(7))
+    assert result["ok"] and result["compacted"] == 7 and result["dropped"] == 6  # a@1..4, gone@6 and its delete
+    assert value_at(kv, "a", 7) == 4 and value_at(kv, "gone", 7) is None and value_at(kv, "b", 8) == 1
+    with pytest.raises(CompactedError, match="revision 6 is compacted"):
+        kv.sm.store.get_at("a", 6)
+    with pytest.raises(CompactedError):
+        list(kv.sm.store.changes_since(5))
+    assert [c.key for c in kv.sm.store.changes_since(7)] == ["b"]
+    assert "gone" not in [k for k, _ in kv.sm.range("", revision=8)[0]]
+    assert kv(Compact(3))["dropped"] == 0  # below the compacted revision: nothing to do
+    assert kv(Compact(99))["error"] == INVALID  # in the future
+
+
+def test_a_lease_owns_its_keys_and_its_revocation_deletes_them_in_one_revision(kv: Replica) -> None:
+    assert kv(LeaseGrant(7, 10))["ok"]
+    assert kv(LeaseGrant(7, 10))["error"] == INVALID  # an id is granted once
+    kv(Put("svc/a", "10.0.0.1", lease=7))
+    kv(Put("svc/b", "10.0.0.2", lease=7))
+    kv(Put("svc/c", "10.0.0.3", lease=7))
+    kv(Put("svc/c", "moved", lease=0))  # put without the lease: no longer the lease's
+    kv(Put("other", 1))
+    assert kv(Put("x", 1, lease=99))["error"] == NOT_FOUND  # no such lease: nothing written
+    before = kv.sm.revision
+    result = kv(LeaseRevoke(7, expired=True))
+    assert result["deleted"] == ["svc/a", "svc/b"] and result["revision"] == before + 1 and result["expired"]
+    assert kv.sm.get("svc/a") is None and kv.sm.get("svc/c").value == "moved" and 7 not in kv.sm.leases
+    assert {c.key for c in kv.sm.store.changes_since(before)} == {"svc/a", "svc/b"}
+    assert kv(LeaseRevoke(7))["error"] == NOT_FOUND
+
+
+def test_history_compaction_and_leases_survive_a_snapshot(kv: Replica) -> None:
+    kv(LeaseGrant(1, 30))
+    for i in range(4):
+        kv(Put("a", i, lease=1 if i == 3 else 0))
+    kv(Delete("a"))
+    kv(Put("a", "again"))
+    kv(Compact(2))
+    kv(Put("b", 1, lease=1))
+    restored = KVStateMachine()
+    restored.restore(kv.sm.snapshot())
+    assert restored == kv.sm and restored.digest() == kv.sm.digest()
+    assert restored.store.history("a") == kv.sm.store.history("a") and restored.store.compacted == 2
+    assert list(restored.store.changes_since(2)) == list(kv.sm.store.changes_since(2))
+    assert restored.leases.leases[1].keys == {"b"}
+    assert Replica(restored)(LeaseRevoke(1))["deleted"] == ["b"]
+
+
+def test_a_format_3_snapshot_restores_with_no_history_and_no_leases() -> None:
+    old = msgpack.packb([3, 4, 4, [["a", 1, 1, 4, 2]], [], [["n1", b"details"]], []])
+    sm = KVStateMachine()
+    sm.restore(old)
+    assert sm.get("a").value == 1 and sm.get("a").lease == 0 and sm.store.compacted == 0 and not sm.leases.leases
+    assert sm.members == {"n1": b"details"} and sm.store.get_at("a", 4).version == 2
+
+
+def test_new_commands_round_trip_through_the_wire_form() -> None:
+    for cmd in (Compact(5, "r1"), LeaseGrant(2**40, 60), LeaseRevoke(3, True), Put("k", 1, lease=9),
+                Txn((), (TxnDelete("k"),), ())):
+        assert decode(encode(cmd)) == cmd
+    assert encode(Put("k", 1)) == msgpack.packb([1, "k", 1, None, None, None, None])  # no lease: the old form
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "delete", "compact"]), st.sampled_from("abc"),
+                          st.integers(0, 9)), min_size=1, max_size=40))
+def test_a_read_at_any_kept_revision_agrees_with_a_replay_of_the_log(ops: list[tuple[str, str, int]]) -> None:
+    """Against a model: the state at revision r is what applying the changes up to r gives."""
+    kv = Replica()
+    states: dict[int, dict[str, int]] = {0: {}}
+    for op, key, n in ops:
+        current = dict(states[kv.sm.revision])
+        if op == "put":
+            kv(Put(key, n))
+            current[key] = n
+        elif op == "delete" and key in current:
+            kv(Delete(key))
+            del current[key]
+        elif op == "compact" and n <= kv.sm.revision:
+            kv(Compact(n))
+        states[kv.sm.revision] = current
+    for revision in range(kv.sm.store.compacted, kv.sm.revision + 1):
+        got = {k: v.value for k, v in kv.sm.range("", revision=revision)[0]}
+        assert got == states[revision], revision
