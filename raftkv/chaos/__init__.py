@@ -5,8 +5,10 @@ Modules, one job each (data flows top to bottom):
     netns.py        a lab of network namespaces + bridge; nftables cuts, one-way drops, loss
     clusters.py     the clusters a run acts on: loopback processes, processes in a lab, attached
     workload.py     concurrent clients (read / write / CAS on a few keys, random nodes) -> history
+    membership.py   follows GET /members: the members of the moment, for clients, observer, final reads
     observer.py     polls /raft-state: leaders and terms over time, "who leads now"
     nemesis.py      seeded fault schedule; kill -9, SIGSTOP, /simulate-partition, nft cuts; heal
+    member_nemesis.py  remove a member and stop it; add its name back as a new member, promote it
     recorder.py     the shared clock and everything observed
     judge.py        linearizability per key, lost acknowledged writes, divergence, election safety
     report.py       history.json, run.json, timeline.html
@@ -19,6 +21,7 @@ Running it (as `raftkv chaos`, or `python -m raftkv.chaos`):
     raftkv chaos --duration 20                        # 3 local nodes; kill, pause, partition
     raftkv chaos --nemesis kill,pause,partition,netns --nodes 5 --duration 600 --seed 7
                                                       # a long run with real cuts (root, nftables)
+    raftkv chaos --nemesis member,kill,pause,partition   # members leave and rejoin under the faults
     raftkv chaos --endpoints http://h1:3000,http://h2:3000,http://h3:3000 --nemesis partition
     raftkv chaos --recheck chaos-out                  # judge a saved run again, redraw its timeline
 

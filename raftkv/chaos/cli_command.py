@@ -48,7 +48,8 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 def chaos(duration: float, clients: int, keys: int, nemesis: tuple[str, ...], seed: int, nodes: int,
           out_dir: str, endpoints: str | None, op_timeout: float, node_args: tuple[str, ...],
           no_progress: bool, recheck_dir: str | None) -> None:
-    """Run clients against a cluster while a nemesis kills, pauses and partitions it; then judge
+    """Run clients against a cluster while a nemesis kills, pauses and partitions it (and, with
+    `member`, removes members and adds them back as new ones); then judge
     the history (linearizability per key, lost acknowledged writes, divergence, leaders per term).
 
     Exit code: 0 pass, 1 violation, 3 inconclusive (checker budget, or no recovery after

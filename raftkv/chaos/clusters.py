@@ -2,8 +2,12 @@
 
 Theory of operation
 -------------------
-The nemesis needs two things from a cluster: the client URL of each node, and (for kill and
-pause) the node processes. `ChaosCluster` is that narrow interface. Three implementations:
+The nemesis needs two things from a cluster: the client URL of each node, and (for kill, pause
+and member) the node processes. `ChaosCluster` is that narrow interface, its nodes known by slot:
+a name, with its addresses and its data directory `<data>/<name>`. When the member nemesis
+removes a member, `retire` stops the slot's process and moves its data directory to
+`<data>/removed/<member id>`; `start_joiner` starts the name again on the same addresses with an
+empty data directory and `--join`, so the cluster gives it a new id. Three implementations:
 
 * `LocalCluster`: `python -m raftkv node` processes on free loopback ports, through the project's
   `Supervisor` (kill is SIGKILL, pause SIGSTOP, restart recovers from the data directory);
@@ -17,16 +21,18 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from raftkv.chaos.netns import Lab
 from raftkv.node.config import Member
-from raftkv.supervisor import Supervisor, loopback_members
+from raftkv.supervisor import NodeProcess, Supervisor, last_log_line, loopback_members
 
 __all__ = ["AttachedCluster", "ChaosCluster", "LocalCluster", "NetnsCluster"]
 
 NODE_HTTP_PORT = 3000
 NODE_RAFT_PORT = 4000
+STOP_GRACE_S = 3.0  # a removed node gets this long to exit on SIGTERM before kill -9
+REMOVED_DIR = "removed"
 
 
 class ChaosCluster(Protocol):
@@ -39,6 +45,10 @@ class ChaosCluster(Protocol):
     def pause(self, node_id: str) -> None: ...
     def resume(self, node_id: str) -> None: ...
     def is_down(self, node_id: str) -> bool: ...
+    def is_running(self, node_id: str) -> bool: ...
+    def retire(self, node_id: str, member_id: str) -> Path: ...
+    def start_joiner(self, node_id: str, join_url: str) -> None: ...
+    def last_words(self, node_id: str) -> str: ...
     def stop(self) -> None: ...
     def log_tail(self, node_id: str, chars: int = 3000) -> str: ...
 
@@ -71,6 +81,32 @@ class _SupervisedCluster:
         node = self.supervisor.nodes[node_id]
         return not node.running or node.paused
 
+    def is_running(self, node_id: str) -> bool:
+        return self.supervisor.nodes[node_id].running
+
+    def retire(self, node_id: str, member_id: str) -> Path:
+        """A removed member: stop its process (SIGTERM by pid, kill -9 after a grace) and keep its
+        data under removed/<member id> (ids are never reused); the slot's directory is then free."""
+        self.supervisor.stop(node_id, STOP_GRACE_S)
+        node = self.supervisor.nodes[node_id]
+        archive = self.data_dir / REMOVED_DIR / member_id
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        if node.data_dir.exists():
+            node.data_dir.rename(archive)
+        return archive
+
+    def start_joiner(self, node_id: str, join_url: str) -> None:
+        """Start the slot's name as a new member: its addresses, an empty data directory, --join."""
+        old = self.supervisor.nodes[node_id]
+        assert not old.running, f"{node_id} still runs"
+        self.supervisor.nodes[node_id] = NodeProcess(old.member, self.data_dir / node_id,
+                                                     extra_args=list(self.supervisor.node_args), join_url=join_url)
+        self.supervisor.start(node_id)
+
+    def last_words(self, node_id: str) -> str:
+        node = self.supervisor.nodes[node_id]
+        return last_log_line(node.data_dir / "node.log") or node.exit_status or "no output"
+
     def stop(self) -> None:
         self.supervisor.stop_all()
 
@@ -99,9 +135,8 @@ class _NetnsSupervisor(Supervisor):
         node.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             *self.lab.exec_prefix(self.lab.node_ns(node_id)),
-            sys.executable, "-m", "raftkv", "node",
-            "--id", node_id, "--cluster", self.cluster, "--data-dir", str(node.data_dir),
-            *node.extra_args,
+            sys.executable, "-m", "raftkv", "node", *node.identity_args(self.cluster),
+            "--data-dir", str(node.data_dir), *node.extra_args,
         ]
         with open(node.data_dir / "node.log", "ab") as log:
             node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -116,7 +151,7 @@ class NetnsCluster(_SupervisedCluster):
 
 
 class AttachedCluster:
-    """Nodes this run did not start: only their HTTP API can be used (so no kill, no pause)."""
+    """Nodes this run did not start: only their HTTP API can be used (so no kill, pause or member)."""
 
     can_signal = False
 
@@ -126,13 +161,19 @@ class AttachedCluster:
     def start_all(self) -> None:
         pass
 
-    def _refuse(self, node_id: str) -> None:
-        raise RuntimeError("kill and pause need the node processes; an attached cluster has none")
+    def _refuse(self, node_id: str, *args: str) -> NoReturn:
+        raise RuntimeError("kill, pause and member need the node processes; an attached cluster has none")
 
-    kill = start = pause = resume = _refuse
+    kill = start = pause = resume = retire = start_joiner = _refuse
 
     def is_down(self, node_id: str) -> bool:
         return False
+
+    def is_running(self, node_id: str) -> bool:
+        return True
+
+    def last_words(self, node_id: str) -> str:
+        return ""
 
     def stop(self) -> None:
         pass

@@ -62,6 +62,7 @@ class Judgement:
     outcome_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     fault_counts: dict[str, int] = field(default_factory=dict)
     fault_errors: list[str] = field(default_factory=list)
+    membership_changes: dict[str, int] = field(default_factory=dict)  # action -> how many were done
     leaders_by_term: dict[int, list[str]] = field(default_factory=dict)
     final_values: dict[str, Any] = field(default_factory=dict)
 
@@ -114,6 +115,7 @@ class Judgement:
             "outcomes": self.outcome_counts,
             "faults": self.fault_counts,
             "faultErrors": self.fault_errors,
+            "membershipChanges": self.membership_changes,
             "leadersByTerm": {str(t): ns for t, ns in sorted(self.leaders_by_term.items())},
             "finalValues": self.final_values,
         }
@@ -126,6 +128,8 @@ class Judgement:
             f"unknown {ops.get('unknown', 0)}); by kind: "
             + ", ".join(f"{k} {sum(v.values())}" for k, v in sorted(self.outcome_counts.items()) if k != "all"),
             "faults: " + (", ".join(f"{k} x{n}" for k, n in sorted(self.fault_counts.items())) or "none"),
+            *([f"membership changes done: {self.membership_changes.get('remove', 0)} removed, "
+               f"{self.membership_changes.get('re-add', 0)} re-added"] if "member" in self.fault_counts else []),
             f"terms seen: {len(self.leaders_by_term)}; leaders: "
             + ", ".join(f"t{t}={'/'.join(ns)}" for t, ns in sorted(self.leaders_by_term.items())),
             f"linearizability: {self.check.verdict.value} over {len(self.check.keys)} key(s)",
@@ -162,6 +166,7 @@ def judge(
     j.outcome_counts = {k: dict(v) for k, v in by_kind.items()}
     j.fault_counts = dict(Counter(f.kind for f in recorder.faults))
     j.fault_errors = [f"{f.label}: {f.error}" for f in recorder.faults if f.error]
+    j.membership_changes = _membership_changes(recorder)
 
     written = _writers_by_value(ops)
     _check_final(ops, written, j)
@@ -191,6 +196,15 @@ def judge(
     # Last: it needs every other check's answer, and is skipped when one of them already failed.
     j.explained_by_failed_writes = _explained_by_failed_writes(ops, j, check_timeout_s)
     return j
+
+
+def _membership_changes(recorder: Recorder) -> dict[str, int]:
+    """How many of each member nemesis action got done (from the actions on its fault records)."""
+    done: Counter[str] = Counter()
+    for f in recorder.faults:
+        if f.kind == "member":
+            done.update(a["action"] for a in f.details.get("actions", []) if a["outcome"].startswith("done"))
+    return dict(sorted(done.items()))
 
 
 def _writers_by_value(ops: list[Operation]) -> _ValueWriters:

@@ -10,6 +10,9 @@ from `--seed`; which node was the leader is recorded in the `FaultRecord`.
 
 Faults never overlap: inject, hold for the window, heal, then a quiet gap (so each fault's
 effect on the history can be seen on its own, and the timeline's shaded windows are readable).
+The one exception is `member`: membership changes follow a track of their own (its own seeded
+draws, so adding `member` leaves the other kinds' schedule as it was), and a member stays out
+while kills, pauses and partitions come and go, as in etcd's Jepsen test.
 
 Kinds and variants:
 
@@ -22,10 +25,15 @@ Kinds and variants:
     netns      nftables cuts in the lab's bridge: isolate, majority/minority split, a "bridge" node
                that sees both halves, asymmetric (one direction of a node's traffic), random loss,
                added latency with jitter (NFQUEUE + raftkv.chaos.delayer, since there is no netem)
+    member     remove a voter (the leader half the time) and stop its process; at the window's
+               end add its name back as a new member, promoted once caught up (member_nemesis.py)
+
+Victims are picked among the members of the moment (`MemberView`), by their cluster slot.
 
 `Nemesis.heal_all()` undoes everything that may still be in effect (resume paused nodes, restart
-killed ones, clear API partitions on every node, remove every nft rule); the runner calls it
-after the workload, also when something failed, before the final reads.
+killed ones, clear API partitions on every node, remove every nft rule, add back every member
+still out); the runner calls it after the workload, also when something failed, before the final
+reads.
 """
 
 from __future__ import annotations
@@ -35,8 +43,11 @@ import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from raftkv.chaos.clusters import ChaosCluster
+from raftkv.chaos.member_nemesis import MemberChanges
+from raftkv.chaos.membership import MemberView
 from raftkv.chaos.netns import Lab, NetState
 from raftkv.chaos.recorder import FaultRecord, Recorder
 from raftkv.chaos.workload import call
@@ -44,13 +55,14 @@ from raftkv.client import single_send_session
 
 __all__ = ["KINDS", "FaultPlan", "Nemesis", "plan_schedule"]
 
-KINDS = ("kill", "pause", "partition", "netns", "crash")
+KINDS = ("kill", "pause", "partition", "netns", "crash", "member")
 VARIANTS = {
     "kill": ("node",),
     "crash": ("all",),
     "pause": ("node",),
     "partition": ("isolate", "split", "one-way"),
     "netns": ("isolate", "split", "bridge", "asymmetric", "loss", "latency"),
+    "member": ("remove-readd",),
 }
 FIRST_FAULT_AFTER_S = 1.5
 MIN_WINDOW_S, MAX_WINDOW_S = 1.5, 4.0  # every window is several election timeouts (0.2-0.4 s)
@@ -58,6 +70,9 @@ MIN_GAP_S, MAX_GAP_S = 1.0, 2.5
 LOSS_PERCENT_CHOICES = (20, 30, 50)
 API_FAULT_RETRY_S = 5.0  # how long to retry /simulate-partition on a node that refuses connections
 LATENCY_MS_CHOICES = (30, 80, 150)  # one way, +- half of it as jitter; elections take 200-400 ms
+MEMBER_FIRST_AFTER_S = 2.0
+MEMBER_MIN_OUT_S, MEMBER_MAX_OUT_S = 2.0, 5.0  # how long a removed member stays out
+MEMBER_MIN_GAP_S, MEMBER_MAX_GAP_S = 2.0, 4.0  # after its re-add began (which takes seconds of its own)
 
 
 @dataclass(frozen=True)
@@ -78,12 +93,36 @@ class FaultPlan:
 
 
 def plan_schedule(seed: int, kinds: tuple[str, ...], duration_s: float, node_ids: list[str]) -> list[FaultPlan]:
+    """Every fault of a run, by start time: the faults' track and (with `member`) the membership track."""
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown nemesis kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    if not node_ids:
+        return []
+    plans = _fault_plans(seed, tuple(k for k in kinds if k != "member"), duration_s, len(node_ids))
+    if "member" in kinds:
+        plans += _member_plans(seed, duration_s, len(node_ids))
+    return sorted(plans, key=lambda p: p.start_s)
+
+
+def _member_plans(seed: int, duration_s: float, node_count: int) -> list[FaultPlan]:
+    """Remove-then-re-add windows, one at a time: a member is out for the window, then re-added."""
+    rng = random.Random(f"nemesis/{seed}/member")
+    plans: list[FaultPlan] = []
+    t = MEMBER_FIRST_AFTER_S
+    while True:
+        out_s = round(rng.uniform(MEMBER_MIN_OUT_S, MEMBER_MAX_OUT_S), 2)
+        if t + out_s > duration_s:
+            return plans
+        plans.append(FaultPlan(round(t, 2), out_s, "member", "remove-readd", rng.random() < 0.5,
+                               rng.randrange(node_count)))
+        t += out_s + rng.uniform(MEMBER_MIN_GAP_S, MEMBER_MAX_GAP_S)
+
+
+def _fault_plans(seed: int, kinds: tuple[str, ...], duration_s: float, node_count: int) -> list[FaultPlan]:
     rng = random.Random(f"nemesis/{seed}")
     plans: list[FaultPlan] = []
-    if not kinds or not node_ids:
+    if not kinds:
         return plans
     # Kinds, and each kind's variants, come in shuffled rounds rather than independent draws, so
     # even a short run exercises every kind and variant asked for (and still varies by seed).
@@ -99,7 +138,7 @@ def plan_schedule(seed: int, kinds: tuple[str, ...], duration_s: float, node_ids
         amount = (rng.choice(LOSS_PERCENT_CHOICES) if variant == "loss"
                   else rng.choice(LATENCY_MS_CHOICES) if variant == "latency" else 0)
         plans.append(FaultPlan(round(t, 2), window, kind, variant, rng.random() < 0.5,
-                               rng.randrange(len(node_ids)), amount))
+                               rng.randrange(node_count), amount))
         t += window + rng.uniform(MIN_GAP_S, MAX_GAP_S)
     return plans
 
@@ -123,53 +162,100 @@ class Nemesis:
         cluster: ChaosCluster,
         recorder: Recorder,
         leader_now: Callable[[], str | None],
+        view: MemberView,
         lab: Lab | None = None,
         http_timeout_s: float = 2.0,
     ) -> None:
         self.cluster = cluster
         self.recorder = recorder
-        self.leader_now = leader_now
+        self.leader_now = leader_now  # a member id
+        self.view = view
         self.lab = lab
         self.http_timeout_s = http_timeout_s
-        self.node_ids = sorted(cluster.urls)
-        self.current: FaultRecord | None = None
+        self.members = MemberChanges(cluster, view, recorder, leader_now, len(cluster.urls))
+        self.active: list[FaultRecord] = []
         self._api_partitioned: set[str] = set()
         self._killed: set[str] = set()
         self._paused: set[str] = set()
 
     async def run(self, schedule: list[FaultPlan], t_end: float) -> None:
-        """Carry out `schedule` (times relative to the recorder's clock), stopping at `t_end`."""
-        for plan in schedule:
+        """Carry out `schedule` (times relative to the recorder's clock), stopping at `t_end`: the
+        membership track beside the other faults'."""
+        async with asyncio.TaskGroup() as tracks:
+            tracks.create_task(self._run_faults([p for p in schedule if p.kind != "member"], t_end))
+            tracks.create_task(self._run_member_changes([p for p in schedule if p.kind == "member"], t_end))
+
+    async def _run_faults(self, plans: list[FaultPlan], t_end: float) -> None:
+        for plan in plans:
             if plan.start_s >= t_end:
                 break
             await asyncio.sleep(max(0.0, plan.start_s - self.recorder.now()))
             record = await self._inject(plan)
+            self.active.append(record)
             try:
                 await asyncio.sleep(max(0.0, min(plan.start_s + plan.duration_s, t_end) - self.recorder.now()))
             finally:
+                self.active.remove(record)
                 await self._heal(record)
-                self.current = None
+
+    async def _run_member_changes(self, plans: list[FaultPlan], t_end: float) -> None:
+        not_before = 0.0  # a re-added member gets a quiet gap as a voter before the next removal
+        for plan in plans:
+            await asyncio.sleep(max(0.0, plan.start_s - self.recorder.now(), not_before - self.recorder.now()))
+            if self.recorder.now() >= t_end:  # an earlier re-add took the time this plan had
+                break
+            record = await self.members.remove(plan, self._forget_faults_on)
+            if record is None:
+                continue
+            self.active.append(record)
+            try:
+                await asyncio.sleep(max(0.0, min(plan.start_s + plan.duration_s, t_end) - self.recorder.now()))
+            finally:
+                self.active.remove(record)
+            # Not in `finally`: a re-add takes seconds; when the run cancels this track, heal_all does it.
+            await self.members.rejoin_all()
+            not_before = self.recorder.now() + MEMBER_MIN_GAP_S
+
+    @property
+    def current_label(self) -> str:
+        """What is in effect now, for the progress line."""
+        return " + ".join(r.label for r in self.active) or "-"
 
     # ---------------------------------------------------------------- injecting ----------------
 
-    def _victim(self, plan: FaultPlan) -> tuple[str, bool]:
-        leader = self.leader_now() if plan.target_leader else None
-        if leader in self.node_ids:
+    def _present(self) -> list[str]:
+        """The cluster slots that hold a member now (a removed one is out until it is re-added)."""
+        return [slot for slot in sorted(self.cluster.urls)
+                if slot not in self.members.retired and self.view.member_of(slot) is not None]
+
+    def _leader_slot(self) -> str | None:
+        leader = self.leader_now()
+        return self.view.slot_of(leader, self.cluster.urls) if leader else None
+
+    def _victim(self, plan: FaultPlan, present: list[str]) -> tuple[str, bool]:
+        leader = self._leader_slot() if plan.target_leader else None
+        if leader in present:
             return leader, True
-        return self.node_ids[plan.pick % len(self.node_ids)], False
+        return present[plan.pick % len(present)], False
+
+    def _member_ids(self, slots: list[str]) -> list[str]:
+        """The member ids in `slots` (what /simulate-partition names peers by)."""
+        members = [self.view.member_of(slot) for slot in slots]
+        return [m.id for m in members if m is not None]
 
     async def _inject(self, plan: FaultPlan) -> FaultRecord:
-        victim, is_leader = self._victim(plan)
+        present = self._present()
+        victim, is_leader = self._victim(plan, present)
         role = " (leader)" if is_leader else ""
         rng = random.Random(f"{plan.start_s}/{plan.pick}")
-        others = [n for n in self.node_ids if n != victim]
+        others = [n for n in present if n != victim]
         rng.shuffle(others)
-        minority_size = (len(self.node_ids) - 1) // 2
+        minority_size = (len(present) - 1) // 2
         minority = [victim, *others[: minority_size - 1]] if minority_size > 1 else [victim]
-        majority = [n for n in self.node_ids if n not in minority]
+        majority = [n for n in present if n not in minority]
         details = {"plan": plan.describe(), "leaderAtStart": self.leader_now()}
         if plan.kind == "crash":
-            everyone = list(self.node_ids)
+            everyone = list(present)
             record = self.recorder.fault_started("crash", "kill -9 every node at once (power failure)", everyone,
                                                  **details)
             for node in everyone:
@@ -197,21 +283,20 @@ class Nemesis:
                 record = self.recorder.fault_started(
                     "partition", f"split {'+'.join(minority)} | {'+'.join(majority)} (API)", minority, **details)
                 for n in minority:
-                    await self._api_partition(n, True, majority, record)
+                    await self._api_partition(n, True, self._member_ids(majority), record)
         elif plan.kind == "netns" and plan.variant == "latency":
             delay = plan.amount
             record = self.recorder.fault_started("netns", f"latency {delay}+-{delay // 2} ms between all nodes "
-                                                 "(NFQUEUE)", list(self.node_ids), **details, latencyMs=delay)
+                                                 "(NFQUEUE)", list(present), **details, latencyMs=delay)
             await self._change_lab(record, lambda lab: lab.add_latency(delay, delay // 2, plan.pick))
         elif plan.kind == "netns":
             state = self._net_state(plan, victim, role, minority, majority, others)
-            targets = _nodes_in(state) or (list(self.node_ids) if plan.variant == "loss" else [victim])
+            targets = _nodes_in(state) or (list(present) if plan.variant == "loss" else [victim])
             record = self.recorder.fault_started("netns", f"{state.label} (nft)", targets,
                                                  **details, net=state.describe())
             await self._change_lab(record, lambda lab: lab.apply(state))
         else:
             raise ValueError(plan.kind)
-        self.current = record
         return record
 
     async def _change_lab(self, record: FaultRecord, change: Callable[[Lab], None]) -> None:
@@ -263,23 +348,47 @@ class Nemesis:
                     break
                 await asyncio.sleep(0.2)
         if status == 200:
-            if partitioned:
+            if partitioned and node not in self.members.retired:  # a removed node's partition ended with it
                 self._api_partitioned.add(node)
             else:
                 self._api_partitioned.discard(node)
+            if direction is not None and record is not None:
+                self._note_partial_cut(node, direction, data, record)
         elif record is not None:
             record.error = ((record.error or "") + f" {node}: {status} {error or data}").strip()
+
+    def _note_partial_cut(self, node: str, direction: str, answer: Any, record: FaultRecord) -> None:
+        """A one-way cut lists the peers it cut: members it left out (added since the node started)
+        still reach it, so the fault was not the one planned."""
+        faults = answer.get("faults", {}) if isinstance(answer, dict) else {}
+        cut = set(faults.get("cut_outbound" if direction == "outbound" else "cut_inbound", []))
+        me = self.view.member_of(node)
+        missed = sorted(set(self.view.members) - cut - {me.id if me else node})
+        if missed:
+            record.error = ((record.error or "") + f" {node} cut {direction} only {sorted(cut)}, not {missed}").strip()
 
     # ---------------------------------------------------------------- healing ------------------
 
     async def _heal(self, record: FaultRecord) -> None:
         try:
-            await self.heal_all()
+            await self.heal_faults()
         finally:
             self.recorder.fault_ended(record)
 
     async def heal_all(self) -> None:
-        """Undo every fault that may be in effect; safe to call at any time, any number of times."""
+        """Undo every fault that may be in effect, and add back every member still out; safe to call
+        at any time, any number of times."""
+        await self.heal_faults()
+        await self.members.heal()
+
+    def _forget_faults_on(self, slot: str) -> None:
+        """A removed member's process is about to stop: its faults end with it, nothing to heal."""
+        self._paused.discard(slot)
+        self._killed.discard(slot)
+        self._api_partitioned.discard(slot)
+
+    async def heal_faults(self) -> None:
+        """Undo every kill, pause and partition that may be in effect (membership stays as it is)."""
         for node in sorted(self._paused):
             with contextlib.suppress(Exception):
                 self.cluster.resume(node)
@@ -300,7 +409,7 @@ class Nemesis:
 
     @property
     def unhealed(self) -> list[str]:
-        return sorted(self._api_partitioned | self._killed | self._paused)
+        return sorted(self._api_partitioned | self._killed | self._paused | set(self.members.retired))
 
 
 def _nodes_in(state: NetState) -> list[str]:

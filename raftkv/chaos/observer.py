@@ -8,17 +8,22 @@ hands the answer to the recorder, which keeps a sample only when (state, term, l
 the highest term among the latest answers. Polling can miss a leadership that lasted less than
 one interval; the judge's election-safety check (at most one leader per term) is therefore a
 sampled check, and the authoritative one lives in the deterministic simulator.
+
+The nodes polled are the members of the moment (`members()`, by member id): a member that left is
+sampled once more as "removed" and polled no more; one that joined is polled from then on. A node
+that answers under another id than the one asked for (a new incarnation on a removed member's
+address) counts as no answer for that id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 
-from raftkv.chaos.recorder import Recorder, StateSample
+from raftkv.chaos.recorder import REMOVED_STATE, Recorder, StateSample
 from raftkv.chaos.workload import call
 from raftkv.client import single_send_session
 
@@ -26,13 +31,13 @@ __all__ = ["Observer"]
 
 
 class Observer:
-    def __init__(self, urls: Mapping[str, str], recorder: Recorder, interval_s: float = 0.2,
+    def __init__(self, members: Callable[[], Mapping[str, str]], recorder: Recorder, interval_s: float = 0.2,
                  timeout_s: float = 0.5) -> None:
-        self.urls = dict(urls)
+        self.members = members  # {member id: client URL}, as the membership is now
         self.recorder = recorder
         self.interval_s = interval_s
         self.timeout_s = timeout_s
-        self.latest: dict[str, dict | None] = {n: None for n in self.urls}
+        self.latest: dict[str, dict | None] = {n: None for n in members()}
 
     def leader_now(self) -> str | None:
         best: tuple[int, str] | None = None
@@ -44,10 +49,15 @@ class Observer:
         return best[1] if best else None
 
     async def poll_once(self, session: aiohttp.ClientSession) -> None:
+        urls = dict(self.members())
+        self._forget_members_gone(urls)
+
         async def one(node: str, url: str) -> None:
             status, data, _, _ = await call(session, "GET", f"{url}/raft-state", None, self.timeout_s)
             t = self.recorder.now()
-            if status == 200 and isinstance(data, dict):
+            if node not in self.members():
+                return  # it left while we asked
+            if status == 200 and isinstance(data, dict) and data.get("nodeId", node) == node:
                 self.latest[node] = data
                 self.recorder.sample(StateSample(t, node, data.get("state"), data.get("term"), data.get("leaderId"),
                                                  data.get("commitIndex"), data.get("lastApplied")))
@@ -55,7 +65,12 @@ class Observer:
                 self.latest[node] = None
                 self.recorder.sample(StateSample(t, node, None, None, None))
 
-        await asyncio.gather(*(one(n, u) for n, u in self.urls.items()))
+        await asyncio.gather(*(one(n, u) for n, u in urls.items()))
+
+    def _forget_members_gone(self, urls: Mapping[str, str]) -> None:
+        for node in sorted(set(self.latest) - set(urls)):
+            del self.latest[node]
+            self.recorder.sample(StateSample(self.recorder.now(), node, REMOVED_STATE, None, None))
 
     async def run(self, stop: asyncio.Event) -> None:
         async with single_send_session() as session:
@@ -77,7 +92,8 @@ class Observer:
                 roles = [n for n, s in states.items() if s.get("state") == "leader"]
                 applied = {s.get("lastApplied") for s in states.values()}
                 commits = {s.get("commitIndex") for s in states.values()}
-                complete = len(states) == len(self.urls) or (not need_all and len(states) > len(self.urls) // 2)
+                polled = len(self.latest)
+                complete = len(states) == polled or (not need_all and len(states) > polled // 2)
                 if (complete and len(leaders) == 1 and None not in leaders and len(roles) == 1
                         and len(applied) == 1 and applied == commits):
                     return True, f"leader {roles[0]}, applied index {applied.pop()} on {len(states)} nodes"

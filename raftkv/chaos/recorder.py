@@ -25,12 +25,14 @@ from typing import Any
 
 from raftkv.check import Operation
 
-__all__ = ["FaultRecord", "Recorder", "StateSample"]
+__all__ = ["REMOVED_STATE", "FaultRecord", "Recorder", "StateSample"]
+
+REMOVED_STATE = "removed"  # a node's state once it left the configuration (it is polled no more)
 
 
 @dataclass
 class FaultRecord:
-    kind: str  # "kill", "pause", "partition", "netns", "crash"
+    kind: str  # "kill", "pause", "partition", "netns", "crash", "member"
     label: str  # what a person reads: "kill -9 node2 (leader)", "netns bridge via node3"
     targets: list[str]
     start: float
@@ -43,7 +45,7 @@ class FaultRecord:
 class StateSample:
     time: float
     node: str
-    state: str | None  # None: the node did not answer
+    state: str | None  # None: the node did not answer; REMOVED_STATE: it is no longer a member
     term: int | None
     leader: str | None
     commit_index: int | None = None

@@ -9,6 +9,10 @@ Theory of operation
     wait for one leader and converged logs (bounded), final reads on every node ("final reads")
     judge the history; write history.json, run.json, timeline.html; stop what we started
 
+Clients, observer and final reads address the members of the moment (`MemberView`, following
+`GET /members`): with the member nemesis, nodes leave and come back under new ids, and the final
+reads and digests are those of every member of the final configuration.
+
 Everything that was started or broken is undone in `finally` blocks, also on errors and Ctrl-C.
 
 Network namespaces: when the nemesis includes `netns`, the cluster must live in a lab and so
@@ -35,6 +39,7 @@ from tqdm import tqdm
 
 from raftkv.chaos.clusters import AttachedCluster, ChaosCluster, LocalCluster, NetnsCluster
 from raftkv.chaos.judge import Judgement, judge
+from raftkv.chaos.membership import MemberView
 from raftkv.chaos.nemesis import KINDS, Nemesis, plan_schedule
 from raftkv.chaos.netns import Lab, lab_unavailable_reason, remove_stale_labs
 from raftkv.chaos.observer import Observer
@@ -92,7 +97,7 @@ def validate(opts: ChaosOptions) -> list[str]:
     if unknown:
         problems.append(f"unknown nemesis kind(s) {sorted(unknown)}; choose from {', '.join(KINDS)}")
     if opts.endpoints:
-        unavailable = sorted({"kill", "pause", "netns", "crash"} & set(opts.nemesis))
+        unavailable = sorted({"kill", "pause", "netns", "crash", "member"} & set(opts.nemesis))
         if unavailable:
             problems.append(f"{', '.join(unavailable)} unavailable with --endpoints: they need node processes "
                             "this command starts itself (only `partition`, via /simulate-partition, works "
@@ -160,15 +165,17 @@ async def _run(opts: ChaosOptions) -> Judgement:
     nemesis: Nemesis | None = None
     try:
         cluster.start_all()
-        probe = Observer(cluster.urls, Recorder())
+        probe = Observer(lambda: cluster.urls, Recorder())
         stable, view = await probe.wait_stable(STARTUP_TIMEOUT_S)
         if not stable:
             raise ChaosError(f"the cluster did not start: {view}")
         say(f"chaos: cluster up ({view}); nodes: " + ", ".join(f"{n}={u}" for n, u in sorted(cluster.urls.items())))
 
         recorder = Recorder()
-        observer = Observer(cluster.urls, recorder)
-        nemesis = Nemesis(cluster, recorder, observer.leader_now, lab)
+        members = MemberView(cluster.urls)
+        observer = Observer(members.urls, recorder)
+        members.leader_hint = observer.leader_now
+        nemesis = Nemesis(cluster, recorder, observer.leader_now, members, lab)
         schedule = plan_schedule(opts.seed, opts.nemesis, opts.duration_s, sorted(cluster.urls))
         say(f"chaos: seed {opts.seed}, {len(schedule)} fault(s) planned: "
             + "; ".join(p.describe() for p in schedule))
@@ -176,7 +183,8 @@ async def _run(opts: ChaosOptions) -> Judgement:
                                   seed=opts.seed)
         stop_clients, stop_observer = asyncio.Event(), asyncio.Event()
         observer_task = asyncio.create_task(observer.run(stop_observer))
-        clients_task = asyncio.create_task(run_clients(workload, cluster.urls, recorder, stop_clients))
+        members_task = asyncio.create_task(members.run(stop_observer))
+        clients_task = asyncio.create_task(run_clients(workload, members.urls, recorder, stop_clients))
         nemesis_task = asyncio.create_task(nemesis.run(schedule, opts.duration_s))
         try:
             await _progress(opts, recorder, nemesis, observer, clients_task)
@@ -193,7 +201,7 @@ async def _run(opts: ChaosOptions) -> Judgement:
             await nemesis.heal_all()
             recorder.mark("healed")
         if not nemesis_task.cancelled() and nemesis_task.exception():
-            raise ChaosError(f"the nemesis failed: {nemesis_task.exception()!r}")
+            raise ChaosError(f"the nemesis failed: {_first_error(nemesis_task.exception())!r}")
 
         liveness = []
         if nemesis.unhealed:
@@ -202,20 +210,25 @@ async def _run(opts: ChaosOptions) -> Judgement:
         if not converged:
             liveness.append(f"after healing: {view}")
         say(f"chaos: after healing: {view}")
-        local = await final_reads(cluster.urls, workload.key_names(), recorder)
-        digests = await _digests(cluster.urls)
+        final_members = await _final_members(members)
+        local = await final_reads(final_members, workload.key_names(), recorder)
+        digests = await _digests(final_members)
         recorder.mark("final reads")
         stop_observer.set()
-        await observer_task
+        await asyncio.gather(observer_task, members_task)
 
         say(f"chaos: checking {len(recorder.ops)} operations ...")
         judgement = await asyncio.to_thread(judge, recorder, local, converged, liveness, digests=digests)
         meta = {**asdict(opts), "nodeUrls": cluster.urls, "schedule": [asdict(p) for p in schedule],
+                "finalMembers": final_members, "removedIDs": sorted(members.removed_ids),
                 "network": "netns lab" if lab else "attached" if opts.endpoints else "loopback",
                 # What `recheck` needs to judge this run again without the cluster:
                 "finalLocalValues": local, "converged": converged, "livenessNotes": liveness,
                 "finalDigests": digests}
         paths = write_report(out_dir, recorder, judgement, meta)
+        if "member" in opts.nemesis:
+            say(f"chaos: final members {', '.join(sorted(final_members))}; removed for good: "
+                f"{', '.join(sorted(members.removed_ids)) or 'none'}")
         say(f"chaos: timeline {paths['timeline']}  history {paths['history']}")
         if judgement.violations or judgement.inconclusive:
             for node in sorted(cluster.urls):
@@ -224,13 +237,26 @@ async def _run(opts: ChaosOptions) -> Judgement:
                     say(f"----- {node} log (tail) -----\n{tail}")
         return judgement
     finally:
-        if nemesis is not None:
+        if nemesis is not None:  # the cluster stops next: no member needs adding back
             with contextlib.suppress(Exception):
-                await nemesis.heal_all()
+                await nemesis.heal_faults()
         await asyncio.to_thread(cluster.stop)
 
 
 MAX_FAULT_OVERRUN_S = 5.0
+
+
+def _first_error(error: BaseException | None) -> BaseException | None:
+    """The nemesis runs its tracks in a task group: show what failed, not the group."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+async def _final_members(members: MemberView) -> dict[str, str]:
+    """{member id: URL} of the final configuration, as the leader tells it (after convergence)."""
+    await members.refresh_now()
+    return members.urls()
 
 
 async def _digests(urls: dict[str, str]) -> dict[str, list]:
@@ -260,7 +286,7 @@ async def _progress(opts: ChaosOptions, recorder: Recorder, nemesis: Nemesis, ob
             c = recorder.counts()
             bar.set_postfix_str(f"ok={c['ok']} fail={c['fail']} unknown={c['unknown']} "
                                 f"leader={observer.leader_now() or '-'} "
-                                f"fault={nemesis.current.label if nemesis.current else '-'}", refresh=True)
+                                f"fault={nemesis.current_label}", refresh=True)
 
 
 def run_in_lab(opts: ChaosOptions) -> int:

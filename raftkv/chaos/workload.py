@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 Each client is a loop: pick a key, an operation and a node (from its own seeded `Random`, so the
-*choices* replay from the seed even though timing cannot), take the time, send one HTTP request,
+*choices* replay from the seed even though timing cannot; the nodes are the members of the moment,
+`members()`, which follows `GET /members`), take the time, send one HTTP request,
 take the time again, and record what it learned as an `Operation`. A client never retries: a
 retry would blur what the system acknowledged. Values written are unique integers
 (`client * 1_000_000 + n`), so any value read names the one write that produced it.
@@ -24,7 +25,8 @@ Reads that fail or time out are recorded too; the checker drops them (they obser
 A CAS expects the value this client last saw for the key (absent if it saw nothing), which makes
 the CAS succeed often enough to be interesting.
 
-Final reads: after the run is healed and converged, `final_reads` reads every key on every node,
+Final reads: after the run is healed and converged, `final_reads` reads every key on every node
+(the runner passes the members of the final configuration),
 linearizably (recorded into the history, so the checker covers "the newest value on every node")
 and with `?stale=true` (local state, compared across nodes to find divergent replicas).
 """
@@ -35,7 +37,7 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,19 +153,19 @@ async def perform(
 async def _client_loop(
     index: int,
     cfg: WorkloadConfig,
-    urls: Mapping[str, str],
+    members: Callable[[], Mapping[str, str]],
     recorder: Recorder,
     stop: asyncio.Event,
     session: aiohttp.ClientSession,
 ) -> None:
     rng = random.Random(f"{cfg.seed}/client/{index}")
     keys = cfg.key_names()
-    nodes = sorted(urls)
     seen: dict[str, Any] = {}
     n = 0
     while not stop.is_set():
         key = rng.choice(keys)
-        node = rng.choice(nodes)
+        urls = members()
+        node = rng.choice(sorted(urls))
         roll = rng.random()
         kind = "read" if roll < cfg.read_fraction else "cas" if roll < cfg.read_fraction + cfg.cas_fraction else "write"
         value = expected = None
@@ -187,11 +189,13 @@ async def _client_loop(
                 await asyncio.wait_for(stop.wait(), pause_s)
 
 
-async def run_clients(cfg: WorkloadConfig, urls: Mapping[str, str], recorder: Recorder, stop: asyncio.Event) -> None:
-    """Run `cfg.clients` clients until `stop` is set and each one's last request has finished."""
+async def run_clients(cfg: WorkloadConfig, members: Callable[[], Mapping[str, str]], recorder: Recorder,
+                      stop: asyncio.Event) -> None:
+    """Run `cfg.clients` clients until `stop` is set and each one's last request has finished;
+    `members()`: the {node: URL} to choose from, asked before each operation."""
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with single_send_session(connector=connector) as session:
-        await asyncio.gather(*(_client_loop(i, cfg, urls, recorder, stop, session) for i in range(cfg.clients)))
+        await asyncio.gather(*(_client_loop(i, cfg, members, recorder, stop, session) for i in range(cfg.clients)))
 
 
 async def final_reads(
