@@ -38,7 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from raftkv.kv import InvalidCommand
-from raftkv.node.errors import MembershipRefused, NodeError, OutcomeUnknownError
+from raftkv.node.errors import NodeError, OutcomeUnknownError, RequestRefused
 
 __all__ = ["REQUEST_ID_KEY", "RETRY_AFTER_SECONDS", "ApiError", "check_query", "error_response", "json_response",
            "node_error", "parse_command", "parse_json", "query_flag", "query_integer", "retry_later"]
@@ -87,11 +87,6 @@ def retry_later(message: str, **fields: Any) -> ApiError:
     return ApiError(503, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, **fields)
 
 
-# Why a membership change was refused -> the status that says so (nothing was changed).
-_MEMBERSHIP_STATUS = {"unknown": 404, "duplicate": 409, "pending": 409, "last_voter": 409, "not_caught_up": 409,
-                      "not_learner": 409, "invalid": 400}
-
-
 def node_error(exc: NodeError, *, reading: bool, leader: str | None, request_id: str | None = None) -> ApiError:
     """The response for a node exception that reached the API; `request_id` is the write's, if it had one."""
     if isinstance(exc, OutcomeUnknownError):
@@ -104,8 +99,8 @@ def node_error(exc: NodeError, *, reading: bool, leader: str | None, request_id:
                       "blind retry could apply it twice)")
         return ApiError(504, f"timed out: the write may or may not have been applied ({exc}); {advice}",
                         leader=leader)
-    if isinstance(exc, MembershipRefused):
-        return ApiError(_MEMBERSHIP_STATUS.get(exc.reason, 400), str(exc), reason=exc.reason, **exc.details)
+    if isinstance(exc, RequestRefused):
+        return ApiError(exc.status, str(exc), reason=exc.reason, **exc.details)
     # NoLeaderError, NotAppliedError: the node says it did nothing.
     return retry_later(str(exc) or type(exc).__name__, leader=leader)
 

@@ -22,7 +22,7 @@ agree; `rows()` and `restore()` carry everything but `_changes`, which is rebuil
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 __all__ = ["Change", "CompactedError", "KeyValue", "MVCCStore"]
@@ -62,6 +62,7 @@ class MVCCStore:
         self._past: dict[str, list[Version]] = {}  # keys with more than one retained version
         self._changes: list[tuple[int, str]] = []
         self.compacted = 0
+        self.listener: Callable[[Change], None] | None = None  # told of every change as it is made
         # Sorted index of every key with a retained version (the current ones and the deleted ones
         # still in history), brought up to date lazily: puts of new keys are frequent and ranges rare.
         self._sorted_keys: list[str] = []
@@ -80,8 +81,8 @@ class MVCCStore:
 
     def _record(self, key: str, revision: int, kv: KeyValue | None) -> None:
         versions = self._past.get(key)
+        cur = self._current.get(key)
         if versions is None:
-            cur = self._current.get(key)
             if cur is not None:
                 self._past[key] = [(cur.mod_revision, cur), (revision, kv)]
             elif key in self._past or kv is None:
@@ -91,6 +92,8 @@ class MVCCStore:
         else:
             versions.append((revision, kv))
         self._changes.append((revision, key))
+        if self.listener is not None:
+            self.listener(Change(revision, key, kv, cur))
 
     def compact(self, revision: int) -> int:
         """Forget history at or below `revision`; returns how many versions were dropped."""

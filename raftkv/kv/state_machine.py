@@ -495,7 +495,9 @@ class KVStateMachine:
         except Exception as exc:
             raise ValueError(f"not a KV snapshot: {exc}") from exc
         self.applied_index, self.revision = applied_index, revision
+        listener = self.store.listener
         self.store, self.leases = MVCCStore.restored(current, past, compacted), leases
+        self.store.listener = listener
         self._dedup, self.members, self.removed_members = table, members, set(removed)
         self._dedup_bytes = sum(first.cost_bytes(rid) for rid, first in table.items())
         self._evict_dedup()

@@ -29,7 +29,8 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["MembershipRefused", "NoLeaderError", "NodeError", "NotAppliedError", "OutcomeUnknownError", "fail"]
+__all__ = ["MembershipRefused", "NoLeaderError", "NodeError", "NotAppliedError", "OutcomeUnknownError",
+           "RequestRefused", "fail"]
 
 
 class NodeError(Exception):
@@ -47,16 +48,26 @@ class NotAppliedError(NodeError):
     """Definitely not done (refused, overwritten, never delivered): retry later (503)."""
 
 
-class MembershipRefused(NotAppliedError):
-    """A membership change the cluster will not make as asked; nothing was done. `reason` says
-    which rule refused it: "unknown" (no such member), "duplicate" (that name or address is a
-    member already), "pending" (another change is not committed yet), "last_voter", "not_caught_up"
-    (a learner promoted before it holds the log), "invalid" (anything else the core refuses)."""
+class RequestRefused(NotAppliedError):
+    """A rule refused the request; nothing was done. `status` is the HTTP status that says so,
+    `reason` names the rule, `details` are JSON fields for the client."""
+
+    def __init__(self, status: int, reason: str, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.details = status, reason, details
+
+
+class MembershipRefused(RequestRefused):
+    """A membership change the cluster will not make as asked. `reason`: "unknown" (no such
+    member), "duplicate" (that name or address is a member already), "pending" (another change is
+    not committed yet), "last_voter", "not_caught_up" (a learner promoted before it holds the log),
+    "not_learner", "invalid" (anything else the core refuses)."""
+
+    STATUS = {"unknown": 404, "duplicate": 409, "pending": 409, "last_voter": 409, "not_caught_up": 409,
+              "not_learner": 409, "invalid": 400}
 
     def __init__(self, reason: str, message: str, **details: object) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.details = details
+        super().__init__(self.STATUS.get(reason, 400), reason, message, **details)
 
 
 class OutcomeUnknownError(NodeError):

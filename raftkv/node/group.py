@@ -68,6 +68,7 @@ from .persist import DiskPump
 from .proposals import PlacedWrite, ProposalTracker, QueuedWrite
 from .reads import ReadTracker
 from .snapshots import Snapshotter
+from .watch import PROGRESS_EVERY_S, WatchHub
 
 __all__ = ["RaftGroup"]
 
@@ -103,6 +104,7 @@ class RaftGroup:
         self.pump = DiskPump(self.id, storage, self._send, self._on_persisted,
                              lambda: self.core.role is Role.LEADER, metrics, unsafe_skip_fsync=cfg.unsafe_skip_fsync,
                              executor=executor)
+        self.watches = WatchHub(kv)
         self.snapshots = Snapshotter(cfg, self.core, kv, self.pump, metrics,
                                      durable.snapshot.meta.index if durable.snapshot else 0, executor=executor)
         self._now: Callable[[], float] = time.monotonic  # the running loop's clock once started
@@ -194,6 +196,18 @@ class RaftGroup:
         self.reads.submit(answer, self._now())
         self._wake.set()
         await answer
+
+    async def await_leader(self) -> str:
+        """The leader, once this node leads or knows a leader it can reach; NoLeaderError after the
+        same hold a write gets (a leader killed a moment ago is replaced within it)."""
+        deadline = self._now() + self.no_leader_hold_s
+        while not (self.core.role is Role.LEADER or self._leader_reachable()):
+            if self._now() >= deadline:
+                raise NoLeaderError(f"no reachable leader for {self.no_leader_hold_s:g} s")
+            await asyncio.sleep(self.tick_ms / 1000)
+        leader = self.core.leader_id
+        assert leader is not None
+        return leader
 
     def transfer_leadership(self, target: str) -> None:
         """Ask the core to hand leadership to `target` (at the loop's next turn)."""
@@ -366,6 +380,7 @@ class RaftGroup:
             if rd.snapshot is not None:
                 self.kv.restore(rd.snapshot.data)
                 self.snapshots.installed(rd.snapshot.meta.index)
+                self.watches.restored()
             if rd.committed_entries:
                 self._apply(rd.committed_entries)
             for state in rd.read_states:
@@ -396,6 +411,7 @@ class RaftGroup:
                 self.kv.apply_noop(e.index)
                 result = None
             answered += self.proposals.applied(e, result, now)
+        self.watches.flush()
         if answered:
             self.metrics.proposals_applied.inc(answered)  # once per batch: inc() takes a lock
 
@@ -420,10 +436,15 @@ class RaftGroup:
     # ================================================================ time =======================
 
     async def _sweep_deadlines(self) -> None:
-        """Fail what waited too long: one timer for everything instead of one per request."""
+        """Fail what waited too long: one timer for everything instead of one per request; and tell
+        idle watchers how current they are."""
+        progress_at = self._now() + PROGRESS_EVERY_S
         while True:
             await asyncio.sleep(DEADLINE_SWEEP_S)
             now = self._now()
+            if now >= progress_at:
+                self.watches.progress()
+                progress_at = now + PROGRESS_EVERY_S
             self._fail_held(now)
             self.proposals.expire(now)
             self.reads.expire(now)

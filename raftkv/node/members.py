@@ -40,7 +40,8 @@ from raftkv.core import ConfChange, ConfChangeKind, Role
 from raftkv.transport import Transport
 
 from .config import Member, NodeConfig
-from .errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError
+from .errors import MembershipRefused, NoLeaderError, NotAppliedError
+from .forwarding import ask_leader
 from .group import RaftGroup
 from .membership import MemberRecord, new_member_id
 from .metrics import NodeMetrics
@@ -51,7 +52,6 @@ log = logging.getLogger("raftkv.node")
 
 PROMOTE_MAX_LAG_ENTRIES = 100
 TRANSFER_WAIT_S = 3.0
-FORWARD_TIMEOUT_S = 10.0
 
 
 class MemberService:
@@ -128,7 +128,7 @@ class MemberService:
     # ---- changing it ------------------------------------------------------------------------
 
     async def add(self, name: str, client_url: str, peer_url: str, learner: bool = True) -> dict[str, Any]:
-        if self.group.core.role is not Role.LEADER:
+        if not await self._leading():
             return await self._forward("POST", "/members", {"name": name, "clientURL": client_url,
                                                              "peerURL": peer_url, "learner": learner})
         record = _record(name, client_url, peer_url)
@@ -145,7 +145,7 @@ class MemberService:
 
     async def promote(self, member_id: str) -> dict[str, Any]:
         core = self.group.core
-        if core.role is not Role.LEADER:
+        if not await self._leading():
             return await self._forward("POST", f"/members/{member_id}/promote", None)
         if member_id not in core.conf.members():
             raise MembershipRefused("unknown", f"no member {member_id!r}", members=sorted(core.conf.members()))
@@ -162,7 +162,7 @@ class MemberService:
 
     async def remove(self, member_id: str) -> dict[str, Any]:
         core = self.group.core
-        if core.role is not Role.LEADER:
+        if not await self._leading():
             return await self._forward("DELETE", f"/members/{member_id}", None)
         if member_id not in core.conf.members():
             raise MembershipRefused("unknown", f"no member {member_id!r}", members=sorted(core.conf.members()))
@@ -190,28 +190,17 @@ class MemberService:
                 raise NotAppliedError(f"could not hand leadership to {target} before removing this node; retry")
             await asyncio.sleep(0.02)
 
+    async def _leading(self) -> bool:
+        """Whether this node makes the change itself: it leads (once a reachable leader is known)."""
+        return await self.group.await_leader() == self.cfg.node_id
+
     async def _forward(self, method: str, path: str, body: Any) -> dict[str, Any]:
         """Have the leader make the change, and relay its answer (or its refusal)."""
-        leader = self.group.core.leader_id
-        member = self.address_book().get(leader) if leader else None
+        leader = await self.group.await_leader()
+        member = self.address_book().get(leader)
         if member is None:
-            raise NoLeaderError("no leader is known to make the membership change")
-        try:
-            async with Client([member.url], timeout_s=FORWARD_TIMEOUT_S) as client:
-                status, answer = await client.request(method, path, body)
-        except ClusterUnreachableError as e:
-            raise NotAppliedError(f"the leader {leader} cannot be reached to make the change: {e}") from None
-        if status == 200 and isinstance(answer, dict):
-            return answer
-        detail = answer if isinstance(answer, dict) else {"error": str(answer)}
-        message = str(detail.pop("error", f"the leader answered {status}"))
-        if status == 504:
-            raise OutcomeUnknownError(message)
-        if status == 503:
-            raise NotAppliedError(message)
-        reason = detail.pop("reason", "invalid")
-        detail.pop("node", None)
-        raise MembershipRefused(reason, message, **detail)
+            raise NoLeaderError(f"the leader {leader} is not in this node's member table yet")
+        return await ask_leader(member.id, member.url, method, path, body)
 
 
 def _record(name: str, client_url: str, peer_url: str) -> MemberRecord:
