@@ -828,7 +828,7 @@ def test_head_is_served_exactly_where_get_is_but_on_the_websocket() -> None:
     for resource in app.router.resources():
         methods.setdefault(resource.canonical, set()).update(route.method for route in resource)
     assert {path for path, m in methods.items() if "HEAD" in m} == {
-        path for path, m in methods.items() if "GET" in m} - {"/raft/events"}
+        path for path, m in methods.items() if "GET" in m} - {"/raft/events", "/watch"}
 
 
 async def test_membership_routes_answer_and_refuse_in_json(api: tuple[FakeNode, TestClient]) -> None:

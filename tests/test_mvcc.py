@@ -78,7 +78,7 @@ def test_compaction_forgets_what_no_later_read_can_see_and_refuses_reads_below_i
     result = kv(Compact(7))
     assert result["ok"] and result["compacted"] == 7 and result["dropped"] == 6  # a@1..4, gone@6 and its delete
     assert value_at(kv, "a", 7) == 4 and value_at(kv, "gone", 7) is None and value_at(kv, "b", 8) == 1
-    with pytest.raises(CompactedError, match="revision 6 is compacted"):
+    with pytest.raises(CompactedError, match="revision 6 is compacted: the compacted revision is 7"):
         kv.sm.store.get_at("a", 6)
     with pytest.raises(CompactedError):
         list(kv.sm.store.changes_since(5))

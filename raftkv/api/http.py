@@ -40,6 +40,7 @@ import aiohttp
 import msgpack
 from aiohttp import web
 
+from raftkv.api.coordination import Coordination, at_revision
 from raftkv.api.errors import (
     REQUEST_ID_KEY,
     ApiError,
@@ -71,6 +72,7 @@ from raftkv.kv import (
 from raftkv.node import FORWARDED_TO
 from raftkv.node.backup import freeze
 from raftkv.node.log_view import MAX_LOG_ENTRIES
+from raftkv.node.watch import Watcher
 from raftkv.transport.hold import MAX_HELD_MESSAGES
 
 log = logging.getLogger("raftkv.api")
@@ -88,8 +90,8 @@ REPLAYED_HEADER = "Idempotent-Replayed"  # on the answer to a retry: this is the
 # for routes to come, so adding one later cannot silently shadow a user's key.
 RESERVED_NAMES = frozenset({
     "kv", "txn", "raft-state", "force-election", "simulate-partition", "simulate-link", "metrics", "health",
-    "openapi.json", "watch", "raft", "lab", "events", "dashboard", "static", "members", "transfer-leader",
-    "snapshot", "admin", "api", "favicon.ico",
+    "openapi.json", "watch", "raft", "lab", "leases", "compact", "events", "dashboard", "static", "members",
+    "transfer-leader", "snapshot", "admin", "api", "favicon.ico",
 })
 
 _CORS_HEADERS = {"Access-Control-Allow-Origin": "*",
@@ -128,6 +130,14 @@ class Node(Protocol):
     async def add_member(self, name: str, client_url: str, peer_url: str, learner: bool = True) -> dict[str, Any]: ...
     async def promote_member(self, member_id: str) -> dict[str, Any]: ...
     async def remove_member(self, member_id: str) -> dict[str, Any]: ...
+    def watch(self, *, key: str | None = None, prefix: str | None = None, start_revision: int | None = None,
+              prev_kv: bool = False) -> Watcher: ...
+    def unwatch(self, watcher: Watcher) -> None: ...
+    async def compact(self, revision: int) -> dict[str, Any]: ...
+    async def grant_lease(self, ttl_s: int, lease_id: int | None = None) -> dict[str, Any]: ...
+    async def revoke_lease(self, lease_id: int) -> dict[str, Any]: ...
+    async def keepalive_lease(self, lease_id: int) -> dict[str, Any]: ...
+    async def lease_info(self, lease_id: int) -> dict[str, Any]: ...
 
 
 def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -159,6 +169,7 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     add("POST", "/lab", api.set_lab)
     add("POST", "/lab/release", api.release_held)
     add("POST", "/lab/drop", api.drop_held)
+    api.coordination.routes(app)
     get("/members", api.members)
     add("POST", "/members", api.add_member)
     add("POST", "/members/{id}/promote", api.promote_member)
@@ -186,6 +197,7 @@ class _Api:
         self.doc = openapi_document(max_body_bytes=max_body_bytes, max_key_bytes=max_key_bytes,
                                     max_value_bytes=max_value_bytes)
         self.one_snapshot_at_a_time = asyncio.Lock()  # each holds a copy of the whole store in memory
+        self.coordination = Coordination(self)
 
     def fixed_route_methods(self, path: str) -> set[str] | None:
         return self.fixed.get(path)
@@ -193,19 +205,31 @@ class _Api:
     # ---- keys ------------------------------------------------------------------------------------
 
     async def get_key(self, request: web.Request) -> web.StreamResponse:
+        if request.rel_url.raw_path.endswith("/history"):  # (a key ending so is written .../%2Fhistory)
+            return await self.coordination.history(request)
         key = self._key(request)
-        query = check_query(request, {"stale"})
+        query = check_query(request, {"stale", "revision"})
         if not key:
             raise ApiError(400, "key: must not be empty (to list keys use GET /kv?prefix=...)")
         if not query_flag(query.get("stale"), "stale"):
             await self.node.read_barrier()
         kv_store = self.node.kv
-        kv = kv_store.get(key)
+        revision = self._revision(query)
+        kv = kv_store.get(key) if revision is None else at_revision(lambda: kv_store.store.get_at(key, revision))
         if kv is None:
             raise ApiError(404, "key not found", key=key, revision=kv_store.revision, leader=self._leader())
         payload = kv_to_dict(key, kv)
         payload.update(revision=kv_store.revision, leader=self._leader())
         return json_response(self.node.id, payload)
+
+    def _revision(self, query: Mapping[str, str]) -> int | None:
+        """`?revision=N`: read as of a past revision (not one the store has not reached)."""
+        if "revision" not in query:
+            return None
+        revision = query_integer(query["revision"], "revision", 1)
+        if revision > self.node.kv.revision:
+            raise ApiError(400, f"revision {revision} is in the future: the store is at {self.node.kv.revision}")
+        return revision
 
     async def put_key(self, request: web.Request) -> web.StreamResponse:
         key = self._key(request)
@@ -227,7 +251,7 @@ class _Api:
         return await self._propose(request, cmd)
 
     async def range(self, request: web.Request) -> web.StreamResponse:
-        query = check_query(request, {"prefix", "start", "end", "limit", "stale"})
+        query = check_query(request, {"prefix", "start", "end", "limit", "stale", "revision"})
         limit = DEFAULT_RANGE_LIMIT
         if "limit" in query:
             limit = query_integer(query["limit"], "limit", 1, MAX_RANGE_LIMIT)
@@ -236,8 +260,10 @@ class _Api:
         if not query_flag(query.get("stale"), "stale"):
             await self.node.read_barrier()
         kv_store = self.node.kv
+        revision = self._revision(query)
         # One key more than asked for: if it exists, it is where the next page starts.
-        items, _ = kv_store.range(query.get("prefix", ""), limit + 1, query.get("start", ""), query.get("end"))
+        items, _ = at_revision(lambda: kv_store.range(query.get("prefix", ""), limit + 1, query.get("start", ""),
+                                                       query.get("end"), revision))
         page = {"items": [kv_to_dict(k, kv) for k, kv in items[:limit]], "more": len(items) > limit,
                 "count": min(len(items), limit), "revision": kv_store.revision, "leader": self._leader()}
         if len(items) > limit:
@@ -493,7 +519,8 @@ class _Api:
                            reason=result.get("reason"), current=result.get("current"),
                            revision=result.get("revision"), **where)
         if error == NOT_FOUND:
-            raise ApiError(404, "key not found", key=result.get("key"), revision=result.get("revision"), **where)
+            raise ApiError(404, str(result.get("message") or "key not found"), key=result.get("key"),
+                           revision=result.get("revision"), **where)
         if error == INVALID:  # validated before proposing, so only a newer/buggy peer gets here
             raise ApiError(400, str(result.get("message") or "invalid command"), **where)
         raise RuntimeError(f"unexpected state machine result: {result!r}")

@@ -77,6 +77,8 @@ def _op(summary: str, responses: dict[str, Any], *, parameters: list[dict[str, A
 
 _KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
         "description": "The key; may contain '/' (percent-encode '?' and '#')."}
+_REVISION = {"name": "revision", "in": "query", "schema": {"type": "integer", "minimum": 1},
+             "description": "Read as of this past revision (410 if compacted, 400 if not reached yet)."}
 _STALE = {"name": "stale", "in": "query", "schema": {"type": "boolean", "default": False},
           "description": "Read this node's local state without a ReadIndex barrier (may be stale)."}
 _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
@@ -85,6 +87,8 @@ _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
                                "applied at most once and returns the first answer; the same key for a different "
                                f"request is 422. The last {DEFAULT_MAX_DEDUP_ENTRIES:,} keys (at most "
                                f"{DEFAULT_MAX_DEDUP_BYTES >> 20} MiB of answers) are remembered."}
+_LEASE_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1},
+             "description": "The lease's id."}
 _MEMBER_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
               "description": "The member's id (GET /members lists them)."}
 _PREV_REVISION_Q = {"name": "prev_revision", "in": "query", "schema": {"type": "integer", "minimum": 1},
@@ -116,12 +120,16 @@ def _key_ops(root: bool, limits: dict[str, int]) -> dict[str, Any]:
     params = [_KEY]
     return {
         "get": _op("Read a key (linearizable unless stale=true)", {
-            "200": _json(_ref("GetResult"), "The key's current value and metadata."),
-            "400": _E400, "404": _E404_KEY, "413": too_large_key, "503": _E503, "504": _E504_READ,
+            "200": _json({"oneOf": [_ref("GetResult"), _ref("History")]},
+                         "The key's value and metadata (at `revision` if given); for .../history, its versions."),
+            "400": _E400, "404": _E404_KEY, "410": _json(_ref("Compacted"), "revision is below the compacted one."),
+            "413": too_large_key, "503": _E503, "504": _E504_READ,
             **({"405": extra["405"], "404": extra["404"]} if root else {})},
-            parameters=[*params, _STALE],
+            parameters=[*params, _STALE, _REVISION],
             description=note + "A follower asks the leader for the read index (ReadIndex), then answers from its "
-                               "own state once it has applied that far."),
+                               "own state once it has applied that far. GET /kv/{key}/history lists the key's "
+                               "retained versions, oldest first (a delete is a null kv); a key that itself ends in "
+                               "/history is written with its slash percent-encoded (%2Fhistory)."),
         "put": _op("Write a key (compare-and-set with prev_*)", {
             "200": _done("PutResult", "Committed and applied."),
             "400": _E400, "412": _E412, **write_common, **extra},
@@ -154,6 +162,13 @@ def _schemas() -> dict[str, Any]:
         "Error": {"type": "object", "required": ["error", "node"],
                   "properties": {"error": {"type": "string"}, **answered}, "additionalProperties": True},
         "KeyValue": kv,
+        "History": {"type": "object", "required": ["key", "versions", "compactRevision", "revision"], "properties": {
+            "key": {"type": "string"}, "compactRevision": {"type": "integer"}, "revision": {"type": "integer"},
+            "node": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "object", "required": ["revision", "kv"], "properties": {
+                "revision": {"type": "integer"}, "kv": {"oneOf": [_ref("KeyValue"), {"type": "null"}]}}}}}},
+        "Compacted": {"type": "object", "required": ["error", "compactRevision", "node"], "properties": {
+            "error": {"type": "string"}, "compactRevision": {"type": "integer"}, "node": {"type": "string"}}},
         "RaftLog": {"type": "object", "required": ["nodeId", "firstIndex", "lastIndex", "commitIndex", "entries"],
                     "properties": {
                         "nodeId": {"type": "string"}, "term": {"type": "integer"},
@@ -293,8 +308,8 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
         "/kv": {"get": _op("List keys by prefix", {
             "200": _json(_ref("RangeResult"), "Keys in sorted order; more=true if the limit cut the list, "
                                               "and then next is the first key not returned."),
-            "400": _E400, "413": _err("prefix, start or end is longer than a key may be."), "503": _E503,
-            "504": _E504_READ},
+            "400": _E400, "410": _json(_ref("Compacted"), "revision is below the compacted one."),
+            "413": _err("prefix, start or end is longer than a key may be."), "503": _E503, "504": _E504_READ},
             parameters=[{"name": "prefix", "in": "query", "schema": {"type": "string", "default": ""}},
                         {"name": "start", "in": "query", "schema": {"type": "string", "default": ""},
                          "description": "Only keys from this one on (inclusive); pass the previous page's "
@@ -303,7 +318,7 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
                          "description": "Only keys before this one (exclusive), like etcd's range_end."},
                         {"name": "limit", "in": "query",
                          "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
-                        _STALE])},
+                        _STALE, _REVISION])},
         "/txn": {"post": _op("Atomic transaction, like etcd's Txn", {
             "200": _done("TxnResult", "Applied: the success ops if every compare held, else the failure ops."),
             "400": _E400, "413": _err("A key, value or the body is over its limit."),
@@ -332,6 +347,59 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "200": _json(_ref("Health"), "Alive and a leader is known: status \"ok\"."),
             "503": _json(_ref("Health"), "Alive, but no leader is known: status \"unavailable\" and the reason.")})},
         "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1.")})},
+        "/compact": {"post": _op("Forget key history at or below a revision", {
+            "200": _json({"type": "object", "required": ["compacted", "revision"], "properties": {
+                "compacted": {"type": "integer"}, "dropped": {"type": "integer"}, "revision": {"type": "integer"},
+                "op": {"const": "compact"}, "node": {"type": "string"}}}, "Committed on every replica."),
+            "400": _err("Not an integer >= 1, or a revision the store has not reached."),
+            "413": _err(f"Body over {max_body_bytes} bytes."), "503": _E503, "504": _E504_WRITE},
+            body={"type": "object", "required": ["revision"], "additionalProperties": False,
+                  "properties": {"revision": {"type": "integer", "minimum": 1}}})},
+        "/watch": {"get": _op("Watch a key or a prefix (Server-Sent Events)", {
+            "200": {"description": "text/event-stream: one message per revision (id: the revision; data: "
+                                   "{revision, events: [{type: put|delete, key, kv?, prev?}]}); event: progress "
+                                   "{revision} when idle; event: cancelled {cancelled, resumeRevision} ends it.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "400": _E400, "410": _json(_ref("Compacted"), "start_revision is below the compacted revision."),
+            "413": _err("key or prefix is longer than a key may be.")},
+            parameters=[{"name": "key", "in": "query", "schema": {"type": "string"}},
+                        {"name": "prefix", "in": "query", "schema": {"type": "string"}},
+                        {"name": "start_revision", "in": "query", "schema": {"type": "integer", "minimum": 1},
+                         "description": "Replay from this revision (default: only what comes next). A resumed "
+                                        "EventSource's Last-Event-ID header does the same from the next one."},
+                        {"name": "prev_kv", "in": "query", "schema": {"type": "boolean"}}])},
+        "/leases": {
+            "get": _op("Every lease", {"200": _json({"type": "object", "required": ["leases"], "properties": {
+                "leases": {"type": "array", "items": {"type": "object"}}, "revision": {"type": "integer"},
+                "node": {"type": "string"}}}, "Leases with their TTL and how many keys they hold.")}),
+            "post": _op("Grant a lease", {
+                "200": _json({"type": "object", "required": ["id", "ttl"], "properties": {
+                    "id": {"type": "integer"}, "ttl": {"type": "integer"}, "revision": {"type": "integer"},
+                    "node": {"type": "string"}}}, "Granted: put keys with \"lease\": id."),
+                "400": _E400, "409": _err("That id is granted already."),
+                "413": _err(f"Body over {max_body_bytes} bytes."), "503": _E503, "504": _E504_WRITE},
+                body={"type": "object", "required": ["ttl"], "additionalProperties": False, "properties": {
+                    "ttl": {"type": "integer", "minimum": 1}, "id": {"type": "integer", "minimum": 1}}})},
+        "/leases/{id}": {
+            "get": _op("A lease: TTL, time left (the leader's clock) and keys", {
+                "200": _json({"type": "object", "required": ["id", "ttl", "remaining", "keys"], "properties": {
+                    "id": {"type": "integer"}, "ttl": {"type": "integer"}, "remaining": {"type": "number"},
+                    "keys": {"type": "array", "items": {"type": "string"}},
+                    "grantedRevision": {"type": "integer"}, "node": {"type": "string"}}}, "The lease."),
+                "400": _E400, "404": _err("No such lease (expired, revoked or never granted)."),
+                "503": _E503}, parameters=[_LEASE_ID]),
+            "delete": _op("Revoke a lease: its keys are deleted in one revision", {
+                "200": _json({"type": "object", "required": ["id", "deleted"], "properties": {
+                    "id": {"type": "integer"}, "deleted": {"type": "array", "items": {"type": "string"}},
+                    "revision": {"type": "integer"}, "node": {"type": "string"}}}, "Revoked."),
+                "400": _E400, "404": _err("No such lease."), "503": _E503, "504": _E504_WRITE},
+                parameters=[_LEASE_ID])},
+        "/leases/{id}/keepalive": {"post": _op("Renew a lease for its whole TTL", {
+            "200": _json({"type": "object", "required": ["id", "ttl"], "properties": {
+                "id": {"type": "integer"}, "ttl": {"type": "integer"}, "node": {"type": "string"}}},
+                "Renewed by the leader (after confirming it still leads)."),
+            "400": _E400, "404": _err("No such lease: it expired or was revoked; grant a new one."),
+            "503": _E503}, parameters=[_LEASE_ID])},
         "/raft/log": {"get": _op("This node's log as it is", {
             "200": _json(_ref("RaftLog"), "Entries with their real terms, kinds, summaries and where each stands."),
             "400": _E400},
@@ -399,7 +467,7 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
         "/{key}": _key_ops(True, limits),
     }
     for path, ops in paths.items():
-        if "get" in ops and path != "/raft/events":  # a WebSocket has no HEAD
+        if "get" in ops and path not in ("/raft/events", "/watch"):  # a stream has no HEAD
             ops["head"] = _head(ops["get"])
     return {
         "openapi": "3.1.0",

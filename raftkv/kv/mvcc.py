@@ -52,7 +52,8 @@ class CompactedError(ValueError):
     """A read, range or watch asked for a revision whose history was compacted."""
 
     def __init__(self, revision: int, compacted: int) -> None:
-        super().__init__(f"revision {revision} is compacted: history is kept from revision {compacted + 1} on")
+        super().__init__(f"revision {revision} is compacted: the compacted revision is {compacted} (reads at it or "
+                         f"later, watches from {compacted + 1} on)")
         self.revision, self.compacted = revision, compacted
 
 

@@ -100,6 +100,10 @@ class NodeConfig:
     # a 503; None: one maximum election timeout, by which time a new leader is normally known.
     no_leader_hold_ms: int | None = None
     max_batch_proposals: int = 4096
+    # Key history kept (node/compactor.py): the last N revisions, and/or what changed in the last
+    # S seconds; the leader compacts the rest away through the log.
+    history_retention_revisions: int | None = 100_000
+    auto_compaction_retention_s: float | None = None
     # Mutual TLS between peers: all three, or none (plain TCP).
     tls_ca: Path | None = None
     tls_cert: Path | None = None

@@ -22,20 +22,23 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from raftkv.kv import Command, KVStateMachine
+from raftkv.kv import Command, Compact, KVStateMachine
 from raftkv.storage import DiskStorage, RaftStorage
 from raftkv.transport import ALL_PEERS, LinkFaults, TcpTransport, make_mtls_contexts
 
+from .compactor import Compactor
 from .config import NodeConfig
 from .errors import NotAppliedError
 from .event_stream import EventHub
 from .group import RaftGroup
+from .lessor import Lessor
 from .log_view import log_view
 from .members import MemberService
 from .metrics import NodeMetrics
 from .observe import GroupObserver
 from .preview import KVPreview
 from .status import StatusReporter
+from .watch import Watcher
 
 __all__ = ["NodeHost"]
 
@@ -67,6 +70,8 @@ class NodeHost:
         self.members = MemberService(cfg, self.group, self.transport, self.metrics, self._removed)
         self.status = StatusReporter(self.group, self.metrics,
                                      lambda: {i: m.url for i, m in self.members.peers().items()})
+        self.lessor = Lessor(self.group, lambda member_id: self._url_of(member_id))
+        self.compactor = Compactor(self.group, cfg.history_retention_revisions, cfg.auto_compaction_retention_s)
         self.removed: str | None = None  # why, once this node learned it is no longer a member
         self._preview = KVPreview(self.kv)
         self._tasks: list[asyncio.Task] = []
@@ -76,7 +81,8 @@ class NodeHost:
         await self.group.start()
         self.members.sync()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._publish_status()), loop.create_task(self._check_membership())]
+        self._tasks = [loop.create_task(self._publish_status()), loop.create_task(self._check_membership()),
+                       loop.create_task(self.lessor.run()), loop.create_task(self.compactor.run())]
         log.info("node started id=%s http=%s raft_port=%d", self.id, self.url, self.cfg.me.raft_port)
 
     async def stop(self) -> None:
@@ -84,6 +90,7 @@ class NodeHost:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.lessor.stop()
         await self.group.stop()
         await self.transport.close()
         log.info("node stopped id=%s", self.id)
@@ -117,7 +124,10 @@ class NodeHost:
 
     def leader_url(self) -> str | None:
         leader = self.group.leader_id
-        member = self.members.address_book().get(leader) if leader else None
+        return self._url_of(leader) if leader else None
+
+    def _url_of(self, member_id: str) -> str | None:
+        member = self.members.address_book().get(member_id)
         return member.url if member else None
 
     async def propose(self, command: Command) -> dict[str, Any]:
@@ -131,6 +141,36 @@ class NodeHost:
     def _refuse_if_removed(self) -> None:
         if self.removed is not None:
             raise NotAppliedError(f"this node was removed from the cluster ({self.removed}); use another member")
+
+    # ---- history, watches, leases ----------------------------------------------------------------
+
+    def watch(self, *, key: str | None = None, prefix: str | None = None, start_revision: int | None = None,
+              prev_kv: bool = False) -> Watcher:
+        self._refuse_if_removed()
+        return self.group.watches.watch(key=key, prefix=prefix, start_revision=start_revision, prev_kv=prev_kv)
+
+    def unwatch(self, watcher: Watcher) -> None:
+        self.group.watches.forget(watcher)
+
+    async def compact(self, revision: int) -> dict[str, Any]:
+        self._refuse_if_removed()
+        return await self.group.propose(Compact(revision))
+
+    async def grant_lease(self, ttl_s: int, lease_id: int | None = None) -> dict[str, Any]:
+        self._refuse_if_removed()
+        return await self.lessor.grant(ttl_s, lease_id)
+
+    async def revoke_lease(self, lease_id: int) -> dict[str, Any]:
+        self._refuse_if_removed()
+        return await self.lessor.revoke(lease_id)
+
+    async def keepalive_lease(self, lease_id: int) -> dict[str, Any]:
+        self._refuse_if_removed()
+        return await self.lessor.keepalive(lease_id)
+
+    async def lease_info(self, lease_id: int) -> dict[str, Any]:
+        self._refuse_if_removed()
+        return await self.lessor.time_to_live(lease_id)
 
     # ---- membership (members.py) ----------------------------------------------------------------
 

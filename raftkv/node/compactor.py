@@ -1,0 +1,74 @@
+"""Automatic compaction of key history (etcd's --auto-compaction-retention).
+
+The leader proposes a `Compact` through the log, so every replica forgets the same history at the
+same index. Two retentions, either or both: by revisions (keep the last N revisions of history;
+the default bounds memory however the store is used) and by time (keep what changed in the last
+T seconds: the leader samples its revision every `SAMPLE_EVERY_S` and compacts to the newest
+sample at least T old). Compaction runs when it would free at least a tenth of the retention, so
+it is a rare entry, not one per write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+
+from raftkv.core import Role
+from raftkv.kv import Compact
+
+from .errors import NodeError
+from .group import RaftGroup
+
+__all__ = ["Compactor"]
+
+log = logging.getLogger("raftkv.node")
+
+CHECK_EVERY_S = 5.0
+SAMPLE_EVERY_S = 10.0
+
+
+class Compactor:
+    def __init__(self, group: RaftGroup, retention_revisions: int | None, retention_s: float | None) -> None:
+        assert retention_revisions is None or retention_revisions >= 1
+        self.group = group
+        self.retention_revisions = retention_revisions
+        self.retention_s = retention_s
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()  # (when, revision)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(min(CHECK_EVERY_S, SAMPLE_EVERY_S))
+            await self.check(time.monotonic())
+
+    def target(self, now: float) -> int | None:
+        """The revision to compact to now, if compacting would be worth an entry."""
+        kv = self.group.kv
+        if self.retention_s is not None and (not self._samples or now - self._samples[-1][0] >= SAMPLE_EVERY_S):
+            self._samples.append((now, kv.revision))
+        targets = []
+        if self.retention_revisions is not None:
+            targets.append(kv.revision - self.retention_revisions)
+        if self.retention_s is not None:
+            while len(self._samples) > 1 and now - self._samples[1][0] >= self.retention_s:
+                self._samples.popleft()
+            if now - self._samples[0][0] >= self.retention_s:
+                targets.append(self._samples[0][1])
+        target = max(targets, default=0)
+        slack = max(1, (self.retention_revisions or 10) // 10)
+        return target if target - kv.store.compacted >= slack else None
+
+    async def check(self, now: float) -> None:
+        if self.group.core.role is not Role.LEADER:
+            self._samples.clear()
+            return
+        target = self.target(now)
+        if target is None:
+            return
+        try:
+            result = await self.group.propose(Compact(target))
+            log.info("compacted node=%s to revision %d (%s versions dropped)", self.group.id, target,
+                     result.get("dropped"))
+        except NodeError as e:
+            log.info("compaction not committed node=%s: %s", self.group.id, e)

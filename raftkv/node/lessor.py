@@ -1,0 +1,129 @@
+"""When leases expire: the leader's clock over the replicated lease table (etcd's lessor).
+
+Theory of operation
+-------------------
+Which leases exist, their TTLs and their keys are replicated state (kv/leases.py); *when* one
+expires is the leader's call alone, made on its own clock and carried out through the log (a
+`LeaseRevoke` with expired=True), so every replica deletes the same keys at the same revision and
+no follower's clock matters.
+
+- A leader gives every lease it has not timed yet a full TTL from now: a new leader never expires
+  a lease early, it extends what was left (as etcd does), and a lease granted a moment ago starts
+  its TTL when the leader first sees it.
+- A keep-alive is answered by the leader, after a ReadIndex round has confirmed it still leads:
+  so a keep-alive acknowledged at time t was acknowledged by a node that led after t, and any later
+  leader was elected after t and gives the lease a full TTL from its own start. Hence a lease
+  cannot expire while an acknowledged keep-alive is within its TTL. A follower relays keep-alives
+  and time-to-live questions to the leader.
+- Expiry is checked every `CHECK_EVERY_S`; an expired lease's revocation is proposed once, and
+  retried if it did not commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from raftkv.core import Role
+from raftkv.kv import LeaseGrant, LeaseRevoke
+
+from .errors import NodeError, RequestRefused
+from .forwarding import ask_leader
+from .group import RaftGroup
+
+__all__ = ["CHECK_EVERY_S", "Lessor"]
+
+log = logging.getLogger("raftkv.node")
+
+CHECK_EVERY_S = 0.1
+
+
+class Lessor:
+    def __init__(self, group: RaftGroup, leader_url: Callable[[str], str | None],
+                 rng: random.Random | None = None) -> None:
+        self.group = group
+        self._leader_url = leader_url  # member id -> its client URL
+        self._rng = rng or random.Random()
+        self._deadlines: dict[int, float] = {}  # lease id -> when it expires (leader only)
+        self._revoking: dict[int, asyncio.Task] = {}
+
+    # ---- what clients call ------------------------------------------------------------------
+
+    async def grant(self, ttl_s: int, lease_id: int | None = None) -> dict[str, Any]:
+        lease_id = lease_id or self._rng.randrange(1, 2**63)
+        return await self.group.propose(LeaseGrant(lease_id, ttl_s))
+
+    async def revoke(self, lease_id: int) -> dict[str, Any]:
+        return await self.group.propose(LeaseRevoke(lease_id))
+
+    async def keepalive(self, lease_id: int) -> dict[str, Any]:
+        """Renew a lease for its whole TTL; on a follower, the leader does it."""
+        leader = await self.group.await_leader()
+        if leader != self.group.id:
+            return await self._ask(leader, "POST", f"/leases/{lease_id}/keepalive")
+        await self.group.read_barrier()  # still the leader after the keep-alive arrived (see above)
+        lease = self._lease(lease_id)
+        self._deadlines[lease_id] = time.monotonic() + lease.ttl_s
+        return {"id": lease_id, "ttl": lease.ttl_s}
+
+    async def time_to_live(self, lease_id: int) -> dict[str, Any]:
+        """A lease's TTL, what is left of it (the leader's clock) and its keys."""
+        leader = await self.group.await_leader()
+        if leader != self.group.id:
+            return await self._ask(leader, "GET", f"/leases/{lease_id}")
+        lease = self._lease(lease_id)
+        deadline = self._deadlines.setdefault(lease_id, time.monotonic() + lease.ttl_s)
+        return {"id": lease_id, "ttl": lease.ttl_s, "remaining": round(max(0.0, deadline - time.monotonic()), 3),
+                "keys": sorted(lease.keys), "grantedRevision": lease.granted_revision}
+
+    def _lease(self, lease_id: int) -> Any:
+        lease = self.group.kv.leases.leases.get(lease_id)
+        if lease is None:
+            raise RequestRefused(404, "unknown", f"lease {lease_id} does not exist (expired, revoked or never "
+                                                 "granted)", lease=lease_id)
+        return lease
+
+    async def _ask(self, leader: str, method: str, path: str) -> dict[str, Any]:
+        url = self._leader_url(leader)
+        if url is None:
+            raise RequestRefused(503, "no_leader", f"the leader {leader}'s address is not known yet")
+        return await ask_leader(leader, url, method, path)
+
+    # ---- the leader's clock -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_EVERY_S)
+            self.check()
+
+    def check(self) -> None:
+        """Time every lease (a leader only), and propose the revocation of the expired ones."""
+        if self.group.core.role is not Role.LEADER:
+            self._deadlines.clear()  # the next leader, maybe this node again, starts every TTL afresh
+            return
+        now, leases = time.monotonic(), self.group.kv.leases.leases
+        for lease_id in set(self._deadlines) - set(leases):
+            del self._deadlines[lease_id]
+        for lease_id, lease in leases.items():
+            deadline = self._deadlines.setdefault(lease_id, now + lease.ttl_s)
+            if now >= deadline and lease_id not in self._revoking:
+                self._revoking[lease_id] = asyncio.get_running_loop().create_task(self._expire(lease_id))
+
+    async def _expire(self, lease_id: int) -> None:
+        try:
+            await self.group.propose(LeaseRevoke(lease_id, expired=True))
+            log.info("lease expired node=%s lease=%d", self.group.id, lease_id)
+        except NodeError as e:  # not committed (a leader change, say): the next check proposes again
+            log.info("lease expiry not committed node=%s lease=%d: %s", self.group.id, lease_id, e)
+        finally:
+            del self._revoking[lease_id]
+
+    async def stop(self) -> None:
+        for task in list(self._revoking.values()):
+            task.cancel()
+        await asyncio.gather(*self._revoking.values(), return_exceptions=True)
+

@@ -1,0 +1,105 @@
+"""The watch hub (raftkv/node/watch.py) over a real state machine: order, replay, bounds, snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from raftkv.kv import Compact, CompactedError, Delete, KVStateMachine, Put, Txn, TxnPut, encode
+from raftkv.node.watch import MAX_PENDING_BATCHES, WatchBatch, WatchHub
+
+
+class Store:
+    def __init__(self) -> None:
+        self.sm = KVStateMachine()
+        self.hub = WatchHub(self.sm)
+
+    def __call__(self, cmd: Any) -> dict[str, Any]:
+        result = self.sm.apply(self.sm.applied_index + 1, encode(cmd))
+        self.hub.flush()  # as the group does after each batch of entries
+        return result
+
+
+def drain(queue: asyncio.Queue[WatchBatch]) -> list[WatchBatch]:
+    batches = []
+    while not queue.empty():
+        batches.append(queue.get_nowait())
+    return batches
+
+
+async def test_a_prefix_watcher_gets_one_batch_per_revision_in_order_and_only_its_keys() -> None:
+    s = Store()
+    watcher = s.hub.watch(prefix="svc/", prev_kv=True)
+    s(Put("svc/a", 1))
+    s(Put("other", 1))
+    s(Txn((), (TxnPut("svc/a", 2), TxnPut("svc/b", 1), TxnPut("x", 0)), ()))
+    s(Delete("svc/a"))
+    batches = drain(watcher.queue)
+    assert [b.revision for b in batches] == [1, 3, 4]
+    assert [[c.key for c in b.changes] for b in batches] == [["svc/a"], ["svc/a", "svc/b"], ["svc/a"]]
+    delete = batches[2].to_json(prev_kv=True)["events"][0]
+    assert delete == {"type": "delete", "key": "svc/a", "prev": {"key": "svc/a", "value": 2, "create_revision": 1,
+                                                                 "mod_revision": 3, "version": 2}}
+
+
+async def test_a_watch_from_a_past_revision_replays_then_goes_live_without_a_gap_or_a_duplicate() -> None:
+    s = Store()
+    for i in range(5):
+        s(Put("k", i))
+    watcher = s.hub.watch(key="k", start_revision=3)
+    s(Put("k", 5))
+    assert [b.revision for b in drain(watcher.queue)] == [3, 4, 5, 6]
+    resumed = s.hub.watch(key="k", start_revision=5)  # "after the last revision I saw, 4"
+    assert [b.revision for b in drain(resumed.queue)] == [5, 6]
+
+
+async def test_a_start_below_the_compacted_revision_is_refused() -> None:
+    s = Store()
+    for i in range(5):
+        s(Put("k", i))
+    s(Compact(4))
+    with pytest.raises(CompactedError):
+        s.hub.watch(key="k", start_revision=2)
+    assert [b.revision for b in drain(s.hub.watch(key="k", start_revision=5).queue)] == [5]
+
+
+async def test_a_slow_watcher_is_cancelled_with_where_to_resume_and_holds_bounded_memory() -> None:
+    s = Store()
+    slow = s.hub.watch(prefix="")
+    for i in range(MAX_PENDING_BATCHES + 50):
+        s(Put(f"k{i}", i))
+    batches = drain(slow.queue)
+    assert len(batches) == MAX_PENDING_BATCHES + 1 and slow.cancelled
+    assert batches[-1].cancelled and "too slow" in batches[-1].cancelled
+    assert batches[-1].revision == MAX_PENDING_BATCHES + 1  # resume right after the last one it got
+
+
+async def test_progress_tells_an_idle_watcher_how_current_it_is() -> None:
+    s = Store()
+    watcher = s.hub.watch(key="quiet")
+    s(Put("noise", 1))
+    s.hub.progress()
+    [batch] = drain(watcher.queue)
+    assert batch.progress and batch.revision == 1 and batch.to_json(False) == {"progress": True, "revision": 1}
+
+
+async def test_after_a_snapshot_a_watcher_gets_what_it_missed_or_is_told_history_is_gone() -> None:
+    s = Store()
+    keeping_up, behind = s.hub.watch(prefix="a"), s.hub.watch(prefix="a")
+    s(Put("a1", 1))
+    drain(keeping_up.queue)
+    drain(behind.queue)
+    leader = KVStateMachine()
+    for i in range(1, 4):
+        leader.apply(i, encode(Put(f"a{i}", i)))
+    s.sm.restore(leader.snapshot())  # as a follower installs the leader's snapshot
+    s.hub.restored()
+    assert [b.revision for b in drain(keeping_up.queue)] == [2, 3]
+    leader.apply(4, encode(Compact(3)))
+    s.sm.restore(leader.snapshot())
+    s.hub.restored()
+    assert not drain(keeping_up.queue)  # it had everything up to 3
+    late = s.hub.watch(prefix="a", start_revision=4)
+    assert drain(late.queue) == [] and not late.cancelled
