@@ -5,7 +5,7 @@ Each overrides exactly one of the core's seams; nothing here is importable from 
 
 from __future__ import annotations
 
-from raftkv.core import AppendRequest, HardState, RaftCore, VoteRequest
+from raftkv.core import AppendRequest, ConfState, HardState, RaftCore, Ready, VoteRequest
 from raftkv.core.readonly import PendingRead
 
 
@@ -68,6 +68,31 @@ class IgnoresLastLogTerm(RaftCore):
         )
 
 
+class AdoptsConfOnCommit(RaftCore):
+    """Acts on a configuration only once its entry is committed, not as soon as it is appended
+    (thesis 4.1 asks for the latest one in the log). A node that has not yet heard the commit of
+    the newest change keeps an older configuration, so three configurations can be in use at once,
+    two of them with disjoint majorities."""
+
+    def _conf_in_effect(self) -> ConfState:
+        return self._conf_at(self.log.committed)
+
+    def ready(self) -> Ready:
+        # The commit index moved during the last input; the configuration it made committed
+        # takes effect now (the core only looks for a new configuration when entries arrive).
+        if self._conf_in_effect() != self.conf:
+            self._set_conf(self._conf_in_effect())
+        return super().ready()
+
+
+class OverlapsConfChanges(RaftCore):
+    """Accepts a membership change while the previous one is still uncommitted, so two changes
+    can be in flight: the configurations before and after both can differ by two servers."""
+
+    def _conf_change_pending(self) -> bool:
+        return False
+
+
 # The bugs the randomized simulator must find within its seeds. Figure 8's old-term commit needs a
 # five-step crash sequence random faults rarely produce; tests/test_core_scenarios.py replays it.
 BUGS = {
@@ -76,4 +101,6 @@ BUGS = {
     "unconfirmed-read": ReadsWithoutConfirmingLeadership,
     "forgets-vote": ForgetsItsVote,
     "stale-log-wins": IgnoresLastLogTerm,
+    "conf-on-commit": AdoptsConfOnCommit,
+    "overlapping-conf-changes": OverlapsConfChanges,
 }

@@ -446,7 +446,13 @@ class RaftCore:
         return et + self._rng.randrange(et)
 
     def _promotable(self) -> bool:
-        return self.id in self.conf.voters
+        """A voter may stand for election, and so may a server whose own removal has not committed
+        (thesis 4.2.2): until it commits, the old configuration may still need this server. Without
+        that, removing one of two voters deadlocks if the leader is cut off after appending the
+        change: it no longer campaigns, and the other voter lacks the entry, so never gets its vote.
+        Such a candidate asks the voters of its latest configuration; its own vote counts only if it
+        is one of them (see _tally)."""
+        return self.id in self.conf.voters or self.id in self._conf_at(self.log.committed).voters
 
     def _in_leader_lease(self) -> bool:
         return (
@@ -459,7 +465,7 @@ class RaftCore:
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
-        if self._promotable() and self.election_elapsed >= self.randomized_election_timeout:
+        if self.election_elapsed >= self.randomized_election_timeout and self._promotable():
             self.election_elapsed = 0
             self.randomized_election_timeout = self._random_timeout()
             self._campaign(pre_vote=self.config.pre_vote, transfer=False)

@@ -48,7 +48,10 @@ def main(seeds: int, start: int, seed: int | None, nodes: str, fault_ms: int, wo
             r = run_seed(seed, SimConfig(nodes=n, fault_ms=fault_ms, trace=trace))
             click.echo("\n".join(r.trace))
             click.echo(f"seed {seed}, {n} nodes: {'ok' if r.ok else r.violation}")
-            click.echo(f"faults: {len(r.faults)}, operations: {r.operations}, elections: {r.elections}")
+            click.echo(
+                f"faults: {len(r.faults)}, operations: {r.operations}, elections: {r.elections}, "
+                f"membership changes: {r.membership_changes}"
+            )
             if not r.ok:
                 raise SystemExit(1)
         return

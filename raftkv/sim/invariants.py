@@ -9,9 +9,15 @@ costs little:
   data and the term of the entry before it; a second, different registration is a violation.
   Because the previous term is part of the record, agreement at (index, term) forces agreement
   of the whole prefix, by induction.
-- Leader Completeness: when a node becomes leader, its log holds every entry already applied
-  anywhere (applied implies committed).
+- Leader Completeness: when a node becomes leader, its log holds every entry any node has
+  reported committed (its Ready's hard state) by then.
 - State Machine Safety: every applied entry matches what any other node applied at that index.
+
+Nodes are told apart by id alone, and a server that rejoins with a fresh disk comes back under a
+new id (see membership.py), so every check spans every configuration and every incarnation:
+a leader of some term in one configuration excludes a leader of that term in any other, and an
+entry committed in one configuration must be in every later leader's log, whoever is a member
+by then. Nothing here is forgotten when a node leaves the cluster.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ class SafetyMonitor:
         self._leader_mark: dict[str, tuple[int, int]] = {}  # node -> (term, last index seen as leader)
         self._entries: dict[tuple[int, int], tuple[int, bytes, int]] = {}
         self._applied: dict[int, tuple[int, int, bytes]] = {}
-        self.max_applied = 0
+        self._committed_terms: dict[int, int] = {}  # index -> term, for every index reported committed
+        self.max_committed = 0
 
     def before_persist(self, node: str, core: RaftCore, rd: Ready) -> None:
         """Called with each Ready before the replica persists it."""
@@ -37,6 +44,8 @@ class SafetyMonitor:
             self._check_append_only(node, core, rd.entries[0].index)
             for e in rd.entries:
                 self._register(node, core, e)
+        if rd.hard_state and rd.hard_state.commit > self.max_committed:
+            self._note_committed(core, rd.hard_state.commit)
         if rd.soft_state and rd.soft_state.role is Role.LEADER:
             term = rd.soft_state.term
             other = self.leaders_by_term.setdefault(term, node)
@@ -66,13 +75,19 @@ class SafetyMonitor:
                 + (" and different data" if known[1] != e.data else "")
             )
 
+    def _note_committed(self, core: RaftCore, commit: int) -> None:
+        """Record the terms of the entries `core` newly reports committed. Log Matching ties each
+        (index, term) to one entry, so the term is enough to recognise it later."""
+        log = core.log
+        for index in range(max(self.max_committed + 1, log.first_index()), commit + 1):
+            self._committed_terms[index] = log.term(index)
+        self.max_committed = commit
+
     def _check_completeness(self, node: str, core: RaftCore) -> None:
         log = core.log
-        for index in range(log.first_index(), self.max_applied + 1):
-            applied = self._applied.get(index)
-            if applied is None:
-                continue
-            if index > log.last_index() or log.term(index) != applied[0] or log.entry(index).data != applied[2]:
+        for index in range(log.first_index(), self.max_committed + 1):
+            term = self._committed_terms.get(index)
+            if term is not None and (index > log.last_index() or log.term(index) != term):
                 raise InvariantViolation(
                     f"Leader Completeness: new leader {node} (term {core.term}) lacks committed entry {index}"
                 )
@@ -85,4 +100,3 @@ class SafetyMonitor:
                 f"State Machine Safety: {node} applied entry {e.index} of term {e.term}, "
                 f"another node applied term {known[0]} there"
             )
-        self.max_applied = max(self.max_applied, e.index)

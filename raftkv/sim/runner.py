@@ -56,6 +56,7 @@ class Summary:
     operations: int = 0
     unknown_operations: int = 0
     elections: int = 0
+    membership_changes: int = 0
     faults: int = 0
     elapsed_s: float = 0.0
 
@@ -64,6 +65,7 @@ class Summary:
         self.operations += r.operations
         self.unknown_operations += r.unknown_operations
         self.elections += r.elections
+        self.membership_changes += r.membership_changes
         self.faults += len(r.faults)
         if not r.ok:
             self.failures.append(r)
@@ -72,7 +74,8 @@ class Summary:
         rate = self.runs / self.elapsed_s if self.elapsed_s else 0.0
         return (
             f"{self.runs} runs, {len(self.failures)} failed, {self.operations} client operations "
-            f"({self.unknown_operations} unknown outcomes), {self.elections} elections, {self.faults} faults, "
+            f"({self.unknown_operations} unknown outcomes), {self.elections} elections, "
+            f"{self.membership_changes} membership changes, {self.faults} faults, "
             f"{self.elapsed_s:.1f} s ({rate:.1f} runs/s)"
         )
 

@@ -10,11 +10,20 @@ bridge node), crashes and restarts nodes and makes disks slow. A slow disk split
 (persisted later, then finished): meanwhile the node is busy and queues its inputs, and a crash
 in between loses the unsynced writes, as on a real machine.
 
+The nemesis also changes the membership through the leader, one server at a time (see
+membership.py): it adds learners (new servers with empty disks, or a removed server's name back
+under a new id), promotes them, removes voters and the leader itself, and sometimes asks for a
+second change at once, which a correct leader refuses until the first commits. A removed server
+keeps running, and so keeps interfering, until its removal has committed and the nemesis stops
+it for good. Nodes are told apart by id, so the safety checks span every configuration and every
+incarnation, including servers that left.
+
 Every random choice comes from RNGs derived from the seed, so a seed replays exactly: the same
 deliveries, the same crash points, the same violation. Safety (invariants.py) is checked at every
-Ready; at the end the faults stop, every node restarts, and liveness is required: one leader
-known by all, and a new proposal applied everywhere, within `liveness_ms`. Finally the client
-history must be linearizable and every replica's state machine identical.
+Ready; at the end the faults stop, every node restarts, the leader brings the configuration back
+to enough voters for a healthy cluster, and liveness is required of that final configuration: a
+leader known by every member, and a new proposal applied on every member, within `liveness_ms`.
+Finally the client history must be linearizable and every member's state machine identical.
 """
 
 from __future__ import annotations
@@ -28,8 +37,11 @@ from typing import Any
 
 from raftkv.check import Operation, Verdict, check_history
 from raftkv.core import (
+    ConfChange,
+    ConfChangeKind,
     Config,
     EntriesAppended,
+    EntryKind,
     Message,
     MessageReceived,
     MessageSent,
@@ -42,10 +54,14 @@ from raftkv.core import (
 )
 
 from .invariants import InvariantViolation, SafetyMonitor
+from .membership import Roster, describe, plan_change, restoring_change
 from .network import LinkConditions, VirtualNetwork
-from .replica import CoreFactory, Replica, encode_command
+from .replica import Applied, CoreFactory, Replica, encode_command
 
-TICK, DELIVER, PERSISTED, CLIENT, OP_TIMEOUT, NEMESIS, CRASH, RESTART, HEAL, CHECK = range(10)
+TICK, DELIVER, PERSISTED, CLIENT, OP_TIMEOUT, NEMESIS, CRASH, RESTART, HEAL, CHECK, MEMBERSHIP = range(11)
+
+# Far more than a run writes (about 1,000 to 3,000 lines), yet bounded.
+REPLAY_TRACE_LINES = 20_000
 
 
 class LivenessViolation(AssertionError):
@@ -76,6 +92,7 @@ class SimResult:
     operations: int = 0
     unknown_operations: int = 0
     elections: int = 0
+    membership_changes: int = 0  # configurations committed
     faults: list[str] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)
     end_ms: int = 0
@@ -108,36 +125,34 @@ class Simulation:
         self.cfg = cfg
         self.rng = random.Random(f"{seed}/sim")
         self.now = 0
-        self.ids = [f"n{i + 1}" for i in range(cfg.nodes)]
+        founders = tuple(f"n{i + 1}" for i in range(cfg.nodes))
+        self.ids: list[str] = []  # every server process not stopped for good, members or not
+        self.stopped: set[str] = set()  # servers that left the cluster and were stopped for good
+        self.roster = Roster(founders)
+        # During faults the nemesis may remove up to two voters (a 3-node cluster may shrink to a
+        # single voter); the end of a run restores three voters before checking liveness.
+        self.min_voters_during_faults = max(1, cfg.nodes - 2)
+        self.min_voters_at_end = min(3, cfg.nodes)
         self.net = VirtualNetwork(random.Random(f"{seed}/net"), self._link_conditions())
         self.monitor = SafetyMonitor()
-        snapshot_every = self.rng.choice([0, 0, 15, 40]) if cfg.faults else 0
+        self._snapshot_every = self.rng.choice([0, 0, 15, 40]) if cfg.faults else 0
         # Tiny batches split a new leader's catch-up across many requests, which opens the windows
         # that commit-rule bugs (the paper's figure 8) need.
-        max_entries = self.rng.choice([1, 2, 16])
-        max_inflight = self.rng.choice([1, 8])
-        listener = self._on_core_event if cfg.trace else None
-        self.replicas = {
-            node: Replica(
-                Config(
-                    node,
-                    voters=tuple(self.ids),
-                    election_timeout_ticks=cfg.election_timeout_ticks,
-                    heartbeat_interval_ticks=cfg.heartbeat_interval_ticks,
-                    max_inflight_appends=max_inflight,
-                    max_entries_per_append=max_entries,
-                ),
-                seed,
-                core_factory,
-                listener,
-                snapshot_every,
-            )
-            for node in self.ids
+        self._core_settings = {
+            "election_timeout_ticks": cfg.election_timeout_ticks,
+            "heartbeat_interval_ticks": cfg.heartbeat_interval_ticks,
+            "max_entries_per_append": self.rng.choice([1, 2, 16]),
+            "max_inflight_appends": self.rng.choice([1, 8]),
         }
-        self.disk_delay_ms = dict.fromkeys(self.ids, 0)
-        self._busy: dict[str, Ready | None] = dict.fromkeys(self.ids)
-        self._inbox: dict[str, list[Callable[[RaftCore], None]]] = {n: [] for n in self.ids}
-        self._waiting_reads: dict[str, list[_PendingOp]] = {n: [] for n in self.ids}
+        self._core_factory = core_factory
+        self._listener = self._on_core_event if cfg.trace else None
+        self.replicas: dict[str, Replica] = {}
+        self.disk_delay_ms: dict[str, int] = {}
+        self._busy: dict[str, Ready | None] = {}
+        self._inbox: dict[str, list[Callable[[RaftCore], None]]] = {}
+        self._waiting_reads: dict[str, list[_PendingOp]] = {}
+        for node in founders:
+            self._add_server(node)
         self._queue: list[tuple[int, int, int, Any]] = []
         self._seq = 0
         self.history: list[Operation] = []
@@ -145,11 +160,15 @@ class Simulation:
         self._client_guess: dict[int, str | None] = dict.fromkeys(range(cfg.clients))
         self._op_counter = 0
         self._clients_on = True
-        self._probe: tuple[str, int] | None = None  # (leader, index) of the liveness probe
+        self._probe: tuple[str, int, int] | None = None  # (leader, term, index) of the liveness probe
+        self._final_members: tuple[str, ...] = ()
         self._live_since: int | None = None
         self._kill_next_leader = False
+        self._cut_off_leaving_leaders = False
         self.result = SimResult(seed, cfg)
-        self._trace: deque[str] = deque(maxlen=400 if cfg.trace else 120)
+        # A replay (trace=True) keeps the whole run, membership changes included; a sweep keeps
+        # the last lines for the report of a failure.
+        self._trace: deque[str] = deque(maxlen=REPLAY_TRACE_LINES if cfg.trace else 120)
 
     # ---- driving -----------------------------------------------------------------------------
 
@@ -188,8 +207,9 @@ class Simulation:
 
     def _dispatch(self, kind: int, arg: Any) -> None:
         if kind == TICK:
-            self._input(arg, RaftCore.tick)
-            self._at(self.now + self.cfg.tick_ms, TICK, arg)
+            if arg not in self.stopped:
+                self._input(arg, RaftCore.tick)
+                self._at(self.now + self.cfg.tick_ms, TICK, arg)
         elif kind == DELIVER:
             if self.net.can_reach(arg.src, arg.dst):
                 self.net.delivered += 1
@@ -212,6 +232,8 @@ class Simulation:
             self._heal()
         elif kind == CHECK:
             self._liveness_check()
+        elif kind == MEMBERSHIP:
+            self._change_membership()
 
     # ---- nodes -------------------------------------------------------------------------------
 
@@ -255,19 +277,26 @@ class Simulation:
         self._finish(node, rd)
         inputs, self._inbox[node] = self._inbox[node], []
         for fn in inputs:
+            if r.core is None:
+                break  # an input stopped this very server (a membership change can)
             fn(r.core)
         self._drain(node)
 
     def _finish(self, node: str, rd: Ready) -> None:
-        r = self.replicas[node]
-        applied = r.finish(rd)
+        applied = self.replicas[node].finish(rd)
         self._send(rd.messages)
         for entry, outcome in applied.results:
             self.monitor.on_apply(node, entry)
+            if entry.kind is EntryKind.CONF_CHANGE:
+                self._on_conf_applied(node, entry.index, ConfChange.decode(entry.data))
             if outcome is not None:
                 op = self._pending.get(outcome[0])
                 if op is not None and op.node == node:
                     self._complete(op, "ok", outcome[1])
+        self._answer_reads(node, applied)
+
+    def _answer_reads(self, node: str, applied: Applied) -> None:
+        r = self.replicas[node]
         for rs in applied.read_states:
             op = self._pending.get(rs.ctx.decode())
             if op is None or op.node != node:
@@ -301,9 +330,56 @@ class Simulation:
         self._fault(f"crash {node}")
 
     def _restart(self, node: str) -> None:
-        if not self.replicas[node].alive:
+        if not self.replicas[node].alive and node not in self.stopped:
             self.replicas[node].start()
             self._note(f"restart {node} from its disk")
+
+    def _add_server(self, node: str) -> None:
+        """Boot a server with an empty disk. Like every server it knows the founding configuration
+        (the configuration before index 1); its own place in the cluster it learns from the log."""
+        config = Config(node, voters=self.roster.founders, **self._core_settings)
+        self.replicas[node] = Replica(config, self.seed, self._core_factory, self._listener, self._snapshot_every)
+        self.ids.append(node)
+        self.disk_delay_ms[node] = 0
+        self._busy[node] = None
+        self._inbox[node] = []
+        self._waiting_reads[node] = []
+
+    def _start_incarnation(self, node: str) -> None:
+        """Start the server a membership change just added, on a machine of its own or on the one
+        an earlier incarnation of its name left (stopped for good first: its disk is wiped)."""
+        previous = self.roster.joined(node)
+        if previous is not None and previous not in self.stopped:
+            self._stop_for_good(previous)
+        self._add_server(node)
+        self._at(self.now + self.rng.randrange(self.cfg.tick_ms), TICK, node)
+        self._note(f"{node} starts with an empty disk" + (f", a new incarnation of {previous}" if previous else ""))
+
+    def _stop_for_good(self, node: str) -> None:
+        """A server whose removal committed is shut down and its disk discarded. Messages it sent
+        may still arrive; being addressed by its id, they can never count for a later incarnation."""
+        self.replicas[node].crash()
+        self.ids.remove(node)
+        self.stopped.add(node)
+        self._busy[node] = None
+        self._inbox[node] = []
+        self._waiting_reads[node] = []
+        self._fault(f"stop {node} for good (it left the cluster)")
+
+    def _on_conf_applied(self, node: str, index: int, change: ConfChange) -> None:
+        conf = self.roster.on_applied(index, change)
+        if conf is None:
+            return
+        self.result.membership_changes += 1
+        learners = f", learners {', '.join(conf.learners)}" if conf.learners else ""
+        self._note(f"committed at {index}: {describe(change)}; voters {', '.join(conf.voters)}{learners}")
+        leaving = change.kind is ConfChangeKind.REMOVE and change.node_id == node
+        if self._cut_off_leaving_leaders and leaving and self.now < self.cfg.fault_ms:
+            # The first server to apply its own removal is the leader that committed it. Cut off
+            # now, it takes the commit index along: the voters that remain know of the change only
+            # from their logs, and must elect a leader among themselves.
+            self.net.cut([node], [n for n in self.ids if n != node])
+            self._fault(f"cut off {node} the moment its own removal commits (entry {index})")
 
     # ---- clients -----------------------------------------------------------------------------
 
@@ -392,9 +468,14 @@ class Simulation:
                 "kill_new_leader",
                 "slow_disk",
                 "heal",
+                "membership",
+                "membership",
+                "membership",
+                "cut_off_leaving_leaders",
+                "stop_left",
             )
         )
-        if action == "split":
+        if action == "split" and len(ids) >= 2:
             shuffled = rng.sample(ids, len(ids))
             cut = rng.randint(1, len(ids) // 2)
             self.net.cut(shuffled[:cut], shuffled[cut:])
@@ -402,7 +483,7 @@ class Simulation:
         elif action == "isolate_leader" and leader:
             self.net.cut([leader], [n for n in ids if n != leader])
             self._fault(f"isolate leader {leader}")
-        elif action == "one_way":
+        elif action == "one_way" and len(ids) >= 2:
             a, b = rng.sample(ids, 2)
             self.net.cut([a], [b], one_way=True)
             self._fault(f"one-way cut {a} -> {b}")
@@ -419,6 +500,9 @@ class Simulation:
             if self.replicas[victim].alive:
                 self._crash(victim)
                 self._at(self.now + rng.randint(50, 600), RESTART, victim)
+        elif action == "cut_off_leaving_leaders":
+            self._cut_off_leaving_leaders = True
+            self._fault("from now on, a leader that commits its own removal is cut off at once")
         elif action == "kill_new_leader":
             self._kill_next_leader = True
             self._fault("will kill the next leader right after it is elected")
@@ -426,7 +510,38 @@ class Simulation:
             node = rng.choice(ids)
             self.disk_delay_ms[node] = rng.randint(2, 40)
             self._fault(f"slow disk on {node} ({self.disk_delay_ms[node]} ms per sync)")
+        elif action == "membership":
+            self._change_membership()
+            if rng.random() < 0.5:
+                # A second change right behind the first: a correct leader refuses it until the
+                # first has committed.
+                self._at(self.now + rng.randint(1, 40), MEMBERSHIP, None)
+        elif action == "stop_left":
+            left = [n for n in ids if n in self.roster.left]
+            if left:
+                self._stop_for_good(rng.choice(left))
         self._at(self.now + rng.randint(*self.cfg.nemesis_interval_ms), NEMESIS, None)
+
+    def _change_membership(self) -> None:
+        leader = self._leader()
+        if leader is not None and self.now < self.cfg.fault_ms:
+            self._input(leader, self._propose_random_change)
+
+    def _propose_random_change(self, core: RaftCore) -> None:
+        if core.role is Role.LEADER:
+            change = plan_change(self.rng, self.roster, core, self.min_voters_during_faults)
+            if change is not None:
+                self._propose_change(core, change, self._fault)
+
+    def _propose_change(self, core: RaftCore, change: ConfChange, record: Callable[[str], None]) -> None:
+        try:
+            core.propose_conf_change(change)
+        except (NotLeaderError, ProposalDroppedError) as e:
+            self._note(f"{core.id} refuses to {describe(change)}: {e}")
+            return
+        record(f"{core.id} proposes to {describe(change)}")
+        if change.kind is ConfChangeKind.ADD_LEARNER:
+            self._start_incarnation(change.node_id)
 
     def _fault(self, text: str) -> None:
         self.result.faults.append(f"t={self.now}ms {text}")
@@ -447,10 +562,10 @@ class Simulation:
     def _heal(self) -> None:
         self.net.heal()
         self.net.conditions = LinkConditions()
-        self.disk_delay_ms = dict.fromkeys(self.ids, 0)
+        self.disk_delay_ms = dict.fromkeys(self.disk_delay_ms, 0)
         for node in self.ids:
             self._restart(node)
-        self._note("faults stop: network healed, every node running")
+        self._note("faults stop: network healed, every node running (removed ones too, until they are stopped)")
         self._at(self.now + 10, CHECK, None)
 
     def _leader(self) -> str | None:
@@ -461,24 +576,49 @@ class Simulation:
         if self._live_since is not None:
             return
         leader = self._leader()
-        if leader is not None and self._probe is None:
-            core = self.replicas[leader].core
-            assert core is not None
-            if all(r.core is not None and r.core.leader_id == leader for r in self.replicas.values()):
-                try:
-                    _, index = core.propose([encode_command(f"probe@{self.now}", "write", "probe", self.now)])
-                    self._probe = (leader, index)
-                    self._drain(leader)
-                except ProposalDroppedError:
-                    pass
-        if self._probe is not None:
-            index = self._probe[1]
-            if all(r.sm.applied >= index for r in self.replicas.values()):
-                self._live_since = self.now
-                self._clients_on = False
-                self._note(f"live: probe entry {index} applied on every node")
-                return
+        core = self.replicas[leader].core if leader is not None else None
+        if core is not None and self._settled_under(core):
+            assert self._probe is not None
+            self._live_since = self.now
+            self._clients_on = False
+            self._final_members = core.conf.members()
+            members = ", ".join(self._final_members)
+            self._note(f"live: probe entry {self._probe[2]} applied on every member ({members})")
+            return
         self._at(self.now + 20, CHECK, None)
+
+    def _settled_under(self, leader: RaftCore) -> bool:
+        """Whether the cluster is live under `leader`: its configuration has enough voters (it is
+        asked to restore them first), every member follows it, and a probe entry it proposed in
+        this term is applied on every member (it is asked to propose one first)."""
+        if len(leader.conf.voters) < self.min_voters_at_end:
+            self._input(leader.id, self._propose_restoring_change)
+            return False
+        if not self._followed_by_every_member(leader):
+            return False
+        if self._probe is None or self._probe[:2] != (leader.id, leader.term):
+            self._input(leader.id, self._propose_probe)  # the first, or again: a deposed leader may lose it
+            return False
+        return all(self.replicas[m].sm.applied >= self._probe[2] for m in leader.conf.members())
+
+    def _propose_probe(self, core: RaftCore) -> None:
+        try:
+            _, index = core.propose([encode_command(f"probe@{self.now}", "write", "probe", self.now)])
+        except (NotLeaderError, ProposalDroppedError):
+            return
+        self._probe = (core.id, core.term, index)
+
+    def _propose_restoring_change(self, core: RaftCore) -> None:
+        if core.role is Role.LEADER:
+            change = restoring_change(self.roster, core.conf, self.min_voters_at_end)
+            if change is not None:
+                self._propose_change(core, change, self._note)
+
+    def _followed_by_every_member(self, leader: RaftCore) -> bool:
+        """The leader is a voter of its own configuration and every member names it leader."""
+        return leader.id in leader.conf.voters and all(
+            (core := self.replicas[m].core) is not None and core.leader_id == leader.id for m in leader.conf.members()
+        )
 
     def _liveness_failure(self) -> str:
         states = {
@@ -486,16 +626,22 @@ class Simulation:
             if r.core
             else "down"
             for n, r in self.replicas.items()
+            if n not in self.stopped
         }
-        return f"no leader committed a new entry on every node within {self.cfg.liveness_ms} ms of healing: {states}"
+        committed = self.roster.committed
+        return (
+            f"no leader committed a new entry on every member within {self.cfg.liveness_ms} ms of healing "
+            f"(committed configuration: voters {committed.voters}, learners {committed.learners}): {states}"
+        )
 
     def _check_convergence(self) -> None:
-        applied = {n: r.sm.applied for n, r in self.replicas.items()}
-        if len(set(applied.values())) == 1:
-            first = self.replicas[self.ids[0]].sm.values
-            for n, r in self.replicas.items():
-                if r.sm.values != first:
-                    raise InvariantViolation(f"replicas differ at index {applied[n]}: {n} has {r.sm.values}")
+        members = self._final_members
+        machines = {m: self.replicas[m].sm for m in members}
+        if len({sm.applied for sm in machines.values()}) == 1:
+            first = machines[members[0]].values
+            for m, sm in machines.items():
+                if sm.values != first:
+                    raise InvariantViolation(f"replicas differ at index {sm.applied}: {m} has {sm.values}")
 
     def _check_linearizability(self) -> None:
         result = check_history(self.history, timeout_s=20.0)
