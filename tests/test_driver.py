@@ -206,6 +206,17 @@ async def test_an_in_process_cluster_transfers_leadership_on_force_election(clus
     assert (await leader.propose(Put("after", 1)))[FORWARDED_TO] == target.id
 
 
+async def test_a_group_stopped_twice_at_once_stops_once(cluster: InProcessCluster) -> None:
+    """A removed member's group stops itself, and then its process is told to stop: the second
+    stop waits for the first instead of closing the disk twice."""
+    leader = await cluster.leader()
+    follower = next(g for g in cluster.groups.values() if g is not leader)
+    await follower.propose(Put("k", 1))
+    await asyncio.gather(follower.stop(), follower.stop())
+    await follower.stop()
+    assert (await leader.propose(Put("k", 2)))["ok"]  # the other two carry on
+
+
 async def test_a_lagging_follower_catches_up_through_a_snapshot_in_process(tmp_path: Path) -> None:
     c = InProcessCluster(tmp_path, snapshot_every=20, snapshot_retain_entries=2)
     await c.start()

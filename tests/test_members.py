@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,43 @@ def _answers(url: str) -> bool:
         return http("GET", url + "/health", timeout=1)[0] in (200, 503)
     except OSError:
         return False
+
+
+def test_a_joiner_replaying_the_log_from_the_start_answers_a_leader_added_later(
+        cluster: LocalCluster, joiners: list[Joiner], tmp_path: Path) -> None:
+    """No snapshot yet, so node5 replays the log from index 1, whose first entries name only the
+    founders; node4, added later, leads. The writes before node4's addition make the log arrive in
+    several appends (512 entries each), so node5 applies the founders' entries well before the one
+    that names node4: it must answer node4 from the member list it joined with until then, and
+    again after a restart."""
+    first = cluster.url(cluster.wait_for_leader())
+    with ThreadPoolExecutor(16) as pool:
+        statuses = set(pool.map(lambda i: http("PUT", f"{first}/kv/before-{i}", {"value": i}, timeout=10)[0],
+                                range(1200)))
+    assert statuses == {200}, statuses
+    joiners.append(Joiner("node4", first, tmp_path / "node4"))
+    node4_id = join_and_promote(first, joiners[0])
+    until("node4 answers", lambda: _answers(joiners[0].url))
+
+    def node4_leads() -> bool:
+        if members(first)["leader"] != node4_id:
+            http("POST", f"{joiners[0].url}/force-election", timeout=10)
+            time.sleep(0.5)
+        return members(first)["leader"] == node4_id
+
+    until("node4 leads", node4_leads)
+    node5_ports = free_ports(2)
+    node5 = Joiner("node5", joiners[0].url, tmp_path / "node5", node5_ports)
+    joiners.append(node5)
+    node5_id = join_and_promote(joiners[0].url, node5)
+    until("node5 answers", lambda: _answers(node5.url))
+    status, body = http("PUT", f"{node5.url}/kv/through-node5", {"value": 5}, timeout=10)
+    assert status == 200, body
+
+    node5.stop()
+    joiners.append(Joiner("node5", joiners[0].url, tmp_path / "node5", node5_ports))
+    until("node5 answers again", lambda: _answers(joiners[-1].url))
+    until("node5 follows node4 again", lambda: http("GET", joiners[-1].url + "/raft-state")[1]["leaderId"] == node4_id)
+    status, body = http("GET", f"{joiners[-1].url}/kv/through-node5", timeout=10)  # a ReadIndex round with node4
+    assert status == 200 and body["value"] == 5, body
+    assert http("GET", joiners[-1].url + "/raft-state")[1]["nodeId"] == node5_id

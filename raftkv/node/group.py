@@ -120,6 +120,7 @@ class RaftGroup:
         self._leader: str | None = None
         self._tasks: list[asyncio.Task] = []
         self._running = False
+        self._stopping: asyncio.Task | None = None
 
     # ================================================================ lifecycle =================
 
@@ -145,7 +146,13 @@ class RaftGroup:
 
     async def stop(self) -> None:
         """Graceful: write out what was handed to the disk, then fail what still waits (504). A
-        group that failed only halts: its disk is not to be trusted with more."""
+        group that failed only halts: its disk is not to be trusted with more. Stopping twice (a
+        removed member's group stops itself, then its process gets SIGTERM) waits for the first."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         if self.failed is not None and self.failed.done():
             await self.halt()
             return

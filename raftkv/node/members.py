@@ -67,12 +67,16 @@ class MemberService:
     # ---- who is in the cluster --------------------------------------------------------------
 
     def address_book(self) -> dict[str, Member]:
-        """Every member as others reach it: the replicated member table, or the command line's
-        members for a data directory from before the table existed."""
-        table = self.group.kv.members
-        if not table:
-            return dict(self.cfg.members)
-        return {member_id: MemberRecord.decode(details).as_member(member_id) for member_id, details in table.items()}
+        """Every member as others reach it: the replicated member table over the members this node
+        was started with, less those removed. The start-up list matters for a node that joined: its
+        table fills as it applies the log from index 1 (or a snapshot), and until the table names
+        the member that leads now, this is how it answers that leader. It is also the whole book of
+        a data directory from before the table existed."""
+        removed = self.group.kv.removed_members
+        book = {member_id: m for member_id, m in self.cfg.members.items() if member_id not in removed}
+        book.update((member_id, MemberRecord.decode(details).as_member(member_id))
+                    for member_id, details in self.group.kv.members.items())
+        return book
 
     def peers(self) -> dict[str, Member]:
         return {i: m for i, m in self.address_book().items() if i != self.cfg.node_id}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import msgpack
@@ -95,12 +95,16 @@ def is_self_describing(durable: DurableState) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who a data directory's node is: its member id and name, and the cluster it was made for
-    (the founding members' `id@host:http:raft` list, or the URL it joined through)."""
+    """Who a data directory's node is: its member id and name, the cluster it was made for (the
+    founding members' `id@host:http:raft` list, or the URL it joined through), and for a node that
+    joined, the members the cluster listed then. A joiner's log starts empty: until it has applied
+    the entries (or the snapshot) that name its peers, those addresses are how it answers the
+    leader, also after a restart."""
 
     member_id: str
     name: str
     origin: str
+    joined_members: dict[str, list] = field(default_factory=dict)  # id -> [name, client URL, peer host, port]
 
     @classmethod
     def load(cls, data_dir: Path) -> Identity | None:
@@ -109,10 +113,16 @@ class Identity:
             return None
         try:
             raw = json.loads(path.read_text())
-            return cls(raw["member_id"], raw["name"], raw["origin"])
+            identity = cls(raw["member_id"], raw["name"], raw["origin"], raw.get("joined_members", {}))
+            identity.members()  # malformed addresses are refused here, not at first use
+            return identity
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}: not a member identity ({exc}); it says who this node is, do not edit it") \
                 from None
+
+    def members(self) -> dict[str, Member]:
+        return {member_id: MemberRecord(str(name), str(url), str(host), int(port)).as_member(member_id)
+                for member_id, (name, url, host, port) in self.joined_members.items()}
 
     def save(self, data_dir: Path) -> None:
         """Written once, atomically and durably: a node must never forget who it is."""

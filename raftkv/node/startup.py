@@ -59,8 +59,8 @@ async def joining_config(name: str, join_url: str, advertise_client: str, advert
     if known is not None:
         if known.name != name:
             raise ConfigError(f"{data_dir} belongs to member {known.member_id} ({known.name}), not {name}")
-        me = record.as_member(known.member_id)
-        return NodeConfig(node_id=known.member_id, data_dir=data_dir, members={me.id: me}, join_url=known.origin,
+        members = {**known.members(), known.member_id: record.as_member(known.member_id)}
+        return NodeConfig(node_id=known.member_id, data_dir=data_dir, members=members, join_url=known.origin,
                           origin=known.origin, **options)
     unnamed = record.as_member(name)
     before_joining(NodeConfig(node_id=name, data_dir=data_dir, members={name: unnamed}, **options))
@@ -79,7 +79,9 @@ def claim_data_dir(cfg: NodeConfig) -> None:
     """Record in a new data directory who its node is (a directory that has an identity keeps it).
     A node configured by a file (`--config`) has no origin: its file is what it was made for."""
     if cfg.origin is not None and Identity.load(cfg.data_dir) is None:
-        Identity(cfg.node_id, cfg.me.display_name, cfg.origin).save(cfg.data_dir)
+        joined = {} if cfg.join_url is None else {
+            member_id: [m.display_name, m.url, m.host, m.raft_port] for member_id, m in cfg.members.items()}
+        Identity(cfg.node_id, cfg.me.display_name, cfg.origin, joined).save(cfg.data_dir)
 
 
 async def _ask_to_join(join_url: str, record: MemberRecord) -> dict[str, Any]:
