@@ -183,12 +183,18 @@ def test_replace_a_dead_machine_and_every_acknowledged_write_survives(
 
 
 def test_a_learner_never_counts_toward_a_quorum(cluster: LocalCluster, joiners: list[Joiner], tmp_path: Path) -> None:
-    """Three voters and a learner: with two voters down, the leader and the learner are two of
-    four nodes but one of three voters, so nothing may commit."""
+    """Three voters and a learner: cut the learner off and writes still commit with the same
+    voters; with two voters down, the leader and the learner are two of four nodes but one of
+    three voters, so nothing may commit."""
     leader = cluster.wait_for_leader()
     joiners.append(Joiner("learner", cluster.url(leader), tmp_path / "learner"))
     until("the learner caught up", lambda: any(
         m["name"] == "learner" and m.get("lagEntries") == 0 for m in members(cluster.url(leader))["members"]))
+    until("the learner answers", lambda: _answers(joiners[0].url))
+    assert http("POST", joiners[0].url + "/simulate-partition", {"partitioned": True})[0] == 200
+    status, body = http("PUT", f"{cluster.url(leader)}/kv/without-the-learner", {"value": 1}, timeout=10)
+    assert status == 200, body
+    assert http("POST", joiners[0].url + "/simulate-partition", {"partitioned": False})[0] == 200
     for node in cluster.urls:
         if node != leader:
             cluster.supervisor.kill(node)

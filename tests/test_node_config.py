@@ -1,8 +1,12 @@
-"""Node configuration: the --cluster syntax, TOML files, and a real cluster over mutual TLS."""
+"""Node configuration: the --cluster syntax, TOML files, and a real cluster over mutual TLS, which a
+node added at run time joins over mutual TLS too."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ from certs import make_test_certs
 from cluster import LocalCluster, http
 
 from raftkv.node.config import ConfigError, Member, NodeConfig, load_toml, parse_cluster
+from raftkv.supervisor import free_ports
 
 
 def test_cluster_syntax() -> None:
@@ -72,5 +77,34 @@ def test_a_cluster_over_mutual_tls_replicates(tmp_path: Path) -> None:
         state = c.state(leader)
         assert state["transport"]["tls"] is True
         assert all(peer["connected"] for peer in state["transport"]["peers"].values()), state["transport"]
+        _a_joiner_links_over_mutual_tls(c, leader, tmp_path, ["--tls-ca", ca, "--tls-cert", cert, "--tls-key", key])
     finally:
         c.stop()
+
+
+def _a_joiner_links_over_mutual_tls(c: LocalCluster, leader: str, tmp_path: Path, tls: list[str]) -> None:
+    http_port, raft_port = free_ports(2)
+    url = f"http://127.0.0.1:{http_port}"
+    with open(tmp_path / "node4.log", "wb") as log:
+        joiner = subprocess.Popen(
+            [sys.executable, "-m", "raftkv", "node", "--join", c.url(leader), "--name", "node4", "--advertise-client",
+             url, "--advertise-peer", f"127.0.0.1:{raft_port}", "--data-dir", str(tmp_path / "node4"), *tls],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, value = http("GET", url + "/kv/secret", timeout=2)
+            except OSError:
+                status = None
+            if status == 200:
+                break
+            assert time.monotonic() < deadline, "node4 never served the cluster's data"
+            time.sleep(0.2)
+        assert value["value"] == 42
+        transport = c.state(leader)["transport"]
+        node4 = next(p for i, p in transport["peers"].items() if i.startswith("node4-"))
+        assert transport["tls"] is True and node4["connected"], transport
+    finally:
+        joiner.terminate()
+        joiner.wait(10)
