@@ -538,7 +538,7 @@ def test_lease_reads_are_answered_at_once():
     """Thesis 6.4.1 (leases): with check-quorum's leader stickiness, a leader that heard from a
     majority within an election timeout answers without a heartbeat round, trading safety under
     clock drift for latency."""
-    h = Harness(read_mode=ReadMode.LEASE)
+    h = Harness(read_mode=ReadMode.LEADER_LEASE)
     h.elect("n1")
     h.act("n1", lambda c: c.read_index(b"r"))
     assert h.read_results["n1"] == [(b"r", 1, True)]
@@ -550,7 +550,7 @@ def test_a_lease_expires_one_election_timeout_after_the_majority_last_answered()
     timeout, so the leader may skip the heartbeat round only within that time of the majority's last
     answer. Check-quorum is not enough: it steps down only at its next check, up to two election
     timeouts later, while the majority may already have elected a leader that accepted writes."""
-    h = Harness(read_mode=ReadMode.LEASE)
+    h = Harness(read_mode=ReadMode.LEADER_LEASE)
     h.elect("n1")
     h.propose("n1", "old")
     run(h, 1)  # every follower has just answered n1
@@ -575,7 +575,7 @@ def test_no_lease_reads_during_a_leadership_transfer():
     transfer has started the leader's lease proves nothing: here the target wins and accepts a
     write while the old leader, cut off, still believes it leads. Its read takes a heartbeat
     round instead, which never completes."""
-    h = Harness(read_mode=ReadMode.LEASE)
+    h = Harness(read_mode=ReadMode.LEADER_LEASE)
     h.elect("n1")
     h.propose("n1", "old")
     h.stabilize()

@@ -18,8 +18,9 @@ class ReadMode(Enum):
     # Safe only if clocks run at nearly the same rate on every node: a follower that heard from
     # this leader refuses to vote for anyone else for one election timeout (check-quorum's
     # leader stickiness), so no other leader can exist while the lease holds. A paused leader
-    # process (SIGSTOP, GC) or a fast clock elsewhere breaks that assumption.
-    LEASE = "lease"
+    # process (SIGSTOP, GC) or a fast clock elsewhere breaks that assumption. (The leader's lease
+    # on its leadership, not the key leases clients grant, kv/leases.py.)
+    LEADER_LEASE = "leader-lease"
 
 
 @dataclass(frozen=True, slots=True)

@@ -836,16 +836,16 @@ class RaftCore:
         self._start_read_round()
 
     def _lease_holds(self) -> bool:
-        """ReadMode.LEASE: a majority of voters answered us within the last election timeout.
+        """ReadMode.LEADER_LEASE: a majority of voters answered us within the last election timeout.
 
         Each of them then still refuses other candidates (leader stickiness), so no other leader
         can exist. Being leader is not enough: check-quorum steps down only at its next check, up
         to two election timeouts after the majority last heard from us. One tick of margin covers
         the phase between our clock and theirs (and assumes an answer reaches us within a tick,
-        besides the clock-rate assumption ReadMode.LEASE states). Not during a transfer:
+        besides the clock-rate assumption ReadMode.LEADER_LEASE states). Not during a transfer:
         TimeoutNow sets the voters' leases aside. Without a lease the read takes a heartbeat round.
         """
-        if self.config.read_mode is not ReadMode.LEASE or not self.config.check_quorum:
+        if self.config.read_mode is not ReadMode.LEADER_LEASE or not self.config.check_quorum:
             return False
         if self.transfer_target is not None:
             return False

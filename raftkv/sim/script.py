@@ -45,7 +45,7 @@ Log positions print as index@term; entries as `index@term noop`, `index@term key
 Commands
 --------
     cluster ID... [option=value...]   fresh cluster: Config fields (pre_vote=false, check_quorum=
-                                      false, election_timeout_ticks=10, read_mode=lease, ...) and
+                                      false, election_timeout_ticks=10, read_mode=leader-lease, ...) and
                                       snapshot_every=N
     trace on|off
     campaign N                        tick N until its election timer fires
