@@ -9,7 +9,6 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +17,7 @@ import click
 
 from raftkv import promtext
 from raftkv.chaos.cli_command import chaos as chaos_command
+from raftkv.cli_support import call, echo_table, endpoints_option, key_path, parse_value, run
 from raftkv.client import Client, ClusterUnreachableError, endpoint_url, parse_endpoints
 from raftkv.dashboard.cli_command import dashboard as dashboard_command
 from raftkv.node.config import ConfigError, NodeConfig, load_toml
@@ -32,7 +32,6 @@ from raftkv.ports import (
 )
 from raftkv.sim.__main__ import main as sim_command
 
-DEFAULT_ENDPOINTS = "http://127.0.0.1:3000,http://127.0.0.1:3001,http://127.0.0.1:3002"
 DEFAULT_DASHBOARD = "http://127.0.0.1:8080"
 PREVIEW_CHARS = 60  # of a deleted value, as `raftkv del` shows it
 LAB_TIMEOUT_S = 30.0  # a graceful stop through the dashboard waits for the node to exit
@@ -200,55 +199,6 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, dashboard_port: in
         supervisor.stop_all()
 
 
-def endpoints_option(fn: Any) -> Any:
-    return click.option(
-        "--endpoints",
-        default=lambda: os.environ.get("RAFTKV_ENDPOINTS", DEFAULT_ENDPOINTS),
-        show_default="RAFTKV_ENDPOINTS or the local cluster",
-        help="Comma-separated node URLs.",
-    )(fn)
-
-
-def _call(
-    endpoints: list[str],
-    method: str,
-    path: str,
-    body: Any = None,
-    unreachable: str | None = None,
-    timeout_s: float = 5.0,
-) -> Any:
-    """The decoded answer; an unreachable cluster (said as `unreachable`, when given) or an error
-    status ends the command (exit 1)."""
-
-    async def go() -> tuple[int, Any]:
-        async with Client(endpoints, timeout_s=timeout_s) as c:
-            return await c.request(method, path, body)
-
-    return _run(go, unreachable)
-
-
-def _run(go: Callable[[], Coroutine[Any, Any, tuple[int, Any]]], unreachable: str | None = None) -> Any:
-    """The answer of `go` (status, decoded body), unless the cluster is unreachable or answers an
-    error status: then the command ends with what it said (exit 1)."""
-    try:
-        status, data = asyncio.run(go())
-    except ClusterUnreachableError as e:
-        raise click.ClickException(unreachable or f"no endpoint answered: {e}") from None
-    if status >= 400:
-        message = data.get("error", data) if isinstance(data, dict) else data
-        reason = f" ({data['reason']})" if isinstance(data, dict) and "reason" in data else ""
-        click.echo(f"error {status}{reason}: {message}", err=True)
-        sys.exit(1)
-    return data
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text  # a bare word is a string
-
-
 @main.command()
 @endpoints_option
 @click.argument("key")
@@ -260,14 +210,14 @@ def _parse_value(text: str) -> Any:
 def put(endpoints: str, key: str, value: str, prev_value: str | None, prev_revision: int | None,
         create_only: bool, as_json: bool) -> None:
     """Write KEY=VALUE (VALUE is JSON, or taken as a string)."""
-    body: dict[str, Any] = {"value": _parse_value(value)}
+    body: dict[str, Any] = {"value": parse_value(value)}
     if prev_value is not None:
-        body["prev_value"] = _parse_value(prev_value)
+        body["prev_value"] = parse_value(prev_value)
     if prev_revision is not None:
         body["prev_revision"] = prev_revision
     if create_only:
         body["prev_exist"] = False
-    data = _call(parse_endpoints(endpoints), "PUT", _key_path(key), body)
+    data = call(parse_endpoints(endpoints), "PUT", key_path(key), body)
     if as_json:
         click.echo(json.dumps(data))
     else:
@@ -282,7 +232,7 @@ def put(endpoints: str, key: str, value: str, prev_value: str | None, prev_revis
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer (value, revisions, node) as JSON.")
 def get(endpoints: str, key: str, stale: bool, as_json: bool) -> None:
     """Read KEY (linearizable by default): a string value as it is, any other as JSON."""
-    data = _call(parse_endpoints(endpoints), "GET", _key_path(key) + ("?stale=true" if stale else ""))
+    data = call(parse_endpoints(endpoints), "GET", key_path(key) + ("?stale=true" if stale else ""))
     if as_json:
         click.echo(json.dumps(data))
     else:
@@ -295,16 +245,11 @@ def get(endpoints: str, key: str, stale: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer, the previous value in full.")
 def delete(endpoints: str, key: str, as_json: bool) -> None:
     """Delete KEY (exit 1 when absent)."""
-    data = _call(parse_endpoints(endpoints), "DELETE", _key_path(key))
+    data = call(parse_endpoints(endpoints), "DELETE", key_path(key))
     if as_json:
         click.echo(json.dumps(data))
     else:
         click.echo(f"deleted {key} at revision {data['revision']}; it was {_preview(data['prev']['value'])}")
-
-
-def _key_path(key: str) -> str:
-    """/kv/KEY with the key percent-encoded ('/' kept): a key may hold '?', '#', '%' or spaces."""
-    return "/kv/" + quote(key, safe="/")
 
 
 def _as_text(value: Any) -> str:
@@ -400,20 +345,13 @@ def status(endpoints: str, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
     else:
         blank = [""] * (len(STATUS_COLUMNS) - 2)
-        _echo_table(
+        echo_table(
             [name for name, _ in STATUS_COLUMNS],
             [[row["url"], row["problem"], *blank] if "error" in row else [_cell(get(row)) for _, get in STATUS_COLUMNS]
              for row in rows],
         )
     if any("error" in row for row in rows):  # as `etcdctl endpoint health`: every endpoint must answer
         sys.exit(1)
-
-
-def _echo_table(header: list[str], rows: list[list[str]]) -> None:
-    table = [header, *rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for r in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
 # ---------------------------------------------------------------------- membership ------------------
@@ -442,11 +380,11 @@ def member() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the leader's GET /members answer.")
 def member_list(endpoints: str, as_json: bool) -> None:
     """Each member: id, name, role (voter or learner), leader, URLs, and on the leader how far behind it is."""
-    view = _run(lambda: _members_from_leader(parse_endpoints(endpoints)))
+    view = run(lambda: _members_from_leader(parse_endpoints(endpoints)))
     if as_json:
         click.echo(json.dumps(view, indent=2))
         return
-    _echo_table([name for name, _ in MEMBER_COLUMNS],
+    echo_table([name for name, _ in MEMBER_COLUMNS],
                 [[_cell(get(m)) for _, get in MEMBER_COLUMNS] for m in view["members"]])
     if view.get("removedIDs"):
         click.echo(f"removed for good: {', '.join(view['removedIDs'])}")
@@ -480,7 +418,7 @@ def _leader_of(view: dict) -> dict | None:
 def member_add(endpoints: str, name: str, client_url: str, peer_url: str, voter: bool, as_json: bool) -> None:
     """Add NAME to the cluster; prints its id and the command that starts it."""
     body = {"name": name, "clientURL": client_url, "peerURL": peer_url, "learner": not voter}
-    answer = _call(parse_endpoints(endpoints), "POST", "/members", body, timeout_s=MEMBER_CHANGE_TIMEOUT_S)
+    answer = call(parse_endpoints(endpoints), "POST", "/members", body, timeout_s=MEMBER_CHANGE_TIMEOUT_S)
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
@@ -525,7 +463,7 @@ def _member_change(endpoints: str, method: str, member_ref: str, action: str = "
             member_id = member_ref if member_ref in ids else by_name.get(member_ref, member_ref)
             return await c.request(method, f"/members/{quote(member_id, safe='')}{action}")
 
-    return _run(go)
+    return run(go)
 
 
 # ---------------------------------------------------------------------- the local lab -----------------
@@ -542,7 +480,7 @@ def dashboard_option(fn: Any) -> Any:
 
 def _lab_call(dashboard: str, method: str, path: str, body: Any = None, timeout_s: float = LAB_TIMEOUT_S) -> Any:
     url = endpoint_url(dashboard)
-    return _call([url], method, path, body, timeout_s=timeout_s,
+    return call([url], method, path, body, timeout_s=timeout_s,
                  unreachable=f"no `raftkv up` answers at {url} (start one, or give its --dashboard URL)")
 
 
@@ -572,7 +510,7 @@ def lab_list(dashboard: str) -> None:
         status = (node["status"] or {}) if reach["reach"] == "ok" else {}  # a dead node's last status is old
         rows.append([node["id"], node["url"], _process_words(process), str(process.get("restarts", "-")),
                      _role_words(status, reach["reach"]), _cell(status.get("term"))])
-    _echo_table(["NODE", "URL", "PROCESS", "RESTARTS", "ROLE", "TERM"], rows)
+    echo_table(["NODE", "URL", "PROCESS", "RESTARTS", "ROLE", "TERM"], rows)
 
 
 def _role_words(status: dict, reach: str) -> str:
