@@ -22,6 +22,7 @@ string keys): the API hands them back as JSON, and msgpack must carry them uncha
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -56,6 +57,7 @@ class Target(StrEnum):
     VERSION = "version"
     CREATE_REVISION = "create_revision"
     MOD_REVISION = "mod_revision"
+    LEASE = "lease"  # the lease the key is attached to (0: none, or an absent key)
     EXISTS = "exists"
 
 
@@ -101,11 +103,20 @@ class Compare:
 class TxnPut:
     key: str
     value: Any
+    lease: int = 0  # as Put.lease; a lease that does not exist fails the whole txn, nothing done
 
 
 @dataclass(frozen=True, slots=True)
 class TxnDelete:
     key: str
+
+
+@dataclass(frozen=True, slots=True)
+class TxnDeleteRange:
+    """Delete every key from `start` (inclusive) to `end` (exclusive; None: every key from start)."""
+
+    start: str
+    end: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +126,15 @@ class TxnGet:
 
 @dataclass(frozen=True, slots=True)
 class TxnRange:
+    """Keys starting with `prefix`, and from `start` (inclusive) to `end` (exclusive; None: no bound)."""
+
     prefix: str = ""
     limit: int = DEFAULT_RANGE_LIMIT
+    start: str = ""
+    end: str | None = None
 
 
-TxnOp = TxnPut | TxnDelete | TxnGet | TxnRange
+TxnOp = TxnPut | TxnDelete | TxnGet | TxnRange | TxnDeleteRange
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,12 +185,26 @@ Command = Put | Delete | Txn | Compact | LeaseGrant | LeaseRevoke
 _PUT, _DELETE, _TXN_UNTYPED, _TXN, _COMPACT, _LEASE_GRANT, _LEASE_REVOKE = 1, 2, 3, 4, 5, 6, 7
 MAX_LEASE_TTL_S = 10 * 365 * 24 * 3600
 _MAX_LEASE_ID = 2**63 - 1
-_OP_TAGS: dict[type, int] = {TxnPut: 1, TxnDelete: 2, TxnGet: 3, TxnRange: 4}  # [tag, *fields in order]
-_OP_CLASSES = {tag: (cls, len(cls.__slots__)) for cls, tag in _OP_TAGS.items()}
+# An op is [tag, *fields in order]; trailing fields still at their defaults are left out, so ops
+# logged before a field was added (TxnPut.lease, TxnRange.start/end) decode as they were written.
+_OP_TAGS: dict[type, int] = {TxnPut: 1, TxnDelete: 2, TxnGet: 3, TxnRange: 4, TxnDeleteRange: 5}
+
+
+def _field_counts(cls: type) -> tuple[int, int]:
+    """How many fields an op of `cls` must carry, and how many it may."""
+    fields = dataclasses.fields(cls)
+    return sum(f.default is dataclasses.MISSING for f in fields), len(fields)
+
+
+_OP_CLASSES = {tag: (cls, *_field_counts(cls)) for cls, tag in _OP_TAGS.items()}
 
 
 def _encode_op(op: TxnOp) -> list[Any]:
-    return [_OP_TAGS[type(op)], *(getattr(op, f) for f in op.__slots__)]
+    fields = dataclasses.fields(op)
+    values = [getattr(op, f.name) for f in fields]
+    while len(values) > _OP_CLASSES[_OP_TAGS[type(op)]][1] and values[-1] == fields[len(values) - 1].default:
+        values.pop()
+    return [_OP_TAGS[type(op)], *values]
 
 
 def _wire(cmd: Command) -> list[Any]:
@@ -227,8 +256,8 @@ _OPERATION_NAMES: dict[type, str] = {Txn: "txn", Compact: "compact", LeaseGrant:
 
 def _decode_op(o: Any, where: str) -> TxnOp:
     ok = type(o) is list and o and type(o[0]) is int  # an unhashable tag must not raise TypeError
-    cls, n = _OP_CLASSES.get(o[0], (None, 0)) if ok else (None, 0)
-    if cls is None or len(o) != n + 1:
+    cls, least, most = _OP_CLASSES.get(o[0], (None, 0, 0)) if ok else (None, 0, 0)
+    if cls is None or not least <= len(o) - 1 <= most:
         raise InvalidCommand(f"{where}: malformed op")
     return cls(*o[1:])
 
@@ -338,12 +367,22 @@ def _check_op(op: Any, where: str) -> None:
         _check_str(op.prefix, f"{where}.prefix", allow_empty=True)
         if type(op.limit) is not int or not 1 <= op.limit <= MAX_RANGE_LIMIT:
             raise InvalidCommand(f"{where}.limit: must be an integer from 1 to {MAX_RANGE_LIMIT}")
+        _check_bounds(op.start, op.end, where)
+    elif t is TxnDeleteRange:
+        _check_bounds(op.start, op.end, where)
     elif t in (TxnPut, TxnDelete, TxnGet):
         _check_str(op.key, f"{where}.key")
         if t is TxnPut:
             check_value(op.value, f"{where}.value")
+            _check_lease_id(op.lease, f"{where}.lease", allow_zero=True)
     else:
         raise InvalidCommand(f"{where}: not a txn op")
+
+
+def _check_bounds(start: Any, end: Any, where: str) -> None:
+    _check_str(start, f"{where}.start", allow_empty=True)
+    if end is not None:
+        _check_str(end, f"{where}.end")
 
 
 def _check_compare(c: Any, where: str) -> None:

@@ -61,7 +61,9 @@ from raftkv.kv.commands import (
     Target,
     Txn,
     TxnDelete,
+    TxnDeleteRange,
     TxnGet,
+    TxnOp,
     TxnPut,
     TxnRange,
     decode,
@@ -319,14 +321,18 @@ class KVStateMachine:
         if cmd.typed_compares and (mistyped := self._mistyped_compare(cmd.compare)) is not None:
             return {"ok": False, "error": INVALID, "op": "txn", "message": mistyped}
         succeeded = all(self._compare(c) for c in cmd.compare)
+        branch = cmd.success if succeeded else cmd.failure
+        if (missing := self._missing_lease(branch)) is not None:
+            return {"ok": False, "error": NOT_FOUND, "op": "txn", "lease": missing, "revision": self.revision,
+                    "message": f"lease {missing} does not exist (it expired, was revoked or never granted)"}
         rev = self.revision + 1  # every write in this txn carries the same revision
         changed = False
         responses: list[Result] = []
-        for op in cmd.success if succeeded else cmd.failure:
+        for op in branch:
             t = type(op)
             if t is TxnPut:
                 cur = self.store.get(op.key)
-                self._write(op.key, op.value, cur, rev, 0)
+                self._write(op.key, op.value, cur, rev, op.lease)
                 changed = True
                 responses.append({"op": "put", "key": op.key, "revision": rev,
                                   "prev": None if cur is None else kv_to_dict(op.key, cur)})
@@ -337,19 +343,31 @@ class KVStateMachine:
                     changed = True
                 responses.append({"op": "delete", "key": op.key, "deleted": cur is not None,
                                   "prev": None if cur is None else kv_to_dict(op.key, cur)})
+            elif t is TxnDeleteRange:
+                doomed, _ = self.range("", None, op.start, op.end)
+                for key, _kv in doomed:
+                    self._remove(key, rev)
+                changed = changed or bool(doomed)
+                responses.append({"op": "delete_range", "start": op.start, "end": op.end,
+                                  "prevs": [kv_to_dict(k, kv) for k, kv in doomed]})
             elif t is TxnGet:
                 cur = self.store.get(op.key)
                 responses.append({"op": "get", "key": op.key,
                                   "kv": None if cur is None else kv_to_dict(op.key, cur)})
             else:
                 assert t is TxnRange
-                items, more = self.range(op.prefix, op.limit)
+                items, more = self.range(op.prefix, op.limit, op.start, op.end)
                 responses.append({"op": "range", "prefix": op.prefix,
                                   "items": [kv_to_dict(k, kv) for k, kv in items], "more": more})
         if changed:
             self.revision = rev
         return {"ok": True, "op": "txn", "succeeded": succeeded, "responses": responses,
                 "revision": self.revision}
+
+    def _missing_lease(self, ops: tuple[TxnOp, ...]) -> int | None:
+        """A lease that a put of the branch names and that does not exist (checked before any op
+        runs, so a txn either applies whole or not at all)."""
+        return next((op.lease for op in ops if type(op) is TxnPut and op.lease and op.lease not in self.leases), None)
 
     def _mistyped_compare(self, compares: tuple[Compare, ...]) -> str | None:
         """Why an ordering compare cannot be evaluated: a number against a string (or the reverse)."""
