@@ -66,6 +66,7 @@ def main(verbose: bool) -> None:
 @click.option("--listen-client", help="Bind the client API here (host or host:port; default: the advertised one), "
               "e.g. 0.0.0.0 behind NAT or in a container.")
 @click.option("--listen-peer", help="Bind the Raft port here (host or host:port; default: the advertised one).")
+@click.option("--listen-etcd", help="Serve etcd's v3 gRPC API here (host:port), for etcdctl and etcd's clients.")
 @click.option("--tick-ms", type=click.IntRange(1, 1000), default=None, help="Length of one Raft tick.")
 @click.option("--snapshot-every", type=click.IntRange(0), default=None, help="Applied entries between snapshots.")
 @click.option("--snapshot-retain", type=click.IntRange(0), default=None, help="Entries kept after a snapshot.")
@@ -78,7 +79,8 @@ def main(verbose: bool) -> None:
 @click.option("--unsafe-stale-reads", is_flag=True, hidden=True, help="Testing only: followers skip ReadIndex.")
 def node(node_id: str | None, cluster: str | None, config_file: Path | None, join_url: str | None, name: str | None,
          advertise_client: str | None, advertise_peer: str | None, data_dir: Path | None, listen_client: str | None,
-         listen_peer: str | None, tick_ms: int | None, snapshot_every: int | None, snapshot_retain: int | None,
+         listen_peer: str | None, listen_etcd: str | None,
+         tick_ms: int | None, snapshot_every: int | None, snapshot_retain: int | None,
          no_leader_hold_ms: int | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
          unsafe_skip_fsync: bool, unsafe_stale_reads: bool) -> None:
     """Run one node (one per host in a real cluster): a founding member (--id, --cluster), or a new
@@ -91,6 +93,7 @@ def node(node_id: str | None, cluster: str | None, config_file: Path | None, joi
         for k, v in {
             "listen_client": listen_client,
             "listen_peer": listen_peer,
+            "listen_etcd": listen_etcd,
             "tick_ms": tick_ms,
             "snapshot_every": snapshot_every,
             "snapshot_retain_entries": snapshot_retain,
@@ -152,9 +155,12 @@ def _check_ports(cfg: NodeConfig) -> None:
               help="First node's client port.")
 @click.option("--raft-port", type=click.IntRange(1, 65535), default=4000, show_default=True,
               help="First node's peer port.")
+@click.option("--etcd-port", type=click.IntRange(1, 65535), default=2379, show_default=True,
+              help="First node's etcd API (gRPC) port.")
 @click.option("--dashboard-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True)
-def up(nodes: int, host: str, http_port: int, raft_port: int, dashboard_port: int, data_dir: Path) -> None:
+def up(nodes: int, host: str, http_port: int, raft_port: int, etcd_port: int, dashboard_port: int,
+       data_dir: Path) -> None:
     """Run a local cluster (node1.. on consecutive ports) with its dashboard, until Ctrl-C.
 
     Node exits and restarts are printed as they happen; `raftkv lab` starts, stops and restarts
@@ -171,8 +177,13 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, dashboard_port: in
     node_args = ["--listen-client", listen_client] if listen_client else []
     # The nodes an earlier `up` on this data directory added run again, and the ones it removed do not.
     supervisor = Supervisor(members, data_dir, node_args, on_event=click.echo)
+    etcd_listen = {n.member.id: f"{host}:{etcd_port + i}" for i, n in enumerate(supervisor.nodes.values())
+                   if n.join_url is None}
+    for node_id, listen in etcd_listen.items():
+        supervisor.nodes[node_id].extra_args += ["--listen-etcd", listen]
     configs = [NodeConfig(node_id=n.member.id, data_dir=n.data_dir, members={n.member.id: n.member},
-                          listen_client=listen_client) for n in supervisor.nodes.values()]
+                          listen_client=listen_client, listen_etcd=etcd_listen.get(n.member.id))
+               for n in supervisor.nodes.values()]
     try:
         check_listeners([*(listener for cfg in configs for listener in node_listeners(cfg)),
                          Listener(host, dashboard_port, "the dashboard")])
@@ -184,6 +195,8 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, dashboard_port: in
         joined = " (joined later)" if n.join_url else ""
         urls = ", ".join(reachable_urls(host, n.member.http_port))
         click.echo(f"{n.member.id}: {urls}  (data: {n.data_dir}){joined}")
+        if n.member.id in etcd_listen:
+            click.echo(f"{n.member.id} etcd API (gRPC): {local_host}:{etcd_listen[n.member.id].rpartition(':')[2]}")
     click.echo(f"dashboard: {', '.join(reachable_urls(host, dashboard_port))}")
     if everywhere:
         click.echo(OPEN_TO_NETWORK.format(what="the dashboard's controls (crash, pause, partition the nodes) "

@@ -43,8 +43,10 @@ class Listener:
 def node_listeners(cfg: NodeConfig) -> list[Listener]:
     """The two addresses a node listens on: its client HTTP port and its peer (Raft) port."""
     name = cfg.me.display_name
+    etcd = cfg.etcd_listen_address()
     return [Listener(*cfg.client_listen_address(), f"{name}'s client port"),
-            Listener(*cfg.peer_listen_address(), f"{name}'s peer port")]
+            Listener(*cfg.peer_listen_address(), f"{name}'s peer port"),
+            *([Listener(*etcd, f"{name}'s etcd API port")] if etcd else [])]
 
 
 def check_listeners(listeners: Iterable[Listener]) -> None:

@@ -17,6 +17,7 @@ import weakref
 
 from aiohttp import WSCloseCode, web
 
+from raftkv.etcd import start_etcd_server
 from raftkv.node import NodeConfig, NodeHost
 
 from .http import create_app
@@ -58,6 +59,8 @@ async def serve(cfg: NodeConfig) -> None:
     await runner.setup()
     await web.TCPSite(runner, *cfg.client_listen_address(), reuse_address=True).start()
     await node.start()
+    etcd_address, etcd_endpoint = cfg.etcd_listen_address(), cfg.etcd_endpoint
+    etcd = await start_etcd_server(node, etcd_address, etcd_endpoint) if etcd_address and etcd_endpoint else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,6 +71,8 @@ async def serve(cfg: NodeConfig) -> None:
         await asyncio.wait([asyncio.ensure_future(stop.wait()), failed], return_when=asyncio.FIRST_COMPLETED)
     finally:
         log.info("shutting down node=%s", cfg.node_id)
+        if etcd is not None:
+            await etcd.stop(grace=cfg.proposal_timeout_s)
         await runner.cleanup()
         await node.stop()  # a failed group only halts: nothing more is written
     if failed.done():

@@ -86,6 +86,8 @@ class NodeConfig:
     # "host" or "host:port", e.g. "0.0.0.0" behind NAT or in a container. None: the advertised one.
     listen_client: str | None = None
     listen_peer: str | None = None
+    # Where this node serves etcd's v3 gRPC API (raftkv/etcd/), "host:port"; None: not served.
+    listen_etcd: str | None = None
     tick_ms: int = 20
     election_timeout_ticks: int = 10  # 200-400 ms with 20 ms ticks
     heartbeat_interval_ticks: int = 2
@@ -136,6 +138,23 @@ class NodeConfig:
 
     def peer_listen_address(self) -> tuple[str, int]:
         return _bind(self.listen_peer, self.me.host, self.me.raft_port)
+
+    def etcd_listen_address(self) -> tuple[str, int] | None:
+        if self.listen_etcd is None:
+            return None
+        host, port = _bind(self.listen_etcd, self.me.client_host or self.me.host, 0)
+        if not port:
+            raise ConfigError(f"listen_etcd {self.listen_etcd!r}: expected host:port")
+        return host, port
+
+    @property
+    def etcd_endpoint(self) -> str | None:
+        """The etcd API's address as clients dial it (a wildcard bind is reached at the client host)."""
+        address = self.etcd_listen_address()
+        if address is None:
+            return None
+        host = self.me.client_host or self.me.host if address[0] in ("", "0.0.0.0", "::") else address[0]
+        return f"http://{host}:{address[1]}"
 
     @property
     def me(self) -> Member:

@@ -195,8 +195,9 @@ class NodeHost:
         return await self.group.force_election()
 
     def raft_state(self, digest: bool = False) -> dict[str, Any]:
+        etcd = {"etcdURL": self.cfg.etcd_endpoint} if self.cfg.etcd_endpoint else {}
         return self.status.raft_state(digest=digest, url=self.url, faults=self.faults.describe(),
-                                      transport=self.transport.stats(), removed=self.removed)
+                                      transport=self.transport.stats(), removed=self.removed, **etcd)
 
     def health(self) -> dict[str, Any]:
         return self.status.health()

@@ -1,0 +1,164 @@
+"""etcd's Cluster service (member list, remove, promote) and Maintenance service (status, hashes,
+alarms, leader moves) over the node's member service and Raft state.
+
+A member's clientURLs are its etcd gRPC endpoint (what etcd's clients dial), learned once per
+member from its `/raft-state` (`etcdURL`) and remembered: a member's id never changes address.
+A member that does not answer yet is listed with no client URL, as etcd lists an unstarted one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import grpc
+import msgpack
+
+from raftkv.client import Client, ClusterUnreachableError
+from raftkv.core import Role
+from raftkv.etcd import errors
+from raftkv.etcd.errors import unary, unimplemented
+from raftkv.etcd.identity import Identity, number_of
+from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
+from raftkv.node import NodeHost
+
+__all__ = ["API_VERSION", "ClusterService", "MaintenanceService"]
+
+API_VERSION = "3.5.0"  # the etcd API level served (the pinned protos' release line), for clients that check it
+ASK_ENDPOINT_TIMEOUT_S = 1.0
+
+
+class ClusterService(rpc_pb2_grpc.ClusterServicer):
+    def __init__(self, node: NodeHost, identity: Identity, own_endpoint: str) -> None:
+        self.node = node
+        self.identity = identity
+        self._endpoints: dict[str, str] = {node.id: own_endpoint}
+
+    async def members(self) -> list[rpc_pb2.Member]:
+        rows = self.node.members.describe()
+        await asyncio.gather(*(self._learn_endpoint(row["id"], row["clientURL"]) for row in rows
+                               if row["id"] not in self._endpoints))
+        return [rpc_pb2.Member(ID=number_of(row["id"]), name=row["name"], peerURLs=[f"http://{row['peerURL']}"],
+                               clientURLs=[self._endpoints[row["id"]]] if row["id"] in self._endpoints else [],
+                               isLearner=row["role"] == "learner") for row in rows]
+
+    async def _learn_endpoint(self, member_id: str, client_url: str) -> None:
+        try:
+            async with Client([client_url], timeout_s=ASK_ENDPOINT_TIMEOUT_S) as client:
+                status, state = await client.request("GET", "/raft-state")
+        except ClusterUnreachableError:
+            return
+        if status == 200 and isinstance(state, dict) and state.get("etcdURL"):
+            self._endpoints[member_id] = state["etcdURL"]
+
+    @unary
+    async def MemberList(self, request: rpc_pb2.MemberListRequest,
+                         context: grpc.aio.ServicerContext) -> rpc_pb2.MemberListResponse:
+        if request.linearizable:
+            await self.node.read_barrier()
+        return rpc_pb2.MemberListResponse(header=self.identity.header(), members=await self.members())
+
+    @unary
+    async def MemberAdd(self, request: rpc_pb2.MemberAddRequest,
+                        context: grpc.aio.ServicerContext) -> rpc_pb2.MemberAddResponse:
+        raise unimplemented("MemberAdd", "a raftkv member needs a name and a client URL besides its peer URL, "
+                                         "which etcd's MemberAdd does not carry; use `raftkv member add`")
+
+    @unary
+    async def MemberUpdate(self, request: rpc_pb2.MemberUpdateRequest,
+                           context: grpc.aio.ServicerContext) -> rpc_pb2.MemberUpdateResponse:
+        raise unimplemented("MemberUpdate", "a member's addresses are fixed for its id; remove it and add it anew")
+
+    @unary
+    async def MemberRemove(self, request: rpc_pb2.MemberRemoveRequest,
+                           context: grpc.aio.ServicerContext) -> rpc_pb2.MemberRemoveResponse:
+        await self.node.remove_member(self.identity.member_named(request.ID))
+        return rpc_pb2.MemberRemoveResponse(header=self.identity.header(), members=await self.members())
+
+    @unary
+    async def MemberPromote(self, request: rpc_pb2.MemberPromoteRequest,
+                            context: grpc.aio.ServicerContext) -> rpc_pb2.MemberPromoteResponse:
+        await self.node.promote_member(self.identity.member_named(request.ID))
+        return rpc_pb2.MemberPromoteResponse(header=self.identity.header(), members=await self.members())
+
+
+class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
+    def __init__(self, node: NodeHost, identity: Identity) -> None:
+        self.node = node
+        self.identity = identity
+
+    @unary
+    async def Status(self, request: rpc_pb2.StatusRequest,
+                     context: grpc.aio.ServicerContext) -> rpc_pb2.StatusResponse:
+        core = self.node.group.core
+        size = _disk_bytes(self.node.cfg.storage_dir)
+        problems = [f"this node was removed from the cluster: {self.node.removed}"] if self.node.removed else []
+        return rpc_pb2.StatusResponse(header=self.identity.header(), version=API_VERSION, dbSize=size,
+                                      dbSizeInUse=size, leader=self.identity.leader_number(),
+                                      raftIndex=core.log.committed, raftTerm=core.term,
+                                      raftAppliedIndex=core.log.applied, errors=problems,
+                                      isLearner=self.node.id in core.conf.learners)
+
+    @unary
+    async def HashKV(self, request: rpc_pb2.HashKVRequest,
+                     context: grpc.aio.ServicerContext) -> rpc_pb2.HashKVResponse:
+        kv = self.node.kv
+        revision = request.revision or kv.revision
+        if revision > kv.revision:
+            raise errors.FUTURE_REV()
+        items, _ = kv.range(revision=revision)
+        digest = 0
+        for key, found in items:  # the same keys at the same revision hash the same on every replica
+            row = [key, found.value, found.create_revision, found.mod_revision, found.version, found.lease]
+            digest = zlib.crc32(msgpack.packb(row), digest)
+        return rpc_pb2.HashKVResponse(header=self.identity.header(), hash=digest,
+                                      compact_revision=kv.store.compacted)
+
+    @unary
+    async def Hash(self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashResponse:
+        return rpc_pb2.HashResponse(header=self.identity.header(), hash=int(self.node.kv.digest()[:8], 16))
+
+    @unary
+    async def Alarm(self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.AlarmResponse:
+        if request.action != rpc_pb2.AlarmRequest.GET:
+            raise unimplemented("raising or clearing alarms", "raftkv raises none (it has no space quota)")
+        return rpc_pb2.AlarmResponse(header=self.identity.header(), alarms=[])
+
+    @unary
+    async def MoveLeader(self, request: rpc_pb2.MoveLeaderRequest,
+                         context: grpc.aio.ServicerContext) -> rpc_pb2.MoveLeaderResponse:
+        core = self.node.group.core
+        if core.role is not Role.LEADER:
+            raise errors.EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: not leader")
+        target = self.identity.member_named(request.targetID)
+        if target not in core.conf.voters or target == self.node.id:
+            raise errors.BAD_TRANSFEREE()
+        self.node.group.transfer_leadership(target)
+        return rpc_pb2.MoveLeaderResponse(header=self.identity.header())
+
+    @unary
+    async def Defragment(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise unimplemented("Defragment", "the WAL and snapshots have no free pages to reclaim")
+
+    @unary
+    async def Snapshot(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise unimplemented("Snapshot", "etcd's snapshot is a bolt database file; use `raftkv snapshot save`")
+
+    @unary
+    async def Downgrade(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise unimplemented("Downgrade", "raftkv has one storage version")
+
+
+def _disk_bytes(directory: Path) -> int:
+    """What the node's storage (WAL segments and snapshots) takes on disk."""
+    total = 0
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:  # a segment or snapshot removed while we walked
+                continue
+    return total

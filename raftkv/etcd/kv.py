@@ -1,0 +1,231 @@
+"""etcd's KV service (Range, Put, DeleteRange, Txn, Compact) over a node's state machine.
+
+Theory of operation
+-------------------
+Writes become the node's own commands (kv/commands.py) and go through `node.propose`, as the
+HTTP API's do: a follower forwards them to the leader and answers once the entry is applied here.
+A Put is a `Put`; a DeleteRange and a Txn are a `Txn` (a delete of an absent key is no error in
+etcd, and a txn's range and delete ops take etcd's [key, range_end) bounds). Reads wait for a
+ReadIndex round (`node.read_barrier`) unless the request is `serializable`, then read the local
+store, at a past revision if asked.
+
+What the store does not do itself is done here, over the keys a range read returned: etcd's
+sort order and target, the min/max create and mod revision filters, keys_only and count_only,
+then the limit. The count is of the keys in the range before those filters, as etcd counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from raftkv.etcd import errors
+from raftkv.etcd.convert import Bounds, key_text, kv_from_result, kv_message, value_text
+from raftkv.etcd.errors import EtcdError, invalid, unary, unimplemented
+from raftkv.etcd.identity import Identity
+from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
+from raftkv.kv import (
+    INVALID,
+    MAX_RANGE_LIMIT,
+    MAX_TXN_OPS,
+    NOT_FOUND,
+    Compare,
+    CompareOp,
+    KeyValue,
+    Put,
+    Target,
+    Txn,
+    TxnDelete,
+    TxnDeleteRange,
+    TxnOp,
+    TxnPut,
+    TxnRange,
+)
+from raftkv.node import NodeHost
+
+__all__ = ["KVService", "check_result"]
+
+_RESULTS = {rpc_pb2.Compare.EQUAL: CompareOp.EQ, rpc_pb2.Compare.NOT_EQUAL: CompareOp.NE,
+            rpc_pb2.Compare.GREATER: CompareOp.GT, rpc_pb2.Compare.LESS: CompareOp.LT}
+_TARGETS = {rpc_pb2.Compare.VERSION: (Target.VERSION, "version"),
+            rpc_pb2.Compare.CREATE: (Target.CREATE_REVISION, "create_revision"),
+            rpc_pb2.Compare.MOD: (Target.MOD_REVISION, "mod_revision"),
+            rpc_pb2.Compare.VALUE: (Target.VALUE, "value"),
+            rpc_pb2.Compare.LEASE: (Target.LEASE, "lease")}
+_SORT_KEYS = {rpc_pb2.RangeRequest.KEY: lambda item: item[0],
+              rpc_pb2.RangeRequest.VERSION: lambda item: item[1].version,
+              rpc_pb2.RangeRequest.CREATE: lambda item: item[1].create_revision,
+              rpc_pb2.RangeRequest.MOD: lambda item: item[1].mod_revision,
+              rpc_pb2.RangeRequest.VALUE: lambda item: str(item[1].value)}
+
+
+def check_result(result: dict[str, Any]) -> dict[str, Any]:
+    """A state machine result, or the etcd error for its failure."""
+    if result.get("ok"):
+        return result
+    if result.get("error") == NOT_FOUND and "lease" in result:
+        raise errors.LEASE_NOT_FOUND()
+    if result.get("error") == INVALID:
+        raise invalid(f"etcdserver: {result.get('message')}")
+    raise EtcdError(grpc.StatusCode.FAILED_PRECONDITION, f"etcdserver: {result.get('message') or result}")
+
+
+class KVService(rpc_pb2_grpc.KVServicer):
+    def __init__(self, node: NodeHost, identity: Identity) -> None:
+        self.node = node
+        self.identity = identity
+
+    # ---- reads ----------------------------------------------------------------------------------
+
+    @unary
+    async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.RangeResponse:
+        bounds = Bounds(request.key, request.range_end)
+        if not request.serializable:
+            await self.node.read_barrier()
+        kv = self.node.kv
+        revision = request.revision or None
+        if revision is not None and revision > kv.revision:
+            raise errors.FUTURE_REV()
+        items, _ = kv.range("", None, bounds.start, bounds.stop, revision)
+        return self._range_response(request, items, more_beyond=False, revision=kv.revision)
+
+    def _range_response(self, request: rpc_pb2.RangeRequest, items: list[tuple[str, KeyValue]], more_beyond: bool,
+                        revision: int) -> rpc_pb2.RangeResponse:
+        """etcd's filters, sort, limit, keys_only and count_only over the keys of a range."""
+        count = len(items)
+        items = [(k, v) for k, v in items if _passes(request, v)]
+        if request.sort_order != rpc_pb2.RangeRequest.NONE or request.sort_target != rpc_pb2.RangeRequest.KEY:
+            descending = request.sort_order == rpc_pb2.RangeRequest.DESCEND
+            items.sort(key=_SORT_KEYS[request.sort_target], reverse=descending)
+        more = more_beyond
+        if request.limit and len(items) > request.limit:
+            items, more = items[: request.limit], True
+        kvs = [] if request.count_only else [kv_message(k, v, request.keys_only) for k, v in items]
+        return rpc_pb2.RangeResponse(header=self.identity.header(revision), kvs=kvs, more=more, count=count)
+
+    # ---- writes ---------------------------------------------------------------------------------
+
+    @unary
+    async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
+        _refuse_ignore(request)
+        cmd = Put(key_text(request.key), value_text(request.value), lease=request.lease)
+        result = check_result(await self.node.propose(cmd))
+        prev = result.get("prev") if request.prev_kv else None
+        return rpc_pb2.PutResponse(header=self.identity.header(result["revision"]),
+                                   prev_kv=kv_from_result(prev) if prev else None)
+
+    @unary
+    async def DeleteRange(self, request: rpc_pb2.DeleteRangeRequest,
+                          context: grpc.aio.ServicerContext) -> rpc_pb2.DeleteRangeResponse:
+        result = check_result(await self.node.propose(Txn(success=(_delete_op(request),))))
+        return self._delete_response(request, result["responses"][0], result["revision"])
+
+    def _delete_response(self, request: rpc_pb2.DeleteRangeRequest, answer: dict[str, Any],
+                         revision: int) -> rpc_pb2.DeleteRangeResponse:
+        prevs = answer["prevs"] if answer["op"] == "delete_range" else [answer["prev"]] if answer["deleted"] else []
+        return rpc_pb2.DeleteRangeResponse(header=self.identity.header(revision), deleted=len(prevs),
+                                           prev_kvs=[kv_from_result(p) for p in prevs] if request.prev_kv else [])
+
+    @unary
+    async def Txn(self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.TxnResponse:
+        if max(len(request.compare), len(request.success), len(request.failure)) > MAX_TXN_OPS:
+            raise errors.TOO_MANY_OPS()
+        cmd = Txn(tuple(_compare(c) for c in request.compare), _ops(request.success), _ops(request.failure))
+        result = check_result(await self.node.propose(cmd))
+        branch = request.success if result["succeeded"] else request.failure
+        responses = [self._op_response(op, answer, result["revision"])
+                     for op, answer in zip(branch, result["responses"], strict=True)]
+        return rpc_pb2.TxnResponse(header=self.identity.header(result["revision"]), succeeded=result["succeeded"],
+                                   responses=responses)
+
+    def _op_response(self, op: rpc_pb2.RequestOp, answer: dict[str, Any], revision: int) -> rpc_pb2.ResponseOp:
+        kind = op.WhichOneof("request")
+        if kind == "request_range":
+            items = [(shown["key"], _key_value(shown)) for shown in answer["items"]]
+            return rpc_pb2.ResponseOp(response_range=self._range_response(op.request_range, items, answer["more"],
+                                                                          revision))
+        if kind == "request_put":
+            prev = answer["prev"] if op.request_put.prev_kv else None
+            return rpc_pb2.ResponseOp(response_put=rpc_pb2.PutResponse(
+                header=self.identity.header(revision), prev_kv=kv_from_result(prev) if prev else None))
+        return rpc_pb2.ResponseOp(response_delete_range=self._delete_response(op.request_delete_range, answer,
+                                                                              revision))
+
+    @unary
+    async def Compact(self, request: rpc_pb2.CompactionRequest,
+                      context: grpc.aio.ServicerContext) -> rpc_pb2.CompactionResponse:
+        kv = self.node.kv
+        if request.revision > kv.revision:
+            raise errors.FUTURE_REV()
+        if request.revision <= kv.store.compacted:
+            raise errors.COMPACTED()
+        result = await self.node.compact(request.revision)
+        if not result.get("ok"):  # the store moved on or compacted meanwhile: say which, as etcd would
+            raise errors.FUTURE_REV() if request.revision > kv.revision else errors.COMPACTED()
+        return rpc_pb2.CompactionResponse(header=self.identity.header(result["revision"]))
+
+
+def _passes(request: rpc_pb2.RangeRequest, kv: KeyValue) -> bool:
+    return ((not request.min_mod_revision or kv.mod_revision >= request.min_mod_revision)
+            and (not request.max_mod_revision or kv.mod_revision <= request.max_mod_revision)
+            and (not request.min_create_revision or kv.create_revision >= request.min_create_revision)
+            and (not request.max_create_revision or kv.create_revision <= request.max_create_revision))
+
+
+def _key_value(shown: dict[str, Any]) -> KeyValue:
+    return KeyValue(shown["value"], shown["create_revision"], shown["mod_revision"], shown["version"],
+                    shown.get("lease", 0))
+
+
+def _refuse_ignore(request: rpc_pb2.PutRequest) -> None:
+    if request.ignore_value or request.ignore_lease:
+        raise unimplemented("PutRequest.ignore_value and ignore_lease",
+                            "a put that keeps the current value or lease needs the state machine to read it")
+
+
+def _delete_op(request: rpc_pb2.DeleteRangeRequest) -> TxnOp:
+    bounds = Bounds(request.key, request.range_end)
+    return TxnDelete(bounds.start) if bounds.single else TxnDeleteRange(bounds.start, bounds.end)
+
+
+def _compare(c: rpc_pb2.Compare) -> Compare:
+    if c.range_end:
+        raise unimplemented("Compare.range_end", "a compare names one key")
+    target, field = _TARGETS[c.target]
+    if c.WhichOneof("target_union") not in (field, None):
+        raise invalid(f"etcdserver: a {field} compare carries {c.WhichOneof('target_union')}")
+    value = value_text(c.value) if target is Target.VALUE else getattr(c, field)
+    return Compare(key_text(c.key), target, _RESULTS[c.result], value)
+
+
+def _ops(ops: Any) -> tuple[TxnOp, ...]:
+    """A branch's ops as the state machine's. As in etcd, a branch may not put a key twice, nor put
+    a key it also deletes (overlapping deletes are fine)."""
+    converted: list[TxnOp] = []
+    puts: set[str] = set()
+    deletes: list[Bounds] = []
+    for op in ops:
+        kind = op.WhichOneof("request")
+        if kind == "request_range":
+            r = op.request_range
+            if r.revision:
+                raise unimplemented("RangeRequest.revision inside a txn", "a txn reads the store as it is")
+            bounds = Bounds(r.key, r.range_end)
+            converted.append(TxnRange(limit=MAX_RANGE_LIMIT, start=bounds.start, end=bounds.stop))
+        elif kind == "request_put":
+            _refuse_ignore(op.request_put)
+            key = key_text(op.request_put.key)
+            if key in puts or any(b.contains(key) for b in deletes):
+                raise errors.DUPLICATE_KEY()
+            puts.add(key)
+            converted.append(TxnPut(key, value_text(op.request_put.value), op.request_put.lease))
+        elif kind == "request_delete_range":
+            bounds = Bounds(op.request_delete_range.key, op.request_delete_range.range_end)
+            if any(bounds.contains(key) for key in puts):
+                raise errors.DUPLICATE_KEY()
+            deletes.append(bounds)
+            converted.append(_delete_op(op.request_delete_range))
+        else:
+            raise unimplemented("nested txns (RequestOp.request_txn)", "a txn's ops are puts, deletes and ranges")
+    return tuple(converted)

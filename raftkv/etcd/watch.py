@@ -1,0 +1,188 @@
+"""etcd's Watch service: many watches on one bidirectional stream, over the node's watch hub.
+
+Theory of operation
+-------------------
+One `Watch` call is one stream. Requests (create, cancel, progress) are read by one task; each
+watch has a pump task that turns the hub's batches (one per revision, node/watch.py) into
+`WatchResponse`s; every response leaves through one bounded queue, in the order it was made, so
+a watch's "created" always precedes its events. A watch's events are those of one revision per
+response, so a client that resumes from the last revision it saw plus one misses nothing.
+
+Ranges: a single key is a key watch; any other [key, range_end) range watches the longest prefix
+the range's keys share and drops the keys outside it here. Filters (NOPUT, NODELETE) drop events
+here too; a response left with no event is not sent. Progress notices reach a watch only if it
+asked (progress_notify); a progress request is answered with the revision every watch of the
+stream has been sent up to (etcd's watch id -1: it concerns all of them).
+
+A watch from a compacted revision, or one the hub cancels (too slow, or its history was
+compacted under it), ends with `canceled` and, if compacted, the compacted revision, from which
+clients report "required revision has been compacted".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from raftkv.etcd.convert import Bounds, kv_message
+from raftkv.etcd.identity import Identity
+from raftkv.etcd.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from raftkv.kv import Change, CompactedError
+from raftkv.node import NodeHost
+from raftkv.node.watch import Watcher
+
+__all__ = ["WatchService"]
+
+MAX_QUEUED_RESPONSES = 1024  # per stream; a pump waits while the client reads slowly
+PROGRESS_ID = -1  # a progress answer to a progress request concerns every watch of the stream
+
+
+@dataclass(eq=False)
+class _Watch:
+    watch_id: int
+    bounds: Bounds
+    watcher: Watcher
+    request: rpc_pb2.WatchCreateRequest
+    sent_to: int  # the revision this watch's client has been sent everything up to
+    pump: asyncio.Task | None = None
+
+    def wants(self, change: Change) -> bool:
+        if not self.bounds.contains(change.key):
+            return False
+        filtered = rpc_pb2.WatchCreateRequest.NOPUT if change.kv is not None else rpc_pb2.WatchCreateRequest.NODELETE
+        return filtered not in self.request.filters
+
+
+class _Stream:
+    """The watches of one Watch call."""
+
+    def __init__(self, node: NodeHost, identity: Identity) -> None:
+        self.node = node
+        self.identity = identity
+        self.out: asyncio.Queue[rpc_pb2.WatchResponse] = asyncio.Queue(MAX_QUEUED_RESPONSES)
+        self.watches: dict[int, _Watch] = {}
+        self._next_id = 0
+
+    async def serve(self, requests: AsyncIterator[rpc_pb2.WatchRequest]) -> None:
+        async for request in requests:
+            kind = request.WhichOneof("request_union")
+            if kind == "create_request":
+                await self.create(request.create_request)
+            elif kind == "cancel_request":
+                await self.cancel(request.cancel_request.watch_id, reason="")
+            elif kind == "progress_request":
+                sent = min((w.sent_to for w in self.watches.values()), default=self.node.kv.revision)
+                await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(sent), watch_id=PROGRESS_ID))
+
+    async def create(self, create: rpc_pb2.WatchCreateRequest) -> None:
+        watch_id = create.watch_id or self._free_id()
+        if watch_id in self.watches:
+            await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(), watch_id=watch_id, created=True,
+                                                     canceled=True, cancel_reason="watch ID already exists"))
+            return
+        bounds = Bounds(create.key, create.range_end)
+        kv = self.node.kv
+        try:
+            if bounds.single:
+                watcher = self.node.watch(key=bounds.start, start_revision=create.start_revision or None,
+                                          prev_kv=create.prev_kv)
+            else:
+                shared = _shared_prefix(bounds.start, bounds.end) if bounds.end is not None else ""
+                watcher = self.node.watch(prefix=shared, start_revision=create.start_revision or None,
+                                          prev_kv=create.prev_kv)
+        except CompactedError as e:
+            await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(), watch_id=watch_id, created=True))
+            await self.out.put(rpc_pb2.WatchResponse(
+                header=self.identity.header(), watch_id=watch_id, canceled=True, compact_revision=e.compacted,
+                cancel_reason="mvcc: required revision has been compacted"))
+            return
+        start = (create.start_revision or kv.revision + 1) - 1
+        watch = self.watches[watch_id] = _Watch(watch_id, bounds, watcher, create, sent_to=start)
+        await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(), watch_id=watch_id, created=True))
+        watch.pump = asyncio.get_running_loop().create_task(self._pump(watch))
+
+    def _free_id(self) -> int:
+        while self._next_id in self.watches:
+            self._next_id += 1
+        return self._next_id
+
+    async def cancel(self, watch_id: int, reason: str, compact_revision: int = 0) -> None:
+        watch = self.watches.pop(watch_id, None)
+        if watch is None:
+            return
+        self.node.unwatch(watch.watcher)
+        if watch.pump is not None and watch.pump is not asyncio.current_task():
+            watch.pump.cancel()
+        await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(), watch_id=watch_id, canceled=True,
+                                                 cancel_reason=reason, compact_revision=compact_revision))
+
+    async def _pump(self, watch: _Watch) -> None:
+        """The hub's batches for one watch, as responses."""
+        while True:
+            batch = await watch.watcher.queue.get()
+            if batch.cancelled is not None:
+                compacted = self.node.kv.store.compacted if batch.cancelled.startswith("compacted") else 0
+                await self.cancel(watch.watch_id, batch.cancelled, compacted)
+                return
+            events = [] if batch.progress else [_event(c, watch.request.prev_kv) for c in batch.changes
+                                                 if watch.wants(c)]
+            watch.sent_to = batch.revision
+            if events or (batch.progress and watch.request.progress_notify):
+                await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(batch.revision),
+                                                         watch_id=watch.watch_id, events=events))
+
+    async def close(self) -> None:
+        for watch in list(self.watches.values()):
+            self.node.unwatch(watch.watcher)
+            if watch.pump is not None:
+                watch.pump.cancel()
+        await asyncio.gather(*(w.pump for w in self.watches.values() if w.pump), return_exceptions=True)
+        self.watches.clear()
+
+
+def _shared_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def _event(change: Change, prev_kv: bool) -> kv_pb2.Event:
+    if change.kv is not None:
+        event = kv_pb2.Event(type=kv_pb2.Event.PUT, kv=kv_message(change.key, change.kv))
+    else:  # etcd's delete event: the key and the revision that deleted it
+        event = kv_pb2.Event(type=kv_pb2.Event.DELETE, kv=kv_pb2.KeyValue(key=change.key.encode(),
+                                                                           mod_revision=change.revision))
+    if prev_kv and change.prev is not None:
+        event.prev_kv.CopyFrom(kv_message(change.key, change.prev))
+    return event
+
+
+class WatchService(rpc_pb2_grpc.WatchServicer):
+    def __init__(self, node: NodeHost, identity: Identity) -> None:
+        self.node = node
+        self.identity = identity
+
+    async def Watch(self, requests: AsyncIterator[rpc_pb2.WatchRequest],
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[rpc_pb2.WatchResponse]:
+        stream = _Stream(self.node, self.identity)
+        reader = asyncio.get_running_loop().create_task(stream.serve(requests))
+        try:
+            while True:
+                getter = asyncio.ensure_future(stream.out.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                reader.result()  # the client closed its side (or reading failed): the stream ends
+                return
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await stream.close()
