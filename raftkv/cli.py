@@ -17,6 +17,7 @@ import click
 
 from raftkv import promtext
 from raftkv.chaos.cli_command import chaos as chaos_command
+from raftkv.cli_coordination import elect, lease, lock, watch
 from raftkv.cli_support import call, echo_table, endpoints_option, key_path, parse_value, run
 from raftkv.client import Client, ClusterUnreachableError, endpoint_url, parse_endpoints
 from raftkv.dashboard.cli_command import dashboard as dashboard_command
@@ -72,6 +73,10 @@ def main(verbose: bool) -> None:
 @click.option("--snapshot-retain", type=click.IntRange(0), default=None, help="Entries kept after a snapshot.")
 @click.option("--no-leader-hold-ms", type=click.IntRange(0, 60_000), default=None,
               help="How long a write or read waits for a leader before a 503 (default: one maximum election timeout).")
+@click.option("--history-revisions", type=click.IntRange(0), default=None,
+              help="Key history kept: the last N revisions (default 100000; 0: until compacted by POST /compact).")
+@click.option("--auto-compaction-retention", type=click.FloatRange(0, min_open=True), default=None,
+              help="Also forget history older than this many seconds (as etcd's periodic auto-compaction).")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: CA file.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: cert.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: key.")
@@ -81,8 +86,9 @@ def node(node_id: str | None, cluster: str | None, config_file: Path | None, joi
          advertise_client: str | None, advertise_peer: str | None, data_dir: Path | None, listen_client: str | None,
          listen_peer: str | None, listen_etcd: str | None,
          tick_ms: int | None, snapshot_every: int | None, snapshot_retain: int | None,
-         no_leader_hold_ms: int | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
-         unsafe_skip_fsync: bool, unsafe_stale_reads: bool) -> None:
+         no_leader_hold_ms: int | None, history_revisions: int | None, auto_compaction_retention: float | None,
+         tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None, unsafe_skip_fsync: bool,
+         unsafe_stale_reads: bool) -> None:
     """Run one node (one per host in a real cluster): a founding member (--id, --cluster), or a new
     member joining a live cluster (--join, --name, --advertise-client, --advertise-peer)."""
     from raftkv.api.server import run
@@ -98,6 +104,7 @@ def node(node_id: str | None, cluster: str | None, config_file: Path | None, joi
             "snapshot_every": snapshot_every,
             "snapshot_retain_entries": snapshot_retain,
             "no_leader_hold_ms": no_leader_hold_ms,
+            "auto_compaction_retention_s": auto_compaction_retention,
             "tls_ca": tls_ca,
             "tls_cert": tls_cert,
             "tls_key": tls_key,
@@ -106,6 +113,8 @@ def node(node_id: str | None, cluster: str | None, config_file: Path | None, joi
         }.items()
         if v is not None
     }
+    if history_revisions is not None:
+        options["history_retention_revisions"] = history_revisions or None  # 0: no limit by count
     try:
         if config_file is not None:
             cfg = load_toml(config_file, node_id)
@@ -219,11 +228,14 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, etcd_port: int, da
 @click.option("--prev-value", help="Only if the current value equals this (JSON or a bare string).")
 @click.option("--prev-revision", type=int, help="Only if the key's mod_revision equals this.")
 @click.option("--create-only", is_flag=True, help="Only if the key does not exist.")
+@click.option("--lease", "lease_id", type=click.IntRange(1), help="Attach the key to this lease (raftkv lease grant).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer, the previous value in full.")
 def put(endpoints: str, key: str, value: str, prev_value: str | None, prev_revision: int | None,
-        create_only: bool, as_json: bool) -> None:
+        create_only: bool, lease_id: int | None, as_json: bool) -> None:
     """Write KEY=VALUE (VALUE is JSON, or taken as a string)."""
     body: dict[str, Any] = {"value": parse_value(value)}
+    if lease_id is not None:
+        body["lease"] = lease_id
     if prev_value is not None:
         body["prev_value"] = parse_value(prev_value)
     if prev_revision is not None:
@@ -711,3 +723,5 @@ def snapshot_status(file: Path, as_json: bool) -> None:
 main.add_command(sim_command, name="sim")
 main.add_command(dashboard_command, name="dashboard")
 main.add_command(chaos_command, name="chaos")
+for _command in (watch, lease, lock, elect):
+    main.add_command(_command)
