@@ -1,0 +1,221 @@
+"""etcd's own command line client (Debian's etcdctl, installed by ./dev test) against a real
+3-node raftkv cluster serving etcd's v3 gRPC API: keys, ranges and revisions, txn in etcdctl's
+interactive syntax, watch across a restart of the watched node, leases with attached keys, lock
+and elect (which etcdctl builds from leases, txns and watches on the client side), members,
+endpoint status and health, compaction, and etcd's error messages; then the same API through
+aetcd, a Python client library for etcd.
+
+One cluster serves the whole module; each test uses keys of its own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cluster import LocalCluster
+
+from raftkv.supervisor import free_ports
+
+pytestmark = pytest.mark.skipif(shutil.which("etcdctl") is None, reason="etcdctl not installed (./dev test does)")
+
+ETCDCTL_ENV = {"ETCDCTL_API": "3", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+class Etcdctl:
+    def __init__(self, cluster: LocalCluster, endpoints: dict[str, str]) -> None:
+        self.cluster = cluster
+        self.endpoints = endpoints  # node id -> host:port of its etcd API
+
+    def args(self, *args: str, endpoint: str | None = None) -> list[str]:
+        endpoints = self.endpoints[endpoint] if endpoint else ",".join(self.endpoints.values())
+        return ["etcdctl", "--endpoints", endpoints, "--command-timeout", "10s", *args]
+
+    def run(self, *args: str, stdin: str | None = None, endpoint: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(self.args(*args, endpoint=endpoint), input=stdin, capture_output=True, text=True,
+                              timeout=30, env=ETCDCTL_ENV)
+        if check:
+            assert done.returncode == 0, f"etcdctl {' '.join(args)}: {done.stderr}"
+        return done
+
+    def out(self, *args: str, **kwargs: object) -> str:
+        return self.run(*args, **kwargs).stdout  # type: ignore[arg-type]
+
+    def json(self, *args: str, **kwargs: object) -> dict:
+        return json.loads(self.out(*args, "-w", "json", **kwargs))
+
+    def background(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.args(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=ETCDCTL_ENV)
+
+
+@pytest.fixture(scope="module")
+def etcdctl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcdctl]:
+    cluster = LocalCluster(Path(tmp_path_factory.mktemp("etcdctl")), nodes=3)
+    endpoints = {}
+    for (node_id, node), port in zip(cluster.supervisor.nodes.items(), free_ports(3), strict=True):
+        node.extra_args += ["--listen-etcd", f"127.0.0.1:{port}"]
+        endpoints[node_id] = f"127.0.0.1:{port}"
+    cluster.start()
+    try:
+        cluster.wait_for_leader()
+        yield Etcdctl(cluster, endpoints)
+    finally:
+        cluster.stop()
+
+
+def _lines(text: str) -> list[str]:
+    return text.splitlines()
+
+
+def test_put_get_del_with_prefixes_revisions_and_options(etcdctl: Etcdctl) -> None:
+    first = etcdctl.json("put", "kv/a", "1")["header"]["revision"]
+    etcdctl.out("put", "kv/b", "2")
+    etcdctl.out("put", "kv/a", "one")
+    etcdctl.out("put", "kw", "outside")
+    assert _lines(etcdctl.out("get", "kv/", "--prefix")) == ["kv/a", "one", "kv/b", "2"]
+    assert _lines(etcdctl.out("get", "kv/a", "--rev", str(first))) == ["kv/a", "1"]
+    assert _lines(etcdctl.out("get", "kv/", "--prefix", "--keys-only")) == ["kv/a", "", "kv/b", ""]
+    assert _lines(etcdctl.out("get", "kv/", "--prefix", "--limit", "1")) == ["kv/a", "one"]
+    assert _lines(etcdctl.out("get", "kv/", "--prefix", "--order", "DESCEND", "--sort-by", "MODIFY",
+                              "--consistency", "s")) == ["kv/a", "one", "kv/b", "2"]
+    assert _lines(etcdctl.out("get", "kv/a", "kv/c")) == ["kv/a", "one", "kv/b", "2"]  # [key, range_end)
+    got = etcdctl.json("get", "kv/", "--prefix", "--limit", "1")
+    assert got["count"] == 2 and got["more"] is True and got["kvs"][0]["version"] == 2
+    assert _lines(etcdctl.out("del", "kv/", "--prefix", "--prev-kv")) == ["2", "kv/a", "one", "kv/b", "2"]
+    assert etcdctl.out("get", "kv/", "--prefix") == "" and _lines(etcdctl.out("get", "kw")) == ["kw", "outside"]
+    assert etcdctl.out("del", "kv/absent") == "0\n"
+
+
+def test_txn_in_interactive_syntax(etcdctl: Etcdctl) -> None:
+    etcdctl.out("put", "txn/k", "v1")
+    script = ('value("txn/k") = "v1"\nversion("txn/k") = "1"\n\n'  # compares, then the success ops,
+              "put txn/k v2\nput txn/other x\nget txn/k\n\nput txn/failed y\n\n")  # then the failure ops
+    assert _lines(etcdctl.out("txn", stdin=script)) == ["SUCCESS", "", "OK", "", "OK", "", "txn/k", "v2"]
+    again = etcdctl.out("txn", stdin=script)
+    assert _lines(again) == ["FAILURE", "", "OK"] and _lines(etcdctl.out("get", "txn/failed")) == ["txn/failed", "y"]
+    mod = etcdctl.json("get", "txn/k")["kvs"][0]["mod_revision"]
+    by_revision = f'mod("txn/k") = "{mod}"\ncreate("txn/k") < "{mod}"\n\ndel txn/k\n\n\n'
+    assert _lines(etcdctl.out("txn", stdin=by_revision))[0] == "SUCCESS" and etcdctl.out("get", "txn/k") == ""
+
+
+def test_watch_sees_every_change_across_a_restart_of_the_watched_node(etcdctl: Etcdctl) -> None:
+    start = etcdctl.json("put", "w/0", "before")["header"]["revision"]
+    watched = next(iter(etcdctl.endpoints))
+    watcher = subprocess.Popen(
+        ["etcdctl", "--endpoints", ",".join(etcdctl.endpoints.values()), "watch", "w/", "--prefix", "--prev-kv",
+         "--rev", str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ETCDCTL_ENV)
+    try:
+        etcdctl.out("put", "w/1", "one")
+        time.sleep(1.0)
+        etcdctl.cluster.supervisor.kill(watched)
+        etcdctl.cluster.supervisor.start(watched)
+        others = [n for n in etcdctl.endpoints if n != watched]
+        etcdctl.out("put", "w/2", "two", endpoint=others[0])
+        etcdctl.out("del", "w/1", endpoint=others[1])
+        etcdctl.cluster.wait_for_leader()
+        etcdctl.out("put", "w/3", "three")
+        time.sleep(2.0)
+    finally:
+        watcher.terminate()
+        out, err = watcher.communicate(timeout=10)
+    assert _lines(out) == ["PUT", "w/0", "before", "PUT", "w/1", "one", "PUT", "w/2", "two",
+                           "DELETE", "w/1", "one", "w/1", "", "PUT", "w/3", "three"], err
+
+
+def test_leases_grant_keep_alive_revoke_and_expire_with_their_keys(etcdctl: Etcdctl) -> None:
+    granted = etcdctl.out("lease", "grant", "60")
+    lease = re.match(r"lease ([0-9a-f]+) granted with TTL\(60s\)", granted).group(1)  # type: ignore[union-attr]
+    etcdctl.out("put", "lease/a", "x", "--lease", lease)
+    etcdctl.out("put", "lease/b", "y", "--lease", lease)
+    assert "lease/a" in etcdctl.out("lease", "timetolive", lease, "--keys")
+    assert f"lease {lease} keepalived with TTL(60)" in etcdctl.out("lease", "keep-alive", "--once", lease)
+    assert lease in etcdctl.out("lease", "list")
+    assert f"lease {lease} revoked" in etcdctl.out("lease", "revoke", lease)
+    assert etcdctl.out("get", "lease/", "--prefix") == ""
+    missing = etcdctl.run("lease", "revoke", lease, check=False)
+    assert missing.returncode != 0 and "etcdserver: requested lease not found" in missing.stderr
+    assert "already expired" in etcdctl.out("lease", "timetolive", lease)
+    short = re.match(r"lease ([0-9a-f]+)", etcdctl.out("lease", "grant", "1")).group(1)  # type: ignore[union-attr]
+    etcdctl.out("put", "lease/short", "z", "--lease", short)
+    deadline = time.monotonic() + 10
+    while etcdctl.out("get", "lease/short") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert etcdctl.out("get", "lease/short") == ""
+
+
+def test_lock_is_held_by_one_client_at_a_time(etcdctl: Etcdctl) -> None:
+    holder = etcdctl.background("lock", "locks/one")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().startswith("locks/one/")
+        waiter = etcdctl.background("lock", "locks/one", "echo", "acquired")
+        time.sleep(1.5)
+        assert waiter.poll() is None  # still waiting for the holder
+        holder.terminate()  # its session's lease is revoked as it exits: the lock passes on
+        out, err = waiter.communicate(timeout=20)
+        assert out.strip() == "acquired", err
+    finally:
+        holder.kill()
+
+
+def test_elect_a_leader_and_observe_it(etcdctl: Etcdctl) -> None:
+    candidate = etcdctl.background("elect", "elections/one", "first")
+    try:
+        assert candidate.stdout is not None and candidate.stdout.readline().startswith("elections/one/")
+        observer = etcdctl.background("elect", "-l", "elections/one")
+        assert observer.stdout is not None
+        assert observer.stdout.readline().startswith("elections/one/") and observer.stdout.readline() == "first\n"
+        observer.kill()
+    finally:
+        candidate.kill()
+
+
+def test_members_status_health_and_hashes(etcdctl: Etcdctl) -> None:
+    members = etcdctl.json("member", "list")["members"]
+    assert sorted(m["name"] for m in members) == ["node1", "node2", "node3"]
+    assert sorted(url for m in members for url in m["clientURLs"]) == sorted(
+        f"http://{e}" for e in etcdctl.endpoints.values())
+    table = etcdctl.out("endpoint", "status", "-w", "table")
+    assert table.count(" true |") == 1 and all(e in table for e in etcdctl.endpoints.values())
+    statuses = etcdctl.json("endpoint", "status")
+    leader_ids = {s["Status"]["leader"] for s in statuses}
+    assert len(leader_ids) == 1 and leader_ids.pop() in {m["ID"] for m in members}
+    health = etcdctl.run("endpoint", "health")
+    assert health.stdout.count("is healthy") + health.stderr.count("is healthy") == 3
+    etcdctl.cluster.wait_converged()
+    hashes = {row["HashKV"]["hash"] for row in etcdctl.json("endpoint", "hashkv")}
+    assert len(hashes) == 1
+
+
+def test_compaction_refuses_reads_below_it_with_etcds_error(etcdctl: Etcdctl) -> None:
+    old = etcdctl.json("put", "compact/k", "1")["header"]["revision"]
+    now = etcdctl.json("put", "compact/k", "2")["header"]["revision"]
+    assert etcdctl.out("compaction", str(now)) == f"compacted revision {now}\n"
+    refused = etcdctl.run("get", "compact/k", "--rev", str(old), check=False)
+    assert refused.returncode != 0 and "etcdserver: mvcc: required revision has been compacted" in refused.stderr
+    future = etcdctl.run("get", "compact/k", "--rev", str(now + 1000), check=False)
+    assert "etcdserver: mvcc: required revision is a future revision" in future.stderr
+    auth = etcdctl.run("user", "list", check=False)
+    assert auth.returncode != 0 and "raftkv does not implement Auth.UserList" in auth.stderr
+
+
+
+def test_aetcd_client_library(etcdctl: Etcdctl) -> None:
+    """etcd's API through aetcd, a Python client library, over gRPC. It runs in a process of its own:
+    aetcd registers its own copy of etcd's protos, whose names clash with raftkv's in one process."""
+    if importlib.util.find_spec("aetcd") is None:  # (not imported here: see above)
+        pytest.skip("aetcd not installed (the test extra has it)")
+    script = Path(__file__).with_name("aetcd_scenario.py")
+    done = subprocess.run([sys.executable, str(script), next(iter(etcdctl.endpoints.values()))], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "scenario passed", done.stderr
