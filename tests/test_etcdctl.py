@@ -219,3 +219,43 @@ def test_aetcd_client_library(etcdctl: Etcdctl) -> None:
     done = subprocess.run([sys.executable, str(script), next(iter(etcdctl.endpoints.values()))], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "scenario passed", done.stderr
+
+
+def test_alarms_and_move_leader(etcdctl: Etcdctl) -> None:
+    assert etcdctl.out("alarm", "list") == ""
+    leader = etcdctl.cluster.wait_for_leader()
+    members = {m["name"]: m["ID"] for m in etcdctl.json("member", "list")["members"]}
+    target = next(name for name in members if name != leader)
+    moved = etcdctl.out("move-leader", f"{members[target]:x}", endpoint=leader)
+    assert f"Leadership transferred from {members[leader]:x} to {members[target]:x}" in moved
+    assert etcdctl.cluster.wait_for_leader() == target
+
+
+def test_member_promote_and_remove_a_learner(etcdctl: Etcdctl) -> None:
+    """A node joins as a learner (raftkv's own way: etcd's MemberAdd lacks what raftkv needs);
+    etcdctl then promotes it and removes it."""
+    (port,) = free_ports(1)
+    supervisor = etcdctl.cluster.supervisor
+    supervisor.add_node("node4", extra_args=["--listen-etcd", f"127.0.0.1:{port}"])
+    try:
+        deadline = time.monotonic() + 20
+        learner: dict = {}
+        while time.monotonic() < deadline and not learner.get("clientURLs"):
+            learner = next((m for m in etcdctl.json("member", "list")["members"] if m["name"] == "node4"), {})
+            time.sleep(0.2)
+        assert learner.get("isLearner") is True and learner["clientURLs"] == [f"http://127.0.0.1:{port}"]
+        member_hex = f"{learner['ID']:x}"
+        while True:  # the cluster promotes a learner only once it holds the log
+            promoted = etcdctl.run("member", "promote", member_hex, check=False)
+            if promoted.returncode == 0 or time.monotonic() > deadline:
+                break
+            assert "in sync with leader" in promoted.stderr
+            time.sleep(0.3)
+        assert f"Member {member_hex} promoted in cluster" in promoted.stdout, promoted.stderr
+        assert not next(m for m in etcdctl.json("member", "list")["members"] if m["name"] == "node4").get("isLearner")
+        assert f"Member {member_hex} removed from cluster" in etcdctl.out("member", "remove", member_hex)
+        assert sorted(m["name"] for m in etcdctl.json("member", "list")["members"]) == ["node1", "node2", "node3"]
+        unknown = etcdctl.run("member", "remove", member_hex, check=False)
+        assert unknown.returncode != 0 and "etcdserver: member not found" in unknown.stderr
+    finally:
+        supervisor.retire("node4", grace_s=5.0)

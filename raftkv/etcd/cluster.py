@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = ["API_VERSION", "ClusterService", "MaintenanceService"]
 
 API_VERSION = "3.5.0"  # the etcd API level served (the pinned protos' release line), for clients that check it
 ASK_ENDPOINT_TIMEOUT_S = 1.0
+MOVE_LEADER_WAIT_S = 3.0
 
 
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
@@ -137,6 +139,11 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         if target not in core.conf.voters or target == self.node.id:
             raise errors.BAD_TRANSFEREE()
         self.node.group.transfer_leadership(target)
+        deadline = time.monotonic() + MOVE_LEADER_WAIT_S  # etcd answers once the target leads
+        while core.leader_id != target:
+            if time.monotonic() > deadline:
+                raise errors.TIMEOUT()
+            await asyncio.sleep(0.02)
         return rpc_pb2.MoveLeaderResponse(header=self.identity.header())
 
     @unary
