@@ -92,6 +92,7 @@ RESERVED_NAMES = frozenset({
     "kv", "txn", "raft-state", "force-election", "simulate-partition", "simulate-link", "metrics", "health",
     "openapi.json", "watch", "raft", "lab", "leases", "compact", "events", "dashboard", "static", "members",
     "transfer-leader", "snapshot", "admin", "api", "favicon.ico",
+    "v3", "version",  # etcd's JSON gateway (raftkv/etcd/gateway.py)
 })
 
 _CORS_HEADERS = {"Access-Control-Allow-Origin": "*",
@@ -142,8 +143,11 @@ class Node(Protocol):
 
 def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
-               max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> web.Application:
-    """The aiohttp application serving `node`'s client API (run it with web.AppRunner/TCPSite)."""
+               max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+               more_routes: Callable[[web.Application], None] | None = None) -> web.Application:
+    """The aiohttp application serving `node`'s client API (run it with web.AppRunner/TCPSite).
+    `more_routes` adds routes served beside it (a node process's etcd gateway), before the keys
+    at the root, under first path segments that are RESERVED_NAMES."""
     assert max_body_bytes > 0 and max_key_bytes > 0 and max_value_bytes > 0
     api = _Api(node, max_body_bytes, max_key_bytes, max_value_bytes)
     app = web.Application(
@@ -175,6 +179,8 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     add("POST", "/members/{id}/promote", api.promote_member)
     add("DELETE", "/members/{id}", api.remove_member)
     get("/snapshot", api.snapshot)
+    if more_routes is not None:
+        more_routes(app)
     root = _RootKeys(api)  # last: every fixed route above must win over the catch-all
     get("/{key:.+}", root.get_key)
     add("PUT", "/{key:.+}", root.put_key)

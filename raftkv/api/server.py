@@ -17,7 +17,7 @@ import weakref
 
 from aiohttp import WSCloseCode, web
 
-from raftkv.etcd import start_etcd_server
+from raftkv.etcd import add_gateway_routes, etcd_services, start_etcd_server
 from raftkv.node import NodeConfig, NodeHost
 
 from .http import create_app
@@ -53,14 +53,15 @@ def close_event_streams_on_shutdown(app: web.Application) -> None:
 async def serve(cfg: NodeConfig) -> None:
     node = NodeHost(cfg)
     tune_gc()
-    app = create_app(node)
+    etcd = etcd_services(node, cfg.etcd_endpoint)
+    app = create_app(node, more_routes=lambda app: add_gateway_routes(app, etcd))
     close_event_streams_on_shutdown(app)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=cfg.proposal_timeout_s)
     await runner.setup()
     await web.TCPSite(runner, *cfg.client_listen_address(), reuse_address=True).start()
     await node.start()
-    etcd_address, etcd_endpoint = cfg.etcd_listen_address(), cfg.etcd_endpoint
-    etcd = await start_etcd_server(node, etcd_address, etcd_endpoint) if etcd_address and etcd_endpoint else None
+    etcd_address = cfg.etcd_listen_address()
+    grpc_server = await start_etcd_server(etcd, etcd_address) if etcd_address else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -71,8 +72,8 @@ async def serve(cfg: NodeConfig) -> None:
         await asyncio.wait([asyncio.ensure_future(stop.wait()), failed], return_when=asyncio.FIRST_COMPLETED)
     finally:
         log.info("shutting down node=%s", cfg.node_id)
-        if etcd is not None:
-            await etcd.stop(grace=cfg.proposal_timeout_s)
+        if grpc_server is not None:
+            await grpc_server.stop(grace=cfg.proposal_timeout_s)
         await runner.cleanup()
         await node.stop()  # a failed group only halts: nothing more is written
     if failed.done():

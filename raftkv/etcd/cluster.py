@@ -34,10 +34,10 @@ MOVE_LEADER_WAIT_S = 3.0
 
 
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
-    def __init__(self, node: NodeHost, identity: Identity, own_endpoint: str) -> None:
+    def __init__(self, node: NodeHost, identity: Identity, own_endpoint: str | None) -> None:
         self.node = node
         self.identity = identity
-        self._endpoints: dict[str, str] = {node.id: own_endpoint}
+        self._endpoints: dict[str, str] = {node.id: own_endpoint} if own_endpoint else {}
 
     async def members(self) -> list[rpc_pb2.Member]:
         rows = self.node.members.describe()

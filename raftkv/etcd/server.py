@@ -12,13 +12,8 @@ from typing import Any
 
 import grpc
 
-from raftkv.etcd.cluster import ClusterService, MaintenanceService
-from raftkv.etcd.identity import Identity
-from raftkv.etcd.kv import KVService
-from raftkv.etcd.lease import LeaseService
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
-from raftkv.etcd.watch import WatchService
-from raftkv.node import NodeHost
+from raftkv.etcd.services import Services
 
 __all__ = ["MAX_REQUEST_BYTES", "start_etcd_server"]
 
@@ -46,19 +41,18 @@ def _auth_refusals() -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-async def start_etcd_server(node: NodeHost, listen: tuple[str, int], advertised: str) -> grpc.aio.Server:
-    """Serve etcd's API for `node` on `listen`; `advertised` is the endpoint clients are told of."""
-    identity = Identity(node)
+async def start_etcd_server(services: Services, listen: tuple[str, int]) -> grpc.aio.Server:
+    """Serve etcd's gRPC API on `listen`."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
-    rpc_pb2_grpc.add_KVServicer_to_server(KVService(node, identity), server)
-    rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(node, identity), server)
-    rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(node, identity), server)
-    rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node, identity, advertised), server)
-    rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(node, identity), server)
+    rpc_pb2_grpc.add_KVServicer_to_server(services.kv, server)
+    rpc_pb2_grpc.add_WatchServicer_to_server(services.watch, server)
+    rpc_pb2_grpc.add_LeaseServicer_to_server(services.lease, server)
+    rpc_pb2_grpc.add_ClusterServicer_to_server(services.cluster, server)
+    rpc_pb2_grpc.add_MaintenanceServicer_to_server(services.maintenance, server)
     server.add_generic_rpc_handlers((_auth_refusals(),))
     host, port = listen
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise OSError(f"cannot listen for etcd's API on {host}:{port}")
     await server.start()
-    log.info("etcd API (gRPC) node=%s listening on %s:%d", node.id, host, port)
+    log.info("etcd API (gRPC) listening on %s:%d", host, port)
     return server

@@ -171,17 +171,20 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                     context: grpc.aio.ServicerContext) -> AsyncIterator[rpc_pb2.WatchResponse]:
         stream = _Stream(self.node, self.identity)
         reader = asyncio.get_running_loop().create_task(stream.serve(requests))
+        getter = asyncio.ensure_future(stream.out.get())
         try:
             while True:
-                getter = asyncio.ensure_future(stream.out.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
+                # A client that closed its side of the stream still gets its watches' events, as
+                # from etcd: the stream ends when the client cancels it.
+                await asyncio.wait({getter} if reader.done() else {getter, reader},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if reader.done():
+                    reader.result()  # reading the requests failed: the stream ends with that error
+                if getter.done():
                     yield getter.result()
-                    continue
-                getter.cancel()
-                reader.result()  # the client closed its side (or reading failed): the stream ends
-                return
+                    getter = asyncio.ensure_future(stream.out.get())
         finally:
+            getter.cancel()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
