@@ -5,10 +5,13 @@ all (an acknowledged write survives crashes).
 - Seeded simulations of real RaftGroups on a virtual clock (raftkv/sim/driver_sim.py): crashes that
   lose what was not synced, partitions, lossy links, slow disks, forced elections, clients; checked
   for persist before send, Election Safety, State Machine Safety, acknowledged writes kept,
-  liveness after healing and a linearizable history.
+  liveness after healing and a linearizable history; and, with the real Lessor on every node, that
+  no lease expires before its TTL since an acknowledged keep-alive, and that every lease nobody
+  keeps alive expires once the faults stop.
 - The order of writes, fsyncs and sends of groups on the real DiskStorage (a WAL in a tmp dir).
 - Both bite: each broken driver in tests/buggy_drivers.py must fail them, as must the simulation's
-  crash checks alone for a driver that never fsyncs.
+  crash checks alone for a driver that never fsyncs; each broken lessor in tests/buggy_lessors.py
+  must fail the lease check.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from buggy_drivers import BUGS
+from buggy_lessors import BUGS as LESSOR_BUGS
 
 from raftkv.core import AppendResponse, DurableState, Entry, HardState, Role, VoteResponse
 from raftkv.kv import KVStateMachine, Put
@@ -32,6 +36,7 @@ from raftkv.node.config import Member
 from raftkv.node.event_stream import EventHub
 from raftkv.node.metrics import NodeMetrics
 from raftkv.node.observe import GroupObserver
+from raftkv.sim import driver_sim
 from raftkv.sim.driver_sim import DriverSimConfig, DriverSimResult, run_driver_seed, run_driver_seeds
 from raftkv.sim.persist_before_send import DiskLedger, PromiseCheckingTransport, RecordingStorage
 from raftkv.sim.virtual_loop import LoopExecutor, VirtualClockLoop, VirtualClockStalled, run_virtual
@@ -164,6 +169,9 @@ def test_the_real_driver_stays_safe_live_and_linearizable_through_seeded_crashes
     assert sum(r.operations for r in results) > 100 * runs
     assert sum(r.unknown_operations for r in results) > 0
     assert all(r.promises_checked > 20 for r in results)
+    # Leases were granted, kept alive across the faults, and expired, in every run.
+    assert all(r.leases_granted > 0 and r.leases_expired >= r.leases_granted for r in results)
+    assert sum(r.keepalives_acknowledged for r in results) > 5 * runs
 
 
 def test_a_seed_replays_exactly() -> None:
@@ -294,3 +302,15 @@ def test_the_crash_checks_alone_catch_a_driver_that_never_fsyncs(monkeypatch: py
     assert found is not None, f"a driver that never fsyncs survived {BUG_SEED_BUDGET} seeds of crashes"
     print(f"never-fsyncs, crash checks alone: seed {found.seed}: {found.violation.splitlines()[0]}")
     assert run_driver_seed(found.seed, cfg).violation == found.violation
+
+
+@pytest.mark.parametrize("bug", sorted(LESSOR_BUGS))
+def test_a_lessor_that_expires_a_lease_early_fails_the_simulation(bug: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lessor that renews a lease whose revocation is under way, or that keeps its deadlines
+    across a term in which another leader acknowledged keep-alives, is caught within the seeds the
+    suite runs, by the lease check and nothing else."""
+    monkeypatch.setattr(driver_sim, "Lessor", LESSOR_BUGS[bug])
+    found = next((r for seed in SEEDS if not (r := run_driver_seed(seed)).ok), None)
+    assert found is not None, f"a lessor that {bug} survived {len(SEEDS)} seeds"
+    assert "expired at" in found.violation and "before" in found.violation, found.violation
+    print(f"{bug}: seed {found.seed}: {found.violation.splitlines()[0]}")

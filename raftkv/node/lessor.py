@@ -15,8 +15,18 @@ no follower's clock matters.
   leader was elected after t and gives the lease a full TTL from its own start. Hence a lease
   cannot expire while an acknowledged keep-alive is within its TTL. A follower relays keep-alives
   and time-to-live questions to the leader.
+- A keep-alive for a lease whose deadline has passed is refused (404, as etcd refuses to renew an
+  expired lease), and so is one for a lease whose revocation this leader has proposed and not yet
+  seen fail for certain: that entry may still commit, and acknowledging the keep-alive would
+  promise a TTL the log is about to cut short. (A revocation proposed by an earlier leader
+  commits, if ever, before a new leader's ReadIndex round completes, so the lease is gone by the
+  time the keep-alive is checked.)
+- Deadlines belong to one term of leadership: a node that lost leadership and won it back
+  (maybe faster than one check) starts every TTL afresh too, since a keep-alive may have been
+  acknowledged by the leader in between.
 - Expiry is checked every `CHECK_EVERY_S`; an expired lease's revocation is proposed once, and
-  retried if it did not commit.
+  retried if it did not commit. Time is the event loop's clock (monotonic in a node process,
+  virtual in the simulator).
 """
 
 from __future__ import annotations
@@ -24,14 +34,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
 from raftkv.core import Role
 from raftkv.kv import LeaseGrant, LeaseRevoke
 
-from .errors import NodeError, RequestRefused
+from .errors import NodeError, OutcomeUnknownError, RequestRefused
 from .forwarding import ask_leader
 from .group import RaftGroup
 
@@ -49,7 +58,9 @@ class Lessor:
         self._leader_url = leader_url  # member id -> its client URL
         self._rng = rng or random.Random()
         self._deadlines: dict[int, float] = {}  # lease id -> when it expires (leader only)
+        self._timed_term = 0  # the term of the leadership those deadlines were set in
         self._revoking: dict[int, asyncio.Task] = {}
+        self._revocation_unsettled: set[int] = set()  # proposed this term, outcome unknown: may commit
 
     # ---- what clients call ------------------------------------------------------------------
 
@@ -66,8 +77,11 @@ class Lessor:
         if leader != self.group.id:
             return await self._ask(leader, "POST", f"/leases/{lease_id}/keepalive")
         await self.group.read_barrier()  # still the leader after the keep-alive arrived (see above)
-        lease = self._lease(lease_id)
-        self._deadlines[lease_id] = time.monotonic() + lease.ttl_s
+        lease, deadlines, now = self._lease(lease_id), self._leading_deadlines(), _now()
+        if not self._renewable(lease_id, deadlines, now):
+            raise RequestRefused(404, "expired", f"lease {lease_id} has expired (its revocation is under way)",
+                                 lease=lease_id)
+        deadlines[lease_id] = now + lease.ttl_s
         return {"id": lease_id, "ttl": lease.ttl_s}
 
     async def time_to_live(self, lease_id: int) -> dict[str, Any]:
@@ -76,8 +90,9 @@ class Lessor:
         if leader != self.group.id:
             return await self._ask(leader, "GET", f"/leases/{lease_id}")
         lease = self._lease(lease_id)
-        deadline = self._deadlines.setdefault(lease_id, time.monotonic() + lease.ttl_s)
-        return {"id": lease_id, "ttl": lease.ttl_s, "remaining": round(max(0.0, deadline - time.monotonic()), 3),
+        now = _now()
+        deadline = self._leading_deadlines().setdefault(lease_id, now + lease.ttl_s)
+        return {"id": lease_id, "ttl": lease.ttl_s, "remaining": round(max(0.0, deadline - now), 3),
                 "keys": sorted(lease.keys), "grantedRevision": lease.granted_revision}
 
     def _lease(self, lease_id: int) -> Any:
@@ -103,20 +118,42 @@ class Lessor:
     def check(self) -> None:
         """Time every lease (a leader only), and propose the revocation of the expired ones."""
         if self.group.core.role is not Role.LEADER:
-            self._deadlines.clear()  # the next leader, maybe this node again, starts every TTL afresh
+            self._forget_timing()  # the next leader, maybe this node again, starts every TTL afresh
             return
-        now, leases = time.monotonic(), self.group.kv.leases.leases
-        for lease_id in set(self._deadlines) - set(leases):
-            del self._deadlines[lease_id]
+        deadlines, now, leases = self._leading_deadlines(), _now(), self.group.kv.leases.leases
+        for lease_id in set(deadlines) - set(leases):
+            del deadlines[lease_id]
         for lease_id, lease in leases.items():
-            deadline = self._deadlines.setdefault(lease_id, now + lease.ttl_s)
+            deadline = deadlines.setdefault(lease_id, now + lease.ttl_s)
             if now >= deadline and lease_id not in self._revoking:
                 self._revoking[lease_id] = asyncio.get_running_loop().create_task(self._expire(lease_id))
+
+    def _leading_deadlines(self) -> dict[int, float]:
+        """The deadlines of this node's current leadership (emptied when its term changed)."""
+        core = self.group.core
+        if core.role is not Role.LEADER:
+            raise RequestRefused(503, "no_leader", f"{self.group.id} no longer leads", leader=core.leader_id)
+        if core.term != self._timed_term:
+            self._forget_timing()
+            self._timed_term = core.term
+        return self._deadlines
+
+    def _forget_timing(self) -> None:
+        self._deadlines.clear()
+        self._revocation_unsettled.clear()
+
+    def _renewable(self, lease_id: int, deadlines: dict[int, float], now: float) -> bool:
+        """Neither past its deadline nor being revoked (see the theory of operation)."""
+        return not (lease_id in self._revoking or lease_id in self._revocation_unsettled
+                    or deadlines.get(lease_id, now) < now)
 
     async def _expire(self, lease_id: int) -> None:
         try:
             await self.group.propose(LeaseRevoke(lease_id, expired=True))
             log.info("lease expired node=%s lease=%d", self.group.id, lease_id)
+        except OutcomeUnknownError as e:  # may yet commit in this term; the next check proposes again
+            self._revocation_unsettled.add(lease_id)
+            log.info("lease expiry outcome unknown node=%s lease=%d: %s", self.group.id, lease_id, e)
         except NodeError as e:  # not committed (a leader change, say): the next check proposes again
             log.info("lease expiry not committed node=%s lease=%d: %s", self.group.id, lease_id, e)
         finally:
@@ -127,3 +164,6 @@ class Lessor:
             task.cancel()
         await asyncio.gather(*self._revoking.values(), return_exceptions=True)
 
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()

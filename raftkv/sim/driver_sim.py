@@ -17,13 +17,15 @@ One seeded RNG drives everything else: the run's settings (pre-vote, check-quoru
 snapshots are taken, the latency), a nemesis (partitions, isolating the leader, one-way cuts,
 lossy links, crashes of any node or of the leader, slow disks, forced elections), and clients that
 write, compare-and-set and read (`group.propose`; `group.read_barrier`, then the local state
-machine) through random nodes, recording a history with unknown outcomes.
+machine) through random nodes, recording a history with unknown outcomes. Every node also runs
+the real Lessor, and a lease client grants leases and keeps some alive (driver_leases.py).
 
 Checked while it runs: persist before send (persist_before_send.py: each vote and append
 acknowledgement is backed by its sender's synced disk), Election Safety and State Machine Safety
 (driver_safety.py). At the end the faults stop and every node restarts; within `liveness_s` a
 leader known to all must apply a new write on every node. Then every key is read through the
-leader (into the history), every acknowledged write must sit at an index all nodes applied, the
+leader (into the history), no lease may have expired before its TTL since the last acknowledged
+keep-alive and every lease must expire, every acknowledged write must sit at an index all nodes applied, the
 state machines must be equal once the nodes have applied the same log, and the history must be
 linearizable (raftkv/check). A failure carries the command that replays it and the run's last
 events. An error nobody handled (raised on the loop), or a loop that spins without letting time
@@ -46,13 +48,15 @@ from typing import Any
 
 from raftkv.check import Operation, Verdict, check_history
 from raftkv.core import Role
-from raftkv.kv import KVStateMachine, Put
+from raftkv.kv import Put
 from raftkv.node import NodeConfig, NodeError, NoLeaderError, NotAppliedError, OutcomeUnknownError, RaftGroup
 from raftkv.node.config import Member
+from raftkv.node.lessor import Lessor
 from raftkv.node.metrics import NodeMetrics
 from raftkv.storage import MemoryStorage, RaftStorage
 from raftkv.transport import LinkFaults, MemoryNetwork, Transport
 
+from .driver_leases import TTLS_S, LeaseClient, LeaseLedger, LeaseWatchingKV, await_every_lease_gone
 from .driver_safety import ClusterSafety, SafetyObserver
 from .invariants import InvariantViolation
 from .latency import LatencyTransport
@@ -97,6 +101,9 @@ class DriverSimResult:
     unknown_operations: int = 0
     elections: int = 0
     promises_checked: int = 0  # votes and acknowledgements checked against their sender's synced disk
+    leases_granted: int = 0
+    keepalives_acknowledged: int = 0
+    leases_expired: int = 0
     faults: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # what the node's code logged as an error and survived
     trace: list[str] = field(default_factory=list)
@@ -122,9 +129,11 @@ class SimNode:
         self.faults = LinkFaults(rng=random.Random(f"{sim.seed}/{node_id}/loss"))
         self.disk_delay_s = 0.0
         self.group: RaftGroup | None = None
+        self.lessor: Lessor | None = None
         self.starts = 0
         self._executor = LoopExecutor()
         self._transport: Transport | None = None
+        self._lessor_task: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -147,18 +156,25 @@ class SimNode:
             storage = RecordingStorage(self.memory, self.ledger)
         metrics = NodeMetrics(self.id)
         observer = SafetyObserver(self.id, metrics, sim.safety, sim.note, trace_core=cfg.trace)
-        group = RaftGroup(sim.node_config(self.id), storage, transport, KVStateMachine(), metrics, observer,
-                          random.Random(f"{sim.seed}/{self.id}/{self.starts}"), executor=self._executor)
+        group = RaftGroup(sim.node_config(self.id), storage, transport, LeaseWatchingKV(sim.leases), metrics,
+                          observer, random.Random(f"{sim.seed}/{self.id}/{self.starts}"), executor=self._executor)
         if checking is not None:
             checking.bind(group.core)
         await transport.start(group.deliver)
         await group.start()
-        self.group, self._transport = group, transport
+        # A follower relays keep-alives to the leader's client URL; here there is none, so the
+        # lease client asks a leader directly, as a relayed request would reach it.
+        lessor = Lessor(group, lambda _leader: None, random.Random(f"{sim.seed}/{self.id}/{self.starts}/leases"))
+        self._lessor_task = asyncio.get_running_loop().create_task(lessor.run())
+        self.group, self.lessor, self._transport = group, lessor, transport
 
     async def crash(self) -> None:
         """kill -9: the disk work in flight never completes, and only what was synced survives."""
-        group, transport, self.group = self.group, self._transport, None
-        assert group is not None and transport is not None
+        group, lessor, transport, self.group, self.lessor = self.group, self.lessor, self._transport, None, None
+        assert group is not None and lessor is not None and transport is not None
+        self._lessor_task.cancel()
+        await asyncio.gather(self._lessor_task, return_exceptions=True)
+        await lessor.stop()
         self._executor.abandon()
         await group.halt()
         await transport.close()
@@ -173,6 +189,7 @@ class DriverSimulation:
         self.ids = [f"n{i + 1}" for i in range(cfg.nodes)]
         self.network = MemoryNetwork()
         self.safety = ClusterSafety(self.fail)
+        self.leases = LeaseLedger()
         self.pre_vote = self.rng.choice((True, False))
         self.check_quorum = self.rng.choice((True, False))
         self.snapshot_every = self.rng.choice((0, 0, 15, 50))
@@ -214,6 +231,8 @@ class DriverSimulation:
         r.unknown_operations = sum(op.outcome == "unknown" for op in self.history)
         r.elections = len(self.safety.leaders_by_term)
         r.promises_checked = sum(n.ledger.checked.total() for n in self.nodes.values())
+        r.leases_granted, r.leases_expired = len(self.leases.granted), len(self.leases.gone_at)
+        r.keepalives_acknowledged = self.leases.keepalives_acknowledged
         r.trace = list(self._trace)
         r.history_digest = hashlib.blake2b("\n".join(op.describe() for op in self.history).encode()).hexdigest()
         return r
@@ -249,6 +268,8 @@ class DriverSimulation:
 
     async def _scenario(self) -> None:
         clients = [asyncio.create_task(self._client(c)) for c in range(self.cfg.clients)]
+        lease_client = LeaseClient(self.leases, random.Random(f"{self.seed}/leases"), self._lessors, self.note)
+        clients.append(asyncio.create_task(lease_client.run(lambda: self._faults_on)))
         nemesis = asyncio.create_task(self._nemesis())
         self._workers = [*clients, nemesis]
         await asyncio.sleep(self.cfg.fault_s)
@@ -258,6 +279,7 @@ class DriverSimulation:
         leader = await self._await_liveness()
         self._clients_on = False
         await asyncio.gather(*clients)
+        await await_every_lease_gone(self._groups, self.leases, max(TTLS_S) + self.cfg.liveness_s)
         await self._read_every_key(leader)
         await self._await_same_log()
         self.safety.check_acknowledged(
@@ -417,6 +439,9 @@ class DriverSimulation:
         return max(leaders, key=lambda n: n.group.core.term).id if leaders else None  # type: ignore[union-attr]
 
     # ---- the end ------------------------------------------------------------------------------
+
+    def _lessors(self) -> dict[str, Lessor]:
+        return {n.id: n.lessor for n in self.nodes.values() if n.lessor is not None}
 
     def _groups(self) -> list[RaftGroup]:
         return [n.group for n in self.nodes.values() if n.group is not None]
