@@ -1,5 +1,5 @@
 """etcd's Cluster service (member list, remove, promote) and Maintenance service (status, hashes,
-alarms, leader moves) over the node's member service and Raft state.
+alarms, leader moves, snapshots) over the node's member service and Raft state.
 
 A member's clientURLs are its etcd gRPC endpoint (what etcd's clients dial), learned once per
 member from its `/raft-state` (`etcdURL`) and remembered: a member's id never changes address.
@@ -9,9 +9,11 @@ A member that does not answer yet is listed with no client URL, as etcd lists an
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +23,18 @@ import msgpack
 from raftkv.client import Client, ClusterUnreachableError
 from raftkv.core import Role
 from raftkv.etcd import errors
-from raftkv.etcd.errors import unary, unimplemented
+from raftkv.etcd.errors import translate, unary, unimplemented
 from raftkv.etcd.identity import Identity, number_of
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
 from raftkv.node import NodeHost
+from raftkv.node.backup import ETCD_ALIGN_BYTES, freeze
 
 __all__ = ["API_VERSION", "ClusterService", "MaintenanceService"]
 
 API_VERSION = "3.5.0"  # the etcd API level served (the pinned protos' release line), for clients that check it
 ASK_ENDPOINT_TIMEOUT_S = 1.0
 MOVE_LEADER_WAIT_S = 3.0
+SNAPSHOT_CHUNK_BYTES = 64 * 1024  # well under any client's largest message
 
 
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
@@ -150,9 +154,27 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Defragment(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         raise unimplemented("Defragment", "the WAL and snapshots have no free pages to reclaim")
 
-    @unary
-    async def Snapshot(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise unimplemented("Snapshot", "etcd's snapshot is a bolt database file; use `raftkv snapshot save`")
+    async def Snapshot(self, request: rpc_pb2.SnapshotRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
+        """raftkv's backup file (node/backup.py, what `raftkv snapshot save` writes and `raftkv snapshot
+        restore` reads), not etcd's bolt database, framed as etcd frames its snapshot (padding and a
+        sha256 at the end, which etcdctl requires): taken after a read barrier, so every write
+        acknowledged before the request is in it."""
+        try:
+            await self.node.read_barrier()
+        except Exception as exc:
+            if (error := translate(exc)) is None:
+                raise
+            await context.abort(error.code, error.message)
+        image = await asyncio.get_running_loop().run_in_executor(None, freeze(self.node.kv, self.node.id))
+        header = self.identity.header(image.header.revision)
+        padding = bytes(-image.size() % ETCD_ALIGN_BYTES)  # etcd's trailer: see backup._etcd_trailer_holds
+        left, digest = image.size() + len(padding) + hashlib.sha256().digest_size, hashlib.sha256()
+        for chunk in [*image.chunks(SNAPSHOT_CHUNK_BYTES), padding]:
+            digest.update(chunk)
+            left -= len(chunk)
+            yield rpc_pb2.SnapshotResponse(header=header, remaining_bytes=left, blob=bytes(chunk))
+        yield rpc_pb2.SnapshotResponse(header=header, remaining_bytes=0, blob=digest.digest())
 
     @unary
     async def Downgrade(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

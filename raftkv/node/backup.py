@@ -17,7 +17,9 @@ The header holds the revision, the applied index, the key count, the cluster's m
 exactly `KVStateMachine.snapshot()` (canonical msgpack), so its sha256 is also the `kvDigest` any
 replica reports at that applied index. The crc guards the header and the sha256 the body; a file
 longer or shorter than its header says is refused too: one flipped or missing byte anywhere is an
-error, never a silently different store.
+error, never a silently different store. The one exception is a file saved by etcdctl through
+etcd's API (raftkv/etcd/), which ends with etcd's trailer (padding and a sha256 of the file), and
+is read once that sha256 checks out.
 
 Restore. One data directory per member of the NEW cluster (the --cluster given, as etcdutl takes
 --initial-cluster), the same on every member but for the identity file. The node must find in it
@@ -66,6 +68,7 @@ MAGIC = b"RKVBACKP"
 FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<8sIII")  # magic, format version, header length, crc32(header)
 STREAM_CHUNK_BYTES = 1 << 20  # what the node writes to the socket at a time
+ETCD_ALIGN_BYTES = 512  # etcd's snapshot stream: the data padded to a multiple of this, then its sha256
 
 
 class BackupError(Exception):
@@ -182,6 +185,9 @@ def parse_backup(raw: bytes, where: str) -> BackupImage:
         header = BackupHeader.decode(bytes(view[_PREAMBLE.size : header_end]))
     except (ValueError, KeyError, TypeError) as exc:
         raise BackupError(f"{where}: malformed header ({exc!r})") from None
+    body_end = header_end + header.body_bytes
+    if len(raw) > body_end and _etcd_trailer_holds(view, body_end):
+        view = view[:body_end]
     body = view[header_end:]
     if len(body) != header.body_bytes:
         raise BackupError(f"{where}: the body is {len(body)} bytes but the header says {header.body_bytes}: "
@@ -191,6 +197,16 @@ def parse_backup(raw: bytes, where: str) -> BackupImage:
         raise BackupError(f"{where}: checksum mismatch: the body's sha256 is {digest}, the header says "
                           f"{header.sha256}: the file is damaged")
     return BackupImage(header, bytes(body))
+
+
+def _etcd_trailer_holds(view: memoryview, body_end: int) -> bool:
+    """Whether what follows the body is the trailer etcd's snapshot stream ends with: zeros up to a
+    multiple of ETCD_ALIGN_BYTES, then the sha256 of everything before it. etcdctl snapshot save
+    refuses a stream without it and keeps it in the file, so a backup saved that way (from
+    raftkv/etcd/) has it, and is that backup whole once it checks out."""
+    n, digest_bytes = len(view), hashlib.sha256().digest_size
+    return (n % ETCD_ALIGN_BYTES == digest_bytes and not any(view[body_end : n - digest_bytes])
+            and hashlib.sha256(view[: n - digest_bytes]).digest() == view[n - digest_bytes :])
 
 
 def read_backup(path: Path) -> BackupImage:

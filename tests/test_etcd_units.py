@@ -1,0 +1,70 @@
+"""The etcd layer's own rules, without a cluster: key ranges as etcd means them, and which etcd
+error (code and message, what clients match) each node-level failure becomes."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from raftkv.etcd.convert import Bounds, key_text, value_bytes
+from raftkv.etcd.errors import EtcdError, translate
+from raftkv.etcd.identity import number_of
+from raftkv.kv import CompactedError
+from raftkv.node.errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError, RequestRefused
+
+
+def test_a_single_key_is_its_own_range() -> None:
+    one = Bounds(b"a", b"")
+    assert one.single and one.contains("a") and not one.contains("a/b") and one.stop == "a\0"
+
+
+def test_prefix_from_key_and_every_key_ranges() -> None:
+    prefix = Bounds(b"app/", b"app0")  # etcdctl --prefix: the last byte incremented
+    assert prefix.contains("app/x") and not prefix.contains("app0") and not prefix.contains("apq")
+    from_key = Bounds(b"m", b"\0")
+    assert from_key.end is None and from_key.contains("z") and not from_key.contains("l")
+    everything = Bounds(b"\0", b"\0")
+    assert everything.start == "" and everything.end is None and everything.contains("\x01")
+
+
+def test_keys_must_be_given_and_be_utf8() -> None:
+    with pytest.raises(EtcdError, match="etcdserver: key is not provided"):
+        key_text(b"")
+    with pytest.raises(EtcdError, match="must be UTF-8") as refused:
+        key_text(b"\xff\xfe")
+    assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_values_go_out_as_their_text() -> None:
+    assert value_bytes("héllo") == "héllo".encode() and value_bytes({"a": [1, 2]}) == b'{"a":[1,2]}'
+
+
+@pytest.mark.parametrize(("failure", "code", "message"), [
+    (NoLeaderError(), grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader"),
+    (OutcomeUnknownError("waited 5 s"), grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out"),
+    (NotAppliedError("leader changed"), grpc.StatusCode.UNAVAILABLE, "etcdserver: leader changed"),
+    (CompactedError(3, 7), grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted"),
+    (RequestRefused(404, "unknown", "lease 5 does not exist", lease=5), grpc.StatusCode.NOT_FOUND,
+     "etcdserver: requested lease not found"),
+    (RequestRefused(503, "no_leader", "the leader's address is not known"), grpc.StatusCode.UNAVAILABLE,
+     "etcdserver: no leader"),
+    (MembershipRefused("unknown", "no member 'x'"), grpc.StatusCode.NOT_FOUND, "etcdserver: member not found"),
+    (MembershipRefused("not_learner", "a voter"), grpc.StatusCode.FAILED_PRECONDITION,
+     "etcdserver: can only promote a learner member"),
+    (MembershipRefused("not_caught_up", "lags"), grpc.StatusCode.FAILED_PRECONDITION,
+     "etcdserver: can only promote a learner member which is in sync with leader"),
+    (MembershipRefused("last_voter", "the last voter"), grpc.StatusCode.FAILED_PRECONDITION,
+     "etcdserver: the last voter"),
+])
+def test_node_failures_become_etcds_errors(failure: Exception, code: grpc.StatusCode, message: str) -> None:
+    error = translate(failure)
+    assert error is not None and (error.code, error.message) == (code, message)
+
+
+def test_a_bug_is_not_dressed_as_an_etcd_error() -> None:
+    assert translate(KeyError("x")) is None
+
+
+def test_member_numbers_are_stable_and_never_zero() -> None:
+    assert number_of("node1") == number_of("node1") != number_of("node2")
+    assert all(number_of(f"n{i}") > 0 for i in range(1000))
