@@ -4,7 +4,10 @@ Each member runs on 127.0.0.1 with its own ports and its own data dir under the 
 Nothing is tuned: etcd's defaults fsync the WAL before acknowledging, heartbeat 100 ms, election
 timeout 1 s. Requests go through etcd's v3 JSON gateway (grpc-gateway), the same HTTP client code
 as raftkv's: PUT is `POST /v3/kv/put {"key": b64, "value": b64}`, a linearizable read is
-`POST /v3/kv/range {"key": b64}` (serializable=false is etcd's default).
+`POST /v3/kv/range {"key": b64}` (serializable=false is etcd's default); a lease keep-alive is
+`POST /v3/lease/keepalive {"ID": id}` (the gateway sends the one request of the stream and returns
+etcd's answer, which names the TTL only if the lease exists); a watch is `POST /v3/watch`
+(watch_wire.py).
 """
 
 from __future__ import annotations
@@ -84,6 +87,9 @@ class EtcdCluster:
     def pid(self, n: str) -> int:
         return self.procs[n].pid
 
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs.values() if proc.poll() is None]
+
     # ---- cluster view ---------------------------------------------------------------------------
 
     def url(self, n: str) -> str:
@@ -129,5 +135,18 @@ class EtcdCluster:
     def build_read(self, url: str, key: str) -> tuple[str, str, bytes, dict]:
         return "POST", url + "/v3/kv/range", json.dumps({"key": _b64(key)}).encode(), JSON_HEADERS
 
-    def ok(self, op: str, status: int) -> bool:
-        return status == 200
+    def build_keepalive(self, url: str, lease_id: str) -> tuple[str, str, bytes, dict]:
+        return "POST", url + "/v3/lease/keepalive", json.dumps({"ID": lease_id}).encode(), JSON_HEADERS
+
+    def grant_leases(self, n: int, ttl_s: int) -> list[str]:
+        ids = []
+        for _ in range(n):
+            status, body = http_json("POST", self.leader_url() + "/v3/lease/grant", {"TTL": ttl_s}, timeout_s=5.0)
+            if status != 200 or not isinstance(body, dict) or "ID" not in body:
+                raise RuntimeError(f"etcd lease grant: {status} {body}")
+            ids.append(body["ID"])
+        return ids
+
+    def ok(self, op: str, status: int, body: bytes = b"") -> bool:
+        # etcd answers a keep-alive of an unknown lease 200 without a TTL
+        return status == 200 and (op != "keepalive" or b'"TTL"' in body)

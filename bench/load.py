@@ -10,9 +10,11 @@ key space (10k by default); values have a fixed size. Clients are pinned to node
 requests that fail are counted apart and not in the latencies.
 
 What differs between systems is only how a request looks on the wire: an adapter gives
-`build_write(url, key, value)` / `build_read(url, key)` returning (method, url, body, headers),
-and `ok(status)` to judge the answer. Everything else (connection pooling, timing, key choice)
-is this same code for every system, so ratios compare the servers, not the clients.
+`build_write(url, key, value)` / `build_read(url, key)` / `build_keepalive(url, lease_id)`
+returning (method, url, body, headers), and `ok(op, status, body)` to judge the answer. For
+lease keep-alives the "keys" are the ids of leases granted beforehand (`grant_leases`).
+Everything else (connection pooling, timing, key choice) is this same code for every system, so
+ratios compare the servers, not the clients.
 """
 
 from __future__ import annotations
@@ -29,21 +31,26 @@ import aiohttp
 
 KEY_SPACE = 10_000
 REQUEST_TIMEOUT_S = 10.0
+KEEPALIVE_LEASES = 64  # granted before the keep-alive runs, renewed round-robin by the clients
+KEEPALIVE_TTL_S = 600  # far longer than a run: a lease that expired would turn renewals into failures
 
 
 class HttpSystem(Protocol):
     name: str
 
     def urls(self) -> list[str]: ...
+    def pids(self) -> list[int]: ...
     def leader_url(self) -> str: ...
     def build_write(self, url: str, key: str, value: str) -> tuple[str, str, bytes, dict]: ...
     def build_read(self, url: str, key: str) -> tuple[str, str, bytes, dict]: ...
-    def ok(self, op: str, status: int) -> bool: ...
+    def build_keepalive(self, url: str, lease_id: str) -> tuple[str, str, bytes, dict]: ...
+    def grant_leases(self, n: int, ttl_s: int) -> list[str]: ...
+    def ok(self, op: str, status: int, body: bytes = b"") -> bool: ...
 
 
 @dataclass(frozen=True)
 class Workload:
-    op: str  # "write" | "read"
+    op: str  # "write" | "read" | "keepalive"
     concurrency: int
     value_bytes: int
     target: str  # "spread" | "leader"
@@ -51,6 +58,8 @@ class Workload:
 
     @property
     def label(self) -> str:
+        if self.op == "keepalive":
+            return f"keepalive c={self.concurrency} {self.target}"
         return f"{self.op} c={self.concurrency} v={self.value_bytes}B {self.target}"
 
 
@@ -87,19 +96,24 @@ def make_session(concurrency: int) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
 
 
-async def run_load(system: HttpSystem, w: Workload, seed: int = 0, key_space: int = KEY_SPACE) -> LoadResult:
-    """One closed-loop measurement of `w` against `system`."""
+async def run_load(system: HttpSystem, w: Workload, seed: int = 0, key_space: int = KEY_SPACE,
+                   keys: list[str] | None = None) -> LoadResult:
+    """One closed-loop measurement of `w` against `system`; `keys` (lease ids for keep-alives)
+    replaces the random keys."""
     urls = [system.leader_url()] if w.target == "leader" else system.urls()
     value = make_value(w.value_bytes)
     build: Callable[[int, str], tuple[str, str, bytes, dict]]
     if w.op == "write":
         build = lambda i, key: system.build_write(urls[i % len(urls)], key, value)  # noqa: E731
-    else:
+    elif w.op == "read":
         build = lambda i, key: system.build_read(urls[i % len(urls)], key)  # noqa: E731
+    else:
+        assert w.op == "keepalive" and keys, "keep-alives need the ids of granted leases"
+        build = lambda i, lease_id: system.build_keepalive(urls[i % len(urls)], lease_id)  # noqa: E731
     latencies: list[float] = []
     failed = 0
     rng = random.Random(seed)
-    keys = [f"k{rng.randrange(key_space):05d}" for _ in range(4096)]
+    keys = keys or [f"k{rng.randrange(key_space):05d}" for _ in range(4096)]
 
     async with make_session(w.concurrency) as session:
         deadline = 0.0
@@ -116,8 +130,7 @@ async def run_load(system: HttpSystem, w: Workload, seed: int = 0, key_space: in
                     return
                 try:
                     async with session.request(method, url, data=body, headers=headers) as resp:
-                        await resp.read()
-                        good = system.ok(w.op, resp.status)
+                        good = system.ok(w.op, resp.status, await resp.read())
                 except (aiohttp.ClientError, TimeoutError, OSError):
                     good = False
                 if good:

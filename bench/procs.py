@@ -1,4 +1,5 @@
-"""Small helpers shared by the system adapters: bounded waits, resident memory, HTTP, stopping processes.
+"""Small helpers shared by the system adapters: bounded waits, resident memory and CPU time, HTTP,
+stopping processes.
 
 Every process the benchmark starts is remembered by PID and stopped by PID (SIGTERM, then SIGKILL
 after a bounded wait); nothing is ever matched by name.
@@ -54,6 +55,13 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/PID/stat, in clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stop_pid(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:

@@ -2,7 +2,9 @@
 
 The nodes run with their defaults (fsync before acknowledging, 20 ms ticks, 200-400 ms election
 timeout). Requests are the documented HTTP API: `PUT /kv/{key} {"value": ...}` and the
-linearizable `GET /kv/{key}` (ReadIndex); a read of an absent key (404) is a completed read.
+linearizable `GET /kv/{key}` (ReadIndex); a read of an absent key (404) is a completed read;
+`POST /leases/{id}/keepalive` renews a lease (a follower relays it to the leader); a watch is
+`GET /watch?prefix=...` (watch_wire.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ class RaftkvCluster:
         proc = self.supervisor.nodes[node_id].proc
         assert proc is not None
         return proc.pid
+
+    def pids(self) -> list[int]:
+        return [self.pid(node_id) for node_id, node in self.supervisor.nodes.items() if node.running]
 
     def url(self, node_id: str) -> str:
         return self.supervisor.nodes[node_id].member.url
@@ -81,5 +86,17 @@ class RaftkvCluster:
     def build_read(self, url: str, key: str) -> tuple[str, str, bytes, dict]:
         return "GET", f"{url}/kv/{key}", b"", {}
 
-    def ok(self, op: str, status: int) -> bool:
+    def build_keepalive(self, url: str, lease_id: str) -> tuple[str, str, bytes, dict]:
+        return "POST", f"{url}/leases/{lease_id}/keepalive", b"", {}
+
+    def grant_leases(self, n: int, ttl_s: int) -> list[str]:
+        ids = []
+        for _ in range(n):
+            status, body = http_json("POST", self.leader_url() + "/leases", {"ttl": ttl_s}, timeout_s=5.0)
+            if status != 200 or not isinstance(body, dict) or "id" not in body:
+                raise RuntimeError(f"raftkv lease grant: {status} {body}")
+            ids.append(str(body["id"]))
+        return ids
+
+    def ok(self, op: str, status: int, body: bytes = b"") -> bool:
         return status == 200 or (op == "read" and status == 404)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .load import LoadResult, Summary, Workload, percentile
+from .load import KEEPALIVE_LEASES, KEEPALIVE_TTL_S, LoadResult, Summary, Workload, percentile
+from .watch import MAX_PROCESSES, PROBES, WATCHERS_PER_PROCESS, WatchResult
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Results:
     embedded: dict[str, dict[int, list[dict]]] = field(default_factory=dict)  # system/variant -> inflight -> reps
     failover: dict[str, list[Any]] = field(default_factory=dict)
     restart: Any = None
+    watch: dict[str, dict[int, list[WatchResult]]] = field(default_factory=dict)  # system -> watchers -> reps
+    keepalive: dict[str, dict[Workload, list[LoadResult]]] = field(default_factory=dict)  # system -> workload -> reps
     elections_during_load: dict[str, int] = field(default_factory=dict)
 
 
@@ -56,7 +59,12 @@ def best_pysyncobj(res: Results, inflight: int) -> tuple[str, Summary] | None:
 
 
 def http_table(res: Results) -> list[str]:
-    systems = list(res.http)
+    return load_table(res.http)
+
+
+def load_table(by_system: dict[str, dict[Workload, list[LoadResult]]]) -> list[str]:
+    """One row per workload: raftkv's ops/s and latency beside the peer's, and their ratios."""
+    systems = list(by_system)
     if not systems:
         return []
     peer = next((s for s in systems if s != "raftkv"), None)
@@ -66,12 +74,12 @@ def http_table(res: Results) -> list[str]:
         head += f" {peer} ops/s | p50 / p99 ms | raftkv/{peer} throughput | raftkv/{peer} p99 |"
         sep += "---:|---:|---:|---:|"
     lines = [head, sep]
-    workloads = list(res.http.get("raftkv", res.http[systems[0]]))
+    workloads = list(by_system.get("raftkv", by_system[systems[0]]))
     for w in workloads:
         row = [w.label]
         figures = {}
         for s in ["raftkv", *([peer] if peer else [])]:
-            reps = res.http.get(s, {}).get(w, [])
+            reps = by_system.get(s, {}).get(w, [])
             thr, p50, p99 = _thr(reps), _pct(reps, 50), _pct(reps, 99)
             figures[s] = (thr, p99)
             row.append(thr.fmt())
@@ -118,6 +126,66 @@ def failover_table(res: Results) -> list[str]:
         err = ", ".join(f"{k} x{v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])) or "-"
         cell = Summary(secs).fmt(" s", digits=3) + (f"; {missing} trial(s) without success" if missing else "")
         lines.append(f"| {s} | {cell} | {len(trials)} | {err} |")
+    return lines
+
+
+def _watch_cells(reps: list[WatchResult]) -> list[str]:
+    if not reps:
+        return ["-", "-", "-"]
+    thr = Summary([r.events_per_s for r in reps])
+    share = Summary([r.events_per_s / r.offered_per_s * 100 for r in reps if r.offered_per_s])
+    p50 = Summary([r.percentile(50) for r in reps if r.latencies_s])
+    p99 = Summary([r.percentile(99) for r in reps if r.latencies_s])
+    sent_p99 = Summary([percentile(r.sent_latencies_s, 99) for r in reps if r.sent_latencies_s])
+    return [f"{thr.fmt()} ({share.median:.0f}%)", f"{p50.fmt(scale=1000, digits=1)} / {p99.fmt(scale=1000, digits=1)}",
+            sent_p99.fmt(scale=1000, digits=1)]
+
+
+def watch_table(res: Results) -> list[str]:
+    """Medians (min-max) per watcher count, raftkv beside the peer, with ratios."""
+    if "raftkv" not in res.watch:
+        return []
+    peer = next((s for s in res.watch if s != "raftkv"), None)
+    head = ("| watchers | writes/s acknowledged | raftkv events/s (% of offered) | ack→delivery p50 / p99 ms |"
+            " sent→delivery p99 ms |")
+    sep = "|---:|---:|---:|---:|---:|"
+    if peer:
+        head += (f" {peer} events/s (% of offered) | ack→delivery p50 / p99 ms | sent→delivery p99 ms |"
+                 f" raftkv/{peer} events/s | raftkv/{peer} p99 |")
+        sep += "---:|---:|---:|---:|---:|"
+    lines = [head, sep]
+    for n, reps in sorted(res.watch["raftkv"].items()):
+        peer_reps = res.watch.get(peer, {}).get(n, []) if peer else []
+        writes = " / ".join(Summary([r.writes / r.elapsed_s for r in x]).fmt() for x in (reps, peer_reps) if x)
+        row = [f"{n:,}", writes, *_watch_cells(reps)]
+        if peer:
+            row += _watch_cells(peer_reps)
+            row.append(_ratio(Summary([r.events_per_s for r in reps]).median,
+                              Summary([r.events_per_s for r in peer_reps]).median))
+            row.append(_ratio(Summary([r.percentile(99) for r in reps]).median,
+                              Summary([r.percentile(99) for r in peer_reps]).median))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def watch_runs_table(res: Results) -> list[str]:
+    """Every repetition on its own row (raftkv's and the peer's of the same repetition side by side),
+    with what each cost: servers' and watcher processes' CPU per delivered event."""
+    if "raftkv" not in res.watch:
+        return []
+    lines = ["| watchers | rep | system | writes acked/s | events/s | ack→delivery p50 / p99 ms |"
+             " undelivered (probes) | watches resumed | server CPU µs/event | watcher-process CPU µs/event |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in sorted(res.watch["raftkv"]):
+        for rep in range(max(len(by_n.get(n, [])) for by_n in res.watch.values())):
+            for system, by_n in res.watch.items():
+                if rep >= len(by_n.get(n, [])):
+                    continue
+                r = by_n[n][rep]
+                lines.append(f"| {n:,} | {rep + 1} | {system} | {r.writes / r.elapsed_s:,.0f} | {r.events_per_s:,.0f} |"
+                             f" {r.percentile(50) * 1000:.1f} / {r.percentile(99) * 1000:.1f} | {r.undelivered} |"
+                             f" {r.resumed} | {r.cpu_us_per_event('server'):.0f} |"
+                             f" {r.cpu_us_per_event('client'):.0f} |")
     return lines
 
 
@@ -246,6 +314,43 @@ def markdown(res: Results) -> str:
     f = failover_table(res)
     if f:
         parts += ["## Failover (kill -9 of the leader under steady writes)", "", *f, ""]
+    wt = watch_table(res)
+    if wt:
+        rate = next(iter(next(iter(res.watch.values())).values()))[0].workload.write_rate
+        parts += [
+            "## Watch: events delivered to N watchers of one prefix under a steady write load",
+            "",
+            f"{rate:g} writes/s offered to the leader (open loop, a new 16 B key under the prefix each, so one"
+            " event per watcher per write), the same for both systems; watchers spread round-robin over the 3"
+            f" nodes, at most {WATCHERS_PER_PROCESS} per watcher process (asyncio, aiohttp; at most"
+            f" {MAX_PROCESSES} processes)."
+            " raftkv: `GET /watch?prefix=` (Server-Sent Events); etcd: its JSON gateway's `POST /v3/watch`"
+            " (newline-delimited JSON). Events/s: arrivals at all watchers inside the measured window; % of"
+            f" offered: of (writes acknowledged in the window x watchers). Latency: up to {PROBES} probe watchers"
+            " time each key's arrival against the moment the writer saw it acknowledged (negative when the"
+            " writer's answer comes later than the event) and against when it was sent.",
+            "",
+            *wt,
+            "",
+            "Every run:",
+            "",
+            *watch_runs_table(res),
+            "",
+        ]
+    k = load_table(res.keepalive)
+    if k:
+        parts += [
+            "## Lease keep-alives (closed loop, same aiohttp client)",
+            "",
+            f"Each client renews one of {KEEPALIVE_LEASES} leases (TTL {KEEPALIVE_TTL_S} s) and sends the next"
+            " renewal when the answer comes."
+            " raftkv: `POST /leases/{id}/keepalive` (a follower relays it to the leader, which answers after a"
+            " ReadIndex round); etcd: its JSON gateway's `POST /v3/lease/keepalive` (a follower forwards it to"
+            " the leader); a renewal counts only if the lease was found (etcd answers 200 without a TTL otherwise).",
+            "",
+            *k,
+            "",
+        ]
     r = restart_table(res)
     if r:
         parts += ["## Restart and memory", "", *r, ""]

@@ -11,10 +11,15 @@ Phases, each bounded, each stopping every process it started (by PID) before the
    in flight; PySyncObj in each of its configurations, the best one reported per N.
 3. Failover (`failover.py`): kill -9 the leader under steady writes, several trials per system.
 4. Restart (`restart.py`): a node with 1M keys restarts from snapshot + WAL; RSS per key.
+5. Watch (`watch.py`, `watch_client.py`, `watch_wire.py`): 1, 100 and 1,000 watchers of one
+   prefix under the same steady write rate on raftkv and etcd, repetitions interleaved as in 1;
+   events delivered per second and the latency from a write's acknowledgement to its delivery.
+6. Keep-alive: lease renewals per second, closed loop at a fixed concurrency (`load.py`), raftkv
+   and etcd interleaved as in 1.
 
 Then `report.py` prints one table with ratios, writes it to `<out>/RESULTS.md` and a PNG.
 `--smoke` runs everything tiny (seconds) with raftkv and whichever peers are installed; the test
-suite runs it so the benchmark cannot rot.
+suite runs it so the benchmark cannot rot. `--only watch,keepalive` (or `--skip ...`) picks phases.
 """
 
 from __future__ import annotations
@@ -42,11 +47,12 @@ from tqdm import tqdm  # noqa: E402
 from bench import etcd, report  # noqa: E402
 from bench.embedded import PYSYNCOBJ_VARIANTS, EmbeddedCluster  # noqa: E402
 from bench.failover import FailoverTrial, run_failover  # noqa: E402
-from bench.load import Workload, run_load  # noqa: E402
+from bench.load import KEEPALIVE_LEASES, KEEPALIVE_TTL_S, Workload, run_load  # noqa: E402
 from bench.raftkv_http import RaftkvCluster  # noqa: E402
 from bench.restart import measure_restart  # noqa: E402
+from bench.watch import WatchWorkload, run_watch  # noqa: E402
 
-PHASES = ("http", "embedded", "failover", "restart")
+PHASES = ("http", "embedded", "failover", "restart", "watch", "keepalive")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,8 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inflight", help="embedded writes in flight (default 1,64,256,4096)")
     p.add_argument("--failover-trials", type=int, help="kill -9 trials per system (default 5; smoke 1)")
     p.add_argument("--restart-keys", type=int, help="keys for the restart test (default 1000000; smoke 2000)")
+    p.add_argument("--watchers", help="watch: watcher counts (default 1,100,1000; smoke 1,20)")
+    p.add_argument("--watch-rate", type=float, help="watch: writes per second offered (default 50; smoke 40)")
+    p.add_argument("--keepalive-concurrency", help="keep-alive: clients, comma-separated (default 16)")
     p.add_argument("--systems", default="raftkv,etcd,pysyncobj", help="which systems to run")
-    p.add_argument("--skip", default="", help=f"phases to skip, comma-separated: {','.join(PHASES)}")
+    p.add_argument("--only", default="", help=f"phases to run (default all), comma-separated: {','.join(PHASES)}")
+    p.add_argument("--skip", default="", help="phases to skip, comma-separated")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output directory")
     a = p.parse_args(argv)
     a.out = Path(PINNED["cwd"], a.out)  # the run works from the pinned copy's directory
@@ -78,8 +88,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.inflight = ints(a.inflight, "1,64,256,4096", "1,64")
     a.failover_trials = a.failover_trials if a.failover_trials is not None else (1 if smoke else 5)
     a.restart_keys = a.restart_keys if a.restart_keys is not None else (2000 if smoke else 1_000_000)
+    a.watchers = ints(a.watchers, "1,100,1000", "1,20")
+    a.watch_rate = a.watch_rate or (40.0 if smoke else 50.0)
+    a.keepalive_concurrency = ints(a.keepalive_concurrency, "16", "4")
     a.systems = set(a.systems.split(","))
-    a.skip = set(filter(None, a.skip.split(",")))
+    only, skip = (set(filter(None, x.split(","))) for x in (a.only, a.skip))
+    if unknown := (only | skip) - set(PHASES):
+        p.error(f"unknown phase(s) {', '.join(sorted(unknown))}; the phases are {', '.join(PHASES)}")
+    a.phases = (only or set(PHASES)) - skip
     return a
 
 
@@ -133,24 +149,33 @@ def main(argv: list[str] | None = None) -> int:
     # Smoke: raftkv's failover only (the peers' failover code runs in full mode).
     fo_systems = ["raftkv"] if a.smoke else http_systems + (["pysyncobj"] if use_pso else [])
     steps = 0
-    if "http" not in a.skip:
+    if "http" in a.phases:
         steps += a.reps * len(http_systems) * len(workloads)
-    if "embedded" not in a.skip:
+    if "embedded" in a.phases:
         steps += a.reps * len(emb_systems) * len(a.inflight)
-    if "failover" not in a.skip:
+    if "failover" in a.phases:
         steps += a.failover_trials * len(fo_systems)
+    keepalives = [Workload("keepalive", c, 0, t, a.duration) for t in a.targets for c in a.keepalive_concurrency]
+    if "watch" in a.phases:
+        steps += a.reps * len(http_systems) * len(a.watchers)
+    if "keepalive" in a.phases:
+        steps += a.reps * len(http_systems) * len(keepalives)
 
     with tempfile.TemporaryDirectory(prefix="raftkv-bench-") as tmp, tqdm(total=steps, unit="run") as bar:
         base = Path(tmp)
         failed: BaseException | None = None
         try:
-            if "http" not in a.skip:
+            if "http" in a.phases:
                 run_http(a, res, base, http_systems, workloads, bar)
-            if "embedded" not in a.skip:
+            if "embedded" in a.phases:
                 run_embedded(a, res, base, emb_systems, bar)
-            if "failover" not in a.skip:
+            if "failover" in a.phases:
                 run_failovers(a, res, base, fo_systems, bar)
-            if "restart" not in a.skip and a.restart_keys > 0:
+            if "watch" in a.phases:
+                run_watches(a, res, base, http_systems, bar)
+            if "keepalive" in a.phases:
+                run_keepalives(a, res, base, http_systems, keepalives, bar)
+            if "restart" in a.phases and a.restart_keys > 0:
                 bar.set_description("restart")
                 with tqdm(total=a.restart_keys, unit="key", desc=f"fill {a.restart_keys:,} keys", leave=False) as kb:
                     res.restart = measure_restart(base, a.restart_keys, progress=kb)
@@ -186,8 +211,8 @@ def _loadavg() -> str:
         return "?"
 
 
-def _start_http(name: str, base: Path, rep: int) -> RaftkvCluster | etcd.EtcdCluster:
-    d = base / f"{name}-{rep}"
+def _start_http(name: str, base: Path, run: str) -> RaftkvCluster | etcd.EtcdCluster:
+    d = base / f"{name}-{run}"  # a fresh data directory per cluster started
     return (RaftkvCluster(d) if name == "raftkv" else etcd.EtcdCluster(d)).start()
 
 
@@ -206,7 +231,7 @@ def run_http(a, res: report.Results, base: Path, systems: list[str], workloads: 
         order = systems if rep % 2 == 0 else list(reversed(systems))
         for name in order:
             bar.set_description(f"http {name} rep {rep + 1}")
-            cluster = _start_http(name, base, rep)
+            cluster = _start_http(name, base, f"http-{rep}")
             try:
                 for w in workloads:
                     bar.set_postfix_str(w.label)
@@ -220,6 +245,51 @@ def run_http(a, res: report.Results, base: Path, systems: list[str], workloads: 
                             res.notes.append(f"raftkv term moved by {changed} during `{w.label}` (rep {rep + 1})")
                     if r.failed:
                         res.notes.append(f"{name} `{w.label}` rep {rep + 1}: {r.failed} failed requests")
+                    bar.update(1)
+            finally:
+                cluster.stop()
+
+
+def run_watches(a, res: report.Results, base: Path, systems: list[str], bar: tqdm) -> None:
+    for rep in range(a.reps):
+        for name in systems if rep % 2 == 0 else list(reversed(systems)):
+            bar.set_description(f"watch {name} rep {rep + 1}")
+            cluster = _start_http(name, base, f"watch-{rep}")
+            try:
+                for n in a.watchers:
+                    w = WatchWorkload(n, a.watch_rate, a.duration)
+                    bar.set_postfix_str(w.label)
+                    r = asyncio.run(run_watch(cluster, w, base / "watch-logs", tag=f"{name}-{rep}",
+                                              warmup_s=0.2 if a.smoke else 0.5, drain_s=0.5 if a.smoke else 2.0))
+                    res.watch.setdefault(name, {}).setdefault(n, []).append(r)
+                    trouble = [f"{what} x{k}" for what, k in r.watch_errors.items()]
+                    if r.writes_unacknowledged:
+                        trouble.append(f"{r.writes_unacknowledged} writes not acknowledged")
+                    if r.undelivered:
+                        trouble.append(f"{r.undelivered} probe deliveries missing {a.duration:g} s + drain later")
+                    if r.resumed:
+                        trouble.append(f"{r.resumed} watches ended as too slow and resumed")
+                    if trouble:
+                        res.notes.append(f"{name} watch, {w.label}, rep {rep + 1}: {'; '.join(trouble)}")
+                    bar.update(1)
+            finally:
+                cluster.stop()
+
+
+def run_keepalives(a, res: report.Results, base: Path, systems: list[str], workloads: list[Workload],
+                   bar: tqdm) -> None:
+    for rep in range(a.reps):
+        for name in systems if rep % 2 == 0 else list(reversed(systems)):
+            bar.set_description(f"keepalive {name} rep {rep + 1}")
+            cluster = _start_http(name, base, f"keepalive-{rep}")
+            try:
+                leases = cluster.grant_leases(KEEPALIVE_LEASES, KEEPALIVE_TTL_S)
+                for w in workloads:
+                    bar.set_postfix_str(w.label)
+                    r = asyncio.run(run_load(cluster, w, seed=rep, keys=leases))
+                    res.keepalive.setdefault(name, {}).setdefault(w, []).append(r)
+                    if r.failed:
+                        res.notes.append(f"{name} `{w.label}` rep {rep + 1}: {r.failed} failed keep-alives")
                     bar.update(1)
             finally:
                 cluster.stop()
@@ -267,7 +337,7 @@ def run_failovers(a, res: report.Results, base: Path, systems: list[str], bar: t
             finally:
                 cluster.stop()
             continue
-        cluster = _start_http(name, base, 99)
+        cluster = _start_http(name, base, "failover")
         try:
             res.failover[name] = run_failover(
                 cluster, a.failover_trials, before_s=0.5 if a.smoke else 1.0, progress=bar

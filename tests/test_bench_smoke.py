@@ -1,8 +1,11 @@
 """`bench/run.py --smoke` runs end to end (raftkv plus whichever peers are installed) in well under
-a minute, writes its table and PNG, and the table has every section, so the benchmark cannot rot."""
+a minute, writes its table and PNG, and the table has every section, so the benchmark cannot rot.
+The watch and keep-alive phases have a run of their own, against raftkv alone, whose figures must
+show events actually delivered and leases actually renewed."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -14,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_smoke(tmp_path: Path) -> None:
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)],
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--skip", "watch,keepalive",
+         "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -30,3 +34,30 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert "| raftkv |" in text  # a failover row
     assert (tmp_path / "results.png").stat().st_size > 1000
     assert "# raftkv benchmark results" in proc.stdout
+
+
+def test_bench_smoke_watch_and_keepalive(tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--only", "watch,keepalive", "--systems", "raftkv",
+         "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert elapsed < 45, f"smoke watch and keep-alive took {elapsed:.0f} s"
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## Watch" in text and "## Lease keep-alives" in text, text
+    assert "## HTTP" not in text  # --only ran nothing else
+    # Every run's row: watchers, rep, system, writes acked/s, events/s, p50 / p99, undelivered, ...
+    runs = re.findall(r"^\| ([\d,]+) \| 1 \| raftkv \| ([\d,]+) \| ([\d,]+) \| (-?[\d.]+) / (-?[\d.]+) \|", text, re.M)
+    assert [int(r[0]) for r in runs] == [1, 20], text
+    for watchers, writes_per_s, events_per_s, _p50, p99 in runs:
+        assert int(writes_per_s.replace(",", "")) > 0
+        assert int(events_per_s.replace(",", "")) > 0, f"no event counted for {watchers} watcher(s):\n{text}"
+        assert 0 < float(p99) < 5000
+    keepalive = re.search(r"^\| keepalive c=4 spread \| ([\d,]+) \|", text, re.M)
+    assert keepalive and int(keepalive.group(1).replace(",", "")) > 0, text
