@@ -34,6 +34,7 @@ from raftkv.ports import (
 from raftkv.sim.__main__ import main as sim_command
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8080"
+DEFAULT_ETCD_PORT = 2379  # etcd's client port, for node1 of `raftkv up`
 PREVIEW_CHARS = 60  # of a deleted value, as `raftkv del` shows it
 LAB_TIMEOUT_S = 30.0  # a graceful stop through the dashboard waits for the node to exit
 LAB_ADD_TIMEOUT_S = 120.0  # a new node joins, catches up (a snapshot, then the log) and is promoted
@@ -144,6 +145,21 @@ def node(node_id: str | None, cluster: str | None, config_file: Path | None, joi
         raise click.ClickException(f"cannot start {cfg.node_id}: {e}") from None
 
 
+def _etcd_ports(host: str, first: int | None, count: int) -> list[int]:
+    """Consecutive ports from `first`; by default from DEFAULT_ETCD_PORT when all are free, else
+    ports the system picks (a second `up`, or an etcd, may hold the default ones)."""
+    if first is not None:
+        return [first + i for i in range(count)]
+    wanted = [DEFAULT_ETCD_PORT + i for i in range(count)]
+    try:
+        check_listeners(Listener(host, port, "an etcd API port") for port in wanted)
+    except PortUnavailableError:
+        from raftkv.supervisor import free_ports
+
+        return free_ports(count)
+    return wanted
+
+
 def _check_ports(cfg: NodeConfig) -> None:
     """Before anything is started or written: the node's two ports must be free."""
     try:
@@ -164,11 +180,12 @@ def _check_ports(cfg: NodeConfig) -> None:
               help="First node's client port.")
 @click.option("--raft-port", type=click.IntRange(1, 65535), default=4000, show_default=True,
               help="First node's peer port.")
-@click.option("--etcd-port", type=click.IntRange(1, 65535), default=2379, show_default=True,
-              help="First node's etcd API (gRPC) port.")
+@click.option("--etcd-port", type=click.IntRange(1, 65535), default=None,
+              help=f"First node's etcd API (gRPC) port [default: {DEFAULT_ETCD_PORT}, or ports the system picks "
+              "when those are taken].")
 @click.option("--dashboard-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True)
-def up(nodes: int, host: str, http_port: int, raft_port: int, etcd_port: int, dashboard_port: int,
+def up(nodes: int, host: str, http_port: int, raft_port: int, etcd_port: int | None, dashboard_port: int,
        data_dir: Path) -> None:
     """Run a local cluster (node1.. on consecutive ports) with its dashboard, until Ctrl-C.
 
@@ -186,8 +203,9 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, etcd_port: int, da
     node_args = ["--listen-client", listen_client] if listen_client else []
     # The nodes an earlier `up` on this data directory added run again, and the ones it removed do not.
     supervisor = Supervisor(members, data_dir, node_args, on_event=click.echo)
-    etcd_listen = {n.member.id: f"{host}:{etcd_port + i}" for i, n in enumerate(supervisor.nodes.values())
-                   if n.join_url is None}
+    founders = [n.member.id for n in supervisor.nodes.values() if n.join_url is None]
+    etcd_ports = _etcd_ports(host, etcd_port, len(founders))
+    etcd_listen = {node_id: f"{host}:{port}" for node_id, port in zip(founders, etcd_ports, strict=True)}
     for node_id, listen in etcd_listen.items():
         supervisor.nodes[node_id].extra_args += ["--listen-etcd", listen]
     configs = [NodeConfig(node_id=n.member.id, data_dir=n.data_dir, members={n.member.id: n.member},
