@@ -11,6 +11,7 @@ One cluster serves the whole module; each test uses keys of its own.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib.util
 import json
@@ -24,9 +25,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from cluster import LocalCluster, http
 
+from raftkv.etcd.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from raftkv.node.backup import BackupError, read_backup
 from raftkv.supervisor import free_ports
 
@@ -213,7 +216,7 @@ def test_members_status_health_and_hashes(etcdctl: Etcdctl) -> None:
     health = etcdctl.run("endpoint", "health")
     assert health.stdout.count("is healthy") + health.stderr.count("is healthy") == 3
     etcdctl.cluster.wait_converged()
-    hashes = {row["HashKV"]["hash"] for row in etcdctl.json("endpoint", "hashkv")}
+    hashes = {row["HashKV"].get("hash", 0) for row in etcdctl.json("endpoint", "hashkv")}  # 0 is left out
     assert len(hashes) == 1
 
 
@@ -251,12 +254,33 @@ def test_alarms_and_move_leader(etcdctl: Etcdctl) -> None:
     assert etcdctl.cluster.wait_for_leader() == target
 
 
+def _join_learner(etcdctl: Etcdctl, attempts: int = 3) -> int:
+    """Start node4, which joins as a learner; its etcd API port. The supervisor picks its client and
+    peer ports, which another process on this machine may take first: then it tries again."""
+    supervisor = etcdctl.cluster.supervisor
+    for _ in range(attempts):
+        (port,) = free_ports(1)
+        node = supervisor.add_node("node4", extra_args=["--listen-etcd", f"127.0.0.1:{port}"])
+        deadline = time.monotonic() + 5
+        while node.running and time.monotonic() < deadline and "already in use" not in _log(node.data_dir):
+            time.sleep(0.1)
+        if node.running and "already in use" not in _log(node.data_dir):
+            return port
+        supervisor.retire("node4", grace_s=1.0, why="could not take its ports")
+        shutil.rmtree(node.data_dir)
+    raise AssertionError(f"node4 could not start in {attempts} attempts")
+
+
+def _log(data_dir: Path) -> str:
+    path = data_dir / "node.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def test_member_promote_and_remove_a_learner(etcdctl: Etcdctl) -> None:
     """A node joins as a learner (raftkv's own way: etcd's MemberAdd lacks what raftkv needs);
     etcdctl then promotes it and removes it."""
-    (port,) = free_ports(1)
     supervisor = etcdctl.cluster.supervisor
-    supervisor.add_node("node4", extra_args=["--listen-etcd", f"127.0.0.1:{port}"])
+    port = _join_learner(etcdctl)
     learner: dict = {}
     try:
         deadline = time.monotonic() + 60
@@ -338,3 +362,72 @@ def test_snapshot_save_writes_a_raftkv_backup(etcdctl: Etcdctl, tmp_path: Path) 
     (tmp_path / "damaged.snap").write_bytes(saved_bytes[:-1] + bytes([saved_bytes[-1] ^ 1]))
     with pytest.raises(BackupError, match="bytes added"):
         read_backup(tmp_path / "damaged.snap")
+
+
+async def test_watch_options_over_grpc(etcdctl: Etcdctl) -> None:
+    """What etcdctl does not exercise, through etcd's protocol itself: range watches with prev_kv and
+    a NODELETE filter, a progress request, a cancel, and a watch from a compacted revision."""
+    async with grpc.aio.insecure_channel(etcdctl.endpoints["node1"]) as channel:
+        kv, watch = rpc_pb2_grpc.KVStub(channel), rpc_pb2_grpc.WatchStub(channel)
+        stream = watch.Watch()
+        await stream.write(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+            key=b"wo/", range_end=b"wo0", prev_kv=True, filters=[rpc_pb2.WatchCreateRequest.NODELETE])))
+        created = await stream.read()
+        assert created.created and not created.canceled
+        for key, value in ((b"wo/a", b"1"), (b"wo/a", b"2"), (b"wo/a", None), (b"wox", b"out"), (b"wo/b", b"3")):
+            if value is None:
+                last = (await kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=key))).header.revision
+            else:
+                last = (await kv.Put(rpc_pb2.PutRequest(key=key, value=value))).header.revision
+        seen = []
+        while len(seen) < 3:
+            response = await asyncio.wait_for(stream.read(), 10)
+            assert response.watch_id == created.watch_id
+            seen += [(e.type, e.kv.key, e.kv.value, e.prev_kv.value) for e in response.events]
+        assert seen == [(kv_pb2.Event.PUT, b"wo/a", b"1", b""), (kv_pb2.Event.PUT, b"wo/a", b"2", b"1"),
+                        (kv_pb2.Event.PUT, b"wo/b", b"3", b"")]  # the delete filtered out, wox out of range
+        await stream.write(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
+        progress = await asyncio.wait_for(stream.read(), 10)
+        assert progress.watch_id == -1 and not progress.events and progress.header.revision >= last
+        await stream.write(rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=created.watch_id)))
+        assert (await asyncio.wait_for(stream.read(), 10)).canceled
+        await kv.Compact(rpc_pb2.CompactionRequest(revision=last))
+        from_start = rpc_pb2.WatchCreateRequest(key=b"wo/a", start_revision=1)
+        await stream.write(rpc_pb2.WatchRequest(create_request=from_start))
+        assert (await asyncio.wait_for(stream.read(), 10)).created
+        refused = await asyncio.wait_for(stream.read(), 10)
+        assert refused.canceled and refused.compact_revision == last
+        stream.cancel()
+
+
+async def test_kv_and_lease_details_over_grpc(etcdctl: Etcdctl) -> None:
+    async with grpc.aio.insecure_channel(etcdctl.endpoints["node2"]) as channel:
+        kv, leases = rpc_pb2_grpc.KVStub(channel), rpc_pb2_grpc.LeaseStub(channel)
+        lease = await leases.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=60))
+        first = await kv.Put(rpc_pb2.PutRequest(key=b"kd/a", value=b"1", lease=lease.ID))
+        await kv.Put(rpc_pb2.PutRequest(key=b"kd/b", value=b"2"))
+        counted = await kv.Range(rpc_pb2.RangeRequest(key=b"kd/", range_end=b"kd0", count_only=True))
+        assert counted.count == 2 and not counted.kvs
+        newer = await kv.Range(rpc_pb2.RangeRequest(key=b"kd/", range_end=b"kd0",
+                                                    min_mod_revision=first.header.revision + 1))
+        assert [k.key for k in newer.kvs] == [b"kd/b"] and newer.count == 2
+        leased = rpc_pb2.Compare(key=b"kd/a", target=rpc_pb2.Compare.LEASE, result=rpc_pb2.Compare.EQUAL,
+                                 lease=lease.ID)
+        moved = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"kd/c", value=b"3", lease=lease.ID))
+        txn = await kv.Txn(rpc_pb2.TxnRequest(compare=[leased], success=[moved]))
+        assert txn.succeeded and (await kv.Range(rpc_pb2.RangeRequest(key=b"kd/c"))).kvs[0].lease == lease.ID
+        twice = rpc_pb2.TxnRequest(success=[moved, moved])
+        with pytest.raises(grpc.aio.AioRpcError) as duplicate:
+            await kv.Txn(twice)
+        assert duplicate.value.details() == "etcdserver: duplicate key given in txn request"
+        with pytest.raises(grpc.aio.AioRpcError) as absent:
+            await kv.Put(rpc_pb2.PutRequest(key=b"kd/x", value=b"x", lease=12345))
+        assert absent.value.code() is grpc.StatusCode.NOT_FOUND
+        ttl = await leases.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=lease.ID, keys=True))
+        assert sorted(ttl.keys) == [b"kd/a", b"kd/c"] and 0 < ttl.TTL <= 60 and ttl.grantedTTL == 60
+        with pytest.raises(grpc.aio.AioRpcError) as too_long:
+            await leases.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=10**12))
+        assert too_long.value.code() is grpc.StatusCode.OUT_OF_RANGE
+        with pytest.raises(grpc.aio.AioRpcError) as auth:
+            await rpc_pb2_grpc.AuthStub(channel).AuthStatus(rpc_pb2.AuthStatusRequest())
+        assert auth.value.code() is grpc.StatusCode.UNIMPLEMENTED
