@@ -81,6 +81,9 @@ def main(verbose: bool) -> None:
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: CA file.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: cert.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: key.")
+@click.option("--enable-fault-injection", is_flag=True,
+              help="Serve the lab's routes that break the cluster on purpose (force-election, simulate-partition, "
+              "simulate-link, lab); off: they answer 403.")
 @click.option("--unsafe-skip-fsync", is_flag=True, hidden=True, help="Testing only: acknowledge before fsync.")
 @click.option("--unsafe-stale-reads", is_flag=True, hidden=True, help="Testing only: followers skip ReadIndex.")
 def node(node_id: str | None, cluster: str | None, config_file: Path | None, join_url: str | None, name: str | None,
@@ -88,8 +91,8 @@ def node(node_id: str | None, cluster: str | None, config_file: Path | None, joi
          listen_peer: str | None, listen_etcd: str | None,
          tick_ms: int | None, snapshot_every: int | None, snapshot_retain: int | None,
          no_leader_hold_ms: int | None, history_revisions: int | None, auto_compaction_retention: float | None,
-         tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None, unsafe_skip_fsync: bool,
-         unsafe_stale_reads: bool) -> None:
+         tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None, enable_fault_injection: bool,
+         unsafe_skip_fsync: bool, unsafe_stale_reads: bool) -> None:
     """Run one node (one per host in a real cluster): a founding member (--id, --cluster), or a new
     member joining a live cluster (--join, --name, --advertise-client, --advertise-peer)."""
     from raftkv.api.server import run
@@ -109,6 +112,7 @@ def node(node_id: str | None, cluster: str | None, config_file: Path | None, joi
             "tls_ca": tls_ca,
             "tls_cert": tls_cert,
             "tls_key": tls_key,
+            "enable_fault_injection": enable_fault_injection or None,
             "unsafe_skip_fsync": unsafe_skip_fsync or None,
             "unsafe_stale_reads": unsafe_stale_reads or None,
         }.items()

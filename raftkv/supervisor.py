@@ -195,8 +195,7 @@ class Supervisor:
         self._note_exit(node)  # an exit nobody reported yet comes before the restart line
         node.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(node.data_dir / "node.log", "ab")  # noqa: SIM115 - handed to the child process
-        cmd = [sys.executable, "-m", "raftkv", "node", *node.identity_args(self.cluster),
-               "--data-dir", str(node.data_dir), *node.extra_args]
+        cmd = self.node_command(node)
         restarting = node.proc is not None
         node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
@@ -205,6 +204,12 @@ class Supervisor:
         if restarting:
             node.restarts += 1
             self._report(f"{node_id} restarted (pid {node.proc.pid}, restarts: {node.restarts})")
+
+    def node_command(self, node: NodeProcess) -> list[str]:
+        """The command line of one of this lab's nodes: fault injection on, since a supervised
+        cluster is a lab (the dashboard, `raftkv chaos` and the tests break it on purpose)."""
+        return [sys.executable, "-m", "raftkv", "node", *node.identity_args(self.cluster),
+                "--data-dir", str(node.data_dir), "--enable-fault-injection", *node.extra_args]
 
     def start_all(self) -> None:
         for node_id in list(self.nodes):

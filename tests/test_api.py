@@ -42,6 +42,7 @@ class FakeNode:
 
     def __init__(self, node_id: str = "n1", url: str = "http://fake-n1") -> None:
         self.id, self.url = node_id, url
+        self.fault_injection = True  # a lab node; tests/test_security.py covers a node without it
         self.kv = KVStateMachine()
         self.index = 0
         self.term = 1

@@ -38,7 +38,8 @@ class Joiner:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "raftkv", "node", "--join", join_url, "--name", name,
                  "--advertise-client", self.url, "--advertise-peer", f"127.0.0.1:{raft_port}",
-                 "--data-dir", str(data_dir)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                 "--data-dir", str(data_dir), "--enable-fault-injection"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -32,7 +32,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -101,12 +101,16 @@ _CORS_METHODS = "GET, HEAD, PUT, POST, DELETE, OPTIONS"
 _KNOWN_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH"})
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 class Node(Protocol):
     """What the API needs from a node (raftkv.node.NodeHost provides it)."""
 
     id: str
     url: str
     kv: KVStateMachine
+    fault_injection: bool  # whether the routes that break the cluster on purpose are on
 
     def leader_id(self) -> str | None: ...
     def leader_url(self) -> str | None: ...
@@ -161,18 +165,18 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     add("DELETE", "/kv/{key:.*}", api.delete_key)
     add("POST", "/txn", api.txn)
     get("/raft-state", api.raft_state)
-    add("POST", "/force-election", api.force_election)
-    add("POST", "/simulate-partition", api.simulate_partition)
-    add("POST", "/simulate-link", api.simulate_link)
+    add("POST", "/force-election", api.fault_injection(api.force_election))
+    add("POST", "/simulate-partition", api.fault_injection(api.simulate_partition))
+    add("POST", "/simulate-link", api.fault_injection(api.simulate_link))
     get("/metrics", api.metrics)
     get("/health", api.health)
     get("/openapi.json", api.openapi)
     get("/raft/events", api.raft_events, allow_head=False)  # a WebSocket
     get("/raft/log", api.raft_log)
     get("/lab", api.lab)
-    add("POST", "/lab", api.set_lab)
-    add("POST", "/lab/release", api.release_held)
-    add("POST", "/lab/drop", api.drop_held)
+    add("POST", "/lab", api.fault_injection(api.set_lab))
+    add("POST", "/lab/release", api.fault_injection(api.release_held))
+    add("POST", "/lab/drop", api.fault_injection(api.drop_held))
     api.coordination.routes(app)
     get("/members", api.members)
     add("POST", "/members", api.add_member)
@@ -293,6 +297,19 @@ class _Api:
     async def raft_state(self, request: web.Request) -> web.StreamResponse:
         digest = query_flag(check_query(request, {"digest"}).get("digest"), "digest")
         return json_response(self.node.id, dict(self.node.raft_state(digest=digest)))
+
+    def fault_injection(self, handler: Handler) -> Handler:
+        """`handler`, answering 403 unless the node was started with fault injection on: forcing
+        elections, cutting links and holding messages are lab tools, not for a production node."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if not self.node.fault_injection:
+                raise ApiError(403, f"fault injection is off on {self.node.id}: start the node with "
+                                    "--enable-fault-injection to use it (raftkv up turns it on for its local lab)",
+                               reason="fault_injection_off")
+            return await handler(request)
+
+        return guarded
 
     async def force_election(self, _request: web.Request) -> web.StreamResponse:
         # No body is needed (the seed's button sends none); any body is ignored.

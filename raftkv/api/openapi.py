@@ -39,6 +39,7 @@ def _err(description: str) -> dict[str, Any]:
 _E400 = _err("Malformed input: invalid JSON, wrong field types, unknown fields, empty key, bad query parameter.")
 _E404_KEY = _err("The key does not exist.")
 _E412 = _json(_ref("PreconditionFailed"), "A compare-and-set precondition did not hold; nothing was written.")
+_E403_LAB = _err("Fault injection is off on this node (start it with --enable-fault-injection); nothing was done.")
 _E503 = {**_err("No leader or no quorum (or the leader hint loops): nothing was done. Retry after Retry-After."),
          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}}
 _E500 = _err("A bug in the server (logged); never returned for bad input.")
@@ -182,8 +183,10 @@ def _schemas() -> dict[str, Any]:
                             "kind": {"enum": ["normal", "noop", "conf_change"]}, "summary": {"type": "string"},
                             "bytes": {"type": "integer"}, "onDisk": {"type": "boolean"},
                             "committed": {"type": "boolean"}, "applied": {"type": "boolean"}}}}}},
-        "Lab": {"type": "object", "required": ["holding", "clockHeld", "tickMs", "snapshotEvery", "held"],
-                "properties": {"holding": {"type": "boolean"}, "clockHeld": {"type": "boolean"},
+        "Lab": {"type": "object", "required": ["faultInjection", "holding", "clockHeld", "tickMs", "snapshotEvery",
+                                               "held"],
+                "properties": {"faultInjection": {"type": "boolean"}, "holding": {"type": "boolean"},
+                               "clockHeld": {"type": "boolean"},
                                "tickMs": {"type": "integer"}, "snapshotEvery": {"type": "integer"},
                                "heldDroppedFull": {"type": "integer"}, "node": {"type": "string"},
                                "held": {"type": "array", "items": {"type": "object", "required": [
@@ -264,7 +267,7 @@ def _schemas() -> dict[str, Any]:
                                      "term": {"type": "integer"}, "votedFor": {"type": ["string", "null"]},
                                      "logLength": {"type": "integer"}, "commitIndex": {"type": "integer"},
                                      "lastApplied": {"type": "integer"}, "leaderId": {"type": ["string", "null"]},
-                                     "snapshotIndex": {"type": "integer"},
+                                     "snapshotIndex": {"type": "integer"}, "faultInjection": {"type": "boolean"},
                                      "peers": {"type": "array", "items": {"type": "object"}},
                                      "node": {"type": "string"}}},
         "ElectionResult": {"type": "object", "required": ["nodeId", "term", "state", "node"],
@@ -331,14 +334,14 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
                          "description": "Also return kvDigest, a hash of the whole state machine (costly)."}])},
         "/force-election": {"post": _op("Make this node start an election now", {
             "200": _json(_ref("ElectionResult"), "The election began (the result says where it stands)."),
-            "503": _E503}, description="No body is needed; any body is ignored.")},
+            "403": _E403_LAB, "503": _E503}, description="No body is needed; any body is ignored.")},
         "/simulate-partition": {"post": _op("Cut (or restore) this node's Raft traffic", {
             "200": _json(_ref("PartitionResult"), "The fault is in place."),
-            "400": _err("Wrong types, unknown fields or unknown peer ids."),
+            "400": _err("Wrong types, unknown fields or unknown peer ids."), "403": _E403_LAB,
             "413": _err(f"Body over {max_body_bytes} bytes.")}, body=_ref("PartitionRequest"))},
         "/simulate-link": {"post": _op("Add packet loss and latency to this node's outgoing Raft traffic", {
             "200": _json(_ref("LinkResult"), "The rule is in place."),
-            "400": _err("Wrong types, out-of-range numbers, unknown fields or unknown peer ids."),
+            "400": _err("Wrong types, out-of-range numbers, unknown fields or unknown peer ids."), "403": _E403_LAB,
             "413": _err(f"Body over {max_body_bytes} bytes.")}, body=_ref("LinkRequest"))},
         "/metrics": {"get": _op("Prometheus metrics", {"200": {
             "description": "Prometheus text exposition format.",
@@ -412,18 +415,21 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
                 "200": _json(_ref("Lab"), "The settings and the messages held now.")}),
             "post": _op("Change the lab's settings", {
                 "200": _json(_ref("Lab"), "The settings in force."),
-                "400": _E400, "413": _err(f"Body over {max_body_bytes} bytes.")}, body=_ref("LabSettings"),
+                "400": _E400, "403": _E403_LAB, "413": _err(f"Body over {max_body_bytes} bytes.")},
+                body=_ref("LabSettings"),
                 description="holding: this node's outgoing Raft messages wait until released (leaving releases "
                             "them all); clockHeld: nothing times out; tickMs: the tick length, at run time "
                             "(slow motion without a restart); snapshotEvery: applied entries between snapshots.")},
         "/lab/release": {"post": _op("Send held messages on, in the order given", {
             "200": _json({"type": "object", "required": ["released"], "properties": {
                 "released": {"type": "integer"}, "node": {"type": "string"}}}, "How many were still held."),
-            "400": _E400, "413": _err(f"Body over {max_body_bytes} bytes.")}, body=_ref("HeldNumbers"))},
+            "400": _E400, "403": _E403_LAB, "413": _err(f"Body over {max_body_bytes} bytes.")},
+            body=_ref("HeldNumbers"))},
         "/lab/drop": {"post": _op("Drop held messages", {
             "200": _json({"type": "object", "required": ["dropped"], "properties": {
                 "dropped": {"type": "integer"}, "node": {"type": "string"}}}, "How many were still held."),
-            "400": _E400, "413": _err(f"Body over {max_body_bytes} bytes.")}, body=_ref("HeldNumbers"))},
+            "400": _E400, "403": _E403_LAB, "413": _err(f"Body over {max_body_bytes} bytes.")},
+            body=_ref("HeldNumbers"))},
         "/members": {
             "get": _op("The cluster's members", {
                 "200": _json(_ref("Members"), "Every member with its role (voter or learner); on the leader, how far "

@@ -19,7 +19,6 @@ empty data directory and `--join`, so the cluster gives it a new id. Three imple
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import NoReturn, Protocol
 
@@ -133,11 +132,7 @@ class _NetnsSupervisor(Supervisor):
         if node.running:
             return
         node.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            *self.lab.exec_prefix(self.lab.node_ns(node_id)),
-            sys.executable, "-m", "raftkv", "node", *node.identity_args(self.cluster),
-            "--data-dir", str(node.data_dir), *node.extra_args,
-        ]
+        cmd = [*self.lab.exec_prefix(self.lab.node_ns(node_id)), *self.node_command(node)]
         with open(node.data_dir / "node.log", "ab") as log:
             node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         node.paused = False

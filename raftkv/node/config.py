@@ -110,6 +110,9 @@ class NodeConfig:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # The routes that break the cluster on purpose (forced elections, simulated partitions and
+    # lossy links, held messages): a lab's tools, off unless asked for (`raftkv up` asks).
+    enable_fault_injection: bool = False
     # Deliberately unsafe switches, for proving that `raftkv chaos` notices broken guarantees.
     unsafe_skip_fsync: bool = False  # acknowledge before the WAL reaches the disk
     unsafe_stale_reads: bool = False  # followers answer reads from local state without ReadIndex

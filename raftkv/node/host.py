@@ -54,6 +54,7 @@ class NodeHost:
         self.cfg = cfg
         self.id = cfg.node_id
         self.url = cfg.me.url
+        self.fault_injection = cfg.enable_fault_injection
         self.hub = EventHub(self.id)
         self.metrics = NodeMetrics(self.id)
         observer = GroupObserver(self.id, self.metrics, self.hub)
@@ -197,7 +198,8 @@ class NodeHost:
     def raft_state(self, digest: bool = False) -> dict[str, Any]:
         etcd = {"etcdURL": self.cfg.etcd_endpoint} if self.cfg.etcd_endpoint else {}
         return self.status.raft_state(digest=digest, url=self.url, faults=self.faults.describe(),
-                                      transport=self.transport.stats(), removed=self.removed, **etcd)
+                                      transport=self.transport.stats(), removed=self.removed,
+                                      faultInjection=self.fault_injection, **etcd)
 
     def health(self) -> dict[str, Any]:
         return self.status.health()
@@ -222,7 +224,7 @@ class NodeHost:
 
     def lab_state(self) -> dict[str, Any]:
         hold = self.transport.hold
-        return {"holding": hold.active, "clockHeld": self.group.clock_held, "tickMs": self.group.tick_ms,
+        return {"faultInjection": self.fault_injection, "holding": hold.active, "clockHeld": self.group.clock_held, "tickMs": self.group.tick_ms,
                 "snapshotEvery": self.group.snapshots.every, "held": hold.held(), "heldDroppedFull": hold.dropped_full}
 
     def set_lab(self, *, holding: bool | None = None, clock_held: bool | None = None, tick_ms: int | None = None,
