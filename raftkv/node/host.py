@@ -224,7 +224,8 @@ class NodeHost:
 
     def lab_state(self) -> dict[str, Any]:
         hold = self.transport.hold
-        return {"faultInjection": self.fault_injection, "holding": hold.active, "clockHeld": self.group.clock_held, "tickMs": self.group.tick_ms,
+        return {"faultInjection": self.fault_injection, "holding": hold.active, "clockHeld": self.group.clock_held,
+                "tickMs": self.group.tick_ms,
                 "snapshotEvery": self.group.snapshots.every, "held": hold.held(), "heldDroppedFull": hold.dropped_full}
 
     def set_lab(self, *, holding: bool | None = None, clock_held: bool | None = None, tick_ms: int | None = None,
