@@ -24,6 +24,9 @@ a history saved as JSON can be judged again later. Its checks, strongest first:
 5. **Liveness after healing**: the cluster elected a leader and converged, and every final read
    got an answer, within the bound. A failure here is reported as inconclusive (exit 3), not as
    a safety violation.
+6. **Watches, leases and locks** (with `--workload watch,lease,lock`): each is judged by a module
+   of its own (watchers.py, leases.py, locks.py) into a `SideCheck`, whose violations and
+   inconclusive notes count here like the others'.
 
 `Judgement.exit_code`: 0 passed, 1 a safety violation (1-4), 3 inconclusive (budget or liveness).
 """
@@ -39,11 +42,30 @@ from raftkv.chaos.recorder import Recorder
 from raftkv.check import CheckResult, Operation, Verdict, check_history
 from raftkv.check.history import canonical_json
 
-__all__ = ["Judgement", "judge"]
+__all__ = ["Judgement", "SideCheck", "judge"]
 
 FINAL_CLIENT = "final"
 
 _ValueWriters = dict[str, dict[str, list[int]]]  # built by `_writers_by_value`, which says what counts
+
+
+@dataclass
+class SideCheck:
+    """What one of the watch, lease and lock judges found: `stats` are the numbers a person wants
+    (how much was checked), `violations` break a promise, `inconclusive` kept the judge from
+    checking something."""
+
+    name: str  # "watch", "lease", "lock"
+    stats: dict[str, Any] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    inconclusive: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        verdict = "VIOLATION" if self.violations else "inconclusive" if self.inconclusive else "ok"
+        return f"{self.name}: {verdict} (" + ", ".join(f"{k} {v}" for k, v in self.stats.items()) + ")"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stats": self.stats, "violations": self.violations, "inconclusive": self.inconclusive}
 
 
 @dataclass
@@ -65,6 +87,7 @@ class Judgement:
     membership_changes: dict[str, int] = field(default_factory=dict)  # action -> how many were done
     leaders_by_term: dict[int, list[str]] = field(default_factory=dict)
     final_values: dict[str, Any] = field(default_factory=dict)
+    side_checks: list[SideCheck] = field(default_factory=list)
 
     @property
     def violations(self) -> list[str]:
@@ -76,6 +99,7 @@ class Judgement:
         out += [f"failed write applied: {x}" for x in self.failed_but_applied]
         out += [f"divergent replicas: {x}" for x in self.divergence]
         out += [f"two leaders in one term: {x}" for x in self.election_safety]
+        out += [f"{c.name}: {x}" for c in self.side_checks for x in c.violations]
         return out
 
     @property
@@ -83,7 +107,7 @@ class Judgement:
         out = []
         if self.check.verdict is Verdict.UNKNOWN:
             out.append("the linearizability search ran out of budget on some key")
-        return out + self.liveness
+        return out + self.liveness + [f"{c.name}: {x}" for c in self.side_checks for x in c.inconclusive]
 
     @property
     def exit_code(self) -> int:
@@ -118,6 +142,7 @@ class Judgement:
             "membershipChanges": self.membership_changes,
             "leadersByTerm": {str(t): ns for t, ns in sorted(self.leaders_by_term.items())},
             "finalValues": self.final_values,
+            **{c.name: c.to_json() for c in self.side_checks},
         }
 
     def summary(self) -> str:
@@ -133,6 +158,7 @@ class Judgement:
             f"terms seen: {len(self.leaders_by_term)}; leaders: "
             + ", ".join(f"t{t}={'/'.join(ns)}" for t, ns in sorted(self.leaders_by_term.items())),
             f"linearizability: {self.check.verdict.value} over {len(self.check.keys)} key(s)",
+            *(c.line() for c in self.side_checks),
         ]
         lines += [f"VIOLATION: {v}" for v in self.violations]
         if self.explained_by_failed_writes:
@@ -152,12 +178,14 @@ def judge(
     liveness: list[str] | None = None,
     check_timeout_s: float = 60.0,
     digests: dict[str, Any] | None = None,
+    side_checks: list[SideCheck] | None = None,
 ) -> Judgement:
     """`digests`: {node: [lastApplied, kvDigest]} read after convergence (nodes that applied the
-    same index must hold byte-identical state machines)."""
+    same index must hold byte-identical state machines). `side_checks`: the watch, lease and lock
+    judges' findings (judged beforehand from their own records)."""
     ops = recorder.ops
     result = check_history(ops, timeout_s=check_timeout_s)
-    j = Judgement(check=result, liveness=list(liveness or []))
+    j = Judgement(check=result, liveness=list(liveness or []), side_checks=list(side_checks or []))
 
     by_kind: dict[str, Counter] = defaultdict(Counter)
     for op in ops:

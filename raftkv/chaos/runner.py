@@ -38,6 +38,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from raftkv.chaos.clusters import AttachedCluster, ChaosCluster, LocalCluster, NetnsCluster
+from raftkv.chaos.coordination import WORKLOADS, Coordination, judge_coordination
 from raftkv.chaos.judge import Judgement, judge
 from raftkv.chaos.membership import MemberView
 from raftkv.chaos.nemesis import KINDS, Nemesis, plan_schedule
@@ -74,6 +75,7 @@ class ChaosOptions:
     recover_timeout_s: float = 30.0
     progress: bool = True
     lab_tag: str | None = None  # set by run_in_lab for the worker: the lab already built
+    workload: tuple[str, ...] = ("kv",)  # of WORKLOADS: kv clients, watchers, a lease client, lock clients
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -81,7 +83,7 @@ class ChaosOptions:
     @classmethod
     def from_json(cls, text: str) -> ChaosOptions:
         data = json.loads(text)
-        for name in ("nemesis", "endpoints", "node_args"):
+        for name in ("nemesis", "endpoints", "node_args", "workload"):
             data[name] = tuple(data[name])
         return cls(**data)
 
@@ -108,6 +110,9 @@ def validate(opts: ChaosOptions) -> list[str]:
         reason = lab_unavailable_reason()
         if reason:
             problems.append(f"netns nemesis unavailable: {reason}")
+    unknown_workloads = set(opts.workload) - set(WORKLOADS)
+    if unknown_workloads or not opts.workload:
+        problems.append(f"workload: choose one or more of {', '.join(WORKLOADS)} (got {', '.join(opts.workload)})")
     if opts.duration_s <= 0 or opts.clients < 1 or opts.keys < 1 or opts.nodes < 1:
         problems.append("duration, clients, keys and nodes must be positive")
     return problems
@@ -179,11 +184,13 @@ async def _run(opts: ChaosOptions) -> Judgement:
         schedule = plan_schedule(opts.seed, opts.nemesis, opts.duration_s, sorted(cluster.urls))
         say(f"chaos: seed {opts.seed}, {len(schedule)} fault(s) planned: "
             + "; ".join(p.describe() for p in schedule))
-        workload = WorkloadConfig(clients=opts.clients, keys=opts.keys, op_timeout_s=opts.op_timeout_s,
-                                  seed=opts.seed)
+        workload = WorkloadConfig(clients=opts.clients if "kv" in opts.workload else 0, keys=opts.keys,
+                                  op_timeout_s=opts.op_timeout_s, seed=opts.seed)
+        coordination = Coordination(opts.workload, recorder, opts.seed, opts.op_timeout_s, workload.key_names())
         stop_clients, stop_observer = asyncio.Event(), asyncio.Event()
         observer_task = asyncio.create_task(observer.run(stop_observer))
         members_task = asyncio.create_task(members.run(stop_observer))
+        await coordination.start(members.urls, stop_clients)
         clients_task = asyncio.create_task(run_clients(workload, members.urls, recorder, stop_clients))
         nemesis_task = asyncio.create_task(nemesis.run(schedule, opts.duration_s))
         try:
@@ -197,6 +204,7 @@ async def _run(opts: ChaosOptions) -> Judgement:
                 with contextlib.suppress(asyncio.CancelledError):
                     await nemesis_task
             await asyncio.wait_for(clients_task, opts.op_timeout_s + 10)
+            await coordination.stop_clients()
             recorder.mark("workload end")
             await nemesis.heal_all()
             recorder.mark("healed")
@@ -214,17 +222,22 @@ async def _run(opts: ChaosOptions) -> Judgement:
         local = await final_reads(final_members, workload.key_names(), recorder)
         digests = await _digests(final_members)
         recorder.mark("final reads")
+        if coordination.active:
+            await coordination.settle(final_members, final_members.get(observer.leader_now() or ""),
+                                      lambda: observer.wait_stable(opts.recover_timeout_s))
+            recorder.mark("leases gone, histories read")
         stop_observer.set()
         await asyncio.gather(observer_task, members_task)
 
         say(f"chaos: checking {len(recorder.ops)} operations ...")
-        judgement = await asyncio.to_thread(judge, recorder, local, converged, liveness, digests=digests)
+        judgement = await asyncio.to_thread(judge, recorder, local, converged, liveness, digests=digests,
+                                            side_checks=judge_coordination(coordination.record))
         meta = {**asdict(opts), "nodeUrls": cluster.urls, "schedule": [asdict(p) for p in schedule],
                 "finalMembers": final_members, "removedIDs": sorted(members.removed_ids),
                 "network": "netns lab" if lab else "attached" if opts.endpoints else "loopback",
                 # What `recheck` needs to judge this run again without the cluster:
                 "finalLocalValues": local, "converged": converged, "livenessNotes": liveness,
-                "finalDigests": digests}
+                "finalDigests": digests, "coordination": coordination.record}
         paths = write_report(out_dir, recorder, judgement, meta)
         if "member" in opts.nemesis:
             say(f"chaos: final members {', '.join(sorted(final_members))}; removed for good: "
@@ -327,6 +340,7 @@ def recheck(out_dir: Path) -> Judgement:
     recorder = Recorder.from_json(saved)
     meta = saved.get("meta", {})
     judgement = judge(recorder, meta.get("finalLocalValues"), meta.get("converged", True),
-                      meta.get("livenessNotes", []), digests=meta.get("finalDigests"))
+                      meta.get("livenessNotes", []), digests=meta.get("finalDigests"),
+                      side_checks=judge_coordination(meta.get("coordination")))
     write_report(Path(out_dir), recorder, judgement, meta)
     return judgement
