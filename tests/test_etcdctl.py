@@ -423,8 +423,17 @@ async def test_kv_and_lease_details_over_grpc(etcdctl: Etcdctl) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as absent:
             await kv.Put(rpc_pb2.PutRequest(key=b"kd/x", value=b"x", lease=12345))
         assert absent.value.code() is grpc.StatusCode.NOT_FOUND
+        kept = await kv.Put(rpc_pb2.PutRequest(key=b"kd/a", value=b"new", ignore_lease=True, prev_kv=True))
+        still_leased = (await kv.Range(rpc_pb2.RangeRequest(key=b"kd/a"))).kvs[0].lease == lease.ID
+        assert kept.prev_kv.value == b"1" and still_leased
+        await kv.Put(rpc_pb2.PutRequest(key=b"kd/a", ignore_value=True))  # and now no lease: its value stays
+        after = (await kv.Range(rpc_pb2.RangeRequest(key=b"kd/a"))).kvs[0]
+        assert (after.value, after.lease, after.version) == (b"new", 0, 3)
+        with pytest.raises(grpc.aio.AioRpcError) as nothing_to_keep:
+            await kv.Put(rpc_pb2.PutRequest(key=b"kd/none", ignore_value=True))
+        assert nothing_to_keep.value.details() == "etcdserver: key not found"
         ttl = await leases.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=lease.ID, keys=True))
-        assert sorted(ttl.keys) == [b"kd/a", b"kd/c"] and 0 < ttl.TTL <= 60 and ttl.grantedTTL == 60
+        assert ttl.keys == [b"kd/c"] and 0 < ttl.TTL <= 60 and ttl.grantedTTL == 60  # kd/a left it above
         with pytest.raises(grpc.aio.AioRpcError) as too_long:
             await leases.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=10**12))
         assert too_long.value.code() is grpc.StatusCode.OUT_OF_RANGE

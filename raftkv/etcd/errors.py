@@ -35,6 +35,9 @@ def _err(code: grpc.StatusCode, message: str) -> Callable[[], EtcdError]:
 
 
 EMPTY_KEY = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided")
+KEY_NOT_FOUND = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key not found")
+VALUE_PROVIDED = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: value is provided")
+LEASE_PROVIDED = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: lease is provided")
 TOO_MANY_OPS = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: too many operations in txn request")
 DUPLICATE_KEY = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request")
 COMPACTED = _err(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted")

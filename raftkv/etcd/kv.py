@@ -5,7 +5,9 @@ Theory of operation
 Writes become the node's own commands (kv/commands.py) and go through `node.propose`, as the
 HTTP API's do: a follower forwards them to the leader and answers once the entry is applied here.
 A Put is a `Put`; a DeleteRange and a Txn are a `Txn` (a delete of an absent key is no error in
-etcd, and a txn's range and delete ops take etcd's [key, range_end) bounds). Reads wait for a
+etcd, and a txn's range and delete ops take etcd's [key, range_end) bounds). A Put that keeps
+the key's value or lease (ignore_value, ignore_lease) reads them and writes with a txn whose
+compare is the key's mod revision, again if another write came between. Reads wait for a
 ReadIndex round (`node.read_barrier`) unless the request is `serializable`, then read the local
 store, at a past revision if asked.
 
@@ -45,6 +47,8 @@ from raftkv.kv import (
 from raftkv.node import NodeHost
 
 __all__ = ["KVService", "check_result"]
+
+MAX_KEEP_ATTEMPTS = 10  # of a put keeping the current value or lease, while other writes race it
 
 _RESULTS = {rpc_pb2.Compare.EQUAL: CompareOp.EQ, rpc_pb2.Compare.NOT_EQUAL: CompareOp.NE,
             rpc_pb2.Compare.GREATER: CompareOp.GT, rpc_pb2.Compare.LESS: CompareOp.LT}
@@ -108,12 +112,35 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
     @unary
     async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
-        _refuse_ignore(request)
-        cmd = Put(key_text(request.key), value_text(request.value), lease=request.lease)
-        result = check_result(await self.node.propose(cmd))
-        prev = result.get("prev") if request.prev_kv else None
-        return rpc_pb2.PutResponse(header=self.identity.header(result["revision"]),
-                                   prev_kv=kv_from_result(prev) if prev else None)
+        if request.ignore_value or request.ignore_lease:
+            revision, prev = await self._put_keeping(request)
+        else:
+            cmd = Put(key_text(request.key), value_text(request.value), lease=request.lease)
+            result = check_result(await self.node.propose(cmd))
+            revision, prev = result["revision"], result.get("prev")
+        return rpc_pb2.PutResponse(header=self.identity.header(revision),
+                                   prev_kv=kv_from_result(prev) if prev and request.prev_kv else None)
+
+    async def _put_keeping(self, request: rpc_pb2.PutRequest) -> tuple[int, dict[str, Any]]:
+        """A put that keeps the key's current value (ignore_value) or lease (ignore_lease): read it,
+        then write on condition that the key is still that version, until no write came between."""
+        if request.ignore_value and request.value:
+            raise errors.VALUE_PROVIDED()
+        if request.ignore_lease and request.lease:
+            raise errors.LEASE_PROVIDED()
+        key = key_text(request.key)
+        for _ in range(MAX_KEEP_ATTEMPTS):
+            await self.node.read_barrier()
+            current = self.node.kv.get(key)
+            if current is None:
+                raise errors.KEY_NOT_FOUND()
+            value = current.value if request.ignore_value else value_text(request.value)
+            lease = current.lease if request.ignore_lease else request.lease
+            unchanged = Compare(key, Target.MOD_REVISION, CompareOp.EQ, current.mod_revision)
+            result = check_result(await self.node.propose(Txn((unchanged,), (TxnPut(key, value, lease),))))
+            if result["succeeded"]:
+                return result["revision"], result["responses"][0]["prev"]
+        raise errors.TIMEOUT()  # written by others each time; the client may retry
 
     @unary
     async def DeleteRange(self, request: rpc_pb2.DeleteRangeRequest,
@@ -180,8 +207,8 @@ def _key_value(shown: dict[str, Any]) -> KeyValue:
 
 def _refuse_ignore(request: rpc_pb2.PutRequest) -> None:
     if request.ignore_value or request.ignore_lease:
-        raise unimplemented("PutRequest.ignore_value and ignore_lease",
-                            "a put that keeps the current value or lease needs the state machine to read it")
+        raise unimplemented("ignore_value and ignore_lease in a txn",
+                            "keeping the current value needs the state machine to read it as the txn applies")
 
 
 def _delete_op(request: rpc_pb2.DeleteRangeRequest) -> TxnOp:
