@@ -35,6 +35,19 @@ def http(
         return status, raw.decode(errors="replace")
 
 
+def wait_healthy(url: str, timeout_s: float = 20.0, why: str = "") -> None:
+    """Until the node at `url` answers /health with 200 (it knows a leader)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if http("GET", url + "/health", timeout=1)[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{url} not healthy within {timeout_s} s {why}".rstrip()
+        time.sleep(0.1)
+
+
 class LocalCluster:
     def __init__(self, data_dir: Path, nodes: int = 3, node_args: list[str] | None = None) -> None:
         self.members = loopback_members(nodes)

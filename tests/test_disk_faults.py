@@ -8,12 +8,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import http
+from cluster import http, wait_healthy
 
 from raftkv.supervisor import free_ports
 
@@ -39,18 +38,6 @@ def start_node(data_dir: Path, ports: tuple[int, int], log_path: Path) -> subpro
         return subprocess.Popen([sys.executable, "-m", "raftkv", "node", "--id", "n1", "--cluster",
                                  f"n1@127.0.0.1:{ports[0]}:{ports[1]}", "--data-dir", str(data_dir)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-def wait_healthy(url: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if http("GET", url + "/health", timeout=1)[0] == 200:
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"{url} never became healthy"
-        time.sleep(0.1)
 
 
 def test_a_full_disk_stops_the_node_and_it_recovers_every_acknowledged_write_when_space_returns(

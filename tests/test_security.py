@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import LocalCluster, http
+from cluster import LocalCluster, http, wait_healthy
 
 from raftkv.supervisor import free_ports
 
@@ -38,15 +37,7 @@ def production_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{http_port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if http("GET", url + "/health", timeout=1)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (data / "node.log").read_text()
-            time.sleep(0.1)
+        wait_healthy(url, why=(data / "node.log").read_text())
         yield url
     finally:
         proc.terminate()
