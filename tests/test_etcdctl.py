@@ -440,3 +440,21 @@ async def test_kv_and_lease_details_over_grpc(etcdctl: Etcdctl) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as auth:
             await rpc_pb2_grpc.AuthStub(channel).AuthStatus(rpc_pb2.AuthStatusRequest())
         assert auth.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_node_without_a_quorum_answers_etcds_no_leader(etcdctl: Etcdctl) -> None:
+    """Last in this module: two of the three nodes stop, and come back for nothing after it."""
+    supervisor = etcdctl.cluster.supervisor
+    for node_id in ("node2", "node3"):
+        supervisor.kill(node_id)
+    try:
+        deadline = time.monotonic() + 20
+        while (etcdctl.cluster.state("node1") or {}).get("leaderId") is not None and time.monotonic() < deadline:
+            time.sleep(0.1)  # check-quorum: a leader that hears from no majority steps down
+        refused = etcdctl.run("put", "nl/k", "v", endpoint="node1", check=False)
+        assert refused.returncode != 0 and "etcdserver: no leader" in refused.stderr
+    finally:
+        for node_id in ("node2", "node3"):
+            supervisor.start(node_id)
+    etcdctl.cluster.wait_for_leader()
+    assert etcdctl.out("put", "nl/k", "v") == "OK\n"
