@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from raftkv.api.coordination import MAX_BATCHES_PER_WRITE, _sse_queued
 from raftkv.kv import Compact, CompactedError, Delete, KVStateMachine, Put, Txn, TxnPut, encode
 from raftkv.node.watch import MAX_PENDING_BATCHES, WatchBatch, WatchHub
 
@@ -42,6 +43,36 @@ async def test_a_prefix_watcher_gets_one_batch_per_revision_in_order_and_only_it
     delete = batches[2].to_json(prev_kv=True)["events"][0]
     assert delete == {"type": "delete", "key": "svc/a", "prev": {"key": "svc/a", "value": 2, "create_revision": 1,
                                                                  "mod_revision": 3, "version": 2}}
+
+
+async def test_watchers_wanting_the_same_changes_share_one_batch_encoded_once() -> None:
+    s = Store()
+    a, b, other = s.hub.watch(prefix="svc/"), s.hub.watch(prefix="svc/"), s.hub.watch(key="svc/b")
+    s(Txn((), (TxnPut("svc/a", 1), TxnPut("svc/b", 1)), ()))
+    [batch_a], [batch_b], [batch_other] = drain(a.queue), drain(b.queue), drain(other.queue)
+    assert batch_a is batch_b  # one object for every watcher of the prefix
+    assert batch_other is not batch_a and [c.key for c in batch_other.changes] == ["svc/b"]
+    encoded, _ = _sse_queued(batch_a, asyncio.Queue(), prev_kv=False)
+    assert _sse_queued(batch_b, asyncio.Queue(), prev_kv=False)[0] is encoded  # encoded for the first only
+    assert _sse_queued(batch_b, asyncio.Queue(), prev_kv=True)[0] != encoded  # prev_kv is another encoding
+
+
+async def test_a_watch_stream_writes_what_is_queued_at_once_in_order_up_to_its_cancellation() -> None:
+    s = Store()
+    watcher = s.hub.watch(prefix="")
+    for i in range(3):
+        s(Put(f"k{i}", i))
+    watcher.cancel("too slow: test")
+    data, ended = _sse_queued(watcher.queue.get_nowait(), watcher.queue, prev_kv=False)
+    assert ended and watcher.queue.empty()
+    messages = data.decode().split("\n\n")[:-1]
+    assert [m.split("\n")[0] for m in messages] == ["id: 1", "id: 2", "id: 3", "event: cancelled"]
+    for i in range(MAX_BATCHES_PER_WRITE + 5):  # one write is bounded; the rest waits for the next
+        s(Put(f"k{i}", i))
+    live = s.hub.watch(prefix="", start_revision=4)
+    data, ended = _sse_queued(live.queue.get_nowait(), live.queue, prev_kv=False)
+    assert not ended and data.count(b"\nid: ") + data.startswith(b"id: ") == MAX_BATCHES_PER_WRITE
+    assert live.queue.qsize() == 5
 
 
 async def test_a_watch_from_a_past_revision_replays_then_goes_live_without_a_gap_or_a_duplicate() -> None:

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from raftkv.api.errors import ApiError, check_query, json_response, query_flag, query_integer
 from raftkv.kv import MAX_LEASE_TTL_S, CompactedError, kv_to_dict
+from raftkv.node.watch import WatchBatch
 
 if TYPE_CHECKING:
     from raftkv.api.http import _Api
@@ -35,6 +36,7 @@ __all__ = ["Coordination", "at_revision"]
 
 T = TypeVar("T")
 _MAX_LEASE_ID = 2**63 - 1
+MAX_BATCHES_PER_WRITE = 256  # bounds one write of a watch stream (each batch is one revision's changes)
 
 
 def at_revision(read: Callable[[], T]) -> T:
@@ -104,9 +106,9 @@ class Coordination:
             await response.prepare(request)
             await response.write(b": watching " + json.dumps({"key": key, "prefix": prefix}).encode() + b"\n\n")
             while True:
-                batch = await watcher.queue.get()
-                await response.write(_sse(batch.to_json(prev_kv), batch))
-                if batch.cancelled is not None:
+                data, ended = _sse_queued(await watcher.queue.get(), watcher.queue, prev_kv)
+                await response.write(data)
+                if ended:
                     break
         except (ConnectionResetError, asyncio.CancelledError):
             pass  # the watcher went away
@@ -168,6 +170,25 @@ class Coordination:
     @staticmethod
     def _lease_id(request: web.Request) -> int:
         return query_integer(request.match_info["id"], "lease id", 1, _MAX_LEASE_ID)
+
+
+def _sse_queued(first: WatchBatch, queue: asyncio.Queue[WatchBatch], prev_kv: bool) -> tuple[bytes, bool]:
+    """`first` and the batches already queued behind it (at most MAX_BATCHES_PER_WRITE), as the
+    bytes of one write, and whether the stream ends with them (cancelled). A watcher that fell
+    behind catches up in a few large socket writes: one write per revision per watcher had been
+    over half of a node's time with 1,000 watchers. Each batch is encoded once, whoever shares it."""
+    parts: list[bytes] = []
+    batch = first
+    while True:
+        encoded = batch.encoded.get(prev_kv)
+        if encoded is None:
+            encoded = batch.encoded[prev_kv] = _sse(batch.to_json(prev_kv), batch)
+        parts.append(encoded)
+        if batch.cancelled is not None:
+            return b"".join(parts), True
+        if queue.empty() or len(parts) >= MAX_BATCHES_PER_WRITE:
+            return b"".join(parts), False
+        batch = queue.get_nowait()
 
 
 def _sse(payload: dict[str, Any], batch: Any) -> bytes:
