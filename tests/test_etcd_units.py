@@ -1,7 +1,10 @@
-"""The etcd layer's own rules, without a cluster: key ranges as etcd means them, and which etcd
-error (code and message, what clients match) each node-level failure becomes."""
+"""The etcd layer's own rules, without a cluster: key ranges as etcd means them, which etcd error
+(code and message, what clients match) each node-level failure becomes, and where a node serves
+etcd's API and says it does."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import grpc
 import pytest
@@ -10,7 +13,9 @@ from raftkv.etcd.convert import Bounds, key_text, value_bytes
 from raftkv.etcd.errors import EtcdError, translate
 from raftkv.etcd.identity import number_of
 from raftkv.kv import CompactedError
+from raftkv.node.config import ConfigError, Member, NodeConfig
 from raftkv.node.errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError, RequestRefused
+from raftkv.ports import Listener, node_listeners
 
 
 def test_a_single_key_is_its_own_range() -> None:
@@ -68,3 +73,15 @@ def test_a_bug_is_not_dressed_as_an_etcd_error() -> None:
 def test_member_numbers_are_stable_and_never_zero() -> None:
     assert number_of("node1") == number_of("node1") != number_of("node2")
     assert all(number_of(f"n{i}") > 0 for i in range(1000))
+
+
+def test_the_etcd_address_is_configured_and_advertised(tmp_path: Path) -> None:
+    members = {"n1": Member("n1", "10.0.0.1", 3000, 4000)}
+    assert NodeConfig("n1", tmp_path, members).etcd_endpoint is None  # not served unless asked
+    local = NodeConfig("n1", tmp_path, members, listen_etcd="10.0.0.1:2379")
+    assert local.etcd_listen_address() == ("10.0.0.1", 2379) and local.etcd_endpoint == "http://10.0.0.1:2379"
+    everywhere = NodeConfig("n1", tmp_path, members, listen_etcd="0.0.0.0:2379")
+    assert everywhere.etcd_endpoint == "http://10.0.0.1:2379"  # clients dial the member's address
+    assert Listener("0.0.0.0", 2379, "n1's etcd API port") in node_listeners(everywhere)
+    with pytest.raises(ConfigError, match="host:port"):
+        NodeConfig("n1", tmp_path, members, listen_etcd="10.0.0.1").etcd_listen_address()
