@@ -12,6 +12,8 @@ import pytest
 from raftkv.etcd.convert import Bounds, key_text, value_bytes
 from raftkv.etcd.errors import EtcdError, translate
 from raftkv.etcd.identity import number_of
+from raftkv.etcd.pb import kv_pb2
+from raftkv.etcd.watch import MAX_FRAGMENT_BYTES, _fragments
 from raftkv.kv import CompactedError
 from raftkv.node.config import ConfigError, Member, NodeConfig
 from raftkv.node.errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError, RequestRefused
@@ -85,3 +87,13 @@ def test_the_etcd_address_is_configured_and_advertised(tmp_path: Path) -> None:
     assert Listener("0.0.0.0", 2379, "n1's etcd API port") in node_listeners(everywhere)
     with pytest.raises(ConfigError, match="host:port"):
         NodeConfig("n1", tmp_path, members, listen_etcd="10.0.0.1").etcd_listen_address()
+
+
+def test_a_large_revision_is_cut_into_fragments_of_bounded_size() -> None:
+    big = kv_pb2.Event(kv=kv_pb2.KeyValue(key=b"k", value=b"x" * (MAX_FRAGMENT_BYTES // 3)))
+    parts = _fragments([big] * 7)
+    assert [len(p) for p in parts] == [2, 2, 2, 1]
+    assert all(sum(e.ByteSize() for e in p) <= MAX_FRAGMENT_BYTES for p in parts)
+    huge = kv_pb2.Event(kv=kv_pb2.KeyValue(key=b"k", value=b"x" * (2 * MAX_FRAGMENT_BYTES)))
+    assert _fragments([huge, big]) == [[huge], [big]]  # an event larger than a fragment goes alone
+    assert _fragments([]) == [[]]  # a progress notice: one empty response

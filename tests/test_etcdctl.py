@@ -402,6 +402,26 @@ async def test_watch_options_over_grpc(etcdctl: Etcdctl) -> None:
         stream.cancel()
 
 
+async def test_a_watch_that_asks_for_fragments_gets_a_large_revision_in_parts(etcdctl: Etcdctl) -> None:
+    puts = [rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=f"frag/{i:03}".encode(), value=b"x" * 14_000))
+            for i in range(100)]  # 1.4 MB: one request; with prev_kv, the second txn's events are twice that
+    async with grpc.aio.insecure_channel(etcdctl.endpoints["node3"]) as channel:
+        kv, stream = rpc_pb2_grpc.KVStub(channel), rpc_pb2_grpc.WatchStub(channel).Watch()
+        await stream.write(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+            key=b"frag/", range_end=b"frag0", prev_kv=True, fragment=True)))
+        assert (await stream.read()).created
+        await kv.Txn(rpc_pb2.TxnRequest(success=puts))
+        revision = (await kv.Txn(rpc_pb2.TxnRequest(success=puts))).header.revision
+        parts: list[rpc_pb2.WatchResponse] = []
+        while sum(len(p.events) for p in parts) < 200:
+            parts.append(await asyncio.wait_for(stream.read(), 20))
+        stream.cancel()
+    last = [p for p in parts if p.header.revision == revision]
+    assert len(last) >= 2 and all(p.fragment for p in last[:-1]) and not last[-1].fragment
+    assert [e.kv.key for p in last for e in p.events] == [f"frag/{i:03}".encode() for i in range(100)]
+    assert all(e.prev_kv.value == b"x" * 14_000 for p in last for e in p.events)
+
+
 async def test_kv_and_lease_details_over_grpc(etcdctl: Etcdctl) -> None:
     async with grpc.aio.insecure_channel(etcdctl.endpoints["node2"]) as channel:
         kv, leases = rpc_pb2_grpc.KVStub(channel), rpc_pb2_grpc.LeaseStub(channel)

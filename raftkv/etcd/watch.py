@@ -10,9 +10,11 @@ response, so a client that resumes from the last revision it saw plus one misses
 
 Ranges: a single key is a key watch; any other [key, range_end) range watches the longest prefix
 the range's keys share and drops the keys outside it here. Filters (NOPUT, NODELETE) drop events
-here too; a response left with no event is not sent. Progress notices reach a watch only if it
-asked (progress_notify); a progress request is answered with the revision every watch of the
-stream has been sent up to (etcd's watch id -1: it concerns all of them).
+here too; a response left with no event is not sent. A watch that asked for fragments gets a large
+revision in parts of at most MAX_FRAGMENT_BYTES, all but the last marked `fragment`. Progress
+notices reach a watch only if it asked (progress_notify); a progress request is answered with the
+revision every watch of the stream has been sent up to (etcd's watch id -1: it concerns all of
+them).
 
 A watch from a compacted revision, or one the hub cancels (too slow, or its history was
 compacted under it), ends with `canceled` and, if compacted, the compacted revision, from which
@@ -39,6 +41,7 @@ __all__ = ["WatchService"]
 
 MAX_QUEUED_RESPONSES = 1024  # per stream; a pump waits while the client reads slowly
 PROGRESS_ID = -1  # a progress answer to a progress request concerns every watch of the stream
+MAX_FRAGMENT_BYTES = int(1.5 * 1024 * 1024)  # etcd's default --max-request-bytes, which bounds its fragments
 
 
 @dataclass(eq=False)
@@ -131,9 +134,13 @@ class _Stream:
             events = [] if batch.progress else [_event(c, watch.request.prev_kv) for c in batch.changes
                                                  if watch.wants(c)]
             watch.sent_to = batch.revision
-            if events or (batch.progress and watch.request.progress_notify):
+            if not events and not (batch.progress and watch.request.progress_notify):
+                continue
+            parts = _fragments(events) if watch.request.fragment else [events]
+            for i, part in enumerate(parts):
                 await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(batch.revision),
-                                                         watch_id=watch.watch_id, events=events))
+                                                         watch_id=watch.watch_id, events=part,
+                                                         fragment=i < len(parts) - 1))
 
     async def close(self) -> None:
         for watch in list(self.watches.values()):
@@ -142,6 +149,20 @@ class _Stream:
                 watch.pump.cancel()
         await asyncio.gather(*(w.pump for w in self.watches.values() if w.pump), return_exceptions=True)
         self.watches.clear()
+
+
+def _fragments(events: list[kv_pb2.Event]) -> list[list[kv_pb2.Event]]:
+    """A revision's events in parts of at most MAX_FRAGMENT_BYTES (an event larger than that alone),
+    for a watch that asked for fragments; clients join the parts marked `fragment` to the next."""
+    parts: list[list[kv_pb2.Event]] = [[]]
+    size = 0
+    for event in events:
+        if parts[-1] and size + event.ByteSize() > MAX_FRAGMENT_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(event)
+        size += event.ByteSize()
+    return parts
 
 
 def _shared_prefix(a: str, b: str) -> str:
