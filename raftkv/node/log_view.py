@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from raftkv.core import ConfChange, Entry, EntryKind, RaftCore
-from raftkv.kv import InvalidCommand, Put, Txn, decode
+from raftkv.kv import Compact, InvalidCommand, LeaseGrant, LeaseRevoke, Put, Txn, decode
 
 from .membership import MemberRecord
 
@@ -57,6 +57,12 @@ def summarize(e: Entry) -> str:
         return "undecodable command"
     if type(cmd) is Txn:
         return f"txn ({len(cmd.compare)} compares, {len(cmd.success)}/{len(cmd.failure)} ops)"
+    if type(cmd) is Compact:
+        return f"compact to revision {cmd.revision}"
+    if type(cmd) is LeaseGrant:
+        return f"grant lease {cmd.lease_id:x} (TTL {cmd.ttl_s} s)"
+    if type(cmd) is LeaseRevoke:
+        return f"{'expire' if cmd.expired else 'revoke'} lease {cmd.lease_id:x}"
     key = json.dumps(cmd.key, ensure_ascii=False)
     key = key if len(key) <= _SUMMARY_KEY_CHARS else key[: _SUMMARY_KEY_CHARS - 1] + "…"
     if type(cmd) is Put:
