@@ -451,6 +451,9 @@ async def test_kv_and_lease_details_over_grpc(etcdctl: Etcdctl) -> None:
         await kv.Put(rpc_pb2.PutRequest(key=b"kd/a", ignore_value=True))  # and now no lease: its value stays
         after = (await kv.Range(rpc_pb2.RangeRequest(key=b"kd/a"))).kvs[0]
         assert (after.value, after.lease, after.version) == (b"new", 0, 3)
+        with pytest.raises(grpc.aio.AioRpcError) as too_long:
+            await kv.Put(rpc_pb2.PutRequest(key=b"k" * 5000, value=b"x"))
+        assert too_long.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "longer than" in too_long.value.details()
         with pytest.raises(grpc.aio.AioRpcError) as nothing_to_keep:
             await kv.Put(rpc_pb2.PutRequest(key=b"kd/none", ignore_value=True))
         assert nothing_to_keep.value.details() == "etcdserver: key not found"

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from raftkv.etcd import errors
-from raftkv.etcd.convert import Bounds, key_text, kv_from_result, kv_message, value_text
+from raftkv.etcd.convert import Bounds, key_text, kv_from_result, kv_message, value_bytes, value_text
 from raftkv.etcd.errors import EtcdError, invalid, unary, unimplemented
 from raftkv.etcd.identity import Identity
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
@@ -32,8 +32,10 @@ from raftkv.kv import (
     MAX_RANGE_LIMIT,
     MAX_TXN_OPS,
     NOT_FOUND,
+    Command,
     Compare,
     CompareOp,
+    InvalidCommand,
     KeyValue,
     Put,
     Target,
@@ -43,6 +45,7 @@ from raftkv.kv import (
     TxnOp,
     TxnPut,
     TxnRange,
+    validate,
 )
 from raftkv.node import NodeHost
 
@@ -61,7 +64,7 @@ _SORT_KEYS = {rpc_pb2.RangeRequest.KEY: lambda item: item[0],
               rpc_pb2.RangeRequest.VERSION: lambda item: item[1].version,
               rpc_pb2.RangeRequest.CREATE: lambda item: item[1].create_revision,
               rpc_pb2.RangeRequest.MOD: lambda item: item[1].mod_revision,
-              rpc_pb2.RangeRequest.VALUE: lambda item: str(item[1].value)}
+              rpc_pb2.RangeRequest.VALUE: lambda item: value_bytes(item[1].value)}
 
 
 def check_result(result: dict[str, Any]) -> dict[str, Any]:
@@ -110,13 +113,22 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
     # ---- writes ---------------------------------------------------------------------------------
 
+    async def _propose(self, cmd: Command) -> dict[str, Any]:
+        """The state machine's result for `cmd`. Checked here first, as the HTTP API checks its
+        commands: a malformed one is refused before it reaches the log, the same on every node."""
+        try:
+            validate(cmd)
+        except InvalidCommand as e:
+            raise invalid(f"etcdserver: {e}") from None
+        return check_result(await self.node.propose(cmd))
+
     @unary
     async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
         if request.ignore_value or request.ignore_lease:
             revision, prev = await self._put_keeping(request)
         else:
             cmd = Put(key_text(request.key), value_text(request.value), lease=request.lease)
-            result = check_result(await self.node.propose(cmd))
+            result = await self._propose(cmd)
             revision, prev = result["revision"], result.get("prev")
         return rpc_pb2.PutResponse(header=self.identity.header(revision),
                                    prev_kv=kv_from_result(prev) if prev and request.prev_kv else None)
@@ -137,7 +149,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             value = current.value if request.ignore_value else value_text(request.value)
             lease = current.lease if request.ignore_lease else request.lease
             unchanged = Compare(key, Target.MOD_REVISION, CompareOp.EQ, current.mod_revision)
-            result = check_result(await self.node.propose(Txn((unchanged,), (TxnPut(key, value, lease),))))
+            result = await self._propose(Txn((unchanged,), (TxnPut(key, value, lease),)))
             if result["succeeded"]:
                 return result["revision"], result["responses"][0]["prev"]
         raise errors.TIMEOUT()  # written by others each time; the client may retry
@@ -145,7 +157,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     @unary
     async def DeleteRange(self, request: rpc_pb2.DeleteRangeRequest,
                           context: grpc.aio.ServicerContext) -> rpc_pb2.DeleteRangeResponse:
-        result = check_result(await self.node.propose(Txn(success=(_delete_op(request),))))
+        result = await self._propose(Txn(success=(_delete_op(request),)))
         return self._delete_response(request, result["responses"][0], result["revision"])
 
     def _delete_response(self, request: rpc_pb2.DeleteRangeRequest, answer: dict[str, Any],
@@ -159,7 +171,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         if max(len(request.compare), len(request.success), len(request.failure)) > MAX_TXN_OPS:
             raise errors.TOO_MANY_OPS()
         cmd = Txn(tuple(_compare(c) for c in request.compare), _ops(request.success), _ops(request.failure))
-        result = check_result(await self.node.propose(cmd))
+        result = await self._propose(cmd)
         branch = request.success if result["succeeded"] else request.failure
         responses = [self._op_response(op, answer, result["revision"])
                      for op, answer in zip(branch, result["responses"], strict=True)]
