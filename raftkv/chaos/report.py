@@ -16,6 +16,7 @@ Theory of operation
   member's lane turns blank once it is removed, its new incarnation gets a lane of its own (named
   `name·` and the first hex digits of its new id), and each step the nemesis took (remove, stop,
   join, re-add) is a diamond under the time axis; the faults table lists the steps and answers.
+  With the lock workload, a "lock holders" lane shows each holding from acquisition to its end.
 """
 
 from __future__ import annotations
@@ -132,6 +133,18 @@ def render_timeline(recorder: Recorder, judgement: Judgement, meta: dict[str, An
         svg.append(f'<rect x="{x(op.invoke_time):.1f}" y="{top:.1f}" width="{w:.1f}" height="{h}" '
                    f'fill="{OUTCOME_COLORS[op.outcome]}" class="{op.kind}"{stroke}><title>{_esc(tip)}</title></rect>')
     y = lanes_top + len(clients) * LANE_PX + 10
+
+    # --- with the lock workload: who held the lock when (overlapping bars would be two holders)
+    holdings = [h for h in (meta.get("coordination") or {}).get("locks") or [] if h["acquired_at"] is not None]
+    if holdings:
+        svg.append(f'<text x="{LEFT_PX - 8}" y="{y + 12}" class="lane">lock holders</text>')
+        for h in holdings:
+            w = max(1.5, x(h["ended_at"]) - x(h["acquired_at"]))
+            color = NODE_COLORS[h["client"] % len(NODE_COLORS)]
+            svg.append(f'<rect x="{x(h["acquired_at"]):.1f}" y="{y}" width="{w:.1f}" height="{LANE_PX - 4}" '
+                       f'fill="{color}"><title>lock client {h["client"]}, token {h["token"]}: '
+                       f'{h["acquired_at"]:.2f}s-{h["ended_at"]:.2f}s, {_esc(h["end"])}</title></rect>')
+        y += LANE_PX + 6
     bottom = y
 
     # --- nemesis windows and phases, over everything

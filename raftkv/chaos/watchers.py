@@ -109,11 +109,14 @@ class Watchers:
 def first_seen(streams: list[dict[str, Any]]) -> list[tuple[int, float]]:
     """[(revision, earliest time any watcher received it or a later one)], by revision: the time
     by which that revision had certainly committed."""
-    received = sorted((b[0], b[1]) for s in streams for b in s["batches"])
+    received: dict[int, float] = {}
+    for stream in streams:
+        for revision, at, _ in stream["batches"]:
+            received[revision] = min(at, received.get(revision, at))
     out: list[tuple[int, float]] = []
     earliest = float("inf")
-    for revision, at in reversed(received):
-        earliest = min(earliest, at)
+    for revision in sorted(received, reverse=True):
+        earliest = min(earliest, received[revision])
         out.append((revision, earliest))
     return out[::-1]
 
