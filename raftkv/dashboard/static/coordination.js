@@ -121,12 +121,13 @@ function lockItem(lock, picture, t) {
 }
 
 function renderWatch(t) {
+  // The lines of the watch running at t, newest first, back to where it started.
   const shown = [];
   let current = null;
-  for (let i = watches.length - 1; i >= 0 && shown.length < FEED_LINES; i--) {
+  for (let i = watches.length - 1; i >= 0 && shown.length < FEED_LINES && !current; i--) {
     const ev = watches[i];
     if (ev.rt > t) continue;
-    if (!current && ev.started) current = ev;
+    if (ev.started) current = ev;
     for (const line of watchLines(ev).reverse()) shown.push(line);
   }
   const list = $("#watch-feed");
