@@ -243,8 +243,9 @@ class CoordinationView:
         names = lock_names(leases)
         ranges = await asyncio.gather(*(self._get(leader, f"/kv?prefix={quote(n + '/', safe='')}&stale=true"
                                                   f"&limit=1000") for n in names))
+        locks = [lock_queue(n, r["items"]) for n, r in zip(names, ranges, strict=True)]
         return {"leader": leader.id, "leases": leases, "more": max(0, len(rows) - MAX_LEASES),
-                "locks": [lock_queue(n, r["items"]) for n, r in zip(names, ranges, strict=True)],
+                "locks": [lock for lock in locks if lock["holder"]],  # a queue emptied since the leases were read
                 "revision": table["revision"]}
 
     async def current_revision(self) -> int:

@@ -18,7 +18,7 @@ import contextlib
 import time
 from typing import Any
 
-from ..controls import Controls, error_text
+from ..controls import ControlError, Controls, error_text
 from .runner import Tour, TourFailed
 
 SERVICE_KEY = "services/web"
@@ -54,7 +54,7 @@ class Service:
         while True:
             await asyncio.sleep(TTL_S / 3)
             sent = time.monotonic()
-            with contextlib.suppress(TourFailed):  # a missed keep-alive: the TTL covers the next tries
+            with contextlib.suppress(TourFailed, ControlError):  # missed: the TTL covers the next tries
                 await self._call("POST", f"/leases/{self.lease_id}/keepalive")
                 self.last_acknowledged = sent
 
