@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from raftkv.core import EVENT_TYPES, Message, TraceEvent
-from raftkv.dashboard.schema import EVENT_LABELS, GLYPHS, MESSAGE_LABELS, schema
+from raftkv.dashboard.schema import EVENT_LABELS, FAMILIES, GLYPHS, MESSAGE_LABELS, schema
 from raftkv.transport import codec
 
 STATIC = Path(__file__).resolve().parent.parent / "raftkv" / "dashboard" / "static"
@@ -35,12 +35,12 @@ def test_every_trace_event_class_has_a_label() -> None:
 
 
 def test_the_page_names_no_message_type_of_its_own() -> None:
-    """app.js once labelled PreVoteRequest and InstallSnapshot, which do not exist: it must take
-    every message name from the schema, and draw every glyph the schema declares."""
-    script = (STATIC / "app.js").read_text()
+    """The page once labelled PreVoteRequest and InstallSnapshot, which do not exist: it must take
+    every message name from the schema, and colour every family of glyphs the schema declares."""
+    script = "\n".join(p.read_text() for p in STATIC.glob("*.js"))
     named = {cls.__name__ for cls in MESSAGE_LABELS} | {"PreVoteRequest", "PreVoteResponse", "InstallSnapshot",
                                                          "SnapshotResponse"}
     assert not {name for name in named if re.search(rf"\b{name}\b", script)}
     styles = (STATIC / "style.css").read_text()
-    assert all(f".m-{glyph}" in styles for glyph in GLYPHS)
+    assert all(f".m-{family}" in styles for family in FAMILIES)
     json.dumps(schema())  # JSON-able as sent

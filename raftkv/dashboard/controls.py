@@ -10,13 +10,11 @@ dashboard never reaches into a node's internals.
 Partitions are built from `/simulate-partition` alone: isolating a node is
 `{"partitioned": true}` on it; splitting the cluster into groups is, on every node, a cut to each
 peer outside its group (both directions, so the split holds even if one node's rule is lost);
-healing is `{"partitioned": false}` on every node. The node API offers no one-way cut, loss or
-delay today, so those controls answer 501 saying exactly that.
+healing is `{"partitioned": false}` on every node, with loss and delay set back to none.
 
-Slow motion restarts each node (followers first, the leader last, one at a time, each waiting for
-the previous to report again) with a larger `--tick-ms`, so every timer in the cluster (election
-timeouts, heartbeats) really runs that many times slower. It needs the supervisor; attached to a
-remote cluster it is unavailable, and the dashboard says so rather than faking it in the browser.
+The lab's settings (hold-and-step, held clocks, slow motion, the snapshot interval) are lab.py's.
+Each action is told to the pages in words, with an icon name the page draws (no emoji: the page
+must read the same where no emoji font is installed).
 """
 
 from __future__ import annotations
@@ -32,21 +30,18 @@ from urllib.parse import quote
 import aiohttp
 
 from .hub import Hub, NodeLink
+from .words import plain_error
 
 NODE_CALL_TIMEOUT_S = 6.0
-SLOWMO_MAX_FACTOR = 50
-SLOWMO_NODE_READY_S = 15.0
-SLOWMO_GRACE_S = 1.5
-DEFAULT_TICK_MS = 20  # raftkv node's --tick-ms
 STOP_GRACE_S = 10.0  # a node stopped from the lab gets this long to exit cleanly before kill -9
 
 PROCESS_ACTIONS = {  # op of POST /api/nodes/{node}/{op}: (icon, what it does in words)
-    "crash": ("💥", "crash (kill -9)"),
-    "stop": ("⏹️", "stop (SIGTERM)"),
-    "start": ("▶️", "start"),
-    "restart": ("🔄", "restart"),
-    "pause": ("⏸️", "pause (SIGSTOP)"),
-    "resume": ("▶️", "resume (SIGCONT)"),
+    "crash": ("crash", "crash (kill -9)"),
+    "stop": ("stop", "stop (SIGTERM)"),
+    "start": ("start", "start"),
+    "restart": ("restart", "restart"),
+    "pause": ("pause", "pause (SIGSTOP)"),
+    "resume": ("start", "resume (SIGCONT)"),
 }
 
 
@@ -67,13 +62,6 @@ class Controls:
     def __init__(self, hub: Hub, supervisor: Any = None) -> None:
         self.hub = hub
         self.supervisor = supervisor
-        # Each node's arguments before slow motion changed its tick (a node added later: the supervisor's).
-        self._original_args = (
-            {i: list(p.extra_args) for i, p in supervisor.nodes.items()} if supervisor is not None else {}
-        )
-        self.slowmo_factor = 1
-        self.slowmo_busy = False
-        self._slowmo_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ node HTTP ----------------
 
@@ -90,18 +78,17 @@ class Controls:
                 except ValueError:
                     return resp.status, text
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            raise ControlError(502, f"the dashboard cannot reach {link.id}: {type(e).__name__} {e}".strip(),
-                               node=link.id) from None
+            raise ControlError(502, f"the dashboard cannot reach {link.id}: {plain_error(e)}", node=link.id) from None
 
-    def _link(self, node_id: str) -> NodeLink:
+    def link(self, node_id: str) -> NodeLink:
         try:
             return self.hub.link(node_id)
         except KeyError:
             raise ControlError(404, f"no node {node_id!r}; nodes are {sorted(self.hub.links)}") from None
 
     async def force_election(self, node_id: str) -> dict:
-        link = self._link(node_id)
-        self.hub.action(f"🗳️ force election on {node_id}", kind="force-election", target=node_id)
+        link = self.link(node_id)
+        self.hub.action(f"force election on {node_id}", kind="force-election", icon="vote", target=node_id)
         status, body = await self.call(link, "POST", "/force-election")
         if status >= 400:
             raise ControlError(status, f"{node_id} refused: {error_text(body)}", node=node_id)
@@ -126,12 +113,12 @@ class Controls:
         return answer if isinstance(answer, dict) else {"answer": answer}
 
     async def isolate(self, node_id: str) -> dict:
-        link = self._link(node_id)
-        self.hub.action(f"🔌 cut {node_id} off from all its peers", kind="partition", target=node_id)
+        link = self.link(node_id)
+        self.hub.action(f"cut {node_id} off from all its peers", kind="partition", icon="cut", target=node_id)
         return {"node": node_id, "result": await self._partition(link, True, None)}
 
     async def heal(self) -> dict:
-        self.hub.action("🩹 heal the network: every link restored", kind="heal")
+        self.hub.action("heal the network: every link restored", kind="heal", icon="heal")
         results, errors = {}, {}
         for link in self.hub.links.values():
             try:
@@ -151,7 +138,7 @@ class Controls:
             raise ControlError(400, "groups: a node may be in only one group")
         groups = [list(g) for g in groups] + [[n] for n in sorted(ids - set(seen))]
         text = " | ".join("{" + ", ".join(g) + "}" for g in groups)
-        self.hub.action(f"✂️ split the cluster into {text}", kind="partition", groups=groups)
+        self.hub.action(f"split the cluster into {text}", kind="partition", icon="cut", groups=groups)
         await self.heal_quietly()
         results = {}
         for g in groups:
@@ -174,21 +161,21 @@ class Controls:
 
     async def cut_one_way(self, src: str, dst: str) -> dict:
         """src stops reaching dst; dst still reaches src (cut on src's outbound side)."""
-        source, target = self._link(src), self._link(dst)
+        source, target = self.link(src), self.link(dst)
         if source.id == target.id:
             raise ControlError(400, "a one-way cut needs two different nodes")
-        self.hub.action(f"➡️✂️ cut {src} → {dst} (one way: {dst} still reaches {src})", kind="partition",
+        self.hub.action(f"cut {src} → {dst} (one way: {dst} still reaches {src})", kind="partition", icon="cut",
                         src=src, dst=dst)
         return {"src": src, "dst": dst,
                 "result": await self._partition(source, True, [target.raft_id], direction="outbound")}
 
     async def link_quality(self, node_id: str, loss_percent: float, delay_ms: float) -> dict:
         """Loss and latency on node_id's outgoing Raft traffic (0 and 0 restore the link)."""
-        link = self._link(node_id)
+        link = self.link(node_id)
         if not isinstance(loss_percent, (int, float)) or not isinstance(delay_ms, (int, float)):
             raise ControlError(400, "loss_percent and delay_ms must be numbers")
-        self.hub.action(f"📉 {node_id}'s outgoing links: {loss_percent}% loss, {delay_ms} ms delay", kind="link",
-                        target=node_id)
+        self.hub.action(f"{node_id}'s outgoing links: {loss_percent}% loss, {delay_ms} ms delay", kind="link",
+                        icon="lossy", target=node_id)
         body = {"loss_percent": loss_percent, "delay_ms": delay_ms}
         return {"node": node_id, "result": await self._post(link, "/simulate-link", body, "the link change")}
 
@@ -204,75 +191,14 @@ class Controls:
             raise ControlError(404, f"unknown process action {op!r}; one of {sorted(PROCESS_ACTIONS)}")
         icon, words = PROCESS_ACTIONS[op]
         sup = self.need_supervisor(f"{words} a node")
-        link = self._link(node_id)
+        link = self.link(node_id)
         if link.id not in sup.nodes:
             raise ControlError(404, f"the supervisor does not run {node_id}")
-        self.hub.action(f"{icon} {words} {node_id}", kind=op, target=node_id)
+        self.hub.action(f"{words} {node_id}", kind=op, icon=icon, target=node_id)
         act = {"crash": sup.kill, "stop": functools.partial(sup.stop, grace_s=STOP_GRACE_S), "start": sup.start,
                "restart": sup.restart, "pause": sup.pause, "resume": sup.resume}[op]
         await asyncio.get_running_loop().run_in_executor(None, act, link.id)
         return {"node": node_id, "process": sup.nodes[link.id].describe()}
-
-    # ------------------------------------------------------------------ slow motion -------------
-
-    def slowmo_info(self) -> dict:
-        return {
-            "slowmo": {
-                "factor": self.slowmo_factor,
-                "busy": self.slowmo_busy,
-                "available": self.supervisor is not None,
-                "why": None if self.supervisor is not None
-                else NO_SUPERVISOR.format(what="restart nodes with slower ticks"),
-            }
-        }
-
-    async def slow_motion(self, factor: int) -> dict:
-        sup = self.need_supervisor("slow the cluster down (it restarts each node with a larger --tick-ms)")
-        if not 1 <= factor <= SLOWMO_MAX_FACTOR:
-            raise ControlError(400, f"factor: 1..{SLOWMO_MAX_FACTOR}")
-        if self._slowmo_lock.locked():
-            raise ControlError(409, "slow motion is already being changed; wait for it to finish")
-        async with self._slowmo_lock:
-            self.slowmo_busy = True
-            try:
-                return await self._rolling_restart(sup, factor)
-            finally:
-                self.slowmo_busy = False
-
-    async def _rolling_restart(self, sup: Any, factor: int) -> dict:
-        for node_id in list(sup.nodes):
-            self._original_args.setdefault(node_id, list(sup.node_args))
-        base = {node_id: _tick_ms(args) for node_id, args in self._original_args.items()}
-        word = "normal speed" if factor == 1 else f"slow motion x{factor}"
-        self.hub.action(f"🐢 {word}: restarting each node with --tick-ms {base and max(base.values()) * factor}",
-                        kind="slowmo", factor=factor)
-        links = sorted(self.hub.members(), key=lambda n: (n.status or {}).get("state") == "leader")
-        done = []
-        for link in links:
-            node_id = link.id
-            if node_id not in sup.nodes:
-                continue
-            tick = base[node_id] * factor
-            args = _at_speed(self._original_args[node_id], factor)
-            proc = sup.nodes[node_id]
-            was_running = proc.running
-            proc.extra_args = args
-            if was_running:
-                await asyncio.get_running_loop().run_in_executor(None, _graceful_restart, sup, node_id)
-                deadline = time.monotonic() + SLOWMO_NODE_READY_S
-                while time.monotonic() < deadline:
-                    if link.status and link.status.get("tickMs") == tick and link.reach(time.time()) == "ok":
-                        break
-                    await asyncio.sleep(0.1)
-            done.append({"node": node_id, "tickMs": tick, "restarted": was_running})
-        self.slowmo_factor = factor
-        self.hub.action(f"🐢 {word} in effect", kind="slowmo-done", factor=factor)
-        return {"factor": factor, "nodes": done}
-
-    def new_node_args(self, sup: Any) -> list[str]:
-        """A new node's arguments: the supervisor's, at the cluster's current speed (a node with a
-        10x shorter tick than its peers would time out between their heartbeats)."""
-        return _at_speed(sup.node_args, self.slowmo_factor)
 
     # ------------------------------------------------------------------ key-value --------------
 
@@ -284,7 +210,7 @@ class Controls:
         if not isinstance(key, str) or not key:
             raise ControlError(400, "key: a non-empty string")
         node_id = req.get("node") or self._any_reachable()
-        link = self._link(node_id)
+        link = self.link(node_id)
         path = "/kv/" + quote(key, safe="")
         body: dict[str, Any] | None = None
         method = {"put": "PUT", "cas": "PUT", "get": "GET", "delete": "DELETE"}[op]
@@ -311,8 +237,8 @@ class Controls:
         if op == "get" and status == 200 and isinstance(answer, dict):
             outcome += f" value {_short(answer.get('value'))}"
         via = f" (served by {served}" + (f", forwarded by {forwarded})" if forwarded else ")") if served else ""
-        self.hub.action(f"✍️ {op.upper()} {key}{shown} asked {node_id}: {outcome}{via} in {ms} ms",
-                        kind="kv", op=op, key=key, status=status, revision=rev, servedBy=served)
+        self.hub.action(f"{op.upper()} {key}{shown} asked {node_id}: {outcome}{via} in {ms} ms",
+                        kind="kv", icon="write", op=op, key=key, status=status, revision=rev, servedBy=served)
         return {"op": op, "key": key, "askedNode": node_id, "status": status, "body": answer,
                 "servedBy": served, "forwardedBy": forwarded, "revision": rev, "ms": ms}
 
@@ -324,41 +250,6 @@ class Controls:
         now = time.time()
         ok = [n for n in self.hub.members() if n.reach(now) == "ok"]
         return sorted(ok, key=lambda n: (n.status or {}).get("state") != "leader")
-
-
-def _tick_ms(args: list[str]) -> int:
-    return int(args[args.index("--tick-ms") + 1]) if "--tick-ms" in args else DEFAULT_TICK_MS
-
-
-def _at_speed(original: list[str], factor: int) -> list[str]:
-    """A node's arguments with its tick `factor` times its original one."""
-    args = _without_tick(original)
-    if factor != 1 or "--tick-ms" in original:
-        args += ["--tick-ms", str(_tick_ms(original) * factor)]
-    return args
-
-
-def _without_tick(args: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-            continue
-        if a == "--tick-ms":
-            skip = True
-            continue
-        out.append(a)
-    return out
-
-
-def _graceful_restart(sup: Any, node_id: str) -> None:
-    """SIGTERM (the node finishes its Ready and closes its WAL), then start it again.
-
-    A node waits for open HTTP streams (ours included) before exiting, so after a short grace
-    period it gets SIGKILL: nothing acknowledged is lost either way, since acknowledged writes are
-    fsynced on a majority before the client hears of them."""
-    sup.stop(node_id, SLOWMO_GRACE_S)
-    sup.start(node_id)
 
 
 def error_text(body: Any) -> str:

@@ -7,7 +7,9 @@ with capped exponential backoff and jitter) and a poller of its `GET /metrics`. 
 node publishes (trace events in plain words, messages sent or dropped, periodic status with KV
 contents, fault changes) is stamped with a dashboard sequence number and receipt time, recorded,
 and sent to each browser. The hub adds events of its own: reachability, per-link message rates,
-metric rates for the charts, safety-check results, and what the person did (actions).
+metric rates for the charts, safety-check results, each node's true log (logwatch.py), the lab's
+queue of held messages (lab.py) and what the person did (actions). Failures to reach a node are
+told in plain words (words.py).
 
 The set of nodes follows the cluster's membership. When the leader's status shows another
 configuration (its voters and learners), the hub reads the leader's `GET /members` and starts
@@ -29,8 +31,11 @@ the oldest. A node's status (four a second) is recorded only when something the 
 it changed, or `STATUS_RECORD_EVERY_S` after the last one recorded: scrubbing the timeline still
 finds each node's picture at any moment, without a copy per quarter second. Every status still goes
 to the open pages, marked `"recorded": false` when it was not kept, so a page can keep the same
-history. A newly opened page's `hello` carries the newest recorded events (not messages or ticks)
-within `HELLO_MAX_EVENTS` and `HELLO_MAX_BYTES`. Events go to browsers in batches every `FLUSH_S`
+history. Messages are recorded too, so a replay can draw them: every one while few flow, and under
+load one per `MSG_RECORD_EVERY_S` for each link, type and outcome, carrying how many like it were
+left out (`skipped`), so the page can say the picture is sampled. A newly opened page's `hello`
+carries the newest recorded events (not messages or ticks) within `HELLO_MAX_EVENTS` and
+`HELLO_MAX_BYTES`. Events go to browsers in batches every `FLUSH_S`
 seconds, so a busy cluster is not a frame per message; each browser's queue holds at most
 `CLIENT_QUEUE_FRAMES` frames and `CLIENT_QUEUE_BYTES`, and a page that cannot keep up loses its
 oldest frames.
@@ -56,8 +61,10 @@ import aiohttp
 
 from raftkv import promtext
 
+from .logwatch import LogWatcher
 from .safety import SafetyChecker
 from .schema import schema
+from .words import plain_error
 
 log = logging.getLogger("raftkv.dashboard")
 
@@ -82,6 +89,8 @@ BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.2, 3.0
 STATUS_CLOCK_FIELDS = frozenset({"electionElapsed", "heartbeatElapsed", "uptime", "transport", "storage"})
 PEER_CLOCK_FIELDS = frozenset({"lastContact", "ticksSinceContact", "recentActive"})
 NOT_IN_HELLO = frozenset({"msg", "tick"})  # too many to replay usefully
+MSG_RECORD_EVERY_S = 0.1  # under load, a link's messages of one type are recorded at most this often
+LOG_REFRESH_KINDS = frozenset({"truncate", "snapshot_installed", "compact"})  # trace kinds that change a log
 
 T = TypeVar("T")
 
@@ -183,6 +192,32 @@ class NodeLink:
         return "ok"
 
 
+class MessageSampler:
+    """Which message events the recorder keeps: all while few flow; under load, one per
+    `MSG_RECORD_EVERY_S` for each (source, destination, type, dropped), with the count left out."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple, float] = {}
+        self._skipped: dict[tuple, int] = {}
+        self.kept = 0
+        self.skipped = 0
+
+    def keep(self, ev: dict) -> bool:
+        key = (ev.get("src"), ev.get("dst"), ev.get("kind"), bool(ev.get("dropped")), bool(ev.get("preVote")))
+        now, count = time.monotonic(), int(ev.get("count", 1))
+        if now - self._last.get(key, -MSG_RECORD_EVERY_S) < MSG_RECORD_EVERY_S:
+            self._skipped[key] = self._skipped.get(key, 0) + count
+            self.skipped += count
+            return False
+        self._last[key] = now
+        ev["skipped"] = self._skipped.pop(key, 0)  # like it since the one recorded before, not recorded
+        self.kept += count
+        return True
+
+    def describe(self) -> dict:
+        return {"everyS": MSG_RECORD_EVERY_S, "kept": self.kept, "skipped": self.skipped}
+
+
 class BrowserClient:
     """The frames waiting to go to one open page; a page that cannot keep up loses its oldest."""
 
@@ -216,6 +251,9 @@ class Hub:
         self._conf_seen: tuple | None = None  # the leader's (voters, learners) the node set last followed
         self._members_refresh: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.logs = LogWatcher(lambda: self.session, self.emit)
+        self.sampler = MessageSampler()
+        self.listeners: list[Callable[[NodeLink, dict], None]] = []  # told of every node event (the lab's)
         self.extra_reach: Callable[[], dict] | None = None
         self.started_at = time.time()
 
@@ -228,6 +266,7 @@ class Hub:
             self._watch_link(link)
         self._tasks.append(loop.create_task(self._flusher()))
         self._tasks.append(loop.create_task(self._ticker()))
+        self.logs.start()
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *(t for ts in self._link_tasks.values() for t in ts), self._members_refresh]
@@ -237,6 +276,7 @@ class Hub:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.logs.stop()
         if self._session is not None:
             await self._session.close()
 
@@ -304,6 +344,7 @@ class Hub:
         for task in self._link_tasks.pop(link.id, []):
             task.cancel()
         self.links.pop(link.id, None)
+        self.logs.forget(link.id)
 
     def _nodes_changed(self, text: str) -> None:
         self.emit({"type": "nodes", "nodes": self.node_list(), "text": text})
@@ -366,6 +407,7 @@ class Hub:
             "reach": self.reach(),
             "now": time.time(),
             "schema": schema(),
+            "sampling": self.sampler.describe(),
             **features,
         }
         return encoded_frame(head, self._newest_for_hello())
@@ -414,12 +456,16 @@ class Hub:
                 link.raft_id = state["nodeId"]
             if state.get("state") == "leader":
                 self._notice_configuration(link, state)
+            self.logs.on_status(link.id, link.url, state)
             if self.safety.observe_status(link.id, state):
                 self.emit({"type": "safety", "checks": self.safety.describe(), "broken": True})
         elif kind == "trace" and ev.get("kind") == "role" and (ev.get("detail") or {}).get("role") == "leader":
             if self.safety.observe_leader(link.id, int(ev.get("term", 0))):
                 self.emit({"type": "safety", "checks": self.safety.describe(), "broken": True})
+        elif kind == "trace" and ev.get("kind") in LOG_REFRESH_KINDS:
+            self.logs.refresh(link.id, link.url)
         elif kind == "msg":
+            ev["recorded"] = self.sampler.keep(ev)
             key = (ev.get("src", "?"), ev.get("dst", "?"), ev.get("kind", "?"))
             counts = self._link_counts.setdefault(key, [0, 0, 0])
             counts[0] += int(ev.get("count", 1))
@@ -428,6 +474,8 @@ class Hub:
         if isinstance(ev.get("text"), str):
             ev["text"] = self.named(ev["text"])
         ev["via"] = link.id
+        for listener in self.listeners:
+            listener(link, ev)
         self.emit(ev)
 
     # ------------------------------------------------------------------ tasks -------------------
@@ -460,10 +508,10 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                link.error = f"{type(e).__name__}: {e}".strip().rstrip(":")
+                link.error = plain_error(e)
             except Exception as e:  # never let one node's stream kill the dashboard
                 log.exception("watching %s failed", link.id)
-                link.error = f"{type(e).__name__}: {e}"
+                link.error = plain_error(e)
             if link.connected:
                 self.emit({"type": "reach", "node": link.id, "reach": "unreachable",
                            "text": f"the dashboard cannot reach {link.id} ({link.error})"})
@@ -517,7 +565,12 @@ class Hub:
                 for k in ("messages", "entries", "dropped"):
                     r[k] = round(r[k], 1)
             self.emit({"type": "tick", "reach": self.reach(), "links": rates, "safety": self.safety.describe(),
-                       **(self.extra_reach() if self.extra_reach else {})})
+                       "sampling": self.sampler.describe(), **(self.extra_reach() if self.extra_reach else {})})
+
+    def export_header(self) -> str:
+        """The first line of an exported trace: what a page needs to replay the events after it."""
+        return json.dumps({"type": "export", "rt": round(time.time(), 4), "nodes": self.node_list(),
+                           "schema": schema(), "sampling": self.sampler.describe()})
 
 
 def label_for(url: str) -> str:

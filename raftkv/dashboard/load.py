@@ -54,7 +54,8 @@ class LoadGenerator:
             raise ValueError(f"seconds: more than 0, at most {MAX_SECONDS}")
         if self.running:
             raise RuntimeError("a load is already running; stop it first")
-        self.hub.action(f"📈 load: {writers} writers for {seconds:g} s", kind="load", writers=writers, seconds=seconds)
+        self.hub.action(f"load: {writers} writers for {seconds:g} s", kind="load", icon="load", writers=writers,
+                        seconds=seconds)
         self.task = asyncio.get_running_loop().create_task(self._run(writers, seconds))
         return {"started": True, "writers": writers, "seconds": seconds}
 
@@ -134,7 +135,7 @@ class LoadGenerator:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 report(False)  # the final figures cover the whole run
                 self.hub.action(
-                    f"📈 load finished: {totals['ok']} writes acknowledged in {self.last['elapsed']} s"
+                    f"load finished: {totals['ok']} writes acknowledged in {self.last['elapsed']} s"
                     + (f", errors {totals['errors']}" if totals["errors"] else ""),
-                    kind="load-done",
+                    kind="load-done", icon="load",
                 )

@@ -33,6 +33,7 @@ from raftkv.supervisor import NameTakenError, last_log_line
 
 from .controls import STOP_GRACE_S, ControlError, Controls, error_text
 from .hub import Hub, NodeLink
+from .lab import Lab
 
 JOIN_WAIT_S = 30.0  # a new node's process has this long to be listed by the cluster
 CATCH_UP_WAIT_S = 60.0  # a learner has this long to catch up and be promoted
@@ -41,8 +42,8 @@ RETRIED_REASONS = frozenset({"not_caught_up", "pending"})  # refusals that time 
 
 
 class Membership:
-    def __init__(self, hub: Hub, controls: Controls) -> None:
-        self.hub, self.controls = hub, controls
+    def __init__(self, hub: Hub, controls: Controls, lab: Lab) -> None:
+        self.hub, self.controls, self.lab = hub, controls, lab
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ the operations ----------
@@ -50,11 +51,14 @@ class Membership:
     async def add(self, name: str | None = None, promote: bool = True) -> dict[str, Any]:
         """Start a new node that joins as a learner; promote it to voter once caught up if `promote`."""
         sup = self.controls.need_supervisor("start a new node")
+        if self.lab.active:
+            raise ControlError(409, "hold-and-step is on: a new node's join would wait for messages no one "
+                                    "delivers; leave the lab first")
         async with self._one_change():
             view = await self.members()
             join_url = self._join_url(view)
             add = functools.partial(sup.add_node, name, {m["name"] for m in view["members"]}, join_url,
-                                    self.controls.new_node_args(sup))
+                                    self.lab.new_node_args(sup))
             try:
                 node = await asyncio.get_running_loop().run_in_executor(None, add)
             except NameTakenError as e:
@@ -63,8 +67,8 @@ class Membership:
                 raise ControlError(400, str(e)) from None
             name = node.member.id
             then = ", then promote it to voter once it has caught up" if promote else ""
-            self.hub.action(f"🆕 add {name}: a new node joins through {join_url} as a learner{then}",
-                            kind="member-add", target=name)
+            self.hub.action(f"add {name}: a new node joins through {join_url} as a learner{then}",
+                            kind="member-add", icon="add", target=name)
             member = await self._listed(name)
             if promote:  # the cluster refuses until the learner caught up: _change retries
                 answer = await self._change("POST", f"/members/{quote(member['id'], safe='')}/promote")
@@ -74,7 +78,8 @@ class Membership:
     async def promote(self, node: str) -> dict[str, Any]:
         async with self._one_change():
             member = self._find(await self.members(), node)
-            self.hub.action(f"⬆️ promote {member['name']} to voter", kind="member-promote", target=member["name"])
+            self.hub.action(f"promote {member['name']} to voter", kind="member-promote", icon="promote",
+                            target=member["name"])
             answer = await self._change("POST", f"/members/{quote(member['id'], safe='')}/promote")
             return {"node": member["name"], "id": member["id"], "role": answer["member"]["role"]}
 
@@ -83,7 +88,7 @@ class Membership:
         async with self._one_change():
             member = self._find(await self.members(), node)
             name = member["name"]
-            self.hub.action(f"👋 remove {name} from the cluster", kind="member-remove", target=name)
+            self.hub.action(f"remove {name} from the cluster", kind="member-remove", icon="remove", target=name)
             answer = await self._change("DELETE", f"/members/{quote(member['id'], safe='')}", retry_s=JOIN_WAIT_S)
             self.hub.follow_members({"members": answer["members"], "removedIDs": [member["id"]]})
             sup = self.controls.supervisor

@@ -1,16 +1,23 @@
-"""The names the dashboard shows for Raft's messages and trace events, shared with its JavaScript.
+"""The names and pictures the dashboard uses for Raft's messages and trace events, shared with its JavaScript.
 
 Theory of operation
 -------------------
-The page labels what a node reports from this table alone: the server sends it in every `hello`
-(`schema()`), so the Python that defines the message and event types and the JavaScript that draws
-them cannot drift. Each message type has a label (what a person reads) and a glyph (the shape and
-colour it is drawn with: one per family of messages); each trace event kind has a label. A test
-requires every message class the codec carries and every trace event class to be named here.
+The page labels and draws what a node reports from this table alone: the server sends it in every
+`hello` (`schema()`), so the Python that defines the message and event types and the JavaScript that
+draws them cannot drift. Each message type has a label (what a person reads) and a glyph of its
+own; a vote request or answer that is a pre-vote has a label and glyph of its own too (its term is
+the term the candidate *would* use; its own term does not move). A glyph is a shape, a family
+(its colour: one per kind of conversation) and a fill (a request is solid, an answer hollow, a
+pre-vote dashed), so no two message types look alike and the legend lists every one. Message
+colours are saturated; the page's term colours are pale, so a message is never read as a term.
+
+Each trace event kind has a label. A test requires every message class the codec carries and every
+trace event class to be named here, and every glyph to be unique.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from raftkv.core import (
@@ -45,33 +52,73 @@ from raftkv.core import (
 )
 from raftkv.node.peer_messages import ProposeAnswer, ProposeForward
 
-__all__ = ["EVENT_LABELS", "GLYPHS", "MESSAGE_LABELS", "schema"]
+__all__ = ["EVENT_LABELS", "FAMILIES", "GLYPHS", "MESSAGE_LABELS", "PRE_VOTE_LABELS", "Glyph", "schema"]
 
-# Glyph -> what the legend says it stands for (the page draws each with its own shape and colour).
-GLYPHS: dict[str, str] = {
-    "vote": "vote or pre-vote request/response",
-    "append": "append (entries)",
-    "hb": "heartbeat",
-    "snap": "snapshot",
-    "timeout": "leadership transfer (TimeoutNow, transfer request)",
-    "read": "ReadIndex request/response",
-    "forward": "write forwarded to the leader / its answer",
+SHAPES = frozenset({"triangle", "square", "circle", "bigsquare", "diamond", "chevron", "hexagon", "arrow"})
+FILLS = frozenset({"solid", "hollow", "dashed"})
+
+# Family -> what its colour stands for (style.css gives each its colour: .m-<family>).
+FAMILIES: dict[str, str] = {
+    "vote": "elections",
+    "prevote": "pre-vote (asking before raising the term)",
+    "append": "replication",
+    "hb": "heartbeats",
+    "snap": "snapshots",
+    "transfer": "leadership transfer",
+    "read": "linearizable reads",
+    "forward": "writes forwarded to the leader",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Glyph:
+    meaning: str  # the legend's words
+    shape: str
+    family: str
+    fill: str
+
+    def __post_init__(self) -> None:
+        assert self.shape in SHAPES and self.family in FAMILIES and self.fill in FILLS, self
+
+
+GLYPHS: dict[str, Glyph] = {
+    "vote": Glyph("vote request", "triangle", "vote", "solid"),
+    "vote-answer": Glyph("vote answer", "triangle", "vote", "hollow"),
+    "pre-vote": Glyph("pre-vote request (for the term it would use)", "triangle", "prevote", "solid"),
+    "pre-vote-answer": Glyph("pre-vote answer", "triangle", "prevote", "dashed"),
+    "append": Glyph("append entries (larger: more entries)", "square", "append", "solid"),
+    "append-answer": Glyph("append answer", "square", "append", "hollow"),
+    "hb": Glyph("heartbeat", "circle", "hb", "solid"),
+    "hb-answer": Glyph("heartbeat answer", "circle", "hb", "hollow"),
+    "snap": Glyph("install snapshot", "bigsquare", "snap", "solid"),
+    "timeout-now": Glyph("TimeoutNow: campaign at once", "diamond", "transfer", "solid"),
+    "transfer": Glyph("leadership transfer request", "chevron", "transfer", "solid"),
+    "read": Glyph("ReadIndex request", "hexagon", "read", "solid"),
+    "read-answer": Glyph("ReadIndex answer", "hexagon", "read", "hollow"),
+    "forward": Glyph("writes forwarded to the leader", "arrow", "forward", "solid"),
+    "forward-answer": Glyph("where the leader put forwarded writes", "arrow", "forward", "hollow"),
 }
 
 MESSAGE_LABELS: dict[type[Message], tuple[str, str]] = {  # type -> (label, glyph)
     VoteRequest: ("vote request", "vote"),
-    VoteResponse: ("vote response", "vote"),
+    VoteResponse: ("vote answer", "vote-answer"),
     AppendRequest: ("append entries", "append"),
-    AppendResponse: ("append response", "append"),
+    AppendResponse: ("append answer", "append-answer"),
     HeartbeatRequest: ("heartbeat", "hb"),
-    HeartbeatResponse: ("heartbeat response", "hb"),
+    HeartbeatResponse: ("heartbeat answer", "hb-answer"),
     SnapshotRequest: ("install snapshot", "snap"),
-    TimeoutNow: ("TimeoutNow: campaign at once", "timeout"),
-    TransferRequest: ("leadership transfer request", "timeout"),
+    TimeoutNow: ("TimeoutNow: campaign at once", "timeout-now"),
+    TransferRequest: ("leadership transfer request", "transfer"),
     ReadIndexRequest: ("ReadIndex request", "read"),
-    ReadIndexResponse: ("ReadIndex response", "read"),
+    ReadIndexResponse: ("ReadIndex answer", "read-answer"),
     ProposeForward: ("writes forwarded to the leader", "forward"),
-    ProposeAnswer: ("where the leader put forwarded writes", "forward"),
+    ProposeAnswer: ("where the leader put forwarded writes", "forward-answer"),
+}
+
+# A vote request or answer with pre_vote set: the same class, another conversation.
+PRE_VOTE_LABELS: dict[type[Message], tuple[str, str]] = {
+    VoteRequest: ("pre-vote request", "pre-vote"),
+    VoteResponse: ("pre-vote answer", "pre-vote-answer"),
 }
 
 EVENT_LABELS: dict[type[TraceEvent], str] = {
@@ -92,13 +139,30 @@ EVENT_LABELS: dict[type[TraceEvent], str] = {
 }
 
 assert set(EVENT_LABELS) == set(EVENT_TYPES), "every trace event type needs a label"
-assert {glyph for _, glyph in MESSAGE_LABELS.values()} <= set(GLYPHS), "a message uses an undeclared glyph"
+_USED = [glyph for _, glyph in (*MESSAGE_LABELS.values(), *PRE_VOTE_LABELS.values())]
+assert sorted(_USED) == sorted(GLYPHS), "each glyph stands for exactly one message type (or its pre-vote)"
+assert len({(g.shape, g.family, g.fill) for g in GLYPHS.values()}) == len(GLYPHS), "two glyphs look alike"
+
+
+def message_label(kind: str, pre_vote: bool = False) -> tuple[str, str]:
+    """(label, glyph) of a message type named by its class name; unknown names get a plain label."""
+    for cls, named in MESSAGE_LABELS.items():
+        if cls.__name__ == kind:
+            return PRE_VOTE_LABELS[cls] if pre_vote and cls in PRE_VOTE_LABELS else named
+    return kind, ""
 
 
 def schema() -> dict[str, Any]:
     """The table as the page receives it: names are the classes' names and the events' kinds."""
+    messages: dict[str, Any] = {}
+    for cls, (label, glyph) in MESSAGE_LABELS.items():
+        messages[cls.__name__] = {"label": label, "glyph": glyph}
+        if cls in PRE_VOTE_LABELS:
+            pre_label, pre_glyph = PRE_VOTE_LABELS[cls]
+            messages[cls.__name__]["preVote"] = {"label": pre_label, "glyph": pre_glyph}
     return {
-        "messages": {cls.__name__: {"label": label, "glyph": glyph} for cls, (label, glyph) in MESSAGE_LABELS.items()},
-        "glyphs": GLYPHS,
+        "messages": messages,
+        "glyphs": {name: asdict(g) for name, g in GLYPHS.items()},
+        "families": FAMILIES,
         "events": {cls.kind: label for cls, label in EVENT_LABELS.items()},
     }

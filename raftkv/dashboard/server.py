@@ -10,15 +10,21 @@ Ctrl-C or SIGTERM (or until `stop_event` is set, when run in a thread), then ret
   offline);
 * `GET /ws`: a WebSocket that first sends a `hello` (nodes, what is available, the recent
   events) and then batches of events from the hub (see hub.py), live; both are bounded in bytes;
-* `POST /api/...`: the controls (controls.py), the load generator (load.py), slow motion and the
-  guided tour (tour.py); `POST /api/members` (add a node), `POST /api/members/{node}/promote` and
-  `DELETE /api/members/{node}` change the cluster's membership (membership.py). Errors are
-  JSON `{"error": ...}`; a number out of its range or not a number is a 400 naming the field and
-  the range; what needs a supervisor answers 501 with the reason when the dashboard only attaches
-  to a remote cluster;
-* `GET /api/state`: each node's latest status and KV preview, reachability, safety, and how full
-  the recorder is;
-* `GET /api/trace.ndjson`: everything recorded, one JSON event per line.
+* `POST /api/...`: the controls (controls.py), the load generator (load.py), the guided tour
+  (tour/: start, Next, stop); the lab (lab.py): `POST /api/lab` {active} turns hold-and-step on or
+  off, `/api/lab/clock` {held}, `/api/lab/timeout/{node}`, `/api/lab/rate` {rate},
+  `/api/lab/deliver` and `/api/lab/drop` {ids}, `/api/lab/snapshot` {every} (null restores), and
+  `/api/slowmo` {factor} (every node's tick, changed at run time); `POST /api/members` (add a
+  node), `POST /api/members/{node}/promote` and `DELETE /api/members/{node}` change the cluster's
+  membership (membership.py); `POST /api/coordination/watch` {prefix, start_revision?} sets what the
+  watch feed follows (coordination.py: leases, locks and that watch).
+  Errors are JSON `{"error": ...}`; a number out of its range or not a
+  number is a 400 naming the field and the range; what needs a supervisor answers 501 with the
+  reason when the dashboard only attaches to a remote cluster;
+* `GET /api/state`: each node's latest status and KV preview, reachability, safety, the lab, and
+  how full the recorder is;
+* `GET /api/trace.ndjson`: a header line (the nodes and the schema), then everything recorded, one
+  JSON event per line: the page loads such a file back to replay it.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from .controls import SLOWMO_MAX_FACTOR, ControlError, Controls
+from .controls import ControlError, Controls
+from .coordination import CoordinationView
 from .hub import MIB, BrowserClient, Hub, resolve_ids
+from .lab import SLOWMO_MAX_FACTOR, Lab
 from .load import MAX_SECONDS, MAX_WRITERS, LoadGenerator
 from .membership import Membership
 from .tour import DEMOS, Tour
@@ -49,6 +57,8 @@ CONTROLS_KEY: web.AppKey[Controls] = web.AppKey("controls", Controls)
 LOAD_KEY: web.AppKey[LoadGenerator] = web.AppKey("load", LoadGenerator)
 TOUR_KEY: web.AppKey[Tour] = web.AppKey("tour", Tour)
 MEMBERSHIP_KEY: web.AppKey[Membership] = web.AppKey("membership", Membership)
+LAB_KEY: web.AppKey[Lab] = web.AppKey("lab", Lab)
+COORDINATION_KEY: web.AppKey[CoordinationView] = web.AppKey("coordination", CoordinationView)
 MAX_REQUEST_BYTES = 2 * MIB  # a PUT of the largest value a node takes (1 MiB) fits, as on the nodes
 MIN_LOAD_SECONDS = 0.1
 
@@ -65,7 +75,7 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _error(e.status, e.message, **e.fields)
     except (ValueError, TypeError) as e:
         return _error(400, str(e))
-    except RuntimeError as e:
+    except RuntimeError as e:  # the load generator's "already running"
         return _error(409, str(e))
 
 
@@ -125,7 +135,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
 
 
 def features(app: web.Application) -> dict:
-    controls = app[CONTROLS_KEY]
+    controls, lab = app[CONTROLS_KEY], app[LAB_KEY]
     sup = controls.supervisor is not None
     why = None if sup else "needs a supervisor: start the cluster with `raftkv up` to crash, pause and restart nodes"
     return {
@@ -136,20 +146,19 @@ def features(app: web.Application) -> dict:
             "oneWayCut": {"available": True},
             "lossDelay": {"available": True},
             "process": {"available": sup, "why": why},
-            "slowmo": {"available": sup, "why": None if sup else
-                       "slow motion restarts the nodes with a larger --tick-ms, which needs the supervisor"},
             "load": {"available": True},
             "addNode": {"available": sup, "why": None if sup else
                         "adding a node starts a new node process, which needs the supervisor of `raftkv up`"},
             "removeNode": {"available": True},
-            "tour": {"available": True, "demos": DEMOS},
+            "tour": {"available": True, "demos": app[TOUR_KEY].titles()},
         },
-        **controls.slowmo_info(),
+        "lab": lab.for_page(),
+        **lab.slowmo_info(),
     }
 
 
 async def state(request: web.Request) -> web.Response:
-    hub, controls = request.app[HUB_KEY], request.app[CONTROLS_KEY]
+    hub, controls, lab = request.app[HUB_KEY], request.app[CONTROLS_KEY], request.app[LAB_KEY]
     nodes = [
         {**n.describe(), "status": n.status, "kv": n.kv, "metrics": n.metrics}
         for n in hub.links.values()
@@ -162,8 +171,9 @@ async def state(request: web.Request) -> web.Response:
             "supervisor": controls.supervisor is not None,
             "load": request.app[LOAD_KEY].last,
             "tour": {"running": request.app[TOUR_KEY].running},
+            "lab": lab.for_page(),
             "recorder": hub.recorder.describe(),
-            **controls.slowmo_info(),
+            **lab.slowmo_info(),
         },
         dumps=lambda o: json.dumps(o, default=str),
     )
@@ -235,7 +245,47 @@ async def load_stop(request: web.Request) -> web.Response:
 async def slowmo(request: web.Request) -> web.Response:
     body = await _json(request)
     factor = _number(body, "factor", 10, 1, SLOWMO_MAX_FACTOR, integer=True)
-    return web.json_response(await request.app[CONTROLS_KEY].slow_motion(factor))
+    return web.json_response(await request.app[LAB_KEY].set_speed(factor))
+
+
+async def lab_active(request: web.Request) -> web.Response:
+    lab = request.app[LAB_KEY]
+    active = _flag(await _json(request), "active")
+    return web.json_response(await (lab.enter() if active else lab.leave()))
+
+
+async def lab_clock(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[LAB_KEY].set_clock(_flag(await _json(request), "held")))
+
+
+async def lab_timeout(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[LAB_KEY].time_out(request.match_info["node"]))
+
+
+async def lab_rate(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[LAB_KEY].set_rate((await _json(request)).get("rate")))
+
+
+async def lab_deliver(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[LAB_KEY].deliver((await _json(request)).get("ids")))
+
+
+async def lab_drop(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[LAB_KEY].drop((await _json(request)).get("ids")))
+
+
+async def lab_snapshot(request: web.Request) -> web.Response:
+    lab, every = request.app[LAB_KEY], (await _json(request)).get("every")
+    if every is None:
+        await lab.restore_snapshot_every()
+        return web.json_response(lab.describe())
+    return web.json_response(await lab.set_snapshot_every(every))
+
+
+def _flag(body: dict, name: str) -> bool:
+    if type(body.get(name)) is not bool:
+        raise ControlError(400, f"{name}: true or false", field=name)
+    return body[name]
 
 
 async def tour_start(request: web.Request) -> web.Response:
@@ -243,9 +293,19 @@ async def tour_start(request: web.Request) -> web.Response:
     return web.json_response(request.app[TOUR_KEY].start(str(body.get("demo", "all"))))
 
 
+async def tour_next(request: web.Request) -> web.Response:
+    return web.json_response(request.app[TOUR_KEY].next())
+
+
 async def tour_stop(request: web.Request) -> web.Response:
     await request.app[TOUR_KEY].stop()
     return web.json_response({"stopped": True})
+
+
+async def coordination_watch(request: web.Request) -> web.Response:
+    body = await _json(request)
+    return web.json_response(await request.app[COORDINATION_KEY].watch(body.get("prefix", ""),
+                                                                        body.get("start_revision")))
 
 
 async def trace(request: web.Request) -> web.StreamResponse:
@@ -255,7 +315,7 @@ async def trace(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": 'attachment; filename="raftkv-trace.ndjson"',
     })
     await resp.prepare(request)
-    chunk: list[str] = []
+    chunk: list[str] = [hub.export_header()]
     for recorded in list(hub.recorder):
         chunk.append(recorded.json)
         if len(chunk) >= 500:
@@ -274,18 +334,23 @@ async def create_app(node_urls: list[str], supervisor: Any = None) -> web.Applic
     links = await resolve_ids(node_urls, supervisor)
     hub = Hub(links, supervisor)
     controls = Controls(hub, supervisor)
-    hub.extra_reach = controls.slowmo_info
+    lab = Lab(hub, controls)
+    hub.extra_reach = lab.slowmo_info
     app = web.Application(middlewares=[errors], client_max_size=MAX_REQUEST_BYTES)
-    app[HUB_KEY], app[CONTROLS_KEY] = hub, controls
-    membership, load = Membership(hub, controls), LoadGenerator(hub)
+    app[HUB_KEY], app[CONTROLS_KEY], app[LAB_KEY] = hub, controls, lab
+    membership, load = Membership(hub, controls, lab), LoadGenerator(hub)
     app[LOAD_KEY], app[MEMBERSHIP_KEY] = load, membership
-    app[TOUR_KEY] = Tour(hub, controls, membership, load)
+    coordination = app[COORDINATION_KEY] = CoordinationView(hub)
+    app[TOUR_KEY] = Tour(hub, controls, lab, membership, load, coordination, DEMOS)
 
     async def lifecycle(app: web.Application) -> Any:
         await hub.start()
+        await coordination.start()
         yield
+        await coordination.stop()
         await app[LOAD_KEY].stop()
         await app[TOUR_KEY].stop()
+        await lab.leave_quietly()  # the nodes must not go on holding messages nobody will deliver
         await hub.stop()
 
     app.cleanup_ctx.append(lifecycle)
@@ -306,8 +371,17 @@ async def create_app(node_urls: list[str], supervisor: Any = None) -> web.Applic
     r.add_post("/api/load", load_start)
     r.add_post("/api/load/stop", load_stop)
     r.add_post("/api/slowmo", slowmo)
+    r.add_post("/api/lab", lab_active)
+    r.add_post("/api/lab/clock", lab_clock)
+    r.add_post("/api/lab/timeout/{node}", lab_timeout)
+    r.add_post("/api/lab/rate", lab_rate)
+    r.add_post("/api/lab/deliver", lab_deliver)
+    r.add_post("/api/lab/drop", lab_drop)
+    r.add_post("/api/lab/snapshot", lab_snapshot)
     r.add_post("/api/tour", tour_start)
+    r.add_post("/api/tour/next", tour_next)
     r.add_post("/api/tour/stop", tour_stop)
+    r.add_post("/api/coordination/watch", coordination_watch)
     r.add_get("/api/trace.ndjson", trace)
     return app
 

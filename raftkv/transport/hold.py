@@ -35,7 +35,7 @@ class HeldMessage:
         m = self.message
         entries = len(getattr(m, "entries", ()))
         return {"number": self.number, "type": type(m).__name__, "src": m.src, "dst": m.dst, "term": m.term,
-                "entries": entries, "heldAt": round(self.held_at, 3)}
+                "entries": entries, "preVote": getattr(m, "pre_vote", False), "heldAt": round(self.held_at, 3)}
 
 
 class MessageHold:

@@ -1,0 +1,76 @@
+// The event feed, in plain words, newest first, and the few latest lines under the ring.
+//
+// Quiet by design: a line that says the same as one shown a moment ago is not repeated, it is
+// folded into that line with a count ("×12") and the time of its latest repeat. An isolated node
+// asks for pre-votes every few tenths of a second; that is one line that counts, not a flood.
+// The feed is drawn from the recorded history up to the view's time, so a past view has its feed.
+
+import {S, viewTime} from "./state.js";
+import {$, el, fmtTime, setText, termColour} from "./dom.js";
+import {icon, hasIcon} from "./icons.js";
+
+const FEED_MAX = 120;
+const MINI_MAX = 6;
+const FOLD_WINDOW_S = 60;  // a repeat within this long of the line's latest is folded into it
+
+export function isFeedEvent(ev) {
+  return (ev.type === "trace" && ev.kind !== "commit") || ev.type === "action" || ev.type === "reach" ||
+    ev.type === "nodes" || (ev.type === "safety" && ev.broken) ||
+    (ev.type === "tour" && ev.state === "waiting");
+}
+
+export const noteFeedEvent = (ev) => ev.recorded !== false && isFeedEvent(ev);
+
+function feedText(ev) {
+  if (ev.type === "safety") {
+    return "SAFETY CHECK BROKEN: " + ev.checks.filter((c) => !c.ok).map((c) => `${c.name}: ${c.violation}`).join("; ");
+  }
+  if (ev.type === "tour") return `tour, ${ev.title}: ${ev.caption}`;
+  return ev.text || `${ev.via || ev.node} ${ev.kind || ev.type}`;
+}
+
+// The feed's lines at time t, newest first: [{ev, text, count, firstRt}].
+function linesAt(t, max) {
+  const lines = [], byText = new Map();
+  for (let i = S.history.length - 1; i >= 0 && lines.length < max; i--) {
+    const ev = S.history[i];
+    if (ev.rt > t || !isFeedEvent(ev)) continue;
+    const text = feedText(ev);
+    const line = byText.get(text);
+    if (line && line.firstRt - ev.rt < FOLD_WINDOW_S) {
+      line.count++;
+      line.firstRt = ev.rt;
+      continue;
+    }
+    const fresh = {ev, text, count: 1, firstRt: ev.rt};
+    byText.set(text, fresh);
+    lines.push(fresh);
+  }
+  return lines;
+}
+
+function lineItem(line) {
+  const ev = line.ev;
+  const cls = `f-${ev.type}${ev.type === "safety" ? " bad" : ""}`;
+  const li = el("li", {class: cls, style: ev.term != null ? `--c:${termColour(ev.term)}` : null},
+    ev.icon && hasIcon(ev.icon) ? icon(ev.icon) : null, el("time", {text: fmtTime(ev.rt)}), " ", line.text);
+  if (line.count > 1) {
+    li.append(" ", el("span", {class: "folded", title: `${line.count} times since ${fmtTime(line.firstRt)}`,
+      text: `×${line.count}`}));
+  }
+  return li;
+}
+
+function renderList(list, lines) {
+  const sig = lines.map((l) => `${l.ev.seq}:${l.count}`).join(",");
+  if (list.dataset.sig === sig) return;
+  list.dataset.sig = sig;
+  list.replaceChildren(...lines.map(lineItem));
+}
+
+export function renderFeed() {
+  const lines = linesAt(viewTime(), FEED_MAX);
+  renderList($("#feed"), lines);
+  renderList($("#mini-feed"), lines.filter((l) => l.ev.type !== "tour").slice(0, MINI_MAX));
+  setText($("#feed-count"), lines.length ? `(${lines.length} lines, repeats folded)` : "");
+}

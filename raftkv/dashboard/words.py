@@ -1,0 +1,39 @@
+"""What went wrong between the dashboard and a node, in plain words for the page.
+
+A node card once read "ClientConnectorError: Cannot connect to host 127.0.0.1:3001 ssl:default
+[Connect call failed ...]". A person needs to know what it means: nothing answers there (the
+process is down, or the address is wrong), the node stopped answering, or the connection broke.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+__all__ = ["plain_error"]
+
+
+def plain_error(e: BaseException) -> str:
+    """One short sentence for an error met while talking to a node."""
+    if isinstance(e, aiohttp.ClientConnectorError):
+        where = f"{e.host}:{e.port}"
+        if isinstance(e.os_error, ConnectionRefusedError):
+            return f"nothing answers at {where} (the node's process is not running, or not listening yet)"
+        return f"cannot connect to {where} ({_os_words(e.os_error)})"
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return "the node closed the connection"
+    if isinstance(e, aiohttp.WSServerHandshakeError):
+        return f"the node refused the event stream (HTTP {e.status})"
+    if isinstance(e, aiohttp.ClientResponseError):
+        return f"the node answered HTTP {e.status}"
+    if isinstance(e, TimeoutError):
+        return "the node did not answer in time"
+    if isinstance(e, aiohttp.ClientPayloadError):
+        return "the node's answer was cut short"
+    if isinstance(e, (aiohttp.ClientOSError, OSError)):
+        return f"the connection failed ({_os_words(e)})"
+    return f"unexpected error: {type(e).__name__}"
+
+
+def _os_words(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return text[0].lower() + text[1:] if text else text
