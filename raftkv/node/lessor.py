@@ -24,6 +24,11 @@ no follower's clock matters.
 - Deadlines belong to one term of leadership: a node that lost leadership and won it back
   (maybe faster than one check) starts every TTL afresh too, since a keep-alive may have been
   acknowledged by the leader in between.
+- Only the leader that timed a lease expires it, in that term: the revocation is proposed after
+  a ReadIndex round confirms this node still leads in the term it timed the lease in. Without it,
+  a leader paused past an election proposes on resuming, before reading the new term's messages,
+  and the group forwards the proposal to the new leader, where it commits despite the keep-alives
+  that leader acknowledged (`raftkv chaos --workload lease` found it).
 - Expiry is checked every `CHECK_EVERY_S`; an expired lease's revocation is proposed once, and
   retried if it did not commit. Time is the event loop's clock (monotonic in a node process,
   virtual in the simulator).
@@ -126,7 +131,8 @@ class Lessor:
         for lease_id, lease in leases.items():
             deadline = deadlines.setdefault(lease_id, now + lease.ttl_s)
             if now >= deadline and lease_id not in self._revoking:
-                self._revoking[lease_id] = asyncio.get_running_loop().create_task(self._expire(lease_id))
+                self._revoking[lease_id] = asyncio.get_running_loop().create_task(
+                    self._expire(lease_id, self.group.core.term))
 
     def _leading_deadlines(self) -> dict[int, float]:
         """The deadlines of this node's current leadership (emptied when its term changed)."""
@@ -147,8 +153,27 @@ class Lessor:
         return not (lease_id in self._revoking or lease_id in self._revocation_unsettled
                     or deadlines.get(lease_id, now) < now)
 
-    async def _expire(self, lease_id: int) -> None:
+    async def _still_leading(self, term: int) -> bool:
+        """Whether this node leads in `term`, confirmed by a ReadIndex round (see `_expire`)."""
         try:
+            await self.group.read_barrier()
+        except NodeError:
+            return False
+        core = self.group.core
+        return core.role is Role.LEADER and core.term == term
+
+    async def _expire(self, lease_id: int, term: int) -> None:
+        try:
+            # A check can run on a leader that was deposed without knowing it yet (paused past an
+            # election, the new term's messages not read): its revocation would then be forwarded
+            # to the new leader like any write and commit there, cutting short a TTL that leader
+            # promised with a keep-alive. So the proposal is made only once a majority has confirmed
+            # this node still leads in the term that timed the lease: those voters refuse other
+            # candidates for an election timeout (check-quorum's leader stickiness), so the loop's
+            # next turn takes the proposal as this leader's own, unless the node stalls that long
+            # in between (closing that too needs a proposal the group never forwards).
+            if not await self._still_leading(term):
+                return
             await self.group.propose(LeaseRevoke(lease_id, expired=True))
             log.info("lease expired node=%s lease=%d", self.group.id, lease_id)
         except OutcomeUnknownError as e:  # may yet commit in this term; the next check proposes again
