@@ -6,7 +6,8 @@ Theory of operation
 - A `Session` is a lease kept alive in the background. It is *lost* when the cluster says the
   lease is gone, or when no keep-alive was acknowledged for a whole TTL (counted from when the last
   acknowledged one was sent): from then on the cluster may have expired it, so nothing held
-  through it may be trusted.
+  through it may be trusted. It is lost at that moment, even while a keep-alive is still waiting
+  for an answer.
 - A contender for NAME puts the key `NAME/<lease id>` attached to its lease. That key's
   create revision is its place in the queue: it holds the lock (or leads the election) when no
   key under `NAME/` has a smaller one; otherwise it watches the key just ahead of it until that
@@ -80,12 +81,20 @@ class Session:
 
     async def _keep_alive(self, acknowledged_since: float) -> None:
         while True:
-            await asyncio.sleep(self.ttl_s / 3)
+            # From `horizon` on the lease may be gone, so the session is lost then: not later, when
+            # a keep-alive stuck on a paused or cut-off node finally times out.
+            horizon = acknowledged_since + self.ttl_s
+            await asyncio.sleep(max(0.0, min(self.ttl_s / 3, horizon - time.monotonic())))
             sent = time.monotonic()
-            try:
-                status, answer = await self.client.request("POST", f"/leases/{self.lease_id}/keepalive")
-            except ClusterUnreachableError:
-                status, answer = 0, None
+            status, answer = 0, None
+            if sent < horizon:
+                try:
+                    status, answer = await asyncio.wait_for(
+                        self.client.request("POST", f"/leases/{self.lease_id}/keepalive"), horizon - sent)
+                except ClusterUnreachableError:
+                    pass
+                except TimeoutError:
+                    answer = "none before the TTL ran out"
             if status == 200:
                 acknowledged_since = sent
             elif status == 404:

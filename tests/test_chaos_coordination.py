@@ -6,17 +6,23 @@ increase, two holders at once) must be reported, and a correct one must pass; th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+from cluster import LocalCluster
 
 from raftkv.chaos.coordination import judge_coordination
 from raftkv.chaos.histories import NodeHistories
 from raftkv.chaos.leases import judge_leases
 from raftkv.chaos.locks import judge_locks
 from raftkv.chaos.watchers import first_seen, judge_watches
+from raftkv.client import Client
+from raftkv.concurrency import Session
 
 PREFIX = "p/"
 
@@ -241,3 +247,24 @@ def test_chaos_run_with_watch_lease_and_lock_under_kill_pause_partition_passes(t
     again = subprocess.run([sys.executable, "-m", "raftkv.chaos", "--recheck", str(out)],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "lock: ok" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_session_knows_it_is_lost_one_ttl_after_its_last_acknowledged_keepalive(cluster: LocalCluster) -> None:
+    """The lock judge ends a holding when its holder learned the session was lost; that is only
+    what a careful holder knows if the session learns it at the TTL's end, not when a keep-alive
+    stuck on a paused node finally times out (5 s later here)."""
+    node = cluster.wait_for_leader()
+
+    async def go() -> tuple[float, float, str]:
+        async with Client([cluster.url(node)], timeout_s=5.0) as client, Session(client, 2) as session:
+            await asyncio.sleep(0.8)  # one keep-alive acknowledged (every TTL/3)
+            cluster.supervisor.pause(node)
+            paused = time.monotonic()
+            try:
+                await asyncio.wait_for(session.lost.wait(), 10.0)
+            finally:
+                cluster.supervisor.resume(node)
+            return paused, time.monotonic(), session.why
+
+    paused, lost, why = asyncio.run(go())
+    assert lost - paused <= 2.0 + 0.3, f"lost {lost - paused:.2f}s after the pause: {why}"
