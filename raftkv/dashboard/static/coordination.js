@@ -31,6 +31,8 @@ export function noteCoordination(ev) {
     keptFor = S.history;
   }
   const list = ev.type === "watch" ? watches : pictures;
+  // Events come in seq order; one emitted while the hello was sent can come again in the first batch.
+  if (list.length && ev.seq <= list[list.length - 1].seq) return;
   list.push(ev);
   if (list.length > (ev.type === "watch" ? WATCH_EVENTS_KEPT : PICTURES_KEPT)) list.shift();
   invalidate("coordination");
