@@ -180,6 +180,10 @@ def test_service_discovery_tour_ends_with_the_watcher_seeing_the_key_vanish(
                     wait_until("the expired lease to leave the Leases list", lambda: pg.locator(
                         "#leases li", has_text="services/web").count() == 0, 5)
                     shot(pg, "service-discovery.png", "#h-coordination")
+                    pg.click("#tour-back")  # the step before, as the cluster was then: the key not yet gone
+                    wait_until("Back to show the feed without the delete", lambda: line.count() == 0, 5)
+                    pg.click("#tour-next")
+                    wait_until("Next to come back to the present", lambda: line.count() == 1, 5)
 
             captions = follow_tour(pg, "service-discovery", at_step)
         assert (SHOTS / "service-discovery.png").stat().st_mtime > started, "the step with the delete was not seen"
