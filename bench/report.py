@@ -146,8 +146,8 @@ def watch_table(res: Results) -> list[str]:
     if "raftkv" not in res.watch:
         return []
     peer = next((s for s in res.watch if s != "raftkv"), None)
-    head = ("| watchers | writes/s acknowledged | raftkv events/s (% of offered) | ack→delivery p50 / p99 ms |"
-            " sent→delivery p99 ms |")
+    head = (f"| watchers | writes/s acknowledged (raftkv{f' / {peer}' if peer else ''}) |"
+            " raftkv events/s (% of offered) | ack→delivery p50 / p99 ms | sent→delivery p99 ms |")
     sep = "|---:|---:|---:|---:|---:|"
     if peer:
         head += (f" {peer} events/s (% of offered) | ack→delivery p50 / p99 ms | sent→delivery p99 ms |"
