@@ -297,10 +297,25 @@ def main_thread_task_cpu_ms(trace: Any) -> list[float]:
 # ------------------------------------------------------------------------------ every tour twice ---
 
 
-def test_the_classic_demos_run(page: Any) -> None:
+def test_the_classic_demos_run_and_back_shows_an_earlier_step_as_it_was(page: Any) -> None:
+    went_back: list[str] = []
+
+    def back_then_next(caption: str) -> None:
+        if "step 2:" not in caption:
+            return
+        page.click("#tour-back")
+        wait_until("the first step's caption, in the past", lambda: (s := tour_state(page))["state"] == "past"
+                   and "step 1:" in s["caption"], 5)
+        assert page.locator("#mode-pill").inner_text().startswith("PAST"), "Back shows the cluster as it was then"
+        page.click("#tour-next")  # forward again, to the step that waits
+        wait_until("the present step again, live", lambda: (s := tour_state(page))["state"] == "waiting"
+                   and s["caption"] == caption and page.locator("#mode-pill").inner_text() == "LIVE", 5)
+        went_back.append(caption)
+
     for demo in CLASSIC_DEMOS:
-        captions = follow_tour(page, demo)
+        captions = follow_tour(page, demo, back_then_next if demo == "election" else None)
         assert "Demo finished" in captions[-1], captions
+    assert went_back
 
 
 def test_every_tour_runs_after_the_load_generator(page: Any, dashboard: Dashboard) -> None:

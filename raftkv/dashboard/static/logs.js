@@ -15,6 +15,7 @@ import {$, el, fmtAge, fmtTime, setAttr, setText, termColour} from "./dom.js";
 const CELL_PX = 26;
 const LABEL_PX = 170;
 const MIN_CELLS = 8, MAX_CELLS = 40;
+const INDEX_LABEL_EVERY = 5;
 const STALE_AFTER_S = 2.5;  // a row whose node has said nothing for this long is drawn stale
 const REPLACED_SHOW_S = 60;
 const FRESH_S = 3;  // a replacement this recent is animated
@@ -52,7 +53,15 @@ export function renderLogs() {
   const last = Math.max(0, ...Object.values(reads).filter(Boolean).map((r) => r.log.lastIndex));
   const first = Math.max(1, last - cells + 1);
   const heads = $("#logs .log-row.head").querySelectorAll(".cell");
-  heads.forEach((c, k) => { setText(c, String(first + k)); setAttr(c, "class", "cell idx"); });
+  // Every INDEX_LABEL_EVERY-th index is written out (a four-digit index is wider than a cell), and
+  // the first one when the next label is far enough not to overlap it.
+  heads.forEach((c, k) => {
+    const i = first + k;
+    const labelled = i % INDEX_LABEL_EVERY === 0 || (k === 0 && INDEX_LABEL_EVERY - (i % INDEX_LABEL_EVERY) >= 3);
+    setText(c, labelled ? String(i) : "");
+    setAttr(c, "class", "cell idx");
+    setAttr(c, "title", `index ${i}`);
+  });
   const leader = liveLeader(t);
   for (const n of S.nodes) {
     const row = document.querySelector(`[data-log-node="${n.id}"]`);
