@@ -44,3 +44,22 @@ def test_the_page_names_no_message_type_of_its_own() -> None:
     styles = (STATIC / "style.css").read_text()
     assert all(f".m-{family}" in styles for family in FAMILIES)
     json.dumps(schema())  # JSON-able as sent
+
+
+def test_term_colours_share_no_colour_with_the_messages_and_are_paler() -> None:
+    """A term is a pale fill and a message a saturated glyph: no term may be read as a message."""
+    palette = re.search(r"TERM_PALETTE = \[([^\]]*)\]", (STATIC / "dom.js").read_text())
+    assert palette, "dom.js declares TERM_PALETTE"
+    terms = {c.upper() for c in re.findall(r"#[0-9A-Fa-f]{6}", palette.group(1))}
+    styles = (STATIC / "style.css").read_text()
+    messages = {family: colour.upper() for family, colour in re.findall(r"\.m-([a-z]+) \{ --m: (#[0-9A-Fa-f]{6}); \}",
+                                                                          styles)}
+    assert set(FAMILIES) <= set(messages), messages
+    assert len(set(messages.values())) == len(messages), "two message families share a colour"
+    assert not terms & set(messages.values())
+
+    def lightness(colour: str) -> float:
+        r, g, b = (int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+        return (max(r, g, b) + min(r, g, b)) / 2
+
+    assert min(map(lightness, terms)) > max(lightness(messages[f]) for f in FAMILIES)
