@@ -226,6 +226,7 @@ def test_an_exported_trace_loaded_back_replays_and_says_it_is_the_past(
     mode = page.locator("#mode-pill")
     wait_until("the header to say a trace file is shown", lambda: "PAST: trace file" in mode.inner_text(), 10)
     assert "events" in page.locator("#replay-msg").inner_text()
+    assert page.locator("#sampling").inner_text().startswith("Messages"), "the page says whether messages are sampled"
     first = page.locator("#view-at").inner_text()
     for _ in range(5):
         page.click("#step")
