@@ -507,3 +507,33 @@ raft_is_leader 1
     assert fig["writesPerSecond"] == 100.0 and fig["isLeader"]
     assert 1.0 < fig["commitP50Ms"] <= 10.0
     assert r.update(promtext.parse(text(1, 3, 3)), 102.0) is None  # the node restarted: counters reset
+
+
+def test_replaced_entries_are_the_ones_a_node_no_longer_holds_as_they_were() -> None:
+    from raftkv.dashboard.logwatch import replaced_entries
+
+    def read(last: int, terms: dict[int, int]) -> dict:
+        entries = [{"index": i, "term": t, "summary": f"e{i}t{t}"} for i, t in terms.items()]
+        return {"lastIndex": last, "entries": entries}
+
+    before = read(6, {4: 2, 5: 2, 6: 2})
+    assert replaced_entries({}, before) == []
+    assert replaced_entries(before, read(7, {5: 2, 6: 2, 7: 2})) == []  # a window that moved on: nothing lost
+    assert replaced_entries(before, read(5, {4: 2, 5: 3})) == [  # 5 overwritten by term 3, 6 gone
+        {"index": 5, "oldTerm": 2, "oldSummary": "e5t2", "newTerm": 3},
+        {"index": 6, "oldTerm": 2, "oldSummary": "e6t2", "newTerm": None}]
+
+
+def test_connection_errors_are_told_in_plain_words() -> None:
+    import aiohttp
+    from aiohttp.client_reqrep import ConnectionKey
+
+    from raftkv.dashboard.words import plain_error
+
+    key = ConnectionKey("127.0.0.1", 3001, False, True, None, None, None)
+    refused = aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connect call failed"))
+    assert plain_error(refused) == "nothing answers at 127.0.0.1:3001 (the node's process is not running, or not " \
+                                   "listening yet)"
+    assert plain_error(aiohttp.ServerDisconnectedError()) == "the node closed the connection"
+    assert plain_error(TimeoutError()) == "the node did not answer in time"
+    assert "ssl" not in plain_error(refused) and "ClientConnectorError" not in plain_error(refused)
