@@ -65,7 +65,7 @@ class Coordination:
         if not self.active:
             return
         urls = members()
-        self.initial, revision = await live_keys(urls[sorted(urls)[0]], PREFIX)
+        self.initial, revision = await live_keys([urls[n] for n in sorted(urls)], PREFIX)
         self.start_revision = revision + 1
         self.watchers = Watchers(PREFIX, self.start_revision, urls, self.recorder)
         self.watchers.start()
@@ -119,7 +119,13 @@ class Coordination:
             alive = await leases_alive(url, self.lease_ids())
         await wait_converged()  # every member applied the expiries
         histories = await read_histories(final_members, self.keys())
-        final, revision = await live_keys(url, PREFIX)
+        try:
+            final, revision = await live_keys([url, *(u for _, u in sorted(final_members.items()) if u != url)],
+                                              PREFIX)
+        except RuntimeError as e:  # a liveness problem after healing: nothing to judge against
+            await self.watchers.stop(0, 0.0)
+            self.record["error"] = str(e)
+            return
         last_change = max((v["revision"] for h in histories.values() for versions in h["keys"].values()
                            if isinstance(versions, list) for v in versions), default=0)
         await self.watchers.stop(last_change, WATCHERS_CATCH_UP_S)
@@ -135,6 +141,8 @@ class Coordination:
 
 def judge_coordination(record: dict[str, Any] | None) -> list[SideCheck]:
     """The watch, lease and lock judgements of a run's `coordination` record (empty: none ran)."""
+    if record and record.get("error"):
+        return [SideCheck("watch", inconclusive=[f"the final state could not be read: {record['error']}"])]
     if not record or "streams" not in record:
         return []
     streams, histories = record["streams"], record["histories"]

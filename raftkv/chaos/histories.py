@@ -17,6 +17,7 @@ this reference has the same change at the same revision.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -57,20 +58,36 @@ async def read_histories(urls: Mapping[str, str], keys: Iterable[str], timeout_s
     return out
 
 
-async def live_keys(url: str, prefix: str, timeout_s: float = 5.0) -> tuple[dict[str, dict[str, Any]], int]:
-    """({key: kv} of every key under `prefix` now, the revision read at): a linearizable read."""
+async def live_keys(urls: Iterable[str], prefix: str, patience_s: float = 15.0,
+                    timeout_s: float = 5.0) -> tuple[dict[str, dict[str, Any]], int]:
+    """({key: kv} of every key under `prefix` now, the revision read at): a linearizable read,
+    from the first of `urls` that answers (asked in turn, while the cluster elects a leader)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience_s
+    errors: list[str] = []
+    async with single_send_session() as session:
+        while loop.time() < deadline:
+            for url in urls:
+                try:
+                    return await _range(session, url, prefix, timeout_s)
+                except RuntimeError as e:
+                    errors.append(str(e))
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"no node answered a read of {prefix!r} within {patience_s:g}s: {errors[-3:]}")
+
+
+async def _range(session: Any, url: str, prefix: str, timeout_s: float) -> tuple[dict[str, dict[str, Any]], int]:
     items: dict[str, dict[str, Any]] = {}
     start = ""
-    async with single_send_session() as session:
-        while True:
-            query = f"prefix={quote(prefix, safe='')}&start={quote(start, safe='')}&limit={PAGE_LIMIT}"
-            status, data, error, _ = await call(session, "GET", f"{url}/kv?{query}", None, timeout_s)
-            if status != 200 or not isinstance(data, dict):
-                raise RuntimeError(f"GET {url}/kv?{query}: {status} {error or data}")
-            items.update((kv["key"], kv) for kv in data["items"])
-            if not data["more"]:
-                return items, data["revision"]
-            start = data["next"]
+    while True:
+        query = f"prefix={quote(prefix, safe='')}&start={quote(start, safe='')}&limit={PAGE_LIMIT}"
+        status, data, error, _ = await call(session, "GET", f"{url}/kv?{query}", None, timeout_s)
+        if status != 200 or not isinstance(data, dict):
+            raise RuntimeError(f"GET {url}/kv?{query}: {status} {error or data}")
+        items.update((kv["key"], kv) for kv in data["items"])
+        if not data["more"]:
+            return items, data["revision"]
+        start = data["next"]
 
 
 def committed_revisions(node_history: Mapping[str, Any]) -> dict[int, dict[str, dict[str, Any] | None]]:

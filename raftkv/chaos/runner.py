@@ -185,12 +185,17 @@ async def _run(opts: ChaosOptions) -> Judgement:
         say(f"chaos: seed {opts.seed}, {len(schedule)} fault(s) planned: "
             + "; ".join(p.describe() for p in schedule))
         workload = WorkloadConfig(clients=opts.clients if "kv" in opts.workload else 0, keys=opts.keys,
-                                  op_timeout_s=opts.op_timeout_s, seed=opts.seed)
+                                  op_timeout_s=opts.op_timeout_s, seed=opts.seed,
+                                  key_prefix=f"chaos-{int(recorder.started_at_unix):x}-k" if opts.endpoints
+                                  else "chaos-k")
         coordination = Coordination(opts.workload, recorder, opts.seed, opts.op_timeout_s, workload.key_names())
         stop_clients, stop_observer = asyncio.Event(), asyncio.Event()
         observer_task = asyncio.create_task(observer.run(stop_observer))
         members_task = asyncio.create_task(members.run(stop_observer))
-        await coordination.start(members.urls, stop_clients)
+        try:
+            await coordination.start(members.urls, stop_clients)
+        except RuntimeError as e:
+            raise ChaosError(f"the watch, lease and lock workloads could not start: {e}") from None
         clients_task = asyncio.create_task(run_clients(workload, members.urls, recorder, stop_clients))
         nemesis_task = asyncio.create_task(nemesis.run(schedule, opts.duration_s))
         try:

@@ -62,9 +62,12 @@ class WorkloadConfig:
     op_timeout_s: float = 3.0
     think_s: float = 0.02  # pause between a client's operations, so histories stay checkable
     seed: int = 0
+    # The checker takes every key to start absent: on a cluster this run did not start (which may
+    # hold an earlier run's keys) the runner makes the names the run's own.
+    key_prefix: str = "chaos-k"
 
     def key_names(self) -> list[str]:
-        return [f"chaos-k{i}" for i in range(self.keys)]
+        return [f"{self.key_prefix}{i}" for i in range(self.keys)]
 
 
 async def call(
