@@ -1,27 +1,49 @@
 """Asking the leader over its client API: for what only the leader may do (membership changes,
-lease keep-alives), a follower relays the request and the leader's answer, or its refusal."""
+lease keep-alives), a follower relays the request and the leader's answer, or its refusal.
+
+One HTTP session per node carries every relayed request, kept alive between them: a client that
+renews its leases through a follower every few seconds must not cost a TCP connection each time."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from raftkv.client import Client, ClusterUnreachableError
 
-from .errors import NotAppliedError, OutcomeUnknownError, RequestRefused
+from .errors import NoLeaderError, NotAppliedError, OutcomeUnknownError, RequestRefused
 
-__all__ = ["FORWARD_TIMEOUT_S", "ask_leader"]
+__all__ = ["FORWARD_TIMEOUT_S", "LeaderAsker"]
 
 FORWARD_TIMEOUT_S = 10.0
 
 
-async def ask_leader(leader: str, url: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    """The leader's JSON answer; its refusal as RequestRefused (with its status and reason), a 503
-    or an unreachable leader as NotAppliedError, a 504 as OutcomeUnknownError."""
-    try:
-        async with Client([url], timeout_s=FORWARD_TIMEOUT_S) as client:
-            status, answer = await client.request(method, path, body)
-    except ClusterUnreachableError as e:
-        raise NotAppliedError(f"the leader {leader} cannot be reached: {e}") from None
+class LeaderAsker:
+    def __init__(self, url_of: Callable[[str], str | None]) -> None:
+        self._url_of = url_of  # a member id -> its client URL, None while unknown
+        self._client: Client | None = None
+
+    async def ask(self, leader: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        """The leader's JSON answer; its refusal as RequestRefused (with its status and reason), a
+        503 or an unreachable leader as NotAppliedError, a 504 as OutcomeUnknownError."""
+        url = self._url_of(leader)
+        if url is None:
+            raise NoLeaderError(f"the leader {leader}'s address is not in this node's member table yet")
+        if self._client is None:
+            self._client = await Client([url], timeout_s=FORWARD_TIMEOUT_S).__aenter__()
+        try:
+            status, answer = await self._client.request(method, path, body, endpoint=url)
+        except ClusterUnreachableError as e:
+            raise NotAppliedError(f"the leader {leader} cannot be reached: {e}") from None
+        return _answer(status, answer)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+            self._client = None
+
+
+def _answer(status: int, answer: Any) -> dict[str, Any]:
     if status == 200 and isinstance(answer, dict):
         return answer
     detail = dict(answer) if isinstance(answer, dict) else {"error": str(answer)}

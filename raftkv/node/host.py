@@ -71,7 +71,7 @@ class NodeHost:
         self.members = MemberService(cfg, self.group, self.transport, self.metrics, self._removed)
         self.status = StatusReporter(self.group, self.metrics,
                                      lambda: {i: m.url for i, m in self.members.peers().items()})
-        self.lessor = Lessor(self.group, lambda member_id: self._url_of(member_id))
+        self.lessor = Lessor(self.group, self.members.leader_asker)
         self.compactor = Compactor(self.group, cfg.history_retention_revisions, cfg.auto_compaction_retention_s)
         self.removed: str | None = None  # why, once this node learned it is no longer a member
         self._preview = KVPreview(self.kv)
@@ -92,6 +92,7 @@ class NodeHost:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.lessor.stop()
+        await self.members.leader_asker.close()
         await self.group.stop()
         await self.transport.close()
         log.info("node stopped id=%s", self.id)

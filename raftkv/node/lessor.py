@@ -39,14 +39,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
 from typing import Any
 
 from raftkv.core import Role
 from raftkv.kv import LeaseGrant, LeaseRevoke
 
 from .errors import NodeError, OutcomeUnknownError, RequestRefused
-from .forwarding import ask_leader
+from .forwarding import LeaderAsker
 from .group import RaftGroup
 
 __all__ = ["CHECK_EVERY_S", "Lessor"]
@@ -57,10 +56,9 @@ CHECK_EVERY_S = 0.1
 
 
 class Lessor:
-    def __init__(self, group: RaftGroup, leader_url: Callable[[str], str | None],
-                 rng: random.Random | None = None) -> None:
+    def __init__(self, group: RaftGroup, leader_asker: LeaderAsker | None, rng: random.Random | None = None) -> None:
         self.group = group
-        self._leader_url = leader_url  # member id -> its client URL
+        self._leader_asker = leader_asker  # None: this node cannot relay to the leader (the simulator)
         self._rng = rng or random.Random()
         self._deadlines: dict[int, float] = {}  # lease id -> when it expires (leader only)
         self._timed_term = 0  # the term of the leadership those deadlines were set in
@@ -108,10 +106,9 @@ class Lessor:
         return lease
 
     async def _ask(self, leader: str, method: str, path: str) -> dict[str, Any]:
-        url = self._leader_url(leader)
-        if url is None:
-            raise RequestRefused(503, "no_leader", f"the leader {leader}'s address is not known yet")
-        return await ask_leader(leader, url, method, path)
+        if self._leader_asker is None:
+            raise RequestRefused(503, "no_leader", f"{self.group.id} does not lead and cannot relay to {leader}")
+        return await self._leader_asker.ask(leader, method, path)
 
     # ---- the leader's clock -----------------------------------------------------------------
 

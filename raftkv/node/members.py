@@ -40,8 +40,8 @@ from raftkv.core import ConfChange, ConfChangeKind, Role
 from raftkv.transport import Transport
 
 from .config import Member, NodeConfig
-from .errors import MembershipRefused, NoLeaderError, NotAppliedError
-from .forwarding import ask_leader
+from .errors import MembershipRefused, NotAppliedError
+from .forwarding import LeaderAsker
 from .group import RaftGroup
 from .membership import MemberRecord, new_member_id
 from .metrics import NodeMetrics
@@ -63,6 +63,8 @@ class MemberService:
         self.metrics = metrics
         self._on_removed = on_removed
         self._peers: dict[str, Member] = {}
+        # How this node relays to the leader, by the address book (the lessor relays through it too).
+        self.leader_asker = LeaderAsker(lambda member_id: (m := self.address_book().get(member_id)) and m.url)
 
     # ---- who is in the cluster --------------------------------------------------------------
 
@@ -200,11 +202,7 @@ class MemberService:
 
     async def _forward(self, method: str, path: str, body: Any) -> dict[str, Any]:
         """Have the leader make the change, and relay its answer (or its refusal)."""
-        leader = await self.group.await_leader()
-        member = self.address_book().get(leader)
-        if member is None:
-            raise NoLeaderError(f"the leader {leader} is not in this node's member table yet")
-        return await ask_leader(member.id, member.url, method, path, body)
+        return await self.leader_asker.ask(await self.group.await_leader(), method, path, body)
 
 
 def _record(name: str, client_url: str, peer_url: str) -> MemberRecord:

@@ -164,7 +164,7 @@ class SimNode:
         await group.start()
         # A follower relays keep-alives to the leader's client URL; here there is none, so the
         # lease client asks a leader directly, as a relayed request would reach it.
-        lessor = Lessor(group, lambda _leader: None, random.Random(f"{sim.seed}/{self.id}/{self.starts}/leases"))
+        lessor = Lessor(group, None, random.Random(f"{sim.seed}/{self.id}/{self.starts}/leases"))
         self._lessor_task = asyncio.get_running_loop().create_task(lessor.run())
         self.group, self.lessor, self._transport = group, lessor, transport
 
