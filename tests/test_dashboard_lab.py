@@ -129,6 +129,10 @@ def test_an_election_stepped_message_by_message_shows_each_role_change_in_order(
     assert seen[-1][leader] == ("leader", term), f"{leader} hears of the new term only when a message reaches it"
     assert [s[candidate][0] for s in seen] == ["follower", "candidate", "candidate", "leader"]
 
+    page.select_option("#lab-rate", "live")  # messages flow as sent; the lab stays on, the clocks held
+    wait_until("the lab letting messages flow", lambda: "messages flow live" in page.locator("#lab-pill").inner_text()
+               and page.locator("#lab-queue li").count() == 0, 10)
+    wait_until(f"{leader} told of term {term + 1}", lambda: roles(page)[leader] == ("follower", term + 1), 10)
     page.click("#lab-toggle")  # leaving sends everything held; the clocks run again
     wait_until("the whole cluster following the new leader", lambda: one_leader(page) == (candidate, term + 1), 15)
     feed = page.locator("#feed").inner_text()

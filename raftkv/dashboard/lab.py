@@ -135,8 +135,8 @@ class Lab:
             self._need_active()
             self.hub.action("lab: the clocks are held: nothing times out" if held
                             else "lab: the clocks run: timers tick again", kind="lab", icon="clock")
+            self.clock_held = held  # first: the poller makes members conform to it (_conform)
             await self._set_all({"clockHeld": held})
-            self.clock_held = held
             self._publish()
             return self.describe()
 
@@ -177,11 +177,11 @@ class Lab:
             self._need_active()
             was_live = self.rate == "live"
             self._stop_flow()
+            self.rate = rate  # first: the poller makes members conform to it (_conform)
             if rate == "live" and not was_live:
                 await self._set_all({"holding": False})
             elif rate != "live" and was_live:
                 await self._set_all({"holding": True})
-            self.rate = rate
             if isinstance(rate, (int, float)):
                 self._flow = asyncio.get_running_loop().create_task(self._flow_at(float(rate)))
             words = {"step": "one at a time, by hand", "live": "as they are sent (live)"}.get(str(rate),
