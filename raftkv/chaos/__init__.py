@@ -5,6 +5,11 @@ Modules, one job each (data flows top to bottom):
     netns.py        a lab of network namespaces + bridge; nftables cuts, one-way drops, loss
     clusters.py     the clusters a run acts on: loopback processes, processes in a lab, attached
     workload.py     concurrent clients (read / write / CAS on a few keys, random nodes) -> history
+    coordination.py with --workload watch,lease,lock: starts, settles and judges the three below
+    watchers.py     watch streams of the run's prefix; judged for order, gaps, duplicates, uncommitted events
+    leases.py       a lease client (kept alive, revoked, lapsed, renewed late); judged for early expiry
+    locks.py        lock clients with fencing tokens and a fenced resource; judged for tokens and overlap
+    histories.py    every key's history on every final member: what the three are judged against
     membership.py   follows GET /members: the members of the moment, for clients, observer, final reads
     observer.py     polls /raft-state: leaders and terms over time, "who leads now"
     nemesis.py      seeded fault schedule; kill -9, SIGSTOP, /simulate-partition, nft cuts; heal
@@ -23,6 +28,7 @@ Running it (as `raftkv chaos`, or `python -m raftkv.chaos`):
                                                       # a long run with real cuts (root, nftables)
     raftkv chaos --nemesis member,kill,pause,partition   # members leave and rejoin under the faults
     raftkv chaos --endpoints http://h1:3000,http://h2:3000,http://h3:3000 --nemesis partition
+    raftkv chaos --workload kv,watch,lease,lock       # watches, leases and locks judged too
     raftkv chaos --recheck chaos-out                  # judge a saved run again, redraw its timeline
 
 Exit code 0 pass, 1 violation, 3 inconclusive, 4 could not run. The same --seed replays the same

@@ -61,10 +61,11 @@ class LeaseRecord:
     id: int
     ttl: int
     plan: str
-    grant: list[Any] = field(default_factory=list)  # [sent, answered, status or None]
-    keys: list[list[Any]] = field(default_factory=list)  # [key, sent, answered, status or None]
-    keepalives: list[list[Any]] = field(default_factory=list)  # [sent, answered, status or None]
-    revoke: list[Any] | None = None  # [sent, answered, status or None]
+    # Each request: [sent, answered, HTTP status or None, the node that answered or None]
+    grant: list[Any] = field(default_factory=list)
+    keys: list[list[Any]] = field(default_factory=list)  # [key, *request]
+    keepalives: list[list[Any]] = field(default_factory=list)
+    revoke: list[Any] | None = None
 
 
 class LeaseClient:
@@ -95,8 +96,9 @@ class LeaseClient:
     async def _send(self, session: Any, rng: random.Random, method: str, path: str, body: Any = None) -> list[Any]:
         urls = self.members()
         sent = self.recorder.now()
-        status, _, _, _ = await call(session, method, urls[rng.choice(sorted(urls))] + path, body, self.op_timeout_s)
-        return [sent, self.recorder.now(), status]
+        status, data, _, _ = await call(session, method, urls[rng.choice(sorted(urls))] + path, body,
+                                        self.op_timeout_s)
+        return [sent, self.recorder.now(), status, data.get("node") if isinstance(data, dict) else None]
 
     async def _follow(self, session: Any, lease: LeaseRecord, rng: random.Random, stop: asyncio.Event) -> None:
         lease.grant = await self._send(session, rng, "POST", "/leases", {"ttl": lease.ttl, "id": lease.id})
@@ -206,12 +208,14 @@ def _judge_timing(lease: dict[str, Any], deleted_at: int, first_seen: list[tuple
     seen_at = first_seen[i][1]
     revoke_sent = lease["revoke"][0] if lease["revoke"] else float("inf")
     covers = [lease["grant"]] + lease["keepalives"]
-    for sent, answered, status in covers:
+    for request in covers:
+        sent, answered, status = request[:3]
         promised = min(sent + lease["ttl"] - CLOCK_SLACK_S, revoke_sent)
         if status == 200 and seen_at < promised:
-            what = "granted" if [sent, answered, status] == lease["grant"] else "renewed"
+            what = "granted" if request is lease["grant"] else "renewed"
+            by = f" by {request[3]}" if len(request) > 3 and request[3] else ""
             check.violations.append(
                 f"lease {lease['id']} ({lease['plan']}) {what} by a request sent at {sent:.3f}s and acknowledged at "
-                f"{answered:.3f}s (TTL {lease['ttl']} s: promised until {sent + lease['ttl']:.3f}s), but its "
+                f"{answered:.3f}s{by} (TTL {lease['ttl']} s: promised until {sent + lease['ttl']:.3f}s), but its "
                 f"keys' deletion at revision {deleted_at} had been received by a watcher at {seen_at:.3f}s")
             return
