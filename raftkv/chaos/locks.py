@@ -40,7 +40,7 @@ from raftkv.chaos.histories import NodeHistories
 from raftkv.chaos.judge import SideCheck
 from raftkv.chaos.leases import CLOCK_SLACK_S
 from raftkv.chaos.recorder import Recorder
-from raftkv.client import Client, ClusterUnreachableError
+from raftkv.client import Client, ClusterUnreachableError, StreamRefused, WatchCompacted
 from raftkv.concurrency import Contender, RecipeFailed, Session, SessionLost
 
 __all__ = ["LOCK_CLIENTS", "LOCK_TTL_S", "HoldingRecord", "LockClients", "judge_locks"]
@@ -79,8 +79,10 @@ class LockClients:
 
     async def run(self, stop: asyncio.Event) -> None:
         async with Client(self.urls, timeout_s=self.op_timeout_s) as client:
-            # The resource starts at 0: a compare on an absent key fails (as in etcd's txn).
-            await client.request("PUT", f"/kv/{self.fence}", {"value": 0, "prev_exist": False})
+            # The resource starts at 0: a compare on an absent key fails (as in etcd's txn). No node
+            # answering is not fatal: the clients' own rounds retry and record what they could do.
+            with contextlib.suppress(ClusterUnreachableError):
+                await client.request("PUT", f"/kv/{self.fence}", {"value": 0, "prev_exist": False})
         await asyncio.gather(*(self._client(i, stop) for i in range(self.count)))
 
     async def _client(self, index: int, stop: asyncio.Event) -> None:
@@ -94,7 +96,7 @@ class LockClients:
                     await self._round(client, holding, rng, stop)
                 except SessionLost as e:
                     self._end(holding, f"lost: {e}")
-                except (RecipeFailed, ClusterUnreachableError) as e:
+                except (RecipeFailed, ClusterUnreachableError, StreamRefused, WatchCompacted) as e:
                     self._end(holding, f"gave up: {e}")
                     await _until(stop, asyncio.sleep(0.2))
 
