@@ -537,3 +537,21 @@ def test_connection_errors_are_told_in_plain_words() -> None:
     assert plain_error(aiohttp.ServerDisconnectedError()) == "the node closed the connection"
     assert plain_error(TimeoutError()) == "the node did not answer in time"
     assert "ssl" not in plain_error(refused) and "ClientConnectorError" not in plain_error(refused)
+
+
+def test_recorded_messages_are_sampled_per_link_and_type_heartbeats_more_sparsely() -> None:
+    from raftkv.dashboard.hub import HEARTBEAT_RECORD_EVERY_S, MSG_RECORD_EVERY_S, MessageSampler
+
+    sampler = MessageSampler()
+
+    def msg(kind: str, dst: str = "n2") -> dict:
+        return {"src": "n1", "dst": dst, "kind": kind, "count": 1}
+
+    assert sampler.keep(msg("AppendRequest")) and sampler.keep(msg("HeartbeatRequest"))
+    assert sampler.keep(msg("AppendRequest", dst="n3")), "another link is sampled on its own"
+    assert not sampler.keep(msg("AppendRequest")) and not sampler.keep(msg("HeartbeatRequest"))
+    time.sleep(MSG_RECORD_EVERY_S * 1.5)
+    later = msg("AppendRequest")
+    assert sampler.keep(later) and later["skipped"] == 1, "the next one kept says how many were left out"
+    assert not sampler.keep(msg("HeartbeatRequest")), f"heartbeats: one per {HEARTBEAT_RECORD_EVERY_S} s"
+    assert sampler.describe()["skipped"] == 3

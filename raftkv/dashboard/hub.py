@@ -32,7 +32,8 @@ it changed, or `STATUS_RECORD_EVERY_S` after the last one recorded: scrubbing th
 finds each node's picture at any moment, without a copy per quarter second. Every status still goes
 to the open pages, marked `"recorded": false` when it was not kept, so a page can keep the same
 history. Messages are recorded too, so a replay can draw them: every one while few flow, and under
-load one per `MSG_RECORD_EVERY_S` for each link, type and outcome, carrying how many like it were
+load one per `MSG_RECORD_EVERY_S` for each link, type and outcome (heartbeats, sent all the time,
+one per `HEARTBEAT_RECORD_EVERY_S`), carrying how many like it were
 left out (`skipped`), so the page can say the picture is sampled. A newly opened page's `hello`
 carries the newest recorded events (not messages or ticks) within `HELLO_MAX_EVENTS` and
 `HELLO_MAX_BYTES`. Events go to browsers in batches every `FLUSH_S`
@@ -90,6 +91,10 @@ STATUS_CLOCK_FIELDS = frozenset({"electionElapsed", "heartbeatElapsed", "uptime"
 PEER_CLOCK_FIELDS = frozenset({"lastContact", "ticksSinceContact", "recentActive"})
 NOT_IN_HELLO = frozenset({"msg", "tick"})  # too many to replay usefully
 MSG_RECORD_EVERY_S = 0.1  # under load, a link's messages of one type are recorded at most this often
+# Heartbeats go out every two ticks whether or not anything happens: kept that often they would fill
+# the recorder with one picture repeated, crowding out what does happen.
+HEARTBEAT_RECORD_EVERY_S = 1.0
+HEARTBEAT_KINDS = frozenset({"HeartbeatRequest", "HeartbeatResponse"})
 LOG_REFRESH_KINDS = frozenset({"truncate", "snapshot_installed", "compact"})  # trace kinds that change a log
 
 T = TypeVar("T")
@@ -194,7 +199,8 @@ class NodeLink:
 
 class MessageSampler:
     """Which message events the recorder keeps: all while few flow; under load, one per
-    `MSG_RECORD_EVERY_S` for each (source, destination, type, dropped), with the count left out."""
+    `MSG_RECORD_EVERY_S` for each (source, destination, type, dropped), heartbeats one per
+    `HEARTBEAT_RECORD_EVERY_S`, with the count left out."""
 
     def __init__(self) -> None:
         self._last: dict[tuple, float] = {}
@@ -205,7 +211,8 @@ class MessageSampler:
     def keep(self, ev: dict) -> bool:
         key = (ev.get("src"), ev.get("dst"), ev.get("kind"), bool(ev.get("dropped")), bool(ev.get("preVote")))
         now, count = time.monotonic(), int(ev.get("count", 1))
-        if now - self._last.get(key, -MSG_RECORD_EVERY_S) < MSG_RECORD_EVERY_S:
+        every = HEARTBEAT_RECORD_EVERY_S if ev.get("kind") in HEARTBEAT_KINDS else MSG_RECORD_EVERY_S
+        if now - self._last.get(key, -every) < every:
             self._skipped[key] = self._skipped.get(key, 0) + count
             self.skipped += count
             return False
@@ -215,7 +222,8 @@ class MessageSampler:
         return True
 
     def describe(self) -> dict:
-        return {"everyS": MSG_RECORD_EVERY_S, "kept": self.kept, "skipped": self.skipped}
+        return {"everyS": MSG_RECORD_EVERY_S, "heartbeatEveryS": HEARTBEAT_RECORD_EVERY_S, "kept": self.kept,
+                "skipped": self.skipped}
 
 
 class BrowserClient:

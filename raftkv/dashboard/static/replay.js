@@ -148,6 +148,7 @@ export function renderMode() {
   else $("#scrub").value = String(Math.round(((t - from) / Math.max(1e-3, to - from)) * 1000));
   const s = S.sampling;
   setText($("#sampling"), !s.skipped ? "Messages: every one is in the history."
-    : `Messages in the history are sampled under load: ${s.kept} kept, ${s.skipped} left out (at most one per ` +
-      `${Math.round(s.everyS * 1000)} ms for each link and type).`);
+    : `Messages in the history are sampled: ${s.kept} kept, ${s.skipped} left out (at most one per ` +
+      `${Math.round(s.everyS * 1000)} ms for each link and type; heartbeats one every ` +
+      `${s.heartbeatEveryS || s.everyS} s).`);
 }
