@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from cluster import LocalCluster, http
@@ -33,7 +34,8 @@ from cluster import LocalCluster, http
 from raftkv.check import Operation, check_history
 from raftkv.etcd.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from raftkv.node.backup import BackupError, read_backup
-from raftkv.supervisor import free_ports
+from raftkv.node.config import Member
+from raftkv.supervisor import Supervisor, free_ports
 
 pytestmark = pytest.mark.skipif(shutil.which("etcdctl") is None, reason="etcdctl not installed (./dev test does)")
 
@@ -553,3 +555,36 @@ def test_a_node_without_a_quorum_answers_etcds_no_leader(etcdctl: Etcdctl) -> No
             supervisor.start(node_id)
     etcdctl.cluster.wait_for_leader()
     assert etcdctl.out("put", "nl/k", "v") == "OK\n"
+
+
+def test_a_gateway_watch_does_not_hold_up_the_node_stopping(tmp_path: Path) -> None:
+    """A watch never ends by itself; the node ends it when it stops, at once, not after aiohttp's
+    shutdown timeout (twice), which a lab stop's grace would not wait for."""
+    http_port, raft_port = free_ports(2)
+    supervisor = Supervisor([Member("node1", "127.0.0.1", http_port, raft_port)], tmp_path)
+    url = f"http://127.0.0.1:{http_port}"
+
+    async def stop_while_watching() -> float:
+        async with aiohttp.ClientSession() as session, \
+                session.post(url + "/v3/watch", json={"create_request": {"key": _b64("a")}}) as watch:
+            assert b'"created": true' in await watch.content.readline()
+            started = time.monotonic()
+            await asyncio.get_running_loop().run_in_executor(None, supervisor.stop, "node1", 12.0)
+            return time.monotonic() - started
+
+    try:
+        supervisor.start("node1")
+        deadline = time.monotonic() + 30
+        while not _answers(url) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        seconds = asyncio.run(stop_while_watching())
+        assert supervisor.nodes["node1"].exit_status == "status 0" and seconds < 4, seconds
+    finally:
+        supervisor.stop_all()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return http("GET", url + "/health", timeout=1)[0] == 200
+    except OSError:  # not listening yet
+        return False

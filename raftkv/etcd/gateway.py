@@ -9,7 +9,7 @@ very service objects the gRPC server runs (kv.py, lease.py, ...), so the two can
 
 Streams: `/v3/watch` and `/v3/lease/keepalive` take one or more request messages in the body and
 answer newline-delimited `{"result": <response>}` objects as they come, as grpc-gateway does; a
-watch goes on until the client closes the connection. Errors are grpc-gateway's
+watch goes on until the client closes the connection, or the node shuts down. Errors are grpc-gateway's
 `{"error", "code", "message"}` with the HTTP status grpc-gateway gives the gRPC code.
 `GET /version` says which etcd API level is served (clients such as etcd3gw read it to choose the
 gateway's path).
@@ -19,6 +19,7 @@ Auth has no route here: it is refused over gRPC, and the gateway adds nothing to
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -98,13 +99,20 @@ def _rpcs(services: Services) -> dict[str, _Rpc]:
 
 def add_gateway_routes(app: web.Application, services: Services) -> None:
     rpcs = _rpcs(services)
+    streaming: set[asyncio.Task] = set()
 
     async def call(request: web.Request) -> web.StreamResponse:
         rpc = rpcs[request.path]
         try:
             messages = _messages(await request.text(), rpc.request_type)
             if rpc.streaming:
-                return await _stream(request, rpc, messages)
+                task = asyncio.current_task()
+                assert task is not None
+                streaming.add(task)
+                try:
+                    return await _stream(request, rpc, messages)
+                finally:
+                    streaming.discard(task)
             if len(messages) != 1:
                 raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, "the body must be one JSON request")
             return web.json_response(_as_json(await rpc.handler(messages[0], _Context())))
@@ -114,9 +122,16 @@ def add_gateway_routes(app: web.Application, services: Services) -> None:
     async def version(_request: web.Request) -> web.StreamResponse:
         return web.json_response({"etcdserver": API_VERSION, "etcdcluster": API_VERSION})
 
+    async def end_streams(_app: web.Application) -> None:
+        # A watch never ends by itself: left open, it would hold the node's shutdown for aiohttp's
+        # whole timeout, twice. Its client reconnects to another node, as from a node that died.
+        for task in list(streaming):
+            task.cancel()
+
     for path in rpcs:
         app.router.add_route("POST", path, call)
     app.router.add_get("/version", version)
+    app.on_shutdown.append(end_streams)
 
 
 def _messages(body: str, request_type: type[Message]) -> list[Message]:
