@@ -557,28 +557,44 @@ def test_a_node_without_a_quorum_answers_etcds_no_leader(etcdctl: Etcdctl) -> No
     assert etcdctl.out("put", "nl/k", "v") == "OK\n"
 
 
-def test_a_gateway_watch_does_not_hold_up_the_node_stopping(tmp_path: Path) -> None:
-    """A watch never ends by itself; the node ends it when it stops, at once, not after aiohttp's
-    shutdown timeout (twice), which a lab stop's grace would not wait for."""
-    http_port, raft_port = free_ports(2)
-    supervisor = Supervisor([Member("node1", "127.0.0.1", http_port, raft_port)], tmp_path)
+def test_open_streams_do_not_hold_up_the_node_stopping(tmp_path: Path) -> None:
+    """Watches never end by themselves, nor do lease keep-alive streams; the node ends them when it
+    stops, at once, with etcd's "server stopped", instead of waiting out the gRPC server's grace or
+    aiohttp's shutdown timeout (twice), which a lab stop's grace would not wait for."""
+    http_port, raft_port, etcd_port = free_ports(3)
+    supervisor = Supervisor([Member("node1", "127.0.0.1", http_port, raft_port)], tmp_path,
+                            ["--listen-etcd", f"127.0.0.1:{etcd_port}"])
     url = f"http://127.0.0.1:{http_port}"
 
-    async def stop_while_watching() -> float:
-        async with aiohttp.ClientSession() as session, \
-                session.post(url + "/v3/watch", json={"create_request": {"key": _b64("a")}}) as watch:
-            assert b'"created": true' in await watch.content.readline()
+    async def stop_while_streaming() -> tuple[float, grpc.aio.AioRpcError | None]:
+        async with aiohttp.ClientSession() as session, grpc.aio.insecure_channel(f"127.0.0.1:{etcd_port}") as channel, \
+                session.post(url + "/v3/watch", json={"create_request": {"key": _b64("a")}}) as gateway_watch:
+            assert b'"created": true' in await gateway_watch.content.readline()
+            watch = rpc_pb2_grpc.WatchStub(channel).Watch()
+            await watch.write(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"a")))
+            assert (await watch.read()).created
+            lease = await rpc_pb2_grpc.LeaseStub(channel).LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=60))
+            keepalive = rpc_pb2_grpc.LeaseStub(channel).LeaseKeepAlive()
+            await keepalive.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease.ID))
+            assert (await keepalive.read()).TTL == 60
             started = time.monotonic()
             await asyncio.get_running_loop().run_in_executor(None, supervisor.stop, "node1", 12.0)
-            return time.monotonic() - started
+            seconds = time.monotonic() - started
+            try:
+                await watch.read()
+            except grpc.aio.AioRpcError as ended:
+                return seconds, ended
+            return seconds, None
 
     try:
         supervisor.start("node1")
         deadline = time.monotonic() + 30
         while not _answers(url) and time.monotonic() < deadline:
             time.sleep(0.1)
-        seconds = asyncio.run(stop_while_watching())
+        seconds, ended = asyncio.run(stop_while_streaming())
         assert supervisor.nodes["node1"].exit_status == "status 0" and seconds < 4, seconds
+        assert ended is not None and ended.code() is grpc.StatusCode.UNAVAILABLE
+        assert ended.details() == "etcdserver: server stopped"
     finally:
         supervisor.stop_all()
 

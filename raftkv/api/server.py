@@ -72,6 +72,7 @@ async def serve(cfg: NodeConfig) -> None:
         await asyncio.wait([asyncio.ensure_future(stop.wait()), failed], return_when=asyncio.FIRST_COMPLETED)
     finally:
         log.info("shutting down node=%s", cfg.node_id)
+        etcd.streams.end_all()  # watches never end by themselves (etcd/streams.py)
         if grpc_server is not None:
             await grpc_server.stop(grace=cfg.proposal_timeout_s)
         await runner.cleanup()

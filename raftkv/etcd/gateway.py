@@ -19,7 +19,6 @@ Auth has no route here: it is refused over gRPC, and the gateway adds nothing to
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -99,20 +98,13 @@ def _rpcs(services: Services) -> dict[str, _Rpc]:
 
 def add_gateway_routes(app: web.Application, services: Services) -> None:
     rpcs = _rpcs(services)
-    streaming: set[asyncio.Task] = set()
 
     async def call(request: web.Request) -> web.StreamResponse:
         rpc = rpcs[request.path]
         try:
             messages = _messages(await request.text(), rpc.request_type)
             if rpc.streaming:
-                task = asyncio.current_task()
-                assert task is not None
-                streaming.add(task)
-                try:
-                    return await _stream(request, rpc, messages)
-                finally:
-                    streaming.discard(task)
+                return await _stream(request, rpc, messages)
             if len(messages) != 1:
                 raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, "the body must be one JSON request")
             return web.json_response(_as_json(await rpc.handler(messages[0], _Context())))
@@ -123,10 +115,7 @@ def add_gateway_routes(app: web.Application, services: Services) -> None:
         return web.json_response({"etcdserver": API_VERSION, "etcdcluster": API_VERSION})
 
     async def end_streams(_app: web.Application) -> None:
-        # A watch never ends by itself: left open, it would hold the node's shutdown for aiohttp's
-        # whole timeout, twice. Its client reconnects to another node, as from a node that died.
-        for task in list(streaming):
-            task.cancel()
+        services.streams.end_all()  # (streams.py says why)
 
     for path in rpcs:
         app.router.add_route("POST", path, call)

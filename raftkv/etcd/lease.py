@@ -19,6 +19,7 @@ from raftkv.etcd.errors import translate, unary
 from raftkv.etcd.identity import Identity
 from raftkv.etcd.kv import check_result
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
+from raftkv.etcd.streams import OpenStreams, unless_ending
 from raftkv.kv import MAX_LEASE_TTL_S
 from raftkv.node import NodeHost
 
@@ -28,9 +29,10 @@ MIN_TTL_S = 1
 
 
 class LeaseService(rpc_pb2_grpc.LeaseServicer):
-    def __init__(self, node: NodeHost, identity: Identity) -> None:
+    def __init__(self, node: NodeHost, identity: Identity, streams: OpenStreams) -> None:
         self.node = node
         self.identity = identity
+        self.streams = streams
 
     @unary
     async def LeaseGrant(self, request: rpc_pb2.LeaseGrantRequest,
@@ -55,17 +57,18 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
 
     async def LeaseKeepAlive(self, requests: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest],
                              context: grpc.aio.ServicerContext) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
-        async for request in requests:
-            try:
-                ttl = (await self.node.keepalive_lease(request.ID))["ttl"]
-            except Exception as exc:
-                error = translate(exc)
-                if error is None:
-                    raise
-                if not errors.is_lease_not_found(error):
-                    await context.abort(error.code, error.message)
-                ttl = 0
-            yield rpc_pb2.LeaseKeepAliveResponse(header=self.identity.header(), ID=request.ID, TTL=ttl)
+        with self.streams.held() as ending:
+            while (request := await unless_ending(anext(aiter(requests), None), ending, context)) is not None:
+                try:
+                    ttl = (await self.node.keepalive_lease(request.ID))["ttl"]
+                except Exception as exc:
+                    error = translate(exc)
+                    if error is None:
+                        raise
+                    if not errors.is_lease_not_found(error):
+                        await context.abort(error.code, error.message)
+                    ttl = 0
+                yield rpc_pb2.LeaseKeepAliveResponse(header=self.identity.header(), ID=request.ID, TTL=ttl)
 
     @unary
     async def LeaseTimeToLive(self, request: rpc_pb2.LeaseTimeToLiveRequest,

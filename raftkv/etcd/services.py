@@ -8,6 +8,7 @@ from raftkv.etcd.cluster import ClusterService, MaintenanceService
 from raftkv.etcd.identity import Identity
 from raftkv.etcd.kv import KVService
 from raftkv.etcd.lease import LeaseService
+from raftkv.etcd.streams import OpenStreams
 from raftkv.etcd.watch import WatchService
 from raftkv.node import NodeHost
 
@@ -21,10 +22,12 @@ class Services:
     lease: LeaseService
     cluster: ClusterService
     maintenance: MaintenanceService
+    streams: OpenStreams  # the watches and keep-alive streams being served, over gRPC or the gateway
 
 
 def etcd_services(node: NodeHost, endpoint: str | None) -> Services:
     """`endpoint`: where this node's gRPC API is reached (None: not served; the gateway still is)."""
-    identity = Identity(node)
-    return Services(KVService(node, identity), WatchService(node, identity), LeaseService(node, identity),
-                    ClusterService(node, identity, endpoint), MaintenanceService(node, identity))
+    identity, streams = Identity(node), OpenStreams()
+    return Services(KVService(node, identity), WatchService(node, identity, streams),
+                    LeaseService(node, identity, streams), ClusterService(node, identity, endpoint),
+                    MaintenanceService(node, identity), streams)

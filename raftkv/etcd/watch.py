@@ -33,6 +33,7 @@ import grpc
 from raftkv.etcd.convert import Bounds, kv_message
 from raftkv.etcd.identity import Identity
 from raftkv.etcd.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from raftkv.etcd.streams import OpenStreams, unless_ending
 from raftkv.kv import Change, CompactedError
 from raftkv.node import NodeHost
 from raftkv.node.watch import Watcher
@@ -184,29 +185,35 @@ def _event(change: Change, prev_kv: bool) -> kv_pb2.Event:
 
 
 class WatchService(rpc_pb2_grpc.WatchServicer):
-    def __init__(self, node: NodeHost, identity: Identity) -> None:
+    def __init__(self, node: NodeHost, identity: Identity, streams: OpenStreams) -> None:
         self.node = node
         self.identity = identity
+        self.streams = streams
 
     async def Watch(self, requests: AsyncIterator[rpc_pb2.WatchRequest],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[rpc_pb2.WatchResponse]:
         stream = _Stream(self.node, self.identity)
         reader = asyncio.get_running_loop().create_task(stream.serve(requests))
-        getter = asyncio.ensure_future(stream.out.get())
-        try:
-            while True:
-                # A client that closed its side of the stream still gets its watches' events, as
-                # from etcd: the stream ends when the client cancels it.
-                await asyncio.wait({getter} if reader.done() else {getter, reader},
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if reader.done():
-                    reader.result()  # reading the requests failed: the stream ends with that error
-                if getter.done():
-                    yield getter.result()
-                    getter = asyncio.ensure_future(stream.out.get())
-        finally:
-            getter.cancel()
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            await stream.close()
+        with self.streams.held() as ending:
+            try:
+                while True:
+                    # A client that closed its side of the stream still gets its watches' events,
+                    # as from etcd: the stream ends when the client cancels it (or the node stops).
+                    yield await unless_ending(_next_response(stream, reader), ending, context)
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+                await stream.close()
+
+
+async def _next_response(stream: _Stream, reader: asyncio.Task) -> rpc_pb2.WatchResponse:
+    """The stream's next response, or the reader's error if reading the requests fails first."""
+    getter = asyncio.ensure_future(stream.out.get())
+    try:
+        await asyncio.wait({getter} if reader.done() else {getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if not getter.done():
+            reader.result()  # it raises, or it ended because the client closed its side: wait on
+        return await getter
+    finally:
+        getter.cancel()
