@@ -87,18 +87,21 @@ class LockClients:
 
     async def _client(self, index: int, stop: asyncio.Event) -> None:
         rng = random.Random(f"{self.seed}/lock/{index}")
-        endpoints = self.urls[index % len(self.urls):] + self.urls[:index % len(self.urls)]
-        async with Client(endpoints, timeout_s=self.op_timeout_s) as client:
-            while not stop.is_set():
-                holding = HoldingRecord(index, self.recorder.now())
-                self.holdings.append(holding)
-                try:
+        while not stop.is_set():
+            # Each round starts on another node: a client moves to the next endpoint only when one
+            # does not answer at all, and a node that answers 503 (no leader it can reach) would
+            # otherwise hold every later round of this client too.
+            first = rng.randrange(len(self.urls))
+            holding = HoldingRecord(index, self.recorder.now())
+            self.holdings.append(holding)
+            try:
+                async with Client(self.urls[first:] + self.urls[:first], timeout_s=self.op_timeout_s) as client:
                     await self._round(client, holding, rng, stop)
-                except SessionLost as e:
-                    self._end(holding, f"lost: {e}")
-                except (RecipeFailed, ClusterUnreachableError, StreamRefused, WatchCompacted) as e:
-                    self._end(holding, f"gave up: {e}")
-                    await _until(stop, asyncio.sleep(0.2))
+            except SessionLost as e:
+                self._end(holding, f"lost: {e}")
+            except (RecipeFailed, ClusterUnreachableError, StreamRefused, WatchCompacted) as e:
+                self._end(holding, f"gave up: {e}")
+                await _until(stop, asyncio.sleep(0.2))
 
     async def _round(self, client: Client, holding: HoldingRecord, rng: random.Random, stop: asyncio.Event) -> None:
         async with Session(client, LOCK_TTL_S) as session:
