@@ -559,8 +559,9 @@ def test_a_node_without_a_quorum_answers_etcds_no_leader(etcdctl: Etcdctl) -> No
 
 def test_open_streams_do_not_hold_up_the_node_stopping(tmp_path: Path) -> None:
     """Watches never end by themselves, nor do lease keep-alive streams; the node ends them when it
-    stops, at once, with etcd's "server stopped", instead of waiting out the gRPC server's grace or
-    aiohttp's shutdown timeout (twice), which a lab stop's grace would not wait for."""
+    stops, at once (etcd's with etcd's "server stopped"), instead of waiting out the gRPC server's
+    grace or aiohttp's shutdown timeout (twice), which a lab stop's grace would not wait for. Its
+    own Server-Sent Events watch (GET /watch) too: the dashboard keeps one open."""
     http_port, raft_port, etcd_port = free_ports(3)
     supervisor = Supervisor([Member("node1", "127.0.0.1", http_port, raft_port)], tmp_path,
                             ["--listen-etcd", f"127.0.0.1:{etcd_port}"])
@@ -568,8 +569,10 @@ def test_open_streams_do_not_hold_up_the_node_stopping(tmp_path: Path) -> None:
 
     async def stop_while_streaming() -> tuple[float, grpc.aio.AioRpcError | None]:
         async with aiohttp.ClientSession() as session, grpc.aio.insecure_channel(f"127.0.0.1:{etcd_port}") as channel, \
-                session.post(url + "/v3/watch", json={"create_request": {"key": _b64("a")}}) as gateway_watch:
+                session.post(url + "/v3/watch", json={"create_request": {"key": _b64("a")}}) as gateway_watch, \
+                session.get(url + "/watch?key=a") as event_source:
             assert b'"created": true' in await gateway_watch.content.readline()
+            assert (await event_source.content.readline()).startswith(b": watching")  # raftkv's own SSE watch
             watch = rpc_pb2_grpc.WatchStub(channel).Watch()
             await watch.write(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"a")))
             assert (await watch.read()).created

@@ -3,8 +3,9 @@
 Shutdown order matters: first stop accepting HTTP requests and let in-flight ones finish (their
 writes commit or time out), then stop the Raft loop (which completes the Ready in progress, so
 everything acknowledged is fsynced), then close the WAL. Event streams (`/raft/events` WebSockets, the
-dashboard's among them) never finish by themselves: they are closed as shutdown begins, or
-aiohttp would wait for them twice `shutdown_timeout` (10 s) before the node could exit.
+dashboard's among them) and key watches (`/watch`, Server-Sent Events) never finish by themselves:
+they are closed as shutdown begins, or aiohttp would wait for them twice `shutdown_timeout` (10 s)
+before the node could exit. etcd's streams are ended the same way (raftkv/etcd/streams.py).
 """
 
 from __future__ import annotations
@@ -37,14 +38,21 @@ def tune_gc() -> None:
 
 def close_event_streams_on_shutdown(app: web.Application) -> None:
     streams: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+    # Server-Sent Events (GET /watch) have no close of their own: their handlers are cancelled,
+    # and end the stream as when the client goes away.
+    event_sources: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()
 
     async def remember(_request: web.Request, response: web.StreamResponse) -> None:
         if isinstance(response, web.WebSocketResponse):
             streams.add(response)
+        elif response.content_type == "text/event-stream" and (task := asyncio.current_task()) is not None:
+            event_sources.add(task)
 
     async def close(_app: web.Application) -> None:
         for ws in list(streams):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down")
+        for task in list(event_sources):
+            task.cancel()
 
     app.on_response_prepare.append(remember)
     app.on_shutdown.append(close)
