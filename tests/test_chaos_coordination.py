@@ -220,6 +220,17 @@ def test_lock_judge_reports_a_fenced_resource_that_went_backwards_or_lost_a_writ
     assert any("not in p/fence's history" in f for f in lock_findings(holders, [10]))
 
 
+def test_a_replica_still_catching_up_is_no_divergence() -> None:
+    lagging = histories(COMMITTED)
+    del lagging["n3"]["keys"]["p/c"][0]  # n3 has not applied revision 8 yet
+    record = {"workloads": ["kv", "watch"], "prefix": PREFIX, "initial": {}, "final": FINAL,
+              "histories": lagging, "streams": [stream(faithful())]}
+    converged, catching_up = judge_coordination({**record, "converged": True}), judge_coordination(
+        {**record, "converged": False})
+    assert any("histories of p/c differ" in v for v in converged[0].violations), converged[0].violations
+    assert catching_up[0].violations == [] and any("did not converge" in x for x in catching_up[0].inconclusive)
+
+
 def test_coordination_record_without_watchers_is_not_judged() -> None:
     assert judge_coordination(None) == []
     assert judge_coordination({"workloads": ["kv"], "prefix": "chaos-"}) == []

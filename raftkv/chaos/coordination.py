@@ -106,7 +106,7 @@ class Coordination:
         return keys
 
     async def settle(self, final_members: Mapping[str, str], leader_url: str | None,
-                     wait_converged: Callable[[], Awaitable[Any]]) -> None:
+                     wait_converged: Callable[[], Awaitable[tuple[bool, str]]]) -> None:
         """Everything the judges need from the cluster at the end, into `record`."""
         if self.watchers is None:
             return
@@ -117,7 +117,7 @@ class Coordination:
         while alive != set() and loop.time() < deadline:
             await asyncio.sleep(0.2)
             alive = await leases_alive(url, self.lease_ids())
-        await wait_converged()  # every member applied the expiries
+        converged, _ = await wait_converged()  # every member applied the expiries
         histories = await read_histories(final_members, self.keys())
         try:
             final, revision = await live_keys([url, *(u for _, u in sorted(final_members.items()) if u != url)],
@@ -131,7 +131,7 @@ class Coordination:
         await self.watchers.stop(last_change, WATCHERS_CATCH_UP_S)
         self.record.update({
             "startRevision": self.start_revision, "initial": self.initial, "final": final, "finalRevision": revision,
-            "histories": histories, "streams": self.watchers.to_json(),
+            "histories": histories, "converged": converged, "streams": self.watchers.to_json(),
             "stillAlive": None if alive is None else sorted(alive),
             "leases": self.leases.to_json() if self.leases else None,
             "locks": self.locks.to_json() if self.locks else None,
@@ -146,7 +146,15 @@ def judge_coordination(record: dict[str, Any] | None) -> list[SideCheck]:
     if not record or "streams" not in record:
         return []
     streams, histories = record["streams"], record["histories"]
+    notes = []
+    if not record.get("converged", True) and histories:
+        # A replica still catching up holds a shorter history: that is no divergence, so only one
+        # node's word is taken (the run's liveness note already says it did not converge).
+        reference = sorted(histories)[0]
+        histories = {reference: histories[reference]}
+        notes.append(f"the replicas did not converge: histories judged on {reference} only")
     checks = [judge_watches(streams, record["prefix"], record["initial"], record["final"], histories)]
+    checks[0].inconclusive += notes
     if record.get("leases") is not None:
         checks.append(judge_leases(record["leases"], histories, first_seen(streams), record["stillAlive"]))
     if record.get("locks") is not None:
