@@ -26,7 +26,14 @@ function feedText(ev) {
     return "SAFETY CHECK BROKEN: " + ev.checks.filter((c) => !c.ok).map((c) => `${c.name}: ${c.violation}`).join("; ");
   }
   if (ev.type === "tour") return `tour, ${ev.title}: ${ev.caption}`;
-  return ev.text || `${ev.via || ev.node} ${ev.kind || ev.type}`;
+  return byName(ev.text || `${ev.via || ev.node} ${ev.kind || ev.type}`);
+}
+
+// Members by name, not by id: the server names them too, but an event can arrive before the
+// server has learnt a new member's name (its id is in the event, its name in a later status).
+function byName(text) {
+  for (const n of S.nodes) if (n.raftId && n.raftId !== n.id) text = text.split(n.raftId).join(n.id);
+  return text;
 }
 
 // The feed's lines at time t, newest first: [{ev, text, count, firstRt}].
