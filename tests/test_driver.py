@@ -206,6 +206,20 @@ async def test_an_in_process_cluster_transfers_leadership_on_force_election(clus
     assert (await leader.propose(Put("after", 1)))[FORWARDED_TO] == target.id
 
 
+async def test_a_write_bound_to_a_leadership_is_never_forwarded(cluster: InProcessCluster) -> None:
+    """A lease expiry decided by the leader of term T: appended by that leader in T, else refused,
+    never carried out by another leader as a forwarded write would be."""
+    leader = await cluster.leader()
+    follower = next(g for g in cluster.groups.values() if g is not leader)
+    term, last = leader.core.term, leader.core.log.last_index()
+    assert (await leader.propose(Put("mine", 1), leader_term=term))["ok"]
+    for group, bound_to in ((leader, term - 1), (follower, term)):
+        with pytest.raises(NotAppliedError, match="no longer leads"):
+            await group.propose(Put("not-mine", 1), leader_term=bound_to)
+    assert leader.core.log.last_index() == last + 1  # only the first one was appended
+    assert leader.kv.get("not-mine") is None
+
+
 async def test_a_group_stopped_twice_at_once_stops_once(cluster: InProcessCluster) -> None:
     """A removed member's group stops itself, and then its process is told to stop: the second
     stop waits for the first instead of closing the disk twice."""

@@ -187,11 +187,14 @@ class RaftGroup:
         self._inbox.append(m)
         self._wake.set()
 
-    async def propose(self, command: Command) -> dict[str, Any]:
+    async def propose(self, command: Command, *, leader_term: int | None = None) -> dict[str, Any]:
         """Replicate `command`; its state machine result once committed and applied here. On a
-        follower the write goes to the leader, and the result says so (proposals.FORWARDED_TO)."""
+        follower the write goes to the leader, and the result says so (proposals.FORWARDED_TO).
+        With `leader_term`, only this node appends it, as the leader of that term, or it fails
+        with NotAppliedError: a decision that leader made (a lease expiry on its clock) must not be
+        carried out by the next leader, to which a plain write would be forwarded."""
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.proposals.submit(encode(command), answer, self._now())
+        self.proposals.submit(encode(command), answer, self._now(), leader_term)
         self._wake.set()
         return await answer  # the deadline sweep fails it with OutcomeUnknownError when it times out
 
@@ -348,6 +351,7 @@ class RaftGroup:
         """One append per loop turn: this node's own writes and every batch a follower forwarded
         go in one proposal (so one AppendRequest per follower, not one per source). A follower
         forwards its own writes to the leader instead."""
+        batch = self._within_their_leadership(batch)
         leader = self.core.leader_id
         if batch and self.core.role is not Role.LEADER and leader is not None:
             self._send([self.proposals.forward(batch, leader, self.core.term, now)])
@@ -372,6 +376,16 @@ class RaftGroup:
             index += len(m.datas)
         self._send(answers)
         self.proposals.place_own(index, term, batch)
+
+    def _within_their_leadership(self, batch: list[QueuedWrite]) -> list[QueuedWrite]:
+        """The batch less the writes bound to a leadership this node no longer holds (those fail)."""
+        core = self.core
+        leading_in = core.term if core.role is Role.LEADER else None
+        ended = [w for w in batch if w.leader_term is not None and w.leader_term != leading_in]
+        if not ended:
+            return batch
+        fail([w.answer for w in ended], NotAppliedError(f"{self.id} no longer leads in the term that proposed it"))
+        return [w for w in batch if w not in ended]
 
     # ================================================================ Readys =====================
 

@@ -168,10 +168,11 @@ class Lessor:
             # this node still leads in the term that timed the lease: those voters refuse other
             # candidates for an election timeout (check-quorum's leader stickiness), so the loop's
             # next turn takes the proposal as this leader's own, unless the node stalls that long
-            # in between (closing that too needs a proposal the group never forwards).
+            # in between; and the proposal is bound to that term's leadership (leader_term), so the
+            # group never forwards it: it fails instead, should the node have stalled that long.
             if not await self._still_leading(term):
                 return
-            await self.group.propose(LeaseRevoke(lease_id, expired=True))
+            await self.group.propose(LeaseRevoke(lease_id, expired=True), leader_term=term)
             log.info("lease expired node=%s lease=%d", self.group.id, lease_id)
         except OutcomeUnknownError as e:  # may yet commit in this term; the next check proposes again
             self._revocation_unsettled.add(lease_id)

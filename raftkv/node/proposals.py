@@ -50,6 +50,7 @@ class QueuedWrite:
     data: bytes  # the encoded command
     answer: Answer
     proposed_at: float
+    leader_term: int | None = None  # only this node may append it, as the leader of this term
 
 
 @dataclass(slots=True)
@@ -88,8 +89,8 @@ class ProposalTracker:
 
     # ---- 1. queued --------------------------------------------------------------------------
 
-    def submit(self, data: bytes, answer: Answer, now: float) -> None:
-        self.queued.append(QueuedWrite(data, answer, now))
+    def submit(self, data: bytes, answer: Answer, now: float, leader_term: int | None = None) -> None:
+        self.queued.append(QueuedWrite(data, answer, now, leader_term))
 
     def take_batch(self, max_writes: int) -> list[QueuedWrite]:
         """The oldest queued writes still wanted, at most `max_writes` of them."""
