@@ -21,16 +21,15 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from raftkv.api.errors import ApiError, check_query, json_response, query_flag, query_integer
+from raftkv.api.node import Node
+from raftkv.api.requests import RequestReader
 from raftkv.kv import MAX_LEASE_TTL_S, CompactedError, kv_to_dict
 from raftkv.node.watch import WatchBatch
-
-if TYPE_CHECKING:
-    from raftkv.api.http import _Api
 
 __all__ = ["Coordination", "at_revision"]
 
@@ -48,9 +47,9 @@ def at_revision(read: Callable[[], T]) -> T:
 
 
 class Coordination:
-    def __init__(self, api: _Api) -> None:
-        self.api = api
-        self.node = api.node
+    def __init__(self, node: Node, read: RequestReader) -> None:
+        self.node = node
+        self.read = read
 
     def routes(self, app: web.Application) -> None:
         add = app.router.add_route
@@ -66,7 +65,7 @@ class Coordination:
 
     async def history(self, request: web.Request) -> web.StreamResponse:
         """GET /kv/{key}/history: every retained version, oldest first (a delete is a null kv)."""
-        key = self.api._key(request).removesuffix("/history")
+        key = self.read.key(request).removesuffix("/history")
         query = check_query(request, {"stale"})
         if not key:
             raise ApiError(400, "key: must not be empty")
@@ -80,7 +79,7 @@ class Coordination:
 
     async def compact(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
-        body = await self.api._object(request, ("revision",), '{"revision": 1000}')
+        body = await self.read.object(request, ("revision",), '{"revision": 1000}')
         revision = body.get("revision")
         if type(revision) is not int or revision < 1:
             raise ApiError(400, "revision: must be an integer >= 1")
@@ -96,7 +95,7 @@ class Coordination:
         key, prefix = query.get("key"), query.get("prefix")
         if (key is None) == (prefix is None):
             raise ApiError(400, "give key=K or prefix=P (exactly one)")
-        self.api._check_key_size(key if key is not None else prefix, "key" if key is not None else "prefix")
+        self.read.check_key_size(key if key is not None else prefix, "key" if key is not None else "prefix")
         start = self._start_revision(request, query)
         prev_kv = query_flag(query.get("prev_kv"), "prev_kv")
         watcher = at_revision(lambda: self.node.watch(key=key, prefix=prefix, start_revision=start, prev_kv=prev_kv))
@@ -138,7 +137,7 @@ class Coordination:
 
     async def grant(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
-        body = await self.api._object(request, ("ttl", "id"), '{"ttl": 10}')
+        body = await self.read.object(request, ("ttl", "id"), '{"ttl": 10}')
         ttl = body.get("ttl")
         if type(ttl) is not int or not 1 <= ttl <= MAX_LEASE_TTL_S:
             raise ApiError(400, f"ttl: must be an integer number of seconds from 1 to {MAX_LEASE_TTL_S}")

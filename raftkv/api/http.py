@@ -33,11 +33,9 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Protocol
-from urllib.parse import unquote_to_bytes
+from typing import Any
 
 import aiohttp
-import msgpack
 from aiohttp import web
 
 from raftkv.api.coordination import Coordination, at_revision
@@ -48,11 +46,12 @@ from raftkv.api.errors import (
     error_response,
     json_response,
     parse_command,
-    parse_json,
     query_flag,
     query_integer,
 )
+from raftkv.api.node import Node
 from raftkv.api.openapi import openapi_document
+from raftkv.api.requests import RequestReader, path_key
 from raftkv.kv import (
     DEFAULT_RANGE_LIMIT,
     INVALID,
@@ -61,7 +60,6 @@ from raftkv.kv import (
     PRECONDITION_FAILED,
     REQUEST_KEY_REUSED,
     Command,
-    KVStateMachine,
     Txn,
     TxnPut,
     delete_from_json,
@@ -72,7 +70,6 @@ from raftkv.kv import (
 from raftkv.node import FORWARDED_TO
 from raftkv.node.backup import freeze
 from raftkv.node.log_view import MAX_LOG_ENTRIES
-from raftkv.node.watch import Watcher
 from raftkv.transport.hold import MAX_HELD_MESSAGES
 
 log = logging.getLogger("raftkv.api")
@@ -102,47 +99,6 @@ _KNOWN_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Node(Protocol):
-    """What the API needs from a node (raftkv.node.NodeHost provides it)."""
-
-    id: str
-    url: str
-    kv: KVStateMachine
-    fault_injection: bool  # whether the routes that break the cluster on purpose are on
-
-    def leader_id(self) -> str | None: ...
-    def leader_url(self) -> str | None: ...
-    async def propose(self, command: Command) -> dict[str, Any]: ...
-    async def read_barrier(self) -> None: ...
-    def raft_state(self, digest: bool = False) -> dict[str, Any]: ...
-    async def force_election(self) -> dict[str, Any]: ...
-    def set_partition(self, partitioned: bool, peers: list[str] | None, direction: str = "both") -> dict[str, Any]: ...
-    def set_link_quality(self, peers: list[str] | None, loss_percent: float | None,
-                         delay_ms: float | None) -> dict[str, Any]: ...
-    def health(self) -> dict[str, Any]: ...
-    def metrics_text(self) -> tuple[bytes, str]: ...
-    def record_request(self, route: str, method: str, status: int, seconds: float) -> None: ...
-    def raft_events(self) -> AsyncIterator[dict[str, Any]]: ...
-    def members_view(self) -> dict[str, Any]: ...
-    def raft_log(self, start: int | None, limit: int) -> dict[str, Any]: ...
-    def lab_state(self) -> dict[str, Any]: ...
-    def set_lab(self, *, holding: bool | None = None, clock_held: bool | None = None, tick_ms: int | None = None,
-                snapshot_every: int | None = None) -> dict[str, Any]: ...
-    def release_held(self, numbers: list[int]) -> int: ...
-    def drop_held(self, numbers: list[int]) -> int: ...
-    async def add_member(self, name: str, client_url: str, peer_url: str, learner: bool = True) -> dict[str, Any]: ...
-    async def promote_member(self, member_id: str) -> dict[str, Any]: ...
-    async def remove_member(self, member_id: str) -> dict[str, Any]: ...
-    def watch(self, *, key: str | None = None, prefix: str | None = None, start_revision: int | None = None,
-              prev_kv: bool = False) -> Watcher: ...
-    def unwatch(self, watcher: Watcher) -> None: ...
-    async def compact(self, revision: int) -> dict[str, Any]: ...
-    async def grant_lease(self, ttl_s: int, lease_id: int | None = None) -> dict[str, Any]: ...
-    async def revoke_lease(self, lease_id: int) -> dict[str, Any]: ...
-    async def keepalive_lease(self, lease_id: int) -> dict[str, Any]: ...
-    async def lease_info(self, lease_id: int) -> dict[str, Any]: ...
 
 
 def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -200,14 +156,12 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 class _Api:
     def __init__(self, node: Node, max_body_bytes: int, max_key_bytes: int, max_value_bytes: int) -> None:
         self.node = node
-        self.max_body_bytes = max_body_bytes
-        self.max_key_bytes = max_key_bytes
-        self.max_value_bytes = max_value_bytes
+        self.read = RequestReader(max_body_bytes, max_key_bytes, max_value_bytes)
         self.fixed: dict[str, set[str]] = {}  # path of each fixed route -> its methods
         self.doc = openapi_document(max_body_bytes=max_body_bytes, max_key_bytes=max_key_bytes,
                                     max_value_bytes=max_value_bytes)
         self.one_snapshot_at_a_time = asyncio.Lock()  # each holds a copy of the whole store in memory
-        self.coordination = Coordination(self)
+        self.coordination = Coordination(node, self.read)
 
     def fixed_route_methods(self, path: str) -> set[str] | None:
         return self.fixed.get(path)
@@ -217,7 +171,7 @@ class _Api:
     async def get_key(self, request: web.Request) -> web.StreamResponse:
         if request.rel_url.raw_path.endswith("/history"):  # (a key ending so is written .../%2Fhistory)
             return await self.coordination.history(request)
-        key = self._key(request)
+        key = self.read.key(request)
         query = check_query(request, {"stale", "revision"})
         if not key:
             raise ApiError(400, "key: must not be empty (to list keys use GET /kv?prefix=...)")
@@ -242,17 +196,17 @@ class _Api:
         return revision
 
     async def put_key(self, request: web.Request) -> web.StreamResponse:
-        key = self._key(request)
+        key = self.read.key(request)
         check_query(request, set())
-        body = await self._body(request, required=True)
+        body = await self.read.body(request, required=True)
         cmd = parse_command(put_from_json, key, body, _request_id(request))
-        self._check_value_size(cmd.value, "value")
+        self.read.check_value_size(cmd.value, "value")
         return await self._propose(request, cmd)
 
     async def delete_key(self, request: web.Request) -> web.StreamResponse:
-        key = self._key(request)
+        key = self.read.key(request)
         query = check_query(request, {"prev_revision"})
-        body = await self._body(request, required=False)
+        body = await self.read.body(request, required=False)
         if "prev_revision" in query and (body is None or type(body) is dict):
             if body and "prev_revision" in body:
                 raise ApiError(400, "prev_revision: given both in the query and in the body")
@@ -266,7 +220,7 @@ class _Api:
         if "limit" in query:
             limit = query_integer(query["limit"], "limit", 1, MAX_RANGE_LIMIT)
         for name in ("prefix", "start", "end"):
-            self._check_key_size(query.get(name, ""), name)
+            self.read.check_key_size(query.get(name, ""), name)
         if not query_flag(query.get("stale"), "stale"):
             await self.node.read_barrier()
         kv_store = self.node.kv
@@ -282,14 +236,14 @@ class _Api:
 
     async def txn(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
-        body = await self._body(request, required=True)
+        body = await self.read.body(request, required=True)
         cmd: Txn = parse_command(txn_from_json, body, _request_id(request))
         for name in ("compare", "success", "failure"):
             for i, item in enumerate(getattr(cmd, name)):
                 if (key := getattr(item, "key", None)) is not None:
-                    self._check_key_size(key, f"{name}[{i}].key")
+                    self.read.check_key_size(key, f"{name}[{i}].key")
                 if type(item) is TxnPut:
-                    self._check_value_size(item.value, f"{name}[{i}].value")
+                    self.read.check_value_size(item.value, f"{name}[{i}].value")
         return await self._propose(request, cmd)
 
     # ---- the node's own operations ---------------------------------------------------------------
@@ -316,7 +270,7 @@ class _Api:
         return json_response(self.node.id, dict(await self.node.force_election()))
 
     async def simulate_partition(self, request: web.Request) -> web.StreamResponse:
-        body = await self._object(request, ("partitioned", "peers", "direction"), '{"partitioned": true}')
+        body = await self.read.object(request, ("partitioned", "peers", "direction"), '{"partitioned": true}')
         partitioned, peers = body.get("partitioned"), _peers(body)
         if type(partitioned) is not bool:
             raise ApiError(400, "partitioned: must be true or false" + ("" if "partitioned" in body else " (missing)"))
@@ -332,7 +286,7 @@ class _Api:
         )
 
     async def simulate_link(self, request: web.Request) -> web.StreamResponse:
-        body = await self._object(request, ("peers", "loss_percent", "delay_ms"),
+        body = await self.read.object(request, ("peers", "loss_percent", "delay_ms"),
                                   '{"loss_percent": 30, "delay_ms": 50}')
         peers = _peers(body)
         loss, delay = body.get("loss_percent"), body.get("delay_ms")
@@ -361,7 +315,7 @@ class _Api:
         return json_response(self.node.id, dict(self.node.lab_state()))
 
     async def set_lab(self, request: web.Request) -> web.StreamResponse:
-        body = await self._object(request, ("holding", "clockHeld", "tickMs", "snapshotEvery"),
+        body = await self.read.object(request, ("holding", "clockHeld", "tickMs", "snapshotEvery"),
                                   '{"holding": true, "clockHeld": true}')
         for name in ("holding", "clockHeld"):
             if name in body and type(body[name]) is not bool:
@@ -381,7 +335,7 @@ class _Api:
         return json_response(self.node.id, {"dropped": self.node.drop_held(await self._numbers(request))})
 
     async def _numbers(self, request: web.Request) -> list[int]:
-        body = await self._object(request, ("numbers",), '{"numbers": [3, 1]}')
+        body = await self.read.object(request, ("numbers",), '{"numbers": [3, 1]}')
         numbers = body.get("numbers")
         if type(numbers) is not list or len(numbers) > MAX_HELD_MESSAGES or not all(type(n) is int for n in numbers):
             raise ApiError(400, "numbers: must be an array of held messages' numbers (GET /lab lists them)")
@@ -395,7 +349,7 @@ class _Api:
 
     async def add_member(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
-        body = await self._object(request, ("name", "clientURL", "peerURL", "learner"),
+        body = await self.read.object(request, ("name", "clientURL", "peerURL", "learner"),
                                   '{"name": "node4", "clientURL": "http://10.0.0.4:3000", "peerURL": "10.0.0.4:4000"}')
         for field in ("name", "clientURL", "peerURL"):
             if type(body.get(field)) is not str:
@@ -475,44 +429,6 @@ class _Api:
     def _leader(self) -> str | None:
         return self.node.leader_id()
 
-    def _key(self, request: web.Request) -> str:
-        key = _path_key(request)
-        self._check_key_size(key, "key")
-        return key
-
-    def _check_key_size(self, key: str, where: str) -> None:
-        size = len(key.encode("utf-8", "surrogatepass"))
-        if size > self.max_key_bytes:
-            raise ApiError(413, f"{where}: {size} bytes of UTF-8, more than the limit of {self.max_key_bytes}",
-                           limit=self.max_key_bytes)
-
-    def _check_value_size(self, value: Any, where: str) -> None:
-        size = len(msgpack.packb(value))  # the bytes it will take in the log and the store
-        if size > self.max_value_bytes:
-            raise ApiError(413, f"{where}: {size} bytes encoded, more than the limit of {self.max_value_bytes}",
-                           limit=self.max_value_bytes)
-
-    async def _body(self, request: web.Request, *, required: bool) -> Any:
-        """The body as JSON (None if empty and not required). The Content-Type is not checked:
-        the seed's `curl -d '{...}'` sends application/x-www-form-urlencoded."""
-        if (request.content_length or 0) > self.max_body_bytes:  # refuse before reading any of it
-            raise ApiError(413, f"request body larger than {self.max_body_bytes} bytes", limit=self.max_body_bytes)
-        raw = await request.read()  # a chunked body over client_max_size raises 413
-        if not raw.strip():
-            if required:
-                raise ApiError(400, "body: missing; send a JSON object")
-            return None
-        return parse_json(raw)
-
-    async def _object(self, request: web.Request, allowed: tuple[str, ...], example: str) -> dict[str, Any]:
-        """A required JSON object body with only the `allowed` fields."""
-        body = await self._body(request, required=True)
-        if type(body) is not dict:
-            raise ApiError(400, f"body: must be a JSON object such as {example}")
-        if unknown := body.keys() - set(allowed):
-            raise ApiError(400, f"body: unknown field {sorted(unknown)[0]!r} (allowed: {', '.join(allowed)})")
-        return body
-
     async def _propose(self, request: web.Request, cmd: Command) -> web.StreamResponse:
         # Kept on the request so that a 504 can say whether a retry is safe (errors.node_error).
         request[REQUEST_ID_KEY] = cmd.request_id
@@ -574,7 +490,7 @@ class _RootKeys:
         self.api = api
 
     def _check(self, request: web.Request) -> None:
-        key = _path_key(request)
+        key = path_key(request)
         if key.split("/", 1)[0] in RESERVED_NAMES:
             if (methods := self.api.fixed_route_methods(request.path)) is not None:
                 raise ApiError(405, f"method {request.method} is not allowed on {request.path}",
@@ -595,21 +511,6 @@ class _RootKeys:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
-
-
-def _path_key(request: web.Request) -> str:
-    """The key in a /kv/{key} or /{key} path, percent-decoded as UTF-8 from the raw path. The
-    router's own decoding leaves an invalid sequence such as %ff as the three characters "%ff",
-    which would make /kv/%ff and /kv/%25ff two spellings of one key."""
-    raw = request.rel_url.raw_path
-    route = request.match_info.route.resource
-    prefix = "/kv/" if route is not None and route.canonical.startswith("/kv/") else "/"
-    assert raw.startswith(prefix), (raw, prefix)
-    try:
-        return unquote_to_bytes(raw[len(prefix):]).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, f"key: not valid UTF-8 once percent-decoded (byte {exc.start}); keys are UTF-8 text, "
-                            "percent-encoded in the path") from None
 
 
 def _request_id(request: web.Request) -> str | None:
