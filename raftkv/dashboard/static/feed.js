@@ -5,7 +5,7 @@
 // asks for pre-votes every few tenths of a second; that is one line that counts, not a flood.
 // The feed is drawn from the recorded history up to the view's time, so a past view has its feed.
 
-import {S, viewTime} from "./state.js";
+import {S, isLive, viewTime} from "./state.js";
 import {$, el, fmtTime, setText, termColour} from "./dom.js";
 import {icon, hasIcon} from "./icons.js";
 
@@ -76,7 +76,9 @@ function renderList(list, lines) {
 }
 
 export function renderFeed() {
-  const lines = linesAt(viewTime(), FEED_MAX);
+  // Live, every event so far: the page's estimate of the server's clock can trail it by the time the
+  // hello took, and an event stamped "later than now" would wait for the next one to be shown.
+  const lines = linesAt(isLive() ? Infinity : viewTime(), FEED_MAX);
   renderList($("#feed"), lines);
   renderList($("#mini-feed"), lines.filter((l) => l.ev.type !== "tour").slice(0, MINI_MAX));
   setText($("#feed-count"), lines.length ? `(${lines.length} lines, repeats folded)` : "");
