@@ -192,3 +192,24 @@ def test_hub_records_a_status_when_its_picture_changes_and_bounds_the_hello() ->
     hello = hub.hello({"features": {}})
     assert len(hello) <= hub_module.HELLO_MAX_BYTES + 10_000
     assert json.loads(hello)["events"][-1]["n"] == actions - 1  # the newest are the ones kept
+
+
+async def test_a_page_opened_between_two_batches_gets_each_event_exactly_once() -> None:
+    """An event still waiting for the next batch is not in the hello too: the page, added to the
+    hub's clients as its hello is made, receives it in that batch."""
+    from raftkv.dashboard import hub as hub_module
+
+    hub = hub_module.Hub([])
+    await hub.start()
+    try:
+        hub.emit({"type": "action", "text": "flushed before"})
+        await asyncio.sleep(hub_module.FLUSH_S * 4)
+        hub.emit({"type": "action", "text": "waiting for the batch"})
+        hello = json.loads(hub.hello({"features": {}}))
+        page = hub_module.BrowserClient()
+        hub.clients.add(page)
+        batch = json.loads(await asyncio.wait_for(page.next_frame(), 5))
+        seen = [e["text"] for frame in (hello, batch) for e in frame["events"] if e["type"] == "action"]
+        assert seen == ["flushed before", "waiting for the batch"], seen
+    finally:
+        await hub.stop()

@@ -406,7 +406,9 @@ class Hub:
 
     def hello(self, features: dict) -> str:
         """The first frame a newly opened page receives: the nodes, what it can do (`features`) and
-        the newest recorded events, within HELLO_MAX_EVENTS and HELLO_MAX_BYTES, to give its timeline a past."""
+        the newest recorded events, within HELLO_MAX_EVENTS and HELLO_MAX_BYTES, to give its timeline a past.
+        Events still waiting for the next batch are left out: a page added to `clients` as its hello
+        is made receives them in that batch, so each event reaches it exactly once."""
         head = {
             "type": "hello",
             "nodes": self.node_list(),
@@ -423,8 +425,9 @@ class Hub:
     def _newest_for_hello(self) -> list[str]:
         newest_first: list[str] = []
         total_bytes = 0
+        in_next_batch = set(self._pending)
         for rec in reversed(self.recorder):
-            if rec.type in NOT_IN_HELLO:
+            if rec.type in NOT_IN_HELLO or rec.json in in_next_batch:
                 continue
             if len(newest_first) == HELLO_MAX_EVENTS or total_bytes + len(rec.json) > HELLO_MAX_BYTES:
                 break

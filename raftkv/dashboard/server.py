@@ -114,8 +114,9 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=1 << 20)
     await ws.prepare(request)
     client = BrowserClient()
-    await ws.send_str(hub.hello(features(request.app)))
-    hub.clients.add(client)
+    hello = hub.hello(features(request.app))
+    hub.clients.add(client)  # with no await in between: each event is in the hello or in a later batch
+    await ws.send_str(hello)
 
     async def pump() -> None:
         while True:

@@ -31,7 +31,7 @@ export function noteCoordination(ev) {
     keptFor = S.history;
   }
   const list = ev.type === "watch" ? watches : pictures;
-  // Events come in seq order; one emitted while the hello was sent can come again in the first batch.
+  // Events come in seq order, each once; a page that reconnects gets a new hello repeating some it holds.
   if (list.length && ev.seq <= list[list.length - 1].seq) return;
   list.push(ev);
   if (list.length > (ev.type === "watch" ? WATCH_EVENTS_KEPT : PICTURES_KEPT)) list.shift();
