@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from raftkv.core import Entry, EntryKind, Role
+from raftkv.core import ConfState, Entry, EntryKind, HardState, Ready, Role, Snapshot, SnapshotMeta
 from raftkv.kv import KVStateMachine, Put
 from raftkv.node import NodeConfig, NotAppliedError, OutcomeUnknownError, RaftGroup
 from raftkv.node.config import Member
@@ -27,6 +27,7 @@ from raftkv.node.members import PROMOTE_MAX_LAG_ENTRIES, MemberService
 from raftkv.node.metrics import FAST_BUCKETS, NodeMetrics
 from raftkv.node.observe import GroupObserver
 from raftkv.node.peer_messages import ProposeAnswer
+from raftkv.node.persist import DiskPump
 from raftkv.node.proposals import FORWARDED_TO, ForwardedBatch, PlacedWrite, ProposalTracker, QueuedWrite
 from raftkv.node.status import StatusReporter
 from raftkv.storage import MemoryStorage
@@ -250,6 +251,19 @@ async def test_a_lagging_follower_catches_up_through_a_snapshot_in_process(tmp_p
         assert lagging.metrics.snapshots.labels("installed")._value.get() >= 1
     finally:
         await c.stop()
+
+
+async def test_an_installed_snapshot_counts_as_persisted_up_to_its_index() -> None:
+    """A follower that installs a snapshot holds the log up to its index on disk: the pump says so
+    (GET /raft/log's "on disk" and /raft-state's stableIndex showed the last entry written before)."""
+    reported: list[tuple[int, int]] = []
+    pump = DiskPump("n2", MemoryStorage(), lambda messages: None, lambda i, t: reported.append((i, t)),
+                    lambda: False, NodeMetrics("n2"))
+    snapshot = Snapshot(SnapshotMeta(1210, 4, ConfState(("n1", "n2", "n3"))), b"")
+    pump.hand(Ready(hard_state=HardState(4, None, 1210), snapshot=snapshot))
+    await pump.flush()
+    await pump.close()
+    assert reported == [(1210, 4)]
 
 
 async def test_health_says_unavailable_with_the_reason_while_no_leader_is_known(tmp_path: Path) -> None:

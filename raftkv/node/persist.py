@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 
-from raftkv.core import Entry, Message, Ready, Snapshot
+from raftkv.core import Message, Ready, Snapshot
 from raftkv.storage import RaftStorage
 
 from .metrics import NodeMetrics
@@ -52,7 +52,8 @@ class DiskPump:
         self._metrics = metrics
         self._unsafe_skip_fsync = unsafe_skip_fsync
         self._unsynced: list[Ready] = []
-        self._written: Entry | None = None  # the last entry written
+        # (index, term) of the newest log position written: the last entry, or an installed snapshot
+        self._written: tuple[int, int] | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._own_thread = executor is None
@@ -104,11 +105,12 @@ class DiskPump:
         loop = asyncio.get_running_loop()
         storage, entries = self.storage, 0
         for rd in batch:
-            if rd.snapshot is not None:
+            if rd.snapshot is not None:  # saved durably on its own (a file written, fsynced, renamed)
                 await loop.run_in_executor(self._thread, storage.save_snapshot, rd.snapshot)
+                self._written = (rd.snapshot.meta.index, rd.snapshot.meta.term)
             if rd.entries:
                 storage.append(rd.entries)
-                self._written = rd.entries[-1]
+                self._written = (rd.entries[-1].index, rd.entries[-1].term)
                 entries += len(rd.entries)
             if rd.hard_state is not None:
                 storage.set_hard_state(rd.hard_state)
@@ -124,8 +126,8 @@ class DiskPump:
         for rd in batch:
             if rd.messages:
                 self._send(rd.messages)
-        if must_sync and self._written is not None:
-            self._on_persisted(self._written.index, self._written.term)
+        if self._written is not None and (must_sync or any(rd.snapshot is not None for rd in batch)):
+            self._on_persisted(*self._written)
 
     def _sync_now(self) -> bool:
         """Always, unless deliberately unsafe: then what is only in memory is acknowledged, and
