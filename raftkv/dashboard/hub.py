@@ -549,13 +549,17 @@ class Hub:
     async def _flusher(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_S)
-            if not self._pending:
-                continue
-            batch, self._pending = self._pending, []
-            if self.clients:
-                frame = encoded_frame({"type": "batch"}, batch)
-                for c in list(self.clients):
-                    c.offer(frame)
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the events emitted since the last batch to every open page, as one batch."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        if self.clients:
+            frame = encoded_frame({"type": "batch"}, batch)
+            for c in list(self.clients):
+                c.offer(frame)
 
     async def _ticker(self) -> None:
         last = time.monotonic()
