@@ -10,6 +10,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,14 @@ class LocalCluster:
     def log_text(self, node_id: str) -> str:
         path = self.data_dir / node_id / "node.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def module_cluster(data_dir: Path) -> Iterator[LocalCluster]:
+    """A 3-node cluster with an agreed leader, for a module's tests to share (a module-scoped
+    fixture yields from it); stopped afterwards."""
+    c = LocalCluster(data_dir, nodes=3).start()
+    try:
+        c.wait_for_leader(30)
+        yield c
+    finally:
+        c.stop()

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster import LocalCluster
+from dashboard_pages import Dashboard, chromium
 
 
 @pytest.fixture
@@ -17,6 +19,21 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalClu
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         for m in c.members:
             print(f"----- {m.id} log -----\n{c.log_text(m.id)[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def dashboard(cluster: LocalCluster) -> Iterator[Dashboard]:
+    """A dashboard server watching the module's cluster (a module that asks for it has a
+    module-scoped `cluster`, see cluster.module_cluster)."""
+    d = Dashboard(list(cluster.urls.values()), cluster.supervisor)
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(cluster: LocalCluster) -> Iterator[Any]:
+    with chromium() as b:
+        yield b
 
 
 @pytest.hookimpl(hookwrapper=True)

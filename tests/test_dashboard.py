@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import LocalCluster, http
+from cluster import LocalCluster, http, module_cluster
 from dashboard_pages import (
     Dashboard,
     cards,
-    chromium,
     click_node_button,
     follow_tour,
     one_leader,
@@ -43,25 +42,7 @@ browser_test = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("dashboard") / "data", nodes=3).start()
-    try:
-        c.wait_for_leader(30)
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture(scope="module")
-def dashboard(cluster: LocalCluster) -> Iterator[Dashboard]:
-    d = Dashboard(list(cluster.urls.values()), cluster.supervisor)
-    yield d
-    d.stop()
-
-
-@pytest.fixture(scope="module")
-def browser(cluster: LocalCluster) -> Iterator[Any]:
-    with chromium() as b:
-        yield b
+    yield from module_cluster(tmp_path_factory.mktemp("dashboard") / "data")
 
 
 @pytest.fixture

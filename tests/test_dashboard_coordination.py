@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from cluster import LocalCluster, http
+from cluster import LocalCluster, http, module_cluster
 from dashboard_pages import SHOTS, Dashboard, chromium, follow_tour, opened, shot, wait_until
 
 from raftkv.dashboard.coordination import MAX_EVENTS_PER_REVISION, lock_queue, relayed_revision, renewed
@@ -27,19 +27,7 @@ LOCK = PREFIX + "lock"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("coordination") / "data", nodes=3).start()
-    try:
-        c.wait_for_leader(30)
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture(scope="module")
-def dashboard(cluster: LocalCluster) -> Iterator[Dashboard]:
-    d = Dashboard(list(cluster.urls.values()), cluster.supervisor)
-    yield d
-    d.stop()
+    yield from module_cluster(tmp_path_factory.mktemp("coordination") / "data")
 
 
 def page_events(dashboard: Dashboard, done: Callable[[list[dict]], Any], timeout_s: float = 20.0) -> list[dict]:
