@@ -14,18 +14,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_smoke(tmp_path: Path) -> None:
+def run_smoke(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """bench/run.py --smoke with `args`, which must succeed; its output and how long it took."""
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--skip", "watch,keepalive",
-         "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    elapsed = time.monotonic() - started
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", *args, "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, time.monotonic() - started
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    proc, elapsed = run_smoke(tmp_path, "--skip", "watch,keepalive")
     assert elapsed < 60, f"smoke mode took {elapsed:.0f} s"
     text = (tmp_path / "RESULTS.md").read_text()
     for heading in ("## HTTP", "## Embedded", "## Failover", "## Restart and memory", "## Durability", "## Targets"):
@@ -37,17 +36,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
 
 
 def test_bench_smoke_watch_and_keepalive(tmp_path: Path) -> None:
-    started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--only", "watch,keepalive", "--systems", "raftkv",
-         "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    elapsed = time.monotonic() - started
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _, elapsed = run_smoke(tmp_path, "--only", "watch,keepalive", "--systems", "raftkv")
     assert elapsed < 45, f"smoke watch and keep-alive took {elapsed:.0f} s"
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## Watch" in text and "## Lease keep-alives" in text, text
