@@ -1,15 +1,15 @@
 """`raftkv dashboard --endpoints ...`: the dashboard attached to any running cluster.
 
-Without a supervisor it cannot crash, pause or restart nodes, nor slow their clocks; the page
-says so next to those buttons. Register with `main.add_command(dashboard)` in raftkv/cli.py.
+Without a supervisor it cannot crash, pause or restart nodes, nor start new ones; the page says
+so next to those buttons. The lab's tools (hold-and-step, slow motion, partitions) need the nodes
+to have fault injection on (`raftkv node --enable-fault-injection`). Register with `main.add_command(dashboard)` in raftkv/cli.py.
 """
 
 from __future__ import annotations
 
-import os
-
 import click
 
+from raftkv.cli_support import endpoints_option
 from raftkv.client import parse_endpoints
 from raftkv.ports import (
     OPEN_TO_NETWORK,
@@ -20,16 +20,9 @@ from raftkv.ports import (
     reachable_urls,
 )
 
-DEFAULT_ENDPOINTS = "http://127.0.0.1:3000,http://127.0.0.1:3001,http://127.0.0.1:3002"
-
 
 @click.command(name="dashboard")
-@click.option(
-    "--endpoints",
-    default=lambda: os.environ.get("RAFTKV_ENDPOINTS", DEFAULT_ENDPOINTS),
-    show_default="RAFTKV_ENDPOINTS or the local cluster",
-    help="Comma-separated node URLs (each node's client HTTP address).",
-)
+@endpoints_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the dashboard listens on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 def dashboard(endpoints: str, host: str, port: int) -> None:
