@@ -143,9 +143,14 @@ def test_divergence_and_repair_shows_the_truncated_cells_and_their_replacement(p
 
     def look(caption: str) -> None:
         if "dropped its conflicting entries" in caption:
-            rows = log_cells(page)
-            replaced = {n: [c for c in row.values() if c["oldTerm"] is not None and "replaced" in c["classes"]]
-                        for n, row in rows.items()}
+            def table_shows_the_repair() -> tuple[dict, dict] | None:
+                # The table follows each node's /raft/log as it polls it: it may trail the caption.
+                rows = log_cells(page)
+                replaced = {n: [c for c in row.values() if c["oldTerm"] is not None and "replaced" in c["classes"]]
+                            for n, row in rows.items()}
+                return (rows, replaced) if any(replaced.values()) else None
+
+            rows, replaced = wait_until("the replaced cells in the log table", table_shows_the_repair, 10)
             old_leader = next(n for n, cells in replaced.items() if cells)
             assert all(c["term"] != c["oldTerm"] for c in replaced[old_leader]), replaced
             repaired.append(replaced)
