@@ -2,7 +2,8 @@
 
 Without a supervisor it cannot crash, pause or restart nodes, nor start new ones; the page says
 so next to those buttons. The lab's tools (hold-and-step, slow motion, partitions) need the nodes
-to have fault injection on (`raftkv node --enable-fault-injection`). Register with `main.add_command(dashboard)` in raftkv/cli.py.
+to have fault injection on (`raftkv node --enable-fault-injection`). Register with
+`main.add_command(dashboard)` in raftkv/cli.py.
 """
 
 from __future__ import annotations
