@@ -175,3 +175,14 @@ def follow_tour(pg: Any, demo: str, at_step: Callable[[str], None] | None = None
         if at_step is not None:
             at_step(state["caption"])
         pg.click("#tour-next")
+
+
+def heal(dashboard: Dashboard, cluster: Any) -> None:
+    """The cluster back to healthy before a page test: links healed, every node resumed and
+    running, one leader agreed."""
+    dashboard.api("POST", "/api/heal")
+    for node_id, proc in cluster.supervisor.nodes.items():
+        cluster.supervisor.resume(node_id)
+        if not proc.running:
+            cluster.supervisor.start(node_id)
+    cluster.wait_for_leader(30)

@@ -28,6 +28,7 @@ from dashboard_pages import (
     cards,
     click_node_button,
     follow_tour,
+    heal,
     one_leader,
     opened,
     shot,
@@ -48,12 +49,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 @pytest.fixture
 def page(browser: Any, dashboard: Dashboard, cluster: LocalCluster) -> Iterator[Any]:
     """The dashboard in a fresh browser context, with the cluster back to healthy."""
-    dashboard.api("POST", "/api/heal")
-    for node_id, proc in cluster.supervisor.nodes.items():
-        cluster.supervisor.resume(node_id)
-        if not proc.running:
-            cluster.supervisor.start(node_id)
-    cluster.wait_for_leader(30)
+    heal(dashboard, cluster)
     with opened(browser, dashboard) as pg:
         yield pg
 

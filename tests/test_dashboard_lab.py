@@ -26,6 +26,7 @@ from dashboard_pages import (
     cards,
     click_node_button,
     follow_tour,
+    heal,
     log_cells,
     one_leader,
     opened,
@@ -53,12 +54,7 @@ def page(browser: Any, dashboard: Dashboard, cluster: LocalCluster) -> Iterator[
     cluster healthy."""
     dashboard.api("POST", "/api/tour/stop")
     dashboard.api("POST", "/api/lab", {"active": False})
-    dashboard.api("POST", "/api/heal")
-    for node_id, proc in cluster.supervisor.nodes.items():
-        cluster.supervisor.resume(node_id)
-        if not proc.running:
-            cluster.supervisor.start(node_id)
-    cluster.wait_for_leader(30)
+    heal(dashboard, cluster)
     with opened(browser, dashboard, 1440, 900) as pg:
         wait_until("one leader on the page", lambda: one_leader(pg), 20)
         yield pg
