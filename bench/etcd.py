@@ -18,6 +18,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from raftkv.client import NO_ACCESS
 from raftkv.supervisor import free_ports
 
 from .procs import http_json, kill9, stop_pid, wait_until
@@ -42,6 +43,7 @@ def _b64(s: str) -> str:
 
 class EtcdCluster:
     name = "etcd"
+    access = NO_ACCESS  # plain HTTP
 
     def __init__(self, base_dir: Path, members: int = 3) -> None:
         ports = free_ports(2 * members)

@@ -39,7 +39,8 @@ async def _trial(system: HttpSystem, kill: object, before_s: float, after_s: flo
     stop_at = float("inf")
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=system.access.connector(limit=0), timeout=timeout,
+                                     headers=system.access.headers()) as session:
 
         async def writer(i: int) -> None:
             n = i

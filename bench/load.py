@@ -29,6 +29,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from raftkv.client import NO_ACCESS, Access
+
 KEY_SPACE = 10_000
 REQUEST_TIMEOUT_S = 10.0
 KEEPALIVE_LEASES = 64  # granted before the keep-alive runs, renewed round-robin by the clients
@@ -37,6 +39,7 @@ KEEPALIVE_TTL_S = 600  # far longer than a run: a lease that expired would turn 
 
 class HttpSystem(Protocol):
     name: str
+    access: Access  # how its client API is reached (TLS, credentials)
 
     def urls(self) -> list[str]: ...
     def pids(self) -> list[int]: ...
@@ -91,9 +94,10 @@ def make_value(size: int) -> str:
     return "x" * size
 
 
-def make_session(concurrency: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False, enable_cleanup_closed=True)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
+def make_session(concurrency: int, access: Access = NO_ACCESS) -> aiohttp.ClientSession:
+    connector = access.connector(limit=0, limit_per_host=0, force_close=False, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+                                 headers=access.headers())
 
 
 async def run_load(system: HttpSystem, w: Workload, seed: int = 0, key_space: int = KEY_SPACE,
@@ -115,7 +119,7 @@ async def run_load(system: HttpSystem, w: Workload, seed: int = 0, key_space: in
     rng = random.Random(seed)
     keys = keys or [f"k{rng.randrange(key_space):05d}" for _ in range(4096)]
 
-    async with make_session(w.concurrency) as session:
+    async with make_session(w.concurrency, system.access) as session:
         deadline = 0.0
 
         async def client(i: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -35,11 +36,12 @@ def wait_until(what: str, probe: Callable[[], T | None], timeout_s: float, every
     raise TimeoutError(f"{what}: not within {timeout_s} s (last error: {last_error})")
 
 
-def http_json(method: str, url: str, body: Any = None, timeout_s: float = 2.0) -> tuple[int, Any]:
+def http_json(method: str, url: str, body: Any = None, timeout_s: float = 2.0,
+              context: ssl.SSLContext | None = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp:
             raw, status = resp.read(), resp.status
     except urllib.error.HTTPError as e:
         raw, status = e.read(), e.code

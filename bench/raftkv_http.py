@@ -4,15 +4,22 @@ The nodes run with their defaults (fsync before acknowledging, 20 ms ticks, 200-
 timeout). Requests are the documented HTTP API: `PUT /kv/{key} {"value": ...}` and the
 linearizable `GET /kv/{key}` (ReadIndex); a read of an absent key (404) is a completed read;
 `POST /leases/{id}/keepalive` renews a lease (a follower relays it to the leader); a watch is
-`GET /watch?prefix=...` (watch_wire.py).
+`GET /watch?prefix=...` (watch_wire.py). With `tls` (`bench/run.py --tls`) the nodes serve their
+client API over HTTPS under a throwaway CA (raftkv/lab_ca.py, as `raftkv up --tls`), and every
+request of the benchmark goes over it (`access`). With `env` (`--trace-ratio`, trace_ab.py) the
+nodes run with the OTEL_* variables that make them export traces (bench/trace_sink.py).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 
+from raftkv.client import NO_ACCESS, Access
+from raftkv.lab_ca import make_lab_certificates
 from raftkv.supervisor import Supervisor, loopback_members
+from raftkv.tls import ClientTLS
 
 from .procs import http_json, wait_until
 
@@ -22,9 +29,18 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 class RaftkvCluster:
     name = "raftkv"
 
-    def __init__(self, base_dir: Path, nodes: int = 3, node_args: list[str] | None = None) -> None:
-        self.members = loopback_members(nodes)
-        self.supervisor = Supervisor(self.members, base_dir, node_args)
+    def __init__(self, base_dir: Path, nodes: int = 3, node_args: list[str] | None = None, tls: bool = False,
+                 env: dict[str, str] | None = None) -> None:
+        """`env`: variables for the node processes (the OTEL_* ones of a traced run: trace_sink.py)."""
+        self.members = loopback_members(nodes, client_tls=tls)
+        self.access: Access = NO_ACCESS
+        self._context: ssl.SSLContext | None = None
+        if tls:
+            certs = make_lab_certificates(base_dir / "tls")
+            node_args = [*(node_args or []), *certs.node_args()]
+            self.access = Access(ClientTLS(ca=certs.ca))
+            self._context = ssl.create_default_context(cafile=certs.ca)
+        self.supervisor = Supervisor(self.members, base_dir, node_args, env=env)
         self.base_dir = base_dir
 
     def start(self, timeout_s: float = 30.0) -> RaftkvCluster:
@@ -50,7 +66,7 @@ class RaftkvCluster:
         return [n.member.url for n in self.supervisor.nodes.values() if n.running]
 
     def state(self, node_id: str) -> dict | None:
-        status, body = http_json("GET", self.url(node_id) + "/raft-state", timeout_s=1.0)
+        status, body = http_json("GET", self.url(node_id) + "/raft-state", timeout_s=1.0, context=self._context)
         return body if status == 200 and isinstance(body, dict) else None
 
     def _find_leader(self) -> str | None:
@@ -92,7 +108,8 @@ class RaftkvCluster:
     def grant_leases(self, n: int, ttl_s: int) -> list[str]:
         ids = []
         for _ in range(n):
-            status, body = http_json("POST", self.leader_url() + "/leases", {"ttl": ttl_s}, timeout_s=5.0)
+            status, body = http_json("POST", self.leader_url() + "/leases", {"ttl": ttl_s}, timeout_s=5.0,
+                                     context=self._context)
             if status != 200 or not isinstance(body, dict) or "id" not in body:
                 raise RuntimeError(f"raftkv lease grant: {status} {body}")
             ids.append(str(body["id"]))

@@ -8,7 +8,9 @@ Phases, each bounded, each stopping every process it started (by PID) before the
    fresh 3-node cluster, run every workload (writes before reads, so reads mostly hit), stop it.
    Repetitions alternate between systems (interleaved), so drift on the machine hits both.
 2. Embedded (`embedded.py`): raftkv's in-process API vs PySyncObj, one process per node, N writes
-   in flight; PySyncObj in each of its configurations, the best one reported per N.
+   in flight; PySyncObj in each of its configurations, the best one reported per N. At 1 in
+   flight also the physical floor (`floor.py`: two appends with fdatasync at once and a loopback
+   round trip, what one write cannot avoid), interleaved with the others.
 3. Failover (`failover.py`): kill -9 the leader under steady writes, several trials per system.
 4. Restart (`restart.py`): a node with 1M keys restarts from snapshot + WAL; RSS per key.
 5. Watch (`watch.py`, `watch_client.py`, `watch_wire.py`): 1, 100 and 1,000 watchers of one
@@ -20,6 +22,10 @@ Phases, each bounded, each stopping every process it started (by PID) before the
 Then `report.py` prints one table with ratios, writes it to `<out>/RESULTS.md` and a PNG.
 `--smoke` runs everything tiny (seconds) with raftkv and whichever peers are installed; the test
 suite runs it so the benchmark cannot rot. `--only watch,keepalive` (or `--skip ...`) picks phases.
+`--tls` has raftkv's clusters serve their client API over HTTPS (what TLS costs).
+`--trace-ratio R` has raftkv's node processes (every phase but embedded and restart) export the
+traces of R of their requests over OTLP to a local receiver (trace_sink.py: what tracing costs);
+`bench/trace_ab.py` measures that cost in interleaved pairs.
 """
 
 from __future__ import annotations
@@ -47,9 +53,11 @@ from tqdm import tqdm  # noqa: E402
 from bench import etcd, report  # noqa: E402
 from bench.embedded import PYSYNCOBJ_VARIANTS, EmbeddedCluster  # noqa: E402
 from bench.failover import FailoverTrial, run_failover  # noqa: E402
+from bench.floor import FloorPair  # noqa: E402
 from bench.load import KEEPALIVE_LEASES, KEEPALIVE_TTL_S, Workload, run_load  # noqa: E402
 from bench.raftkv_http import RaftkvCluster  # noqa: E402
 from bench.restart import measure_restart  # noqa: E402
+from bench.trace_sink import TraceSink  # noqa: E402
 from bench.watch import WatchWorkload, run_watch  # noqa: E402
 
 PHASES = ("http", "embedded", "failover", "restart", "watch", "keepalive")
@@ -58,6 +66,12 @@ PHASES = ("http", "embedded", "failover", "restart", "watch", "keepalive")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="everything tiny (seconds): for the test suite")
+    p.add_argument("--tls", action="store_true", help="raftkv's clusters serve their client API over HTTPS (a "
+                   "throwaway CA, as `raftkv up --tls`;\nthe http, watch, keepalive and failover phases; etcd stays "
+                   "plain HTTP)")
+    p.add_argument("--trace-ratio", type=float, metavar="R", help="raftkv's nodes export the traces of this share "
+                   "of their requests (0..1)\nto a local OTLP receiver, as `raftkv up --trace --trace-ratio R` "
+                   "(default: tracing off)")
     p.add_argument("--duration", type=float, help="seconds per measurement (default 4; smoke 0.4)")
     p.add_argument("--reps", type=int, help="interleaved repetitions (default 3; smoke 1)")
     p.add_argument("--concurrency", help="HTTP client counts, comma-separated (default 1,16,64,256)")
@@ -93,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.keepalive_concurrency = ints(a.keepalive_concurrency, "16", "4")
     a.systems = set(a.systems.split(","))
     only, skip = (set(filter(None, x.split(","))) for x in (a.only, a.skip))
+    if a.trace_ratio is not None and not 0 <= a.trace_ratio <= 1:
+        p.error("--trace-ratio: a share from 0 to 1")
     if unknown := (only | skip) - set(PHASES):
         p.error(f"unknown phase(s) {', '.join(sorted(unknown))}; the phases are {', '.join(PHASES)}")
     a.phases = (only or set(PHASES)) - skip
@@ -110,6 +126,8 @@ def pysyncobj_missing() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     res = report.Results()
+    if a.tls:
+        res.notes.append("raftkv's client API over HTTPS (--tls); etcd's over plain HTTP")
     http_systems = ["raftkv"]
     if "etcd" in a.systems:
         why = etcd.available()
@@ -145,14 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         for t in a.targets
         for c in a.concurrency
     ]
-    emb_systems = [("raftkv", "")] + ([("pysyncobj", v) for v in pso_variants] if use_pso else [])
+    emb_systems = ([("raftkv", "")] + ([("floor", "")] if 1 in a.inflight else [])
+                   + ([("pysyncobj", v) for v in pso_variants] if use_pso else []))
     # Smoke: raftkv's failover only (the peers' failover code runs in full mode).
     fo_systems = ["raftkv"] if a.smoke else http_systems + (["pysyncobj"] if use_pso else [])
     steps = 0
     if "http" in a.phases:
         steps += a.reps * len(http_systems) * len(workloads)
     if "embedded" in a.phases:
-        steps += a.reps * len(emb_systems) * len(a.inflight)
+        steps += a.reps * sum(len(_inflight(a, kind)) for kind, _ in emb_systems)
     if "failover" in a.phases:
         steps += a.failover_trials * len(fo_systems)
     keepalives = [Workload("keepalive", c, 0, t, a.duration) for t in a.targets for c in a.keepalive_concurrency]
@@ -164,7 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="raftkv-bench-") as tmp, tqdm(total=steps, unit="run") as bar:
         base = Path(tmp)
         failed: BaseException | None = None
+        sink = None
+        a.raftkv_env = None
         try:
+            if a.trace_ratio is not None:
+                sink = TraceSink(base).start()
+                a.raftkv_env = sink.node_env(a.trace_ratio)
             if "http" in a.phases:
                 run_http(a, res, base, http_systems, workloads, bar)
             if "embedded" in a.phases:
@@ -182,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         except (Exception, KeyboardInterrupt) as e:  # still write what was measured (every phase stops its processes)
             failed = e
             res.notes.insert(0, f"**the run stopped early**: {type(e).__name__}: {e}; the table has what was measured")
+        finally:
+            if sink is not None:
+                received = sink.received()
+                sink.stop()
+                res.notes.append(f"raftkv's nodes exported the traces of {a.trace_ratio:g} of their requests "
+                                 f"(OTLP/HTTP to a local receiver, bench/trace_sink.py): {received:,} spans received; "
+                                 "the embedded and restart phases are not traced")
 
     res.meta["load_after"] = _loadavg()
     text = report.markdown(res)
@@ -211,9 +242,12 @@ def _loadavg() -> str:
         return "?"
 
 
-def _start_http(name: str, base: Path, run: str) -> RaftkvCluster | etcd.EtcdCluster:
+def _start_http(name: str, base: Path, run: str, tls: bool, env: dict[str, str] | None = None,
+                ) -> RaftkvCluster | etcd.EtcdCluster:
+    """`tls`: raftkv's client API over HTTPS (--tls); etcd's stays plain HTTP. `env`: raftkv's
+    nodes' variables (the OTEL_* ones of --trace-ratio)."""
     d = base / f"{name}-{run}"  # a fresh data directory per cluster started
-    return (RaftkvCluster(d) if name == "raftkv" else etcd.EtcdCluster(d)).start()
+    return (RaftkvCluster(d, tls=tls, env=env) if name == "raftkv" else etcd.EtcdCluster(d)).start()
 
 
 def _term(cluster: RaftkvCluster) -> int:
@@ -231,7 +265,7 @@ def run_http(a, res: report.Results, base: Path, systems: list[str], workloads: 
         order = systems if rep % 2 == 0 else list(reversed(systems))
         for name in order:
             bar.set_description(f"http {name} rep {rep + 1}")
-            cluster = _start_http(name, base, f"http-{rep}")
+            cluster = _start_http(name, base, f"http-{rep}", a.tls, a.raftkv_env)
             try:
                 for w in workloads:
                     bar.set_postfix_str(w.label)
@@ -254,7 +288,7 @@ def run_watches(a, res: report.Results, base: Path, systems: list[str], bar: tqd
     for rep in range(a.reps):
         for name in systems if rep % 2 == 0 else list(reversed(systems)):
             bar.set_description(f"watch {name} rep {rep + 1}")
-            cluster = _start_http(name, base, f"watch-{rep}")
+            cluster = _start_http(name, base, f"watch-{rep}", a.tls, a.raftkv_env)
             try:
                 for n in a.watchers:
                     w = WatchWorkload(n, a.watch_rate, a.duration)
@@ -281,7 +315,7 @@ def run_keepalives(a, res: report.Results, base: Path, systems: list[str], workl
     for rep in range(a.reps):
         for name in systems if rep % 2 == 0 else list(reversed(systems)):
             bar.set_description(f"keepalive {name} rep {rep + 1}")
-            cluster = _start_http(name, base, f"keepalive-{rep}")
+            cluster = _start_http(name, base, f"keepalive-{rep}", a.tls, a.raftkv_env)
             try:
                 leases = cluster.grant_leases(KEEPALIVE_LEASES, KEEPALIVE_TTL_S)
                 for w in workloads:
@@ -300,9 +334,10 @@ def run_embedded(a, res: report.Results, base: Path, systems: list[tuple[str, st
         for kind, variant in systems if rep % 2 == 0 else list(reversed(systems)):
             key = kind if not variant else f"{kind}:{variant}"
             bar.set_description(f"embedded {key} rep {rep + 1}")
-            cluster = EmbeddedCluster(kind, base / f"emb-{rep}", variant).start()
+            cluster = (FloorPair(base / f"floor-{rep}") if kind == "floor"
+                       else EmbeddedCluster(kind, base / f"emb-{rep}", variant)).start()
             try:
-                for n in a.inflight:
+                for n in _inflight(a, kind):
                     bar.set_postfix_str(f"{n} in flight")
                     try:
                         out = cluster.load(n, a.duration)
@@ -321,6 +356,11 @@ def run_embedded(a, res: report.Results, base: Path, systems: list[tuple[str, st
                 cluster.stop()
 
 
+def _inflight(a, kind: str) -> list[int]:
+    """The in-flight counts a system of the embedded phase is measured at (the floor: 1 alone)."""
+    return [1] if kind == "floor" else a.inflight
+
+
 def run_failovers(a, res: report.Results, base: Path, systems: list[str], bar: tqdm) -> None:
     for name in systems:
         bar.set_description(f"failover {name}")
@@ -337,7 +377,7 @@ def run_failovers(a, res: report.Results, base: Path, systems: list[str], bar: t
             finally:
                 cluster.stop()
             continue
-        cluster = _start_http(name, base, "failover")
+        cluster = _start_http(name, base, "failover", a.tls, a.raftkv_env)
         try:
             res.failover[name] = run_failover(
                 cluster, a.failover_trials, before_s=0.5 if a.smoke else 1.0, progress=bar

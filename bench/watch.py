@@ -118,7 +118,9 @@ async def run_watch(system: HttpSystem, w: WatchWorkload, log_dir: Path, tag: st
                 procs.append(await asyncio.create_subprocess_exec(
                     sys.executable, str(WATCH_CLIENT), stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE, stderr=log, limit=MAX_ANSWER_BYTES))
-            await _tell(procs[-1], {"system": system.name, "prefix": prefix, "watchers": block})
+            ca = system.access.tls.ca
+            await _tell(procs[-1], {"system": system.name, "prefix": prefix, "watchers": block,
+                                    "cacert": str(ca) if ca else None})
         for p in procs:
             await _answer(p, ANSWER_TIMEOUT_S + w.watchers / 20)  # {"ready": n}
         t0 = time.monotonic() + warmup_s
@@ -178,7 +180,7 @@ async def write_steadily(system: HttpSystem, url: str, prefix: str, rate: float,
             pass
         unacknowledged += 1
 
-    async with make_session(MAX_WRITES_IN_FLIGHT) as session:
+    async with make_session(MAX_WRITES_IN_FLIGHT, system.access) as session:
         started = time.monotonic()
         n = 0
         while (due := started + n / rate) < until:

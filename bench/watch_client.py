@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -101,7 +102,9 @@ async def serve(config: dict[str, Any]) -> dict[str, Any]:
     tally = Tally()
     opened: asyncio.Queue[None] = asyncio.Queue()
     read_line = lambda: asyncio.to_thread(sys.stdin.readline)  # noqa: E731 - stdin is a pipe from the coordinator
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    cacert = config.get("cacert")  # the cluster's CA, when it serves TLS (bench/run.py --tls)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0,
+                                     ssl=ssl.create_default_context(cafile=cacert) if cacert else True)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
         tasks = [asyncio.create_task(watch(session, dialect, url, config["prefix"], probe, tally, opened))
                  for url, probe in config["watchers"]]

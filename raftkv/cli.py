@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
-import logging
 import os
 import shlex
 import sys
@@ -16,11 +16,22 @@ from urllib.parse import quote
 import click
 
 from raftkv import promtext
-from raftkv.chaos.cli_command import chaos as chaos_command
+from raftkv.cli_auth import auth, role, user
 from raftkv.cli_coordination import elect, lease, lock, watch
-from raftkv.cli_support import call, echo_table, endpoints_option, key_path, parse_value, run
-from raftkv.client import Client, ClusterUnreachableError, endpoint_url, parse_endpoints
+from raftkv.cli_support import (
+    UNAUTHENTICATED,
+    Connection,
+    access_of,
+    call,
+    connection_options,
+    echo_table,
+    key_path,
+    parse_value,
+    run,
+)
+from raftkv.client import ClusterUnreachableError, Credentials, endpoint_url
 from raftkv.dashboard.cli_command import dashboard as dashboard_command
+from raftkv.logs import setup_logging
 from raftkv.node.config import ConfigError, NodeConfig, load_toml
 from raftkv.ports import (
     OPEN_TO_NETWORK,
@@ -31,7 +42,6 @@ from raftkv.ports import (
     node_listeners,
     reachable_urls,
 )
-from raftkv.sim.__main__ import main as sim_command
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8080"
 DEFAULT_ETCD_PORT = 2379  # etcd's client port, for node1 of `raftkv up`
@@ -41,15 +51,31 @@ LAB_ADD_TIMEOUT_S = 120.0  # a new node joins, catches up (a snapshot, then the 
 MEMBER_CHANGE_TIMEOUT_S = 15.0  # a follower forwards a change; a leader that leaves hands over first
 
 
-def setup_logging(verbose: bool) -> None:
-    level = logging.DEBUG if verbose else logging.getLevelName(os.environ.get("RAFTKV_LOG", "WARNING").upper())
-    logging.basicConfig(
-        level=level,
-        format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
+def trace_env(dashboard_host: str, dashboard_port: int, ratio: float) -> dict[str, str]:
+    """The standard OTEL_* variables that point `raftkv up`'s nodes at its dashboard's OTLP receiver."""
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{dashboard_host}:{dashboard_port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": f"{ratio:g}",
+            "OTEL_BSP_SCHEDULE_DELAY": "500"}  # the dashboard shows a trace within a second
 
 
-@click.group()
+class _CommandGroup(click.Group):
+    """The `raftkv` group, whose heaviest commands (the simulator, chaos) are imported only when
+    run, so that a client command starts without loading them."""
+
+    LAZY = {"sim": ("raftkv.sim.__main__", "main"), "chaos": ("raftkv.chaos.cli_command", "chaos")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            module, attribute = self.LAZY[cmd_name]
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_CommandGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (default: warnings only; RAFTKV_LOG=INFO for more).")
 def main(verbose: bool) -> None:
     """raftkv: a linearizable key-value store replicated with Raft."""
@@ -64,6 +90,9 @@ def main(verbose: bool) -> None:
 @click.option("--name", help="With --join: this member's name (its id is given by the cluster).")
 @click.option("--advertise-client", help="With --join: the client URL others reach this node at (http://host:port).")
 @click.option("--advertise-peer", help="With --join: the host:port peers reach this node's Raft port at.")
+@click.option("--join-token", envvar="RAFTKV_JOIN_TOKEN", show_envvar=True,
+              help="With --join, when the cluster has auth on: a token of a user with the admin permission "
+              "(raftkv auth token --user root) to ask the cluster to add this node with.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: data/<id or name>.")
 @click.option("--listen-client", help="Bind the client API here (host or host:port; default: the advertised one), "
               "e.g. 0.0.0.0 behind NAT or in a container.")
@@ -78,21 +107,46 @@ def main(verbose: bool) -> None:
               help="Key history kept: the last N revisions (default 100000; 0: until compacted by POST /compact).")
 @click.option("--auto-compaction-retention", type=click.FloatRange(0, min_open=True), default=None,
               help="Also forget history older than this many seconds (as etcd's periodic auto-compaction).")
+@click.option("--max-client-connections", type=click.IntRange(1), default=None,
+              help="Client connections open at once; one more is answered 503 (default 1024).")
+@click.option("--client-header-timeout", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds a request's head may take to arrive from its first byte, else 408 (default 10).")
+@click.option("--client-body-timeout", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds a request's body may take to arrive after its head, else 408 (default 30).")
+@click.option("--client-idle-timeout", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds a client connection may sit idle between requests (default 75).")
+@click.option("--client-send-timeout", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds a client may leave an answer, a watch or a WebSocket unread before it is cut off "
+              "(default 30).")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: CA file.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: cert.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Peer mTLS: key.")
+@click.option("--client-tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Serve the client API (and the etcd API) over TLS with this certificate (with --client-tls-key).")
+@click.option("--client-tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The client API certificate's key.")
+@click.option("--client-tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Client API mutual TLS: require client certificates this CA signed. Also what this node trusts "
+              "when it calls other members' client APIs (default: --tls-ca, else the system's CAs).")
 @click.option("--enable-fault-injection", is_flag=True,
               help="Serve the lab's routes that break the cluster on purpose (force-election, simulate-partition, "
               "simulate-link, lab); off: they answer 403.")
-@click.option("--unsafe-skip-fsync", is_flag=True, hidden=True, help="Testing only: acknowledge before fsync.")
+@click.option("--unsafe-skip-fsync", is_flag=True, hidden=True,
+              help="Testing only: acknowledge before fsync (the WAL is written and synced every 3 s).")
 @click.option("--unsafe-stale-reads", is_flag=True, hidden=True, help="Testing only: followers skip ReadIndex.")
+@click.option("--wal-segment-bytes", type=click.IntRange(4096), default=None, hidden=True,
+              help="How long each WAL segment is made (default 64 MiB); small ones make tests compact the WAL.")
 def node(node_id: str | None, cluster: str | None, config_file: Path | None, join_url: str | None, name: str | None,
-         advertise_client: str | None, advertise_peer: str | None, data_dir: Path | None, listen_client: str | None,
+         advertise_client: str | None, advertise_peer: str | None, join_token: str | None, data_dir: Path | None,
+         listen_client: str | None,
          listen_peer: str | None, listen_etcd: str | None,
          tick_ms: int | None, snapshot_every: int | None, snapshot_retain: int | None,
          no_leader_hold_ms: int | None, history_revisions: int | None, auto_compaction_retention: float | None,
-         tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None, enable_fault_injection: bool,
-         unsafe_skip_fsync: bool, unsafe_stale_reads: bool) -> None:
+         max_client_connections: int | None, client_header_timeout: float | None, client_body_timeout: float | None,
+         client_idle_timeout: float | None, client_send_timeout: float | None,
+         tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None, client_tls_cert: Path | None,
+         client_tls_key: Path | None, client_tls_ca: Path | None, enable_fault_injection: bool,
+         unsafe_skip_fsync: bool, unsafe_stale_reads: bool, wal_segment_bytes: int | None) -> None:
     """Run one node (one per host in a real cluster): a founding member (--id, --cluster), or a new
     member joining a live cluster (--join, --name, --advertise-client, --advertise-peer)."""
     from raftkv.api.server import run
@@ -109,12 +163,21 @@ def node(node_id: str | None, cluster: str | None, config_file: Path | None, joi
             "snapshot_retain_entries": snapshot_retain,
             "no_leader_hold_ms": no_leader_hold_ms,
             "auto_compaction_retention_s": auto_compaction_retention,
+            "max_client_connections": max_client_connections,
+            "client_header_timeout_s": client_header_timeout,
+            "client_body_timeout_s": client_body_timeout,
+            "client_idle_timeout_s": client_idle_timeout,
+            "client_send_timeout_s": client_send_timeout,
             "tls_ca": tls_ca,
             "tls_cert": tls_cert,
             "tls_key": tls_key,
+            "client_tls_cert": client_tls_cert,
+            "client_tls_key": client_tls_key,
+            "client_tls_ca": client_tls_ca,
             "enable_fault_injection": enable_fault_injection or None,
             "unsafe_skip_fsync": unsafe_skip_fsync or None,
             "unsafe_stale_reads": unsafe_stale_reads or None,
+            "wal_segment_bytes": wal_segment_bytes,
         }.items()
         if v is not None
     }
@@ -129,22 +192,29 @@ def node(node_id: str | None, cluster: str | None, config_file: Path | None, joi
             if not (name and advertise_client and advertise_peer) or cluster or node_id:
                 raise ConfigError("--join takes --name, --advertise-client and --advertise-peer (not --id or "
                                   "--cluster: the cluster gives the id)")
+            credentials = None if join_token is None else Credentials(token=join_token)
             cfg = asyncio.run(joining_config(name, join_url, advertise_client, advertise_peer,
-                                             data_dir or Path("data") / name, _check_ports, **options))
+                                             data_dir or Path("data") / name, _check_can_start, credentials,
+                                             **options))
         elif cluster and node_id:
             cfg = founding_config(node_id, cluster, data_dir or Path("data") / node_id, **options)
         else:
             raise ConfigError("give --id and --cluster (a founding member), --join (a new member), or --config")
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
-    from raftkv.storage import DataDirLockedError
+    from raftkv.storage import CorruptSnapshotError, CorruptWALError, DataDirLockedError
 
     try:
-        _check_ports(cfg)
+        _check_can_start(cfg)
         claim_data_dir(cfg)
         run(cfg)
     except DataDirLockedError as e:
         raise click.ClickException(str(e)) from None
+    except (CorruptWALError, CorruptSnapshotError) as e:  # found at start, before anything was served
+        raise click.ClickException(
+            f"{cfg.node_id} not started: {e}\nIts data directory cannot be trusted: replace the node as README's "
+            "\"Running raftkv safely\" says (raftkv member remove, move the directory aside, raftkv node --join)"
+        ) from None
     except OSError as e:
         raise click.ClickException(f"cannot start {cfg.node_id}: {e}") from None
 
@@ -164,11 +234,20 @@ def _etcd_ports(host: str, first: int | None, count: int) -> list[int]:
     return wanted
 
 
-def _check_ports(cfg: NodeConfig) -> None:
-    """Before anything is started or written: the node's two ports must be free."""
+def _check_can_start(cfg: NodeConfig) -> None:
+    """Before anything is started or written (or a cluster asked to add the node): the node's ports
+    must be free, and its client TLS files usable."""
+    from raftkv.tls import TLSFileError, server_context
+
     try:
         check_listeners(node_listeners(cfg))
     except PortUnavailableError as e:
+        raise click.ClickException(f"{e}; {cfg.node_id} not started") from None
+    try:
+        if cfg.client_tls_cert is not None and cfg.client_tls_key is not None:
+            server_context(cfg.client_tls_cert, cfg.client_tls_key, cfg.client_tls_ca)
+        _ = cfg.member_access.tls.context
+    except TLSFileError as e:
         raise click.ClickException(f"{e}; {cfg.node_id} not started") from None
 
 
@@ -189,24 +268,46 @@ def _check_ports(cfg: NodeConfig) -> None:
               "when those are taken].")
 @click.option("--dashboard-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True)
+@click.option("--tls", is_flag=True, help="Serve the nodes' client APIs over HTTPS (and their etcd APIs over TLS), "
+              "with mutual TLS between peers, under a throwaway CA made in DATA_DIR/tls/ (clients trust its ca.pem).")
+@click.option("--user", "dashboard_user", envvar="RAFTKV_USER", show_envvar=True, metavar="NAME[:PASSWORD]",
+              help="Once auth is on (raftkv auth enable): the user the dashboard watches the nodes as (one who may "
+              "read every key); without a password, RAFTKV_PASSWORD, else asked for on a terminal.")
+@click.option("--token", "dashboard_token", envvar="RAFTKV_TOKEN", show_envvar=True,
+              help="Once auth is on: a token the dashboard watches the nodes with, instead of --user.")
+@click.option("--trace", is_flag=True, help="The nodes send their traces (OTLP) to the dashboard, which shows them.")
+@click.option("--trace-ratio", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="With --trace: the share of requests traced (those sent with X-Raftkv-Trace: 1 always are).")
 def up(nodes: int, host: str, http_port: int, raft_port: int, etcd_port: int | None, dashboard_port: int,
-       data_dir: Path) -> None:
+       data_dir: Path, tls: bool, dashboard_user: str | None, dashboard_token: str | None, trace: bool,
+       trace_ratio: float) -> None:
     """Run a local cluster (node1.. on consecutive ports) with its dashboard, until Ctrl-C.
 
     Node exits and restarts are printed as they happen; `raftkv lab` starts, stops and restarts
     the nodes from another terminal, and adds and removes nodes."""
+    from raftkv.client import Access
     from raftkv.dashboard.server import run_dashboard
+    from raftkv.lab_ca import make_lab_certificates
+    from raftkv.ports import network_addresses
     from raftkv.supervisor import Supervisor, local_members
+    from raftkv.tls import ClientTLS
 
     # On every interface, the nodes still talk to each other (and the dashboard to them) over
     # loopback: only their client APIs and the dashboard are opened to the network.
     everywhere = host in WILDCARD_HOSTS
     local_host = "127.0.0.1" if everywhere else host
-    members = local_members(nodes, local_host, http_port, raft_port)
+    members = local_members(nodes, local_host, http_port, raft_port, client_tls=tls)
     listen_client = host if everywhere else None
     node_args = ["--listen-client", listen_client] if listen_client else []
+    credentials = access_of(user=dashboard_user, token=dashboard_token).credentials
+    access = Access(credentials=credentials)
+    if tls:  # a new CA each time: nothing but this run's nodes holds a certificate it signed
+        certs = make_lab_certificates(data_dir / "tls", [local_host, *(network_addresses(host) if everywhere else [])])
+        node_args += certs.node_args()
+        access = Access(ClientTLS(ca=certs.ca), credentials)
     # The nodes an earlier `up` on this data directory added run again, and the ones it removed do not.
-    supervisor = Supervisor(members, data_dir, node_args, on_event=click.echo)
+    supervisor = Supervisor(members, data_dir, node_args, on_event=click.echo,
+                            env=trace_env(local_host, dashboard_port, trace_ratio) if trace else None)
     founders = [n.member.id for n in supervisor.nodes.values() if n.join_url is None]
     etcd_ports = _etcd_ports(host, etcd_port, len(founders))
     etcd_listen = {node_id: f"{host}:{port}" for node_id, port in zip(founders, etcd_ports, strict=True)}
@@ -222,18 +323,29 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, etcd_port: int | N
         raise click.ClickException(f"{e}; nothing was started") from None
     supervisor.start_all()
     supervisor.watch_exits()
+    scheme = "https" if tls else "http"
     for n in supervisor.nodes.values():
         joined = " (joined later)" if n.join_url else ""
-        urls = ", ".join(reachable_urls(host, n.member.http_port))
+        urls = ", ".join(reachable_urls(host, n.member.http_port, scheme))
         click.echo(f"{n.member.id}: {urls}  (data: {n.data_dir}){joined}")
         if n.member.id in etcd_listen:
-            click.echo(f"{n.member.id} etcd API (gRPC): {local_host}:{etcd_listen[n.member.id].rpartition(':')[2]}")
+            click.echo(f"{n.member.id} etcd API (gRPC{' over TLS' if tls else ''}): "
+                       f"{local_host}:{etcd_listen[n.member.id].rpartition(':')[2]}")
+    if tls:
+        first = next(iter(supervisor.nodes.values())).member.url
+        click.echo(f"TLS: clients trust the CA in {certs.ca}, e.g. curl --cacert {certs.ca} {first}/health")
+        click.echo(f"  export RAFTKV_CACERT={certs.ca} RAFTKV_ENDPOINTS="
+                   + ",".join(n.member.url for n in supervisor.nodes.values()))
     click.echo(f"dashboard: {', '.join(reachable_urls(host, dashboard_port))}")
+    if trace:
+        click.echo(f"tracing: the nodes send {trace_ratio:g} of their requests' traces to the dashboard "
+                   "(X-Raftkv-Trace: 1 asks for one)")
     if everywhere:
         click.echo(OPEN_TO_NETWORK.format(what="the dashboard's controls (crash, pause, partition the nodes) "
                                                "and the nodes' APIs"))
     try:
-        run_dashboard(host, dashboard_port, [n.member.url for n in supervisor.nodes.values()], supervisor)
+        run_dashboard(host, dashboard_port, [n.member.url for n in supervisor.nodes.values()], supervisor,
+                      access=access)
     except KeyboardInterrupt:
         pass
     except OSError as e:  # lost the port between the check and the bind
@@ -244,7 +356,7 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, etcd_port: int | N
 
 
 @main.command()
-@endpoints_option
+@connection_options
 @click.argument("key")
 @click.argument("value")
 @click.option("--prev-value", help="Only if the current value equals this (JSON or a bare string).")
@@ -252,7 +364,7 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, etcd_port: int | N
 @click.option("--create-only", is_flag=True, help="Only if the key does not exist.")
 @click.option("--lease", "lease_id", type=click.IntRange(1), help="Attach the key to this lease (raftkv lease grant).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer, the previous value in full.")
-def put(endpoints: str, key: str, value: str, prev_value: str | None, prev_revision: int | None,
+def put(conn: Connection, key: str, value: str, prev_value: str | None, prev_revision: int | None,
         create_only: bool, lease_id: int | None, as_json: bool) -> None:
     """Write KEY=VALUE (VALUE is JSON, or taken as a string)."""
     body: dict[str, Any] = {"value": parse_value(value)}
@@ -264,7 +376,7 @@ def put(endpoints: str, key: str, value: str, prev_value: str | None, prev_revis
         body["prev_revision"] = prev_revision
     if create_only:
         body["prev_exist"] = False
-    data = call(parse_endpoints(endpoints), "PUT", key_path(key), body)
+    data = call(conn, "PUT", key_path(key), body)
     if as_json:
         click.echo(json.dumps(data))
     else:
@@ -273,13 +385,13 @@ def put(endpoints: str, key: str, value: str, prev_value: str | None, prev_revis
 
 
 @main.command()
-@endpoints_option
+@connection_options
 @click.argument("key")
 @click.option("--stale", is_flag=True, help="Read the answering node's local state (no ReadIndex).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer (value, revisions, node) as JSON.")
-def get(endpoints: str, key: str, stale: bool, as_json: bool) -> None:
+def get(conn: Connection, key: str, stale: bool, as_json: bool) -> None:
     """Read KEY (linearizable by default): a string value as it is, any other as JSON."""
-    data = call(parse_endpoints(endpoints), "GET", key_path(key) + ("?stale=true" if stale else ""))
+    data = call(conn, "GET", key_path(key) + ("?stale=true" if stale else ""))
     if as_json:
         click.echo(json.dumps(data))
     else:
@@ -287,12 +399,12 @@ def get(endpoints: str, key: str, stale: bool, as_json: bool) -> None:
 
 
 @main.command(name="del")
-@endpoints_option
+@connection_options
 @click.argument("key")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer, the previous value in full.")
-def delete(endpoints: str, key: str, as_json: bool) -> None:
+def delete(conn: Connection, key: str, as_json: bool) -> None:
     """Delete KEY (exit 1 when absent)."""
-    data = call(parse_endpoints(endpoints), "DELETE", key_path(key))
+    data = call(conn, "DELETE", key_path(key))
     if as_json:
         click.echo(json.dumps(data))
     else:
@@ -362,14 +474,14 @@ def _cell(value: object) -> str:
 
 
 @main.command()
-@endpoints_option
+@connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print each node's /raft-state with the headline metrics.")
-def status(endpoints: str, as_json: bool) -> None:
+def status(conn: Connection, as_json: bool) -> None:
     """A table per node, like `etcdctl endpoint status -w table`, with headline metrics."""
 
     async def gather() -> list[dict]:
         rows = []
-        async with Client(parse_endpoints(endpoints), timeout_s=2.0) as c:
+        async with conn.client(timeout_s=2.0) as c:
             for ep in c.endpoints:
                 try:
                     _, state = await c.request("GET", "/raft-state", endpoint=ep)
@@ -405,10 +517,10 @@ def status(endpoints: str, as_json: bool) -> None:
 
 MEMBER_COLUMNS = (
     ("ID", lambda m: m["id"]),
-    ("NAME", lambda m: m["name"]),
+    ("NAME", lambda m: m["name"] or "(not started)"),  # added by its peer address alone (etcdctl member add)
     ("ROLE", lambda m: m["role"]),
     ("LEADER", lambda m: "yes" if m["isLeader"] else "-"),
-    ("CLIENT URL", lambda m: m["clientURL"]),
+    ("CLIENT URL", lambda m: m["clientURL"] or None),
     ("PEER URL", lambda m: m["peerURL"]),
     ("MATCH", lambda m: m.get("matchIndex")),
     ("LAG", lambda m: m.get("lagEntries")),
@@ -423,11 +535,11 @@ def member() -> None:
 
 
 @member.command(name="list")
-@endpoints_option
+@connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the leader's GET /members answer.")
-def member_list(endpoints: str, as_json: bool) -> None:
+def member_list(conn: Connection, as_json: bool) -> None:
     """Each member: id, name, role (voter or learner), leader, URLs, and on the leader how far behind it is."""
-    view = run(lambda: _members_from_leader(parse_endpoints(endpoints)))
+    view = run(lambda: _members_from_leader(conn))
     if as_json:
         click.echo(json.dumps(view, indent=2))
         return
@@ -437,9 +549,9 @@ def member_list(endpoints: str, as_json: bool) -> None:
         click.echo(f"removed for good: {', '.join(view['removedIDs'])}")
 
 
-async def _members_from_leader(endpoints: list[str]) -> tuple[int, Any]:
+async def _members_from_leader(conn: Connection) -> tuple[int, Any]:
     """GET /members, from the leader when it answers (only the leader knows each member's lag)."""
-    async with Client(endpoints, timeout_s=5.0) as c:
+    async with conn.client(timeout_s=5.0) as c:
         status, view = await c.request("GET", "/members")
         leader = _leader_of(view) if status == 200 else None
         if leader is None or view.get("node") == leader["id"]:
@@ -456,22 +568,22 @@ def _leader_of(view: dict) -> dict | None:
 
 
 @member.command(name="add")
-@endpoints_option
+@connection_options
 @click.argument("name")
 @click.option("--client-url", required=True, help="The client URL the new node will serve (http://host:port).")
 @click.option("--peer-url", required=True, help="The host:port peers will reach its Raft port at.")
 @click.option("--voter", is_flag=True, help="A voter at once (default: a learner, to promote once it caught up).")
 @click.option("--json", "as_json", is_flag=True, help="Print the cluster's answer.")
-def member_add(endpoints: str, name: str, client_url: str, peer_url: str, voter: bool, as_json: bool) -> None:
+def member_add(conn: Connection, name: str, client_url: str, peer_url: str, voter: bool, as_json: bool) -> None:
     """Add NAME to the cluster; prints its id and the command that starts it."""
     body = {"name": name, "clientURL": client_url, "peerURL": peer_url, "learner": not voter}
-    answer = call(parse_endpoints(endpoints), "POST", "/members", body, timeout_s=MEMBER_CHANGE_TIMEOUT_S)
+    answer = call(conn, "POST", "/members", body, timeout_s=MEMBER_CHANGE_TIMEOUT_S)
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
     added = answer["member"]
     asked = next((m for m in answer["members"] if m["id"] == answer.get("node")), None) or _leader_of(answer)
-    join_url = asked["clientURL"] if asked else parse_endpoints(endpoints)[0]
+    join_url = asked["clientURL"] if asked else conn.endpoints[0]
     click.echo(f"added {added['name']} as a {added['role']}: id {added['id']}")
     click.echo("start it on its machine with:")
     click.echo("  " + shlex.join(["raftkv", "node", "--join", join_url, "--name", added["name"],
@@ -479,30 +591,30 @@ def member_add(endpoints: str, name: str, client_url: str, peer_url: str, voter:
 
 
 @member.command(name="promote")
-@endpoints_option
+@connection_options
 @click.argument("member_ref", metavar="MEMBER")
-def member_promote(endpoints: str, member_ref: str) -> None:
+def member_promote(conn: Connection, member_ref: str) -> None:
     """Make a learner a voter (refused while it lacks more than 100 of the leader's entries)."""
-    answer = _member_change(endpoints, "POST", member_ref, "/promote")
+    answer = _member_change(conn, "POST", member_ref, "/promote")
     promoted = answer["member"]
     click.echo(f"promoted {promoted['name']} ({promoted['id']}) to {promoted['role']}")
 
 
 @member.command(name="remove")
-@endpoints_option
+@connection_options
 @click.argument("member_ref", metavar="MEMBER")
-def member_remove(endpoints: str, member_ref: str) -> None:
+def member_remove(conn: Connection, member_ref: str) -> None:
     """Remove a member for good (its id is never used again); the last voter cannot be removed."""
-    answer = _member_change(endpoints, "DELETE", member_ref)
+    answer = _member_change(conn, "DELETE", member_ref)
     left = ", ".join(f"{m['name']} ({m['role']})" for m in answer["members"])
     click.echo(f"removed {answer['removed']} from the cluster; members now: {left}")
 
 
-def _member_change(endpoints: str, method: str, member_ref: str, action: str = "") -> Any:
+def _member_change(conn: Connection, method: str, member_ref: str, action: str = "") -> Any:
     """A change to one member, named by id or name (a name is looked up in GET /members first)."""
 
     async def go() -> tuple[int, Any]:
-        async with Client(parse_endpoints(endpoints), timeout_s=MEMBER_CHANGE_TIMEOUT_S) as c:
+        async with conn.client(timeout_s=MEMBER_CHANGE_TIMEOUT_S) as c:
             status, view = await c.request("GET", "/members")
             members = view["members"] if status == 200 and isinstance(view, dict) else []
             ids = {m["id"] for m in members}
@@ -527,7 +639,7 @@ def dashboard_option(fn: Any) -> Any:
 
 def _lab_call(dashboard: str, method: str, path: str, body: Any = None, timeout_s: float = LAB_TIMEOUT_S) -> Any:
     url = endpoint_url(dashboard)
-    return call([url], method, path, body, timeout_s=timeout_s,
+    return call(Connection([url]), method, path, body, timeout_s=timeout_s,
                  unreachable=f"no `raftkv up` answers at {url} (start one, or give its --dashboard URL)")
 
 
@@ -643,15 +755,15 @@ def snapshot() -> None:
 
 
 @snapshot.command(name="save")
-@endpoints_option
+@connection_options
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def snapshot_save(endpoints: str, file: Path) -> None:
+def snapshot_save(conn: Connection, file: Path) -> None:
     """Save every key, as of one revision, to FILE (written atomically: FILE is whole or untouched)."""
     from raftkv.node.backup import BackupError, install_backup_file, partial_path
 
     partial = partial_path(file)
     try:
-        asyncio.run(_download_snapshot(parse_endpoints(endpoints), partial))
+        asyncio.run(_download_snapshot(conn, partial))
         header = install_backup_file(partial, file)
     except BackupError as e:
         raise click.ClickException(f"the backup received is not whole, nothing was saved: {e}") from None
@@ -663,21 +775,20 @@ def snapshot_save(endpoints: str, file: Path) -> None:
                f"sha256 {header.sha256}")
 
 
-async def _download_snapshot(endpoints: list[str], partial: Path) -> None:
+async def _download_snapshot(conn: Connection, partial: Path) -> None:
     """GET /snapshot from the first endpoint that answers, streamed into `partial`."""
     import aiohttp
     from tqdm import tqdm
 
-    from raftkv.client import single_send_session
-
     failures = []
     timeout = aiohttp.ClientTimeout(sock_connect=5.0, sock_read=SNAPSHOT_READ_TIMEOUT_S)
-    async with single_send_session(timeout=timeout) as session:
-        for base in endpoints:
+    async with conn.access.session(timeout=timeout) as session:
+        for base in conn.endpoints:
             try:
                 async with session.get(base + "/snapshot") as resp:
                     if resp.status != 200:
-                        raise click.ClickException(f"{base} answered {resp.status}: {_error_of(await resp.text())}")
+                        said = UNAUTHENTICATED if resp.status == 401 else _error_of(await resp.text())
+                        raise click.ClickException(f"{base} answered {resp.status}: {said}")
                     quiet = (resp.content_length or 0) < SNAPSHOT_PROGRESS_MIN_BYTES or not sys.stderr.isatty()
                     with open(partial, "wb") as f, tqdm(total=resp.content_length, unit="B", unit_scale=True,
                                                         desc="snapshot", file=sys.stderr, disable=quiet) as bar:
@@ -742,8 +853,6 @@ def snapshot_status(file: Path, as_json: bool) -> None:
     click.echo(f"taken by {header.taken_by} at {header.taken_at}; members: {members or '-'}")
 
 
-main.add_command(sim_command, name="sim")
 main.add_command(dashboard_command, name="dashboard")
-main.add_command(chaos_command, name="chaos")
-for _command in (watch, lease, lock, elect):
+for _command in (watch, lease, lock, elect, auth, user, role):
     main.add_command(_command)

@@ -19,8 +19,8 @@ from typing import Any
 
 import click
 
-from raftkv.cli_support import call, echo_table, endpoints_option, fail
-from raftkv.client import Client, ClusterUnreachableError, StreamRefused, WatchCompacted, parse_endpoints
+from raftkv.cli_support import Connection, call, connection_options, echo_table, fail
+from raftkv.client import Client, ClusterUnreachableError, StreamRefused, WatchCompacted
 from raftkv.concurrency import Contender, Holding, RecipeFailed, Session, SessionLost, leaders
 
 DEFAULT_TTL_S = 10  # as etcdctl lock's session
@@ -32,20 +32,20 @@ __all__ = ["elect", "lease", "lock", "watch"]
 # ---------------------------------------------------------------------- watch ----------------------
 
 @click.command()
-@endpoints_option
+@connection_options
 @click.argument("prefix")
 @click.option("--key", "exact", is_flag=True, help="Watch exactly this key, not every key under the prefix.")
 @click.option("--rev", "start_revision", type=click.IntRange(1), help="Start at this past revision (default: now).")
 @click.option("--prev-kv", is_flag=True, help="Show each event's previous value.")
 @click.option("--json", "as_json", is_flag=True, help="Print each revision's events as one JSON line.")
-def watch(endpoints: str, prefix: str, exact: bool, start_revision: int | None, prev_kv: bool, as_json: bool) -> None:
+def watch(conn: Connection, prefix: str, exact: bool, start_revision: int | None, prev_kv: bool, as_json: bool) -> None:
     """Print changes to keys under PREFIX as they commit, until interrupted.
 
     Resumes on another endpoint when its node goes away, from the revision after the last one
     printed: no change is skipped or printed twice."""
 
     async def go() -> None:
-        async with Client(parse_endpoints(endpoints)) as client:
+        async with conn.client() as client:
             where = {"key": prefix} if exact else {"prefix": prefix}
             async for batch in client.watch(**where, start_revision=start_revision, prev_kv=prev_kv):
                 if as_json:
@@ -80,23 +80,23 @@ def lease() -> None:
 
 
 @lease.command(name="grant")
-@endpoints_option
+@connection_options
 @click.argument("ttl", type=click.IntRange(1))
-def lease_grant(endpoints: str, ttl: int) -> None:
+def lease_grant(conn: Connection, ttl: int) -> None:
     """Grant a lease of TTL seconds; prints its id."""
-    answer = call(parse_endpoints(endpoints), "POST", "/leases", {"ttl": ttl})
+    answer = call(conn, "POST", "/leases", {"ttl": ttl})
     click.echo(f"lease {answer['id']} granted with TTL {answer['ttl']} s")
 
 
 @lease.command(name="keepalive")
-@endpoints_option
+@connection_options
 @click.argument("lease_id", type=click.IntRange(1))
 @click.option("--once", is_flag=True, help="Renew once and exit.")
-def lease_keepalive(endpoints: str, lease_id: int, once: bool) -> None:
+def lease_keepalive(conn: Connection, lease_id: int, once: bool) -> None:
     """Renew lease LEASE_ID for its whole TTL, every TTL/3, until interrupted (or --once)."""
 
     async def go() -> None:
-        async with Client(parse_endpoints(endpoints)) as client:
+        async with conn.client() as client:
             while True:
                 try:
                     status, answer = await client.request("POST", f"/leases/{lease_id}/keepalive")
@@ -117,20 +117,20 @@ def lease_keepalive(endpoints: str, lease_id: int, once: bool) -> None:
 
 
 @lease.command(name="revoke")
-@endpoints_option
+@connection_options
 @click.argument("lease_id", type=click.IntRange(1))
-def lease_revoke(endpoints: str, lease_id: int) -> None:
+def lease_revoke(conn: Connection, lease_id: int) -> None:
     """Revoke lease LEASE_ID: its keys are deleted in one revision."""
-    answer = call(parse_endpoints(endpoints), "DELETE", f"/leases/{lease_id}")
+    answer = call(conn, "DELETE", f"/leases/{lease_id}")
     click.echo(f"lease {lease_id} revoked at revision {answer['revision']}; {len(answer['deleted'])} keys deleted")
 
 
 @lease.command(name="list")
-@endpoints_option
+@connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the GET /leases answer.")
-def lease_list(endpoints: str, as_json: bool) -> None:
+def lease_list(conn: Connection, as_json: bool) -> None:
     """Every lease: id, TTL, how many keys it holds."""
-    answer = call(parse_endpoints(endpoints), "GET", "/leases")
+    answer = call(conn, "GET", "/leases")
     if as_json:
         click.echo(json.dumps(answer))
         return
@@ -139,11 +139,11 @@ def lease_list(endpoints: str, as_json: bool) -> None:
 
 
 @lease.command(name="show")
-@endpoints_option
+@connection_options
 @click.argument("lease_id", type=click.IntRange(1))
-def lease_show(endpoints: str, lease_id: int) -> None:
+def lease_show(conn: Connection, lease_id: int) -> None:
     """One lease: its TTL, what is left of it (the leader's clock) and its keys."""
-    answer = call(parse_endpoints(endpoints), "GET", f"/leases/{lease_id}")
+    answer = call(conn, "GET", f"/leases/{lease_id}")
     click.echo(f"lease {lease_id}: TTL {answer['ttl']} s, {answer['remaining']} s left, "
                f"{len(answer['keys'])} keys{': ' if answer['keys'] else ''}{', '.join(answer['keys'])}")
 
@@ -151,19 +151,19 @@ def lease_show(endpoints: str, lease_id: int) -> None:
 # ---------------------------------------------------------------------- locks and elections --------
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@endpoints_option
+@connection_options
 @click.argument("name")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("--ttl", type=click.IntRange(1, 3600), default=DEFAULT_TTL_S, show_default=True,
               help="The lease's TTL: how long a crashed holder keeps the lock.")
-def lock(endpoints: str, name: str, command: tuple[str, ...], ttl: int) -> None:
+def lock(conn: Connection, name: str, command: tuple[str, ...], ttl: int) -> None:
     """Hold lock NAME while COMMAND runs (`raftkv lock NAME -- COMMAND ...`), then release it.
 
     COMMAND gets the fencing token as RAFTKV_FENCING_TOKEN; the exit status is COMMAND's. Without
     COMMAND, holds the lock until interrupted."""
 
     async def go() -> int:
-        async with Client(parse_endpoints(endpoints)) as client, Session(client, ttl) as session:
+        async with conn.client() as client, Session(client, ttl) as session:
             holding = await _acquire(Contender(session, name, _holder()), f"lock {name}")
             click.echo(f"{holding.key} holds {name}, fencing token {holding.token}", err=bool(command))
             if not command:
@@ -175,13 +175,13 @@ def lock(endpoints: str, name: str, command: tuple[str, ...], ttl: int) -> None:
 
 
 @click.command()
-@endpoints_option
+@connection_options
 @click.argument("name")
 @click.argument("value", required=False)
 @click.option("--listen", is_flag=True, help="Only print who leads NAME, as it changes.")
 @click.option("--ttl", type=click.IntRange(1, 3600), default=DEFAULT_TTL_S, show_default=True,
               help="The lease's TTL: how long a crashed leader stays leader.")
-def elect(endpoints: str, name: str, value: str | None, listen: bool, ttl: int) -> None:
+def elect(conn: Connection, name: str, value: str | None, listen: bool, ttl: int) -> None:
     """Campaign in election NAME with VALUE, print who leads as it changes, and lead until
     interrupted (then resign). With --listen, only print who leads."""
     if (value is None) != listen:
@@ -193,7 +193,7 @@ def elect(endpoints: str, name: str, value: str | None, listen: bool, ttl: int) 
                        f"{json.dumps(leader['value'])} (fencing token {leader['create_revision']})"))
 
     async def go() -> int:
-        async with Client(parse_endpoints(endpoints)) as client:
+        async with conn.client() as client:
             if listen:
                 await observe(client)
                 return 0

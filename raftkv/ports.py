@@ -106,13 +106,13 @@ WILDCARD_HOSTS = ("0.0.0.0", "::")  # listen on every interface
 OPEN_TO_NETWORK = "warning: listening on every interface: anyone on your network can use {what}"
 
 
-def reachable_urls(listen_host: str, port: int) -> list[str]:
+def reachable_urls(listen_host: str, port: int, scheme: str = "http") -> list[str]:
     """Where a server listening on listen_host:port can be opened: on a wildcard address, from this
     machine through loopback and from others through each network address ("0.0.0.0" opens
     nowhere); otherwise at listen_host itself."""
     if listen_host not in WILDCARD_HOSTS:
-        return [f"http://{listen_host}:{port}"]
-    return [f"http://{host}:{port}" for host in ["127.0.0.1", *network_addresses(listen_host)]]
+        return [f"{scheme}://{listen_host}:{port}"]
+    return [f"{scheme}://{host}:{port}" for host in ["127.0.0.1", *network_addresses(listen_host)]]
 
 
 def network_addresses(wildcard: str) -> list[str]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -61,6 +62,9 @@ class NodeProcess:
     exit_reported: bool = False  # this proc's exit has been told to on_event
     extra_args: list[str] = field(default_factory=list)
     join_url: str | None = None  # a node added at run time joins the cluster through this member's URL
+    # An admin's token for that join when the cluster has auth on: in the process's environment
+    # (RAFTKV_JOIN_TOKEN), where other users of the machine cannot read it as they can a command line.
+    join_token: str | None = field(default=None, repr=False)
 
     def identity_args(self, founding_cluster: str) -> list[str]:
         """Who the node is on its command line: a founding member, or a member that joins."""
@@ -121,24 +125,60 @@ def last_log_line(path: Path) -> str | None:
 
 
 def free_ports(count: int) -> list[int]:
-    """Loopback ports nothing listens on right now (the OS picks them; a small race remains until used)."""
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    """Loopback ports nothing listens on right now, picked at random between 10000 and the start of
+    the system's ephemeral port range: a port the OS hands out itself (an outgoing connection's own
+    port, a bind to port 0) comes from that range, so there another process's client socket could
+    take one between this check and the node's bind. Where the range is unknown, the OS picks. A
+    small race with other callers of this remains."""
+    low, high = _ports_the_os_never_picks()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = _port_rng.randrange(low, high) if high > low else _os_picked_port()
+        if port not in ports and port_is_free(port):
+            ports.append(port)
     return ports
 
 
-def loopback_members(count: int) -> list[Member]:
-    """`count` members on 127.0.0.1 on ports free right now (tests, benchmarks, the chaos runner)."""
+_port_rng = random.Random()
+_SPARE_ABOVE = 64  # room above a picked port for the consecutive ones some callers take after it
+
+
+def _ports_the_os_never_picks() -> tuple[int, int]:
+    """[10000, the start of the ephemeral range - _SPARE_ABOVE), or an empty range where that is unknown."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return 10000, ephemeral_low - _SPARE_ABOVE
+
+
+def _os_picked_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a loopback socket can bind `port` right now."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def loopback_members(count: int, client_tls: bool = False) -> list[Member]:
+    """`count` members on 127.0.0.1 on ports free right now (tests, benchmarks, the chaos runner);
+    `client_tls`: their client URLs are https (their nodes are started with client TLS)."""
     ports = free_ports(2 * count)
-    return [Member(f"node{i + 1}", "127.0.0.1", ports[2 * i], ports[2 * i + 1]) for i in range(count)]
+    return [Member(f"node{i + 1}", "127.0.0.1", ports[2 * i], ports[2 * i + 1], client_tls=client_tls)
+            for i in range(count)]
 
 
-def local_members(count: int, host: str = "127.0.0.1", http_base: int = 3000, raft_base: int = 4000) -> list[Member]:
-    return [Member(f"node{i + 1}", host, http_base + i, raft_base + i) for i in range(count)]
+def local_members(count: int, host: str = "127.0.0.1", http_base: int = 3000, raft_base: int = 4000,
+                  client_tls: bool = False) -> list[Member]:
+    return [Member(f"node{i + 1}", host, http_base + i, raft_base + i, client_tls=client_tls) for i in range(count)]
 
 
 @dataclass
@@ -172,11 +212,16 @@ class Supervisor:
         data_dir: Path,
         node_args: list[str] | None = None,
         on_event: Callable[[str], None] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """`env`: variables set for every node process, over this process's own (the OTEL_* ones
+        of `raftkv up --trace`)."""
+        self.env = dict(env or {})
         self.cluster = ",".join(f"{m.id}@{m.host}:{m.http_port}:{m.raft_port}" for m in members)
         self.data_dir = Path(data_dir)
         self.node_args = list(node_args or [])
         self.host = members[0].host
+        self.client_tls = members[0].client_tls  # the whole cluster's (node/config.py): joiners' URLs too
         self.nodes = {m.id: NodeProcess(m, self.data_dir / m.id, extra_args=list(self.node_args)) for m in members}
         self._ledger = Ledger.load(self.data_dir)
         for name in self._ledger.removed:
@@ -197,7 +242,9 @@ class Supervisor:
         log = open(node.data_dir / "node.log", "ab")  # noqa: SIM115 - handed to the child process
         cmd = self.node_command(node)
         restarting = node.proc is not None
-        node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        env = {**self.env, **({"RAFTKV_JOIN_TOKEN": node.join_token} if node.join_token else {})}
+        node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **env} if env else None)
         log.close()
         node.paused = False
         node.exit_reported = False
@@ -222,9 +269,11 @@ class Supervisor:
     # ------------------------------------------------------------------ the node set ------------
 
     def add_node(self, name: str | None = None, taken: set[str] | frozenset[str] = frozenset(),
-                 join_url: str | None = None, extra_args: list[str] | None = None) -> NodeProcess:
+                 join_url: str | None = None, extra_args: list[str] | None = None,
+                 join_token: str | None = None) -> NodeProcess:
         """Start a new node that joins the running cluster through `join_url` (default: the first
-        running node's), with `extra_args` (default: every node's). `name` defaults to the first
+        running node's), with `extra_args` (default: every node's) and `join_token` (an admin's,
+        when the cluster has auth on). `name` defaults to the first
         nodeN that is free: not run here, not in `taken` (the cluster's member names), and not a
         data directory that belongs to a member. Its ports are the ones after the highest in use,
         if free. ValueError: a name not usable (NameTakenError: one taken)."""
@@ -238,6 +287,7 @@ class Supervisor:
             node = self._joiner(name, http_port, raft_port, join_url)
             if extra_args is not None:
                 node.extra_args = list(extra_args)
+            node.join_token = join_token
             self.nodes[name] = node
             self._ledger.joined[name] = {"httpPort": http_port, "raftPort": raft_port, "join": join_url}
             self._ledger.save()
@@ -262,8 +312,8 @@ class Supervisor:
         return node.describe()
 
     def _joiner(self, name: str, http_port: int, raft_port: int, join_url: str) -> NodeProcess:
-        return NodeProcess(Member(name, self.host, http_port, raft_port), self.data_dir / name,
-                           extra_args=list(self.node_args), join_url=join_url)
+        member = Member(name, self.host, http_port, raft_port, client_tls=self.client_tls)
+        return NodeProcess(member, self.data_dir / name, extra_args=list(self.node_args), join_url=join_url)
 
     def _free_name(self, taken: set[str] | frozenset[str]) -> str:
         n = 1

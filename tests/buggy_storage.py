@@ -47,7 +47,8 @@ def skips_bad_records(mp: pytest.MonkeyPatch) -> None:
     """
     real_scan = wal._scan
 
-    def scan(path: Path, data: bytes, is_last: bool, rlog: wal._ReplayLog) -> tuple[int, int]:
+    def scan(path: Path, data: bytes, is_last: bool, rlog: wal._ReplayLog,
+             size: int | None = None) -> tuple[int, int, int]:
         kept, off, n = bytearray(), 0, len(data)
         header = wal._FRAME.size
         while off + header <= n:
@@ -55,12 +56,13 @@ def skips_bad_records(mp: pytest.MonkeyPatch) -> None:
             end = off + header + length
             if length == 0 or end > n or (is_last and end == n):
                 break
-            if zlib.crc32(data[off + header : end]) == crc:
+            if off == 0 or zlib.crc32(data[off + header : end]) == crc:  # (a segment's length: left to the real one)
                 kept += data[off:end]
             off = end
         kept += data[off:]
-        valid, max_index = real_scan(path, bytes(kept), is_last, rlog)
-        return valid + n - len(kept), max_index  # every byte cut out lay before `valid`
+        removed = n - len(kept)  # (made up with zeros at the end: the segment keeps its length)
+        valid, max_index, made = real_scan(path, bytes(kept) + bytes(removed), is_last, rlog, size)
+        return valid + removed, max_index, made  # every byte cut out lay before `valid`
 
     mp.setattr(wal, "_scan", scan)
 

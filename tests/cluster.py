@@ -7,6 +7,7 @@ wait for what a test needs (a leader, convergence) with bounded timeouts.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -14,18 +15,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from raftkv.supervisor import Supervisor, loopback_members
+from raftkv.lab_ca import LabCertificates
+from raftkv.supervisor import Supervisor, free_ports, loopback_members
 
 
 def http(
-    method: str, url: str, body: Any = None, timeout: float = 10.0, headers: dict | None = None
+    method: str, url: str, body: Any = None, timeout: float = 10.0, headers: dict | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
         url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             raw = resp.read()
             status = resp.status
     except urllib.error.HTTPError as e:
@@ -36,12 +39,12 @@ def http(
         return status, raw.decode(errors="replace")
 
 
-def wait_healthy(url: str, timeout_s: float = 20.0, why: str = "") -> None:
+def wait_healthy(url: str, timeout_s: float = 20.0, why: str = "", context: ssl.SSLContext | None = None) -> None:
     """Until the node at `url` answers /health with 200 (it knows a leader)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            if http("GET", url + "/health", timeout=1)[0] == 200:
+            if http("GET", url + "/health", timeout=1, context=context)[0] == 200:
                 return
         except OSError:
             pass
@@ -50,10 +53,30 @@ def wait_healthy(url: str, timeout_s: float = 20.0, why: str = "") -> None:
 
 
 class LocalCluster:
-    def __init__(self, data_dir: Path, nodes: int = 3, node_args: list[str] | None = None) -> None:
-        self.members = loopback_members(nodes)
+    def __init__(self, data_dir: Path, nodes: int = 3, node_args: list[str] | None = None,
+                 tls: LabCertificates | None = None, require_client_certs: bool = False,
+                 env: dict[str, str] | None = None) -> None:
+        """`tls`: the nodes serve their client API over TLS with these certificates (and mutual TLS
+        between peers); the helpers below trust its CA, and present its client certificate when
+        `require_client_certs` has the nodes require one."""
+        self.members = loopback_members(nodes, client_tls=tls is not None)
         self.data_dir = data_dir
-        self.supervisor = Supervisor(self.members, data_dir, node_args)
+        self.context: ssl.SSLContext | None = None
+        if tls is not None:
+            node_args = [*(node_args or []), *tls.node_args(require_client_certs)]
+            self.context = ssl.create_default_context(cafile=tls.ca)
+            if require_client_certs:
+                self.context.load_cert_chain(tls.client_cert, tls.client_key)
+        self.supervisor = Supervisor(self.members, data_dir, node_args, env=env)
+
+    def serve_etcd(self) -> dict[str, str]:
+        """Before start(): every node also serves etcd's gRPC API, on a free port; {node id: host:port}."""
+        endpoints = {}
+        for (node_id, node), port in zip(self.supervisor.nodes.items(), free_ports(len(self.supervisor.nodes)),
+                                         strict=True):
+            node.extra_args += ["--listen-etcd", f"127.0.0.1:{port}"]
+            endpoints[node_id] = f"127.0.0.1:{port}"
+        return endpoints
 
     @property
     def urls(self) -> dict[str, str]:
@@ -80,7 +103,7 @@ class LocalCluster:
 
     def state(self, node_id: str, timeout: float = 2.0) -> dict | None:
         try:
-            status, body = http("GET", self.url(node_id) + "/raft-state", timeout=timeout)
+            status, body = http("GET", self.url(node_id) + "/raft-state", timeout=timeout, context=self.context)
         except OSError:
             return None
         return body if status == 200 else None

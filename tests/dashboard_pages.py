@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from cluster import http
 
+from raftkv.client import NO_ACCESS, Access
 from raftkv.dashboard.server import run_dashboard
 from raftkv.supervisor import free_ports
 
@@ -66,13 +67,17 @@ def wait_until(what: str, check: Callable[[], Any], timeout_s: float = 20.0, eve
 class Dashboard:
     """A dashboard served from a thread of this process, like `raftkv up` serves it."""
 
-    def __init__(self, node_urls: list[str], supervisor: Any) -> None:
-        self.port = free_ports(1)[0]
+    def __init__(self, node_urls: list[str], supervisor: Any, access: Access = NO_ACCESS,
+                 port: int | None = None) -> None:
+        """`access`: how it reaches the nodes (as `raftkv dashboard --user ...` would give it); `port`:
+        one chosen before (the nodes of a traced cluster are told where to send their spans)."""
+        self.port = port or free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self._stop, ready = threading.Event(), threading.Event()
         self._thread = threading.Thread(
             target=run_dashboard, args=("127.0.0.1", self.port, node_urls, supervisor),
-            kwargs={"stop_event": self._stop, "ready": ready}, daemon=True, name=f"dashboard-{self.port}")
+            kwargs={"stop_event": self._stop, "ready": ready, "access": access}, daemon=True,
+            name=f"dashboard-{self.port}")
         self._thread.start()
         assert ready.wait(15), "the dashboard did not start within 15 s"
 

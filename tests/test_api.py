@@ -493,6 +493,13 @@ BAD_INPUT = [
     ("PUT", "/kv/a", b'{"value": 1, "prev_revision": "3"}', {}, 400, "prev_revision"),
     ("PUT", "/kv/a", b'{"value": 1, "prev_revision": -1}', {}, 400, "prev_revision"),
     ("PUT", "/kv/a", b'{"value": 1, "prev_exist": "no"}', {}, 400, "prev_exist"),
+    # null is not a way to leave a field out (these were taken as absent: a put without its precondition)
+    ("PUT", "/kv/a", b'{"value": 1, "prev_revision": null}', {}, 400, "prev_revision"),
+    ("PUT", "/kv/a", b'{"value": 1, "prev_exist": null}', {}, 400, "prev_exist"),
+    ("PUT", "/kv/a", b'{"value": 1, "request_id": null}', {}, 400, "request_id"),
+    ("DELETE", "/kv/a", b'{"prev_revision": null}', {}, 400, "prev_revision"),
+    ("POST", "/txn", b'{"request_id": null}', {}, 400, "request_id"),
+    ("POST", "/leases", b'{"ttl": 1, "id": null}', {}, 400, "id"),
     ("PUT", "/kv/a", b'{"value": "\\ud800"}', {}, 400, "surrogate"),
     ("PUT", "/kv/a?x=1", b'{"value": 1}', {}, 400, "unknown query parameter"),
     ("PUT", "/kv/", b'{"value": 1}', {}, 400, "must not be empty"),
@@ -505,6 +512,7 @@ BAD_INPUT = [
     ("PUT", "/kv/a", b'{"value": 1}' + b" " * 70_000, {}, 413, "body"),
     ("DELETE", "/kv/a", b'{"prev_revision": true}', {}, 400, "prev_revision"),
     ("DELETE", "/kv/a?prev_revision=abc", None, {}, 400, "prev_revision"),
+    ("DELETE", "/kv/a", b"null", {}, 400, "JSON object"),  # was taken for no body
     ("DELETE", "/kv/a?prev_revision=1", b'{"prev_revision": 1}', {}, 400, "both"),
     ("GET", "/kv?limit=0", None, {}, 400, "limit"),
     ("GET", "/kv?limit=10001", None, {}, 400, "limit"),
@@ -523,6 +531,8 @@ BAD_INPUT = [
         413,
         "success[0].value",
     ),
+    ("POST", "/compact", b'{"revision": 0}', {}, 400, "revision"),
+    ("POST", "/compact", b'{"revision": 99999999999999999999}', {}, 400, "revision"),  # past 64 bits: was a 500
     ("POST", "/simulate-partition", b"", {}, 400, "missing"),
     ("POST", "/simulate-partition", b'{"partitioned": "yes"}', {}, 400, "partitioned"),
     ("POST", "/simulate-partition", b'{"partitioned": 1}', {}, 400, "partitioned"),
@@ -659,6 +669,9 @@ async def test_node_errors_on_reads(api: tuple[FakeNode, TestClient]) -> None:
     for path in ("/kv/a", "/kv?prefix=", "/a"):
         status, body, _ = await call(client, "GET", path)
         assert status == 504 and "read" in body["error"]
+    for path in ("/kv/a?revision=0", "/kv?revision=x"):  # bad input is a 400 whatever the cluster's state
+        status, body, _ = await call(client, "GET", path)
+        assert status == 400 and "revision" in body["error"], body
 
 
 async def test_unexpected_exception_is_json_500_and_logged(
@@ -811,7 +824,8 @@ def test_openapi_refs_resolve_and_statuses_are_complete() -> None:
         for method, op in ops.items():
             assert "500" in op["responses"] and op["summary"], (path, method)
             path_params = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
-            assert path_params == {name for name in ("key", "id") if f"{{{name}}}" in path}, (path, method)
+            named = {name for name in ("key", "id", "name", "role") if f"{{{name}}}" in path}
+            assert path_params == named, (path, method)
 
 
 async def test_openapi_is_served(api: tuple[FakeNode, TestClient]) -> None:

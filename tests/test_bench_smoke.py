@@ -30,6 +30,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for heading in ("## HTTP", "## Embedded", "## Failover", "## Restart and memory", "## Durability", "## Targets"):
         assert heading in text, f"{heading!r} missing from:\n{text}"
     assert "| write c=1 v=10B spread |" in text
+    assert "within 1.25x of the floor" in text  # the physical floor was measured beside raftkv at 1 in flight
     assert "| raftkv |" in text  # a failover row
     assert (tmp_path / "results.png").stat().st_size > 1000
     assert "# raftkv benchmark results" in proc.stdout
@@ -50,3 +51,21 @@ def test_bench_smoke_watch_and_keepalive(tmp_path: Path) -> None:
         assert 0 < float(p99) < 5000
     keepalive = re.search(r"^\| keepalive c=4 spread \| ([\d,]+) \|", text, re.M)
     assert keepalive and int(keepalive.group(1).replace(",", "")) > 0, text
+
+
+def test_bench_smoke_over_tls_with_traces(tmp_path: Path) -> None:
+    """--tls: raftkv's nodes serve HTTPS under a throwaway CA, and every request and watch of the
+    benchmark goes over it (none would succeed otherwise). --trace-ratio: they export their spans
+    to the run's local receiver (a traced run whose spans went nowhere would measure nothing), and
+    the table says so. One run for both: each smoke run starts clusters of its own."""
+    _, elapsed = run_smoke(tmp_path, "--tls", "--trace-ratio", "1", "--only", "http,watch", "--systems", "raftkv",
+                           "--concurrency", "1", "--watchers", "1")
+    assert elapsed < 45, f"smoke over TLS with traces took {elapsed:.0f} s"
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "raftkv's client API over HTTPS (--tls)" in text
+    writes = re.search(r"^\| write c=1 v=10B spread \| ([\d,]+) \|", text, re.M)
+    assert writes and int(writes.group(1).replace(",", "")) > 0, text
+    watched = re.search(r"^\| 1 \| 1 \| raftkv \| [\d,]+ \| ([\d,]+) \|", text, re.M)
+    assert watched and int(watched.group(1).replace(",", "")) > 0, text
+    received = re.search(r"exported the traces of 1 of their requests .*?: ([\d,]+) spans received", text)
+    assert received and int(received.group(1).replace(",", "")) > 0, text

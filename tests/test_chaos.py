@@ -24,16 +24,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from cluster import LocalCluster, http
 
 from raftkv.chaos import ChaosOptions, FaultPlan, NetState, Recorder, judge, plan_schedule
+from raftkv.chaos.etcd_clients import outcome_of
 from raftkv.chaos.judge import FINAL_CLIENT
 from raftkv.chaos.report import render_timeline
 from raftkv.chaos.runner import validate
 from raftkv.chaos.workload import _outcome, perform
 from raftkv.check import CheckResult, Operation
 from raftkv.client import single_send_session
+from raftkv.core import EntryKind
+from raftkv.kv import AsUser, Put, Txn, decode
+from raftkv.storage.disk import DiskStorage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -529,6 +534,24 @@ def test_http_answers_map_to_outcomes() -> None:
     assert _outcome("write", None, False, None) == ("fail", None)  # connection refused
 
 
+def test_etcd_answers_map_to_outcomes() -> None:
+    """A write's or cas's gRPC ending through etcd's API: "fail" only when it surely did nothing."""
+    unavailable = grpc.StatusCode.UNAVAILABLE
+    assert outcome_of(unavailable, "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9: "
+                                   "Failed to connect to remote host: Connection refused") == "fail"  # never sent
+    assert outcome_of(unavailable, "Socket closed") == "unknown"  # a connection lost after sending
+    assert outcome_of(unavailable, "etcdserver: no leader") == "fail"
+    assert outcome_of(unavailable, "etcdserver: leadership changed before the write committed; it was not "
+                                   "applied") == "fail"  # raftkv's NotAppliedError
+    for maybe in ("etcdserver: request timed out", "etcdserver: request timed out, possibly due to previous leader "
+                  "failure", "etcdserver: leader changed", "etcdserver: server stopped"):
+        assert outcome_of(unavailable, maybe) == "unknown", maybe
+    assert outcome_of(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") == "unknown"
+    assert outcome_of(grpc.StatusCode.INTERNAL, "Exception calling application") == "unknown"
+    assert outcome_of(grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token") == "fail"
+    assert outcome_of(grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied") == "fail"
+
+
 def test_nemesis_schedule_replays_from_the_seed() -> None:
     nodes = ["node1", "node2", "node3"]
     a = plan_schedule(7, ("kill", "pause", "partition"), 60, nodes)
@@ -572,20 +595,90 @@ def run_chaos(tmp_path: Path, *args: str, timeout_s: float = 180) -> tuple[int, 
     return proc.returncode, output, run
 
 
-def test_chaos_run_with_kill_pause_partition_and_crash_passes(tmp_path: Path) -> None:
-    code, output, run = run_chaos(tmp_path, "--duration", "20", "--nemesis", "kill,pause,partition,crash",
-                                  "--seed", "0")
+def test_chaos_run_with_every_fault_and_workload_passes_with_tls_and_auth_on(tmp_path: Path) -> None:
+    """Kill, pause, partition and crash, and a member removed (the leader) and added back under a
+    new id, with TLS and auth on, while clients write, watch, keep leases and take locks: clients
+    follow the membership, the final reads cover the final one, and the re-added node joins with a
+    token of the run's user."""
+    code, output, run = run_chaos(tmp_path, "--duration", "20", "--nemesis", "member,kill,pause,partition,crash",
+                                  "--workload", "kv,watch,lease,lock", "--seed", "0", "--secure")
     assert code == 0, output[-3000:]
+    assert "auth enabled; every request of the run goes over TLS" in output
     assert run["judgement"]["verdict"] == "PASS"
-    assert {f["kind"] for f in run["faults"]} == {"kill", "pause", "partition", "crash"}
+    judgement = run["judgement"]
+    watch, lease, lock = judgement["watch"]["stats"], judgement["lease"]["stats"], judgement["lock"]["stats"]
+    # The workloads did run under the faults (a loaded machine makes fewer rounds; none is a broken run).
+    assert watch["watchers"] == 3 and watch["revisions received"] > 50, watch
+    assert lease["ended with their keys"] >= 3 and lease["keep-alives acknowledged"] >= 1, lease
+    assert lock["holdings"] >= 1 and lock["fenced writes landed"] >= 1, lock
+    for line in ("watch: ok", "lease: ok", "lock: ok"):
+        assert line in output, output[-3000:]
+    assert {f["kind"] for f in run["faults"]} == {"member", "kill", "pause", "partition", "crash"}
     assert all(f["end"] is not None and not f["error"] for f in run["faults"]), run["faults"]
     assert run["judgement"]["outcomes"]["all"]["ok"] > 100
-    assert len(run["meta"]["finalDigests"]) == 3  # every replica's state machine was compared
+    steps = [step for f in run["faults"] if f["kind"] == "member" for step in f["details"]["actions"]]
+    removed = [s["member"] for s in steps if s["action"] == "remove" and s["outcome"].startswith("done")]
+    readded = [s["member"] for s in steps if s["action"] == "re-add" and s["outcome"].startswith("done")]
+    assert removed and readded, steps
+    assert run["judgement"]["membershipChanges"] == {"remove": len(removed), "re-add": len(readded)}
+    final, gone = run["meta"]["finalMembers"], set(run["meta"]["removedIDs"])
+    assert set(removed) <= gone and not gone & set(final)
+    for new_id in readded:  # a new id under an old name: a member at the end, unless removed again since
+        assert new_id not in run["meta"]["nodeUrls"] and new_id.rpartition("-")[0] in run["meta"]["nodeUrls"]
+        assert new_id in final or new_id in gone
+    # Every name is back by the end: one member each, three in all.
+    assert sorted(i.rpartition("-")[0] or i for i in final) == sorted(run["meta"]["nodeUrls"])
+    # Every member of the final configuration was read and its state machine compared.
+    assert set(run["meta"]["finalDigests"]) == set(final)
+    final_readers = {op["meta"]["node"] for op in run["operations"] if op["client"] == FINAL_CLIENT}
+    assert final_readers == set(final)
+    data = tmp_path / "chaos-out" / "data"
+    for gone_id in removed:  # its process stopped, its data kept
+        assert json.loads((data / "removed" / gone_id / "MEMBER").read_text())["member_id"] == gone_id
+    # Client writes were made as the run's user, through the auth check (wrapped as AsUser). A node
+    # restarted by the nemesis may let a few through unwrapped before it learns from its log that
+    # auth is on; those are logged but refused untouched when applied (tests/test_auth_state.py).
+    # Read from a founding member that stayed: its log holds the run's writes from the start.
+    stayed = next(n for n in sorted(run["meta"]["nodeUrls"]) if n not in removed)
+    entries = DiskStorage(data / stayed / "raft").load().entries
+    commands = [decode(e.data) for e in entries if e.kind is EntryKind.NORMAL and e.data]
+    wrapped = [c for c in commands if type(c) is AsUser and type(c.command) in (Put, Txn)]
+    unchecked = [c for c in commands if type(c) in (Put, Txn)]
+    assert len(wrapped) > 50 and len(unchecked) <= len(wrapped) // 10, (len(wrapped), unchecked)
     assert (tmp_path / "chaos-out" / "timeline.html").exists()
     assert (tmp_path / "chaos-out" / "history.json").exists()
     again = subprocess.run([sys.executable, "-m", "raftkv.chaos", "--recheck", str(tmp_path / "chaos-out")],
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert again.returncode == 0 and "verdict: PASS" in again.stdout, again.stdout + again.stderr
+    assert again.returncode == 0 and "verdict: PASS" in again.stdout and "lock: ok" in again.stdout, (
+        again.stdout + again.stderr)
+
+
+def test_chaos_run_through_etcds_grpc_api_passes_with_tls_and_auth_on(tmp_path: Path) -> None:
+    """--workload etcd: the clients read, write and compare-and-set through each node's etcd gRPC API
+    (over TLS, with a token from etcd's Authenticate) while the leader is killed, then isolated; the
+    same checker judges the history, final reads included."""
+    code, output, run = run_chaos(tmp_path, "--duration", "8", "--nemesis", "kill,partition", "--seed", "8",
+                                  "--workload", "etcd", "--secure")
+    assert code == 0, output[-3000:]
+    assert run["judgement"]["verdict"] == "PASS"
+    assert {f["kind"] for f in run["faults"]} == {"kill", "partition"}
+    assert all(f["end"] is not None and not f["error"] for f in run["faults"]), run["faults"]
+    ops = run["operations"]
+    assert all(op["key"].startswith("chaos-e") and "grpc" in op["meta"] for op in ops)
+    assert {op["client"] for op in ops} - {FINAL_CLIENT} == {f"e{i}" for i in range(5)}
+    first_fault = min(f["start"] for f in run["faults"])
+    changed = [op for op in ops if op["kind"] != "read" and op["outcome"] == "ok" and op["invoke_time"] > first_fault]
+    assert len(changed) > 20 and run["judgement"]["outcomes"]["all"]["ok"] > 100
+    finals = [op for op in ops if op["client"] == FINAL_CLIENT]
+    assert len(finals) == 3 * 3 and all(op["outcome"] == "ok" for op in finals)  # every key on every node
+    # The writes went through the auth check as the run's user (raftkv wraps them as AsUser); a
+    # node the nemesis restarted may forward a few unwrapped before it learns from its log that auth
+    # is on, and those are refused untouched when applied (tests/test_auth_state.py).
+    entries = DiskStorage(tmp_path / "chaos-out" / "data" / "node1" / "raft").load().entries
+    commands = [decode(e.data) for e in entries if e.kind is EntryKind.NORMAL and e.data]
+    writes = [c for c in commands if type(c) is AsUser and type(c.command) in (Put, Txn)]
+    unchecked = [c for c in commands if type(c) in (Put, Txn)]
+    assert len(writes) > 50 and len(unchecked) <= len(writes) // 10, (len(writes), unchecked)
 
 
 def test_chaos_attached_to_a_running_cluster(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -613,7 +706,7 @@ def test_proof_chaos_catches_stale_follower_reads(tmp_path: Path) -> None:
 def test_proof_chaos_catches_acknowledging_before_fsync(tmp_path: Path) -> None:
     """The second proof: nodes that acknowledge before fsync (--unsafe-skip-fsync) lose
     acknowledged writes when every node is killed at once; `raftkv chaos` must say so."""
-    code, output, run = run_chaos(tmp_path, "--duration", "12", "--nemesis", "crash", "--seed", "1",
+    code, output, run = run_chaos(tmp_path, "--duration", "12", "--nemesis", "crash", "--seed", "8",  # 3 crashes
                                   "--node-arg=--unsafe-skip-fsync")
     assert code == 1, output[-3000:]
     assert run["judgement"]["verdict"] == "VIOLATION"
@@ -645,32 +738,3 @@ def test_attached_cluster_refuses_the_member_nemesis_and_says_why() -> None:
     problems = validate(ChaosOptions(endpoints=("http://127.0.0.1:1",), nemesis=("member", "partition")))
     assert problems and "member unavailable with --endpoints" in problems[0], problems
     assert "node processes" in problems[0]
-
-
-def test_chaos_run_with_member_kill_partition_passes_as_members_leave_and_rejoin(tmp_path: Path) -> None:
-    """Members are removed (the leader too) and added back under new ids while kills and
-    partitions happen; clients follow the membership and the final reads cover the final one."""
-    code, output, run = run_chaos(tmp_path, "--duration", "20", "--nemesis", "member,kill,partition", "--seed", "2")
-    assert code == 0, output[-3000:]
-    assert run["judgement"]["verdict"] == "PASS"
-    assert {f["kind"] for f in run["faults"]} == {"member", "kill", "partition"}
-    steps = [step for f in run["faults"] if f["kind"] == "member" for step in f["details"]["actions"]]
-    removed = [s["member"] for s in steps if s["action"] == "remove" and s["outcome"].startswith("done")]
-    readded = [s["member"] for s in steps if s["action"] == "re-add" and s["outcome"].startswith("done")]
-    assert removed and readded, steps
-    assert run["judgement"]["membershipChanges"] == {"remove": len(removed), "re-add": len(readded)}
-    final, gone = run["meta"]["finalMembers"], set(run["meta"]["removedIDs"])
-    assert set(removed) <= gone and not gone & set(final)
-    for new_id in readded:  # a new id under an old name: a member at the end, unless removed again since
-        assert new_id not in run["meta"]["nodeUrls"] and new_id.rpartition("-")[0] in run["meta"]["nodeUrls"]
-        assert new_id in final or new_id in gone
-    # Every name is back by the end: one member each, three in all.
-    assert sorted(i.rpartition("-")[0] or i for i in final) == sorted(run["meta"]["nodeUrls"])
-    # Every member of the final configuration was read and its state machine compared.
-    assert set(run["meta"]["finalDigests"]) == set(final)
-    final_readers = {op["meta"]["node"] for op in run["operations"] if op["client"] == FINAL_CLIENT}
-    assert final_readers == set(final)
-    data = tmp_path / "chaos-out" / "data"
-    for gone in removed:  # its process stopped, its data kept
-        assert json.loads((data / "removed" / gone / "MEMBER").read_text())["member_id"] == gone
-    assert all(f["end"] is not None for f in run["faults"]), run["faults"]

@@ -258,6 +258,14 @@ def test_bad_input_is_rejected_and_changes_nothing(cluster: LocalCluster) -> Non
     assert body["value"] == 1 and body["mod_revision"] == revision
 
 
+def wal_records_end(segment: bytes) -> int:
+    """Where a WAL segment's records end (zeros follow, to the length the segment was made)."""
+    offset = 0
+    while offset + 8 <= len(segment) and (length := int.from_bytes(segment[offset : offset + 4], "little")):
+        offset += 8 + length
+    return offset
+
+
 def test_a_torn_last_wal_record_is_truncated_and_the_node_rejoins(cluster: LocalCluster) -> None:
     leader = cluster.wait_for_leader()
     for i in range(20):
@@ -265,8 +273,10 @@ def test_a_torn_last_wal_record_is_truncated_and_the_node_rejoins(cluster: Local
     victim = next(n for n in cluster.urls if n != leader)
     cluster.supervisor.kill(victim)
     segment = max((cluster.data_dir / victim / "raft" / "wal").iterdir())
-    data = segment.read_bytes()
-    segment.write_bytes(data[:-3])  # the last record loses its tail, as if power failed mid-write
+    data = bytearray(segment.read_bytes())
+    end = wal_records_end(data)
+    data[end - 3 : end] = bytes(3)  # the last record loses its tail, as if power failed mid-write
+    segment.write_bytes(data)
     cluster.supervisor.start(victim)
     cluster.wait_for_leader()
     # The cut record was acknowledged (a real torn write never is), so the leader still counts it
@@ -286,10 +296,10 @@ def test_a_corrupt_record_in_the_middle_stops_the_node_with_file_and_offset(clus
     cluster.supervisor.kill(victim)
     segment = max((cluster.data_dir / victim / "raft" / "wal").iterdir())
     data = bytearray(segment.read_bytes())
-    # Find the record holding the middle byte by walking the framing (u32 length, u32 crc,
-    # payload) and damage its crc, never its length: one running past the end reads as torn.
-    offset = 0
-    while offset + 8 + (length := int.from_bytes(data[offset : offset + 4], "little")) <= len(data) // 2:
+    # Find the record holding the middle byte of the records by walking the framing (u32 length,
+    # u32 crc, payload) and damage its crc, never its length: one running past the end reads as torn.
+    offset, middle = 0, wal_records_end(data) // 2
+    while offset + 8 + (length := int.from_bytes(data[offset : offset + 4], "little")) <= middle:
         offset += 8 + length
     data[offset + 4] ^= 0xFF
     segment.write_bytes(bytes(data))

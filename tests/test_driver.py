@@ -12,6 +12,7 @@ import json
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,9 +27,16 @@ from raftkv.node.log_view import log_view
 from raftkv.node.members import PROMOTE_MAX_LAG_ENTRIES, MemberService
 from raftkv.node.metrics import FAST_BUCKETS, NodeMetrics
 from raftkv.node.observe import GroupObserver
-from raftkv.node.peer_messages import ProposeAnswer
+from raftkv.node.peer_messages import ProposeAnswer, ProposeForward
 from raftkv.node.persist import DiskPump
-from raftkv.node.proposals import FORWARDED_TO, ForwardedBatch, PlacedWrite, ProposalTracker, QueuedWrite
+from raftkv.node.proposals import (
+    FORWARDED_TO,
+    ForwardedBatch,
+    ForwardLedger,
+    PlacedWrite,
+    ProposalTracker,
+    QueuedWrite,
+)
 from raftkv.node.status import StatusReporter
 from raftkv.storage import MemoryStorage
 from raftkv.transport import LinkFaults, MemoryNetwork
@@ -66,7 +74,7 @@ def test_a_write_displaced_by_another_terms_entry_is_answered_503_not_left_hangi
 
 
 def _batch(leader: str, answers: list[asyncio.Future]) -> ForwardedBatch:
-    return ForwardedBatch(leader, [QueuedWrite(b"", a, 0.0) for a in answers], 1e18)
+    return ForwardedBatch(leader, 3, [QueuedWrite(b"", a, 0.0) for a in answers], 1e18, 0.0)
 
 
 def test_a_forwarded_batch_the_leader_refused_is_503() -> None:
@@ -221,6 +229,139 @@ async def test_a_write_bound_to_a_leadership_is_never_forwarded(cluster: InProce
     assert leader.kv.get("not-mine") is None
 
 
+def test_an_unanswered_forward_is_sent_again_under_its_ticket_and_one_of_an_earlier_term_is_504() -> None:
+    async def scenario() -> None:
+        proposals, loop = tracker(), asyncio.get_running_loop()
+        for i in range(2):
+            proposals.submit(b"w%d" % i, loop.create_future(), 0.0)
+        first = proposals.forward(proposals.take_batch(1), "n2", 3, now=0.0)
+        second = proposals.forward(proposals.take_batch(1), "n2", 3, now=0.15)
+        assert second.oldest == first.ticket  # the leader must still remember the first
+        assert proposals.resends("n2", 3, now=0.1, patience_s=0.2) == []
+        again = proposals.resends("n2", 3, now=0.25, patience_s=0.2)
+        assert again == [first] and proposals.resends("n2", 3, now=0.3, patience_s=0.2) == []
+        stale = proposals.forwarded[second.ticket].writes[0].answer
+        assert proposals.resends("n2", 4, now=1.0, patience_s=0.2) == []  # n2 leads again, in term 4
+        with pytest.raises(OutcomeUnknownError, match="earlier term"):
+            stale.result()
+        assert not proposals.forwarded
+
+    asyncio.run(scenario())
+
+
+def test_the_leader_answers_a_ticket_it_has_seen_with_the_answer_it_gave_within_its_term() -> None:
+    ledger = ForwardLedger()
+    forward = ProposeForward(src="n1", dst="n2", term=3, ticket=10, datas=(b"w",), oldest=10)
+    assert ledger.known(forward, 3) is None
+    answer = ProposeAnswer(src="n2", dst="n1", term=3, ticket=10, index=41)
+    ledger.record([answer])
+    assert ledger.known(forward, 3) == answer
+    later = ProposeForward(src="n1", dst="n2", term=3, ticket=12, datas=(b"w",), oldest=11)
+    assert ledger.known(later, 3) is None
+    # 10 is answered, and forgotten; a copy that comes late (over a connection since replaced) is
+    # refused, not appended again.
+    late = ledger.known(forward, 3)
+    assert late is not None and late.index == 0 and "below 11" in late.error
+    assert ledger.known(forward, 4) is None  # a new term knows no ticket (the leader refuses other terms' forwards)
+
+
+@pytest.mark.parametrize("lost", [ProposeForward, ProposeAnswer])
+async def test_a_lost_forward_or_answer_costs_a_patience_not_the_timeout_and_appends_once(
+        cluster: InProcessCluster, lost: type) -> None:
+    """The follower sends the batch again under its ticket; the leader appends it once and answers
+    the copy as it answered the original (a write applied twice would show as version 2)."""
+    leader = await cluster.leader()
+    follower = next(g for g in cluster.groups.values() if g is not leader)
+    sender = follower if lost is ProposeForward else leader
+    send, dropped = sender.transport.send, []
+
+    def losing(messages: list[Any]) -> None:
+        if not dropped and (m := next((m for m in messages if type(m) is lost), None)) is not None:
+            dropped.append(m)
+            messages = [x for x in messages if x is not m]
+        send(messages)
+
+    sender.transport.send = losing  # type: ignore[method-assign]
+    result = await asyncio.wait_for(follower.propose(Put("once", 1)), 2.0)  # the timeout is 5 s
+    assert result["ok"] and dropped and result[FORWARDED_TO] == leader.id
+    await follower.read_barrier()
+    assert follower.kv.get("once").version == 1 and leader.kv.get("once").version == 1
+
+
+async def test_a_copy_of_a_forward_from_an_earlier_term_is_never_appended(cluster: InProcessCluster) -> None:
+    """A follower's batch was appended in term T, and a copy sent again arrives after the leadership
+    moved on (a chaos run saw it: the answer lost on a lossy link, the same node re-elected): the
+    new term's ledger has never seen its ticket, so the copy must be refused, not appended again
+    (the write would be applied twice: version 2, and a later write undone)."""
+    leader = await cluster.leader()
+    follower = next(g for g in cluster.groups.values() if g is not leader)
+    send, sent = follower.transport.send, []
+
+    def keeping(messages: list[Any]) -> None:
+        sent.extend(m for m in messages if type(m) is ProposeForward)
+        send(messages)
+
+    follower.transport.send = keeping  # type: ignore[method-assign]
+    assert (await follower.propose(Put("once", 1)))["ok"]
+    successor = next(g for g in cluster.groups.values() if g is not leader and g is not follower)
+    await successor.force_election()
+    assert (await cluster.leader()) is successor and successor.core.term > sent[0].term
+    successor.deliver(sent[0])  # the copy, late
+    await successor.propose(Put("after", 1))  # a turn after the copy's
+    for group in (successor, follower):
+        await group.read_barrier()
+        assert group.kv.get("once").version == 1
+
+
+async def test_a_copy_that_arrives_in_the_same_turn_as_its_original_is_appended_once(
+        cluster: InProcessCluster) -> None:
+    """A leader held up for longer than a follower's patience (paused, a slow disk) finds the
+    original and the copy sent again in one inbox."""
+    leader = await cluster.leader()
+    follower = next(g for g in cluster.groups.values() if g is not leader)
+    send, held = follower.transport.send, []
+
+    def holding(messages: list[Any]) -> None:
+        if not held:
+            held.extend(m for m in messages if type(m) is ProposeForward)
+            messages = [m for m in messages if type(m) is not ProposeForward]
+        send(messages)
+
+    follower.transport.send = holding  # type: ignore[method-assign]
+    write = asyncio.ensure_future(follower.propose(Put("once", 1)))
+    while not held:
+        await asyncio.sleep(0.001)
+    leader.deliver(held[0])
+    leader.deliver(held[0])
+    assert (await asyncio.wait_for(write, 2.0))["ok"]
+    await leader.read_barrier()
+    assert leader.kv.get("once").version == 1
+
+
+def test_a_refused_copy_of_a_batch_sent_again_is_504_a_batch_sent_once_503() -> None:
+    """An earlier copy of a batch sent again may be in the log even if the leader refuses this one
+    (it moved to a new term, or restarted with an empty ledger): the outcome is unknown."""
+
+    async def scenario() -> None:
+        proposals, loop = tracker(), asyncio.get_running_loop()
+        for name in (b"once", b"twice"):
+            proposals.submit(name, loop.create_future(), 0.0)
+        once = proposals.forward(proposals.take_batch(1), "n2", 3, now=0.0)
+        twice = proposals.forward(proposals.take_batch(1), "n2", 3, now=0.1)
+        proposals.forwarded[once.ticket].sent_at = 0.3  # only `twice` is due
+        assert proposals.resends("n2", 3, now=0.35, patience_s=0.2) == [twice]
+        answers = [proposals.forwarded[m.ticket].writes[0].answer for m in (once, twice)]
+        for m in (once, twice):
+            proposals.place_forwarded(ProposeAnswer(src="n2", dst="n1", term=4, ticket=m.ticket, index=0,
+                                                    error="forwarded in term 3"), applied_index=0)
+        with pytest.raises(NotAppliedError, match="did not take the write"):
+            answers[0].result()
+        with pytest.raises(OutcomeUnknownError, match="an earlier copy may have been appended"):
+            answers[1].result()
+
+    asyncio.run(scenario())
+
+
 async def test_a_group_stopped_twice_at_once_stops_once(cluster: InProcessCluster) -> None:
     """A removed member's group stops itself, and then its process is told to stop: the second
     stop waits for the first instead of closing the disk twice."""
@@ -338,8 +479,9 @@ async def test_a_joining_node_rebuilds_the_configuration_from_the_log_and_is_pro
     await leader.propose(Put("before", 1))
     learner = await membership.join("n4", leader)
     service = membership.services[leader.id]
-    for _ in range(400):
-        if learner.kv.get("before") is not None:
+    for _ in range(400):  # caught up, and the leader has heard so (a learner that acknowledged nothing stays one)
+        progress = leader.core.progress.get(learner.id)
+        if learner.kv.get("before") is not None and progress is not None and progress.match > 0:
             break
         await asyncio.sleep(0.01)
     assert learner.core.conf == leader.core.conf and learner.id in leader.core.conf.learners

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raftkv.core import ConfChange, ConfChangeKind
 from raftkv.kv import (
     INVALID,
     NOT_FOUND,
@@ -27,6 +28,7 @@ from raftkv.kv import (
     InvalidCommand,
     KeyValue,
     KVStateMachine,
+    PublishMember,
     Put,
     Target,
     Txn,
@@ -607,3 +609,21 @@ def test_replicas_agree_even_when_one_restarts_from_a_snapshot(cmds: list[Any], 
     assert results_a == results_b
     assert a.digest() == b2.digest() and a == b2
     assert a.range("", 100) == b2.range("", 100)
+
+
+def test_a_member_added_unstarted_is_filled_in_once_by_its_node() -> None:
+    """A member added by its peer address alone (etcd's MemberAdd) is published by its node: the
+    details replace the record only while the table holds the one expected, so a started member's
+    record is never rewritten and a removed member stays out. No key changes, so no revision."""
+    kv, unstarted, published = Replica(), b"peer only", b"name and addresses"
+    kv.sm.apply_membership(1, ConfChange(ConfChangeKind.ADD_LEARNER, "m-1", unstarted))
+    publish = PublishMember("m-1", unstarted, published)
+    assert decode(encode(publish)) == publish
+    assert kv(publish) == {"ok": True, "op": "publish_member", "id": "m-1", "revision": 0}
+    assert kv.sm.members["m-1"] == published
+    refused = kv(PublishMember("m-1", unstarted, b"someone else"))
+    assert refused["error"] == PRECONDITION_FAILED and kv.sm.members["m-1"] == published
+    kv.sm.apply_membership(kv.sm.applied_index + 1, ConfChange(ConfChangeKind.REMOVE, "m-1"))
+    assert not kv(PublishMember("m-1", published, b"again"))["ok"] and "m-1" not in kv.sm.members
+    with pytest.raises(InvalidCommand, match="details"):
+        decode(encode(PublishMember("m-1", b"", "text, not bytes")))  # type: ignore[arg-type]

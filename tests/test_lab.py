@@ -29,7 +29,7 @@ from cluster import http
 
 from raftkv.node.config import Member
 from raftkv.ports import network_addresses
-from raftkv.supervisor import Supervisor, free_ports
+from raftkv.supervisor import Supervisor, free_ports, port_is_free
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,13 +42,8 @@ def free_port_run(count: int) -> int:
         first = free_ports(1)[0]
         if first + count > 65535:
             continue
-        try:
-            for port in range(first, first + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
+        if all(port_is_free(port) for port in range(first, first + count)):
+            return first
 
 
 def listening_socket(port: int, host: str = "127.0.0.1") -> socket.socket:
@@ -168,6 +163,16 @@ def test_up_with_a_port_taken_says_which_in_one_line_and_starts_nothing(tmp_path
     assert not (tmp_path / "data").exists(), "no node may have been started"
 
 
+def test_free_ports_are_outside_the_range_the_os_hands_out_to_client_sockets() -> None:
+    """A port from the ephemeral range can be taken by any process's outgoing connection between
+    the check and the node's bind (a full test run lost a node that way): none is picked there."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = free_ports(50)
+    assert len(set(ports)) == 50 and all(10000 <= p < ephemeral_low for p in ports), ports
+    with listening_socket(ports[0]):  # and each was free: it can be listened on
+        pass
+
+
 def test_up_refuses_ports_that_overlap_each_other(tmp_path: Path) -> None:
     first = free_port_run(4)
     out = raftkv("up", "--nodes", "3", "--http-port", str(first), "--raft-port", str(first + 1),
@@ -275,6 +280,7 @@ def test_up_prints_a_killed_node_and_lab_restarts_it(start_up: Callable[..., Up]
     out = up.lab("restart", "node9")
     assert out.returncode != 0 and "no node 'node9'; nodes are ['node1']" in out.stderr, out
 
+    wait_until("node1 answers again", lambda: get_json(up.node_url("node1") + "/raft-state"))  # as above
     assert up.stop() == 0
     assert "stopping nodes..." in up.lines and up.lines[-1] == "node1 exited: status 0", up.lines
 

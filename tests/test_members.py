@@ -41,6 +41,12 @@ class Joiner:
                  "--data-dir", str(data_dir), "--enable-fault-injection"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
+    def listed_as_learner(self, cluster_url: str) -> bool:
+        """Whether the cluster lists this node as a learner; a node that gave up fails the test with its log."""
+        if self.proc.poll() is not None:
+            pytest.fail(f"{self.name} exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+        return any(m["name"] == self.name and m["role"] == "learner" for m in members(cluster_url)["members"])
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -109,8 +115,7 @@ def until(what: str, check: object, timeout_s: float = 30.0) -> object:
 
 
 def join_and_promote(cluster_url: str, joiner: Joiner) -> str:
-    until(f"{joiner.name} listed as a learner",
-          lambda: any(m["name"] == joiner.name and m["role"] == "learner" for m in members(cluster_url)["members"]))
+    until(f"{joiner.name} listed as a learner", lambda: joiner.listed_as_learner(cluster_url))
     new_id = member_id(cluster_url, joiner.name)
 
     def promoted() -> bool:
@@ -218,6 +223,23 @@ def test_a_node_joins_as_the_member_added_for_it(cluster: LocalCluster, joiners:
           lambda: (http("GET", joiners[0].url + "/raft-state")[1] or {}).get("nodeId") == added["member"]["id"]
           if _answers(joiners[0].url) else False)
     assert [m["name"] for m in members(cluster.url(leader))["members"]].count("node4") == 1
+
+
+def test_a_joiner_asks_again_while_the_cluster_cannot_add_it_and_joins_once_it_can(
+        cluster: LocalCluster, joiners: list[Joiner], tmp_path: Path) -> None:
+    """With both followers cut off, nothing commits and soon no node leads: the cluster answers a
+    join 503 or 504, which pass by themselves. The joining node says so, keeps asking, and joins
+    once the followers are back, instead of exiting on the first refusal."""
+    leader = cluster.wait_for_leader()
+    followers = [n for n in cluster.urls if n != leader]
+    for node in followers:
+        assert http("POST", cluster.url(node) + "/simulate-partition", {"partitioned": True})[0] == 200
+    joiners.append(Joiner("node4", cluster.url(leader), tmp_path / "node4"))
+    until("node4 says it asks again", lambda: "asking again" in joiners[0].log_path.read_text())
+    assert joiners[0].proc.poll() is None, joiners[0].log_path.read_text()
+    for node in followers:
+        assert http("POST", cluster.url(node) + "/simulate-partition", {"partitioned": False})[0] == 200
+    until("node4 listed as a learner", lambda: joiners[0].listed_as_learner(cluster.url(leader)))
 
 
 def _answers(url: str) -> bool:

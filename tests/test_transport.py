@@ -38,7 +38,13 @@ from raftkv.core.messages import (
     VoteRequest,
     VoteResponse,
 )
-from raftkv.node.peer_messages import PEER_MESSAGE_TYPES, ProposeAnswer, ProposeForward
+from raftkv.node.peer_messages import (
+    PEER_MESSAGE_TYPES,
+    EntryTraces,
+    ProposeAnswer,
+    ProposeForward,
+    TracedProposeForward,
+)
 from raftkv.transport import (
     CodecError,
     LinkFaults,
@@ -89,10 +95,13 @@ SAMPLES: list[Message] = [
     TransferRequest(**H, target="c"),
     ReadIndexRequest(**H, ctx=b"\x00read-1"),
     ReadIndexResponse(**H, ctx=b"", index=12, ok=False),
-    ProposeForward(**H, ticket=7, datas=(b"put-a", b"", b"x" * 1000)),
-    ProposeForward(**H, ticket=0, datas=()),
+    ProposeForward(**H, ticket=7, datas=(b"put-a", b"", b"x" * 1000), oldest=5),
+    ProposeForward(**H, ticket=0, datas=(), oldest=0),
     ProposeAnswer(**H, ticket=7, index=41),
     ProposeAnswer(**H, ticket=8, index=0, error="not the leader"),
+    TracedProposeForward(**H, ticket=9, datas=(b"put-a", b"put-b"), oldest=9,
+                         traceparents=(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", b"")),
+    EntryTraces(**H, first_index=41, traceparents=(b"", b"00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01")),
 ]
 
 
@@ -155,7 +164,7 @@ def test_codec_refuses_to_encode_what_a_peer_would_reject() -> None:
     with pytest.raises(CodecError):
         encode(HeartbeatRequest(src="a", dst="b", term=True, commit=1))
     with pytest.raises(CodecError):
-        encode(ProposeForward(src="a", dst="b", term=1, ticket=1, datas=(b"ok", "str")))  # type: ignore[arg-type]
+        encode(ProposeForward(src="a", dst="b", term=1, ticket=1, datas=(b"ok", "str"), oldest=1))  # type: ignore[arg-type]
 
 
 def test_frame_decoder_reassembles_any_split_of_the_stream() -> None:
@@ -574,6 +583,25 @@ async def test_a_peer_that_hangs_up_at_once_is_redialled_with_backoff() -> None:
     finally:
         await t.close()
         server.close()
+
+
+async def test_a_message_from_a_peer_that_was_down_ends_the_redial_backoff_at_once() -> None:
+    """b was down long enough for a's redials to back off to a second; b's first message, on its own
+    connection, tells a it is up: a's link to b is up again well within that second."""
+    net = Net("tcp")
+    try:
+        await net.up("a", "b")
+        await net.down("b")
+        net.nodes["a"].send([hb("a", "b", 1)])
+        await asyncio.sleep(3.0)  # redials at about 50, 100, 200, 400, 800 ms, then every second
+        await net.up("b")
+        net.nodes["b"].send([hb("b", "a", 1)])
+        await wait_for(lambda: net.got("a", "b") == [1])
+        heard = asyncio.get_running_loop().time()
+        await wait_for(lambda: net.nodes["a"].reachable("b"))
+        assert asyncio.get_running_loop().time() - heard < 0.3
+    finally:
+        await net.close()
 
 
 @pytest.fixture(scope="module")

@@ -25,17 +25,22 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from raftkv.api.auth import Gate
 from raftkv.api.errors import ApiError, check_query, json_response, query_flag, query_integer
 from raftkv.api.node import Node
 from raftkv.api.requests import RequestReader
-from raftkv.kv import MAX_LEASE_TTL_S, CompactedError, kv_to_dict
+from raftkv.kv import MAX_LEASE_TTL_S, Access, CompactedError, kv_to_dict
 from raftkv.node.watch import WatchBatch
 
 __all__ = ["Coordination", "at_revision"]
 
 T = TypeVar("T")
 _MAX_LEASE_ID = 2**63 - 1
+_MAX_REVISION = 2**63 - 1  # a log entry holds a 64-bit integer at most
 MAX_BATCHES_PER_WRITE = 256  # bounds one write of a watch stream (each batch is one revision's changes)
+# ...and so do its bytes (a batch may hold megabytes): a watcher that stops reading holds its
+# transport's buffer and one such write until it is cut off (api/connections.py).
+MAX_BYTES_PER_WRITE = 1024 * 1024
 
 
 def at_revision(read: Callable[[], T]) -> T:
@@ -47,9 +52,10 @@ def at_revision(read: Callable[[], T]) -> T:
 
 
 class Coordination:
-    def __init__(self, node: Node, read: RequestReader) -> None:
+    def __init__(self, node: Node, read: RequestReader, gate: Gate) -> None:
         self.node = node
         self.read = read
+        self.gate = gate
 
     def routes(self, app: web.Application) -> None:
         add = app.router.add_route
@@ -71,6 +77,7 @@ class Coordination:
             raise ApiError(400, "key: must not be empty")
         if not query_flag(query.get("stale"), "stale"):
             await self.node.read_barrier()
+        self.gate.require(request, Access.READ, key=key)
         kv = self.node.kv
         versions = [{"revision": rev, "kv": None if found is None else kv_to_dict(key, found)}
                     for rev, found in kv.store.history(key)]
@@ -81,8 +88,8 @@ class Coordination:
         check_query(request, set())
         body = await self.read.object(request, ("revision",), '{"revision": 1000}')
         revision = body.get("revision")
-        if type(revision) is not int or revision < 1:
-            raise ApiError(400, "revision: must be an integer >= 1")
+        if type(revision) is not int or not 1 <= revision <= _MAX_REVISION:
+            raise ApiError(400, f"revision: must be an integer from 1 to {_MAX_REVISION}")
         result = await self.node.compact(revision)
         if not result.get("ok"):
             raise ApiError(400, str(result.get("message")), revision=result.get("revision"))
@@ -96,6 +103,7 @@ class Coordination:
         if (key is None) == (prefix is None):
             raise ApiError(400, "give key=K or prefix=P (exactly one)")
         self.read.check_key_size(key if key is not None else prefix, "key" if key is not None else "prefix")
+        self.gate.require(request, Access.READ, key=key, prefix=prefix)
         start = self._start_revision(request, query)
         prev_kv = query_flag(query.get("prev_kv"), "prev_kv")
         watcher = at_revision(lambda: self.node.watch(key=key, prefix=prefix, start_revision=start, prev_kv=prev_kv))
@@ -104,13 +112,23 @@ class Coordination:
         try:
             await response.prepare(request)
             await response.write(b": watching " + json.dumps({"key": key, "prefix": prefix}).encode() + b"\n\n")
+            checked_at = self.gate.state.revision
             while True:
-                data, ended = _sse_queued(await watcher.queue.get(), watcher.queue, prev_kv)
+                batch = await watcher.queue.get()
+                data, ended = _sse_queued(batch, watcher.queue, prev_kv)
+                if self.gate.state.revision != checked_at:  # users or roles changed: may it go on?
+                    checked_at = self.gate.state.revision
+                    if why := self.gate.stream_refusal(request, Access.READ, key=key, prefix=prefix):
+                        # Ended as any cancelled watch ends: where to resume (this batch was not
+                        # sent), for a client that may open it again (with credentials, say).
+                        end = WatchBatch(batch.revision + 1 if batch.progress else batch.revision, cancelled=why)
+                        await response.write(_sse(end.to_json(prev_kv), end))
+                        break
                 await response.write(data)
                 if ended:
                     break
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass  # the watcher went away
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the watcher went away (a write waiting for it to read ends with a bare ConnectionError)
         finally:
             self.node.unwatch(watcher)
         with contextlib.suppress(ConnectionResetError):
@@ -141,8 +159,8 @@ class Coordination:
         ttl = body.get("ttl")
         if type(ttl) is not int or not 1 <= ttl <= MAX_LEASE_TTL_S:
             raise ApiError(400, f"ttl: must be an integer number of seconds from 1 to {MAX_LEASE_TTL_S}")
-        lease_id = body.get("id")
-        if lease_id is not None and (type(lease_id) is not int or not 1 <= lease_id <= _MAX_LEASE_ID):
+        lease_id = body.get("id")  # when given (null too), a valid id; left out, the leader picks one
+        if "id" in body and (type(lease_id) is not int or not 1 <= lease_id <= _MAX_LEASE_ID):
             raise ApiError(400, f"id: must be an integer from 1 to {_MAX_LEASE_ID}, or omitted")
         result = await self.node.grant_lease(ttl, lease_id)
         if not result.get("ok"):
@@ -159,8 +177,13 @@ class Coordination:
         return json_response(self.node.id, dict(await self.node.keepalive_lease(self._lease_id(request))))
 
     async def revoke(self, request: web.Request) -> web.StreamResponse:
+        """Revoking deletes the lease's keys: it needs write access to each."""
         check_query(request, set())
-        result = await self.node.revoke_lease(self._lease_id(request))
+        lease_id = self._lease_id(request)
+        lease = self.node.kv.leases.leases.get(lease_id)
+        for key in sorted(lease.keys) if lease is not None else ():
+            self.gate.require(request, Access.WRITE, key=key)
+        result = await self.node.revoke_lease(lease_id)
         if not result.get("ok"):
             raise ApiError(404, str(result.get("message")), lease=result.get("lease"))
         return json_response(self.node.id, {"id": result["lease"], "deleted": result["deleted"],
@@ -172,20 +195,23 @@ class Coordination:
 
 
 def _sse_queued(first: WatchBatch, queue: asyncio.Queue[WatchBatch], prev_kv: bool) -> tuple[bytes, bool]:
-    """`first` and the batches already queued behind it (at most MAX_BATCHES_PER_WRITE), as the
-    bytes of one write, and whether the stream ends with them (cancelled). A watcher that fell
+    """`first` and the batches already queued behind it (at most MAX_BATCHES_PER_WRITE, and none
+    more once MAX_BYTES_PER_WRITE are reached), as the bytes of one write, and whether the stream
+    ends with them (cancelled). A watcher that fell
     behind catches up in a few large socket writes: one write per revision per watcher had been
     over half of a node's time with 1,000 watchers. Each batch is encoded once, whoever shares it."""
     parts: list[bytes] = []
+    size = 0
     batch = first
     while True:
         encoded = batch.encoded.get(prev_kv)
         if encoded is None:
             encoded = batch.encoded[prev_kv] = _sse(batch.to_json(prev_kv), batch)
         parts.append(encoded)
+        size += len(encoded)
         if batch.cancelled is not None:
             return b"".join(parts), True
-        if queue.empty() or len(parts) >= MAX_BATCHES_PER_WRITE:
+        if queue.empty() or len(parts) >= MAX_BATCHES_PER_WRITE or size >= MAX_BYTES_PER_WRITE:
             return b"".join(parts), False
         batch = queue.get_nowait()
 

@@ -36,8 +36,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
+from raftkv.api.auth import Gate, range_prefix, route_need
+from raftkv.api.auth_routes import AuthRoutes
 from raftkv.api.coordination import Coordination, at_revision
 from raftkv.api.errors import (
     REQUEST_ID_KEY,
@@ -52,13 +54,16 @@ from raftkv.api.errors import (
 from raftkv.api.node import Node
 from raftkv.api.openapi import openapi_document
 from raftkv.api.requests import RequestReader, path_key
+from raftkv.api.tracing import TRACE_ID_HEADER, request_spans
 from raftkv.kv import (
     DEFAULT_RANGE_LIMIT,
     INVALID,
     MAX_RANGE_LIMIT,
     NOT_FOUND,
     PRECONDITION_FAILED,
+    REFUSED,
     REQUEST_KEY_REUSED,
+    Access,
     Command,
     Txn,
     TxnPut,
@@ -68,6 +73,7 @@ from raftkv.kv import (
     txn_from_json,
 )
 from raftkv.node import FORWARDED_TO
+from raftkv.node import tracing as node_tracing
 from raftkv.node.backup import freeze
 from raftkv.node.log_view import MAX_LOG_ENTRIES
 from raftkv.transport.hold import MAX_HELD_MESSAGES
@@ -88,12 +94,12 @@ REPLAYED_HEADER = "Idempotent-Replayed"  # on the answer to a retry: this is the
 RESERVED_NAMES = frozenset({
     "kv", "txn", "raft-state", "force-election", "simulate-partition", "simulate-link", "metrics", "health",
     "openapi.json", "watch", "raft", "lab", "leases", "compact", "events", "dashboard", "static", "members",
-    "transfer-leader", "snapshot", "admin", "api", "favicon.ico",
+    "transfer-leader", "snapshot", "admin", "api", "favicon.ico", "auth",
     "v3", "version",  # etcd's JSON gateway (raftkv/etcd/gateway.py)
 })
 
 _CORS_HEADERS = {"Access-Control-Allow-Origin": "*",
-                 "Access-Control-Expose-Headers": f"Retry-After, Allow, {REPLAYED_HEADER}"}
+                 "Access-Control-Expose-Headers": f"Retry-After, Allow, {REPLAYED_HEADER}, {TRACE_ID_HEADER}"}
 _CORS_METHODS = "GET, HEAD, PUT, POST, DELETE, OPTIONS"
 _KNOWN_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH"})
 
@@ -104,15 +110,22 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
                max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
-               more_routes: Callable[[web.Application], None] | None = None) -> web.Application:
+               more_routes: Callable[[web.Application], None] | None = None,
+               gate: Gate | None = None) -> web.Application:
     """The aiohttp application serving `node`'s client API (run it with web.AppRunner/TCPSite).
     `more_routes` adds routes served beside it (a node process's etcd gateway), before the keys
-    at the root, under first path segments that are RESERVED_NAMES."""
+    at the root, under first path segments that are RESERVED_NAMES. `gate`: who may do what (a
+    node process shares its gate with its etcd API: one cache of checked passwords, one bound on
+    the hashing at once)."""
     assert max_body_bytes > 0 and max_key_bytes > 0 and max_value_bytes > 0
-    api = _Api(node, max_body_bytes, max_key_bytes, max_value_bytes)
+    gate = Gate(node) if gate is None else gate
+    api = _Api(node, gate, max_body_bytes, max_key_bytes, max_value_bytes)
+    middlewares = [_middleware(node, gate, max_body_bytes, api.fixed_route_methods)]
+    if node_tracing.active is not None:  # outermost, and only while tracing is on (api/tracing.py)
+        middlewares.insert(0, request_spans(node_tracing.active))
     app = web.Application(
         client_max_size=max_body_bytes,  # aiohttp's own default (1 MiB) would cut bodies short
-        middlewares=[_middleware(node, max_body_bytes, api.fixed_route_methods)])
+        middlewares=middlewares)
     add = app.router.add_route
     get = app.router.add_get  # with HEAD too (curl -I): GET's status and headers, no body
     get("/kv", api.range)
@@ -139,6 +152,7 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     add("POST", "/members/{id}/promote", api.promote_member)
     add("DELETE", "/members/{id}", api.remove_member)
     get("/snapshot", api.snapshot)
+    AuthRoutes(node, api.read, gate, api._propose).routes(app)
     if more_routes is not None:
         more_routes(app)
     root = _RootKeys(api)  # last: every fixed route above must win over the catch-all
@@ -150,18 +164,22 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
             # Each fixed route must be reserved, or PUT /<route> would write a key of that name.
             assert resource.canonical[1:].split("/")[0] in RESERVED_NAMES, resource.canonical
             api.fixed[resource.canonical] = {route.method for route in resource}
+        for route in resource:
+            route_need(resource.canonical, route.method)  # raises KeyError for a route auth does not cover
     return app
 
 
 class _Api:
-    def __init__(self, node: Node, max_body_bytes: int, max_key_bytes: int, max_value_bytes: int) -> None:
+    def __init__(self, node: Node, gate: Gate, max_body_bytes: int, max_key_bytes: int,
+                 max_value_bytes: int) -> None:
         self.node = node
+        self.gate = gate
         self.read = RequestReader(max_body_bytes, max_key_bytes, max_value_bytes)
         self.fixed: dict[str, set[str]] = {}  # path of each fixed route -> its methods
         self.doc = openapi_document(max_body_bytes=max_body_bytes, max_key_bytes=max_key_bytes,
                                     max_value_bytes=max_value_bytes)
         self.one_snapshot_at_a_time = asyncio.Lock()  # each holds a copy of the whole store in memory
-        self.coordination = Coordination(node, self.read)
+        self.coordination = Coordination(node, self.read, gate)
 
     def fixed_route_methods(self, path: str) -> set[str] | None:
         return self.fixed.get(path)
@@ -175,10 +193,12 @@ class _Api:
         query = check_query(request, {"stale", "revision"})
         if not key:
             raise ApiError(400, "key: must not be empty (to list keys use GET /kv?prefix=...)")
+        asked = _asked_revision(query)
         if not query_flag(query.get("stale"), "stale"):
             await self.node.read_barrier()
+        self.gate.require(request, Access.READ, key=key)  # after the barrier: auth as of the read
         kv_store = self.node.kv
-        revision = self._revision(query)
+        revision = self._revision(asked)
         kv = kv_store.get(key) if revision is None else at_revision(lambda: kv_store.store.get_at(key, revision))
         if kv is None:
             raise ApiError(404, "key not found", key=key, revision=kv_store.revision, leader=self._leader())
@@ -186,14 +206,11 @@ class _Api:
         payload.update(revision=kv_store.revision, leader=self._leader())
         return json_response(self.node.id, payload)
 
-    def _revision(self, query: Mapping[str, str]) -> int | None:
+    def _revision(self, asked: int | None) -> int | None:
         """`?revision=N`: read as of a past revision (not one the store has not reached)."""
-        if "revision" not in query:
-            return None
-        revision = query_integer(query["revision"], "revision", 1)
-        if revision > self.node.kv.revision:
-            raise ApiError(400, f"revision {revision} is in the future: the store is at {self.node.kv.revision}")
-        return revision
+        if asked is not None and asked > self.node.kv.revision:
+            raise ApiError(400, f"revision {asked} is in the future: the store is at {self.node.kv.revision}")
+        return asked
 
     async def put_key(self, request: web.Request) -> web.StreamResponse:
         key = self.read.key(request)
@@ -207,6 +224,8 @@ class _Api:
         key = self.read.key(request)
         query = check_query(request, {"prev_revision"})
         body = await self.read.body(request, required=False)
+        if body is None and (await request.read()).strip():  # JSON's null: a body, and no object
+            raise ApiError(400, 'body: must be a JSON object such as {"prev_revision": 3}, or left out')
         if "prev_revision" in query and (body is None or type(body) is dict):
             if body and "prev_revision" in body:
                 raise ApiError(400, "prev_revision: given both in the query and in the body")
@@ -221,10 +240,13 @@ class _Api:
             limit = query_integer(query["limit"], "limit", 1, MAX_RANGE_LIMIT)
         for name in ("prefix", "start", "end"):
             self.read.check_key_size(query.get(name, ""), name)
+        asked = _asked_revision(query)
         if not query_flag(query.get("stale"), "stale"):
             await self.node.read_barrier()
+        self.gate.require(request, Access.READ, prefix=range_prefix(query.get("prefix", ""), query.get("start", ""),
+                                                                     query.get("end")))
         kv_store = self.node.kv
-        revision = self._revision(query)
+        revision = self._revision(asked)
         # One key more than asked for: if it exists, it is where the next page starts.
         items, _ = at_revision(lambda: kv_store.range(query.get("prefix", ""), limit + 1, query.get("start", ""),
                                                        query.get("end"), revision))
@@ -376,6 +398,7 @@ class _Api:
         check_query(request, set())
         async with self.one_snapshot_at_a_time:
             await self.node.read_barrier()
+            self.gate.require(request, Access.ADMIN)  # as of the barrier (auth may have been turned on)
             build = freeze(self.node.kv, self.node.id)  # the cut, on the loop: nothing applies meanwhile
             image = await asyncio.get_running_loop().run_in_executor(None, build)  # seconds for a million keys
             response = web.StreamResponse(headers={
@@ -413,7 +436,8 @@ class _Api:
             raise ApiError(400, "GET /raft/events is a WebSocket: send an Upgrade: websocket request")
         await ws.prepare(request)
         events = self.node.raft_events()
-        pump = asyncio.create_task(_pump_events(ws, events))
+        pump = asyncio.create_task(_pump_events(ws, events, lambda: self.gate.state.revision,
+                                                lambda: self.gate.stream_refusal(request, Access.READ, prefix="")))
         try:
             async for _msg in ws:  # clients send nothing we need; this ends when either side closes
                 pass
@@ -432,7 +456,7 @@ class _Api:
     async def _propose(self, request: web.Request, cmd: Command) -> web.StreamResponse:
         # Kept on the request so that a 504 can say whether a retry is safe (errors.node_error).
         request[REQUEST_ID_KEY] = cmd.request_id
-        return self._result(await self.node.propose(cmd))
+        return self._result(await self.gate.propose(request, cmd))
 
     def _result(self, result: Mapping[str, Any]) -> web.StreamResponse:
         """The answer for a write's state machine result; a forwarded write names both nodes."""
@@ -460,6 +484,8 @@ class _Api:
         if error == NOT_FOUND:
             raise ApiError(404, str(result.get("message") or "key not found"), key=result.get("key"),
                            revision=result.get("revision"), **where)
+        if error == REFUSED:
+            raise ApiError(409, str(result.get("message")), reason="refused", **where)
         if error == INVALID:  # validated before proposing, so only a newer/buggy peer gets here
             raise ApiError(400, str(result.get("message") or "invalid command"), **where)
         raise RuntimeError(f"unexpected state machine result: {result!r}")
@@ -517,14 +543,31 @@ def _request_id(request: web.Request) -> str | None:
     return request.headers.get(IDEMPOTENCY_HEADER)
 
 
-async def _pump_events(ws: web.WebSocketResponse, events: AsyncIterator[dict[str, Any]]) -> None:
+def _asked_revision(query: Mapping[str, str]) -> int | None:
+    """`?revision=N` parsed before the read barrier, so that a malformed one is a 400 even when no
+    quorum answers (a 503 or 504 would say to retry); whether the store reached it is known after."""
+    return query_integer(query["revision"], "revision", 1) if "revision" in query else None
+
+
+async def _pump_events(ws: web.WebSocketResponse, events: AsyncIterator[dict[str, Any]],
+                       auth_revision: Callable[[], int], refusal: Callable[[], str | None]) -> None:
+    """Send `events` until either side ends; or until `refusal` (asked whenever the auth revision
+    moves) says the stream's user may no longer see them (closed with 1008, policy violation)."""
+    checked_at, why = auth_revision(), None
     try:
         async for event in events:
+            if auth_revision() != checked_at:
+                checked_at = auth_revision()
+                if why := refusal():
+                    break
             await ws.send_str(json.dumps(event, default=str))
     except (ConnectionError, aiohttp.ClientError):
         pass  # the client went away; the handler's receive loop ends too
     finally:
-        await ws.close()
+        if why:
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=why[:120].encode())
+        else:
+            await ws.close()
 
 
 def _route_template(request: web.Request) -> str:
@@ -532,9 +575,11 @@ def _route_template(request: web.Request) -> str:
     return "unmatched" if resource is None else resource.canonical  # bounded label values
 
 
-def _middleware(node: Node, max_body_bytes: int, allowed: Callable[[str], set[str] | None]) -> Callable[..., Any]:
+def _middleware(node: Node, gate: Gate, max_body_bytes: int,
+                allowed: Callable[[str], set[str] | None]) -> Callable[..., Any]:
     """Around every request, in one frame (each aiohttp middleware costs a frame and a partial):
-    browsers' CORS preflights, errors as JSON, CORS headers, and the request metrics."""
+    browsers' CORS preflights, authentication (while auth is on), errors as JSON, CORS headers,
+    and the request metrics."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
@@ -545,6 +590,8 @@ def _middleware(node: Node, max_body_bytes: int, allowed: Callable[[str], set[st
                 response: web.StreamResponse = _preflight(request)
             else:
                 try:
+                    if (template := _route_template(request)) != "unmatched":
+                        await gate.admit(request, template)
                     response = await handler(request)
                 except Exception as exc:
                     response = error_response(node, request, exc, max_body_bytes, allowed)

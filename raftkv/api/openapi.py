@@ -16,42 +16,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from raftkv.kv import DEFAULT_MAX_DEDUP_BYTES, DEFAULT_MAX_DEDUP_ENTRIES, MAX_REQUEST_ID_CHARS
+from raftkv.api.openapi_auth import with_auth
+from raftkv.api.openapi_parts import E503, E504_WRITE, answer, e504, err, head_of, op, ref
+from raftkv.kv import DEFAULT_MAX_DEDUP_BYTES, DEFAULT_MAX_DEDUP_ENTRIES, MAX_LEASE_TTL_S, MAX_REQUEST_ID_CHARS
 
 __all__ = ["openapi_document"]
 
-_JSON = "application/json"
 _BINARY = "application/octet-stream"
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {_JSON: {"schema": schema}}}
-
-
-def _err(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
-
-
-_E400 = _err("Malformed input: invalid JSON, wrong field types, unknown fields, empty key, bad query parameter.")
-_E404_KEY = _err("The key does not exist.")
-_E412 = _json(_ref("PreconditionFailed"), "A compare-and-set precondition did not hold; nothing was written.")
-_E403_LAB = _err("Fault injection is off on this node (start it with --enable-fault-injection); nothing was done.")
-_E503 = {**_err("No leader or no quorum (or the leader hint loops): nothing was done. Retry after Retry-After."),
-         "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}}
-_E500 = _err("A bug in the server (logged); never returned for bad input.")
-
-
-def _e504(what: str) -> dict[str, Any]:
-    return _err(f"Timed out: {what}")
-
-
-_E504_WRITE = _e504("the write may or may not have been applied. Retry with the same Idempotency-Key if it had one "
-                    "(it is applied at most once); without one, read the key before writing again.")
-_E422 = _json(_ref("RequestKeyReused"), "The Idempotency-Key (request_id) was first used for another request (another "
+_E400 = err("Malformed input: invalid JSON, wrong field types, unknown fields, empty key, bad query parameter.")
+_E404_KEY = err("The key does not exist.")
+_E412 = answer(ref("PreconditionFailed"), "A compare-and-set precondition did not hold; nothing was written.")
+_E403_LAB = err("Fault injection is off on this node (start it with --enable-fault-injection); nothing was done.")
+_E422 = answer(ref("RequestKeyReused"), "The Idempotency-Key (request_id) was first used for another request (another "
                                          "operation, key or body); nothing was done.")
 _REPLAYED = {"Idempotent-Replayed": {"schema": {"const": "true"},
                                      "description": "Present on the answer to a retry: this is the first answer, "
@@ -60,27 +38,19 @@ _REPLAYED = {"Idempotent-Replayed": {"schema": {"const": "true"},
 
 def _done(schema: str, description: str) -> dict[str, Any]:
     """A write's 200, which may be a retry's replayed first answer."""
-    return {**_json(_ref(schema), description), "headers": _REPLAYED}
-_E504_READ = _e504("the read could not be confirmed as linearizable. Retry.")
-
-
-def _op(summary: str, responses: dict[str, Any], *, parameters: list[dict[str, Any]] | None = None,
-        body: dict[str, Any] | None = None, body_required: bool = True, description: str = "") -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {**responses, "500": _E500}}
-    if description:
-        op["description"] = description
-    if parameters:
-        op["parameters"] = parameters
-    if body is not None:
-        op["requestBody"] = {"required": body_required, "content": {_JSON: {"schema": body}}}
-    return op
+    return {**answer(ref(schema), description), "headers": _REPLAYED}
+_E504_READ = e504("the read could not be confirmed as linearizable. Retry.")
 
 
 _KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
         "description": "The key; may contain '/' (percent-encode '?' and '#')."}
 _REVISION = {"name": "revision", "in": "query", "schema": {"type": "integer", "minimum": 1},
              "description": "Read as of this past revision (410 if compacted, 400 if not reached yet)."}
-_STALE = {"name": "stale", "in": "query", "schema": {"type": "boolean", "default": False},
+# A boolean query parameter as errors.query_flag reads it: true or false, 1 or 0, yes or no, in any
+# case, or the name alone (?stale) for true.
+_FLAG = {"anyOf": [{"type": "boolean"}, {"type": "string", "pattern": (
+    "^(|[01]|[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo])$")}]}
+_STALE = {"name": "stale", "in": "query", "schema": {**_FLAG, "default": False},
           "description": "Read this node's local state without a ReadIndex barrier (may be stale)."}
 _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
                 "schema": {"type": "string", "minLength": 1, "maxLength": MAX_REQUEST_ID_CHARS},
@@ -96,51 +66,43 @@ _PREV_REVISION_Q = {"name": "prev_revision", "in": "query", "schema": {"type": "
                     "description": "Delete only if the key's mod_revision equals this (also accepted in the body)."}
 
 
-def _head(get: dict[str, Any]) -> dict[str, Any]:
-    """HEAD of a GET operation: the same statuses and headers, no body."""
-    responses = {status: {k: v for k, v in answer.items() if k != "content"}
-                 for status, answer in get["responses"].items()}
-    head = {"summary": f"{get['summary']}: status and headers only (HEAD)", "responses": responses}
-    if "parameters" in get:
-        head["parameters"] = get["parameters"]
-    return head
-
-
 def _key_ops(root: bool, limits: dict[str, int]) -> dict[str, Any]:
     """GET/PUT/DELETE on one key; `root` is the seed's /{key} spelling of the same operations."""
     extra: dict[str, Any] = {}
     note = ""
     if root:
-        extra = {"405": _err("The path is a fixed route (e.g. PUT /health) that does not have this method."),
-                 "404": _err("The key does not exist, or its first segment is a reserved name (use /kv/{key}).")}
+        extra = {"405": err("The path is a fixed route (e.g. PUT /health) that does not have this method."),
+                 "404": err("The key does not exist, or its first segment is a reserved name (use /kv/{key}).")}
         note = "The seed's spelling of /kv/{key}; keys whose first segment is a reserved route name are refused. "
-    too_large_key = _err(f"The key is longer than {limits['key']} bytes of UTF-8.")
-    write_common = {"413": _err(f"Key over {limits['key']} bytes, value over {limits['value']} bytes encoded, "
+    too_large_key = err(f"The key is longer than {limits['key']} bytes of UTF-8.")
+    write_common = {"413": err(f"Key over {limits['key']} bytes, value over {limits['value']} bytes encoded, "
                                 f"or body over {limits['body']} bytes."),
-                    "422": _E422, "503": _E503, "504": _E504_WRITE}
+                    "422": _E422, "503": E503, "504": E504_WRITE}
     params = [_KEY]
     return {
-        "get": _op("Read a key (linearizable unless stale=true)", {
-            "200": _json({"oneOf": [_ref("GetResult"), _ref("History")]},
+        "get": op("Read a key (linearizable unless stale=true)", {
+            "200": answer({"oneOf": [ref("GetResult"), ref("History")]},
                          "The key's value and metadata (at `revision` if given); for .../history, its versions."),
-            "400": _E400, "404": _E404_KEY, "410": _json(_ref("Compacted"), "revision is below the compacted one."),
-            "413": too_large_key, "503": _E503, "504": _E504_READ,
+            "400": _E400, "404": _E404_KEY, "410": answer(ref("Compacted"), "revision is below the compacted one."),
+            "413": too_large_key, "503": E503, "504": _E504_READ,
             **({"405": extra["405"], "404": extra["404"]} if root else {})},
             parameters=[*params, _STALE, _REVISION],
             description=note + "A follower asks the leader for the read index (ReadIndex), then answers from its "
                                "own state once it has applied that far. GET /kv/{key}/history lists the key's "
                                "retained versions, oldest first (a delete is a null kv); a key that itself ends in "
                                "/history is written with its slash percent-encoded (%2Fhistory)."),
-        "put": _op("Write a key (compare-and-set with prev_*)", {
+        "put": op("Write a key (compare-and-set with prev_*)", {
             "200": _done("PutResult", "Committed and applied."),
-            "400": _E400, "412": _E412, **write_common, **extra},
-            parameters=[*params, _IDEMPOTENCY], body=_ref("PutRequest"),
+            "400": _E400, "412": _E412, **write_common, **extra,
+            "404": err("The lease given does not exist (it expired or was revoked); nothing was written."
+                       + (" Or the key's first segment is a reserved name (use /kv/{key})." if root else ""))},
+            parameters=[*params, _IDEMPOTENCY], body=ref("PutRequest"),
             description=note + "Answered only after commit and apply; a follower forwards the write to the "
                                  "leader over the Raft link and answers once it has applied it too."),
-        "delete": _op("Delete a key", {
+        "delete": op("Delete a key", {
             "200": _done("DeleteResult", "Deleted."),
             "400": _E400, "404": _E404_KEY, "412": _E412, **write_common, **extra},
-            parameters=[*params, _IDEMPOTENCY, _PREV_REVISION_Q], body=_ref("DeleteRequest"), body_required=False,
+            parameters=[*params, _IDEMPOTENCY, _PREV_REVISION_Q], body=ref("DeleteRequest"), body_required=False,
             description=note + "The body is optional."),
     }
 
@@ -149,13 +111,14 @@ def _schemas() -> dict[str, Any]:
     any_json: dict[str, Any] = {"description": "Any JSON value."}
     kv = {"type": "object", "required": ["key", "value", "create_revision", "mod_revision", "version"],
           "properties": {"key": {"type": "string"}, "value": any_json, "create_revision": {"type": "integer"},
-                         "mod_revision": {"type": "integer"}, "version": {"type": "integer"}}}
+                         "mod_revision": {"type": "integer"}, "version": {"type": "integer"},
+                         "lease": {"type": "integer", "description": "The lease it is attached to; absent: none."}}}
     answered = {"node": {"type": "string", "description": "The node that answered."},
                 "leader": {"type": ["string", "null"], "description": "The leader as this node knows it."},
                 "forwardedBy": {"type": "string",
                                 "description": "Present when a follower forwarded the write to the leader; "
                                                "\"node\" is then the leader that took it."}}
-    nullable_kv = {"oneOf": [_ref("KeyValue"), {"type": "null"}]}
+    nullable_kv = {"oneOf": [ref("KeyValue"), {"type": "null"}]}
     op_item = {"type": "object", "description": "{\"op\": \"put\"|\"delete\"|\"get\"|\"range\", ...fields} or "
                                                 "{\"put\": {...fields}}; put {key, value}, delete {key}, get {key}, "
                                                 "range {prefix?, limit?}."}
@@ -167,7 +130,7 @@ def _schemas() -> dict[str, Any]:
             "key": {"type": "string"}, "compactRevision": {"type": "integer"}, "revision": {"type": "integer"},
             "node": {"type": "string"},
             "versions": {"type": "array", "items": {"type": "object", "required": ["revision", "kv"], "properties": {
-                "revision": {"type": "integer"}, "kv": {"oneOf": [_ref("KeyValue"), {"type": "null"}]}}}}}},
+                "revision": {"type": "integer"}, "kv": {"oneOf": [ref("KeyValue"), {"type": "null"}]}}}}}},
         "Compacted": {"type": "object", "required": ["error", "compactRevision", "node"], "properties": {
             "error": {"type": "string"}, "compactRevision": {"type": "integer"}, "node": {"type": "string"}}},
         "RaftLog": {"type": "object", "required": ["nodeId", "firstIndex", "lastIndex", "commitIndex", "entries"],
@@ -202,19 +165,23 @@ def _schemas() -> dict[str, Any]:
         "HeldNumbers": {"type": "object", "required": ["numbers"], "additionalProperties": False, "properties": {
             "numbers": {"type": "array", "items": {"type": "integer"}}}},
         "Member": {"type": "object", "required": ["id", "name", "clientURL", "peerURL", "role", "isLeader"],
+                   "description": "A member added by its peer address alone (etcd's MemberAdd, `etcdctl member "
+                                  "add`) has started false, and an empty name and clientURL, until its node starts "
+                                  "and publishes them.",
                    "properties": {"id": {"type": "string"}, "name": {"type": "string"},
                                   "clientURL": {"type": "string"}, "peerURL": {"type": "string"},
                                   "role": {"enum": ["voter", "learner"]}, "isLeader": {"type": "boolean"},
+                                  "started": {"type": "boolean"},
                                   "matchIndex": {"type": "integer"}, "lagEntries": {"type": "integer"}}},
         "Members": {"type": "object", "required": ["members", "leader", "removedIDs", "node"], "properties": {
-            "members": {"type": "array", "items": _ref("Member")}, "leader": {"type": ["string", "null"]},
+            "members": {"type": "array", "items": ref("Member")}, "leader": {"type": ["string", "null"]},
             "removedIDs": {"type": "array", "items": {"type": "string"}}, "node": {"type": "string"}}},
         "AddMember": {"type": "object", "required": ["name", "clientURL", "peerURL"], "additionalProperties": False,
                       "properties": {"name": {"type": "string"}, "clientURL": {"type": "string"},
                                      "peerURL": {"type": "string", "description": "host:port of its Raft port"},
                                      "learner": {"type": "boolean", "default": True}}},
         "MemberChanged": {"type": "object", "required": ["member", "members", "node"], "properties": {
-            "member": _ref("Member"), "members": {"type": "array", "items": _ref("Member")},
+            "member": ref("Member"), "members": {"type": "array", "items": ref("Member")},
             "node": {"type": "string"}}},
         "RequestKeyReused": {"type": "object", "required": ["error", "request_id", "mismatch", "first_use", "node"],
                              "properties": {
@@ -233,6 +200,9 @@ def _schemas() -> dict[str, Any]:
             "prev_revision": {"type": "integer", "minimum": 0,
                               "description": "Only if mod_revision equals this (0: absent)."},
             "prev_exist": {"type": "boolean", "description": "false: create only; true: update only."},
+            "lease": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1,
+                      "description": "Attach the key to this lease (POST /leases): it is deleted when the lease "
+                                     "ends. 0: none."},
             "request_id": {"type": "string", "maxLength": 256, "description": "Same as the Idempotency-Key header."}}},
         "PutResult": {"type": "object", "required": ["key", "value", "revision", "node", "leader"], "properties": {
             "op": {"const": "put"}, "key": {"type": "string"}, "value": any_json, "revision": {"type": "integer"},
@@ -243,9 +213,9 @@ def _schemas() -> dict[str, Any]:
             "prev_revision": {"type": "integer", "minimum": 1}, "request_id": {"type": "string", "maxLength": 256}}},
         "DeleteResult": {"type": "object", "required": ["key", "revision", "node", "leader"], "properties": {
             "op": {"const": "delete"}, "key": {"type": "string"}, "revision": {"type": "integer"},
-            "prev": _ref("KeyValue"), **answered}},
+            "prev": ref("KeyValue"), **answered}},
         "RangeResult": {"type": "object", "required": ["items", "more", "count", "revision", "node"], "properties": {
-            "items": {"type": "array", "items": _ref("KeyValue")}, "more": {"type": "boolean"},
+            "items": {"type": "array", "items": ref("KeyValue")}, "more": {"type": "boolean"},
             "next": {"type": "string", "description": "With more=true: the start of the next page."},
             "count": {"type": "integer"}, "revision": {"type": "integer"}, **answered}},
         "TxnRequest": {"type": "object", "additionalProperties": False, "properties": {
@@ -284,10 +254,10 @@ def _schemas() -> dict[str, Any]:
         "LinkRequest": {"type": "object", "additionalProperties": False,
                         "properties": {"peers": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1},
                                                  "description": "Only these peers; omitted: all peers."},
-                                       "loss_percent": {"type": "number", "minimum": 0, "maximum": 100},
-                                       "delay_ms": {"type": "number", "minimum": 0, "maximum": 10000}},
+                                       "loss_percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
+                                       "delay_ms": {"type": ["number", "null"], "minimum": 0, "maximum": 10000}},
                         "description": "Applies to this node's outbound Raft traffic; set it on both ends for a "
-                                       "symmetric link. 0 removes the rule."},
+                                       "symmetric link. 0 removes the rule; null is as if left out."},
         "LinkResult": {"type": "object", "required": ["faults", "node"], "properties": {
             "peers": {"type": ["array", "null"], "items": {"type": "string"}},
             "loss_percent": {"type": ["number", "null"]}, "delay_ms": {"type": ["number", "null"]},
@@ -308,11 +278,11 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
     limits = {"body": max_body_bytes, "key": max_key_bytes, "value": max_value_bytes}
     paths: dict[str, Any] = {
         "/kv/{key}": _key_ops(False, limits),
-        "/kv": {"get": _op("List keys by prefix", {
-            "200": _json(_ref("RangeResult"), "Keys in sorted order; more=true if the limit cut the list, "
+        "/kv": {"get": op("List keys by prefix", {
+            "200": answer(ref("RangeResult"), "Keys in sorted order; more=true if the limit cut the list, "
                                               "and then next is the first key not returned."),
-            "400": _E400, "410": _json(_ref("Compacted"), "revision is below the compacted one."),
-            "413": _err("prefix, start or end is longer than a key may be."), "503": _E503, "504": _E504_READ},
+            "400": _E400, "410": answer(ref("Compacted"), "revision is below the compacted one."),
+            "413": err("prefix, start or end is longer than a key may be."), "503": E503, "504": _E504_READ},
             parameters=[{"name": "prefix", "in": "query", "schema": {"type": "string", "default": ""}},
                         {"name": "start", "in": "query", "schema": {"type": "string", "default": ""},
                          "description": "Only keys from this one on (inclusive); pass the previous page's "
@@ -322,160 +292,161 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
                         {"name": "limit", "in": "query",
                          "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
                         _STALE, _REVISION])},
-        "/txn": {"post": _op("Atomic transaction, like etcd's Txn", {
+        "/txn": {"post": op("Atomic transaction, like etcd's Txn", {
             "200": _done("TxnResult", "Applied: the success ops if every compare held, else the failure ops."),
-            "400": _E400, "413": _err("A key, value or the body is over its limit."),
-            "422": _E422, "503": _E503, "504": _E504_WRITE},
-            parameters=[_IDEMPOTENCY], body=_ref("TxnRequest"))},
-        "/raft-state": {"get": _op("This node's Raft state (the seed's fields and more)", {
-            "200": _json(_ref("RaftState"), "Role, term, log, commit/apply indexes, peers' progress, faults."),
-            "400": _err("digest is not a boolean, or an unknown query parameter.")},
-            parameters=[{"name": "digest", "in": "query", "required": False, "schema": {"type": "boolean"},
+            "400": _E400, "413": err("A key, value or the body is over its limit."),
+            "422": _E422, "503": E503, "504": E504_WRITE},
+            parameters=[_IDEMPOTENCY], body=ref("TxnRequest"))},
+        "/raft-state": {"get": op("This node's Raft state (the seed's fields and more)", {
+            "200": answer(ref("RaftState"), "Role, term, log, commit/apply indexes, peers' progress, faults."),
+            "400": err("digest is not a boolean, or an unknown query parameter.")},
+            parameters=[{"name": "digest", "in": "query", "required": False, "schema": _FLAG,
                          "description": "Also return kvDigest, a hash of the whole state machine (costly)."}])},
-        "/force-election": {"post": _op("Make this node start an election now", {
-            "200": _json(_ref("ElectionResult"), "The election began (the result says where it stands)."),
-            "403": _E403_LAB, "503": _E503}, description="No body is needed; any body is ignored.")},
-        "/simulate-partition": {"post": _op("Cut (or restore) this node's Raft traffic", {
-            "200": _json(_ref("PartitionResult"), "The fault is in place."),
-            "400": _err("Wrong types, unknown fields or unknown peer ids."), "403": _E403_LAB,
-            "413": _err(f"Body over {max_body_bytes} bytes.")}, body=_ref("PartitionRequest"))},
-        "/simulate-link": {"post": _op("Add packet loss and latency to this node's outgoing Raft traffic", {
-            "200": _json(_ref("LinkResult"), "The rule is in place."),
-            "400": _err("Wrong types, out-of-range numbers, unknown fields or unknown peer ids."), "403": _E403_LAB,
-            "413": _err(f"Body over {max_body_bytes} bytes.")}, body=_ref("LinkRequest"))},
-        "/metrics": {"get": _op("Prometheus metrics", {"200": {
+        "/force-election": {"post": op("Make this node start an election now", {
+            "200": answer(ref("ElectionResult"), "The election began (the result says where it stands)."),
+            "403": _E403_LAB, "503": E503}, description="No body is needed; any body is ignored.")},
+        "/simulate-partition": {"post": op("Cut (or restore) this node's Raft traffic", {
+            "200": answer(ref("PartitionResult"), "The fault is in place."),
+            "400": err("Wrong types, unknown fields or unknown peer ids."), "403": _E403_LAB,
+            "413": err(f"Body over {max_body_bytes} bytes.")}, body=ref("PartitionRequest"))},
+        "/simulate-link": {"post": op("Add packet loss and latency to this node's outgoing Raft traffic", {
+            "200": answer(ref("LinkResult"), "The rule is in place."),
+            "400": err("Wrong types, out-of-range numbers, unknown fields or unknown peer ids."), "403": _E403_LAB,
+            "413": err(f"Body over {max_body_bytes} bytes.")}, body=ref("LinkRequest"))},
+        "/metrics": {"get": op("Prometheus metrics", {"200": {
             "description": "Prometheus text exposition format.",
             "content": {"text/plain": {"schema": {"type": "string"}}}}})},
-        "/health": {"get": _op("Liveness and whether a leader is known", {
-            "200": _json(_ref("Health"), "Alive and a leader is known: status \"ok\"."),
-            "503": _json(_ref("Health"), "Alive, but no leader is known: status \"unavailable\" and the reason.")})},
-        "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1.")})},
-        "/compact": {"post": _op("Forget key history at or below a revision", {
-            "200": _json({"type": "object", "required": ["compacted", "revision"], "properties": {
+        "/health": {"get": op("Liveness and whether a leader is known", {
+            "200": answer(ref("Health"), "Alive and a leader is known: status \"ok\"."),
+            "503": answer(ref("Health"), "Alive, but no leader is known: status \"unavailable\" and the reason.")})},
+        "/openapi.json": {"get": op("This document", {"200": answer({"type": "object"}, "OpenAPI 3.1.")})},
+        "/compact": {"post": op("Forget key history at or below a revision", {
+            "200": answer({"type": "object", "required": ["compacted", "revision"], "properties": {
                 "compacted": {"type": "integer"}, "dropped": {"type": "integer"}, "revision": {"type": "integer"},
                 "op": {"const": "compact"}, "node": {"type": "string"}}}, "Committed on every replica."),
-            "400": _err("Not an integer >= 1, or a revision the store has not reached."),
-            "413": _err(f"Body over {max_body_bytes} bytes."), "503": _E503, "504": _E504_WRITE},
+            "400": err("Not an integer >= 1, or a revision the store has not reached."),
+            "413": err(f"Body over {max_body_bytes} bytes."), "503": E503, "504": E504_WRITE},
             body={"type": "object", "required": ["revision"], "additionalProperties": False,
                   "properties": {"revision": {"type": "integer", "minimum": 1}}})},
-        "/watch": {"get": _op("Watch a key or a prefix (Server-Sent Events)", {
+        "/watch": {"get": op("Watch a key or a prefix (Server-Sent Events)", {
             "200": {"description": "text/event-stream: one message per revision (id: the revision; data: "
                                    "{revision, events: [{type: put|delete, key, kv?, prev?}]}); event: progress "
                                    "{revision} when idle; event: cancelled {cancelled, resumeRevision} ends it.",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-            "400": _E400, "410": _json(_ref("Compacted"), "start_revision is below the compacted revision."),
-            "413": _err("key or prefix is longer than a key may be.")},
+            "400": _E400, "410": answer(ref("Compacted"), "start_revision is below the compacted revision."),
+            "413": err("key or prefix is longer than a key may be.")},
             parameters=[{"name": "key", "in": "query", "schema": {"type": "string"}},
                         {"name": "prefix", "in": "query", "schema": {"type": "string"}},
                         {"name": "start_revision", "in": "query", "schema": {"type": "integer", "minimum": 1},
                          "description": "Replay from this revision (default: only what comes next). A resumed "
                                         "EventSource's Last-Event-ID header does the same from the next one."},
-                        {"name": "prev_kv", "in": "query", "schema": {"type": "boolean"}}])},
+                        {"name": "prev_kv", "in": "query", "schema": _FLAG}])},
         "/leases": {
-            "get": _op("Every lease", {"200": _json({"type": "object", "required": ["leases"], "properties": {
+            "get": op("Every lease", {"200": answer({"type": "object", "required": ["leases"], "properties": {
                 "leases": {"type": "array", "items": {"type": "object"}}, "revision": {"type": "integer"},
                 "node": {"type": "string"}}}, "Leases with their TTL and how many keys they hold.")}),
-            "post": _op("Grant a lease", {
-                "200": _json({"type": "object", "required": ["id", "ttl"], "properties": {
+            "post": op("Grant a lease", {
+                "200": answer({"type": "object", "required": ["id", "ttl"], "properties": {
                     "id": {"type": "integer"}, "ttl": {"type": "integer"}, "revision": {"type": "integer"},
                     "node": {"type": "string"}}}, "Granted: put keys with \"lease\": id."),
-                "400": _E400, "409": _err("That id is granted already."),
-                "413": _err(f"Body over {max_body_bytes} bytes."), "503": _E503, "504": _E504_WRITE},
+                "400": _E400, "409": err("That id is granted already."),
+                "413": err(f"Body over {max_body_bytes} bytes."), "503": E503, "504": E504_WRITE},
                 body={"type": "object", "required": ["ttl"], "additionalProperties": False, "properties": {
-                    "ttl": {"type": "integer", "minimum": 1}, "id": {"type": "integer", "minimum": 1}}})},
+                    "ttl": {"type": "integer", "minimum": 1, "maximum": MAX_LEASE_TTL_S},
+                    "id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}})},
         "/leases/{id}": {
-            "get": _op("A lease: TTL, time left (the leader's clock) and keys", {
-                "200": _json({"type": "object", "required": ["id", "ttl", "remaining", "keys"], "properties": {
+            "get": op("A lease: TTL, time left (the leader's clock) and keys", {
+                "200": answer({"type": "object", "required": ["id", "ttl", "remaining", "keys"], "properties": {
                     "id": {"type": "integer"}, "ttl": {"type": "integer"}, "remaining": {"type": "number"},
                     "keys": {"type": "array", "items": {"type": "string"}},
                     "grantedRevision": {"type": "integer"}, "node": {"type": "string"}}}, "The lease."),
-                "400": _E400, "404": _err("No such lease (expired, revoked or never granted)."),
-                "503": _E503}, parameters=[_LEASE_ID]),
-            "delete": _op("Revoke a lease: its keys are deleted in one revision", {
-                "200": _json({"type": "object", "required": ["id", "deleted"], "properties": {
+                "400": _E400, "404": err("No such lease (expired, revoked or never granted)."),
+                "503": E503}, parameters=[_LEASE_ID]),
+            "delete": op("Revoke a lease: its keys are deleted in one revision", {
+                "200": answer({"type": "object", "required": ["id", "deleted"], "properties": {
                     "id": {"type": "integer"}, "deleted": {"type": "array", "items": {"type": "string"}},
                     "revision": {"type": "integer"}, "node": {"type": "string"}}}, "Revoked."),
-                "400": _E400, "404": _err("No such lease."), "503": _E503, "504": _E504_WRITE},
+                "400": _E400, "404": err("No such lease."), "503": E503, "504": E504_WRITE},
                 parameters=[_LEASE_ID])},
-        "/leases/{id}/keepalive": {"post": _op("Renew a lease for its whole TTL", {
-            "200": _json({"type": "object", "required": ["id", "ttl"], "properties": {
+        "/leases/{id}/keepalive": {"post": op("Renew a lease for its whole TTL", {
+            "200": answer({"type": "object", "required": ["id", "ttl"], "properties": {
                 "id": {"type": "integer"}, "ttl": {"type": "integer"}, "node": {"type": "string"}}},
                 "Renewed by the leader (after confirming it still leads)."),
-            "400": _E400, "404": _err("No such lease: it expired or was revoked; grant a new one."),
-            "503": _E503}, parameters=[_LEASE_ID])},
-        "/raft/log": {"get": _op("This node's log as it is", {
-            "200": _json(_ref("RaftLog"), "Entries with their real terms, kinds, summaries and where each stands."),
+            "400": _E400, "404": err("No such lease: it expired or was revoked; grant a new one."),
+            "503": E503}, parameters=[_LEASE_ID])},
+        "/raft/log": {"get": op("This node's log as it is", {
+            "200": answer(ref("RaftLog"), "Entries with their real terms, kinds, summaries and where each stands."),
             "400": _E400},
             parameters=[{"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 1},
                          "description": "First index to show (default: the newest `limit` entries)."},
                         {"name": "limit", "in": "query",
                          "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}}])},
         "/lab": {
-            "get": _op("The lab: hold-and-step delivery, held clock, tick length, snapshot interval", {
-                "200": _json(_ref("Lab"), "The settings and the messages held now.")}),
-            "post": _op("Change the lab's settings", {
-                "200": _json(_ref("Lab"), "The settings in force."),
-                "400": _E400, "403": _E403_LAB, "413": _err(f"Body over {max_body_bytes} bytes.")},
-                body=_ref("LabSettings"),
+            "get": op("The lab: hold-and-step delivery, held clock, tick length, snapshot interval", {
+                "200": answer(ref("Lab"), "The settings and the messages held now.")}),
+            "post": op("Change the lab's settings", {
+                "200": answer(ref("Lab"), "The settings in force."),
+                "400": _E400, "403": _E403_LAB, "413": err(f"Body over {max_body_bytes} bytes.")},
+                body=ref("LabSettings"),
                 description="holding: this node's outgoing Raft messages wait until released (leaving releases "
                             "them all); clockHeld: nothing times out; tickMs: the tick length, at run time "
                             "(slow motion without a restart); snapshotEvery: applied entries between snapshots.")},
-        "/lab/release": {"post": _op("Send held messages on, in the order given", {
-            "200": _json({"type": "object", "required": ["released"], "properties": {
+        "/lab/release": {"post": op("Send held messages on, in the order given", {
+            "200": answer({"type": "object", "required": ["released"], "properties": {
                 "released": {"type": "integer"}, "node": {"type": "string"}}}, "How many were still held."),
-            "400": _E400, "403": _E403_LAB, "413": _err(f"Body over {max_body_bytes} bytes.")},
-            body=_ref("HeldNumbers"))},
-        "/lab/drop": {"post": _op("Drop held messages", {
-            "200": _json({"type": "object", "required": ["dropped"], "properties": {
+            "400": _E400, "403": _E403_LAB, "413": err(f"Body over {max_body_bytes} bytes.")},
+            body=ref("HeldNumbers"))},
+        "/lab/drop": {"post": op("Drop held messages", {
+            "200": answer({"type": "object", "required": ["dropped"], "properties": {
                 "dropped": {"type": "integer"}, "node": {"type": "string"}}}, "How many were still held."),
-            "400": _E400, "403": _E403_LAB, "413": _err(f"Body over {max_body_bytes} bytes.")},
-            body=_ref("HeldNumbers"))},
+            "400": _E400, "403": _E403_LAB, "413": err(f"Body over {max_body_bytes} bytes.")},
+            body=ref("HeldNumbers"))},
         "/members": {
-            "get": _op("The cluster's members", {
-                "200": _json(_ref("Members"), "Every member with its role (voter or learner); on the leader, how far "
+            "get": op("The cluster's members", {
+                "200": answer(ref("Members"), "Every member with its role (voter or learner); on the leader, how far "
                                               "behind each is. removedIDs: ids removed for good (never reused).")}),
-            "post": _op("Add a member (a learner by default)", {
-                "200": _json(_ref("MemberChanged"), "The change is committed; the new member and the configuration."),
-                "400": _err("Malformed input: a name, an http://host:port clientURL and a host:port peerURL."),
-                "409": _err("The name or an address is a member's already, or another change is not committed yet "
+            "post": op("Add a member (a learner by default)", {
+                "200": answer(ref("MemberChanged"), "The change is committed; the new member and the configuration."),
+                "400": err("Malformed input: a name, an http://host:port clientURL and a host:port peerURL."),
+                "409": err("The name or an address is a member's already, or another change is not committed yet "
                             "(reason says which)."),
-                "413": _err(f"Body over {max_body_bytes} bytes."),
-                "503": _E503, "504": _E504_WRITE},
-                body=_ref("AddMember"),
+                "413": err(f"Body over {max_body_bytes} bytes."),
+                "503": E503, "504": E504_WRITE},
+                body=ref("AddMember"),
                 description="Start the new node with `raftkv node --join URL`: it receives the log, or a snapshot, "
                             "as a learner. Any node accepts the request; a follower hands it to the leader.")},
-        "/members/{id}/promote": {"post": _op("Promote a learner to voter", {
-            "200": _json(_ref("MemberChanged"), "The change is committed."),
-            "404": _err("No member with that id."),
-            "409": _err("Not a learner, not caught up with the leader's log yet (retry later), or another change "
+        "/members/{id}/promote": {"post": op("Promote a learner to voter", {
+            "200": answer(ref("MemberChanged"), "The change is committed."),
+            "404": err("No member with that id."),
+            "409": err("Not a learner, not caught up with the leader's log yet (retry later), or another change "
                         "is pending (reason says which)."),
-            "503": _E503, "504": _E504_WRITE}, parameters=[_MEMBER_ID])},
-        "/members/{id}": {"delete": _op("Remove a member", {
-            "200": _json({"type": "object", "required": ["removed", "members"], "properties": {
-                "removed": {"type": "string"}, "members": {"type": "array", "items": _ref("Member")}}},
+            "503": E503, "504": E504_WRITE}, parameters=[_MEMBER_ID])},
+        "/members/{id}": {"delete": op("Remove a member", {
+            "200": answer({"type": "object", "required": ["removed", "members"], "properties": {
+                "removed": {"type": "string"}, "members": {"type": "array", "items": ref("Member")}}},
                 "The change is committed."),
-            "404": _err("No member with that id."),
-            "409": _err("The last voter, or another change is pending (reason says which)."),
-            "503": _E503, "504": _E504_WRITE}, parameters=[_MEMBER_ID],
+            "404": err("No member with that id."),
+            "409": err("The last voter, or another change is pending (reason says which)."),
+            "503": E503, "504": E504_WRITE}, parameters=[_MEMBER_ID],
             description="Removing the leader hands leadership to another voter first.")},
-        "/snapshot": {"get": _op("A consistent backup of the whole store (`raftkv snapshot save`)", {
+        "/snapshot": {"get": op("A consistent backup of the whole store (`raftkv snapshot save`)", {
             "200": {"description": "The backup file: a header (format version, revision, applied index, key count, "
                                    "the members, the body's sha256) and the state machine's image.",
                     "content": {_BINARY: {"schema": {"type": "string", "contentMediaType": _BINARY}}}},
-            "400": _err("An unknown query parameter."), "503": _E503, "504": _E504_READ},
+            "400": err("An unknown query parameter."), "503": E503, "504": _E504_READ},
             description="Taken after a linearizable read barrier, so it holds every write acknowledged before the "
                         "request, at one revision. One backup is made at a time per node; others wait their turn. "
                         "`raftkv snapshot restore` starts a new cluster from it.")},
-        "/raft/events": {"get": _op("This node's Raft event stream (WebSocket)", {
+        "/raft/events": {"get": op("This node's Raft event stream (WebSocket)", {
             "101": {"description": "Switching to WebSocket: each text message is one JSON event object (role "
                                    "changes, votes, messages sent and dropped, commits, periodic status)."},
-            "400": _err("Not a WebSocket upgrade request.")})},
+            "400": err("Not a WebSocket upgrade request.")})},
         "/{key}": _key_ops(True, limits),
     }
     for path, ops in paths.items():
         if "get" in ops and path not in ("/raft/events", "/watch"):  # a stream has no HEAD
-            ops["head"] = _head(ops["get"])
-    return {
+            ops["head"] = head_of(ops["get"])
+    return with_auth({
         "openapi": "3.1.0",
         "info": {"title": "raftkv node API", "version": "0.1.0", "description": (
             "The client API of one raftkv node: a linearizable key-value store replicated with Raft. Any node "
@@ -486,4 +457,4 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             f"{max_key_bytes} bytes of UTF-8, value {max_value_bytes} bytes encoded.")},
         "paths": paths,
         "components": {"schemas": _schemas()},
-    }
+    })

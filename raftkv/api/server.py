@@ -6,6 +6,9 @@ everything acknowledged is fsynced), then close the WAL. Event streams (`/raft/e
 dashboard's among them) and key watches (`/watch`, Server-Sent Events) never finish by themselves:
 they are closed as shutdown begins, or aiohttp would wait for them twice `shutdown_timeout` (10 s)
 before the node could exit. etcd's streams are ended the same way (raftkv/etcd/streams.py).
+
+With client TLS (node/config.py), the HTTP port and the etcd gRPC port serve it with the same
+certificate, and both require a client certificate when a client CA is configured.
 """
 
 from __future__ import annotations
@@ -15,12 +18,17 @@ import gc
 import logging
 import signal
 import weakref
+from pathlib import Path
 
+import grpc
 from aiohttp import WSCloseCode, web
 
 from raftkv.etcd import add_gateway_routes, etcd_services, start_etcd_server
-from raftkv.node import NodeConfig, NodeHost
+from raftkv.node import NodeConfig, NodeHost, tracing
+from raftkv.tls import server_context
 
+from .auth import Gate
+from .connections import BoundedRunner, ConnectionLimits
 from .http import create_app
 
 log = logging.getLogger("raftkv.node")
@@ -59,17 +67,25 @@ def close_event_streams_on_shutdown(app: web.Application) -> None:
 
 
 async def serve(cfg: NodeConfig) -> None:
+    tracing.setup_from_env(cfg.node_id)  # only if the OTEL_* variables ask (node/tracing.py)
     node = NodeHost(cfg)
     tune_gc()
-    etcd = etcd_services(node, cfg.etcd_endpoint)
-    app = create_app(node, more_routes=lambda app: add_gateway_routes(app, etcd))
+    gate = Gate(node)  # one for the HTTP API and etcd's: the same users, passwords checked once
+    etcd = etcd_services(node, cfg.etcd_endpoint, gate)
+    app = create_app(node, more_routes=lambda app: add_gateway_routes(app, etcd), gate=gate)
     close_event_streams_on_shutdown(app)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=cfg.proposal_timeout_s)
+    # Connections held at once, and how long a slow client may hold one (api/connections.py).
+    runner = BoundedRunner(app, ConnectionLimits.of(cfg), cfg.node_id, access_log=None,
+                           shutdown_timeout=cfg.proposal_timeout_s)
+    node.metrics.registry.register(runner.stats)
     await runner.setup()
-    await web.TCPSite(runner, *cfg.client_listen_address(), reuse_address=True).start()
+    tls = None
+    if cfg.client_tls_cert is not None and cfg.client_tls_key is not None:
+        tls = server_context(cfg.client_tls_cert, cfg.client_tls_key, cfg.client_tls_ca)
+    await web.TCPSite(runner, *cfg.client_listen_address(), reuse_address=True, ssl_context=tls).start()
     await node.start()
     etcd_address = cfg.etcd_listen_address()
-    grpc_server = await start_etcd_server(etcd, etcd_address) if etcd_address else None
+    grpc_server = await start_etcd_server(etcd, etcd_address, _grpc_credentials(cfg)) if etcd_address else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,8 +101,20 @@ async def serve(cfg: NodeConfig) -> None:
             await grpc_server.stop(grace=cfg.proposal_timeout_s)
         await runner.cleanup()
         await node.stop()  # a failed group only halts: nothing more is written
+        await asyncio.get_running_loop().run_in_executor(None, tracing.shutdown)  # export what is buffered
     if failed.done():
         raise SystemExit(f"node {cfg.node_id} stopped: {failed.result()!r} (see the log above)")
+
+
+def _grpc_credentials(cfg: NodeConfig) -> grpc.ServerCredentials | None:
+    """The client API's TLS for the etcd gRPC port: the same certificate, and the same demand for
+    client certificates."""
+    if cfg.client_tls_cert is None or cfg.client_tls_key is None:
+        return None
+    ca = cfg.client_tls_ca
+    key, cert = Path(cfg.client_tls_key).read_bytes(), Path(cfg.client_tls_cert).read_bytes()
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=Path(ca).read_bytes() if ca else None,
+                                       require_client_auth=ca is not None)
 
 
 def run(cfg: NodeConfig) -> None:

@@ -5,6 +5,7 @@ Modules, one job each (data flows top to bottom):
     netns.py        a lab of network namespaces + bridge; nftables cuts, one-way drops, loss
     clusters.py     the clusters a run acts on: loopback processes, processes in a lab, attached
     workload.py     concurrent clients (read / write / CAS on a few keys, random nodes) -> history
+    etcd_clients.py the same clients through each node's etcd gRPC API (--workload etcd)
     coordination.py with --workload watch,lease,lock: starts, settles and judges the three below
     watchers.py     watch streams of the run's prefix; judged for order, gaps, duplicates, uncommitted events
     leases.py       a lease client (kept alive, revoked, lapsed, renewed late); judged for early expiry
@@ -29,6 +30,7 @@ Running it (as `raftkv chaos`, or `python -m raftkv.chaos`):
     raftkv chaos --nemesis member,kill,pause,partition   # members leave and rejoin under the faults
     raftkv chaos --endpoints http://h1:3000,http://h2:3000,http://h3:3000 --nemesis partition
     raftkv chaos --workload kv,watch,lease,lock       # watches, leases and locks judged too
+    raftkv chaos --workload etcd                      # the clients through etcd's gRPC API
     raftkv chaos --recheck chaos-out                  # judge a saved run again, redraw its timeline
 
 Exit code 0 pass, 1 violation, 3 inconclusive, 4 could not run. The same --seed replays the same

@@ -14,6 +14,8 @@ import click
 from raftkv.chaos.coordination import WORKLOADS
 from raftkv.chaos.nemesis import KINDS
 from raftkv.chaos.runner import EXIT_SETUP_FAILED, ChaosError, ChaosOptions, recheck, run, run_in_lab, validate
+from raftkv.cli_support import access_options
+from raftkv.client import Access
 
 
 def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -38,21 +40,26 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
               help="Where history.json, run.json, timeline.html and the nodes' data go.")
 @click.option("--endpoints", default=None,
               help="Attach to a running cluster (comma-separated URLs) instead of starting one; "
-                   "then only the partition nemesis is available.")
+                   "then only the partition nemesis is available, and --cacert ... --token say how to reach it.")
+@access_options
 @click.option("--op-timeout", type=click.FloatRange(0.1), default=3.0, show_default=True,
               help="Client request timeout (a timed-out write is 'unknown').")
 @click.option("--workload", default="kv", show_default=True,
-              help=f"Comma-separated: {', '.join(WORKLOADS)} (kv: read/write/CAS clients; watch: watchers "
+              help=f"Comma-separated: {', '.join(WORKLOADS)} (kv: read/write/CAS clients; etcd: the same clients "
+                   "through each node's etcd gRPC API, on keys of their own; watch: watchers "
                    "judged for gaps, duplicates and uncommitted events; lease: leases kept alive, revoked or "
                    "left to lapse; lock: lock clients with fencing tokens and a fenced resource).")
+@click.option("--secure", is_flag=True,
+              help="Start the nodes with TLS on their client API and peer links (a throwaway CA in OUT/data/tls) "
+                   "and auth on: every request of the run goes over TLS, authenticated.")
 @click.option("--node-arg", "node_args", multiple=True, hidden=True,
               help="Extra `raftkv node` argument for every node (e.g. --unsafe-stale-reads).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--recheck", "recheck_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Run nothing: judge the saved run in this --out directory again and redraw its timeline.")
 def chaos(duration: float, clients: int, keys: int, nemesis: tuple[str, ...], seed: int, nodes: int,
-          out_dir: str, endpoints: str | None, op_timeout: float, workload: str, node_args: tuple[str, ...],
-          no_progress: bool, recheck_dir: str | None) -> None:
+          out_dir: str, endpoints: str | None, access: Access, op_timeout: float, workload: str,
+          secure: bool, node_args: tuple[str, ...], no_progress: bool, recheck_dir: str | None) -> None:
     """Run clients against a cluster while a nemesis kills, pauses and partitions it (and, with
     `member`, removes members and adds them back as new ones); then judge
     the history (linearizability per key, lost acknowledged writes, divergence, leaders per term).
@@ -71,7 +78,7 @@ def chaos(duration: float, clients: int, keys: int, nemesis: tuple[str, ...], se
         duration_s=duration, clients=clients, keys=keys, nemesis=nemesis, seed=seed, nodes=nodes,
         out_dir=out_dir, endpoints=tuple(e.strip() for e in (endpoints or "").split(",") if e.strip()),
         node_args=node_args, op_timeout_s=op_timeout, progress=not no_progress,
-        workload=tuple(w.strip() for w in workload.split(",") if w.strip()),
+        workload=tuple(w.strip() for w in workload.split(",") if w.strip()), access=access, secure=secure,
     )
     problems = validate(opts)
     if problems:

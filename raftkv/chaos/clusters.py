@@ -14,6 +14,9 @@ empty data directory and `--join`, so the cluster gives it a new id. Three imple
 * `NetnsCluster`: the same processes, each started with `ip netns exec <node namespace>` on its
   lab address (`ip netns exec` replaces itself with the program, so the pid is the node's);
 * `AttachedCluster`: someone else's nodes, known only by URL: no processes to kill or pause.
+
+With `etcd` (the etcd workload's clients), each slot's node also serves etcd's gRPC API on a port
+of its own (`--listen-etcd`), also when the member nemesis starts the slot again as a new member.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from typing import NoReturn, Protocol
 
 from raftkv.chaos.netns import Lab
 from raftkv.node.config import Member
-from raftkv.supervisor import NodeProcess, Supervisor, last_log_line, loopback_members
+from raftkv.supervisor import NodeProcess, Supervisor, free_ports, last_log_line, loopback_members
 
 __all__ = ["AttachedCluster", "ChaosCluster", "LocalCluster", "NetnsCluster"]
 
 NODE_HTTP_PORT = 3000
 NODE_RAFT_PORT = 4000
+NODE_ETCD_PORT = 2379
 STOP_GRACE_S = 3.0  # a removed node gets this long to exit on SIGTERM before kill -9
 REMOVED_DIR = "removed"
 
@@ -46,7 +50,7 @@ class ChaosCluster(Protocol):
     def is_down(self, node_id: str) -> bool: ...
     def is_running(self, node_id: str) -> bool: ...
     def retire(self, node_id: str, member_id: str) -> Path: ...
-    def start_joiner(self, node_id: str, join_url: str) -> None: ...
+    def start_joiner(self, node_id: str, join_url: str, join_token: str | None) -> None: ...
     def last_words(self, node_id: str) -> str: ...
     def stop(self) -> None: ...
     def log_tail(self, node_id: str, chars: int = 3000) -> str: ...
@@ -55,11 +59,16 @@ class ChaosCluster(Protocol):
 class _SupervisedCluster:
     can_signal = True
 
-    def __init__(self, supervisor: Supervisor, members: list[Member], data_dir: Path) -> None:
+    def __init__(self, supervisor: Supervisor, members: list[Member], data_dir: Path,
+                 slot_args: dict[str, list[str]] | None = None) -> None:
+        """`slot_args`: arguments of one slot's node besides every node's (its etcd API's address)."""
         self.supervisor = supervisor
         self.members = members
         self.data_dir = data_dir
         self.urls = {m.id: m.url for m in members}
+        self.slot_args = slot_args or {}
+        for slot, args in self.slot_args.items():
+            supervisor.nodes[slot].extra_args += args
 
     def start_all(self) -> None:
         self.supervisor.start_all()
@@ -94,12 +103,14 @@ class _SupervisedCluster:
             node.data_dir.rename(archive)
         return archive
 
-    def start_joiner(self, node_id: str, join_url: str) -> None:
-        """Start the slot's name as a new member: its addresses, an empty data directory, --join."""
+    def start_joiner(self, node_id: str, join_url: str, join_token: str | None) -> None:
+        """Start the slot's name as a new member: its addresses, an empty data directory, --join
+        (with an admin's token when auth is on)."""
         old = self.supervisor.nodes[node_id]
         assert not old.running, f"{node_id} still runs"
-        self.supervisor.nodes[node_id] = NodeProcess(old.member, self.data_dir / node_id,
-                                                     extra_args=list(self.supervisor.node_args), join_url=join_url)
+        args = [*self.supervisor.node_args, *self.slot_args.get(node_id, [])]
+        self.supervisor.nodes[node_id] = NodeProcess(old.member, self.data_dir / node_id, extra_args=args,
+                                                     join_url=join_url, join_token=join_token)
         self.supervisor.start(node_id)
 
     def last_words(self, node_id: str) -> str:
@@ -115,9 +126,16 @@ class _SupervisedCluster:
 
 
 class LocalCluster(_SupervisedCluster):
-    def __init__(self, data_dir: Path, nodes: int = 3, node_args: list[str] | None = None) -> None:
-        members = loopback_members(nodes)
-        super().__init__(Supervisor(members, data_dir, node_args), members, data_dir)
+    def __init__(self, data_dir: Path, nodes: int = 3, node_args: list[str] | None = None,
+                 client_tls: bool = False, etcd: bool = False) -> None:
+        """`client_tls`: the nodes serve their client API over TLS (node_args say with what), and
+        then etcd's API too."""
+        members = loopback_members(nodes, client_tls=client_tls)
+        taken = {p for m in members for p in (m.http_port, m.raft_port)}
+        etcd_ports = [p for p in free_ports(3 * nodes) if p not in taken][:nodes] if etcd else []
+        etcd_args = {m.id: ["--listen-etcd", f"127.0.0.1:{port}"]
+                     for m, port in zip(members, etcd_ports, strict=False)}  # (none without etcd)
+        super().__init__(Supervisor(members, data_dir, node_args), members, data_dir, etcd_args)
 
 
 class _NetnsSupervisor(Supervisor):
@@ -139,9 +157,10 @@ class _NetnsSupervisor(Supervisor):
 
 
 class NetnsCluster(_SupervisedCluster):
-    def __init__(self, lab: Lab, data_dir: Path, node_args: list[str] | None = None) -> None:
+    def __init__(self, lab: Lab, data_dir: Path, node_args: list[str] | None = None, etcd: bool = False) -> None:
         members = [Member(n, lab.address(n), NODE_HTTP_PORT, NODE_RAFT_PORT) for n in lab.node_ids]
-        super().__init__(_NetnsSupervisor(lab, members, data_dir, node_args), members, data_dir)
+        etcd_args = {n: ["--listen-etcd", f"{lab.address(n)}:{NODE_ETCD_PORT}"] for n in lab.node_ids} if etcd else {}
+        super().__init__(_NetnsSupervisor(lab, members, data_dir, node_args), members, data_dir, etcd_args)
         self.lab = lab
 
 

@@ -34,8 +34,8 @@ from raftkv.chaos.watchers import Watchers, first_seen, judge_watches
 
 __all__ = ["PREFIX", "WORKLOADS", "Coordination", "judge_coordination"]
 
-WORKLOADS = ("kv", "watch", "lease", "lock")
-PREFIX = "chaos-"  # the key-value clients' keys are chaos-k0, chaos-k1, ...
+WORKLOADS = ("kv", "etcd", "watch", "lease", "lock")  # etcd: the key-value clients through etcd's gRPC API
+PREFIX = "chaos-"  # the key-value clients' keys are chaos-k0, chaos-k1, ... (etcd's: chaos-e0, ...)
 CLIENTS_STOP_S = 15.0  # a lock client's release retries while the cluster has no leader
 LEASES_GONE_S = max(LEASE_TTL_S, LOCK_TTL_S) + 15.0  # the last TTL, and a leader change or two
 WATCHERS_CATCH_UP_S = 20.0  # more than a silent stream's reconnect (raftkv.client.STREAM_SILENCE_S)

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
+from raftkv.chaos.connect import run_session
 from raftkv.chaos.workload import call
-from raftkv.client import single_send_session
 
 __all__ = ["NodeHistories", "committed_revisions", "live_keys", "read_histories"]
 
@@ -42,7 +42,7 @@ def _kv_path(key: str) -> str:
 async def read_histories(urls: Mapping[str, str], keys: Iterable[str], timeout_s: float = 5.0) -> NodeHistories:
     """Every key's retained versions on every node (its local state: `?stale=true`)."""
     out: NodeHistories = {}
-    async with single_send_session() as session:
+    async with run_session() as session:
         for node, url in sorted(urls.items()):
             found: dict[str, Any] = {}
             compacted = 0
@@ -65,7 +65,7 @@ async def live_keys(urls: Iterable[str], prefix: str, patience_s: float = 15.0,
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience_s
     errors: list[str] = []
-    async with single_send_session() as session:
+    async with run_session() as session:
         while loop.time() < deadline:
             for url in urls:
                 try:

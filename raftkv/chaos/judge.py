@@ -38,7 +38,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from raftkv.chaos.recorder import Recorder
+from raftkv.chaos.recorder import Recorder, answer_of
 from raftkv.check import CheckResult, Operation, Verdict, check_history
 from raftkv.check.history import canonical_json
 
@@ -298,7 +298,7 @@ def _check_failed_writes(recorder: Recorder, written: _ValueWriters, j: Judgemen
         reported.add(seen)
         for w in writers:
             meta = recorder.op_meta[w]
-            answer = f"HTTP {meta.get('status')}" if meta.get("status") else "no connection"
+            answer = answer_of(meta)
             j.failed_but_applied.append(
                 f"#{w} {ops[w].describe()} via {meta.get('node')} was answered {answer} "
                 f"({meta.get('error', '')!s}) = definitely not applied, yet #{i} {op.describe()} "

@@ -40,11 +40,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from raftkv.chaos.connect import run_session
 from raftkv.chaos.histories import NodeHistories
 from raftkv.chaos.judge import SideCheck
 from raftkv.chaos.recorder import Recorder
 from raftkv.chaos.workload import call
-from raftkv.client import single_send_session
 
 __all__ = ["CLOCK_SLACK_S", "LEASE_TTL_S", "LeaseClient", "LeaseRecord", "judge_leases", "leases_alive"]
 
@@ -80,7 +80,7 @@ class LeaseClient:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Grant and follow leases until `stop`; each lease's requests in flight then finish."""
-        async with single_send_session() as session:
+        async with run_session() as session:
             tasks: set[asyncio.Task] = set()
             while not stop.is_set():
                 if len(tasks) < MAX_LEASES_AT_ONCE:
@@ -135,7 +135,7 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
 
 async def leases_alive(url: str, ids: set[int], timeout_s: float = 3.0) -> set[int] | None:
     """Which of `ids` the node's lease table still holds (None: it did not answer)."""
-    async with single_send_session() as session:
+    async with run_session() as session:
         status, data, _, _ = await call(session, "GET", f"{url}/leases", None, timeout_s)
     if status != 200 or not isinstance(data, dict):
         return None

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any, TypeVar
 
+from raftkv.chaos.connect import run_client
 from raftkv.chaos.histories import NodeHistories
 from raftkv.chaos.judge import SideCheck
 from raftkv.chaos.leases import CLOCK_SLACK_S
@@ -78,7 +79,7 @@ class LockClients:
         self.holdings: list[HoldingRecord] = []
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with Client(self.urls, timeout_s=self.op_timeout_s) as client:
+        async with run_client(self.urls, timeout_s=self.op_timeout_s) as client:
             # The resource starts at 0: a compare on an absent key fails (as in etcd's txn). No node
             # answering is not fatal: the clients' own rounds retry and record what they could do.
             with contextlib.suppress(ClusterUnreachableError):
@@ -95,7 +96,7 @@ class LockClients:
             holding = HoldingRecord(index, self.recorder.now())
             self.holdings.append(holding)
             try:
-                async with Client(self.urls[first:] + self.urls[:first], timeout_s=self.op_timeout_s) as client:
+                async with run_client(self.urls[first:] + self.urls[:first], timeout_s=self.op_timeout_s) as client:
                     await self._round(client, holding, rng, stop)
             except SessionLost as e:
                 self._end(holding, f"lost: {e}")

@@ -44,10 +44,11 @@ from urllib.parse import quote
 import aiohttp
 
 from raftkv.chaos.clusters import ChaosCluster
+from raftkv.chaos.connect import RUN_ACCESS, run_session
 from raftkv.chaos.membership import MemberInfo, MemberView
 from raftkv.chaos.recorder import FaultRecord, Recorder
 from raftkv.chaos.workload import call
-from raftkv.client import single_send_session
+from raftkv.client import join_token
 
 if TYPE_CHECKING:  # nemesis.py imports this module
     from raftkv.chaos.nemesis import FaultPlan
@@ -171,7 +172,8 @@ class MemberChanges:
         deadline = loop.time() + REJOIN_WAIT_S
         answers: Counter[str] = Counter()
         joins = 0
-        async with single_send_session() as session:
+        async with run_session() as session:
+            token = await self._join_token(session)
             while loop.time() < deadline:
                 await self.view.refresh(session)
                 member = self.view.by_name(slot)
@@ -179,7 +181,7 @@ class MemberChanges:
                     self._rejoined(slot, member, record, answers)
                     return True
                 if member is None:
-                    joins += self._start_joiner(slot, record, joins, answers)
+                    joins += self._start_joiner(slot, record, joins, answers, token)
                 else:
                     await self._toward_voter(session, slot, member, answers)
                 await asyncio.sleep(RETRY_S)
@@ -196,14 +198,15 @@ class MemberChanges:
         return (f"; {data.get('nodeId')} had applied index {data.get('lastApplied')} and knew leader "
                 f"{data.get('leaderId')} in term {data.get('term')}")
 
-    def _start_joiner(self, slot: str, record: FaultRecord, joins: int, answers: Counter[str]) -> int:
+    def _start_joiner(self, slot: str, record: FaultRecord, joins: int, answers: Counter[str],
+                      token: str | None) -> int:
         """Start the name as a joining node unless one is already asking; how many were started."""
         if self.cluster.is_running(slot):
             return 0  # starting up, or waiting for the cluster to answer its request to join
         if joins:
             answers[f"join failed: {self.cluster.last_words(slot)}"] += 1
         join_url = self._join_url(joins)
-        self.cluster.start_joiner(slot, join_url)
+        self.cluster.start_joiner(slot, join_url, token)
         self._act(record, "join", slot, f"started with an empty data directory, joining through {join_url}")
         return 1
 
@@ -251,7 +254,7 @@ class MemberChanges:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         answers: Counter[str] = Counter()
-        async with single_send_session() as session:
+        async with run_session() as session:
             while True:
                 status, data, error = await self._ask(session, method, path)
                 answers[_answer_word(status, data, error)] += 1
@@ -263,10 +266,19 @@ class MemberChanges:
                     return False, answers
                 await asyncio.sleep(RETRY_S)
 
-    async def _ask(self, session: aiohttp.ClientSession, method: str, path: str) -> tuple[int | None, Any, str | None]:
+    async def _join_token(self, session: aiohttp.ClientSession) -> str | None:
+        """The token a joining node asks to be added with, for the run's user (auth on: --secure)."""
+        async def ask(method: str, path: str, body: Any) -> tuple[int, Any]:
+            status, data, _ = await self._ask(session, method, path, body)
+            return status or 0, data
+
+        return await join_token(RUN_ACCESS.get().credentials, ask)
+
+    async def _ask(self, session: aiohttp.ClientSession, method: str, path: str,
+                   body: Any = None) -> tuple[int | None, Any, str | None]:
         """One request, to the leader first, then to the next member while none could be reached."""
         for url in self._urls_leader_first():
-            status, data, error, maybe_sent = await call(session, method, url + path, None, CHANGE_TIMEOUT_S)
+            status, data, error, maybe_sent = await call(session, method, url + path, body, CHANGE_TIMEOUT_S)
             if status is not None or maybe_sent:
                 return status, data, error
         return None, None, "no member could be reached"

@@ -28,8 +28,8 @@ from typing import Any
 
 import aiohttp
 
+from raftkv.chaos.connect import run_session
 from raftkv.chaos.workload import call
-from raftkv.client import single_send_session
 
 __all__ = ["MemberInfo", "MemberView"]
 
@@ -88,7 +88,8 @@ class MemberView:
         self.removed_ids |= set(answer.get("removedIDs", ()))
         self.members = {m["id"]: MemberInfo(m["id"], m["name"], m["clientURL"], m["role"] == "voter",
                                             m.get("matchIndex"), m.get("lagEntries"))
-                        for m in answer["members"] if m["id"] not in self.removed_ids}
+                        for m in answer["members"] if m["id"] not in self.removed_ids
+                        and m["clientURL"]}  # (one not started yet has no client URL to aim at)
 
     async def refresh(self, session: aiohttp.ClientSession) -> bool:
         """Read `GET /members` from the leader first, then the others; True when a node that knows a
@@ -104,12 +105,12 @@ class MemberView:
         return False
 
     async def refresh_now(self) -> bool:
-        async with single_send_session() as session:
+        async with run_session() as session:
             return await self.refresh(session)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the membership until `stop` is set."""
-        async with single_send_session() as session:
+        async with run_session() as session:
             while not stop.is_set():
                 await self.refresh(session)
                 with contextlib.suppress(TimeoutError):

@@ -46,12 +46,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from raftkv.chaos.clusters import ChaosCluster
+from raftkv.chaos.connect import run_session
 from raftkv.chaos.member_nemesis import MemberChanges
 from raftkv.chaos.membership import MemberView
 from raftkv.chaos.netns import Lab, NetState
 from raftkv.chaos.recorder import FaultRecord, Recorder
 from raftkv.chaos.workload import call
-from raftkv.client import single_send_session
 
 __all__ = ["KINDS", "FaultPlan", "Nemesis", "plan_schedule"]
 
@@ -339,7 +339,7 @@ class Nemesis:
             body["direction"] = direction
         loop = asyncio.get_running_loop()
         deadline = loop.time() + API_FAULT_RETRY_S
-        async with single_send_session() as session:
+        async with run_session() as session:
             while True:
                 status, data, error, sent = await call(session, "POST", f"{self.cluster.urls[node]}/simulate-partition",
                                                        body, self.http_timeout_s)

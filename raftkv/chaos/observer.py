@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
+from raftkv.chaos.connect import run_session
 from raftkv.chaos.recorder import REMOVED_STATE, Recorder, StateSample
 from raftkv.chaos.workload import call
-from raftkv.client import single_send_session
 
 __all__ = ["Observer"]
 
@@ -73,7 +73,7 @@ class Observer:
             self.recorder.sample(StateSample(self.recorder.now(), node, REMOVED_STATE, None, None))
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with single_send_session() as session:
+        async with run_session() as session:
             while not stop.is_set():
                 await self.poll_once(session)
                 with contextlib.suppress(TimeoutError):
@@ -84,7 +84,7 @@ class Observer:
         they have applied the same index as the leader's commit. (ok, description of the last view)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        async with single_send_session() as session:
+        async with run_session() as session:
             while True:
                 await self.poll_once(session)
                 states = {n: s for n, s in self.latest.items() if s}

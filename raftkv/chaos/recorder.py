@@ -8,7 +8,8 @@ intervals of operations, the windows of faults and the samples of `/raft-state` 
 
 * operations are `raftkv.check.Operation`s (the checker's format), appended when they complete,
   with their invocation time taken before the request left; alongside each one, `op_meta` keeps
-  what the checker does not need but a person does (which node, the HTTP status, the error);
+  what the checker does not need but a person does (which node, the HTTP status or the etcd
+  clients' gRPC status, the error);
 * faults are `FaultRecord`s: what was done to whom, from when to when (end None = never healed,
   which the runner never allows: it heals everything before the final reads);
 * `StateSample`s are kept only when a node's (state, term, leader) changes, so a long run stays
@@ -25,9 +26,17 @@ from typing import Any
 
 from raftkv.check import Operation
 
-__all__ = ["REMOVED_STATE", "FaultRecord", "Recorder", "StateSample"]
+__all__ = ["REMOVED_STATE", "FaultRecord", "Recorder", "StateSample", "answer_of"]
 
 REMOVED_STATE = "removed"  # a node's state once it left the configuration (it is polled no more)
+
+
+def answer_of(meta: dict[str, Any]) -> str:
+    """What an operation was answered, from its meta: "HTTP 503", "gRPC UNAVAILABLE" (the etcd
+    clients'), or "no connection"."""
+    if meta.get("status"):
+        return f"HTTP {meta['status']}"
+    return f"gRPC {meta['grpc']}" if meta.get("grpc") else "no connection"
 
 
 @dataclass

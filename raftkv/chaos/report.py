@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from raftkv.chaos.judge import Judgement
-from raftkv.chaos.recorder import REMOVED_STATE, Recorder
+from raftkv.chaos.recorder import REMOVED_STATE, Recorder, answer_of
 from raftkv.check import save_history
 
 __all__ = ["render_timeline", "write_report"]
@@ -128,7 +128,7 @@ def render_timeline(recorder: Recorder, judgement: Judgement, meta: dict[str, An
         h = LANE_PX - (8 if op.kind == "read" else 4)
         top = yy + (LANE_PX - 4 - h) / 2
         stroke = ' stroke="#c00000" stroke-width="2.5"' if i in bad_ops else ""
-        tip = (f"{op.describe()} on {key_node(m)}, HTTP {m.get('status')}"
+        tip = (f"{op.describe()} on {key_node(m)}, {answer_of(m)}"
                + (f" - {m['error']}" if m.get("error") else ""))
         svg.append(f'<rect x="{x(op.invoke_time):.1f}" y="{top:.1f}" width="{w:.1f}" height="{h}" '
                    f'fill="{OUTCOME_COLORS[op.outcome]}" class="{op.kind}"{stroke}><title>{_esc(tip)}</title></rect>')

@@ -13,6 +13,10 @@ Clients, observer and final reads address the members of the moment (`MemberView
 `GET /members`): with the member nemesis, nodes leave and come back under new ids, and the final
 reads and digests are those of every member of the final configuration.
 
+The key-value clients are raftkv's HTTP API's (`--workload kv`, workload.py), etcd's gRPC API's
+(`--workload etcd`, etcd_clients.py: the nodes this run starts then serve it, `--listen-etcd`), or
+both, each on keys of its own, in one history judged by one checker.
+
 Everything that was started or broken is undone in `finally` blocks, also on errors and Ctrl-C.
 
 Network namespaces: when the nemesis includes `netns`, the cluster must live in a lab and so
@@ -28,16 +32,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
+from raftkv.chaos import etcd_clients
 from raftkv.chaos.clusters import AttachedCluster, ChaosCluster, LocalCluster, NetnsCluster
+from raftkv.chaos.connect import RUN_ACCESS, run_client, run_session
 from raftkv.chaos.coordination import WORKLOADS, Coordination, judge_coordination
 from raftkv.chaos.judge import Judgement, judge
 from raftkv.chaos.membership import MemberView
@@ -47,7 +56,9 @@ from raftkv.chaos.observer import Observer
 from raftkv.chaos.recorder import Recorder
 from raftkv.chaos.report import write_report
 from raftkv.chaos.workload import WorkloadConfig, call, final_reads, run_clients
-from raftkv.client import single_send_session
+from raftkv.client import NO_ACCESS, Access, Credentials
+from raftkv.lab_ca import make_lab_certificates
+from raftkv.tls import ClientTLS
 
 __all__ = ["ChaosError", "ChaosOptions", "recheck", "run", "run_in_lab", "validate"]
 
@@ -76,9 +87,17 @@ class ChaosOptions:
     progress: bool = True
     lab_tag: str | None = None  # set by run_in_lab for the worker: the lab already built
     workload: tuple[str, ...] = ("kv",)  # of WORKLOADS: kv clients, watchers, a lease client, lock clients
+    secure: bool = False  # the nodes this run starts serve TLS (a throwaway CA) and have auth on
+    # How to reach an attached cluster (--endpoints; unused otherwise): TLS and credentials. Never
+    # written anywhere (run.json, the netns worker's options): it may hold a password or a token.
+    access: Access = field(default=NO_ACCESS, repr=False, compare=False)
+
+    def as_dict(self) -> dict:
+        """The options as JSON can hold them, less `access`."""
+        return {name: value for name, value in asdict(self).items() if name != "access"}
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps(self.as_dict())
 
     @classmethod
     def from_json(cls, text: str) -> ChaosOptions:
@@ -106,6 +125,11 @@ def validate(opts: ChaosOptions) -> list[str]:
                             "on an attached cluster)")
         if opts.node_args:
             problems.append("--node-arg needs nodes this command starts; it cannot apply to --endpoints")
+        if opts.secure:
+            problems.append("--secure sets up nodes this command starts; an attached cluster's TLS and users are "
+                            "given with --cacert ... --user")
+    if opts.secure and "netns" in opts.nemesis:
+        problems.append("--secure runs on loopback: it cannot be combined with the netns nemesis")
     if "netns" in opts.nemesis and not opts.lab_tag:
         reason = lab_unavailable_reason()
         if reason:
@@ -131,7 +155,7 @@ async def _attached_urls(endpoints: tuple[str, ...]) -> dict[str, str]:
     urls = {}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ATTACH_TIMEOUT_S
-    async with single_send_session() as session:
+    async with run_session() as session:
         for ep in endpoints:
             ep = ep.rstrip("/")
             while True:
@@ -146,13 +170,35 @@ async def _attached_urls(endpoints: tuple[str, ...]) -> dict[str, str]:
 
 
 def _make_cluster(opts: ChaosOptions, data_dir: Path) -> tuple[ChaosCluster, Lab | None]:
+    etcd = "etcd" in opts.workload  # the etcd clients' nodes serve etcd's gRPC API too
     if opts.lab_tag:
         lab = Lab(opts.node_ids, tag=opts.lab_tag)  # built (and destroyed) by the parent: run_in_lab
-        return NetnsCluster(lab, data_dir, list(opts.node_args)), lab
-    return LocalCluster(data_dir, opts.nodes, list(opts.node_args)), None
+        return NetnsCluster(lab, data_dir, list(opts.node_args), etcd=etcd), lab
+    if opts.secure:
+        certificates = make_lab_certificates(data_dir / "tls")
+        RUN_ACCESS.set(Access(ClientTLS(certificates.ca)))
+        node_args = [*opts.node_args, *certificates.node_args()]
+        return LocalCluster(data_dir, opts.nodes, node_args, client_tls=True, etcd=etcd), None
+    return LocalCluster(data_dir, opts.nodes, list(opts.node_args), etcd=etcd), None
+
+
+async def _turn_auth_on(urls: list[str]) -> Access:
+    """Add a root user with a fresh random password and enable auth; the run's Access as root."""
+    password = secrets.token_urlsafe(16)
+    async with run_client(urls, timeout_s=10.0) as client:
+        for method, path, body in (("PUT", "/auth/users/root", {"password": password}),
+                                   ("POST", "/auth/enable", None)):
+            status, answer = await client.request(method, path, body)
+            if status != 200:
+                raise ChaosError(f"could not turn auth on ({method} {path}: {status} {answer})")
+    return Access(RUN_ACCESS.get().tls, Credentials("root", password))
 
 
 async def _run(opts: ChaosOptions) -> Judgement:
+    # For every session of the run, in the tasks started from here (connect.py): an attached
+    # cluster's access as given; the nodes this command starts serve plain HTTP with no users,
+    # or with --secure TLS under the run's own CA and auth on (set below, once they are up).
+    RUN_ACCESS.set(opts.access if opts.endpoints else NO_ACCESS)
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if opts.endpoints:
@@ -175,6 +221,9 @@ async def _run(opts: ChaosOptions) -> Judgement:
         if not stable:
             raise ChaosError(f"the cluster did not start: {view}")
         say(f"chaos: cluster up ({view}); nodes: " + ", ".join(f"{n}={u}" for n, u in sorted(cluster.urls.items())))
+        if opts.secure:
+            RUN_ACCESS.set(await _turn_auth_on(list(cluster.urls.values())))
+            say("chaos: auth enabled; every request of the run goes over TLS as user root")
 
         recorder = Recorder()
         members = MemberView(cluster.urls)
@@ -188,7 +237,15 @@ async def _run(opts: ChaosOptions) -> Judgement:
                                   op_timeout_s=opts.op_timeout_s, seed=opts.seed,
                                   key_prefix=f"chaos-{int(recorder.started_at_unix):x}-k" if opts.endpoints
                                   else "chaos-k")
-        coordination = Coordination(opts.workload, recorder, opts.seed, opts.op_timeout_s, workload.key_names())
+        etcd_workload = replace(workload, clients=opts.clients if "etcd" in opts.workload else 0,
+                                key_prefix=workload.key_prefix[:-1] + "e")  # chaos-e0, ...
+        kv_keys = workload.key_names() if workload.clients or not etcd_workload.clients else []
+        etcd_keys = etcd_workload.key_names() if etcd_workload.clients else []
+        etcd_nodes = etcd_clients.EtcdNodes(RUN_ACCESS.get(), opts.op_timeout_s)
+        if etcd_keys and (missing := await etcd_nodes.learn(members.urls())):
+            raise ChaosError(f"{', '.join(missing)}: no etcd API (`raftkv node --listen-etcd`) in /raft-state; the "
+                             "etcd workload's clients need one on every node")
+        coordination = Coordination(opts.workload, recorder, opts.seed, opts.op_timeout_s, kv_keys + etcd_keys)
         stop_clients, stop_observer = asyncio.Event(), asyncio.Event()
         observer_task = asyncio.create_task(observer.run(stop_observer))
         members_task = asyncio.create_task(members.run(stop_observer))
@@ -196,7 +253,9 @@ async def _run(opts: ChaosOptions) -> Judgement:
             await coordination.start(members.urls, stop_clients)
         except RuntimeError as e:
             raise ChaosError(f"the watch, lease and lock workloads could not start: {e}") from None
-        clients_task = asyncio.create_task(run_clients(workload, members.urls, recorder, stop_clients))
+        clients_task = asyncio.create_task(_gather(
+            run_clients(workload, members.urls, recorder, stop_clients),
+            etcd_clients.run_clients(etcd_workload, members.urls, recorder, stop_clients, etcd_nodes)))
         nemesis_task = asyncio.create_task(nemesis.run(schedule, opts.duration_s))
         try:
             await _progress(opts, recorder, nemesis, observer, clients_task)
@@ -224,7 +283,10 @@ async def _run(opts: ChaosOptions) -> Judgement:
             liveness.append(f"after healing: {view}")
         say(f"chaos: after healing: {view}")
         final_members = await _final_members(members)
-        local = await final_reads(final_members, workload.key_names(), recorder)
+        local = await final_reads(final_members, kv_keys, recorder)
+        if etcd_keys:
+            local.update(await etcd_clients.final_reads(etcd_nodes, final_members, etcd_keys, recorder))
+        await etcd_nodes.close()
         digests = await _digests(final_members)
         recorder.mark("final reads")
         if coordination.active:
@@ -237,7 +299,7 @@ async def _run(opts: ChaosOptions) -> Judgement:
         say(f"chaos: checking {len(recorder.ops)} operations ...")
         judgement = await asyncio.to_thread(judge, recorder, local, converged, liveness, digests=digests,
                                             side_checks=judge_coordination(coordination.record))
-        meta = {**asdict(opts), "nodeUrls": cluster.urls, "schedule": [asdict(p) for p in schedule],
+        meta = {**opts.as_dict(), "nodeUrls": cluster.urls, "schedule": [asdict(p) for p in schedule],
                 "finalMembers": final_members, "removedIDs": sorted(members.removed_ids),
                 "network": "netns lab" if lab else "attached" if opts.endpoints else "loopback",
                 # What `recheck` needs to judge this run again without the cluster:
@@ -264,6 +326,10 @@ async def _run(opts: ChaosOptions) -> Judgement:
 MAX_FAULT_OVERRUN_S = 5.0
 
 
+async def _gather(*clients: Coroutine[Any, Any, None]) -> None:
+    await asyncio.gather(*clients)
+
+
 def _first_error(error: BaseException | None) -> BaseException | None:
     """The nemesis runs its tracks in a task group: show what failed, not the group."""
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
@@ -280,7 +346,7 @@ async def _final_members(members: MemberView) -> dict[str, str]:
 async def _digests(urls: dict[str, str]) -> dict[str, list]:
     """{node: [lastApplied, kvDigest]} from nodes that offer a digest (others are left out)."""
     out = {}
-    async with single_send_session() as session:
+    async with run_session() as session:
         for node, url in sorted(urls.items()):
             status, data, _, _ = await call(session, "GET", f"{url}/raft-state?digest=true", None, 5.0)
             if status == 200 and isinstance(data, dict) and data.get("kvDigest") is not None:
@@ -317,7 +383,7 @@ def run_in_lab(opts: ChaosOptions) -> int:
     lab = Lab(opts.node_ids)
     try:
         lab.create()
-        child_opts = ChaosOptions(**{**asdict(opts), "lab_tag": lab.tag})
+        child_opts = ChaosOptions(**{**opts.as_dict(), "lab_tag": lab.tag})
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spec:
             spec.write(child_opts.to_json())
         cmd = [*lab.exec_prefix(lab.client_ns), sys.executable, "-m", "raftkv.chaos.worker", spec.name]

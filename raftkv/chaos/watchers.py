@@ -38,10 +38,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from raftkv.chaos.connect import run_client
 from raftkv.chaos.histories import NodeHistories, committed_revisions
 from raftkv.chaos.judge import SideCheck
 from raftkv.chaos.recorder import Recorder
-from raftkv.client import Client, WatchCompacted
+from raftkv.client import WatchCompacted
 
 __all__ = ["WATCHERS", "WatchStream", "Watchers", "first_seen", "judge_watches"]
 
@@ -79,7 +80,7 @@ class Watchers:
 
     async def _follow(self, stream: WatchStream) -> None:
         await asyncio.sleep(stream.watcher * START_EVERY_S)
-        async with Client(stream.endpoints, timeout_s=CONNECT_TIMEOUT_S) as client:
+        async with run_client(stream.endpoints, timeout_s=CONNECT_TIMEOUT_S) as client:
             try:
                 async for batch in client.watch(prefix=self.prefix, start_revision=stream.start_revision):
                     events = [[e["type"], e["key"], e.get("kv")] for e in batch["events"]]

@@ -43,9 +43,9 @@ from typing import Any
 
 import aiohttp
 
+from raftkv.chaos.connect import RUN_ACCESS, run_session
 from raftkv.chaos.recorder import Recorder
 from raftkv.check import Operation
-from raftkv.client import single_send_session
 
 __all__ = ["WorkloadConfig", "call", "final_reads", "perform", "run_clients"]
 
@@ -153,6 +153,50 @@ async def perform(
     return op, meta
 
 
+@dataclass(frozen=True)
+class PlannedOp:
+    key: str
+    node: str
+    kind: str  # "read", "write" or "cas"
+    value: int | None  # what a write or CAS writes: unique per client (index * 1,000,000 + n)
+    expected: Any  # what a CAS expects: the value this client last saw of the key
+    pause_s: float  # the think time after it
+
+
+class ClientPlan:
+    """What one client does next, drawn from its own seeded stream (a run replays from its seed,
+    whichever API the client speaks), and the value it last saw of each key."""
+
+    def __init__(self, cfg: WorkloadConfig, index: int, stream: str) -> None:
+        self.cfg, self.index = cfg, index
+        self.rng = random.Random(f"{cfg.seed}/{stream}/{index}")
+        self.keys = cfg.key_names()
+        self.seen: dict[str, Any] = {}
+        self.writes = 0
+
+    def next(self, urls: Mapping[str, str]) -> PlannedOp:
+        cfg, rng = self.cfg, self.rng
+        key = rng.choice(self.keys)
+        node = rng.choice(sorted(urls))
+        roll = rng.random()
+        kind = "read" if roll < cfg.read_fraction else "cas" if roll < cfg.read_fraction + cfg.cas_fraction else "write"
+        value = None
+        if kind != "read":
+            self.writes += 1
+            value = self.index * 1_000_000 + self.writes
+        expected = self.seen.get(key) if kind == "cas" else None
+        return PlannedOp(key, node, kind, value, expected, cfg.think_s * (0.5 + rng.random()))
+
+    def learn(self, planned: PlannedOp, op: Operation) -> None:
+        """Remember what an operation that succeeded says the key now holds."""
+        if op.outcome != "ok":
+            return
+        if planned.kind == "read":
+            self.seen[planned.key] = op.result
+        elif planned.kind == "write" or op.result:
+            self.seen[planned.key] = planned.value
+
+
 async def _client_loop(
     index: int,
     cfg: WorkloadConfig,
@@ -161,30 +205,14 @@ async def _client_loop(
     stop: asyncio.Event,
     session: aiohttp.ClientSession,
 ) -> None:
-    rng = random.Random(f"{cfg.seed}/client/{index}")
-    keys = cfg.key_names()
-    seen: dict[str, Any] = {}
-    n = 0
+    plan = ClientPlan(cfg, index, "client")
     while not stop.is_set():
-        key = rng.choice(keys)
         urls = members()
-        node = rng.choice(sorted(urls))
-        roll = rng.random()
-        kind = "read" if roll < cfg.read_fraction else "cas" if roll < cfg.read_fraction + cfg.cas_fraction else "write"
-        value = expected = None
-        if kind != "read":
-            n += 1
-            value = index * 1_000_000 + n
-        if kind == "cas":
-            expected = seen.get(key)
-        op, meta = await perform(session, recorder, index, node, urls[node], kind, key, value, expected,
-                                 cfg.op_timeout_s)
-        if op.outcome == "ok":
-            if kind == "read":
-                seen[key] = op.result
-            elif kind == "write" or op.result:
-                seen[key] = value
-        pause_s = cfg.think_s * (0.5 + rng.random())
+        planned = plan.next(urls)
+        op, meta = await perform(session, recorder, index, planned.node, urls[planned.node], planned.kind,
+                                 planned.key, planned.value, planned.expected, cfg.op_timeout_s)
+        plan.learn(planned, op)
+        pause_s = planned.pause_s
         if op.outcome == "fail" and meta.get("status") is None:
             pause_s += REFUSED_BACKOFF_S  # a node is down: do not flood the history with refusals
         if pause_s:
@@ -196,8 +224,8 @@ async def run_clients(cfg: WorkloadConfig, members: Callable[[], Mapping[str, st
                       stop: asyncio.Event) -> None:
     """Run `cfg.clients` clients until `stop` is set and each one's last request has finished;
     `members()`: the {node: URL} to choose from, asked before each operation."""
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    async with single_send_session(connector=connector) as session:
+    connector = RUN_ACCESS.get().connector(limit=0, force_close=False)
+    async with run_session(connector=connector) as session:
         await asyncio.gather(*(_client_loop(i, cfg, members, recorder, stop, session) for i in range(cfg.clients)))
 
 
@@ -207,7 +235,7 @@ async def final_reads(
     """Read every key on every node: linearizable reads go into the history (client "final");
     returns {key: {node: stale local value, or the string "<error ...>"}} for the divergence check."""
     local: dict[str, dict[str, Any]] = {k: {} for k in keys}
-    async with single_send_session() as session:
+    async with run_session() as session:
         for key in keys:
             for node in sorted(urls):
                 await perform(session, recorder, "final", node, urls[node], "read", key, None, None, timeout_s)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import click
 
-from raftkv.cli_support import endpoints_option
-from raftkv.client import parse_endpoints
+from raftkv.cli_support import Connection, connection_options
 from raftkv.ports import (
     OPEN_TO_NETWORK,
     WILDCARD_HOSTS,
@@ -23,14 +22,17 @@ from raftkv.ports import (
 
 
 @click.command(name="dashboard")
-@endpoints_option
+@connection_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the dashboard listens on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
-def dashboard(endpoints: str, host: str, port: int) -> None:
-    """Serve the live dashboard for a running cluster, until Ctrl-C."""
+def dashboard(conn: Connection, host: str, port: int) -> None:
+    """Serve the live dashboard for a running cluster, until Ctrl-C. The connection options are
+    how the dashboard reaches the nodes (the page itself is served over plain HTTP). With auth on,
+    --user or --token is whom it watches as (it needs read access to every key); a person at the
+    page logs in, and what they do reaches the nodes as them, never as that user."""
     from .server import run_dashboard
 
-    urls = parse_endpoints(endpoints)
+    urls = conn.endpoints
     if not urls:
         raise click.UsageError("--endpoints: give at least one node URL")
     try:
@@ -41,4 +43,4 @@ def dashboard(endpoints: str, host: str, port: int) -> None:
                "crash/pause/restart and slow motion are unavailable)")
     if host in WILDCARD_HOSTS:
         click.echo(OPEN_TO_NETWORK.format(what="its controls (partition the nodes, force elections, write keys)"))
-    run_dashboard(host, port, urls, None)
+    run_dashboard(host, port, urls, None, access=conn.access)

@@ -5,7 +5,11 @@ Theory of operation
 Every control is a call to an interface the cluster already has: a node's HTTP API (force an
 election, `/simulate-partition`, the KV routes) or the local `Supervisor` (kill -9, stop, start,
 restart, SIGSTOP/SIGCONT: `POST /api/nodes/{node}/{op}`, which `raftkv lab` uses too). The
-dashboard never reaches into a node's internals.
+dashboard never reaches into a node's internals. A node call carries the credentials of the person
+who asked (`Hub.act`), so the nodes' own permission checks apply to them.
+
+A write or read from the form may ask the node to trace it (`X-Raftkv-Trace: 1`); whenever the node
+traced it (asked, or picked by its sampler) its answer names the trace, and so does the feed's line.
 
 Partitions are built from `/simulate-partition` alone: isolating a node is
 `{"partitioned": true}` on it; splitting the cluster into groups is, on every node, a cut to each
@@ -29,10 +33,13 @@ from urllib.parse import quote
 
 import aiohttp
 
+from raftkv.node.tracing import TRACE_HEADER, TRACE_ID_HEADER
+
 from .hub import Hub, NodeLink
 from .words import plain_error
 
 NODE_CALL_TIMEOUT_S = 6.0
+REFUSED = frozenset({401, 403})  # a node refused the person (or has fault injection off), not a failure
 STOP_GRACE_S = 10.0  # a node stopped from the lab gets this long to exit cleanly before kill -9
 
 PROCESS_ACTIONS = {  # op of POST /api/nodes/{node}/{op}: (icon, what it does in words)
@@ -66,12 +73,14 @@ class Controls:
     # ------------------------------------------------------------------ node HTTP ----------------
 
     async def call(self, link: NodeLink, method: str, path: str, body: Any = None,
-                   timeout_s: float = NODE_CALL_TIMEOUT_S) -> tuple[int, Any]:
+                   timeout_s: float = NODE_CALL_TIMEOUT_S, headers: dict[str, str] | None = None,
+                   answer_headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """The node's status and JSON answer; `answer_headers`, if given, receives its headers."""
         try:
-            async with self.hub.session.request(
-                method, link.url.rstrip("/") + path, json=body,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as resp:
+            async with self.hub.act(method, link.url.rstrip("/") + path, json=body, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                if answer_headers is not None:
+                    answer_headers.update(resp.headers)
                 text = await resp.text()
                 try:
                     return resp.status, json.loads(text) if text else None
@@ -119,12 +128,15 @@ class Controls:
 
     async def heal(self) -> dict:
         self.hub.action("heal the network: every link restored", kind="heal", icon="heal")
-        results, errors = {}, {}
+        results, errors, refusal = {}, {}, None
         for link in self.hub.links.values():
             try:
                 results[link.id] = await self._restore(link)
             except ControlError as e:
                 errors[link.id] = e.message
+                refusal = refusal or (e if e.status in REFUSED else None)
+        if refusal is not None and not results:  # refused everywhere (no permission): say so, not "done"
+            raise refusal
         return {"healed": sorted(results), "errors": errors}
 
     async def split(self, groups: list[list[str]]) -> dict:
@@ -226,9 +238,15 @@ class Controls:
                     raise ControlError(400, "cas: give prev_value, prev_revision or prev_exist")
         if op == "get" and req.get("stale"):
             path += "?stale=true"
+        asked = req.get("trace", False)
+        if not isinstance(asked, bool):
+            raise ControlError(400, "trace: true or false", field="trace")
         started = time.perf_counter()
-        status, answer = await self.call(link, method, path, body)
+        answer_headers: dict[str, str] = {}
+        status, answer = await self.call(link, method, path, body, headers={TRACE_HEADER: "1"} if asked else None,
+                                         answer_headers=answer_headers)
         ms = round((time.perf_counter() - started) * 1000, 2)
+        trace_id = answer_headers.get(TRACE_ID_HEADER)  # a node that traced it names the trace (ratio or asked)
         served = answer.get("node") if isinstance(answer, dict) else None
         forwarded = answer.get("forwardedBy") if isinstance(answer, dict) else None
         rev = answer.get("revision") if isinstance(answer, dict) else None
@@ -238,9 +256,11 @@ class Controls:
             outcome += f" value {_short(answer.get('value'))}"
         via = f" (served by {served}" + (f", forwarded by {forwarded})" if forwarded else ")") if served else ""
         self.hub.action(f"{op.upper()} {key}{shown} asked {node_id}: {outcome}{via} in {ms} ms",
-                        kind="kv", icon="write", op=op, key=key, status=status, revision=rev, servedBy=served)
+                        kind="kv", icon="write", op=op, key=key, status=status, revision=rev, servedBy=served,
+                        traceId=trace_id)
         return {"op": op, "key": key, "askedNode": node_id, "status": status, "body": answer,
-                "servedBy": served, "forwardedBy": forwarded, "revision": rev, "ms": ms}
+                "servedBy": served, "forwardedBy": forwarded, "revision": rev, "ms": ms, "traceAsked": asked,
+                "traceId": trace_id}
 
     def _any_reachable(self) -> str:
         return (self.reachable_members() or list(self.hub.links.values()))[0].id

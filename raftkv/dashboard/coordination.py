@@ -177,7 +177,7 @@ class CoordinationView:
                 await asyncio.sleep(WATCH_RETRY_S)
                 continue
             try:
-                async with Client(urls, timeout_s=READ_TIMEOUT_S * 2) as client:
+                async with Client(urls, timeout_s=READ_TIMEOUT_S * 2, access=self.hub.access) as client:
                     async for batch in client.watch(prefix=prefix, start_revision=next_revision, prev_kv=True):
                         revision = relayed_revision(batch)
                         self.recent.append((time.monotonic(), revision))

@@ -40,12 +40,21 @@ carries the newest recorded events (not messages or ticks) within `HELLO_MAX_EVE
 seconds, so a busy cluster is not a frame per message; each browser's queue holds at most
 `CLIENT_QUEUE_FRAMES` frames and `CLIENT_QUEUE_BYTES`, and a page that cannot keep up loses its
 oldest frames.
+
+Whose credentials a node call carries. The hub watches with the dashboard's own (`access`: what
+`raftkv dashboard --user/--token` gave it), on `session`. A call made because a person asked for
+something (a write, a partition, the lab, a tour, the load) goes through `act()` on
+`action_session`, with the credentials `ACTING_FOR` names: the person logged in on that browser
+(sessions.py sets it for each request, and tasks a request starts inherit it), or none at all for a
+browser nobody logged in on. Only what the dashboard does of its own accord, with no request behind
+it (leaving the lab as it stops), falls back on its own credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import json
 import logging
@@ -61,6 +70,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from raftkv import promtext
+from raftkv.client import NO_ACCESS, Access, Credentials
 
 from .logwatch import LogWatcher
 from .safety import SafetyChecker
@@ -98,6 +108,24 @@ HEARTBEAT_KINDS = frozenset({"HeartbeatRequest", "HeartbeatResponse"})
 LOG_REFRESH_KINDS = frozenset({"truncate", "snapshot_installed", "compact"})  # trace kinds that change a log
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Acting:
+    """Whom a node call made for a browser request speaks for: a person logged in (their token), or
+    nobody (no credentials: the nodes decide as they would for any anonymous client)."""
+
+    user: str | None = None
+    credentials: Credentials | None = field(default=None, repr=False)
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.credentials is None else {"Authorization": self.credentials.authorization()}
+
+
+NOBODY = Acting()
+# Set for each browser request (sessions.py); None: no request is behind the call (the dashboard's own).
+ACTING_FOR: contextvars.ContextVar[Acting | None] = contextvars.ContextVar("raftkv_dashboard_acting_for",
+                                                                         default=None)
 
 
 class BoundedLog(Generic[T]):
@@ -245,9 +273,10 @@ class BrowserClient:
 
 
 class Hub:
-    def __init__(self, links: list[NodeLink], supervisor: Any = None) -> None:
+    def __init__(self, links: list[NodeLink], supervisor: Any = None, access: Access = NO_ACCESS) -> None:
         self.links = {link.id: link for link in links}
         self.supervisor = supervisor
+        self.access = access  # how every connection to a node is made: TLS, credentials
         self.safety = SafetyChecker()
         self.recorder: BoundedLog[Recorded] = BoundedLog(RECORD_MAX_EVENTS, RECORD_MAX_BYTES, lambda r: len(r.json))
         self.clients: set[BrowserClient] = set()
@@ -259,6 +288,7 @@ class Hub:
         self._conf_seen: tuple | None = None  # the leader's (voters, learners) the node set last followed
         self._members_refresh: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._action_session: aiohttp.ClientSession | None = None
         self.logs = LogWatcher(lambda: self.session, self.emit)
         self.sampler = MessageSampler()
         self.listeners: list[Callable[[NodeLink, dict], None]] = []  # told of every node event (the lab's)
@@ -268,7 +298,11 @@ class Hub:
     # ------------------------------------------------------------------ lifecycle ---------------
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0))
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0),
+                                              connector=self.access.connector(), headers=self.access.headers())
+        # No credentials of its own: each call carries the ones ACTING_FOR names (act()).
+        self._action_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0),
+                                                     connector=self.access.connector())
         loop = asyncio.get_running_loop()
         for link in self.links.values():
             self._watch_link(link)
@@ -285,13 +319,37 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.logs.stop()
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._action_session):
+            if session is not None:
+                await session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """The watcher's session: the dashboard's own credentials."""
         assert self._session is not None, "the hub is not started"
         return self._session
+
+    @property
+    def action_session(self) -> aiohttp.ClientSession:
+        """A session with no credentials of its own (act() adds them per call)."""
+        assert self._action_session is not None, "the hub is not started"
+        return self._action_session
+
+    def acting_headers(self) -> dict[str, str]:
+        """The Authorization a call made now carries: the person's ACTING_FOR names, none for a browser
+        nobody logged in on, the dashboard's own when no request is behind the call."""
+        acting = ACTING_FOR.get()
+        return self.access.headers() if acting is None else acting.headers()
+
+    def acting_credentials(self) -> Credentials | None:
+        """The credentials a call made now carries (see acting_headers)."""
+        acting = ACTING_FOR.get()
+        return self.access.credentials if acting is None else acting.credentials
+
+    def act(self, method: str, url: str, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        """A request to a node on behalf of whoever ACTING_FOR names (an aiohttp request context)."""
+        return self.action_session.request(method, url, headers={**(headers or {}), **self.acting_headers()},
+                                           **kwargs)
 
     def link(self, node_id: str) -> NodeLink:
         if node_id not in self.links:
@@ -321,8 +379,8 @@ class Hub:
                 self._nodes_changed(f"{link.id} was removed from the cluster")
 
     def _follow_member(self, member: dict) -> None:
-        if self.by_raft_id(member["id"]) is not None:
-            return
+        if self.by_raft_id(member["id"]) is not None or not member.get("clientURL"):
+            return  # watched already, or not started (added by its peer address alone): nothing to watch yet
         name = member.get("name") or member["id"]
         known = self.links.get(name)
         if known is not None and known.removed_at is None:  # watched before the cluster gave its id
@@ -375,6 +433,8 @@ class Hub:
             view = None
         if isinstance(view, dict):
             self.follow_members(view)
+            if any(not m.get("clientURL") for m in view.get("members") or ()):
+                self._conf_seen = None  # a member not started yet: read again until it has (its URL is not known)
         else:
             self._conf_seen = None  # the next leader status tries again
 
@@ -400,7 +460,11 @@ class Hub:
         return event
 
     def action(self, text: str, **fields: Any) -> dict:
-        """Something a person (or the tour) did: shown in the feed and on the timeline."""
+        """Something a person (or the tour) did: shown in the feed and on the timeline, with the
+        name of the person logged in who asked for it."""
+        acting = ACTING_FOR.get()
+        if acting is not None and acting.user is not None:
+            text, fields["user"] = f"{acting.user}: {text}", acting.user
         log.info("dashboard action: %s", text)
         return self.emit({"type": "action", "text": text, **fields})
 
@@ -449,6 +513,8 @@ class Hub:
                 "lastHeard": n.last_heard,
                 "connectedSince": n.connected_since,
                 "process": sup.get(n.raft_id) or sup.get(n.id),
+                # whether the node serves the lab's routes (None: no status from it yet)
+                "faultInjection": (n.status or {}).get("faultInjection"),
             }
         return out
 
@@ -593,7 +659,8 @@ def label_for(url: str) -> str:
     return parts.netloc or url
 
 
-async def resolve_ids(node_urls: list[str], supervisor: Any, timeout_s: float = 3.0) -> list[NodeLink]:
+async def resolve_ids(node_urls: list[str], supervisor: Any, access: Access = NO_ACCESS,
+                      timeout_s: float = 3.0) -> list[NodeLink]:
     """Node ids for the given URLs: from the supervisor, else from any reachable node's /raft-state."""
     urls = [u.rstrip("/") for u in node_urls]
     ids: dict[str, str] = {}
@@ -603,7 +670,8 @@ async def resolve_ids(node_urls: list[str], supervisor: Any, timeout_s: float = 
     missing = [u for u in urls if u not in ids]
     if missing:
         deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as s:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0), connector=access.connector(),
+                                         headers=access.headers()) as s:
             while missing and time.monotonic() < deadline:
                 for u in urls:
                     try:

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .controls import ControlError, Controls, error_text
+from .controls import REFUSED, ControlError, Controls, error_text
 from .hub import Hub, NodeLink
 from .schema import message_label
 
@@ -102,7 +102,12 @@ class Lab:
         async with self._one_change():
             self.hub.action("lab: hold-and-step on. Every Raft message now waits at its sender until it is "
                             "delivered or dropped, and no node's clock moves", kind="lab", icon="lab")
-            await self._set_all({"holding": True, "clockHeld": True})
+            try:
+                await self._set_all({"holding": True, "clockHeld": True})
+            except ControlError:  # a node refused: the ones that did not must not go on holding
+                with contextlib.suppress(ControlError):
+                    await self._set_all({"holding": False, "clockHeld": False})
+                raise
             self.active, self.clock_held, self.rate = True, True, "step"
             self._start_poller()
             self._publish()
@@ -117,7 +122,8 @@ class Lab:
         """Leave the lab if it is on (a tour starting, the dashboard stopping)."""
         if self.active:
             async with self._lock:
-                await self._leave()
+                with contextlib.suppress(ControlError):  # refused: nothing more a quiet leave can do
+                    await self._leave()
 
     async def _leave(self) -> None:
         self.hub.action("lab: hold-and-step off; every held message is sent and the clocks run again",
@@ -324,12 +330,16 @@ class Lab:
             word = "normal speed" if factor == 1 else f"slow motion x{factor}"
             self.hub.action(f"{word}: every node's tick is now {DEFAULT_TICK_MS * factor} ms, changed while it runs "
                             "(no restart, no new term)", kind="slowmo", icon="slow", factor=factor)
-            self.speed = factor  # first: a status reporting the old tick is then retuned (_on_node_event)
+            before, self.speed = self.speed, factor  # first: a status with the old tick is then retuned
             tick, done = self._base_tick() * factor, {}
             for link in self.hub.members():
-                with contextlib.suppress(ControlError):  # a node that is down gets it when it is back
+                try:
                     await self._post(link, "/lab", {"tickMs": tick})
                     done[link.id] = tick
+                except ControlError as e:  # a node that is down gets it when it is back; a refusal is said
+                    if e.status in REFUSED and not done:
+                        self.speed = before
+                        raise
             self._publish()
             return {"factor": factor, "tickMs": done}
 
@@ -389,11 +399,18 @@ class Lab:
         return self._lock
 
     async def _set_all(self, body: dict) -> None:
-        """POST /lab to every member the dashboard reaches (a crashed one holds nothing)."""
+        """POST /lab to every member the dashboard reaches (a crashed one holds nothing). A node
+        that refuses the person (401, 403: no permission, or fault injection off) is not a node
+        that is down: that refusal is raised, after the others were asked."""
+        refusal = None
         for link in self.hub.members():
             if link.reach(time.time()) != "unreachable":
-                with contextlib.suppress(ControlError):
+                try:
                     await self._post(link, "/lab", body)
+                except ControlError as e:
+                    refusal = refusal or (e if e.status in REFUSED else None)
+        if refusal is not None:
+            raise refusal
 
     async def _post(self, link: NodeLink, path: str, body: dict) -> dict:
         status, answer = await self.controls.call(link, "POST", path, body)

@@ -120,7 +120,10 @@ class LoadGenerator:
             self.hub.emit({"type": "load", **self.last})
 
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=writers * 2)) as session:
+        # The writes carry the credentials of the person who started the load (this task inherited
+        # the request's ACTING_FOR), never the dashboard's own.
+        async with aiohttp.ClientSession(timeout=timeout, connector=self.hub.access.connector(limit=writers * 2),
+                                         headers=self.hub.acting_headers()) as session:
             tasks = [asyncio.create_task(writer(w)) for w in range(writers)]
             last = time.monotonic()
             try:

@@ -29,6 +29,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+from raftkv.client import join_token
 from raftkv.supervisor import NameTakenError, last_log_line
 
 from .controls import STOP_GRACE_S, ControlError, Controls, error_text
@@ -57,8 +58,9 @@ class Membership:
         async with self._one_change():
             view = await self.members()
             join_url = self._join_url(view)
+            token = await join_token(self.hub.acting_credentials(), self._ask)  # auth on: an admin's
             add = functools.partial(sup.add_node, name, {m["name"] for m in view["members"]}, join_url,
-                                    self.lab.new_node_args(sup))
+                                    self.lab.new_node_args(sup), token)
             try:
                 node = await asyncio.get_running_loop().run_in_executor(None, add)
             except NameTakenError as e:
@@ -122,11 +124,11 @@ class Membership:
                 raise ControlError(status, f"the cluster refused: {error_text(answer)}", **fields)
             await asyncio.sleep(POLL_S)
 
-    async def _ask(self, method: str, path: str) -> tuple[int, Any]:
+    async def _ask(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """The answer of the first member that answers (the leader first)."""
         for link in self._asked():
             try:
-                return await self.controls.call(link, method, path)
+                return await self.controls.call(link, method, path, body)
             except ControlError:
                 continue
         return 503, {"error": "no member of the cluster is reachable"}

@@ -50,7 +50,7 @@ from raftkv.core import (
     VoteRequest,
     VoteResponse,
 )
-from raftkv.node.peer_messages import ProposeAnswer, ProposeForward
+from raftkv.node.peer_messages import EntryTraces, ProposeAnswer, ProposeForward, TracedProposeForward
 
 __all__ = ["EVENT_LABELS", "FAMILIES", "GLYPHS", "MESSAGE_LABELS", "PRE_VOTE_LABELS", "Glyph", "schema"]
 
@@ -97,6 +97,8 @@ GLYPHS: dict[str, Glyph] = {
     "read-answer": Glyph("ReadIndex answer", "hexagon", "read", "hollow"),
     "forward": Glyph("writes forwarded to the leader", "arrow", "forward", "solid"),
     "forward-answer": Glyph("where the leader put forwarded writes", "arrow", "forward", "hollow"),
+    "traced-forward": Glyph("writes forwarded to the leader, with their traces", "arrow", "forward", "dashed"),
+    "entry-traces": Glyph("which traces new entries belong to (only while tracing)", "square", "append", "dashed"),
 }
 
 MESSAGE_LABELS: dict[type[Message], tuple[str, str]] = {  # type -> (label, glyph)
@@ -113,6 +115,8 @@ MESSAGE_LABELS: dict[type[Message], tuple[str, str]] = {  # type -> (label, glyp
     ReadIndexResponse: ("ReadIndex answer", "read-answer"),
     ProposeForward: ("writes forwarded to the leader", "forward"),
     ProposeAnswer: ("where the leader put forwarded writes", "forward-answer"),
+    TracedProposeForward: ("writes forwarded to the leader, with their traces", "traced-forward"),
+    EntryTraces: ("which traces new entries belong to", "entry-traces"),
 }
 
 # A vote request or answer with pre_vote set: the same class, another conversation.

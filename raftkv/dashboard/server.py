@@ -23,8 +23,16 @@ Ctrl-C or SIGTERM (or until `stop_event` is set, when run in a thread), then ret
   reason when the dashboard only attaches to a remote cluster;
 * `GET /api/state`: each node's latest status and KV preview, reachability, safety, the lab, and
   how full the recorder is;
+* `POST /v1/traces` (the nodes' OTLP spans), `GET /api/traces` and `/api/traces/{trace_id}` (a
+  trace's spans and its waterfall): traces.py, waterfall.py; the pages are told which traces are
+  here, and whether tracing is on, by an unrecorded `traces` event;
 * `GET /api/trace.ndjson`: a header line (the nodes and the schema), then everything recorded, one
-  JSON event per line: the page loads such a file back to replay it.
+  JSON event per line: the page loads such a file back to replay it;
+* `GET /api/session`, `POST /api/login` {name, password}, `POST /api/logout`: who is logged in and
+  what they may do (sessions.py). While the nodes have auth on, the `gate` middleware admits each
+  request by the route's need (sessions.ROUTE_NEEDS: open, observe, act, admin) and runs it as the
+  person logged in, whose token every node call it makes carries; a request from another site
+  (its Origin not this server) that could change something is refused.
 """
 
 from __future__ import annotations
@@ -38,16 +46,21 @@ import signal
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from .controls import ControlError, Controls
+from raftkv.client import NO_ACCESS, Access
+
+from .controls import PROCESS_ACTIONS, REFUSED, ControlError, Controls
 from .coordination import CoordinationView
-from .hub import MIB, BrowserClient, Hub, resolve_ids
+from .hub import ACTING_FOR, MIB, BrowserClient, Hub, resolve_ids
 from .lab import SLOWMO_MAX_FACTOR, Lab
 from .load import MAX_SECONDS, MAX_WRITERS, LoadGenerator
 from .membership import Membership
+from .sessions import COOKIE, ROUTE_NEEDS, SESSION_TTL_S, Need, Sessions
 from .tour import DEMOS, Tour
+from .traces import TRACES_KEY, add_trace_routes, announce, node_environment, tracing_state
 
 log = logging.getLogger("raftkv.dashboard")
 
@@ -59,6 +72,8 @@ TOUR_KEY: web.AppKey[Tour] = web.AppKey("tour", Tour)
 MEMBERSHIP_KEY: web.AppKey[Membership] = web.AppKey("membership", Membership)
 LAB_KEY: web.AppKey[Lab] = web.AppKey("lab", Lab)
 COORDINATION_KEY: web.AppKey[CoordinationView] = web.AppKey("coordination", CoordinationView)
+SESSIONS_KEY: web.AppKey[Sessions] = web.AppKey("sessions", Sessions)
+HERE_KEY: web.AppKey[tuple[str, int] | None] = web.AppKey("here")  # the host and port the dashboard listens on
 MAX_REQUEST_BYTES = 2 * MIB  # a PUT of the largest value a node takes (1 MiB) fits, as on the nodes
 MIN_LOAD_SECONDS = 0.1
 
@@ -77,6 +92,27 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _error(400, str(e))
     except RuntimeError as e:  # the load generator's "already running"
         return _error(409, str(e))
+
+
+@web.middleware
+async def gate(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Admit the request as its route needs (sessions.py) and run it as the person it acts for."""
+    origin = request.headers.get("Origin")
+    if (request.method not in ("GET", "HEAD") or request.path == "/ws") and origin is not None \
+            and urlsplit(origin).netloc != request.host:
+        raise ControlError(403, f"a request from another site ({origin}) is refused", reason="cross_site")
+    resource = request.match_info.route.resource
+    need = ROUTE_NEEDS[resource.canonical] if resource is not None else Need.OPEN  # None: a 404 to come
+    acting = await request.app[SESSIONS_KEY].admit(request, need)
+    token = ACTING_FOR.set(acting)
+    try:
+        return await handler(request)
+    except ControlError as e:
+        if e.status in REFUSED:  # the feed said what was asked: say it was refused (permission, fault injection)
+            request.app[HUB_KEY].action(f"refused: {e.message}", kind="refused", icon="cross")
+        raise
+    finally:
+        ACTING_FOR.reset(token)
 
 
 async def _json(request: web.Request) -> dict:
@@ -110,11 +146,16 @@ async def index(_request: web.Request) -> web.StreamResponse:
 
 
 async def ws_handler(request: web.Request) -> web.StreamResponse:
-    hub = request.app[HUB_KEY]
+    hub, sessions = request.app[HUB_KEY], request.app[SESSIONS_KEY]
     ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=1 << 20)
     await ws.prepare(request)
+    async with sessions.streaming(ws, sessions.find(request)):
+        return await _stream(ws, hub, request.app)
+
+
+async def _stream(ws: web.WebSocketResponse, hub: Hub, app: web.Application) -> web.WebSocketResponse:
     client = BrowserClient()
-    hello = hub.hello(features(request.app))
+    hello = hub.hello({**features(app), "traceIds": app[TRACES_KEY].ids()})
     hub.clients.add(client)  # with no await in between: each event is in the hello or in a later batch
     await ws.send_str(hello)
 
@@ -154,6 +195,7 @@ def features(app: web.Application) -> dict:
             "tour": {"available": True, "demos": app[TOUR_KEY].titles()},
         },
         "lab": lab.for_page(),
+        "tracing": tracing_state(node_environment(controls.supervisor), app[TRACES_KEY], app.get(HERE_KEY)),
         **lab.slowmo_info(),
     }
 
@@ -187,6 +229,9 @@ async def node_action(request: web.Request) -> web.Response:
         return web.json_response(await controls.force_election(node))
     if op == "isolate":
         return web.json_response(await controls.isolate(node))
+    if op in PROCESS_ACTIONS:  # the supervisor's, which no node checks
+        sessions = request.app[SESSIONS_KEY]
+        await sessions.require_admin(sessions.find(request))
     return web.json_response(await controls.process(node, op))
 
 
@@ -309,6 +354,35 @@ async def coordination_watch(request: web.Request) -> web.Response:
                                                                         body.get("start_revision")))
 
 
+async def session_view(request: web.Request) -> web.Response:
+    """Who is logged in and what they may do; with the cluster's nodes and the features only for
+    someone who may use the controls (anyone while auth is off, else a person logged in)."""
+    sessions, hub = request.app[SESSIONS_KEY], request.app[HUB_KEY]
+    session = sessions.find(request)
+    view = sessions.describe(session)
+    if sessions.auth_on is False or session is not None:
+        view.update(nodes=hub.node_list(), reach=hub.reach(), supervisor=hub.supervisor is not None,
+                    **features(request.app))
+    return web.json_response(view, dumps=lambda o: json.dumps(o, default=str))
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await _json(request)
+    sessions = request.app[SESSIONS_KEY]
+    sid, session = await sessions.login(body.get("name"), body.get("password"))
+    resp = web.json_response(sessions.describe(session))
+    resp.set_cookie(COOKIE, sid, max_age=SESSION_TTL_S, path="/", httponly=True, samesite="Strict",
+                    secure=request.secure)
+    return resp
+
+
+async def logout(request: web.Request) -> web.Response:
+    request.app[SESSIONS_KEY].logout(request)
+    resp = web.json_response({"loggedOut": True})
+    resp.del_cookie(COOKIE, path="/")
+    return resp
+
+
 async def trace(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB_KEY]
     resp = web.StreamResponse(headers={
@@ -331,23 +405,35 @@ async def trace(request: web.Request) -> web.StreamResponse:
 # ---------------------------------------------------------------------- app and running ---------
 
 
-async def create_app(node_urls: list[str], supervisor: Any = None) -> web.Application:
-    links = await resolve_ids(node_urls, supervisor)
-    hub = Hub(links, supervisor)
+async def create_app(node_urls: list[str], supervisor: Any = None, access: Access = NO_ACCESS,
+                     here: tuple[str, int] | None = None) -> web.Application:
+    """`access`: how the dashboard reaches the nodes (TLS, credentials), on every connection it makes;
+    `here`: the host and port it listens on (whether the nodes' traces come here: traces.py)."""
+    links = await resolve_ids(node_urls, supervisor, access)
+    hub = Hub(links, supervisor, access)
     controls = Controls(hub, supervisor)
     lab = Lab(hub, controls)
     hub.extra_reach = lab.slowmo_info
-    app = web.Application(middlewares=[errors], client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(middlewares=[errors, gate], client_max_size=MAX_REQUEST_BYTES)
     app[HUB_KEY], app[CONTROLS_KEY], app[LAB_KEY] = hub, controls, lab
+    sessions = app[SESSIONS_KEY] = Sessions(hub)
     membership, load = Membership(hub, controls, lab), LoadGenerator(hub)
     app[LOAD_KEY], app[MEMBERSHIP_KEY] = load, membership
     coordination = app[COORDINATION_KEY] = CoordinationView(hub)
     app[TOUR_KEY] = Tour(hub, controls, lab, membership, load, coordination, DEMOS)
+    app[HERE_KEY] = here
+    traces = add_trace_routes(app, named=hub.named)  # the nodes' spans, under raftkv up --trace (traces.py)
 
     async def lifecycle(app: web.Application) -> Any:
         await hub.start()
+        await sessions.start()
         await coordination.start()
+        announcer = asyncio.create_task(announce(traces, hub.emit, node_environment(supervisor), here))
         yield
+        announcer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await announcer
+        await sessions.stop()
         await coordination.stop()
         await app[LOAD_KEY].stop()
         await app[TOUR_KEY].stop()
@@ -384,12 +470,18 @@ async def create_app(node_urls: list[str], supervisor: Any = None) -> web.Applic
     r.add_post("/api/tour/stop", tour_stop)
     r.add_post("/api/coordination/watch", coordination_watch)
     r.add_get("/api/trace.ndjson", trace)
+    r.add_get("/api/session", session_view)
+    r.add_post("/api/login", login)
+    r.add_post("/api/logout", logout)
+    unclassified = {res.canonical for res in r.resources()} - set(ROUTE_NEEDS)
+    assert not unclassified, f"routes with no need in sessions.ROUTE_NEEDS: {sorted(unclassified)}"
     return app
 
 
 async def serve(host: str, port: int, node_urls: list[str], supervisor: Any = None,
-                stop_event: threading.Event | None = None, ready: threading.Event | None = None) -> None:
-    app = await create_app(node_urls, supervisor)
+                stop_event: threading.Event | None = None, ready: threading.Event | None = None,
+                access: Access = NO_ACCESS) -> None:
+    app = await create_app(node_urls, supervisor, access, (host, port))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:  # from here on, cleanup closes the hub's client session even if binding fails
@@ -410,6 +502,7 @@ async def serve(host: str, port: int, node_urls: list[str], supervisor: Any = No
 
 
 def run_dashboard(host: str, port: int, node_urls: list[str], supervisor: Any = None, *,
-                  stop_event: threading.Event | None = None, ready: threading.Event | None = None) -> None:
+                  stop_event: threading.Event | None = None, ready: threading.Event | None = None,
+                  access: Access = NO_ACCESS) -> None:
     """Serve the dashboard in the foreground; returns after Ctrl-C / SIGTERM (or `stop_event`)."""
-    asyncio.run(serve(host, port, list(node_urls), supervisor, stop_event, ready))
+    asyncio.run(serve(host, port, list(node_urls), supervisor, stop_event, ready, access))

@@ -14,6 +14,9 @@ __all__ = ["plain_error"]
 
 def plain_error(e: BaseException) -> str:
     """One short sentence for an error met while talking to a node."""
+    if isinstance(e, aiohttp.ClientSSLError):  # before its base class: a TLS handshake that failed
+        why = getattr(e.os_error, "verify_message", None) or getattr(e.os_error, "reason", None) or e.os_error
+        return f"no TLS connection to {e.host}:{e.port} ({why}): check the dashboard's --cacert, --cert and --key"
     if isinstance(e, aiohttp.ClientConnectorError):
         where = f"{e.host}:{e.port}"
         if isinstance(e.os_error, ConnectionRefusedError):
@@ -22,7 +25,9 @@ def plain_error(e: BaseException) -> str:
     if isinstance(e, aiohttp.ServerDisconnectedError):
         return "the node closed the connection"
     if isinstance(e, aiohttp.WSServerHandshakeError):
-        return f"the node refused the event stream (HTTP {e.status})"
+        needs = {401: ": the dashboard needs --user or --token",
+                 403: ": the dashboard's user may not read every key, which the event stream shows"}.get(e.status, "")
+        return f"the node refused the event stream (HTTP {e.status}){needs}"
     if isinstance(e, aiohttp.ClientResponseError):
         return f"the node answered HTTP {e.status}"
     if isinstance(e, TimeoutError):

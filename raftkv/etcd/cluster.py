@@ -1,9 +1,17 @@
-"""etcd's Cluster service (member list, remove, promote) and Maintenance service (status, hashes,
-alarms, leader moves, snapshots) over the node's member service and Raft state.
+"""etcd's Cluster service (member list, add, remove, promote) and Maintenance service (status,
+hashes, alarms, leader moves, snapshots) over the node's member service and Raft state.
 
 A member's clientURLs are its etcd gRPC endpoint (what etcd's clients dial), learned once per
 member from its `/raft-state` (`etcdURL`) and remembered: a member's id never changes address.
 A member that does not answer yet is listed with no client URL, as etcd lists an unstarted one.
+
+MemberAdd carries a peer URL and whether the member is a learner, no name and no client URL: the
+member is added by its peer address (MemberService.add_unstarted: a learner, or a voter at once
+under etcd 3.5's strict reconfiguration check) and listed as etcd lists an unstarted member, with
+an empty name and no client URLs, until `raftkv node --join ... --advertise-peer` on that address
+takes it over and publishes its name and client URL. Only the leader adds members; a follower
+relays the request to the leader's JSON gateway (`/v3/cluster/member/add`: raftkv's own
+POST /members needs a name), with the caller's credentials, and passes on its etcd error as is.
 """
 
 from __future__ import annotations
@@ -16,9 +24,11 @@ import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import msgpack
+from google.protobuf import json_format
 
 from raftkv.client import Client, ClusterUnreachableError
 from raftkv.core import Role
@@ -28,6 +38,7 @@ from raftkv.etcd.identity import Identity, number_of
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
 from raftkv.node import NodeHost
 from raftkv.node.backup import ETCD_ALIGN_BYTES, freeze
+from raftkv.node.forwarding import CALLER_AUTHORIZATION, FORWARD_TIMEOUT_S
 
 __all__ = ["API_VERSION", "ClusterService", "MaintenanceService"]
 
@@ -35,6 +46,8 @@ API_VERSION = "3.5.0"  # the etcd API level served (the pinned protos' release l
 ASK_ENDPOINT_TIMEOUT_S = 1.0
 MOVE_LEADER_WAIT_S = 3.0
 SNAPSHOT_CHUNK_BYTES = 64 * 1024  # well under any client's largest message
+MEMBER_ADD_PATH = "/v3/cluster/member/add"  # the leader's gateway route a follower relays MemberAdd to
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
@@ -46,14 +59,15 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def members(self) -> list[rpc_pb2.Member]:
         rows = self.node.members.describe()
         await asyncio.gather(*(self._learn_endpoint(row["id"], row["clientURL"]) for row in rows
-                               if row["id"] not in self._endpoints))
+                               if row["id"] not in self._endpoints and row["clientURL"]))
         return [rpc_pb2.Member(ID=number_of(row["id"]), name=row["name"], peerURLs=[f"http://{row['peerURL']}"],
                                clientURLs=[self._endpoints[row["id"]]] if row["id"] in self._endpoints else [],
                                isLearner=row["role"] == "learner") for row in rows]
 
     async def _learn_endpoint(self, member_id: str, client_url: str) -> None:
         try:
-            async with Client([client_url], timeout_s=ASK_ENDPOINT_TIMEOUT_S) as client:
+            access = self.node.members.access
+            async with Client([client_url], timeout_s=ASK_ENDPOINT_TIMEOUT_S, access=access) as client:
                 status, state = await client.request("GET", "/raft-state")
         except ClusterUnreachableError:
             return
@@ -70,8 +84,41 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     @unary
     async def MemberAdd(self, request: rpc_pb2.MemberAddRequest,
                         context: grpc.aio.ServicerContext) -> rpc_pb2.MemberAddResponse:
-        raise unimplemented("MemberAdd", "a raftkv member needs a name and a client URL besides its peer URL, "
-                                         "which etcd's MemberAdd does not carry; use `raftkv member add`")
+        peer = _peer_address(list(request.peerURLs))
+
+        async def relay(leader: str) -> str:
+            return await self._relay_member_add(leader, request)
+
+        member_id = await self.node.members.add_unstarted(peer, request.isLearner, relay)
+        members = await self.members()
+        number = number_of(member_id)
+        added = next((m for m in members if number == m.ID), None)
+        if added is None:  # (a relayed add is applied here before the relay returns: see _relay_member_add)
+            added = rpc_pb2.Member(ID=number, peerURLs=[f"http://{peer}"], isLearner=request.isLearner)
+        return rpc_pb2.MemberAddResponse(header=self.identity.header(), member=added, members=members)
+
+    async def _relay_member_add(self, leader: str, request: rpc_pb2.MemberAddRequest) -> str:
+        """Have the leader add the member (through its JSON gateway, as the caller); the new member's
+        id, once this node has applied the change too."""
+        url = self.node.members.url_of(leader)
+        if url is None:
+            raise errors.NO_LEADER()
+        caller = CALLER_AUTHORIZATION.get()
+        body = json_format.MessageToDict(request, preserving_proto_field_name=True)
+        try:
+            async with Client([url], timeout_s=FORWARD_TIMEOUT_S, access=self.node.members.access) as client:
+                status, answer = await client.request("POST", MEMBER_ADD_PATH, body,
+                                                      headers=None if caller is None else {"Authorization": caller})
+        except ClusterUnreachableError:
+            raise errors.TIMEOUT() from None  # it may have reached the leader: the add may still happen
+        if status != 200 or not isinstance(answer, dict) or "member" not in answer:
+            code = _CODES.get(answer.get("code")) if isinstance(answer, dict) else None
+            message = answer.get("message") if isinstance(answer, dict) else None
+            if code is None or not isinstance(message, str):
+                raise errors.EtcdError(grpc.StatusCode.UNAVAILABLE, f"etcdserver: the leader answered {status}")
+            raise errors.EtcdError(code, message)
+        await self.node.read_barrier()  # so this node's member table has it too
+        return self.identity.member_named(int(answer["member"]["ID"]))
 
     @unary
     async def MemberUpdate(self, request: rpc_pb2.MemberUpdateRequest,
@@ -181,13 +228,30 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         raise unimplemented("Downgrade", "raftkv has one storage version")
 
 
+def _peer_address(urls: list[str]) -> str:
+    """The host:port of a MemberAdd's peer URLs (etcd: one or more http(s)://host:port); a raftkv
+    member has one peer address."""
+    if len(urls) > 1:
+        raise errors.invalid("raftkv members have one peer address: give one peer URL")
+    try:
+        parts = urlsplit(urls[0]) if urls else None
+        port = parts.port if parts else None
+    except ValueError:
+        port = None
+    if parts is None or port is None or parts.scheme not in ("http", "https") or not parts.hostname \
+            or parts.path not in ("", "/") or parts.query:
+        raise errors.BAD_MEMBER_URLS()
+    return f"{parts.hostname}:{port}"
+
+
 def _disk_bytes(directory: Path) -> int:
-    """What the node's storage (WAL segments and snapshots) takes on disk."""
+    """What the node's storage (WAL segments and snapshots) takes on disk: blocks allocated, not
+    lengths (a WAL segment is made its full length at once, a hole until written)."""
     total = 0
     for root, _dirs, files in os.walk(directory):
         for name in files:
             try:
-                total += os.stat(os.path.join(root, name)).st_size
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
             except FileNotFoundError:  # a segment or snapshot removed while we walked
                 continue
     return total

@@ -50,9 +50,28 @@ MEMBER_NOT_LEARNER = _err(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: can 
 LEARNER_NOT_READY = _err(grpc.StatusCode.FAILED_PRECONDITION,
                          "etcdserver: can only promote a learner member which is in sync with leader")
 PEER_URL_EXISTS = _err(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists")
+BAD_MEMBER_URLS = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid")
+NOT_ENOUGH_STARTED = _err(grpc.StatusCode.FAILED_PRECONDITION,
+                          "etcdserver: re-configuration failed due to not enough started members")
+UNHEALTHY = _err(grpc.StatusCode.UNAVAILABLE, "etcdserver: unhealthy cluster")
 NO_LEADER = _err(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
 TIMEOUT = _err(grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out")
 BAD_TRANSFEREE = _err(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
+# auth (clients match these: "invalid auth token" makes clientv3 authenticate again and retry)
+ROOT_USER_NOT_EXIST = _err(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: root user does not exist")
+USER_EXISTS = _err(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: user name already exists")
+USER_EMPTY = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: user name is empty")
+USER_NOT_FOUND = _err(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: user name not found")
+ROLE_EXISTS = _err(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: role name already exists")
+ROLE_NOT_FOUND = _err(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: role name not found")
+ROLE_EMPTY = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: role name is empty")
+AUTH_FAILED = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID or password")
+PERMISSION_DENIED = _err(grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
+ROLE_NOT_GRANTED = _err(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: role is not granted to the user")
+PERMISSION_NOT_GRANTED = _err(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: permission is not granted to the role")
+AUTH_NOT_ENABLED = _err(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: authentication is not enabled")
+INVALID_AUTH_TOKEN = _err(grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token")
+INVALID_AUTH_MGMT = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: invalid auth management")
 
 
 def invalid(message: str) -> EtcdError:
@@ -64,7 +83,8 @@ def unimplemented(what: str, why: str) -> EtcdError:
     return EtcdError(grpc.StatusCode.UNIMPLEMENTED, f"raftkv does not implement {what}: {why}")
 
 
-_MEMBERSHIP = {"unknown": MEMBER_NOT_FOUND, "not_learner": MEMBER_NOT_LEARNER, "not_caught_up": LEARNER_NOT_READY}
+_MEMBERSHIP = {"unknown": MEMBER_NOT_FOUND, "not_learner": MEMBER_NOT_LEARNER, "not_caught_up": LEARNER_NOT_READY,
+               "not_enough_started": NOT_ENOUGH_STARTED, "unhealthy": UNHEALTHY}
 
 
 def translate(exc: BaseException) -> EtcdError | None:
@@ -77,11 +97,19 @@ def translate(exc: BaseException) -> EtcdError | None:
         known = _MEMBERSHIP.get(exc.reason)
         if known is not None:
             return known()
+        if exc.reason == "duplicate" and exc.details.get("field") == "peerURL":
+            return PEER_URL_EXISTS()
         code = grpc.StatusCode.INVALID_ARGUMENT if exc.reason == "invalid" else grpc.StatusCode.FAILED_PRECONDITION
         return EtcdError(code, f"etcdserver: {exc}")
-    if isinstance(exc, RequestRefused):
+    if isinstance(exc, RequestRefused):  # the leader's answer to what this node relayed (with the caller's credentials)
+        if exc.status == 401:
+            return INVALID_AUTH_TOKEN()
+        if exc.status == 403 and exc.reason == "permission_denied":
+            return PERMISSION_DENIED()
         if exc.status == 404 and "lease" in exc.details:
             return LEASE_NOT_FOUND()
+        if exc.reason in _MEMBERSHIP:  # a membership change the leader refused (a promote relayed by this node)
+            return _MEMBERSHIP[exc.reason]()
         if exc.reason == "no_leader":
             return NO_LEADER()
         return EtcdError(grpc.StatusCode.FAILED_PRECONDITION, f"etcdserver: {exc}")

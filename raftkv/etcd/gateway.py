@@ -14,7 +14,10 @@ watch goes on until the client closes the connection, or the node shuts down. Er
 `GET /version` says which etcd API level is served (clients such as etcd3gw read it to choose the
 gateway's path).
 
-Auth has no route here: it is refused over gRPC, and the gateway adds nothing to refuse.
+Auth: `/v3/auth/*` as etcd's gateway routes them. Every call is admitted as over gRPC
+(admission.py), with the token of `/v3/auth/authenticate` (or of raftkv's `POST /auth/token`) in
+the `Authorization` header, bare as etcd's gateway takes it or as `Bearer`; raftkv's HTTP
+middleware lets `/v3/...` through to this check (api/auth.py, Need.ETCD).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from raftkv.etcd.cluster import API_VERSION
+from raftkv.etcd.errors import EtcdError
 from raftkv.etcd.pb import rpc_pb2
 from raftkv.etcd.services import Services
 
@@ -54,8 +58,18 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/v3/maintenance/hashkv": ("maintenance", "HashKV"), "/v3/maintenance/snapshot": ("maintenance", "Snapshot"),
     "/v3/maintenance/transfer-leadership": ("maintenance", "MoveLeader"),
     "/v3/maintenance/downgrade": ("maintenance", "Downgrade"),
+    "/v3/auth/enable": ("auth", "AuthEnable"), "/v3/auth/disable": ("auth", "AuthDisable"),
+    "/v3/auth/status": ("auth", "AuthStatus"), "/v3/auth/authenticate": ("auth", "Authenticate"),
+    "/v3/auth/user/add": ("auth", "UserAdd"), "/v3/auth/user/get": ("auth", "UserGet"),
+    "/v3/auth/user/list": ("auth", "UserList"), "/v3/auth/user/delete": ("auth", "UserDelete"),
+    "/v3/auth/user/changepw": ("auth", "UserChangePassword"), "/v3/auth/user/grant": ("auth", "UserGrantRole"),
+    "/v3/auth/user/revoke": ("auth", "UserRevokeRole"), "/v3/auth/role/add": ("auth", "RoleAdd"),
+    "/v3/auth/role/get": ("auth", "RoleGet"), "/v3/auth/role/list": ("auth", "RoleList"),
+    "/v3/auth/role/delete": ("auth", "RoleDelete"), "/v3/auth/role/grant": ("auth", "RoleGrantPermission"),
+    "/v3/auth/role/revoke": ("auth", "RoleRevokePermission"),
 }
-_SERVICE_NAMES = {"kv": "KV", "watch": "Watch", "lease": "Lease", "cluster": "Cluster", "maintenance": "Maintenance"}
+_SERVICE_NAMES = {"kv": "KV", "watch": "Watch", "lease": "Lease", "cluster": "Cluster", "maintenance": "Maintenance",
+                  "auth": "Auth"}
 
 # grpc-gateway's HTTP status for each gRPC code (runtime.HTTPStatusFromCode)
 _HTTP_STATUS = {grpc.StatusCode.CANCELLED: 408, grpc.StatusCode.UNKNOWN: 500, grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -82,6 +96,7 @@ class _Context:
 
 @dataclass(frozen=True)
 class _Rpc:
+    name: str  # "KV.Range", as admission.py names it
     handler: Callable[..., Any]
     request_type: type[Message]
     streaming: bool
@@ -91,8 +106,8 @@ def _rpcs(services: Services) -> dict[str, _Rpc]:
     rpcs = {}
     for path, (service, name) in ROUTES.items():
         method = rpc_pb2.DESCRIPTOR.services_by_name[_SERVICE_NAMES[service]].methods_by_name[name]
-        rpcs[path] = _Rpc(getattr(getattr(services, service), name), getattr(rpc_pb2, method.input_type.name),
-                          method.client_streaming)
+        rpcs[path] = _Rpc(f"{_SERVICE_NAMES[service]}.{name}", getattr(getattr(services, service), name),
+                          getattr(rpc_pb2, method.input_type.name), method.client_streaming)
     return rpcs
 
 
@@ -102,13 +117,15 @@ def add_gateway_routes(app: web.Application, services: Services) -> None:
     async def call(request: web.Request) -> web.StreamResponse:
         rpc = rpcs[request.path]
         try:
+            authorization = request.headers.get("Authorization")
+            await services.admission.admit(rpc.name, [("authorization", authorization)] if authorization else [])
             messages = _messages(await request.text(), rpc.request_type)
             if rpc.streaming:
                 return await _stream(request, rpc, messages)
             if len(messages) != 1:
                 raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, "the body must be one JSON request")
             return web.json_response(_as_json(await rpc.handler(messages[0], _Context())))
-        except _Aborted as e:
+        except (_Aborted, EtcdError) as e:
             return _error(e.code, e.message)
 
     async def version(_request: web.Request) -> web.StreamResponse:

@@ -14,6 +14,11 @@ store, at a past revision if asked.
 What the store does not do itself is done here, over the keys a range read returned: etcd's
 sort order and target, the min/max create and mod revision filters, keys_only and count_only,
 then the limit. The count is of the keys in the range before those filters, as etcd counts.
+
+While auth is on (admission.py), a read needs read access to its key or range, checked after the
+read barrier; a write is proposed as its caller and needs what the command needs (write access to
+what it puts and deletes, read access to what a txn compares and reads), and read access to what
+its answer shows besides: the previous values of prev_kv, as etcd asks.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from typing import Any
 
 import grpc
 
+from raftkv.api.auth import Requirement
 from raftkv.etcd import errors
+from raftkv.etcd.admission import Admission, range_need
 from raftkv.etcd.convert import Bounds, key_text, kv_from_result, kv_message, value_bytes, value_text
 from raftkv.etcd.errors import EtcdError, invalid, unary, unimplemented
 from raftkv.etcd.identity import Identity
@@ -32,6 +39,7 @@ from raftkv.kv import (
     MAX_RANGE_LIMIT,
     MAX_TXN_OPS,
     NOT_FOUND,
+    Access,
     Command,
     Compare,
     CompareOp,
@@ -79,9 +87,10 @@ def check_result(result: dict[str, Any]) -> dict[str, Any]:
 
 
 class KVService(rpc_pb2_grpc.KVServicer):
-    def __init__(self, node: NodeHost, identity: Identity) -> None:
+    def __init__(self, node: NodeHost, identity: Identity, admission: Admission) -> None:
         self.node = node
         self.identity = identity
+        self.admission = admission
 
     # ---- reads ----------------------------------------------------------------------------------
 
@@ -90,6 +99,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         bounds = Bounds(request.key, request.range_end)
         if not request.serializable:
             await self.node.read_barrier()
+        self.admission.require(*range_need(Access.READ, bounds))  # after the barrier: auth as of the read
         kv = self.node.kv
         revision = request.revision or None
         if revision is not None and revision > kv.revision:
@@ -113,14 +123,15 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
     # ---- writes ---------------------------------------------------------------------------------
 
-    async def _propose(self, cmd: Command) -> dict[str, Any]:
-        """The state machine's result for `cmd`. Checked here first, as the HTTP API checks its
-        commands: a malformed one is refused before it reaches the log, the same on every node."""
+    async def _propose(self, cmd: Command, also: tuple[Requirement, ...] = ()) -> dict[str, Any]:
+        """The state machine's result for `cmd`, proposed as the caller (who needs what `cmd` needs,
+        and `also`). Checked here first, as the HTTP API checks its commands: a malformed one is
+        refused before it reaches the log, the same on every node."""
         try:
             validate(cmd)
         except InvalidCommand as e:
             raise invalid(f"etcdserver: {e}") from None
-        return check_result(await self.node.propose(cmd))
+        return check_result(await self.admission.propose(cmd, also))
 
     @unary
     async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
@@ -128,7 +139,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             revision, prev = await self._put_keeping(request)
         else:
             cmd = Put(key_text(request.key), value_text(request.value), lease=request.lease)
-            result = await self._propose(cmd)
+            result = await self._propose(cmd, _shown_put(request))
             revision, prev = result["revision"], result.get("prev")
         return rpc_pb2.PutResponse(header=self.identity.header(revision),
                                    prev_kv=kv_from_result(prev) if prev and request.prev_kv else None)
@@ -141,6 +152,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         if request.ignore_lease and request.lease:
             raise errors.LEASE_PROVIDED()
         key = key_text(request.key)
+        self.admission.require(Access.WRITE, key)  # (the txn below reads the key too, and needs to)
         for _ in range(MAX_KEEP_ATTEMPTS):
             await self.node.read_barrier()
             current = self.node.kv.get(key)
@@ -149,7 +161,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             value = current.value if request.ignore_value else value_text(request.value)
             lease = current.lease if request.ignore_lease else request.lease
             unchanged = Compare(key, Target.MOD_REVISION, CompareOp.EQ, current.mod_revision)
-            result = await self._propose(Txn((unchanged,), (TxnPut(key, value, lease),)))
+            result = await self._propose(Txn((unchanged,), (TxnPut(key, value, lease),)), _shown_put(request))
             if result["succeeded"]:
                 return result["revision"], result["responses"][0]["prev"]
         raise errors.TIMEOUT()  # written by others each time; the client may retry
@@ -157,7 +169,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     @unary
     async def DeleteRange(self, request: rpc_pb2.DeleteRangeRequest,
                           context: grpc.aio.ServicerContext) -> rpc_pb2.DeleteRangeResponse:
-        result = await self._propose(Txn(success=(_delete_op(request),)))
+        result = await self._propose(Txn(success=(_delete_op(request),)), _shown_delete(request))
         return self._delete_response(request, result["responses"][0], result["revision"])
 
     def _delete_response(self, request: rpc_pb2.DeleteRangeRequest, answer: dict[str, Any],
@@ -171,7 +183,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         if max(len(request.compare), len(request.success), len(request.failure)) > MAX_TXN_OPS:
             raise errors.TOO_MANY_OPS()
         cmd = Txn(tuple(_compare(c) for c in request.compare), _ops(request.success), _ops(request.failure))
-        result = await self._propose(cmd)
+        result = await self._propose(cmd, _shown_by_ops((*request.success, *request.failure)))
         branch = request.success if result["succeeded"] else request.failure
         responses = [self._op_response(op, answer, result["revision"])
                      for op, answer in zip(branch, result["responses"], strict=True)]
@@ -215,6 +227,28 @@ def _passes(request: rpc_pb2.RangeRequest, kv: KeyValue) -> bool:
 def _key_value(shown: dict[str, Any]) -> KeyValue:
     return KeyValue(shown["value"], shown["create_revision"], shown["mod_revision"], shown["version"],
                     shown.get("lease", 0))
+
+
+def _shown_put(request: rpc_pb2.PutRequest) -> tuple[Requirement, ...]:
+    """What a put's answer shows besides what it writes: the previous value, for prev_kv."""
+    return ((Access.READ, key_text(request.key), None),) if request.prev_kv else ()
+
+
+def _shown_delete(request: rpc_pb2.DeleteRangeRequest) -> tuple[Requirement, ...]:
+    return (range_need(Access.READ, Bounds(request.key, request.range_end)),) if request.prev_kv else ()
+
+
+def _shown_by_ops(ops: Any) -> tuple[Requirement, ...]:
+    """What the puts and deletes of a txn's branches show with prev_kv (both branches: what the
+    txn may do is checked before it is known which runs)."""
+    shown: list[Requirement] = []
+    for op in ops:
+        kind = op.WhichOneof("request")
+        if kind == "request_put":
+            shown += _shown_put(op.request_put)
+        elif kind == "request_delete_range":
+            shown += _shown_delete(op.request_delete_range)
+    return tuple(shown)
 
 
 def _refuse_ignore(request: rpc_pb2.PutRequest) -> None:

@@ -4,6 +4,9 @@ Grants and revocations go through the log; a keep-alive and a time-to-live quest
 leader's (a follower's lessor relays them), so a lease's deadline is one clock's. As etcd does, a
 keep-alive or time-to-live of a lease that does not exist is an answer, not an error (TTL 0 on the
 keep-alive stream, TTL -1 for time-to-live): clients read those as "expired or revoked".
+
+While auth is on any user may grant, keep alive, list and ask about leases, as over raftkv's HTTP
+API; revoking one deletes its keys, so it needs write access to each (admission.py).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import Any
 import grpc
 
 from raftkv.etcd import errors
+from raftkv.etcd.admission import Admission
 from raftkv.etcd.errors import translate, unary
 from raftkv.etcd.identity import Identity
 from raftkv.etcd.kv import check_result
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
 from raftkv.etcd.streams import OpenStreams, unless_ending
-from raftkv.kv import MAX_LEASE_TTL_S
+from raftkv.kv import MAX_LEASE_TTL_S, Access
 from raftkv.node import NodeHost
 
 __all__ = ["LeaseService"]
@@ -29,10 +33,11 @@ MIN_TTL_S = 1
 
 
 class LeaseService(rpc_pb2_grpc.LeaseServicer):
-    def __init__(self, node: NodeHost, identity: Identity, streams: OpenStreams) -> None:
+    def __init__(self, node: NodeHost, identity: Identity, streams: OpenStreams, admission: Admission) -> None:
         self.node = node
         self.identity = identity
         self.streams = streams
+        self.admission = admission
 
     @unary
     async def LeaseGrant(self, request: rpc_pb2.LeaseGrantRequest,
@@ -52,6 +57,9 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     @unary
     async def LeaseRevoke(self, request: rpc_pb2.LeaseRevokeRequest,
                           context: grpc.aio.ServicerContext) -> rpc_pb2.LeaseRevokeResponse:
+        lease = self.node.kv.leases.leases.get(request.ID)
+        for key in sorted(lease.keys) if lease is not None else ():
+            self.admission.require(Access.WRITE, key)
         result = check_result(await self.node.revoke_lease(request.ID))
         return rpc_pb2.LeaseRevokeResponse(header=self.identity.header(result["revision"]))
 

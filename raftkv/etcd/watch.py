@@ -19,6 +19,12 @@ them).
 A watch from a compacted revision, or one the hub cancels (too slow, or its history was
 compacted under it), ends with `canceled` and, if compacted, the compacted revision, from which
 clients report "required revision has been compacted".
+
+While auth is on, a watch needs read access to its key or range when it is created (admission.py);
+one refused is answered as etcd answers it: created and cancelled at once, watch id -1, with
+"etcdserver: permission denied" as the reason. As raftkv's own watches, one that is open is checked
+again whenever users or roles change, and cancelled with that reason if its user lost the
+permission (or with why, if auth was turned on after it began).
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ from dataclasses import dataclass
 
 import grpc
 
+from raftkv.etcd.admission import Admission, range_need
 from raftkv.etcd.convert import Bounds, kv_message
+from raftkv.etcd.errors import EtcdError
 from raftkv.etcd.identity import Identity
 from raftkv.etcd.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from raftkv.etcd.streams import OpenStreams, unless_ending
-from raftkv.kv import Change, CompactedError
+from raftkv.kv import Access, Change, CompactedError
 from raftkv.node import NodeHost
 from raftkv.node.watch import Watcher
 
@@ -42,6 +50,7 @@ __all__ = ["WatchService"]
 
 MAX_QUEUED_RESPONSES = 1024  # per stream; a pump waits while the client reads slowly
 PROGRESS_ID = -1  # a progress answer to a progress request concerns every watch of the stream
+REFUSED_ID = -1  # etcd's InvalidWatchID: the id of a watch refused as it was created
 MAX_FRAGMENT_BYTES = int(1.5 * 1024 * 1024)  # etcd's default --max-request-bytes, which bounds its fragments
 
 
@@ -52,6 +61,7 @@ class _Watch:
     watcher: Watcher
     request: rpc_pb2.WatchCreateRequest
     sent_to: int  # the revision this watch's client has been sent everything up to
+    checked_at: int  # the auth revision its permission was last checked at
     pump: asyncio.Task | None = None
 
     def wants(self, change: Change) -> bool:
@@ -64,9 +74,10 @@ class _Watch:
 class _Stream:
     """The watches of one Watch call."""
 
-    def __init__(self, node: NodeHost, identity: Identity) -> None:
+    def __init__(self, node: NodeHost, identity: Identity, admission: Admission) -> None:
         self.node = node
         self.identity = identity
+        self.admission = admission
         self.out: asyncio.Queue[rpc_pb2.WatchResponse] = asyncio.Queue(MAX_QUEUED_RESPONSES)
         self.watches: dict[int, _Watch] = {}
         self._next_id = 0
@@ -89,6 +100,12 @@ class _Stream:
                                                      canceled=True, cancel_reason="watch ID already exists"))
             return
         bounds = Bounds(create.key, create.range_end)
+        try:
+            self.admission.require(*range_need(Access.READ, bounds))
+        except EtcdError as e:
+            await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(), watch_id=REFUSED_ID, created=True,
+                                                     canceled=True, cancel_reason=e.message))
+            return
         kv = self.node.kv
         try:
             if bounds.single:
@@ -105,7 +122,8 @@ class _Stream:
                 cancel_reason="mvcc: required revision has been compacted"))
             return
         start = (create.start_revision or kv.revision + 1) - 1
-        watch = self.watches[watch_id] = _Watch(watch_id, bounds, watcher, create, sent_to=start)
+        watch = self.watches[watch_id] = _Watch(watch_id, bounds, watcher, create, sent_to=start,
+                                                checked_at=self.admission.state.revision)
         await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(), watch_id=watch_id, created=True))
         watch.pump = asyncio.get_running_loop().create_task(self._pump(watch))
 
@@ -128,6 +146,11 @@ class _Stream:
         """The hub's batches for one watch, as responses."""
         while True:
             batch = await watch.watcher.queue.get()
+            if watch.checked_at != self.admission.state.revision:  # users or roles changed: may it go on?
+                watch.checked_at = self.admission.state.revision
+                if why := self.admission.refusal(*range_need(Access.READ, watch.bounds)):
+                    await self.cancel(watch.watch_id, why)
+                    return
             if batch.cancelled is not None:
                 compacted = self.node.kv.store.compacted if batch.cancelled.startswith("compacted") else 0
                 await self.cancel(watch.watch_id, batch.cancelled, compacted)
@@ -185,14 +208,15 @@ def _event(change: Change, prev_kv: bool) -> kv_pb2.Event:
 
 
 class WatchService(rpc_pb2_grpc.WatchServicer):
-    def __init__(self, node: NodeHost, identity: Identity, streams: OpenStreams) -> None:
+    def __init__(self, node: NodeHost, identity: Identity, streams: OpenStreams, admission: Admission) -> None:
         self.node = node
         self.identity = identity
         self.streams = streams
+        self.admission = admission
 
     async def Watch(self, requests: AsyncIterator[rpc_pb2.WatchRequest],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[rpc_pb2.WatchResponse]:
-        stream = _Stream(self.node, self.identity)
+        stream = _Stream(self.node, self.identity, self.admission)
         reader = asyncio.get_running_loop().create_task(stream.serve(requests))
         with self.streams.held() as ending:
             try:

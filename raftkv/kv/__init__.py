@@ -4,6 +4,7 @@
 API's JSON; `state_machine` applies them deterministically (see each module's theory of operation).
 """
 
+from raftkv.kv.auth import ROOT, Access, AuthChangeOp, AuthState, Permission, check_name
 from raftkv.kv.commands import (
     DEFAULT_RANGE_LIMIT,
     MAX_KEY_CHARS,
@@ -12,6 +13,8 @@ from raftkv.kv.commands import (
     MAX_REQUEST_ID_CHARS,
     MAX_TXN_OPS,
     UNSET,
+    AsUser,
+    AuthChange,
     Command,
     Compact,
     Compare,
@@ -20,6 +23,7 @@ from raftkv.kv.commands import (
     InvalidCommand,
     LeaseGrant,
     LeaseRevoke,
+    PublishMember,
     Put,
     Target,
     Txn,
@@ -40,11 +44,13 @@ from raftkv.kv.commands import (
 from raftkv.kv.leases import Lease, LeaseTable
 from raftkv.kv.mvcc import Change, CompactedError, MVCCStore
 from raftkv.kv.state_machine import (
+    AUTH_CHANGED,
     DEFAULT_MAX_DEDUP_BYTES,
     DEFAULT_MAX_DEDUP_ENTRIES,
     INVALID,
     NOT_FOUND,
     PRECONDITION_FAILED,
+    REFUSED,
     REQUEST_KEY_REUSED,
     KeyValue,
     KVStateMachine,
@@ -54,6 +60,7 @@ from raftkv.kv.state_machine import (
 )
 
 __all__ = [
+    "AUTH_CHANGED",
     "DEFAULT_MAX_DEDUP_BYTES",
     "DEFAULT_MAX_DEDUP_ENTRIES",
     "DEFAULT_RANGE_LIMIT",
@@ -65,8 +72,15 @@ __all__ = [
     "MAX_TXN_OPS",
     "NOT_FOUND",
     "PRECONDITION_FAILED",
+    "REFUSED",
     "REQUEST_KEY_REUSED",
+    "ROOT",
     "UNSET",
+    "Access",
+    "AsUser",
+    "AuthChange",
+    "AuthChangeOp",
+    "AuthState",
     "Change",
     "Command",
     "Compact",
@@ -82,6 +96,8 @@ __all__ = [
     "LeaseRevoke",
     "LeaseTable",
     "MVCCStore",
+    "Permission",
+    "PublishMember",
     "Put",
     "Result",
     "Target",
@@ -92,6 +108,7 @@ __all__ = [
     "TxnOp",
     "TxnPut",
     "TxnRange",
+    "check_name",
     "check_value",
     "decode",
     "delete_from_json",

@@ -32,6 +32,8 @@ from typing import Any
 
 import msgpack
 
+from raftkv.kv.auth import Access, AuthChangeOp, Permission, check_name
+
 MAX_KEY_CHARS = 4096
 MAX_REQUEST_ID_CHARS = 256
 MAX_TXN_OPS = 128  # per list (compare, success, failure); etcd's default --max-txn-ops
@@ -178,11 +180,55 @@ class LeaseRevoke:
     request_id: str | None = None
 
 
-Command = Put | Delete | Txn | Compact | LeaseGrant | LeaseRevoke
+@dataclass(frozen=True, slots=True)
+class AuthChange:
+    """One change to users, roles or the auth switch (kv/auth.py says what each op needs)."""
+
+    op: AuthChangeOp
+    name: str = ""  # the user's or role's name
+    role: str = ""  # user_grant_role / user_revoke_role: the role
+    password_hash: str = ""  # user_add / user_passwd
+    permission: Permission | None = None  # role_grant / role_revoke
+    token_key: str = ""  # enable: the key that signs bearer tokens (hex)
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AsUser:
+    """`command`, on behalf of `user`, whose permission for it was checked at auth revision
+    `auth_revision`: the state machine refuses it if auth changed since, and scopes its request_id
+    to the user (one user's Idempotency-Key can never replay or block another's)."""
+
+    user: str
+    auth_revision: int
+    command: Command
+
+    @property
+    def request_id(self) -> str | None:
+        return self.command.request_id
+
+
+@dataclass(frozen=True, slots=True)
+class PublishMember:
+    """A member's node publishes its details (name, addresses) in the member table, as etcd's members
+    publish theirs: for a member added by its peer address alone (etcd's MemberAdd), which the table
+    lists unstarted until its node starts. Applied only while the table still holds `expected` for
+    `member_id` (the unstarted record), so it fills a record once and can never rewrite a started
+    one. The details are the node layer's, opaque here (as a membership change's context)."""
+
+    member_id: str
+    expected: bytes
+    details: bytes
+    request_id: str | None = None
+
+
+Command = Put | Delete | Txn | Compact | LeaseGrant | LeaseRevoke | AuthChange | AsUser | PublishMember
 
 # ---- wire codec --------------------------------------------------------------------------------
 
-_PUT, _DELETE, _TXN_UNTYPED, _TXN, _COMPACT, _LEASE_GRANT, _LEASE_REVOKE = 1, 2, 3, 4, 5, 6, 7
+_PUT, _DELETE, _TXN_UNTYPED, _TXN, _COMPACT, _LEASE_GRANT, _LEASE_REVOKE, _AUTH, _AS_USER = 1, 2, 3, 4, 5, 6, 7, 8, 9
+_PUBLISH_MEMBER = 10
+MAX_MEMBER_DETAILS_BYTES = 4096  # a name and two addresses
 MAX_LEASE_TTL_S = 10 * 365 * 24 * 3600
 _MAX_LEASE_ID = 2**63 - 1
 # An op is [tag, *fields in order]; trailing fields still at their defaults are left out, so ops
@@ -221,6 +267,14 @@ def _wire(cmd: Command) -> list[Any]:
         return [_LEASE_REVOKE, cmd.lease_id, cmd.expired, cmd.request_id]
     if type(cmd) is Delete:
         return [_DELETE, cmd.key, cmd.prev_revision, cmd.request_id]
+    if type(cmd) is AuthChange:
+        p = cmd.permission
+        permission = None if p is None else [p.access.value, p.key, p.prefix]
+        return [_AUTH, cmd.op.value, cmd.name, cmd.role, cmd.password_hash, permission, cmd.token_key, cmd.request_id]
+    if type(cmd) is AsUser:
+        return [_AS_USER, cmd.user, cmd.auth_revision, _wire(cmd.command), cmd.request_id]
+    if type(cmd) is PublishMember:
+        return [_PUBLISH_MEMBER, cmd.member_id, cmd.expected, cmd.details, cmd.request_id]
     if type(cmd) is Txn:
         compare = [[c.key, c.target.value, c.op.value, c.value] for c in cmd.compare]
         return [_TXN if cmd.typed_compares else _TXN_UNTYPED, compare, [_encode_op(o) for o in cmd.success],
@@ -236,7 +290,10 @@ def encode(cmd: Command) -> bytes:
 def fingerprint(cmd: Command) -> bytes:
     """What makes two commands the same request, whatever their request_id: operation, keys and
     body. JSON objects compare by content, not key order (a client that re-serialises its retry
-    must still be recognised); 1 and 1.0 differ, as their JSON texts do."""
+    must still be recognised); 1 and 1.0 differ, as their JSON texts do. A command on a user's
+    behalf is the same request at any auth revision."""
+    if type(cmd) is AsUser:
+        cmd = cmd.command
     text = json.dumps(_wire(cmd)[:-1], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
@@ -247,11 +304,14 @@ def target(cmd: Command) -> tuple[str, str | None]:
         return "put", cmd.key
     if type(cmd) is Delete:
         return "delete", cmd.key
+    if type(cmd) is AsUser:
+        return target(cmd.command)
     return _OPERATION_NAMES[type(cmd)], None
 
 
 _OPERATION_NAMES: dict[type, str] = {Txn: "txn", Compact: "compact", LeaseGrant: "lease_grant",
-                                     LeaseRevoke: "lease_revoke"}
+                                     LeaseRevoke: "lease_revoke", AuthChange: "auth",
+                                     PublishMember: "publish_member"}
 
 
 def _decode_op(o: Any, where: str) -> TxnOp:
@@ -274,6 +334,12 @@ def decode(data: bytes) -> Command:
         t = msgpack.unpackb(data)
     except Exception as exc:  # any parse failure of untrusted bytes is just "invalid"
         raise InvalidCommand(f"undecodable command: {type(exc).__name__}: {exc}") from None
+    cmd = _from_wire(t)
+    validate(cmd)
+    return cmd
+
+
+def _from_wire(t: Any) -> Command:
     if type(t) is not list or not t or type(t[0]) is not int:  # (True == 1, so check the type)
         raise InvalidCommand("undecodable command: not a tagged array")
     tag, n = t[0], len(t)
@@ -291,6 +357,16 @@ def decode(data: bytes) -> Command:
         cmd = LeaseRevoke(t[1], t[2], t[3])
     elif tag == _DELETE and n == 4:
         cmd = Delete(t[1], t[2], t[3])
+    elif tag == _AUTH and n == 8:
+        p = t[5]
+        if p is not None and (type(p) is not list or len(p) != 3):
+            raise InvalidCommand("undecodable command: malformed permission")
+        permission = None if p is None else Permission(_enum(Access, p[0], "permission.access"), p[1], p[2])
+        cmd = AuthChange(_enum(AuthChangeOp, t[1], "op"), t[2], t[3], t[4], permission, t[6], t[7])
+    elif tag == _AS_USER and n == 5:
+        cmd = AsUser(t[1], t[2], _from_wire(t[3]))
+    elif tag == _PUBLISH_MEMBER and n == 5:
+        cmd = PublishMember(t[1], t[2], t[3], t[4])
     elif tag in (_TXN, _TXN_UNTYPED) and n == 5:
         if any(type(p) is not list for p in t[1:4]):
             raise InvalidCommand("undecodable command: txn lists are not arrays")
@@ -299,7 +375,6 @@ def decode(data: bytes) -> Command:
                   tuple(_decode_op(o, f"failure[{i}]") for i, o in enumerate(t[3])), t[4], tag == _TXN)
     else:
         raise InvalidCommand(f"undecodable command: unknown tag {tag!r} with {n} fields")
-    validate(cmd)
     return cmd
 
 
@@ -429,6 +504,21 @@ def validate(cmd: Command) -> None:
         _check_lease_id(cmd.lease_id, "lease_id")
         if type(cmd.expired) is not bool:
             raise InvalidCommand("expired: must be true or false")
+    elif t is AuthChange:
+        _check_auth_change(cmd)
+    elif t is AsUser:
+        if (why := check_name(cmd.user, "user")) is not None:
+            raise InvalidCommand(why)
+        _check_revision(cmd.auth_revision, "auth_revision", 0)
+        if type(cmd.command) is AsUser:
+            raise InvalidCommand("a command on a user's behalf cannot wrap another")
+        validate(cmd.command)
+        return
+    elif t is PublishMember:
+        _check_str(cmd.member_id, "member_id", max_chars=MAX_REQUEST_ID_CHARS)
+        for name in ("expected", "details"):
+            if type(getattr(cmd, name)) is not bytes or len(getattr(cmd, name)) > MAX_MEMBER_DETAILS_BYTES:
+                raise InvalidCommand(f"{name}: must be at most {MAX_MEMBER_DETAILS_BYTES} bytes")
     elif t is Txn:
         if type(cmd.typed_compares) is not bool:
             raise InvalidCommand("typed_compares: must be true or false")
@@ -443,6 +533,34 @@ def validate(cmd: Command) -> None:
         raise InvalidCommand(f"not a command: {type(cmd).__name__}")
     if cmd.request_id is not None:
         _check_str(cmd.request_id, "request_id", max_chars=MAX_REQUEST_ID_CHARS)
+
+
+_NAMED_OPS = {AuthChangeOp.USER_ADD, AuthChangeOp.USER_DELETE, AuthChangeOp.USER_PASSWD, AuthChangeOp.USER_GRANT_ROLE,
+              AuthChangeOp.USER_REVOKE_ROLE, AuthChangeOp.ROLE_ADD, AuthChangeOp.ROLE_DELETE, AuthChangeOp.ROLE_GRANT,
+              AuthChangeOp.ROLE_REVOKE}
+
+
+def _check_auth_change(cmd: AuthChange) -> None:
+    if type(cmd.op) is not AuthChangeOp:
+        raise InvalidCommand("op: not an auth change")
+    if cmd.op in _NAMED_OPS and (why := check_name(cmd.name, "role" if cmd.op.value.startswith("role") else "user")):
+        raise InvalidCommand(why)
+    grants_role = cmd.op in (AuthChangeOp.USER_GRANT_ROLE, AuthChangeOp.USER_REVOKE_ROLE)
+    if grants_role and (why := check_name(cmd.role, "role")):
+        raise InvalidCommand(why)
+    if cmd.op in (AuthChangeOp.USER_ADD, AuthChangeOp.USER_PASSWD):
+        _check_str(cmd.password_hash, "password_hash", max_chars=MAX_REQUEST_ID_CHARS)
+    if cmd.op is AuthChangeOp.ENABLE:
+        _check_str(cmd.token_key, "token_key", max_chars=MAX_REQUEST_ID_CHARS)
+    p = cmd.permission
+    if (cmd.op in (AuthChangeOp.ROLE_GRANT, AuthChangeOp.ROLE_REVOKE)) != (p is not None):
+        raise InvalidCommand("permission: given exactly with role_grant and role_revoke")
+    if p is not None:
+        if type(p.access) is not Access or type(p.prefix) is not bool:
+            raise InvalidCommand("permission: malformed")
+        _check_str(p.key, "permission.key", allow_empty=p.prefix or p.access is Access.ADMIN)
+        if p.access is Access.ADMIN and (p.key or p.prefix):
+            raise InvalidCommand("permission: admin names no key")
 
 
 # ---- from the JSON the HTTP API receives -------------------------------------------------------
@@ -468,6 +586,13 @@ def _fields(obj: Any, where: str, required: set[str], optional: set[str]) -> dic
     return obj
 
 
+def _not_null(fields: dict[str, Any], names: tuple[str, ...]) -> None:
+    """These fields are given or left out; a null would pass for left out, as a typo would."""
+    for name in names:
+        if name in fields and fields[name] is None:
+            raise InvalidCommand(f"{name}: must not be null (leave the field out instead)")
+
+
 def _request_id(fields: dict[str, Any], header_id: str | None) -> str | None:
     """The request_id from the body or from the Idempotency-Key header; both must agree."""
     body_id = fields.get("request_id")
@@ -481,6 +606,7 @@ def put_from_json(key: str, body: Any, request_id: str | None = None) -> Put:
     """`PUT /kv/{key}` with body {"value", "prev_value"?, "prev_revision"?, "prev_exist"?, "lease"?,
     "request_id"?}."""
     f = _fields(body, "body", {"value"}, {"prev_value", "prev_revision", "prev_exist", "lease", "request_id"})
+    _not_null(f, ("prev_revision", "prev_exist", "request_id"))  # prev_value may be null: a null value
     cmd = Put(key, f["value"], f.get("prev_value", UNSET), f.get("prev_revision"), f.get("prev_exist"),
               _request_id(f, request_id), f.get("lease", 0))
     validate(cmd)
@@ -490,6 +616,7 @@ def put_from_json(key: str, body: Any, request_id: str | None = None) -> Put:
 def delete_from_json(key: str, body: Any = None, request_id: str | None = None) -> Delete:
     """`DELETE /kv/{key}` with an optional body {"prev_revision"?, "request_id"?}."""
     f = {} if body is None else _fields(body, "body", set(), {"prev_revision", "request_id"})
+    _not_null(f, ("prev_revision", "request_id"))
     cmd = Delete(key, f.get("prev_revision"), _request_id(f, request_id))
     validate(cmd)
     return cmd
@@ -524,6 +651,7 @@ def txn_from_json(obj: Any, request_id: str | None = None) -> Txn:
     get {key} and range {prefix?, limit?}. Raises InvalidCommand naming the offending item.
     """
     f = _fields(obj, "txn", set(), {"compare", "success", "failure", "request_id"})
+    _not_null(f, ("request_id",))
     lists = {name: f.get(name, []) for name in ("compare", "success", "failure")}
     for name, items in lists.items():
         if type(items) is not list or len(items) > MAX_TXN_OPS:  # bounded before any parsing

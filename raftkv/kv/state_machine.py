@@ -47,8 +47,11 @@ from typing import Any, NamedTuple
 import msgpack
 
 from raftkv.core import ConfChange, ConfChangeKind
+from raftkv.kv.auth import AuthState
 from raftkv.kv.commands import (
     UNSET,
+    AsUser,
+    AuthChange,
     Command,
     Compact,
     Compare,
@@ -57,6 +60,7 @@ from raftkv.kv.commands import (
     InvalidCommand,
     LeaseGrant,
     LeaseRevoke,
+    PublishMember,
     Put,
     Target,
     Txn,
@@ -80,14 +84,22 @@ PRECONDITION_FAILED = "precondition_failed"
 NOT_FOUND = "not_found"
 REQUEST_KEY_REUSED = "request_key_reused"
 INVALID = "invalid"
+AUTH_CHANGED = "auth_changed"  # a write on a user's behalf whose permission check is out of date
+REFUSED = "refused"  # an auth change that cannot be made (a user that exists already, ...)
 
 DEFAULT_MAX_DEDUP_ENTRIES = 10_000
 DEFAULT_MAX_DEDUP_BYTES = 64 * 1024 * 1024
 _DEDUP_ROW_OVERHEAD_BYTES = 100  # what one remembered id costs beyond its strings and result, roughly
-_SNAPSHOT_FORMAT = 4
+_SNAPSHOT_FORMAT = 5
 # Fields of each format: 1 had dedup rows [id, result] with no fingerprint; 2 no member table; 3 no
-# history, compaction or leases (and rows without a lease).
-_SNAPSHOT_FIELDS = {1: 5, 2: 5, 3: 7, 4: 10}
+# history, compaction or leases (and rows without a lease); 4 no auth state.
+_SNAPSHOT_FIELDS = {1: 5, 2: 5, 3: 7, 4: 10, 5: 11}
+
+# What only a client asks for: while auth is on, each must come wrapped (AsUser) with its user.
+_CLIENT_COMMANDS = frozenset({Put, Delete, Txn, AuthChange})
+
+# A request_id as remembered: as sent, or (user, request_id) for a write on a user's behalf.
+DedupKey = str | tuple[str, str]
 
 
 class FirstUse(NamedTuple):
@@ -100,8 +112,9 @@ class FirstUse(NamedTuple):
     index: int  # the log index that first used it
     result: bytes  # msgpack of its result
 
-    def cost_bytes(self, request_id: str) -> int:
-        return len(self.result) + len(request_id) + len(self.key or "") + _DEDUP_ROW_OVERHEAD_BYTES
+    def cost_bytes(self, request_id: DedupKey) -> int:
+        id_chars = len(request_id) if type(request_id) is str else sum(map(len, request_id))
+        return len(self.result) + id_chars + len(self.key or "") + _DEDUP_ROW_OVERHEAD_BYTES
 
 
 def kv_to_dict(key: str, kv: KeyValue) -> dict[str, Any]:
@@ -163,7 +176,8 @@ class KVStateMachine:
         self.applied_index = 0
         self.store = MVCCStore()
         self.leases = LeaseTable()
-        self._dedup: OrderedDict[str, FirstUse] = OrderedDict()
+        self.auth = AuthState()
+        self._dedup: OrderedDict[DedupKey, FirstUse] = OrderedDict()
         self._dedup_bytes = 0
         self.members: dict[str, bytes] = {}  # member id -> its details (see apply_membership)
         self.removed_members: set[str] = set()
@@ -183,6 +197,12 @@ class KVStateMachine:
         reused id:   {ok:False, error:"request_key_reused", op, key, request_id, first_use: {op, key},
                       mismatch: "operation"|"key"|"body", first_index, revision}
         bad entry:   {ok:False, error:"invalid", op:None, message}
+        publish:     {ok:True, op:"publish_member", id, revision} (a member's details filled in); refused:
+                     {ok:False, error:"precondition_failed", op:"publish_member", id, reason, revision}
+        auth change: {ok:True, op:"auth", change, authRevision}; refused: {ok:False, error:"refused" or
+                     "not_found" (a user or role it names does not exist), op:"auth", change, message}
+        stale check: {ok:False, error:"auth_changed", op, authRevision, revision} (an AsUser checked at an
+                     older auth revision: nothing done, check the permission again)
         mistyped:    {ok:False, error:"invalid", op:"txn", message}  ('>' or '<' of a number and a string)
         where kv is kv_to_dict(...) and revision is the store's revision after the command.
         A retry of a remembered request_id gets its first result again, with replayed=True.
@@ -192,7 +212,17 @@ class KVStateMachine:
             cmd = decode(data)
         except InvalidCommand as exc:
             return {"ok": False, "error": INVALID, "op": None, "message": str(exc)}
-        rid = cmd.request_id
+        rid: DedupKey | None = cmd.request_id
+        if type(cmd) is AsUser:
+            if cmd.auth_revision != self.auth.revision:
+                return {"ok": False, "error": AUTH_CHANGED, "op": target(cmd)[0], "authRevision": self.auth.revision,
+                        "revision": self.revision}
+            rid = None if rid is None else (cmd.user, rid)
+            cmd = cmd.command
+        elif self.auth.enabled and type(cmd) in _CLIENT_COMMANDS:
+            # Let through unchecked by a node that had not learnt auth was on: refused untouched.
+            return {"ok": False, "error": AUTH_CHANGED, "op": target(cmd)[0], "authRevision": self.auth.revision,
+                    "revision": self.revision}
         if rid is None:
             return self._execute(cmd)
         mark = fingerprint(cmd)
@@ -200,19 +230,20 @@ class KVStateMachine:
         if first is not None:
             if first.fingerprint in (mark, b""):
                 return {**msgpack.unpackb(first.result), "replayed": True}
-            return self._reused(rid, first, cmd)
+            return self._reused(cmd, first)
         result = self._execute(cmd)
         self._remember(rid, FirstUse(mark, *target(cmd), index, msgpack.packb(result)))
         return result
 
-    def _reused(self, rid: str, first: FirstUse, cmd: Command) -> Result:
+    def _reused(self, cmd: Command, first: FirstUse) -> Result:
+        rid = cmd.request_id
         op, key = target(cmd)
         mismatch = "operation" if op != first.op else "key" if key != first.key else "body"
         return {"ok": False, "error": REQUEST_KEY_REUSED, "op": op, "key": key, "request_id": rid,
                 "first_use": {"op": first.op, "key": first.key}, "mismatch": mismatch,
                 "first_index": first.index, "revision": self.revision}
 
-    def _remember(self, rid: str, first: FirstUse) -> None:
+    def _remember(self, rid: DedupKey, first: FirstUse) -> None:
         self._dedup[rid] = first
         self._dedup_bytes += first.cost_bytes(rid)
         self._evict_dedup()
@@ -251,6 +282,18 @@ class KVStateMachine:
             self.members[change.node_id] = change.context
         return {"ok": True, "op": "member", "kind": change.kind.value, "id": change.node_id, "revision": self.revision}
 
+    def _publish_member(self, cmd: PublishMember) -> Result:
+        """A member's node fills in its unstarted record (see PublishMember): only while the table
+        still holds the record it expects, so a record is filled once and a removed member stays
+        out. Changes no key, so no revision.
+
+        result: {ok:True, op:"publish_member", id, revision}; else {ok:False, error:"precondition_failed", ...}"""
+        if self.members.get(cmd.member_id) != cmd.expected:
+            return {"ok": False, "error": PRECONDITION_FAILED, "op": "publish_member", "id": cmd.member_id,
+                    "reason": "the member is not in the table with the details expected", "revision": self.revision}
+        self.members[cmd.member_id] = cmd.details
+        return {"ok": True, "op": "publish_member", "id": cmd.member_id, "revision": self.revision}
+
     def _advance(self, index: int) -> None:
         # Re-applying or going back is a driver bug that would corrupt state: refuse loudly.
         if type(index) is not int or index <= self.applied_index:
@@ -268,8 +311,21 @@ class KVStateMachine:
             return self._compact(cmd)
         if type(cmd) is LeaseGrant:
             return self._lease_grant(cmd)
+        if type(cmd) is AuthChange:
+            return self._auth_change(cmd)
+        if type(cmd) is PublishMember:
+            return self._publish_member(cmd)
         assert type(cmd) is LeaseRevoke
         return self._lease_revoke(cmd)
+
+    def _auth_change(self, cmd: AuthChange) -> Result:
+        refusal = self.auth.apply(cmd.op, cmd.name, cmd.role, cmd.password_hash, cmd.permission, cmd.token_key)
+        if refusal is not None:
+            return {"ok": False, "error": NOT_FOUND if refusal.missing else REFUSED, "op": "auth",
+                    "change": cmd.op.value, "message": refusal.message, "authRevision": self.auth.revision,
+                    "revision": self.revision}
+        return {"ok": True, "op": "auth", "change": cmd.op.value, "authRevision": self.auth.revision,
+                "revision": self.revision}
 
     def _put(self, cmd: Put) -> Result:
         key = cmd.key
@@ -463,7 +519,7 @@ class KVStateMachine:
         """
         current, past, compacted = self.store.frozen()
         dedup, members = list(self._dedup.items()), sorted(self.members.items())
-        removed, leases = sorted(self.removed_members), self.leases.rows()
+        removed, leases, auth = sorted(self.removed_members), self.leases.rows(), self.auth.rows()
         applied_index, revision = self.applied_index, self.revision
 
         def encode() -> bytes:
@@ -471,7 +527,7 @@ class KVStateMachine:
             # million rows is a single C call that holds the GIL (and so the node's loop) for it all.
             packer = msgpack.Packer()
             keys = sorted(current)
-            parts = [packer.pack_array_header(10), packer.pack(_SNAPSHOT_FORMAT), packer.pack(applied_index),
+            parts = [packer.pack_array_header(11), packer.pack(_SNAPSHOT_FORMAT), packer.pack(applied_index),
                      packer.pack(revision), packer.pack_array_header(len(keys))]
             for lo in range(0, len(keys), _ENCODE_CHUNK_ROWS):
                 parts.append(b"".join(packer.pack([k, *current[k]]) for k in keys[lo : lo + _ENCODE_CHUNK_ROWS]))
@@ -482,6 +538,7 @@ class KVStateMachine:
                                       for k in sorted(past)]))
             parts.append(packer.pack(compacted))
             parts.append(packer.pack(leases))
+            parts.append(packer.pack(auth))
             return b"".join(parts)
 
         return encode
@@ -492,7 +549,8 @@ class KVStateMachine:
             fmt, applied_index, revision, items, dedup, *rest = msgpack.unpackb(data)
             if fmt not in _SNAPSHOT_FIELDS or len(rest) != _SNAPSHOT_FIELDS[fmt] - 5:
                 raise ValueError(f"unknown snapshot format {fmt!r} with {5 + len(rest)} fields")
-            member_rows, removed, past_rows, compacted, lease_rows = (rest + [[], [], [], 0, []][len(rest):])
+            member_rows, removed, past_rows, compacted, lease_rows, auth_rows = (
+                rest + [[], [], [], 0, [], None][len(rest):])
             members = {member_id: details for member_id, details in member_rows}
             if not all(type(m) is str and type(d) is bytes for m, d in members.items()):
                 raise ValueError("malformed member table")
@@ -505,16 +563,18 @@ class KVStateMachine:
             if fmt == 1:  # written before fingerprints: any reuse of these ids counts as a retry
                 table = OrderedDict((rid, FirstUse(b"", "", None, 0, result)) for rid, result in dedup)
             else:
-                table = OrderedDict((row[0], FirstUse._make(row[1:])) for row in dedup)
-            if not all(type(r) is str and type(f.result) is bytes and type(f.fingerprint) is bytes
-                       for r, f in table.items()):
+                table = OrderedDict((row[0] if type(row[0]) is str else tuple(row[0]), FirstUse._make(row[1:]))
+                                    for row in dedup)
+            if not all((type(r) is str or (len(r) == 2 and all(type(part) is str for part in r)))
+                       and type(f.result) is bytes and type(f.fingerprint) is bytes for r, f in table.items()):
                 raise ValueError("malformed dedup table")
             leases = LeaseTable.from_rows(lease_rows)
+            auth = AuthState() if auth_rows is None else AuthState.from_rows(auth_rows)
         except Exception as exc:
             raise ValueError(f"not a KV snapshot: {exc}") from exc
         self.applied_index, self.revision = applied_index, revision
         listener = self.store.listener
-        self.store, self.leases = MVCCStore.restored(current, past, compacted), leases
+        self.store, self.leases, self.auth = MVCCStore.restored(current, past, compacted), leases, auth
         self.store.listener = listener
         self._dedup, self.members, self.removed_members = table, members, set(removed)
         self._dedup_bytes = sum(first.cost_bytes(rid) for rid, first in table.items())

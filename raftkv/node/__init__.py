@@ -8,11 +8,31 @@ transport with its fault layer, metrics and the Raft event stream; it is what th
 and what an embedding program uses.
 """
 
-from raftkv.node.config import ConfigError, Member, NodeConfig
-from raftkv.node.errors import NodeError, NoLeaderError, NotAppliedError, OutcomeUnknownError
-from raftkv.node.group import RaftGroup
-from raftkv.node.host import NodeHost
-from raftkv.node.proposals import FORWARDED_TO
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from raftkv.node.config import ConfigError, Member, NodeConfig
+    from raftkv.node.errors import NodeError, NoLeaderError, NotAppliedError, OutcomeUnknownError
+    from raftkv.node.group import RaftGroup
+    from raftkv.node.host import NodeHost
+    from raftkv.node.proposals import FORWARDED_TO
+
+# Loaded on first use (PEP 562), so that importing a light module of this package (config.py, for
+# a CLI command that only talks to a cluster) does not load the whole node: aiohttp's server,
+# Prometheus, OpenTelemetry.
+_HOME = {"ConfigError": "config", "Member": "config", "NodeConfig": "config", "NodeError": "errors",
+         "NoLeaderError": "errors", "NotAppliedError": "errors", "OutcomeUnknownError": "errors",
+         "RaftGroup": "group", "NodeHost": "host", "FORWARDED_TO": "proposals"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+
 
 __all__ = [
     "FORWARDED_TO",

@@ -3,15 +3,23 @@
 A cluster is described by its members, each with a client (HTTP) address and a peer (Raft)
 address. On the command line that is `--cluster node1@127.0.0.1:3000:4000,node2@...`
 (id@host:http_port:raft_port); in a file it is TOML (see `load_toml`).
+
+TLS on the client API is a property of the whole cluster, as TLS on the peer links is: every member
+serves it or none does. So a node gives every member's client URL its own scheme (https when it
+serves TLS), whatever scheme the member table replicated for it, and a cluster started without TLS
+and restarted with it needs no change to its member table.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from raftkv.client import Access
 from raftkv.core import ReadMode
+from raftkv.storage import DEFAULT_SEGMENT_BYTES
+from raftkv.tls import ClientTLS
 
 
 class ConfigError(ValueError):
@@ -29,10 +37,17 @@ class Member:
     raft_port: int
     client_host: str | None = None  # when clients reach it at another address than peers do
     name: str = ""
+    client_tls: bool = False  # its client API is served over TLS (https)
+    # False: added by its peer address alone (etcd's member add) and its node has not published
+    # its name and client URL yet (membership.MemberRecord): peers dial it, nobody can call it.
+    started: bool = True
 
     @property
     def url(self) -> str:
-        return f"http://{self.client_host or self.host}:{self.http_port}"
+        """Its client URL; "" for a member not started (etcd lists such a member with no client URL)."""
+        if not self.started:
+            return ""
+        return f"{'https' if self.client_tls else 'http'}://{self.client_host or self.host}:{self.http_port}"
 
     @property
     def display_name(self) -> str:
@@ -102,6 +117,16 @@ class NodeConfig:
     # a 503; None: one maximum election timeout, by which time a new leader is normally known.
     no_leader_hold_ms: int | None = None
     max_batch_proposals: int = 4096
+    wal_segment_bytes: int = DEFAULT_SEGMENT_BYTES  # how long each WAL segment is made (storage/wal.py)
+    # The client port's bounds (api/connections.py): connections open at once (one past it is
+    # answered 503), how long a request may take to arrive (its head from its first byte, then its
+    # body), how long a connection may sit idle between requests, and how long a client may leave
+    # an answer (a watch, a WebSocket) unread before it is cut off.
+    max_client_connections: int = 1024
+    client_header_timeout_s: float = 10.0
+    client_body_timeout_s: float = 30.0
+    client_idle_timeout_s: float = 75.0
+    client_send_timeout_s: float = 30.0
     # Key history kept (node/compactor.py): the last N revisions, and/or what changed in the last
     # S seconds; the leader compacts the rest away through the log.
     history_retention_revisions: int | None = 100_000
@@ -110,6 +135,12 @@ class NodeConfig:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # TLS on the client API (the HTTP API, the etcd gateway on the same port, and etcd's gRPC API):
+    # a certificate and its key, or neither (plain HTTP). With client_tls_ca, every client must
+    # present a certificate that CA signed (mutual TLS). See `member_access` for the other way.
+    client_tls_cert: Path | None = None
+    client_tls_key: Path | None = None
+    client_tls_ca: Path | None = None
     # The routes that break the cluster on purpose (forced elections, simulated partitions and
     # lossy links, held messages): a lab's tools, off unless asked for (`raftkv up` asks).
     enable_fault_injection: bool = False
@@ -127,9 +158,38 @@ class NodeConfig:
             raise ConfigError("tick_ms must be at least 1")
         if self.no_leader_hold_ms is not None and not 0 <= self.no_leader_hold_ms <= 60_000:
             raise ConfigError("no_leader_hold_ms must be from 0 to 60000")
+        if self.wal_segment_bytes < 4096:
+            raise ConfigError("wal_segment_bytes must be at least 4096")
+        if self.max_client_connections < 1:
+            raise ConfigError("max_client_connections must be at least 1")
+        for name in ("client_header_timeout_s", "client_body_timeout_s", "client_idle_timeout_s",
+                     "client_send_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be more than 0")
         tls = (self.tls_ca, self.tls_cert, self.tls_key)
         if any(tls) and not all(tls):
             raise ConfigError("peer TLS needs all of tls_ca, tls_cert and tls_key")
+        if (self.client_tls_cert is None) != (self.client_tls_key is None):
+            raise ConfigError("client TLS needs both client_tls_cert and client_tls_key")
+        if self.client_tls_ca is not None and self.client_tls_cert is None:
+            raise ConfigError("client_tls_ca (clients must present a certificate) needs client_tls_cert and "
+                              "client_tls_key (the node's own)")
+        # Every member's client URL in this node's scheme (the module's docstring says why).
+        members = {i: replace(m, client_tls=self.serves_client_tls) for i, m in self.members.items()}
+        object.__setattr__(self, "members", members)  # a frozen dataclass normalizing its own field
+
+    @property
+    def serves_client_tls(self) -> bool:
+        return self.client_tls_cert is not None
+
+    @property
+    def member_access(self) -> Access:
+        """How this node calls other members' client APIs (relaying to the leader, joining, asking
+        whether it was removed, learning their etcd endpoints): it presents its own client API
+        certificate, for members that require one, and trusts client_tls_ca, else the peer links'
+        CA (tls_ca), else the system's CAs."""
+        return Access(ClientTLS(ca=self.client_tls_ca or self.tls_ca, cert=self.client_tls_cert,
+                                key=self.client_tls_key))
 
     @property
     def storage_dir(self) -> Path:
@@ -157,7 +217,7 @@ class NodeConfig:
         if address is None:
             return None
         host = self.me.client_host or self.me.host if address[0] in ("", "0.0.0.0", "::") else address[0]
-        return f"http://{host}:{address[1]}"
+        return f"{'https' if self.serves_client_tls else 'http'}://{host}:{address[1]}"
 
     @property
     def me(self) -> Member:

@@ -61,10 +61,12 @@ class MembershipRefused(RequestRefused):
     """A membership change the cluster will not make as asked. `reason`: "unknown" (no such
     member), "duplicate" (that name or address is a member already), "pending" (another change is
     not committed yet), "last_voter", "not_caught_up" (a learner promoted before it holds the log),
-    "not_learner", "invalid" (anything else the core refuses)."""
+    "not_learner", "invalid" (anything else the core refuses); for a voter added by its peer address
+    alone (etcd's rules): "not_enough_started" (the started voters would not be a majority with it),
+    "unhealthy" (the leader has not heard from every voter lately)."""
 
     STATUS = {"unknown": 404, "duplicate": 409, "pending": 409, "last_voter": 409, "not_caught_up": 409,
-              "not_learner": 409, "invalid": 400}
+              "not_learner": 409, "invalid": 400, "not_enough_started": 409, "unhealthy": 503}
 
     def __init__(self, reason: str, message: str, **details: object) -> None:
         super().__init__(self.STATUS.get(reason, 400), reason, message, **details)

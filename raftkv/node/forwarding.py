@@ -7,33 +7,43 @@ renews its leases through a follower every few seconds must not cost a TCP conne
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
-from raftkv.client import Client, ClusterUnreachableError
+from raftkv.client import Access, Client, ClusterUnreachableError
 
 from .errors import NoLeaderError, NotAppliedError, OutcomeUnknownError, RequestRefused
 
-__all__ = ["FORWARD_TIMEOUT_S", "LeaderAsker"]
+__all__ = ["CALLER_AUTHORIZATION", "FORWARD_TIMEOUT_S", "LeaderAsker"]
 
 FORWARD_TIMEOUT_S = 10.0
+# The Authorization header of the client request being served (set by the API while auth is on):
+# a relay carries it, so that the leader checks the same user this node did.
+CALLER_AUTHORIZATION: ContextVar[str | None] = ContextVar("caller_authorization", default=None)
 
 
 class LeaderAsker:
-    def __init__(self, url_of: Callable[[str], str | None]) -> None:
+    def __init__(self, url_of: Callable[[str], str | None], access: Access) -> None:
         self._url_of = url_of  # a member id -> its client URL, None while unknown
+        self._access = access  # the TLS this node trusts and presents to other members (config.member_access)
         self._client: Client | None = None
 
     async def ask(self, leader: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
         """The leader's JSON answer; its refusal as RequestRefused (with its status and reason), a
-        503 or an unreachable leader as NotAppliedError, a 504 as OutcomeUnknownError."""
+        503 or a leader that could not be reached as NotAppliedError, a 504 or a request whose
+        answer was lost as OutcomeUnknownError."""
         url = self._url_of(leader)
         if url is None:
             raise NoLeaderError(f"the leader {leader}'s address is not in this node's member table yet")
         if self._client is None:
-            self._client = await Client([url], timeout_s=FORWARD_TIMEOUT_S).__aenter__()
+            self._client = await Client([url], timeout_s=FORWARD_TIMEOUT_S, access=self._access).__aenter__()
         try:
-            status, answer = await self._client.request(method, path, body, endpoint=url)
+            caller = CALLER_AUTHORIZATION.get()
+            headers = None if caller is None else {"Authorization": caller}
+            status, answer = await self._client.request(method, path, body, endpoint=url, headers=headers)
         except ClusterUnreachableError as e:
+            if e.may_have_arrived:
+                raise OutcomeUnknownError(f"the leader {leader} did not answer: {e}") from None
             raise NotAppliedError(f"the leader {leader} cannot be reached: {e}") from None
         return _answer(status, answer)
 

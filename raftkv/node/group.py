@@ -27,6 +27,12 @@ The group knows nothing of HTTP or sockets: it is given its storage and its tran
 in-memory), and it reads time from its event loop, so a loop with a virtual clock drives it
 deterministically (given an `executor` that runs the disk's blocking work on that loop too, and a
 seeded `rng`). `halt()` drops a group the way kill -9 drops a process, for simulated crashes.
+
+While tracing is on (tracing.py) the group tells its `Tracing` what happens to traced writes and
+reads: submitted, forwarded, proposed, acknowledged, committed, applied; and sends the followers
+the trace context of new entries (`EntryTraces`). While it is off, `self.tracing` is None and
+each of those places costs one test of it; while it is on and nothing traced is in flight (the
+unsampled requests), one more (`holds_requests`, `holds_entries`), before any per-write work.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from raftkv.core import (
+    AppendResponse,
     ConfChange,
     Config,
     DurableState,
@@ -58,14 +65,15 @@ from raftkv.kv import Command, KVStateMachine, encode
 from raftkv.storage import RaftStorage
 from raftkv.transport import Transport
 
+from . import tracing as node_tracing
 from .config import NodeConfig
 from .errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError, fail
 from .membership import bootstrap_state, is_self_describing
 from .metrics import NodeMetrics
 from .observe import GroupObserver
-from .peer_messages import ProposeAnswer, ProposeForward
+from .peer_messages import FORWARD_TYPES, EntryTraces, ProposeAnswer, ProposeForward, TracedProposeForward
 from .persist import DiskPump
-from .proposals import PlacedWrite, ProposalTracker, QueuedWrite
+from .proposals import ForwardLedger, PlacedWrite, ProposalTracker, QueuedWrite
 from .reads import ReadTracker
 from .snapshots import Snapshotter
 from .watch import PROGRESS_EVERY_S, WatchHub
@@ -89,6 +97,7 @@ class RaftGroup:
         self.observer = observer
         self._on_members = on_members or (lambda: None)
         durable = _load_or_found(cfg, storage)
+        rng = rng or random.Random()
         if durable.snapshot is not None:
             kv.restore(durable.snapshot.data)
         # A self-describing log (membership.py) builds its configuration from its own entries;
@@ -98,13 +107,16 @@ class RaftGroup:
             Config(self.id, voters=voters, election_timeout_ticks=cfg.election_timeout_ticks,
                    heartbeat_interval_ticks=cfg.heartbeat_interval_ticks, pre_vote=cfg.pre_vote,
                    check_quorum=cfg.check_quorum, read_mode=cfg.read_mode),
-            rng or random.Random(), durable, listener=observer.on_trace)
-        self.proposals = ProposalTracker(self.id, cfg.proposal_timeout_s, metrics)
+            rng, durable, listener=observer.on_trace)
+        self.proposals = ProposalTracker(self.id, cfg.proposal_timeout_s, metrics, first_ticket=time.time_ns())
+        self.forward_ledger = ForwardLedger()
         self.reads = ReadTracker(self.id, cfg.read_timeout_s)
         self.pump = DiskPump(self.id, storage, self._send, self._on_persisted,
                              lambda: self.core.role is Role.LEADER, metrics, unsafe_skip_fsync=cfg.unsafe_skip_fsync,
                              executor=executor)
         self.watches = WatchHub(kv)
+        self.tracing = node_tracing.active  # None: tracing is off (the OTEL_* variables did not ask)
+        self.pump.tracing = self.tracing
         self.snapshots = Snapshotter(cfg, self.core, kv, self.pump, metrics,
                                      durable.snapshot.meta.index if durable.snapshot else 0, executor=executor)
         self._now: Callable[[], float] = time.monotonic  # the running loop's clock once started
@@ -194,6 +206,8 @@ class RaftGroup:
         with NotAppliedError: a decision that leader made (a lease expiry on its clock) must not be
         carried out by the next leader, to which a plain write would be forwarded."""
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        if self.tracing is not None:
+            self.tracing.track(answer)
         self.proposals.submit(encode(command), answer, self._now(), leader_term)
         self._wake.set()
         return await answer  # the deadline sweep fails it with OutcomeUnknownError when it times out
@@ -203,6 +217,8 @@ class RaftGroup:
         if self.cfg.unsafe_stale_reads and self.core.role is not Role.LEADER:
             return  # deliberately broken mode: serve whatever this replica has
         answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.tracing is not None:
+            self.tracing.track(answer)
         self.reads.submit(answer, self._now())
         self._wake.set()
         await answer
@@ -299,15 +315,24 @@ class RaftGroup:
         core, now = self.core, self._now()
         inbox, self._inbox = self._inbox, []
         forwards: list[ProposeForward] = []
+        tracing = self.tracing
         for m in inbox:
-            if type(m) is ProposeForward:
+            if type(m) in FORWARD_TYPES:
                 forwards.append(m)
             elif type(m) is ProposeAnswer:
+                if tracing is not None and tracing.holds_requests() and \
+                        (batch := self.proposals.forwarded.get(m.ticket)) is not None:
+                    tracing.forward_answered(m.ticket, m.index, m.error, [w.answer for w in batch.writes])
                 if self.proposals.place_forwarded(m, self.kv.applied_index) and self.proposals.queued:
                     self._wake.set()  # the writes that waited for that answer go now
+            elif type(m) is EntryTraces:
+                if tracing is not None:
+                    tracing.entries_from_leader(m.first_index, m.traceparents)
             else:
                 self.observer.on_received(m, now)
                 core.step(m)
+                if tracing is not None and type(m) is AppendResponse and m.success:
+                    tracing.acknowledged(m.src, m.match_index)
         ticks, self._ticks = self._ticks, 0
         for _ in range(ticks):
             core.tick()
@@ -318,10 +343,17 @@ class RaftGroup:
         patience_s = self._patience_s()
         own = self.proposals.queued and (leading or (
             self._leader_reachable() and not self.proposals.forward_in_flight(core.leader_id, now, patience_s)))
+        if not leading and self._leader_reachable():
+            assert core.leader_id is not None
+            if resent := self.proposals.resends(core.leader_id, core.term, now, patience_s):
+                self._send(resent)
         if forwards or own:
             self._propose_turn(forwards, self._take_own_batch() if own else [], now)
         if self.reads.queued and self.reads.may_ask(now, patience_s) and (leading or self._leader_reachable()):
-            core.read_index(self.reads.start_round(now))
+            ctx = self.reads.start_round(now)
+            if tracing is not None:
+                tracing.read_round(ctx, self.reads.rounds[ctx].reads)
+            core.read_index(ctx)
 
     @property
     def no_leader_hold_s(self) -> float:
@@ -353,10 +385,33 @@ class RaftGroup:
         forwards its own writes to the leader instead."""
         batch = self._within_their_leadership(batch)
         leader = self.core.leader_id
+        tracing = self.tracing
         if batch and self.core.role is not Role.LEADER and leader is not None:
-            self._send([self.proposals.forward(batch, leader, self.core.term, now)])
+            forward = self.proposals.forward(batch, leader, self.core.term, now)
+            if tracing is not None and tracing.holds_requests() and (
+                    traces := tracing.forwarding(forward.ticket, leader, [w.answer for w in batch])) is not None:
+                forward = TracedProposeForward(src=forward.src, dst=forward.dst, term=forward.term,
+                                               ticket=forward.ticket, datas=forward.datas, oldest=forward.oldest,
+                                               traceparents=traces)
+            self._send([forward])
             batch = []
-        forwards = [m for m in forwards if m.datas]
+        fresh: dict[tuple[str, int], ProposeForward] = {}
+        other_terms = []
+        for m in forwards:
+            if m.term != self.core.term:
+                # Only a forward of this leader's own term may be appended: the ledger that keeps a
+                # copy sent again from being appended twice knows this term's tickets only.
+                other_terms.append(ProposeAnswer(src=self.id, dst=m.src, term=self.core.term, ticket=m.ticket,
+                                                 index=0, error=f"forwarded in term {m.term}, "
+                                                                f"and this node is in term {self.core.term}"))
+            elif (answer := self.forward_ledger.known(m, self.core.term)) is not None:
+                self._send([answer])  # a batch sent again: its answer (or it) was lost on the way
+            elif m.datas:
+                # A copy sent again can arrive in the turn of the original (the leader's loop was
+                # held up): one ticket, one append.
+                fresh.setdefault((m.src, m.ticket), m)
+        self._send(other_terms)
+        forwards = list(fresh.values())
         datas = [data for m in forwards for data in m.datas] + [w.data for w in batch]
         if not datas:
             return
@@ -365,17 +420,38 @@ class RaftGroup:
         except (CoreNotLeader, ProposalDroppedError) as e:
             refused = NoLeaderError() if isinstance(e, CoreNotLeader) else NotAppliedError(str(e))
             fail([w.answer for w in batch], refused)
-            self._send([ProposeAnswer(src=self.id, dst=m.src, term=self.core.term, ticket=m.ticket, index=0,
-                                      error=str(e) or type(e).__name__) for m in forwards])
+            refusals = [ProposeAnswer(src=self.id, dst=m.src, term=self.core.term, ticket=m.ticket, index=0,
+                                      error=str(e) or type(e).__name__) for m in forwards]
+            self.forward_ledger.record(refusals)
+            self._send(refusals)
             return
         self.observer.on_proposed(first, first + len(datas) - 1, now)
+        if tracing is not None:
+            self._trace_proposal(tracing, forwards, batch, first, term)
         # The answers leave before the entries' AppendRequests on the same links, so they arrive first.
         answers, index = [], first
         for m in forwards:
             answers.append(ProposeAnswer(src=self.id, dst=m.src, term=term, ticket=m.ticket, index=index))
             index += len(m.datas)
+        self.forward_ledger.record(answers)
         self._send(answers)
         self.proposals.place_own(index, term, batch)
+
+    def _trace_proposal(self, tracing: node_tracing.Tracing, forwards: list[ProposeForward], batch: list[QueuedWrite],
+                        first: int, term: int) -> None:
+        """`propose` spans for the traced writes just appended at `first`.., and their trace
+        context for every follower, sent before the AppendRequests that carry them."""
+        if not tracing.holds_requests() and not any(type(m) is TracedProposeForward for m in forwards):
+            return  # not one write of this turn is traced
+        parents = []
+        for m in forwards:
+            parents += (tracing.parents_of_forward(m.traceparents) if type(m) is TracedProposeForward
+                        else [None] * len(m.datas))
+        parents += [tracing.traced(w.answer) for w in batch]
+        traces = tracing.proposed(first, term, parents, self.core.conf.voters)
+        if traces is not None:
+            self._send([EntryTraces(src=self.id, dst=peer, term=term, first_index=first, traceparents=traces)
+                        for peer in self.core.progress])
 
     def _within_their_leadership(self, batch: list[QueuedWrite]) -> list[QueuedWrite]:
         """The batch less the writes bound to a leadership this node no longer holds (those fail)."""
@@ -405,6 +481,8 @@ class RaftGroup:
             if rd.committed_entries:
                 self._apply(rd.committed_entries)
             for state in rd.read_states:
+                if self.tracing is not None:
+                    self.tracing.read_confirmed(state)
                 if (seconds := self.reads.confirmed(state, self._now())) is not None:
                     self.metrics.read_index_seconds.observe(seconds)
             if rd.read_states and self.reads.queued:
@@ -419,9 +497,14 @@ class RaftGroup:
         now = self._now()
         self.observer.on_committed(entries, now)
         answered = 0
+        tracing = self.tracing
+        traced = tracing.committed(entries, self.proposals.placed) if tracing is not None else None
+        # (None too while nothing traced is in flight: then the loop below tests one name per entry)
         for e in entries:
             if e.index <= self.kv.applied_index:
                 continue  # a snapshot installed after this entry was handed out already covers it
+            if traced is not None and e.index in traced:
+                apply_started_ns = time.time_ns()
             if e.kind is EntryKind.NORMAL:
                 result = self.kv.apply(e.index, e.data)
             elif e.kind is EntryKind.CONF_CHANGE:
@@ -431,6 +514,8 @@ class RaftGroup:
             else:
                 self.kv.apply_noop(e.index)
                 result = None
+            if traced is not None and tracing is not None and e.index in traced:
+                tracing.applied(traced[e.index], e.index, apply_started_ns)
             answered += self.proposals.applied(e, result, now)
         self.watches.flush()
         if answered:

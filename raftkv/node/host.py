@@ -66,8 +66,10 @@ class NodeHost:
                                       {i: (m.host, m.raft_port) for i, m in cfg.peers().items()}, self.faults,
                                       ssl_server=ssl_server, ssl_client=ssl_client)
         self.kv = KVStateMachine()
-        self.group = RaftGroup(cfg, storage or DiskStorage(cfg.storage_dir), self.transport, self.kv,
+        storage = storage or DiskStorage(cfg.storage_dir, segment_bytes=cfg.wal_segment_bytes)
+        self.group = RaftGroup(cfg, storage, self.transport, self.kv,
                                self.metrics, observer, on_members=lambda: self.members.sync())
+        self.metrics.registry.register(self.group.watches)
         self.members = MemberService(cfg, self.group, self.transport, self.metrics, self._removed)
         self.status = StatusReporter(self.group, self.metrics,
                                      lambda: {i: m.url for i, m in self.members.peers().items()})
@@ -83,7 +85,8 @@ class NodeHost:
         self.members.sync()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._publish_status()), loop.create_task(self._check_membership()),
-                       loop.create_task(self.lessor.run()), loop.create_task(self.compactor.run())]
+                       loop.create_task(self.lessor.run()), loop.create_task(self.compactor.run()),
+                       loop.create_task(self.members.publish())]
         log.info("node started id=%s http=%s raft_port=%d", self.id, self.url, self.cfg.me.raft_port)
 
     async def stop(self) -> None:
@@ -129,8 +132,7 @@ class NodeHost:
         return self._url_of(leader) if leader else None
 
     def _url_of(self, member_id: str) -> str | None:
-        member = self.members.address_book().get(member_id)
-        return member.url if member else None
+        return self.members.url_of(member_id)
 
     async def propose(self, command: Command) -> dict[str, Any]:
         self._refuse_if_removed()

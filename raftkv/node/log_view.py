@@ -14,7 +14,19 @@ import time
 from typing import Any
 
 from raftkv.core import ConfChange, Entry, EntryKind, RaftCore
-from raftkv.kv import Compact, InvalidCommand, LeaseGrant, LeaseRevoke, Put, Txn, decode
+from raftkv.kv import (
+    AsUser,
+    AuthChange,
+    Command,
+    Compact,
+    InvalidCommand,
+    LeaseGrant,
+    LeaseRevoke,
+    PublishMember,
+    Put,
+    Txn,
+    decode,
+)
 
 from .membership import MemberRecord
 
@@ -49,12 +61,21 @@ def summarize(e: Entry) -> str:
         return "no-op (a new leader's first entry)"
     if e.kind is EntryKind.CONF_CHANGE:
         change = ConfChange.decode(e.data)
-        name = MemberRecord.decode(change.context).name if change.context else change.node_id
+        name = (MemberRecord.decode(change.context).name if change.context else "") or change.node_id
         return f"{change.kind.value.replace('_', ' ')} {name}"
     try:
         cmd = decode(e.data)
     except InvalidCommand:
         return "undecodable command"
+    return _command_summary(cmd)
+
+
+def _command_summary(cmd: Command) -> str:
+    if type(cmd) is AsUser:
+        return f"{_command_summary(cmd.command)} as {cmd.user}"
+    if type(cmd) is AuthChange:
+        subject = " ".join(part for part in (cmd.name, cmd.role) if part)
+        return f"auth: {cmd.op.value.replace('_', ' ')} {subject}".rstrip()
     if type(cmd) is Txn:
         return f"txn ({len(cmd.compare)} compares, {len(cmd.success)}/{len(cmd.failure)} ops)"
     if type(cmd) is Compact:
@@ -63,6 +84,8 @@ def summarize(e: Entry) -> str:
         return f"grant lease {cmd.lease_id:x} (TTL {cmd.ttl_s} s)"
     if type(cmd) is LeaseRevoke:
         return f"{'expire' if cmd.expired else 'revoke'} lease {cmd.lease_id:x}"
+    if type(cmd) is PublishMember:
+        return f"publish member {MemberRecord.decode(cmd.details).name or cmd.member_id}"
     key = json.dumps(cmd.key, ensure_ascii=False)
     key = key if len(key) <= _SUMMARY_KEY_CHARS else key[: _SUMMARY_KEY_CHARS - 1] + "…"
     if type(cmd) is Put:

@@ -9,9 +9,18 @@ and relays the answer, so the leader's checks and the leader's view of the confi
 
 - add: a new member joins as a learner by default (it receives the log but neither votes nor
   counts towards a commit), under a fresh id (membership.py); its name, client URL and peer
-  address must not belong to a member already.
+  address must not belong to a member already, and its client URL's scheme is the cluster's
+  (https when the members serve client TLS: node/config.py).
+- add by peer address alone (`add_unstarted`, etcd's MemberAdd, which carries no name and no
+  client URL): the member is listed unstarted (no name, no client URL, `started: false`) until a
+  node started with `--join ... --advertise-peer` on that address takes it over (startup.py) and
+  publishes its name and client URL through the log (`publish`, a `PublishMember` command), as
+  etcd's members publish theirs. A voter is added at once, as etcd 3.5 adds one, unless its
+  strict reconfiguration check refuses: the started voters would not be a majority with it, or
+  the leader has not heard from every voter within an election timeout.
 - promote: only once the learner holds nearly all of the leader's log (`PROMOTE_MAX_LAG_ENTRIES`),
-  or the new voter would make commits wait for it to catch up (etcd: "learner not in sync").
+  and has acknowledged some of it (an unstarted learner has nothing), or the new voter would make
+  commits wait for it to catch up (etcd: "learner not in sync").
 - remove: of the leader, leadership is first handed to the most caught-up other voter, then the
   new leader removes it; the last voter cannot be removed.
 
@@ -29,18 +38,21 @@ the node stops its Raft group and says why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from raftkv.client import Client, ClusterUnreachableError
 from raftkv.core import ConfChange, ConfChangeKind, Role
+from raftkv.kv import PublishMember
 from raftkv.transport import Transport
 
 from .config import Member, NodeConfig
-from .errors import MembershipRefused, NotAppliedError
+from .errors import MembershipRefused, NodeError, NotAppliedError
 from .forwarding import LeaderAsker
 from .group import RaftGroup
 from .membership import MemberRecord, new_member_id
@@ -52,6 +64,8 @@ log = logging.getLogger("raftkv.node")
 
 PROMOTE_MAX_LAG_ENTRIES = 100
 TRANSFER_WAIT_S = 3.0
+PUBLISH_RETRY_S = 1.0
+UNSTARTED_NAME = "member"  # the name part of an id given before the member's name is known (membership.new_member_id)
 
 
 class MemberService:
@@ -63,8 +77,10 @@ class MemberService:
         self.metrics = metrics
         self._on_removed = on_removed
         self._peers: dict[str, Member] = {}
+        self._membership_applied = asyncio.Event()  # set by sync: `publish` looks at the table again
         # How this node relays to the leader, by the address book (the lessor relays through it too).
-        self.leader_asker = LeaderAsker(lambda member_id: (m := self.address_book().get(member_id)) and m.url)
+        self.access = cfg.member_access  # how it calls the other members' client APIs
+        self.leader_asker = LeaderAsker(self.url_of, self.access)
 
     # ---- who is in the cluster --------------------------------------------------------------
 
@@ -73,15 +89,26 @@ class MemberService:
         was started with, less those removed. The start-up list matters for a node that joined: its
         table fills as it applies the log from index 1 (or a snapshot), and until the table names
         the member that leads now, this is how it answers that leader. It is also the whole book of
-        a data directory from before the table existed."""
+        a data directory from before the table existed. Client URLs have this node's scheme
+        (node/config.py: client TLS is the whole cluster's). A member the table lists unstarted
+        keeps what this node was told of it, if anything: a node that took such a member over knows
+        its own details before the table does."""
         removed = self.group.kv.removed_members
+        tls = self.cfg.serves_client_tls
         book = {member_id: m for member_id, m in self.cfg.members.items() if member_id not in removed}
-        book.update((member_id, MemberRecord.decode(details).as_member(member_id))
-                    for member_id, details in self.group.kv.members.items())
+        for member_id, details in self.group.kv.members.items():
+            record = MemberRecord.decode(details)
+            if record.started or member_id not in book:
+                book[member_id] = replace(record.as_member(member_id), client_tls=tls)
         return book
 
     def peers(self) -> dict[str, Member]:
         return {i: m for i, m in self.address_book().items() if i != self.cfg.node_id}
+
+    def url_of(self, member_id: str) -> str | None:
+        """A member's client URL; None while unknown, or while it has not started."""
+        member = self.address_book().get(member_id)
+        return member.url or None if member is not None else None
 
     def describe(self) -> list[dict[str, Any]]:
         """Each member with its role and, on the leader, how far behind it is."""
@@ -90,9 +117,9 @@ class MemberService:
         rows = []
         for member_id, member in sorted(self.address_book().items()):
             role = "voter" if member_id in core.conf.voters else "learner"
-            row: dict[str, Any] = {"id": member_id, "name": member.display_name, "clientURL": member.url,
-                                   "peerURL": f"{member.host}:{member.raft_port}", "role": role,
-                                   "isLeader": member_id == core.leader_id}
+            row: dict[str, Any] = {"id": member_id, "name": member.display_name if member.started else "",
+                                   "clientURL": member.url, "peerURL": f"{member.host}:{member.raft_port}",
+                                   "role": role, "isLeader": member_id == core.leader_id, "started": member.started}
             pr = core.progress.get(member_id)
             if leading and pr is not None:
                 row.update(matchIndex=pr.match, lagEntries=core.log.last_index() - pr.match)
@@ -109,6 +136,7 @@ class MemberService:
             self.transport.remove_peer(gone)
         self._peers = wanted
         self._refresh_gauges()
+        self._membership_applied.set()
         if self.cfg.node_id in self.group.kv.removed_members:
             self._on_removed("its removal was applied here")
 
@@ -121,8 +149,10 @@ class MemberService:
         """Ask the peers, one after another, whether this node's id was removed; the first that
         answers decides (its table is the cluster's, up to its applied index, and removals are final)."""
         for peer in self.peers().values():
+            if not peer.started:
+                continue  # nothing to ask yet
             try:
-                async with Client([peer.url], timeout_s=2.0) as client:
+                async with Client([peer.url], timeout_s=2.0, access=self.access) as client:
                     status, answer = await client.request("GET", "/members")
             except ClusterUnreachableError:
                 continue
@@ -131,6 +161,34 @@ class MemberService:
                     self._on_removed(f"{answer.get('node', peer.id)} says this member was removed from the cluster")
                 return
 
+    async def publish(self) -> None:
+        """Fill in this node's record if the member table lists it unstarted (it took over a member
+        added by its peer address: startup.py): propose its name and client URL (`PublishMember`,
+        applied only over the unstarted record), again until the table shows them. Runs until then;
+        on every other node it returns as soon as the table holds its record, started."""
+        while True:
+            details = self.group.kv.members.get(self.cfg.node_id)
+            if details is None:  # not applied yet (or a data directory from before the table)
+                with contextlib.suppress(TimeoutError):  # (a snapshot installed does not call sync)
+                    await asyncio.wait_for(self._membership_applied.wait(), PUBLISH_RETRY_S)
+                self._membership_applied.clear()
+                continue
+            listed = MemberRecord.decode(details)
+            if listed.started:
+                return
+            me = self.cfg.me
+            mine = MemberRecord(me.display_name, me.url, listed.peer_host, listed.peer_port)
+            try:
+                result = await self.group.propose(PublishMember(self.cfg.node_id, details, mine.encode()))
+            except NodeError as e:
+                log.info("could not publish this member's name and client URL yet (%s); retrying", e)
+                await asyncio.sleep(PUBLISH_RETRY_S)
+                continue
+            if result.get("ok"):
+                log.info("published this member's name %s and client URL %s", mine.name, mine.client_url)
+            else:  # the record changed before it applied: look again, after a while
+                await asyncio.sleep(PUBLISH_RETRY_S)
+
     # ---- changing it ------------------------------------------------------------------------
 
     async def add(self, name: str, client_url: str, peer_url: str, learner: bool = True) -> dict[str, Any]:
@@ -138,6 +196,12 @@ class MemberService:
             return await self._forward("POST", "/members", {"name": name, "clientURL": client_url,
                                                              "peerURL": peer_url, "learner": learner})
         record = _record(name, client_url, peer_url)
+        scheme = "https" if self.cfg.serves_client_tls else "http"
+        if not record.client_url.startswith(f"{scheme}://"):
+            serves = "over TLS" if self.cfg.serves_client_tls else "without TLS"
+            raise MembershipRefused("invalid", f"clientURL: this cluster serves its client API {serves}, so a "
+                                               f"member's URL is {scheme}://host:port, not {client_url!r}",
+                                    field="clientURL")
         for member_id, member in self.address_book().items():
             taken = {"name": member.display_name == name, "clientURL": member.url == record.client_url,
                      "peerURL": (member.host, member.raft_port) == (record.peer_host, record.peer_port)}
@@ -149,17 +213,53 @@ class MemberService:
         await self.group.change_membership(ConfChange(kind, member_id, record.encode()))
         return self._answer(member_id)
 
+    async def add_unstarted(self, peer_address: str, learner: bool,
+                            relay: Callable[[str], Awaitable[str]]) -> str:
+        """Add a member known only by its peer address (`host:port`), as etcd's MemberAdd does; its
+        id. On a follower, `relay(leader id)` hands the request to the leader in the caller's own
+        protocol (raftkv's POST /members needs a name and client URL) and returns the id it made."""
+        leader = await self.group.await_leader()
+        if leader != self.cfg.node_id:
+            return await relay(leader)
+        host, port = _peer(peer_address)
+        for member_id, member in self.address_book().items():
+            if (member.host, member.raft_port) == (host, port):
+                raise MembershipRefused("duplicate", f"peerURL is already {member_id}'s", member=member_id,
+                                        field="peerURL")
+        if not learner:
+            self._check_voter_may_join()
+        member_id = new_member_id(UNSTARTED_NAME)
+        kind = ConfChangeKind.ADD_LEARNER if learner else ConfChangeKind.ADD_VOTER
+        await self.group.change_membership(ConfChange(kind, member_id, MemberRecord.unstarted(host, port).encode()))
+        return member_id
+
+    def _check_voter_may_join(self) -> None:
+        """etcd's strict reconfiguration check for a voter that has not started: the voters that
+        have would still be a majority with it (etcd lets a cluster of one grow to two), and the
+        leader heard from every voter within an election timeout (never, from one not started)."""
+        core, book = self.group.core, self.address_book()
+        voters = core.conf.voters
+        started = sum(1 for v in voters if (m := book.get(v)) is not None and m.started)
+        if not (started == 1 and len(voters) == 1) and started < (len(voters) + 1) // 2 + 1:
+            raise MembershipRefused("not_enough_started", f"only {started} of {len(voters)} voters have started: "
+                                                          "with one more that has not, they would not be a majority")
+        quiet = sorted(v for v in voters if v != self.cfg.node_id and (  # never heard from one not started
+            (m := book.get(v)) is None or not m.started or (pr := core.progress.get(v)) is None
+            or pr.ticks_since_contact > core.config.election_timeout_ticks))
+        if quiet:
+            raise MembershipRefused("unhealthy", f"the leader has not heard from {', '.join(quiet)} lately")
+
     async def promote(self, member_id: str) -> dict[str, Any]:
         core = self.group.core
         if not await self._leading():
-            return await self._forward("POST", f"/members/{member_id}/promote", None)
+            return await self._forward("POST", f"/members/{quote(member_id, safe='')}/promote", None)
         if member_id not in core.conf.members():
             raise MembershipRefused("unknown", f"no member {member_id!r}", members=sorted(core.conf.members()))
         if member_id in core.conf.voters:
             raise MembershipRefused("not_learner", f"{member_id} is a voter already, not a learner")
         pr = core.progress.get(member_id)
         lag = core.log.last_index() - (pr.match if pr else 0)
-        if lag > PROMOTE_MAX_LAG_ENTRIES:
+        if lag > PROMOTE_MAX_LAG_ENTRIES or pr is None or pr.match == 0:  # match 0: it acknowledged nothing yet
             raise MembershipRefused("not_caught_up", f"learner {member_id} is not in sync: it lacks {lag} entries "
                                                      f"(at most {PROMOTE_MAX_LAG_ENTRIES} to be promoted); retry once "
                                                      "it has caught up", lagEntries=lag)
@@ -169,14 +269,14 @@ class MemberService:
     async def remove(self, member_id: str) -> dict[str, Any]:
         core = self.group.core
         if not await self._leading():
-            return await self._forward("DELETE", f"/members/{member_id}", None)
+            return await self._forward("DELETE", f"/members/{quote(member_id, safe='')}", None)
         if member_id not in core.conf.members():
             raise MembershipRefused("unknown", f"no member {member_id!r}", members=sorted(core.conf.members()))
         if core.conf.voters == (member_id,):
             raise MembershipRefused("last_voter", f"{member_id} is the last voter; a cluster needs one")
         if member_id == self.cfg.node_id:
             await self._hand_over_leadership()
-            return await self._forward("DELETE", f"/members/{member_id}", None)
+            return await self._forward("DELETE", f"/members/{quote(member_id, safe='')}", None)
         await self.group.change_membership(ConfChange(ConfChangeKind.REMOVE, member_id))
         return {"removed": member_id, "members": self.describe()}
 
@@ -209,10 +309,18 @@ def _record(name: str, client_url: str, peer_url: str) -> MemberRecord:
     """The details of a new member, checked: a name, an http(s) client URL, a host:port peer address."""
     if not name or any(c in name for c in "@,/ ") or len(name) > 64:
         raise MembershipRefused("invalid", "name: 1 to 64 characters, none of '@', ',', '/' or space")
-    client = urlsplit(client_url)
-    if client.scheme not in ("http", "https") or not client.hostname or client.port is None:
+    try:
+        client = urlsplit(client_url)
+        client_port = client.port
+    except ValueError:  # a "[" without its "]", a port past 65535: a 400 as any bad URL, never a 500
+        client_port = None
+    if client_port is None or client.scheme not in ("http", "https") or not client.hostname:
         raise MembershipRefused("invalid", f"clientURL: expected http://host:port, not {client_url!r}")
+    return MemberRecord(name, f"{client.scheme}://{client.hostname}:{client_port}", *_peer(peer_url))
+
+
+def _peer(peer_url: str) -> tuple[str, int]:
     host, _, port = peer_url.removeprefix("tcp://").rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:  # isdigit alone: "²"
         raise MembershipRefused("invalid", f"peerURL: expected host:port, not {peer_url!r}")
-    return MemberRecord(name, f"{client.scheme}://{client.hostname}:{client.port}", host, int(port))
+    return host, int(port)

@@ -12,7 +12,9 @@ empty disk rebuilds exactly the configuration everyone else has, from index 1 or
 
 Identity: a founding member's id is its name (`node1`); a member added later gets a fresh id
 (`node4-9f3c2a1b`), so a name removed and added again, on a wiped disk, is a new incarnation whose
-votes, acknowledgements and messages can never be mistaken for the old one's. A node keeps its own
+votes, acknowledgements and messages can never be mistaken for the old one's (a member added by
+its peer address alone, through etcd's MemberAdd, has no name yet: `member-9f3c2a1b...`, its
+record unstarted until its node publishes its name and client URL). A node keeps its own
 id in its data directory (`<data-dir>/MEMBER`), and from then on that file, not its command line, says
 who it is; a command line that contradicts it is refused.
 
@@ -46,7 +48,7 @@ class MemberRecord:
     """What the cluster knows of one member besides its id."""
 
     name: str
-    client_url: str  # http://host:port, as clients and the CLI reach it
+    client_url: str  # http://host:port (https:// over TLS), as clients and the CLI reach it
     peer_host: str  # where peers dial its Raft port
     peer_port: int
 
@@ -62,10 +64,23 @@ class MemberRecord:
     def of(cls, member: Member) -> MemberRecord:
         return cls(member.display_name, member.url, member.host, member.raft_port)
 
+    @classmethod
+    def unstarted(cls, peer_host: str, peer_port: int) -> MemberRecord:
+        """A member added by its peer address alone (etcd's MemberAdd carries no name and no client
+        URL): its node fills in the rest when it starts (kv.PublishMember), as etcd's members do."""
+        return cls("", "", peer_host, peer_port)
+
+    @property
+    def started(self) -> bool:
+        return bool(self.client_url)
+
     def as_member(self, member_id: str) -> Member:
         """A `Member` (what transports and configs use) for this record under `member_id`."""
+        if not self.started:
+            return Member(member_id, self.peer_host, 0, self.peer_port, started=False)
         host, _, port = self.client_url.removeprefix("http://").removeprefix("https://").rpartition(":")
-        return Member(member_id, self.peer_host, int(port), self.peer_port, client_host=host, name=self.name)
+        return Member(member_id, self.peer_host, int(port), self.peer_port, client_host=host, name=self.name,
+                      client_tls=self.client_url.startswith("https://"))
 
     def peer_address(self) -> str:
         return f"{self.peer_host}:{self.peer_port}"

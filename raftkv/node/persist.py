@@ -35,10 +35,11 @@ from raftkv.core import Message, Ready, Snapshot
 from raftkv.storage import RaftStorage
 
 from .metrics import NodeMetrics
+from .tracing import Tracing
 
 __all__ = ["DiskPump"]
 
-UNSAFE_SYNC_EVERY_S = 1.0
+UNSAFE_SYNC_EVERY_S = 3.0  # --unsafe-skip-fsync: long enough that every crash loses acknowledged writes
 
 
 class DiskPump:
@@ -59,6 +60,7 @@ class DiskPump:
         self._own_thread = executor is None
         self._thread = executor or ThreadPoolExecutor(1, thread_name_prefix=f"{node_id}-wal")
         self._last_unsafe_sync = time.monotonic()
+        self.tracing: Tracing | None = None  # set by the group while tracing is on (tracing.py)
 
     def hand(self, rd: Ready) -> None:
         """Queue a Ready whose writes and held messages must go out in order after the last."""
@@ -104,6 +106,10 @@ class DiskPump:
             return
         loop = asyncio.get_running_loop()
         storage, entries = self.storage, 0
+        # Entries are traced before they reach the pump (the leader's propose, a follower's EntryTraces):
+        # a batch that starts with none held has none to trace, and takes no timestamps.
+        tracing = self.tracing if self.tracing is not None and self.tracing.holds_entries() else None
+        started_ns = time.time_ns() if tracing is not None else 0
         for rd in batch:
             if rd.snapshot is not None:  # saved durably on its own (a file written, fsynced, renamed)
                 await loop.run_in_executor(self._thread, storage.save_snapshot, rd.snapshot)
@@ -115,23 +121,32 @@ class DiskPump:
             if rd.hard_state is not None:
                 storage.set_hard_state(rd.hard_state)
         must_sync = any(rd.must_sync() for rd in batch)
-        if must_sync and self._sync_now():
+        written_ns = synced_ns = time.time_ns() if tracing is not None else 0
+        synced = must_sync and self._sync_now()
+        leading = self._sync_off_loop()
+        if synced:
             started = time.perf_counter()
-            if self._sync_off_loop():
+            if leading:
                 await loop.run_in_executor(self._thread, storage.sync)
             else:
                 storage.sync()
             self._metrics.fsync_seconds.observe(time.perf_counter() - started)
             self._metrics.fsync_batch.observe(entries)
+            if tracing is not None:
+                synced_ns = time.time_ns()
         for rd in batch:
             if rd.messages:
                 self._send(rd.messages)
+        if tracing is not None and entries:
+            tracing.persisted((e for rd in batch for e in rd.entries), started_ns, written_ns,
+                              synced_ns if synced else None, time.time_ns(),
+                              acknowledging=not leading and any(rd.messages for rd in batch))
         if self._written is not None and (must_sync or any(rd.snapshot is not None for rd in batch)):
             self._on_persisted(*self._written)
 
     def _sync_now(self) -> bool:
         """Always, unless deliberately unsafe: then what is only in memory is acknowledged, and
-        synced once a second (for proving that the chaos checker notices)."""
+        synced every UNSAFE_SYNC_EVERY_S (for proving that the chaos checker notices)."""
         if not self._unsafe_skip_fsync:
             return True
         if time.monotonic() - self._last_unsafe_sync < UNSAFE_SYNC_EVERY_S:

@@ -12,9 +12,15 @@ answer: its state machine result, or an error that says whether it may have happ
    `fail_queued` answers those held longer than the hold time with `NoLeaderError`: they were never
    sent, so nothing was done.
 2. `forwarded` (`ForwardedBatch`, by ticket): sent to a leader, waiting for its `ProposeAnswer`.
-   `place_forwarded` moves the batch to (3) at the indexes the leader gave; a refusal is
-   `NotAppliedError`. If the leader changes first (`leader_changed`) or the deadline passes
-   (`expire`), the outcome is unknown: the leader may have appended them (504).
+   `place_forwarded` moves the batch to (3) at the indexes the leader gave. A batch unanswered for
+   a while is sent again under its ticket (`resends`: the forward or its answer may have been
+   lost), and the leader answers a ticket it has seen in its term with the answer it gave
+   (`ForwardLedger`), never appending the batch twice. Its ledger knows its own term only, so a
+   leader refuses a forward sent in any other term. A refusal is `NotAppliedError` for a batch
+   sent once, and unknown (504) for one sent again: an earlier copy may be in the log, appended
+   by a leader that has since moved to a new term or restarted with an empty ledger. If the
+   leader changes first (`leader_changed`), its term changes, or the deadline passes (`expire`),
+   the outcome is unknown: the leader may have appended them (504).
 3. `placed` (`PlacedWrite`, by log index): its entry is in the log at that index and term. When
    the entry at that index is applied (`applied`), a matching term answers the state machine's
    result; another term means another leader's entry took the index, so the write was definitely
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +44,11 @@ from .errors import NotAppliedError, OutcomeUnknownError, fail
 from .metrics import NodeMetrics
 from .peer_messages import ProposeAnswer, ProposeForward
 
-__all__ = ["FORWARDED_TO", "ForwardedBatch", "PlacedWrite", "ProposalTracker", "QueuedWrite"]
+__all__ = ["FORWARDED_TO", "ForwardLedger", "ForwardedBatch", "PlacedWrite", "ProposalTracker", "QueuedWrite"]
 
 # The key a forwarded proposal's result carries: which leader took it (the API reports it).
 FORWARDED_TO = "forwardedTo"
+RECENT_RESULTS = 4096  # entries' results kept while a forward is unanswered (a few seconds of writes)
 
 Answer = asyncio.Future[dict[str, Any]]
 
@@ -56,8 +64,11 @@ class QueuedWrite:
 @dataclass(slots=True)
 class ForwardedBatch:
     leader: str
+    term: int  # the leader's term it was sent in: only that leadership knows its ticket
     writes: list[QueuedWrite]
     deadline: float
+    sent_at: float
+    sent_again: bool = False  # a copy may already be in the leader's log
 
 
 @dataclass(slots=True)
@@ -77,14 +88,21 @@ class _ForwardInFlight:
 
 
 class ProposalTracker:
-    def __init__(self, node_id: str, timeout_s: float, metrics: NodeMetrics) -> None:
+    def __init__(self, node_id: str, timeout_s: float, metrics: NodeMetrics, first_ticket: int = 1) -> None:
+        """`first_ticket`: where this incarnation's tickets start. A leader refuses tickets below
+        the oldest a follower still waited for (ForwardLedger), so a restarted node must start
+        above its earlier run's: the group starts at the clock's nanoseconds, which run ahead of
+        any run's count of forwards."""
         self.node_id = node_id
         self.timeout_s = timeout_s
         self.metrics = metrics
         self.queued: list[QueuedWrite] = []
         self.forwarded: dict[int, ForwardedBatch] = {}
         self.placed: dict[int, PlacedWrite] = {}
-        self._tickets = itertools.count(1)
+        self._tickets = itertools.count(first_ticket)
+        # The results of entries applied while forwards were unanswered, by index: a batch sent
+        # again is answered after its entries may have been applied here.
+        self._recent: OrderedDict[int, tuple[int, dict[str, Any] | None]] = OrderedDict()
         self._in_flight: _ForwardInFlight | None = None
 
     # ---- 1. queued --------------------------------------------------------------------------
@@ -114,10 +132,29 @@ class ProposalTracker:
     def forward(self, batch: list[QueuedWrite], leader: str, term: int, now: float) -> ProposeForward:
         """Record `batch` as sent to `leader`; the message that carries it."""
         ticket = next(self._tickets)
-        self.forwarded[ticket] = ForwardedBatch(leader, batch, batch[0].proposed_at + self.timeout_s)
+        self.forwarded[ticket] = ForwardedBatch(leader, term, batch, batch[0].proposed_at + self.timeout_s, now)
         self._in_flight = _ForwardInFlight(ticket, leader, now)
-        return ProposeForward(src=self.node_id, dst=leader, term=term, ticket=ticket,
-                              datas=tuple(w.data for w in batch))
+        return self._message(ticket, self.forwarded[ticket])
+
+    def resends(self, leader: str, term: int, now: float, patience_s: float) -> list[ProposeForward]:
+        """The batches forwarded to `leader` and unanswered for `patience_s`, to send again under
+        their tickets. Those sent in an earlier term are given up (504): a leader remembers the
+        tickets of its own term only, so sending them again could append them twice."""
+        stale, due = [], []
+        for ticket, batch in self.forwarded.items():  # one pass: this runs every loop turn
+            if batch.leader != leader:
+                continue
+            if batch.term != term:
+                stale.append(ticket)
+            elif now - batch.sent_at >= patience_s:
+                batch.sent_at, batch.sent_again = now, True
+                due.append(ticket)
+        self._give_up_forwards(stale, f"forwarded to {leader} in an earlier term, and not answered")
+        return [self._message(ticket, self.forwarded[ticket]) for ticket in due]
+
+    def _message(self, ticket: int, batch: ForwardedBatch) -> ProposeForward:
+        return ProposeForward(src=self.node_id, dst=batch.leader, term=batch.term, ticket=ticket,
+                              datas=tuple(w.data for w in batch.writes), oldest=min(self.forwarded))
 
     def place_forwarded(self, answer: ProposeAnswer, applied_index: int) -> bool:
         """The leader said where it put a batch; True if it answers the forward in flight (the
@@ -129,12 +166,17 @@ class ProposalTracker:
         if batch is None:
             return released  # it timed out already (the client got a 504)
         if answer.index == 0:
-            fail([w.answer for w in batch.writes],
-                  NotAppliedError(f"the leader {answer.src} did not take the write: {answer.error}"))
+            if batch.sent_again:
+                self._give_up([w.answer for w in batch.writes],
+                              f"the leader {answer.src} refused a copy sent again ({answer.error}), "
+                              f"and an earlier copy may have been appended")
+            else:
+                fail([w.answer for w in batch.writes],
+                     NotAppliedError(f"the leader {answer.src} did not take the write: {answer.error}"))
             return released
         for i, w in enumerate(batch.writes):
-            if answer.index + i <= applied_index:  # applied before the answer came: the result is gone
-                fail([w.answer], OutcomeUnknownError("the answer from the leader came too late to tell"))
+            if answer.index + i <= applied_index:  # applied before the answer came (it was sent again)
+                self._answer_late(answer.index + i, answer.term, w.answer, batch.leader)
             else:
                 self.place(answer.index + i, PlacedWrite(answer.term, w.answer, w.proposed_at, batch.deadline,
                                                          batch.leader))
@@ -167,6 +209,10 @@ class ProposalTracker:
     def applied(self, entry: Entry, result: dict[str, Any] | None, now: float) -> bool:
         """The entry at `entry.index` was applied with `result` (None: not a command); True if that
         answered a waiting write."""
+        if self.forwarded:  # an answer to one of them may come after its entries are applied
+            self._recent[entry.index] = (entry.term, result)
+            if len(self._recent) > RECENT_RESULTS:
+                self._recent.popitem(last=False)
         write = self.placed.pop(entry.index, None)
         if write is None or write.answer.done():
             return False
@@ -177,6 +223,18 @@ class ProposalTracker:
             return True
         self._not_applied(write.answer)
         return False
+
+    def _answer_late(self, index: int, term: int, answer: Answer, leader: str) -> None:
+        """A forwarded write whose entry was applied before the leader's answer said where it was."""
+        if answer.done():
+            return
+        term_and_result = self._recent.get(index)
+        if term_and_result is None or term_and_result[1] is None:
+            answer.set_exception(OutcomeUnknownError("the answer from the leader came too late to tell"))
+        elif term_and_result[0] != term:
+            self._not_applied(answer)
+        else:
+            answer.set_result({**term_and_result[1], FORWARDED_TO: leader})
 
     # ---- time and shutdown ------------------------------------------------------------------
 
@@ -203,3 +261,37 @@ class ProposalTracker:
         self.metrics.proposals_lost.inc()
         answer.set_exception(NotAppliedError("leadership changed before the write committed; it was not applied"))
 
+
+class ForwardLedger:
+    """A leader's answers to the batches followers forwarded in its term, by follower and ticket:
+    a batch sent again (it, or its answer, was lost) gets the answer it got, and is never appended
+    twice. Answers to tickets older than a follower's oldest unanswered one are forgotten, so the
+    ledger holds only what its followers may still ask about; a copy of one of those that arrives
+    late (over a connection that broke and was replaced, its segments retransmitted after the new
+    one's) is refused, not appended: the follower no longer waits for it. A new term starts the
+    ledger empty."""
+
+    def __init__(self) -> None:
+        self.term = 0
+        self._answers: dict[str, dict[int, ProposeAnswer]] = {}
+        self._floors: dict[str, int] = {}  # by follower: the highest `oldest` it sent in this term
+
+    def known(self, forward: ProposeForward, term: int) -> ProposeAnswer | None:
+        """The answer already given to `forward`'s batch in `term`, or None: a batch to append."""
+        if term != self.term:
+            self.term, self._answers, self._floors = term, {}, {}
+        src, floor = forward.src, self._floors.get(forward.src, 0)
+        if forward.ticket < floor:
+            return ProposeAnswer(src=forward.dst, dst=src, term=term, ticket=forward.ticket, index=0,
+                                 error=f"ticket {forward.ticket} is below {floor}, the oldest its sender waits for")
+        answers = self._answers.setdefault(src, {})
+        if forward.oldest > floor:
+            self._floors[src] = forward.oldest
+            for ticket in [t for t in answers if t < forward.oldest]:
+                del answers[ticket]
+        return answers.get(forward.ticket)
+
+    def record(self, answers: list[ProposeAnswer]) -> None:
+        for answer in answers:
+            assert answer.term == self.term or answer.index == 0, "an appended batch is recorded in its term"
+            self._answers.setdefault(answer.dst, {})[answer.ticket] = answer

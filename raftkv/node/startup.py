@@ -14,21 +14,34 @@ node uses is the one its log and snapshots carry, not its command line.
   begins with them (membership.bootstrap_state).
 - Joining: `--name node4 --join URL --advertise-client URL --advertise-peer HOST:PORT` asks the
   cluster at URL to add this node as a learner (POST /members) and starts with an empty log under
-  the fresh id the cluster gave; the leader then sends it the log, or a snapshot.
+  the fresh id the cluster gave; the leader then sends it the log, or a snapshot. The advertised
+  client URL's scheme must be the one this node serves (https with --client-tls-cert).
+  A member added for it beforehand is taken over instead: one with its name and both addresses
+  (`raftkv member add`), or one added by its peer address alone and not started yet (`etcdctl
+  member add`, which gives no name or client URL: members.py). The node then publishes its name
+  and client URL through the log (MemberService.publish).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from raftkv.client import Client, ClusterUnreachableError
+from raftkv.client import Access, Client, ClusterUnreachableError, Credentials
 
 from .config import ConfigError, Member, NodeConfig, parse_cluster
 from .membership import Identity, MemberRecord
 
 __all__ = ["claim_data_dir", "founding_config", "joining_config"]
+
+log = logging.getLogger("raftkv.node")
+
+JOIN_PATIENCE_S = 60.0  # how long a joining node keeps asking while the cluster is busy or electing
+JOIN_RETRY_S = 0.5
 
 
 def founding_config(node_id: str, cluster: str, data_dir: Path, **options: Any) -> NodeConfig:
@@ -50,11 +63,13 @@ def founding_config(node_id: str, cluster: str, data_dir: Path, **options: Any) 
 
 
 async def joining_config(name: str, join_url: str, advertise_client: str, advertise_peer: str, data_dir: Path,
-                         before_joining: Callable[[NodeConfig], None], **options: Any) -> NodeConfig:
+                         before_joining: Callable[[NodeConfig], None], credentials: Credentials | None = None,
+                         **options: Any) -> NodeConfig:
     """The configuration of a node joining a live cluster: on its first start, the cluster adds it
-    as a learner (after `before_joining` accepted the configuration, e.g. its ports are free); on a
-    restart, its data directory says who it is."""
-    record = _advertised(name, advertise_client, advertise_peer)
+    as a learner (after `before_joining` accepted the configuration, e.g. its ports are free),
+    asked with `credentials` when the cluster has auth on; on a restart, its data directory says
+    who it is."""
+    record = _advertised(name, advertise_client, advertise_peer, tls="client_tls_cert" in options)
     known = Identity.load(data_dir)
     if known is not None:
         if known.name != name:
@@ -62,13 +77,13 @@ async def joining_config(name: str, join_url: str, advertise_client: str, advert
         members = {**known.members(), known.member_id: record.as_member(known.member_id)}
         return NodeConfig(node_id=known.member_id, data_dir=data_dir, members=members, join_url=known.origin,
                           origin=known.origin, **options)
-    unnamed = record.as_member(name)
-    before_joining(NodeConfig(node_id=name, data_dir=data_dir, members={name: unnamed}, **options))
-    answer = await _ask_to_join(join_url, record)
+    unnamed = NodeConfig(node_id=name, data_dir=data_dir, members={name: record.as_member(name)}, **options)
+    before_joining(unnamed)
+    answer = await _ask_to_join(join_url, record, Access(unnamed.member_access.tls, credentials))
     member_id = answer["member"]["id"]
     members = {m["id"]: MemberRecord(m["name"], m["clientURL"], *_host_port(m["peerURL"])).as_member(m["id"])
                for m in answer["members"]}
-    members.setdefault(member_id, record.as_member(member_id))
+    members[member_id] = record.as_member(member_id)  # what it advertises, also over an unstarted listing
     cfg = NodeConfig(node_id=member_id, data_dir=data_dir, members=members, join_url=join_url, origin=join_url,
                      **options)
     claim_data_dir(cfg)  # now, not at start: the cluster has added this id
@@ -80,42 +95,75 @@ def claim_data_dir(cfg: NodeConfig) -> None:
     A node configured by a file (`--config`) has no origin: its file is what it was made for."""
     if cfg.origin is not None and Identity.load(cfg.data_dir) is None:
         joined = {} if cfg.join_url is None else {
-            member_id: [m.display_name, m.url, m.host, m.raft_port] for member_id, m in cfg.members.items()}
+            member_id: [m.display_name if m.started else "", m.url, m.host, m.raft_port]
+            for member_id, m in cfg.members.items()}
         Identity(cfg.node_id, cfg.me.display_name, cfg.origin, joined).save(cfg.data_dir)
 
 
-async def _ask_to_join(join_url: str, record: MemberRecord) -> dict[str, Any]:
+async def _ask_to_join(join_url: str, record: MemberRecord, access: Access) -> dict[str, Any]:
     """The cluster's answer to adding this node. A member already added for exactly this node (the
-    same name and addresses: `raftkv member add` first, or an earlier attempt whose answer was
-    lost) is this node, and is taken over rather than refused as a duplicate."""
+    same name and addresses: `raftkv member add`, or an earlier attempt whose answer was lost), or
+    added by this node's peer address alone and not started (`etcdctl member add`), is this node,
+    and is taken over rather than refused as a duplicate. A refusal that passes by itself (another
+    membership change not committed yet, no leader, a commit that timed out, the URL not answering)
+    is asked again until JOIN_PATIENCE_S has passed; any other refusal is final."""
     body = {"name": record.name, "clientURL": record.client_url, "peerURL": record.peer_address(), "learner": True}
-    try:
-        async with Client([join_url], timeout_s=15.0) as client:
-            status, answer = await client.request("POST", "/members", body)
-            if status == 409 and isinstance(answer, dict) and answer.get("reason") == "duplicate":
-                status, listed = await client.request("GET", "/members")
-                answer = _added_for(record, listed) or answer
-    except ClusterUnreachableError as e:
-        raise ConfigError(f"cannot reach {join_url} to join the cluster: {e}") from None
-    if status != 200 or not isinstance(answer, dict) or "member" not in answer:
-        error = answer.get("error") if isinstance(answer, dict) else answer
-        raise ConfigError(f"the cluster at {join_url} refused to add {record.name} ({status}): {error}")
-    return answer
+    deadline = time.monotonic() + JOIN_PATIENCE_S
+    said = None
+    async with Client([join_url], timeout_s=15.0, access=access) as client:
+        while True:
+            try:
+                status, answer = await client.request("POST", "/members", body)
+                if status == 409 and isinstance(answer, dict) and answer.get("reason") == "duplicate":
+                    status, listed = await client.request("GET", "/members")
+                    answer = _added_for(record, listed) or answer
+            except ClusterUnreachableError as e:
+                status, answer = None, {"error": f"cannot reach {join_url}: {e}"}
+            if status == 200 and isinstance(answer, dict) and "member" in answer:
+                return answer
+            error = answer.get("error") if isinstance(answer, dict) else answer
+            if not _passes(status, answer) or time.monotonic() >= deadline:
+                raise ConfigError(f"the cluster at {join_url} did not add {record.name} ({status or 'no answer'}): "
+                                  f"{error}")
+            if (status, error) != said:  # once per reason, not once per attempt
+                said = (status, error)
+                log.warning("join: the cluster at %s cannot add %s yet (%s: %s); asking again for up to %.0f s",
+                            join_url, record.name, status or "no answer", error, deadline - time.monotonic())
+            await asyncio.sleep(JOIN_RETRY_S)
+
+
+def _passes(status: int | None, answer: Any) -> bool:
+    """Whether a refusal to add a member is one that passes by itself."""
+    if status is None or status in (503, 504):
+        return True
+    return status == 409 and isinstance(answer, dict) and answer.get("reason") == "pending"
 
 
 def _added_for(record: MemberRecord, listed: Any) -> dict[str, Any] | None:
-    """The member of GET /members's answer that was added for exactly `record`, as an add's answer."""
+    """The member of GET /members's answer that was added for exactly `record`, or for its peer
+    address and not started, as an add's answer. An unstarted one is not this node's to take if
+    another member has its name or client URL (the cluster would refuse that add too)."""
     if not isinstance(listed, dict):
         return None
-    for member in listed.get("members", ()):
-        if (member.get("name"), member.get("clientURL"), member.get("peerURL")) == (
-                record.name, record.client_url, record.peer_address()):
-            return {"member": member, "members": listed["members"]}
+    members = [m for m in listed.get("members", ()) if isinstance(m, dict)]
+    for member in members:
+        if member.get("peerURL") != record.peer_address():
+            continue
+        if (member.get("name"), member.get("clientURL")) == (record.name, record.client_url):
+            return {"member": member, "members": members}
+        clash = any(m.get("name") == record.name or m.get("clientURL") == record.client_url for m in members)
+        if not member.get("clientURL") and not clash:
+            return {"member": member, "members": members}
     return None
 
 
-def _advertised(name: str, advertise_client: str, advertise_peer: str) -> MemberRecord:
-    client = advertise_client if "://" in advertise_client else f"http://{advertise_client}"
+def _advertised(name: str, advertise_client: str, advertise_peer: str, tls: bool) -> MemberRecord:
+    scheme = "https" if tls else "http"
+    client = advertise_client if "://" in advertise_client else f"{scheme}://{advertise_client}"
+    if not client.startswith(f"{scheme}://"):
+        serves = "over TLS (--client-tls-cert)" if tls else "without TLS"
+        raise ConfigError(f"--advertise-client {advertise_client}: this node serves its client API {serves}, "
+                          f"so its URL is {scheme}://...")
     host, port = _host_port(advertise_peer)
     return MemberRecord(name, client.rstrip("/"), host, port)
 

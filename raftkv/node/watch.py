@@ -23,8 +23,11 @@ they are current to.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
 
 from raftkv.kv import Change, KVStateMachine, kv_to_dict
 
@@ -117,6 +120,12 @@ class WatchHub:
 
     def forget(self, watcher: Watcher) -> None:
         self.watchers.discard(watcher)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The watchers and what waits for them, as Prometheus gauges (the hub is a collector)."""
+        yield GaugeMetricFamily("raft_watchers", "Key watches open on this node", value=len(self.watchers))
+        yield GaugeMetricFamily("raft_watch_queued_batches", "Revisions queued for watchers, not yet sent",
+                                value=sum(w.queue.qsize() for w in self.watchers))
 
     def _replay(self, watcher: Watcher, after: int) -> None:
         batch: list[Change] = []

@@ -1,6 +1,7 @@
 """Leases in the driver simulation: the real Lessor on every simulated node, and a client that
 grants leases, attaches a key to each, and keeps some of them alive, through crashes, partitions
-and leader changes.
+and leader changes. Of the others, some get one late keep-alive, sent just as they run out: the
+moment a lessor may already be revoking them.
 
 Theory of operation
 -------------------
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 from raftkv.kv import KVStateMachine, Put
 from raftkv.node import NodeError, RaftGroup
-from raftkv.node.lessor import Lessor
+from raftkv.node.lessor import CHECK_EVERY_S, Lessor
 
 from .invariants import InvariantViolation
 from .simulation import LivenessViolation
@@ -93,18 +94,23 @@ class LeaseClient:
         self._lessors = lessors  # the running nodes' lessors, by node id
         self._note = note
         self._kept: list[int] = []
+        self._late: set[asyncio.Task] = set()
 
     async def run(self, running: Callable[[], bool]) -> None:
         loop = asyncio.get_running_loop()
         next_keepalive = loop.time()
-        while running():
-            await asyncio.sleep(self.rng.uniform(0.02, 0.1))
-            if not running():
-                return
-            if loop.time() >= next_keepalive:
-                next_keepalive = loop.time() + KEEPALIVE_EVERY_S
-                await self._keep_alive()
-            await self._grant()
+        try:
+            while running():
+                await asyncio.sleep(self.rng.uniform(0.02, 0.1))
+                if not running():
+                    return
+                if loop.time() >= next_keepalive:
+                    next_keepalive = loop.time() + KEEPALIVE_EVERY_S
+                    await self._keep_alive()
+                await self._grant()
+        finally:
+            for task in self._late:
+                task.cancel()
 
     async def _grant(self) -> None:
         lessors = self._lessors()
@@ -123,23 +129,42 @@ class LeaseClient:
         self.ledger.granted[lease_id] = LeaseRecord(ttl_s, asked_at)
         if self.rng.random() < 0.5:
             self._kept.append(lease_id)
+        elif self.rng.random() < 0.5:
+            late = asyncio.ensure_future(self._keep_alive_late(lease_id, asked_at + ttl_s))
+            self._late.add(late)
+            late.add_done_callback(self._late.discard)  # only those still waiting are cancelled at the end
         self._note(f"lease {lease_id} granted through {node}, TTL {ttl_s} s")
         with contextlib.suppress(NodeError, TimeoutError):  # attached or not: the check is about the lease
             await asyncio.wait_for(lessor.group.propose(Put(f"lease-{lease_id}", node, lease=lease_id)), 1.0)
 
     async def _keep_alive(self) -> None:
         for lease_id in list(self._kept):
-            leaders = [lessor for lessor in self._lessors().values() if lessor.group.leader_id == lessor.group.id]
-            if not leaders:
+            if not await self._keep_alive_once(lease_id):
                 return
-            lessor = self.rng.choice(leaders)
-            sent = asyncio.get_running_loop().time()
-            try:
-                await asyncio.wait_for(lessor.keepalive(lease_id), 1.0)
-            except (NodeError, TimeoutError):
-                continue  # not acknowledged: promises nothing
-            self.ledger.granted[lease_id].acknowledged_keepalives.append(sent)
-            self.ledger.keepalives_acknowledged += 1
+
+    async def _keep_alive_late(self, lease_id: int, runs_out_at: float) -> None:
+        """A client that wakes up late: one keep-alive just as the lease runs out, when the leader
+        may be revoking it; it must then refuse, since the revocation would cut short the TTL an
+        acknowledgement promises."""
+        loop = asyncio.get_running_loop()
+        # The leader times the TTL from when it applied the grant, and looks every CHECK_EVERY_S.
+        await asyncio.sleep(max(0.0, runs_out_at + self.rng.uniform(0.0, 2.5 * CHECK_EVERY_S) - loop.time()))
+        await self._keep_alive_once(lease_id)
+
+    async def _keep_alive_once(self, lease_id: int) -> bool:
+        """One keep-alive through a leader; False if no node leads."""
+        leaders = [lessor for lessor in self._lessors().values() if lessor.group.leader_id == lessor.group.id]
+        if not leaders:
+            return False
+        lessor = self.rng.choice(leaders)
+        sent = asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(lessor.keepalive(lease_id), 1.0)
+        except (NodeError, TimeoutError):
+            return True  # not acknowledged: promises nothing
+        self.ledger.granted[lease_id].acknowledged_keepalives.append(sent)
+        self.ledger.keepalives_acknowledged += 1
+        return True
 
 
 async def await_every_lease_gone(groups: Callable[[], list[RaftGroup]], ledger: LeaseLedger, within_s: float) -> None:

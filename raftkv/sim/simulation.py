@@ -6,7 +6,9 @@ Everything happens on one virtual clock (milliseconds) through one event queue o
 (time, sequence number). Nodes tick every `tick_ms`; messages are delivered after random delays
 (see network.py); simulated clients issue writes, compare-and-sets and ReadIndex reads against
 random nodes and record what they saw; a nemesis partitions the network (symmetric, one-way, a
-bridge node), crashes and restarts nodes and makes disks slow. A slow disk splits a Ready in two
+bridge node), crashes and restarts nodes (at random, or aimed: a leader just elected, a voter
+the moment its vote leaves, an isolated leader's successor the moment the network heals) and
+makes disks slow. A slow disk splits a Ready in two
 (persisted later, then finished): meanwhile the node is busy and queues its inputs, and a crash
 in between loses the unsynced writes, as on a real machine.
 
@@ -51,6 +53,7 @@ from raftkv.core import (
     Ready,
     Role,
     TraceEvent,
+    VoteResponse,
 )
 
 from .invariants import InvariantViolation, SafetyMonitor
@@ -58,7 +61,8 @@ from .membership import Roster, describe, plan_change, restoring_change
 from .network import LinkConditions, VirtualNetwork
 from .replica import Applied, CoreFactory, Replica, encode_command
 
-TICK, DELIVER, PERSISTED, CLIENT, OP_TIMEOUT, NEMESIS, CRASH, RESTART, HEAL, CHECK, MEMBERSHIP = range(11)
+(TICK, DELIVER, PERSISTED, CLIENT, OP_TIMEOUT, NEMESIS, CRASH, RESTART, HEAL, CHECK, MEMBERSHIP,
+ HEAL_AND_CRASH_LEADER) = range(12)
 
 # Far more than a run writes (about 1,000 to 3,000 lines), yet bounded.
 REPLAY_TRACE_LINES = 20_000
@@ -164,6 +168,7 @@ class Simulation:
         self._final_members: tuple[str, ...] = ()
         self._live_since: int | None = None
         self._kill_next_leader = False
+        self._crash_next_voter = False
         self._cut_off_leaving_leaders = False
         self.result = SimResult(seed, cfg)
         # A replay (trace=True) keeps the whole run, membership changes included; a sweep keeps
@@ -223,13 +228,16 @@ class Simulation:
         elif kind == NEMESIS:
             self._nemesis()
         elif kind == CRASH:
-            if self.replicas[arg].alive:
-                self._crash(arg)
-                self._at(self.now + self.rng.randint(50, 600), RESTART, arg)
+            node, down_ms = arg
+            if self.replicas[node].alive:
+                self._crash(node)
+                self._at(self.now + down_ms, RESTART, node)
         elif kind == RESTART:
             self._restart(arg)
         elif kind == HEAL:
             self._heal()
+        elif kind == HEAL_AND_CRASH_LEADER:
+            self._heal_and_crash_leader()
         elif kind == CHECK:
             self._liveness_check()
         elif kind == MEMBERSHIP:
@@ -258,7 +266,7 @@ class Simulation:
                 if self._kill_next_leader and rd.soft_state.role is Role.LEADER and self.now < self.cfg.fault_ms:
                     # Jepsen's favourite: kill a leader moments after it wins, mid catch-up.
                     self._kill_next_leader = False
-                    self._at(self.now + self.rng.randint(1, 12), CRASH, node)
+                    self._at(self.now + self.rng.randint(1, 12), CRASH, (node, self.rng.randint(50, 600)))
             self._send(rd.early_messages)  # they vouch for nothing on this disk: before the write
             delay = self.disk_delay_ms[node]
             if delay and rd.must_sync():
@@ -285,6 +293,12 @@ class Simulation:
     def _finish(self, node: str, rd: Ready) -> None:
         applied = self.replicas[node].finish(rd)
         self._send(rd.messages)
+        if self._crash_next_voter and self.now < self.cfg.fault_ms and any(
+                type(m) is VoteResponse and m.granted and not m.pre_vote for m in rd.messages):
+            # Its vote has left; it reboots at once, and its vote is only as good as its disk:
+            # asked again in the same term, it must not vote for another candidate.
+            self._crash_next_voter = False
+            self._at(self.now + self.rng.randint(0, 2), CRASH, (node, self.rng.randint(1, 5)))
         for entry, outcome in applied.results:
             self.monitor.on_apply(node, entry)
             if entry.kind is EntryKind.CONF_CHANGE:
@@ -466,6 +480,7 @@ class Simulation:
                 "crash",
                 "crash_leader",
                 "kill_new_leader",
+                "crash_next_voter",
                 "slow_disk",
                 "heal",
                 "membership",
@@ -483,6 +498,8 @@ class Simulation:
         elif action == "isolate_leader" and leader:
             self.net.cut([leader], [n for n in ids if n != leader])
             self._fault(f"isolate leader {leader}")
+            if rng.random() < 0.5:
+                self._at(self.now + rng.randint(100, 600), HEAL_AND_CRASH_LEADER, None)
         elif action == "one_way" and len(ids) >= 2:
             a, b = rng.sample(ids, 2)
             self.net.cut([a], [b], one_way=True)
@@ -495,6 +512,7 @@ class Simulation:
         elif action == "heal":
             self.net.heal()
             self._fault("heal network")
+
         elif action in ("crash", "crash_leader"):
             victim = leader if action == "crash_leader" and leader else rng.choice(ids)
             if self.replicas[victim].alive:
@@ -506,6 +524,9 @@ class Simulation:
         elif action == "kill_new_leader":
             self._kill_next_leader = True
             self._fault("will kill the next leader right after it is elected")
+        elif action == "crash_next_voter":
+            self._crash_next_voter = True
+            self._fault("will reboot the next node that grants a vote, right after its vote leaves")
         elif action == "slow_disk":
             node = rng.choice(ids)
             self.disk_delay_ms[node] = rng.randint(2, 40)
@@ -521,6 +542,18 @@ class Simulation:
             if left:
                 self._stop_for_good(rng.choice(left))
         self._at(self.now + rng.randint(*self.cfg.nemesis_interval_ms), NEMESIS, None)
+
+    def _heal_and_crash_leader(self) -> None:
+        """After an isolated leader was replaced: heal, and crash its successor at once. The
+        election that follows is between the old leader, whose log grew long and stale while it
+        was cut off (clients kept writing to it), and the nodes that moved on without it."""
+        leader = self._leader()
+        if self.now >= self.cfg.fault_ms or leader is None or not self.replicas[leader].alive:
+            return
+        self.net.heal()
+        self._crash(leader)
+        self._at(self.now + self.rng.randint(50, 600), RESTART, leader)
+        self._fault(f"heal network, and crash leader {leader} at once")
 
     def _change_membership(self) -> None:
         leader = self._leader()

@@ -9,17 +9,20 @@ of records framed as
 
     length: u32 LE | crc32(payload): u32 LE | payload: msgpack tuple
 
-with three payloads: `(0, term, index, kind, data)` an entry, `(1, term, voted_for, commit)` the
-hard state, `(2, index, term)` a snapshot marker. Nothing is ever rewritten in place: replay
+with four payloads: `(0, term, index, kind, data)` an entry, `(1, term, voted_for, commit)` the
+hard state, `(2, index, term)` a snapshot marker, `(3, length)` the length the segment was made
+(its first record). Nothing is ever rewritten in place: replay
 reads every segment in order and an entry record with index i *logically* truncates everything
 >= i replayed so far, which is how Raft's suffix truncation stays append-only. A marker applies
 the paper's section 7 rule to what was replayed (keep the log if it agrees at the marker, else
 drop it), so an installed snapshot that replaced a conflicting log replays the same way.
 
-Every segment opens with a header, the marker and hard state current when it was created, so a
-segment stands on its own: once a snapshot covers every entry of the oldest segments they can be
-deleted without losing the hard state or where the log starts (DiskStorage also re-writes both
-into the live segment before compacting).
+Every segment is made `segment_bytes` long at once (a sparse file: no blocks are allocated until
+written, and replay reads it only as far as it was written) and opens with a header: its length,
+then the marker and hard state current when it was created, so a segment stands on its own: once
+a snapshot covers every entry of the oldest segments they can be deleted without losing the hard
+state or where the log starts (DiskStorage also re-writes both into the live segment before
+compacting).
 
 Group commit: `append`, `set_hard_state` and `mark_snapshot` only encode into an in-memory
 buffer; `sync` hands the whole buffer to one write() and one fdatasync(). Rotation happens
@@ -27,13 +30,20 @@ inside sync, before the write, once the live segment would exceed `segment_bytes
 segment's header carries the state as of the data already on disk (not the buffered state),
 so a torn write can never leave a hard state that is ahead of the entries it describes.
 
+Records are written from the start of a segment on; after the last one there are only zeros.
 Recovery distinguishes a *torn tail* from *corruption*. A crash mid-write can leave the last
-record of the last segment incomplete, or complete-looking but failing its checksum with only
-zero bytes after it (a file extended but not yet filled). That record was never acknowledged,
-so it is cut off with a warning. Any other bad record (one followed by real data, or in an
-older segment, which was fully synced before the next segment was created) is corruption of
-acknowledged data and raises CorruptWALError naming the file and byte offset; skipping it
-would silently drop committed entries.
+record of the last segment incomplete, or complete-looking but failing its checksum, with no
+whole record after it (only zeros, or the rest of what that write did not finish). That record
+was never acknowledged, so it is cut off with a warning (zeroed; in a segment from before
+segments had a length, the file is truncated). Any other bad record (one followed by a whole
+record, or in an older segment, which was fully synced before the next segment was created), and
+any nonzero byte after the records of an older segment, is corruption of acknowledged data and
+raises CorruptWALError naming the file and byte offset; skipping it would silently drop
+committed entries. Whether whole records follow a bad one is searched for, not read from its
+length field: a flipped bit there would make it claim to end anywhere. A segment shorter than the
+length it was made is corruption too: a file cut short (a truncation, not a torn write, which
+never changes the length) lost records that may have been acknowledged, and without the length
+recorded it would look like a clean end or a torn tail.
 
 After any write or fsync error the WAL refuses further use: after a failed fsync the page cache
 may already have dropped the dirty pages, so retrying could report success for lost data.
@@ -46,6 +56,7 @@ every directory it creates.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -64,7 +75,8 @@ from raftkv.storage.base import CorruptWALError, StorageClosedError, StorageErro
 log = logging.getLogger("raftkv.storage")
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
-REC_ENTRY, REC_HARD_STATE, REC_SNAPSHOT = 0, 1, 2
+REC_ENTRY, REC_HARD_STATE, REC_SNAPSHOT, REC_LENGTH = 0, 1, 2, 3
+ZERO_CHUNK = 1 << 20  # zeros are checked and written this much at a time
 _FRAME = struct.Struct("<II")  # payload length, crc32 of payload
 _SEGMENT_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
 _KINDS = {k.value: k for k in EntryKind}
@@ -178,27 +190,39 @@ def _list_segments(wal_dir: Path) -> list[tuple[int, int, Path]]:
     return found
 
 
-def _scan(path: Path, data: bytes, is_last: bool, rlog: _ReplayLog) -> tuple[int, int]:
-    """Apply every valid record of one segment; return (valid length, highest entry index)."""
+def _scan(path: Path, data: bytes, is_last: bool, rlog: _ReplayLog, size: int | None = None) -> tuple[int, int, int]:
+    """Apply every valid record of one segment; return (valid length, highest entry index, the
+    length the segment was made: 0 if it does not say). `data` is the segment's bytes, or their
+    beginning when the rest of the file, to `size`, is known to be zeros (see _read)."""
     n = len(data)
+    size = n if size is None else size
     mv = memoryview(data)
     unpack_frame, crc32, unpackb = _FRAME.unpack_from, zlib.crc32, msgpack.unpackb
     off = 0
-    max_index = 0
+    max_index = made = 0
     while off < n:
         if n - off < _FRAME.size:
-            if is_last:
-                return off, max_index
+            if is_last or (made and _zeros_from(data, off)):
+                return off, max_index, made
             raise CorruptWALError(f"{path}: truncated record header at byte offset {off}")
         length, crc = unpack_frame(data, off)
         start = off + _FRAME.size
         end = start + length
         if length == 0 or end > n or crc32(mv[start:end]) != crc:
-            # Torn only if nothing real follows; otherwise acknowledged data is damaged.
-            if is_last and (end > n or data.count(0, end) == n - end):
-                return off, max_index
+            # The end of what was written, if only zeros follow it; torn if no whole record
+            # follows it in the last segment (its length may be damaged too, so where it claims
+            # to end proves nothing); otherwise acknowledged data is damaged.
+            if made and length == 0 and _zeros_from(data, off):
+                return off, max_index, made
+            if is_last and _record_after(data, off + 1) is None:
+                return off, max_index, made
+            if length == 0:
+                raise CorruptWALError(
+                    f"{path}: damaged at byte offset {_nonzero_from(data, off)}: the records end at byte "
+                    f"offset {off}, and only zeros may follow them (file size {size})"
+                )
             raise CorruptWALError(
-                f"{path}: record at byte offset {off} fails its checksum (length {length}, file size {n})"
+                f"{path}: record at byte offset {off} fails its checksum (length {length}, file size {size})"
             )
         try:
             rec = unpackb(mv[start:end])
@@ -212,6 +236,13 @@ def _scan(path: Path, data: bytes, is_last: bool, rlog: _ReplayLog) -> tuple[int
                 rlog.hard_state = HardState(rec[1], rec[2], rec[3])
             elif kind == REC_SNAPSHOT:
                 rlog.snapshot_marker(rec[1], rec[2])
+            elif kind == REC_LENGTH and off == 0:
+                made = rec[1]
+                if size < made:
+                    raise CorruptWALError(
+                        f"{path}: cut short at byte offset {size}: the segment was made {made} bytes long, "
+                        f"so whatever it held from byte offset {size} on is lost"
+                    )
             else:
                 raise ValueError(f"unknown record type {kind!r}")
         except CorruptWALError:
@@ -219,7 +250,98 @@ def _scan(path: Path, data: bytes, is_last: bool, rlog: _ReplayLog) -> tuple[int
         except Exception as exc:
             raise CorruptWALError(f"{path}: undecodable record at byte offset {off}: {exc}") from exc
         off = end
-    return off, max_index
+    if off < size and not made and not is_last:  # (zeros after the records of an older-format segment)
+        raise CorruptWALError(f"{path}: record at byte offset {off} fails its checksum (length 0, file size {size})")
+    return off, max_index, made
+
+
+def _record_after(data: bytes, start: int) -> int | None:
+    """The offset of the first whole record (a frame whose checksum holds and whose payload
+    decodes as a record) at or after `start`, or None. Only a damaged WAL makes this search long:
+    after a torn write there is nothing but the torn record and zeros, which are skipped."""
+    unpack_frame, crc32, head = _FRAME.unpack_from, zlib.crc32, _FRAME.size
+    mv = memoryview(data)
+    stop = _nonzero_end(data, start)  # a record's length has a nonzero byte, before this
+    p = start
+    while p < stop and p + head <= len(data):
+        length, crc = unpack_frame(data, p)
+        if length == 0:
+            p = max(p + 1, _nonzero_from(data, p) - 3)  # past a run of zeros
+            continue
+        end = p + head + length
+        if end <= len(data) and crc32(mv[p + head : end]) == crc:
+            try:
+                rec = msgpack.unpackb(mv[p + head : end])
+            except Exception:
+                rec = None
+            if type(rec) is list and rec and rec[0] in (REC_ENTRY, REC_HARD_STATE, REC_SNAPSHOT, REC_LENGTH):
+                return p
+        p += 1
+    return None
+
+
+def _zeros_from(data: bytes, start: int) -> bool:
+    """Whether every byte of `data` from `start` on is zero."""
+    for chunk_start in range(start, len(data), ZERO_CHUNK):
+        chunk = data[chunk_start : chunk_start + ZERO_CHUNK]
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
+
+
+def _read(path: Path) -> tuple[bytes, int]:
+    """A segment's bytes up to its first hole, and its length: most of a segment is a hole until
+    written, and reading it would only read zeros (and mapping it could allocate it, on tmpfs).
+    Past the first hole the file must hold only holes; if it holds anything else (a filesystem
+    without holes, or damage), all of it is read."""
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        size = hole = os.fstat(fd).st_size
+        if size:
+            try:
+                hole = os.lseek(fd, 0, os.SEEK_HOLE)
+                if hole < size:
+                    os.lseek(fd, hole, os.SEEK_DATA)  # ENXIO when nothing but holes follows
+                    hole = size  # data past a hole: read it all
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # (a filesystem that cannot tell)
+                    hole = size
+        f.seek(0)
+        return f.read(hole), size
+
+
+def _nonzero_from(data: bytes, start: int) -> int:
+    """The offset of the first nonzero byte of `data` at or after `start` (len(data) if none)."""
+    for chunk_start in range(start, len(data), ZERO_CHUNK):
+        chunk = data[chunk_start : chunk_start + ZERO_CHUNK]
+        if rest := chunk.lstrip(b"\0"):
+            return chunk_start + len(chunk) - len(rest)
+    return len(data)
+
+
+def _nonzero_end(data: bytes, start: int) -> int:
+    """Where the bytes of `data` from `start` on stop being nonzero: `start` if they are all zero."""
+    end = len(data)
+    while end > start:
+        chunk_start = max(start, end - ZERO_CHUNK)
+        if rest := data[chunk_start:end].rstrip(b"\0"):
+            return chunk_start + len(rest)
+        end = chunk_start
+    return start
+
+
+def _cut_torn_tail(path: Path, valid: int, end: int, made: int) -> None:
+    """Zero the torn bytes from `valid` to `end`, keeping the segment's length; a segment that does
+    not record its length is truncated at `valid` instead."""
+    with open(path, "r+b") as f:
+        if made:
+            f.seek(valid)
+            for at in range(valid, end, ZERO_CHUNK):
+                f.write(bytes(min(ZERO_CHUNK, end - at)))
+            f.flush()
+        else:
+            f.truncate(valid)
+        os.fsync(f.fileno())
 
 
 def replay(wal_dir: Path, *, repair: bool) -> Replay:
@@ -228,16 +350,16 @@ def replay(wal_dir: Path, *, repair: bool) -> Replay:
     rlog = _ReplayLog()
     segments = []
     for k, (seq, first_index, path) in enumerate(found):
-        data = path.read_bytes()
-        valid, max_index = _scan(path, data, k == len(found) - 1, rlog)
-        if valid < len(data):
-            where = {"file": str(path), "offset": valid, "dropped_bytes": len(data) - valid}
+        data, size = _read(path)
+        valid, max_index, made = _scan(path, data, k == len(found) - 1, rlog, size)
+        end = _nonzero_end(data, valid) if made else size  # past the last record: what was torn
+        del data
+        if end > valid:
+            where = {"file": str(path), "offset": valid, "dropped_bytes": end - valid}
             msg = "wal: torn tail in %s at byte offset %d, %d bytes dropped" + ("" if repair else " (not cut)")
-            log.warning(msg, path, valid, len(data) - valid, extra=where)
+            log.warning(msg, path, valid, end - valid, extra=where)
             if repair:
-                with open(path, "r+b") as f:
-                    f.truncate(valid)
-                    os.fsync(f.fileno())
+                _cut_torn_tail(path, valid, end, made)
         segments.append(Segment(path, seq, first_index, max_index, valid))
     prev = rlog.prev if rlog.prev is not None else rlog.marker[0]
     return Replay(rlog.entries, prev, rlog.marker, rlog.hard_state, segments)
@@ -273,7 +395,7 @@ class WAL:
             self._segments.pop().path.unlink()
             fsync_dir(self.dir)
         if self._segments:
-            self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_CLOEXEC)
             self._seg_has_records = True
         else:
             self._write_out([], rotate_to=self._last_index + 1)
@@ -397,11 +519,17 @@ class WAL:
             f"segment {seq} would start at {first_index}: a gap after the log's {held} and the marker's {marker}"
         )
         path = self.dir / segment_name(seq, first_index)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._segments.append(Segment(path, seq, first_index, 0, 0))
         self._seg_has_records = False
+        # Its full length at once (a hole until written), durable before any record claims it: a
+        # segment found shorter than its first record says was cut short.
+        os.ftruncate(self._fd, self.segment_bytes)
+        _datasync(self._fd)
+        self.stats.fsyncs_total += 1
         # The header describes what is already on disk, never what is still buffered.
-        return self._record((REC_SNAPSHOT, *self._marker_written)) + self._hard_state_record(self._hs_written)
+        return (self._record((REC_LENGTH, self.segment_bytes)) + self._record((REC_SNAPSHOT, *self._marker_written))
+                + self._hard_state_record(self._hs_written))
 
     def _write_out(self, parts: list[bytes], *, rotate_to: int) -> None:
         """One write() and one fdatasync(); first start a new segment if rotate_to is an index."""
@@ -413,13 +541,12 @@ class WAL:
                 parts = [self._open_segment(rotate_to), *parts]
             data = b"".join(parts)
             assert data, "an empty write: record offsets must strictly increase"
-            view = memoryview(data)
+            # Records go right after the last one (the file is longer: the rest is zeros), at the
+            # tracked size that replay's offsets, rotation and compaction all trust.
+            view, offset = memoryview(data), self._segments[-1].size
             while view:
-                view = view[os.write(self._fd, view) :]
-            # Appends land at the end of the file; replay's offsets, rotation and compaction all
-            # trust the tracked size, so it must be exactly where the file ends.
-            end = self._segments[-1].size + len(data)
-            assert os.lseek(self._fd, 0, os.SEEK_CUR) == end, f"{self._segments[-1].path} does not end at {end}"
+                written = os.pwrite(self._fd, view, offset)
+                view, offset = view[written:], offset + written
             t0 = time.perf_counter()
             _datasync(self._fd)
             self.stats.last_fsync_seconds = time.perf_counter() - t0

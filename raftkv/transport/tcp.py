@@ -12,7 +12,9 @@ message and writes them with one ``writelines`` + ``drain``, never waiting for a
 answers come back on the peer's own connection to us). Outbound connections are write-only, so the
 writer watches them for EOF to notice a restarted peer at once. Redials back off exponentially
 (50 ms to 1 s, jittered so a cluster restarting together does not redial in lockstep); messages
-keep queueing meanwhile.
+keep queueing meanwhile. A message from the peer, on its own connection to us, proves it is up:
+it ends the wait and the backoff at once (a restarted leader's first heartbeat, not the backoff,
+decides when its followers can forward to it again).
 
 Queue policy: a full queue drops the *newest* message (counted). The queue holds a contiguous run
 of the leader's pipelined appends; dropping its head would leave a gap that makes the follower
@@ -83,6 +85,7 @@ class _Link(Link):
         self.snapshot: codec.ChunkStream | None = None  # streaming now
         self.next_snapshot: SnapshotRequest | None = None  # newest one waiting its turn
         self.stream_id, self.up_since, self.last_uptime_s = 0, 0.0, 0.0
+        self.heard = asyncio.Event()  # set when a message arrives from the peer while we redial
         self.connects = self.connect_failures = self.dropped_oversize = 0
 
     def wake(self) -> None:
@@ -212,8 +215,13 @@ class TcpTransport(PeerLinks[_Link]):
                         if link.last_uptime_s >= self.opt.backoff_max_s:
                             backoff = self.opt.backoff_min_s
                         link.last_uptime_s = 0.0
-                        await asyncio.sleep(backoff * (0.5 + self._jitter.random() / 2))
-                        backoff = min(backoff * 2, self.opt.backoff_max_s)
+                        link.heard.clear()
+                        try:
+                            async with asyncio.timeout(backoff * (0.5 + self._jitter.random() / 2)):
+                                await link.heard.wait()
+                            backoff = self.opt.backoff_min_s  # the peer spoke to us: it is up
+                        except TimeoutError:
+                            backoff = min(backoff * 2, self.opt.backoff_max_s)
                     try:
                         await self._connect(link)
                     except OSError as exc:  # TimeoutError and ssl.SSLError are OSErrors too
@@ -333,6 +341,12 @@ class TcpTransport(PeerLinks[_Link]):
         return len(head) + len(piece)
 
     # ---- receiving (delivery of each decoded message: links.py) --------------------------------
+
+    def _deliver(self, peer: str, m: Message, nbytes: int) -> None:
+        link = self._links.get(peer)
+        if link is not None and link.writer is None:
+            link.heard.set()  # our connection to it is down: redial now
+        super()._deliver(peer, m, nbytes)
 
     def _describe(self) -> dict[str, Any]:
         return {

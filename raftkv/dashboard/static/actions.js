@@ -3,6 +3,7 @@
 
 import {$, el, short} from "./dom.js";
 import {S, leaderViewAt, members, now} from "./state.js";
+import {openButton, traceHere, tracedWrite} from "./traces.js";
 
 // POST (or `method`) `body` to `path`; the outcome goes to `out` (an element, default the
 // "Break it" panel's line). Returns the answer, or null when refused or unreachable.
@@ -83,6 +84,8 @@ function wireKvForm() {
   $("#kv-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const body = {op: op.value, key: $("#kv-key").value, node: $("#kv-node").value || null};
+    const trace = $("#kv-trace");
+    if (trace.checked && !trace.disabled) body.trace = true;  // sent with X-Raftkv-Trace: 1
     if (op.value === "put" || op.value === "cas") body.value = parseValue($("#kv-value").value);
     if (op.value === "cas") {
       if ($("#kv-prev-value").value !== "") body.prev_value = parseValue($("#kv-prev-value").value);
@@ -101,6 +104,7 @@ function wireKvForm() {
       S.mine = {from: before + 1, to: Math.min(before + 4, Math.max(before + 1, after || 0)), until: now() + 20};
     }
     showKvResult(out, r);
+    tracedWrite(r.traceId, r.traceAsked);
   });
 }
 
@@ -108,12 +112,21 @@ function showKvResult(out, r) {
   const b = r.body || {};
   out.className = "kv-result " + (r.status < 300 ? "ok" : "bad");
   out.dataset.status = r.status;
+  delete out.dataset.trace;
   out.textContent = `${r.op.toUpperCase()} ${r.key} → ${r.status}` +
     (r.op === "get" && r.status === 200 ? ` value ${short(b.value)}` : "") +
     (r.revision != null ? ` · revision ${r.revision}` : "") +
     ` · asked ${r.askedNode}` + (r.servedBy ? ` · served by ${r.servedBy}` : "") +
     (r.forwardedBy ? ` (forwarded by ${r.forwardedBy})` : "") + ` · ${r.ms} ms` +
     (r.status >= 400 && b.error ? ` · ${b.error}` : "");
+  if (r.traceId) {
+    out.dataset.trace = r.traceId;
+    out.append(` · traced (${r.traceId.slice(0, 8)}…) `, traceHere(r.traceId) ? openButton(r.traceId)
+      : el("span", {class: "why trace-later", text: r.traceAsked ? "its waterfall opens below when its spans arrive"
+        : "it can be opened once its spans arrive"}));
+  } else if (r.traceAsked) {
+    out.append(" · the node did not trace it (tracing is off on that node)");
+  }
 }
 
 export function fillNodeChoices() {

@@ -13,9 +13,13 @@ import {pushChart, resetCharts} from "./charts.js";
 import {noteFeedEvent} from "./feed.js";
 import {renderLoad} from "./actions.js";
 import {rebuild} from "./build.js";
+import {noteTraceHello, noteTraces} from "./traces.js";
 
 const RECONNECT_MAX_MS = 4000;
 let socket = null;
+let mayReconnect = null;  // asked before reconnecting whether this person may still see the stream
+
+export function onStreamClosed(fn) { mayReconnect = fn; }
 
 export function connect(delay = 250) {
   if (socket) { socket.onclose = null; socket.close(); }
@@ -29,8 +33,9 @@ export function connect(delay = 250) {
     if (msg.type === "hello") onHello(msg);
     else if (msg.type === "batch") for (const ev of msg.events) ingest(ev, true);
   };
-  ws.onclose = () => {
-    setConn("dashboard server disconnected: reconnecting…", "bad");
+  ws.onclose = async (e) => {
+    setConn(e.reason ? `${e.reason}` : "dashboard server disconnected: reconnecting…", "bad");
+    if (mayReconnect && !(await mayReconnect(e))) return;
     setTimeout(() => connect(Math.min(delay * 2, RECONNECT_MAX_MS)), delay);
   };
 }
@@ -64,7 +69,7 @@ function onHello(h) {
   invalidateAll();
 }
 
-function start(h) {
+export function start(h) {
   S.serverSkew = h.now - Date.now() / 1000;
   S.nodes = h.nodes || [];
   S.features = h.features || S.features;
@@ -76,6 +81,7 @@ function start(h) {
   S.safety = h.safety || [];
   S.reach = h.reach || {};
   S.links = {};
+  noteTraceHello(h);
   resetHistory();
   resetCharts();
   rebuild();
@@ -140,6 +146,9 @@ export function ingest(ev, live) {
       break;
     case "nodes":
       if (live) applyNodes(ev.nodes);
+      break;
+    case "traces":
+      if (live) noteTraces(ev);
       break;
   }
   if (noteFeedEvent(ev)) invalidate("feed", "timeline");

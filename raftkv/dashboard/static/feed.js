@@ -8,6 +8,7 @@
 import {S, isLive, viewTime} from "./state.js";
 import {$, el, fmtTime, setText, termColour} from "./dom.js";
 import {icon, hasIcon} from "./icons.js";
+import {openButton, traceHere} from "./traces.js";
 
 const FEED_MAX = 120;
 const MINI_MAX = 6;
@@ -65,11 +66,12 @@ function lineItem(line) {
     li.append(" ", el("span", {class: "folded", title: `${line.count} times since ${fmtTime(line.firstRt)}`,
       text: `×${line.count}`}));
   }
+  if (traceHere(ev.traceId)) li.append(" ", openButton(ev.traceId));  // only a trace the dashboard holds
   return li;
 }
 
 function renderList(list, lines) {
-  const sig = lines.map((l) => `${l.ev.seq}:${l.count}`).join(",");
+  const sig = lines.map((l) => `${l.ev.seq}:${l.count}:${traceHere(l.ev.traceId) ? "t" : ""}`).join(",");
   if (list.dataset.sig === sig) return;
   list.dataset.sig = sig;
   list.replaceChildren(...lines.map(lineItem));

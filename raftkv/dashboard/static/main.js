@@ -10,11 +10,14 @@
 //   coordination.js                   leases counting down, lock holders and tokens, the watch feed
 //   feed.js, timeline.js, charts.js, header.js   the feed, the timeline, the measurements, the pills
 //   actions.js, build.js, icons.js, dom.js       the buttons, the node-dependent parts, SVG icons, DOM helpers
+//   session.js, gates.js              logging in, and the controls greyed with the reason why
+//   traces.js, waterfall.js           the "trace this write" switch, and a traced write's waterfall
 
 import {S, isLive} from "./state.js";
 import {hydrateIcons} from "./icons.js";
-import {invalidate, register} from "./render.js";
-import {connect} from "./connection.js";
+import {afterEachRender, invalidate, register} from "./render.js";
+import {startSession} from "./session.js";
+import {renderGates, wireGates} from "./gates.js";
 import {renderRing} from "./ring.js";
 import {renderCards} from "./cards.js";
 import {renderLogs} from "./logs.js";
@@ -27,6 +30,7 @@ import {renderCharts} from "./charts.js";
 import {renderHeader} from "./header.js";
 import {wireControls} from "./actions.js";
 import {renderCoordination, wireCoordination} from "./coordination.js";
+import {renderTracing, wireTraces} from "./traces.js";
 
 const AGES_EVERY_MS = 1000;  // "read 1.2 s ago" and the like move on even when nothing arrives
 
@@ -41,6 +45,8 @@ register("timeline", () => renderTimeline(!isLive()));  // a past view moves its
 register("charts", renderCharts);
 register("header", renderHeader);
 register("coordination", renderCoordination);
+register("tracing", renderTracing);
+afterEachRender(renderGates);
 
 hydrateIcons();
 wireControls();
@@ -48,5 +54,7 @@ wireLab();
 wireTour();
 wireReplay();
 wireCoordination();
-connect();
+wireGates();
+wireTraces();
+startSession();  // the live stream once the server says this person may see it (session.js)
 setInterval(() => { if (S.nodes.length) invalidate("cards", "logs", "mode"); }, AGES_EVERY_MS);

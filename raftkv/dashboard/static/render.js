@@ -9,7 +9,10 @@ const dirty = new Set();
 let scheduled = false;
 let waitingForVisible = false;
 
+const afterEach = [];  // run after every redraw, whatever was dirty (gates.js)
+
 export function register(part, fn) { renderers.set(part, fn); }
+export function afterEachRender(fn) { afterEach.push(fn); }
 
 export function invalidate(...parts) {
   for (const p of parts) dirty.add(p);
@@ -36,4 +39,5 @@ function flush() {
     const fn = renderers.get(p);
     if (fn) fn();
   }
+  for (const fn of afterEach) fn();
 }

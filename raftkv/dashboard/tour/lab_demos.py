@@ -142,8 +142,8 @@ async def _put(t: Tour, node: str, key: str, value: Any) -> int | str:
     """A write through `node`, answered whenever the node answers (its HTTP status, or why not)."""
     link = t.controls.link(node)
     try:
-        async with t.hub.session.put(f"{link.url}/kv/{key}", json={"value": value},
-                                     timeout=aiohttp.ClientTimeout(total=30)) as resp:
+        async with t.hub.act("PUT", f"{link.url}/kv/{key}", json={"value": value},
+                             timeout=aiohttp.ClientTimeout(total=30)) as resp:
             await resp.read()
             return resp.status
     except (aiohttp.ClientError, OSError, TimeoutError):
@@ -205,8 +205,8 @@ async def _write_until_compacted(t: Tour, leader: str, needed: int) -> int:
     async def put(n: int) -> None:
         async with gate:
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                async with t.hub.session.put(f"{url}/kv/snapshot-demo-{n % 50}", json={"value": n},
-                                             timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                async with t.hub.act("PUT", f"{url}/kv/snapshot-demo-{n % 50}", json={"value": n},
+                                     timeout=aiohttp.ClientTimeout(total=10)) as resp:
                     await resp.read()
 
     written = 0
