@@ -14,6 +14,7 @@ document cannot drift from the behaviour.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import shutil
@@ -22,6 +23,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import aiohttp
+import argon2
 import jsonschema
 import pytest
 from aiohttp import web
@@ -29,7 +31,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from raftkv.api import create_app, openapi_document
-from raftkv.kv import Command, KVStateMachine, encode
+from raftkv.kv import ROOT, Access, AsUser, AuthChange, AuthChangeOp, Command, KVStateMachine, Permission, Put, encode
 from raftkv.node import FORWARDED_TO
 from raftkv.node.errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError
 
@@ -861,3 +863,42 @@ async def test_membership_routes_answer_and_refuse_in_json(api: tuple[FakeNode, 
     assert status == 409 and body["reason"] == "not_caught_up" and body["lagEntries"] == 500
     status, body, _ = await call(client, "DELETE", "/members/nobody")
     assert status == 404 and body["reason"] == "unknown"
+
+
+async def test_a_replica_that_has_not_yet_learnt_a_user_checks_again_after_a_read_barrier() -> None:
+    """A node that joined a moment ago knows auth is on but has not replayed alice's creation: it
+    must not tell her 401. Her credentials are checked again once a read barrier has brought it up
+    to date; a wrong password is still 401."""
+    node = FakeNode()
+    hashed = argon2.PasswordHasher().hash
+    committed_elsewhere = [
+        AuthChange(AuthChangeOp.USER_ADD, ROOT, password_hash=hashed("root-pw")),
+        AuthChange(AuthChangeOp.ENABLE, token_key="ab" * 32),
+        AuthChange(AuthChangeOp.USER_ADD, "alice", password_hash=hashed("alice-pw")),
+        AuthChange(AuthChangeOp.ROLE_ADD, "reader"),
+        AuthChange(AuthChangeOp.ROLE_GRANT, "reader", permission=Permission(Access.READ, "config")),
+        AuthChange(AuthChangeOp.USER_GRANT_ROLE, "alice", role="reader"),
+        Put("config", "v1"),
+    ]
+
+    def apply_next() -> None:
+        command = committed_elsewhere.pop(0)
+        auth = node.kv.auth
+        node.index += 1
+        as_root = AsUser(ROOT, auth.revision, command) if auth.enabled else command
+        assert node.kv.apply(node.index, encode(as_root))["ok"]
+
+    async def read_barrier() -> None:  # the barrier's ReadIndex is the end of the log: apply up to it
+        node.barriers += 1
+        while committed_elsewhere:
+            apply_next()
+
+    apply_next(), apply_next()  # as far as it has replayed: root, and auth on
+    node.read_barrier = read_barrier  # type: ignore[method-assign]
+    alice = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-pw").decode()}
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"alice:nope").decode()}
+    async with TestClient(TestServer(checked_app(node, **SMALL))) as client:
+        status, answer, _ = await call(client, "GET", "/kv/config", headers=alice)
+        assert status == 200 and answer["value"] == "v1", answer
+        status, answer, _ = await call(client, "GET", "/kv/config", headers=wrong)
+        assert status == 401 and answer["reason"] == "unauthenticated", answer

@@ -26,7 +26,10 @@ as much memory as they must, so they run on worker threads, at most two at a tim
 loop the Raft group shares; a password that checked out is remembered (by a keyed digest, in
 memory) until that user's hash changes, so Basic authentication costs one hash per user, not
 one per request. Tokens are JWTs (PyJWT, HS256) signed with the replicated token key: any node
-checks any node's tokens; a new password or `auth enable` again voids older ones.
+checks any node's tokens; a new password or `auth enable` again voids older ones. A node's copy
+of the users may trail the cluster's (a node that joined a moment ago is still replaying the log):
+credentials it refuses are checked again after a read barrier if its auth state moved meanwhile,
+so that a user the cluster knows is not told 401 by a member that has not caught up.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import secrets
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from enum import Enum
 from typing import Any
 
@@ -216,7 +219,7 @@ class Gate:
             await self.node.read_barrier()
             if not self.state.enabled:
                 return
-        user = await self.authenticate(request)
+        user = await self.authenticate(request, may_wait=template not in _DECIDED_LOCALLY)
         request[USER_KEY] = user
         CALLER_AUTHORIZATION.set(request.headers["Authorization"])  # for what this node relays to the leader
         if need is Need.ADMIN:
@@ -224,12 +227,35 @@ class Gate:
         elif need is Need.EVERY_KEY:
             self.require(request, Access.READ, prefix="")
 
-    async def authenticate(self, request: web.Request) -> str:
+    async def authenticate(self, request: web.Request, *, may_wait: bool = True) -> str:
         """The user the request's credentials name; 401 when there are none or they are wrong."""
-        return await self.authenticate_header(request.headers.get("Authorization", ""))
+        return await self.authenticate_header(request.headers.get("Authorization", ""), may_wait=may_wait)
 
-    async def authenticate_header(self, header: str) -> str:
+    async def authenticate_header(self, header: str, *, may_wait: bool = True) -> str:
         """The user an Authorization header's credentials name; 401 when there are none or they are wrong."""
+        return await self._as_the_cluster_has_it(lambda: self._credentials_user(header), may_wait)
+
+    async def log_in(self, name: str, password: str) -> str:
+        """`name`, if `password` is theirs (to issue a token); 401 if not."""
+        return await self._as_the_cluster_has_it(lambda: self.check_password(name, password), True)
+
+    async def _as_the_cluster_has_it(self, check: Callable[[], Awaitable[str]], may_wait: bool) -> str:
+        """This node's users may be behind the cluster's (it joined a moment ago and is replaying the
+        log, or it missed a new password): credentials it refuses are checked again after a read
+        barrier, if the auth state moved meanwhile, unless the caller must not wait for a quorum
+        (`may_wait` false: then the refusal stands)."""
+        revision = self.state.revision
+        try:
+            return await check()
+        except ApiError as refused:
+            if not may_wait or refused.fields.get("reason") == "token_expired":
+                raise
+            await self.node.read_barrier()
+            if self.state.revision == revision:
+                raise
+        return await check()
+
+    async def _credentials_user(self, header: str) -> str:
         scheme, _, credentials = header.partition(" ")
         if scheme.lower() == "basic":
             name, password = _basic(credentials.strip())

@@ -79,7 +79,7 @@ class AuthRoutes:
         if not self.gate.state.enabled:
             raise ApiError(409, "auth is off: requests need no token (raftkv auth enable turns it on)",
                            reason="auth_disabled")
-        user = await self.gate.check_password(name, password)
+        user = await self.gate.log_in(name, password)
         return json_response(self.node.id, self.gate.issue_token(user, ttl))
 
     # ---- the switch ----------------------------------------------------------------------------

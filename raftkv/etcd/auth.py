@@ -122,7 +122,7 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
         if not self.gate.state.enabled:
             raise errors.AUTH_NOT_ENABLED()  # (etcd's clients go on without a token)
         try:
-            user = await self.gate.check_password(request.name, request.password)
+            user = await self.gate.log_in(request.name, request.password)
         except ApiError:
             raise errors.AUTH_FAILED() from None
         token = self.gate.issue_token(user, DEFAULT_TOKEN_TTL_S)["token"]
