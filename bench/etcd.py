@@ -7,7 +7,7 @@ as raftkv's: PUT is `POST /v3/kv/put {"key": b64, "value": b64}`, a linearizable
 `POST /v3/kv/range {"key": b64}` (serializable=false is etcd's default); a lease keep-alive is
 `POST /v3/lease/keepalive {"ID": id}` (the gateway sends the one request of the stream and returns
 etcd's answer, which names the TTL only if the lease exists); a watch is `POST /v3/watch`
-(watch_wire.py).
+(watch_wire.py). The gRPC phase (grpc_load.py) speaks gRPC to the same client port.
 """
 
 from __future__ import annotations
@@ -127,6 +127,12 @@ class EtcdCluster:
     def restart_member(self, n: str, timeout_s: float = 30.0) -> None:
         self._start_member(n, "existing")
         wait_until(f"etcd {n} back", lambda: self._status(n), timeout_s)
+
+    def grpc_targets(self) -> list[str]:
+        return [f"127.0.0.1:{self.client_ports[n]}" for n in self.names if self.procs[n].poll() is None]
+
+    def grpc_leader_target(self) -> str:
+        return f"127.0.0.1:{self.client_ports[self.leader()]}"
 
     # ---- requests -------------------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ linearizable `GET /kv/{key}` (ReadIndex); a read of an absent key (404) is a com
 `GET /watch?prefix=...` (watch_wire.py). With `tls` (`bench/run.py --tls`) the nodes serve their
 client API over HTTPS under a throwaway CA (raftkv/lab_ca.py, as `raftkv up --tls`), and every
 request of the benchmark goes over it (`access`). With `env` (`--trace-ratio`, trace_ab.py) the
-nodes run with the OTEL_* variables that make them export traces (bench/trace_sink.py).
+nodes run with the OTEL_* variables that make them export traces (bench/trace_sink.py). With
+`etcd_api` each node also serves etcd's v3 gRPC API on a port of its own (`--listen-etcd`), for
+the gRPC phase (grpc_load.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from raftkv.client import NO_ACCESS, Access
 from raftkv.lab_ca import make_lab_certificates
-from raftkv.supervisor import Supervisor, loopback_members
+from raftkv.supervisor import Supervisor, free_ports, loopback_members
 from raftkv.tls import ClientTLS
 
 from .procs import http_json, wait_until
@@ -30,7 +32,7 @@ class RaftkvCluster:
     name = "raftkv"
 
     def __init__(self, base_dir: Path, nodes: int = 3, node_args: list[str] | None = None, tls: bool = False,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, etcd_api: bool = False) -> None:
         """`env`: variables for the node processes (the OTEL_* ones of a traced run: trace_sink.py)."""
         self.members = loopback_members(nodes, client_tls=tls)
         self.access: Access = NO_ACCESS
@@ -42,6 +44,12 @@ class RaftkvCluster:
             self._context = ssl.create_default_context(cafile=certs.ca)
         self.supervisor = Supervisor(self.members, base_dir, node_args, env=env)
         self.base_dir = base_dir
+        self.etcd_targets: dict[str, str] = {}
+        if etcd_api:
+            ports = free_ports(len(self.members))
+            for member, port in zip(self.members, ports, strict=True):
+                self.etcd_targets[member.id] = f"127.0.0.1:{port}"
+                self.supervisor.nodes[member.id].extra_args += ["--listen-etcd", self.etcd_targets[member.id]]
 
     def start(self, timeout_s: float = 30.0) -> RaftkvCluster:
         self.supervisor.start_all()
@@ -95,6 +103,12 @@ class RaftkvCluster:
     def restart_member(self, node_id: str, timeout_s: float = 30.0) -> None:
         self.supervisor.start(node_id)
         wait_until(f"raftkv {node_id} back", lambda: self.state(node_id), timeout_s)
+
+    def grpc_targets(self) -> list[str]:
+        return [self.etcd_targets[node_id] for node_id, node in self.supervisor.nodes.items() if node.running]
+
+    def grpc_leader_target(self) -> str:
+        return self.etcd_targets[self.leader()]
 
     def build_write(self, url: str, key: str, value: str) -> tuple[str, str, bytes, dict]:
         return "PUT", f"{url}/kv/{key}", json.dumps({"value": value}).encode(), JSON_HEADERS

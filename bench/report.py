@@ -26,6 +26,7 @@ class Results:
     restart: Any = None
     watch: dict[str, dict[int, list[WatchResult]]] = field(default_factory=dict)  # system -> watchers -> reps
     keepalive: dict[str, dict[Workload, list[LoadResult]]] = field(default_factory=dict)  # system -> workload -> reps
+    grpc: dict[str, dict[Workload, list[LoadResult]]] = field(default_factory=dict)  # system -> workload -> reps
     elections_during_load: dict[str, int] = field(default_factory=dict)
 
 
@@ -370,6 +371,18 @@ def markdown(res: Results) -> str:
             " the leader); a renewal counts only if the lease was found (etcd answers 200 without a TTL otherwise).",
             "",
             *k,
+            "",
+        ]
+    g = load_table(res.grpc)
+    if g:
+        parts += [
+            "## gRPC: etcd's own v3 API, raftkv's etcd API vs etcd, same closed-loop grpc.aio client",
+            "",
+            "The writes and reads of the HTTP table (small values) as `KV.Put` and linearizable `KV.Range`"
+            " RPCs, with the same generated stubs (etcd v3.5's protocol buffers) for both systems; the clients"
+            " of one member share one channel, as etcd's clientv3 does. This is etcd's home ground.",
+            "",
+            *g,
             "",
         ]
     r = restart_table(res)

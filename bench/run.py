@@ -18,6 +18,8 @@ Phases, each bounded, each stopping every process it started (by PID) before the
    events delivered per second and the latency from a write's acknowledgement to its delivery.
 6. Keep-alive: lease renewals per second, closed loop at a fixed concurrency (`load.py`), raftkv
    and etcd interleaved as in 1.
+7. gRPC (`grpc_load.py`): the writes and reads of 1 (small values) over etcd's own v3 gRPC API,
+   raftkv's etcd API against etcd, the same grpc.aio client for both, interleaved as in 1.
 
 Then `report.py` prints one table with ratios, writes it to `<out>/RESULTS.md` and a PNG.
 `--smoke` runs everything tiny (seconds) with raftkv and whichever peers are installed; the test
@@ -54,13 +56,14 @@ from bench import etcd, report  # noqa: E402
 from bench.embedded import PYSYNCOBJ_VARIANTS, EmbeddedCluster  # noqa: E402
 from bench.failover import FailoverTrial, run_failover  # noqa: E402
 from bench.floor import FloorPair  # noqa: E402
+from bench.grpc_load import run_grpc_load  # noqa: E402
 from bench.load import KEEPALIVE_LEASES, KEEPALIVE_TTL_S, Workload, run_load  # noqa: E402
 from bench.raftkv_http import RaftkvCluster  # noqa: E402
 from bench.restart import measure_restart  # noqa: E402
 from bench.trace_sink import TraceSink  # noqa: E402
 from bench.watch import WatchWorkload, run_watch  # noqa: E402
 
-PHASES = ("http", "embedded", "failover", "restart", "watch", "keepalive")
+PHASES = ("http", "embedded", "failover", "restart", "watch", "keepalive", "grpc")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -175,10 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     if "failover" in a.phases:
         steps += a.failover_trials * len(fo_systems)
     keepalives = [Workload("keepalive", c, 0, t, a.duration) for t in a.targets for c in a.keepalive_concurrency]
+    grpc_workloads = [w for w in workloads if w.value_bytes == min(a.values)]
     if "watch" in a.phases:
         steps += a.reps * len(http_systems) * len(a.watchers)
     if "keepalive" in a.phases:
         steps += a.reps * len(http_systems) * len(keepalives)
+    if "grpc" in a.phases:
+        steps += a.reps * len(http_systems) * len(grpc_workloads)
 
     with tempfile.TemporaryDirectory(prefix="raftkv-bench-") as tmp, tqdm(total=steps, unit="run") as bar:
         base = Path(tmp)
@@ -199,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_watches(a, res, base, http_systems, bar)
             if "keepalive" in a.phases:
                 run_keepalives(a, res, base, http_systems, keepalives, bar)
+            if "grpc" in a.phases:
+                run_grpc(a, res, base, http_systems, grpc_workloads, bar)
             if "restart" in a.phases and a.restart_keys > 0:
                 bar.set_description("restart")
                 with tqdm(total=a.restart_keys, unit="key", desc=f"fill {a.restart_keys:,} keys", leave=False) as kb:
@@ -243,11 +251,13 @@ def _loadavg() -> str:
 
 
 def _start_http(name: str, base: Path, run: str, tls: bool, env: dict[str, str] | None = None,
-                ) -> RaftkvCluster | etcd.EtcdCluster:
+                etcd_api: bool = False) -> RaftkvCluster | etcd.EtcdCluster:
     """`tls`: raftkv's client API over HTTPS (--tls); etcd's stays plain HTTP. `env`: raftkv's
-    nodes' variables (the OTEL_* ones of --trace-ratio)."""
+    nodes' variables (the OTEL_* ones of --trace-ratio). `etcd_api`: raftkv's nodes serve etcd's
+    gRPC API too (etcd always does)."""
     d = base / f"{name}-{run}"  # a fresh data directory per cluster started
-    return (RaftkvCluster(d, tls=tls, env=env) if name == "raftkv" else etcd.EtcdCluster(d)).start()
+    return (RaftkvCluster(d, tls=tls, env=env, etcd_api=etcd_api) if name == "raftkv"
+            else etcd.EtcdCluster(d)).start()
 
 
 def _term(cluster: RaftkvCluster) -> int:
@@ -279,6 +289,23 @@ def run_http(a, res: report.Results, base: Path, systems: list[str], workloads: 
                             res.notes.append(f"raftkv term moved by {changed} during `{w.label}` (rep {rep + 1})")
                     if r.failed:
                         res.notes.append(f"{name} `{w.label}` rep {rep + 1}: {r.failed} failed requests")
+                    bar.update(1)
+            finally:
+                cluster.stop()
+
+
+def run_grpc(a, res: report.Results, base: Path, systems: list[str], workloads: list[Workload], bar: tqdm) -> None:
+    for rep in range(a.reps):
+        for name in systems if rep % 2 == 0 else list(reversed(systems)):
+            bar.set_description(f"grpc {name} rep {rep + 1}")
+            cluster = _start_http(name, base, f"grpc-{rep}", False, a.raftkv_env, etcd_api=True)
+            try:
+                for w in workloads:
+                    bar.set_postfix_str(w.label)
+                    r = asyncio.run(run_grpc_load(cluster, w, seed=rep))
+                    res.grpc.setdefault(name, {}).setdefault(w, []).append(r)
+                    if r.failed:
+                        res.notes.append(f"{name} gRPC `{w.label}` rep {rep + 1}: {r.failed} failed requests")
                     bar.update(1)
             finally:
                 cluster.stop()

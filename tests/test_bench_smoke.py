@@ -1,7 +1,7 @@
 """`bench/run.py --smoke` runs end to end (raftkv plus whichever peers are installed) in well under
 a minute, writes its table and PNG, and the table has every section, so the benchmark cannot rot.
-The watch and keep-alive phases have a run of their own, against raftkv alone, whose figures must
-show events actually delivered and leases actually renewed."""
+The watch, keep-alive and gRPC phases have a run of their own, against raftkv alone, whose figures
+must show events actually delivered, leases actually renewed and RPCs actually answered."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def run_smoke(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, 
 
 
 def test_bench_smoke(tmp_path: Path) -> None:
-    proc, elapsed = run_smoke(tmp_path, "--skip", "watch,keepalive")
+    proc, elapsed = run_smoke(tmp_path, "--skip", "watch,keepalive,grpc")
     assert elapsed < 60, f"smoke mode took {elapsed:.0f} s"
     text = (tmp_path / "RESULTS.md").read_text()
     for heading in ("## HTTP", "## Embedded", "## Failover", "## Restart and memory", "## Durability", "## Targets"):
@@ -36,11 +36,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert "# raftkv benchmark results" in proc.stdout
 
 
-def test_bench_smoke_watch_and_keepalive(tmp_path: Path) -> None:
-    _, elapsed = run_smoke(tmp_path, "--only", "watch,keepalive", "--systems", "raftkv")
-    assert elapsed < 45, f"smoke watch and keep-alive took {elapsed:.0f} s"
+def test_bench_smoke_watch_keepalive_and_grpc(tmp_path: Path) -> None:
+    _, elapsed = run_smoke(tmp_path, "--only", "watch,keepalive,grpc", "--systems", "raftkv")
+    assert elapsed < 50, f"smoke watch, keep-alive and gRPC took {elapsed:.0f} s"
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "## Watch" in text and "## Lease keep-alives" in text, text
+    assert "## Watch" in text and "## Lease keep-alives" in text and "## gRPC" in text, text
     assert "## HTTP" not in text  # --only ran nothing else
     # Every run's row: watchers, rep, system, writes acked/s, events/s, p50 / p99, undelivered, ...
     runs = re.findall(r"^\| ([\d,]+) \| 1 \| raftkv \| ([\d,]+) \| ([\d,]+) \| (-?[\d.]+) / (-?[\d.]+) \|", text, re.M)
@@ -51,6 +51,11 @@ def test_bench_smoke_watch_and_keepalive(tmp_path: Path) -> None:
         assert 0 < float(p99) < 5000
     keepalive = re.search(r"^\| keepalive c=4 spread \| ([\d,]+) \|", text, re.M)
     assert keepalive and int(keepalive.group(1).replace(",", "")) > 0, text
+    grpc_section = text[text.index("## gRPC"):]
+    for op in ("write", "read"):
+        answered = re.search(rf"^\| {op} c=16 v=10B spread \| ([\d,]+) \|", grpc_section, re.M)
+        assert answered and int(answered.group(1).replace(",", "")) > 0, grpc_section
+    assert "failed requests" not in text, text
 
 
 def test_bench_smoke_over_tls_with_traces(tmp_path: Path) -> None:
