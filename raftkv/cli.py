@@ -529,7 +529,7 @@ MEMBER_COLUMNS = (
 
 @main.group()
 def member() -> None:
-    """The cluster's members, like `etcdctl member ...`: list, add (a learner by default), promote, remove.
+    """The cluster's members, like `etcdctl member ...`: list, add (a learner by default), promote, update, remove.
 
     MEMBER is a member's id or its name. Any node takes a change and hands it to the leader."""
 
@@ -600,6 +600,19 @@ def member_promote(conn: Connection, member_ref: str) -> None:
     click.echo(f"promoted {promoted['name']} ({promoted['id']}) to {promoted['role']}")
 
 
+@member.command(name="update")
+@connection_options
+@click.argument("member_ref", metavar="MEMBER")
+@click.option("--peer-url", required=True, help="The host:port peers will reach its Raft port at from now on.")
+def member_update(conn: Connection, member_ref: str, peer_url: str) -> None:
+    """Move a member to a new peer address (its machine moved); then restart its node listening there."""
+    answer = _member_change(conn, "PATCH", member_ref, body={"peerURL": peer_url})
+    moved = answer["member"]
+    click.echo(f"{moved['name'] or moved['id']} ({moved['id']}) is now reached by its peers at {moved['peerURL']}")
+    click.echo("restart its node listening there, with its other options as before:")
+    click.echo("  " + shlex.join(["raftkv", "node", "...", "--listen-peer", moved["peerURL"]]))
+
+
 @member.command(name="remove")
 @connection_options
 @click.argument("member_ref", metavar="MEMBER")
@@ -610,7 +623,7 @@ def member_remove(conn: Connection, member_ref: str) -> None:
     click.echo(f"removed {answer['removed']} from the cluster; members now: {left}")
 
 
-def _member_change(conn: Connection, method: str, member_ref: str, action: str = "") -> Any:
+def _member_change(conn: Connection, method: str, member_ref: str, action: str = "", body: Any = None) -> Any:
     """A change to one member, named by id or name (a name is looked up in GET /members first)."""
 
     async def go() -> tuple[int, Any]:
@@ -620,7 +633,7 @@ def _member_change(conn: Connection, method: str, member_ref: str, action: str =
             ids = {m["id"] for m in members}
             by_name = {m["name"]: m["id"] for m in members}
             member_id = member_ref if member_ref in ids else by_name.get(member_ref, member_ref)
-            return await c.request(method, f"/members/{quote(member_id, safe='')}{action}")
+            return await c.request(method, f"/members/{quote(member_id, safe='')}{action}", body)
 
     return run(go)
 

@@ -147,6 +147,12 @@ class FakeNode:
     async def promote_member(self, member_id: str) -> dict:
         raise MembershipRefused("not_caught_up", f"learner {member_id} is not in sync", lagEntries=500)
 
+    async def move_member(self, member_id: str, peer_url: str) -> dict:
+        if peer_url == "h:4001":
+            raise MembershipRefused("duplicate", "peerURL is already n2's", member="n2", field="peerURL")
+        moved = {**self.members_view()["members"][0], "peerURL": peer_url}
+        return {"member": moved, "members": [moved]}
+
     async def remove_member(self, member_id: str) -> dict:
         raise MembershipRefused("unknown", f"no member {member_id!r}")
 
@@ -863,6 +869,12 @@ async def test_membership_routes_answer_and_refuse_in_json(api: tuple[FakeNode, 
     assert status == 409 and body["reason"] == "not_caught_up" and body["lagEntries"] == 500
     status, body, _ = await call(client, "DELETE", "/members/nobody")
     assert status == 404 and body["reason"] == "unknown"
+    status, body, _ = await call(client, "PATCH", "/members/n1", {"peerURL": "h:4009"})
+    assert status == 200 and body["member"]["peerURL"] == "h:4009", body
+    status, body, _ = await call(client, "PATCH", "/members/n1", {"peerURL": "h:4001"})
+    assert status == 409 and body["field"] == "peerURL", body
+    for bad in ({}, {"peerURL": 4009}, {"peerURL": "h:1", "name": "x"}, ["h:1"]):
+        assert (await call(client, "PATCH", "/members/n1", bad))[0] == 400, bad
 
 
 async def test_a_replica_that_has_not_yet_learnt_a_user_checks_again_after_a_read_barrier() -> None:

@@ -273,17 +273,23 @@ def test_member_add_then_the_node_takes_it_over_and_is_promoted_and_removed(etcd
     """etcd's way to grow a cluster, asked of a follower (which relays it to the leader): `member add
     NAME --peer-urls --learner` adds a member listed as etcd lists an unstarted one (no name, no client
     URLs); the node started on that peer address takes it over, its name and client URL fill in
-    through the replicated member table; etcdctl then promotes it and removes it."""
+    through the replicated member table; etcdctl then promotes it and removes it. Added at a
+    mistyped peer URL first, it is moved with `member update` before its node starts."""
     supervisor = etcdctl.cluster.supervisor
     leader = etcdctl.cluster.wait_for_leader()
     follower = next(n for n in etcdctl.endpoints if n != leader)
-    ports = tuple(free_ports(3))
-    peer = f"http://127.0.0.1:{ports[1]}"
-    added = etcdctl.out("member", "add", "node4", f"--peer-urls={peer}", "--learner", endpoint=follower)
+    *ports, mistyped_port = free_ports(4)
+    peer, mistyped = f"http://127.0.0.1:{ports[1]}", f"http://127.0.0.1:{mistyped_port}"
+    added = etcdctl.out("member", "add", "node4", f"--peer-urls={mistyped}", "--learner", endpoint=follower)
     member_hex = re.search(r"Member +([0-9a-f]+) added to cluster", added).group(1)  # type: ignore[union-attr]
-    assert 'ETCD_NAME="node4"' in added and f"node4={peer}" in added, added
+    assert 'ETCD_NAME="node4"' in added and f"node4={mistyped}" in added, added
     number = int(member_hex, 16)
     try:
+        others = [url for m in etcdctl.json("member", "list")["members"] if m["ID"] != number for url in m["peerURLs"]]
+        clash = etcdctl.run("member", "update", member_hex, f"--peer-urls={others[0]}", check=False)
+        assert clash.returncode != 0 and "etcdserver: Peer URLs already exists" in clash.stderr, clash.stderr
+        moved = etcdctl.out("member", "update", member_hex, f"--peer-urls={peer}", endpoint=follower)
+        assert re.search(rf"Member +{member_hex} updated in cluster", moved), moved
         unstarted = _listed(etcdctl, number)
         assert unstarted["peerURLs"] == [peer] and unstarted["isLearner"] is True
         assert not unstarted.get("name") and not unstarted.get("clientURLs")

@@ -147,6 +147,24 @@ def test_add_prints_the_new_id_and_the_command_that_starts_the_node(
     assert set(listed(member)) == {"node1", "node2", "node3"}
 
 
+def test_update_moves_a_member_to_a_new_peer_address_and_says_how_to_restart_it(
+        member: Callable[..., subprocess.CompletedProcess]) -> None:
+    http_port, raft_port, new_port = free_ports(3)
+    assert member("add", "node8", "--client-url", f"http://127.0.0.1:{http_port}",
+                  "--peer-url", f"127.0.0.1:{raft_port}").returncode == 0
+    try:
+        out = member("update", "node8", "--peer-url", f"127.0.0.1:{new_port}")
+        assert out.returncode == 0, out
+        moved, intro, command = out.stdout.splitlines()
+        assert re.fullmatch(rf"node8 \(node8-[0-9a-f]{{16}}\) is now reached by its peers at 127\.0\.0\.1:{new_port}",
+                            moved), moved
+        assert intro.startswith("restart its node listening there")
+        assert command == f"  raftkv node ... --listen-peer 127.0.0.1:{new_port}"
+        assert listed(member)["node8"]["peerURL"] == f"127.0.0.1:{new_port}"
+    finally:
+        assert member("remove", "node8").returncode == 0
+
+
 @pytest.mark.parametrize(("args", "status", "message"), [
     (("promote", "node1"), "409 (not_learner)", "node1 is a voter already, not a learner"),
     (("remove", "node9"), "404 (unknown)", "no member 'node9'"),
@@ -154,6 +172,8 @@ def test_add_prints_the_new_id_and_the_command_that_starts_the_node(
      "name is already node1's"),
     (("add", "node7", "--client-url", "ftp://x", "--peer-url", "127.0.0.1:2"), "400 (invalid)",
      "clientURL: expected http://host:port"),
+    (("update", "node9", "--peer-url", "127.0.0.1:3"), "404 (unknown)", "no member 'node9'"),
+    (("update", "node1", "--peer-url", "nowhere"), "400 (invalid)", "peerURL: expected host:port"),
 ])
 def test_a_refusal_prints_the_clusters_message_and_exits_1(
         member: Callable[..., subprocess.CompletedProcess], args: tuple[str, ...], status: str, message: str) -> None:

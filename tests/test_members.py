@@ -287,3 +287,34 @@ def test_a_joiner_replaying_the_log_from_the_start_answers_a_leader_added_later(
     status, body = http("GET", f"{joiners[-1].url}/kv/through-node5", timeout=10)  # a ReadIndex round with node4
     assert status == 200 and body["value"] == 5, body
     assert http("GET", joiners[-1].url + "/raft-state")[1]["nodeId"] == node5_id
+
+
+def test_a_member_moved_to_a_new_peer_address_is_reached_there_once_its_node_listens_there(
+        cluster: LocalCluster) -> None:
+    """etcd's `member update`: the cluster records the new address through the log and every node
+    dials it there; the member's node, restarted with --listen-peer on it, catches up over it. The
+    change may be asked of any node (a follower hands it to the leader)."""
+    leader = cluster.wait_for_leader()
+    moved, asked = [m.id for m in cluster.members if m.id != leader]
+    new_port, taken = free_ports(1)[0], cluster.supervisor.nodes[leader].member.raft_port
+    status, body = http("PATCH", f"{cluster.url(asked)}/members/{moved}", {"peerURL": f"127.0.0.1:{taken}"})
+    assert status == 409 and body["reason"] == "duplicate" and body["field"] == "peerURL", body
+    assert http("PATCH", f"{cluster.url(asked)}/members/nobody", {"peerURL": f"127.0.0.1:{new_port}"})[0] == 404
+    status, body = http("PATCH", f"{cluster.url(asked)}/members/{moved}", {"peerURL": f"127.0.0.1:{new_port}"},
+                        timeout=15)
+    assert status == 200 and body["member"]["peerURL"] == f"127.0.0.1:{new_port}", body
+    cluster.supervisor.kill(moved)
+    status, body = http("PUT", f"{cluster.url(leader)}/kv/after-the-move", {"value": 1}, timeout=10)
+    assert status == 200, body
+    cluster.supervisor.nodes[moved].extra_args += ["--listen-peer", f"127.0.0.1:{new_port}"]
+    cluster.supervisor.start(moved)
+    until(f"{moved} has the write made while it was down, through its new address",
+          lambda: _answers(cluster.url(moved))
+          and http("GET", f"{cluster.url(moved)}/kv/after-the-move?stale=true")[0] == 200)
+    # It acknowledges new entries over the new address: with the other follower down, the leader
+    # and it are the majority.
+    cluster.supervisor.kill(asked)
+    status, body = http("PUT", f"{cluster.url(leader)}/kv/with-the-moved-member", {"value": 2}, timeout=15)
+    assert status == 200, body
+    listed = next(m for m in members(cluster.url(moved))["members"] if m["id"] == moved)
+    assert listed["peerURL"] == f"127.0.0.1:{new_port}", listed

@@ -151,6 +151,7 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     add("POST", "/members", api.add_member)
     add("POST", "/members/{id}/promote", api.promote_member)
     add("DELETE", "/members/{id}", api.remove_member)
+    add("PATCH", "/members/{id}", api.move_member)
     get("/snapshot", api.snapshot)
     AuthRoutes(node, api.read, gate, api._propose).routes(app)
     if more_routes is not None:
@@ -385,6 +386,14 @@ class _Api:
     async def promote_member(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
         return json_response(self.node.id, dict(await self.node.promote_member(request.match_info["id"])))
+
+    async def move_member(self, request: web.Request) -> web.StreamResponse:
+        check_query(request, set())
+        body = await self.read.object(request, ("peerURL",), '{"peerURL": "10.0.0.9:4000"}')
+        if type(body.get("peerURL")) is not str:
+            raise ApiError(400, "peerURL: must be a string" + ("" if "peerURL" in body else " (missing)"))
+        answer = await self.node.move_member(request.match_info["id"], body["peerURL"])
+        return json_response(self.node.id, dict(answer))
 
     async def remove_member(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())

@@ -180,6 +180,8 @@ def _schemas() -> dict[str, Any]:
                       "properties": {"name": {"type": "string"}, "clientURL": {"type": "string"},
                                      "peerURL": {"type": "string", "description": "host:port of its Raft port"},
                                      "learner": {"type": "boolean", "default": True}}},
+        "MoveMember": {"type": "object", "required": ["peerURL"], "additionalProperties": False,
+                       "properties": {"peerURL": {"type": "string", "description": "host:port of its Raft port"}}},
         "MemberChanged": {"type": "object", "required": ["member", "members", "node"], "properties": {
             "member": ref("Member"), "members": {"type": "array", "items": ref("Member")},
             "node": {"type": "string"}}},
@@ -428,7 +430,18 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "404": err("No member with that id."),
             "409": err("The last voter, or another change is pending (reason says which)."),
             "503": E503, "504": E504_WRITE}, parameters=[_MEMBER_ID],
-            description="Removing the leader hands leadership to another voter first.")},
+            description="Removing the leader hands leadership to another voter first."),
+            "patch": op("Move a member to a new peer address", {
+                "200": answer(ref("MemberChanged"), "The change is committed: every node dials it at the new "
+                                                    "address."),
+                "400": err("Malformed input: a host:port peerURL."),
+                "404": err("No member with that id."),
+                "409": err("The address is another member's, or the member's details changed meanwhile (reason "
+                            "says which)."),
+                "413": err(f"Body over {max_body_bytes} bytes."),
+                "503": E503, "504": E504_WRITE}, parameters=[_MEMBER_ID], body=ref("MoveMember"),
+                description="etcd's MemberUpdate. Restart the member's node listening there (`raftkv node "
+                            "--listen-peer HOST:PORT`): until then the others cannot reach it.")},
         "/snapshot": {"get": op("A consistent backup of the whole store (`raftkv snapshot save`)", {
             "200": {"description": "The backup file: a header (format version, revision, applied index, key count, "
                                    "the members, the body's sha256) and the state machine's image.",

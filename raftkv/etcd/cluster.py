@@ -123,7 +123,9 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     @unary
     async def MemberUpdate(self, request: rpc_pb2.MemberUpdateRequest,
                            context: grpc.aio.ServicerContext) -> rpc_pb2.MemberUpdateResponse:
-        raise unimplemented("MemberUpdate", "a member's addresses are fixed for its id; remove it and add it anew")
+        member_id = self.identity.member_named(request.ID)
+        await self.node.move_member(member_id, _peer_address(list(request.peerURLs)))
+        return rpc_pb2.MemberUpdateResponse(header=self.identity.header(), members=await self.members())
 
     @unary
     async def MemberRemove(self, request: rpc_pb2.MemberRemoveRequest,
@@ -229,8 +231,8 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
 
 def _peer_address(urls: list[str]) -> str:
-    """The host:port of a MemberAdd's peer URLs (etcd: one or more http(s)://host:port); a raftkv
-    member has one peer address."""
+    """The host:port of a MemberAdd's or MemberUpdate's peer URLs (etcd: one or more
+    http(s)://host:port); a raftkv member has one peer address."""
     if len(urls) > 1:
         raise errors.invalid("raftkv members have one peer address: give one peer URL")
     try:

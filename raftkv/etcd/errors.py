@@ -93,12 +93,12 @@ def translate(exc: BaseException) -> EtcdError | None:
         return exc
     if isinstance(exc, CompactedError):
         return COMPACTED()
+    if isinstance(exc, RequestRefused) and exc.reason == "duplicate" and exc.details.get("field") == "peerURL":
+        return PEER_URL_EXISTS()  # refused here, or by the leader this node relayed the change to
     if isinstance(exc, MembershipRefused):
         known = _MEMBERSHIP.get(exc.reason)
         if known is not None:
             return known()
-        if exc.reason == "duplicate" and exc.details.get("field") == "peerURL":
-            return PEER_URL_EXISTS()
         code = grpc.StatusCode.INVALID_ARGUMENT if exc.reason == "invalid" else grpc.StatusCode.FAILED_PRECONDITION
         return EtcdError(code, f"etcdserver: {exc}")
     if isinstance(exc, RequestRefused):  # the leader's answer to what this node relayed (with the caller's credentials)

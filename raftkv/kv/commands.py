@@ -210,11 +210,13 @@ class AsUser:
 
 @dataclass(frozen=True, slots=True)
 class PublishMember:
-    """A member's node publishes its details (name, addresses) in the member table, as etcd's members
-    publish theirs: for a member added by its peer address alone (etcd's MemberAdd), which the table
-    lists unstarted until its node starts. Applied only while the table still holds `expected` for
-    `member_id` (the unstarted record), so it fills a record once and can never rewrite a started
-    one. The details are the node layer's, opaque here (as a membership change's context)."""
+    """New details (name, addresses) for a member in the member table: its node publishes them, as
+    etcd's members publish theirs, for a member added by its peer address alone (etcd's MemberAdd),
+    which the table lists unstarted until its node starts; or an operator moves a member's peer
+    address (etcd's MemberUpdate). Applied only while the table still holds `expected` for
+    `member_id`, so of two changes made from the same record only the first applies, and a removed
+    member stays out. The details are the node layer's, opaque here (as a membership change's
+    context)."""
 
     member_id: str
     expected: bytes

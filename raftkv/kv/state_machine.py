@@ -180,6 +180,7 @@ class KVStateMachine:
         self._dedup: OrderedDict[DedupKey, FirstUse] = OrderedDict()
         self._dedup_bytes = 0
         self.members: dict[str, bytes] = {}  # member id -> its details (see apply_membership)
+        self.member_details_changed = 0  # how many PublishMember commands applied (a node re-reads its peers)
         self.removed_members: set[str] = set()
 
     # ---- applying the log ----------------------------------------------------------------------
@@ -283,15 +284,15 @@ class KVStateMachine:
         return {"ok": True, "op": "member", "kind": change.kind.value, "id": change.node_id, "revision": self.revision}
 
     def _publish_member(self, cmd: PublishMember) -> Result:
-        """A member's node fills in its unstarted record (see PublishMember): only while the table
-        still holds the record it expects, so a record is filled once and a removed member stays
-        out. Changes no key, so no revision.
+        """New details for a member (see PublishMember): only while the table still holds the record
+        they were made from. Changes no key, so no revision.
 
         result: {ok:True, op:"publish_member", id, revision}; else {ok:False, error:"precondition_failed", ...}"""
         if self.members.get(cmd.member_id) != cmd.expected:
             return {"ok": False, "error": PRECONDITION_FAILED, "op": "publish_member", "id": cmd.member_id,
                     "reason": "the member is not in the table with the details expected", "revision": self.revision}
         self.members[cmd.member_id] = cmd.details
+        self.member_details_changed += 1
         return {"ok": True, "op": "publish_member", "id": cmd.member_id, "revision": self.revision}
 
     def _advance(self, index: int) -> None:

@@ -478,6 +478,7 @@ class RaftGroup:
                 self.kv.restore(rd.snapshot.data)
                 self.snapshots.installed(rd.snapshot.meta.index)
                 self.watches.restored()
+                self._on_members()  # its member table may name members, or addresses, this node has not seen
             if rd.committed_entries:
                 self._apply(rd.committed_entries)
             for state in rd.read_states:
@@ -500,6 +501,7 @@ class RaftGroup:
         tracing = self.tracing
         traced = tracing.committed(entries, self.proposals.placed) if tracing is not None else None
         # (None too while nothing traced is in flight: then the loop below tests one name per entry)
+        member_details = self.kv.member_details_changed
         for e in entries:
             if e.index <= self.kv.applied_index:
                 continue  # a snapshot installed after this entry was handed out already covers it
@@ -518,6 +520,8 @@ class RaftGroup:
                 tracing.applied(traced[e.index], e.index, apply_started_ns)
             answered += self.proposals.applied(e, result, now)
         self.watches.flush()
+        if self.kv.member_details_changed != member_details:  # a member published or moved its address
+            self._on_members()
         if answered:
             self.metrics.proposals_applied.inc(answered)  # once per batch: inc() takes a lock
 

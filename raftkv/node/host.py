@@ -191,6 +191,10 @@ class NodeHost:
         self._refuse_if_removed()
         return await self.members.promote(member_id)
 
+    async def move_member(self, member_id: str, peer_url: str) -> dict[str, Any]:
+        self._refuse_if_removed()
+        return await self.members.move(member_id, peer_url)
+
     async def remove_member(self, member_id: str) -> dict[str, Any]:
         self._refuse_if_removed()
         return await self.members.remove(member_id)

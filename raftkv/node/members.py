@@ -23,9 +23,14 @@ and relays the answer, so the leader's checks and the leader's view of the confi
   commits wait for it to catch up (etcd: "learner not in sync").
 - remove: of the leader, leadership is first handed to the most caught-up other voter, then the
   new leader removes it; the last voter cannot be removed.
+- move (etcd's MemberUpdate): a member gets a new peer address, through the log (`PublishMember`
+  over the record it had), so every node dials it there from the moment the change applies. Its
+  node must then be restarted listening there (`--listen-peer`); until it is, the others cannot
+  reach it, as with etcd.
 
-Every node follows the applied configuration (`sync`, called after each membership entry it
-applies): links open to new members and close to removed ones, and `/raft-state` lists them.
+Every node follows the applied configuration (`sync`, called after each membership entry, member
+details change and snapshot it applies): links open to new members, move to new addresses and
+close to removed ones, and `/raft-state` lists them.
 
 A removed node usually never applies its own removal: the configuration takes effect when the
 entry is appended, and the leader stops replicating to it at once. It cannot disturb the others
@@ -169,7 +174,7 @@ class MemberService:
         while True:
             details = self.group.kv.members.get(self.cfg.node_id)
             if details is None:  # not applied yet (or a data directory from before the table)
-                with contextlib.suppress(TimeoutError):  # (a snapshot installed does not call sync)
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._membership_applied.wait(), PUBLISH_RETRY_S)
                 self._membership_applied.clear()
                 continue
@@ -264,6 +269,29 @@ class MemberService:
                                                      f"(at most {PROMOTE_MAX_LAG_ENTRIES} to be promoted); retry once "
                                                      "it has caught up", lagEntries=lag)
         await self.group.change_membership(ConfChange(ConfChangeKind.ADD_VOTER, member_id))
+        return self._answer(member_id)
+
+    async def move(self, member_id: str, peer_url: str) -> dict[str, Any]:
+        """Give a member a new peer address, keeping its name and client URL."""
+        if not await self._leading():
+            return await self._forward("PATCH", f"/members/{quote(member_id, safe='')}", {"peerURL": peer_url})
+        host, port = _peer(peer_url)
+        details = self.group.kv.members.get(member_id)
+        if details is None or member_id not in self.group.core.conf.members():
+            raise MembershipRefused("unknown", f"no member {member_id!r}",
+                                    members=sorted(self.group.core.conf.members()))
+        for other_id, member in self.address_book().items():
+            if other_id != member_id and (member.host, member.raft_port) == (host, port):
+                raise MembershipRefused("duplicate", f"peerURL is already {other_id}'s", member=other_id,
+                                        field="peerURL")
+        record = MemberRecord.decode(details)
+        moved = replace(record, peer_host=host, peer_port=port)
+        if moved != record:
+            result = await self.group.propose(PublishMember(member_id, details, moved.encode()))
+            if not result.get("ok"):
+                raise MembershipRefused("pending", f"{member_id}'s details changed while this change was made; "
+                                                   "retry")
+            log.info("member %s moved its peer address to %s", member_id, moved.peer_address())
         return self._answer(member_id)
 
     async def remove(self, member_id: str) -> dict[str, Any]:
