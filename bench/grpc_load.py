@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from typing import Protocol
 
 import grpc
 
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
 
-from .load import KEY_SPACE, REQUEST_TIMEOUT_S, LoadResult, Workload, make_value
+from .load import KEY_SPACE, REQUEST_TIMEOUT_S, LoadResult, Workload, closed_loop, make_value
 
 
 class GrpcSystem(Protocol):
@@ -44,41 +43,19 @@ async def run_grpc_load(system: GrpcSystem, w: Workload, seed: int = 0, key_spac
     value = make_value(w.value_bytes).encode()
     rng = random.Random(seed)
     keys = [f"k{rng.randrange(key_space):05d}".encode() for _ in range(4096)]
-    latencies: list[float] = []
-    failed = 0
-    deadline = 0.0
 
-    async def client(i: int) -> None:
-        nonlocal failed
-        stub = stubs[i % len(stubs)]
-        n = i * 7919
-        perf = time.perf_counter
-        while True:
-            n += 1
-            key = keys[n % len(keys)]
-            started = perf()
-            if started >= deadline:
-                return
-            try:
-                if w.op == "write":
-                    await stub.Put(rpc_pb2.PutRequest(key=key, value=value), timeout=REQUEST_TIMEOUT_S)
-                else:
-                    await stub.Range(rpc_pb2.RangeRequest(key=key), timeout=REQUEST_TIMEOUT_S)
-            except grpc.aio.AioRpcError:
-                failed += 1
-                await asyncio.sleep(0.01)  # do not spin on a failing member
+    async def request(i: int, n: int) -> bool:
+        stub, key = stubs[i % len(stubs)], keys[n % len(keys)]
+        try:
+            if w.op == "write":
+                await stub.Put(rpc_pb2.PutRequest(key=key, value=value), timeout=REQUEST_TIMEOUT_S)
             else:
-                latencies.append(perf() - started)
+                await stub.Range(rpc_pb2.RangeRequest(key=key), timeout=REQUEST_TIMEOUT_S)
+        except grpc.aio.AioRpcError:
+            return False
+        return True
 
     try:
-        deadline = time.perf_counter() + min(0.3, w.duration_s / 5)  # warm the channels up, unmeasured
-        await asyncio.gather(*(client(i) for i in range(w.concurrency)))
-        latencies.clear()
-        failed = 0
-        started = time.perf_counter()
-        deadline = started + w.duration_s
-        await asyncio.gather(*(client(i) for i in range(w.concurrency)))
-        elapsed = time.perf_counter() - started
+        return await closed_loop(request, w)
     finally:
         await asyncio.gather(*(c.close() for c in channels))
-    return LoadResult(w, len(latencies), failed, elapsed, latencies)

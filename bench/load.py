@@ -23,7 +23,7 @@ import asyncio
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -114,45 +114,55 @@ async def run_load(system: HttpSystem, w: Workload, seed: int = 0, key_space: in
     else:
         assert w.op == "keepalive" and keys, "keep-alives need the ids of granted leases"
         build = lambda i, lease_id: system.build_keepalive(urls[i % len(urls)], lease_id)  # noqa: E731
-    latencies: list[float] = []
-    failed = 0
     rng = random.Random(seed)
     keys = keys or [f"k{rng.randrange(key_space):05d}" for _ in range(4096)]
 
     async with make_session(w.concurrency, system.access) as session:
-        deadline = 0.0
 
-        async def client(i: int) -> None:
-            nonlocal failed
-            n = i * 7919
-            perf = time.perf_counter
-            while True:
-                n += 1
-                method, url, body, headers = build(i, keys[n % len(keys)])
-                started = perf()
-                if started >= deadline:
-                    return
-                try:
-                    async with session.request(method, url, data=body, headers=headers) as resp:
-                        good = system.ok(w.op, resp.status, await resp.read())
-                except (aiohttp.ClientError, TimeoutError, OSError):
-                    good = False
-                if good:
-                    latencies.append(perf() - started)
-                else:
-                    failed += 1
-                    await asyncio.sleep(0.01)  # do not spin on a failing node
+        async def request(i: int, n: int) -> bool:
+            method, url, body, headers = build(i, keys[n % len(keys)])
+            try:
+                async with session.request(method, url, data=body, headers=headers) as resp:
+                    return system.ok(w.op, resp.status, await resp.read())
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                return False
 
-        # Warm the connections up outside the measured window.
-        deadline = time.perf_counter() + min(0.3, w.duration_s / 5)
-        await asyncio.gather(*(client(i) for i in range(w.concurrency)))
-        latencies.clear()
-        failed = 0
-        started = time.perf_counter()
-        deadline = started + w.duration_s
-        await asyncio.gather(*(client(i) for i in range(w.concurrency)))
-        elapsed = time.perf_counter() - started
-    return LoadResult(w, len(latencies), failed, elapsed, latencies)
+        return await closed_loop(request, w)
+
+
+async def closed_loop(request: Callable[[int, int], Awaitable[bool]], w: Workload) -> LoadResult:
+    """`w.concurrency` clients, client i sending `request(i, n)` for n = i * 7919 + 1, + 2, ... (its
+    keys), each as soon as its last was answered, for `w.duration_s` after a short warm-up whose
+    requests are not counted (connections open, caches fill). `request` says whether it
+    succeeded; a failed one is counted apart, and its client pauses 10 ms so as not to spin on a
+    failing node."""
+    latencies: list[float] = []
+    failed = 0
+    deadline = 0.0
+
+    async def client(i: int) -> None:
+        nonlocal failed
+        n = i * 7919
+        perf = time.perf_counter
+        while True:
+            n += 1
+            started = perf()
+            if started >= deadline:
+                return
+            if await request(i, n):
+                latencies.append(perf() - started)
+            else:
+                failed += 1
+                await asyncio.sleep(0.01)
+
+    deadline = time.perf_counter() + min(0.3, w.duration_s / 5)
+    await asyncio.gather(*(client(i) for i in range(w.concurrency)))
+    latencies.clear()
+    failed = 0
+    started = time.perf_counter()
+    deadline = started + w.duration_s
+    await asyncio.gather(*(client(i) for i in range(w.concurrency)))
+    return LoadResult(w, len(latencies), failed, time.perf_counter() - started, latencies)
 
 
 @dataclass
