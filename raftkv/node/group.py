@@ -110,7 +110,8 @@ class RaftGroup:
             rng, durable, listener=observer.on_trace)
         self.proposals = ProposalTracker(self.id, cfg.proposal_timeout_s, metrics, first_ticket=time.time_ns())
         self.forward_ledger = ForwardLedger()
-        self._appended = (0, 0)  # (term, last index) of this node's last proposal as the leader
+        self._appended = (0, 0, 0.0)  # (term, last index, when) of this node's last proposal as the leader
+        self._held_until: asyncio.TimerHandle | None = None  # wakes the loop when writes stop waiting for it
         self.reads = ReadTracker(self.id, cfg.read_timeout_s)
         self.pump = DiskPump(self.id, storage, self._send, self._on_persisted,
                              lambda: self.core.role is Role.LEADER, metrics, unsafe_skip_fsync=cfg.unsafe_skip_fsync,
@@ -342,7 +343,7 @@ class RaftGroup:
             act()
         leading = core.role is Role.LEADER
         patience_s = self._patience_s()
-        own = self.proposals.queued and ((leading and not self._commit_pending()) or (not leading and (
+        own = self.proposals.queued and ((leading and not self._commit_pending(now)) or (not leading and (
             self._leader_reachable() and not self.proposals.forward_in_flight(core.leader_id, now, patience_s))))
         if not leading and self._leader_reachable():
             assert core.leader_id is not None
@@ -356,14 +357,24 @@ class RaftGroup:
                 tracing.read_round(ctx, self.reads.rounds[ctx].reads)
             core.read_index(ctx)
 
-    def _commit_pending(self) -> bool:
-        """This leader's last proposal is not committed yet. Its own writes that come meanwhile wait
-        and go in the next append together, once it commits (this loop's turn on the acknowledgement
-        or the fsync that commits it proposes them): as a follower keeps one forward in flight. Writes
-        that arrive one per event-loop iteration (etcd's gRPC calls do) would otherwise cost an
-        append, a message per follower and an fsync each; a lone write never waits."""
-        term, last = self._appended
-        return term == self.core.term and self.core.log.committed < last
+    def _commit_pending(self, now: float) -> bool:
+        """This leader's last proposal is not committed yet, and was made less than a tick ago. Its
+        own writes that come meanwhile wait and go in the next append together, once it commits
+        (this loop's turn on the acknowledgement or the fsync that commits it proposes them), as a
+        follower keeps one forward in flight. Writes that arrive one per event-loop iteration
+        (etcd's gRPC calls do) would otherwise cost an append, a message per follower and an fsync
+        each; a lone write never waits. A tick bounds the wait: a leader cut off from its followers
+        (or a commit slower than that) appends what it is given, as Raft's leaders do."""
+        term, last, at = self._appended
+        if term != self.core.term or self.core.log.committed >= last or now >= at + self.tick_ms / 1000:
+            return False
+        if self._held_until is None:  # the ticker may be held (the lab): this turn's writes go by then
+            self._held_until = asyncio.get_running_loop().call_at(at + self.tick_ms / 1000, self._end_hold)
+        return True
+
+    def _end_hold(self) -> None:
+        self._held_until = None
+        self._wake.set()
 
     @property
     def no_leader_hold_s(self) -> float:
@@ -436,7 +447,10 @@ class RaftGroup:
             self._send(refusals)
             return
         self.observer.on_proposed(first, first + len(datas) - 1, now)
-        self._appended = (term, first + len(datas) - 1)
+        self._appended = (term, first + len(datas) - 1, now)
+        if self._held_until is not None:
+            self._held_until.cancel()
+            self._held_until = None
         if tracing is not None:
             self._trace_proposal(tracing, forwards, batch, first, term)
         # The answers leave before the entries' AppendRequests on the same links, so they arrive first.
