@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -152,3 +153,35 @@ def module_cluster(data_dir: Path) -> Iterator[LocalCluster]:
         yield c
     finally:
         c.stop()
+
+
+class Writer(threading.Thread):
+    """Writes <prefix>0, <prefix>1, ... through the given nodes in turn (the next after each
+    request, whatever its answer), keeping what was acknowledged."""
+
+    def __init__(self, urls: list[str], prefix: str = "k") -> None:
+        super().__init__(daemon=True)
+        self.urls = urls
+        self.prefix = prefix
+        self.acknowledged: dict[str, int] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self.stopping.is_set():
+            key = f"{self.prefix}{i}"
+            try:
+                if http("PUT", f"{self.urls[i % len(self.urls)]}/kv/{key}", {"value": i}, timeout=6)[0] == 200:
+                    self.acknowledged[key] = i
+            except OSError:
+                pass
+            i += 1
+            time.sleep(0.005)
+
+    def stop(self) -> dict[str, int]:
+        """Stop writing; what was acknowledged (at least 20 writes, or the run was broken)."""
+        self.stopping.set()
+        self.join(15)
+        assert len(self.acknowledged) >= 20, f"only {len(self.acknowledged)} writes acknowledged"
+        return self.acknowledged
+

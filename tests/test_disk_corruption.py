@@ -22,13 +22,12 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import LocalCluster, http
+from cluster import LocalCluster, Writer, http
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -278,33 +277,6 @@ def test_a_damaged_newest_snapshot_the_wal_no_longer_covers_stops_the_node_namin
 # ---- the repair runbook --------------------------------------------------------------------------
 
 
-class Writer(threading.Thread):
-    """Writes w0, w1, ... through the given nodes in turn, keeping what was acknowledged."""
-
-    def __init__(self, urls: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.urls = urls
-        self.acknowledged: dict[str, int] = {}
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        i = 0
-        while not self.stopping.is_set():
-            try:
-                if http("PUT", f"{self.urls[i % len(self.urls)]}/kv/w{i}", {"value": i}, timeout=6)[0] == 200:
-                    self.acknowledged[f"w{i}"] = i
-            except OSError:
-                pass
-            i += 1
-            time.sleep(0.005)
-
-    def stop(self) -> dict[str, int]:
-        self.stopping.set()
-        self.join(15)
-        assert len(self.acknowledged) >= 20, len(self.acknowledged)
-        return self.acknowledged
-
-
 def raftkv(*args: str) -> str:
     out = subprocess.run([sys.executable, "-m", "raftkv", *args], capture_output=True, text=True, timeout=60,
                          check=False)
@@ -318,7 +290,7 @@ def test_the_runbook_brings_a_node_with_a_damaged_wal_back_with_every_acknowledg
     victim = next(n for n in cluster.urls if n != leader)
     healthy = [u for n, u in cluster.urls.items() if n != victim]
     endpoints = ",".join(healthy)
-    writer = Writer(healthy)
+    writer = Writer(healthy, prefix="w")
     writer.start()
     try:
         time.sleep(1)

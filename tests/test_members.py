@@ -12,14 +12,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from cluster import LocalCluster, http
+from cluster import LocalCluster, Writer, http
 
 from raftkv.supervisor import free_ports
 
@@ -63,35 +62,6 @@ def joiners() -> Iterator[list[Joiner]]:
     yield started
     for joiner in started:
         joiner.stop()
-
-
-class Writer(threading.Thread):
-    """Writes k0, k1, ... through whichever member answers, recording what was acknowledged."""
-
-    def __init__(self, urls: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.urls = urls
-        self.acknowledged: dict[str, int] = {}
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        i = 0
-        while not self.stopping.is_set():
-            url = self.urls[i % len(self.urls)]
-            try:
-                status, _ = http("PUT", f"{url}/kv/k{i}", {"value": i}, timeout=6)
-            except OSError:
-                status = None
-            if status == 200:
-                self.acknowledged[f"k{i}"] = i
-            i += 1
-            time.sleep(0.005)
-
-    def stop(self) -> dict[str, int]:
-        self.stopping.set()
-        self.join(15)
-        assert len(self.acknowledged) >= 20, f"only {len(self.acknowledged)} writes acknowledged"
-        return self.acknowledged
 
 
 def members(url: str) -> dict:
