@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .check_perf import RATES, CheckPerf
 from .load import KEEPALIVE_LEASES, KEEPALIVE_TTL_S, LoadResult, Summary, Workload, percentile
 from .watch import MAX_PROCESSES, PROBES, WATCHERS_PER_PROCESS, WatchResult
 
@@ -27,6 +28,7 @@ class Results:
     watch: dict[str, dict[int, list[WatchResult]]] = field(default_factory=dict)  # system -> watchers -> reps
     keepalive: dict[str, dict[Workload, list[LoadResult]]] = field(default_factory=dict)  # system -> workload -> reps
     grpc: dict[str, dict[Workload, list[LoadResult]]] = field(default_factory=dict)  # system -> workload -> reps
+    check_perf: dict[str, dict[str, CheckPerf]] = field(default_factory=dict)  # system -> load -> result
     elections_during_load: dict[str, int] = field(default_factory=dict)
 
 
@@ -195,6 +197,24 @@ def watch_runs_table(res: Results) -> list[str]:
                              f" {r.percentile(50) * 1000:.1f} / {r.percentile(99) * 1000:.1f} | {r.undelivered} |"
                              f" {r.resumed} | {r.cpu_us_per_event('server'):.0f} |"
                              f" {r.cpu_us_per_event('client'):.0f} |")
+    return lines
+
+
+def check_perf_table(res: Results) -> list[str]:
+    if not res.check_perf:
+        return []
+    lines = ["| system | load (rate offered) | writes/s | slowest s | stddev s | failed writes | verdict |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    loads = list(dict.fromkeys(load for by_load in res.check_perf.values() for load in by_load))
+    for load in loads:
+        for system, by_load in res.check_perf.items():
+            r = by_load.get(load)
+            if r is None:
+                continue
+            cells = [system, f"{load} ({RATES[load]:,}/s)", "-" if r.throughput is None else f"{r.throughput:,}",
+                     "-" if r.slowest_s is None else f"{r.slowest_s:.3f}",
+                     "-" if r.stddev_s is None else f"{r.stddev_s:.3f}", f"{r.errors:,}", r.verdict]
+            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -383,6 +403,18 @@ def markdown(res: Results) -> str:
             " of one member share one channel, as etcd's clientv3 does. This is etcd's home ground.",
             "",
             *g,
+            "",
+        ]
+    c = check_perf_table(res)
+    if c:
+        parts += [
+            "## etcdctl check perf: etcd's own load check, on raftkv's etcd API and on etcd",
+            "",
+            "60 s of 1 KiB writes under random binary keys at a fixed rate, from 50 clients (load s) or 200"
+            " (load m), spread over the members; PASS needs over 90% of the rate, the slowest write at most"
+            " 0.5 s and a standard deviation at most 0.1 s. One run per system and load.",
+            "",
+            *c,
             "",
         ]
     r = restart_table(res)

@@ -20,6 +20,8 @@ Phases, each bounded, each stopping every process it started (by PID) before the
    and etcd interleaved as in 1.
 7. gRPC (`grpc_load.py`): the writes and reads of 1 (small values) over etcd's own v3 gRPC API,
    raftkv's etcd API against etcd, the same grpc.aio client for both, interleaved as in 1.
+8. Check perf (`check_perf.py`): etcd's own `etcdctl check perf` at each of `--check-perf-loads`,
+   60 s each, on raftkv's etcd API and on etcd, once per system and load (not in --smoke).
 
 Then `report.py` prints one table with ratios, writes it to `<out>/RESULTS.md` and a PNG.
 `--smoke` runs everything tiny (seconds) with raftkv and whichever peers are installed; the test
@@ -53,6 +55,7 @@ PINNED = pin_raftkv(ROOT)
 from tqdm import tqdm  # noqa: E402
 
 from bench import etcd, report  # noqa: E402
+from bench.check_perf import run_check_perf  # noqa: E402
 from bench.embedded import PYSYNCOBJ_VARIANTS, EmbeddedCluster  # noqa: E402
 from bench.failover import FailoverTrial, run_failover  # noqa: E402
 from bench.floor import FloorPair  # noqa: E402
@@ -63,7 +66,7 @@ from bench.restart import measure_restart  # noqa: E402
 from bench.trace_sink import TraceSink  # noqa: E402
 from bench.watch import WatchWorkload, run_watch  # noqa: E402
 
-PHASES = ("http", "embedded", "failover", "restart", "watch", "keepalive", "grpc")
+PHASES = ("http", "embedded", "failover", "restart", "watch", "keepalive", "grpc", "checkperf")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--watchers", help="watch: watcher counts (default 1,100,1000; smoke 1,20)")
     p.add_argument("--watch-rate", type=float, help="watch: writes per second offered (default 50; smoke 40)")
     p.add_argument("--keepalive-concurrency", help="keep-alive: clients, comma-separated (default 16)")
+    p.add_argument("--check-perf-loads", help="checkperf: etcdctl check perf loads (default s,m; smoke: the phase "
+                   "does not run)")
     p.add_argument("--systems", default="raftkv,etcd,pysyncobj", help="which systems to run")
     p.add_argument("--only", default="", help=f"phases to run (default all), comma-separated: {','.join(PHASES)}")
     p.add_argument("--skip", default="", help="phases to skip, comma-separated")
@@ -108,6 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.watchers = ints(a.watchers, "1,100,1000", "1,20")
     a.watch_rate = a.watch_rate or (40.0 if smoke else 50.0)
     a.keepalive_concurrency = ints(a.keepalive_concurrency, "16", "4")
+    a.check_perf_loads = (a.check_perf_loads or ("" if smoke else "s,m")).split(",")
     a.systems = set(a.systems.split(","))
     only, skip = (set(filter(None, x.split(","))) for x in (a.only, a.skip))
     if a.trace_ratio is not None and not 0 <= a.trace_ratio <= 1:
@@ -115,6 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown := (only | skip) - set(PHASES):
         p.error(f"unknown phase(s) {', '.join(sorted(unknown))}; the phases are {', '.join(PHASES)}")
     a.phases = (only or set(PHASES)) - skip
+    if smoke and not a.check_perf_loads[0]:
+        a.phases.discard("checkperf")  # a check lasts 60 s: too long for a smoke run
     return a
 
 
@@ -185,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         steps += a.reps * len(http_systems) * len(keepalives)
     if "grpc" in a.phases:
         steps += a.reps * len(http_systems) * len(grpc_workloads)
+    if "checkperf" in a.phases:
+        steps += len(http_systems) * len(a.check_perf_loads)
 
     with tempfile.TemporaryDirectory(prefix="raftkv-bench-") as tmp, tqdm(total=steps, unit="run") as bar:
         base = Path(tmp)
@@ -207,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_keepalives(a, res, base, http_systems, keepalives, bar)
             if "grpc" in a.phases:
                 run_grpc(a, res, base, http_systems, grpc_workloads, bar)
+            if "checkperf" in a.phases:
+                run_check_perfs(a, res, base, http_systems, bar)
             if "restart" in a.phases and a.restart_keys > 0:
                 bar.set_description("restart")
                 with tqdm(total=a.restart_keys, unit="key", desc=f"fill {a.restart_keys:,} keys", leave=False) as kb:
@@ -307,6 +319,21 @@ def run_grpc(a, res: report.Results, base: Path, systems: list[str], workloads: 
                     if r.failed:
                         res.notes.append(f"{name} gRPC `{w.label}` rep {rep + 1}: {r.failed} failed requests")
                     bar.update(1)
+            finally:
+                cluster.stop()
+
+
+def run_check_perfs(a, res: report.Results, base: Path, systems: list[str], bar: tqdm) -> None:
+    for i, load in enumerate(a.check_perf_loads):
+        for name in systems if i % 2 == 0 else list(reversed(systems)):
+            bar.set_description(f"check perf {name} load {load}")
+            cluster = _start_http(name, base, f"checkperf-{load}", False, a.raftkv_env, etcd_api=True)
+            try:
+                result = run_check_perf(cluster, load)
+                res.check_perf.setdefault(name, {})[load] = result
+                if result.throughput is None:
+                    res.notes.append(f"{name} check perf --load {load} printed no verdict: {result.tail!r}")
+                bar.update(1)
             finally:
                 cluster.stop()
 

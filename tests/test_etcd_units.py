@@ -9,12 +9,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from raftkv.etcd.convert import Bounds, key_text, value_bytes
+from raftkv.etcd.convert import Bounds, key_text, kv_message, value_bytes
 from raftkv.etcd.errors import EtcdError, translate
 from raftkv.etcd.identity import number_of
 from raftkv.etcd.pb import kv_pb2
 from raftkv.etcd.watch import MAX_FRAGMENT_BYTES, _fragments
-from raftkv.kv import CompactedError
+from raftkv.kv import CompactedError, KeyValue
 from raftkv.node.config import ConfigError, Member, NodeConfig
 from raftkv.node.errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError, RequestRefused
 from raftkv.ports import Listener, node_listeners
@@ -34,12 +34,13 @@ def test_prefix_from_key_and_every_key_ranges() -> None:
     assert everything.start == "" and everything.end is None and everything.contains("\x01")
 
 
-def test_keys_must_be_given_and_be_utf8() -> None:
-    with pytest.raises(EtcdError, match="etcdserver: key is not provided"):
+def test_a_key_must_be_given_and_may_be_any_bytes() -> None:
+    with pytest.raises(EtcdError, match="etcdserver: key is not provided") as refused:
         key_text(b"")
-    with pytest.raises(EtcdError, match="must be UTF-8") as refused:
-        key_text(b"\xff\xfe")
     assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    for key in (b"\xff\xfe", b"/etcdctl-check-perf/\x8a\xc3\xa9\x00\x00", "mañana".encode()):
+        assert kv_message(key_text(key), KeyValue(key_text(key), 1, 1, 1)).key == key
+        assert value_bytes(key_text(key)) == key
 
 
 def test_values_go_out_as_their_text() -> None:

@@ -627,3 +627,32 @@ def test_a_member_added_unstarted_is_filled_in_once_by_its_node() -> None:
     assert not kv(PublishMember("m-1", published, b"again"))["ok"] and "m-1" not in kv.sm.members
     with pytest.raises(InvalidCommand, match="details"):
         decode(encode(PublishMember("m-1", b"", "text, not bytes")))  # type: ignore[arg-type]
+
+
+# ---- keys and values that are bytes ------------------------------------------------------------
+
+
+def test_bytes_that_are_not_utf8_are_kept_through_the_log_dedup_and_snapshots(kv: Replica) -> None:
+    """etcd's clients write any bytes (etcdctl check perf: random binary keys); they live here as
+    escaped bytes, and a valid UTF-8 command's bytes in the log are what they always were."""
+    binary = "/check/\udc8a\udcff\x00"  # the bytes 8a ff 00 after the prefix
+    assert msgpack.unpackb(encode(Put("a", "é")))[1:3] == ["a", "é"]  # plain msgpack, as before
+    assert b"/check/\x8a\xff\x00" in encode(Put(binary, 1))
+    first = kv(Put(binary, "\udcfe" * 3, request_id="r1"))
+    assert first["ok"] and kv(Put(binary, "\udcfe" * 3, request_id="r1")) == {**first, "replayed": True}
+    kv(Put("/check/é", 1))
+    kv(Put("/checl", 1))
+    assert [k for k, _ in kv.sm.range("/check/")[0]] == ["/check/é", binary]  # by code point (byte_text.py)
+    assert decode(encode(Put(binary, 1))) == Put(binary, 1)
+    other = KVStateMachine()
+    other.restore(kv.sm.snapshot())
+    assert other == kv.sm and other.get(binary).value == "\udcfe" * 3
+    assert kv(Txn((), (TxnDelete(binary),), ()))["ok"] and kv.sm.get(binary) is None
+
+
+@pytest.mark.parametrize(("key", "why"), [("\udcc3\udca9", "spell valid UTF-8"), ("\ud800", "lone surrogate")])
+def test_text_that_names_no_bytes_or_other_text_is_refused(kv: Replica, key: str, why: str) -> None:
+    with pytest.raises(InvalidCommand, match=why):
+        put_from_json(key, {"value": 1})
+    with pytest.raises(InvalidCommand, match=why):
+        put_from_json("k", {"value": {"nested": [key]}})

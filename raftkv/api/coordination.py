@@ -222,7 +222,7 @@ def _sse(payload: dict[str, Any], batch: Any) -> bytes:
         return b"event: cancelled\ndata: " + json.dumps(payload).encode() + b"\n\n"
     if batch.progress:
         return f"event: progress\nid: {batch.revision}\ndata: ".encode() + json.dumps(payload).encode() + b"\n\n"
-    return f"id: {batch.revision}\ndata: ".encode() + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+    return f"id: {batch.revision}\ndata: ".encode() + json.dumps(payload).encode() + b"\n\n"
 
 
 def _lease_id(lease: Any) -> int:

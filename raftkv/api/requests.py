@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-import msgpack
 from aiohttp import web
 
 from raftkv.api.errors import ApiError, parse_json
+from raftkv.kv.byte_text import as_bytes, as_text, packb
 
 __all__ = ["RequestReader", "path_key"]
 
@@ -28,13 +28,16 @@ class RequestReader:
         return key
 
     def check_key_size(self, key: str, where: str) -> None:
-        size = len(key.encode("utf-8", "surrogatepass"))
+        try:
+            size = len(as_bytes(key))
+        except UnicodeEncodeError:  # a lone surrogate that holds no byte: refused as a command
+            size = len(key.encode("utf-8", "surrogatepass"))
         if size > self.max_key_bytes:
             raise ApiError(413, f"{where}: {size} bytes of UTF-8, more than the limit of {self.max_key_bytes}",
                            limit=self.max_key_bytes)
 
     def check_value_size(self, value: Any, where: str) -> None:
-        size = len(msgpack.packb(value))  # the bytes it will take in the log and the store
+        size = len(packb(value))  # the bytes it will take in the log and the store
         if size > self.max_value_bytes:
             raise ApiError(413, f"{where}: {size} bytes encoded, more than the limit of {self.max_value_bytes}",
                            limit=self.max_value_bytes)
@@ -62,15 +65,12 @@ class RequestReader:
 
 
 def path_key(request: web.Request) -> str:
-    """The key in a /kv/{key} or /{key} path, percent-decoded as UTF-8 from the raw path. The
-    router's own decoding leaves an invalid sequence such as %ff as the three characters "%ff",
-    which would make /kv/%ff and /kv/%25ff two spellings of one key."""
+    """The key in a /kv/{key} or /{key} path: the bytes the raw path percent-encodes, as text
+    (raftkv/kv/byte_text.py: a byte that is not UTF-8, as from /kv/%ff, is an escaped byte). The
+    router's own decoding leaves such a sequence as the three characters "%ff", which would make
+    /kv/%ff and /kv/%25ff two spellings of one key."""
     raw = request.rel_url.raw_path
     route = request.match_info.route.resource
     prefix = "/kv/" if route is not None and route.canonical.startswith("/kv/") else "/"
     assert raw.startswith(prefix), (raw, prefix)
-    try:
-        return unquote_to_bytes(raw[len(prefix):]).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, f"key: not valid UTF-8 once percent-decoded (byte {exc.start}); keys are UTF-8 text, "
-                            "percent-encoded in the path") from None
+    return as_text(unquote_to_bytes(raw[len(prefix):]))

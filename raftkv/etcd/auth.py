@@ -42,6 +42,7 @@ from raftkv.etcd.errors import EtcdError, invalid, unary
 from raftkv.etcd.identity import Identity
 from raftkv.etcd.pb import auth_pb2, rpc_pb2, rpc_pb2_grpc
 from raftkv.kv import ROOT, Access, AuthChange, AuthChangeOp, InvalidCommand, Permission, check_name, validate
+from raftkv.kv.byte_text import as_bytes
 from raftkv.node import NodeHost
 
 __all__ = ["AuthService", "etcd_permission", "prefix_end", "raftkv_permission"]
@@ -84,7 +85,7 @@ def etcd_permission(p: Permission) -> auth_pb2.Permission | None:
         return None
     if p.prefix and not p.key:
         return auth_pb2.Permission(permType=_TYPE[p.access], key=ALL_FROM, range_end=ALL_FROM)
-    key = p.key.encode()
+    key = as_bytes(p.key)
     return auth_pb2.Permission(permType=_TYPE[p.access], key=key, range_end=prefix_end(key) if p.prefix else b"")
 
 

@@ -27,7 +27,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
-import msgpack
 from google.protobuf import json_format
 
 from raftkv.client import Client, ClusterUnreachableError
@@ -36,6 +35,7 @@ from raftkv.etcd import errors
 from raftkv.etcd.errors import translate, unary, unimplemented
 from raftkv.etcd.identity import Identity, number_of
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
+from raftkv.kv.byte_text import packb
 from raftkv.node import NodeHost
 from raftkv.node.backup import ETCD_ALIGN_BYTES, freeze
 from raftkv.node.forwarding import CALLER_AUTHORIZATION, FORWARD_TIMEOUT_S
@@ -168,7 +168,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         digest = 0
         for key, found in items:  # the same keys at the same revision hash the same on every replica
             row = [key, found.value, found.create_revision, found.mod_revision, found.version, found.lease]
-            digest = zlib.crc32(msgpack.packb(row), digest)
+            digest = zlib.crc32(packb(row), digest)
         return rpc_pb2.HashKVResponse(header=self.identity.header(), hash=digest,
                                       compact_revision=kv.store.compacted)
 

@@ -1,10 +1,11 @@
 """Between etcd's bytes and raftkv's text: keys, values, ranges and key-values.
 
 etcd's keys and values are bytes; raftkv's keys are text and its values JSON. A key or value that
-comes in over the etcd API must be UTF-8 (it is stored as that text, a JSON string), and goes out
-as the same bytes. A value written through raftkv's HTTP API as some other JSON value (a number,
-an object) goes out as its compact JSON text. UTF-8 keeps code-point order equal to byte order,
-so ranges over text keys are etcd's ranges over the same bytes.
+comes in over the etcd API is stored as text (a JSON string), its bytes that are not UTF-8 as
+escaped bytes (raftkv/kv/byte_text.py), and goes out as the same bytes. A value written through
+raftkv's HTTP API as some other JSON value (a number, an object) goes out as its compact JSON
+text. Code-point order is byte order for UTF-8, so ranges over text keys are etcd's ranges over
+the same bytes (byte_text.py says where escaped bytes differ).
 """
 
 from __future__ import annotations
@@ -12,36 +13,26 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from raftkv.etcd.errors import EMPTY_KEY, invalid
+from raftkv.etcd.errors import EMPTY_KEY
 from raftkv.etcd.pb import kv_pb2
 from raftkv.kv import KeyValue
+from raftkv.kv.byte_text import as_bytes, as_text
 
-__all__ = ["Bounds", "key_text", "kv_from_result", "kv_message", "value_bytes", "value_text"]
+__all__ = ["Bounds", "key_text", "kv_from_result", "kv_message", "value_bytes"]
 
 ALL_FROM = b"\0"  # a range_end of "\0" means "every key from key on"; key "\0" too means every key
 
 
-def key_text(key: bytes, where: str = "key") -> str:
+def key_text(key: bytes) -> str:
     if not key:
         raise EMPTY_KEY()
-    return _text(key, where)
-
-
-def value_text(value: bytes) -> str:
-    return _text(value, "value")
-
-
-def _text(data: bytes, where: str) -> str:
-    try:
-        return data.decode()
-    except UnicodeDecodeError:
-        raise invalid(f"etcdserver: raftkv stores text: the {where} must be UTF-8") from None
+    return as_text(key)
 
 
 def value_bytes(value: Any) -> bytes:
     if type(value) is str:
-        return value.encode()
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return as_bytes(value)
+    return as_bytes(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
 
 
 class Bounds:
@@ -53,8 +44,8 @@ class Bounds:
         if self.single:
             self.start, self.end = key_text(key), None
         else:
-            self.start = "" if key == ALL_FROM else _text(key, "key")
-            self.end = None if range_end == ALL_FROM else _text(range_end, "range_end")
+            self.start = "" if key == ALL_FROM else as_text(key)
+            self.end = None if range_end == ALL_FROM else as_text(range_end)
 
     @property
     def stop(self) -> str | None:
@@ -69,11 +60,11 @@ class Bounds:
 
 def kv_from_result(shown: dict[str, Any]) -> kv_pb2.KeyValue:
     """A key-value as the state machine's results show it (kv_to_dict)."""
-    return kv_pb2.KeyValue(key=shown["key"].encode(), create_revision=shown["create_revision"],
+    return kv_pb2.KeyValue(key=as_bytes(shown["key"]), create_revision=shown["create_revision"],
                            mod_revision=shown["mod_revision"], version=shown["version"],
                            value=value_bytes(shown["value"]), lease=shown.get("lease", 0))
 
 
 def kv_message(key: str, kv: KeyValue, keys_only: bool = False) -> kv_pb2.KeyValue:
-    return kv_pb2.KeyValue(key=key.encode(), create_revision=kv.create_revision, mod_revision=kv.mod_revision,
+    return kv_pb2.KeyValue(key=as_bytes(key), create_revision=kv.create_revision, mod_revision=kv.mod_revision,
                            version=kv.version, value=b"" if keys_only else value_bytes(kv.value), lease=kv.lease)

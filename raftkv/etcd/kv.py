@@ -30,7 +30,7 @@ import grpc
 from raftkv.api.auth import Requirement
 from raftkv.etcd import errors
 from raftkv.etcd.admission import Admission, range_need
-from raftkv.etcd.convert import Bounds, key_text, kv_from_result, kv_message, value_bytes, value_text
+from raftkv.etcd.convert import Bounds, key_text, kv_from_result, kv_message, value_bytes
 from raftkv.etcd.errors import EtcdError, invalid, unary, unimplemented
 from raftkv.etcd.identity import Identity
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
@@ -55,6 +55,7 @@ from raftkv.kv import (
     TxnRange,
     validate,
 )
+from raftkv.kv.byte_text import as_text
 from raftkv.node import NodeHost
 
 __all__ = ["KVService", "check_result"]
@@ -138,7 +139,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         if request.ignore_value or request.ignore_lease:
             revision, prev = await self._put_keeping(request)
         else:
-            cmd = Put(key_text(request.key), value_text(request.value), lease=request.lease)
+            cmd = Put(key_text(request.key), as_text(request.value), lease=request.lease)
             result = await self._propose(cmd, _shown_put(request))
             revision, prev = result["revision"], result.get("prev")
         return rpc_pb2.PutResponse(header=self.identity.header(revision),
@@ -158,7 +159,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             current = self.node.kv.get(key)
             if current is None:
                 raise errors.KEY_NOT_FOUND()
-            value = current.value if request.ignore_value else value_text(request.value)
+            value = current.value if request.ignore_value else as_text(request.value)
             lease = current.lease if request.ignore_lease else request.lease
             unchanged = Compare(key, Target.MOD_REVISION, CompareOp.EQ, current.mod_revision)
             result = await self._propose(Txn((unchanged,), (TxnPut(key, value, lease),)), _shown_put(request))
@@ -268,7 +269,7 @@ def _compare(c: rpc_pb2.Compare) -> Compare:
     target, field = _TARGETS[c.target]
     if c.WhichOneof("target_union") not in (field, None):
         raise invalid(f"etcdserver: a {field} compare carries {c.WhichOneof('target_union')}")
-    value = value_text(c.value) if target is Target.VALUE else getattr(c, field)
+    value = as_text(c.value) if target is Target.VALUE else getattr(c, field)
     return Compare(key_text(c.key), target, _RESULTS[c.result], value)
 
 
@@ -292,7 +293,7 @@ def _ops(ops: Any) -> tuple[TxnOp, ...]:
             if key in puts or any(b.contains(key) for b in deletes):
                 raise errors.DUPLICATE_KEY()
             puts.add(key)
-            converted.append(TxnPut(key, value_text(op.request_put.value), op.request_put.lease))
+            converted.append(TxnPut(key, as_text(op.request_put.value), op.request_put.lease))
         elif kind == "request_delete_range":
             bounds = Bounds(op.request_delete_range.key, op.request_delete_range.range_end)
             if any(bounds.contains(key) for key in puts):

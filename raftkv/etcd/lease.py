@@ -25,6 +25,7 @@ from raftkv.etcd.kv import check_result
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
 from raftkv.etcd.streams import OpenStreams, unless_ending
 from raftkv.kv import MAX_LEASE_TTL_S, Access
+from raftkv.kv.byte_text import as_bytes
 from raftkv.node import NodeHost
 
 __all__ = ["LeaseService"]
@@ -87,7 +88,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
             if not errors.is_lease_not_found(translate(exc)):
                 raise
             return rpc_pb2.LeaseTimeToLiveResponse(header=self.identity.header(), ID=request.ID, TTL=-1)
-        keys = [key.encode() for key in info["keys"]] if request.keys else []
+        keys = [as_bytes(key) for key in info["keys"]] if request.keys else []
         return rpc_pb2.LeaseTimeToLiveResponse(header=self.identity.header(), ID=request.ID,
                                                TTL=math.ceil(info["remaining"]), grantedTTL=info["ttl"], keys=keys)
 

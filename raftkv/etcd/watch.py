@@ -43,6 +43,7 @@ from raftkv.etcd.identity import Identity
 from raftkv.etcd.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from raftkv.etcd.streams import OpenStreams, unless_ending
 from raftkv.kv import Access, Change, CompactedError
+from raftkv.kv.byte_text import as_bytes
 from raftkv.node import NodeHost
 from raftkv.node.watch import Watcher
 
@@ -200,7 +201,7 @@ def _event(change: Change, prev_kv: bool) -> kv_pb2.Event:
     if change.kv is not None:
         event = kv_pb2.Event(type=kv_pb2.Event.PUT, kv=kv_message(change.key, change.kv))
     else:  # etcd's delete event: the key and the revision that deleted it
-        event = kv_pb2.Event(type=kv_pb2.Event.DELETE, kv=kv_pb2.KeyValue(key=change.key.encode(),
+        event = kv_pb2.Event(type=kv_pb2.Event.DELETE, kv=kv_pb2.KeyValue(key=as_bytes(change.key),
                                                                            mod_revision=change.revision))
     if prev_kv and change.prev is not None:
         event.prev_kv.CopyFrom(kv_message(change.key, change.prev))

@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any
 
-import msgpack
-
 from raftkv.kv.auth import Access, AuthChangeOp, Permission, check_name
+from raftkv.kv.byte_text import canonical, packb, unpackb
 
 MAX_KEY_CHARS = 4096
 MAX_REQUEST_ID_CHARS = 256
@@ -286,7 +285,7 @@ def _wire(cmd: Command) -> list[Any]:
 
 def encode(cmd: Command) -> bytes:
     """The bytes of a log entry for `cmd`. Does not validate: build commands with *_from_json."""
-    return msgpack.packb(_wire(cmd))
+    return packb(_wire(cmd))
 
 
 def fingerprint(cmd: Command) -> bytes:
@@ -333,7 +332,7 @@ def _decode_compare(c: Any, where: str) -> Compare:
 def decode(data: bytes) -> Command:
     """The command in a log entry's bytes; raises InvalidCommand unless it is a valid command."""
     try:
-        t = msgpack.unpackb(data)
+        t = unpackb(data)
     except Exception as exc:  # any parse failure of untrusted bytes is just "invalid"
         raise InvalidCommand(f"undecodable command: {type(exc).__name__}: {exc}") from None
     cmd = _from_wire(t)
@@ -400,12 +399,10 @@ def _check_str(s: Any, where: str, *, allow_empty: bool = False, max_chars: int 
 
 
 def _check_utf8(s: str, where: str) -> None:
-    # json.loads accepts lone surrogates ("\ud800"), which no UTF-8 encoder (msgpack's) can carry.
-    if not s.isascii():
-        try:
-            s.encode()
-        except UnicodeEncodeError:
-            raise InvalidCommand(f"{where}: string is not valid Unicode (lone surrogate)") from None
+    # json.loads accepts any lone surrogate ("\ud800"); only a canonical escaped byte names bytes.
+    why = canonical(s)
+    if why is not None:
+        raise InvalidCommand(f"{where}: {why}")
 
 
 def check_value(v: Any, where: str = "value", depth: int = 0) -> None:

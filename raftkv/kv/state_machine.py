@@ -48,6 +48,7 @@ import msgpack
 
 from raftkv.core import ConfChange, ConfChangeKind
 from raftkv.kv.auth import AuthState
+from raftkv.kv.byte_text import ESCAPES, packb, unpackb
 from raftkv.kv.commands import (
     UNSET,
     AsUser,
@@ -230,10 +231,10 @@ class KVStateMachine:
         first = self._dedup.get(rid)
         if first is not None:
             if first.fingerprint in (mark, b""):
-                return {**msgpack.unpackb(first.result), "replayed": True}
+                return {**unpackb(first.result), "replayed": True}
             return self._reused(cmd, first)
         result = self._execute(cmd)
-        self._remember(rid, FirstUse(mark, *target(cmd), index, msgpack.packb(result)))
+        self._remember(rid, FirstUse(mark, *target(cmd), index, packb(result)))
         return result
 
     def _reused(self, cmd: Command, first: FirstUse) -> Result:
@@ -526,7 +527,7 @@ class KVStateMachine:
         def encode() -> bytes:
             # Byte-for-byte what packb of the whole list gives, packed in chunks: one packb of a
             # million rows is a single C call that holds the GIL (and so the node's loop) for it all.
-            packer = msgpack.Packer()
+            packer = msgpack.Packer(unicode_errors=ESCAPES)
             keys = sorted(current)
             parts = [packer.pack_array_header(11), packer.pack(_SNAPSHOT_FORMAT), packer.pack(applied_index),
                      packer.pack(revision), packer.pack_array_header(len(keys))]
@@ -547,7 +548,7 @@ class KVStateMachine:
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's; raises ValueError if data is not one."""
         try:
-            fmt, applied_index, revision, items, dedup, *rest = msgpack.unpackb(data)
+            fmt, applied_index, revision, items, dedup, *rest = unpackb(data)
             if fmt not in _SNAPSHOT_FIELDS or len(rest) != _SNAPSHOT_FIELDS[fmt] - 5:
                 raise ValueError(f"unknown snapshot format {fmt!r} with {5 + len(rest)} fields")
             member_rows, removed, past_rows, compacted, lease_rows, auth_rows = (

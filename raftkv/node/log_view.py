@@ -89,5 +89,5 @@ def _command_summary(cmd: Command) -> str:
     key = json.dumps(cmd.key, ensure_ascii=False)
     key = key if len(key) <= _SUMMARY_KEY_CHARS else key[: _SUMMARY_KEY_CHARS - 1] + "…"
     if type(cmd) is Put:
-        return f"put {key} ({len(json.dumps(cmd.value, ensure_ascii=False).encode())} B)"
+        return f"put {key} ({len(json.dumps(cmd.value, ensure_ascii=False).encode('utf-8', 'surrogatepass'))} B)"
     return f"delete {key}"

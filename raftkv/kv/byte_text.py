@@ -1,0 +1,61 @@
+"""Bytes held as text: how a key or value that is not UTF-8 lives in a store of text.
+
+raftkv's keys and string values are Python text; etcd's are bytes, and etcd's clients write any
+bytes (`etcdctl check perf` writes random binary keys). A byte string becomes text by decoding
+it as UTF-8 with Python's surrogate escapes (PEP 383): each byte that is not part of valid UTF-8
+becomes the lone surrogate U+DC80 + byte, and encoding the same way gives the same bytes back.
+Text of valid UTF-8 is unchanged, so everything written as text before is what it was, in the
+log, in snapshots and on the wire.
+
+One text per byte string: a text whose escapes spell valid UTF-8 ("\\udcc3\\udca9", the bytes of
+"é") would be a second name for "é", so such text is refused (`canonical`). Other lone surrogates
+("\\ud800") hold no byte and are refused too.
+
+Order: keys sort as text, by code point. An escaped byte (U+DC80..U+DCFF) sorts after ASCII, as
+its byte does, and after itself as bytes do; against a character from U+0080 up in the same
+position the two orders can differ (etcd sorts by byte). Prefixes are the same in both orders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+__all__ = ["ESCAPES", "as_bytes", "as_text", "canonical", "packb", "unpackb"]
+
+ESCAPES = "surrogateescape"
+
+
+def as_text(data: bytes) -> str:
+    return data.decode("utf-8", ESCAPES)
+
+
+def as_bytes(text: str) -> bytes:
+    return text.encode("utf-8", ESCAPES)
+
+
+def canonical(text: str) -> str | None:
+    """Why `text` cannot stand for a byte string (None: it can)."""
+    if text.isascii():
+        return None
+    try:
+        data = as_bytes(text)
+    except UnicodeEncodeError:
+        return "string is not valid Unicode (lone surrogate)"
+    if as_text(data) != text:
+        return "escaped bytes (U+DC80..U+DCFF) that spell valid UTF-8: write the characters themselves"
+    return None
+
+
+def packb(obj: Any) -> bytes:
+    """msgpack bytes of `obj`, whose strings may hold escaped bytes; the common case (none) takes
+    msgpack's own fast UTF-8 path."""
+    try:
+        return msgpack.packb(obj)
+    except UnicodeEncodeError:
+        return msgpack.packb(obj, unicode_errors=ESCAPES)
+
+
+def unpackb(data: bytes | memoryview, **options: Any) -> Any:
+    return msgpack.unpackb(data, unicode_errors=ESCAPES, **options)
