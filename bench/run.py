@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import shutil
 import socket
 import sys
 import tempfile
@@ -55,7 +56,7 @@ PINNED = pin_raftkv(ROOT)
 from tqdm import tqdm  # noqa: E402
 
 from bench import etcd, report  # noqa: E402
-from bench.check_perf import run_check_perf  # noqa: E402
+from bench.check_perf import ETCDCTL_BIN, run_check_perf  # noqa: E402
 from bench.embedded import PYSYNCOBJ_VARIANTS, EmbeddedCluster  # noqa: E402
 from bench.failover import FailoverTrial, run_failover  # noqa: E402
 from bench.floor import FloorPair  # noqa: E402
@@ -324,6 +325,9 @@ def run_grpc(a, res: report.Results, base: Path, systems: list[str], workloads: 
 
 
 def run_check_perfs(a, res: report.Results, base: Path, systems: list[str], bar: tqdm) -> None:
+    if shutil.which(ETCDCTL_BIN) is None:
+        res.notes.append("check perf skipped: etcdctl not installed (apt-get install etcd-client)")
+        return
     for i, load in enumerate(a.check_perf_loads):
         for name in systems if i % 2 == 0 else list(reversed(systems)):
             bar.set_description(f"check perf {name} load {load}")

@@ -74,3 +74,20 @@ def test_bench_smoke_over_tls_with_traces(tmp_path: Path) -> None:
     assert watched and int(watched.group(1).replace(",", "")) > 0, text
     received = re.search(r"exported the traces of 1 of their requests .*?: ([\d,]+) spans received", text)
     assert received and int(received.group(1).replace(",", "")) > 0, text
+
+
+def test_check_perf_verdicts_are_read_from_etcdctls_output() -> None:
+    """The checkperf phase needs 60 s per run, so smoke mode skips it; its parser is checked here on
+    etcdctl 3.4's output (a passing run of this machine's, and the failing lines of check.go)."""
+    sys.path.insert(0, str(ROOT))
+    from bench.check_perf import parse
+
+    passed = parse("s", 0, " 60 / 60 Boooo! 100.00% 1m0s\nPASS: Throughput is 151 writes/s\n"
+                           "PASS: Slowest request took 0.162184s\nPASS: Stddev is 0.004823s\nPASS\n")
+    assert (passed.throughput, passed.slowest_s, passed.stddev_s, passed.errors, passed.verdict) == (
+        151, 0.162184, 0.004823, 0, "PASS")
+    failed = parse("m", 1, "FAIL: too many errors\nFAIL: ERROR(context deadline exceeded) -> 7\n"
+                           "FAIL: ERROR(etcdserver: no leader) -> 2\nFAIL: Throughput too low: 412 writes/s\n"
+                           "Slowest request took too long: 1.250000s\nStddev too high: 0.210000s\nFAIL\n")
+    assert (failed.throughput, failed.slowest_s, failed.stddev_s, failed.errors, failed.verdict) == (
+        412, 1.25, 0.21, 9, "FAIL")

@@ -11,9 +11,10 @@ One text per byte string: a text whose escapes spell valid UTF-8 ("\\udcc3\\udca
 "é") would be a second name for "é", so such text is refused (`canonical`). Other lone surrogates
 ("\\ud800") hold no byte and are refused too.
 
-Order: keys sort as text, by code point. An escaped byte (U+DC80..U+DCFF) sorts after ASCII, as
-its byte does, and after itself as bytes do; against a character from U+0080 up in the same
-position the two orders can differ (etcd sorts by byte). Prefixes are the same in both orders.
+Order: keys sort as text, by code point, which for UTF-8 is byte order (etcd's). Escaped bytes
+(U+DC80..U+DCFF) sort after ASCII and among themselves as their bytes do; against a character
+from U+0080 up in the same place the orders can differ (U+DC80, byte 80, sorts after "é", bytes
+c3 a9). A prefix selects the same keys in both orders.
 """
 
 from __future__ import annotations
