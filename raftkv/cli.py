@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import io
 import json
 import os
 import shlex
@@ -16,6 +17,7 @@ from urllib.parse import quote
 import click
 
 from raftkv import promtext
+from raftkv.byte_text import ESCAPES
 from raftkv.cli_auth import auth, role, user
 from raftkv.cli_coordination import elect, lease, lock, watch
 from raftkv.cli_support import (
@@ -25,11 +27,10 @@ from raftkv.cli_support import (
     call,
     connection_options,
     echo_table,
-    key_path,
     parse_value,
     run,
 )
-from raftkv.client import ClusterUnreachableError, Credentials, endpoint_url
+from raftkv.client import ClusterUnreachableError, Credentials, endpoint_url, key_path
 from raftkv.dashboard.cli_command import dashboard as dashboard_command
 from raftkv.logs import setup_logging
 from raftkv.node.config import ConfigError, NodeConfig, load_toml
@@ -80,6 +81,10 @@ class _CommandGroup(click.Group):
 def main(verbose: bool) -> None:
     """raftkv: a linearizable key-value store replicated with Raft."""
     setup_logging(verbose)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # A key or value of bytes that are not UTF-8 (argv brings them in as escaped bytes, see
+        # byte_text.py) prints as those bytes, as etcdctl prints them.
+        sys.stdout.reconfigure(errors=ESCAPES)
 
 
 @main.command()

@@ -20,7 +20,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import click
 
@@ -31,7 +30,7 @@ DEFAULT_ENDPOINTS = "http://127.0.0.1:3000,http://127.0.0.1:3001,http://127.0.0.
 UNAUTHENTICATED = "authentication required: pass --user or --token"
 
 __all__ = ["DEFAULT_ENDPOINTS", "Connection", "access_options", "call", "connection_options", "echo_table", "fail",
-           "key_path", "parse_value", "run"]
+           "parse_value", "run"]
 
 
 @dataclass(frozen=True)
@@ -177,10 +176,6 @@ def parse_value(text: str) -> Any:
     except ValueError:
         return text  # a bare word is a string
 
-
-def key_path(key: str) -> str:
-    """/kv/KEY with the key percent-encoded ('/' kept): a key may hold '?', '#', '%' or spaces."""
-    return "/kv/" + quote(key, safe="/")
 
 
 def echo_table(header: list[str], rows: list[list[str]]) -> None:

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from raftkv.byte_text import ESCAPES
 from raftkv.tls import ClientTLS
 
 # A stream's silence limit: a node sends a progress notice every 5 s, so three missed ones mean
@@ -268,10 +269,16 @@ class Client:
             await asyncio.sleep(0.2 if turn % len(endpoints) else 1.0)
 
     async def put(self, key: str, value: Any, **conditions: Any) -> tuple[int, Any]:
-        return await self.request("PUT", f"/kv/{key}", {"value": value, **conditions})
+        return await self.request("PUT", key_path(key), {"value": value, **conditions})
 
     async def get(self, key: str, stale: bool = False) -> tuple[int, Any]:
-        return await self.request("GET", f"/kv/{key}" + ("?stale=true" if stale else ""))
+        return await self.request("GET", key_path(key) + ("?stale=true" if stale else ""))
 
     async def delete(self, key: str) -> tuple[int, Any]:
-        return await self.request("DELETE", f"/kv/{key}")
+        return await self.request("DELETE", key_path(key))
+
+
+def key_path(key: str) -> str:
+    """/kv/KEY with the key percent-encoded ('/' kept): a key may hold '?', '#', '%' or spaces, and
+    escaped bytes (byte_text.py), which go as the bytes they stand for."""
+    return "/kv/" + quote(key, safe="/", errors=ESCAPES)

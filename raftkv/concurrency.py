@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from raftkv.client import Client, ClusterUnreachableError
+from raftkv.client import Client, ClusterUnreachableError, key_path
 
 __all__ = ["Contender", "Holding", "RecipeFailed", "Session", "SessionLost", "leaders"]
 
@@ -127,7 +127,8 @@ class Contender:
 
     async def acquire(self) -> Holding:
         """Wait until first in the queue (SessionLost if the lease goes first)."""
-        answer = await _ok(self.client, "PUT", _kv(self.key), {"value": self.value, "lease": self.session.lease_id})
+        body = {"value": self.value, "lease": self.session.lease_id}
+        answer = await _ok(self.client, "PUT", key_path(self.key), body)
         prev = answer.get("prev")  # a retried put keeps the first one's place
         mine = answer["revision"] if prev is None else prev["create_revision"]
         while True:
@@ -205,6 +206,3 @@ async def _ok(client: Client, method: str, path: str, body: Any = None) -> dict[
             raise RecipeFailed(f"{method} {path}: {status or 'unreachable'} {message}")
         await asyncio.sleep(0.2)
 
-
-def _kv(key: str) -> str:
-    return "/kv/" + quote(key, safe="/")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from cluster import LocalCluster
+from cluster import LocalCluster, http
 
 from raftkv.client import endpoint_url, parse_endpoints
 from raftkv.supervisor import free_ports
@@ -87,3 +87,20 @@ def test_status_fails_when_any_endpoint_is_unreachable_and_still_prints_the_tabl
     assert lines[-1].split() == [f"http://{dead}", "unreachable"], lines[-1]
     out = raftkv("status", "--json", "--endpoints", f"{endpoints},{dead}")
     assert out.returncode != 0 and json.loads(out.stdout)[-1]["problem"] == "unreachable"
+
+
+def test_a_key_and_value_of_bytes_that_are_not_utf8_go_in_and_come_out_as_those_bytes(cluster: LocalCluster) -> None:
+    """As with etcdctl: the shell hands over bytes, and `get` prints the same bytes back."""
+    cluster.wait_for_leader()
+    endpoints = bare_endpoints(cluster).encode()
+
+    def run(*args: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "raftkv", *args], capture_output=True, timeout=60, check=False)
+
+    done = run(b"put", b"--endpoints", endpoints, b"bin/\xff\x01", b'"\xfe\xc3\xa9"')
+    assert done.returncode == 0 and done.stdout.startswith(b"put bin/\xff\x01 at revision "), done
+    done = run(b"get", b"--endpoints", endpoints, b"bin/\xff\x01")
+    assert done.returncode == 0 and done.stdout == b"\xfe\xc3\xa9\n", done
+    status, answer = http("GET", next(iter(cluster.urls.values())) + "/kv/bin/%FF%01")  # the same bytes over HTTP
+    assert status == 200 and answer["value"] == "\udcfeé", answer
+

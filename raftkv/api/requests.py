@@ -10,7 +10,7 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 
 from raftkv.api.errors import ApiError, parse_json
-from raftkv.kv.byte_text import as_bytes, as_text, packb
+from raftkv.byte_text import as_bytes, as_text, packb
 
 __all__ = ["RequestReader", "path_key"]
 
@@ -66,7 +66,7 @@ class RequestReader:
 
 def path_key(request: web.Request) -> str:
     """The key in a /kv/{key} or /{key} path: the bytes the raw path percent-encodes, as text
-    (raftkv/kv/byte_text.py: a byte that is not UTF-8, as from /kv/%ff, is an escaped byte). The
+    (raftkv/byte_text.py: a byte that is not UTF-8, as from /kv/%ff, is an escaped byte). The
     router's own decoding leaves such a sequence as the three characters "%ff", which would make
     /kv/%ff and /kv/%25ff two spellings of one key."""
     raw = request.rel_url.raw_path

@@ -29,10 +29,11 @@ import functools
 import json
 import time
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
+from raftkv.byte_text import canonical
+from raftkv.client import key_path
 from raftkv.node.tracing import TRACE_HEADER, TRACE_ID_HEADER
 
 from .hub import Hub, NodeLink
@@ -221,9 +222,11 @@ class Controls:
             raise ControlError(400, "op: one of put, get, delete, cas")
         if not isinstance(key, str) or not key:
             raise ControlError(400, "key: a non-empty string")
+        if why := canonical(key):
+            raise ControlError(400, f"key: {why}")
         node_id = req.get("node") or self._any_reachable()
         link = self.link(node_id)
-        path = "/kv/" + quote(key, safe="")
+        path = key_path(key)
         body: dict[str, Any] | None = None
         method = {"put": "PUT", "cas": "PUT", "get": "GET", "delete": "DELETE"}[op]
         if op in ("put", "cas"):

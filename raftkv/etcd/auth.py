@@ -35,6 +35,7 @@ import grpc
 
 from raftkv.api.auth import DEFAULT_TOKEN_TTL_S
 from raftkv.api.errors import ApiError
+from raftkv.byte_text import as_bytes
 from raftkv.etcd import errors
 from raftkv.etcd.admission import Admission
 from raftkv.etcd.convert import ALL_FROM, key_text
@@ -42,7 +43,6 @@ from raftkv.etcd.errors import EtcdError, invalid, unary
 from raftkv.etcd.identity import Identity
 from raftkv.etcd.pb import auth_pb2, rpc_pb2, rpc_pb2_grpc
 from raftkv.kv import ROOT, Access, AuthChange, AuthChangeOp, InvalidCommand, Permission, check_name, validate
-from raftkv.kv.byte_text import as_bytes
 from raftkv.node import NodeHost
 
 __all__ = ["AuthService", "etcd_permission", "prefix_end", "raftkv_permission"]

@@ -29,13 +29,13 @@ from urllib.parse import urlsplit
 import grpc
 from google.protobuf import json_format
 
+from raftkv.byte_text import packb
 from raftkv.client import Client, ClusterUnreachableError
 from raftkv.core import Role
 from raftkv.etcd import errors
 from raftkv.etcd.errors import translate, unary, unimplemented
 from raftkv.etcd.identity import Identity, number_of
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
-from raftkv.kv.byte_text import packb
 from raftkv.node import NodeHost
 from raftkv.node.backup import ETCD_ALIGN_BYTES, freeze
 from raftkv.node.forwarding import CALLER_AUTHORIZATION, FORWARD_TIMEOUT_S

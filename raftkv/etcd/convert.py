@@ -2,7 +2,7 @@
 
 etcd's keys and values are bytes; raftkv's keys are text and its values JSON. A key or value that
 comes in over the etcd API is stored as text (a JSON string), its bytes that are not UTF-8 as
-escaped bytes (raftkv/kv/byte_text.py), and goes out as the same bytes. A value written through
+escaped bytes (raftkv/byte_text.py), and goes out as the same bytes. A value written through
 raftkv's HTTP API as some other JSON value (a number, an object) goes out as its compact JSON
 text. Code-point order is byte order for UTF-8, so ranges over text keys are etcd's ranges over
 the same bytes (byte_text.py says where escaped bytes differ).
@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from raftkv.byte_text import as_bytes, as_text
 from raftkv.etcd.errors import EMPTY_KEY
 from raftkv.etcd.pb import kv_pb2
 from raftkv.kv import KeyValue
-from raftkv.kv.byte_text import as_bytes, as_text
 
 __all__ = ["Bounds", "key_text", "kv_from_result", "kv_message", "value_bytes"]
 

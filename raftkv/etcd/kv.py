@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 
 from raftkv.api.auth import Requirement
+from raftkv.byte_text import as_text
 from raftkv.etcd import errors
 from raftkv.etcd.admission import Admission, range_need
 from raftkv.etcd.convert import Bounds, key_text, kv_from_result, kv_message, value_bytes
@@ -55,7 +56,6 @@ from raftkv.kv import (
     TxnRange,
     validate,
 )
-from raftkv.kv.byte_text import as_text
 from raftkv.node import NodeHost
 
 __all__ = ["KVService", "check_result"]

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from raftkv.byte_text import as_bytes
 from raftkv.etcd import errors
 from raftkv.etcd.admission import Admission
 from raftkv.etcd.errors import translate, unary
@@ -25,7 +26,6 @@ from raftkv.etcd.kv import check_result
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
 from raftkv.etcd.streams import OpenStreams, unless_ending
 from raftkv.kv import MAX_LEASE_TTL_S, Access
-from raftkv.kv.byte_text import as_bytes
 from raftkv.node import NodeHost
 
 __all__ = ["LeaseService"]

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from raftkv.byte_text import as_bytes
 from raftkv.etcd.admission import Admission, range_need
 from raftkv.etcd.convert import Bounds, kv_message
 from raftkv.etcd.errors import EtcdError
@@ -43,7 +44,6 @@ from raftkv.etcd.identity import Identity
 from raftkv.etcd.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from raftkv.etcd.streams import OpenStreams, unless_ending
 from raftkv.kv import Access, Change, CompactedError
-from raftkv.kv.byte_text import as_bytes
 from raftkv.node import NodeHost
 from raftkv.node.watch import Watcher
 

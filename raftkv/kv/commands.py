@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any
 
+from raftkv.byte_text import canonical, packb, unpackb
 from raftkv.kv.auth import Access, AuthChangeOp, Permission, check_name
-from raftkv.kv.byte_text import canonical, packb, unpackb
 
 MAX_KEY_CHARS = 4096
 MAX_REQUEST_ID_CHARS = 256

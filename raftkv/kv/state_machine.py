@@ -46,9 +46,9 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from raftkv.byte_text import ESCAPES, packb, unpackb
 from raftkv.core import ConfChange, ConfChangeKind
 from raftkv.kv.auth import AuthState
-from raftkv.kv.byte_text import ESCAPES, packb, unpackb
 from raftkv.kv.commands import (
     UNSET,
     AsUser,

@@ -73,5 +73,5 @@ def _shown_value(key: str, entry: KeyValue) -> _ShownValue:
 
 
 def _json_bytes(value: Any) -> bytes:
-    # surrogatepass: a string's escaped bytes (raftkv/kv/byte_text.py) are measured, not refused
+    # surrogatepass: a string's escaped bytes (raftkv/byte_text.py) are measured, not refused
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
