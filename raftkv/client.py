@@ -19,7 +19,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -245,7 +245,7 @@ class Client:
                 query["start_revision"] = str(next_revision)
             if prev_kv:
                 query["prev_kv"] = "true"
-            path = "/watch?" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in query.items())
+            path = "/watch?" + urlencode(query, quote_via=quote, errors=ESCAPES)
             try:
                 async with contextlib.aclosing(self.events(path, endpoints[turn % len(endpoints)])) as stream:
                     async for event in stream:

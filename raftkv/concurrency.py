@@ -29,8 +29,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import urlencode
 
+from raftkv.byte_text import ESCAPES
 from raftkv.client import Client, ClusterUnreachableError, key_path
 
 __all__ = ["Contender", "Holding", "RecipeFailed", "Session", "SessionLost", "leaders"]
@@ -180,7 +181,8 @@ async def _queue(client: Client, prefix: str) -> tuple[list[dict[str, Any]], int
     keys: list[dict[str, Any]] = []
     start = ""
     while True:
-        page = await _ok(client, "GET", f"/kv?prefix={quote(prefix, safe='')}&start={quote(start, safe='')}&limit=1000")
+        query = urlencode({"prefix": prefix, "start": start, "limit": 1000}, errors=ESCAPES)
+        page = await _ok(client, "GET", f"/kv?{query}")
         keys += page["items"]
         if not page["more"]:
             return keys, page["revision"]

@@ -271,6 +271,8 @@ async def test_a_key_is_its_percent_decoded_bytes_and_has_one_spelling(api: tupl
         status, body, _ = await call(client, "GET", URL(path, encoded=True))
         assert status == 200 and body["key"] == key and body["value"] == path, (path, body)
     assert len(node.kv) == 5
+    status, body, _ = await call(client, "GET", URL("/kv?prefix=%ff", encoded=True))  # a query names bytes too
+    assert status == 200 and [item["key"] for item in body["items"]] == ["\udcff", "\udcff\udcfe"], body
     # In a JSON body an escaped byte is its lone surrogate; one that spells UTF-8 ("é") or holds no
     # byte is refused, so a key has one spelling there too.
     status, body, _ = await call(client, "POST", "/txn", {"success": [{"op": "get", "key": "\udcff\udcfe"}]})

@@ -34,9 +34,12 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
 
+from raftkv.byte_text import ESCAPES
 from raftkv.kv import InvalidCommand
 from raftkv.node.errors import NodeError, OutcomeUnknownError, RequestRefused
 
@@ -182,12 +185,16 @@ def parse_command(parser: Callable[..., Any], *args: Any) -> Any:
 
 
 def check_query(request: web.Request, allowed: set[str]) -> Mapping[str, str]:
-    """The query parameters, after refusing any not in `allowed`."""
+    """The query parameters, after refusing any not in `allowed`. Values are decoded from the raw
+    query as the bytes they percent-encode (byte_text.py), as a key in the path is: the router's
+    own decoding would turn `?prefix=%ff` into U+FFFD, silently another prefix."""
+    query = MultiDictProxy(MultiDict(parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True,
+                                               errors=ESCAPES)))
     # Unknown parameters are refused: `?prefx=a` silently listing every key would be worse.
-    if unknown := request.query.keys() - allowed:
+    if unknown := query.keys() - allowed:
         names = ", ".join(sorted(allowed)) or "none"
         raise ApiError(400, f"unknown query parameter {sorted(unknown)[0]!r} (allowed: {names})")
-    return request.query
+    return query
 
 
 def query_flag(value: str | None, name: str) -> bool:
