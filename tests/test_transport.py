@@ -551,6 +551,20 @@ async def test_garbage_closes_that_connection_and_the_server_keeps_serving(
     await wait_for(lambda: tcp.got("b", "a") == [1])
 
 
+async def test_an_idle_link_writes_on_the_senders_turn(tcp: Net) -> None:
+    """A hop of a write's critical path costs no task switch: with the writer idle and nothing
+    buffered, send() hands the frames to the connection before it returns, in order."""
+    await tcp.up("a", "b")
+    tcp.nodes["a"].send([hb("a", "b", 0)])
+    await wait_for(lambda: tcp.got("b", "a") == [0])
+    await asyncio.sleep(0.01)  # the writer is idle again
+    sent = lambda: tcp.nodes["a"].stats()["peers"]["b"]["frames_sent"]  # noqa: E731
+    before = sent()
+    tcp.nodes["a"].send([hb("a", "b", 1), hb("a", "b", 2)])
+    assert sent() == before + 2  # no await since send()
+    await wait_for(lambda: tcp.got("b", "a") == [0, 1, 2])
+
+
 async def test_a_sender_spoofing_another_node_is_cut_off(tcp: Net) -> None:
     await tcp.up("a", "b")
     reader, writer = await asyncio.open_connection("127.0.0.1", tcp.ports["b"])

@@ -125,13 +125,16 @@ class PeerLinks(ABC, Generic[LinkT]):
 
     def _send_now(self, messages: list[Message]) -> None:
         links = self._links
+        woken: dict[str, LinkT] = {}  # once per link, after all its messages are queued
         for m in messages:
             link = links.get(m.dst)
             if link is None:
                 self.unknown_destination += 1
                 logger.debug("no such peer dst=%s type=%s", m.dst, type(m).__name__)
             elif link.queue.offer(m):
-                link.wake()
+                woken[m.dst] = link
+        for link in woken.values():
+            link.wake()
 
     def _deliver(self, peer: str, m: Message, nbytes: int) -> None:
         """One message received from `peer` (`nbytes` on the wire, 0 if it never was)."""

@@ -6,15 +6,17 @@ The peer table, ``send()`` and the delivery of each received message are shared 
 in-memory twin (links.py: ``PeerLinks``); what follows is this transport's own.
 
 Outbound. Each peer has a ``_Link``: a LinkQueue (faults.py: outbound fault rules, bounded, delay
-line) and one writer task owning one TCP connection to the peer. ``send()`` never touches the
+line) and one writer task owning one TCP connection to the peer. ``send()`` never awaits the
 network: it offers each message to its peer's queue and wakes the writer, which encodes every due
 message and writes them with one ``writelines`` + ``drain``, never waiting for answers (pipelining;
-answers come back on the peer's own connection to us). Outbound connections are write-only, so the
-writer watches them for EOF to notice a restarted peer at once. Redials back off exponentially
-(50 ms to 1 s, jittered so a cluster restarting together does not redial in lockstep); messages
-keep queueing meanwhile. A message from the peer, on its own connection to us, proves it is up:
-it ends the wait and the backoff at once (a restarted leader's first heartbeat, not the backoff,
-decides when its followers can forward to it again).
+answers come back on the peer's own connection to us). While the writer is idle on a connection
+whose buffer is empty, the wake-up writes what is due itself, on the sender's turn (no drain is
+needed with nothing buffered): a hop of a write's critical path then costs no task switch.
+Outbound connections are write-only, so the writer watches them for EOF to notice a restarted peer
+at once. Redials back off exponentially (50 ms to 1 s, jittered so a cluster restarting together
+does not redial in lockstep); messages keep queueing meanwhile. A message from the peer, on its
+own connection to us, proves it is up: it ends the wait and the backoff at once (a restarted
+leader's first heartbeat, not the backoff, decides when its followers can forward to it again).
 
 Queue policy: a full queue drops the *newest* message (counted). The queue holds a contiguous run
 of the leader's pipelined appends; dropping its head would leave a gap that makes the follower
@@ -87,11 +89,21 @@ class _Link(Link):
         self.stream_id, self.up_since, self.last_uptime_s = 0, 0.0, 0.0
         self.heard = asyncio.Event()  # set when a message arrives from the peer while we redial
         self.connects = self.connect_failures = self.dropped_oversize = 0
+        self.write_now: Callable[[_Link], object] | None = None  # the transport's _write_due
 
     def wake(self) -> None:
         w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        if w is None or w.done():
+            return  # the writer is busy: it takes the queue when it is done
+        writer = self.writer
+        if writer is not None and self.write_now is not None and not writer.transport.get_write_buffer_size():
+            try:
+                self.write_now(self)
+            except Exception:  # never into the sender's turn: the writer task finds it again
+                logger.exception("direct write failed peer=%s", self.peer_id)
+            if not self.queue and self.next_snapshot is None:
+                return
+        w.set_result(None)
 
     @property
     def connected(self) -> bool:
@@ -193,6 +205,7 @@ class TcpTransport(PeerLinks[_Link]):
             self._start_link(link)
 
     def _start_link(self, link: _Link) -> None:
+        link.write_now = self._write_due
         link.task = asyncio.get_running_loop().create_task(self._run_link(link))
 
     def _stop_link(self, link: _Link) -> None:
@@ -288,7 +301,19 @@ class TcpTransport(PeerLinks[_Link]):
                 timer.cancel()
 
     async def _write_batch(self, link: _Link) -> bool:
-        """Write every due message (and at most one snapshot chunk); False if nothing to do."""
+        """Write every due message (and at most one snapshot chunk) and wait until the connection
+        takes them; False if nothing was due."""
+        sent, chunk_bytes = self._write_due(link)
+        if not sent:
+            return False
+        await cast(asyncio.StreamWriter, link.writer).drain()
+        if chunk_bytes:
+            await asyncio.sleep(0)  # let send() enqueue heartbeats between chunks
+        return True
+
+    def _write_due(self, link: _Link) -> tuple[bool, int]:
+        """Hand every due message (and at most one snapshot chunk) to the connection, without
+        waiting for it to drain: whether anything was due, and the chunk's bytes."""
         writer = link.writer
         assert writer is not None
         queue, peer = link.queue, link.peer_id
@@ -307,14 +332,11 @@ class TcpTransport(PeerLinks[_Link]):
                 nbytes += len(body) + codec.FRAME_HEADER.size
         chunk_bytes = self._next_chunk(link, frames)
         if not frames:
-            return False
+            return False, 0
         writer.writelines(frames)
         link.frames_sent += len(frames) // 2  # every frame is a (header, body) pair
         link.bytes_sent += nbytes + chunk_bytes
-        await writer.drain()
-        if chunk_bytes:
-            await asyncio.sleep(0)  # let send() enqueue heartbeats between chunks
-        return True
+        return True, chunk_bytes
 
     def _next_chunk(self, link: _Link, frames: list[bytes]) -> int:
         """Append the next chunk of the streaming snapshot (starting the waiting one if idle);
