@@ -177,7 +177,6 @@ def parse_value(text: str) -> Any:
         return text  # a bare word is a string
 
 
-
 def echo_table(header: list[str], rows: list[list[str]]) -> None:
     table = [header, *rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]

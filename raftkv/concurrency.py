@@ -207,4 +207,3 @@ async def _ok(client: Client, method: str, path: str, body: Any = None) -> dict[
         if status not in (0, 503, 504) or time.monotonic() > deadline:
             raise RecipeFailed(f"{method} {path}: {status or 'unreachable'} {message}")
         await asyncio.sleep(0.2)
-
