@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.watchers = ints(a.watchers, "1,100,1000", "1,20")
     a.watch_rate = a.watch_rate or (40.0 if smoke else 50.0)
     a.keepalive_concurrency = ints(a.keepalive_concurrency, "16", "4")
-    a.check_perf_loads = (a.check_perf_loads or ("" if smoke else "s,m")).split(",")
+    a.check_perf_loads = [x for x in (a.check_perf_loads or ("" if smoke else "s,m")).split(",") if x]
     a.systems = set(a.systems.split(","))
     only, skip = (set(filter(None, x.split(","))) for x in (a.only, a.skip))
     if a.trace_ratio is not None and not 0 <= a.trace_ratio <= 1:
@@ -122,8 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown := (only | skip) - set(PHASES):
         p.error(f"unknown phase(s) {', '.join(sorted(unknown))}; the phases are {', '.join(PHASES)}")
     a.phases = (only or set(PHASES)) - skip
-    if smoke and not a.check_perf_loads[0]:
-        a.phases.discard("checkperf")  # a check lasts 60 s: too long for a smoke run
+    if not a.check_perf_loads:
+        a.phases.discard("checkperf")  # smoke: a check lasts 60 s, too long for it
     return a
 
 
