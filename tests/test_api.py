@@ -31,6 +31,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from raftkv.api import create_app, openapi_document
+from raftkv.api.connections import BoundedRunner, ConnectionLimits
 from raftkv.kv import ROOT, Access, AsUser, AuthChange, AuthChangeOp, Command, KVStateMachine, Permission, Put, encode
 from raftkv.node import FORWARDED_TO
 from raftkv.node.errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError
@@ -193,10 +194,27 @@ def checked_app(node: FakeNode, **limits: int) -> web.Application:
     return app
 
 
+class NodeServer(TestServer):
+    """Serves as a node process does: every connection through the connection bounds, and the key
+    routes through the front (raftkv/api/front.py), which hands anything else to aiohttp."""
+
+    limits = ConnectionLimits(max_connections=100, header_timeout_s=5, body_timeout_s=5, idle_timeout_s=30,
+                              send_timeout_s=5)
+
+    async def _make_runner(self, **kwargs: Any) -> BoundedRunner:
+        return BoundedRunner(self.app, self.limits, "n1", **kwargs)
+
+
+@pytest.fixture(params=["aiohttp", "node"])
+def serving(request: pytest.FixtureRequest) -> type[TestServer]:
+    """Each test of the API runs twice: on aiohttp alone, and as a node process serves it."""
+    return TestServer if request.param == "aiohttp" else NodeServer
+
+
 @pytest.fixture
-async def api() -> AsyncIterator[tuple[FakeNode, TestClient]]:
+async def api(serving: type[TestServer]) -> AsyncIterator[tuple[FakeNode, TestClient]]:
     node = FakeNode()
-    async with TestClient(TestServer(checked_app(node, **SMALL))) as client:
+    async with TestClient(serving(checked_app(node, **SMALL))) as client:
         yield node, client
     assert_documented(node.requests)
 
@@ -577,10 +595,10 @@ BAD_INPUT = [
     ids=[f"{m} {p[:40]} {(r or b'')[:24]!r}" for m, p, r, *_ in BAD_INPUT],
 )
 async def test_bad_input_is_4xx_json_and_changes_nothing(
-    method: str, path: str, raw: bytes | None, headers: dict, status: int, message: str
+    method: str, path: str, raw: bytes | None, headers: dict, status: int, message: str, serving: type[TestServer]
 ) -> None:
     node = FakeNode()
-    async with TestClient(TestServer(checked_app(node, **SMALL))) as client:
+    async with TestClient(serving(checked_app(node, **SMALL))) as client:
         got, body, _ = await call(client, method, path, raw=raw, headers=headers)
     assert got == status, body
     assert message in body["error"] and body["node"] == "n1"
@@ -590,9 +608,9 @@ async def test_bad_input_is_4xx_json_and_changes_nothing(
 
 
 @pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")  # the test client's
-async def test_default_limits() -> None:
+async def test_default_limits(serving: type[TestServer]) -> None:
     node = FakeNode()
-    async with TestClient(TestServer(checked_app(node))) as client:
+    async with TestClient(serving(checked_app(node))) as client:
         # Over aiohttp's own 1 MiB default but under our 2 MiB body limit: accepted.
         status, _, _ = await call(client, "PUT", "/kv/a", raw=b'{"value": 1}' + b" " * (3 << 19))
         assert status == 200
@@ -717,12 +735,12 @@ async def test_unexpected_exception_is_json_500_and_logged(
 # ---- writes a follower forwarded to the leader ------------------------------------------------------
 
 
-async def test_a_forwarded_write_names_the_leader_and_the_follower() -> None:
+async def test_a_forwarded_write_names_the_leader_and_the_follower(serving: type[TestServer]) -> None:
     """The node forwards (over the Raft link); the API only says so: "node" is the leader that
     took the write, "forwardedBy" this node, for answers and for errors alike."""
     follower = FakeNode("n2")
     follower.leader = follower.forwarded_to = "n1"
-    async with TestClient(TestServer(checked_app(follower, **SMALL))) as client:
+    async with TestClient(serving(checked_app(follower, **SMALL))) as client:
         status, body, _ = await call(client, "PUT", "/kv/dir/a%20b", {"value": 1}, headers={"Idempotency-Key": "abc"})
         assert status == 200 and body["node"] == "n1" and body["forwardedBy"] == "n2" and body["revision"] == 1
         assert FORWARDED_TO not in body and follower.proposals[0].request_id == "abc"
@@ -888,7 +906,9 @@ async def test_membership_routes_answer_and_refuse_in_json(api: tuple[FakeNode, 
         assert (await call(client, "PATCH", "/members/n1", bad))[0] == 400, bad
 
 
-async def test_a_replica_that_has_not_yet_learnt_a_user_checks_again_after_a_read_barrier() -> None:
+async def test_a_replica_that_has_not_yet_learnt_a_user_checks_again_after_a_read_barrier(
+    serving: type[TestServer],
+) -> None:
     """A node that joined a moment ago knows auth is on but has not replayed alice's creation: it
     must not tell her 401. Her credentials are checked again once a read barrier has brought it up
     to date; a wrong password is still 401."""
@@ -920,7 +940,7 @@ async def test_a_replica_that_has_not_yet_learnt_a_user_checks_again_after_a_rea
     node.read_barrier = read_barrier  # type: ignore[method-assign]
     alice = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-pw").decode()}
     wrong = {"Authorization": "Basic " + base64.b64encode(b"alice:nope").decode()}
-    async with TestClient(TestServer(checked_app(node, **SMALL))) as client:
+    async with TestClient(serving(checked_app(node, **SMALL))) as client:
         status, answer, _ = await call(client, "GET", "/kv/config", headers=alice)
         assert status == 200 and answer["value"] == "v1", answer
         status, answer, _ = await call(client, "GET", "/kv/config", headers=wrong)

@@ -44,6 +44,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from raftkv.node import NodeConfig
 
+from .front import FRONT, Front, FrontRoutes, front_routes
+
 __all__ = ["BoundedConnection", "BoundedRunner", "ConnectionLimits", "ConnectionStats"]
 
 log = logging.getLogger("raftkv.api")
@@ -92,14 +94,16 @@ class ConnectionStats:
 
 
 class _Gate:
-    """What every connection of one server shares: the limits, the count, the way to the API."""
+    """What every connection of one server shares: the limits, the count, the way to the API (the
+    front for the key routes, when the application has one, and aiohttp's protocol)."""
 
     def __init__(self, limits: ConnectionLimits, stats: ConnectionStats, node_id: str,
-                 make_protocol: Callable[[], asyncio.Protocol]) -> None:
+                 make_protocol: Callable[[], asyncio.Protocol], front: FrontRoutes | None) -> None:
         self.limits = limits
         self.stats = stats
         self.node_id = node_id
         self.make_protocol = make_protocol
+        self.front = front
         self.by_transport: dict[asyncio.BaseTransport, BoundedConnection] = {}
         self.refusal = _answer(503, "Service Unavailable", {"Retry-After": "1"}, {
             "error": f"too many connections: {node_id} serves at most {limits.max_connections} clients at once; "
@@ -111,7 +115,8 @@ class _Gate:
 
 
 class BoundedConnection(asyncio.Protocol):
-    """One client connection: aiohttp's protocol inside (`inner`), unless the connection was refused."""
+    """One client connection: the front (front.py) or aiohttp's protocol inside (`inner`), unless
+    the connection was refused. The front puts aiohttp's in its place when it hands over."""
 
     def __init__(self, gate: _Gate) -> None:
         self.gate = gate
@@ -134,7 +139,7 @@ class BoundedConnection(asyncio.Protocol):
             return
         gate.stats.open += 1
         gate.by_transport[transport] = self
-        self.inner = gate.make_protocol()
+        self.inner = gate.make_protocol() if gate.front is None else Front(gate.front, self, gate.make_protocol)
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -175,13 +180,17 @@ class BoundedConnection(asyncio.Protocol):
             self.gate.by_transport.pop(self.transport, None)
         self.inner.connection_lost(exc)
 
-    # ---- what the middleware says ------------------------------------------------------------------
+    # ---- what the middleware and the front say -----------------------------------------------------
 
-    def request_started(self, request: web.BaseRequest) -> None:
+    def head_arrived(self) -> None:
+        """The front read a request's head; its body is still arriving."""
+        self._arm(self.gate.limits.body_timeout_s, self._body_late)
+
+    def request_started(self, body_arrived: Callable[[], bool]) -> None:
         self.request_task = asyncio.current_task()
         self._disarm()
-        if not request.content.is_eof():  # a body is still arriving
-            self._arm(self.gate.limits.body_timeout_s, lambda: None if request.content.is_eof() else self._body_late())
+        if not body_arrived():  # a body is still arriving (aiohttp starts handlers on the head)
+            self._arm(self.gate.limits.body_timeout_s, lambda: None if body_arrived() else self._body_late())
 
     def request_ended(self) -> None:
         self.request_task = None
@@ -249,6 +258,7 @@ class BoundedRunner(web.AppRunner):
     def __init__(self, app: web.Application, limits: ConnectionLimits, node_id: str, **kwargs: Any) -> None:
         super().__init__(app, keepalive_timeout=limits.idle_timeout_s, **kwargs)
         self.limits, self.node_id = limits, node_id
+        self.shutdown_timeout_s = kwargs.get("shutdown_timeout", 60.0)  # (aiohttp keeps its own private)
         self.stats = ConnectionStats()
         self._gate: _Gate | None = None
         app.middlewares.insert(0, self._middleware)  # outermost: it sees every request that reached the API
@@ -260,8 +270,26 @@ class BoundedRunner(web.AppRunner):
         if inner is None:
             return None
         if self._gate is None or self._gate.make_protocol is not inner:
-            self._gate = _Gate(self.limits, self.stats, self.node_id, inner)
+            self._gate = _Gate(self.limits, self.stats, self.node_id, inner, self._front_routes())
         return self._gate
+
+    def _front_routes(self) -> FrontRoutes | None:
+        """The application's key routes for the front, inside the application's middlewares as they
+        are now that it runs (a test's own among them), but this runner's: the front does its job."""
+        config = self.app.get(FRONT)
+        if config is None:
+            return None
+        return front_routes(self.app, config, [m for m in self.app.middlewares if m != self._middleware])
+
+    async def shutdown(self) -> None:
+        """After the application's shutdown: connections still in the front are closed once what
+        they took is answered (aiohttp's own shutdown then closes those it serves)."""
+        await super().shutdown()
+        if self._gate is not None:
+            fronts = [connection.inner.close_when_answered() for connection in self._gate.by_transport.values()
+                      if isinstance(connection.inner, Front)]
+            if fronts:
+                await asyncio.wait(fronts, timeout=self.shutdown_timeout_s)
 
     @web.middleware
     async def _middleware(self, request: web.Request,
@@ -269,7 +297,7 @@ class BoundedRunner(web.AppRunner):
         connection = self._gate.by_transport.get(request.transport) if self._gate and request.transport else None
         if connection is None:
             return await handler(request)
-        connection.request_started(request)
+        connection.request_started(request.content.is_eof)
         try:
             return await handler(request)
         finally:

@@ -51,6 +51,7 @@ from raftkv.api.errors import (
     query_flag,
     query_integer,
 )
+from raftkv.api.front import FRONT, FrontConfig
 from raftkv.api.node import Node
 from raftkv.api.openapi import openapi_document
 from raftkv.api.requests import RequestReader, path_key
@@ -167,6 +168,7 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
             api.fixed[resource.canonical] = {route.method for route in resource}
         for route in resource:
             route_need(resource.canonical, route.method)  # raises KeyError for a route auth does not cover
+    app[FRONT] = FrontConfig(max_body_bytes, RESERVED_NAMES)  # for a server that serves the key routes itself
     return app
 
 
