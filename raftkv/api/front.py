@@ -73,8 +73,7 @@ class FrontRoutes:
     """The front's routes: for each, the method's route as the router has it, and its handler
     wrapped in the application's middlewares."""
 
-    max_body_bytes: int
-    reserved: frozenset[str]  # first path segments that are never keys at the root
+    config: FrontConfig
     kv: dict[str, tuple[AbstractRoute, Handler]]  # /kv/{key}, by method
     root: dict[str, tuple[AbstractRoute, Handler]]  # /{key}, by method
     txn: tuple[AbstractRoute, Handler]  # POST /txn
@@ -87,7 +86,7 @@ class FrontRoutes:
         if raw_path == "/txn":
             return self.txn if method == "POST" else None
         first = raw_path[1:].partition("/")[0]
-        if not first or "%" in first or first in self.reserved:
+        if not first or "%" in first or first in self.config.reserved:
             return None
         return self.root.get(method)
 
@@ -107,8 +106,7 @@ def front_routes(app: web.Application, config: FrontConfig, middlewares: Iterabl
     def methods(path: str) -> dict[str, tuple[AbstractRoute, Handler]]:
         return {method: wrapped(route) for method, route in by_path[path].items() if method in ("GET", "PUT", "DELETE")}
 
-    return FrontRoutes(config.max_body_bytes, config.reserved, methods("/kv/{key}"), methods("/{key}"),
-                       wrapped(by_path["/txn"]["POST"]))
+    return FrontRoutes(config, methods("/kv/{key}"), methods("/{key}"), wrapped(by_path["/txn"]["POST"]))
 
 
 class FrontRequest:
@@ -154,7 +152,8 @@ class _Taken:
     """A request parsed whole, waiting for its turn."""
 
     method: str
-    raw_url: str
+    raw_path: str
+    raw_query: str
     headers: CIMultiDictProxy[str]
     route: AbstractRoute
     handler: Handler
@@ -264,7 +263,8 @@ class Front(asyncio.Protocol):
         del self.unparsed[:end]
         route, handler = self.taken
         headers = CIMultiDictProxy(CIMultiDict(self.header_list))
-        self.waiting.append(_Taken(self.parser.get_method().decode(), self.url.decode("ascii"), headers, route, handler,
+        raw_path, _, raw_query = self.url.decode("ascii").partition("?")
+        self.waiting.append(_Taken(self.parser.get_method().decode(), raw_path, raw_query, headers, route, handler,
                                    b"".join(self.body)))
         self._start_request()
         self._bound_reading()
@@ -288,7 +288,7 @@ class Front(asyncio.Protocol):
                 return None, 0
             if lowered == "content-length":
                 lengths += 1
-                if not value.isascii() or not value.isdigit() or int(value) > self.routes.max_body_bytes:
+                if not value.isascii() or not value.isdigit() or int(value) > self.routes.config.max_body_bytes:
                     return None, 0
                 length = int(value)
         if lengths > 1:
@@ -336,8 +336,7 @@ class Front(asyncio.Protocol):
     async def _answer(self, taken: _Taken) -> bytes:
         transport = self.transport
         assert transport is not None
-        rel_url = URL.build(path=taken.raw_url.partition("?")[0], query_string=taken.raw_url.partition("?")[2],
-                            encoded=True)
+        rel_url = URL.build(path=taken.raw_path, query_string=taken.raw_query, encoded=True)
         request = FrontRequest(taken.method, rel_url, taken.headers, UrlMappingMatchInfo({}, taken.route), transport,
                                taken.body)
         self.connection.request_started(lambda: True)
@@ -372,7 +371,7 @@ class Front(asyncio.Protocol):
         waits for aiohttp (the connection may only be handed over once the front has answered)."""
         if self.transport is None or self.transport.is_closing():
             return
-        if len(self.waiting) >= MAX_WAITING or len(self.unparsed) > self.routes.max_body_bytes + MAX_HEAD_BYTES:
+        if len(self.waiting) >= MAX_WAITING or len(self.unparsed) > self.routes.config.max_body_bytes + MAX_HEAD_BYTES:
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
