@@ -38,6 +38,7 @@ from dashboard_pages import (
 pytestmark = [pytest.mark.timeout(300), pytest.mark.browser]
 
 IDLE_MEASURE_S = 5.0
+IDLE_WINDOWS = 2  # the page's idle work is steady; the least busy window is the one least disturbed
 MAX_IDLE_CPU_FRACTION = 0.10  # of one core
 # Under load, the CPU time of main-thread tasks: the browser's long-task mark, which at most 1% of
 # them may pass (one frame's layout and paint of the whole page takes 30-50 ms here, and a little
@@ -242,17 +243,22 @@ def test_the_idle_page_is_cheap_and_no_frame_is_long_under_load(page: Any, dashb
     long on the clock while the page does nothing more. Idle: the main thread's busy time over a few
     seconds. Under the load generator: a trace of the main thread's tasks, each task's CPU time (a
     frame's script, style, layout and paint run in such tasks); the long animation frames the page
-    reports on the clock are printed beside it."""
+    reports on the clock are printed beside it. Even CPU time grows when other work shares the cores
+    (caches, the scheduler), so idle is measured in a few windows and the least busy one counts."""
     cdp = page.context.new_cdp_session(page)
     cdp.send("Performance.enable", {"timeDomain": "threadTicks"})
 
     def busy_s() -> float:
         return next(m["value"] for m in cdp.send("Performance.getMetrics")["metrics"] if m["name"] == "TaskDuration")
 
+    def idle_window() -> float:
+        before, t0 = busy_s(), time.monotonic()
+        time.sleep(IDLE_MEASURE_S)
+        return (busy_s() - before) / (time.monotonic() - t0)
+
     time.sleep(1)
-    before, t0 = busy_s(), time.monotonic()
-    time.sleep(IDLE_MEASURE_S)
-    idle = (busy_s() - before) / (time.monotonic() - t0)
+    windows = [idle_window() for _ in range(IDLE_WINDOWS)]
+    idle = min(windows)
 
     page.evaluate("""() => { window.longFrames = [];
         new PerformanceObserver(l => l.getEntries().forEach(e => window.longFrames.push(e.duration)))
@@ -269,11 +275,12 @@ def test_the_idle_page_is_cheap_and_no_frame_is_long_under_load(page: Any, dashb
     clock_frames = page.evaluate("() => window.longFrames")
     longest = max(tasks_ms)
     long_tasks = [ms for ms in tasks_ms if ms > LONG_TASK_MS]
-    print(f"\npage cost: idle, the main thread busy {idle:.1%} of one core (CPU time); under load, {len(tasks_ms)} "
+    print(f"\npage cost: idle, the main thread busy {', '.join(f'{w:.1%}' for w in windows)} of one core (CPU "
+          f"time, {IDLE_MEASURE_S:g} s windows); under load, {len(tasks_ms)} "
           f"main-thread tasks, the longest {longest:.1f} ms of CPU, {len(long_tasks)} over {LONG_TASK_MS:g} ms; "
           f"on the clock {len(clock_frames)} animation frames took over 50 ms "
           f"(longest {max(clock_frames, default=0):.0f} ms)")
-    assert idle < MAX_IDLE_CPU_FRACTION, f"idle page keeps the main thread {idle:.1%} busy"
+    assert idle < MAX_IDLE_CPU_FRACTION, f"idle page keeps the main thread busy: {windows}"
     assert len(long_tasks) <= MAX_LONG_TASK_SHARE * len(tasks_ms), sorted(tasks_ms)[-10:]
     assert longest <= MAX_TASK_MS, sorted(tasks_ms)[-10:]
 

@@ -51,6 +51,10 @@ export function setClass(node, cls) {
   if (node && node.getAttribute("class") !== cls) node.setAttribute("class", cls);
 }
 
+export function setHidden(node, hidden) {
+  if (node && node.hidden !== hidden) node.hidden = hidden;
+}
+
 export const short = (v, limit = 40) => {
   const s = typeof v === "string" ? v : JSON.stringify(v);
   return s.length > limit ? s.slice(0, limit - 1) + "…" : s;

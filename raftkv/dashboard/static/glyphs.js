@@ -1,10 +1,14 @@
 // Message glyphs, from the server's schema alone: each message type (and a vote's pre-vote form)
 // names a glyph; a glyph is a shape, a family (its colour, style.css .m-<family>) and a fill (solid
-// request, hollow answer, dashed pre-vote answer). The legend lists every glyph, and counts the ones
-// the page has drawn.
+// request, hollow answer, dashed pre-vote answer). The legend lists every glyph, and lights up the
+// ones the page is drawing.
 
 import {$, el, svg} from "./dom.js";
+import {invalidate} from "./render.js";
 import {S} from "./state.js";
+
+const LIT_MS = 1200;
+const litUntil = new Map();  // glyph -> performance.now() when its legend entry goes dark
 
 const SHAPES = {
   triangle: (s) => `M0,${-s}L${s},${s * 0.8}L${-s},${s * 0.8}Z`,
@@ -48,18 +52,29 @@ export function glyphSvg(name, size = 16, extraSize = 0) {
 export function renderLegend() {
   const list = $("#legend-messages");
   list.replaceChildren(...Object.entries(S.schema.glyphs).map(([name, g]) =>
-    el("li", {"data-glyph": name, "data-seen": "0", title: S.schema.families[g.family] || ""},
+    el("li", {"data-glyph": name, title: S.schema.families[g.family] || ""},
       glyphSvg(name, 14), el("span", {text: g.meaning})),
   ));
 }
 
-// Count a drawn glyph in its legend entry, and light the entry up for a moment.
+// Light up a drawn glyph's legend entry for a moment. It goes dark at a redraw (the "legend" part),
+// with whatever else changed, not in a frame of its own.
 export function noteDrawn(name) {
-  const li = document.querySelector(`#legend-messages [data-glyph="${name}"]`);
+  const li = legendEntry(name);
   if (!li) return;
-  li.dataset.seen = String(Number(li.dataset.seen) + 1);
-  if (!li.classList.contains("seen")) {
-    li.classList.add("seen");
-    setTimeout(() => li.classList.remove("seen"), 1200);
+  if (!li.classList.contains("seen")) li.classList.add("seen");
+  litUntil.set(name, performance.now() + LIT_MS);
+  setTimeout(() => invalidate("legend"), LIT_MS);
+}
+
+export function renderLegendLights() {
+  const t = performance.now();
+  for (const [name, until] of litUntil) {
+    if (until > t) continue;
+    litUntil.delete(name);
+    const li = legendEntry(name);
+    if (li) li.classList.remove("seen");
   }
 }
+
+const legendEntry = (name) => document.querySelector(`#legend-messages [data-glyph="${name}"]`);

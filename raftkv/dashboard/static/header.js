@@ -2,7 +2,7 @@
 // slow motion and the lab, each in words (and an icon), never by colour alone.
 
 import {S} from "./state.js";
-import {$, el, setText} from "./dom.js";
+import {$, el, setAttr, setClass, setHidden, setText} from "./dom.js";
 import {icon} from "./icons.js";
 
 export function renderHeader() {
@@ -10,34 +10,38 @@ export function renderHeader() {
   const pill = $("#safety-pill");
   setText(pill, broken.length ? `safety: ${broken.length} check${broken.length > 1 ? "s" : ""} broken`
     : "safety checks hold");
-  pill.className = `pill ${broken.length ? "bad" : "ok"}`;
+  setClass(pill, `pill ${broken.length ? "bad" : "ok"}`);
   const banner = $("#safety-banner");
-  banner.hidden = !broken.length;
+  setHidden(banner, !broken.length);
   setText(banner, broken.map((c) => `${c.name} BROKEN: ${c.violation}`).join(" · "));
   renderSafetyList();
   const factor = S.slowmo.factor || 1;
   const sm = $("#slowmo-pill");
-  sm.hidden = factor <= 1;
+  setHidden(sm, factor <= 1);
   setText(sm, `slow motion ×${factor}`);
   const b = $("#slowmo");
   b.disabled = !S.slowmo.available;
-  b.setAttribute("aria-pressed", String(factor > 1));
+  setAttr(b, "aria-pressed", factor > 1);
   setText(b.querySelector(".label"), factor > 1 ? "Normal speed" : "Slow motion ×10");
   setText($("#slowmo-why"), S.slowmo.available ? "(every node's tick changes while it runs: no restart, no new term)"
     : `Unavailable: ${S.slowmo.why || ""}`);
   const lab = $("#lab-pill");
-  lab.hidden = !S.lab.active;
+  setHidden(lab, !S.lab.active);
   setText(lab, S.lab.rate === "live" ? "lab: messages flow live" : `lab: ${S.lab.held || 0} held` +
     (S.lab.clockHeld ? " · clocks held" : ""));
 }
 
+// Rebuilt when a check is added or its verdict changes; otherwise only its count of comparisons
+// moves, in place (it grows at every tick).
 function renderSafetyList() {
   const list = $("#safety");
-  const sig = S.safety.map((c) => `${c.id}${c.ok}${c.observations}`).join(",");
-  if (list.dataset.sig === sig) return;
-  list.dataset.sig = sig;
-  list.replaceChildren(...S.safety.map((c) => el("li", {class: c.ok ? "ok" : "bad", "data-check": c.id},
-    icon(c.ok ? "check" : "cross"), el("b", {text: ` ${c.name}`}),
-    el("small", {text: ` — ${c.explain}; ${c.observations} comparisons`}),
-    c.ok ? null : el("div", {text: c.violation}))));
+  const sig = S.safety.map((c) => `${c.id}${c.ok}${c.violation || ""}`).join(",");
+  if (list.dataset.sig !== sig) {
+    list.dataset.sig = sig;
+    list.replaceChildren(...S.safety.map((c) => el("li", {class: c.ok ? "ok" : "bad", "data-check": c.id},
+      icon(c.ok ? "check" : "cross"), el("b", {text: ` ${c.name}`}), el("small"),
+      c.ok ? null : el("div", {text: c.violation}))));
+  }
+  S.safety.forEach((c, i) => setText(list.children[i].querySelector("small"),
+    ` — ${c.explain}; ${c.observations} comparisons`));
 }

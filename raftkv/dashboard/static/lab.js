@@ -5,7 +5,7 @@
 // (on its card) lets its clock run until it campaigns. The server carries all of this out (lab.py).
 
 import {S, isLive, nameOf, nodeView, now} from "./state.js";
-import {$, el, setText} from "./dom.js";
+import {$, el, setAttr, setText} from "./dom.js";
 import {glyphSvg} from "./glyphs.js";
 import {icon} from "./icons.js";
 import {api} from "./actions.js";
@@ -43,10 +43,10 @@ export function renderLab() {
     : !live ? "The lab acts on the live cluster: go back to live to use it." : "");
   const toggle = $("#lab-toggle");
   toggle.disabled = !lab.available || !live;
-  toggle.setAttribute("aria-pressed", String(!!lab.active));
+  setAttr(toggle, "aria-pressed", !!lab.active);
   setText(toggle.querySelector(".label"), lab.active ? "Leave the lab (send everything held)" : "Hold every message");
   for (const id of ["#lab-clock", "#lab-rate", "#lab-deliver-next", "#lab-drop-next"]) $(id).disabled = !on;
-  $("#lab-clock").setAttribute("aria-pressed", String(!!lab.clockHeld));
+  setAttr($("#lab-clock"), "aria-pressed", !!lab.clockHeld);
   setText($("#lab-clock .label"), lab.clockHeld ? "Clocks held: let them run" : "Clocks run: hold them");
   const rate = $("#lab-rate");
   if (rate.value !== String(lab.rate)) rate.value = String(lab.rate);

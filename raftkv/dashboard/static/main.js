@@ -19,6 +19,8 @@ import {afterEachRender, invalidate, register} from "./render.js";
 import {startSession} from "./session.js";
 import {renderGates, wireGates} from "./gates.js";
 import {renderRing} from "./ring.js";
+import {renderMessages} from "./messages.js";
+import {renderLegendLights} from "./glyphs.js";
 import {renderCards} from "./cards.js";
 import {renderLogs} from "./logs.js";
 import {renderLab, wireLab} from "./lab.js";
@@ -35,6 +37,8 @@ import {renderTracing, wireTraces} from "./traces.js";
 const AGES_EVERY_MS = 1000;  // "read 1.2 s ago" and the like move on even when nothing arrives
 
 register("ring", renderRing);
+register("messages", renderMessages);
+register("legend", renderLegendLights);
 register("cards", renderCards);
 register("logs", renderLogs);
 register("lab", renderLab);

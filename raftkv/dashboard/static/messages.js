@@ -2,15 +2,20 @@
 //
 // Each glyph is a small HTML element over the ring, moved by a CSS transform animation (the Web
 // Animations API): the browser runs those on its compositor, so a steady stream of heartbeats does
-// not keep the main thread busy. What is drawn is bounded: per link and glyph at most one every
-// GAP_MS (heartbeats: HEARTBEAT_GAP_MS; under load the per-link rate labels say the rest), and at
-// most MAX_IN_FLIGHT at once. In the lab, a message is drawn when it is delivered, not when it is
-// sent (it waits at its sender until then), and it travels slowly enough to follow.
+// not keep the main thread busy. Adding or removing a glyph still costs the main thread a frame
+// (style, paint, layers), so glyphs start, and finished ones leave, with the page's next redraw
+// (render.js, at most RENDER_GAP_MS later) rather than each in a frame of its own; a glyph fades
+// out as it arrives, so one waiting to leave is not seen. A message in the lab starts at once: the
+// learner pressed Deliver. What is drawn is bounded: per link and glyph at most one every GAP_MS
+// (heartbeats: HEARTBEAT_GAP_MS; under load the per-link rate labels say the rest), and at most
+// MAX_IN_FLIGHT at once. In the lab, a message is drawn when it is delivered, not when it is sent
+// (it waits at its sender until then), and it travels slowly enough to follow.
 
 import {S, isLive, nodeByRaftId} from "./state.js";
 import {glyphOf, glyphSvg, labelOf, noteDrawn} from "./glyphs.js";
 import {ringPoint, ringScale} from "./ring.js";
 import {el} from "./dom.js";
+import {invalidate} from "./render.js";
 
 const TRAVEL_MS = 450;
 const LAB_TRAVEL_MS = 1100;
@@ -19,7 +24,18 @@ const HEARTBEAT_GAP_MS = 1000;
 const LOADED_GAP_MS = 600;  // a link carrying more than LOADED_RATE messages a second
 const LOADED_RATE = 60;
 const MAX_IN_FLIGHT = 60;
+const FADE_FROM = 0.85;  // of the travel: where an arriving glyph starts to fade out
 const lastDrawn = new Map();  // link|glyph|dropped -> performance.now() of the last one drawn
+const starting = [];  // glyphs to add at the next redraw: [element, glyph, keyframes, options, dropped]
+const leaving = new Set();  // arrived glyphs (faded out) to remove at the next redraw
+
+// The "messages" part of the redraw (main.js registers it).
+export function renderMessages() {
+  for (const node of leaving) node.remove();
+  leaving.clear();
+  const layer = document.getElementById("msg-layer");
+  for (const glyph of starting.splice(0)) if (layer) start(layer, ...glyph);
+}
 
 function faultsOf(raftId) {
   const n = nodeByRaftId(raftId);
@@ -69,25 +85,40 @@ function tooSoon(ev, glyph) {
 function draw(ev, glyph, travelMs) {
   const layer = document.getElementById("msg-layer");
   const p = ringPoint(ev.src), q = ringPoint(ev.dst);
-  if (!layer || !p || !q || layer.childElementCount >= MAX_IN_FLIGHT) return;
+  if (!layer || !p || !q || layer.childElementCount + starting.length >= MAX_IN_FLIGHT) return;
   const k = ringScale();
   const answer = /Response$|Answer$/.test(ev.kind);
   const off = (answer ? 7 : -7) * k;  // requests and answers travel on either side of the link
   const dx = q.x - p.x, dy = q.y - p.y, len = Math.hypot(dx, dy) || 1;
   const nx = (-dy / len) * off, ny = (dx / len) * off;
-  const from = {x: p.x + dx * 0.16 + nx, y: p.y + dy * 0.16 + ny};
-  const end = ev.dropped ? 0.5 : 0.84;
-  const to = {x: p.x + dx * end + nx, y: p.y + dy * end + ny};
+  const at = (f) => `translate(${p.x + dx * f + nx}px,${p.y + dy * f + ny}px)`;
+  const from = 0.16, end = ev.dropped ? 0.5 : 0.84;
+  const keyframes = ev.dropped ? [{transform: at(from)}, {transform: at(end)}]
+    : [{transform: at(from), opacity: 1}, {transform: at(from + (end - from) * FADE_FROM), opacity: 1, offset: FADE_FROM},
+      {transform: at(end), opacity: 0}];
   const bigger = glyph === "append" ? Math.min(5, Math.log2(1 + (ev.entries || 0))) : 0;
   const node = el("div", {class: `mg${ev.dropped ? " dropped" : ""}`, "data-glyph": glyph || "unknown",
     title: `${labelOf(ev.kind, ev.preVote)} ${ev.src} → ${ev.dst}, term ${ev.term}` +
       `${ev.entries ? `, ${ev.entries} entries` : ""}${ev.dropped ? " (dropped)" : ""}`});
   node.append(glyphSvg(glyph, Math.round((14 + 2 * bigger) * Math.max(0.8, k))));
+  const options = {duration: travelMs, easing: "linear", fill: "forwards"};
+  if (ev.lab) start(layer, node, glyph, keyframes, options, ev.dropped);
+  else {
+    starting.push([node, glyph, keyframes, options, ev.dropped]);
+    invalidate("messages");
+  }
+}
+
+function start(layer, node, glyph, keyframes, options, dropped) {
   layer.append(node);
   if (glyph) noteDrawn(glyph);
-  const move = node.animate([{transform: `translate(${from.x}px,${from.y}px)`},
-    {transform: `translate(${to.x}px,${to.y}px)`}], {duration: travelMs, easing: "linear", fill: "forwards"});
-  move.onfinish = () => (ev.dropped ? burst(node) : node.remove());
+  node.animate(keyframes, options).onfinish = () => {
+    if (dropped) burst(node);
+    else {
+      leaving.add(node);
+      invalidate("messages");
+    }
+  };
 }
 
 function burst(node) {

@@ -6,7 +6,7 @@
 // a sample (at most one per link and type every few tenths of a second); the page says which.
 
 import {S, isLive, now, viewTime} from "./state.js";
-import {$, fmtAge, fmtTime, setText} from "./dom.js";
+import {$, fmtAge, fmtTime, setAttr, setClass, setText} from "./dom.js";
 import {invalidateAll} from "./render.js";
 import {onReplayedMessage} from "./messages.js";
 import {connect, loadTrace} from "./connection.js";
@@ -131,15 +131,15 @@ export function wireReplay() {
 export function renderMode() {
   const live = isLive();
   const t = viewTime();
-  document.body.dataset.mode = S.file ? "file" : live ? "live" : "past";
+  setAttr(document.body, "data-mode", S.file ? "file" : live ? "live" : "past");
   const pill = $("#mode-pill");
   const playing = replay.timer ? ` · replaying ×${replay.speed}` : "";
   setText(pill, S.file ? `PAST: trace file ${S.file.name} · ${fmtTime(t)}${playing}`
     : live ? "LIVE" : `PAST: ${fmtTime(t)} (${fmtAge(Math.max(0, now() - t))} ago)${playing}`);
-  pill.className = `pill mode ${S.file ? "file" : live ? "live" : "past"}`;
-  $("#pause").setAttribute("aria-pressed", String(!live));
+  setClass(pill, `pill mode ${S.file ? "file" : live ? "live" : "past"}`);
+  setAttr($("#pause"), "aria-pressed", !live);
   setText($("#pause .label"), live ? "Pause view" : "Back to live");
-  $("#play").setAttribute("aria-pressed", String(!!replay.timer));
+  setAttr($("#play"), "aria-pressed", !!replay.timer);
   setText($("#play .label"), replay.timer ? "Stop replay" : "Play");
   setText($("#view-at"), live ? "live" : `viewing ${fmtTime(t)} · event ${eventsUpTo(t)} of ${S.history.length}` +
     `${S.file ? "" : " · events keep recording"}`);
