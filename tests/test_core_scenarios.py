@@ -763,3 +763,32 @@ def test_a_commit_index_alone_is_recorded_without_an_fsync_of_its_own():
     assert rd.hard_state is not None and rd.hard_state.commit == new.index
     assert rd.committed_entries == [new]
     assert not rd.must_sync(), "a commit index alone cost an fsync"
+
+
+def test_a_caught_up_follower_is_told_the_commit_index_in_an_append_it_need_not_answer():
+    """An answer to an append costs a wake-up on both ends, and at one write at a time the commit
+    announcement doubled them: a follower the leader replicates to is told the new commit index
+    without being asked to answer (its acknowledgement of the entries says all an answer would);
+    entries are always answered. A lost announcement is made good by the next heartbeat, which
+    carries the commit index too."""
+    h = Harness()
+    h.elect("n1")
+    h.propose("n1", "x")
+    seen = stabilize_watching(h, lambda m: isinstance(m, (AppendRequest, AppendResponse)))
+    announced = [m for m in seen if isinstance(m, AppendRequest) and not m.needs_answer]
+    assert announced and all(not m.entries for m in announced), seen
+    for follower in ("n2", "n3"):
+        asked = [m for m in seen if isinstance(m, AppendRequest) and m.dst == follower and m.needs_answer]
+        answers = [m for m in seen if isinstance(m, AppendResponse) and m.src == follower]
+        assert len(answers) == len(asked), (follower, seen)
+        assert h.values(follower) == {"k": "x"}
+
+    h.propose("n1", "y")
+    lost: list[Message] = []
+    while h.in_flight:
+        lost += [m for m in h.in_flight if isinstance(m, AppendRequest) and not m.needs_answer]
+        h.in_flight = [m for m in h.in_flight if m not in lost]
+        h.deliver()
+    assert lost and {h.values(m.dst)["k"] for m in lost} == {"x"}, "the commit of y was announced"
+    run_until(h, lambda: h.values("n2") == h.values("n3") == {"k": "y"}, 2 * ELECTION_TICKS)
+    assert h.role("n1") is Role.LEADER

@@ -137,10 +137,18 @@ class VoteResponse(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AppendRequest(Message):
+    """Entries to append after prev, and the leader's commit index.
+
+    `needs_answer` is False only on an empty one that announces a new commit index to a follower
+    the leader replicates to: a follower that holds what it follows does not answer it (the answer
+    would only repeat an acknowledgement already on its way); one that does not, rejects it.
+    """
+
     prev_log_index: int
     prev_log_term: int
     entries: tuple[Entry, ...] = ()
     commit: int = 0
+    needs_answer: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

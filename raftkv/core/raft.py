@@ -366,7 +366,7 @@ class RaftCore:
         if index > self.durable_index and self.log.matches(index, term):
             self.durable_index = index
             if self.role is Role.LEADER and self._maybe_commit():
-                self._bcast_append(send_empty=True)
+                self._announce_commit()
 
     @property
     def pending_conf_index(self) -> int:
@@ -617,7 +617,8 @@ class RaftCore:
             last_new = self._accept_entries(m)
             if self.log.commit_to(min(m.commit, last_new)):
                 self._trace(Committed, index=self.log.committed)
-            self._send_append_ack(m.src, last_new)
+            if m.needs_answer or m.entries:
+                self._send_append_ack(m.src, last_new)
             return
         # Reject with a hint so the leader can skip a whole term at once.
         last = self.log.last_index()
@@ -678,8 +679,19 @@ class RaftCore:
         for peer in self.progress:
             self._send_append(peer, send_empty)
 
-    def _send_append(self, peer: str, send_empty: bool = True) -> bool:
-        """Send the next entries `peer` needs; True if entries went out (more may follow)."""
+    def _announce_commit(self) -> None:
+        """Tell every follower the new commit index at once. A follower being replicated to is
+        told in an append it need not answer when it holds what the append follows: its answer
+        would only repeat the acknowledgement of the entries it was sent (and at one write at a time
+        each answer costs a wake-up on both ends). A follower that lacks them still answers, with
+        its rejection; one being probed is asked as before. A lost announcement is made good by the
+        next heartbeat, which carries the commit index too."""
+        for peer, pr in self.progress.items():
+            self._send_append(peer, empty_needs_answer=pr.state is not ProgressState.REPLICATE)
+
+    def _send_append(self, peer: str, send_empty: bool = True, empty_needs_answer: bool = True) -> bool:
+        """Send the next entries `peer` needs; True if entries went out (more may follow). Entries
+        are always to be answered; an empty append only if `empty_needs_answer`."""
         pr = self.progress[peer]
         if pr.is_paused():
             return False
@@ -704,6 +716,7 @@ class RaftCore:
                 prev_log_term=prev_term,
                 entries=tuple(entries),
                 commit=self.log.committed,
+                needs_answer=bool(entries) or empty_needs_answer,
             )
         )
         pr.sent(entries[-1].index if entries else pr.next - 1)
@@ -754,7 +767,7 @@ class RaftCore:
         if pr.state is ProgressState.PROBE or (pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot):
             pr.become_replicate()
         if self._maybe_commit():
-            self._bcast_append(send_empty=True)  # tell followers the new commit index promptly
+            self._announce_commit()
         else:
             while self._send_append(m.src, send_empty=False):
                 pass

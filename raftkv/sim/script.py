@@ -40,7 +40,8 @@ a command the core refuses (a proposal to a follower, a second membership change
 `error: ...` as its output, so a script can show the refusal.
 
 Log positions print as index@term; entries as `index@term noop`, `index@term key=value` or
-`index@term conf add_learner n4`. Messages print with their stable fields, one per line.
+`index@term conf add_learner n4`. Messages print with their stable fields, one per line; an
+append that announces a commit index without asking for an answer ends in `no-answer`.
 
 Commands
 --------
@@ -276,6 +277,7 @@ _MESSAGE_DETAILS: dict[type, Callable] = {
     AppendRequest: lambda m: (
         f"prev={format_position(m.prev_log_index, m.prev_log_term)} commit={m.commit}"
         + (f" entries=[{', '.join(format_entry(e) for e in m.entries)}]" if m.entries else "")
+        + ("" if m.needs_answer else " no-answer")
     ),
     AppendResponse: _append_response_detail,
     HeartbeatRequest: lambda m: f"commit={m.commit}" + (f" round={m.read_round}" if m.read_round else ""),
