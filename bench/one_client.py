@@ -13,8 +13,8 @@ cost is small), first on a follower and then on the leader. For each target it p
 percentiles and, per node, the CPU time (user + system, every thread) and the voluntary context
 switches per write. Beside them: what each node costs per second while idle (its ticker and the
 heartbeats), and what one wake-up costs on this machine, timed on a bare asyncio loop that sleeps
-in steps of 10 ms and does nothing else; on a virtual machine that figure is far larger than a
-native one, and it multiplies by the wake-ups a write needs.
+in steps of 10 ms and does nothing else (80-230 us of CPU on the 2-core VM of bench/PROFILE.md's
+ninth round): it multiplies by the wake-ups a write needs.
 """
 
 from __future__ import annotations

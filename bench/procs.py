@@ -67,8 +67,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def context_switches(pid: int) -> int:
-    """Voluntary context switches of every thread of a process so far (each one a wait, and on a
-    virtual machine each wake-up after it costs far more CPU than on a native one)."""
+    """Voluntary context switches of every thread of a process so far: each is a wait, and the
+    wake-up after it costs CPU of its own (bench/one_client.py measures how much)."""
     total = 0
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
