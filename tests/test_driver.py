@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,18 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from raftkv.core import ConfState, Entry, EntryKind, HardState, Ready, Role, Snapshot, SnapshotMeta
+from raftkv.core import (
+    AppendRequest,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    HeartbeatRequest,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
 from raftkv.kv import KVStateMachine, Put
 from raftkv.node import NodeConfig, NotAppliedError, OutcomeUnknownError, RaftGroup
 from raftkv.node.config import Member
@@ -227,6 +239,42 @@ async def test_a_write_bound_to_a_leadership_is_never_forwarded(cluster: InProce
             await group.propose(Put("not-mine", 1), leader_term=bound_to)
     assert leader.core.log.last_index() == last + 1  # only the first one was appended
     assert leader.kv.get("not-mine") is None
+
+
+async def test_a_traced_write_commits_in_its_trace_before_the_leader_announces_the_commit(
+        cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader's appends leave before it applies, so a follower can learn the commit, apply and
+    answer its client before the leader applies: the `committed` event of the write's `propose`
+    span is when the leader knew of the commit, never after the commit left it."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from raftkv.node.tracing import Tracing
+
+    leader = await cluster.leader()
+    exported, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    leader.tracing = leader.pump.tracing = Tracing(provider.get_tracer("test"), leader.id)
+    index = leader.core.log.last_index() + 1
+    announced: list[int] = []  # when the first message telling a follower of the commit left
+    send = leader.transport.send
+
+    def recording_send(messages: list[Any]) -> None:
+        if not announced and any(type(m) in (AppendRequest, HeartbeatRequest) and m.commit >= index
+                                 for m in messages):
+            announced.append(time.time_ns())
+        send(messages)
+
+    monkeypatch.setattr(leader.transport, "send", recording_send)
+    with trace.use_span(provider.get_tracer("test").start_span("client"), end_on_exit=True):
+        assert (await leader.propose(Put("traced", 1)))["ok"]
+    propose = next(s for s in exported.get_finished_spans() if s.name == "propose")
+    assert propose.attributes["raftkv.index"] == index
+    committed = next(e.timestamp for e in propose.events if e.name == "committed")
+    assert announced and committed <= announced[0]
+    provider.shutdown()
 
 
 def test_an_unanswered_forward_is_sent_again_under_its_ticket_and_one_of_an_earlier_term_is_504() -> None:

@@ -495,6 +495,9 @@ class RaftGroup:
         while core.has_ready():
             rd = core.ready()
             core.advance(rd)
+            # The commit is known from here, and its announcement may leave with early_messages: a
+            # follower can apply and answer before this node applies, so a trace's time is this one.
+            committed_ns = time.time_ns() if self.tracing is not None and rd.committed_entries else 0
             if rd.early_messages:
                 self._send(rd.early_messages)
             if rd.soft_state is not None:
@@ -505,7 +508,7 @@ class RaftGroup:
                 self.watches.restored()
                 self._on_members()  # its member table may name members, or addresses, this node has not seen
             if rd.committed_entries:
-                self._apply(rd.committed_entries)
+                self._apply(rd.committed_entries, committed_ns)
             for state in rd.read_states:
                 if self.tracing is not None:
                     self.tracing.read_confirmed(state)
@@ -517,14 +520,14 @@ class RaftGroup:
                 self.pump.hand(rd)
         self.reads.release(self.kv.applied_index)
 
-    def _apply(self, entries: list[Entry]) -> None:
+    def _apply(self, entries: list[Entry], committed_ns: int) -> None:
         """Committed means a majority holds them on disk (a leader counts itself only once its own
         fsync is reported), so they apply now, whatever this node is still writing."""
         now = self._now()
         self.observer.on_committed(entries, now)
         answered = 0
         tracing = self.tracing
-        traced = tracing.committed(entries, self.proposals.placed) if tracing is not None else None
+        traced = tracing.committed(entries, self.proposals.placed, committed_ns) if tracing is not None else None
         # (None too while nothing traced is in flight: then the loop below tests one name per entry)
         member_details = self.kv.member_details_changed
         for e in entries:

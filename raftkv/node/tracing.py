@@ -454,9 +454,11 @@ class Tracing:
 
     # ---- commit and apply ------------------------------------------------------------------------
 
-    def committed(self, entries: Iterable[Entry], placed: Mapping[int, Any]) -> dict[int, Context] | None:
-        """Entries committed on this node, about to be applied: the leader's `propose` spans end,
-        a follower's waits end; the parent of each `apply` span to make, by index (None: none)."""
+    def committed(self, entries: Iterable[Entry], placed: Mapping[int, Any],
+                  committed_ns: int) -> dict[int, Context] | None:
+        """Entries committed on this node (known at `committed_ns`), about to be applied: the
+        leader's `propose` spans end, a follower's waits end; the parent of each `apply` span to
+        make, by index (None: none)."""
         if not self._entries and not self._requests:
             return None  # nothing traced in flight: no entry to look at
         out: dict[int, Context] | None = None
@@ -471,7 +473,7 @@ class Tracing:
                 else:
                     self._entries[e.index] = _Entry(entry.context)
                 if e.term == entry.term:
-                    entry.span.add_event("committed")
+                    entry.span.add_event("committed", timestamp=committed_ns)
                     parent = entry.context
                 else:
                     entry.span.set_status(StatusCode.ERROR, "another leader's entry took this index")
