@@ -45,10 +45,13 @@ def test_bench_smoke_watch_keepalive_and_grpc(tmp_path: Path) -> None:
     # Every run's row: watchers, rep, system, writes acked/s, events/s, p50 / p99, undelivered, ...
     runs = re.findall(r"^\| ([\d,]+) \| 1 \| raftkv \| ([\d,]+) \| ([\d,]+) \| (-?[\d.]+) / (-?[\d.]+) \|", text, re.M)
     assert [int(r[0]) for r in runs] == [1, 20], text
-    for watchers, writes_per_s, events_per_s, _p50, p99 in runs:
+    for watchers, writes_per_s, events_per_s, p50, p99 in runs:
         assert int(writes_per_s.replace(",", "")) > 0
         assert int(events_per_s.replace(",", "")) > 0, f"no event counted for {watchers} watcher(s):\n{text}"
-        assert 0 < float(p99) < 5000
+        # Acknowledgement to delivery is negative when the event reaches a watcher before the writer
+        # has its answer (a follower applies as soon as it learns the commit): the smoke run's few
+        # writes can have every one so, but never by a second.
+        assert -1000 < float(p50) <= float(p99) < 5000, text
     keepalive = re.search(r"^\| keepalive c=4 spread \| ([\d,]+) \|", text, re.M)
     assert keepalive and int(keepalive.group(1).replace(",", "")) > 0, text
     grpc_section = text[text.index("## gRPC"):]
