@@ -17,15 +17,18 @@ supervisor's processes:
   Without a supervisor (a remote cluster) only the membership changes.
 * promote: a learner becomes a voter, as the cluster decides.
 
-One change at a time: a second request while one runs is a 409, as the cluster would answer.
+One change at a time: a second request waits up to `CHANGE_WAIT_S` for the one that runs (the
+page can show a change done a moment before its request has its answer), then is a 409.
 The hub is told of every change at once (`Hub.follow_members`), so the page's ring follows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -39,6 +42,7 @@ from .lab import Lab
 JOIN_WAIT_S = 30.0  # a new node's process has this long to be listed by the cluster
 CATCH_UP_WAIT_S = 60.0  # a learner has this long to catch up and be promoted
 POLL_S = 0.2
+CHANGE_WAIT_S = 5.0  # a change asked while another ends waits this long for it before a 409
 RETRIED_REASONS = frozenset({"not_caught_up", "pending"})  # refusals that time cures
 
 
@@ -151,10 +155,17 @@ class Membership:
         leader = next((m for m in view["members"] if m["id"] == view.get("leader")), None)
         return (leader or view["members"][0])["clientURL"]
 
-    def _one_change(self) -> asyncio.Lock:
-        if self._lock.locked():
-            raise ControlError(409, "another membership change is in progress; wait for it to finish")
-        return self._lock
+    @contextlib.asynccontextmanager
+    async def _one_change(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(CHANGE_WAIT_S):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise ControlError(409, "another membership change is in progress; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     async def _listed(self, name: str) -> dict[str, Any]:
         """The new node's member record, once the cluster lists it; forgets a node that cannot join."""
