@@ -15,6 +15,7 @@ the gRPC phase (grpc_load.py).
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 from pathlib import Path
 
@@ -54,6 +55,10 @@ class RaftkvCluster:
     def start(self, timeout_s: float = 30.0) -> RaftkvCluster:
         self.supervisor.start_all()
         self.leader(timeout_s)
+        # A node binds its etcd port only after its group has started, some time after its HTTP
+        # API answers: a load started before would see its first RPCs refused.
+        for target in self.etcd_targets.values():
+            wait_until(f"raftkv etcd API at {target}", lambda t=target: _accepts(t), timeout_s)
         return self
 
     def stop(self) -> None:
@@ -131,3 +136,9 @@ class RaftkvCluster:
 
     def ok(self, op: str, status: int, body: bytes = b"") -> bool:
         return status == 200 or (op == "read" and status == 404)
+
+
+def _accepts(target: str) -> bool:
+    host, port = target.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=1.0):
+        return True
