@@ -2,7 +2,7 @@
 3-node raftkv cluster serving etcd's v3 gRPC API: keys, ranges and revisions, txn in etcdctl's
 interactive syntax, watch across a restart of the watched node, leases with attached keys, lock
 and elect (which etcdctl builds from leases, txns and watches on the client side), members,
-endpoint status and health, compaction, keys of any bytes and `check perf`, and etcd's error
+endpoint status and health, compaction, keys of any bytes and `check perf`'s load, and etcd's error
 messages; then the same API through aetcd, a Python client library for etcd, and etcd's JSON
 gateway on the client port, as curl and the etcd3gw library use it.
 
@@ -521,17 +521,44 @@ async def test_keys_and_values_that_are_not_utf8_come_back_as_the_same_bytes(etc
     assert etcdctl.out("del", "bin/", "--prefix") == "4\n"
 
 
-def test_check_perf_completes_and_cleans_up(etcdctl: Etcdctl) -> None:
-    """etcdctl's own load check: 60 s at 150 writes/s from 50 clients, of random binary keys with
-    1 KiB values, then a delete of its prefix. Its throughput and error verdicts are asserted; its
-    latency bounds (slowest 0.5 s, stddev 0.1 s) depend on what else this machine runs, so they are
-    reported on failure of the rest but not asserted."""
-    done = subprocess.run(etcdctl.args("check", "perf", "--load", "s"), capture_output=True, text=True,
-                          timeout=180, env=ETCDCTL_ENV)
-    verdicts = [line for line in done.stdout.splitlines() if line.startswith(("PASS", "FAIL", "Slowest", "Stddev"))]
-    assert any(line.startswith("PASS: Throughput is") for line in verdicts), (verdicts, done.stderr[-2000:])
-    assert not any("ERROR" in line or "errors" in line for line in verdicts), verdicts
-    assert etcdctl.out("get", "/etcdctl-check-perf/", "--prefix", "--keys-only") == ""
+async def test_check_perfs_load_is_stored_counted_and_deleted_by_prefix(etcdctl: Etcdctl) -> None:
+    """What `etcdctl check perf` asks of a cluster, without its fixed 60 s: 50 clients on one channel
+    per member putting random 8-byte binary keys under its prefix with 1 KiB values, then a count of
+    the prefix and a delete of it. Every put is acknowledged; the count and the delete see every key
+    put. (etcdctl's own check, its throughput and latency verdicts, runs in `./dev bench`'s
+    checkperf phase: bench/check_perf.py.)"""
+    prefix, rng = b"/etcdctl-check-perf/", random.Random(7)
+    keys = {prefix + rng.randbytes(8) for _ in range(600)}
+    assert sum(not _utf8(k) for k in keys) > 500  # binary, as etcdctl's are
+    value = rng.randbytes(1024)
+    channels = [grpc.aio.insecure_channel(target) for target in etcdctl.endpoints.values()]
+    try:
+        stubs = [rpc_pb2_grpc.KVStub(channel) for channel in channels]
+        todo = sorted(keys)
+
+        async def client(i: int) -> None:
+            while todo:
+                await stubs[i % len(stubs)].Put(rpc_pb2.PutRequest(key=todo.pop(), value=value), timeout=10)
+
+        await asyncio.gather(*(client(i) for i in range(50)))
+        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        counted = await stubs[1].Range(rpc_pb2.RangeRequest(key=prefix, range_end=end, count_only=True))
+        assert counted.count == len(keys)
+        some = await stubs[2].Range(rpc_pb2.RangeRequest(key=prefix, range_end=end, limit=5))
+        assert len(some.kvs) == 5 and all(kv.key in keys and kv.value == value for kv in some.kvs)
+        deleted = await stubs[0].DeleteRange(rpc_pb2.DeleteRangeRequest(key=prefix, range_end=end))
+        assert deleted.deleted == len(keys)
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
+    assert etcdctl.out("get", prefix.decode(), "--prefix", "--keys-only") == ""
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 async def _etcd_op(kv: rpc_pb2_grpc.KVStub, client: int, kind: str, key: str, value: int | None,
