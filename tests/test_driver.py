@@ -241,6 +241,22 @@ async def test_a_write_bound_to_a_leadership_is_never_forwarded(cluster: InProce
     assert leader.kv.get("not-mine") is None
 
 
+async def test_a_forwarded_writes_answer_and_its_entry_leave_the_leader_in_one_send(
+        cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop turn's messages go to the transport together: the forwarding follower gets the
+    ProposeAnswer and the AppendRequest carrying its write in one write on its link, so one
+    wake-up, and the answer first."""
+    leader = await cluster.leader()
+    follower = next(g for g in cluster.groups.values() if g is not leader)
+    sends: list[list[Any]] = []
+    send = leader.transport.send
+    monkeypatch.setattr(leader.transport, "send", lambda messages: (sends.append(list(messages)), send(messages)))
+    assert (await follower.propose(Put("together", 1)))["ok"]
+    to_follower = [[type(m) for m in batch if m.dst == follower.id and (type(m) is ProposeAnswer or (
+        type(m) is AppendRequest and m.entries))] for batch in sends]
+    assert [ProposeAnswer, AppendRequest] in to_follower, to_follower
+
+
 async def test_a_traced_write_commits_in_its_trace_before_the_leader_announces_the_commit(
         cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """The leader's appends leave before it applies, so a follower can learn the commit, apply and

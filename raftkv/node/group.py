@@ -12,9 +12,11 @@ once, so the loop never waits for the disk.
 
 What a Ready asks for is split the way the core marks it (Raft figure 2 and thesis 10.2.1):
 `early_messages` (a leader's appends and heartbeats, ReadIndex traffic: nothing that vouches for
-this node's disk) leave at once; the writes and the other `messages` go to the disk pump
-(persist.py), which sends those only after their fsync; committed entries are applied at once,
-since committed already means a majority holds them on disk.
+this node's disk) leave at once, with whatever else the turn sent before them (a leader's
+ProposeAnswers): a turn's messages reach the transport together, one write per peer. The writes
+and the other `messages` go to the disk pump (persist.py), which sends those only after their
+fsync; committed entries are applied at once, since committed already means a majority holds
+them on disk.
 
 Where a write waits is proposals.py, where a read waits is reads.py. A follower does not propose:
 it forwards each turn's writes to the leader as one `ProposeForward` and waits for the indexes
@@ -130,6 +132,9 @@ class RaftGroup:
         self._wake = asyncio.Event()
         self._ticks = 0
         self._inbox: list[Message] = []
+        # What a loop turn sends, gathered so that each peer gets one write per turn (a follower's
+        # ProposeAnswer and its AppendRequest wake it once, not twice); None outside a turn.
+        self._turn_outbox: list[Message] | None = None
         self._actions: list[Callable[[], None]] = []
         self._leader: str | None = None
         self._tasks: list[asyncio.Task] = []
@@ -310,8 +315,13 @@ class RaftGroup:
         while self._running:
             await self._wake.wait()
             self._wake.clear()
-            self._feed_core()
-            self._hand_out_readies()
+            self._turn_outbox = []
+            try:
+                self._feed_core()
+                self._hand_out_readies()
+            finally:
+                self._send_turn_outbox()
+                self._turn_outbox = None
 
     def _feed_core(self) -> None:
         core, now = self.core, self._now()
@@ -500,6 +510,7 @@ class RaftGroup:
             committed_ns = time.time_ns() if self.tracing is not None and rd.committed_entries else 0
             if rd.early_messages:
                 self._send(rd.early_messages)
+                self._send_turn_outbox()  # before the apply below: followers learn a commit soonest
             if rd.soft_state is not None:
                 self._on_soft_state(rd)
             if rd.snapshot is not None:
@@ -554,8 +565,18 @@ class RaftGroup:
             self.metrics.proposals_applied.inc(answered)  # once per batch: inc() takes a lock
 
     def _send(self, messages: list[Message]) -> None:
+        if self._turn_outbox is not None:
+            self._turn_outbox += messages
+            return
         self.transport.send(messages)
         self.observer.on_sent(messages, self._now())
+
+    def _send_turn_outbox(self) -> None:
+        outbox = self._turn_outbox
+        if outbox:
+            self._turn_outbox = []
+            self.transport.send(outbox)
+            self.observer.on_sent(outbox, self._now())
 
     def _on_persisted(self, index: int, term: int) -> None:
         self.core.on_persisted(index, term)
