@@ -25,6 +25,7 @@ from raftkv.kv import (
     TxnPut,
     decode,
     encode,
+    state_machine,
 )
 
 
@@ -120,6 +121,26 @@ def test_history_compaction_and_leases_survive_a_snapshot(kv: Replica) -> None:
     assert list(restored.store.changes_since(2)) == list(kv.sm.store.changes_since(2))
     assert restored.leases.leases[1].keys == {"b"}
     assert Replica(restored)(LeaseRevoke(1))["deleted"] == ["b"]
+
+
+def test_a_snapshots_history_is_each_key_with_its_versions_as_plain_msgpack_arrays(
+        kv: Replica, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The history is packed from the store's own (revision, KeyValue) tuples, in chunks, without
+    building a list per version: the bytes must stay those of the documented list form, the form
+    digest() compares across replicas."""
+    monkeypatch.setattr(state_machine, "_ENCODE_CHUNK_ROWS", 1)  # every key a chunk of its own
+    for i in range(3):
+        kv(Put("a", {"n": i}))
+    kv(Delete("a"))
+    kv(Put("b", "x"))
+    kv(Put("b", "y"))
+    history = msgpack.unpackb(kv.sm.snapshot())[7]  # format 5: its eighth field
+    past = kv.sm.store.frozen()[1]
+    as_lists = [[k, [[rev, None if v is None else list(v)] for rev, v in past[k].fixed()]] for k in sorted(past)]
+    assert history == as_lists and [k for k, _ in history] == ["a", "b"]
+    assert msgpack.packb(history) == msgpack.packb(as_lists)
+    assert history[0][1][-1][1] is None  # the delete
+    assert history[0][1][0][1] == [{"n": 0}, 1, 1, 1, 0]
 
 
 def test_a_format_3_snapshot_restores_with_no_history_and_no_leases() -> None:

@@ -536,8 +536,12 @@ class KVStateMachine:
             parts.append(packer.pack([[rid, *first] for rid, first in dedup]))
             parts.append(packer.pack([list(m) for m in members]))
             parts.append(packer.pack(removed))
-            parts.append(packer.pack([[k, [[rev, None if kv is None else list(kv)] for rev, kv in past[k].fixed()]]
-                                      for k in sorted(past)]))
+            # A version is a (revision, KeyValue or None) tuple, and msgpack packs a tuple as the
+            # array it would pack for the same list: no list need be built per version.
+            history = sorted(past)
+            parts.append(packer.pack_array_header(len(history)))
+            for lo in range(0, len(history), _ENCODE_CHUNK_ROWS):
+                parts.append(b"".join(packer.pack((k, past[k].fixed())) for k in history[lo : lo + _ENCODE_CHUNK_ROWS]))
             parts.append(packer.pack(compacted))
             parts.append(packer.pack(leases))
             parts.append(packer.pack(auth))
