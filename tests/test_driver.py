@@ -244,8 +244,8 @@ async def test_a_write_bound_to_a_leadership_is_never_forwarded(cluster: InProce
 async def test_a_forwarded_writes_answer_and_its_entry_leave_the_leader_in_one_send(
         cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """A loop turn's messages go to the transport together: the forwarding follower gets the
-    ProposeAnswer and the AppendRequest carrying its write in one write on its link, so one
-    wake-up, and the answer first."""
+    ProposeAnswer and the AppendRequest carrying its write in one write on its link, the answer
+    first."""
     leader = await cluster.leader()
     follower = next(g for g in cluster.groups.values() if g is not leader)
     sends: list[list[Any]] = []

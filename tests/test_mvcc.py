@@ -138,7 +138,7 @@ def test_a_snapshots_history_is_each_key_with_its_versions_as_plain_msgpack_arra
     past = kv.sm.store.frozen()[1]
     as_lists = [[k, [[rev, None if v is None else list(v)] for rev, v in past[k].fixed()]] for k in sorted(past)]
     assert history == as_lists and [k for k, _ in history] == ["a", "b"]
-    assert msgpack.packb(history) == msgpack.packb(as_lists)
+    assert msgpack.packb(as_lists) in kv.sm.snapshot()  # byte for byte, as packing the lists gave
     assert history[0][1][-1][1] is None  # the delete
     assert history[0][1][0][1] == [{"n": 0}, 1, 1, 1, 0]
 

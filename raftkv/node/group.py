@@ -132,8 +132,8 @@ class RaftGroup:
         self._wake = asyncio.Event()
         self._ticks = 0
         self._inbox: list[Message] = []
-        # What a loop turn sends, gathered so that each peer gets one write per turn (a follower's
-        # ProposeAnswer and its AppendRequest wake it once, not twice); None outside a turn.
+        # What a loop turn sends, gathered so that each peer's link gets one write per turn (a
+        # follower's ProposeAnswer and the AppendRequest carrying its writes); None outside a turn.
         self._turn_outbox: list[Message] | None = None
         self._actions: list[Callable[[], None]] = []
         self._leader: str | None = None
