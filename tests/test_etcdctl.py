@@ -34,6 +34,7 @@ from cluster import LocalCluster, http
 
 from raftkv.check import Operation, check_history
 from raftkv.cli import main as cli_main
+from raftkv.etcd.auth import prefix_end
 from raftkv.etcd.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from raftkv.node.backup import BackupError, read_backup
 from raftkv.node.config import Member
@@ -541,7 +542,7 @@ async def test_check_perfs_load_is_stored_counted_and_deleted_by_prefix(etcdctl:
                 await stubs[i % len(stubs)].Put(rpc_pb2.PutRequest(key=todo.pop(), value=value), timeout=10)
 
         await asyncio.gather(*(client(i) for i in range(50)))
-        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        end = prefix_end(prefix)
         counted = await stubs[1].Range(rpc_pb2.RangeRequest(key=prefix, range_end=end, count_only=True))
         assert counted.count == len(keys)
         some = await stubs[2].Range(rpc_pb2.RangeRequest(key=prefix, range_end=end, limit=5))

@@ -567,16 +567,17 @@ class RaftGroup:
     def _send(self, messages: list[Message]) -> None:
         if self._turn_outbox is not None:
             self._turn_outbox += messages
-            return
-        self.transport.send(messages)
-        self.observer.on_sent(messages, self._now())
+        else:
+            self._transmit(messages)
 
     def _send_turn_outbox(self) -> None:
-        outbox = self._turn_outbox
-        if outbox:
-            self._turn_outbox = []
-            self.transport.send(outbox)
-            self.observer.on_sent(outbox, self._now())
+        if self._turn_outbox:
+            outbox, self._turn_outbox = self._turn_outbox, []
+            self._transmit(outbox)
+
+    def _transmit(self, messages: list[Message]) -> None:
+        self.transport.send(messages)
+        self.observer.on_sent(messages, self._now())
 
     def _on_persisted(self, index: int, term: int) -> None:
         self.core.on_persisted(index, term)
