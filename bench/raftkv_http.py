@@ -55,8 +55,8 @@ class RaftkvCluster:
     def start(self, timeout_s: float = 30.0) -> RaftkvCluster:
         self.supervisor.start_all()
         self.leader(timeout_s)
-        # A node binds its etcd port only after its group has started, some time after its HTTP
-        # API answers: a load started before would see its first RPCs refused.
+        # Two nodes elect a leader before the third listens: a load dialling its etcd port then
+        # would see its first RPCs refused, and gRPC's reconnect backoff refuse more for seconds.
         for target in self.etcd_targets.values():
             wait_until(f"raftkv etcd API at {target}", lambda t=target: _accepts(t), timeout_s)
         return self

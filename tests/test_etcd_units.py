@@ -4,11 +4,15 @@ etcd's API and says it does."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from pathlib import Path
 
 import grpc
 import pytest
 
+import raftkv.api.server as node_server
 from raftkv.etcd.convert import Bounds, key_text, kv_message, value_bytes
 from raftkv.etcd.errors import EtcdError, translate
 from raftkv.etcd.identity import number_of
@@ -17,7 +21,9 @@ from raftkv.etcd.watch import MAX_FRAGMENT_BYTES, _fragments
 from raftkv.kv import CompactedError, KeyValue
 from raftkv.node.config import ConfigError, Member, NodeConfig
 from raftkv.node.errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError, RequestRefused
+from raftkv.node.host import NodeHost
 from raftkv.ports import Listener, node_listeners
+from raftkv.supervisor import free_ports
 
 
 def test_a_single_key_is_its_own_range() -> None:
@@ -88,6 +94,54 @@ def test_the_etcd_address_is_configured_and_advertised(tmp_path: Path) -> None:
     assert Listener("0.0.0.0", 2379, "n1's etcd API port") in node_listeners(everywhere)
     with pytest.raises(ConfigError, match="host:port"):
         NodeConfig("n1", tmp_path, members, listen_etcd="10.0.0.1").etcd_listen_address()
+
+
+async def test_the_etcd_port_listens_as_soon_as_the_http_port_does(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client (the benchmark, a readiness probe) that finds the HTTP port answering dials the etcd
+    port next; were it still closed, gRPC's reconnect backoff would refuse that client's calls for
+    seconds. Both ports must listen before the group starts, which this holds back."""
+    http_port, raft_port, etcd_port = free_ports(3)
+    cfg = NodeConfig("n1", tmp_path, {"n1": Member("n1", "127.0.0.1", http_port, raft_port)},
+                     listen_etcd=f"127.0.0.1:{etcd_port}")
+    group_may_start, group_started = asyncio.Event(), asyncio.Event()
+    start = NodeHost.start
+
+    async def held_start(node: NodeHost) -> None:
+        await group_may_start.wait()
+        await start(node)
+        group_started.set()
+
+    monkeypatch.setattr(NodeHost, "start", held_start)
+    monkeypatch.setattr(node_server, "tune_gc", lambda: None)  # it freezes the whole test process's heap
+    serving = asyncio.ensure_future(node_server.serve(cfg))
+    try:
+        assert await _listens(http_port, serving), "the HTTP port never listened"
+        assert await _listens(etcd_port, serving), "the HTTP port listens and the etcd port does not"
+    finally:
+        group_may_start.set()
+        await asyncio.wait_for(group_started.wait(), 10)  # then a cancel stops the node as SIGTERM does
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().remove_signal_handler(sig)
+
+
+async def _listens(port: int, serving: asyncio.Future, timeout_s: float = 10.0) -> bool:
+    """Whether the node running as `serving` accepts a connection on `port` within `timeout_s`
+    (it is asked once, right away, when `serving` has already stopped)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if serving.done() or asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        else:
+            writer.close()
+            return True
 
 
 def test_a_large_revision_is_cut_into_fragments_of_bounded_size() -> None:

@@ -83,9 +83,11 @@ async def serve(cfg: NodeConfig) -> None:
     if cfg.client_tls_cert is not None and cfg.client_tls_key is not None:
         tls = server_context(cfg.client_tls_cert, cfg.client_tls_key, cfg.client_tls_ca)
     await web.TCPSite(runner, *cfg.client_listen_address(), reuse_address=True, ssl_context=tls).start()
-    await node.start()
+    # Both client ports listen before the group starts: a client that finds one answering finds the
+    # other too (gRPC's reconnect backoff would otherwise turn a refused first dial into seconds).
     etcd_address = cfg.etcd_listen_address()
     grpc_server = await start_etcd_server(etcd, etcd_address, _grpc_credentials(cfg)) if etcd_address else None
+    await node.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
