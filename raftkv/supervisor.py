@@ -125,12 +125,9 @@ def last_log_line(path: Path) -> str | None:
 
 
 def free_ports(count: int) -> list[int]:
-    """Loopback ports nothing listens on right now, picked at random between 10000 and the start of
-    the system's ephemeral port range: a port the OS hands out itself (an outgoing connection's own
-    port, a bind to port 0) comes from that range, so there another process's client socket could
-    take one between this check and the node's bind. Where the range is unknown, the OS picks. A
-    small race with other callers of this remains."""
-    low, high = _ports_the_os_never_picks()
+    """Loopback ports nothing listens on right now, picked at random from `port_pick_range()`. A
+    small race with other callers of this remains, unless each is given a range of its own."""
+    low, high = port_pick_range()
     ports: list[int] = []
     while len(ports) < count:
         port = _port_rng.randrange(low, high) if high > low else _os_picked_port()
@@ -141,10 +138,23 @@ def free_ports(count: int) -> list[int]:
 
 _port_rng = random.Random()
 _SPARE_ABOVE = 64  # room above a picked port for the consecutive ones some callers take after it
+PORT_RANGE_VARIABLE = "RAFTKV_FREE_PORTS"
 
 
-def _ports_the_os_never_picks() -> tuple[int, int]:
-    """[10000, the start of the ephemeral range - _SPARE_ABOVE), or an empty range where that is unknown."""
+def port_pick_range() -> tuple[int, int]:
+    """Where `free_ports` picks, [low, high): the range $RAFTKV_FREE_PORTS names as "low-high" when
+    it is set, so that runs side by side on one machine (the test suite's parallel workers) never
+    pick the same port; otherwise from 10000 to the start of the system's ephemeral port range. A
+    port the OS hands out itself (an outgoing connection's own port, a bind to port 0) comes from
+    that range, so there another process's client socket could take one between the check and a
+    node's bind. Either way the top _SPARE_ABOVE ports are left for callers that take the ports
+    after a picked one. An empty range (the ephemeral range unknown): the OS picks."""
+    if (given := os.environ.get(PORT_RANGE_VARIABLE)) is not None:
+        low, _, high = given.partition("-")
+        if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) - _SPARE_ABOVE < 65536):
+            raise ValueError(f"{PORT_RANGE_VARIABLE}={given!r}: expected low-high between 1024 and 65535, "
+                             f"more than {_SPARE_ABOVE} ports wide, e.g. 20000-25000")
+        return int(low), int(high) - _SPARE_ABOVE
     try:
         ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -7,6 +8,35 @@ from typing import Any
 import pytest
 from cluster import LocalCluster
 from dashboard_pages import Dashboard, chromium
+
+from raftkv.supervisor import PORT_RANGE_VARIABLE, port_pick_range
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite runs in parallel workers (pytest-xdist, `-n` in pyproject.toml): each picks its
+    clusters' ports from a range of its own, inherited by every process it starts (a chaos run,
+    `raftkv up`), so two workers never pick the same port between the check and the bind."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker is None or count is None or PORT_RANGE_VARIABLE in os.environ:
+        return
+    low, high = port_pick_range()
+    if high <= low:
+        return  # the system's ephemeral range is unknown: the OS picks, and never picks twice
+    width = (high - low) // int(count)
+    first = low + int(worker.removeprefix("gw")) * width
+    os.environ[PORT_RANGE_VARIABLE] = f"{first}-{first + width}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The measurements tests report (`record_property("measured", ...)`: election latency, the
+    seed's experiments), after the run, since a parallel worker's own output is not shown."""
+    lines = [value for reports in terminalreporter.stats.values() for report in reports
+             for name, value in getattr(report, "user_properties", ()) if name == "measured"
+             and getattr(report, "when", None) == "call"]
+    if lines:
+        terminalreporter.section("measured")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

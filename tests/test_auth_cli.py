@@ -110,14 +110,15 @@ def test_bad_arguments_are_usage_errors_that_send_nothing(endpoint: str) -> None
 def test_raftkv_up_watches_with_the_user_it_is_given_once_auth_is_on(tmp_path: Path) -> None:
     """`raftkv up --user`: on a data directory whose cluster has auth on, its dashboard watches the
     nodes as that user (streams opened from the start, not left over from before auth)."""
-    http_port, raft_port, dashboard_port = free_ports(3)
+    http_port, raft_port, etcd_port, dashboard_port = free_ports(4)
     node, dashboard = f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{dashboard_port}"
 
     def start_up(*args: str) -> subprocess.Popen:
         with open(tmp_path / "up.log", "ab") as log:
             return subprocess.Popen([sys.executable, "-m", "raftkv", "up", "--nodes", "1", "--http-port",
-                                     str(http_port), "--raft-port", str(raft_port), "--dashboard-port",
-                                     str(dashboard_port), "--data-dir", str(tmp_path / "data"), *args],
+                                     str(http_port), "--raft-port", str(raft_port), "--etcd-port", str(etcd_port),
+                                     "--dashboard-port", str(dashboard_port), "--data-dir", str(tmp_path / "data"),
+                                     *args],
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def stop(up: subprocess.Popen) -> None:

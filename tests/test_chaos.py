@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from raftkv.kv import AsUser, Put, Txn, decode
 from raftkv.storage.disk import DiskStorage
 
 ROOT = Path(__file__).resolve().parent.parent
+RecordProperty = Callable[[str, object], None]  # pytest's fixture: what a test measured, shown after the run
 
 # The chaos judge found a real bug here (docs/chaos-violation-*): a follower forwarded a PUT, the
 # leader died after receiving it, aiohttp silently resent the PUT on a new connection, that connect
@@ -48,10 +50,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # Fixed in raftkv/api/http.py (5407b8e); experiment 3 and the chaos runs below guard against it.
 
 
-def report(capsys: pytest.CaptureFixture[str], text: str) -> None:
-    """Measurements the seed asks to see (election latency, ...): printed even when tests pass."""
-    with capsys.disabled():
-        print(f"\n{text}")
 
 
 def put_with_retry(url: str, key: str, value: object, timeout_s: float = 10.0) -> dict:
@@ -73,7 +71,7 @@ def states(cluster: LocalCluster) -> dict[str, dict | None]:
 # ---------------------------------------------------------------- experiment 1 ----------------
 
 def test_experiment1_ten_forced_elections_each_end_with_one_leader(
-        cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:
+        cluster: LocalCluster, record_property: RecordProperty) -> None:
     """Seed, experiment 1: `curl -X POST .../force-election` ten times; measure election latency."""
     leader = cluster.wait_for_leader()
     term = cluster.state(leader)["term"]
@@ -97,9 +95,9 @@ def test_experiment1_ten_forced_elections_each_end_with_one_leader(
         latencies.append(time.monotonic() - start)
         term = now[leaders[0]]["term"]
         assert [s["state"] for s in now.values()].count("leader") == 1
-    report(capsys, f"experiment 1: election latency over 10 forced elections: "
-          f"median {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms, "
-          f"each: {', '.join(f'{x * 1000:.0f}' for x in latencies)} ms")
+    record_property("measured", "experiment 1: election latency over 10 forced elections: "
+                    f"median {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms, "
+                    f"each: {', '.join(f'{x * 1000:.0f}' for x in latencies)} ms")
 
 
 # ---------------------------------------------------------------- experiment 2 ----------------
@@ -145,7 +143,7 @@ def test_experiment2_partitioned_leader_cannot_commit_majority_moves_on(cluster:
 # ---------------------------------------------------------------- experiment 3 ----------------
 
 def test_experiment3_hundred_concurrent_puts_while_the_leader_is_killed(
-        cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:
+        cluster: LocalCluster, record_property: RecordProperty) -> None:
     """Seed, experiment 3: 100 concurrent PUTs, kill -9 the leader in the middle; every PUT that
     got 200 is readable afterwards with its value on every node; the history is linearizable."""
     leader = cluster.wait_for_leader()
@@ -198,17 +196,17 @@ def test_experiment3_hundred_concurrent_puts_while_the_leader_is_killed(
     verdict = judge(recorder)
     assert not verdict.violations, verdict.summary()  # incl. "a write answered 503 was applied"
     puts = [op.outcome for op in recorder.ops if op.kind == "write"]
-    report(capsys, f"experiment 3: 100 PUTs with the leader ({leader}) killed after ~10 acks: "
-                   f"{puts.count('ok')} acknowledged, {puts.count('fail')} failed (503/refused), "
-                   f"{puts.count('unknown')} unknown (504/timeout); every acknowledged one read back on "
-                   f"{len(nodes)} nodes")
+    record_property("measured", f"experiment 3: 100 PUTs with the leader ({leader}) killed after ~10 acks: "
+                    f"{puts.count('ok')} acknowledged, {puts.count('fail')} failed (503/refused), "
+                    f"{puts.count('unknown')} unknown (504/timeout); every acknowledged one read back on "
+                    f"{len(nodes)} nodes")
     outcomes = Counter((op.outcome, m.get("status"), str(m.get("error", ""))[:60])
                        for op, m in zip(recorder.ops, recorder.op_meta, strict=True) if op.kind == "write")
     assert len(acknowledged) >= 10, outcomes
 
 
 def test_experiment3_as_the_seed_runs_it_writes_to_one_node_wait_for_the_next_leader(
-        cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:
+        cluster: LocalCluster, record_property: RecordProperty) -> None:
     """The seed's loop of 100 background `curl -X PUT` to one node while the leader is killed.
     A node that loses its leader holds what arrives until the next one is known (its link to the
     dead leader closes at once), so those writes succeed instead of failing 503 "no leader"; only
@@ -232,7 +230,8 @@ def test_experiment3_as_the_seed_runs_it_writes_to_one_node_wait_for_the_next_le
     asyncio.run(go())
     outcomes = Counter((m.get("status"), str(m.get("error", ""))[:50]) for m in recorder.op_meta)
     statuses = Counter(m.get("status") for m in recorder.op_meta)
-    report(capsys, f"experiment 3 (seed's shape, leader {leader} killed, writes to {target}): {dict(statuses)}")
+    record_property("measured",
+                    f"experiment 3 (seed's shape, leader {leader} killed, writes to {target}): {dict(statuses)}")
     assert statuses[503] == 0, outcomes
     assert statuses[200] >= 80 and statuses[200] + statuses[504] == 100, outcomes
     cluster.wait_for_leader(among=[n for n in cluster.urls if n != leader])
@@ -263,7 +262,7 @@ def test_a_node_cut_off_from_every_peer_holds_a_write_then_answers_503(cluster: 
 
 # ---------------------------------------------------------------- demo 4 ----------------------
 
-def test_demo4_balance_survives_leader_stop(cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo4_balance_survives_leader_stop(cluster: LocalCluster, record_property: RecordProperty) -> None:
     """Seed, demo 4: PUT saldo_cuenta_123=1000 via the leader, stop the leader, PUT 1500 via the
     new leader; GET returns 1500 from every node (the stopped one too, once it is back)."""
     leader = cluster.wait_for_leader()
@@ -277,7 +276,8 @@ def test_demo4_balance_survives_leader_stop(cluster: LocalCluster, capsys: pytes
     new = cluster.wait_for_leader(among=others)
     failover_s = time.monotonic() - stopped_at
     put_with_retry(cluster.url(new), "saldo_cuenta_123", 1500)
-    report(capsys, f"demo 4: failover after stopping leader {leader}: {new} leads after {failover_s * 1000:.0f} ms")
+    record_property("measured",
+                    f"demo 4: failover after stopping leader {leader}: {new} leads after {failover_s * 1000:.0f} ms")
     for node in others:
         assert http("GET", cluster.url(node) + "/saldo_cuenta_123")[1]["value"] == 1500
     cluster.supervisor.start(leader)
@@ -291,7 +291,7 @@ def test_demo4_balance_survives_leader_stop(cluster: LocalCluster, capsys: pytes
 # ---------------------------------------------------------------- concurrent elections --------
 
 def test_concurrent_forced_elections_resolve_to_one_leader_per_term(
-        cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:
+        cluster: LocalCluster, record_property: RecordProperty) -> None:
     """The seed's "Concurrent Elections": force elections on every node at once, five times.
 
     Every answer is a 200 naming the node and a term past the one it had, or the documented 503
@@ -396,9 +396,9 @@ def test_concurrent_forced_elections_resolve_to_one_leader_per_term(
     assert not twice, f"terms with more than one leader: {twice}"
     for leader, t in settled:  # the samples saw what each round settled on
         assert leaders_by_term[t] == {leader}, (t, leader, leaders_by_term.get(t))
-    report(capsys, f"concurrent elections: settled on {settled}, {refusals} refusals, final leader {final_leader} "
-                   f"in term {final_term}; leaders by term "
-                   f"{dict(sorted((t, sorted(n)) for t, n in leaders_by_term.items()))}")
+    record_property("measured", f"concurrent elections: settled on {settled}, {refusals} refusals, "
+                    f"final leader {final_leader} in term {final_term}; leaders by term "
+                    f"{dict(sorted((t, sorted(n)) for t, n in leaders_by_term.items()))}")
 
 
 # ---------------------------------------------------------------- the judge, offline ---------

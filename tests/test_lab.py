@@ -29,7 +29,7 @@ from cluster import http
 
 from raftkv.node.config import Member
 from raftkv.ports import network_addresses
-from raftkv.supervisor import Supervisor, free_ports, port_is_free
+from raftkv.supervisor import PORT_RANGE_VARIABLE, Supervisor, free_ports, port_is_free
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,10 +86,11 @@ class Up:
             free_port_run(nodes + 1), free_port_run(nodes + 1), free_ports(1)[0])
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.lines: list[str] = []
+        # etcd's default ports too would be free to another worker's `up` checking at the same moment
         self.proc = subprocess.Popen(
             [*RAFTKV, "up", "--nodes", str(nodes), "--host", host, "--http-port", str(self.http_port),
-             "--raft-port", str(self.raft_port), "--dashboard-port", str(self.dashboard_port),
-             "--data-dir", str(data_dir)],
+             "--raft-port", str(self.raft_port), "--etcd-port", str(free_port_run(nodes + 1)),
+             "--dashboard-port", str(self.dashboard_port), "--data-dir", str(data_dir)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -171,6 +172,18 @@ def test_free_ports_are_outside_the_range_the_os_hands_out_to_client_sockets() -
     assert len(set(ports)) == 50 and all(10000 <= p < ephemeral_low for p in ports), ports
     with listening_socket(ports[0]):  # and each was free: it can be listened on
         pass
+
+
+def test_free_ports_are_picked_from_the_range_they_are_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs side by side (the suite's parallel workers) each name a range of their own; the top
+    64 of it stay free for the ports callers take after a picked one."""
+    monkeypatch.setenv(PORT_RANGE_VARIABLE, "20000-20200")
+    ports = free_ports(60)
+    assert len(set(ports)) == 60 and all(20000 <= p < 20136 for p in ports), ports
+    for bad in ("20000", "a-b", "20000-20064", "100-2000", "60000-70000", "20200-20000"):
+        monkeypatch.setenv(PORT_RANGE_VARIABLE, bad)
+        with pytest.raises(ValueError, match=f"{PORT_RANGE_VARIABLE}='{bad}': expected low-high"):
+            free_ports(1)
 
 
 def test_up_refuses_ports_that_overlap_each_other(tmp_path: Path) -> None:

@@ -207,12 +207,13 @@ def test_only_asked_requests_are_traced_and_one_fsync_links_every_write_it_serve
 def test_up_with_trace_sends_the_nodes_spans_to_its_dashboard(tmp_path: Path) -> None:
     from test_lab import RAFTKV, free_port_run
 
-    http_port, raft_port, dashboard_port = free_port_run(2), free_port_run(2), free_ports(1)[0]
+    http_port, raft_port, etcd_port = free_port_run(2), free_port_run(2), free_port_run(2)
+    dashboard_port = free_ports(1)[0]
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     with open(tmp_path / "up.log", "ab") as out:
         up = subprocess.Popen([*RAFTKV, "up", "--trace", "--trace-ratio", "0", "--nodes", "2", "--http-port",
-                               str(http_port), "--raft-port", str(raft_port), "--dashboard-port", str(dashboard_port),
-                               "--data-dir", str(tmp_path / "data")],
+                               str(http_port), "--raft-port", str(raft_port), "--etcd-port", str(etcd_port),
+                               "--dashboard-port", str(dashboard_port), "--data-dir", str(tmp_path / "data")],
                               stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         node2 = f"http://127.0.0.1:{http_port + 1}"
