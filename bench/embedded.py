@@ -48,11 +48,11 @@ PYSYNCOBJ_VARIANTS = {
 
 
 def _raftkv_child(idx: int, members: list[Member], data_dir: str, conn: Any, variant: str) -> None:
-    from raftkv.api.server import tune_gc
     from raftkv.core import Role
     from raftkv.kv import Put
     from raftkv.node import NodeHost
     from raftkv.node.config import NodeConfig
+    from raftkv.node.heap import tune_gc
 
     cfg = NodeConfig(node_id=members[idx].id, data_dir=Path(data_dir), members={m.id: m for m in members})
 
@@ -94,7 +94,7 @@ def _raftkv_child(idx: int, members: list[Member], data_dir: str, conn: Any, var
 
     async def main() -> None:
         node = NodeHost(cfg)
-        tune_gc()  # as the node process does (raftkv.api.server)
+        tune_gc()  # as the node process does (raftkv/node/heap.py)
         await node.start()
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(quiet)

@@ -21,6 +21,7 @@ from raftkv.etcd.watch import MAX_FRAGMENT_BYTES, _fragments
 from raftkv.kv import CompactedError, KeyValue
 from raftkv.node.config import ConfigError, Member, NodeConfig
 from raftkv.node.errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError, RequestRefused
+from raftkv.node.heap import HeapWatch
 from raftkv.node.host import NodeHost
 from raftkv.ports import Listener, node_listeners
 from raftkv.supervisor import free_ports
@@ -113,7 +114,7 @@ async def test_the_etcd_port_listens_as_soon_as_the_http_port_does(tmp_path: Pat
         group_started.set()
 
     monkeypatch.setattr(NodeHost, "start", held_start)
-    monkeypatch.setattr(node_server, "tune_gc", lambda: None)  # it freezes the whole test process's heap
+    monkeypatch.setattr(node_server, "tune_gc", HeapWatch)  # the real one freezes the test process's heap
     serving = asyncio.ensure_future(node_server.serve(cfg))
     try:
         assert await _listens(http_port, serving), "the HTTP port never listened"

@@ -14,7 +14,7 @@ certificate, and both require a client certificate when a client CA is configure
 from __future__ import annotations
 
 import asyncio
-import gc
+import contextlib
 import logging
 import signal
 import weakref
@@ -25,6 +25,7 @@ from aiohttp import WSCloseCode, web
 
 from raftkv.etcd import add_gateway_routes, etcd_services, start_etcd_server
 from raftkv.node import NodeConfig, NodeHost, tracing
+from raftkv.node.heap import HeapWatch, tune_gc
 from raftkv.tls import server_context
 
 from .auth import Gate
@@ -33,15 +34,15 @@ from .http import create_app
 
 log = logging.getLogger("raftkv.node")
 
+HEAP_CHECK_EVERY_S = 60.0
 
-def tune_gc() -> None:
-    """For a long-lived node process: what is loaded at start-up (the state machine can hold
-    millions of objects) leaves the collector's sight, and collections come 70x less often. A
-    full collection scanned every restored key and stalled the loop for up to 65 ms; reference
-    counting still frees almost everything at once, as cycles are rare here."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+
+async def collect_when_grown(heap: HeapWatch) -> None:
+    """The node's rare full garbage collection (node/heap.py), checked once a minute."""
+    while True:
+        await asyncio.sleep(HEAP_CHECK_EVERY_S)
+        if (seconds := heap.collect_if_grown()) is not None:
+            log.info("full garbage collection took %.0f ms; %d objects remain", seconds * 1000, heap.baseline)
 
 
 def close_event_streams_on_shutdown(app: web.Application) -> None:
@@ -69,7 +70,7 @@ def close_event_streams_on_shutdown(app: web.Application) -> None:
 async def serve(cfg: NodeConfig) -> None:
     tracing.setup_from_env(cfg.node_id)  # only if the OTEL_* variables ask (node/tracing.py)
     node = NodeHost(cfg)
-    tune_gc()
+    heap = tune_gc()
     gate = Gate(node)  # one for the HTTP API and etcd's: the same users, passwords checked once
     etcd = etcd_services(node, cfg.etcd_endpoint, gate)
     app = create_app(node, more_routes=lambda app: add_gateway_routes(app, etcd), gate=gate)
@@ -94,9 +95,13 @@ async def serve(cfg: NodeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     failed = node.group.failed
     assert failed is not None
+    collecting = asyncio.ensure_future(collect_when_grown(heap))
     try:
         await asyncio.wait([asyncio.ensure_future(stop.wait()), failed], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        collecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collecting
         log.info("shutting down node=%s", cfg.node_id)
         etcd.streams.end_all()  # watches never end by themselves (etcd/streams.py)
         if grpc_server is not None:

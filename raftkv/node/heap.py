@@ -1,0 +1,63 @@
+"""The garbage collector's policy for a node process: young collections only.
+
+A node under write load keeps hundreds of thousands of long-lived objects it tracks for the cycle
+collector: each retained version of a key (a KeyValue and its (revision, KeyValue) pair) and each
+Raft log entry until a snapshot covers it, three per write. CPython's generational collector
+scans all of them again at each collection of an older generation: measured at 4096 embedded
+writes in flight, a second-generation collection took 330-340 ms, longer than a follower waits
+for a heartbeat, and every 20 s run saw one or two elections. Almost none of it is garbage: the
+collections found none.
+
+So every object that survives a collection is frozen (`gc.freeze`): it leaves the collector's
+sight for good, and each collection scans only what was allocated since the one before (a
+pause of a few tens of ms). Frozen objects are still freed by reference counting, which is how
+the store, the log and requests free theirs. What freezing gives up is reclaiming cycles that
+were alive when frozen and became garbage later; `HeapWatch.collect_if_grown` makes good on
+that: once the frozen objects have doubled since the last full collection (and grown by at
+least `GROWTH_FLOOR`), it unfreezes them and collects everything once, a long pause that a
+steady node, whose live objects stay about the same, never needs.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+__all__ = ["GROWTH_FLOOR", "HeapWatch", "tune_gc"]
+
+GROWTH_FLOOR = 1_000_000  # frozen objects gained before a full collection is worth its pause
+YOUNG_THRESHOLD = 50_000  # allocations between collections (CPython's default, 700, is tuned for small heaps)
+
+
+def tune_gc() -> HeapWatch:
+    """For a long-lived node process, at start-up: what is loaded so far (the modules, a restored
+    state machine of maybe millions of objects) is frozen at once, and from then on what survives
+    each collection. Returns the watch that collects fully when the heap has doubled."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, 20, 100)
+    watch = HeapWatch()
+    gc.callbacks.append(watch.after_collection)
+    return watch
+
+
+class HeapWatch:
+    def __init__(self, growth_floor: int = GROWTH_FLOOR) -> None:
+        self.growth_floor = growth_floor
+        self.baseline = gc.get_freeze_count()  # frozen objects after the last full collection
+
+    def after_collection(self, phase: str, info: dict) -> None:
+        """A gc callback: once a collection ends, its survivors (all that is tracked) are frozen."""
+        if phase == "stop":
+            gc.freeze()
+
+    def collect_if_grown(self) -> float | None:
+        """A full collection of everything, if the frozen objects have doubled since the last one;
+        returns its duration in seconds, or None if none was due."""
+        if gc.get_freeze_count() < max(2 * self.baseline, self.baseline + self.growth_floor):
+            return None
+        started = time.perf_counter()
+        gc.unfreeze()
+        gc.collect()  # its survivors are frozen again as it ends (after_collection)
+        self.baseline = gc.get_freeze_count()
+        return time.perf_counter() - started
