@@ -1,12 +1,12 @@
-"""The garbage collector's policy for a node process: young collections only.
+"""The garbage collector's policy for a node process: what survives a collection is frozen.
 
 A node under write load keeps hundreds of thousands of long-lived objects it tracks for the cycle
 collector: each retained version of a key (a KeyValue and its (revision, KeyValue) pair) and each
 Raft log entry until a snapshot covers it, three per write. CPython's generational collector
 scans all of them again at each collection of an older generation: measured at 4096 embedded
 writes in flight, a second-generation collection took 330-340 ms, longer than a follower waits
-for a heartbeat, and every 20 s run saw one or two elections. Almost none of it is garbage: the
-collections found none.
+for a heartbeat, and most 20 s runs saw one to three elections. Almost none of it is garbage:
+the collections found none.
 
 So every object that survives a collection is frozen (`gc.freeze`): it leaves the collector's
 sight for good, and each collection scans only what was allocated since the one before (a
