@@ -235,7 +235,10 @@ def _etcd_ports(host: str, first: int | None, count: int) -> list[int]:
     except PortUnavailableError:
         from raftkv.supervisor import free_ports
 
-        return free_ports(count)
+        try:
+            return free_ports(count)
+        except ValueError as e:  # $RAFTKV_FREE_PORTS does not name a range
+            raise click.UsageError(str(e)) from None
     return wanted
 
 

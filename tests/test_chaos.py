@@ -574,6 +574,12 @@ def test_partition_shapes() -> None:
     assert split.cuts == {("a", "b"), ("b", "a"), ("a", "c"), ("c", "a")}
 
 
+def test_a_port_range_that_does_not_parse_is_refused_before_anything_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAFTKV_FREE_PORTS", "3000")
+    assert validate(ChaosOptions()) == ["RAFTKV_FREE_PORTS='3000': expected low-high between 1024 and 65535, "
+                                        "more than 64 ports wide, e.g. 20000-25000"]
+
+
 def test_attached_cluster_refuses_kill_and_pause_and_says_why() -> None:
     problems = validate(ChaosOptions(endpoints=("http://127.0.0.1:1",), nemesis=("kill", "pause", "partition")))
     assert problems and "kill, pause unavailable with --endpoints" in problems[0]

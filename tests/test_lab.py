@@ -11,6 +11,7 @@ sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -27,6 +28,7 @@ import psutil
 import pytest
 from cluster import http
 
+from raftkv.cli import DEFAULT_ETCD_PORT
 from raftkv.node.config import Member
 from raftkv.ports import network_addresses
 from raftkv.supervisor import PORT_RANGE_VARIABLE, Supervisor, free_ports, port_is_free
@@ -192,6 +194,20 @@ def test_up_refuses_ports_that_overlap_each_other(tmp_path: Path) -> None:
                  "--dashboard-port", str(free_ports(1)[0]), "--data-dir", str(tmp_path / "data"))
     assert out.returncode != 0 and out.stdout == ""
     assert f"port {first + 1} is both node1's peer port and node2's client port" in out.stderr, out.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_up_says_so_when_the_port_range_it_would_pick_etcd_ports_from_does_not_parse(tmp_path: Path) -> None:
+    http_port, raft_port, dashboard_port = free_ports(3)
+    with contextlib.ExitStack() as held:
+        if port_is_free(DEFAULT_ETCD_PORT):  # taken, so that up picks node1's etcd port itself
+            held.enter_context(listening_socket(DEFAULT_ETCD_PORT))
+        out = subprocess.run([*RAFTKV, "up", "--nodes", "1", "--http-port", str(http_port), "--raft-port",
+                              str(raft_port), "--dashboard-port", str(dashboard_port), "--data-dir",
+                              str(tmp_path / "data")], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, PORT_RANGE_VARIABLE: "3000"})
+    assert out.returncode == 2 and out.stdout == "", out
+    assert "RAFTKV_FREE_PORTS='3000': expected low-high" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "data").exists()
 
 

@@ -58,6 +58,7 @@ from raftkv.chaos.report import write_report
 from raftkv.chaos.workload import WorkloadConfig, call, final_reads, run_clients
 from raftkv.client import NO_ACCESS, Access, Credentials
 from raftkv.lab_ca import make_lab_certificates
+from raftkv.supervisor import port_pick_range
 from raftkv.tls import ClientTLS
 
 __all__ = ["ChaosError", "ChaosOptions", "recheck", "run", "run_in_lab", "validate"]
@@ -139,6 +140,10 @@ def validate(opts: ChaosOptions) -> list[str]:
         problems.append(f"workload: choose one or more of {', '.join(WORKLOADS)} (got {', '.join(opts.workload)})")
     if opts.duration_s <= 0 or opts.clients < 1 or opts.keys < 1 or opts.nodes < 1:
         problems.append("duration, clients, keys and nodes must be positive")
+    try:
+        port_pick_range()  # where a run on loopback picks its nodes' ports
+    except ValueError as e:
+        problems.append(str(e))
     return problems
 
 
