@@ -13,7 +13,7 @@ from raftkv.supervisor import PORT_RANGE_VARIABLE, port_pick_range
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The suite runs in parallel workers (pytest-xdist, `-n` in pyproject.toml): each picks its
+    """The suite runs in parallel workers (pytest-xdist, `-n 2` in ./dev test): each picks its
     clusters' ports from a range of its own, inherited by every process it starts (a chaos run,
     `raftkv up`), so two workers never pick the same port between the check and the bind."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
