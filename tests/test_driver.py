@@ -135,6 +135,20 @@ def test_a_placed_write_is_answered_by_its_entry_and_names_the_leader_that_took_
     asyncio.run(scenario())
 
 
+def test_an_entry_wants_its_result_while_a_write_here_waits_for_it_or_a_forward_is_unanswered() -> None:
+    async def scenario() -> None:
+        proposals, loop = tracker(), asyncio.get_running_loop()
+        assert not proposals.wants_result(4)  # another node's write: its result goes nowhere
+        proposals.place(4, PlacedWrite(2, loop.create_future(), 0.0, 1e18, None))
+        assert proposals.wants_result(4) and not proposals.wants_result(5)
+        # An unanswered forward may be placed at any index, even one already applied (its answer
+        # then comes from the results kept meanwhile): every entry's result is wanted.
+        proposals.forwarded[3] = _batch("n2", [loop.create_future()])
+        assert proposals.wants_result(5) and proposals.wants_result(1)
+
+    asyncio.run(scenario())
+
+
 def test_the_lock_free_histogram_renders_as_a_prometheus_histogram() -> None:
     metrics = NodeMetrics("n1")
     for seconds in (0.0001, 0.0005, 0.003, 0.003, 7.0):  # 0.0005 is on a bound: le is inclusive

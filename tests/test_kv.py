@@ -101,6 +101,22 @@ def test_delete_of_absent_key_is_not_found_and_takes_no_revision(kv: Replica) ->
     assert kv.sm.revision == 1
 
 
+def test_a_put_nobody_waits_for_changes_the_state_as_an_answered_one_and_returns_none() -> None:
+    commands = [Put("a", 1), Put("a", 2), Put("b", "x", prev_exist=False), Put("a", 3, prev_value=99),
+                Delete("b"), Txn((), (TxnPut("c", 1),), ()), Put("a", 4, request_id="r")]
+    answered, unanswered = KVStateMachine(), KVStateMachine()
+    results = []
+    for index, cmd in enumerate(commands, 1):
+        answered.apply(index, encode(cmd))
+        results.append(unanswered.apply(index, encode(cmd), answer=False))
+    assert unanswered == answered and unanswered.digest() == answered.digest()
+    # Only a successful put skips its result; a refusal, the other commands and a request the
+    # id table keeps (so that a retry gets it) build theirs.
+    assert results[:3] == [None, None, None] and results[3]["error"] == PRECONDITION_FAILED
+    assert results[4]["op"] == "delete" and results[5]["op"] == "txn"
+    assert results[6]["op"] == "put" and Replica(unanswered)(Put("a", 4, request_id="r"))["replayed"]
+
+
 # ---- compare-and-set ---------------------------------------------------------------------------
 
 

@@ -2,11 +2,14 @@
 
 Theory of operation
 -------------------
-A write is one immutable command: `Put`, `Delete` or `Txn` (etcd-style: compares, then the `success`
-or the `failure` ops). The HTTP API builds it from JSON (`put_from_json`, `delete_from_json`,
-`txn_from_json`), which raise `InvalidCommand` with a message a person can act on; the leader
-`encode`s it into an entry and every replica `decode`s those same bytes, so only decoding has to be
-deterministic, never the proposer's objects.
+A write is one command: `Put`, `Delete` or `Txn` (etcd-style: compares, then the `success` or the
+`failure` ops), never changed once built. The classes are slotted dataclasses but not frozen: every
+replica decodes one per write as it applies it, and a frozen dataclass takes four times as long to
+build (its `__init__` sets each field through `object.__setattr__`; bench/PROFILE.md). The HTTP
+API builds a command from JSON (`put_from_json`, `delete_from_json`, `txn_from_json`), which raise
+`InvalidCommand` with a message a person can act on; the leader `encode`s it into an entry and
+every replica `decode`s those same bytes, so only decoding has to be deterministic, never the
+proposer's objects.
 
 Wire form: a msgpack array `[tag, field, ...]` of fixed length per tag, no field names. "prev_value
 not given" and "prev_value is null" are different requests: in memory the first is the sentinel
@@ -69,7 +72,7 @@ class CompareOp(StrEnum):
     LT = "<"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Put:
     """Write key=value if every given prev_* holds (compare-and-set). prev_revision is matched against
     mod_revision (0 for an absent key); prev_exist=False is create-only, True update-only."""
@@ -83,14 +86,14 @@ class Put:
     lease: int = 0  # attach the key to this lease (0: none); it is deleted when the lease ends
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delete:
     key: str
     prev_revision: int | None = None
     request_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Compare:
     """A txn guard. An absent key has version/revisions 0 and fails every `value` compare (as etcd)."""
 
@@ -100,19 +103,19 @@ class Compare:
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxnPut:
     key: str
     value: Any
     lease: int = 0  # as Put.lease; a lease that does not exist fails the whole txn, nothing done
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxnDelete:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxnDeleteRange:
     """Delete every key from `start` (inclusive) to `end` (exclusive; None: every key from start)."""
 
@@ -120,12 +123,12 @@ class TxnDeleteRange:
     end: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxnGet:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxnRange:
     """Keys starting with `prefix`, and from `start` (inclusive) to `end` (exclusive; None: no bound)."""
 
@@ -138,7 +141,7 @@ class TxnRange:
 TxnOp = TxnPut | TxnDelete | TxnGet | TxnRange | TxnDeleteRange
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Txn:
     """If every compare holds, run `success` in order, else `failure`; atomic, one revision.
 
@@ -153,7 +156,7 @@ class Txn:
     typed_compares: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Compact:
     """Forget history at or below `revision` (reads, ranges and watches there are then refused)."""
 
@@ -161,7 +164,7 @@ class Compact:
     request_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LeaseGrant:
     """A lease of `ttl_s` seconds under `lease_id` (chosen by the proposer: random, never reused)."""
 
@@ -170,7 +173,7 @@ class LeaseGrant:
     request_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LeaseRevoke:
     """End a lease: its keys are deleted in one revision. `expired`: the leader found it expired."""
 
@@ -179,7 +182,7 @@ class LeaseRevoke:
     request_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AuthChange:
     """One change to users, roles or the auth switch (kv/auth.py says what each op needs)."""
 
@@ -192,7 +195,7 @@ class AuthChange:
     request_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AsUser:
     """`command`, on behalf of `user`, whose permission for it was checked at auth revision
     `auth_revision`: the state machine refuses it if auth changed since, and scopes its request_id
@@ -207,7 +210,7 @@ class AsUser:
         return self.command.request_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PublishMember:
     """New details (name, addresses) for a member in the member table: its node publishes them, as
     etcd's members publish theirs, for a member added by its peer address alone (etcd's MemberAdd),

@@ -63,7 +63,9 @@ class MVCCStore:
         self._past: dict[str, list[Version]] = {}  # keys with more than one retained version
         self._changes: list[tuple[int, str]] = []
         self.compacted = 0
-        self.listener: Callable[[Change], None] | None = None  # told of every change as it is made
+        # Told of every change as it is made, as Change's fields: a Change is built only if wanted
+        # (most changes have no watcher, and a tuple per write costs every replica's apply).
+        self.listener: Callable[[int, str, KeyValue | None, KeyValue | None], None] | None = None
         # Sorted index of every key with a retained version (the current ones and the deleted ones
         # still in history), brought up to date lazily: puts of new keys are frequent and ranges rare.
         self._sorted_keys: list[str] = []
@@ -94,7 +96,7 @@ class MVCCStore:
             versions.append((revision, kv))
         self._changes.append((revision, key))
         if self.listener is not None:
-            self.listener(Change(revision, key, kv, cur))
+            self.listener(revision, key, kv, cur)
 
     def compact(self, revision: int) -> int:
         """Forget history at or below `revision`; returns how many versions were dropped."""
@@ -105,7 +107,7 @@ class MVCCStore:
             versions = self._past.get(key)
             if versions is None:
                 continue
-            keep_from = bisect_right(versions, revision, key=_revision) - 1  # the key's state at `revision`
+            keep_from = _last_at(versions, revision)  # the key's state at `revision`
             if versions[keep_from][1] is None:  # deleted by then: nothing left to read
                 keep_from += 1
             dropped += keep_from
@@ -133,7 +135,7 @@ class MVCCStore:
         if versions is None:
             cur = self._current.get(key)
             return cur if cur is not None and cur.mod_revision <= revision else None
-        at = bisect_right(versions, revision, key=_revision) - 1
+        at = _last_at(versions, revision)
         return versions[at][1] if at >= 0 else None
 
     def history(self, key: str) -> list[Version]:
@@ -170,8 +172,8 @@ class MVCCStore:
 
     def change_at(self, revision: int, key: str) -> Change:
         versions = self.history(key)
-        at = bisect_left(versions, revision, key=_revision)
-        assert at < len(versions) and versions[at][0] == revision, (key, revision)
+        at = _last_at(versions, revision)
+        assert at >= 0 and versions[at][0] == revision, (key, revision)
         prev = versions[at - 1][1] if at > 0 else None
         return Change(revision, key, versions[at][1], prev)
 
@@ -231,8 +233,12 @@ class MVCCStore:
         return store
 
 
-def _revision(version: Version) -> int:
-    return version[0]
+def _last_at(versions: list[Version], revision: int) -> int:
+    """The index of the last version at or below `revision` (-1: none). A version (r, kv) sorts
+    below the 1-tuple (revision + 1,) exactly when r <= revision, so the search compares revisions
+    in C and never reaches a KeyValue; bisect's key= would call Python at every probe, and
+    compaction searches every key it changed (bench/PROFILE.md)."""
+    return bisect_left(versions, (revision + 1,)) - 1
 
 
 _MAX_KEY = "\U0010ffff"  # sorts after every key: (revision, _MAX_KEY) bounds a revision's changes

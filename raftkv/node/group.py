@@ -547,7 +547,7 @@ class RaftGroup:
             if traced is not None and e.index in traced:
                 apply_started_ns = time.time_ns()
             if e.kind is EntryKind.NORMAL:
-                result = self.kv.apply(e.index, e.data)
+                result = self.kv.apply(e.index, e.data, answer=self.proposals.wants_result(e.index))
             elif e.kind is EntryKind.CONF_CHANGE:
                 result = self.kv.apply_membership(e.index, ConfChange.decode(e.data))
                 self.metrics.conf_changes.inc()

@@ -206,8 +206,13 @@ class ProposalTracker:
             self._not_applied(old.answer)
         self.placed[index] = write
 
+    def wants_result(self, index: int) -> bool:
+        """Whether the entry at `index` must be applied with its result: a write of this node waits
+        for it, or may yet be placed there (a forwarded batch whose answer has not come)."""
+        return bool(self.forwarded) or index in self.placed
+
     def applied(self, entry: Entry, result: dict[str, Any] | None, now: float) -> bool:
-        """The entry at `entry.index` was applied with `result` (None: not a command); True if that
+        """The entry at `entry.index` was applied with `result` (None: not a command, or not wanted); True if that
         answered a waiting write."""
         if self.forwarded:  # an answer to one of them may come after its entries are applied
             self._recent[entry.index] = (entry.term, result)
