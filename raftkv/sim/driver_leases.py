@@ -75,9 +75,9 @@ class LeaseWatchingKV(KVStateMachine):
         super().__init__()
         self._ledger = ledger
 
-    def apply(self, index: int, data: bytes) -> dict:
+    def apply(self, index: int, data: bytes, *, answer: bool = True) -> dict | None:
         before = set(self.leases.leases)
-        result = super().apply(index, data)
+        result = super().apply(index, data, answer=answer)
         for lease_id in before - set(self.leases.leases):
             self._ledger.saw_gone(lease_id)
         return result
