@@ -304,6 +304,18 @@ def test_the_crash_checks_alone_catch_a_driver_that_never_fsyncs(monkeypatch: py
     assert run_driver_seed(found.seed, cfg).violation == found.violation
 
 
+def test_a_group_that_dies_fails_the_simulation_with_its_cause(monkeypatch: pytest.MonkeyPatch) -> None:
+    class DiesAtTheTenthEntry(driver_sim.LeaseWatchingKV):
+        def apply(self, index: int, data: bytes, *, answer: bool = True) -> dict | None:
+            if index == 10:
+                raise RuntimeError("a bug in apply")
+            return super().apply(index, data, answer=answer)
+
+    monkeypatch.setattr(driver_sim, "LeaseWatchingKV", DiesAtTheTenthEntry)
+    result = run_driver_seed(0)
+    assert not result.ok and "group failed: RuntimeError('a bug in apply')" in result.violation, result.violation
+
+
 @pytest.mark.parametrize("bug", sorted(LESSOR_BUGS))
 def test_a_lessor_that_expires_a_lease_early_fails_the_simulation(bug: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A lessor that renews a lease whose revocation is under way, or that keeps its deadlines

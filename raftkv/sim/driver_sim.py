@@ -162,11 +162,19 @@ class SimNode:
             checking.bind(group.core)
         await transport.start(group.deliver)
         await group.start()
+        assert group.failed is not None
+        group.failed.add_done_callback(self._group_failed)
         # A follower relays keep-alives to the leader's client URL; here there is none, so the
         # lease client asks a leader directly, as a relayed request would reach it.
         lessor = Lessor(group, None, random.Random(f"{sim.seed}/{self.id}/{self.starts}/leases"))
         self._lessor_task = asyncio.get_running_loop().create_task(lessor.run())
         self.group, self.lessor, self._transport = group, lessor, transport
+
+    def _group_failed(self, failed: asyncio.Future[BaseException]) -> None:
+        """A task of the group died (a bug): say so with its cause, rather than let the run end in
+        the liveness check that a dead group makes fail."""
+        if not failed.cancelled():
+            self.sim.fail(f"{self.id}'s group failed: {failed.result()!r}")
 
     async def crash(self) -> None:
         """kill -9: the disk work in flight never completes, and only what was synced survives."""
