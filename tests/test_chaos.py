@@ -50,8 +50,6 @@ RecordProperty = Callable[[str, object], None]  # pytest's fixture: what a test 
 # Fixed in raftkv/api/http.py (5407b8e); experiment 3 and the chaos runs below guard against it.
 
 
-
-
 def put_with_retry(url: str, key: str, value: object, timeout_s: float = 10.0) -> dict:
     """PUT until 200, retrying only answers that mean "definitely not done" (503)."""
     deadline = time.monotonic() + timeout_s
