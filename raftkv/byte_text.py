@@ -58,5 +58,5 @@ def packb(obj: Any) -> bytes:
         return msgpack.packb(obj, unicode_errors=ESCAPES)
 
 
-def unpackb(data: bytes | memoryview, **options: Any) -> Any:
-    return msgpack.unpackb(data, unicode_errors=ESCAPES, **options)
+def unpackb(data: bytes | memoryview) -> Any:
+    return msgpack.unpackb(data, unicode_errors=ESCAPES)
