@@ -14,10 +14,12 @@ import json
 import time
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from test_api import SMALL, FakeNode, NodeServer, checked_app
 
 from raftkv.api.connections import ConnectionLimits
+from raftkv.node.forwarding import CALLER_AUTHORIZATION
 
 Answer = tuple[int, dict[str, str], bytes]
 
@@ -117,6 +119,31 @@ async def test_pipelined_requests_are_answered_in_order_across_a_hand_over() -> 
     assert comparable(node) == comparable(alone)
     assert [by_front(answer) for answer in node] == [True, True, False, False, False]
     assert json.loads(node[3][2])["value"] == 1 and json.loads(node[4][2])["revision"] == 2
+
+
+async def test_what_one_request_sets_in_a_context_variable_never_reaches_the_next() -> None:
+    """Each request runs in a fresh copy of its connection's context: the caller's credentials a
+    request relays to the leader (node/forwarding.py) are not the next request's, pipelined or not."""
+    seen: list[str | None] = []
+
+    @web.middleware
+    async def relays(request: web.Request, handler: Any) -> web.StreamResponse:
+        seen.append(CALLER_AUTHORIZATION.get())
+        CALLER_AUTHORIZATION.set(f"Basic {request.path}")
+        return await handler(request)
+
+    app = checked_app(FakeNode(), **SMALL)
+    app.middlewares.append(relays)
+    server = NodeServer(app)
+    await server.start_server()
+    try:
+        raw = [request("PUT", "/kv/a", {"value": 1}), request("GET", "/kv/a")]
+        answers = await exchange(server, b"".join(raw), 2)  # pipelined: both taken before either is answered
+        answers += await exchange(server, raw[1], 1)
+    finally:
+        await server.close()
+    assert all(by_front(answer) and answer[0] == 200 for answer in answers), answers
+    assert seen == [None, None, None]
 
 
 async def test_a_request_sent_a_byte_at_a_time() -> None:

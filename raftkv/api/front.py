@@ -21,9 +21,10 @@ line ends, a body with a Content-Length within the API's limit, and none of `Tra
 answer, so the front never answers what it has not fully understood.
 
 Requests on one connection are answered in order, one at a time; pipelined ones wait, and reading
-pauses while more than a body's limit waits behind them. Each request runs in a task of its own,
-so what one sets in a context variable (the caller's credentials relayed to the leader) never
-reaches the next. The connection's bounds (connections.py) hold as under aiohttp: deadlines for the
+pauses while more than a body's limit waits behind them. Each request runs in a task of its own
+(which writes its answer and starts the next), in a fresh copy of the connection's context, so what
+one sets in a context variable (the caller's credentials relayed to the leader) never reaches the
+next. The connection's bounds (connections.py) hold as under aiohttp: deadlines for the
 head and the body, the idle timeout between requests, the send timeout; at shutdown an idle
 connection is closed at once, a busy one after its answer.
 """
@@ -31,6 +32,7 @@ connection is closed at once, a busy one after its answer.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import time
 from collections import deque
@@ -182,6 +184,7 @@ class Front(asyncio.Protocol):
         self.write_paused: asyncio.Future | None = None
         self.idle: asyncio.TimerHandle | None = None
         self.closed = asyncio.get_running_loop().create_future()
+        self.context = contextvars.copy_context()  # each request's task runs in a copy of it
         self._start_request()
 
     def _start_request(self) -> None:
@@ -269,7 +272,7 @@ class Front(asyncio.Protocol):
         self._start_request()
         self._bound_reading()
         if self.serving is None:
-            self.serving = asyncio.ensure_future(self._serve())
+            self._serve_next()
 
     # ---- what the front takes -------------------------------------------------------------------------
 
@@ -310,28 +313,39 @@ class Front(asyncio.Protocol):
 
     # ---- answering ---------------------------------------------------------------------------------
 
-    async def _serve(self) -> None:
-        """Answer the waiting requests in order; each in a task of its own (its own context)."""
-        try:
-            while self.waiting:
-                taken = self.waiting.popleft()
-                self._bound_reading()
-                if self.write_paused is not None:
-                    await self.write_paused
-                answer = await asyncio.ensure_future(self._answer(taken))
-                if self.transport is None or self.transport.is_closing():
-                    return
-                self.transport.write(answer)
-        except asyncio.CancelledError:
+    def _serve_next(self) -> None:
+        """Answer the next waiting request in a task of its own, run in a fresh copy of the
+        connection's context: what one request sets in a context variable never reaches the next.
+        With none waiting, the connection goes idle, closes or is handed over."""
+        if self.waiting:
+            taken = self.waiting.popleft()
+            self._bound_reading()
+            self.serving = asyncio.get_running_loop().create_task(self._serve(taken), context=self.context.copy())
             return
-        finally:
-            self.serving = None
+        self.serving = None
         if self.closing:
+            assert self.transport is not None
             self.transport.close()
         elif self.handing_over:
             self._hand_over_when_idle()
         else:
             self._idle_from_now()
+
+    async def _serve(self, taken: _Taken) -> None:
+        try:
+            if self.write_paused is not None:
+                await self.write_paused
+            answer = await self._answer(taken)
+        except BaseException as exc:
+            self.serving = None
+            if isinstance(exc, asyncio.CancelledError):  # cut off (connections.py), or the loop is closing
+                return
+            raise
+        if self.transport is None or self.transport.is_closing():
+            self.serving = None
+            return
+        self.transport.write(answer)
+        self._serve_next()
 
     async def _answer(self, taken: _Taken) -> bytes:
         transport = self.transport
