@@ -184,12 +184,17 @@ def parse_command(parser: Callable[..., Any], *args: Any) -> Any:
         raise ApiError(400, str(exc)) from None
 
 
+_NO_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
+
+
 def check_query(request: web.Request, allowed: set[str]) -> Mapping[str, str]:
     """The query parameters, after refusing any not in `allowed`. Values are decoded from the raw
     query as the bytes they percent-encode (byte_text.py), as a key in the path is: the router's
     own decoding would turn `?prefix=%ff` into U+FFFD, silently another prefix."""
-    query = MultiDictProxy(MultiDict(parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True,
-                                               errors=ESCAPES)))
+    raw = request.rel_url.raw_query_string
+    if not raw:
+        return _NO_QUERY  # most requests: not worth a parse
+    query = MultiDictProxy(MultiDict(parse_qsl(raw, keep_blank_values=True, errors=ESCAPES)))
     # Unknown parameters are refused: `?prefx=a` silently listing every key would be worse.
     if unknown := query.keys() - allowed:
         names = ", ".join(sorted(allowed)) or "none"

@@ -596,12 +596,13 @@ def _middleware(node: Node, gate: Gate, max_body_bytes: int,
     async def middleware(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
         start = time.perf_counter()
         status = 500
+        template = _route_template(request)
         try:
             if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
                 response: web.StreamResponse = _preflight(request)
             else:
                 try:
-                    if (template := _route_template(request)) != "unmatched":
+                    if template != "unmatched":
                         await gate.admit(request, template)
                     response = await handler(request)
                 except Exception as exc:
@@ -617,7 +618,7 @@ def _middleware(node: Node, gate: Gate, max_body_bytes: int,
         finally:
             method = request.method if request.method in _KNOWN_METHODS else "OTHER"
             try:
-                node.record_request(_route_template(request), method, status, time.perf_counter() - start)
+                node.record_request(template, method, status, time.perf_counter() - start)
             except Exception:  # metrics must never fail a request
                 log.exception("record_request failed", extra={"event": "api.metrics_failed"})
 

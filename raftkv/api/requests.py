@@ -69,7 +69,8 @@ def path_key(request: web.Request) -> str:
     (raftkv/byte_text.py: a byte that is not UTF-8, as from /kv/%ff, is an escaped byte). The
     router's own decoding leaves such a sequence as the three characters "%ff", which would make
     /kv/%ff and /kv/%25ff two spellings of one key."""
-    path = as_text(unquote_to_bytes(request.rel_url.raw_path))  # decoded whole: /k%76/a is /kv/a to the router
+    raw = request.rel_url.raw_path
+    path = as_text(unquote_to_bytes(raw)) if "%" in raw else raw  # decoded whole: /k%76/a is /kv/a to the router
     route = request.match_info.route.resource
     prefix = "/kv/" if route is not None and route.canonical.startswith("/kv/") else "/"
     assert path.startswith(prefix), (path, prefix)
