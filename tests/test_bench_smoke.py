@@ -94,3 +94,12 @@ def test_check_perf_verdicts_are_read_from_etcdctls_output() -> None:
                            "Slowest request took too long: 1.250000s\nStddev too high: 0.210000s\nFAIL\n")
     assert (failed.throughput, failed.slowest_s, failed.stddev_s, failed.errors, failed.verdict) == (
         412, 1.25, 0.21, 9, "FAIL")
+
+
+def test_the_front_s_cpu_per_request_is_measured_for_both_routes() -> None:
+    """bench/front_cpu.py answers each request 200 (it asserts so) and prints a figure for each."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "front_cpu.py"), "--requests", "200"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = re.findall(r"^(GET|PUT) /kv/\{key\}: ([0-9.]+) us of CPU per request", proc.stdout, re.MULTILINE)
+    assert [method for method, _ in figures] == ["GET", "PUT"] and all(float(us) > 0 for _, us in figures), proc.stdout
