@@ -332,20 +332,18 @@ class Front(asyncio.Protocol):
             self._idle_from_now()
 
     async def _serve(self, taken: _Taken) -> None:
+        answer: bytes | None = None
         try:
             if self.write_paused is not None:
                 await self.write_paused
             answer = await self._answer(taken)
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            pass  # cut off (connections.py), or the loop is closing: nothing more is answered
+        finally:
             self.serving = None
-            if isinstance(exc, asyncio.CancelledError):  # cut off (connections.py), or the loop is closing
-                return
-            raise
-        if self.transport is None or self.transport.is_closing():
-            self.serving = None
-            return
-        self.transport.write(answer)
-        self._serve_next()
+        if answer is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(answer)
+            self._serve_next()
 
     async def _answer(self, taken: _Taken) -> bytes:
         transport = self.transport
