@@ -165,6 +165,28 @@ def test_the_lock_free_histogram_renders_as_a_prometheus_histogram() -> None:
     assert samples["raft_propose_to_apply_seconds_sum", None] == pytest.approx(7.0066)
 
 
+def test_the_lock_free_labelled_series_render_as_prometheus_counters_and_histograms() -> None:
+    metrics = NodeMetrics("n1")
+    metrics.on_http_request("/kv/{key}", "GET", 200, 0.0002)
+    metrics.on_http_request("/kv/{key}", "GET", 200, 0.002)
+    metrics.on_http_request("/kv/{key}", "GET", 404, 0.0002)
+    metrics.on_http_request("/txn", "POST", 200, 0.02)
+    metrics.heartbeats_sent.inc(3)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render()[0].decode())}
+    requests = families["raft_http_requests"]
+    assert requests.type == "counter"
+    totals = {(s.labels["route"], s.labels["method"], s.labels["status"]): s.value for s in requests.samples}
+    assert totals == {("/kv/{key}", "GET", "200"): 2, ("/kv/{key}", "GET", "404"): 1, ("/txn", "POST", "200"): 1}
+    seconds = families["raft_http_request_seconds"]
+    assert seconds.type == "histogram"
+    samples = {(s.name, s.labels["route"], s.labels.get("le")): s.value for s in seconds.samples}
+    assert samples["raft_http_request_seconds_count", "/kv/{key}", None] == 3
+    assert samples["raft_http_request_seconds_bucket", "/kv/{key}", "0.0005"] == 2
+    assert samples["raft_http_request_seconds_bucket", "/txn", "0.01"] == 0
+    assert samples["raft_http_request_seconds_sum", "/txn", None] == pytest.approx(0.02)
+    assert families["raft_heartbeats_sent"].samples[0].value == 3
+    assert families["raft_heartbeats_received"].samples[0].value == 0  # unlabelled: shown from the start
+
 # ---- a real cluster of groups in one process -------------------------------------------------------
 
 

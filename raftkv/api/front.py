@@ -149,7 +149,7 @@ class FrontRequest:
         return self._values.get(key, default)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Taken:
     """A request parsed whole, waiting for its turn."""
 
@@ -182,6 +182,7 @@ class Front(asyncio.Protocol):
         self.handing_over = False  # the request being parsed is aiohttp's: parse nothing more
         self.closing = False  # shutdown: close once what was taken is answered
         self.write_paused: asyncio.Future | None = None
+        self.reading_paused = False  # by _bound_reading (only the front pauses reading until it hands over)
         self.idle: asyncio.TimerHandle | None = None
         self.closed = asyncio.get_running_loop().create_future()
         self.context = contextvars.copy_context()  # each request's task runs in a copy of it
@@ -192,6 +193,7 @@ class Front(asyncio.Protocol):
         self.header_list: list[tuple[str, str]] = []
         self.body: list[bytes] = []
         self.taken: tuple[AbstractRoute, Handler] | None = None
+        self.method = ""
         self.head_end = -1
         self.body_bytes = 0
 
@@ -267,8 +269,7 @@ class Front(asyncio.Protocol):
         route, handler = self.taken
         headers = CIMultiDictProxy(CIMultiDict(self.header_list))
         raw_path, _, raw_query = self.url.decode("ascii").partition("?")
-        self.waiting.append(_Taken(self.parser.get_method().decode(), raw_path, raw_query, headers, route, handler,
-                                   b"".join(self.body)))
+        self.waiting.append(_Taken(self.method, raw_path, raw_query, headers, route, handler, b"".join(self.body)))
         self._start_request()
         self._bound_reading()
         if self.serving is None:
@@ -280,6 +281,7 @@ class Front(asyncio.Protocol):
         """The route and handler of the request whose head just ended, and its body's length; no
         route when the request is aiohttp's."""
         parser, url = self.parser, self.url
+        self.method = parser.get_method().decode()
         if parser.get_http_version() != "1.1" or not parser.should_keep_alive():
             return None, 0
         if not url.startswith(b"/") or not url.isascii() or b"#" in url:
@@ -297,7 +299,7 @@ class Front(asyncio.Protocol):
         if lengths > 1:
             return None, 0
         raw_path = url.partition(b"?")[0].decode("ascii")
-        return self.routes.find(parser.get_method().decode(), raw_path), length
+        return self.routes.find(self.method, raw_path), length
 
     def _head_end(self) -> int:
         """Where the head that just ended stops in `unparsed` (after its blank line), or -1 when its
@@ -381,9 +383,12 @@ class Front(asyncio.Protocol):
     def _bound_reading(self) -> None:
         """Read no further while MAX_WAITING requests wait, or while more than a whole request
         waits for aiohttp (the connection may only be handed over once the front has answered)."""
-        if self.transport is None or self.transport.is_closing():
+        limit = self.routes.config.max_body_bytes + MAX_HEAD_BYTES
+        pause = len(self.waiting) >= MAX_WAITING or len(self.unparsed) > limit
+        if pause is self.reading_paused or self.transport is None or self.transport.is_closing():
             return
-        if len(self.waiting) >= MAX_WAITING or len(self.unparsed) > self.routes.config.max_body_bytes + MAX_HEAD_BYTES:
+        self.reading_paused = pause
+        if pause:
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
@@ -414,17 +419,22 @@ def _wire(response: web.StreamResponse) -> bytes:
     """The whole HTTP/1.1 answer for a handler's response (the key routes answer JSON in one body)."""
     assert isinstance(response, web.Response) and isinstance(response.body, bytes), response
     body = response.body
-    lines = [f"HTTP/1.1 {response.status} {response.reason}"]
-    lines += [f"{name}: {value}" for name, value in response.headers.items()]
-    lines += [f"Content-Length: {len(body)}", f"Date: {_http_date()}", "", ""]
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+    head = _head(response.status, response.reason, tuple(response.headers.items()))
+    return b"%sContent-Length: %d\r\nDate: %s\r\n\r\n%s" % (head, len(body), _http_date(), body)
+
+
+@functools.lru_cache(maxsize=64)
+def _head(status: int, reason: str, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """The status line and the handler's headers: the same few sets, over and over (a header that
+    changes with each request, such as a trace id, only costs a miss)."""
+    lines = [f"HTTP/1.1 {status} {reason}\r\n", *(f"{name}: {value}\r\n" for name, value in headers)]
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 @functools.lru_cache(maxsize=2)
-def _date_of(second: int) -> str:
-    return formatdate(second, usegmt=True)
+def _date_of(second: int) -> bytes:
+    return formatdate(second, usegmt=True).encode("ascii")
 
 
-def _http_date() -> str:
+def _http_date() -> bytes:
     return _date_of(int(time.time()))
-

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
@@ -28,29 +28,83 @@ ROLE_VALUE = {Role.FOLLOWER: 0, Role.PRE_CANDIDATE: 1, Role.CANDIDATE: 2, Role.L
 
 
 class LoopHistogram:
-    """A histogram for the per-entry hot path, observed and collected on the event loop's thread
-    only, so it needs no lock: prometheus_client's Histogram takes one per bucket and per sum,
-    which at 30k entries/s cost more than the Raft work of an entry. A custom collector (the
-    library's extension point), exposed exactly as a histogram."""
+    """A histogram for the hot paths (per entry, per request), observed and collected on the event
+    loop's thread only, so it needs no lock: prometheus_client's Histogram takes one per bucket
+    and per sum, which at 30k entries/s cost more than the Raft work of an entry. A custom
+    collector (the library's extension point), exposed exactly as a histogram. With
+    `labelnames`, `labels(...)` gives one series to observe (look it up once, keep it)."""
 
-    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
-        self.name, self.documentation = name, documentation
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry,
+                 labelnames: Sequence[str] = ()) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
         self._bounds = [*buckets, math.inf]
-        self._counts = [0] * len(self._bounds)
-        self._sum = 0.0
+        self._series: dict[tuple[str, ...], _Buckets] = {}
+        if not labelnames:
+            self.labels()  # exposed from the start, at zero, as prometheus_client's own
         registry.register(self)
 
     def observe(self, value: float, times: int = 1) -> None:
-        self._counts[bisect_left(self._bounds, value)] += times  # the first bucket with value <= le
-        self._sum += value * times
+        """Of a histogram without labels."""
+        self._series[()].observe(value, times)
+
+    def labels(self, *values: str) -> _Buckets:
+        assert len(values) == len(self.labelnames), (values, self.labelnames)
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = _Buckets(self._bounds)
+        return series
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(self.name, self.documentation)
-        cumulative, buckets = 0, []
-        for bound, count in zip(self._bounds, self._counts, strict=True):
-            cumulative += count
-            buckets.append((floatToGoString(bound), cumulative))
-        family.add_metric([], buckets, self._sum)
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, series in list(self._series.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip(self._bounds, series.counts, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            family.add_metric(list(values), buckets, series.sum)
+        yield family
+
+
+class _Buckets:
+    """One series of a LoopHistogram."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, value: float, times: int = 1) -> None:
+        self.counts[bisect_left(self.bounds, value)] += times  # the first bucket with value <= le
+        self.sum += value * times
+
+
+class LoopCounter:
+    """A counter on the same terms as LoopHistogram (the event loop's thread only, no
+    lock), exposed exactly as prometheus_client's Counter is, `_total` suffix included."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry,
+                 labelnames: Sequence[str] = ()) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self._counts: dict[tuple[str, ...], list[float]] = {}
+        if not labelnames:
+            self.labels()
+        registry.register(self)
+
+    def inc(self, amount: float = 1) -> None:
+        """Of a counter without labels."""
+        self._counts[()][0] += amount
+
+    def labels(self, *values: str) -> list[float]:
+        """The series' one-element total: add to `[0]`."""
+        assert len(values) == len(self.labelnames), (values, self.labelnames)
+        return self._counts.setdefault(values, [0.0])
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, (count,) in list(self._counts.items()):
+            family.add_metric(list(values), count)
         yield family
 
 
@@ -81,12 +135,12 @@ class NodeMetrics:
             buckets=ELECTION_BUCKETS,
             registry=r,
         )
-        self.heartbeats_sent = Counter("raft_heartbeats_sent", "Heartbeat requests sent", registry=r)
-        self.heartbeats_received = Counter("raft_heartbeats_received", "Heartbeat requests received", registry=r)
-        self.heartbeat_interval = Histogram(
-            "raft_heartbeat_interval_seconds", "Time between heartbeats received", buckets=FAST_BUCKETS, registry=r
-        )
-        self.messages_sent = Counter("raft_messages_sent", "Raft messages sent", ["type"], registry=r)
+        # Per message: these and the peers' round trips below take no lock (LoopCounter, LoopHistogram).
+        self.heartbeats_sent = LoopCounter("raft_heartbeats_sent", "Heartbeat requests sent", r)
+        self.heartbeats_received = LoopCounter("raft_heartbeats_received", "Heartbeat requests received", r)
+        self.heartbeat_interval = LoopHistogram("raft_heartbeat_interval_seconds", "Time between heartbeats received",
+                                                FAST_BUCKETS, r)
+        self.messages_sent = LoopCounter("raft_messages_sent", "Raft messages sent", r, ["type"])
         self.messages_dropped = Counter(
             "raft_messages_dropped", "Raft messages dropped by the fault layer", ["direction"], registry=r
         )
@@ -102,9 +156,8 @@ class NodeMetrics:
             ["peer"],
             registry=r,
         )
-        self.peer_rtt_seconds = Histogram(
-            "raft_peer_rtt_seconds", "Heartbeat round trip to the peer", ["peer"], buckets=FAST_BUCKETS, registry=r
-        )
+        self.peer_rtt_seconds = LoopHistogram("raft_peer_rtt_seconds", "Heartbeat round trip to the peer",
+                                              FAST_BUCKETS, r, ["peer"])
         self.proposals = Counter("raft_proposals", "Client commands proposed", ["outcome"], registry=r)
         # Children looked up once: these are bumped per applied entry, on the node's hot path.
         self.proposals_applied = self.proposals.labels("applied")
@@ -130,10 +183,9 @@ class NodeMetrics:
             "raft_snapshot_duration_seconds", "Time to take and save a snapshot", buckets=ELECTION_BUCKETS, registry=r
         )
         self.snapshot_bytes = Gauge("raft_snapshot_bytes", "Size of the newest snapshot", registry=r)
-        self.http_requests = Counter("raft_http_requests", "HTTP requests", ["route", "method", "status"], registry=r)
-        self.http_seconds = Histogram(
-            "raft_http_request_seconds", "HTTP request latency", ["route", "method"], buckets=FAST_BUCKETS, registry=r
-        )
+        self.http_requests = LoopCounter("raft_http_requests", "HTTP requests", r, ["route", "method", "status"])
+        self.http_seconds = LoopHistogram("raft_http_request_seconds", "HTTP request latency", FAST_BUCKETS, r,
+                                          ["route", "method"])
         self.conf_changes = Counter("raft_conf_changes", "Membership changes applied", registry=r)
         self.members = Gauge("raft_members", "Members of the configuration", ["role"], registry=r)
         self.learner_lag_entries = Gauge("raft_learner_lag_entries", "Entries a learner lacks (leader only)",
@@ -178,7 +230,7 @@ class NodeMetrics:
         if children is None:
             children = (self.http_requests.labels(route, method, str(status)), self.http_seconds.labels(route, method))
             self._http_children[route, method, status] = children
-        children[0].inc()
+        children[0][0] += 1
         children[1].observe(seconds)
 
     def on_heartbeat_received(self) -> None:

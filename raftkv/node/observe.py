@@ -112,7 +112,7 @@ class GroupObserver:
         for m in messages:
             groups.setdefault((m.dst, type(m).__name__), []).append(m)
         for (dst, kind), msgs in groups.items():
-            self.metrics.messages_sent.labels(kind).inc(len(msgs))
+            self.metrics.messages_sent.labels(kind)[0] += len(msgs)
             if kind == "HeartbeatRequest":
                 self.metrics.heartbeats_sent.inc(len(msgs))
                 self._heartbeat_sent.setdefault(dst, now)
