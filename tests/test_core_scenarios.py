@@ -46,6 +46,7 @@ from raftkv.sim.invariants import InvariantViolation
 from raftkv.sim.replica import Replica, encode_command
 
 ELECTION_TICKS = 10  # the harness's default election_timeout_ticks
+HEARTBEAT_TICKS = 1  # the core's default heartbeat_interval_ticks
 
 
 # ---- small helpers that keep the stories short ---------------------------------------------------
@@ -496,8 +497,58 @@ def test_reads_arriving_during_a_round_share_the_next_round():
     for i in range(1, 10):
         h.act("n1", lambda c, i=i: c.read_index(b"r%d" % i))  # queue up behind it
     heartbeats = stabilize_watching(h, lambda m: isinstance(m, HeartbeatRequest))
-    assert sorted(m.read_round for m in heartbeats) == [1, 1, 2, 2]  # two rounds to two followers
+    assert sorted(m.read_round for m in heartbeats) == [1, 2]  # two rounds, each to one follower
     assert sorted(ctx for ctx, _, ok in h.read_results["n1"] if ok) == [b"r%d" % i for i in range(10)]
+
+
+def test_a_read_round_asks_a_majority_and_first_who_answered_first():
+    """A round needs a majority's answers, not everyone's: the leader asks one follower of two
+    (two of four in a cluster of five), the one that answered the newest round first."""
+    h = Harness()
+    h.elect("n1")
+    h.act("n1", lambda c: c.read_index(b"a"))
+    (asked,) = {m.dst for m in h.matching(src="n1", kind=HeartbeatRequest)}
+    other = ({"n2", "n3"} - {asked}).pop()
+    h.stabilize()
+    h.act("n1", lambda c: c.read_index(b"b"))  # round 2, asked of the same follower...
+    h.tick("n1", HEARTBEAT_TICKS)  # ...and carried by a periodic heartbeat to both
+    h.deliver(src="n1", dst=other, kind=HeartbeatRequest)
+    h.deliver(src=other, dst="n1")  # the other follower answers round 2 first...
+    h.stabilize()
+    h.act("n1", lambda c: c.read_index(b"c"))
+    assert [m.dst for m in h.matching(src="n1", kind=HeartbeatRequest)] == [other]  # ...so it is asked next
+    h.stabilize()
+    assert [ctx for ctx, _, ok in h.read_results["n1"] if ok] == [b"a", b"b", b"c"]
+
+    five = Harness(ids=("n1", "n2", "n3", "n4", "n5"))
+    five.elect("n1")
+    five.act("n1", lambda c: c.read_index(b"r"))
+    assert len({m.dst for m in five.matching(src="n1", kind=HeartbeatRequest)}) == 2
+    five.stabilize()
+    assert five.read_results["n1"] == [(b"r", 1, True)]
+
+
+def test_a_read_round_whose_follower_went_quiet_completes_at_the_next_heartbeat():
+    """The periodic heartbeats go to every follower and carry the latest round: if the follower a
+    round asked is cut off, the other one answers for it one heartbeat interval later, and is the
+    one asked from then on."""
+    h = Harness()
+    h.elect("n1")
+    h.act("n1", lambda c: c.read_index(b"a"))
+    (asked,) = {m.dst for m in h.matching(src="n1", kind=HeartbeatRequest)}
+    other = ({"n2", "n3"} - {asked}).pop()
+    h.stabilize()
+    h.cut("n1", asked)
+    h.act("n1", lambda c: c.read_index(b"b"))
+    h.stabilize()
+    assert [ctx for ctx, _, _ in h.read_results["n1"]] == [b"a"]  # the round waits on the cut follower
+    h.tick("n1", HEARTBEAT_TICKS)
+    h.stabilize()
+    assert h.read_results["n1"][-1] == (b"b", 1, True)
+    h.act("n1", lambda c: c.read_index(b"c"))
+    assert [m.dst for m in h.matching(src="n1", kind=HeartbeatRequest)] == [other]
+    h.stabilize()
+    assert h.read_results["n1"][-1] == (b"c", 1, True)
 
 
 def test_a_partitioned_leader_cannot_confirm_a_read():
@@ -565,7 +616,7 @@ def test_a_lease_expires_one_election_timeout_after_the_majority_last_answered()
 
     h.act("n1", lambda c: c.read_index(b"stale?"))
     assert h.read_results["n1"] == []  # the lease has run out; n1 falls back to a heartbeat round
-    assert len(in_flight(h, HeartbeatRequest, src="n1")) == 2
+    assert len(in_flight(h, HeartbeatRequest, src="n1")) == 1  # (asking one follower: a majority with n1)
     run_until(h, lambda: h.role("n1") is not Role.LEADER)
     assert h.read_results["n1"] == [(b"stale?", 2, False)]
 

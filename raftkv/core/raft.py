@@ -38,7 +38,7 @@ override; keep them small and separate.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .config import Config, ReadMode
@@ -728,10 +728,11 @@ class RaftCore:
         self._trace(SnapshotSent, peer=peer, index=self._snapshot.meta.index)
         self._send(SnapshotRequest(src=self.id, dst=peer, term=self.term, snapshot=self._snapshot))
 
-    def _bcast_heartbeat(self, read_round: int) -> None:
-        for peer, pr in self.progress.items():
+    def _bcast_heartbeat(self, read_round: int, to: Iterable[str] | None = None) -> None:
+        """Heartbeats to `to` (default: every peer), carrying `read_round`."""
+        for peer in self.progress if to is None else to:
             # Never tell a follower to commit past what it is known to hold.
-            commit = min(pr.match, self.log.committed)
+            commit = min(self.progress[peer].match, self.log.committed)
             self._send(HeartbeatRequest(src=self.id, dst=peer, term=self.term, commit=commit, read_round=read_round))
 
     def _handle_append_response(self, m: AppendResponse) -> None:
@@ -869,7 +870,7 @@ class RaftCore:
     def _start_read_round(self) -> None:
         read_round = self._reads.start_round()
         if read_round is not None:
-            self._bcast_heartbeat(read_round)
+            self._bcast_heartbeat(read_round, self._reads.to_ask(self.id, self.conf.voters))
 
     def _answer_read(self, read: PendingRead, ok: bool) -> None:
         if read.requester == self.id:

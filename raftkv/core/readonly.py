@@ -8,6 +8,14 @@ read waits for the first round that started after it.
 Batching: at most one round is in flight. Reads that arrive while a round is in flight wait for
 the next one, which starts when the current round completes, so under load one heartbeat round
 confirms every read that arrived during one round trip.
+
+A round asks only as many voters as a majority needs besides the leader (`to_ask`): one of two
+followers in a cluster of three. Every answer beyond a majority's was work for nothing, and under
+reads a follower's whole load is these heartbeats. It asks those that answered soonest last: a
+voter that answered the newest round ranks first, and among those that answered it, the one
+that answered first. The leader's periodic heartbeats still go to every voter and carry the
+latest round, so a chosen voter that has gone quiet delays a round by one heartbeat interval at
+most; the voter that answers in its place then ranks first.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ class ReadIndexQueue:
         self.round = 0  # number of the latest round started
         self.in_flight = False
         self._acks: dict[str, int] = {}  # voter -> highest round it answered
+        self._answered = 0  # answers that raised a voter's round, counted: their order
+        self._order: dict[str, int] = {}  # voter -> when (that count) it answered its highest round
         self._by_round: dict[int, list[PendingRead]] = {}
         self._queued: list[PendingRead] = []
 
@@ -51,6 +61,8 @@ class ReadIndexQueue:
         if read_round <= self._acks.get(voter, 0):
             return []
         self._acks[voter] = read_round
+        self._answered += 1
+        self._order[voter] = self._answered
         self._acks[self_id] = self.round
         confirmed: list[PendingRead] = []
         for r in sorted(self._by_round):
@@ -61,6 +73,18 @@ class ReadIndexQueue:
         if not self._by_round:
             self.in_flight = False
         return confirmed
+
+    def to_ask(self, self_id: str, voters: Collection[str]) -> list[str]:
+        """The voters to ask for a round: the fewest besides `self_id` that make a majority with
+        it, those that answered the latest rounds soonest first (see the module's doc)."""
+        ranked = sorted((v for v in voters if v != self_id),
+                        key=lambda v: (-self._acks.get(v, 0), self._order.get(v, 0), v))
+        asked: list[str] = []
+        for voter in ranked:
+            if has_quorum(voters, {self_id, *asked}):
+                break
+            asked.append(voter)
+        return asked
 
     def drain(self) -> list[PendingRead]:
         """Every read still waiting (leadership lost: they must fail)."""
