@@ -35,6 +35,8 @@ from raftkv.core import (
     ProgressState,
     ProposalDroppedError,
     RaftCore,
+    ReadIndexRequest,
+    ReadIndexResponse,
     ReadMode,
     Role,
     TimeoutNow,
@@ -549,6 +551,44 @@ def test_a_read_round_whose_follower_went_quiet_completes_at_the_next_heartbeat(
     assert [m.dst for m in h.matching(src="n1", kind=HeartbeatRequest)] == [other]
     h.stabilize()
     assert h.read_results["n1"][-1] == (b"c", 1, True)
+
+
+def test_a_follower_that_makes_a_majority_with_the_leader_reads_without_a_round():
+    """Of three nodes, the leader and the follower that asks are a majority: the leader answers at
+    once, and the follower accepting the answer in the same term is the second acknowledgement.
+    Of five, a round still asks others."""
+    h = Harness()
+    h.elect("n1")
+    h.act("n2", lambda c: c.read_index(b"r"))
+    rounds = stabilize_watching(h, lambda m: isinstance(m, HeartbeatRequest))
+    assert rounds == [] and h.read_results["n2"] == [(b"r", 1, True)]
+
+    five = Harness(ids=("n1", "n2", "n3", "n4", "n5"))
+    five.elect("n1")
+    five.act("n2", lambda c: c.read_index(b"r"))
+    rounds = stabilize_watching(five, lambda m: isinstance(m, HeartbeatRequest))
+    assert {m.read_round for m in rounds} == {1} and five.read_results["n2"] == [(b"r", 1, True)]
+
+
+def test_a_follower_that_moved_to_a_later_term_drops_the_answer_to_its_read():
+    """The answer without a round is safe only because the follower accepts it in the term it
+    asked in: one that has since voted in a later term (so a later leader may have been elected
+    without the old leader) drops it, and its read is never confirmed."""
+    h = Harness()
+    h.elect("n1")
+    h.act("n2", lambda c: c.read_index(b"r"))
+    h.deliver(src="n2", dst="n1", kind=ReadIndexRequest)  # n1 answers at once...
+    (answer,) = h.matching(src="n1", dst="n2", kind=ReadIndexResponse)
+    h.drop(src="n1", dst="n2", kind=ReadIndexResponse)  # ...and the answer is delayed
+    h.isolate("n1")
+    h.expire_leases()
+    h.elect("n3")  # n2 votes for n3 in term 2
+    h.propose("n3", "new")
+    h.stabilize()
+    h.heal()
+    h.in_flight.append(answer)
+    assert h.deliver(src="n1", dst="n2", kind=ReadIndexResponse) == 1
+    assert h.read_results["n2"] == []
 
 
 def test_a_partitioned_leader_cannot_confirm_a_read():

@@ -843,7 +843,7 @@ class RaftCore:
             return
         read.index = self.log.committed
         single_voter = self.conf.voters == (self.id,)
-        if single_voter or self._lease_holds():
+        if single_voter or self._lease_holds() or self._requester_completes_quorum(read):
             self._answer_read(read, ok=True)
             return
         self._reads.add(read)
@@ -866,6 +866,14 @@ class RaftCore:
         lease_ticks = self.config.election_timeout_ticks - 1
         fresh = {p for p, pr in self.progress.items() if pr.ticks_since_contact < lease_ticks}
         return has_quorum(self.conf.voters, fresh | {self.id})
+
+    def _requester_completes_quorum(self, read: PendingRead) -> bool:
+        """A follower that asked for a read index and makes a majority with this leader (one of
+        two followers) needs no heartbeat round: its own acceptance of the answer is the
+        majority's second acknowledgement. It accepts an answer only in the term it was sent in,
+        that is, only if it has voted in no later term since this leader recorded the index;
+        so any leader of a later term was elected after that moment (readonly.py)."""
+        return read.requester != self.id and has_quorum(self.conf.voters, {self.id, read.requester})
 
     def _start_read_round(self) -> None:
         read_round = self._reads.start_round()

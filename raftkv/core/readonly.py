@@ -16,6 +16,15 @@ voter that answered the newest round ranks first, and among those that answered 
 that answered first. The leader's periodic heartbeats still go to every voter and carry the
 latest round, so a chosen voter that has gone quiet delays a round by one heartbeat interval at
 most; the voter that answers in its place then ranks first.
+
+A follower's read needs no round at all when that follower makes a majority with the leader (a
+cluster of three): the leader answers at once, and the follower's own acceptance of the answer is
+the second acknowledgement. The proof is the round's: a leader of a later term needs a majority,
+which must include this leader or the follower. Had this leader voted for it before recording the
+index, it would no longer lead; had the follower, it would be in a later term when the answer
+arrives and drop it (a core ignores a message of an older term). So any later leader was elected
+after the index was recorded, and everything acknowledged before the read began is at or below
+it. The follower then reads once it has applied the index, as after a round.
 """
 
 from __future__ import annotations
