@@ -99,7 +99,10 @@ class LoopCounter:
     def labels(self, *values: str) -> list[float]:
         """The series' one-element total: add to `[0]`."""
         assert len(values) == len(self.labelnames), (values, self.labelnames)
-        return self._counts.setdefault(values, [0.0])
+        total = self._counts.get(values)
+        if total is None:
+            total = self._counts[values] = [0.0]
+        return total
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
