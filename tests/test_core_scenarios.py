@@ -503,16 +503,23 @@ def test_reads_arriving_during_a_round_share_the_next_round():
     assert sorted(ctx for ctx, _, ok in h.read_results["n1"] if ok) == [b"r%d" % i for i in range(10)]
 
 
+def first_read_round(h: Harness) -> tuple[str, str]:
+    """Elect n1 of three and confirm its read b"a": the follower its round asked (one of two), and
+    the other."""
+    h.elect("n1")
+    h.act("n1", lambda c: c.read_index(b"a"))
+    (asked,) = {m.dst for m in h.matching(src="n1", kind=HeartbeatRequest)}
+    h.stabilize()
+    return asked, ({"n2", "n3"} - {asked}).pop()
+
+
 def test_a_read_round_asks_a_majority_and_first_who_answered_first():
     """A round needs a majority's answers, not everyone's: the leader asks one follower of two
     (two of four in a cluster of five), the one that answered the newest round first."""
     h = Harness()
-    h.elect("n1")
-    h.act("n1", lambda c: c.read_index(b"a"))
-    (asked,) = {m.dst for m in h.matching(src="n1", kind=HeartbeatRequest)}
-    other = ({"n2", "n3"} - {asked}).pop()
-    h.stabilize()
-    h.act("n1", lambda c: c.read_index(b"b"))  # round 2, asked of the same follower...
+    asked, other = first_read_round(h)
+    h.act("n1", lambda c: c.read_index(b"b"))
+    assert [m.dst for m in h.matching(src="n1", kind=HeartbeatRequest)] == [asked]  # round 2, the same follower...
     h.tick("n1", HEARTBEAT_TICKS)  # ...and carried by a periodic heartbeat to both
     h.deliver(src="n1", dst=other, kind=HeartbeatRequest)
     h.deliver(src=other, dst="n1")  # the other follower answers round 2 first...
@@ -535,11 +542,7 @@ def test_a_read_round_whose_follower_went_quiet_completes_at_the_next_heartbeat(
     round asked is cut off, the other one answers for it one heartbeat interval later, and is the
     one asked from then on."""
     h = Harness()
-    h.elect("n1")
-    h.act("n1", lambda c: c.read_index(b"a"))
-    (asked,) = {m.dst for m in h.matching(src="n1", kind=HeartbeatRequest)}
-    other = ({"n2", "n3"} - {asked}).pop()
-    h.stabilize()
+    asked, other = first_read_round(h)
     h.cut("n1", asked)
     h.act("n1", lambda c: c.read_index(b"b"))
     h.stabilize()
