@@ -155,6 +155,15 @@ def assert_seeds_pass(seeds: Iterable[int], cfg: DriverSimConfig | None = None) 
     return results
 
 
+def test_a_snapshot_that_one_installed_meanwhile_covers_is_skipped_not_an_error() -> None:
+    """Seed 5027 of five nodes: a follower was encoding a snapshot at its applied index, 290, when
+    it accepted the leader's snapshot at that same index. The snapshotter learnt of the install
+    only when its Ready came through, tried to take its own at 290 anyway, and logged "snapshot
+    index 290 must be in (290, 290]". The core knows from the step that accepted it."""
+    result = run_driver_seed(5027, DriverSimConfig(nodes=5, fault_s=3.0))
+    assert result.ok and result.errors == [], result.errors
+
+
 @pytest.mark.timeout(600)  # about 10 s on an idle 2-core machine
 def test_the_real_driver_stays_safe_live_and_linearizable_through_seeded_crashes_and_partitions() -> None:
     results = assert_seeds_pass(SEEDS)

@@ -64,8 +64,10 @@ class Snapshotter:
             started = time.perf_counter()
             applied = self.kv.applied_index
             data = await asyncio.get_running_loop().run_in_executor(self._encoder, self.kv.snapshot_later())
-            if self.snapshot_index >= applied:
-                return  # a snapshot from the leader was installed meanwhile: it covers this one
+            if self.core.snapshot_index >= applied:
+                # A snapshot from the leader was installed meanwhile and covers this one. The core
+                # holds it from the step that accepted it, before its Ready reaches `installed`.
+                return
             snapshot = self.core.make_snapshot(applied, data)
             await self.pump.save_snapshot(snapshot)
             self.core.compact(snapshot, retain_entries=self.cfg.snapshot_retain_entries)
