@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -24,35 +24,47 @@ from raftkv.core import Role
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ELECTION_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+Series = TypeVar("Series")
+
 ROLE_VALUE = {Role.FOLLOWER: 0, Role.PRE_CANDIDATE: 1, Role.CANDIDATE: 2, Role.LEADER: 3}
 
 
-class LoopHistogram:
-    """A histogram for the hot paths (per entry, per request), observed and collected on the event
-    loop's thread only, so it needs no lock: prometheus_client's Histogram takes one per bucket
-    and per sum, which at 30k entries/s cost more than the Raft work of an entry. A custom
-    collector (the library's extension point), exposed exactly as a histogram. With
-    `labelnames`, `labels(...)` gives one series to observe (look it up once, keep it)."""
+class _LoopFamily(Generic[Series]):
+    """A metric for the hot paths (per entry, per request, per message), updated and collected on
+    the event loop's thread only, so it needs no lock: prometheus_client's Histogram takes one per
+    bucket and per sum, which at 30k entries/s cost more than the Raft work of an entry. A custom
+    collector (the library's extension point). With `labelnames`, `labels(...)` gives one series
+    to update (look it up once, keep it); without, the one series is shown from the start, at
+    zero, as prometheus_client's own are."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry, labelnames: Sequence[str],
+                 new_series: Callable[[], Series]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self._new_series = new_series
+        self._series: dict[tuple[str, ...], Series] = {}
+        if not labelnames:
+            self.labels()
+        registry.register(self)
+
+    def labels(self, *values: str) -> Series:
+        assert len(values) == len(self.labelnames), (values, self.labelnames)
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = self._new_series()
+        return series
+
+
+class LoopHistogram(_LoopFamily["_Buckets"]):
+    """A lock-free histogram (see _LoopFamily), exposed exactly as prometheus_client's."""
 
     def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry,
                  labelnames: Sequence[str] = ()) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
         self._bounds = [*buckets, math.inf]
-        self._series: dict[tuple[str, ...], _Buckets] = {}
-        if not labelnames:
-            self.labels()  # exposed from the start, at zero, as prometheus_client's own
-        registry.register(self)
+        super().__init__(name, documentation, registry, labelnames, lambda: _Buckets(self._bounds))
 
     def observe(self, value: float, times: int = 1) -> None:
         """Of a histogram without labels."""
         self._series[()].observe(value, times)
-
-    def labels(self, *values: str) -> _Buckets:
-        assert len(values) == len(self.labelnames), (values, self.labelnames)
-        series = self._series.get(values)
-        if series is None:
-            series = self._series[values] = _Buckets(self._bounds)
-        return series
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -80,33 +92,21 @@ class _Buckets:
         self.sum += value * times
 
 
-class LoopCounter:
-    """A counter on the same terms as LoopHistogram (the event loop's thread only, no
-    lock), exposed exactly as prometheus_client's Counter is, `_total` suffix included."""
+class LoopCounter(_LoopFamily[list[float]]):
+    """A lock-free counter (see _LoopFamily), exposed exactly as prometheus_client's Counter is,
+    `_total` suffix included. A series is its one-element total: add to `[0]`."""
 
     def __init__(self, name: str, documentation: str, registry: CollectorRegistry,
                  labelnames: Sequence[str] = ()) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
-        self._counts: dict[tuple[str, ...], list[float]] = {}
-        if not labelnames:
-            self.labels()
-        registry.register(self)
+        super().__init__(name, documentation, registry, labelnames, lambda: [0.0])
 
     def inc(self, amount: float = 1) -> None:
         """Of a counter without labels."""
-        self._counts[()][0] += amount
-
-    def labels(self, *values: str) -> list[float]:
-        """The series' one-element total: add to `[0]`."""
-        assert len(values) == len(self.labelnames), (values, self.labelnames)
-        total = self._counts.get(values)
-        if total is None:
-            total = self._counts[values] = [0.0]
-        return total
+        self._series[()][0] += amount
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for values, (count,) in list(self._counts.items()):
+        for values, (count,) in list(self._series.items()):
             family.add_metric(list(values), count)
         yield family
 
