@@ -44,6 +44,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from raftkv.node import NodeConfig
 
+from .deadline import Deadline
 from .front import FRONT, Front, FrontRoutes, front_routes
 
 __all__ = ["BoundedConnection", "BoundedRunner", "ConnectionLimits", "ConnectionStats"]
@@ -123,7 +124,7 @@ class BoundedConnection(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.request_task: asyncio.Task | None = None  # the handler of the request in the API, if one is
-        self.deadline: asyncio.TimerHandle | None = None  # for the head or the body arriving
+        self.deadline = Deadline()  # for the head or the body arriving
         self.send_deadline: asyncio.TimerHandle | None = None  # while writing is paused
         self.cut: str | None = None
 
@@ -135,7 +136,7 @@ class BoundedConnection(asyncio.Protocol):
         if gate.stats.open >= gate.limits.max_connections:
             gate.stats.refused += 1
             transport.write(gate.refusal)
-            self.deadline = asyncio.get_running_loop().call_later(REFUSE_LINGER_S, transport.close)
+            self.deadline.set(REFUSE_LINGER_S, transport.close)
             return
         gate.stats.open += 1
         gate.by_transport[transport] = self
@@ -147,8 +148,8 @@ class BoundedConnection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
             return
-        if self.request_task is None and self.deadline is None and self.cut is None:
-            self._arm(self.gate.limits.header_timeout_s, self._head_late)
+        if self.request_task is None and not self.deadline.armed and self.cut is None:
+            self.deadline.set(self.gate.limits.header_timeout_s, self._head_late)
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -169,10 +170,10 @@ class BoundedConnection(asyncio.Protocol):
         self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self.deadline, self.send_deadline):
-            if timer is not None:
-                timer.cancel()
-        self.deadline = self.send_deadline = None
+        self.deadline.cancel()
+        if self.send_deadline is not None:
+            self.send_deadline.cancel()
+            self.send_deadline = None
         if self.inner is None:
             return
         self.gate.stats.open -= 1
@@ -184,27 +185,26 @@ class BoundedConnection(asyncio.Protocol):
 
     def head_arrived(self) -> None:
         """The front read a request's head; its body is still arriving."""
-        self._arm(self.gate.limits.body_timeout_s, self._body_late)
+        self.deadline.set(self.gate.limits.body_timeout_s, self._body_late)
 
-    def request_started(self, body_arrived: Callable[[], bool]) -> None:
-        self.request_task = asyncio.current_task()
-        self._disarm()
+    def request_started(self, task: asyncio.Task | None, body_arrived: Callable[[], bool]) -> None:
+        """`task` answers a request that reached the API (cancelled if the connection is cut)."""
+        self.request_task = task
+        self.deadline.clear()
         if not body_arrived():  # a body is still arriving (aiohttp starts handlers on the head)
-            self._arm(self.gate.limits.body_timeout_s, lambda: None if body_arrived() else self._body_late())
+            self.deadline.set(self.gate.limits.body_timeout_s, lambda: None if body_arrived() else self._body_late())
 
     def request_ended(self) -> None:
         self.request_task = None
-        self._disarm()
+        self.deadline.clear()
 
     # ---- cutting off -------------------------------------------------------------------------------
 
     def _head_late(self) -> None:
-        self.deadline = None
         self._close_with_408("header_timeout", f"the request's head did not arrive within "
                                                f"{self.gate.limits.header_timeout_s:g} s")
 
     def _body_late(self) -> None:
-        self.deadline = None
         self._close_with_408("body_timeout", f"the request's body did not arrive within "
                                              f"{self.gate.limits.body_timeout_s:g} s of its head")
 
@@ -232,15 +232,6 @@ class BoundedConnection(asyncio.Protocol):
                                                                             "reason": reason})
         if self.request_task is not None:  # a handler waiting on a body, or writing what nobody reads
             self.request_task.cancel()
-
-    def _arm(self, delay_s: float, callback: Callable[[], None]) -> None:
-        self._disarm()
-        self.deadline = asyncio.get_running_loop().call_later(delay_s, callback)
-
-    def _disarm(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
 
 
 def _answer(status: int, reason: str, headers: dict[str, str], payload: dict[str, Any]) -> bytes:
@@ -297,7 +288,7 @@ class BoundedRunner(web.AppRunner):
         connection = self._gate.by_transport.get(request.transport) if self._gate and request.transport else None
         if connection is None:
             return await handler(request)
-        connection.request_started(request.content.is_eof)
+        connection.request_started(asyncio.current_task(), request.content.is_eof)
         try:
             return await handler(request)
         finally:

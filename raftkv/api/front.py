@@ -47,6 +47,8 @@ from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from .deadline import Deadline
+
 if TYPE_CHECKING:
     from .connections import BoundedConnection
 
@@ -183,7 +185,7 @@ class Front(asyncio.Protocol):
         self.closing = False  # shutdown: close once what was taken is answered
         self.write_paused: asyncio.Future | None = None
         self.reading_paused = False  # by _bound_reading (only the front pauses reading until it hands over)
-        self.idle: asyncio.TimerHandle | None = None
+        self.idle = Deadline()
         self.closed = asyncio.get_running_loop().create_future()
         self.context = contextvars.copy_context()  # each request's task runs in a copy of it
         self._start_request()
@@ -204,7 +206,7 @@ class Front(asyncio.Protocol):
         self._idle_from_now()
 
     def data_received(self, data: bytes) -> None:
-        self._cancel_idle()
+        self.idle.clear()
         self.unparsed += data
         if self.handing_over:
             self._bound_reading()
@@ -232,7 +234,7 @@ class Front(asyncio.Protocol):
             self.write_paused = None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_idle()
+        self.idle.cancel()
         self.waiting.clear()
         if self.write_paused is not None:
             self.write_paused.cancel()
@@ -353,7 +355,7 @@ class Front(asyncio.Protocol):
         rel_url = URL.build(path=taken.raw_path, query_string=taken.raw_query, encoded=True)
         request = FrontRequest(taken.method, rel_url, taken.headers, UrlMappingMatchInfo({}, taken.route), transport,
                                taken.body)
-        self.connection.request_started(lambda: True)
+        self.connection.request_started(self.serving, lambda: True)
         try:
             response = await taken.handler(request)  # type: ignore[arg-type]  (FrontRequest: see its doc)
         finally:
@@ -396,15 +398,10 @@ class Front(asyncio.Protocol):
     # ---- idle connections and shutdown ---------------------------------------------------------------
 
     def _idle_from_now(self) -> None:
-        self._cancel_idle()
         if self.transport is not None and not self.unparsed:
-            self.idle = asyncio.get_running_loop().call_later(self.connection.gate.limits.idle_timeout_s,
-                                                              self.transport.close)
-
-    def _cancel_idle(self) -> None:
-        if self.idle is not None:
-            self.idle.cancel()
-            self.idle = None
+            self.idle.set(self.connection.gate.limits.idle_timeout_s, self.transport.close)
+        else:
+            self.idle.clear()
 
     def close_when_answered(self) -> asyncio.Future:
         """Shutdown: close now if no request was taken, else after its answer; done when closed
