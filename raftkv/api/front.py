@@ -56,7 +56,8 @@ __all__ = ["FRONT", "Front", "FrontConfig", "FrontRoutes", "front_routes"]
 
 MAX_HEAD_BYTES = 8190  # aiohttp's own bound on a request line or a header; a head over it is aiohttp's to judge
 MAX_WAITING = 32  # pipelined requests taken ahead of their answers; past it, reading pauses
-_REFUSED_HEADERS = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade"})
+_REFUSED_HEADERS = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
+RawHeaders = list[tuple[bytes, bytes]]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -118,17 +119,27 @@ class FrontRequest:
     handlers and the API's middlewares read (method, path and query, headers, body, the matched
     route, the request's own values), over what httptools parsed."""
 
-    __slots__ = ("_body", "_values", "headers", "match_info", "method", "rel_url", "transport")
+    __slots__ = ("_body", "_headers", "_raw_headers", "_values", "match_info", "method", "rel_url", "transport")
 
-    def __init__(self, method: str, rel_url: URL, headers: CIMultiDictProxy[str], match_info: UrlMappingMatchInfo,
+    def __init__(self, method: str, rel_url: URL, raw_headers: RawHeaders, match_info: UrlMappingMatchInfo,
                  transport: asyncio.Transport, body: bytes) -> None:
         self.method = method
         self.rel_url = rel_url
-        self.headers = headers
+        self._raw_headers = raw_headers
+        self._headers: CIMultiDictProxy[str] | None = None
         self.match_info = match_info
         self.transport = transport
         self._body = body
         self._values: dict[Any, Any] = {}
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """Decoded when first read: a key read with auth and tracing off reads none."""
+        if self._headers is None:
+            self._headers = CIMultiDictProxy(CIMultiDict(
+                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+                for name, value in self._raw_headers))
+        return self._headers
 
     @property
     def path(self) -> str:
@@ -158,7 +169,7 @@ class _Taken:
     method: str
     raw_path: str
     raw_query: str
-    headers: CIMultiDictProxy[str]
+    headers: RawHeaders
     route: AbstractRoute
     handler: Handler
     body: bytes
@@ -192,7 +203,7 @@ class Front(asyncio.Protocol):
 
     def _start_request(self) -> None:
         self.url = bytearray()
-        self.header_list: list[tuple[str, str]] = []
+        self.header_list: RawHeaders = []
         self.body: list[bytes] = []
         self.taken: tuple[AbstractRoute, Handler] | None = None
         self.method = ""
@@ -247,7 +258,7 @@ class Front(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_list.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+        self.header_list.append((name, value))
 
     def on_headers_complete(self) -> None:
         taken, length = self._takes()
@@ -269,9 +280,9 @@ class Front(asyncio.Protocol):
         assert end <= len(self.unparsed), (end, len(self.unparsed))
         del self.unparsed[:end]
         route, handler = self.taken
-        headers = CIMultiDictProxy(CIMultiDict(self.header_list))
         raw_path, _, raw_query = self.url.decode("ascii").partition("?")
-        self.waiting.append(_Taken(self.method, raw_path, raw_query, headers, route, handler, b"".join(self.body)))
+        self.waiting.append(_Taken(self.method, raw_path, raw_query, self.header_list, route, handler,
+                                   b"".join(self.body)))
         self._start_request()
         self._bound_reading()
         if self.serving is None:
@@ -293,9 +304,9 @@ class Front(asyncio.Protocol):
             lowered = name.lower()
             if lowered in _REFUSED_HEADERS:
                 return None, 0
-            if lowered == "content-length":
+            if lowered == b"content-length":
                 lengths += 1
-                if not value.isascii() or not value.isdigit() or int(value) > self.routes.config.max_body_bytes:
+                if not value.isdigit() or int(value) > self.routes.config.max_body_bytes:  # (ASCII digits only)
                     return None, 0
                 length = int(value)
         if lengths > 1:
