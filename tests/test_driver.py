@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from raftkv.core import (
     AppendRequest,
+    AppendResponse,
     ConfState,
     Entry,
     EntryKind,
@@ -291,6 +292,50 @@ async def test_a_forwarded_writes_answer_and_its_entry_leave_the_leader_in_one_s
     to_follower = [[type(m) for m in batch if m.dst == follower.id and (type(m) is ProposeAnswer or (
         type(m) is AppendRequest and m.entries))] for batch in sends]
     assert [ProposeAnswer, AppendRequest] in to_follower, to_follower
+
+
+async def test_a_forward_that_comes_while_the_leaders_last_append_is_uncommitted_goes_in_the_next_append(
+        cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the leader's own writes do: the batch a follower forwards while the leader's last append
+    waits for its acknowledgements is appended once that commits, with the leader's own writes that
+    came meanwhile, in one append (one AppendRequest per follower, one fsync on each node)."""
+    leader = await cluster.leader()
+    follower = next(g for g in cluster.groups.values() if g is not leader)
+    for group in cluster.groups.values():
+        group.tick_ms = 1000  # the wait is bounded by a tick: let it outlast the test's steps
+    held: list[Any] = []
+    forwards: list[ProposeForward] = []
+    holding = True
+    for group in cluster.groups.values():
+        if group is not leader:
+            send = group.transport.send
+
+            def acknowledging(messages: list[Any], send: Any = send) -> None:
+                forwards.extend(m for m in messages if type(m) is ProposeForward)
+                if holding:
+                    held.extend(m for m in messages if type(m) is AppendResponse)
+                    messages = [m for m in messages if type(m) is not AppendResponse]
+                send(messages)
+
+            monkeypatch.setattr(group.transport, "send", acknowledging)
+    proposed: list[int] = []
+    propose = leader.core.propose
+    monkeypatch.setattr(leader.core, "propose", lambda datas: (proposed.append(len(datas)), propose(datas))[1])
+
+    first = asyncio.ensure_future(leader.propose(Put("first", 1)))
+    while not held:
+        await asyncio.sleep(0.001)
+    forwarded = asyncio.ensure_future(follower.propose(Put("forwarded", 1)))
+    own = asyncio.ensure_future(leader.propose(Put("own", 1)))
+    while not forwards:
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.05)  # the leader has had turns enough to append them, had it not waited
+    assert proposed == [1], "nothing more is appended while the first append is uncommitted"
+    holding = False
+    for m in held:
+        leader.deliver(m)
+    results = await asyncio.wait_for(asyncio.gather(first, forwarded, own), 5.0)
+    assert all(r["ok"] for r in results) and proposed == [1, 2], proposed
 
 
 async def test_a_traced_write_commits_in_its_trace_before_the_leader_announces_the_commit(

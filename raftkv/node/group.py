@@ -132,6 +132,7 @@ class RaftGroup:
         self._wake = asyncio.Event()
         self._ticks = 0
         self._inbox: list[Message] = []
+        self._forwards: list[ProposeForward] = []  # followers' batches, waiting for this leader's next append
         # What a loop turn sends, gathered so that each peer's link gets one write per turn (a
         # follower's ProposeAnswer and the AppendRequest carrying its writes); None outside a turn.
         self._turn_outbox: list[Message] | None = None
@@ -326,11 +327,10 @@ class RaftGroup:
     def _feed_core(self) -> None:
         core, now = self.core, self._now()
         inbox, self._inbox = self._inbox, []
-        forwards: list[ProposeForward] = []
         tracing = self.tracing
         for m in inbox:
             if type(m) in FORWARD_TYPES:
-                forwards.append(m)
+                self._forwards.append(m)
             elif type(m) is ProposeAnswer:
                 if tracing is not None and tracing.holds_requests() and \
                         (batch := self.proposals.forwarded.get(m.ticket)) is not None:
@@ -353,12 +353,14 @@ class RaftGroup:
             act()
         leading = core.role is Role.LEADER
         patience_s = self._patience_s()
-        own = self.proposals.queued and ((leading and not self._commit_pending(now)) or (not leading and (
+        held = leading and (self.proposals.queued or self._forwards) and self._commit_pending(now)
+        own = self.proposals.queued and ((leading and not held) or (not leading and (
             self._leader_reachable() and not self.proposals.forward_in_flight(core.leader_id, now, patience_s))))
         if not leading and self._leader_reachable():
             assert core.leader_id is not None
             if resent := self.proposals.resends(core.leader_id, core.term, now, patience_s):
                 self._send(resent)
+        forwards, self._forwards = ([], self._forwards) if held else (self._forwards, [])
         if forwards or own:
             self._propose_turn(forwards, self._take_own_batch() if own else [], now)
         if self.reads.queued and self.reads.may_ask(now, patience_s) and (leading or self._leader_reachable()):
@@ -369,12 +371,13 @@ class RaftGroup:
 
     def _commit_pending(self, now: float) -> bool:
         """This leader's last proposal is not committed yet, and was made less than a tick ago. Its
-        own writes that come meanwhile wait and go in the next append together, once it commits
-        (this loop's turn on the acknowledgement or the fsync that commits it proposes them), as a
-        follower keeps one forward in flight. Writes that arrive one per event-loop iteration
-        (etcd's gRPC calls do) would otherwise cost an append, a message per follower and an fsync
-        each; a lone write never waits. A tick bounds the wait: a leader cut off from its followers
-        (or a commit slower than that) appends what it is given, as Raft's leaders do."""
+        own writes and the batches followers forward that come meanwhile wait and go in the next
+        append together, once it commits (this loop's turn on the acknowledgement or the fsync that
+        commits it proposes them), as a follower keeps one forward in flight. Writes that arrive one
+        per event-loop iteration (etcd's gRPC calls do), or forwards that arrive one after another
+        from different followers, would otherwise cost an append, a message per follower and an
+        fsync each; a lone write never waits. A tick bounds the wait: a leader cut off from its
+        followers (or a commit slower than that) appends what it is given, as Raft's leaders do."""
         term, last, at = self._appended
         if term != self.core.term or self.core.log.committed >= last or now >= at + self.tick_ms / 1000:
             return False
