@@ -353,7 +353,7 @@ class RaftGroup:
             act()
         leading = core.role is Role.LEADER
         patience_s = self._patience_s()
-        held = leading and (self.proposals.queued or self._forwards) and self._commit_pending(now)
+        held = leading and bool(self.proposals.queued or self._forwards) and self._commit_pending(now)
         own = self.proposals.queued and ((leading and not held) or (not leading and (
             self._leader_reachable() and not self.proposals.forward_in_flight(core.leader_id, now, patience_s))))
         if not leading and self._leader_reachable():
