@@ -29,7 +29,7 @@ from raftkv.api import create_app
 from raftkv.core import ConfChange, ConfChangeKind, Config, ConfState, HardState, RaftCore, SnapshotMeta
 from raftkv.kv import Delete, KVStateMachine, Put, Txn, TxnDelete, TxnPut, encode
 from raftkv.node import ConfigError, Member, NoLeaderError
-from raftkv.node.backup import BackupError, freeze, parse_backup, read_backup, restore_data_dir
+from raftkv.node.backup import BackupError, BackupImage, freeze, parse_backup, read_backup, restore_data_dir
 from raftkv.node.membership import BOOTSTRAP_TERM, MemberRecord, is_self_describing
 from raftkv.node.startup import founding_config
 from raftkv.storage import DiskStorage
@@ -57,8 +57,13 @@ def sample_store() -> KVStateMachine:
     return kv
 
 
+def backup_of(kv: KVStateMachine) -> BackupImage:
+    cut = freeze(kv, "node1")
+    return cut.image(b"".join(cut.parts))
+
+
 def backup_bytes(kv: KVStateMachine) -> bytes:
-    return b"".join(freeze(kv, "node1")().chunks())
+    return b"".join(backup_of(kv).chunks())
 
 
 def raftkv(*args: str) -> subprocess.CompletedProcess:
@@ -78,7 +83,7 @@ def restore(backup: Path, node_id: str, cluster: str, data_dir: Path) -> subproc
 
 def test_a_backup_reads_back_as_the_store_it_froze() -> None:
     kv = sample_store()
-    image = freeze(kv, "node1")()
+    image = backup_of(kv)
     raw = b"".join(image.chunks(max_chunk_bytes=7))
     assert len(raw) == image.size()
     back = parse_backup(raw, "backup")
@@ -93,9 +98,9 @@ def test_a_backup_reads_back_as_the_store_it_froze() -> None:
 def test_the_cut_is_taken_when_frozen_not_when_encoded() -> None:
     kv = sample_store()
     revision, digest = kv.revision, kv.digest()
-    build = freeze(kv, "node1")
+    cut = freeze(kv, "node1")
     kv.apply(kv.applied_index + 1, encode(Put("later", 1)))
-    image = build()
+    image = cut.image(b"".join(cut.parts))
     assert (image.header.revision, image.header.sha256) == (revision, digest)
     assert image.state_machine().get("later") is None
 

@@ -8,10 +8,11 @@ A group is the same code a node process runs; only its transport (MemoryTranspor
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from raftkv.core import (
     Snapshot,
     SnapshotMeta,
 )
-from raftkv.kv import KVStateMachine, Put
+from raftkv.kv import KVStateMachine, Put, state_machine
 from raftkv.node import NodeConfig, NotAppliedError, OutcomeUnknownError, RaftGroup
 from raftkv.node.config import Member
 from raftkv.node.errors import MembershipRefused
@@ -505,6 +506,46 @@ def test_a_refused_copy_of_a_batch_sent_again_is_504_a_batch_sent_once_503() -> 
             answers[1].result()
 
     asyncio.run(scenario())
+
+
+async def test_a_snapshot_is_packed_between_the_loops_other_work(cluster: InProcessCluster,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packing holds the interpreter's lock: in a thread it made the loop wait out a switch
+    interval at every turn. Packed on the loop, the loop's other work runs between every two parts."""
+    leader = await cluster.leader()
+    for i in range(40):
+        await leader.propose(Put(f"k{i}", i))
+    monkeypatch.setattr(state_machine, "SNAPSHOT_PART_ROWS", 5)
+    turns, seen = 0, []
+    frozen = leader.kv.snapshot_later
+
+    def watched() -> Iterator[bytes]:
+        parts = frozen()
+
+        def each() -> Iterator[bytes]:
+            for part in parts:
+                seen.append(turns)
+                yield part
+
+        return each()
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    leader.kv.snapshot_later = watched  # type: ignore[method-assign]
+    counting = asyncio.create_task(count_turns())
+    before = leader.snapshots.snapshot_index
+    leader.snapshots.every = 1
+    await leader.propose(Put("now", 1))
+    deadline = time.monotonic() + 5
+    while leader.snapshots.snapshot_index == before and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    counting.cancel()
+    assert leader.snapshots.snapshot_index > before and len(seen) > 8
+    assert all(b > a for a, b in itertools.pairwise(seen)), seen
 
 
 async def test_a_group_stopped_twice_at_once_stops_once(cluster: InProcessCluster) -> None:

@@ -123,12 +123,33 @@ def test_history_compaction_and_leases_survive_a_snapshot(kv: Replica) -> None:
     assert Replica(restored)(LeaseRevoke(1))["deleted"] == ["b"]
 
 
+def test_a_snapshot_is_cut_when_asked_for_and_packed_in_parts_that_join_to_one_packing(
+        kv: Replica, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node packs a snapshot a part at a time between its loop's other work, while writes go on
+    applying: the image is the state when it was asked for, and its parts joined are the bytes of
+    packing the whole at once."""
+    monkeypatch.setattr(state_machine, "SNAPSHOT_PART_ROWS", 4)
+    for i in range(10):
+        kv(Put(f"k{i}", i))
+    for i in range(6):
+        kv(Put("hot", i))
+    whole = kv.sm.snapshot()
+    parts = kv.sm.snapshot_later()
+    kv(Put("later", 1))
+    kv(Put("hot", "later"))
+    packed = list(parts)
+    assert len(packed) > 4 and b"".join(packed) == whole == msgpack.packb(msgpack.unpackb(whole))
+    restored = KVStateMachine()
+    restored.restore(b"".join(packed))
+    assert restored.get("later") is None and restored.get("hot").value == 5
+
+
 def test_a_snapshots_history_is_each_key_with_its_versions_as_plain_msgpack_arrays(
         kv: Replica, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The history is packed from the store's own (revision, KeyValue) tuples, in chunks, without
+    """The history is packed from the store's own (revision, KeyValue) tuples, in parts, without
     building a list per version: the bytes must stay those of the documented list form, the form
     digest() compares across replicas."""
-    monkeypatch.setattr(state_machine, "_ENCODE_CHUNK_ROWS", 1)  # every key a chunk of its own
+    monkeypatch.setattr(state_machine, "SNAPSHOT_PART_ROWS", 1)  # every key a part of its own
     for i in range(3):
         kv(Put("a", {"n": i}))
     kv(Delete("a"))

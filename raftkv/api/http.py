@@ -75,7 +75,7 @@ from raftkv.kv import (
 )
 from raftkv.node import FORWARDED_TO
 from raftkv.node import tracing as node_tracing
-from raftkv.node.backup import freeze
+from raftkv.node.backup import take_backup
 from raftkv.node.log_view import MAX_LOG_ENTRIES
 from raftkv.transport.hold import MAX_HELD_MESSAGES
 
@@ -410,8 +410,7 @@ class _Api:
         async with self.one_snapshot_at_a_time:
             await self.node.read_barrier()
             self.gate.require(request, Access.ADMIN)  # as of the barrier (auth may have been turned on)
-            build = freeze(self.node.kv, self.node.id)  # the cut, on the loop: nothing applies meanwhile
-            image = await asyncio.get_running_loop().run_in_executor(None, build)  # seconds for a million keys
+            image = await take_backup(self.node.kv, self.node.id)
             response = web.StreamResponse(headers={
                 **_CORS_HEADERS,  # the middleware cannot add them to a response already sent
                 "Content-Type": "application/octet-stream",

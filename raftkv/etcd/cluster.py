@@ -37,7 +37,7 @@ from raftkv.etcd.errors import translate, unary, unimplemented
 from raftkv.etcd.identity import Identity, number_of
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
 from raftkv.node import NodeHost
-from raftkv.node.backup import ETCD_ALIGN_BYTES, freeze
+from raftkv.node.backup import ETCD_ALIGN_BYTES, take_backup
 from raftkv.node.forwarding import CALLER_AUTHORIZATION, FORWARD_TIMEOUT_S
 
 __all__ = ["API_VERSION", "ClusterService", "MaintenanceService"]
@@ -215,7 +215,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             if (error := translate(exc)) is None:
                 raise
             await context.abort(error.code, error.message)
-        image = await asyncio.get_running_loop().run_in_executor(None, freeze(self.node.kv, self.node.id))
+        image = await take_backup(self.node.kv, self.node.id)
         header = self.identity.header(image.header.revision)
         padding = bytes(-image.size() % ETCD_ALIGN_BYTES)  # etcd's trailer: see backup._etcd_trailer_holds
         left, digest = image.size() + len(padding) + hashlib.sha256().digest_size, hashlib.sha256()

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import msgpack
@@ -162,7 +162,7 @@ def _kind(value: Any) -> str:
     return "a string" if t is str else "a value that is neither a number nor a string"
 
 
-_ENCODE_CHUNK_ROWS = 5_000
+SNAPSHOT_PART_ROWS = 250  # keys, or versions of the history, packed per part: about 0.2-0.5 ms
 
 
 class KVStateMachine:
@@ -516,45 +516,48 @@ class KVStateMachine:
 
     def snapshot(self) -> bytes:
         """Everything, canonically: equal states give equal bytes."""
-        return self.snapshot_later()()
+        return b"".join(self.snapshot_later())
 
-    def snapshot_later(self) -> Callable[[], bytes]:
-        """Freeze the current state cheaply; the returned function encodes it, on any thread.
+    def snapshot_later(self) -> Iterator[bytes]:
+        """Freeze the current state cheaply, now; the returned iterator encodes it a part at a
+        time (`SNAPSHOT_PART_ROWS` keys or versions), as its caller asks for the next.
 
         Values are immutable KeyValue tuples and version lists are never changed in place after
-        they are frozen (mvcc.py), so shallow copies are a consistent image while applying goes on;
-        the expensive encoding can then run off the event loop (a million keys take seconds to
-        encode, far longer than an election timeout).
+        they are frozen (mvcc.py), so shallow copies are a consistent image while applying goes
+        on. A node encodes it on its event loop between its other work (snapshots.py): a million
+        keys take seconds to pack, and a thread would not take that off the loop, since packing
+        holds the interpreter's lock and the loop would wait out the thread's switch interval
+        (5 ms) at every turn. The parts joined are the bytes one packb of the whole list gives.
         """
         current, past, compacted = self.store.frozen()
         dedup, members = list(self._dedup.items()), sorted(self.members.items())
         removed, leases, auth = sorted(self.removed_members), self.leases.rows(), self.auth.rows()
         applied_index, revision = self.applied_index, self.revision
 
-        def encode() -> bytes:
-            # Byte-for-byte what packb of the whole list gives, packed in chunks: one packb of a
-            # million rows is a single C call that holds the GIL (and so the node's loop) for it all.
+        def parts() -> Iterator[bytes]:
             packer = msgpack.Packer(unicode_errors=ESCAPES)
             keys = sorted(current)
-            parts = [packer.pack_array_header(11), packer.pack(_SNAPSHOT_FORMAT), packer.pack(applied_index),
-                     packer.pack(revision), packer.pack_array_header(len(keys))]
-            for lo in range(0, len(keys), _ENCODE_CHUNK_ROWS):
-                parts.append(b"".join(packer.pack([k, *current[k]]) for k in keys[lo : lo + _ENCODE_CHUNK_ROWS]))
-            parts.append(packer.pack([[rid, *first] for rid, first in dedup]))
-            parts.append(packer.pack([list(m) for m in members]))
-            parts.append(packer.pack(removed))
+            yield (packer.pack_array_header(11) + packer.pack(_SNAPSHOT_FORMAT) + packer.pack(applied_index)
+                   + packer.pack(revision) + packer.pack_array_header(len(keys)))
+            for lo in range(0, len(keys), SNAPSHOT_PART_ROWS):
+                yield b"".join(packer.pack([k, *current[k]]) for k in keys[lo : lo + SNAPSHOT_PART_ROWS])
+            history = sorted(past)
+            yield (packer.pack([[rid, *first] for rid, first in dedup]) + packer.pack([list(m) for m in members])
+                   + packer.pack(removed) + packer.pack_array_header(len(history)))
             # A version is a (revision, KeyValue or None) tuple, and msgpack packs a tuple as the
             # array it would pack for the same list: no list need be built per version.
-            history = sorted(past)
-            parts.append(packer.pack_array_header(len(history)))
-            for lo in range(0, len(history), _ENCODE_CHUNK_ROWS):
-                parts.append(b"".join(packer.pack((k, past[k].fixed())) for k in history[lo : lo + _ENCODE_CHUNK_ROWS]))
-            parts.append(packer.pack(compacted))
-            parts.append(packer.pack(leases))
-            parts.append(packer.pack(auth))
-            return b"".join(parts)
+            part: list[bytes] = []
+            rows = 0
+            for k in history:
+                versions = past[k].fixed()
+                part.append(packer.pack((k, versions)))
+                rows += len(versions)
+                if rows >= SNAPSHOT_PART_ROWS:
+                    yield b"".join(part)
+                    part, rows = [], 0
+            yield b"".join(part) + packer.pack(compacted) + packer.pack(leases) + packer.pack(auth)
 
-        return encode
+        return parts()
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's; raises ValueError if data is not one."""

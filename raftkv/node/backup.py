@@ -40,13 +40,14 @@ beside the target that is renamed into place last: a failed restore leaves nothi
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import shutil
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,10 +60,11 @@ from raftkv.storage.wal import fsync_dir
 
 from .config import Member
 from .membership import BOOTSTRAP_TERM, MemberRecord
+from .snapshots import pack_between_turns
 from .startup import claim_data_dir, founding_config
 
-__all__ = ["FORMAT_VERSION", "BackupError", "BackupHeader", "BackupImage", "freeze", "install_backup_file",
-           "parse_backup", "partial_path", "read_backup", "restore_data_dir"]
+__all__ = ["FORMAT_VERSION", "BackupError", "BackupHeader", "BackupImage", "Cut", "freeze", "install_backup_file",
+           "parse_backup", "partial_path", "read_backup", "restore_data_dir", "take_backup"]
 
 MAGIC = b"RKVBACKP"
 FORMAT_VERSION = 1
@@ -148,21 +150,41 @@ class BackupImage:
         return kv
 
 
-def freeze(kv: KVStateMachine, taken_by: str) -> Callable[[], BackupImage]:
-    """Take the cut now (call it on the event loop, after a read barrier): the returned function
-    encodes and hashes it, on any thread, while applying goes on."""
-    encode = kv.snapshot_later()
-    revision, applied_index, keys = kv.revision, kv.applied_index, len(kv)
-    members = {member_id: MemberRecord.decode(details) for member_id, details in kv.members.items()}
-    taken_at = datetime.now(UTC).isoformat(timespec="seconds")
+@dataclass
+class Cut:
+    """The store as it was when frozen: its image, still to be packed (`parts`, as
+    `KVStateMachine.snapshot_later` gives them), and what the header will say of it."""
 
-    def build() -> BackupImage:
-        body = encode()
-        header = BackupHeader(revision, applied_index, keys, members, len(body), hashlib.sha256(body).hexdigest(),
-                              taken_by, taken_at)
+    parts: Iterator[bytes]
+    revision: int
+    applied_index: int
+    keys: int
+    members: dict[str, MemberRecord]
+    taken_by: str
+    taken_at: str
+
+    def image(self, body: bytes) -> BackupImage:
+        """The backup of `body`, the parts joined; hashing a large one takes a while (on any thread)."""
+        header = BackupHeader(self.revision, self.applied_index, self.keys, self.members, len(body),
+                              hashlib.sha256(body).hexdigest(), self.taken_by, self.taken_at)
         return BackupImage(header, body)
 
-    return build
+
+def freeze(kv: KVStateMachine, taken_by: str) -> Cut:
+    """Take the cut now (call it on the event loop, after a read barrier); its parts may be packed
+    later, while applying goes on."""
+    members = {member_id: MemberRecord.decode(details) for member_id, details in kv.members.items()}
+    return Cut(kv.snapshot_later(), kv.revision, kv.applied_index, len(kv), members, taken_by,
+               datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+async def take_backup(kv: KVStateMachine, taken_by: str) -> BackupImage:
+    """The backup of the store as it is now (call it on the event loop, after a read barrier): the
+    cut at once, packed between the loop's other work while applying goes on (seconds for a
+    million keys), hashed in a thread (sha256 lets go of the interpreter's lock)."""
+    cut = freeze(kv, taken_by)
+    body = await pack_between_turns(cut.parts)
+    return await asyncio.get_running_loop().run_in_executor(None, cut.image, body)
 
 
 # ---- reading and writing files -----------------------------------------------------------------

@@ -5,11 +5,13 @@ Theory of operation
 After each batch the disk pump wrote, the group asks `maybe_start`: once `every` entries
 were applied since the last snapshot, and only at an index the WAL already holds (so entries still
 being written never precede it), a snapshot is taken in a task of its own. The state machine is
-frozen on the loop (a shallow copy, `snapshot_later`) and encoded in a worker thread: a million
-keys take seconds to encode, far longer than an election timeout. The snapshot is then written
-through the disk pump (one storage caller at a time) and the core compacts its log, keeping
-`snapshot_retain_entries` so a briefly lagging follower still gets appends, not a snapshot.
-The encoder thread is the snapshotter's own unless the caller gives an executor (see persist.py).
+frozen on the loop (a shallow copy, `snapshot_later`) and encoded on the loop too, a part of a
+few hundred rows per turn between the loop's other work: a million keys take seconds to encode,
+far longer than an election timeout. Not in a thread: packing holds the interpreter's lock, so a
+loop beside an encoding thread ran about once per switch interval (5 ms) while it lasted, on
+every node at once (bench/PROFILE.md, eighteenth round). The snapshot is then written through the disk pump (one
+storage caller at a time) and the core compacts its log, keeping `snapshot_retain_entries` so a
+briefly lagging follower still gets appends, not a snapshot.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Iterator
 
 from raftkv.core import RaftCore
 from raftkv.kv import KVStateMachine
@@ -26,19 +28,17 @@ from .config import NodeConfig
 from .metrics import NodeMetrics
 from .persist import DiskPump
 
-__all__ = ["Snapshotter"]
+__all__ = ["Snapshotter", "pack_between_turns"]
 
 log = logging.getLogger("raftkv.node")
 
 
 class Snapshotter:
     def __init__(self, cfg: NodeConfig, core: RaftCore, kv: KVStateMachine, pump: DiskPump, metrics: NodeMetrics,
-                 snapshot_index: int, *, executor: Executor | None = None) -> None:
+                 snapshot_index: int) -> None:
         self.cfg, self.core, self.kv, self.pump, self.metrics = cfg, core, kv, pump, metrics
         self.snapshot_index = snapshot_index  # of the newest snapshot taken or installed
         self.every = cfg.snapshot_every  # applied entries between snapshots (the lab lowers it at run time)
-        self._own_encoder = executor is None
-        self._encoder = executor or ThreadPoolExecutor(1, thread_name_prefix=f"{cfg.node_id}-snap")
         self._task: asyncio.Task | None = None
 
     def maybe_start(self) -> None:
@@ -56,14 +56,12 @@ class Snapshotter:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._own_encoder:
-            self._encoder.shutdown(wait=False, cancel_futures=True)
 
     async def _take(self) -> None:
         try:
             started = time.perf_counter()
             applied = self.kv.applied_index
-            data = await asyncio.get_running_loop().run_in_executor(self._encoder, self.kv.snapshot_later())
+            data = await pack_between_turns(self.kv.snapshot_later())
             if self.core.snapshot_index >= applied:
                 # A snapshot from the leader was installed meanwhile and covers this one. The core
                 # holds it from the step that accepted it, before its Ready reaches `installed`.
@@ -80,3 +78,13 @@ class Snapshotter:
             log.exception("snapshot failed node=%s; will retry at the next threshold", self.cfg.node_id)
         finally:
             self._task = None
+
+
+async def pack_between_turns(parts: Iterator[bytes]) -> bytes:
+    """A frozen image's parts (`KVStateMachine.snapshot_later`) joined, packed one per turn of
+    the event loop so that its other work goes between them."""
+    packed = []
+    for part in parts:
+        packed.append(part)
+        await asyncio.sleep(0)
+    return b"".join(packed)
