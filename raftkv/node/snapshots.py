@@ -9,9 +9,9 @@ frozen on the loop (a shallow copy, `snapshot_later`) and encoded on the loop to
 few hundred rows per turn between the loop's other work: a million keys take seconds to encode,
 far longer than an election timeout. Not in a thread: packing holds the interpreter's lock, so a
 loop beside an encoding thread ran about once per switch interval (5 ms) while it lasted, on
-every node at once (bench/PROFILE.md, eighteenth round). The snapshot is then written through the disk pump (one
-storage caller at a time) and the core compacts its log, keeping `snapshot_retain_entries` so a
-briefly lagging follower still gets appends, not a snapshot.
+every node at once (bench/PROFILE.md, eighteenth round). The snapshot is then written through the
+disk pump (one storage caller at a time) and the core compacts its log, keeping
+`snapshot_retain_entries` so a briefly lagging follower still gets appends, not a snapshot.
 """
 
 from __future__ import annotations
