@@ -103,3 +103,14 @@ def test_the_front_s_cpu_per_request_is_measured_for_both_routes() -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     figures = re.findall(r"^(GET|PUT) /kv/\{key\}: ([0-9.]+) us of CPU per request", proc.stdout, re.MULTILINE)
     assert [method for method, _ in figures] == ["GET", "PUT"] and all(float(us) > 0 for _, us in figures), proc.stdout
+
+
+def test_the_loops_lateness_is_measured_while_a_snapshot_is_packed_both_ways() -> None:
+    """bench/snapshot_stall.py packs the same store's snapshot on the loop and in a thread, and says
+    how late the loop ran during each."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "snapshot_stall.py"), "--keys", "200", "--writes",
+                           "2000", "--reps", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ways = re.findall(r"^rep 1, packed in a (loop|thread)\s*: +\d+ ms; the loop woke +\d+ times, late by +[0-9.]+ ms",
+                      proc.stdout, re.MULTILINE)
+    assert ways == ["loop", "thread"], proc.stdout
