@@ -114,3 +114,16 @@ def test_the_loops_lateness_is_measured_while_a_snapshot_is_packed_both_ways() -
     ways = re.findall(r"^rep 1, packed in a (loop|thread)\s*: +\d+ ms; the loop woke +\d+ times, late by +[0-9.]+ ms",
                       proc.stdout, re.MULTILINE)
     assert ways == ["loop", "thread"], proc.stdout
+
+
+def test_a_big_stores_cluster_under_writes_reports_its_stalled_ticks() -> None:
+    """bench/big_store.py fills a 3-node cluster, writes to it, and says per node how many ticks
+    came late (here a small store: the report, not its figures)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "big_store.py"), "--keys", "3000", "--seconds", "2",
+                           "--snapshot-every", "500"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"^writes: [\d,]+/s, \d+ failed; terms \{.*\} -> \{.*\}$", proc.stdout, re.MULTILINE), proc.stdout
+    nodes = re.findall(r"^(node\d): (\d+) snapshots; ticks late by over 100 ms: \d+, over 250 ms: \d+; "
+                       r"the worst within \d+ ms$", proc.stdout, re.MULTILINE)
+    assert [node for node, _ in nodes] == ["node1", "node2", "node3"], proc.stdout
+    assert all(int(taken) >= 1 for _, taken in nodes), proc.stdout  # 3,000 keys in 24 entries, then the writes

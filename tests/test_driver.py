@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -32,11 +33,13 @@ from raftkv.core import (
     Snapshot,
     SnapshotMeta,
 )
-from raftkv.kv import KVStateMachine, Put, state_machine
-from raftkv.node import NodeConfig, NotAppliedError, OutcomeUnknownError, RaftGroup
+from raftkv.kv import KVStateMachine, Put, Txn, TxnPut, state_machine
+from raftkv.node import NodeConfig, NotAppliedError, OutcomeUnknownError, RaftGroup, compactor
+from raftkv.node.compactor import Compactor
 from raftkv.node.config import Member
 from raftkv.node.errors import MembershipRefused
 from raftkv.node.event_stream import EventHub
+from raftkv.node.group import STALL_WARNING_EVERY_S
 from raftkv.node.log_view import log_view
 from raftkv.node.members import PROMOTE_MAX_LAG_ENTRIES, MemberService
 from raftkv.node.metrics import FAST_BUCKETS, NodeMetrics
@@ -791,3 +794,54 @@ async def test_the_log_view_shows_real_terms_equal_on_every_node(cluster: InProc
     committed = {g: {e["index"]: e["term"] for e in v["entries"] if e["committed"]} for g, v in views.items()}
     for index, term in committed[leader.id].items():
         assert all(c.get(index, term) == term for c in committed.values()), index
+
+
+async def test_automatic_compaction_forgets_a_bulk_load_a_bounded_step_at_a_time(
+        cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every replica compacts in one turn of its loop, a step per change forgotten: the first
+    compaction after a bulk load of a million keys held all three loops for a second at once. The
+    compactor proposes steps of at most `STEP_CHANGES` changes (a revision whose changes are more
+    still goes whole) until the retention's target is reached, each reported as a step behind."""
+    monkeypatch.setattr(compactor, "STEP_CHANGES", 10)
+    leader = await cluster.leader()
+    for i, width in enumerate((8, 12, 3, 3, 3)):  # a bulk load: one revision per transaction
+        await leader.propose(Txn((), tuple(TxnPut(f"k{i}-{j}", j) for j in range(width)), ()))
+    for i in range(20):
+        await leader.propose(Put("hot", i))
+    store = leader.kv.store
+    auto = Compactor(leader, retention_revisions=5, retention_s=None)
+    forgotten, behind = [], []
+    while True:
+        retained, compacted = len(list(store.changes_since(store.compacted))), store.compacted
+        await auto.check(time.monotonic())
+        if store.compacted == compacted:
+            break
+        forgotten.append(retained - len(list(store.changes_since(store.compacted))))
+        behind.append(auto.behind)
+    assert store.compacted == leader.kv.revision - 5
+    assert forgotten == [8, 12, 10, 10, 4] and behind == [True] * 4 + [False], (forgotten, behind)
+
+
+async def test_a_stalled_loop_shows_in_the_tick_lateness_and_warns_once(
+        cluster: InProcessCluster, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever keeps a node's event loop busy (a long turn, a collection, a big store's snapshot
+    being cut) delays its ticks, heartbeats and answers alike: how late each tick fired is a
+    histogram, and a stall of half an election timeout or more is a warning, once per
+    `STALL_WARNING_EVERY_S` however many follow."""
+    leader = await cluster.leader()
+
+    def stalled_ticks() -> float:
+        text = leader.metrics.render()[0].decode()
+        family = next(f for f in text_string_to_metric_families(text) if f.name == "raft_tick_lateness_seconds")
+        buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
+        return buckets["+Inf"] - buckets["0.1"]
+
+    before = stalled_ticks()  # a start-up on a busy machine may have its own
+    leader.stall_warned_at = -STALL_WARNING_EVERY_S  # and have warned of it
+    with caplog.at_level(logging.WARNING, logger="raftkv.node"):
+        for _ in range(2):
+            time.sleep(0.25)  # the whole loop stands still: every group's, as in one node's process
+            await asyncio.sleep(0.1)
+    assert stalled_ticks() - before >= 2
+    warned = [r.getMessage() for r in caplog.records if "event loop stalled" in r.getMessage()]
+    assert len([w for w in warned if f"node={leader.id}" in w]) == 1, warned

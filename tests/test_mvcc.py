@@ -3,6 +3,7 @@ fed as a node feeds it: encoded commands at consecutive indexes."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import msgpack
@@ -16,6 +17,7 @@ from raftkv.kv import (
     Compact,
     CompactedError,
     Delete,
+    KeyValue,
     KVStateMachine,
     LeaseGrant,
     LeaseRevoke,
@@ -127,18 +129,25 @@ def test_a_snapshot_is_cut_when_asked_for_and_packed_in_parts_that_join_to_one_p
         kv: Replica, monkeypatch: pytest.MonkeyPatch) -> None:
     """A node packs a snapshot a part at a time between its loop's other work, while writes go on
     applying: the image is the state when it was asked for, and its parts joined are the bytes of
-    packing the whole at once."""
+    packing the whole at once. Keys are sorted a run per part and merged: the image lists them
+    in order all the same."""
     monkeypatch.setattr(state_machine, "SNAPSHOT_PART_ROWS", 4)
-    for i in range(10):
+    monkeypatch.setattr(state_machine, "SORT_RUN_KEYS", 3)
+    for i in (7, 2, 9, 0, 4, 8, 1, 6, 3, 5):
         kv(Put(f"k{i}", i))
     for i in range(6):
         kv(Put("hot", i))
+        kv(Put(f"k{9 - i}", "again"))
     whole = kv.sm.snapshot()
     parts = kv.sm.snapshot_later()
     kv(Put("later", 1))
     kv(Put("hot", "later"))
     packed = list(parts)
     assert len(packed) > 4 and b"".join(packed) == whole == msgpack.packb(msgpack.unpackb(whole))
+    image = msgpack.unpackb(whole)
+    assert [row[0] for row in image[3]] == sorted(["hot", *(f"k{i}" for i in range(10))])
+    assert [key for key, _ in image[7]] == ["hot", "k4", "k5", "k6", "k7", "k8", "k9"]
+    assert packed.count(b"") == 4 + 3  # a sort per run of 3 keys: 11 current, 7 with history
     restored = KVStateMachine()
     restored.restore(b"".join(packed))
     assert restored.get("later") is None and restored.get("hot").value == 5
@@ -162,6 +171,33 @@ def test_a_snapshots_history_is_each_key_with_its_versions_as_plain_msgpack_arra
     assert msgpack.packb(as_lists) in kv.sm.snapshot()  # byte for byte, as packing the lists gave
     assert history[0][1][-1][1] is None  # the delete
     assert history[0][1][0][1] == [{"n": 0}, 1, 1, 1, 0]
+
+
+def test_the_garbage_collector_stops_tracking_the_stores_values(kv: Replica) -> None:
+    """A full collection walks every tracked object: a node holding a million keys as KeyValues
+    (NamedTuples, which the collector never stops tracking) stalled about a second in each. The
+    store keeps plain tuples of strings and numbers, which it stops tracking once it has seen
+    them, and reads still hand out KeyValues; so does a store restored from a snapshot. A version
+    (revision, row) is let go once its row is; a collection may see the version first (it walks
+    objects in the order it reached them), so it can take a second."""
+    for i in range(3):
+        kv(Put(f"k{i}", "v"))
+    kv(Put("k0", "w"))
+    kv(Delete("k1"))
+    restored = KVStateMachine()
+    restored.restore(kv.sm.snapshot())
+    gc.collect()
+    for store in (kv.sm.store, restored.store):
+        current, past, _ = store.frozen()
+        versions = [version for frozen in past.values() for version in frozen.fixed()]
+        assert len(current) == 2 and len(versions) == 4
+        assert not any(gc.is_tracked(row) for row in current.values())
+        assert not any(gc.is_tracked(row) for _, row in versions)
+    gc.collect()
+    for store in (kv.sm.store, restored.store):
+        assert not any(gc.is_tracked(version) for frozen in store.frozen()[1].values() for version in frozen.fixed())
+        assert type(store.get("k0")) is KeyValue and store.get("k0").value == "w"
+        assert [type(found) for _, found in store.history("k1")] == [KeyValue, type(None)]
 
 
 def test_a_format_3_snapshot_restores_with_no_history_and_no_leases() -> None:

@@ -42,7 +42,7 @@ from raftkv.kv.commands import (
     validate,
 )
 from raftkv.kv.leases import Lease, LeaseTable
-from raftkv.kv.mvcc import Change, CompactedError, MVCCStore
+from raftkv.kv.mvcc import Change, CompactedError, MVCCStore, Row, key_value_of
 from raftkv.kv.state_machine import (
     AUTH_CHANGED,
     DEFAULT_MAX_DEDUP_BYTES,
@@ -100,6 +100,7 @@ __all__ = [
     "PublishMember",
     "Put",
     "Result",
+    "Row",
     "Target",
     "Txn",
     "TxnDelete",
@@ -114,6 +115,7 @@ __all__ = [
     "delete_from_json",
     "encode",
     "json_equal",
+    "key_value_of",
     "kv_to_dict",
     "put_from_json",
     "txn_from_json",

@@ -15,6 +15,12 @@ or below C only the last is kept (as the key's state at C), a key deleted at or 
 forgotten, and changes at or below C leave `_changes`. A read, range or watch below C is refused
 with `CompactedError(C)`, never answered from a partial history.
 
+A value is kept as a `Row`, KeyValue's fields in a plain tuple, and reads hand out KeyValues made
+from rows. The garbage collector stops tracking a plain tuple of strings and numbers the first
+time it sees one, but never a NamedTuple: a node holding a million keys as KeyValues had a
+million more objects for every full collection to walk, about a second during which the node
+answered nobody (bench/PROFILE.md, nineteenth round).
+
 Every replica applies the same changes and compactions at the same log indexes, so the stores
 agree; `rows()` and `restore()` carry everything but `_changes`, which is rebuilt.
 """
@@ -23,9 +29,10 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, NamedTuple
 
-__all__ = ["Change", "CompactedError", "KeyValue", "MVCCStore"]
+__all__ = ["Change", "CompactedError", "KeyValue", "MVCCStore", "Row", "as_key_value", "checked_row", "key_value_of"]
 
 
 class KeyValue(NamedTuple):
@@ -36,7 +43,21 @@ class KeyValue(NamedTuple):
     lease: int = 0  # the lease the key is attached to (0: none)
 
 
-Version = tuple[int, KeyValue | None]  # (revision of the change, what the key held from then; None: deleted)
+Row = tuple[Any, int, int, int, int]  # a KeyValue's fields, as the store keeps them (above)
+Version = tuple[int, Row | None]  # (revision of the change, what the key held from then; None: deleted)
+as_key_value: Callable[[Row], KeyValue] = partial(tuple.__new__, KeyValue)
+MOD_REVISION = KeyValue._fields.index("mod_revision")  # where a Row holds it
+
+
+def key_value_of(row: Row | None) -> KeyValue | None:
+    return None if row is None else as_key_value(row)
+
+
+def checked_row(fields: Any) -> Row:
+    """A Row of a KeyValue's fields read from elsewhere (a snapshot); ValueError if too few or many."""
+    if len(fields) != len(KeyValue._fields):
+        raise ValueError(f"a key's value has {len(fields)} fields, not {len(KeyValue._fields)}")
+    return tuple(fields)
 
 
 class Change(NamedTuple):
@@ -59,13 +80,14 @@ class CompactedError(ValueError):
 
 class MVCCStore:
     def __init__(self) -> None:
-        self._current: dict[str, KeyValue] = {}
+        self._current: dict[str, Row] = {}
         self._past: dict[str, list[Version]] = {}  # keys with more than one retained version
         self._changes: list[tuple[int, str]] = []
         self.compacted = 0
-        # Told of every change as it is made, as Change's fields: a Change is built only if wanted
-        # (most changes have no watcher, and a tuple per write costs every replica's apply).
-        self.listener: Callable[[int, str, KeyValue | None, KeyValue | None], None] | None = None
+        # Told of every change as it is made, as Change's fields but rows for KeyValues: a Change
+        # is built only if wanted (most changes have no watcher, and a tuple per write costs
+        # every replica's apply).
+        self.listener: Callable[[int, str, Row | None, Row | None], None] | None = None
         # Sorted index of every key with a retained version (the current ones and the deleted ones
         # still in history), brought up to date lazily: puts of new keys are frequent and ranges rare.
         self._sorted_keys: list[str] = []
@@ -74,29 +96,30 @@ class MVCCStore:
 
     # ---- changes ------------------------------------------------------------------------------
 
-    def put(self, key: str, kv: KeyValue) -> None:
-        self._record(key, kv.mod_revision, kv)
-        self._current[key] = kv
+    def put(self, key: str, row: Row) -> None:
+        """`row`: what the key holds from now, KeyValue's fields in a plain tuple."""
+        self._record(key, row[MOD_REVISION], row)
+        self._current[key] = row
 
     def delete(self, key: str, revision: int) -> None:
         self._record(key, revision, None)
         del self._current[key]
 
-    def _record(self, key: str, revision: int, kv: KeyValue | None) -> None:
+    def _record(self, key: str, revision: int, row: Row | None) -> None:
         versions = self._past.get(key)
         cur = self._current.get(key)
         if versions is None:
             if cur is not None:
-                self._past[key] = [(cur.mod_revision, cur), (revision, kv)]
-            elif key in self._past or kv is None:
+                self._past[key] = [(cur[MOD_REVISION], cur), (revision, row)]
+            elif key in self._past or row is None:
                 raise AssertionError(f"deleting {key!r}, which holds nothing")
             else:
                 self._index(key)
         else:
-            versions.append((revision, kv))
+            versions.append((revision, row))
         self._changes.append((revision, key))
         if self.listener is not None:
-            self.listener(revision, key, kv, cur)
+            self.listener(revision, key, row, cur)
 
     def compact(self, revision: int) -> int:
         """Forget history at or below `revision`; returns how many versions were dropped."""
@@ -124,27 +147,41 @@ class MVCCStore:
         self.compacted = revision
         return dropped
 
+    def compaction_step(self, target: int, changes: int) -> int:
+        """How far toward `target` one compaction should go: to the newest revision that forgets
+        at most `changes` changes, or the oldest retained revision whole if it alone holds more.
+        Compaction takes a step per change it forgets, on every replica in the same turn."""
+        if len(self._changes) <= changes:
+            return target
+        return min(target, max(self._changes[changes][0] - 1, self._changes[0][0]))
+
     # ---- reads --------------------------------------------------------------------------------
 
     def get(self, key: str) -> KeyValue | None:
-        return self._current.get(key)
+        return key_value_of(self._current.get(key))
 
     def get_at(self, key: str, revision: int) -> KeyValue | None:
         self._check(revision)
+        return key_value_of(self._row_at(key, revision))
+
+    def _row_at(self, key: str, revision: int) -> Row | None:
         versions = self._past.get(key)
         if versions is None:
             cur = self._current.get(key)
-            return cur if cur is not None and cur.mod_revision <= revision else None
+            return cur if cur is not None and cur[MOD_REVISION] <= revision else None
         at = _last_at(versions, revision)
         return versions[at][1] if at >= 0 else None
 
-    def history(self, key: str) -> list[Version]:
+    def history(self, key: str) -> list[tuple[int, KeyValue | None]]:
         """Every retained version of `key`, oldest first."""
+        return [(rev, key_value_of(row)) for rev, row in self._versions(key)]
+
+    def _versions(self, key: str) -> list[Version]:
         versions = self._past.get(key)
         if versions is not None:
-            return list(versions)
+            return versions
         cur = self._current.get(key)
-        return [(cur.mod_revision, cur)] if cur is not None else []
+        return [(cur[MOD_REVISION], cur)] if cur is not None else []
 
     def range(self, prefix: str = "", limit: int | None = None, start: str = "", end: str | None = None,
               revision: int | None = None) -> tuple[list[tuple[str, KeyValue]], bool]:
@@ -156,11 +193,11 @@ class MVCCStore:
         items: list[tuple[str, KeyValue]] = []
         i, n = bisect_left(keys, max(prefix, start)), len(keys)
         while i < n and keys[i].startswith(prefix) and (end is None or keys[i] < end):
-            kv = self._current.get(keys[i]) if revision is None else self.get_at(keys[i], revision)
-            if kv is not None:
+            row = self._current.get(keys[i]) if revision is None else self._row_at(keys[i], revision)
+            if row is not None:
                 if limit is not None and len(items) >= limit:
                     return items, True
-                items.append((keys[i], kv))
+                items.append((keys[i], as_key_value(row)))
             i += 1
         return items, False
 
@@ -171,11 +208,11 @@ class MVCCStore:
             yield self.change_at(rev, key)
 
     def change_at(self, revision: int, key: str) -> Change:
-        versions = self.history(key)
+        versions = self._versions(key)
         at = _last_at(versions, revision)
         assert at >= 0 and versions[at][0] == revision, (key, revision)
         prev = versions[at - 1][1] if at > 0 else None
-        return Change(revision, key, versions[at][1], prev)
+        return Change(revision, key, key_value_of(versions[at][1]), key_value_of(prev))
 
     def _check(self, revision: int) -> None:
         if revision < self.compacted:
@@ -184,7 +221,7 @@ class MVCCStore:
     def __len__(self) -> int:
         return len(self._current)
 
-    def current(self) -> dict[str, KeyValue]:
+    def current(self) -> dict[str, Row]:
         return self._current
 
     # ---- the sorted index ---------------------------------------------------------------------
@@ -215,19 +252,22 @@ class MVCCStore:
 
     # ---- snapshots ----------------------------------------------------------------------------
 
-    def frozen(self) -> tuple[dict[str, KeyValue], dict[str, list[Version]], int]:
+    def frozen(self) -> tuple[dict[str, Row], dict[str, _Frozen], int]:
         """A consistent image, cheap to take on the loop: values are immutable tuples, and a version
         list is only ever appended to (compaction replaces it), so a list with its length now is
-        fixed. Returns a function's worth of work: call `versions_of` on the result off the loop."""
-        return dict(self._current), {k: _Frozen(v, len(v)) for k, v in self._past.items()}, self.compacted
+        fixed (`_Frozen.fixed`). The history's copy is made first: making it sets off young collections, which would
+        otherwise walk the other copy, a reference per key (bench/PROFILE.md, nineteenth round)."""
+        past = {k: _Frozen(v, len(v)) for k, v in self._past.items()}
+        return dict(self._current), past, self.compacted
 
     @classmethod
-    def restored(cls, current: dict[str, KeyValue], past: dict[str, list[Version]], compacted: int) -> MVCCStore:
+    def restored(cls, current: dict[str, Row], past: dict[str, list[Version]], compacted: int) -> MVCCStore:
         store = cls()
         store._current, store._past, store.compacted = current, past, compacted
         keys = set(current) | set(past)
         store._sorted_keys = sorted(keys)
-        changes = [(kv.mod_revision, k) for k, kv in current.items() if k not in past and kv.mod_revision > compacted]
+        changes = [(row[MOD_REVISION], k) for k, row in current.items()
+                   if k not in past and row[MOD_REVISION] > compacted]
         changes += [(rev, k) for k, versions in past.items() for rev, _ in versions if rev > compacted]
         store._changes = sorted(changes)
         return store

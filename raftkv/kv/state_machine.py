@@ -40,8 +40,10 @@ bytes, which is what makes `digest()` and `__eq__` meaningful across replicas.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
+from itertools import islice
 from typing import Any, NamedTuple
 
 import msgpack
@@ -76,7 +78,7 @@ from raftkv.kv.commands import (
     target,
 )
 from raftkv.kv.leases import LeaseTable
-from raftkv.kv.mvcc import KeyValue, MVCCStore
+from raftkv.kv.mvcc import KeyValue, MVCCStore, checked_row
 
 Result = dict[str, Any]
 
@@ -163,6 +165,18 @@ def _kind(value: Any) -> str:
 
 
 SNAPSHOT_PART_ROWS = 250  # keys, or versions of the history, packed per part: about 0.2-0.5 ms
+SORT_RUN_KEYS = 50_000  # keys sorted per part of a snapshot, then merged as it is packed: ~20-40 ms
+
+
+def _sorted_between_parts(keys: Iterable[str]) -> Generator[bytes, None, Iterator[str]]:
+    """Sorts `keys` a run of `SORT_RUN_KEYS` per empty part (a turn of the loop packing a
+    snapshot; the image grew by a run) and returns them in order, the runs merged as they are
+    read: one sort of a million keys held a node's loop for 0.2-0.4 s (bench/PROFILE.md)."""
+    unsorted, runs = iter(keys), []
+    while run := sorted(islice(unsorted, SORT_RUN_KEYS)):
+        runs.append(run)
+        yield b""
+    return heapq.merge(*runs)
 
 
 class KVStateMachine:
@@ -456,9 +470,9 @@ class KVStateMachine:
 
     def _write(self, key: str, value: Any, cur: KeyValue | None, rev: int, lease: int) -> None:
         if cur is None:
-            self.store.put(key, KeyValue(value, rev, rev, 1, lease))
+            self.store.put(key, (value, rev, rev, 1, lease))  # KeyValue's fields (mvcc.Row)
         else:
-            self.store.put(key, KeyValue(value, cur.create_revision, rev, cur.version + 1, lease))
+            self.store.put(key, (value, cur.create_revision, rev, cur.version + 1, lease))
         if lease or (cur is not None and cur.lease):
             self.leases.attach(key, lease)
 
@@ -522,12 +536,15 @@ class KVStateMachine:
         """Freeze the current state cheaply, now; the returned iterator encodes it a part at a
         time (`SNAPSHOT_PART_ROWS` keys or versions), as its caller asks for the next.
 
-        Values are immutable KeyValue tuples and version lists are never changed in place after
-        they are frozen (mvcc.py), so shallow copies are a consistent image while applying goes
-        on. A node encodes it on its event loop between its other work (snapshots.py): a million
-        keys take seconds to pack, and a thread would not take that off the loop, since packing
-        holds the interpreter's lock and the loop would wait out the thread's switch interval
-        (5 ms) at every turn. The parts joined are the bytes one packb of the whole list gives.
+        Values are immutable tuples and version lists are never changed in place after they are
+        frozen (mvcc.py), so shallow copies are a consistent image while applying goes on. A node
+        encodes it on its event loop between its other work (snapshots.py): a million keys take
+        seconds to pack, and a thread would not take that off the loop, since packing holds the
+        interpreter's lock and the loop would wait out the thread's switch interval (5 ms) at
+        every turn. The parts joined are the bytes one packb of the whole list gives. The big
+        containers the packing uses are made at the call, and the runs of sorted keys each in a
+        part of its own, empty: the node puts them out of the young collections' sight then
+        (node/heap.py, snapshots.py).
         """
         current, past, compacted = self.store.frozen()
         dedup, members = list(self._dedup.items()), sorted(self.members.items())
@@ -536,16 +553,16 @@ class KVStateMachine:
 
         def parts() -> Iterator[bytes]:
             packer = msgpack.Packer(unicode_errors=ESCAPES)
-            keys = sorted(current)
+            keys = yield from _sorted_between_parts(current)
             yield (packer.pack_array_header(11) + packer.pack(_SNAPSHOT_FORMAT) + packer.pack(applied_index)
-                   + packer.pack(revision) + packer.pack_array_header(len(keys)))
-            for lo in range(0, len(keys), SNAPSHOT_PART_ROWS):
-                yield b"".join(packer.pack([k, *current[k]]) for k in keys[lo : lo + SNAPSHOT_PART_ROWS])
-            history = sorted(past)
+                   + packer.pack(revision) + packer.pack_array_header(len(current)))
+            while chunk := list(islice(keys, SNAPSHOT_PART_ROWS)):
+                yield b"".join(packer.pack([k, *current[k]]) for k in chunk)
+            history = yield from _sorted_between_parts(past)
             yield (packer.pack([[rid, *first] for rid, first in dedup]) + packer.pack([list(m) for m in members])
-                   + packer.pack(removed) + packer.pack_array_header(len(history)))
-            # A version is a (revision, KeyValue or None) tuple, and msgpack packs a tuple as the
-            # array it would pack for the same list: no list need be built per version.
+                   + packer.pack(removed) + packer.pack_array_header(len(past)))
+            # A version is a (revision, row or None) tuple, and msgpack packs a tuple as the array
+            # it would pack for the same list: no list need be built per version.
             part: list[bytes] = []
             rows = 0
             for k in history:
@@ -572,9 +589,9 @@ class KVStateMachine:
                 raise ValueError("malformed member table")
             if not all(type(m) is str for m in removed):
                 raise ValueError("malformed removed-member list")
-            make = KeyValue._make  # rows from before leases lack the lease: it is 0
-            current = {row[0]: make(row[1:] if len(row) == 6 else [*row[1:], 0]) for row in items}
-            past = {key: [(rev, None if kv is None else make(kv)) for rev, kv in versions]
+            # Rows from before leases lack the lease: it is 0.
+            current = {row[0]: checked_row(row[1:] if len(row) == 6 else [*row[1:], 0]) for row in items}
+            past = {key: [(rev, None if fields is None else checked_row(fields)) for rev, fields in versions]
                     for key, versions in past_rows}
             if fmt == 1:  # written before fingerprints: any reuse of these ids counts as a retry
                 table = OrderedDict((rid, FirstUse(b"", "", None, 0, result)) for rid, result in dedup)

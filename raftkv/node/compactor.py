@@ -6,6 +6,12 @@ the default bounds memory however the store is used) and by time (keep what chan
 T seconds: the leader samples its revision every `SAMPLE_EVERY_S` and compacts to the newest
 sample at least T old). Compaction runs when it would free at least a tenth of the retention, so
 it is a rare entry, not one per write.
+
+Each entry forgets at most `STEP_CHANGES` changes (`MVCCStore.compaction_step`), then the next
+follows a moment later until the target is reached. Every replica compacts in one turn of its
+loop, about a microsecond per change forgotten: the first compaction after a bulk load of a
+million keys held all three nodes' loops for a second at once, and the cluster elected a new
+leader (bench/PROFILE.md, nineteenth round).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ log = logging.getLogger("raftkv.node")
 
 CHECK_EVERY_S = 5.0
 SAMPLE_EVERY_S = 10.0
+STEP_CHANGES = 20_000  # changes one compaction entry forgets at most: about 20 ms of every replica's loop
+STEP_PAUSE_S = 0.1  # between the steps of a compaction that has further to go
 
 
 class Compactor:
@@ -36,14 +44,16 @@ class Compactor:
         self.retention_revisions = retention_revisions
         self.retention_s = retention_s
         self._samples: collections.deque[tuple[float, int]] = collections.deque()  # (when, revision)
+        self.behind = False  # the last step stopped short of its target
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(min(CHECK_EVERY_S, SAMPLE_EVERY_S))
+            await asyncio.sleep(STEP_PAUSE_S if self.behind else min(CHECK_EVERY_S, SAMPLE_EVERY_S))
             await self.check(time.monotonic())
 
     def target(self, now: float) -> int | None:
-        """The revision to compact to now, if compacting would be worth an entry."""
+        """The revision to compact to now, if compacting would be worth an entry: a step of at
+        most `STEP_CHANGES` changes toward where the retention says."""
         kv = self.group.kv
         if self.retention_s is not None and (not self._samples or now - self._samples[-1][0] >= SAMPLE_EVERY_S):
             self._samples.append((now, kv.revision))
@@ -57,11 +67,17 @@ class Compactor:
                 targets.append(self._samples[0][1])
         target = max(targets, default=0)
         slack = max(1, (self.retention_revisions or 10) // 10)
-        return target if target - kv.store.compacted >= slack else None
+        if target - kv.store.compacted < slack:
+            self.behind = False
+            return None
+        step = kv.store.compaction_step(target, STEP_CHANGES)
+        self.behind = step < target
+        return step
 
     async def check(self, now: float) -> None:
         if self.group.core.role is not Role.LEADER:
             self._samples.clear()
+            self.behind = False
             return
         target = self.target(now)
         if target is None:

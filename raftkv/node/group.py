@@ -84,6 +84,8 @@ __all__ = ["RaftGroup"]
 
 log = logging.getLogger("raftkv.node")
 
+STALL_WARNING_EVERY_S = 10.0  # at most one warning of a stalled loop per this long
+
 DEADLINE_SWEEP_S = 0.05
 
 
@@ -128,6 +130,7 @@ class RaftGroup:
         # a held clock lets nothing time out while a person steps through messages.
         self.tick_ms = cfg.tick_ms
         self.clock_held = False
+        self.stall_warned_at = -STALL_WARNING_EVERY_S  # when a stalled loop was last warned of
         self.failed: asyncio.Future[BaseException] | None = None  # set to what killed the group
         self._wake = asyncio.Event()
         self._ticks = 0
@@ -308,9 +311,18 @@ class RaftGroup:
                 # check-quorum window pass before its followers' answers were even read.
                 next_at = now
             await asyncio.sleep(max(0.0, next_at - now))
+            self._tick_was_late(self._now() - next_at)
             if not self.clock_held:
                 self._ticks += 1
                 self._wake.set()
+
+    def _tick_was_late(self, late: float) -> None:
+        self.metrics.tick_lateness.observe(late)
+        if late >= self._patience_s() / 2 and self._now() - self.stall_warned_at >= STALL_WARNING_EVERY_S:
+            self.stall_warned_at = self._now()
+            log.warning("event loop stalled node=%s late_ms=%.0f: nothing was sent or answered meanwhile; "
+                        "a follower waits %.0f-%.0f ms for a heartbeat", self.id, late * 1000,
+                        self._patience_s() * 1000, 2 * self._patience_s() * 1000)
 
     async def _loop(self) -> None:
         while self._running:

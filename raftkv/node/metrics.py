@@ -143,6 +143,12 @@ class NodeMetrics:
         self.heartbeats_received = LoopCounter("raft_heartbeats_received", "Heartbeat requests received", r)
         self.heartbeat_interval = LoopHistogram("raft_heartbeat_interval_seconds", "Time between heartbeats received",
                                                 FAST_BUCKETS, r)
+        # How late each tick fired: how long the event loop was kept from it (a long turn, a
+        # collection, a big store's snapshot being cut). A leader late by an election timeout loses
+        # its followers to an election.
+        self.tick_lateness = LoopHistogram("raft_tick_lateness_seconds",
+                                           "How late the node's tick fired: time its event loop spent elsewhere",
+                                           FAST_BUCKETS, r)
         self.messages_sent = LoopCounter("raft_messages_sent", "Raft messages sent", r, ["type"])
         self.messages_dropped = Counter(
             "raft_messages_dropped", "Raft messages dropped by the fault layer", ["direction"], registry=r

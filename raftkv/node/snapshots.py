@@ -25,6 +25,7 @@ from raftkv.core import RaftCore
 from raftkv.kv import KVStateMachine
 
 from .config import NodeConfig
+from .heap import collect_young, made_out_of_young_collections
 from .metrics import NodeMetrics
 from .persist import DiskPump
 
@@ -61,7 +62,7 @@ class Snapshotter:
         try:
             started = time.perf_counter()
             applied = self.kv.applied_index
-            data = await pack_between_turns(self.kv.snapshot_later())
+            data = await pack_between_turns(made_out_of_young_collections(self.kv.snapshot_later))
             if self.core.snapshot_index >= applied:
                 # A snapshot from the leader was installed meanwhile and covers this one. The core
                 # holds it from the step that accepted it, before its Ready reaches `installed`.
@@ -82,9 +83,14 @@ class Snapshotter:
 
 async def pack_between_turns(parts: Iterator[bytes]) -> bytes:
     """A frozen image's parts (`KVStateMachine.snapshot_later`) joined, packed one per turn of
-    the event loop so that its other work goes between them."""
+    the event loop so that its other work goes between them. Cut the image with
+    `made_out_of_young_collections`; an empty part grew it (keys sorted a run at a time), and a
+    young collection then puts the run where the next ones do not walk it."""
     packed = []
     for part in parts:
-        packed.append(part)
+        if part:
+            packed.append(part)
+        else:
+            collect_young()
         await asyncio.sleep(0)
     return b"".join(packed)

@@ -29,7 +29,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 
-from raftkv.kv import Change, KeyValue, KVStateMachine, kv_to_dict
+from raftkv.kv import Change, KVStateMachine, Row, key_value_of, kv_to_dict
 
 __all__ = ["PROGRESS_EVERY_S", "WatchBatch", "WatchHub", "Watcher"]
 
@@ -140,12 +140,12 @@ class WatchHub:
 
     # ---- live changes -------------------------------------------------------------------------
 
-    def _on_change(self, revision: int, key: str, kv: KeyValue | None, prev: KeyValue | None) -> None:
+    def _on_change(self, revision: int, key: str, row: Row | None, prev: Row | None) -> None:
         if not self.watchers:
             return
         if self._revision_changes and self._revision_changes[0].revision != revision:
             self.flush()
-        self._revision_changes.append(Change(revision, key, kv, prev))
+        self._revision_changes.append(Change(revision, key, key_value_of(row), key_value_of(prev)))
 
     def flush(self) -> None:
         """Hand the changes of the revision just applied to their watchers (the group calls this

@@ -1,0 +1,99 @@
+"""A big store under write load: do its nodes' event loops stall long enough to cost elections?
+
+    .venv/bin/python bench/big_store.py                          # a million keys, 60 s of writes
+    .venv/bin/python bench/big_store.py --keys 200000 --seconds 20
+
+Theory of operation
+-------------------
+A 3-node cluster (fsync on, snapshots every `--snapshot-every` entries so that several fall due
+during the run) is filled with `--keys` keys by transactions of 128 puts, then written at 64
+clients spread over the nodes for `--seconds`, over the same keys (so history builds and the
+leader compacts it). Whatever holds a node's loop (a collection of a big heap, a snapshot's image
+being cut, a compaction of many changes) delays its ticks, heartbeats and answers alike; a leader
+held for an election timeout (200-400 ms by default) loses its followers to an election. Printed:
+writes per second and failed writes, the terms before and after the load (the same term: no
+election), and per node its snapshots, its ticks late by more than 100 ms and more than 250 ms,
+and the bound of the lowest bucket that holds them all (`raft_tick_lateness_seconds`, a
+histogram): the worst tick was within it. Counted from the nodes' start, the fill included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+
+from bench.load import Workload, run_load
+from bench.raftkv_http import RaftkvCluster
+
+PUTS_PER_TXN = 128
+
+
+async def fill(cluster: RaftkvCluster, keys: int) -> None:
+    gate = asyncio.Semaphore(16)
+    async with aiohttp.ClientSession() as session:
+        with tqdm(total=keys, unit="key", desc="filling", file=sys.stderr) as progress:
+            async def one(lo: int) -> None:
+                ops = [{"op": "put", "key": f"k{i:07d}", "value": "x" * 10}
+                       for i in range(lo, min(lo + PUTS_PER_TXN, keys))]
+                async with gate, session.post(cluster.leader_url() + "/txn", json={"success": ops}) as answer:
+                    if answer.status != 200:
+                        raise SystemExit(f"filling failed: {answer.status} {await answer.text()}")
+                    await answer.read()
+                progress.update(len(ops))
+
+            await asyncio.gather(*(one(lo) for lo in range(0, keys, PUTS_PER_TXN)))
+
+
+def node_figures(url: str) -> dict[str, float | str]:
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    snapshots = sum(s.value for s in families["raft_snapshots"].samples
+                    if s.name == "raft_snapshots_total" and s.labels.get("kind") == "taken")
+    lateness = families.get("raft_tick_lateness_seconds")
+    if lateness is None:  # a node from before the metric
+        return {"snapshots": snapshots, "late_100ms": "n/a", "late_250ms": "n/a", "worst": "n/a"}
+    buckets = {float(s.labels["le"]): s.value for s in lateness.samples if s.name.endswith("_bucket")}
+    total = buckets[float("inf")]
+    worst = min(bound for bound, count in buckets.items() if count == total)
+    return {"snapshots": snapshots, "late_100ms": int(total - buckets[0.1]), "late_250ms": int(total - buckets[0.25]),
+            "worst": f"{worst * 1000:.0f} ms" if worst != float("inf") else "over 5 s"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--snapshot-every", type=int, default=20_000)
+    parser.add_argument("--clients", type=int, default=64)
+    args = parser.parse_args()
+    cluster = RaftkvCluster(Path(tempfile.mkdtemp(prefix="big-store-")),
+                            node_args=["--snapshot-every", str(args.snapshot_every)]).start()
+    try:
+        asyncio.run(fill(cluster, args.keys))
+        terms_before = {n: (cluster.state(n) or {}).get("term") for n in cluster.supervisor.nodes}
+        load = Workload(op="write", concurrency=args.clients, value_bytes=10, target="spread", duration_s=args.seconds)
+        print(f"{args.keys:,} keys; writes at {args.clients} clients spread for {args.seconds:.0f} s", flush=True)
+        result = asyncio.run(run_load(cluster, load, key_space=args.keys))
+        terms_after = {n: (cluster.state(n) or {}).get("term") for n in cluster.supervisor.nodes}
+        print(f"writes: {result.throughput:,.0f}/s, {result.failed} failed; terms {terms_before} -> {terms_after}")
+        for node_id in cluster.supervisor.nodes:
+            figures = node_figures(cluster.url(node_id))
+            print(f"{node_id}: {figures['snapshots']:.0f} snapshots; ticks late by over 100 ms: "
+                  f"{figures['late_100ms']}, over 250 ms: {figures['late_250ms']}; "
+                  f"the worst within {figures['worst']}")
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
