@@ -124,7 +124,7 @@ class RaftGroup:
         self.tracing = node_tracing.active  # None: tracing is off (the OTEL_* variables did not ask)
         self.pump.tracing = self.tracing
         self.snapshots = Snapshotter(cfg, self.core, kv, self.pump, metrics,
-                                     durable.snapshot.meta.index if durable.snapshot else 0)
+                                     durable.snapshot.meta.index if durable.snapshot else 0, executor)
         self._now: Callable[[], float] = time.monotonic  # the running loop's clock once started
         # The lab changes these at run time: slow motion stretches the tick without a restart, and
         # a held clock lets nothing time out while a person steps through messages.
