@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/big_store.py                          # a million keys, 60 s of writes
     .venv/bin/python bench/big_store.py --keys 200000 --seconds 20
+    .venv/bin/python bench/big_store.py --keys 10000 --value-bytes 1024 --snapshot-every 100000
+                                        # big snapshots of a small store: 1 KiB values, ~110 MB each
 
 Theory of operation
 -------------------
@@ -38,12 +40,12 @@ from bench.raftkv_http import RaftkvCluster
 PUTS_PER_TXN = 128
 
 
-async def fill(cluster: RaftkvCluster, keys: int) -> None:
+async def fill(cluster: RaftkvCluster, keys: int, value_bytes: int) -> None:
     gate = asyncio.Semaphore(16)
     async with aiohttp.ClientSession() as session:
         with tqdm(total=keys, unit="key", desc="filling", file=sys.stderr) as progress:
             async def one(lo: int) -> None:
-                ops = [{"op": "put", "key": f"k{i:07d}", "value": "x" * 10}
+                ops = [{"op": "put", "key": f"k{i:07d}", "value": "x" * value_bytes}
                        for i in range(lo, min(lo + PUTS_PER_TXN, keys))]
                 async with gate, session.post(cluster.leader_url() + "/txn", json={"success": ops}) as answer:
                     if answer.status != 200:
@@ -75,13 +77,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--snapshot-every", type=int, default=20_000)
     parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--value-bytes", type=int, default=10)
     args = parser.parse_args()
     cluster = RaftkvCluster(Path(tempfile.mkdtemp(prefix="big-store-")),
                             node_args=["--snapshot-every", str(args.snapshot_every)]).start()
     try:
-        asyncio.run(fill(cluster, args.keys))
+        asyncio.run(fill(cluster, args.keys, args.value_bytes))
         terms_before = {n: (cluster.state(n) or {}).get("term") for n in cluster.supervisor.nodes}
-        load = Workload(op="write", concurrency=args.clients, value_bytes=10, target="spread", duration_s=args.seconds)
+        load = Workload(op="write", concurrency=args.clients, value_bytes=args.value_bytes, target="spread",
+                        duration_s=args.seconds)
         print(f"{args.keys:,} keys; writes at {args.clients} clients spread for {args.seconds:.0f} s", flush=True)
         result = asyncio.run(run_load(cluster, load, key_space=args.keys))
         terms_after = {n: (cluster.state(n) or {}).get("term") for n in cluster.supervisor.nodes}

@@ -120,7 +120,8 @@ def test_a_big_stores_cluster_under_writes_reports_its_stalled_ticks() -> None:
     """bench/big_store.py fills a 3-node cluster, writes to it, and says per node how many ticks
     came late (here a small store: the report, not its figures)."""
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "big_store.py"), "--keys", "3000", "--seconds", "2",
-                           "--snapshot-every", "500"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "--snapshot-every", "500", "--value-bytes", "100"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"^writes: [\d,]+/s, \d+ failed; terms \{.*\} -> \{.*\}$", proc.stdout, re.MULTILINE), proc.stdout
     nodes = re.findall(r"^(node\d): (\d+) snapshots; ticks late by over 100 ms: \d+, over 250 ms: \d+; "
