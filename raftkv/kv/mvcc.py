@@ -3,7 +3,7 @@ revision, and the order in which keys changed (what a watch replays).
 
 Theory of operation
 -------------------
-Each change of a key at revision R is a version: (R, KeyValue) for a put, (R, None) for a delete.
+Each change of a key at revision R is a version: (R, Row) for a put, (R, None) for a delete.
 A key's versions, oldest first, say what it held at any revision: the last version at or below
 R. Only keys with more than one retained version keep a list (`_past`); a key changed once since
 the compacted revision is read from `_current` alone, so a million keys that are never
