@@ -4,6 +4,8 @@
     .venv/bin/python bench/big_store.py --keys 200000 --seconds 20
     .venv/bin/python bench/big_store.py --keys 10000 --value-bytes 1024 --snapshot-every 100000
                                         # big snapshots of a small store: 1 KiB values, ~110 MB each
+    .venv/bin/python bench/big_store.py --compact --seconds 10
+                                        # all history kept, then one POST /compact of all of it
 
 Theory of operation
 -------------------
@@ -17,6 +19,11 @@ writes per second and failed writes, the terms before and after the load (the sa
 election), and per node its snapshots, its ticks late by more than 100 ms and more than 250 ms,
 and the bound of the lowest bucket that holds them all (`raft_tick_lateness_seconds`, a
 histogram): the worst tick was within it. Counted from the nodes' start, the fill included.
+
+With `--compact` the nodes keep all history (`--history-revisions 0`), and after the load the
+leader is asked to forget all of it in one `POST /compact`, as an operator would: printed are the
+versions dropped, how long the answer took, the terms around it, and each node's late ticks
+counted over the compaction alone.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import argparse
 import asyncio
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -35,6 +43,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 
 from bench.load import Workload, run_load
+from bench.procs import http_json
 from bench.raftkv_http import RaftkvCluster
 
 PUTS_PER_TXN = 128
@@ -56,19 +65,50 @@ async def fill(cluster: RaftkvCluster, keys: int, value_bytes: int) -> None:
             await asyncio.gather(*(one(lo) for lo in range(0, keys, PUTS_PER_TXN)))
 
 
-def node_figures(url: str) -> dict[str, float | str]:
+def node_figures(url: str) -> tuple[float, dict[float, float] | None]:
+    """A node's snapshots taken and its tick-lateness histogram's cumulative buckets (None for a
+    node from before the metric)."""
     text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     snapshots = sum(s.value for s in families["raft_snapshots"].samples
                     if s.name == "raft_snapshots_total" and s.labels.get("kind") == "taken")
     lateness = families.get("raft_tick_lateness_seconds")
-    if lateness is None:  # a node from before the metric
-        return {"snapshots": snapshots, "late_100ms": "n/a", "late_250ms": "n/a", "worst": "n/a"}
-    buckets = {float(s.labels["le"]): s.value for s in lateness.samples if s.name.endswith("_bucket")}
+    if lateness is None:
+        return snapshots, None
+    return snapshots, {float(s.labels["le"]): s.value for s in lateness.samples if s.name.endswith("_bucket")}
+
+
+def lateness_line(buckets: dict[float, float] | None) -> str:
+    if buckets is None:
+        return "ticks late: n/a"
     total = buckets[float("inf")]
     worst = min(bound for bound, count in buckets.items() if count == total)
-    return {"snapshots": snapshots, "late_100ms": int(total - buckets[0.1]), "late_250ms": int(total - buckets[0.25]),
-            "worst": f"{worst * 1000:.0f} ms" if worst != float("inf") else "over 5 s"}
+    return (f"ticks late by over 100 ms: {total - buckets[0.1]:.0f}, over 250 ms: {total - buckets[0.25]:.0f}; "
+            f"the worst within {f'{worst * 1000:.0f} ms' if worst != float('inf') else 'over 5 s'}")
+
+
+def terms(cluster: RaftkvCluster) -> dict[str, int | None]:
+    return {n: (cluster.state(n) or {}).get("term") for n in cluster.supervisor.nodes}
+
+
+def compact_all(cluster: RaftkvCluster) -> None:
+    """Ask the leader to forget all history (`POST /compact` to the current revision) and print
+    what it took and what the nodes' ticks did meanwhile."""
+    before = {n: node_figures(cluster.url(n))[1] for n in cluster.supervisor.nodes}
+    terms_before = terms(cluster)
+    leader = cluster.leader()
+    revision = cluster.state(leader)["revision"]
+    started = time.monotonic()
+    status, answer = http_json("POST", cluster.url(leader) + "/compact", {"revision": revision}, timeout_s=120)
+    took = time.monotonic() - started
+    if status != 200:
+        raise SystemExit(f"compaction failed: {status} {answer}")
+    print(f"compaction to revision {revision:,}: {answer['dropped']:,} versions dropped, answered in {took:.2f} s; "
+          f"terms {terms_before} -> {terms(cluster)}")
+    for node_id, earlier in before.items():
+        now = node_figures(cluster.url(node_id))[1]
+        during = None if now is None or earlier is None else {b: now[b] - earlier[b] for b in now}
+        print(f"{node_id} during the compaction: {lateness_line(during)}")
 
 
 def main() -> None:
@@ -78,23 +118,24 @@ def main() -> None:
     parser.add_argument("--snapshot-every", type=int, default=20_000)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--value-bytes", type=int, default=10)
+    parser.add_argument("--compact", action="store_true",
+                        help="keep all history (no automatic compaction), then ask for one compaction of all of it")
     args = parser.parse_args()
-    cluster = RaftkvCluster(Path(tempfile.mkdtemp(prefix="big-store-")),
-                            node_args=["--snapshot-every", str(args.snapshot_every)]).start()
+    node_args = ["--snapshot-every", str(args.snapshot_every)] + (["--history-revisions", "0"] if args.compact else [])
+    cluster = RaftkvCluster(Path(tempfile.mkdtemp(prefix="big-store-")), node_args=node_args).start()
     try:
         asyncio.run(fill(cluster, args.keys, args.value_bytes))
-        terms_before = {n: (cluster.state(n) or {}).get("term") for n in cluster.supervisor.nodes}
+        terms_before = terms(cluster)
         load = Workload(op="write", concurrency=args.clients, value_bytes=args.value_bytes, target="spread",
                         duration_s=args.seconds)
         print(f"{args.keys:,} keys; writes at {args.clients} clients spread for {args.seconds:.0f} s", flush=True)
         result = asyncio.run(run_load(cluster, load, key_space=args.keys))
-        terms_after = {n: (cluster.state(n) or {}).get("term") for n in cluster.supervisor.nodes}
-        print(f"writes: {result.throughput:,.0f}/s, {result.failed} failed; terms {terms_before} -> {terms_after}")
+        print(f"writes: {result.throughput:,.0f}/s, {result.failed} failed; terms {terms_before} -> {terms(cluster)}")
         for node_id in cluster.supervisor.nodes:
-            figures = node_figures(cluster.url(node_id))
-            print(f"{node_id}: {figures['snapshots']:.0f} snapshots; ticks late by over 100 ms: "
-                  f"{figures['late_100ms']}, over 250 ms: {figures['late_250ms']}; "
-                  f"the worst within {figures['worst']}")
+            snapshots, buckets = node_figures(cluster.url(node_id))
+            print(f"{node_id}: {snapshots:.0f} snapshots; {lateness_line(buckets)}")
+        if args.compact:
+            compact_all(cluster)
     finally:
         cluster.stop()
 

@@ -455,7 +455,9 @@ STATUS_COLUMNS = (
     ("FSYNC ms", lambda s: s["metrics"]["fsyncMeanMs"]),
     ("COMMIT ms", lambda s: s["metrics"]["commitMeanMs"]),
     ("MAX LAG", lambda s: s["metrics"]["maxLagEntries"]),
+    ("STALLS", lambda s: s["metrics"]["loopStalls"]),
 )
+STALL_S = 0.1  # a tick this late means the event loop was held: half the shortest default election timeout
 
 
 def _headline_metrics(text: str) -> dict[str, float | None]:
@@ -472,6 +474,7 @@ def _headline_metrics(text: str) -> dict[str, float | None]:
         "fsyncMeanMs": mean_ms("raft_wal_fsync_seconds"),
         "commitMeanMs": mean_ms("raft_propose_to_commit_seconds"),
         "maxLagEntries": max(promtext.series(sample, "raft_peer_lag_entries"), default=None),
+        "loopStalls": promtext.count_above(promtext.buckets(sample, "raft_tick_lateness_seconds"), STALL_S),
     }
 
 

@@ -61,6 +61,16 @@ def buckets(sample: Sample, name: str) -> list[tuple[float, float]]:
     return sorted(out)
 
 
+def count_above(bucket_counts: list[tuple[float, float]], bound: float) -> float | None:
+    """How many observations exceeded `bound`, one of the histogram's bucket bounds (None before
+    the first observation)."""
+    cumulative = dict(bucket_counts)
+    if not cumulative.get(math.inf):
+        return None
+    assert bound in cumulative, (bound, list(cumulative))
+    return cumulative[math.inf] - cumulative[bound]
+
+
 def quantile(q: float, bucket_counts: list[tuple[float, float]]) -> float | None:
     """Linear interpolation inside the bucket holding the q-th observation, like histogram_quantile."""
     if not bucket_counts or bucket_counts[-1][1] <= 0:

@@ -118,9 +118,10 @@ def test_the_loops_lateness_is_measured_while_a_snapshot_is_packed_both_ways() -
 
 def test_a_big_stores_cluster_under_writes_reports_its_stalled_ticks() -> None:
     """bench/big_store.py fills a 3-node cluster, writes to it, and says per node how many ticks
-    came late (here a small store: the report, not its figures)."""
+    came late, then (--compact) during one compaction of all history (here a small store: the
+    report, not its figures)."""
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "big_store.py"), "--keys", "3000", "--seconds", "2",
-                           "--snapshot-every", "500", "--value-bytes", "100"],
+                           "--snapshot-every", "500", "--value-bytes", "100", "--compact"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"^writes: [\d,]+/s, \d+ failed; terms \{.*\} -> \{.*\}$", proc.stdout, re.MULTILINE), proc.stdout
@@ -128,3 +129,9 @@ def test_a_big_stores_cluster_under_writes_reports_its_stalled_ticks() -> None:
                        r"the worst within \d+ ms$", proc.stdout, re.MULTILINE)
     assert [node for node, _ in nodes] == ["node1", "node2", "node3"], proc.stdout
     assert all(int(taken) >= 1 for _, taken in nodes), proc.stdout  # 3,000 keys in 24 entries, then the writes
+    compacted = re.search(r"^compaction to revision ([\d,]+): ([\d,]+) versions dropped, answered in [\d.]+ s; "
+                          r"terms \{.*\} -> \{.*\}$", proc.stdout, re.MULTILINE)
+    assert compacted and int(compacted[2].replace(",", "")) > 0, proc.stdout  # the writes overwrote the fill's keys
+    during = re.findall(r"^node\d during the compaction: ticks late by over 100 ms: \d+, over 250 ms: \d+; "
+                        r"the worst within \d+ ms$", proc.stdout, re.MULTILINE)
+    assert len(during) == 3, proc.stdout

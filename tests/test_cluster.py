@@ -6,6 +6,8 @@ Every test starts its own cluster (see conftest.py); node logs are printed when 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -360,6 +362,14 @@ def test_cli_put_get_and_status_table(cluster: LocalCluster) -> None:
         [*raftkv, "get", "--endpoints", endpoints, "missing"], capture_output=True, text=True, timeout=30, check=False
     )
     assert out.returncode == 1 and "404" in out.stderr
+    # A node's process held still for 0.4 s fires its next tick that late: STALLS counts it.
+    paused = next(n for n in cluster.urls if cluster.state(n)["state"] == "follower")
+    paused_pid = cluster.supervisor.nodes[paused].proc.pid
+    os.kill(paused_pid, signal.SIGSTOP)
+    try:
+        time.sleep(0.4)
+    finally:
+        os.kill(paused_pid, signal.SIGCONT)
     out = subprocess.run(
         [*raftkv, "status", "--endpoints", endpoints], capture_output=True, text=True, timeout=30, check=False
     )
@@ -367,7 +377,7 @@ def test_cli_put_get_and_status_table(cluster: LocalCluster) -> None:
     lines = out.stdout.strip().splitlines()
     assert lines[0].split()[:4] == ["ENDPOINT", "ID", "ROLE", "TERM"]
     assert len(lines) == 4 and sum(" leader " in line for line in lines) == 1
-    assert lines[0].endswith("ELECTIONS  LEADER CHANGES  FSYNC ms  COMMIT ms  MAX LAG"), lines[0]
+    assert lines[0].endswith("ELECTIONS  LEADER CHANGES  FSYNC ms  COMMIT ms  MAX LAG  STALLS"), lines[0]
 
     out = subprocess.run(
         [*raftkv, "status", "--json", "--endpoints", endpoints], capture_output=True, text=True, timeout=30,
@@ -383,8 +393,11 @@ def test_cli_put_get_and_status_table(cluster: LocalCluster) -> None:
     assert headline["maxLagEntries"] is not None and headline["maxLagEntries"] >= 0, headline
     assert headline["commitMeanMs"] > 0, headline
     assert all(row["metrics"]["fsyncMeanMs"] > 0 for row in rows.values()), rows
+    assert rows[paused]["metrics"]["loopStalls"] >= 1, rows[paused]["metrics"]
     table_row = next(row for row in (line.split() for line in lines[1:]) if row[1] == leader)
-    assert table_row[-5:-3] == [f"{headline['electionsStarted']:g}", f"{headline['leaderChanges']:g}"], table_row
+    assert table_row[-6:-4] == [f"{headline['electionsStarted']:g}", f"{headline['leaderChanges']:g}"], table_row
+    paused_row = next(row for row in (line.split() for line in lines[1:]) if row[1] == paused)
+    assert int(paused_row[-1]) >= 1, paused_row
 
 
 def test_a_one_way_cut_and_a_lossy_link_on_a_real_cluster(cluster: LocalCluster) -> None:

@@ -35,6 +35,7 @@ from raftkv.core import (
     SnapshotMeta,
 )
 from raftkv.kv import KVStateMachine, Put, Txn, TxnPut, encode, state_machine
+from raftkv.kv.mvcc import MVCCStore
 from raftkv.node import NodeConfig, NotAppliedError, OutcomeUnknownError, RaftGroup, compactor
 from raftkv.node.compactor import Compactor
 from raftkv.node.config import Member
@@ -822,6 +823,47 @@ async def test_automatic_compaction_forgets_a_bulk_load_a_bounded_step_at_a_time
         behind.append(auto.behind)
     assert store.compacted == leader.kv.revision - 5
     assert forgotten == [8, 12, 10, 10, 4] and behind == [True] * 4 + [False], (forgotten, behind)
+
+
+
+async def test_a_compaction_a_client_asks_for_goes_in_bounded_steps_and_a_future_one_forgets_nothing(
+        cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`POST /compact` and etcd's `Compact` used to be one entry however much they covered: after a
+    bulk load, a second of every replica's loop at once. They now take the compactor's steps, one
+    entry after the other, answered when the last has applied (here asked on a follower, whose
+    steps are forwarded); a revision in the future is refused before any step forgets anything."""
+    monkeypatch.setattr(compactor, "STEP_CHANGES", 10)
+    leader = await cluster.leader()
+    follower = next(g for g in cluster.groups.values() if g is not leader)
+    for i, width in enumerate((8, 12, 3, 3, 3)):
+        await leader.propose(Txn((), tuple(TxnPut(f"k{i}-{j}", j) for j in range(width)), ()))
+    for i in range(20):
+        await leader.propose(Put("hot", i))
+    await follower.read_barrier()
+    stores = [g.kv.store for g in cluster.groups.values()]
+    forgotten: list[int] = []
+    real_compact = MVCCStore.compact
+
+    def counting_compact(store: MVCCStore, revision: int) -> int:
+        retained = len(list(store.changes_since(store.compacted)))
+        dropped = real_compact(store, revision)
+        if store is leader.kv.store:
+            forgotten.append(retained - len(list(store.changes_since(store.compacted))))
+        return dropped
+
+    monkeypatch.setattr(MVCCStore, "compact", counting_compact)
+    refused = await compactor.compact_in_steps(follower, leader.kv.revision + 1)
+    assert refused["error"] == state_machine.INVALID and forgotten == []
+    assert {s.compacted for s in stores} == {0}
+    hot_versions = len(leader.kv.store.history("hot"))
+    target = leader.kv.revision - 5
+    result = await compactor.compact_in_steps(follower, target)
+    assert forgotten == [8, 12, 10, 10, 4], forgotten
+    assert result["ok"] and result["compacted"] == target
+    for group in cluster.groups.values():
+        await group.read_barrier()
+    assert {s.compacted for s in stores} == {target}
+    assert result["dropped"] == hot_versions - len(leader.kv.store.history("hot")) > 0  # every step's
 
 
 async def test_a_stalled_loop_shows_in_the_tick_lateness_and_warns_once(

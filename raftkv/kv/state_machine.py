@@ -480,10 +480,17 @@ class KVStateMachine:
         self.store.delete(key, rev)
         self.leases.detach(key)
 
-    def _compact(self, cmd: Compact) -> Result:
-        if cmd.revision > self.revision:
+    def compaction_refused(self, revision: int) -> Result | None:
+        """The answer refusing a compaction to `revision` in this state, or None if it may go."""
+        if revision > self.revision:
             return {"ok": False, "error": INVALID, "op": "compact", "revision": self.revision,
-                    "message": f"revision {cmd.revision} is in the future (the store is at {self.revision})"}
+                    "message": f"revision {revision} is in the future (the store is at {self.revision})"}
+        return None
+
+    def _compact(self, cmd: Compact) -> Result:
+        refused = self.compaction_refused(cmd.revision)
+        if refused is not None:
+            return refused
         if cmd.revision <= self.store.compacted:  # compacted there already: nothing to do
             return {"ok": True, "op": "compact", "compacted": self.store.compacted, "dropped": 0,
                     "revision": self.revision}

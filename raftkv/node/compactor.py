@@ -12,6 +12,12 @@ follows a moment later until the target is reached. Every replica compacts in on
 loop, about a microsecond per change forgotten: the first compaction after a bulk load of a
 million keys held all three nodes' loops for a second at once, and the cluster elected a new
 leader (bench/PROFILE.md, nineteenth round).
+
+A compaction a client asks for (`POST /compact`, etcd's `Compact`) takes the same steps, one
+entry after the other without a pause (`compact_in_steps`), and is answered once the last has
+applied. A revision in the future must be refused before any step forgets anything, so a
+compaction of more than one step is checked first, after a read barrier: this replica then holds
+every revision committed before the request, and revisions only grow.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import asyncio
 import collections
 import logging
 import time
+from typing import Any
 
 from raftkv.core import Role
 from raftkv.kv import Compact
@@ -27,7 +34,7 @@ from raftkv.kv import Compact
 from .errors import NodeError
 from .group import RaftGroup
 
-__all__ = ["Compactor"]
+__all__ = ["Compactor", "compact_in_steps"]
 
 log = logging.getLogger("raftkv.node")
 
@@ -88,3 +95,25 @@ class Compactor:
                      result.get("dropped"))
         except NodeError as e:
             log.info("compaction not committed node=%s: %s", self.group.id, e)
+
+
+async def compact_in_steps(group: RaftGroup, revision: int) -> dict[str, Any]:
+    """Compact history to `revision` in entries of at most `STEP_CHANGES` changes each; the last
+    entry's answer, with the versions every step dropped, or the refusal (nothing forgotten)."""
+    kv = group.kv
+    if kv.store.compaction_step(revision, STEP_CHANGES) < revision:
+        await group.read_barrier()
+        refused = kv.compaction_refused(revision)
+        if refused is not None:
+            return refused
+    dropped, reached = 0, kv.store.compacted
+    while True:
+        step = kv.store.compaction_step(revision, STEP_CHANGES)
+        assert step > reached or step == revision, (step, reached, revision)  # each step forgets something
+        result = await group.propose(Compact(step))
+        if not result.get("ok"):
+            return result
+        dropped += result["dropped"]
+        if step == revision:
+            return {**result, "dropped": dropped}
+        reached = step

@@ -22,11 +22,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from raftkv.kv import Command, Compact, KVStateMachine
+from raftkv.kv import Command, KVStateMachine
 from raftkv.storage import DiskStorage, RaftStorage
 from raftkv.transport import ALL_PEERS, LinkFaults, TcpTransport, make_mtls_contexts
 
-from .compactor import Compactor
+from .compactor import Compactor, compact_in_steps
 from .config import NodeConfig
 from .errors import NotAppliedError
 from .event_stream import EventHub
@@ -158,7 +158,7 @@ class NodeHost:
 
     async def compact(self, revision: int) -> dict[str, Any]:
         self._refuse_if_removed()
-        return await self.group.propose(Compact(revision))
+        return await compact_in_steps(self.group, revision)
 
     async def grant_lease(self, ttl_s: int, lease_id: int | None = None) -> dict[str, Any]:
         self._refuse_if_removed()
