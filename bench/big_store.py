@@ -130,7 +130,9 @@ def main() -> None:
                         duration_s=args.seconds)
         print(f"{args.keys:,} keys; writes at {args.clients} clients spread for {args.seconds:.0f} s", flush=True)
         result = asyncio.run(run_load(cluster, load, key_space=args.keys))
-        print(f"writes: {result.throughput:,.0f}/s, {result.failed} failed; terms {terms_before} -> {terms(cluster)}")
+        print(f"writes: {result.throughput:,.0f}/s, p99 {result.percentile(99) * 1000:.1f} ms, slowest "
+              f"{max(result.latencies_s, default=0.0) * 1000:.0f} ms, {result.failed} failed; "
+              f"terms {terms_before} -> {terms(cluster)}")
         for node_id in cluster.supervisor.nodes:
             snapshots, buckets = node_figures(cluster.url(node_id))
             print(f"{node_id}: {snapshots:.0f} snapshots; {lateness_line(buckets)}")

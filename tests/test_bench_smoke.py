@@ -124,7 +124,8 @@ def test_a_big_stores_cluster_under_writes_reports_its_stalled_ticks() -> None:
                            "--snapshot-every", "500", "--value-bytes", "100", "--compact"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"^writes: [\d,]+/s, \d+ failed; terms \{.*\} -> \{.*\}$", proc.stdout, re.MULTILINE), proc.stdout
+    writes = r"^writes: [\d,]+/s, p99 [\d.]+ ms, slowest \d+ ms, \d+ failed; terms \{.*\} -> \{.*\}$"
+    assert re.search(writes, proc.stdout, re.MULTILINE), proc.stdout
     nodes = re.findall(r"^(node\d): (\d+) snapshots; ticks late by over 100 ms: \d+, over 250 ms: \d+; "
                        r"the worst within \d+ ms$", proc.stdout, re.MULTILINE)
     assert [node for node, _ in nodes] == ["node1", "node2", "node3"], proc.stdout
