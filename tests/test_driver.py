@@ -586,6 +586,32 @@ async def test_a_lagging_follower_catches_up_through_a_snapshot_in_process(tmp_p
         await c.stop()
 
 
+async def test_the_voters_take_their_snapshots_a_window_apart(tmp_path: Path) -> None:
+    """A snapshot's file is as big as the store, and the disk thread that writes it holds the
+    node's appends and fsyncs behind it (0.1-0.7 s for 110 MB on this project's test machine): at
+    one index on every voter, no majority could make a write durable meanwhile. Each voter's
+    windows of `every` entries are shifted by its rank, `every / n` apart: with `every` 90 the
+    first snapshots are due at 30 entries (the third voter), 60 (the second) and 90 (the first).
+    Each burst of writes is followed by a pause, since a snapshot also waits for its index to be
+    on the node's disk, which a leader's may not be while its followers keep committing."""
+    c = InProcessCluster(tmp_path, snapshot_every=90)
+    await c.start()
+    try:
+        leader = await c.leader()
+        by_rank = [c.groups[node] for node in sorted(c.groups)]
+        written = 0
+        for upto, have_snapshotted in ((45, [False, False, True]), (75, [False, True, True]),
+                                       (105, [True, True, True])):
+            while leader.kv.applied_index < upto:
+                await leader.propose(Put(f"k{written}", written))
+                written += 1
+            await asyncio.sleep(0.3)
+            assert [g.snapshots.snapshot_index > 0 for g in by_rank] == have_snapshotted, (
+                upto, [g.snapshots.snapshot_index for g in by_rank])
+    finally:
+        await c.stop()
+
+
 async def test_an_installed_snapshot_counts_as_persisted_up_to_its_index() -> None:
     """A follower that installs a snapshot holds the log up to its index on disk: the pump says so
     (GET /raft/log's "on disk" and /raft-state's stableIndex showed the last entry written before)."""

@@ -2,9 +2,15 @@
 
 Theory of operation
 -------------------
-After each batch the disk pump wrote, the group asks `maybe_start`: once `every` entries
-were applied since the last snapshot, and only at an index the WAL already holds (so entries still
-being written never precede it), a snapshot is taken in a task of its own. The state machine is
+After each batch the disk pump wrote, the group asks `maybe_start`: once the applied index
+crosses into a new window of `every` entries, and only at an index the WAL already holds (so
+entries still being written never precede it), a snapshot is taken in a task of its own. Each
+voter's windows are shifted by its rank among the voters, `every / n` entries apart, so the voters
+take their snapshots at different indexes: a snapshot's file is as big as the store (about 110 MB
+for 100,000 versions of 1 KiB), and the disk thread writing it holds the node's appends and fsyncs
+behind it for 0.1 s or more. At one index on every voter no majority could make a write durable
+meanwhile; staggered, the others make one (a leader whose disk is held commits through its
+followers). A voter's first snapshot therefore comes after `every` entries or fewer. The state machine is
 frozen on the loop (a shallow copy, `snapshot_later`) and encoded on the loop too, a part of a
 few hundred rows per turn between the loop's other work: a million keys take seconds to encode,
 far longer than an election timeout. Not in a thread: packing holds the interpreter's lock, so a
@@ -46,9 +52,15 @@ class Snapshotter:
 
     def maybe_start(self) -> None:
         applied = self.kv.applied_index
-        due = self.every and applied - self.snapshot_index >= self.every
+        due = self.every and self._window(applied) > self._window(self.snapshot_index)
         if due and self._task is None and applied <= self.core.durable_index:
             self._task = asyncio.get_running_loop().create_task(self._take())
+
+    def _window(self, index: int) -> int:
+        """Which of this node's windows of `every` entries `index` is in (`every` > 0)."""
+        voters = sorted(self.core.conf.voters)
+        rank = voters.index(self.cfg.node_id) if self.cfg.node_id in voters else 0
+        return (index + rank * self.every // max(1, len(voters))) // self.every
 
     def installed(self, index: int) -> None:
         """The leader's snapshot at `index` replaced the state machine."""
