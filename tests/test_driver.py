@@ -851,7 +851,6 @@ async def test_automatic_compaction_forgets_a_bulk_load_a_bounded_step_at_a_time
     assert forgotten == [8, 12, 10, 10, 4] and behind == [True] * 4 + [False], (forgotten, behind)
 
 
-
 async def test_a_compaction_a_client_asks_for_goes_in_bounded_steps_and_a_future_one_forgets_nothing(
         cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """`POST /compact` and etcd's `Compact` used to be one entry however much they covered: after a
