@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import tempfile
 import time
@@ -37,7 +38,6 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from bench.load import Workload, run_load
 from bench.procs import http_json
 from bench.raftkv_http import RaftkvCluster
+from raftkv import promtext
 
 PUTS_PER_TXN = 128
 
@@ -65,26 +66,22 @@ async def fill(cluster: RaftkvCluster, keys: int, value_bytes: int) -> None:
             await asyncio.gather(*(one(lo) for lo in range(0, keys, PUTS_PER_TXN)))
 
 
-def node_figures(url: str) -> tuple[float, dict[float, float] | None]:
-    """A node's snapshots taken and its tick-lateness histogram's cumulative buckets (None for a
+def node_figures(url: str) -> tuple[float, list[tuple[float, float]]]:
+    """A node's snapshots taken and its tick-lateness histogram's cumulative buckets (none for a
     node from before the metric)."""
-    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    snapshots = sum(s.value for s in families["raft_snapshots"].samples
-                    if s.name == "raft_snapshots_total" and s.labels.get("kind") == "taken")
-    lateness = families.get("raft_tick_lateness_seconds")
-    if lateness is None:
-        return snapshots, None
-    return snapshots, {float(s.labels["le"]): s.value for s in lateness.samples if s.name.endswith("_bucket")}
+    sample = promtext.parse(urllib.request.urlopen(url + "/metrics", timeout=5).read().decode())
+    return (promtext.value(sample, "raft_snapshots_total", kind="taken"),
+            promtext.buckets(sample, "raft_tick_lateness_seconds"))
 
 
-def lateness_line(buckets: dict[float, float] | None) -> str:
-    if buckets is None:
+def lateness_line(buckets: list[tuple[float, float]]) -> str:
+    if not buckets:
         return "ticks late: n/a"
-    total = buckets[float("inf")]
-    worst = min(bound for bound, count in buckets.items() if count == total)
-    return (f"ticks late by over 100 ms: {total - buckets[0.1]:.0f}, over 250 ms: {total - buckets[0.25]:.0f}; "
-            f"the worst within {f'{worst * 1000:.0f} ms' if worst != float('inf') else 'over 5 s'}")
+    total = buckets[-1][1]
+    worst = min(bound for bound, count in buckets if count == total)
+    return (f"ticks late by over 100 ms: {promtext.count_above(buckets, 0.1) or 0:.0f}, "
+            f"over 250 ms: {promtext.count_above(buckets, 0.25) or 0:.0f}; "
+            f"the worst within {f'{worst * 1000:.0f} ms' if worst != math.inf else 'over 5 s'}")
 
 
 def terms(cluster: RaftkvCluster) -> dict[str, int | None]:
@@ -107,8 +104,7 @@ def compact_all(cluster: RaftkvCluster) -> None:
           f"terms {terms_before} -> {terms(cluster)}")
     for node_id, earlier in before.items():
         now = node_figures(cluster.url(node_id))[1]
-        during = None if now is None or earlier is None else {b: now[b] - earlier[b] for b in now}
-        print(f"{node_id} during the compaction: {lateness_line(during)}")
+        print(f"{node_id} during the compaction: {lateness_line(promtext.delta_buckets(now, earlier))}")
 
 
 def main() -> None:

@@ -90,7 +90,8 @@ def quantile(q: float, bucket_counts: list[tuple[float, float]]) -> float | None
     return prev_bound
 
 
-def _delta_buckets(now: list[tuple[float, float]], before: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def delta_buckets(now: list[tuple[float, float]], before: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The bucket counts observed between two samples of one histogram."""
     old = dict(before)
     return [(b, c - old.get(b, 0.0)) for b, c in now]
 
@@ -113,7 +114,7 @@ class RateTracker:
         if committed < committed_before:
             return None  # the node restarted: its counters began again from zero
         dt = t - before_t
-        commit = _delta_buckets(buckets(sample, "raft_propose_to_commit_seconds"),
+        commit = delta_buckets(buckets(sample, "raft_propose_to_commit_seconds"),
                                 buckets(before, "raft_propose_to_commit_seconds"))
         p50, p99 = quantile(0.5, commit), quantile(0.99, commit)
         leaderless = value(sample, "raft_leaderless_seconds_total") - value(before, "raft_leaderless_seconds_total")
@@ -127,7 +128,7 @@ class RateTracker:
             "hasLeader": value(sample, "raft_has_leader") >= 1,
             "elections": value(sample, "raft_elections_started_total"),
             "dropped": value(sample, "raft_messages_dropped_total"),
-            "fsyncP50Ms": _ms(quantile(0.5, _delta_buckets(buckets(sample, "raft_wal_fsync_seconds"),
+            "fsyncP50Ms": _ms(quantile(0.5, delta_buckets(buckets(sample, "raft_wal_fsync_seconds"),
                                                            buckets(before, "raft_wal_fsync_seconds")))),
         }
 

@@ -51,16 +51,19 @@ class Snapshotter:
         self._task: asyncio.Task | None = None
 
     def maybe_start(self) -> None:
-        applied = self.kv.applied_index
-        due = self.every and self._window(applied) > self._window(self.snapshot_index)
+        if not self.every:
+            return
+        applied, shift = self.kv.applied_index, self._window_shift()
+        due = (applied + shift) // self.every > (self.snapshot_index + shift) // self.every
         if due and self._task is None and applied <= self.core.durable_index:
             self._task = asyncio.get_running_loop().create_task(self._take())
 
-    def _window(self, index: int) -> int:
-        """Which of this node's windows of `every` entries `index` is in (`every` > 0)."""
+    def _window_shift(self) -> int:
+        """How far this node's windows of `every` entries are shifted: its rank among the voters
+        times `every / n`."""
         voters = sorted(self.core.conf.voters)
         rank = voters.index(self.cfg.node_id) if self.cfg.node_id in voters else 0
-        return (index + rank * self.every // max(1, len(voters))) // self.every
+        return rank * self.every // max(1, len(voters))
 
     def installed(self, index: int) -> None:
         """The leader's snapshot at `index` replaced the state machine."""
