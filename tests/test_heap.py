@@ -60,7 +60,7 @@ gc.collect()
 seen = []
 
 async def main():
-    parts = made_out_of_young_collections(kv.snapshot_later)  # a copy of the store's dict
+    parts = made_out_of_young_collections(kv.snapshot_later)
 
     async def look_and_write():
         await asyncio.sleep(0)

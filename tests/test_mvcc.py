@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 from typing import Any
+from unittest import mock
 
 import msgpack
 import pytest
@@ -27,8 +28,10 @@ from raftkv.kv import (
     TxnPut,
     decode,
     encode,
+    mvcc,
     state_machine,
 )
+from raftkv.kv.mvcc import as_key_value
 
 
 class Replica:
@@ -153,6 +156,78 @@ def test_a_snapshot_is_cut_when_asked_for_and_packed_in_parts_that_join_to_one_p
     assert restored.get("later") is None and restored.get("hot").value == 5
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "delete", "compact"]), st.sampled_from("abcd"),
+                          st.integers(0, 9)), max_size=30), st.lists(st.tuples(
+    st.sampled_from(["put", "delete", "compact"]), st.sampled_from("abcde"), st.integers(0, 9)), max_size=30))
+def test_a_snapshot_reads_the_store_as_it_was_whatever_changes_while_it_is_packed(
+        before: list[tuple[str, str, int]], during: list[tuple[str, str, int]]) -> None:
+    """An image copies nothing when taken: the store saves a key's row in it before the key's
+    first change after, and its keys are among the first arrivals of the store's list of them (a
+    key deleted stays there, and one deleted and put again arrived twice). Whatever changes while
+    it is packed, one change per part, the parts join to the snapshot taken at once when it was
+    asked for; the list of arrivals is remade from the keys here as soon as it holds stale
+    entries, with the image open or not."""
+
+    def change(kv: Replica, op: str, key: str, n: int) -> None:
+        if op == "put":
+            kv(Put(key, n))
+        elif op == "delete" and kv.sm.get(key) is not None:
+            kv(Delete(key))
+        elif op == "compact" and n <= kv.sm.revision:
+            kv(Compact(n))
+
+    with mock.patch.object(mvcc, "_ARRIVALS_SLACK", 0), mock.patch.object(state_machine, "SNAPSHOT_PART_ROWS", 1), \
+            mock.patch.object(state_machine, "SORT_RUN_KEYS", 2):
+        kv = Replica()
+        for op, key, n in before:
+            change(kv, op, key, n)
+        whole = kv.sm.snapshot()
+        changes, packed = iter(during), []
+        for part in kv.sm.snapshot_later():
+            packed.append(part)
+            if (step := next(changes, None)) is not None:
+                change(kv, *step)
+        assert b"".join(packed) == whole
+        assert not kv.sm.store._images  # closed once packed: later changes save nothing
+        kv(Put("f", 0))  # a key arrives, then arrives in the history: each list is remade if
+        kv(Put("f", 1))  # its stale entries outnumber the keys
+        store = kv.sm.store
+        assert len(store._arrivals.keys) <= 2 * len(store) and len(store._past_arrivals.keys) <= 2 * len(store._past)
+
+
+def test_an_image_saves_only_what_changes_after_it_and_closes_when_dropped() -> None:
+    """What a snapshot costs when it is cut does not grow with the store: the image saves the
+    state of each key changed after it (its row or absence, its versions and how many), once,
+    and nothing else; a compaction saves the version lists it replaces. An image closed, or
+    dropped unread (a snapshot given up before its first part), no longer costs any change."""
+    kv = Replica()
+    for i in range(1_000):
+        kv(Put(f"k{i}", i))
+    kv(Put("k0", "again"))
+    image = kv.sm.store.frozen()
+    assert image._saved == image._saved_past == {} and (image.count, image.past_count) == (1_000, 1)
+    old, history = kv.sm.store.current()["k1"], kv.sm.store.history("k0")
+    kv(Put("k1", "x"))
+    kv(Put("k1", "y"))
+    kv(Delete("k2"))
+    kv(Put("new", 0))
+    kv(Compact(kv.sm.revision))
+    assert set(image._saved) == set(image._saved_past) == {"k0", "k1", "k2", "new"}
+    assert image.row("k1") is old and image.row("new") is None and image.row("k3") == kv.sm.store.current()["k3"]
+    assert image.versions("k1") is None and [(rev, as_key_value(row)) for rev, row in image.versions("k0")] == history
+    assert kv.sm.store.history("k0") == history[1:]  # compacted since: the image kept its list
+    assert sorted(image.arrived_keys()) == sorted(f"k{i}" for i in range(1_000))
+    image.close()
+    kv(Put("k3", "z"))
+    assert "k3" not in image._saved and not kv.sm.store._images
+    kv.sm.snapshot_later()  # dropped unread
+    assert not kv.sm.store._images
+    never_closed = kv.sm.store.frozen()
+    del never_closed
+    assert not kv.sm.store._images
+
+
 def test_a_snapshots_history_is_each_key_with_its_versions_as_plain_msgpack_arrays(
         kv: Replica, monkeypatch: pytest.MonkeyPatch) -> None:
     """The history is packed from the store's own (revision, KeyValue) tuples, in parts, without
@@ -165,8 +240,9 @@ def test_a_snapshots_history_is_each_key_with_its_versions_as_plain_msgpack_arra
     kv(Put("b", "x"))
     kv(Put("b", "y"))
     history = msgpack.unpackb(kv.sm.snapshot())[7]  # format 5: its eighth field
-    past = kv.sm.store.frozen()[1]
-    as_lists = [[k, [[rev, None if v is None else list(v)] for rev, v in past[k].fixed()]] for k in sorted(past)]
+    image = kv.sm.store.frozen()
+    past = {k: versions for k in image.arrived_past_keys() if (versions := image.versions(k)) is not None}
+    as_lists = [[k, [[rev, None if v is None else list(v)] for rev, v in past[k]]] for k in sorted(past)]
     assert history == as_lists and [k for k, _ in history] == ["a", "b"]
     assert msgpack.packb(as_lists) in kv.sm.snapshot()  # byte for byte, as packing the lists gave
     assert history[0][1][-1][1] is None  # the delete
@@ -188,14 +264,17 @@ def test_the_garbage_collector_stops_tracking_the_stores_values(kv: Replica) -> 
     restored.restore(kv.sm.snapshot())
     gc.collect()
     for store in (kv.sm.store, restored.store):
-        current, past, _ = store.frozen()
-        versions = [version for frozen in past.values() for version in frozen.fixed()]
-        assert len(current) == 2 and len(versions) == 4
-        assert not any(gc.is_tracked(row) for row in current.values())
+        image = store.frozen()
+        versions = [version for key in set(image.arrived_past_keys()) for version in image.versions(key) or ()]
+        rows = [row for key in image.arrived_keys() if (row := image.row(key)) is not None]
+        assert image.count == len(rows) == 2 and len(versions) == 4
+        assert not any(gc.is_tracked(row) for row in rows)
         assert not any(gc.is_tracked(row) for _, row in versions)
     gc.collect()
     for store in (kv.sm.store, restored.store):
-        assert not any(gc.is_tracked(version) for frozen in store.frozen()[1].values() for version in frozen.fixed())
+        image = store.frozen()
+        versions = [version for key in image.arrived_past_keys() for version in image.versions(key) or ()]
+        assert not any(gc.is_tracked(version) for version in versions)
         assert type(store.get("k0")) is KeyValue and store.get("k0").value == "w"
         assert [type(found) for _, found in store.history("k1")] == [KeyValue, type(None)]
 

@@ -21,18 +21,31 @@ time it sees one, but never a NamedTuple: a node holding a million keys as KeyVa
 million more objects for every full collection to walk, about a second during which the node
 answered nobody (bench/PROFILE.md, nineteenth round).
 
+A snapshot reads an `Image` of the store, taken in constant time however big the store: it
+copies nothing (a copy of a million keys' dict held a node's loop for 80-230 ms, bench/PROFILE.md,
+twenty-first round). While an image is open the store saves in it what a key held, its row and
+its version list with the list's length, before the key's first change since the image was taken
+(copy on write). The keys the image holds are found among the first entries of each dict's
+`_Arrivals`, its keys in the order they entered it: a list only ever appended to, so its first N
+entries stay what they were. An entry is stale once its key has left, and repeated when the key
+comes back; the list is remade from the dict (a new list: an open image keeps reading the old
+one) once its entries outnumber twice the keys.
+
 Every replica applies the same changes and compactions at the same log indexes, so the stores
 agree; `rows()` and `restore()` carry everything but `_changes`, which is rebuilt.
 """
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from functools import partial
+from itertools import islice
 from typing import Any, NamedTuple
 
-__all__ = ["Change", "CompactedError", "KeyValue", "MVCCStore", "Row", "as_key_value", "checked_row", "key_value_of"]
+__all__ = ["Change", "CompactedError", "Image", "KeyValue", "MVCCStore", "Row", "as_key_value", "checked_row",
+           "key_value_of"]
 
 
 class KeyValue(NamedTuple):
@@ -93,24 +106,32 @@ class MVCCStore:
         self._sorted_keys: list[str] = []
         self._index_added: set[str] = set()
         self._index_removed: set[str] = set()
+        self._arrivals, self._past_arrivals = _Arrivals(self._current), _Arrivals(self._past)
+        self._images: list[weakref.ref[Image]] = []  # the open images, each saving what changes
 
     # ---- changes ------------------------------------------------------------------------------
 
     def put(self, key: str, row: Row) -> None:
         """`row`: what the key holds from now, KeyValue's fields in a plain tuple."""
-        self._record(key, row[MOD_REVISION], row)
+        cur = self._record(key, row[MOD_REVISION], row)
         self._current[key] = row
+        if cur is None:
+            self._arrivals.arrived(key)
 
     def delete(self, key: str, revision: int) -> None:
         self._record(key, revision, None)
         del self._current[key]
 
-    def _record(self, key: str, revision: int, row: Row | None) -> None:
+    def _record(self, key: str, revision: int, row: Row | None) -> Row | None:
+        """Records the change of `key` and returns what it held before (None: nothing)."""
         versions = self._past.get(key)
         cur = self._current.get(key)
+        if self._images:
+            self._before_change(key, cur, versions)
         if versions is None:
             if cur is not None:
                 self._past[key] = [(cur[MOD_REVISION], cur), (revision, row)]
+                self._past_arrivals.arrived(key)
             elif key in self._past or row is None:
                 raise AssertionError(f"deleting {key!r}, which holds nothing")
             else:
@@ -120,6 +141,13 @@ class MVCCStore:
         self._changes.append((revision, key))
         if self.listener is not None:
             self.listener(revision, key, row, cur)
+        return cur
+
+    def _before_change(self, key: str, cur: Row | None, versions: list[Version] | None) -> None:
+        for ref in self._images:
+            image = ref()
+            if image is not None:
+                image.keep(key, cur, versions)
 
     def compact(self, revision: int) -> int:
         """Forget history at or below `revision`; returns how many versions were dropped."""
@@ -130,6 +158,8 @@ class MVCCStore:
             versions = self._past.get(key)
             if versions is None:
                 continue
+            if self._images:
+                self._before_change(key, self._current.get(key), versions)
             keep_from = _last_at(versions, revision)  # the key's state at `revision`
             if versions[keep_from][1] is None:  # deleted by then: nothing left to read
                 keep_from += 1
@@ -252,13 +282,9 @@ class MVCCStore:
 
     # ---- snapshots ----------------------------------------------------------------------------
 
-    def frozen(self) -> tuple[dict[str, Row], dict[str, _Frozen], int]:
-        """A consistent image, cheap to take on the loop: values are immutable tuples, and a version
-        list is only ever appended to (compaction replaces it), so a list with its length now is
-        fixed (`_Frozen.fixed`). The history's copy is made first: making it sets off young collections, which would
-        otherwise walk the other copy, a reference per key (bench/PROFILE.md, nineteenth round)."""
-        past = {k: _Frozen(v, len(v)) for k, v in self._past.items()}
-        return dict(self._current), past, self.compacted
+    def frozen(self) -> Image:
+        """The store as it is now, to be read while it goes on changing (`Image`)."""
+        return Image(self)
 
     @classmethod
     def restored(cls, current: dict[str, Row], past: dict[str, list[Version]], compacted: int) -> MVCCStore:
@@ -270,6 +296,7 @@ class MVCCStore:
                    if k not in past and row[MOD_REVISION] > compacted]
         changes += [(rev, k) for k, versions in past.items() for rev, _ in versions if rev > compacted]
         store._changes = sorted(changes)
+        store._arrivals, store._past_arrivals = _Arrivals(current), _Arrivals(past)
         return store
 
 
@@ -282,6 +309,73 @@ def _last_at(versions: list[Version], revision: int) -> int:
 
 
 _MAX_KEY = "\U0010ffff"  # sorts after every key: (revision, _MAX_KEY) bounds a revision's changes
+_ARRIVALS_SLACK = 1_000  # stale or repeated arrivals allowed beyond the keys, so a small dict is not remade often
+_UNCHANGED: Any = object()  # an image's saved state of a key not changed since it was taken
+
+
+class _Arrivals:
+    """A dict's keys in the order they entered it (the module's docstring); `arrived(key)` after
+    each entry."""
+
+    def __init__(self, of: dict[str, Any]) -> None:
+        self.of, self.keys = of, list(of)
+
+    def arrived(self, key: str) -> None:
+        self.keys.append(key)
+        if len(self.keys) > 2 * len(self.of) + _ARRIVALS_SLACK:
+            self.keys = list(self.of)
+
+
+class Image:
+    """The store as it was when taken, read while the store changes (the module's docstring):
+    `count` current keys, each among `arrived_keys()`, with `row(key)`; `past_count` keys with a
+    history, each among `arrived_past_keys()`, with `versions(key)`. The arrivals hold keys the
+    image does not (None from those) and keys twice. `close()` once read: until then every change
+    of the store saves its key's state in it (an image dropped unread closes as it dies)."""
+
+    def __init__(self, store: MVCCStore) -> None:
+        self._saved: dict[str, Row | None] = {}
+        self._saved_past: dict[str, _Frozen | None] = {}
+        self.count, self.past_count, self.compacted = len(store._current), len(store._past), store.compacted
+        self._current, self._past = store._current, store._past
+        self._keys, self._past_keys = store._arrivals.keys, store._past_arrivals.keys
+        self._arrived, self._past_arrived = len(self._keys), len(self._past_keys)
+        self._open = store._images
+        self._ref: weakref.ref[Image] | None = weakref.ref(self, self._open.remove)
+        self._open.append(self._ref)
+
+    def keep(self, key: str, row: Row | None, versions: list[Version] | None) -> None:
+        """`key` is about to change: what it holds now is what the image holds, unless it changed before."""
+        self._saved.setdefault(key, row)
+        if key not in self._saved_past:
+            self._saved_past[key] = None if versions is None else _Frozen(versions, len(versions))
+
+    def row(self, key: str) -> Row | None:
+        """What `key` held when the image was taken (None: nothing)."""
+        saved = self._saved.get(key, _UNCHANGED)
+        return self._current.get(key) if saved is _UNCHANGED else saved
+
+    def versions(self, key: str) -> list[Version] | None:
+        """`key`'s retained versions when the image was taken (None: one at most, in `row`). A list
+        unchanged since is the store's own: the store only appends to one, and saves it first."""
+        saved = self._saved_past.get(key, _UNCHANGED)
+        if saved is _UNCHANGED:
+            return self._past.get(key)
+        return None if saved is None else saved.fixed()
+
+    def arrived_keys(self) -> Iterator[str]:
+        """Every key held, with others (above), in no order. Filtered where each key's row is read
+        anyway: a call per key here held the loop longer for every run of keys a snapshot sorts."""
+        return islice(self._keys, self._arrived)
+
+    def arrived_past_keys(self) -> Iterator[str]:
+        """Every key with a history, with others (above), in no order."""
+        return islice(self._past_keys, self._past_arrived)
+
+    def close(self) -> None:
+        if self._ref is not None:
+            self._open.remove(self._ref)
+            self._ref = None  # and with it the callback that would remove it as the image dies
 
 
 class _Frozen(NamedTuple):

@@ -43,7 +43,8 @@ import hashlib
 import heapq
 from collections import OrderedDict
 from collections.abc import Generator, Iterable, Iterator
-from itertools import islice
+from itertools import groupby, islice
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import msgpack
@@ -170,13 +171,14 @@ SORT_RUN_KEYS = 50_000  # keys sorted per part of a snapshot, then merged as it 
 
 def _sorted_between_parts(keys: Iterable[str]) -> Generator[bytes, None, Iterator[str]]:
     """Sorts `keys` a run of `SORT_RUN_KEYS` per empty part (a turn of the loop packing a
-    snapshot; the image grew by a run) and returns them in order, the runs merged as they are
-    read: one sort of a million keys held a node's loop for 0.2-0.4 s (bench/PROFILE.md)."""
+    snapshot; the image grew by a run) and returns them in order, each once, the runs merged as
+    they are read: one sort of a million keys held a node's loop for 0.2-0.4 s (bench/PROFILE.md).
+    """
     unsorted, runs = iter(keys), []
     while run := sorted(islice(unsorted, SORT_RUN_KEYS)):
         runs.append(run)
         yield b""
-    return heapq.merge(*runs)
+    return map(itemgetter(0), groupby(heapq.merge(*runs)))
 
 
 class KVStateMachine:
@@ -543,43 +545,52 @@ class KVStateMachine:
         """Freeze the current state cheaply, now; the returned iterator encodes it a part at a
         time (`SNAPSHOT_PART_ROWS` keys or versions), as its caller asks for the next.
 
-        Values are immutable tuples and version lists are never changed in place after they are
-        frozen (mvcc.py), so shallow copies are a consistent image while applying goes on. A node
-        encodes it on its event loop between its other work (snapshots.py): a million keys take
-        seconds to pack, and a thread would not take that off the loop, since packing holds the
-        interpreter's lock and the loop would wait out the thread's switch interval (5 ms) at
-        every turn. The parts joined are the bytes one packb of the whole list gives. The big
-        containers the packing uses are made at the call, and the runs of sorted keys each in a
-        part of its own, empty: the node puts them out of the young collections' sight then
-        (node/heap.py, snapshots.py).
+        The store's `Image` is read while applying goes on and copies none of the keys' values
+        or versions (kv/mvcc.py); the rest is small and copied. A node encodes it on its event loop between
+        its other work (snapshots.py): a million keys take seconds to pack, and a thread would
+        not take that off the loop, since packing holds the interpreter's lock and the loop would
+        wait out the thread's switch interval (5 ms) at every turn. The parts joined are the bytes
+        one packb of the whole list gives. The containers the packing uses are made at the call,
+        and the runs of sorted keys each in a part of its own, empty: the node puts them out of
+        the young collections' sight then (node/heap.py, snapshots.py).
         """
-        current, past, compacted = self.store.frozen()
+        image = self.store.frozen()
         dedup, members = list(self._dedup.items()), sorted(self.members.items())
         removed, leases, auth = sorted(self.removed_members), self.leases.rows(), self.auth.rows()
         applied_index, revision = self.applied_index, self.revision
 
         def parts() -> Iterator[bytes]:
-            packer = msgpack.Packer(unicode_errors=ESCAPES)
-            keys = yield from _sorted_between_parts(current)
-            yield (packer.pack_array_header(11) + packer.pack(_SNAPSHOT_FORMAT) + packer.pack(applied_index)
-                   + packer.pack(revision) + packer.pack_array_header(len(current)))
-            while chunk := list(islice(keys, SNAPSHOT_PART_ROWS)):
-                yield b"".join(packer.pack([k, *current[k]]) for k in chunk)
-            history = yield from _sorted_between_parts(past)
-            yield (packer.pack([[rid, *first] for rid, first in dedup]) + packer.pack([list(m) for m in members])
-                   + packer.pack(removed) + packer.pack_array_header(len(past)))
-            # A version is a (revision, row or None) tuple, and msgpack packs a tuple as the array
-            # it would pack for the same list: no list need be built per version.
-            part: list[bytes] = []
-            rows = 0
-            for k in history:
-                versions = past[k].fixed()
-                part.append(packer.pack((k, versions)))
-                rows += len(versions)
-                if rows >= SNAPSHOT_PART_ROWS:
-                    yield b"".join(part)
-                    part, rows = [], 0
-            yield b"".join(part) + packer.pack(compacted) + packer.pack(leases) + packer.pack(auth)
+            try:
+                packer = msgpack.Packer(unicode_errors=ESCAPES)
+                keys = yield from _sorted_between_parts(image.arrived_keys())
+                yield (packer.pack_array_header(11) + packer.pack(_SNAPSHOT_FORMAT) + packer.pack(applied_index)
+                       + packer.pack(revision) + packer.pack_array_header(image.count))
+                packed = 0
+                while chunk := list(islice(keys, SNAPSHOT_PART_ROWS)):
+                    held = [(k, row) for k in chunk if (row := image.row(k)) is not None]
+                    yield b"".join(packer.pack([k, *row]) for k, row in held)
+                    packed += len(held)
+                assert packed == image.count, (packed, image.count)
+                history = yield from _sorted_between_parts(image.arrived_past_keys())
+                yield (packer.pack([[rid, *first] for rid, first in dedup])
+                       + packer.pack([list(m) for m in members]) + packer.pack(removed)
+                       + packer.pack_array_header(image.past_count))
+                # A version is a (revision, row or None) tuple, and msgpack packs a tuple as the
+                # array it would pack for the same list: no list need be built per version.
+                part: list[bytes] = []
+                rows = packed = 0
+                for k in history:
+                    if (versions := image.versions(k)) is not None:
+                        part.append(packer.pack((k, versions)))
+                        rows += len(versions)
+                        packed += 1
+                        if rows >= SNAPSHOT_PART_ROWS:
+                            yield b"".join(part)
+                            part, rows = [], 0
+                assert packed == image.past_count, (packed, image.past_count)
+                yield b"".join(part) + packer.pack(image.compacted) + packer.pack(leases) + packer.pack(auth)
+            finally:
+                image.close()  # or every change goes on saving rows in it
 
         return parts()
 

@@ -62,11 +62,12 @@ def collect_young() -> None:
 
 def made_out_of_young_collections(make: Callable[[], T]) -> T:
     """`make()`, for one that builds big containers that live through many collections and hold
-    no cycles: a snapshot's image (a copy of the store's dict) lives for the seconds its packing
-    takes, and each young collection meanwhile walked every reference in it, 100-250 ms with a
-    million keys (bench/PROFILE.md, nineteenth round). So a young collection first, then `make`,
-    then a freeze, which takes only what `make` made: frozen with nothing else, no value is kept
-    tracked for good. Reference counting frees the containers as before."""
+    no cycles: a snapshot's image (its copy of the store's history, and of its dict when this was
+    measured) lives for the seconds its packing takes, and each young collection meanwhile walked
+    every reference in it, 100-250 ms with a million keys (bench/PROFILE.md, nineteenth round).
+    So a young collection first, then `make`, then a freeze, which takes only what `make` made:
+    frozen with nothing else, no value is kept tracked for good. Reference counting frees the
+    containers as before."""
     collect_young()
     made = make()
     if _tuned:

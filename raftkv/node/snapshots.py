@@ -10,10 +10,10 @@ at different indexes: a snapshot's file is as big as the store (about 110 MB for
 of 1 KiB), and the disk thread writing it holds the node's appends and fsyncs behind it for 0.1 s
 or more. At one index on every voter no majority could make a write durable meanwhile; staggered,
 the others make one (a leader whose disk is held commits through its followers). A voter's first
-snapshot therefore comes after `every` entries or fewer. The state machine is frozen on the loop (a
-shallow copy, `snapshot_later`) and encoded on the loop too, a part of a few hundred rows per turn
-between the loop's other work: a million keys take seconds to encode, far longer than an election
-timeout. Not in a thread: packing holds the interpreter's lock, so a loop beside an encoding thread
+snapshot therefore comes after `every` entries or fewer. The state machine is frozen on the loop
+(a copy-on-write image, `snapshot_later`) and encoded on the loop too, a part of a few hundred rows
+per turn between the loop's other work: a million keys take seconds to encode, far longer than an
+election timeout. Not in a thread: packing holds the interpreter's lock, so a loop beside an encoding thread
 ran about once per switch interval (5 ms) while it lasted, on every node at once (bench/PROFILE.md,
 eighteenth round). The snapshot is then written through the disk pump (one storage caller at a
 time) and the core compacts its log, keeping `snapshot_retain_entries` so a briefly lagging
