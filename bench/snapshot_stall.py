@@ -12,8 +12,9 @@ alternately, its snapshot is packed by `pack_between_turns` (a part per loop tur
 thread joining the same parts, while a task on the loop sleeps 0.2 ms at a time and records how
 much later than that it wakes. Packing holds the interpreter's lock, so beside the thread the loop
 runs only when the thread lets go of it (about once per switch interval, 5 ms); on the loop, once
-per part. Printed per rep: the packing's wall time, and the loop's lateness at the median, p99 and
-worst. One process, so the machine's other work moves these figures less than a cluster's.
+per part. Printed per rep: the cut's time (the image taken, on the loop), the packing's wall
+time, and the loop's lateness at the median, p99 and worst. One process, so the machine's other
+work moves these figures less than a cluster's.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def build_store(keys: int, writes: int) -> KVStateMachine:
     return kv
 
 
-async def lateness_while(pack: str, kv: KVStateMachine) -> tuple[float, list[float]]:
-    """The packing's wall time, and how late each 0.2 ms timer of the loop woke meanwhile."""
+async def lateness_while(pack: str, kv: KVStateMachine) -> tuple[float, float, list[float]]:
+    """The cut's time (`snapshot_later`'s call, one turn of the loop), the packing's wall time
+    with it, and how late each 0.2 ms timer of the loop woke meanwhile."""
     late: list[float] = []
 
     async def timer() -> None:
@@ -57,6 +59,7 @@ async def lateness_while(pack: str, kv: KVStateMachine) -> tuple[float, list[flo
     late.clear()
     started = time.perf_counter()
     parts = kv.snapshot_later()
+    cut = time.perf_counter() - started
     if pack == "loop":
         await pack_between_turns(parts)
     else:
@@ -66,15 +69,16 @@ async def lateness_while(pack: str, kv: KVStateMachine) -> tuple[float, list[flo
     while len(late) == woken:  # the timer that spans the packing's end counts too (a small store's may be the only one)
         await asyncio.sleep(TIMER_S)
     ticking.cancel()
-    return took, sorted(late)
+    return cut, took, sorted(late)
 
 
 async def measure(kv: KVStateMachine, reps: int) -> None:
     for rep in range(1, reps + 1):
         for pack in ("loop", "thread"):
-            took, late = await lateness_while(pack, kv)
+            cut, took, late = await lateness_while(pack, kv)
             p99 = late[min(len(late) - 1, int(len(late) * 0.99))]
-            print(f"rep {rep}, packed in a {pack:6s}: {took * 1e3:6.0f} ms; the loop woke {len(late):5d} times, "
+            print(f"rep {rep}, cut in {cut * 1e3:5.1f} ms, packed in a {pack:6s}: {took * 1e3:6.0f} ms; "
+                  f"the loop woke {len(late):5d} times, "
                   f"late by {statistics.median(late) * 1e3:5.2f} ms at the median, {p99 * 1e3:6.2f} at p99, "
                   f"{late[-1] * 1e3:6.2f} at worst")
 
