@@ -323,7 +323,7 @@ class _Arrivals:
     def arrived(self, key: str) -> None:
         self.keys.append(key)
         if len(self.keys) > 2 * len(self.of) + _ARRIVALS_SLACK:
-            self.keys = list(self.of)
+            self.keys = list(self.of)  # a new list: an open image goes on reading the old one
 
 
 class Image:

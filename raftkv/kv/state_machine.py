@@ -545,14 +545,16 @@ class KVStateMachine:
         """Freeze the current state cheaply, now; the returned iterator encodes it a part at a
         time (`SNAPSHOT_PART_ROWS` keys or versions), as its caller asks for the next.
 
-        The store's `Image` is read while applying goes on and copies none of the keys' values
-        or versions (kv/mvcc.py); the rest is small and copied. A node encodes it on its event loop between
-        its other work (snapshots.py): a million keys take seconds to pack, and a thread would
-        not take that off the loop, since packing holds the interpreter's lock and the loop would
-        wait out the thread's switch interval (5 ms) at every turn. The parts joined are the bytes
-        one packb of the whole list gives. The containers the packing uses are made at the call,
-        and the runs of sorted keys each in a part of its own, empty: the node puts them out of
-        the young collections' sight then (node/heap.py, snapshots.py).
+        The store's `Image` is read while applying goes on and copies none of the keys' values or
+        versions (kv/mvcc.py); the rest is small and copied. A node encodes it on its event loop
+        between its other work (snapshots.py): a million keys take seconds to pack, and a thread
+        would not take that off the loop, since packing holds the interpreter's lock and the loop
+        would wait out the thread's switch interval (5 ms) at every turn. The parts joined are the
+        bytes one packb of the whole list gives. The containers the packing uses are made at the
+        call, and the runs of sorted keys each in a part of its own, empty: the node puts them out
+        of the young collections' sight then (node/heap.py, snapshots.py). A part of keys the
+        image does not hold (deleted before it was taken) is empty too: its collection finds
+        little, and the part still bounds the turn.
         """
         image = self.store.frozen()
         dedup, members = list(self._dedup.items()), sorted(self.members.items())
@@ -565,12 +567,12 @@ class KVStateMachine:
                 keys = yield from _sorted_between_parts(image.arrived_keys())
                 yield (packer.pack_array_header(11) + packer.pack(_SNAPSHOT_FORMAT) + packer.pack(applied_index)
                        + packer.pack(revision) + packer.pack_array_header(image.count))
-                packed = 0
+                keys_packed = 0
                 while chunk := list(islice(keys, SNAPSHOT_PART_ROWS)):
                     held = [(k, row) for k in chunk if (row := image.row(k)) is not None]
                     yield b"".join(packer.pack([k, *row]) for k, row in held)
-                    packed += len(held)
-                assert packed == image.count, (packed, image.count)
+                    keys_packed += len(held)
+                assert keys_packed == image.count, (keys_packed, image.count)
                 history = yield from _sorted_between_parts(image.arrived_past_keys())
                 yield (packer.pack([[rid, *first] for rid, first in dedup])
                        + packer.pack([list(m) for m in members]) + packer.pack(removed)
@@ -578,16 +580,16 @@ class KVStateMachine:
                 # A version is a (revision, row or None) tuple, and msgpack packs a tuple as the
                 # array it would pack for the same list: no list need be built per version.
                 part: list[bytes] = []
-                rows = packed = 0
+                rows = histories_packed = 0
                 for k in history:
                     if (versions := image.versions(k)) is not None:
                         part.append(packer.pack((k, versions)))
                         rows += len(versions)
-                        packed += 1
+                        histories_packed += 1
                         if rows >= SNAPSHOT_PART_ROWS:
                             yield b"".join(part)
                             part, rows = [], 0
-                assert packed == image.past_count, (packed, image.past_count)
+                assert histories_packed == image.past_count, (histories_packed, image.past_count)
                 yield b"".join(part) + packer.pack(image.compacted) + packer.pack(leases) + packer.pack(auth)
             finally:
                 image.close()  # or every change goes on saving rows in it
