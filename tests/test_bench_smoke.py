@@ -136,3 +136,17 @@ def test_a_big_stores_cluster_under_writes_reports_its_stalled_ticks() -> None:
     during = re.findall(r"^node\d during the compaction: ticks late by over 100 ms: \d+, over 250 ms: \d+; "
                         r"the worst within \d+ ms$", proc.stdout, re.MULTILINE)
     assert len(during) == 3, proc.stdout
+
+
+def test_the_grpc_apis_cost_per_call_is_set_beside_grpc_alone() -> None:
+    """bench/grpc_ceiling.py drives a bare grpc.aio KV server and a raftkv cluster's etcd API with
+    the same closed loop, and says what each call cost each server and how many Raft messages and
+    fsyncs a write took on the leader (it asserts that no call failed)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "grpc_ceiling.py"), "--seconds", "0.5", "--reps", "1",
+                           "--concurrency", "4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"^pair 1 bare: +[\d,]+ calls/s, p50 [\d.]+ ms, server [\d,]+ us CPU/call$", proc.stdout,
+                     re.MULTILINE), proc.stdout
+    raftkv = re.search(r"^pair 1 raftkv: [\d,]+ calls/s, p50 [\d.]+ ms, us CPU/call (.*); the leader's "
+                       r"AppendRequests/write ([\d.]+), fsyncs/write ([\d.]+)$", proc.stdout, re.MULTILINE)
+    assert raftkv and raftkv.group(1).count("(leader)") == 1 and float(raftkv.group(2)) > 0, proc.stdout

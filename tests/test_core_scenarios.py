@@ -38,6 +38,7 @@ from raftkv.core import (
     ReadIndexRequest,
     ReadIndexResponse,
     ReadMode,
+    Ready,
     Role,
     TimeoutNow,
     VoteRequest,
@@ -886,3 +887,31 @@ def test_a_caught_up_follower_is_told_the_commit_index_in_an_append_it_need_not_
     assert lost and {h.values(m.dst)["k"] for m in lost} == {"x"}, "the commit of y was announced"
     run_until(h, lambda: h.values("n2") == h.values("n3") == {"k": "y"}, 2 * ELECTION_TICKS)
     assert h.role("n1") is Role.LEADER
+
+
+def test_a_commit_reaches_a_follower_in_the_append_that_follows_it_not_in_one_of_its_own():
+    """The acknowledgement that commits a write and the writes that waited for that commit are
+    handled in one turn (the driver holds a leader's writes while its last append is uncommitted),
+    so an empty announcement of the commit and the append of the next writes left together, to
+    every follower: two messages for one. The append carries the commit index; alone, it goes."""
+    h = Harness()
+    h.elect("n1")
+    h.propose("n1", "x")
+    h.stabilize()
+    _, y = h.propose("n1", "y")
+    h.deliver(src="n1")
+    ack = h.matching(src="n2", dst="n1", kind=AppendResponse)
+    assert len(ack) == 1 and ack[0].match_index == y
+    h.in_flight.remove(ack[0])
+    readies: list[Ready] = []
+    h.on_ready = lambda node, rd: readies.append(rd)
+    z = encode_command("n1-z", "write", "k", "z")
+    h.act("n1", lambda c: (c.step(ack[0]), c.propose([z])))
+    assert committed(h, "n1") == y
+    sent = [m for rd in readies for m in rd.early_messages + rd.messages if isinstance(m, AppendRequest)]
+    assert sorted(m.dst for m in sent) == ["n2", "n3"], sent
+    assert all(m.commit == y and [e.data for e in m.entries] == [z] and m.needs_answer for m in sent), sent
+
+    h.on_ready = None
+    h.stabilize()
+    assert h.values("n1") == h.values("n2") == h.values("n3") == {"k": "z"}

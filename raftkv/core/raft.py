@@ -165,6 +165,7 @@ class RaftCore:
         self._reads_waiting_for_term_commit: list[PendingRead] = []
 
         self._outbox: list[Message] = []
+        self._commit_owed_to: set[str] = set()  # followers told of the commit index at ready() (_announce_commit)
         self._read_states: list[ReadState] = []
         self._snapshot_to_install: Snapshot | None = None
         self._prev_soft = SoftState(self.role, None, self.term)
@@ -314,6 +315,7 @@ class RaftCore:
     def has_ready(self) -> bool:
         return bool(
             self._outbox
+            or self._commit_owed_to
             or self._read_states
             or self._snapshot_to_install
             or self.log.stable < self.log.last_index()
@@ -323,6 +325,7 @@ class RaftCore:
         )
 
     def ready(self) -> Ready:
+        self._pay_commit_owed()
         rd = Ready()
         soft = self._soft_state()
         if soft != self._prev_soft:
@@ -435,6 +438,7 @@ class RaftCore:
             self._answer_read(read, ok=False)
         self._reads_waiting_for_term_commit = []
         self.progress = {}
+        self._commit_owed_to.clear()
 
     def _new_progress(self, next_index: int) -> Progress:
         pr = Progress(next_index, self.config.max_inflight_appends)
@@ -680,14 +684,33 @@ class RaftCore:
             self._send_append(peer, send_empty)
 
     def _announce_commit(self) -> None:
-        """Tell every follower the new commit index at once. A follower being replicated to is
-        told in an append it need not answer when it holds what the append follows: its answer
-        would only repeat the acknowledgement of the entries it was sent (and at one write at a time
-        each answer costs a wake-up on both ends). A follower that lacks them still answers, with
-        its rejection; one being probed is asked as before. A lost announcement is made good by the
-        next heartbeat, which carries the commit index too."""
+        """Tell every follower the new commit index. A follower being replicated to is told in an
+        append it need not answer when it holds what the append follows: its answer would only
+        repeat the acknowledgement of the entries it was sent (and at one write at a time each
+        answer costs a wake-up on both ends). A follower that lacks them still answers, with its
+        rejection; one being probed is asked as before. A lost announcement is made good by the
+        next heartbeat, which carries the commit index too.
+
+        A follower with nothing more to be sent is told when the messages are handed out
+        (`ready`), and not at all if an append goes to it before then: every append carries the
+        commit index. The driver proposes the writes that waited for this commit in the same turn
+        (and etcd's gRPC calls come one per turn), so the empty announcement and the append with
+        entries used to leave together, twice the messages for the same news."""
+        last = self.log.last_index()
         for peer, pr in self.progress.items():
-            self._send_append(peer, empty_needs_answer=pr.state is not ProgressState.REPLICATE)
+            if pr.state is ProgressState.REPLICATE and pr.next > last:
+                self._commit_owed_to.add(peer)
+            else:
+                self._send_append(peer, empty_needs_answer=pr.state is not ProgressState.REPLICATE)
+
+    def _pay_commit_owed(self) -> None:
+        if not self._commit_owed_to:
+            return
+        assert self.role is Role.LEADER, "a commit announcement owed by a node that no longer leads"
+        owed, self._commit_owed_to = self._commit_owed_to, set()
+        for peer, pr in self.progress.items():  # in the progress's order: replays are deterministic
+            if peer in owed:
+                self._send_append(peer, empty_needs_answer=pr.state is not ProgressState.REPLICATE)
 
     def _send_append(self, peer: str, send_empty: bool = True, empty_needs_answer: bool = True) -> bool:
         """Send the next entries `peer` needs; True if entries went out (more may follow). Entries
@@ -707,6 +730,7 @@ class RaftCore:
             return False
         if not entries and not send_empty:
             return False
+        self._commit_owed_to.discard(peer)  # this append carries the commit index
         self._send(
             AppendRequest(
                 src=self.id,
