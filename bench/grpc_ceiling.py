@@ -42,7 +42,7 @@ import uvloop  # noqa: E402
 from bench.grpc_load import run_grpc_load  # noqa: E402
 from bench.load import LoadResult, Workload  # noqa: E402
 from bench.procs import cpu_seconds, wait_until  # noqa: E402
-from bench.raftkv_http import RaftkvCluster, _accepts  # noqa: E402
+from bench.raftkv_http import RaftkvCluster, accepts  # noqa: E402
 from raftkv import promtext  # noqa: E402
 from raftkv.etcd.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc  # noqa: E402
 from raftkv.supervisor import free_ports  # noqa: E402
@@ -80,7 +80,7 @@ class BareServer:
 
     def __enter__(self) -> BareServer:
         self.process.start()
-        wait_until("the bare gRPC server", lambda: _accepts(self.target), 10.0)
+        wait_until("the bare gRPC server", lambda: accepts(self.target), 10.0)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -94,9 +94,8 @@ class BareServer:
         return self.target
 
 
-def leader_metrics(cluster: RaftkvCluster) -> promtext.Sample:
-    url = cluster.url(cluster.leader()) + "/metrics"
-    return promtext.parse(urllib.request.urlopen(url, timeout=5).read().decode())
+def metrics(url: str) -> promtext.Sample:
+    return promtext.parse(urllib.request.urlopen(url + "/metrics", timeout=5).read().decode())
 
 
 def calls_line(r: LoadResult) -> str:
@@ -117,9 +116,9 @@ def run_raftkv(w: Workload, base: Path) -> str:
     try:
         leader = cluster.leader()
         pids = {m.id: cluster.pid(m.id) for m in cluster.members}
-        sample, cpu = leader_metrics(cluster), {n: cpu_seconds(p) for n, p in pids.items()}
+        sample, cpu = metrics(cluster.url(leader)), {n: cpu_seconds(p) for n, p in pids.items()}
         r = asyncio.run(run_grpc_load(cluster, w))
-        after, cpu = leader_metrics(cluster), {n: cpu_seconds(p) - cpu[n] for n, p in pids.items()}
+        after, cpu = metrics(cluster.url(leader)), {n: cpu_seconds(p) - cpu[n] for n, p in pids.items()}
     finally:
         cluster.stop()
     assert not r.failed, f"{r.failed} calls failed"

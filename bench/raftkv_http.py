@@ -58,7 +58,7 @@ class RaftkvCluster:
         # Two nodes elect a leader before the third listens: a load dialling its etcd port then
         # would see its first RPCs refused, and gRPC's reconnect backoff refuse more for seconds.
         for target in self.etcd_targets.values():
-            wait_until(f"raftkv etcd API at {target}", lambda t=target: _accepts(t), timeout_s)
+            wait_until(f"raftkv etcd API at {target}", lambda t=target: accepts(t), timeout_s)
         return self
 
     def stop(self) -> None:
@@ -138,7 +138,8 @@ class RaftkvCluster:
         return status == 200 or (op == "read" and status == 404)
 
 
-def _accepts(target: str) -> bool:
+def accepts(target: str) -> bool:
+    """A TCP connection to `target` (host:port) is accepted (OSError if not)."""
     host, port = target.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=1.0):
         return True
