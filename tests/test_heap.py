@@ -48,7 +48,7 @@ print("ok")
 AN_IMAGE_BEING_PACKED_IS_OUT_OF_THE_YOUNG_COLLECTIONS = """
 import asyncio, gc
 from raftkv.kv import KVStateMachine, Put, encode
-from raftkv.node.heap import made_out_of_young_collections, tune_gc
+from raftkv.node.heap import tune_gc
 from raftkv.node.snapshots import pack_between_turns
 tune_gc()
 kv = KVStateMachine()
@@ -60,7 +60,7 @@ gc.collect()
 seen = []
 
 async def main():
-    parts = made_out_of_young_collections(kv.snapshot_later)
+    parts = kv.snapshot_later()
 
     async def look_and_write():
         await asyncio.sleep(0)

@@ -550,9 +550,9 @@ class KVStateMachine:
         between its other work (snapshots.py): a million keys take seconds to pack, and a thread
         would not take that off the loop, since packing holds the interpreter's lock and the loop
         would wait out the thread's switch interval (5 ms) at every turn. The parts joined are the
-        bytes one packb of the whole list gives. The containers the packing uses are made at the
-        call, and the runs of sorted keys each in a part of its own, empty: the node puts them out
-        of the young collections' sight then (node/heap.py, snapshots.py). A part of keys the
+        bytes one packb of the whole list gives. The runs of sorted keys are each made in a part of
+        its own, empty: the node puts them out of the young collections' sight then (node/heap.py,
+        snapshots.py). A part of keys the
         image does not hold (deleted before it was taken) is empty too: its collection finds
         little, and the part still bounds the turn.
         """

@@ -59,7 +59,6 @@ from raftkv.storage import DiskStorage
 from raftkv.storage.wal import fsync_dir
 
 from .config import Member
-from .heap import made_out_of_young_collections
 from .membership import BOOTSTRAP_TERM, MemberRecord
 from .snapshots import pack_between_turns
 from .startup import claim_data_dir, founding_config
@@ -183,7 +182,7 @@ async def take_backup(kv: KVStateMachine, taken_by: str) -> BackupImage:
     """The backup of the store as it is now (call it on the event loop, after a read barrier): the
     cut at once, packed between the loop's other work while applying goes on (seconds for a
     million keys), hashed in a thread (sha256 lets go of the interpreter's lock)."""
-    cut = made_out_of_young_collections(lambda: freeze(kv, taken_by))
+    cut = freeze(kv, taken_by)
     body = await pack_between_turns(cut.parts)
     return await asyncio.get_running_loop().run_in_executor(None, cut.image, body)
 

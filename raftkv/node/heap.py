@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
-__all__ = ["GROWTH_FLOOR", "HeapWatch", "collect_young", "made_out_of_young_collections", "tune_gc"]
+__all__ = ["GROWTH_FLOOR", "HeapWatch", "collect_young", "tune_gc"]
 
 GROWTH_FLOOR = 1_000_000  # frozen objects gained before a full collection is worth its pause
 YOUNG_THRESHOLD = 50_000  # allocations between collections (CPython's default, 700, is tuned for small heaps)
 _tuned = False  # this process runs the policy (tune_gc)
-T = TypeVar("T")
 
 
 def tune_gc() -> HeapWatch:
@@ -58,21 +55,6 @@ def collect_young() -> None:
     tracking what it can (tuples of plain values, kv/mvcc.py) and its survivors are frozen."""
     if _tuned:
         gc.collect(0)
-
-
-def made_out_of_young_collections(make: Callable[[], T]) -> T:
-    """`make()`, for one that builds big containers that live through many collections and hold
-    no cycles: a snapshot's image (its copy of the store's history, and of its dict when this was
-    measured) lives for the seconds its packing takes, and each young collection meanwhile walked
-    every reference in it, 100-250 ms with a million keys (bench/PROFILE.md, nineteenth round).
-    So a young collection first, then `make`, then a freeze, which takes only what `make` made:
-    frozen with nothing else, no value is kept tracked for good. Reference counting frees the
-    containers as before."""
-    collect_young()
-    made = make()
-    if _tuned:
-        gc.freeze()
-    return made
 
 
 class HeapWatch:

@@ -32,7 +32,7 @@ from raftkv.core import RaftCore
 from raftkv.kv import KVStateMachine
 
 from .config import NodeConfig
-from .heap import collect_young, made_out_of_young_collections
+from .heap import collect_young
 from .metrics import NodeMetrics
 from .persist import DiskPump
 
@@ -79,7 +79,7 @@ class Snapshotter:
         try:
             started = time.perf_counter()
             applied = self.kv.applied_index
-            data = await pack_between_turns(made_out_of_young_collections(self.kv.snapshot_later), self.executor)
+            data = await pack_between_turns(self.kv.snapshot_later(), self.executor)
             if self.core.snapshot_index >= applied:
                 # A snapshot from the leader was installed meanwhile and covers this one. The core
                 # holds it from the step that accepted it, before its Ready reaches `installed`.
@@ -100,9 +100,9 @@ class Snapshotter:
 
 async def pack_between_turns(parts: Iterator[bytes], executor: Executor | None = None) -> bytes:
     """A frozen image's parts (`KVStateMachine.snapshot_later`) joined, packed one per turn of
-    the event loop so that its other work goes between them. Cut the image with
-    `made_out_of_young_collections`; an empty part grew it (keys sorted a run at a time), and a
-    young collection then puts the run where the next ones do not walk it. The parts are joined
+    the event loop so that its other work goes between them. An empty part grew the packing (keys
+    sorted a run at a time), and a young collection then puts the run where the next ones do not
+    walk it. The parts are joined
     in `executor` (None: the loop's default pool): `bytes.join` lets go of the interpreter's lock,
     and on the loop, joining a snapshot of 1 KiB values (about 110 MB) held it for 340-570 ms, on
     every node at once (bench/PROFILE.md, nineteenth round)."""
