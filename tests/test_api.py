@@ -61,6 +61,7 @@ class FakeNode:
         self.events: list[dict[str, Any]] | None = [{"type": "status", "term": 1}, {"type": "commit", "index": 1}]
         self.watch_closed = asyncio.Event()
         self.requests: list[tuple[str, str, int]] = []
+        self.gathered: list[bool] = []  # per proposal: whether the write may wait to be gathered
 
     def leader_id(self) -> str | None:
         return self.leader
@@ -68,8 +69,9 @@ class FakeNode:
     def leader_url(self) -> str | None:
         return self.url if self.leader == self.id else None
 
-    async def propose(self, command: Command) -> dict:
+    async def propose(self, command: Command, *, gathered: bool = False) -> dict:
         self.proposals.append(command)
+        self.gathered.append(gathered)
         if self.propose_delay_seconds:
             await asyncio.sleep(self.propose_delay_seconds)
         if self.propose_error is not None:

@@ -37,6 +37,7 @@ from raftkv.core import (
 from raftkv.kv import KVStateMachine, Put, Txn, TxnPut, encode, state_machine
 from raftkv.kv.mvcc import MVCCStore
 from raftkv.node import NodeConfig, NotAppliedError, OutcomeUnknownError, RaftGroup, compactor
+from raftkv.node import group as group_module
 from raftkv.node.compactor import Compactor
 from raftkv.node.config import Member
 from raftkv.node.errors import MembershipRefused
@@ -343,6 +344,48 @@ async def test_a_forward_that_comes_while_the_leaders_last_append_is_uncommitted
         leader.deliver(m)
     results = await asyncio.wait_for(asyncio.gather(first, forwarded, own), 5.0)
     assert all(r["ok"] for r in results) and proposed == [1, 2], proposed
+
+
+async def test_writes_that_come_one_per_iteration_are_gathered_for_a_while_after_a_commit(
+        cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd's gRPC API hands the leader one write per loop iteration. Once an append that carried
+    more than one such write commits, the next wait until GATHER_S after it and go in one append;
+    a write of another source (HTTP, a follower's forward) ends the wait at once, and after an
+    append that carried one, a lone client's write is appended at once."""
+    gather_s = 0.5
+    monkeypatch.setattr(group_module, "GATHER_S", gather_s)
+    leader = await cluster.leader()
+    for group in cluster.groups.values():
+        group.tick_ms = 1000  # the wait is bounded by a tick: let it outlast GATHER_S
+    proposed: list[int] = []
+    propose = leader.core.propose
+    monkeypatch.setattr(leader.core, "propose", lambda datas: (proposed.append(len(datas)), propose(datas))[1])
+
+    def gathered(key: str) -> asyncio.Future[dict[str, Any]]:
+        return asyncio.ensure_future(leader.propose(Put(key, 1), gathered=True))
+
+    first = await asyncio.gather(gathered("a"), gathered("b"))
+    appended_at = time.monotonic()
+    assert all(r["ok"] for r in first) and proposed == [2], proposed
+    held = [gathered("c")]
+    await asyncio.sleep(0.05)
+    held.append(gathered("d"))
+    await asyncio.sleep(0.1)
+    assert proposed == [2], "committed, yet within GATHER_S of an append of two gathered writes: they wait"
+    assert all(r["ok"] for r in await asyncio.wait_for(asyncio.gather(*held), 5.0))
+    assert proposed == [2, 2] and time.monotonic() - appended_at >= gather_s - 0.05, proposed
+
+    waiting = gathered("e")
+    await asyncio.sleep(0.05)
+    assert proposed == [2, 2]
+    started = time.monotonic()
+    plain = await asyncio.wait_for(asyncio.gather(waiting, leader.propose(Put("f", 1))), 5.0)
+    assert all(r["ok"] for r in plain) and proposed == [2, 2, 2], proposed
+    assert time.monotonic() - started < gather_s / 2, "a write of another source takes the waiting ones along"
+
+    started = time.monotonic()
+    assert (await asyncio.wait_for(gathered("g"), 5.0))["ok"] and proposed == [2, 2, 2, 1], proposed
+    assert time.monotonic() - started < gather_s / 2, "the last append carried one gathered write: no wait"
 
 
 async def test_a_traced_write_commits_in_its_trace_before_the_leader_announces_the_commit(

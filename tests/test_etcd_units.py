@@ -13,12 +13,14 @@ import grpc
 import pytest
 
 import raftkv.api.server as node_server
+from raftkv.api.auth import Gate
+from raftkv.etcd.admission import Admission
 from raftkv.etcd.convert import Bounds, key_text, kv_message, value_bytes
 from raftkv.etcd.errors import EtcdError, translate
 from raftkv.etcd.identity import number_of
 from raftkv.etcd.pb import kv_pb2
 from raftkv.etcd.watch import MAX_FRAGMENT_BYTES, _fragments
-from raftkv.kv import CompactedError, KeyValue
+from raftkv.kv import CompactedError, KeyValue, Put
 from raftkv.node.config import ConfigError, Member, NodeConfig
 from raftkv.node.errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError, RequestRefused
 from raftkv.node.heap import HeapWatch
@@ -78,6 +80,18 @@ def test_node_failures_become_etcds_errors(failure: Exception, code: grpc.Status
 
 def test_a_bug_is_not_dressed_as_an_etcd_error() -> None:
     assert translate(KeyError("x")) is None
+
+
+async def test_the_etcd_apis_writes_may_be_gathered_and_the_http_apis_may_not() -> None:
+    """grpc.aio hands calls over one per loop iteration, so a leader gathers etcd's writes for a
+    few milliseconds (RaftGroup.propose); HTTP requests come many to an iteration and never wait."""
+    from test_api import FakeNode
+
+    node = FakeNode()
+    gate = Gate(node)
+    assert (await Admission(gate).propose(Put("etcd", "v")))["ok"]
+    assert (await gate.propose_as(None, Put("http", "v")))["ok"]
+    assert node.gathered == [True, False]
 
 
 def test_member_numbers_are_stable_and_never_zero() -> None:

@@ -306,20 +306,22 @@ class Gate:
             request[USER_KEY] = await self.authenticate(request)
             return await self.propose_as(request[USER_KEY], cmd)
 
-    async def propose_as(self, user: str | None, cmd: Command, also: Iterable[Requirement] = ()) -> dict[str, Any]:
+    async def propose_as(self, user: str | None, cmd: Command, also: Iterable[Requirement] = (), *,
+                         gathered: bool = False) -> dict[str, Any]:
         """Propose `cmd` as `user`, who needs what `cmd` needs and `also` (what else its answer shows:
-        etcd's prev_kv), each checked again if auth changed before it applied; as is while auth is off."""
+        etcd's prev_kv), each checked again if auth changed before it applied; as is while auth is off.
+        `gathered`: the caller's writes come one per loop iteration (RaftGroup.propose)."""
         also = tuple(also)
         for _attempt in range(3):
             state = self.state
             if not state.enabled:  # (as this node knows; if it is on, the state machine refuses it)
-                result = await self.node.propose(cmd)
+                result = await self.node.propose(cmd, gathered=gathered)
             else:
                 if user is None:
                     raise AuthTurnedOn()
                 for access, key, prefix in (*needs(cmd, user), *also):
                     self.check(user, access, key=key, prefix=prefix)
-                result = await self.node.propose(AsUser(user, state.revision, cmd))
+                result = await self.node.propose(AsUser(user, state.revision, cmd), gathered=gathered)
             if result.get("error") != AUTH_CHANGED:
                 return result
         raise ApiError(503, "users or roles changed while this write was in flight, three times over: nothing "

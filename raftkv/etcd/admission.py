@@ -172,7 +172,8 @@ class Admission:
         """The state machine's result for `cmd` proposed as the caller, who needs what it needs and
         `also` (what else the answer shows, etcd's prev_kv)."""
         try:
-            return await self.gate.propose_as(self.caller(), cmd, also)
+            # grpc.aio hands calls to their handlers one per loop iteration: the leader gathers them
+            return await self.gate.propose_as(self.caller(), cmd, also, gathered=True)
         except ApiError as e:
             raise _etcd_error(e) from None
 

@@ -88,6 +88,11 @@ STALL_WARNING_EVERY_S = 10.0  # at most one warning of a stalled loop per this l
 
 DEADLINE_SWEEP_S = 0.05
 
+# How long after its last append a leader gathers writes that come one per event-loop iteration
+# (etcd's gRPC API), once that append has committed: a Raft round costs the leader far more than a
+# call, and such writes otherwise make rounds of one or two (bench/PROFILE.md, twenty-third round).
+GATHER_S = 0.003
+
 
 class RaftGroup:
     def __init__(self, cfg: NodeConfig, storage: RaftStorage, transport: Transport, kv: KVStateMachine,
@@ -115,6 +120,7 @@ class RaftGroup:
         self.proposals = ProposalTracker(self.id, cfg.proposal_timeout_s, metrics, first_ticket=time.time_ns())
         self.forward_ledger = ForwardLedger()
         self._appended = (0, 0, 0.0)  # (term, last index, when) of this node's last proposal as the leader
+        self._gathered_in_last_append = 0
         self._held_until: asyncio.TimerHandle | None = None  # wakes the loop when writes stop waiting for it
         self.reads = ReadTracker(self.id, cfg.read_timeout_s)
         self.pump = DiskPump(self.id, storage, self._send, self._on_persisted,
@@ -210,16 +216,19 @@ class RaftGroup:
         self._inbox.append(m)
         self._wake.set()
 
-    async def propose(self, command: Command, *, leader_term: int | None = None) -> dict[str, Any]:
+    async def propose(self, command: Command, *, leader_term: int | None = None,
+                      gathered: bool = False) -> dict[str, Any]:
         """Replicate `command`; its state machine result once committed and applied here. On a
         follower the write goes to the leader, and the result says so (proposals.FORWARDED_TO).
         With `leader_term`, only this node appends it, as the leader of that term, or it fails
         with NotAppliedError: a decision that leader made (a lease expiry on its clock) must not be
-        carried out by the next leader, to which a plain write would be forwarded."""
+        carried out by the next leader, to which a plain write would be forwarded. A `gathered`
+        write comes from a source that hands writes over one per loop iteration: a leader may hold
+        it for up to GATHER_S after its last append (`_commit_pending`)."""
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         if self.tracing is not None:
             self.tracing.track(answer)
-        self.proposals.submit(encode(command), answer, self._now(), leader_term)
+        self.proposals.submit(encode(command), answer, self._now(), leader_term, gathered)
         self._wake.set()
         return await answer  # the deadline sweep fails it with OutcomeUnknownError when it times out
 
@@ -389,13 +398,31 @@ class RaftGroup:
         per event-loop iteration (etcd's gRPC calls do), or forwards that arrive one after another
         from different followers, would otherwise cost an append, a message per follower and an
         fsync each; a lone write never waits. A tick bounds the wait: a leader cut off from its
-        followers (or a commit slower than that) appends what it is given, as Raft's leaders do."""
+        followers (or a commit slower than that) appends what it is given, as Raft's leaders do.
+
+        Gathered writes wait longer: after the commit, until GATHER_S after the last append, as long
+        as that append carried more than one of them (a lone client's write never waits) and only
+        gathered writes wait (an HTTP write or a follower's forward is appended at once, and takes
+        them along)."""
         term, last, at = self._appended
-        if term != self.core.term or self.core.log.committed >= last or now >= at + self.tick_ms / 1000:
+        if term != self.core.term or now >= at + self.tick_ms / 1000:
             return False
-        if self._held_until is None:  # the ticker may be held (the lab): this turn's writes go by then
-            self._held_until = asyncio.get_running_loop().call_at(at + self.tick_ms / 1000, self._end_hold)
-        return True
+        if self.core.log.committed < last:
+            self._hold_until(at + self.tick_ms / 1000)  # the ticker may be held (the lab): they go by then
+            return True
+        if (self._gathered_in_last_append > 1 and now < at + GATHER_S and not self._forwards
+                and all(w.gathered for w in self.proposals.queued)):
+            self._hold_until(at + GATHER_S)
+            return True
+        return False
+
+    def _hold_until(self, due: float) -> None:
+        """Wake the loop at `due` at the latest, when the writes held now go."""
+        if self._held_until is not None:
+            if self._held_until.when() <= due:
+                return
+            self._held_until.cancel()
+        self._held_until = asyncio.get_running_loop().call_at(due, self._end_hold)
 
     def _end_hold(self) -> None:
         self._held_until = None
@@ -473,6 +500,7 @@ class RaftGroup:
             return
         self.observer.on_proposed(first, first + len(datas) - 1, now)
         self._appended = (term, first + len(datas) - 1, now)
+        self._gathered_in_last_append = sum(w.gathered for w in batch)
         if self._held_until is not None:
             self._held_until.cancel()
             self._held_until = None

@@ -134,9 +134,9 @@ class NodeHost:
     def _url_of(self, member_id: str) -> str | None:
         return self.members.url_of(member_id)
 
-    async def propose(self, command: Command) -> dict[str, Any]:
+    async def propose(self, command: Command, *, gathered: bool = False) -> dict[str, Any]:
         self._refuse_if_removed()
-        return await self.group.propose(command)
+        return await self.group.propose(command, gathered=gathered)
 
     async def read_barrier(self) -> None:
         self._refuse_if_removed()

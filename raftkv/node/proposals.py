@@ -59,6 +59,7 @@ class QueuedWrite:
     answer: Answer
     proposed_at: float
     leader_term: int | None = None  # only this node may append it, as the leader of this term
+    gathered: bool = False  # its source hands writes over one per loop iteration (RaftGroup.propose)
 
 
 @dataclass(slots=True)
@@ -107,8 +108,9 @@ class ProposalTracker:
 
     # ---- 1. queued --------------------------------------------------------------------------
 
-    def submit(self, data: bytes, answer: Answer, now: float, leader_term: int | None = None) -> None:
-        self.queued.append(QueuedWrite(data, answer, now, leader_term))
+    def submit(self, data: bytes, answer: Answer, now: float, leader_term: int | None = None,
+               gathered: bool = False) -> None:
+        self.queued.append(QueuedWrite(data, answer, now, leader_term, gathered))
 
     def take_batch(self, max_writes: int) -> list[QueuedWrite]:
         """The oldest queued writes still wanted, at most `max_writes` of them."""
