@@ -346,46 +346,59 @@ async def test_a_forward_that_comes_while_the_leaders_last_append_is_uncommitted
     assert all(r["ok"] for r in results) and proposed == [1, 2], proposed
 
 
-async def test_writes_that_come_one_per_iteration_are_gathered_for_a_while_after_a_commit(
-        cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    """etcd's gRPC API hands the leader one write per loop iteration. Once an append that carried
-    more than one such write commits, the next wait until GATHER_S after it and go in one append;
-    a write of another source (HTTP, a follower's forward) ends the wait at once, and after an
-    append that carried one, a lone client's write is appended at once."""
+@pytest.mark.parametrize("kind", ["write", "read"])
+async def test_requests_that_come_one_per_iteration_are_gathered_for_a_while_after_a_round(
+        cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """etcd's gRPC API hands a node one write or read per loop iteration. Once a round (the
+    leader's append, a ReadIndex round) that carried more than one such request is done, the next
+    wait until GATHER_S after it and share one round; a request of another source (HTTP) ends the
+    wait at once, and after a round that carried one, a lone client's request goes at once."""
     gather_s = 0.5
     monkeypatch.setattr(group_module, "GATHER_S", gather_s)
     leader = await cluster.leader()
     for group in cluster.groups.values():
-        group.tick_ms = 1000  # the wait is bounded by a tick: let it outlast GATHER_S
-    proposed: list[int] = []
-    propose = leader.core.propose
-    monkeypatch.setattr(leader.core, "propose", lambda datas: (proposed.append(len(datas)), propose(datas))[1])
+        group.tick_ms = 1000  # a write's wait is bounded by a tick: let it outlast GATHER_S
+    rounds: list[int] = []  # how many requests each round carried
+    if kind == "write":
+        propose = leader.core.propose
+        monkeypatch.setattr(leader.core, "propose", lambda datas: (rounds.append(len(datas)), propose(datas))[1])
 
-    def gathered(key: str) -> asyncio.Future[dict[str, Any]]:
-        return asyncio.ensure_future(leader.propose(Put(key, 1), gathered=True))
+        def ask(gathered: bool) -> asyncio.Future[Any]:
+            return asyncio.ensure_future(leader.propose(Put("k", 1), gathered=gathered))
+    else:
+        start_round = leader.reads.start_round
+        monkeypatch.setattr(leader.reads, "start_round",
+                            lambda now: (rounds.append(len(leader.reads.queued)), start_round(now))[1])
 
-    first = await asyncio.gather(gathered("a"), gathered("b"))
-    appended_at = time.monotonic()
-    assert all(r["ok"] for r in first) and proposed == [2], proposed
-    held = [gathered("c")]
+        def ask(gathered: bool) -> asyncio.Future[Any]:
+            return asyncio.ensure_future(leader.read_barrier(gathered=gathered))
+
+    async def answered(*requests: asyncio.Future[Any]) -> None:
+        await asyncio.wait_for(asyncio.gather(*requests), 5.0)
+
+    await answered(ask(True), ask(True))
+    first_round_done = time.monotonic()
+    assert rounds == [2], rounds
+    held = [ask(True)]
     await asyncio.sleep(0.05)
-    held.append(gathered("d"))
+    held.append(ask(True))
     await asyncio.sleep(0.1)
-    assert proposed == [2], "committed, yet within GATHER_S of an append of two gathered writes: they wait"
-    assert all(r["ok"] for r in await asyncio.wait_for(asyncio.gather(*held), 5.0))
-    assert proposed == [2, 2] and time.monotonic() - appended_at >= gather_s - 0.05, proposed
+    assert rounds == [2], "within GATHER_S of a round of two gathered requests: they wait"
+    await answered(*held)
+    assert rounds == [2, 2] and time.monotonic() - first_round_done >= gather_s - 0.05, rounds
 
-    waiting = gathered("e")
+    waiting = ask(True)
     await asyncio.sleep(0.05)
-    assert proposed == [2, 2]
+    assert rounds == [2, 2]
     started = time.monotonic()
-    plain = await asyncio.wait_for(asyncio.gather(waiting, leader.propose(Put("f", 1))), 5.0)
-    assert all(r["ok"] for r in plain) and proposed == [2, 2, 2], proposed
-    assert time.monotonic() - started < gather_s / 2, "a write of another source takes the waiting ones along"
+    await answered(waiting, ask(False))
+    assert rounds == [2, 2, 2], rounds
+    assert time.monotonic() - started < gather_s / 2, "a request of another source takes the waiting ones along"
 
     started = time.monotonic()
-    assert (await asyncio.wait_for(gathered("g"), 5.0))["ok"] and proposed == [2, 2, 2, 1], proposed
-    assert time.monotonic() - started < gather_s / 2, "the last append carried one gathered write: no wait"
+    await answered(ask(True))
+    assert rounds == [2, 2, 2, 1], rounds
+    assert time.monotonic() - started < gather_s / 2, "the last round carried one gathered request: no wait"
 
 
 async def test_a_traced_write_commits_in_its_trace_before_the_leader_announces_the_commit(

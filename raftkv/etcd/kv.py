@@ -99,7 +99,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.RangeResponse:
         bounds = Bounds(request.key, request.range_end)
         if not request.serializable:
-            await self.node.read_barrier()
+            await self.node.read_barrier(gathered=True)  # grpc.aio hands calls over one per loop iteration
         self.admission.require(*range_need(Access.READ, bounds))  # after the barrier: auth as of the read
         kv = self.node.kv
         revision = request.revision or None

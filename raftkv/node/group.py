@@ -89,9 +89,34 @@ STALL_WARNING_EVERY_S = 10.0  # at most one warning of a stalled loop per this l
 DEADLINE_SWEEP_S = 0.05
 
 # How long after its last append a leader gathers writes that come one per event-loop iteration
-# (etcd's gRPC API), once that append has committed: a Raft round costs the leader far more than a
-# call, and such writes otherwise make rounds of one or two (bench/PROFILE.md, twenty-third round).
+# (etcd's gRPC API), once that append has committed, and how long after its last ReadIndex round a
+# node gathers such reads: a round costs far more than a call, and they otherwise make rounds of
+# one or two (bench/PROFILE.md, twenty-third round).
 GATHER_S = 0.003
+
+
+class _WakeAt:
+    """One loop timer that wakes the group at the earliest of the times it is set to."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+        self._handle: asyncio.TimerHandle | None = None
+
+    def set(self, due: float) -> None:
+        if self._handle is not None:
+            if self._handle.when() <= due:
+                return
+            self._handle.cancel()
+        self._handle = asyncio.get_running_loop().call_at(due, self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._wake()
 
 
 class RaftGroup:
@@ -121,7 +146,6 @@ class RaftGroup:
         self.forward_ledger = ForwardLedger()
         self._appended = (0, 0, 0.0)  # (term, last index, when) of this node's last proposal as the leader
         self._gathered_in_last_append = 0
-        self._held_until: asyncio.TimerHandle | None = None  # wakes the loop when writes stop waiting for it
         self.reads = ReadTracker(self.id, cfg.read_timeout_s)
         self.pump = DiskPump(self.id, storage, self._send, self._on_persisted,
                              lambda: self.core.role is Role.LEADER, metrics, unsafe_skip_fsync=cfg.unsafe_skip_fsync,
@@ -139,6 +163,8 @@ class RaftGroup:
         self.stall_warned_at = -STALL_WARNING_EVERY_S  # when a stalled loop was last warned of
         self.failed: asyncio.Future[BaseException] | None = None  # set to what killed the group
         self._wake = asyncio.Event()
+        self._writes_held = _WakeAt(self._wake.set)  # wakes the loop when held writes go
+        self._reads_held = _WakeAt(self._wake.set)  # wakes the loop when gathered reads are asked for
         self._ticks = 0
         self._inbox: list[Message] = []
         self._forwards: list[ProposeForward] = []  # followers' batches, waiting for this leader's next append
@@ -232,14 +258,16 @@ class RaftGroup:
         self._wake.set()
         return await answer  # the deadline sweep fails it with OutcomeUnknownError when it times out
 
-    async def read_barrier(self) -> None:
-        """Returns once a read of the local state machine is linearizable (ReadIndex)."""
+    async def read_barrier(self, *, gathered: bool = False) -> None:
+        """Returns once a read of the local state machine is linearizable (ReadIndex). A
+        `gathered` read comes from a source that hands reads over one per loop iteration: its round
+        may wait for up to GATHER_S after the last (`ReadTracker.gathered_until`)."""
         if self.cfg.unsafe_stale_reads and self.core.role is not Role.LEADER:
             return  # deliberately broken mode: serve whatever this replica has
         answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.tracing is not None:
             self.tracing.track(answer)
-        self.reads.submit(answer, self._now())
+        self.reads.submit(answer, self._now(), gathered)
         self._wake.set()
         await answer
 
@@ -385,10 +413,13 @@ class RaftGroup:
         if forwards or own:
             self._propose_turn(forwards, self._take_own_batch() if own else [], now)
         if self.reads.queued and self.reads.may_ask(now, patience_s) and (leading or self._leader_reachable()):
-            ctx = self.reads.start_round(now)
-            if tracing is not None:
-                tracing.read_round(ctx, self.reads.rounds[ctx].reads)
-            core.read_index(ctx)
+            if (due := self.reads.gathered_until(now, GATHER_S)) is not None:
+                self._reads_held.set(due)
+            else:
+                ctx = self.reads.start_round(now)
+                if tracing is not None:
+                    tracing.read_round(ctx, self.reads.rounds[ctx].reads)
+                core.read_index(ctx)
 
     def _commit_pending(self, now: float) -> bool:
         """This leader's last proposal is not committed yet, and was made less than a tick ago. Its
@@ -408,25 +439,13 @@ class RaftGroup:
         if term != self.core.term or now >= at + self.tick_ms / 1000:
             return False
         if self.core.log.committed < last:
-            self._hold_until(at + self.tick_ms / 1000)  # the ticker may be held (the lab): they go by then
+            self._writes_held.set(at + self.tick_ms / 1000)  # the ticker may be held (the lab): they go by then
             return True
         if (self._gathered_in_last_append > 1 and now < at + GATHER_S and not self._forwards
                 and all(w.gathered for w in self.proposals.queued)):
-            self._hold_until(at + GATHER_S)
+            self._writes_held.set(at + GATHER_S)
             return True
         return False
-
-    def _hold_until(self, due: float) -> None:
-        """Wake the loop at `due` at the latest, when the writes held now go."""
-        if self._held_until is not None:
-            if self._held_until.when() <= due:
-                return
-            self._held_until.cancel()
-        self._held_until = asyncio.get_running_loop().call_at(due, self._end_hold)
-
-    def _end_hold(self) -> None:
-        self._held_until = None
-        self._wake.set()
 
     @property
     def no_leader_hold_s(self) -> float:
@@ -501,9 +520,7 @@ class RaftGroup:
         self.observer.on_proposed(first, first + len(datas) - 1, now)
         self._appended = (term, first + len(datas) - 1, now)
         self._gathered_in_last_append = sum(w.gathered for w in batch)
-        if self._held_until is not None:
-            self._held_until.cancel()
-            self._held_until = None
+        self._writes_held.cancel()
         if tracing is not None:
             self._trace_proposal(tracing, forwards, batch, first, term)
         # The answers leave before the entries' AppendRequests on the same links, so they arrive first.

@@ -138,9 +138,9 @@ class NodeHost:
         self._refuse_if_removed()
         return await self.group.propose(command, gathered=gathered)
 
-    async def read_barrier(self) -> None:
+    async def read_barrier(self, *, gathered: bool = False) -> None:
         self._refuse_if_removed()
-        await self.group.read_barrier()
+        await self.group.read_barrier(gathered=gathered)
 
     def _refuse_if_removed(self) -> None:
         if self.removed is not None:

@@ -36,6 +36,7 @@ Answer = asyncio.Future[None]
 class QueuedRead:
     answer: Answer
     asked_at: float
+    gathered: bool = False  # its source hands reads over one per loop iteration (RaftGroup.read_barrier)
 
 
 @dataclass(slots=True)
@@ -60,9 +61,11 @@ class ReadTracker:
         self.rounds: dict[bytes, ReadRound] = {}
         self.at_index: list[ReadAtIndex] = []
         self._contexts = itertools.count()
+        self._last_round_at = 0.0
+        self._gathered_in_last_round = 0
 
-    def submit(self, answer: Answer, now: float) -> None:
-        self.queued.append(QueuedRead(answer, now))
+    def submit(self, answer: Answer, now: float, gathered: bool = False) -> None:
+        self.queued.append(QueuedRead(answer, now, gathered))
 
     def may_ask(self, now: float, patience_s: float) -> bool:
         """Whether a new round may start: none in flight, or the newest waited past patience."""
@@ -70,10 +73,20 @@ class ReadTracker:
             return True
         return now - max(r.asked_at for r in self.rounds.values()) >= patience_s
 
+    def gathered_until(self, now: float, gather_s: float) -> float | None:
+        """When the next round may start, if not now: `gather_s` after the last, while that one
+        carried more than one gathered read and only gathered reads wait (a lone client's read, or
+        any other read, is asked for at once)."""
+        due = self._last_round_at + gather_s
+        if self._gathered_in_last_round > 1 and now < due and all(q.gathered for q in self.queued):
+            return due
+        return None
+
     def start_round(self, now: float) -> bytes:
         """Move every queued read into a new round; its context, for the core's read_index()."""
         # Each of them arrived before this request, so its read index is safe for all of them.
         reads = [q.answer for q in self.queued if not q.answer.done()]
+        self._last_round_at, self._gathered_in_last_round = now, sum(q.gathered for q in self.queued)
         self.queued = []
         ctx = f"{self.node_id}:{next(self._contexts)}".encode()
         self.rounds[ctx] = ReadRound(reads, now, now + self.timeout_s)
