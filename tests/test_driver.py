@@ -346,6 +346,29 @@ async def test_a_forward_that_comes_while_the_leaders_last_append_is_uncommitted
     assert all(r["ok"] for r in results) and proposed == [1, 2], proposed
 
 
+def test_a_wake_set_again_for_a_time_already_due_on_uvloop_wakes_the_group_once() -> None:
+    """For a time already due, uvloop's call_at hands back a plain Handle (no `when()`): a hold set
+    again in the same loop iteration (two turns run back to back when the group is woken during
+    one) must neither fail nor wake twice, and an earlier time replaces a later one."""
+    uvloop = pytest.importorskip("uvloop")
+    woken: list[float] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        wake_at = group_module._WakeAt(lambda: woken.append(loop.time()))
+        now = loop.time()
+        wake_at.set(now)
+        wake_at.set(now + 1)  # later: the wake already due stays
+        wake_at.set(now - 1)  # earlier: replaces it
+        await asyncio.sleep(0.05)
+        wake_at.set(loop.time() + 10)
+        wake_at.set(loop.time() + 0.01)  # earlier than the pending one: it wakes at this time instead
+        await asyncio.sleep(0.1)
+
+    uvloop.run(main())
+    assert len(woken) == 2, woken
+
+
 @pytest.mark.parametrize("kind", ["write", "read"])
 async def test_requests_that_come_one_per_iteration_are_gathered_for_a_while_after_a_round(
         cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:

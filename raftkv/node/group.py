@@ -100,13 +100,15 @@ class _WakeAt:
 
     def __init__(self, wake: Callable[[], None]) -> None:
         self._wake = wake
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.Handle | None = None
+        self._due = 0.0  # kept here: for a time already due uvloop returns a plain Handle, without when()
 
     def set(self, due: float) -> None:
         if self._handle is not None:
-            if self._handle.when() <= due:
+            if self._due <= due:
                 return
             self._handle.cancel()
+        self._due = due
         self._handle = asyncio.get_running_loop().call_at(due, self._fire)
 
     def cancel(self) -> None:
