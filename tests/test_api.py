@@ -62,6 +62,7 @@ class FakeNode:
         self.watch_closed = asyncio.Event()
         self.requests: list[tuple[str, str, int]] = []
         self.gathered: list[bool] = []  # per proposal: whether the write may wait to be gathered
+        self.gathered_reads: list[bool] = []  # the same, per read barrier
 
     def leader_id(self) -> str | None:
         return self.leader
@@ -80,8 +81,9 @@ class FakeNode:
         result = self.kv.apply(self.index, encode(command))
         return result if self.forwarded_to is None else {**result, FORWARDED_TO: self.forwarded_to}
 
-    async def read_barrier(self) -> None:
+    async def read_barrier(self, *, gathered: bool = False) -> None:
         self.barriers += 1
+        self.gathered_reads.append(gathered)
         if self.read_error is not None:
             raise self.read_error
 

@@ -18,7 +18,8 @@ from raftkv.etcd.admission import Admission
 from raftkv.etcd.convert import Bounds, key_text, kv_message, value_bytes
 from raftkv.etcd.errors import EtcdError, translate
 from raftkv.etcd.identity import number_of
-from raftkv.etcd.pb import kv_pb2
+from raftkv.etcd.kv import KVService
+from raftkv.etcd.pb import kv_pb2, rpc_pb2
 from raftkv.etcd.watch import MAX_FRAGMENT_BYTES, _fragments
 from raftkv.kv import CompactedError, KeyValue, Put
 from raftkv.node.config import ConfigError, Member, NodeConfig
@@ -92,6 +93,22 @@ async def test_the_etcd_apis_writes_may_be_gathered_and_the_http_apis_may_not() 
     assert (await Admission(gate).propose(Put("etcd", "v")))["ok"]
     assert (await gate.propose_as(None, Put("http", "v")))["ok"]
     assert node.gathered == [True, False]
+
+
+async def test_the_etcd_apis_linearizable_reads_may_be_gathered() -> None:
+    """Its `KV.Range` calls come one per loop iteration too: their read barrier may wait to share
+    a ReadIndex round (RaftGroup.read_barrier); a serializable one asks for none."""
+    from test_api import FakeNode
+
+    class Header:
+        def header(self, revision: int | None = None) -> rpc_pb2.ResponseHeader:
+            return rpc_pb2.ResponseHeader(revision=revision or 0)
+
+    node = FakeNode()
+    kv = KVService(node, Header(), Admission(Gate(node)))  # type: ignore[arg-type]
+    await kv.Range(rpc_pb2.RangeRequest(key=b"k"), None)
+    await kv.Range(rpc_pb2.RangeRequest(key=b"k", serializable=True), None)
+    assert node.gathered_reads == [True]
 
 
 def test_member_numbers_are_stable_and_never_zero() -> None:

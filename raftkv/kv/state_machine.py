@@ -552,9 +552,8 @@ class KVStateMachine:
         would wait out the thread's switch interval (5 ms) at every turn. The parts joined are the
         bytes one packb of the whole list gives. The runs of sorted keys are each made in a part of
         its own, empty: the node puts them out of the young collections' sight then (node/heap.py,
-        snapshots.py). A part of keys the
-        image does not hold (deleted before it was taken) is empty too: its collection finds
-        little, and the part still bounds the turn.
+        snapshots.py). A part of keys the image does not hold (deleted before it was taken) is
+        empty too: its collection finds little, and the part still bounds the turn.
         """
         image = self.store.frozen()
         dedup, members = list(self._dedup.items()), sorted(self.members.items())

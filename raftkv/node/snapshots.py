@@ -102,10 +102,9 @@ async def pack_between_turns(parts: Iterator[bytes], executor: Executor | None =
     """A frozen image's parts (`KVStateMachine.snapshot_later`) joined, packed one per turn of
     the event loop so that its other work goes between them. An empty part grew the packing (keys
     sorted a run at a time), and a young collection then puts the run where the next ones do not
-    walk it. The parts are joined
-    in `executor` (None: the loop's default pool): `bytes.join` lets go of the interpreter's lock,
-    and on the loop, joining a snapshot of 1 KiB values (about 110 MB) held it for 340-570 ms, on
-    every node at once (bench/PROFILE.md, nineteenth round)."""
+    walk it. The parts are joined in `executor` (None: the loop's default pool): `bytes.join`
+    lets go of the interpreter's lock, and on the loop, joining a snapshot of 1 KiB values (about
+    110 MB) held it for 340-570 ms, on every node at once (bench/PROFILE.md, nineteenth round)."""
     packed = []
     for part in parts:
         if part:
