@@ -97,7 +97,8 @@ async def test_the_etcd_apis_writes_may_be_gathered_and_the_http_apis_may_not() 
 
 async def test_the_etcd_apis_linearizable_reads_may_be_gathered() -> None:
     """Its `KV.Range` calls come one per loop iteration too: their read barrier may wait to share
-    a ReadIndex round (RaftGroup.read_barrier); a serializable one asks for none."""
+    a ReadIndex round (RaftGroup.read_barrier); a serializable one asks for none. A put that keeps
+    the key's value reads it first, the same way."""
     from test_api import FakeNode
 
     class Header:
@@ -109,6 +110,10 @@ async def test_the_etcd_apis_linearizable_reads_may_be_gathered() -> None:
     await kv.Range(rpc_pb2.RangeRequest(key=b"k"), None)
     await kv.Range(rpc_pb2.RangeRequest(key=b"k", serializable=True), None)
     assert node.gathered_reads == [True]
+    await kv.Put(rpc_pb2.PutRequest(key=b"k", value=b"v"), None)
+    await kv.Put(rpc_pb2.PutRequest(key=b"k", ignore_value=True), None)
+    assert node.gathered_reads == [True, True]
+    assert node.kv.get("k").value == "v"
 
 
 def test_member_numbers_are_stable_and_never_zero() -> None:

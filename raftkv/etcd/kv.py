@@ -155,7 +155,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         key = key_text(request.key)
         self.admission.require(Access.WRITE, key)  # (the txn below reads the key too, and needs to)
         for _ in range(MAX_KEEP_ATTEMPTS):
-            await self.node.read_barrier()
+            await self.node.read_barrier(gathered=True)  # a call's read, as Range's
             current = self.node.kv.get(key)
             if current is None:
                 raise errors.KEY_NOT_FOUND()

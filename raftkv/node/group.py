@@ -70,6 +70,7 @@ from raftkv.transport import Transport
 from . import tracing as node_tracing
 from .config import NodeConfig
 from .errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError, fail
+from .gathering import GATHER_S, Gathering
 from .membership import bootstrap_state, is_self_describing
 from .metrics import NodeMetrics
 from .observe import GroupObserver
@@ -87,13 +88,6 @@ log = logging.getLogger("raftkv.node")
 STALL_WARNING_EVERY_S = 10.0  # at most one warning of a stalled loop per this long
 
 DEADLINE_SWEEP_S = 0.05
-
-# How long after its last append a leader gathers writes that come one per event-loop iteration
-# (etcd's gRPC API), once that append has committed, and how long after its last ReadIndex round a
-# node gathers such reads: a round costs far more than a call, and they otherwise make rounds of
-# one or two (bench/PROFILE.md, twenty-third round).
-GATHER_S = 0.003
-
 
 class _WakeAt:
     """One loop timer that wakes the group at the earliest of the times it is set to."""
@@ -147,7 +141,7 @@ class RaftGroup:
         self.proposals = ProposalTracker(self.id, cfg.proposal_timeout_s, metrics, first_ticket=time.time_ns())
         self.forward_ledger = ForwardLedger()
         self._appended = (0, 0, 0.0)  # (term, last index, when) of this node's last proposal as the leader
-        self._gathered_in_last_append = 0
+        self._write_gathering = Gathering()  # gathered writes wait after an append that carried several
         self.reads = ReadTracker(self.id, cfg.read_timeout_s)
         self.pump = DiskPump(self.id, storage, self._send, self._on_persisted,
                              lambda: self.core.role is Role.LEADER, metrics, unsafe_skip_fsync=cfg.unsafe_skip_fsync,
@@ -252,7 +246,7 @@ class RaftGroup:
         with NotAppliedError: a decision that leader made (a lease expiry on its clock) must not be
         carried out by the next leader, to which a plain write would be forwarded. A `gathered`
         write comes from a source that hands writes over one per loop iteration: a leader may hold
-        it for up to GATHER_S after its last append (`_commit_pending`)."""
+        it for up to GATHER_S after its last append (`_commit_pending`, gathering.py)."""
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         if self.tracing is not None:
             self.tracing.track(answer)
@@ -263,7 +257,7 @@ class RaftGroup:
     async def read_barrier(self, *, gathered: bool = False) -> None:
         """Returns once a read of the local state machine is linearizable (ReadIndex). A
         `gathered` read comes from a source that hands reads over one per loop iteration: its round
-        may wait for up to GATHER_S after the last (`ReadTracker.gathered_until`)."""
+        may wait for up to GATHER_S after the last (gathering.py)."""
         if self.cfg.unsafe_stale_reads and self.core.role is not Role.LEADER:
             return  # deliberately broken mode: serve whatever this replica has
         answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -415,9 +409,10 @@ class RaftGroup:
         if forwards or own:
             self._propose_turn(forwards, self._take_own_batch() if own else [], now)
         if self.reads.queued and self.reads.may_ask(now, patience_s) and (leading or self._leader_reachable()):
-            if (due := self.reads.gathered_until(now, GATHER_S)) is not None:
+            if (due := self.reads.gathering.due(now, self.reads.queued, GATHER_S)) is not None:
                 self._reads_held.set(due)
             else:
+                self._reads_held.cancel()
                 ctx = self.reads.start_round(now)
                 if tracing is not None:
                     tracing.read_round(ctx, self.reads.rounds[ctx].reads)
@@ -433,19 +428,17 @@ class RaftGroup:
         fsync each; a lone write never waits. A tick bounds the wait: a leader cut off from its
         followers (or a commit slower than that) appends what it is given, as Raft's leaders do.
 
-        Gathered writes wait longer: after the commit, until GATHER_S after the last append, as long
-        as that append carried more than one of them (a lone client's write never waits) and only
-        gathered writes wait (an HTTP write or a follower's forward is appended at once, and takes
-        them along)."""
+        Gathered writes (gathering.py) may wait longer, after the commit: not while a follower's
+        forward waits too, which is appended at once and takes them along."""
         term, last, at = self._appended
         if term != self.core.term or now >= at + self.tick_ms / 1000:
             return False
         if self.core.log.committed < last:
             self._writes_held.set(at + self.tick_ms / 1000)  # the ticker may be held (the lab): they go by then
             return True
-        if (self._gathered_in_last_append > 1 and now < at + GATHER_S and not self._forwards
-                and all(w.gathered for w in self.proposals.queued)):
-            self._writes_held.set(at + GATHER_S)
+        if not self._forwards and (
+                due := self._write_gathering.due(now, self.proposals.queued, GATHER_S)) is not None:
+            self._writes_held.set(due)
             return True
         return False
 
@@ -521,7 +514,7 @@ class RaftGroup:
             return
         self.observer.on_proposed(first, first + len(datas) - 1, now)
         self._appended = (term, first + len(datas) - 1, now)
-        self._gathered_in_last_append = sum(w.gathered for w in batch)
+        self._write_gathering.started(now, batch)
         self._writes_held.cancel()
         if tracing is not None:
             self._trace_proposal(tracing, forwards, batch, first, term)

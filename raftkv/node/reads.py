@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from raftkv.core import ReadState
 
 from .errors import NotAppliedError, OutcomeUnknownError, fail
+from .gathering import Gathering
 
 __all__ = ["QueuedRead", "ReadAtIndex", "ReadRound", "ReadTracker"]
 
@@ -36,7 +37,7 @@ Answer = asyncio.Future[None]
 class QueuedRead:
     answer: Answer
     asked_at: float
-    gathered: bool = False  # its source hands reads over one per loop iteration (RaftGroup.read_barrier)
+    gathered: bool = False  # its source hands reads over one per loop iteration (gathering.py)
 
 
 @dataclass(slots=True)
@@ -61,8 +62,7 @@ class ReadTracker:
         self.rounds: dict[bytes, ReadRound] = {}
         self.at_index: list[ReadAtIndex] = []
         self._contexts = itertools.count()
-        self._last_round_at = 0.0
-        self._gathered_in_last_round = 0
+        self.gathering = Gathering()  # when the next round may start, if only gathered reads wait
 
     def submit(self, answer: Answer, now: float, gathered: bool = False) -> None:
         self.queued.append(QueuedRead(answer, now, gathered))
@@ -73,20 +73,11 @@ class ReadTracker:
             return True
         return now - max(r.asked_at for r in self.rounds.values()) >= patience_s
 
-    def gathered_until(self, now: float, gather_s: float) -> float | None:
-        """When the next round may start, if not now: `gather_s` after the last, while that one
-        carried more than one gathered read and only gathered reads wait (a lone client's read, or
-        any other read, is asked for at once)."""
-        due = self._last_round_at + gather_s
-        if self._gathered_in_last_round > 1 and now < due and all(q.gathered for q in self.queued):
-            return due
-        return None
-
     def start_round(self, now: float) -> bytes:
         """Move every queued read into a new round; its context, for the core's read_index()."""
         # Each of them arrived before this request, so its read index is safe for all of them.
         reads = [q.answer for q in self.queued if not q.answer.done()]
-        self._last_round_at, self._gathered_in_last_round = now, sum(q.gathered for q in self.queued)
+        self.gathering.started(now, self.queued)
         self.queued = []
         ctx = f"{self.node_id}:{next(self._contexts)}".encode()
         self.rounds[ctx] = ReadRound(reads, now, now + self.timeout_s)
