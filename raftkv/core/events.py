@@ -1,7 +1,8 @@
 """Trace events: the one way the outside world watches a core.
 
 The core calls an injected listener with a `TraceEvent` for every role change, campaign, vote,
-message, append, truncation, commit, snapshot and membership change. The driver, the metrics, the
+truncation, commit, snapshot and membership change (messages and appends are in the Readys, and
+an event each would double them in every reader). The driver, the metrics, the
 dashboard and the simulator read only these (and the Ready batches), never the core's attributes,
 so the core's internals stay free to change. With no listener the core builds no events at all.
 
@@ -22,13 +23,10 @@ __all__ = [
     "EVENT_TYPES",
     "CampaignStarted",
     "Committed",
-    "EntriesAppended",
     "EntriesTruncated",
     "Listener",
     "LogCompacted",
     "MembershipChanged",
-    "MessageReceived",
-    "MessageSent",
     "RoleChanged",
     "SnapshotInstalled",
     "SnapshotSent",
@@ -92,37 +90,6 @@ class VoteCast(TraceEvent):
         verdict = "granted" if self.granted else "refused"
         because = f" ({self.reason})" if self.reason else ""
         return f"{self.node} {verdict} its {what} to {self.candidate} for term {self.for_term}{because}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MessageSent(TraceEvent):
-    kind: ClassVar[str] = "send"
-    message_type: str
-    dst: str
-
-    def describe(self) -> str:
-        return f"{self.node} sent {self.message_type} to {self.dst}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MessageReceived(TraceEvent):
-    kind: ClassVar[str] = "receive"
-    message_type: str
-    src: str
-
-    def describe(self) -> str:
-        return f"{self.node} received {self.message_type} from {self.src}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EntriesAppended(TraceEvent):
-    kind: ClassVar[str] = "append"
-    first: int
-    last: int
-    count: int
-
-    def describe(self) -> str:
-        return f"{self.node} appended entries {self.first}..{self.last} to its log"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,8 +168,8 @@ class TransferStarted(TraceEvent):
 
 
 EVENT_TYPES: tuple[type[TraceEvent], ...] = (
-    RoleChanged, CampaignStarted, VoteCast, MessageSent, MessageReceived, EntriesAppended, EntriesTruncated,
-    Committed, SnapshotSent, SnapshotInstalled, LogCompacted, MembershipChanged, SteppedDown, TransferStarted,
+    RoleChanged, CampaignStarted, VoteCast, EntriesTruncated, Committed, SnapshotSent, SnapshotInstalled,
+    LogCompacted, MembershipChanged, SteppedDown, TransferStarted,
 )
 assert len({t.kind for t in EVENT_TYPES}) == len(EVENT_TYPES), "two event types share a kind"
 

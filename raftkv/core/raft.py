@@ -45,13 +45,10 @@ from .config import Config, ReadMode
 from .events import (
     CampaignStarted,
     Committed,
-    EntriesAppended,
     EntriesTruncated,
     Listener,
     LogCompacted,
     MembershipChanged,
-    MessageReceived,
-    MessageSent,
     RoleChanged,
     SnapshotInstalled,
     SnapshotSent,
@@ -180,8 +177,6 @@ class RaftCore:
             self._tick_election()
 
     def step(self, m: Message) -> None:
-        if self._listener:
-            self._trace(MessageReceived, message_type=type(m).__name__, src=m.src)
         if m.term > self.term:
             if isinstance(m, VoteRequest):
                 if self._in_leader_lease() and not m.transfer:
@@ -925,8 +920,6 @@ class RaftCore:
         self._record_conf_entries(entries)
         if self._conf_in_effect() != self.conf:
             self._set_conf(self._conf_in_effect())
-        if self._listener:
-            self._trace(EntriesAppended, first=first, last=entries[-1].index, count=len(entries))
 
     def _record_conf_entries(self, entries: Sequence[Entry]) -> None:
         for e in entries:
@@ -969,8 +962,6 @@ class RaftCore:
 
     def _send(self, m: Message) -> None:
         self._outbox.append(m)
-        if self._listener:
-            self._trace(MessageSent, message_type=type(m).__name__, dst=m.dst)
 
     def _soft_state(self) -> SoftState:
         return SoftState(self.role, self.leader_id, self.term)

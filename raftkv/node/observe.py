@@ -24,13 +24,10 @@ from typing import Any
 from raftkv.core import (
     CampaignStarted,
     Committed,
-    EntriesAppended,
     Entry,
     HeartbeatRequest,
     HeartbeatResponse,
     Message,
-    MessageReceived,
-    MessageSent,
     Role,
     SoftState,
     TraceEvent,
@@ -40,10 +37,6 @@ from .event_stream import EventHub
 from .metrics import NodeMetrics
 
 __all__ = ["GroupObserver", "trace_to_json"]
-
-# Messages and appends are reported per Ready, grouped (on_sent); a stream event each would flood.
-_REPORTED_PER_READY = (MessageSent, MessageReceived, EntriesAppended)
-
 
 @dataclass(frozen=True, slots=True)
 class _Proposal:
@@ -71,8 +64,6 @@ class GroupObserver:
     # ---- the core -----------------------------------------------------------------------------
 
     def on_trace(self, event: TraceEvent) -> None:
-        if isinstance(event, _REPORTED_PER_READY):
-            return
         if isinstance(event, CampaignStarted) and not event.pre_vote:  # a pre-vote round is no election
             self.metrics.elections_started.inc()
         if self.hub.watched or not isinstance(event, Committed):

@@ -42,11 +42,8 @@ from raftkv.core import (
     ConfChange,
     ConfChangeKind,
     Config,
-    EntriesAppended,
     EntryKind,
     Message,
-    MessageReceived,
-    MessageSent,
     NotLeaderError,
     ProposalDroppedError,
     RaftCore,
@@ -688,12 +685,7 @@ class Simulation:
         self._trace.append(f"t={self.now:>5}ms {text}")
 
     def _on_core_event(self, event: TraceEvent) -> None:
-        if not isinstance(event, _SHOWN_IN_READY):
-            self._note(event.describe())
-
-
-# Messages and appends are traced through the Readys themselves; a line per event would double them.
-_SHOWN_IN_READY = (MessageSent, MessageReceived, EntriesAppended)
+        self._note(event.describe())
 
 
 def run_seed(seed: int, cfg: SimConfig | None = None, core_factory: CoreFactory = RaftCore) -> SimResult:
