@@ -68,11 +68,10 @@ def test_history_revision_reads_and_compaction(cluster: LocalCluster) -> None:
 def test_a_watch_streams_every_change_and_resumes_from_its_last_event_id(cluster: LocalCluster) -> None:
     leader = cluster.wait_for_leader()
     follower = cluster.url(next(n for n in cluster.urls if n != leader))
-    for i in range(3):
-        put(cluster.url(leader), f"w/{i}", i)
+    written = [put(cluster.url(leader), f"w/{i}", i)["revision"] for i in range(3)]
     put(cluster.url(leader), "unrelated", 1)
     first = asyncio.run(read_events(follower, "prefix=w/&start_revision=1&prev_kv=true", 3))
-    assert [int(m[1]) for m in first] == [1, 2, 3]
+    assert [int(m[1]) for m in first] == written
     assert [m[2]["events"][0]["kv"]["value"] for m in first] == [0, 1, 2]
 
     async def resume_while_writing() -> list:

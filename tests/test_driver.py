@@ -263,6 +263,17 @@ async def test_an_in_process_cluster_elects_writes_through_any_node_and_reads_li
     assert all(p["matchIndex"] == state["logLength"] and p["state"] == "replicate" for p in state["peers"])
 
 
+async def test_a_new_clusters_store_starts_at_etcds_first_revision(cluster: InProcessCluster) -> None:
+    """Every founder's log ends its founding with kv.FoundStore: the empty store is at revision 1,
+    as etcd's, and the first key is created at 2 (etcd's election recipe cannot wait behind a key
+    created at 1: it would ask for the keys created at or below 0, which means no bound)."""
+    leader = await cluster.leader()
+    for group in cluster.groups.values():
+        await group.read_barrier()
+        assert group.kv.revision == 1 and len(group.kv) == 0
+    assert (await leader.propose(Put("first", 1)))["revision"] == 2
+
+
 async def test_an_in_process_cluster_transfers_leadership_on_force_election(cluster: InProcessCluster) -> None:
     leader = await cluster.leader()
     target = next(g for g in cluster.groups.values() if g is not leader)

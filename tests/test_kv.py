@@ -21,10 +21,12 @@ from raftkv.kv import (
     PRECONDITION_FAILED,
     REQUEST_KEY_REUSED,
     UNSET,
+    AsUser,
     Command,
     Compare,
     CompareOp,
     Delete,
+    FoundStore,
     InvalidCommand,
     KeyValue,
     KVStateMachine,
@@ -643,6 +645,22 @@ def test_a_member_added_unstarted_is_filled_in_once_by_its_node() -> None:
     assert not kv(PublishMember("m-1", published, b"again"))["ok"] and "m-1" not in kv.sm.members
     with pytest.raises(InvalidCommand, match="details"):
         decode(encode(PublishMember("m-1", b"", "text, not bytes")))  # type: ignore[arg-type]
+
+
+def test_a_founding_entry_starts_an_empty_store_at_etcds_first_revision() -> None:
+    """etcd's store starts at revision 1, so no key is created at 1: its election recipe bounds
+    the keys it waits for by its own create revision - 1, where 0 means no bound. A new cluster's
+    log ends its founding with FoundStore; a store already past revision 0 is left as it is."""
+    kv = Replica()
+    assert decode(encode(FoundStore())) == FoundStore()
+    assert kv(FoundStore()) == {"ok": True, "op": "found_store", "revision": 1}
+    assert kv(Put("a", 1))["revision"] == 2 and kv.sm.get("a").create_revision == 2
+    refused = kv(FoundStore())
+    assert refused["error"] == PRECONDITION_FAILED and kv.sm.revision == 2
+    with pytest.raises(InvalidCommand, match="request_id"):
+        decode(msgpack.packb([11, "a request id"]))  # no client sends one
+    with pytest.raises(InvalidCommand, match="FoundStore"):
+        decode(encode(AsUser("alice", 0, FoundStore())))
 
 
 # ---- keys and values that are bytes ------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from raftkv.core.log import Entry
-from raftkv.kv import Compact, LeaseGrant, LeaseRevoke, Put, Txn, TxnDeleteRange, encode
+from raftkv.kv import Compact, FoundStore, LeaseGrant, LeaseRevoke, Put, Txn, TxnDeleteRange, encode
 from raftkv.node.log_view import summarize
 
 
@@ -17,3 +17,4 @@ def test_every_command_has_a_summary() -> None:
     assert summary(LeaseGrant(0x2A, 10)) == "grant lease 2a (TTL 10 s)"  # in hex, as etcdctl prints lease ids
     assert summary(LeaseRevoke(0x2A)) == "revoke lease 2a"
     assert summary(LeaseRevoke(0x2A, expired=True)) == "expire lease 2a"
+    assert summary(FoundStore()) == "the empty store starts at revision 1 (etcd's first)"

@@ -226,12 +226,24 @@ class PublishMember:
     request_id: str | None = None
 
 
-Command = Put | Delete | Txn | Compact | LeaseGrant | LeaseRevoke | AuthChange | AsUser | PublishMember
+@dataclass(slots=True)
+class FoundStore:
+    """A new cluster's last founding entry (node/membership.py): its empty store moves to revision
+    1, where etcd's starts, so that no key is ever created at revision 1. etcd's election recipe
+    (`etcdctl elect`) waits for the keys created before its own by asking for those created at or
+    below its key's create revision - 1, and a bound of 0 means no bound: a first key at revision
+    1 would wait for itself forever. A store founded before this entry existed has none in its
+    log, and keeps its numbering on every replay."""
+
+    request_id: None = None  # no client sends it
+
+
+Command = Put | Delete | Txn | Compact | LeaseGrant | LeaseRevoke | AuthChange | AsUser | PublishMember | FoundStore
 
 # ---- wire codec --------------------------------------------------------------------------------
 
 _PUT, _DELETE, _TXN_UNTYPED, _TXN, _COMPACT, _LEASE_GRANT, _LEASE_REVOKE, _AUTH, _AS_USER = 1, 2, 3, 4, 5, 6, 7, 8, 9
-_PUBLISH_MEMBER = 10
+_PUBLISH_MEMBER, _FOUND_STORE = 10, 11
 MAX_MEMBER_DETAILS_BYTES = 4096  # a name and two addresses
 MAX_LEASE_TTL_S = 10 * 365 * 24 * 3600
 _MAX_LEASE_ID = 2**63 - 1
@@ -279,6 +291,8 @@ def _wire(cmd: Command) -> list[Any]:
         return [_AS_USER, cmd.user, cmd.auth_revision, _wire(cmd.command), cmd.request_id]
     if type(cmd) is PublishMember:
         return [_PUBLISH_MEMBER, cmd.member_id, cmd.expected, cmd.details, cmd.request_id]
+    if type(cmd) is FoundStore:
+        return [_FOUND_STORE, cmd.request_id]
     if type(cmd) is Txn:
         compare = [[c.key, c.target.value, c.op.value, c.value] for c in cmd.compare]
         return [_TXN if cmd.typed_compares else _TXN_UNTYPED, compare, [_encode_op(o) for o in cmd.success],
@@ -315,7 +329,7 @@ def target(cmd: Command) -> tuple[str, str | None]:
 
 _OPERATION_NAMES: dict[type, str] = {Txn: "txn", Compact: "compact", LeaseGrant: "lease_grant",
                                      LeaseRevoke: "lease_revoke", AuthChange: "auth",
-                                     PublishMember: "publish_member"}
+                                     PublishMember: "publish_member", FoundStore: "found_store"}
 
 
 def _decode_op(o: Any, where: str) -> TxnOp:
@@ -371,6 +385,8 @@ def _from_wire(t: Any) -> Command:
         cmd = AsUser(t[1], t[2], _from_wire(t[3]))
     elif tag == _PUBLISH_MEMBER and n == 5:
         cmd = PublishMember(t[1], t[2], t[3], t[4])
+    elif tag == _FOUND_STORE and n == 2:
+        cmd = FoundStore(t[1])
     elif tag in (_TXN, _TXN_UNTYPED) and n == 5:
         if any(type(p) is not list for p in t[1:4]):
             raise InvalidCommand("undecodable command: txn lists are not arrays")
@@ -512,8 +528,8 @@ def validate(cmd: Command) -> None:
         if (why := check_name(cmd.user, "user")) is not None:
             raise InvalidCommand(why)
         _check_revision(cmd.auth_revision, "auth_revision", 0)
-        if type(cmd.command) is AsUser:
-            raise InvalidCommand("a command on a user's behalf cannot wrap another")
+        if type(cmd.command) is AsUser or type(cmd.command) is FoundStore:
+            raise InvalidCommand(f"a command on a user's behalf cannot wrap {type(cmd.command).__name__}")
         validate(cmd.command)
         return
     elif t is PublishMember:
@@ -521,6 +537,9 @@ def validate(cmd: Command) -> None:
         for name in ("expected", "details"):
             if type(getattr(cmd, name)) is not bytes or len(getattr(cmd, name)) > MAX_MEMBER_DETAILS_BYTES:
                 raise InvalidCommand(f"{name}: must be at most {MAX_MEMBER_DETAILS_BYTES} bytes")
+    elif t is FoundStore:
+        if cmd.request_id is not None:
+            raise InvalidCommand("request_id: a founding entry has none")
     elif t is Txn:
         if type(cmd.typed_compares) is not bool:
             raise InvalidCommand("typed_compares: must be true or false")

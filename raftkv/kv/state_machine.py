@@ -61,6 +61,7 @@ from raftkv.kv.commands import (
     Compare,
     CompareOp,
     Delete,
+    FoundStore,
     InvalidCommand,
     LeaseGrant,
     LeaseRevoke,
@@ -221,6 +222,8 @@ class KVStateMachine:
         bad entry:   {ok:False, error:"invalid", op:None, message}
         publish:     {ok:True, op:"publish_member", id, revision} (a member's details filled in); refused:
                      {ok:False, error:"precondition_failed", op:"publish_member", id, reason, revision}
+        founding:    {ok:True, op:"found_store", revision: 1} (a new cluster's store starts at etcd's first
+                     revision); refused past revision 0: {ok:False, error:"precondition_failed", ...}
         auth change: {ok:True, op:"auth", change, authRevision}; refused: {ok:False, error:"refused" or
                      "not_found" (a user or role it names does not exist), op:"auth", change, message}
         stale check: {ok:False, error:"auth_changed", op, authRevision, revision} (an AsUser checked at an
@@ -317,6 +320,17 @@ class KVStateMachine:
         self.member_details_changed += 1
         return {"ok": True, "op": "publish_member", "id": cmd.member_id, "revision": self.revision}
 
+    def _found_store(self) -> Result:
+        """An empty store at revision 0 moves to revision 1, etcd's first (see FoundStore); any
+        other store is left as it is.
+
+        result: {ok:True, op:"found_store", revision}; else {ok:False, error:"precondition_failed", ...}"""
+        if self.revision != 0:
+            return {"ok": False, "error": PRECONDITION_FAILED, "op": "found_store",
+                    "reason": "the store is past revision 0", "revision": self.revision}
+        self.revision = 1
+        return {"ok": True, "op": "found_store", "revision": self.revision}
+
     def _advance(self, index: int) -> None:
         # Re-applying or going back is a driver bug that would corrupt state: refuse loudly.
         if type(index) is not int or index <= self.applied_index:
@@ -338,6 +352,8 @@ class KVStateMachine:
             return self._auth_change(cmd)
         if type(cmd) is PublishMember:
             return self._publish_member(cmd)
+        if type(cmd) is FoundStore:
+            return self._found_store()
         assert type(cmd) is LeaseRevoke
         return self._lease_revoke(cmd)
 

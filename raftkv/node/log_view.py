@@ -19,6 +19,7 @@ from raftkv.kv import (
     AuthChange,
     Command,
     Compact,
+    FoundStore,
     InvalidCommand,
     LeaseGrant,
     LeaseRevoke,
@@ -84,6 +85,8 @@ def _command_summary(cmd: Command) -> str:
         return f"grant lease {cmd.lease_id:x} (TTL {cmd.ttl_s} s)"
     if type(cmd) is LeaseRevoke:
         return f"{'expire' if cmd.expired else 'revoke'} lease {cmd.lease_id:x}"
+    if type(cmd) is FoundStore:
+        return "the empty store starts at revision 1 (etcd's first)"
     if type(cmd) is PublishMember:
         return f"publish member {MemberRecord.decode(cmd.details).name or cmd.member_id}"
     key = json.dumps(cmd.key, ensure_ascii=False)

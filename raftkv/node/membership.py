@@ -9,6 +9,7 @@ the state machine's member table, which snapshots carry. The log is self-describ
 cluster's log *begins* with one ADD_VOTER entry per founding member (as etcd bootstraps a cluster),
 identical on every founding node and committed from the start, so a node that joins later with an
 empty disk rebuilds exactly the configuration everyone else has, from index 1 or from a snapshot.
+One more founding entry starts the empty store at revision 1, as etcd's (kv.FoundStore).
 
 Identity: a founding member's id is its name (`node1`); a member added later gets a fresh id
 (`node4-9f3c2a1b`), so a name removed and added again, on a wiped disk, is a new incarnation whose
@@ -34,6 +35,7 @@ from pathlib import Path
 import msgpack
 
 from raftkv.core import ConfChange, ConfChangeKind, DurableState, Entry, EntryKind, HardState
+from raftkv.kv import FoundStore, encode
 
 from .config import ConfigError, Member
 
@@ -93,10 +95,12 @@ def new_member_id(name: str) -> str:
 
 def bootstrap_state(founders: dict[str, Member]) -> DurableState:
     """The durable state every founding node of a new cluster starts from: one committed
-    ADD_VOTER entry per founder, in id order, so all of them hold the same log."""
+    ADD_VOTER entry per founder, in id order, so all of them hold the same log, and then the entry
+    that starts the empty store at revision 1, as etcd's (kv.FoundStore)."""
     entries = [Entry(BOOTSTRAP_TERM, index, EntryKind.CONF_CHANGE,
                      ConfChange(ConfChangeKind.ADD_VOTER, member_id, MemberRecord.of(member).encode()).encode())
                for index, (member_id, member) in enumerate(sorted(founders.items()), start=1)]
+    entries.append(Entry(BOOTSTRAP_TERM, len(entries) + 1, EntryKind.NORMAL, encode(FoundStore())))
     return DurableState(HardState(BOOTSTRAP_TERM, None, len(entries)), None, entries)
 
 
