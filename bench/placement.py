@@ -39,7 +39,8 @@ from bench.raftkv_http import RaftkvCluster  # noqa: E402
 from raftkv import promtext  # noqa: E402
 
 PLACEMENTS = ("leader", "spread", "follower")
-MESSAGES = ("AppendRequest", "ProposeForward", "ProposeAnswer", "HeartbeatRequest")
+MESSAGES = ("AppendRequest", "ProposeForward", "ProposeAnswer", "HeartbeatRequest", "ReadIndexRequest",
+            "ReadIndexResponse")
 
 
 @dataclass
@@ -97,12 +98,17 @@ def main() -> None:
     ap.add_argument("--op", choices=("write", "read"), default="write", help="PUT or linearizable GET /kv/{key}")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=8.0, help="measured window of each run (default 8)")
-    ap.add_argument("--reps", type=int, default=3, help="rounds of the three placements (default 3)")
+    ap.add_argument("--reps", type=int, default=3, help="rounds of the placements (default 3)")
+    ap.add_argument("--placements", default=",".join(PLACEMENTS),
+                    help=f"which, comma-separated (default {','.join(PLACEMENTS)})")
     args = ap.parse_args()
+    placements = tuple(p for p in args.placements.split(",") if p)
+    if not placements or any(p not in PLACEMENTS for p in placements):
+        ap.error(f"--placements: a comma-separated list of {', '.join(PLACEMENTS)}")
     print(f"HTTP {args.op}s at {args.concurrency} clients, {args.seconds:g} s each; raftkv code git {PINNED['commit']}")
     with tempfile.TemporaryDirectory() as base:
         for rep in range(args.reps):
-            order = PLACEMENTS[rep % 3:] + PLACEMENTS[:rep % 3]  # each placement goes first once in three rounds
+            order = placements[rep % len(placements):] + placements[:rep % len(placements)]  # each goes first in turn
             for placement in order:
                 report = run(placement, args.op, args.concurrency, args.seconds, Path(base) / f"{placement}-{rep}")
                 print(f"round {rep + 1} {report}", flush=True)
