@@ -89,6 +89,7 @@ STALL_WARNING_EVERY_S = 10.0  # at most one warning of a stalled loop per this l
 
 DEADLINE_SWEEP_S = 0.05
 
+
 class _WakeAt:
     """One loop timer that wakes the group at the earliest of the times it is set to."""
 
