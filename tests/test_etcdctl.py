@@ -207,6 +207,27 @@ def test_elect_a_leader_and_observe_it(etcdctl: Etcdctl) -> None:
         candidate.kill()
 
 
+def test_a_campaign_that_is_a_new_clusters_first_write_wins_at_once(tmp_path: Path) -> None:
+    """etcd's election recipe waits for the keys created before its own, asking for those created
+    at or below its key's create revision - 1, where 0 means no bound. A new cluster's first key is
+    at revision 2, as etcd's, so a campaign that is its first write wins at once instead of
+    waiting for itself (it did, forever, while the first write was revision 1)."""
+    cluster = LocalCluster(tmp_path, nodes=3)
+    endpoints = cluster.serve_etcd()
+    cluster.start()
+    try:
+        cluster.wait_for_leader()
+        candidate = Etcdctl(cluster, endpoints).background("elect", "first", "me")
+        try:
+            won = _read_lines(candidate, 1, timeout_s=15)
+            assert won and won[0].startswith("first/"), won
+        finally:
+            candidate.kill()
+            candidate.wait()
+    finally:
+        cluster.stop()
+
+
 def test_members_status_health_and_hashes(etcdctl: Etcdctl) -> None:
     members = etcdctl.json("member", "list")["members"]
     assert sorted(m["name"] for m in members) == ["node1", "node2", "node3"]
