@@ -73,9 +73,11 @@ def run(placement: str, op: str, concurrency: int, seconds: float, base: Path) -
         w = Workload(op, concurrency, 10, "spread" if placement == "spread" else "leader", seconds)
         asyncio.run(run_load(system, Workload(op, concurrency, 10, w.target, 1.0)))  # warm: connections, caches
         pids = {n: cluster.pid(n) for n in nodes}
+        counters = {n: node_counters(cluster.url(n)) for n in nodes}  # before the CPU: serving /metrics costs some
         cpu, switches = {n: cpu_seconds(p) for n, p in pids.items()}, {n: context_switches(p) for n, p in pids.items()}
-        counters = {n: node_counters(cluster.url(n)) for n in nodes}
         r = asyncio.run(run_load(system, w))
+        cpu = {n: cpu_seconds(p) - cpu[n] for n, p in pids.items()}
+        switches = {n: context_switches(p) - switches[n] for n, p in pids.items()}
         ops = max(r.completed, 1)
         lines = [f"{placement:>8}: {r.throughput:,.0f} {op}s/s, p50 {r.percentile(50) * 1e3:.1f} ms, "
                  f"{r.failed} failed"]
@@ -83,10 +85,11 @@ def run(placement: str, op: str, concurrency: int, seconds: float, base: Path) -
             after = node_counters(cluster.url(n))
             sent = "  ".join(f"{kind} {(after[kind] - counters[n][kind]) / ops:.3f}" for kind in MESSAGES
                              if after[kind] > counters[n][kind])
-            role = "leader" if n == leader else "serving follower" if placement == "follower" and n == nodes[1] \
-                else "follower"
-            lines.append(f"          {n} ({role}): {(cpu_seconds(pids[n]) - cpu[n]) / ops * 1e6:,.0f} us CPU, "
-                         f"{(context_switches(pids[n]) - switches[n]) / ops:.2f} switches, "
+            if n == leader:
+                role = "leader"
+            else:
+                role = "serving follower" if system is not cluster and n == nodes[1] else "follower"
+            lines.append(f"          {n} ({role}): {cpu[n] / ops * 1e6:,.0f} us CPU, {switches[n] / ops:.2f} switches, "
                          f"fsyncs {(after['fsync'] - counters[n]['fsync']) / ops:.3f}, sent per {op}: {sent or '-'}")
     finally:
         cluster.stop()

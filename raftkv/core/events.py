@@ -2,9 +2,9 @@
 
 The core calls an injected listener with a `TraceEvent` for every role change, campaign, vote,
 truncation, commit, snapshot and membership change (messages and appends are in the Readys, and
-an event each would double them in every reader). The driver, the metrics, the
-dashboard and the simulator read only these (and the Ready batches), never the core's attributes,
-so the core's internals stay free to change. With no listener the core builds no events at all.
+an event each would double them in every reader). The driver, the metrics, the dashboard and the
+simulator read only these (and the Ready batches), never the core's attributes, so the core's
+internals stay free to change. With no listener the core builds no events at all.
 
 Each kind of event is its own frozen dataclass, so readers match on types and fields instead of a
 kind string and a dict; `kind` is the short stable name the dashboard's JSON carries, and
