@@ -696,7 +696,7 @@ class RaftCore:
             if pr.state is ProgressState.REPLICATE and pr.next > last:
                 self._commit_owed_to.add(peer)
             else:
-                self._send_append(peer, empty_needs_answer=pr.state is not ProgressState.REPLICATE)
+                self._send_commit(peer, pr)
 
     def _pay_commit_owed(self) -> None:
         if not self._commit_owed_to:
@@ -705,7 +705,12 @@ class RaftCore:
         owed, self._commit_owed_to = self._commit_owed_to, set()
         for peer, pr in self.progress.items():  # in the progress's order: replays are deterministic
             if peer in owed:
-                self._send_append(peer, empty_needs_answer=pr.state is not ProgressState.REPLICATE)
+                self._send_commit(peer, pr)
+
+    def _send_commit(self, peer: str, pr: Progress) -> None:
+        """The next append `peer` needs, even an empty one, for the commit index it carries; an empty
+        one is answered only by a follower not being replicated to (_announce_commit)."""
+        self._send_append(peer, empty_needs_answer=pr.state is not ProgressState.REPLICATE)
 
     def _send_append(self, peer: str, send_empty: bool = True, empty_needs_answer: bool = True) -> bool:
         """Send the next entries `peer` needs; True if entries went out (more may follow). Entries
