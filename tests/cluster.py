@@ -84,7 +84,10 @@ class LocalCluster:
         return {m.id: m.url for m in self.members}
 
     def url(self, node_id: str) -> str:
-        return self.urls[node_id]
+        """A node's client URL: one the supervisor runs now (a member added at run time too), or a
+        founding member's."""
+        node = self.supervisor.nodes.get(node_id)
+        return node.member.url if node is not None else self.urls[node_id]
 
     @property
     def spec(self) -> str:
@@ -110,8 +113,9 @@ class LocalCluster:
         return body if status == 200 else None
 
     def wait_for_leader(self, timeout: float = 20.0, among: list[str] | None = None) -> str:
-        """The leader that every live node in `among` agrees on."""
-        among = among or [m.id for m in self.members]
+        """The leader that every live node in `among` (by default every node the supervisor runs now,
+        which a membership change may have replaced) agrees on."""
+        among = among or list(self.supervisor.nodes)
         deadline = time.monotonic() + timeout
         last = {}
         while time.monotonic() < deadline:

@@ -327,35 +327,39 @@ def test_attached_to_a_remote_cluster_says_what_is_unavailable(browser: Any, clu
 @browser_test
 def test_a_node_added_from_the_page_catches_up_as_a_learner_is_promoted_and_removed(
         browser: Any, growing_dashboard: Dashboard, growing_cluster: LocalCluster) -> None:
+    before = sorted(growing_cluster.supervisor.nodes)  # node1..node3, or the three the tour's test left
+    voters = ", ".join(before)
     with opened(browser, growing_dashboard) as pg:
         pg.locator("#add-promote").uncheck()  # stay a learner, to be seen and promoted by hand
         pg.click("#add-node")
         wait_until("the ring to grow to four", lambda: pg.locator("[data-ring-node]").count() == 4, 30)
-        ring = pg.locator('[data-ring-node="node4"]')
-        wait_until("node4 drawn as a learner that caught up", lambda: ring.get_attribute("data-role") == "learner"
+        drawn = pg.locator("[data-ring-node]").evaluate_all("gs => gs.map(g => g.getAttribute('data-ring-node'))")
+        new = next(n for n in drawn if n not in before)
+        ring = pg.locator(f'[data-ring-node="{new}"]')
+        wait_until(f"{new} drawn as a learner that caught up", lambda: ring.get_attribute("data-role") == "learner"
                    and "caught up" in ring.locator(".bar-text").text_content(), 30)
-        wait_until("node4's card to show it a learner", lambda: "learner (follower)" in cards(pg)["node4"]["text"])
-        assert cards(pg)["node4"]["member"] == "learner"
-        assert "learner, does not vote" in cards(pg)["node4"]["text"]
-        wait_until("the feed to tell the new configuration, by name", lambda: "now has voters node1, node2, node3 and "
-                   "learners node4" in pg.locator("#feed").inner_text())
+        wait_until(f"{new}'s card to show it a learner", lambda: "learner (follower)" in cards(pg)[new]["text"])
+        assert cards(pg)[new]["member"] == "learner"
+        assert "learner, does not vote" in cards(pg)[new]["text"]
+        wait_until("the feed to tell the new configuration, by name", lambda: f"now has voters {voters} and "
+                   f"learners {new}" in pg.locator("#feed").inner_text())
         shot(pg, "membership.png")
 
-        pg.locator('[data-node="node4"] button[data-op="promote"]').click()
-        wait_until("node4 a voter", lambda: cards(pg)["node4"]["member"] == "voter"
+        pg.locator(f'[data-node="{new}"] button[data-op="promote"]').click()
+        wait_until(f"{new} a voter", lambda: cards(pg)[new]["member"] == "voter"
                    and ring.get_attribute("data-role") in ("follower", "leader"), 30)
-        wait_until("the feed to tell four voters", lambda: "now has voters node1, node2, node3, node4"
+        wait_until("the feed to tell four voters", lambda: f"now has voters {voters}, {new}"
                    in pg.locator("#feed").inner_text())
-        assert "node4-" not in pg.locator("#feed").inner_text(), "members are named by name, not by id"
+        assert f"{new}-" not in pg.locator("#feed").inner_text(), "members are named by name, not by id"
         wait_until("each configuration change marked on the timeline", lambda: pg.locator("#timeline .m-conf").count()
                    >= 2, 5)
 
-        pg.locator('[data-node="node4"] button[data-op="remove"]').click()
-        wait_until("node4 shown removed", lambda: cards(pg).get("node4", {}).get("member") == "removed", 30)
-        assert "removed from the cluster" in cards(pg)["node4"]["text"]
+        pg.locator(f'[data-node="{new}"] button[data-op="remove"]').click()
+        wait_until(f"{new} shown removed", lambda: cards(pg).get(new, {}).get("member") == "removed", 30)
+        assert "removed from the cluster" in cards(pg)[new]["text"]
         wait_until("the ring back to three", lambda: pg.locator("[data-ring-node]").count() == 3, 30)
-    assert "node4" not in growing_cluster.supervisor.nodes
-    assert (growing_cluster.data_dir / "node4" / "raft").is_dir(), "a removed node's data directory is kept"
+    assert new not in growing_cluster.supervisor.nodes
+    assert (growing_cluster.data_dir / new / "raft").is_dir(), "a removed node's data directory is kept"
 
 
 @browser_test
