@@ -6,7 +6,9 @@ may do; one replicated set of users for etcd's API and raftkv's; raftkv's bearer
 `token` metadata and etcd's tokens on raftkv's API; the JSON gateway's Authorization header; and
 `auth disable` through etcdctl.
 
-One cluster serves the whole module; the tests run in order and each uses keys of its own.
+One cluster serves the whole module and each test uses keys of its own. The users, roles and
+keys the module starts from are set up once, by whichever test first needs them (`auth_on`,
+`auth_off`), so that every test holds run alone or in any order.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Etcd:
     def __init__(self, lab: LocalCluster, endpoints: dict[str, str]) -> None:
         self.lab = lab
         self.endpoints = endpoints  # node id -> host:port of its etcd gRPC API
+        self.set_up: dict[str, str] | None = None  # what etcdctl printed for each step of set_up_with_etcdctl
 
     def run(self, *args: str, user: str | None = None, password: str | None = None, endpoint: str | None = None,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -70,6 +73,30 @@ class Etcd:
         if user:
             headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{PASSWORDS[user]}".encode()).decode()
         return http(method, self.lab.url("node2") + path, body, headers=headers)
+
+    def auth_enabled(self) -> bool:
+        status, body = self.http("GET", "/auth/status", user=None)
+        assert status == 200, body
+        return body["enabled"]
+
+    def set_up_with_etcdctl(self) -> None:
+        """Once per cluster: users root and alice, role app (readwrite on the prefix app/, read on the
+        key config) granted to alice, the keys config and other, all through etcdctl while auth is
+        off (as in etcd, anyone may then), and auth enabled."""
+        if self.set_up is not None:
+            return
+        said = {}
+        for user in ("root", "alice"):
+            said[f"user add {user}"] = self.ok("user", "add", f"{user}:{PASSWORDS[user]}")
+        said["role add app"] = self.ok("role", "add", "app")
+        self.ok("role", "grant-permission", "app", "readwrite", "app/", "--prefix")
+        self.ok("role", "grant-permission", "app", "read", "config")
+        self.ok("user", "grant-role", "alice", "app")
+        self.ok("put", "config", "v1")
+        self.ok("put", "other", "secret")
+        # etcdctl --user asks for a token first, and goes on without one while auth is off
+        said["auth enable"] = self.ok("auth", "enable", user="root")
+        self.set_up = said
 
 
 def watching(watcher: subprocess.Popen[str], put: Callable[[], object], timeout_s: float = 10) -> list[str]:
@@ -99,6 +126,27 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
         lab.stop()
 
 
+@pytest.fixture
+def auth_on(etcd: Etcd) -> Etcd:
+    """The module's users, roles and keys set up, auth on, and the keys config and other as set up
+    (tests change them)."""
+    etcd.set_up_with_etcdctl()
+    if not etcd.auth_enabled():
+        etcd.ok("auth", "enable", user="root")
+    etcd.ok("put", "config", "v1", user="root")
+    etcd.ok("put", "other", "secret", user="root")
+    return etcd
+
+
+@pytest.fixture
+def auth_off(etcd: Etcd) -> Etcd:
+    """The module's users, roles and keys set up, and auth off."""
+    etcd.set_up_with_etcdctl()
+    if etcd.auth_enabled():
+        etcd.ok("auth", "disable", user="root")
+    return etcd
+
+
 def test_etcds_ranges_map_to_raftkvs_keys_and_prefixes() -> None:
     assert prefix_end(b"app/") == b"app0" and prefix_end(b"a\xff") == b"b" and prefix_end(b"\xff") == b"\0"
     assert raftkv_permission(READWRITE, b"app/", b"app0") == Permission(Access.READWRITE, "app/", prefix=True)
@@ -117,17 +165,10 @@ def test_etcds_ranges_map_to_raftkvs_keys_and_prefixes() -> None:
     assert range_prefix("", "app/", "app1") == "app" and range_prefix("", "a", None) == ""
 
 
-def test_etcdctl_sets_users_and_roles_up_and_enables_auth(etcd: Etcd) -> None:
-    for user in ("root", "alice"):  # while auth is off, anyone may (as in etcd)
-        assert etcd.ok("user", "add", f"{user}:{PASSWORDS[user]}") == f"User {user} created\n"
-    assert etcd.ok("role", "add", "app") == "Role app created\n"
-    etcd.ok("role", "grant-permission", "app", "readwrite", "app/", "--prefix")
-    etcd.ok("role", "grant-permission", "app", "read", "config")
-    etcd.ok("user", "grant-role", "alice", "app")
-    etcd.ok("put", "config", "v1")
-    etcd.ok("put", "other", "secret")
-    # etcdctl --user asks for a token first, and goes on without one while auth is off
-    assert etcd.ok("auth", "enable", user="root") == "Authentication Enabled\n"
+def test_etcdctl_sets_users_and_roles_up_and_enables_auth(auth_on: Etcd) -> None:
+    etcd = auth_on
+    assert etcd.set_up == {"user add root": "User root created\n", "user add alice": "User alice created\n",
+                           "role add app": "Role app created\n", "auth enable": "Authentication Enabled\n"}
     assert "etcdserver: user name is empty" in etcd.refused("get", "config")
     assert etcd.ok("user", "list", user="root").split() == ["alice", "root"]
     assert etcd.ok("role", "list", user="root").split() == ["app", "root"]
@@ -136,24 +177,26 @@ def test_etcdctl_sets_users_and_roles_up_and_enables_auth(etcd: Etcd) -> None:
     assert etcd.ok("user", "get", "alice", user="root") == "User: alice\nRoles: app\n"
 
 
-def test_a_user_reads_and_writes_under_her_prefix_on_every_node_and_nothing_else(etcd: Etcd) -> None:
+def test_a_user_reads_and_writes_under_her_prefix_on_every_node_and_nothing_else(auth_on: Etcd) -> None:
+    etcd = auth_on
     for node in etcd.endpoints:  # followers check what the leader does
-        assert etcd.ok("put", "app/a", node, user="alice", endpoint=node) == "OK\n"
+        assert etcd.ok("put", "app/u/a", node, user="alice", endpoint=node) == "OK\n"
         assert etcd.ok("get", "config", user="alice", endpoint=node) == "config\nv1\n"
         assert DENIED in etcd.refused("put", "config", "v2", user="alice", endpoint=node)
         assert DENIED in etcd.refused("get", "other", user="alice", endpoint=node)
-    assert etcd.ok("get", "app/", "--prefix", user="alice") == "app/a\nnode3\n"
+    assert etcd.ok("get", "app/u/", "--prefix", user="alice") == "app/u/a\nnode3\n"
     assert DENIED in etcd.refused("get", "app", "--prefix", user="alice")  # wider than granted
     assert DENIED in etcd.refused("get", "", "--from-key", user="alice")
-    assert etcd.ok("get", "app/a", "app/z", user="alice") == "app/a\nnode3\n"  # a range inside app/
-    txn = 'value("config") = "v1"\n\nput app/t yes\n\nget other\n\n'  # a read of `other`, even unreached
+    assert etcd.ok("get", "app/u/a", "app/u/z", user="alice") == "app/u/a\nnode3\n"  # a range inside app/
+    txn = 'value("config") = "v1"\n\nput app/u/t yes\n\nget other\n\n'  # a read of `other`, even unreached
     assert DENIED in etcd.refused("txn", user="alice", stdin=txn)
-    assert etcd.ok("txn", user="alice", stdin='value("config") = "v1"\n\nput app/t yes\n\n\n') == "SUCCESS\n\nOK\n"
-    assert etcd.ok("del", "app/", "--prefix", "--prev-kv", user="alice").startswith("2\n")
+    assert etcd.ok("txn", user="alice", stdin='value("config") = "v1"\n\nput app/u/t yes\n\n\n') == "SUCCESS\n\nOK\n"
+    assert etcd.ok("del", "app/u/", "--prefix", "--prev-kv", user="alice").startswith("2\n")
     assert DENIED in etcd.refused("del", "other", user="alice")
 
 
-def test_watches_and_leases_follow_the_same_rules(etcd: Etcd) -> None:
+def test_watches_and_leases_follow_the_same_rules(auth_on: Etcd) -> None:
+    etcd = auth_on
     args = ["etcdctl", "--endpoints", etcd.endpoints["node1"], "--user", f"alice:{PASSWORDS['alice']}"]
     watcher = subprocess.Popen([*args, "watch", "app/w/", "--prefix"], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
@@ -178,14 +221,16 @@ def test_watches_and_leases_follow_the_same_rules(etcd: Etcd) -> None:
     assert DENIED in etcd.refused("lock", "other-lock", "echo", "held", user="alice")
 
 
-def test_wrong_passwords_unknown_users_and_missing_ones_get_etcds_messages(etcd: Etcd) -> None:
+def test_wrong_passwords_unknown_users_and_missing_ones_get_etcds_messages(auth_on: Etcd) -> None:
+    etcd = auth_on
     failed = "etcdserver: authentication failed, invalid user ID or password"
     assert failed in etcd.refused("get", "config", user="alice", password="wrong")
     assert failed in etcd.refused("get", "config", user="mallory", password="wrong")
     assert "etcdserver: user name is empty" in etcd.refused("put", "app/x", "1")
 
 
-def test_only_an_administrator_manages_users_and_the_cluster(etcd: Etcd) -> None:
+def test_only_an_administrator_manages_users_and_the_cluster(auth_on: Etcd) -> None:
+    etcd = auth_on
     for args in (["user", "list"], ["role", "add", "x"], ["user", "add", "eve:pw"], ["auth", "disable"],
                  ["compaction", "1"], ["endpoint", "hashkv"], ["snapshot", "save", "/dev/null"]):
         assert DENIED in etcd.refused(*args, user="alice", endpoint="node1"), args
@@ -197,7 +242,8 @@ def test_only_an_administrator_manages_users_and_the_cluster(etcd: Etcd) -> None
     assert (health.stdout + health.stderr).count("is healthy") == 3, health
 
 
-def test_etcds_users_are_raftkvs_users(etcd: Etcd) -> None:
+def test_etcds_users_are_raftkvs_users(auth_on: Etcd) -> None:
+    etcd = auth_on
     assert [u["name"] for u in etcd.http("GET", "/auth/users")[1]["users"]] == ["alice", "root"]
     assert {"access": "readwrite", "key": "app/", "prefix": True} in etcd.http("GET", "/auth/roles/app")[1][
         "permissions"]
@@ -213,7 +259,8 @@ def test_etcds_users_are_raftkvs_users(etcd: Etcd) -> None:
     assert etcd.http("GET", "/auth/users/bob")[0] == 404
 
 
-def test_a_permission_is_a_key_or_a_prefix_and_a_grant_replaces_its_type(etcd: Etcd) -> None:
+def test_a_permission_is_a_key_or_a_prefix_and_a_grant_replaces_its_type(auth_on: Etcd) -> None:
+    etcd = auth_on
     for args in (["a", "z"], ["a", "--from-key"]):
         refused = etcd.refused("role", "grant-permission", "app", "read", *args, user="root")
         assert "raftkv grants permissions on a key or a prefix only" in refused, args
@@ -239,9 +286,11 @@ def test_a_permission_is_a_key_or_a_prefix_and_a_grant_replaces_its_type(etcd: E
     assert "etcdserver: permission is not granted to the role" in etcd.refused(
         "role", "revoke-permission", "app", "config", user="root")
     etcd.ok("role", "grant-permission", "app", "read", "config", user="root")
+    etcd.ok("role", "delete", "reader", user="root")
 
 
-def test_raftkv_tokens_are_etcd_tokens_and_back(etcd: Etcd) -> None:
+def test_raftkv_tokens_are_etcd_tokens_and_back(auth_on: Etcd) -> None:
+    etcd = auth_on
     status, issued = etcd.http("POST", "/auth/token", {"name": "alice", "password": PASSWORDS["alice"]}, user=None)
     assert status == 200
     with grpc.insecure_channel(etcd.endpoints["node2"]) as channel:
@@ -276,14 +325,16 @@ def test_raftkv_tokens_are_etcd_tokens_and_back(etcd: Etcd) -> None:
     assert status == 403 and denied["error"] == DENIED, denied
 
 
-def test_etcdctl_disables_auth(etcd: Etcd) -> None:
+def test_etcdctl_disables_auth(auth_on: Etcd) -> None:
+    etcd = auth_on
     assert DENIED in etcd.refused("auth", "disable", user="alice")
     assert etcd.ok("auth", "disable", user="root") == "Authentication Disabled\n"
     assert etcd.ok("get", "other") == "other\nsecret\n"
     assert etcd.http("GET", "/auth/status", user=None)[1]["enabled"] is False
 
 
-def test_a_watch_stream_opened_while_auth_was_off_gets_nothing_unchecked_once_it_is_on(etcd: Etcd) -> None:
+def test_a_watch_stream_opened_while_auth_was_off_gets_nothing_unchecked_once_it_is_on(auth_off: Etcd) -> None:
+    etcd = auth_off
     requests: queue.Queue[rpc_pb2.WatchRequest | None] = queue.Queue()
 
     def create(key: bytes) -> rpc_pb2.WatchRequest:
