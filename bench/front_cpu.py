@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile one more pass of each")
     args = parser.parse_args()
     try:
-        import uvloop  # the node's own loop (raftkv/api/server.py)
+        import uvloop  # the node's own loop (raftkv/node_server.py)
     except ImportError:
         asyncio.run(measure(args.requests, args.profile))
     else:

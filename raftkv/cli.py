@@ -154,8 +154,8 @@ def node(node_id: str | None, cluster: str | None, config_file: Path | None, joi
          unsafe_skip_fsync: bool, unsafe_stale_reads: bool, wal_segment_bytes: int | None) -> None:
     """Run one node (one per host in a real cluster): a founding member (--id, --cluster), or a new
     member joining a live cluster (--join, --name, --advertise-client, --advertise-peer)."""
-    from raftkv.api.server import run
     from raftkv.node.startup import claim_data_dir, founding_config, joining_config
+    from raftkv.node_server import run
 
     options: dict[str, Any] = {
         k: v

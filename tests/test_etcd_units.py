@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-import raftkv.api.server as node_server
+import raftkv.node_server as node_server
 from raftkv.api.auth import Gate
 from raftkv.etcd.admission import Admission
 from raftkv.etcd.convert import Bounds, key_text, kv_message, value_bytes

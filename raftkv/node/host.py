@@ -7,7 +7,7 @@ Theory of operation
 registry, the event stream) and hands the group its storage and transport; the group builds
 nothing of its own. Messages that arrive go to the group; one task publishes the node's status to
 the event stream four times a second while someone watches it, and keeps the gauges fresh. The
-host is the object the HTTP API serves (raftkv/api/server.py) and the embedded API programs use:
+host is the object the HTTP API serves (raftkv/node_server.py) and the embedded API programs use:
 `propose`, `read_barrier` and `kv` are the group's.
 
 Fault injection (`set_partition`, `set_link_quality`) acts on the transport's fault layer, beneath

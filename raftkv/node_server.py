@@ -23,14 +23,13 @@ from pathlib import Path
 import grpc
 from aiohttp import WSCloseCode, web
 
+from raftkv.api.auth import Gate
+from raftkv.api.connections import BoundedRunner, ConnectionLimits
+from raftkv.api.http import create_app
 from raftkv.etcd import add_gateway_routes, etcd_services, start_etcd_server
 from raftkv.node import NodeConfig, NodeHost, tracing
 from raftkv.node.heap import HeapWatch, tune_gc
 from raftkv.tls import server_context
-
-from .auth import Gate
-from .connections import BoundedRunner, ConnectionLimits
-from .http import create_app
 
 log = logging.getLogger("raftkv.node")
 
