@@ -358,11 +358,12 @@ def test_a_node_that_has_not_learnt_auth_is_on_lets_nothing_through(cluster: Clu
 
 
 def test_users_roles_and_the_switch_survive_a_restart_of_every_node(cluster: Cluster) -> None:
+    cluster.ok("PUT", "/kv/app/restarted", {"value": "kept"}, user="alice")
     cluster.lab.stop()
     cluster.lab.start()
     cluster.lab.wait_for_leader()
-    assert cluster.call("GET", "/kv/app/a")[0] == 401
-    assert cluster.ok("GET", "/kv/app/a", user="alice")["key"] == "app/a"
+    assert cluster.call("GET", "/kv/app/restarted")[0] == 401
+    assert cluster.ok("GET", "/kv/app/restarted", user="alice")["value"] == "kept"
     assert cluster.call("GET", "/kv/other", user="alice")[0] == 403
 
 
