@@ -321,8 +321,8 @@ def test_the_classic_demos_run_and_back_shows_an_earlier_step_as_it_was(page: An
 
 
 def test_every_tour_runs_after_the_load_generator(page: Any, dashboard: Dashboard) -> None:
-    """The second run of every demo (the lab's ran in the tests above), after a load run wrote far
-    more keys than a node's status shows; the tour goes through all of them in order."""
+    """Every demo, after a load run wrote far more keys than a node's status shows (the tests above
+    run some of them on their own too); the tour goes through all of them in order."""
     status, body = dashboard.api("POST", "/api/load", {"writers": 8, "seconds": 3})
     assert status == 200, body
     wait_until("the load to finish", lambda: "finished" in page.locator("#load-out").inner_text(), 20)
