@@ -142,10 +142,10 @@ def test_a_status_preview_is_bounded_in_bytes_and_says_how_large_each_cut_value_
 
     kv = KVStateMachine()
     kv_preview = KVPreview(kv)
-    kv.apply(1, encode(Put("a-small", {"n": 1})))
-    kv.apply(2, encode(Put("b-large", "é" * 600_000)))  # 1.2 MB of UTF-8
-    for i in range(3, 3 + 2 * MAX_PREVIEW_KEYS):
+    for i in range(1, 1 + 2 * MAX_PREVIEW_KEYS):
         kv.apply(i, encode(Put(f"c-{i:03}", [i] * 1000)))
+    kv.apply(2 * MAX_PREVIEW_KEYS + 1, encode(Put("b-large", "é" * 600_000)))  # 1.2 MB of UTF-8
+    kv.apply(2 * MAX_PREVIEW_KEYS + 2, encode(Put("a-small", {"n": 1})))  # newest: first into the budget
     preview = kv_preview()
     assert len(json.dumps(preview, ensure_ascii=False, separators=(",", ":")).encode()) <= MAX_PREVIEW_BYTES + 100
     assert preview["items"] == {"a-small": {"n": 1}}
@@ -156,6 +156,31 @@ def test_a_status_preview_is_bounded_in_bytes_and_says_how_large_each_cut_value_
     assert kv_preview() == preview  # measured once, shown the same until the key changes
     kv.apply(200, encode(Put("b-large", "short now")))
     assert kv_preview()["items"]["b-large"] == "short now"
+
+
+def test_a_status_preview_of_a_large_store_shows_the_keys_written_last() -> None:
+    from raftkv.kv import KVStateMachine, Put, encode
+    from raftkv.node.preview import MAX_PREVIEW_KEYS, PREVIEW_LOOK_BACK, KVPreview
+
+    kv = KVStateMachine()
+    kv_preview = KVPreview(kv)
+    for i in range(1, MAX_PREVIEW_KEYS + 1):
+        kv.apply(i, encode(Put(f"k{i:04}", i)))
+    small = kv_preview()
+    assert not small["newest"] and not small["more"] and len(small["items"]) == MAX_PREVIEW_KEYS
+    index = MAX_PREVIEW_KEYS + 1
+    kv.apply(index, encode(Put("saldo_cuenta", 1500)))  # sorts after every k key: shown for being new
+    preview = kv_preview()
+    assert preview["newest"] and preview["more"] and preview["count"] == MAX_PREVIEW_KEYS + 1
+    assert preview["items"]["saldo_cuenta"] == 1500 and len(preview["items"]) == MAX_PREVIEW_KEYS
+    assert "k0001" not in preview["items"] and "k0002" in preview["items"]  # the oldest write gave way
+    # One key written over and over fills the changes looked at: the first keys in key order fill in
+    for _ in range(PREVIEW_LOOK_BACK):
+        index += 1
+        kv.apply(index, encode(Put("hot", index)))
+    preview = kv_preview()
+    assert preview["items"]["hot"] == index and len(preview["items"]) == MAX_PREVIEW_KEYS
+    assert "k0001" in preview["items"] and "saldo_cuenta" not in preview["items"]
 
 
 def test_bounded_log_drops_its_oldest_past_either_bound() -> None:

@@ -231,6 +231,20 @@ class MVCCStore:
             i += 1
         return items, False
 
+    def recently_changed(self, limit: int, look_back: int) -> list[str]:
+        """Up to `limit` keys that hold a value now, the one changed last first, from the newest
+        `look_back` retained changes (a bound: one key written over and over fills them all)."""
+        assert limit >= 0 and look_back >= 0, (limit, look_back)
+        found: dict[str, None] = {}
+        current, changes = self._current, self._changes
+        for i in range(len(changes) - 1, max(len(changes) - look_back, 0) - 1, -1):
+            key = changes[i][1]
+            if len(found) == limit:
+                break
+            if key not in found and key in current:
+                found[key] = None
+        return list(found)
+
     def changes_since(self, revision: int) -> Iterator[Change]:
         """Every change after `revision`, in revision order (what a watch from revision + 1 replays)."""
         self._check(revision)

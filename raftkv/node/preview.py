@@ -5,6 +5,12 @@ one large value cannot make every status event, and everything that keeps them, 
 `MAX_PREVIEW_KEYS` keys and `MAX_PREVIEW_BYTES` of keys and values together; a value whose JSON
 text is longer than `MAX_PREVIEW_VALUE_BYTES` is shown as the start of that text and its full size
 (a reader fetches the whole value with `GET /kv/{key}` when a person asks for it).
+
+A store of more keys than that shows the keys written last, newest first into the byte budget, and
+says so (`newest`): after a load run has written thousands of keys, the one a person just wrote is
+the one to see land on every node. Those are found among the newest `PREVIEW_LOOK_BACK` changes;
+when fewer than `MAX_PREVIEW_KEYS` keys are found there (one key written over and over, or history
+compacted away) the first keys in key order fill the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from raftkv.kv import KeyValue, KVStateMachine
 MAX_PREVIEW_KEYS = 50
 MAX_PREVIEW_VALUE_BYTES = 256
 MAX_PREVIEW_BYTES = 8 * 1024
+PREVIEW_LOOK_BACK = 20 * MAX_PREVIEW_KEYS
 
 
 class _ShownValue(NamedTuple):
@@ -38,9 +45,11 @@ class KVPreview:
 
     def __call__(self) -> dict[str, Any]:
         """{"items": {key: value} shown whole, "truncated": {key: {"head": the first bytes of its
-        JSON text, "bytes": the size of all of it}}, "more": whether keys were left out, "count": keys}."""
+        JSON text, "bytes": the size of all of it}}, "more": whether keys were left out, "newest":
+        whether the keys are those written last rather than the first in key order, "count": keys}."""
         kv = self.kv
-        entries, more = kv.range("", MAX_PREVIEW_KEYS)
+        newest = len(kv) > MAX_PREVIEW_KEYS
+        entries, more = _newest_entries(kv) if newest else kv.range("", MAX_PREVIEW_KEYS)
         shown: dict[str, _ShownValue] = {}
         items: dict[str, Any] = {}
         truncated: dict[str, dict[str, Any]] = {}
@@ -59,7 +68,19 @@ class KVPreview:
             else:
                 truncated[key] = value.truncated
         self._shown_before = shown
-        return {"items": items, "truncated": truncated, "more": more, "count": len(kv)}
+        return {"items": items, "truncated": truncated, "more": more, "newest": newest, "count": len(kv)}
+
+
+def _newest_entries(kv: KVStateMachine) -> tuple[list[tuple[str, KeyValue]], bool]:
+    """MAX_PREVIEW_KEYS of a store that holds more: those written last, newest first, then the
+    first in key order if too few were found among the newest changes."""
+    keys = kv.store.recently_changed(MAX_PREVIEW_KEYS, PREVIEW_LOOK_BACK)
+    if len(keys) < MAX_PREVIEW_KEYS:
+        first, _ = kv.range("", MAX_PREVIEW_KEYS)
+        keys += [k for k, _ in first if k not in keys][: MAX_PREVIEW_KEYS - len(keys)]
+    entries = [(k, entry) for k in keys if (entry := kv.get(k)) is not None]
+    assert len(entries) == len(keys), "a key found as current holds no value"
+    return entries, True
 
 
 def _shown_value(key: str, entry: KeyValue) -> _ShownValue:

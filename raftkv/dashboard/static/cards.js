@@ -127,7 +127,8 @@ function renderKv(c, node, kv) {
   const whole = Object.entries((kv && kv.items) || {}), truncated = Object.entries((kv && kv.truncated) || {});
   const shown = whole.length + truncated.length;
   setText(c.querySelector(".kv-count"),
-    kv ? `(${kv.count} key${kv.count === 1 ? "" : "s"}${kv.more ? `, first ${shown} shown` : ""})` : "");
+    kv ? `(${kv.count} key${kv.count === 1 ? "" : "s"}${kv.more ? `, ${kv.newest ? `the ${shown} written last`
+      : `first ${shown}`} shown` : ""})` : "");
   const tbody = c.querySelector("tbody");
   const sig = kv ? JSON.stringify([whole, truncated]) : "";
   if (tbody.dataset.sig === sig) return;  // rebuilt only when the contents change: rows stay put for reading
