@@ -326,6 +326,8 @@ def test_every_tour_runs_after_the_load_generator(page: Any, dashboard: Dashboar
     status, body = dashboard.api("POST", "/api/load", {"writers": 8, "seconds": 3})
     assert status == 200, body
     wait_until("the load to finish", lambda: "finished" in page.locator("#load-out").inner_text(), 20)
+    wait_until("a card to say it shows the keys written last", lambda: "written last shown"
+               in page.locator('[data-node="node2"] .kv-count').inner_text(), 10)
     captions = follow_tour(page, "all")
     assert "every demo ran" in captions[-1], captions
     assert tour_state(page)["state"] == "done"
