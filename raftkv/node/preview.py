@@ -49,7 +49,7 @@ class KVPreview:
         whether the keys are those written last rather than the first in key order, "count": keys}."""
         kv = self.kv
         newest = len(kv) > MAX_PREVIEW_KEYS
-        entries, more = _newest_entries(kv) if newest else kv.range("", MAX_PREVIEW_KEYS)
+        entries, more = (_newest_entries(kv), True) if newest else kv.range("", MAX_PREVIEW_KEYS)
         shown: dict[str, _ShownValue] = {}
         items: dict[str, Any] = {}
         truncated: dict[str, dict[str, Any]] = {}
@@ -71,16 +71,19 @@ class KVPreview:
         return {"items": items, "truncated": truncated, "more": more, "newest": newest, "count": len(kv)}
 
 
-def _newest_entries(kv: KVStateMachine) -> tuple[list[tuple[str, KeyValue]], bool]:
+def _newest_entries(kv: KVStateMachine) -> list[tuple[str, KeyValue]]:
     """MAX_PREVIEW_KEYS of a store that holds more: those written last, newest first, then the
     first in key order if too few were found among the newest changes."""
-    keys = kv.store.recently_changed(MAX_PREVIEW_KEYS, PREVIEW_LOOK_BACK)
-    if len(keys) < MAX_PREVIEW_KEYS:
+    entries = []
+    for key in kv.store.recently_changed(MAX_PREVIEW_KEYS, PREVIEW_LOOK_BACK):
+        entry = kv.get(key)
+        assert entry is not None, f"{key!r}, found among the current keys, holds no value"
+        entries.append((key, entry))
+    if len(entries) < MAX_PREVIEW_KEYS:
+        found = {key for key, _ in entries}
         first, _ = kv.range("", MAX_PREVIEW_KEYS)
-        keys += [k for k, _ in first if k not in keys][: MAX_PREVIEW_KEYS - len(keys)]
-    entries = [(k, entry) for k in keys if (entry := kv.get(k)) is not None]
-    assert len(entries) == len(keys), "a key found as current holds no value"
-    return entries, True
+        entries += [(key, entry) for key, entry in first if key not in found][: MAX_PREVIEW_KEYS - len(entries)]
+    return entries
 
 
 def _shown_value(key: str, entry: KeyValue) -> _ShownValue:
