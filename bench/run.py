@@ -10,7 +10,8 @@ Phases, each bounded, each stopping every process it started (by PID) before the
 2. Embedded (`embedded.py`): raftkv's in-process API vs PySyncObj, one process per node, N writes
    in flight; PySyncObj in each of its configurations, the best one reported per N. At 1 in
    flight also the physical floor (`floor.py`: two appends with fdatasync at once and a loopback
-   round trip, what one write cannot avoid), interleaved with the others.
+   round trip, what one write cannot avoid) and the same I/O on the nodes' runtime (three asyncio
+   processes), interleaved with the others.
 3. Failover (`failover.py`): kill -9 the leader under steady writes, several trials per system.
 4. Restart (`restart.py`): a node with 1M keys restarts from snapshot + WAL; RSS per key.
 5. Watch (`watch.py`, `watch_client.py`, `watch_wire.py`): 1, 100 and 1,000 watchers of one
@@ -59,7 +60,7 @@ from bench import etcd, report  # noqa: E402
 from bench.check_perf import ETCDCTL_BIN, run_check_perf  # noqa: E402
 from bench.embedded import PYSYNCOBJ_VARIANTS, EmbeddedCluster  # noqa: E402
 from bench.failover import FailoverTrial, run_failover  # noqa: E402
-from bench.floor import FloorPair  # noqa: E402
+from bench.floor import FloorPair, RuntimeFloor  # noqa: E402
 from bench.grpc_load import run_grpc_load  # noqa: E402
 from bench.load import KEEPALIVE_LEASES, KEEPALIVE_TTL_S, Workload, run_load  # noqa: E402
 from bench.raftkv_http import RaftkvCluster  # noqa: E402
@@ -67,6 +68,7 @@ from bench.restart import measure_restart  # noqa: E402
 from bench.trace_sink import TraceSink  # noqa: E402
 from bench.watch import WatchWorkload, run_watch  # noqa: E402
 
+FLOORS = {floor.kind: floor for floor in (FloorPair, RuntimeFloor)}
 PHASES = ("http", "embedded", "failover", "restart", "watch", "keepalive", "grpc", "checkperf")
 
 
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in a.targets
         for c in a.concurrency
     ]
-    emb_systems = ([("raftkv", "")] + ([("floor", "")] if 1 in a.inflight else [])
+    emb_systems = ([("raftkv", "")] + ([(kind, "") for kind in FLOORS] if 1 in a.inflight else [])
                    + ([("pysyncobj", v) for v in pso_variants] if use_pso else []))
     # Smoke: raftkv's failover only (the peers' failover code runs in full mode).
     fo_systems = ["raftkv"] if a.smoke else http_systems + (["pysyncobj"] if use_pso else [])
@@ -392,7 +394,7 @@ def run_embedded(a, res: report.Results, base: Path, systems: list[tuple[str, st
         for kind, variant in systems if rep % 2 == 0 else list(reversed(systems)):
             key = kind if not variant else f"{kind}:{variant}"
             bar.set_description(f"embedded {key} rep {rep + 1}")
-            cluster = (FloorPair(base / f"floor-{rep}") if kind == "floor"
+            cluster = (FLOORS[kind](base / f"{kind}-{rep}") if kind in FLOORS
                        else EmbeddedCluster(kind, base / f"emb-{rep}", variant)).start()
             try:
                 for n in _inflight(a, kind):
@@ -415,8 +417,8 @@ def run_embedded(a, res: report.Results, base: Path, systems: list[tuple[str, st
 
 
 def _inflight(a, kind: str) -> list[int]:
-    """The in-flight counts a system of the embedded phase is measured at (the floor: 1 alone)."""
-    return [1] if kind == "floor" else a.inflight
+    """The in-flight counts a system of the embedded phase is measured at (the floors: 1 alone)."""
+    return [1] if kind in FLOORS else a.inflight
 
 
 def run_failovers(a, res: report.Results, base: Path, systems: list[str], bar: tqdm) -> None:
