@@ -148,7 +148,7 @@ def _serve_runtime_leader(data_dir: str, follower_ports: list[int], conn: Connec
     import uvloop
 
     class Majority:
-        """The durable copies of the write in flight, and each follower's answers so far."""
+        """How many durable copies the write in flight has (a follower's answer counts only for it)."""
 
         def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
             self.loop, self.seq, self.copies = loop, 0, 0
