@@ -771,6 +771,28 @@ async def test_a_follower_without_a_leader_is_503(api: tuple[FakeNode, TestClien
 # ---- the node's own routes -----------------------------------------------------------------------
 
 
+async def test_operations_that_take_no_body_refuse_one_that_says_anything(api: tuple[FakeNode, TestClient]) -> None:
+    """Every operation /openapi.json lists without a request body answers 400 to a body with
+    anything in it, before it acts (ignored, `{"ttl": 5}` to a keep-alive would be answered 200
+    for a renewal of the lease's own TTL); an empty body and {} are no body."""
+    node, client = api
+    doc = openapi_document(**SMALL)
+    bodiless = [(path, method) for path, operations in doc["paths"].items() for method, operation in operations.items()
+                if method in {"post", "put", "delete", "patch"} and "requestBody" not in operation]
+    assert ("/force-election", "post") in bodiless and ("/leases/{id}/keepalive", "post") in bodiless
+    for path, method in bodiless:
+        url = path.replace("{id}", "5").replace("{name}", "alice").replace("{role}", "reader")
+        for body, got in (({"ttl": 5}, "field 'ttl'"), ([1], "a JSON array"), ("node2", "a JSON string")):
+            status, answer, _ = await call(client, method.upper(), url, body)
+            assert status == 400, (method, url, body, status, answer)
+            assert answer["error"] == f"body: {method.upper()} {url} takes no body (got {got}); send none"
+    assert node.proposals == [] and node.term == 1  # nothing was proposed, no election began
+    for none in ("", " \n", "{}"):
+        status, answer, _ = await call(client, "POST", "/force-election", raw=none)
+        assert status == 200 and answer["term"] == node.term
+    assert node.term == 4
+
+
 async def test_admin_routes(api: tuple[FakeNode, TestClient]) -> None:
     node, client = api
     status, body, _ = await call(client, "GET", "/raft-state")

@@ -86,10 +86,12 @@ class AuthRoutes:
 
     async def enable(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
+        await self.read.no_body(request)
         return await self.propose(request, AuthChange(AuthChangeOp.ENABLE, token_key=secrets.token_hex(32)))
 
     async def disable(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
+        await self.read.no_body(request)
         return await self.propose(request, AuthChange(AuthChangeOp.DISABLE))
 
     # ---- users ---------------------------------------------------------------------------------
@@ -123,6 +125,7 @@ class AuthRoutes:
 
     async def delete_user(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
+        await self.read.no_body(request)
         return await self.propose(request, AuthChange(AuthChangeOp.USER_DELETE, _name(request, "name", "user")))
 
     async def grant_role(self, request: web.Request) -> web.StreamResponse:
@@ -133,6 +136,7 @@ class AuthRoutes:
 
     async def _user_role(self, request: web.Request, op: AuthChangeOp) -> web.StreamResponse:
         check_query(request, set())
+        await self.read.no_body(request)
         name, role = _name(request, "name", "user"), _name(request, "role", "role")
         return await self.propose(request, AuthChange(op, name, role=role))
 
@@ -152,10 +156,12 @@ class AuthRoutes:
 
     async def add_role(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
+        await self.read.no_body(request)
         return await self.propose(request, AuthChange(AuthChangeOp.ROLE_ADD, _name(request, "name", "role")))
 
     async def delete_role(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
+        await self.read.no_body(request)
         return await self.propose(request, AuthChange(AuthChangeOp.ROLE_DELETE, _name(request, "name", "role")))
 
     async def grant_permission(self, request: web.Request) -> web.StreamResponse:

@@ -174,11 +174,13 @@ class Coordination:
 
     async def keepalive(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
+        await self.read.no_body(request)
         return json_response(self.node.id, dict(await self.node.keepalive_lease(self._lease_id(request))))
 
     async def revoke(self, request: web.Request) -> web.StreamResponse:
         """Revoking deletes the lease's keys: it needs write access to each."""
         check_query(request, set())
+        await self.read.no_body(request)
         lease_id = self._lease_id(request)
         lease = self.node.kv.leases.leases.get(lease_id)
         for key in sorted(lease.keys) if lease is not None else ():

@@ -290,8 +290,9 @@ class _Api:
 
         return guarded
 
-    async def force_election(self, _request: web.Request) -> web.StreamResponse:
-        # No body is needed (the seed's button sends none); any body is ignored.
+    async def force_election(self, request: web.Request) -> web.StreamResponse:
+        check_query(request, set())
+        await self.read.no_body(request)  # the seed's button sends none
         return json_response(self.node.id, dict(await self.node.force_election()))
 
     async def simulate_partition(self, request: web.Request) -> web.StreamResponse:
@@ -387,6 +388,7 @@ class _Api:
 
     async def promote_member(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
+        await self.read.no_body(request)
         return json_response(self.node.id, dict(await self.node.promote_member(request.match_info["id"])))
 
     async def move_member(self, request: web.Request) -> web.StreamResponse:
@@ -399,6 +401,7 @@ class _Api:
 
     async def remove_member(self, request: web.Request) -> web.StreamResponse:
         check_query(request, set())
+        await self.read.no_body(request)
         return json_response(self.node.id, dict(await self.node.remove_member(request.match_info["id"])))
 
     # ---- backup ----------------------------------------------------------------------------------

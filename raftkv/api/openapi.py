@@ -306,7 +306,7 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
                          "description": "Also return kvDigest, a hash of the whole state machine (costly)."}])},
         "/force-election": {"post": op("Make this node start an election now", {
             "200": answer(ref("ElectionResult"), "The election began (the result says where it stands)."),
-            "403": _E403_LAB, "503": E503}, description="No body is needed; any body is ignored.")},
+            "400": _E400, "403": _E403_LAB, "503": E503}, description="Takes no body (the seed's button sends none).")},
         "/simulate-partition": {"post": op("Cut (or restore) this node's Raft traffic", {
             "200": answer(ref("PartitionResult"), "The fault is in place."),
             "400": err("Wrong types, unknown fields or unknown peer ids."), "403": _E403_LAB,
@@ -419,7 +419,7 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
                             "as a learner. Any node accepts the request; a follower hands it to the leader.")},
         "/members/{id}/promote": {"post": op("Promote a learner to voter", {
             "200": answer(ref("MemberChanged"), "The change is committed."),
-            "404": err("No member with that id."),
+            "400": _E400, "404": err("No member with that id."),
             "409": err("Not a learner, not caught up with the leader's log yet (retry later), or another change "
                         "is pending (reason says which)."),
             "503": E503, "504": E504_WRITE}, parameters=[_MEMBER_ID])},
@@ -427,7 +427,7 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "200": answer({"type": "object", "required": ["removed", "members"], "properties": {
                 "removed": {"type": "string"}, "members": {"type": "array", "items": ref("Member")}}},
                 "The change is committed."),
-            "404": err("No member with that id."),
+            "400": _E400, "404": err("No member with that id."),
             "409": err("The last voter, or another change is pending (reason says which)."),
             "503": E503, "504": E504_WRITE}, parameters=[_MEMBER_ID],
             description="Removing the leader hands leadership to another voter first."),
@@ -465,7 +465,9 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "The client API of one raftkv node: a linearizable key-value store replicated with Raft. Any node "
             "accepts any request; followers forward writes to the leader over the Raft link. Every JSON "
             "answer names the answering node in \"node\". Errors are JSON {\"error\": ...}: 405 with Allow for a "
-            "method a route lacks, 404 for an unknown path. Any origin may call the API (CORS); preflight "
+            "method a route lacks, 404 for an unknown path, 400 for an unknown query parameter or for a body "
+            "with anything in it sent to an operation that takes none (empty and {} are none). Any origin may "
+            "call the API (CORS); preflight "
             f"OPTIONS requests are answered 204 on every path. Limits: body {max_body_bytes} bytes, key "
             f"{max_key_bytes} bytes of UTF-8, value {max_value_bytes} bytes encoded.")},
         "paths": paths,

@@ -54,6 +54,16 @@ class RequestReader:
             return None
         return parse_json(raw)
 
+    async def no_body(self, request: web.Request) -> None:
+        """For a route that takes no body: refuse one that says anything (empty, whitespace and
+        `{}` say nothing). Ignored, its fields would be answered 200 for something else than asked:
+        `{"ttl": 5}` to a keep-alive renews a lease for its own TTL, `{"node": "node2"}` to a
+        forced election makes this node campaign."""
+        body = await self.body(request, required=False)
+        if body is not None and body != {}:
+            got = f"field {sorted(body)[0]!r}" if type(body) is dict else f"a JSON {_json_type(body)}"
+            raise ApiError(400, f"body: {request.method} {request.path} takes no body (got {got}); send none")
+
     async def object(self, request: web.Request, allowed: tuple[str, ...], example: str) -> dict[str, Any]:
         """A required JSON object body with only the `allowed` fields."""
         body = await self.body(request, required=True)
@@ -62,6 +72,10 @@ class RequestReader:
         if unknown := body.keys() - set(allowed):
             raise ApiError(400, f"body: unknown field {sorted(unknown)[0]!r} (allowed: {', '.join(allowed)})")
         return body
+
+
+def _json_type(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
 
 
 def path_key(request: web.Request) -> str:
