@@ -433,6 +433,42 @@ def test_number_fields_out_of_range_or_not_numbers_get_a_400_naming_the_field_an
         assert answer["field"] == next(iter(body)), answer
 
 
+def test_a_field_a_control_does_not_know_is_refused_and_nothing_is_done(dashboard: Dashboard,
+                                                                         cluster: LocalCluster) -> None:
+    """Every control of the dashboard's API refuses a body field it does not know (400 naming it),
+    before it acts: `{"node": "node3"}` to node2's crash crashed node2, `{"factr": 5}` to slow
+    motion set its default of 10. A control that takes no body says so. Next and Stop without a
+    tour say there is none."""
+    heal(dashboard, cluster)
+    before = dashboard.api("GET", "/api/state")[1]
+    controls = [
+        ("POST", "/api/nodes/node2/crash", None), ("POST", "/api/nodes/node2/force-election", None),
+        ("POST", "/api/members/node2/promote", None), ("DELETE", "/api/members/node2", None),
+        ("POST", "/api/heal", None), ("POST", "/api/load/stop", None), ("POST", "/api/lab/timeout/node2", None),
+        ("POST", "/api/tour/next", None), ("POST", "/api/tour/stop", None), ("POST", "/api/logout", None),
+        ("POST", "/api/members", "name, promote"), ("POST", "/api/split", "groups"), ("POST", "/api/cut", "src, dst"),
+        ("POST", "/api/link-quality", "node, loss_percent, delay_ms"), ("POST", "/api/load", "writers, seconds"),
+        ("POST", "/api/slowmo", "factor"), ("POST", "/api/lab", "active"), ("POST", "/api/lab/clock", "held"),
+        ("POST", "/api/lab/rate", "rate"), ("POST", "/api/lab/deliver", "ids"), ("POST", "/api/lab/drop", "ids"),
+        ("POST", "/api/lab/snapshot", "every"), ("POST", "/api/tour", "demo"),
+        ("POST", "/api/coordination/watch", "prefix, start_revision"), ("POST", "/api/login", "name, password"),
+        ("POST", "/api/kv", "op, key, node, value, prev_value, prev_revision, prev_exist, stale, trace"),
+    ]
+    for method, path, allowed in controls:
+        status, answer = dashboard.api(method, path, {"factr": 5})
+        known = f"allowed: {allowed}" if allowed else f"{method} {path} takes no body"
+        assert (status, answer) == (400, {"error": f"body: unknown field 'factr' ({known})", "field": "factr"}), path
+    after = dashboard.api("GET", "/api/state")[1]
+    assert all(proc.running and not proc.paused for proc in cluster.supervisor.nodes.values())
+    for what in ("slowmo", "load", "tour", "lab"):
+        assert after[what] == before[what], what
+    links = {n: (r["reach"], r["connectedSince"]) for n, r in before["reach"].items()}
+    assert {n: (r["reach"], r["connectedSince"]) for n, r in after["reach"].items()} == links  # none reconnected
+    assert [n["id"] for n in after["nodes"]] == [n["id"] for n in before["nodes"]]
+    assert dashboard.api("POST", "/api/tour/next") == (409, {"error": "no tour is running: start one first"})
+    assert dashboard.api("POST", "/api/tour/stop", {}) == (200, {"stopped": False})
+
+
 # ------------------------------------------------------------------------------ pure parts ---------
 # The checks and the metrics arithmetic, without a browser: a broken guarantee must turn red.
 

@@ -43,6 +43,9 @@ NODE_CALL_TIMEOUT_S = 6.0
 REFUSED = frozenset({401, 403})  # a node refused the person (or has fault injection off), not a failure
 STOP_GRACE_S = 10.0  # a node stopped from the lab gets this long to exit cleanly before kill -9
 
+# The fields of POST /api/kv's body (`Controls.kv`): the page's read-and-write form.
+KV_FIELDS = ("op", "key", "node", "value", "prev_value", "prev_revision", "prev_exist", "stale", "trace")
+
 PROCESS_ACTIONS = {  # op of POST /api/nodes/{node}/{op}: (icon, what it does in words)
     "crash": ("crash", "crash (kill -9)"),
     "stop": ("stop", "stop (SIGTERM)"),

@@ -52,7 +52,7 @@ from aiohttp import WSMsgType, web
 
 from raftkv.client import NO_ACCESS, Access
 
-from .controls import PROCESS_ACTIONS, REFUSED, ControlError, Controls
+from .controls import KV_FIELDS, PROCESS_ACTIONS, REFUSED, ControlError, Controls
 from .coordination import CoordinationView
 from .hub import ACTING_FOR, MIB, BrowserClient, Hub, resolve_ids
 from .lab import SLOWMO_MAX_FACTOR, Lab
@@ -115,15 +115,21 @@ async def gate(request: web.Request, handler: Any) -> web.StreamResponse:
         ACTING_FOR.reset(token)
 
 
-async def _json(request: web.Request) -> dict:
-    if not request.can_read_body:
+async def _json(request: web.Request, *allowed: str) -> dict:
+    """The body: a JSON object of the `allowed` fields only (none: a route that takes no body,
+    which an empty body and {} satisfy). A field the route does not know is refused, not ignored:
+    `{"factr": 5}` would otherwise set slow motion to its default."""
+    if not request.can_read_body or not (raw := await request.read()).strip():
         return {}
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except ValueError:
         raise ValueError("body: not valid JSON") from None
     if not isinstance(body, dict):
         raise ValueError("body: must be a JSON object")
+    if unknown := body.keys() - set(allowed):
+        known = f"allowed: {', '.join(allowed)}" if allowed else f"{request.method} {request.path} takes no body"
+        raise ControlError(400, f"body: unknown field {sorted(unknown)[0]!r} ({known})", field=sorted(unknown)[0])
     return body
 
 
@@ -223,6 +229,7 @@ async def state(request: web.Request) -> web.Response:
 
 
 async def node_action(request: web.Request) -> web.Response:
+    await _json(request)
     controls = request.app[CONTROLS_KEY]
     node, op = request.match_info["node"], request.match_info["op"]
     if op == "force-election":
@@ -236,7 +243,7 @@ async def node_action(request: web.Request) -> web.Response:
 
 
 async def member_add(request: web.Request) -> web.Response:
-    body = await _json(request)
+    body = await _json(request, "name", "promote")
     name, promote = body.get("name"), body.get("promote", True)
     if name is not None and not isinstance(name, str):
         raise ControlError(400, "name: a string, or leave it out for the next free nodeN", field="name")
@@ -246,82 +253,87 @@ async def member_add(request: web.Request) -> web.Response:
 
 
 async def member_promote(request: web.Request) -> web.Response:
+    await _json(request)
     return web.json_response(await request.app[MEMBERSHIP_KEY].promote(request.match_info["node"]))
 
 
 async def member_remove(request: web.Request) -> web.Response:
+    await _json(request)
     return web.json_response(await request.app[MEMBERSHIP_KEY].remove(request.match_info["node"]))
 
 
 async def heal(request: web.Request) -> web.Response:
+    await _json(request)
     return web.json_response(await request.app[CONTROLS_KEY].heal())
 
 
 async def split(request: web.Request) -> web.Response:
-    body = await _json(request)
+    body = await _json(request, "groups")
     return web.json_response(await request.app[CONTROLS_KEY].split(body.get("groups")))
 
 
 async def cut(request: web.Request) -> web.Response:
-    body = await _json(request)
+    body = await _json(request, "src", "dst")
     return web.json_response(await request.app[CONTROLS_KEY].cut_one_way(body.get("src"), body.get("dst")))
 
 
 async def link_quality(request: web.Request) -> web.Response:
-    body = await _json(request)
+    body = await _json(request, "node", "loss_percent", "delay_ms")
     return web.json_response(await request.app[CONTROLS_KEY].link_quality(
         body.get("node"), body.get("loss_percent", 0), body.get("delay_ms", 0)))
 
 
 async def kv(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[CONTROLS_KEY].kv(await _json(request)))
+    return web.json_response(await request.app[CONTROLS_KEY].kv(await _json(request, *KV_FIELDS)))
 
 
 async def load_start(request: web.Request) -> web.Response:
-    body = await _json(request)
+    body = await _json(request, "writers", "seconds")
     writers = _number(body, "writers", 8, 1, MAX_WRITERS, integer=True)
     seconds = _number(body, "seconds", 10, MIN_LOAD_SECONDS, MAX_SECONDS, integer=False)
     return web.json_response(request.app[LOAD_KEY].start(writers, seconds))
 
 
 async def load_stop(request: web.Request) -> web.Response:
+    await _json(request)
     return web.json_response(await request.app[LOAD_KEY].stop())
 
 
 async def slowmo(request: web.Request) -> web.Response:
-    body = await _json(request)
+    body = await _json(request, "factor")
     factor = _number(body, "factor", 10, 1, SLOWMO_MAX_FACTOR, integer=True)
     return web.json_response(await request.app[LAB_KEY].set_speed(factor))
 
 
 async def lab_active(request: web.Request) -> web.Response:
     lab = request.app[LAB_KEY]
-    active = _flag(await _json(request), "active")
+    active = _flag(await _json(request, "active"), "active")
     return web.json_response(await (lab.enter() if active else lab.leave()))
 
 
 async def lab_clock(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[LAB_KEY].set_clock(_flag(await _json(request), "held")))
+    return web.json_response(await request.app[LAB_KEY].set_clock(_flag(await _json(request, "held"), "held")))
 
 
 async def lab_timeout(request: web.Request) -> web.Response:
+    await _json(request)
     return web.json_response(await request.app[LAB_KEY].time_out(request.match_info["node"]))
 
 
 async def lab_rate(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[LAB_KEY].set_rate((await _json(request)).get("rate")))
+    return web.json_response(await request.app[LAB_KEY].set_rate((await _json(request, "rate")).get("rate")))
 
 
 async def lab_deliver(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[LAB_KEY].deliver((await _json(request)).get("ids")))
+    return web.json_response(await request.app[LAB_KEY].deliver((await _json(request, "ids")).get("ids")))
 
 
 async def lab_drop(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[LAB_KEY].drop((await _json(request)).get("ids")))
+    return web.json_response(await request.app[LAB_KEY].drop((await _json(request, "ids")).get("ids")))
 
 
 async def lab_snapshot(request: web.Request) -> web.Response:
-    lab, every = request.app[LAB_KEY], (await _json(request)).get("every")
+    lab, every = request.app[LAB_KEY], (await _json(request, "every")).get("every")
     if every is None:
         await lab.restore_snapshot_every()
         return web.json_response(lab.describe())
@@ -335,21 +347,22 @@ def _flag(body: dict, name: str) -> bool:
 
 
 async def tour_start(request: web.Request) -> web.Response:
-    body = await _json(request)
+    body = await _json(request, "demo")
     return web.json_response(request.app[TOUR_KEY].start(str(body.get("demo", "all"))))
 
 
 async def tour_next(request: web.Request) -> web.Response:
+    await _json(request)
     return web.json_response(request.app[TOUR_KEY].next())
 
 
 async def tour_stop(request: web.Request) -> web.Response:
-    await request.app[TOUR_KEY].stop()
-    return web.json_response({"stopped": True})
+    await _json(request)
+    return web.json_response({"stopped": await request.app[TOUR_KEY].stop()})
 
 
 async def coordination_watch(request: web.Request) -> web.Response:
-    body = await _json(request)
+    body = await _json(request, "prefix", "start_revision")
     return web.json_response(await request.app[COORDINATION_KEY].watch(body.get("prefix", ""),
                                                                         body.get("start_revision")))
 
@@ -367,7 +380,7 @@ async def session_view(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
-    body = await _json(request)
+    body = await _json(request, "name", "password")
     sessions = request.app[SESSIONS_KEY]
     sid, session = await sessions.login(body.get("name"), body.get("password"))
     resp = web.json_response(sessions.describe(session))
@@ -377,6 +390,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    await _json(request)
     request.app[SESSIONS_KEY].logout(request)
     resp = web.json_response({"loggedOut": True})
     resp.del_cookie(COOKIE, path="/")

@@ -72,15 +72,21 @@ class Tour:
         return {"started": demo}
 
     def next(self) -> dict:
+        if not self.running:
+            raise ControlError(409, "no tour is running: start one first")
         if self._next is None or self._next.is_set():
             raise ControlError(409, "the tour is still carrying out its step; Next works once it waits for you")
         self._next.set()
         return {"step": self.step}
 
-    async def stop(self) -> None:
-        if self.running and self.task is not None:
-            self.task.cancel()
-            self._emit(f"Tour stopped. {self._caption}", "stopped")
+    async def stop(self) -> bool:
+        """Whether a tour was running (and is stopped now)."""
+        if not self.running:
+            return False
+        assert self.task is not None
+        self.task.cancel()
+        self._emit(f"Tour stopped. {self._caption}", "stopped")
+        return True
 
     # ------------------------------------------------------------------ for the scripts ---------
 
