@@ -374,7 +374,7 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, etcd_port: int | N
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer, the previous value in full.")
 def put(conn: Connection, key: str, value: str, prev_value: str | None, prev_revision: int | None,
         create_only: bool, lease_id: int | None, as_json: bool) -> None:
-    """Write KEY=VALUE (VALUE is JSON, or taken as a string)."""
+    """Write VALUE under KEY: `raftkv put saldo_cuenta_123 1000` (VALUE is JSON, or taken as a string)."""
     body: dict[str, Any] = {"value": parse_value(value)}
     if lease_id is not None:
         body["lease"] = lease_id
