@@ -34,7 +34,7 @@ __all__ = ["elect", "lease", "lock", "watch"]
 @click.command()
 @connection_options
 @click.argument("prefix")
-@click.option("--key", "exact", is_flag=True, help="Watch exactly this key, not every key under the prefix.")
+@click.option("--exact", is_flag=True, help="Watch exactly the key PREFIX names, not every key under it.")
 @click.option("--rev", "start_revision", type=click.IntRange(1), help="Start at this past revision (default: now).")
 @click.option("--prev-kv", is_flag=True, help="Show each event's previous value.")
 @click.option("--json", "as_json", is_flag=True, help="Print each revision's events as one JSON line.")

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 
+import click
 import pytest
 from cluster import LocalCluster, http
 
@@ -25,6 +27,22 @@ def raftkv(*args: str) -> subprocess.CompletedProcess:
 def bare_endpoints(cluster: LocalCluster) -> str:
     """host:port,host:port,... as a person types them, without http://."""
     return ",".join(url.removeprefix("http://") for url in cluster.urls.values())
+
+
+def test_no_command_has_two_options_of_one_name() -> None:
+    """Two options spelled alike shadow one another (click only warns, on every run): `raftkv
+    watch --key` was both the exact-key flag and the TLS client key's file."""
+    from raftkv.cli import main
+
+    def commands(group: click.Group, path: str) -> Iterator[tuple[str, click.Command]]:
+        for name, command in group.commands.items():
+            yield f"{path} {name}", command
+            if isinstance(command, click.Group):
+                yield from commands(command, f"{path} {name}")
+
+    for path, command in commands(main, "raftkv"):
+        spellings = [opt for param in command.params for opt in (*param.opts, *param.secondary_opts)]
+        assert len(spellings) == len(set(spellings)), (path, sorted(o for o in spellings if spellings.count(o) > 1))
 
 
 def test_an_endpoint_without_a_scheme_is_http() -> None:

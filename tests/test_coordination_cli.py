@@ -176,6 +176,19 @@ def test_elect_passes_leadership_on_when_the_leader_resigns(cluster: LocalCluste
             p.stop()
 
 
+def test_watch_exact_prints_that_key_alone(cluster: LocalCluster) -> None:
+    leader_url = cluster.url(cluster.wait_for_leader())
+    start = http("PUT", leader_url + "/kv/exact/a", {"value": 1})[1]["revision"]
+    http("PUT", leader_url + "/kv/exact/ab", {"value": 2})  # under the prefix exact/a, not that key
+    http("PUT", leader_url + "/kv/exact/a", {"value": 3})
+    watcher = Running(cluster, "watch", "exact/a", "--exact", "--rev", str(start))
+    try:
+        watcher.expect(rf"PUT exact/a 3  @{start + 2}")
+    finally:
+        watcher.stop()
+    assert watcher.seen == [f"PUT exact/a 1  @{start}", f"PUT exact/a 3  @{start + 2}"]
+
+
 def test_watch_from_a_compacted_revision_says_so(cluster: LocalCluster) -> None:
     leader_url = cluster.url(cluster.wait_for_leader())
     revision = http("PUT", leader_url + "/kv/old/k", {"value": 1})[1]["revision"]
