@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import click
 
 from raftkv.cli_support import Connection, call, connection_options, echo_table, fail
 from raftkv.client import Client, ClusterUnreachableError, StreamRefused, WatchCompacted
-from raftkv.concurrency import Contender, Holding, RecipeFailed, Session, SessionLost, leaders
+from raftkv.concurrency import RETRY_S, Contender, Holding, RecipeFailed, Session, SessionLost, leaders
 
 DEFAULT_TTL_S = 10  # as etcdctl lock's session
+NOTICE_AFTER_S = 0.5  # a wait longer than this is said on stderr
 TERM_GRACE_S = 5.0  # a command that lost its lock gets this long after SIGTERM before SIGKILL
 
 __all__ = ["elect", "lease", "lock", "watch"]
@@ -163,7 +166,7 @@ def lock(conn: Connection, name: str, command: tuple[str, ...], ttl: int) -> Non
     COMMAND, holds the lock until interrupted."""
 
     async def go() -> int:
-        async with conn.client() as client, Session(client, ttl) as session:
+        async with conn.client() as client, _session(client, ttl) as session:
             holding = await _acquire(Contender(session, name, _holder()), f"lock {name}")
             click.echo(f"{holding.key} holds {name}, fencing token {holding.token}", err=bool(command))
             if not command:
@@ -197,7 +200,7 @@ def elect(conn: Connection, name: str, value: str | None, listen: bool, ttl: int
             if listen:
                 await observe(client)
                 return 0
-            async with Session(client, ttl) as session:
+            async with _session(client, ttl) as session:
                 watching = asyncio.ensure_future(observe(client))
                 try:
                     holding = await _acquire(Contender(session, name, value), f"election {name}")
@@ -210,12 +213,30 @@ def elect(conn: Connection, name: str, value: str | None, listen: bool, ttl: int
     sys.exit(_recipe(go()))
 
 
+@contextlib.asynccontextmanager
+async def _session(client: Client, ttl: int) -> AsyncIterator[Session]:
+    """A Session, saying so when its lease is slow to come: while no node answers, or none knows a
+    leader, the grant is retried for up to RETRY_S, and a command silent that long looks hung."""
+    notice = _notice_later(f"waiting for the cluster to grant a lease (retried for up to {RETRY_S:.0f} s)")
+    try:
+        async with Session(client, ttl) as session:
+            notice.cancel()
+            yield session
+    finally:
+        notice.cancel()
+
+
 async def _acquire(contender: Contender, what: str) -> Holding:
-    acquiring = asyncio.ensure_future(contender.acquire())
-    done, _ = await asyncio.wait({acquiring}, timeout=0.5)
-    if not done:
-        click.echo(f"waiting for {what}", err=True)
-    return await acquiring
+    notice = _notice_later(f"waiting for {what}")
+    try:
+        return await contender.acquire()
+    finally:
+        notice.cancel()
+
+
+def _notice_later(message: str) -> asyncio.TimerHandle:
+    """`message` on stderr after NOTICE_AFTER_S, unless cancelled first."""
+    return asyncio.get_running_loop().call_later(NOTICE_AFTER_S, functools.partial(click.echo, message, err=True))
 
 
 async def _run_holding(command: tuple[str, ...], holding: Holding, session: Session) -> int:

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from cluster import LocalCluster, http
 
+from raftkv.supervisor import free_ports
+
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -174,6 +176,21 @@ def test_elect_passes_leadership_on_when_the_leader_resigns(cluster: LocalCluste
     finally:
         for p in (observer, one):
             p.stop()
+
+
+def test_lock_and_elect_say_that_they_wait_for_an_unreachable_cluster() -> None:
+    """The session's lease is retried for up to RETRY_S while no node answers: said at once, not
+    after 30 silent seconds."""
+    unreachable = {**os.environ, "RAFTKV_ENDPOINTS": f"http://127.0.0.1:{free_ports(1)[0]}"}
+    for args in (["lock", "jobs", "--", "true"], ["elect", "jobs", "me"]):
+        waiting = subprocess.Popen([sys.executable, "-m", "raftkv", *args], env=unreachable,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert waiting.stderr is not None
+            assert waiting.stderr.readline() == "waiting for the cluster to grant a lease (retried for up to 30 s)\n"
+        finally:
+            waiting.terminate()
+            waiting.communicate(timeout=15)
 
 
 def test_watch_exact_prints_that_key_alone(cluster: LocalCluster) -> None:
