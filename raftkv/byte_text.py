@@ -11,10 +11,10 @@ One text per byte string: a text whose escapes spell valid UTF-8 ("\\udcc3\\udca
 "é") would be a second name for "é", so such text is refused (`canonical`). Other lone surrogates
 ("\\ud800") hold no byte and are refused too.
 
-Order: keys sort as text, by code point, which for UTF-8 is byte order (etcd's). Escaped bytes
-(U+DC80..U+DCFF) sort after ASCII and among themselves as their bytes do; against a character
-from U+0080 up in the same place the orders can differ (U+DC80, byte 80, sorts after "é", bytes
-c3 a9). A prefix selects the same keys in both orders.
+Order: keys sort by their bytes, as etcd's do (`byte_order`). Code point order is byte order for
+valid UTF-8, but not for escaped bytes: U+DC80 (byte 80) would sort after "é" (bytes c3 a9), and
+a range whose end is not valid UTF-8, as etcdctl's end of the prefix "п" (d0 bf -> d0 c0) is,
+would hold "слово" (d1 81 ...) too.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["ESCAPES", "as_bytes", "as_text", "canonical", "packb", "unpackb"]
+__all__ = ["ESCAPES", "as_bytes", "as_text", "byte_order", "canonical", "packb", "unpackb"]
 
 ESCAPES = "surrogateescape"
 
@@ -34,6 +34,12 @@ def as_text(data: bytes) -> str:
 
 def as_bytes(text: str) -> bytes:
     return text.encode("utf-8", ESCAPES)
+
+
+def byte_order(text: str) -> str:
+    """A text whose code point order and prefixes are those of `text`'s bytes: `text` itself when
+    it is ASCII (nearly every key: no copy), else its bytes as code points 0..255."""
+    return text if text.isascii() else as_bytes(text).decode("latin-1")
 
 
 def canonical(text: str) -> str | None:

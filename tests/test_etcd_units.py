@@ -11,16 +11,19 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import raftkv.node_server as node_server
 from raftkv.api.auth import Gate
+from raftkv.byte_text import as_text
 from raftkv.etcd.admission import Admission
 from raftkv.etcd.convert import Bounds, key_text, kv_message, value_bytes
 from raftkv.etcd.errors import EtcdError, translate
 from raftkv.etcd.identity import number_of
 from raftkv.etcd.kv import KVService
 from raftkv.etcd.pb import kv_pb2, rpc_pb2
-from raftkv.etcd.watch import MAX_FRAGMENT_BYTES, _fragments
+from raftkv.etcd.watch import MAX_FRAGMENT_BYTES, _fragments, _shared_prefix
 from raftkv.kv import CompactedError, KeyValue, Put
 from raftkv.node.config import ConfigError, Member, NodeConfig
 from raftkv.node.errors import MembershipRefused, NoLeaderError, NotAppliedError, OutcomeUnknownError, RequestRefused
@@ -189,3 +192,19 @@ def test_a_large_revision_is_cut_into_fragments_of_bounded_size() -> None:
     huge = kv_pb2.Event(kv=kv_pb2.KeyValue(key=b"k", value=b"x" * (2 * MAX_FRAGMENT_BYTES)))
     assert _fragments([huge, big]) == [[huge], [big]]  # an event larger than a fragment goes alone
     assert _fragments([]) == [[]]  # a progress notice: one empty response
+
+
+_BYTES = st.lists(st.sampled_from([b"a", b"/", b"\xd0", b"\xbf", b"\xc0", b"\xd1\x81", b"\xe4\xb8\xad", b"\xff"]),
+                  max_size=4).map(b"".join)
+
+
+@given(start=_BYTES, end=_BYTES.filter(bool), key=_BYTES.filter(bool))
+def test_a_key_is_in_an_etcd_range_by_its_bytes_and_under_the_watchs_text_prefix(start: bytes, end: bytes,
+                                                                                 key: bytes) -> None:
+    """Bounds compare bytes; a ranged watch asks the node for the keys under the text prefix the
+    bounds share, then filters them by Bounds: that prefix must hold every key of the range."""
+    bounds = Bounds(start or b"\0", end)
+    inside = (start or b"\0") <= key < end
+    assert bounds.contains(as_text(key)) == inside
+    if inside:
+        assert as_text(key).startswith(_shared_prefix(bounds.start, as_text(end)))

@@ -125,6 +125,26 @@ def test_put_get_del_with_prefixes_revisions_and_options(etcdctl: Etcdctl) -> No
     assert etcdctl.out("del", "kv/absent") == "0\n"
 
 
+def test_a_prefix_of_non_ascii_characters_is_a_range_of_bytes(etcdctl: Etcdctl) -> None:
+    """etcdctl ends the prefix ru/п (d0 bf) at ru/ d0 c0, which is not UTF-8: compared as text,
+    that end sorted after ru/слово and ru/中文 and `del --prefix` deleted them too."""
+    first = etcdctl.json("put", "ru/пример", "1")["header"]["revision"]
+    for key in ("ru/привет", "ru/слово", "ru/中文", "ru/zz"):
+        etcdctl.out("put", key, "1")
+    assert _lines(etcdctl.out("get", "ru/п", "--prefix", "--keys-only")) == ["ru/привет", "", "ru/пример", ""]
+    assert _lines(etcdctl.out("get", "ru/", "--prefix", "--keys-only")) == [  # byte order
+        "ru/zz", "", "ru/привет", "", "ru/пример", "", "ru/слово", "", "ru/中文", ""]
+    watcher = etcdctl.background("watch", "ru/п", "--prefix", "--rev", str(first))
+    try:
+        assert _read_lines(watcher, 6, timeout_s=20) == ["PUT", "ru/пример", "1", "PUT", "ru/привет", "1"]
+        assert etcdctl.out("del", "ru/п", "--prefix") == "2\n"
+        assert _read_lines(watcher, 6, timeout_s=20) == ["DELETE", "ru/привет", "", "DELETE", "ru/пример", ""]
+    finally:
+        watcher.kill()
+        watcher.communicate(timeout=10)
+    assert _lines(etcdctl.out("get", "ru/", "--prefix", "--keys-only")) == ["ru/zz", "", "ru/слово", "", "ru/中文", ""]
+
+
 def test_txn_in_interactive_syntax(etcdctl: Etcdctl) -> None:
     etcdctl.out("put", "txn/k", "v1")
     script = ('value("txn/k") = "v1"\nversion("txn/k") = "1"\n\n'  # compares, then the success ops,

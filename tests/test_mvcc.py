@@ -315,3 +315,32 @@ def test_a_read_at_any_kept_revision_agrees_with_a_replay_of_the_log(ops: list[t
     for revision in range(kv.sm.store.compacted, kv.sm.revision + 1):
         got = {k: v.value for k, v in kv.sm.range("", revision=revision)[0]}
         assert got == states[revision], revision
+
+
+# Bytes that decode to ASCII, to characters of two, three and four bytes, and to escaped bytes
+# (alone, or a lead byte cut short): every way a key's text and byte orders can disagree.
+_KEY_BYTES = st.lists(st.sampled_from([b"a", b"z", b"/", b"\xd0\xbf", b"\xd1\x81", b"\xe4\xb8\xad", b"\xee\x80\x80",
+                                       b"\xf0\x9f\x98\x80", b"\x80", b"\xd0", b"\xc2", b"\xf5", b"\xff"]),
+                      max_size=4).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(_KEY_BYTES.filter(bool), min_size=1, max_size=25, unique=True), prefix=_KEY_BYTES,
+       start=_KEY_BYTES, end=st.none() | _KEY_BYTES, limit=st.none() | st.integers(1, 5), snapshotted=st.booleans())
+def test_a_range_selects_and_orders_keys_by_their_bytes(keys: list[bytes], prefix: bytes, start: bytes,
+                                                       end: bytes | None, limit: int | None, snapshotted: bool) -> None:
+    """As etcd's: a key is in a range when its bytes are, and ranges come in byte order, whatever
+    text the bytes are held as (byte_text: escapes sort among characters by code point, not by byte)."""
+    from raftkv.byte_text import as_bytes, as_text
+
+    kv = Replica()
+    for key in keys:
+        kv(Put(as_text(key), 1))
+    if snapshotted:  # the order kept by a replica restored from a snapshot, not grown by writes
+        restored = KVStateMachine()
+        restored.restore(kv.sm.snapshot())
+        kv = Replica(restored)
+    expected = sorted(k for k in keys if k.startswith(prefix) and start <= k and (end is None or k < end))
+    got, more = kv.sm.range(as_text(prefix), limit, as_text(start), None if end is None else as_text(end))
+    assert [as_bytes(k) for k, _ in got] == expected[:limit]
+    assert more == (limit is not None and len(expected) > limit)

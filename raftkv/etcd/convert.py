@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from raftkv.byte_text import as_bytes, as_text
+from raftkv.byte_text import as_bytes, as_text, byte_order
 from raftkv.etcd.errors import EMPTY_KEY
 from raftkv.etcd.pb import kv_pb2
 from raftkv.kv import KeyValue
@@ -46,6 +46,10 @@ class Bounds:
         else:
             self.start = "" if key == ALL_FROM else as_text(key)
             self.end = None if range_end == ALL_FROM else as_text(range_end)
+        # etcd's ranges are of bytes: compared in byte order (an end that is not UTF-8, as the end
+        # of a prefix of non-ASCII characters is, sorts in text among unrelated characters)
+        self._ordered_start = byte_order(self.start)
+        self._ordered_end = None if self.end is None else byte_order(self.end)
 
     @property
     def stop(self) -> str | None:
@@ -55,7 +59,8 @@ class Bounds:
     def contains(self, key: str) -> bool:
         if self.single:
             return key == self.start
-        return self.start <= key and (self.end is None or key < self.end)
+        ordered = byte_order(key)
+        return self._ordered_start <= ordered and (self._ordered_end is None or ordered < self._ordered_end)
 
 
 def kv_from_result(shown: dict[str, Any]) -> kv_pb2.KeyValue:

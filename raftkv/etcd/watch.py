@@ -191,10 +191,15 @@ def _fragments(events: list[kv_pb2.Event]) -> list[list[kv_pb2.Event]]:
 
 
 def _shared_prefix(a: str, b: str) -> str:
+    """A text prefix of every key from `a` to `b` in byte order: their common prefix, without the
+    escaped bytes it ends with (one may begin a character in a key between them)."""
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
-    return a[:n]
+    return a[:n].rstrip(_ESCAPED_BYTES)
+
+
+_ESCAPED_BYTES = "".join(map(chr, range(0xDC80, 0xDD00)))  # byte_text: the text of bytes that are not UTF-8
 
 
 def _event(change: Change, prev_kv: bool) -> kv_pb2.Event:

@@ -44,6 +44,8 @@ from functools import partial
 from itertools import islice
 from typing import Any, NamedTuple
 
+from raftkv.byte_text import byte_order
+
 __all__ = ["Change", "CompactedError", "Image", "KeyValue", "MVCCStore", "Row", "as_key_value", "checked_row",
            "key_value_of"]
 
@@ -104,6 +106,7 @@ class MVCCStore:
         # Sorted index of every key with a retained version (the current ones and the deleted ones
         # still in history), brought up to date lazily: puts of new keys are frequent and ranges rare.
         self._sorted_keys: list[str] = []
+        self._all_ascii = True  # then code point order is byte order, and sorting needs no key
         self._index_added: set[str] = set()
         self._index_removed: set[str] = set()
         self._arrivals, self._past_arrivals = _Arrivals(self._current), _Arrivals(self._past)
@@ -215,14 +218,16 @@ class MVCCStore:
 
     def range(self, prefix: str = "", limit: int | None = None, start: str = "", end: str | None = None,
               revision: int | None = None) -> tuple[list[tuple[str, KeyValue]], bool]:
-        """Keys starting with `prefix`, from `start` (inclusive) to `end` (exclusive), in sorted
-        order, as they were at `revision` (None: now); at most `limit`, and whether more matched."""
+        """Keys starting with `prefix`, from `start` (inclusive) to `end` (exclusive), in the order
+        of their bytes (byte_text.byte_order, etcd's), as they were at `revision` (None: now); at
+        most `limit`, and whether more matched."""
         if revision is not None:
             self._check(revision)
         keys = self._sorted()
         items: list[tuple[str, KeyValue]] = []
-        i, n = bisect_left(keys, max(prefix, start)), len(keys)
-        while i < n and keys[i].startswith(prefix) and (end is None or keys[i] < end):
+        prefix, end = byte_order(prefix), None if end is None else byte_order(end)
+        i, n = bisect_left(keys, max(prefix, byte_order(start)), key=byte_order), len(keys)
+        while i < n and (ordered := byte_order(keys[i])).startswith(prefix) and (end is None or ordered < end):
             row = self._current.get(keys[i]) if revision is None else self._row_at(keys[i], revision)
             if row is not None:
                 if limit is not None and len(items) >= limit:
@@ -271,6 +276,7 @@ class MVCCStore:
     # ---- the sorted index ---------------------------------------------------------------------
 
     def _index(self, key: str) -> None:
+        self._all_ascii = self._all_ascii and key.isascii()
         if key in self._index_removed:
             self._index_removed.discard(key)  # still in _sorted_keys
         else:
@@ -289,8 +295,9 @@ class MVCCStore:
             self._index_removed = set()
         if self._index_added:
             # Timsort merges the sorted run with the sorted additions in linear time.
-            self._sorted_keys += sorted(self._index_added)
-            self._sorted_keys.sort()
+            order = None if self._all_ascii else byte_order
+            self._sorted_keys += sorted(self._index_added, key=order)
+            self._sorted_keys.sort(key=order)
             self._index_added = set()
         return self._sorted_keys
 
@@ -305,7 +312,8 @@ class MVCCStore:
         store = cls()
         store._current, store._past, store.compacted = current, past, compacted
         keys = set(current) | set(past)
-        store._sorted_keys = sorted(keys)
+        store._all_ascii = all(key.isascii() for key in keys)
+        store._sorted_keys = sorted(keys, key=None if store._all_ascii else byte_order)
         changes = [(row[MOD_REVISION], k) for k, row in current.items()
                    if k not in past and row[MOD_REVISION] > compacted]
         changes += [(rev, k) for k, versions in past.items() for rev, _ in versions if rev > compacted]

@@ -29,6 +29,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 
+from raftkv.byte_text import byte_order
 from raftkv.kv import Change, KVStateMachine, Row, key_value_of, kv_to_dict
 
 __all__ = ["PROGRESS_EVERY_S", "WatchBatch", "WatchHub", "Watcher"]
@@ -78,7 +79,9 @@ class Watcher:
     cancelled: bool = False
 
     def wants(self, key: str) -> bool:
-        return key == self.key if self.key is not None else key.startswith(self.prefix or "")
+        if self.key is not None:
+            return key == self.key
+        return byte_order(key).startswith(byte_order(self.prefix or ""))  # as a range of the prefix selects
 
     def offer(self, batch: WatchBatch) -> None:
         """Queue a batch; a watcher that has MAX_PENDING_BATCHES waiting is cancelled instead."""
