@@ -413,6 +413,33 @@ def test_json_gateway_as_curl_sees_it(etcdctl: Etcdctl) -> None:
     assert status == 400 and refused["error"] == "etcdserver: given member URLs are invalid"
 
 
+
+def test_json_gateway_refuses_what_etcd_refuses_and_reads_what_etcd_reads(etcdctl: Etcdctl) -> None:
+    """Malformed base64 is refused (protobuf's parser alone dropped the characters it did not know:
+    "Z3cyL2Ex@@" wrote gw2/a1's neighbour gw2/a); a body that is not a JSON object is a 400, not a
+    500; a limit or revision of 0 or less means none, as in etcd; a sort option etcd does not
+    have is etcd's error."""
+    url = etcdctl.cluster.url("node1")
+    for key in ("Z3cyL2Ex@@", "Z3cyL2E"):  # not base64 / not padded
+        status, refused = http("POST", url + "/v3/kv/put", {"key": key, "value": _b64("x")})
+        assert status == 400 and "illegal base64 data" in refused["error"], refused
+    assert etcdctl.out("get", "gw2/", "--prefix") == ""  # nothing was written
+    for body in (1, [1], "text"):
+        status, refused = http("POST", url + "/v3/kv/range", body)
+        assert status == 400 and "a request is a JSON object" in refused["error"], refused
+    for key in ("gw2/a", "gw2/b", "gw2/c"):
+        http("POST", url + "/v3/kv/put", {"key": _b64(key), "value": _b64("1")})
+    whole = {"key": _b64("gw2/"), "range_end": _b64("gw20")}
+    for extra in ({"limit": -1}, {"revision": -1}, {"limit": 0, "revision": 0}):
+        status, got = http("POST", url + "/v3/kv/range", {**whole, **extra})
+        assert status == 200 and len(got["kvs"]) == 3 and not got.get("more"), (extra, got)
+    for extra in ({"sort_target": 9}, {"sort_order": 7}):
+        status, refused = http("POST", url + "/v3/kv/range", {**whole, **extra})
+        assert (status, refused["error"]) == (400, "etcdserver: invalid sort option"), refused
+    status, refused = http("POST", url + "/v3/kv/txn", {"compare": [{"key": _b64("gw2/a"), "target": 9}]})
+    assert status == 400 and refused["error"] == "etcdserver: unknown compare target 9", refused
+
+
 def test_etcd3gw_client_over_the_gateway(etcdctl: Etcdctl) -> None:
     etcd3gw = pytest.importorskip("etcd3gw")
     host, _, port = etcdctl.cluster.url("node3").removeprefix("http://").rpartition(":")

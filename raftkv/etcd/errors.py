@@ -41,6 +41,7 @@ LEASE_PROVIDED = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: lease is pr
 TOO_MANY_OPS = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: too many operations in txn request")
 DUPLICATE_KEY = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request")
 COMPACTED = _err(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted")
+INVALID_SORT_OPTION = _err(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: invalid sort option")
 FUTURE_REV = _err(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
 LEASE_NOT_FOUND = _err(grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
 LEASE_EXISTS = _err(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists")

@@ -22,6 +22,8 @@ middleware lets `/v3/...` through to this check (api/auth.py, Need.ETCD).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +33,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from raftkv.etcd.cluster import API_VERSION
@@ -149,9 +152,33 @@ def _messages(body: str, request_type: type[Message]) -> list[Message]:
             obj, end = decoder.raw_decode(text)
             objects.append(obj)
             text = text[end:].lstrip()
+        for obj in objects:
+            if type(obj) is not dict:
+                raise ValueError(f"a request is a JSON object, not {json.dumps(obj)[:40]}")
+            _check_base64(obj, request_type.DESCRIPTOR)
         return [json_format.ParseDict(obj, request_type()) for obj in objects or [{}]]
     except (ValueError, json_format.ParseError) as e:
         raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}") from None
+
+
+def _check_base64(obj: dict[str, Any], descriptor: Descriptor) -> None:
+    """Every bytes field of `obj` (and of the messages in it) is base64 as etcd's gateway reads it,
+    padded, in the standard or the URL alphabet: protobuf's own parser drops the characters it
+    does not know and pads what is short, so "Zm9v@@" would name the key foo."""
+    fields = {**descriptor.fields_by_name, **{f.json_name: f for f in descriptor.fields}}
+    for name, value in obj.items():
+        field = fields.get(name)
+        if field is None:
+            continue  # an unknown field: ParseDict says so
+        values = value if field.is_repeated and type(value) is list else [value]
+        for one in values:
+            if field.type == field.TYPE_BYTES and type(one) is str:
+                try:
+                    base64.b64decode(one, altchars=b"-_" if "-" in one or "_" in one else None, validate=True)
+                except binascii.Error:
+                    raise ValueError(f"{name}: illegal base64 data {one[:40]!r}") from None
+            elif field.type == field.TYPE_MESSAGE and type(one) is dict:
+                _check_base64(one, field.message_type)
 
 
 async def _stream(request: web.Request, rpc: _Rpc, messages: list[Message]) -> web.StreamResponse:

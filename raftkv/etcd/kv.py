@@ -98,11 +98,12 @@ class KVService(rpc_pb2_grpc.KVServicer):
     @unary
     async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.RangeResponse:
         bounds = Bounds(request.key, request.range_end)
+        _check_sort(request)
         if not request.serializable:
             await self.node.read_barrier(gathered=True)  # grpc.aio hands calls over one per loop iteration
         self.admission.require(*range_need(Access.READ, bounds))  # after the barrier: auth as of the read
         kv = self.node.kv
-        revision = request.revision or None
+        revision = request.revision if request.revision > 0 else None  # etcd: 0 or less reads now
         if revision is not None and revision > kv.revision:
             raise errors.FUTURE_REV()
         items, _ = kv.range("", None, bounds.start, bounds.stop, revision)
@@ -117,7 +118,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             descending = request.sort_order == rpc_pb2.RangeRequest.DESCEND
             items.sort(key=_SORT_KEYS[request.sort_target], reverse=descending)
         more = more_beyond
-        if request.limit and len(items) > request.limit:
+        if request.limit > 0 and len(items) > request.limit:  # etcd: 0 or less is no limit
             items, more = items[: request.limit], True
         kvs = [] if request.count_only else [kv_message(k, v, request.keys_only) for k, v in items]
         return rpc_pb2.RangeResponse(header=self.identity.header(revision), kvs=kvs, more=more, count=count)
@@ -263,9 +264,17 @@ def _delete_op(request: rpc_pb2.DeleteRangeRequest) -> TxnOp:
     return TxnDelete(bounds.start) if bounds.single else TxnDeleteRange(bounds.start, bounds.end)
 
 
+def _check_sort(request: rpc_pb2.RangeRequest) -> None:
+    if request.sort_order not in rpc_pb2.RangeRequest.SortOrder.values() or request.sort_target not in _SORT_KEYS:
+        raise errors.INVALID_SORT_OPTION()
+
+
 def _compare(c: rpc_pb2.Compare) -> Compare:
     if c.range_end:
         raise unimplemented("Compare.range_end", "a compare names one key")
+    if c.target not in _TARGETS or c.result not in _RESULTS:
+        raise invalid(f"etcdserver: unknown compare {'target' if c.target not in _TARGETS else 'result'} "
+                      f"{c.target if c.target not in _TARGETS else c.result}")
     target, field = _TARGETS[c.target]
     if c.WhichOneof("target_union") not in (field, None):
         raise invalid(f"etcdserver: a {field} compare carries {c.WhichOneof('target_union')}")
@@ -283,8 +292,9 @@ def _ops(ops: Any) -> tuple[TxnOp, ...]:
         kind = op.WhichOneof("request")
         if kind == "request_range":
             r = op.request_range
-            if r.revision:
+            if r.revision > 0:
                 raise unimplemented("RangeRequest.revision inside a txn", "a txn reads the store as it is")
+            _check_sort(r)
             bounds = Bounds(r.key, r.range_end)
             converted.append(TxnRange(limit=MAX_RANGE_LIMIT, start=bounds.start, end=bounds.stop))
         elif kind == "request_put":
