@@ -78,10 +78,13 @@ class Watcher:
     queue: asyncio.Queue[WatchBatch] = field(default_factory=lambda: asyncio.Queue(MAX_PENDING_BATCHES + 1))
     cancelled: bool = False
 
+    def __post_init__(self) -> None:
+        self._ordered_prefix = byte_order(self.prefix or "")  # a prefix selects as a range of it does: by bytes
+
     def wants(self, key: str) -> bool:
         if self.key is not None:
             return key == self.key
-        return byte_order(key).startswith(byte_order(self.prefix or ""))  # as a range of the prefix selects
+        return byte_order(key).startswith(self._ordered_prefix)
 
     def offer(self, batch: WatchBatch) -> None:
         """Queue a batch; a watcher that has MAX_PENDING_BATCHES waiting is cancelled instead."""
