@@ -193,6 +193,11 @@ def test_leases_grant_keep_alive_revoke_and_expire_with_their_keys(etcdctl: Etcd
     missing = etcdctl.run("lease", "revoke", lease, check=False)
     assert missing.returncode != 0 and "etcdserver: requested lease not found" in missing.stderr
     assert "already expired" in etcdctl.out("lease", "timetolive", lease)
+    # 0 names no lease (etcd's ids are positive): not found, as any lease that is not there
+    assert "already expired" in etcdctl.out("lease", "timetolive", "0")
+    for args in (("revoke", "0"), ("keep-alive", "--once", "0")):
+        missing = etcdctl.run("lease", *args, check=False)
+        assert missing.returncode != 0 and "etcdserver: requested lease not found" in missing.stderr, args
     short = re.match(r"lease ([0-9a-f]+)", etcdctl.out("lease", "grant", "1")).group(1)  # type: ignore[union-attr]
     etcdctl.out("put", "lease/short", "z", "--lease", short)
     deadline = time.monotonic() + 10
@@ -403,9 +408,10 @@ def test_json_gateway_as_curl_sees_it(etcdctl: Etcdctl) -> None:
     status, got = http("POST", url + "/v3/kv/range", {"key": _b64("gw/"), "range_end": _b64("gw0")})
     assert status == 200 and [base64.b64decode(kv["value"]) for kv in got["kvs"]] == [b"1"]
     assert etcdctl.out("get", "gw/a") == "gw/a\n1\n"  # one store, whichever API wrote it
-    assert http("POST", url + "/v3/lease/revoke", {"ID": 42}) == (404, {
-        "error": "etcdserver: requested lease not found", "code": 5,
-        "message": "etcdserver: requested lease not found"})
+    for body in ({"ID": 42}, {}):
+        assert http("POST", url + "/v3/lease/revoke", body) == (404, {
+            "error": "etcdserver: requested lease not found", "code": 5,
+            "message": "etcdserver: requested lease not found"})
     status, future = http("POST", url + "/v3/kv/range", {"key": _b64("gw/a"), "revision": 10**9})
     assert status == 400 and future["code"] == 11 and "future revision" in future["error"]
     assert http("POST", url + "/v3/kv/range", {"key": _b64("gw/a"), "no_such_field": 1})[0] == 400

@@ -58,6 +58,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     @unary
     async def LeaseRevoke(self, request: rpc_pb2.LeaseRevokeRequest,
                           context: grpc.aio.ServicerContext) -> rpc_pb2.LeaseRevokeResponse:
+        if request.ID <= 0:  # no lease's id (etcd's ids are positive; 0 is "no lease")
+            raise errors.LEASE_NOT_FOUND()
         lease = self.node.kv.leases.leases.get(request.ID)
         for key in sorted(lease.keys) if lease is not None else ():
             self.admission.require(Access.WRITE, key)
@@ -68,6 +70,9 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                              context: grpc.aio.ServicerContext) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
         with self.streams.held() as ending:
             while (request := await unless_ending(anext(aiter(requests), None), ending, context)) is not None:
+                if request.ID <= 0:
+                    yield rpc_pb2.LeaseKeepAliveResponse(header=self.identity.header(), ID=request.ID, TTL=0)
+                    continue
                 try:
                     ttl = (await self.node.keepalive_lease(request.ID))["ttl"]
                 except Exception as exc:
@@ -82,6 +87,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     @unary
     async def LeaseTimeToLive(self, request: rpc_pb2.LeaseTimeToLiveRequest,
                               context: grpc.aio.ServicerContext) -> rpc_pb2.LeaseTimeToLiveResponse:
+        if request.ID <= 0:
+            return rpc_pb2.LeaseTimeToLiveResponse(header=self.identity.header(), ID=request.ID, TTL=-1)
         try:
             info: dict[str, Any] = await self.node.lease_info(request.ID)
         except Exception as exc:
