@@ -23,9 +23,10 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["ESCAPES", "as_bytes", "as_text", "byte_order", "canonical", "packb", "unpackb"]
+__all__ = ["ESCAPED_BYTES", "ESCAPES", "as_bytes", "as_text", "byte_order", "canonical", "packb", "unpackb"]
 
 ESCAPES = "surrogateescape"
+ESCAPED_BYTES = "".join(map(chr, range(0xDC80, 0xDD00)))  # the text of each byte that is not UTF-8
 
 
 def as_text(data: bytes) -> str:

@@ -272,9 +272,10 @@ def _check_sort(request: rpc_pb2.RangeRequest) -> None:
 def _compare(c: rpc_pb2.Compare) -> Compare:
     if c.range_end:
         raise unimplemented("Compare.range_end", "a compare names one key")
-    if c.target not in _TARGETS or c.result not in _RESULTS:
-        raise invalid(f"etcdserver: unknown compare {'target' if c.target not in _TARGETS else 'result'} "
-                      f"{c.target if c.target not in _TARGETS else c.result}")
+    if c.target not in _TARGETS:
+        raise invalid(f"etcdserver: unknown compare target {c.target}")
+    if c.result not in _RESULTS:
+        raise invalid(f"etcdserver: unknown compare result {c.result}")
     target, field = _TARGETS[c.target]
     if c.WhichOneof("target_union") not in (field, None):
         raise invalid(f"etcdserver: a {field} compare carries {c.WhichOneof('target_union')}")

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from raftkv.byte_text import as_bytes
+from raftkv.byte_text import ESCAPED_BYTES, as_bytes
 from raftkv.etcd.admission import Admission, range_need
 from raftkv.etcd.convert import Bounds, kv_message
 from raftkv.etcd.errors import EtcdError
@@ -196,10 +196,7 @@ def _shared_prefix(a: str, b: str) -> str:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
-    return a[:n].rstrip(_ESCAPED_BYTES)
-
-
-_ESCAPED_BYTES = "".join(map(chr, range(0xDC80, 0xDD00)))  # byte_text: the text of bytes that are not UTF-8
+    return a[:n].rstrip(ESCAPED_BYTES)
 
 
 def _event(change: Change, prev_kv: bool) -> kv_pb2.Event:

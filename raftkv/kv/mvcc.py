@@ -226,8 +226,10 @@ class MVCCStore:
         keys = self._sorted()
         items: list[tuple[str, KeyValue]] = []
         prefix, end = byte_order(prefix), None if end is None else byte_order(end)
-        i, n = bisect_left(keys, max(prefix, byte_order(start)), key=byte_order), len(keys)
-        while i < n and (ordered := byte_order(keys[i])).startswith(prefix) and (end is None or ordered < end):
+        key_order = None if self._all_ascii else byte_order  # an ASCII key is its own byte order
+        i, n = bisect_left(keys, max(prefix, byte_order(start)), key=key_order), len(keys)
+        while i < n and (ordered := keys[i] if key_order is None else key_order(keys[i])).startswith(prefix) \
+                and (end is None or ordered < end):
             row = self._current.get(keys[i]) if revision is None else self._row_at(keys[i], revision)
             if row is not None:
                 if limit is not None and len(items) >= limit:
