@@ -191,6 +191,9 @@ def test_a_user_reads_and_writes_under_her_prefix_on_every_node_and_nothing_else
     txn = 'value("config") = "v1"\n\nput app/u/t yes\n\nget other\n\n'  # a read of `other`, even unreached
     assert DENIED in etcd.refused("txn", user="alice", stdin=txn)
     assert etcd.ok("txn", user="alice", stdin='value("config") = "v1"\n\nput app/u/t yes\n\n\n') == "SUCCESS\n\nOK\n"
+    reads_only = 'value("config") = "v1"\n\nget app/u/t\n\nget {}\n\n'  # served as a read, checked as one
+    assert etcd.ok("txn", user="alice", stdin=reads_only.format("config")) == "SUCCESS\n\napp/u/t\nyes\n"
+    assert DENIED in etcd.refused("txn", user="alice", stdin=reads_only.format("other"))
     assert etcd.ok("del", "app/u/", "--prefix", "--prev-kv", user="alice").startswith("2\n")
     assert DENIED in etcd.refused("del", "other", user="alice")
 

@@ -104,12 +104,8 @@ async def test_the_etcd_apis_linearizable_reads_may_be_gathered() -> None:
     the key's value reads it first, the same way."""
     from test_api import FakeNode
 
-    class Header:
-        def header(self, revision: int | None = None) -> rpc_pb2.ResponseHeader:
-            return rpc_pb2.ResponseHeader(revision=revision or 0)
-
     node = FakeNode()
-    kv = KVService(node, Header(), Admission(Gate(node)))  # type: ignore[arg-type]
+    kv = KVService(node, _Header(), Admission(Gate(node)))  # type: ignore[arg-type]
     await kv.Range(rpc_pb2.RangeRequest(key=b"k"), None)
     await kv.Range(rpc_pb2.RangeRequest(key=b"k", serializable=True), None)
     assert node.gathered_reads == [True]
@@ -117,6 +113,35 @@ async def test_the_etcd_apis_linearizable_reads_may_be_gathered() -> None:
     await kv.Put(rpc_pb2.PutRequest(key=b"k", ignore_value=True), None)
     assert node.gathered_reads == [True, True]
     assert node.kv.get("k").value == "v"
+
+
+async def test_a_txns_range_counts_and_sorts_every_key_and_a_txn_that_only_reads_is_a_read() -> None:
+    """etcd's txn answers a range with the count of every key in it and sorts them all before its
+    limit; a txn of ranges alone is served as a read (a read barrier, no log entry)."""
+    from test_api import FakeNode
+
+    node = FakeNode()
+    kv = KVService(node, _Header(), Admission(Gate(node)))  # type: ignore[arg-type]
+    keys = 10_050  # more than the HTTP API's own range limit
+    for first in range(0, keys, 128):
+        puts = [rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=f"big/{i:05}".encode(), value=f"{i:05}".encode()))
+                for i in range(first, min(first + 128, keys))]
+        await kv.Txn(rpc_pb2.TxnRequest(success=puts), None)
+    by_value = rpc_pb2.RangeRequest(key=b"big/", range_end=b"big0", limit=2, sort_target=rpc_pb2.RangeRequest.VALUE,
+                                    sort_order=rpc_pb2.RangeRequest.DESCEND)
+    proposals, barriers = len(node.proposals), node.barriers
+    read = await kv.Txn(rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=by_value)]), None)
+    answer = read.responses[0].response_range
+    assert (answer.count, answer.more, [k.value for k in answer.kvs]) == (keys, True, [b"10049", b"10048"])
+    assert (len(node.proposals), node.barriers) == (proposals, barriers + 1)
+    put = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"big/x", value=b"x"))
+    written = await kv.Txn(rpc_pb2.TxnRequest(success=[put, rpc_pb2.RequestOp(request_range=by_value)]), None)
+    assert written.responses[1].response_range.count == keys + 1 and len(node.proposals) == proposals + 1
+
+
+class _Header:
+    def header(self, revision: int | None = None) -> rpc_pb2.ResponseHeader:
+        return rpc_pb2.ResponseHeader(revision=revision or 0)
 
 
 def test_member_numbers_are_stable_and_never_zero() -> None:

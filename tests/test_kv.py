@@ -456,7 +456,7 @@ ALL_COMMANDS = [
     Txn((cmp("a", "value", "==", {"x": 1}), cmp("a", "version", ">", 0), cmp("b", "exists", "!=", True),
          cmp("c", "create_revision", "<", 9), cmp("d", "mod_revision", "!=", 0)),
         (TxnPut("a", [1]), TxnDelete("b"), TxnGet("c"), TxnRange("p/", 5)),
-        (TxnRange("", 1),), request_id="t"),
+        (TxnRange("", 1), TxnRange("", None, "a", "b")), request_id="t"),  # None: no limit (etcd's txn)
 ]
 
 
@@ -533,6 +533,7 @@ def test_txn_from_json_accepts_both_op_spellings() -> None:
         ({"failure": [{"op": "get", "key": "a", "value": 1}]}, "failure[0]: unknown field 'value'"),
         ({"failure": [{"op": "range", "limit": 0}]}, "failure[0].limit: must be an integer from 1"),
         ({"failure": [{"op": "range", "limit": "10"}]}, "failure[0].limit: must be an integer"),
+        ({"failure": [{"op": "range", "limit": None}]}, "failure[0].limit: must be an integer from 1"),
         ({"failure": [{"op": "range", "prefix": None}]}, "failure[0].prefix: must be a string, not null"),
         ({"success": [{"op": "put", "key": "a", "value": float("nan")}]}, "must be finite"),
         ({"success": [{"op": "put", "key": "a", "value": 2**64}]}, "out of the 64-bit range"),

@@ -24,10 +24,11 @@ every call is admitted before its handler runs, in the call's own task, the same
    it starts see it), and its credentials in `CALLER_AUTHORIZATION`, which what the node relays
    to the leader's HTTP API carries (member changes, lease keep-alives), so the leader checks the
    same user. Handlers check keys with `require` (reads after the read barrier, so as of the
-   read) and propose writes with `propose`: the gate's `propose_as`, which wraps a write as
-   `AsUser(user, auth revision)` and checks again if auth changed before it applied, so a
-   permission revoked holds for writes in flight. A check in a call that has no user (never
-   admitted, or admitted while auth was off) refuses while auth is on (fail closed).
+   read; a txn that only reads, with `require_for`) and propose writes with `propose`: the gate's
+   `propose_as`, which wraps a write as `AsUser(user, auth revision)` and checks again if auth
+   changed before it applied, so a permission revoked holds for writes in flight. A check in a
+   call that has no user (never admitted, or admitted while auth was off) refuses while auth is
+   on (fail closed).
 
 A denial is etcd's "etcdserver: permission denied" (PERMISSION_DENIED), which etcdctl prints as
 is and `etcdctl endpoint health` reads as "healthy, not allowed".
@@ -41,7 +42,7 @@ from typing import Any
 
 import grpc
 
-from raftkv.api.auth import Gate, Need, Requirement, range_prefix
+from raftkv.api.auth import Gate, Need, Requirement, needs, range_prefix
 from raftkv.api.errors import ApiError
 from raftkv.etcd import errors
 from raftkv.etcd.convert import Bounds
@@ -167,6 +168,13 @@ class Admission:
             self.gate.check(self.caller(), access, key=key, prefix=prefix)
         except ApiError:
             raise errors.PERMISSION_DENIED() from None
+
+    def require_for(self, cmd: Command) -> None:
+        """PERMISSION_DENIED unless the caller may do all that `cmd` does (a txn read here, not proposed)."""
+        user = self.caller()
+        if user is not None:  # (None: auth is off)
+            for access, key, prefix in needs(cmd, user):
+                self.require(access, key, prefix)
 
     async def propose(self, cmd: Command, also: Iterable[Requirement] = ()) -> dict[str, Any]:
         """The state machine's result for `cmd` proposed as the caller, who needs what it needs and

@@ -9,7 +9,9 @@ etcd, and a txn's range and delete ops take etcd's [key, range_end) bounds). A P
 the key's value or lease (ignore_value, ignore_lease) reads them and writes with a txn whose
 compare is the key's mod revision, again if another write came between. Reads wait for a
 ReadIndex round (`node.read_barrier`) unless the request is `serializable`, then read the local
-store, at a past revision if asked.
+store, at a past revision if asked. A txn whose ops only read is a read too, as in etcd: its
+compares and ranges are evaluated on the local store after a ReadIndex round, with no log entry.
+A txn's range is read whole, so that its count and its sort see every key in it, as etcd's do.
 
 What the store does not do itself is done here, over the keys a range read returned: etcd's
 sort order and target, the min/max create and mod revision filters, keys_only and count_only,
@@ -37,7 +39,6 @@ from raftkv.etcd.identity import Identity
 from raftkv.etcd.pb import rpc_pb2, rpc_pb2_grpc
 from raftkv.kv import (
     INVALID,
-    MAX_RANGE_LIMIT,
     MAX_TXN_OPS,
     NOT_FOUND,
     Access,
@@ -129,11 +130,16 @@ class KVService(rpc_pb2_grpc.KVServicer):
         """The state machine's result for `cmd`, proposed as the caller (who needs what `cmd` needs,
         and `also`). Checked here first, as the HTTP API checks its commands: a malformed one is
         refused before it reaches the log, the same on every node."""
-        try:
-            validate(cmd)
-        except InvalidCommand as e:
-            raise invalid(f"etcdserver: {e}") from None
+        _validate(cmd)
         return check_result(await self.admission.propose(cmd, also))
+
+    async def _read(self, cmd: Txn) -> dict[str, Any]:
+        """The result of a txn that only reads, answered as etcd answers one: from this node's
+        store once a read of it is linearizable, with no log entry (nor its cost on every node)."""
+        _validate(cmd)
+        await self.node.read_barrier(gathered=True)
+        self.admission.require_for(cmd)  # after the barrier: auth as of the read
+        return check_result(self.node.kv.read_txn(cmd))
 
     @unary
     async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
@@ -185,7 +191,10 @@ class KVService(rpc_pb2_grpc.KVServicer):
         if max(len(request.compare), len(request.success), len(request.failure)) > MAX_TXN_OPS:
             raise errors.TOO_MANY_OPS()
         cmd = Txn(tuple(_compare(c) for c in request.compare), _ops(request.success), _ops(request.failure))
-        result = await self._propose(cmd, _shown_by_ops((*request.success, *request.failure)))
+        if _reads_only(request):
+            result = await self._read(cmd)
+        else:
+            result = await self._propose(cmd, _shown_by_ops((*request.success, *request.failure)))
         branch = request.success if result["succeeded"] else request.failure
         responses = [self._op_response(op, answer, result["revision"])
                      for op, answer in zip(branch, result["responses"], strict=True)]
@@ -217,6 +226,17 @@ class KVService(rpc_pb2_grpc.KVServicer):
         if not result.get("ok"):  # the store moved on or compacted meanwhile: say which, as etcd would
             raise errors.FUTURE_REV() if request.revision > kv.revision else errors.COMPACTED()
         return rpc_pb2.CompactionResponse(header=self.identity.header(result["revision"]))
+
+
+def _validate(cmd: Command) -> None:
+    try:
+        validate(cmd)
+    except InvalidCommand as e:
+        raise invalid(f"etcdserver: {e}") from None
+
+
+def _reads_only(request: rpc_pb2.TxnRequest) -> bool:
+    return all(op.WhichOneof("request") == "request_range" for op in (*request.success, *request.failure))
 
 
 def _passes(request: rpc_pb2.RangeRequest, kv: KeyValue) -> bool:
@@ -297,7 +317,7 @@ def _ops(ops: Any) -> tuple[TxnOp, ...]:
                 raise unimplemented("RangeRequest.revision inside a txn", "a txn reads the store as it is")
             _check_sort(r)
             bounds = Bounds(r.key, r.range_end)
-            converted.append(TxnRange(limit=MAX_RANGE_LIMIT, start=bounds.start, end=bounds.stop))
+            converted.append(TxnRange(limit=None, start=bounds.start, end=bounds.stop))  # count and sort see all
         elif kind == "request_put":
             _refuse_ignore(op.request_put)
             key = key_text(op.request_put.key)

@@ -130,10 +130,12 @@ class TxnGet:
 
 @dataclass(slots=True)
 class TxnRange:
-    """Keys starting with `prefix`, and from `start` (inclusive) to `end` (exclusive; None: no bound)."""
+    """Keys starting with `prefix`, and from `start` (inclusive) to `end` (exclusive; None: no bound);
+    at most `limit` of them. None is no limit: etcd's txn answers a range with its count and sorts it
+    whole, so its ranges are read whole (the HTTP API's are bounded, MAX_RANGE_LIMIT)."""
 
     prefix: str = ""
-    limit: int = DEFAULT_RANGE_LIMIT
+    limit: int | None = DEFAULT_RANGE_LIMIT
     start: str = ""
     end: str | None = None
 
@@ -458,7 +460,7 @@ def _check_op(op: Any, where: str) -> None:
     t = type(op)
     if t is TxnRange:
         _check_str(op.prefix, f"{where}.prefix", allow_empty=True)
-        if type(op.limit) is not int or not 1 <= op.limit <= MAX_RANGE_LIMIT:
+        if op.limit is not None and (type(op.limit) is not int or not 1 <= op.limit <= MAX_RANGE_LIMIT):
             raise InvalidCommand(f"{where}.limit: must be an integer from 1 to {MAX_RANGE_LIMIT}")
         _check_bounds(op.start, op.end, where)
     elif t is TxnDeleteRange:
@@ -662,6 +664,8 @@ def _op_from_json(item: Any, where: str) -> TxnOp:
         raise InvalidCommand(f"{where}.op: must be one of 'put', 'delete', 'get', 'range' ({got})")
     cls, required, optional = _OPS_JSON[name]
     f = _fields(item, where, required | {"op"}, optional)
+    if "limit" in f and f["limit"] is None:  # no limit is for etcd's txn ranges; the HTTP API's are bounded
+        raise InvalidCommand(f"{where}.limit: must be an integer from 1 to {MAX_RANGE_LIMIT}")
     return cls(**{k: v for k, v in f.items() if k != "op"})  # only known fields are left
 
 

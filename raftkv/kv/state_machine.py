@@ -411,6 +411,13 @@ class KVStateMachine:
         return {"ok": False, "error": PRECONDITION_FAILED, "op": op, "key": key, "reason": reason,
                 "current": None if cur is None else kv_to_dict(key, cur), "revision": self.revision}
 
+    def read_txn(self, cmd: Txn) -> Result:
+        """The result of a txn whose ops only read (gets and ranges), from the state as it is now;
+        nothing changes and no entry is applied. etcd answers such a txn as a read: after a read
+        barrier, this is what applying it at that point of the log would have answered."""
+        assert all(type(op) is TxnGet or type(op) is TxnRange for op in (*cmd.success, *cmd.failure)), cmd
+        return self._txn(cmd)
+
     def _txn(self, cmd: Txn) -> Result:
         # Compares all see the state before the txn; ops then run in order, and a read sees the
         # writes before it in the same txn. Validation already passed, so no op can fail midway:
