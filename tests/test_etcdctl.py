@@ -296,6 +296,8 @@ def test_alarms_and_move_leader(etcdctl: Etcdctl) -> None:
     leader = etcdctl.cluster.wait_for_leader()
     members = {m["name"]: m["ID"] for m in etcdctl.json("member", "list")["members"]}
     target = next(name for name in members if name != leader)
+    unknown = etcdctl.run("move-leader", "abc123", endpoint=leader, check=False)
+    assert unknown.returncode != 0 and "etcdserver: bad leader transferee" in unknown.stderr, unknown.stderr
     moved = etcdctl.out("move-leader", f"{members[target]:x}", endpoint=leader)
     assert re.search(rf"Leadership transferred from +{members[leader]:x} to +{members[target]:x}", moved), moved
     assert etcdctl.cluster.wait_for_leader() == target
@@ -553,6 +555,9 @@ async def test_kv_and_lease_details_over_grpc(etcdctl: Etcdctl) -> None:
         moved = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"kd/c", value=b"3", lease=lease.ID))
         txn = await kv.Txn(rpc_pb2.TxnRequest(compare=[leased], success=[moved]))
         assert txn.succeeded and (await kv.Range(rpc_pb2.RangeRequest(key=b"kd/c"))).kvs[0].lease == lease.ID
+        with pytest.raises(grpc.aio.AioRpcError) as empty_op:  # an op that asks nothing
+            await kv.Txn(rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp()]))
+        assert empty_op.value.details() == "etcdserver: key not found"
         twice = rpc_pb2.TxnRequest(success=[moved, moved])
         with pytest.raises(grpc.aio.AioRpcError) as duplicate:
             await kv.Txn(twice)

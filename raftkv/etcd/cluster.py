@@ -188,7 +188,10 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         core = self.node.group.core
         if core.role is not Role.LEADER:
             raise errors.EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: not leader")
-        target = self.identity.member_named(request.targetID)
+        try:
+            target = self.identity.member_named(request.targetID)
+        except errors.EtcdError:
+            raise errors.BAD_TRANSFEREE() from None  # as etcd: no such member is no transferee
         if target not in core.conf.voters or target == self.node.id:
             raise errors.BAD_TRANSFEREE()
         self.node.group.transfer_leadership(target)

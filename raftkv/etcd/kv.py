@@ -331,6 +331,8 @@ def _ops(ops: Any) -> tuple[TxnOp, ...]:
                 raise errors.DUPLICATE_KEY()
             deletes.append(bounds)
             converted.append(_delete_op(op.request_delete_range))
+        elif kind is None:
+            raise errors.KEY_NOT_FOUND()  # etcd's answer to an op that asks nothing
         else:
             raise unimplemented("nested txns (RequestOp.request_txn)", "a txn's ops are puts, deletes and ranges")
     return tuple(converted)
