@@ -7,7 +7,9 @@ The same loop as workload.py (seeded choices of key, operation and node among th
 moment, unique integer values, no retries), on keys of their own (`chaos-e0`, ...) so that both
 kinds of client can run in one run and one history, each key judged by the same checker:
 
-    read    KV.Range (linearizable: the default)          ok, the value (absent: None)
+    read    KV.Range (linearizable: the default); odd-     ok, the value (absent: None)
+            numbered clients a KV.Txn of one range op
+            (a txn that only reads is served as a read)
     write   KV.Put                                        ok
     cas     KV.Txn: compare value == expected (absent     ok, succeeded True or False
             expected: create_revision == 0), put on success
@@ -182,9 +184,11 @@ def _value(raw: bytes) -> Any:
 
 
 async def perform(nodes: EtcdNodes, recorder: Recorder, client: str, node: str, kind: str, key: str, value: Any,
-                  expected: Any, timeout_s: float, serializable: bool = False) -> tuple[Operation, dict[str, Any]]:
+                  expected: Any, timeout_s: float, serializable: bool = False,
+                  read_by_txn: bool = False) -> tuple[Operation, dict[str, Any]]:
     """Send one call, record it (with its node and gRPC status); return both. `serializable`: a
-    read of the node's local state, not recorded (the final divergence check's)."""
+    read of the node's local state, not recorded (the final divergence check's). `read_by_txn`: a
+    read as a txn of one range op, not a Range."""
     stub, key_bytes = rpc_pb2_grpc.KVStub(nodes.channel(node)), key.encode()
     outcome, result, code, details, sent = "ok", None, grpc.StatusCode.OK, "", True
     try:
@@ -197,7 +201,13 @@ async def perform(nodes: EtcdNodes, recorder: Recorder, client: str, node: str, 
             pass
         elif kind == "read":
             request = rpc_pb2.RangeRequest(key=key_bytes, serializable=serializable)
-            found = (await stub.Range(request, timeout=timeout_s, metadata=metadata)).kvs
+            if read_by_txn:
+                assert not serializable, "a txn has no serializable form"
+                read = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=request)])
+                answer = await stub.Txn(read, timeout=timeout_s, metadata=metadata)
+                found = answer.responses[0].response_range.kvs
+            else:
+                found = (await stub.Range(request, timeout=timeout_s, metadata=metadata)).kvs
             result = _value(found[0].value) if found else None
         elif kind == "write":
             await stub.Put(rpc_pb2.PutRequest(key=key_bytes, value=str(value).encode()), timeout=timeout_s,
@@ -240,7 +250,7 @@ async def _client_loop(index: int, cfg: WorkloadConfig, members: Callable[[], Ma
             pause_s += REFUSED_BACKOFF_S  # a new member not answering yet: nothing was sent
         else:
             op, meta = await perform(nodes, recorder, f"e{index}", node, planned.kind, planned.key, planned.value,
-                                     planned.expected, cfg.op_timeout_s)
+                                     planned.expected, cfg.op_timeout_s, read_by_txn=index % 2 == 1)
             plan.learn(planned, op)
             if op.outcome == "fail" and any(phrase in meta.get("error", "") for phrase in NEVER_SENT):
                 pause_s += REFUSED_BACKOFF_S  # a node is down: do not flood the history with refusals
