@@ -29,7 +29,9 @@ import pytest
 from cluster import LocalCluster, http
 
 from raftkv.api.auth import range_prefix
-from raftkv.etcd.auth import etcd_permission, prefix_end, raftkv_permission
+from raftkv.etcd.admission import range_need
+from raftkv.etcd.auth import etcd_permission, raftkv_permission
+from raftkv.etcd.convert import Bounds, prefix_end
 from raftkv.etcd.errors import EtcdError
 from raftkv.etcd.pb import auth_pb2, rpc_pb2, rpc_pb2_grpc
 from raftkv.kv import Access, Permission
@@ -163,6 +165,12 @@ def test_etcds_ranges_map_to_raftkvs_keys_and_prefixes() -> None:
     # what a read of a range needs: the prefix --prefix names, or what start and end share
     assert range_prefix("", "app/", "app0") == "app/" and range_prefix("", "app/a", "app/z") == "app/"
     assert range_prefix("", "app/", "app1") == "app" and range_prefix("", "a", None) == ""
+    # what --prefix sends needs the prefix a grant by --prefix gives, whatever bytes it ends in
+    for prefix in (b"app/", b"q\xff\xff", b"b\xff", b"\xff", b"\xd0\xbf", b"\0", b"\0\xff"):
+        granted = raftkv_permission(READWRITE, prefix, prefix_end(prefix))
+        assert range_need(Access.READ, Bounds(prefix, prefix_end(prefix))) == (Access.READ, None, granted.key)
+    assert range_need(Access.READ, Bounds(b"\0", b"\0")) == (Access.READ, None, "")  # every key
+    assert range_need(Access.READ, Bounds(b"q\xff\xff", b"s")) == (Access.READ, None, "")  # wider than q\xff\xff
 
 
 def test_etcdctl_sets_users_and_roles_up_and_enables_auth(auth_on: Etcd) -> None:

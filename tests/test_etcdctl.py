@@ -34,7 +34,7 @@ from cluster import LocalCluster, http
 
 from raftkv.check import Operation, check_history
 from raftkv.cli import main as cli_main
-from raftkv.etcd.auth import prefix_end
+from raftkv.etcd.convert import prefix_end
 from raftkv.etcd.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from raftkv.node.backup import BackupError, read_backup
 from raftkv.node.config import Member
@@ -519,6 +519,39 @@ async def test_watch_options_over_grpc(etcdctl: Etcdctl) -> None:
         stream.cancel()
 
 
+async def test_watch_ids_count_up_and_the_watches_etcd_refuses_end_alone(etcdctl: Etcdctl) -> None:
+    """As etcd: a watch of no key watches "\\0"; a range that holds no key and an id in use are
+    refused (id -1) and the stream goes on; the ids the stream picks are never reused."""
+    async with grpc.aio.insecure_channel(etcdctl.endpoints["node1"]) as channel:
+        kv, stream = rpc_pb2_grpc.KVStub(channel), rpc_pb2_grpc.WatchStub(channel).Watch()
+
+        async def create(**fields: object) -> rpc_pb2.WatchResponse:
+            await stream.write(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(**fields)))
+            return await asyncio.wait_for(stream.read(), 10)
+
+        first, no_key = await create(key=b"wi/a"), await create(key=b"")
+        assert first.created and no_key.created and not no_key.canceled and no_key.watch_id == first.watch_id + 1
+        empty = await create(key=b"wi/b", range_end=b"wi/a")
+        assert (empty.watch_id, empty.canceled, empty.cancel_reason) == (-1, True, "mvcc: watcher range is empty")
+        taken = await create(key=b"wi/c", watch_id=no_key.watch_id)
+        assert (taken.watch_id, taken.canceled) == (-1, True)
+        assert taken.cancel_reason == "mvcc: duplicate watch ID provided on the WatchStream"
+        await stream.write(rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=first.watch_id)))
+        assert (await asyncio.wait_for(stream.read(), 10)).canceled
+        again = await create(key=b"wi/a")
+        assert again.watch_id == no_key.watch_id + 1  # not the cancelled watch's id
+        await kv.Put(rpc_pb2.PutRequest(key=b"wi/a", value=b"1"))
+        event = await asyncio.wait_for(stream.read(), 10)
+        assert event.watch_id == again.watch_id and [e.kv.key for e in event.events] == [b"wi/a"]
+        stream.cancel()
+        for call in (kv.Range(rpc_pb2.RangeRequest(key=b"", range_end=b"\0")),
+                     kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=b"", range_end=b"\0"))):
+            with pytest.raises(grpc.aio.AioRpcError) as no_key_range:  # not every key from the first on
+                await call
+            assert no_key_range.value.details() == "etcdserver: key is not provided"
+        assert (await kv.Range(rpc_pb2.RangeRequest(key=b"wi/a"))).count == 1
+
+
 async def test_a_watch_that_asks_for_fragments_gets_a_large_revision_in_parts(etcdctl: Etcdctl) -> None:
     puts = [rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=f"frag/{i:03}".encode(), value=b"x" * 14_000))
             for i in range(100)]  # 1.4 MB: one request; with prev_kv, the second txn's events are twice that
@@ -545,8 +578,8 @@ async def test_kv_and_lease_details_over_grpc(etcdctl: Etcdctl) -> None:
         lease = await leases.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=60))
         first = await kv.Put(rpc_pb2.PutRequest(key=b"kd/a", value=b"1", lease=lease.ID))
         await kv.Put(rpc_pb2.PutRequest(key=b"kd/b", value=b"2"))
-        counted = await kv.Range(rpc_pb2.RangeRequest(key=b"kd/", range_end=b"kd0", count_only=True))
-        assert counted.count == 2 and not counted.kvs
+        counted = await kv.Range(rpc_pb2.RangeRequest(key=b"kd/", range_end=b"kd0", count_only=True, limit=1))
+        assert counted.count == 2 and not counted.kvs and not counted.more  # as etcd: no key returned, no more
         newer = await kv.Range(rpc_pb2.RangeRequest(key=b"kd/", range_end=b"kd0",
                                                     min_mod_revision=first.header.revision + 1))
         assert [k.key for k in newer.kvs] == [b"kd/b"] and newer.count == 2

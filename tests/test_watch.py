@@ -114,6 +114,11 @@ async def test_progress_tells_an_idle_watcher_how_current_it_is() -> None:
     s.hub.progress()
     [batch] = drain(watcher.queue)
     assert batch.progress and batch.revision == 1 and batch.to_json(False) == {"progress": True, "revision": 1}
+    s.hub.progress()  # nothing changed since: told again (the notice says the watch is alive)
+    assert [(b.progress, b.revision) for b in drain(watcher.queue)] == [(True, 1)]
+    later = s.hub.watch(key="quiet", start_revision=5)  # from a revision still to come: nothing to tell
+    s.hub.progress()
+    assert drain(later.queue) == [] and later.delivered_to == 4
 
 
 async def test_after_a_snapshot_a_watcher_gets_what_it_missed_or_is_told_history_is_gone() -> None:

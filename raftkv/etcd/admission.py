@@ -201,4 +201,4 @@ def range_need(access: Access, bounds: Bounds) -> Requirement:
     longest prefix the range's keys share (the key itself, for what `--prefix` sends)."""
     if bounds.single:
         return access, bounds.start, None
-    return access, None, range_prefix("", bounds.start, bounds.end)
+    return access, None, bounds.prefix if bounds.prefix is not None else range_prefix("", bounds.start, bounds.end)

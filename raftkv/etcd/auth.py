@@ -38,27 +38,20 @@ from raftkv.api.errors import ApiError
 from raftkv.byte_text import as_bytes
 from raftkv.etcd import errors
 from raftkv.etcd.admission import Admission
-from raftkv.etcd.convert import ALL_FROM, key_text
+from raftkv.etcd.convert import ALL_FROM, key_text, prefix_end
 from raftkv.etcd.errors import EtcdError, invalid, unary
 from raftkv.etcd.identity import Identity
 from raftkv.etcd.pb import auth_pb2, rpc_pb2, rpc_pb2_grpc
 from raftkv.kv import ROOT, Access, AuthChange, AuthChangeOp, InvalidCommand, Permission, check_name, validate
 from raftkv.node import NodeHost
 
-__all__ = ["AuthService", "etcd_permission", "prefix_end", "raftkv_permission"]
+__all__ = ["AuthService", "etcd_permission", "raftkv_permission"]
 
 _ACCESS = {auth_pb2.Permission.READ: Access.READ, auth_pb2.Permission.WRITE: Access.WRITE,
            auth_pb2.Permission.READWRITE: Access.READWRITE}
 _TYPE = {access: perm_type for perm_type, access in _ACCESS.items()}
 _ONLY_KEYS_AND_PREFIXES = ("etcdserver: raftkv grants permissions on a key or a prefix only: give no range_end "
                            "(one key), the key's prefix end (--prefix), or key and range_end \"\\0\" (every key)")
-
-
-def prefix_end(key: bytes) -> bytes:
-    """The first key past every key that starts with `key` (etcd's GetPrefixRangeEnd): its last
-    byte below 0xff, plus one; "\\0" (no end) when there is none."""
-    stripped = key.rstrip(b"\xff")
-    return stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else ALL_FROM
 
 
 def raftkv_permission(perm_type: int, key: bytes, range_end: bytes) -> Permission:

@@ -18,9 +18,16 @@ from raftkv.etcd.errors import EMPTY_KEY
 from raftkv.etcd.pb import kv_pb2
 from raftkv.kv import KeyValue
 
-__all__ = ["Bounds", "key_text", "kv_from_result", "kv_message", "value_bytes"]
+__all__ = ["Bounds", "key_text", "kv_from_result", "kv_message", "prefix_end", "value_bytes"]
 
 ALL_FROM = b"\0"  # a range_end of "\0" means "every key from key on"; key "\0" too means every key
+
+
+def prefix_end(key: bytes) -> bytes:
+    """The first key past every key that starts with `key` (etcd's GetPrefixRangeEnd): its last
+    byte below 0xff, plus one; "\\0" (no end) when there is none."""
+    stripped = key.rstrip(b"\xff")
+    return stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else ALL_FROM
 
 
 def key_text(key: bytes) -> str:
@@ -37,15 +44,22 @@ def value_bytes(value: Any) -> bytes:
 
 class Bounds:
     """An etcd key range: one key (`single`), or keys from `start` (inclusive) to `end`
-    (exclusive; None: no end)."""
+    (exclusive; None: no end). As in etcd, a key must be given (a client that sent none would
+    otherwise read or delete from the first key on); "\\0" is the first key."""
 
     def __init__(self, key: bytes, range_end: bytes) -> None:
         self.single = not range_end
         if self.single:
             self.start, self.end = key_text(key), None
         else:
-            self.start = "" if key == ALL_FROM else as_text(key)
+            self.start = "" if key == ALL_FROM else key_text(key)
             self.end = None if range_end == ALL_FROM else as_text(range_end)
+        # the keys under one prefix and none else (what `--prefix` sends, whatever bytes it ends in), or None
+        self.prefix: str | None = None
+        if key == ALL_FROM and range_end == ALL_FROM:
+            self.prefix = ""
+        elif range_end and range_end == prefix_end(key):
+            self.prefix = as_text(key)
         # etcd's ranges are of bytes: compared in byte order (an end that is not UTF-8, as the end
         # of a prefix of non-ASCII characters is, sorts in text among unrelated characters)
         self._ordered_start = byte_order(self.start)

@@ -108,20 +108,22 @@ class KVService(rpc_pb2_grpc.KVServicer):
         if revision is not None and revision > kv.revision:
             raise errors.FUTURE_REV()
         items, _ = kv.range("", None, bounds.start, bounds.stop, revision)
-        return self._range_response(request, items, more_beyond=False, revision=kv.revision)
+        return self._range_response(request, items, kv.revision)
 
-    def _range_response(self, request: rpc_pb2.RangeRequest, items: list[tuple[str, KeyValue]], more_beyond: bool,
+    def _range_response(self, request: rpc_pb2.RangeRequest, items: list[tuple[str, KeyValue]],
                         revision: int) -> rpc_pb2.RangeResponse:
-        """etcd's filters, sort, limit, keys_only and count_only over the keys of a range."""
+        """etcd's filters, sort, limit, keys_only and count_only over every key of a range."""
         count = len(items)
+        if request.count_only:  # as etcd: the count alone, and no `more`, since no key is returned
+            return rpc_pb2.RangeResponse(header=self.identity.header(revision), count=count)
         items = [(k, v) for k, v in items if _passes(request, v)]
         if request.sort_order != rpc_pb2.RangeRequest.NONE or request.sort_target != rpc_pb2.RangeRequest.KEY:
             descending = request.sort_order == rpc_pb2.RangeRequest.DESCEND
             items.sort(key=_SORT_KEYS[request.sort_target], reverse=descending)
-        more = more_beyond
-        if request.limit > 0 and len(items) > request.limit:  # etcd: 0 or less is no limit
-            items, more = items[: request.limit], True
-        kvs = [] if request.count_only else [kv_message(k, v, request.keys_only) for k, v in items]
+        more = request.limit > 0 and len(items) > request.limit  # etcd: 0 or less is no limit
+        if more:
+            items = items[: request.limit]
+        kvs = [kv_message(k, v, request.keys_only) for k, v in items]
         return rpc_pb2.RangeResponse(header=self.identity.header(revision), kvs=kvs, more=more, count=count)
 
     # ---- writes ---------------------------------------------------------------------------------
@@ -205,8 +207,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         kind = op.WhichOneof("request")
         if kind == "request_range":
             items = [(shown["key"], _key_value(shown)) for shown in answer["items"]]
-            return rpc_pb2.ResponseOp(response_range=self._range_response(op.request_range, items, answer["more"],
-                                                                          revision))
+            return rpc_pb2.ResponseOp(response_range=self._range_response(op.request_range, items, revision))
         if kind == "request_put":
             prev = answer["prev"] if op.request_put.prev_kv else None
             return rpc_pb2.ResponseOp(response_put=rpc_pb2.PutResponse(

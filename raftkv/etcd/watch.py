@@ -9,12 +9,15 @@ a watch's "created" always precedes its events. A watch's events are those of on
 response, so a client that resumes from the last revision it saw plus one misses nothing.
 
 Ranges: a single key is a key watch; any other [key, range_end) range watches the longest prefix
-the range's keys share and drops the keys outside it here. Filters (NOPUT, NODELETE) drop events
-here too; a response left with no event is not sent. A watch that asked for fragments gets a large
-revision in parts of at most MAX_FRAGMENT_BYTES, all but the last marked `fragment`. Progress
-notices reach a watch only if it asked (progress_notify); a progress request is answered with the
-revision every watch of the stream has been sent up to (etcd's watch id -1: it concerns all of
-them).
+the range's keys share and drops the keys outside it here. As in etcd, no key is the first key
+("\\0"), a range that holds no key (range_end at or before the key) and an id the stream already
+uses are refused as a refused permission is (below), and the ids the stream picks count up, never
+reused. Filters (NOPUT, NODELETE) drop events here too; a response left with no event is not
+sent. A watch that asked for fragments gets a large revision in parts of at most
+MAX_FRAGMENT_BYTES, all but the last marked `fragment`. Progress notices (every
+PROGRESS_EVERY_S, node/watch.py, busy or idle) reach a watch only if it asked (progress_notify);
+a progress request is answered with the revision every watch of the stream has been sent up to
+(etcd's watch id -1: it concerns all of them).
 
 A watch from a compacted revision, or one the hub cancels (too slow, or its history was
 compacted under it), ends with `canceled` and, if compacted, the compacted revision, from which
@@ -38,7 +41,7 @@ import grpc
 
 from raftkv.byte_text import ESCAPED_BYTES, as_bytes
 from raftkv.etcd.admission import Admission, range_need
-from raftkv.etcd.convert import Bounds, kv_message
+from raftkv.etcd.convert import ALL_FROM, Bounds, kv_message
 from raftkv.etcd.errors import EtcdError
 from raftkv.etcd.identity import Identity
 from raftkv.etcd.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
@@ -51,7 +54,7 @@ __all__ = ["WatchService"]
 
 MAX_QUEUED_RESPONSES = 1024  # per stream; a pump waits while the client reads slowly
 PROGRESS_ID = -1  # a progress answer to a progress request concerns every watch of the stream
-REFUSED_ID = -1  # etcd's InvalidWatchID: the id of a watch refused as it was created
+REFUSED_ID = -1  # etcd's InvalidWatchID: the id of a watch refused as it was created (permission, range, id)
 MAX_FRAGMENT_BYTES = int(1.5 * 1024 * 1024)  # etcd's default --max-request-bytes, which bounds its fragments
 
 
@@ -95,18 +98,20 @@ class _Stream:
                 await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(sent), watch_id=PROGRESS_ID))
 
     async def create(self, create: rpc_pb2.WatchCreateRequest) -> None:
-        watch_id = create.watch_id or self._free_id()
-        if watch_id in self.watches:
-            await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(), watch_id=watch_id, created=True,
-                                                     canceled=True, cancel_reason="watch ID already exists"))
-            return
-        bounds = Bounds(create.key, create.range_end)
+        key = create.key or ALL_FROM  # as etcd: a watch of no key watches the first key, "\0"
+        bounds = Bounds(key, create.range_end)
         try:
             self.admission.require(*range_need(Access.READ, bounds))
         except EtcdError as e:
-            await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(), watch_id=REFUSED_ID, created=True,
-                                                     canceled=True, cancel_reason=e.message))
+            await self._refuse(e.message)
             return
+        if create.range_end not in (b"", ALL_FROM) and key >= create.range_end:
+            await self._refuse("mvcc: watcher range is empty")
+            return
+        if create.watch_id and create.watch_id in self.watches:  # (0 asks for the next free id)
+            await self._refuse("mvcc: duplicate watch ID provided on the WatchStream")
+            return
+        watch_id = create.watch_id or self._next_free_id()
         kv = self.node.kv
         try:
             if bounds.single:
@@ -128,10 +133,18 @@ class _Stream:
         await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(), watch_id=watch_id, created=True))
         watch.pump = asyncio.get_running_loop().create_task(self._pump(watch))
 
-    def _free_id(self) -> int:
+    def _next_free_id(self) -> int:
+        """As etcd: ids count up, never reused by a later watch of the stream (a response still on
+        its way for a cancelled watch must not be taken for the next one's), skipping those taken."""
         while self._next_id in self.watches:
             self._next_id += 1
-        return self._next_id
+        self._next_id += 1
+        return self._next_id - 1
+
+    async def _refuse(self, reason: str) -> None:
+        """etcd's answer to a watch it does not create: created and cancelled at once, under no id."""
+        await self.out.put(rpc_pb2.WatchResponse(header=self.identity.header(), watch_id=REFUSED_ID, created=True,
+                                                 canceled=True, cancel_reason=reason))
 
     async def cancel(self, watch_id: int, reason: str, compact_revision: int = 0) -> None:
         watch = self.watches.pop(watch_id, None)

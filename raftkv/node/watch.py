@@ -170,11 +170,13 @@ class WatchHub:
                 watcher.offer(batch)
 
     def progress(self) -> None:
-        """Tell idle watchers how current they are: nothing they want changed up to now."""
+        """Tell idle watchers how current they are: nothing they want changed up to now. Also when
+        the store has not moved since the last notice: the notice is a client's sign that its
+        watch is alive (etcd's progress_notify is sent every interval)."""
         self.flush()
         now = self.kv.revision
         for watcher in self.watchers:
-            if watcher.queue.empty() and watcher.delivered_to < now:
+            if watcher.queue.empty() and watcher.delivered_to <= now:  # (not one from a future revision)
                 watcher.offer(WatchBatch(now, progress=True))
 
     def restored(self) -> None:
