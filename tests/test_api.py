@@ -590,6 +590,10 @@ BAD_INPUT = [
     ("POST", "/simulate-link", b'{"delay_ms": -1}', {}, 400, "delay_ms"),
     ("POST", "/simulate-link", b'{"delay_ms": 5, "peers": ["n9"]}', {}, 400, "unknown peer"),
     ("POST", "/simulate-link", b'{"delay_ms": 5, "jitter": 1}', {}, 400, "unknown field"),
+    # a body its Content-Encoding does not decode, or in one the API does not decode
+    ("PUT", "/kv/a", b'{"value": 1}', {"Content-Encoding": "gzip"}, 400, "not gzip as its Content-Encoding says"),
+    ("POST", "/leases", b'{"ttl": 5}', {"Content-Encoding": "deflate"}, 400, "not deflate"),
+    ("PUT", "/kv/a", b'{"value": 1}', {"Content-Encoding": "bogus"}, 415, "decodes gzip and deflate bodies only"),
 ]
 
 

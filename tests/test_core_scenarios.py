@@ -146,6 +146,20 @@ def test_split_vote_elects_nobody_and_a_later_term_elects_exactly_one():
     assert all(h.core(n).leader_id == leader for n in h.ids)
 
 
+def test_a_campaign_says_why_it_began():
+    """What a learner reads in the feed: a pre-vote round begins at a timeout, the election after it
+    because the pre-vote was won (not a second timeout), and a transfer's because it was told to."""
+    said: list[str] = []
+    h = Harness(pre_vote=True, listener=lambda e: said.append(e.describe()) if e.kind == "campaign" else None)
+    h.timeout("n1")
+    h.stabilize()
+    assert said == ["n1 timed out in term 0 and asked for pre-votes",
+                    "n1 won its pre-vote in term 1 and asked for votes"]
+    h.act("n1", lambda c: c.transfer_leadership("n2"))
+    h.stabilize()
+    assert said[-1] == "n2 was told to take over (leadership transfer) in term 2 and asked for votes"
+
+
 def test_a_node_with_a_stale_log_cannot_win_an_election():
     """Raft 5.4.1: a voter refuses a candidate whose log is less up-to-date than its own (last
     term, then length), so a server missing committed entries cannot become leader; the

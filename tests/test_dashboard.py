@@ -438,7 +438,7 @@ def test_a_field_a_control_does_not_know_is_refused_and_nothing_is_done(dashboar
     """Every control of the dashboard's API refuses a body field it does not know (400 naming it),
     before it acts: `{"node": "node3"}` to node2's crash crashed node2, `{"factr": 5}` to slow
     motion set its default of 10. A control that takes no body says so. Next and Stop without a
-    tour say there is none."""
+    tour, and Stop without a load, say there is none."""
     heal(dashboard, cluster)
     dashboard.api("POST", "/api/load/stop")  # a load an earlier test started would change the state below
     before = dashboard.api("GET", "/api/state")[1]
@@ -468,6 +468,8 @@ def test_a_field_a_control_does_not_know_is_refused_and_nothing_is_done(dashboar
     assert [n["id"] for n in after["nodes"]] == [n["id"] for n in before["nodes"]]
     assert dashboard.api("POST", "/api/tour/next") == (409, {"error": "no tour is running: start one first"})
     assert dashboard.api("POST", "/api/tour/stop", {}) == (200, {"stopped": False})
+    status, load = dashboard.api("POST", "/api/load/stop", {})
+    assert status == 200 and load["stopped"] is False  # (and the figures of the load before, if one ran)
 
 
 # ------------------------------------------------------------------------------ pure parts ---------
@@ -555,6 +557,9 @@ def test_connection_errors_are_told_in_plain_words() -> None:
     assert plain_error(aiohttp.ServerDisconnectedError()) == "the node closed the connection"
     assert plain_error(TimeoutError()) == "the node did not answer in time"
     assert "ssl" not in plain_error(refused) and "ClientConnectorError" not in plain_error(refused)
+    from raftkv.dashboard.words import unacknowledged_words  # what a load's unanswered writes met, counted
+
+    assert unacknowledged_words({"503": 2, "ClientConnectorError": 73}) == "73 could not connect, 2 answered 503"
 
 
 def test_recorded_messages_are_sampled_per_link_and_type_heartbeats_more_sparsely() -> None:

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from raftkv.core import EVENT_TYPES, Message, TraceEvent
+from raftkv.core import EVENT_TYPES, EntryKind, Message, TraceEvent
 from raftkv.dashboard.schema import EVENT_LABELS, FAMILIES, GLYPHS, MESSAGE_LABELS, schema
 from raftkv.transport import codec
 
@@ -44,6 +44,14 @@ def test_the_page_names_no_message_type_of_its_own() -> None:
     styles = (STATIC / "style.css").read_text()
     assert all(f".m-{family}" in styles for family in FAMILIES)
     json.dumps(schema())  # JSON-able as sent
+
+
+def test_the_log_table_marks_each_kind_of_entry_that_is_not_a_client_write() -> None:
+    """A log cell's class is `kind-` and the entry's kind as the node reports it (log_view.py): the
+    style sheet must name those same kinds, or a configuration entry looks like any write."""
+    css = (STATIC / "style.css").read_text()
+    for kind in (EntryKind.NOOP, EntryKind.CONF_CHANGE):
+        assert f".cell.kind-{kind.name.lower()}" in css, kind
 
 
 def test_term_colours_share_no_colour_with_the_messages_and_are_paler() -> None:

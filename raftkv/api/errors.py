@@ -9,9 +9,10 @@ Handlers never build error responses by hand: they raise `ApiError(status, messa
 method, 413 body over `client_max_size`), into `{"error": "...", "node": <id>, ...}` with this
 status:
 
-    400 malformed input   404 absent / no route   405 wrong method (with Allow)   412 CAS failed
-    413 too large   422 request key reused   503 not done (no leader, refused), Retry-After
-    504 outcome unknown
+    400 malformed input (a body its Content-Encoding does not decode included)   404 absent / no
+    route   405 wrong method (with Allow)   412 CAS failed   413 too large   415 a Content-Encoding
+    other than gzip and deflate   422 request key reused   503 not done (no leader, refused),
+    Retry-After   504 outcome unknown
 
 Anything else is a bug, not bad input: it is logged with its traceback on logger `raftkv.api`
 (with structured `extra` fields) and answered 500 in JSON, so a client never sees an HTML page or
@@ -140,6 +141,9 @@ def error_response(node: Any, request: web.Request, exc: Exception, max_body_byt
         if exc.status < 400:
             raise exc
         err = _from_http_exception(exc, request, max_body_bytes, allowed)
+    elif isinstance(exc, web.RequestPayloadError):  # a body its Content-Encoding does not decode
+        err = ApiError(400, f"body: not {request.headers.get('Content-Encoding', 'as sent')} as its Content-Encoding "
+                            f"says ({exc}); send it so, or uncompressed")
     else:  # a bug: log it, answer JSON, keep serving
         log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.path, exc_info=exc,
                   extra={"event": "api.unhandled", "node": node.id, "method": request.method,

@@ -604,6 +604,7 @@ def _middleware(node: Node, gate: Gate, max_body_bytes: int,
                 response: web.StreamResponse = _preflight(request)
             else:
                 try:
+                    _check_content_encoding(request)
                     if template != "unmatched":
                         await gate.admit(request, template)
                     response = await handler(request)
@@ -625,6 +626,19 @@ def _middleware(node: Node, gate: Gate, max_body_bytes: int,
                 log.exception("record_request failed", extra={"event": "api.metrics_failed"})
 
     return middleware
+
+
+_DECODED_ENCODINGS = frozenset({"gzip", "deflate", "identity"})  # zlib's; br and zstd need libraries not installed
+
+
+def _check_content_encoding(request: web.Request) -> None:
+    """415 for a body in an encoding the node does not decode: ignored, it would be read as JSON
+    and refused for what it is not (or, were it plain text, applied while its client thought it
+    compressed). Brotli and zstd bodies do not get here: aiohttp refuses them as it parses them."""
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None and encoding.strip().lower() not in _DECODED_ENCODINGS:
+        raise ApiError(415, f"Content-Encoding {encoding!r}: the API decodes gzip and deflate bodies only; send the "
+                            "body so, or uncompressed", headers={"Accept-Encoding": "gzip, deflate"})  # RFC 7694
 
 
 def _preflight(request: web.Request) -> web.Response:

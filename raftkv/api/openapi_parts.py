@@ -27,6 +27,8 @@ def e504(what: str) -> dict[str, Any]:
 
 
 E500 = err("A bug in the server (logged); never returned for bad input.")
+E415 = {**err("A body in a Content-Encoding the API does not decode (it decodes gzip and deflate)."),
+        "headers": {"Accept-Encoding": {"schema": {"type": "string"}, "description": "gzip, deflate"}}}
 E503 = {**err("No leader or no quorum (or the leader hint loops): nothing was done. Retry after Retry-After."),
         "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}}
 E504_WRITE = e504("the write may or may not have been applied. Retry with the same Idempotency-Key if it had one "
@@ -35,8 +37,8 @@ E504_WRITE = e504("the write may or may not have been applied. Retry with the sa
 
 def op(summary: str, responses: dict[str, Any], *, parameters: list[dict[str, Any]] | None = None,
        body: dict[str, Any] | None = None, body_required: bool = True, description: str = "") -> dict[str, Any]:
-    """One operation; every operation may answer 500 (a bug, logged)."""
-    operation: dict[str, Any] = {"summary": summary, "responses": {**responses, "500": E500}}
+    """One operation; every operation may answer 415 (a Content-Encoding not decoded) and 500 (a bug, logged)."""
+    operation: dict[str, Any] = {"summary": summary, "responses": {**responses, "415": E415, "500": E500}}
     if description:
         operation["description"] = description
     if parameters:

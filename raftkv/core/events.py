@@ -69,10 +69,12 @@ class CampaignStarted(TraceEvent):
     kind: ClassVar[str] = "campaign"
     pre_vote: bool  # a pre-vote round asks without raising the term: no election yet
     transfer: bool  # started by a leadership transfer (TimeoutNow), not by a timeout
+    after_pre_vote: bool = False  # the election a won pre-vote round leads to (its timeout came before)
 
     def describe(self) -> str:
         asked = "pre-votes" if self.pre_vote else "votes"
-        why = "was told to take over (leadership transfer)" if self.transfer else "timed out"
+        why = ("was told to take over (leadership transfer)" if self.transfer
+               else "won its pre-vote" if self.after_pre_vote else "timed out")
         return f"{self.node} {why} in term {self.term} and asked for {asked}"
 
 

@@ -499,13 +499,14 @@ class RaftCore:
     # ================================================================ elections =================
 
     def _campaign(self, pre_vote: bool, transfer: bool) -> None:
+        after_pre_vote = not pre_vote and self.role is Role.PRE_CANDIDATE
         if pre_vote:
             self._become_pre_candidate()
             vote_term = self.term + 1
         else:
             self._become_candidate()
             vote_term = self.term
-        self._trace(CampaignStarted, pre_vote=pre_vote, transfer=transfer)
+        self._trace(CampaignStarted, pre_vote=pre_vote, transfer=transfer, after_pre_vote=after_pre_vote)
         self.votes[self.id] = True
         if self._tally() is not VoteResult.PENDING:
             return

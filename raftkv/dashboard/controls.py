@@ -99,6 +99,11 @@ class Controls:
         except KeyError:
             raise ControlError(404, f"no node {node_id!r}; nodes are {sorted(self.hub.links)}") from None
 
+    def _named(self, raft_id: Any) -> Any:
+        """A member as the page names it (node4), not by the id it has in the cluster (node4-8ac3...)."""
+        link = self.hub.by_raft_id(raft_id) if isinstance(raft_id, str) else None
+        return raft_id if link is None else link.id
+
     async def force_election(self, node_id: str) -> dict:
         link = self.link(node_id)
         self.hub.action(f"force election on {node_id}", kind="force-election", icon="vote", target=node_id)
@@ -253,8 +258,8 @@ class Controls:
                                          answer_headers=answer_headers)
         ms = round((time.perf_counter() - started) * 1000, 2)
         trace_id = answer_headers.get(TRACE_ID_HEADER)  # a node that traced it names the trace (ratio or asked)
-        served = answer.get("node") if isinstance(answer, dict) else None
-        forwarded = answer.get("forwardedBy") if isinstance(answer, dict) else None
+        served = self._named(answer.get("node")) if isinstance(answer, dict) else None
+        forwarded = self._named(answer.get("forwardedBy")) if isinstance(answer, dict) else None
         rev = answer.get("revision") if isinstance(answer, dict) else None
         shown = f"={_short(req.get('value'))}" if op in ("put", "cas") else ""
         outcome = f"{status}" + (f" revision {rev}" if rev is not None else "")

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from .hub import Hub
+from .words import unacknowledged_words
 
 MAX_WRITERS = 64
 MAX_SECONDS = 120
@@ -60,11 +61,13 @@ class LoadGenerator:
         return {"started": True, "writers": writers, "seconds": seconds}
 
     async def stop(self) -> dict:
-        if self.task is not None and not self.task.done():
+        """The load's final figures, and whether it was running (and is stopped now)."""
+        running = self.task is not None and not self.task.done()
+        if running:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-        return self.last
+        return {**self.last, "stopped": running}
 
     async def _run(self, writers: int, seconds: float) -> None:
         started = time.monotonic()
@@ -139,6 +142,6 @@ class LoadGenerator:
                 report(False)  # the final figures cover the whole run
                 self.hub.action(
                     f"load finished: {totals['ok']} writes acknowledged in {self.last['elapsed']} s"
-                    + (f", errors {totals['errors']}" if totals["errors"] else ""),
+                    + (f"; not acknowledged: {unacknowledged_words(totals['errors'])}" if totals["errors"] else ""),
                     kind="load-done", icon="load",
                 )

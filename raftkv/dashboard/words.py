@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import aiohttp
 
-__all__ = ["plain_error"]
+__all__ = ["plain_error", "unacknowledged_words"]
+
+_UNANSWERED = {"ClientConnectorError": "could not connect", "ServerDisconnectedError": "lost the connection",
+               "TimeoutError": "got no answer in time", "ClientOSError": "lost the connection"}
 
 
 def plain_error(e: BaseException) -> str:
@@ -42,3 +45,11 @@ def plain_error(e: BaseException) -> str:
 def _os_words(e: BaseException) -> str:
     text = getattr(e, "strerror", None) or str(e) or type(e).__name__
     return text[0].lower() + text[1:] if text else text
+
+
+def unacknowledged_words(counts: dict[str, int]) -> str:
+    """Writes that were not acknowledged, by why: {"503": 2, "ClientConnectorError": 73} reads
+    "73 could not connect, 2 answered 503" (an HTTP status, or the error that stood for an answer)."""
+    said = [(n, f"answered {why}" if why.isdigit() else _UNANSWERED.get(why, f"failed ({why})"))
+            for why, n in counts.items()]
+    return ", ".join(f"{n} {words}" for n, words in sorted(said, key=lambda item: -item[0]))

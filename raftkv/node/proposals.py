@@ -249,7 +249,7 @@ class ProposalTracker:
         """504 for what waited past its deadline."""
         expired = [i for i, w in self.placed.items() if w.deadline <= now]
         self._give_up([self.placed.pop(i).answer for i in expired],
-                      f"not applied within {self.timeout_s} s; it may or may not have been applied")
+                      f"not applied within {self.timeout_s} s")  # (the API says what that means for the caller)
         self._give_up_forwards([t for t, b in self.forwarded.items() if b.deadline <= now],
                                "forwarded to the leader, and no answer came in time")
 

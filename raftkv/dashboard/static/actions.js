@@ -7,7 +7,8 @@ import {openButton, traceHere, tracedWrite} from "./traces.js";
 
 // POST (or `method`) `body` to `path`; the outcome goes to `out` (an element, default the
 // "Break it" panel's line). Returns the answer, or null when refused or unreachable.
-export async function api(path, body, {method = "POST", out = "#control-msg"} = {}) {
+// `said`: what to write on success, from the answer (default "done").
+export async function api(path, body, {method = "POST", out = "#control-msg", said = () => "done"} = {}) {
   const msg = typeof out === "string" ? $(out) : out;
   msg.className = "msg";
   msg.textContent = "…";
@@ -19,7 +20,7 @@ export async function api(path, body, {method = "POST", out = "#control-msg"} = 
       msg.textContent = `refused (${r.status}): ${data.error || r.statusText}`;
       return null;
     }
-    msg.textContent = "done";
+    msg.textContent = said(data);
     return data;
   } catch (e) {
     msg.className = "msg bad";
@@ -61,7 +62,8 @@ export function wireControls() {
     api("/api/slowmo", {factor: S.slowmo.factor > 1 ? 1 : 10}, {out: "#control-msg"}));
   $("#load-start").addEventListener("click", () => api("/api/load",
     {writers: Number($("#load-writers").value), seconds: Number($("#load-seconds").value)}, {out: "#load-msg"}));
-  $("#load-stop").addEventListener("click", () => api("/api/load/stop", null, {out: "#load-msg"}));
+  $("#load-stop").addEventListener("click", () => api("/api/load/stop", null,
+    {out: "#load-msg", said: (d) => d.stopped ? "stopped" : "no load was running"}));
   wireKvForm();
 }
 

@@ -107,6 +107,9 @@ function renderButtons(c, n, member) {
   const proc = (S.reach[n.id] || {}).process;
   const q = (op) => c.querySelector(`[data-op="${op}"]`);
   const off = (op, v) => { if (q(op).disabled !== v) q(op).disabled = v; };
+  // Force election and Isolate ask the node itself: a crashed or paused node cannot answer (a paused
+  // one would carry the request out once resumed, long after the page said it failed).
+  const unanswering = Boolean(S.supervisor && proc && (!proc.running || proc.paused));
   if (S.supervisor && proc) {
     off("crash", !proc.running);
     off("pause", !proc.running || proc.paused);
@@ -116,7 +119,8 @@ function renderButtons(c, n, member) {
   if (q("timeout").hidden === lab) q("timeout").hidden = !lab;
   off("timeout", member !== "voter");
   off("promote", member !== "learner");
-  off("force-election", member === "learner");  // a learner never campaigns
+  off("force-election", member === "learner" || unanswering);  // a learner never campaigns
+  off("isolate", unanswering);
   off("remove", member === "removed" || members().length < 2);
   if (member === "removed") for (const b of c.querySelectorAll(".buttons button")) b.disabled = true;
 }

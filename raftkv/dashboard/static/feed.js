@@ -3,6 +3,8 @@
 // Quiet by design: a line that says the same as one shown a moment ago is not repeated, it is
 // folded into that line with a count ("×12") and the time of its latest repeat. An isolated node
 // asks for pre-votes every few tenths of a second; that is one line that counts, not a flood.
+// What a person did (a crash, a restart) folds only into the line just before it: each is a step
+// of a story, and folding it into a later one would move it past what happened in between.
 // The feed is drawn from the recorded history up to the view's time, so a past view has its feed.
 
 import {S, isLive, viewTime} from "./state.js";
@@ -45,7 +47,8 @@ function linesAt(t, max) {
     if (ev.rt > t || !isFeedEvent(ev)) continue;
     const text = feedText(ev);
     const line = byText.get(text);
-    if (line && line.firstRt - ev.rt < FOLD_WINDOW_S) {
+    const foldable = line && (ev.type !== "action" || line === lines[lines.length - 1]);
+    if (foldable && line.firstRt - ev.rt < FOLD_WINDOW_S) {
       line.count++;
       line.firstRt = ev.rt;
       continue;

@@ -87,7 +87,9 @@ function renderRow(row, n, read, first, t, leader) {
   setAttr(row, "data-stale", stale ? "true" : "false");
   const log = read && read.log;
   const progress = leader && leader.id !== n.id ? leader.peers[n.raftId] : null;
-  setText(row.querySelector(".log-label small"), rowWords(n, view, log, read, cond, stale, progress, t));
+  const words = rowWords(n, view, log, read, cond, stale, progress, t);
+  setText(row.querySelector(".log-label small"), words);
+  setAttr(row.querySelector(".log-label"), "title", `${n.id}${words}`);
   const entries = new Map(((log && log.entries) || []).map((e) => [e.index, e]));
   const replaced = recentReplacements(n.id, t);
   row.querySelectorAll(".cell").forEach((c, k) => renderCell(c, first + k, log, entries, replaced, progress, t));
@@ -99,7 +101,8 @@ function rowWords(n, view, log, read, cond, stale, progress, t) {
   const age = isLive() ? `read ${fmtAge(Math.max(0, now() - read.rt))} ago` : `read at ${fmtTime(read.rt)}`;
   const where = progress ? ` · leader's match ${progress.matchIndex}, next ${progress.nextIndex}` : "";
   const down = cond.grey ? ` · ${cond.key}: its last known log` : stale ? " · stale" : "";
-  return `${learner} last ${log.lastIndex} · commit ${log.commitIndex}${where} · ${age}${down}`;
+  const snap = log.snapshotIndex ? ` · snapshot ${log.snapshotIndex}` : "";  // its hatched cells may lie left of the table
+  return `${learner} last ${log.lastIndex} · commit ${log.commitIndex}${snap}${where} · ${age}${down}`;
 }
 
 function recentReplacements(node, t) {

@@ -121,8 +121,15 @@ function start(layer, node, glyph, keyframes, options, dropped) {
   };
 }
 
+// A dropped message bursts where it was lost, half-way along its link. The glyph grows about its own
+// centre: the element around it is placed by a translate, which a scale of its own would multiply,
+// carrying the burst off the link and out of the ring.
 function burst(node) {
   node.classList.add("burst");
-  const pop = node.animate([{opacity: 1, scale: 1}, {opacity: 0, scale: 2.5}], {duration: 500, easing: "ease-out"});
+  const glyph = node.firstElementChild;
+  const centred = "translate(-50%, -50%)";  // as style.css centres every glyph on its point
+  const pop = glyph.animate(
+    [{opacity: 1, transform: `${centred} scale(1)`}, {opacity: 0, transform: `${centred} scale(2.5)`}],
+    {duration: 500, easing: "ease-out", fill: "forwards"});
   pop.onfinish = () => node.remove();
 }

@@ -24,7 +24,14 @@ export function wireTour() {
     S.tour.viewing = null;
     api("/api/tour", {demo: $("#tour-demo").value}, {out: "#tour-msg"});
   });
-  $("#tour-stop").addEventListener("click", () => api("/api/tour/stop", null, {out: "#tour-msg"}));
+  $("#tour-stop").addEventListener("click", () => {
+    if (S.tour.viewing != null) {  // a stopped tour has no earlier step to look back on: back to now
+      S.tour.viewing = null;
+      goLive();
+      renderTour();
+    }
+    api("/api/tour/stop", null, {out: "#tour-msg", said: (d) => d.stopped ? "stopped" : "no tour was running"});
+  });
   $("#tour-next").addEventListener("click", next);
   $("#tour-back").addEventListener("click", back);
 }

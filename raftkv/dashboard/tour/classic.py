@@ -59,11 +59,17 @@ async def partition(t: Tour) -> None:
     await t.show(f"The majority side elected {new_leader} in term {new_term}. {leader}, alone, cannot commit "
                  "anything: without a majority no write is acknowledged (consistency over availability). It noticed "
                  "it lost contact with a majority and stepped down (check-quorum). Next: heal the network.")
+    alone_term = t.role(leader)[1]
     t.doing("healing the network…")
     await t.controls.heal()
     await t.wait("the whole cluster to agree on one leader", lambda: t.leader())
-    await t.show(f"Healed. With pre-vote, {leader} could not disrupt the leader with a higher term when it came "
-                 "back: it asked first whether it could win, was told no, and simply follows.")
+    # What pre-vote did is seen in the term the isolated node kept, whatever it did after the heal
+    # (it may hear the leader before its next timeout and never ask at all).
+    kept = (f"its term stayed {alone_term} while it was alone, below the majority's {new_term}: its timeouts "
+            "only asked for pre-votes, which change no term, and nobody could answer them"
+            if alone_term < new_term else f"its term is {alone_term}")
+    await t.show(f"Healed. {leader} comes back without disrupting the leader: {kept}. So it cannot depose "
+                 f"{new_leader} with a higher term; it follows and catches up.")
 
 
 async def consistency(t: Tour) -> None:

@@ -179,9 +179,10 @@ async def snapshot(t: Tour) -> None:
                  f"log no longer holds entry {behind + 1}, the next one {lagging} needs.")
     written = await _write_until_compacted(t, leader, behind + 1)
     snap = int(t.hub.logs.last(leader)["snapshotIndex"])
-    await t.show(f"After {written} writes {leader} took a snapshot at index {snap} (hatched cells) and its log now "
-                 f"starts at {t.hub.logs.last(leader)['firstIndex']}: entry {behind + 1} is gone. Next: restart "
-                 f"{lagging} and heal the network.")
+    await t.show(f"After {written} writes {leader} took a snapshot at index {snap} (its row says 'snapshot {snap}'; "
+                 "the cells up to it are hatched, where the table reaches back that far) and its log now starts at "
+                 f"{t.hub.logs.last(leader)['firstIndex']}: entry {behind + 1} is gone. Next: restart {lagging} and "
+                 "heal the network.")
     t.doing(f"restarting {lagging}, healing the network…")
     await t.controls.process(lagging, "restart")
     await t.controls.heal()
@@ -193,8 +194,9 @@ async def snapshot(t: Tour) -> None:
                  "machine, and then received the rest as ordinary appends. Next: the snapshot interval goes back.")
     t.doing("restoring the snapshot interval…")
     await t.lab.restore_snapshot_every()
-    await t.show(f"Every node's snapshot interval is back to what it was. {lagging}'s row starts at its snapshot: "
-                 "what came before lives in the snapshot, not in the log.")
+    await t.show(f"Every node's snapshot interval is back to what it was. {lagging}'s log starts after its snapshot "
+                 f"(its row says 'snapshot {installed}' or later): what came before lives in the snapshot, not in the "
+                 "log.")
 
 
 async def _write_until_compacted(t: Tour, leader: str, needed: int) -> int:

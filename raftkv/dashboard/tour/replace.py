@@ -6,6 +6,7 @@ from __future__ import annotations
 from raftkv.node.members import PROMOTE_MAX_LAG_ENTRIES
 
 from ..load import MAX_SECONDS
+from ..words import unacknowledged_words
 from .runner import Tour
 
 REPLACE_WRITERS = 4  # the load that runs through the whole demo
@@ -50,7 +51,8 @@ async def replace(t: Tour) -> None:
     await t.show(f"{new} is a voter now: {len(t.voters())} voters again, so the cluster can lose a machine once more. "
                  "Next: stop the writes and count them.")
     done = await t.load.stop()
-    failed = (f"; not acknowledged: {done['errors']} (a write sent to a dead machine gets no answer)"
+    failed = (f"; not acknowledged: {unacknowledged_words(done['errors'])} (a write sent to a dead machine gets "
+              "no answer)"
               if done["errors"] else "")
     await t.show(f"{done['ok']} writes were acknowledged while the machine was replaced{failed}.")
 

@@ -85,7 +85,9 @@ class Tour:
             return False
         assert self.task is not None
         self.task.cancel()
-        self._emit(f"Tour stopped. {self._caption}", "stopped")
+        # Not the step's caption again: its "Next: ..." would promise what will not happen now.
+        self._emit(f"Tour stopped after step {self.step}. The cluster stays as the tour left it: restart or heal "
+                   "what it broke, or run a tour, which mends what it finds before it starts.", "stopped")
         return True
 
     # ------------------------------------------------------------------ for the scripts ---------
