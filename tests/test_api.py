@@ -590,6 +590,12 @@ BAD_INPUT = [
     ("POST", "/simulate-link", b'{"delay_ms": -1}', {}, 400, "delay_ms"),
     ("POST", "/simulate-link", b'{"delay_ms": 5, "peers": ["n9"]}', {}, 400, "unknown peer"),
     ("POST", "/simulate-link", b'{"delay_ms": 5, "jitter": 1}', {}, 400, "unknown field"),
+    # a path that ends in /history is a key's history, only read (GET could not read such a key back)
+    ("PUT", "/kv/app/history", b'{"value": 1}', {}, 405, "written and read as /kv/app%2Fhistory"),
+    ("DELETE", "/app/history", None, {}, 405, "/app%2Fhistory"),
+    # an Idempotency-Key on a write that is not deduplicated by it (a retry would be done twice)
+    ("POST", "/leases", b'{"ttl": 5}', {"Idempotency-Key": "k5"}, 400, "is not applied at most once by its key"),
+    ("POST", "/compact", b'{"revision": 1}', {"Idempotency-Key": "k6"}, 400, "Idempotency-Key: POST /compact"),
     # a body its Content-Encoding does not decode, or in one the API does not decode
     ("PUT", "/kv/a", b'{"value": 1}', {"Content-Encoding": "gzip"}, 400, "not gzip as its Content-Encoding says"),
     ("POST", "/leases", b'{"ttl": 5}', {"Content-Encoding": "deflate"}, 400, "not deflate"),

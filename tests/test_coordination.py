@@ -63,6 +63,12 @@ def test_history_revision_reads_and_compaction(cluster: LocalCluster) -> None:
     status, gone = http("GET", f"{cluster.url(follower)}/kv/h?revision={revisions[1]}")
     assert status == 410 and gone["compactRevision"] == revisions[2], gone
     assert http("GET", f"{cluster.url(follower)}/kv/h?revision={revisions[2]}")[1]["value"] == 2
+    # .../history names a history for every method: a key ending so is spelt %2Fhistory, read and written
+    for method, path in (("PUT", "/kv/h/history"), ("DELETE", "/kv/h/history"), ("PUT", "/h/history")):
+        status, refused = http(method, url + path, {"value": 1} if method == "PUT" else None)
+        assert status == 405 and "%2Fhistory" in refused["error"], (method, path, refused)
+    assert http("PUT", f"{url}/kv/h%2Fhistory", {"value": "mine"})[0] == 200
+    assert http("GET", f"{url}/kv/h%2Fhistory")[1]["value"] == "mine"
 
 
 def test_a_watch_streams_every_change_and_resumes_from_its_last_event_id(cluster: LocalCluster) -> None:

@@ -30,6 +30,8 @@ def test_cluster_syntax() -> None:
         ("node1", "expected id@host:http_port:raft_port"),
         ("node1@h:3000", "expected id@host:http_port:raft_port"),
         ("node1@h:x:4000", "ports must be numbers"),
+        ("node1@h:99999:4000", r"port 99999 is not a port \(1 to 65535\)"),  # would bind to 34463
+        ("node1@h:3000:0", "port 0 is not a port"),
         ("a@h:1:2,a@h:3:4", "unique"),
     ],
 )

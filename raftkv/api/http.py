@@ -216,6 +216,7 @@ class _Api:
         return asked
 
     async def put_key(self, request: web.Request) -> web.StreamResponse:
+        _refuse_history_write(request)
         key = self.read.key(request)
         check_query(request, set())
         body = await self.read.body(request, required=True)
@@ -224,6 +225,7 @@ class _Api:
         return await self._propose(request, cmd)
 
     async def delete_key(self, request: web.Request) -> web.StreamResponse:
+        _refuse_history_write(request)
         key = self.read.key(request)
         query = check_query(request, {"prev_revision"})
         body = await self.read.body(request, required=False)
@@ -605,6 +607,7 @@ def _middleware(node: Node, gate: Gate, max_body_bytes: int,
             else:
                 try:
                     _check_content_encoding(request)
+                    _check_idempotency_key(request, template)
                     if template != "unmatched":
                         await gate.admit(request, template)
                     response = await handler(request)
@@ -626,6 +629,29 @@ def _middleware(node: Node, gate: Gate, max_body_bytes: int,
                 log.exception("record_request failed", extra={"event": "api.metrics_failed"})
 
     return middleware
+
+
+def _refuse_history_write(request: web.Request) -> None:
+    """A path ending in /history names a key's history (GET reads it), for every method: written to,
+    it would name a key that GET could never read back by the same path."""
+    raw = request.rel_url.raw_path
+    if raw.endswith("/history"):
+        spelt = raw[: -len("/history")] + "%2Fhistory"
+        raise ApiError(405, f"{raw} is a key's history, which is only read; a key that ends in /history is "
+                            f"written and read as {spelt}", headers={"Allow": "GET, HEAD"}, allowed=["GET", "HEAD"])
+
+
+_DEDUPLICATED_ROUTES = frozenset({"/kv/{key}", "/txn", "/{key}"})  # whose writes carry a request_id
+
+
+def _check_idempotency_key(request: web.Request, template: str) -> None:
+    """A write the state machine cannot deduplicate refuses an Idempotency-Key: ignored, a client's
+    retry of it (a lease grant, a compaction) would be done twice while the client counted on once."""
+    if IDEMPOTENCY_HEADER in request.headers and request.method not in ("GET", "HEAD") \
+            and template not in _DEDUPLICATED_ROUTES:
+        raise ApiError(400, f"{IDEMPOTENCY_HEADER}: {request.method} {template} is not applied at most once by its "
+                            "key: only writes to keys (PUT and DELETE /kv/{key}) and POST /txn are; send it without "
+                            "one, and check before retrying")
 
 
 _DECODED_ENCODINGS = frozenset({"gzip", "deflate", "identity"})  # zlib's; br and zstd need libraries not installed

@@ -66,6 +66,10 @@ _PREV_REVISION_Q = {"name": "prev_revision", "in": "query", "schema": {"type": "
                     "description": "Delete only if the key's mod_revision equals this (also accepted in the body)."}
 
 
+_HISTORY_ONLY_READ = ("The path ends in /history: a key's history, which is only read (a key that ends in /history "
+                      "is written as .../%2Fhistory).")
+
+
 def _key_ops(root: bool, limits: dict[str, int]) -> dict[str, Any]:
     """GET/PUT/DELETE on one key; `root` is the seed's /{key} spelling of the same operations."""
     extra: dict[str, Any] = {}
@@ -77,7 +81,8 @@ def _key_ops(root: bool, limits: dict[str, int]) -> dict[str, Any]:
     too_large_key = err(f"The key is longer than {limits['key']} bytes of UTF-8.")
     write_common = {"413": err(f"Key over {limits['key']} bytes, value over {limits['value']} bytes encoded, "
                                 f"or body over {limits['body']} bytes."),
-                    "422": _E422, "503": E503, "504": E504_WRITE}
+                    "422": _E422, "503": E503, "504": E504_WRITE,
+                    "405": err(_HISTORY_ONLY_READ + (f" Or: {extra['405']['description']}" if root else ""))}
     params = [_KEY]
     return {
         "get": op("Read a key (linearizable unless stale=true)", {
@@ -93,7 +98,7 @@ def _key_ops(root: bool, limits: dict[str, int]) -> dict[str, Any]:
                                "/history is written with its slash percent-encoded (%2Fhistory)."),
         "put": op("Write a key (compare-and-set with prev_*)", {
             "200": _done("PutResult", "Committed and applied."),
-            "400": _E400, "412": _E412, **write_common, **extra,
+            "400": _E400, "412": _E412, **extra, **write_common,
             "404": err("The lease given does not exist (it expired or was revoked); nothing was written."
                        + (" Or the key's first segment is a reserved name (use /kv/{key})." if root else ""))},
             parameters=[*params, _IDEMPOTENCY], body=ref("PutRequest"),
@@ -101,7 +106,7 @@ def _key_ops(root: bool, limits: dict[str, int]) -> dict[str, Any]:
                                  "leader over the Raft link and answers once it has applied it too."),
         "delete": op("Delete a key", {
             "200": _done("DeleteResult", "Deleted."),
-            "400": _E400, "404": _E404_KEY, "412": _E412, **write_common, **extra},
+            "400": _E400, "404": _E404_KEY, "412": _E412, **extra, **write_common},
             parameters=[*params, _IDEMPOTENCY, _PREV_REVISION_Q], body=ref("DeleteRequest"), body_required=False,
             description=note + "The body is optional."),
     }

@@ -21,6 +21,8 @@ from raftkv.core import ReadMode
 from raftkv.storage import DEFAULT_SEGMENT_BYTES
 from raftkv.tls import ClientTLS
 
+MAX_PORT = 65535
+
 
 class ConfigError(ValueError):
     pass
@@ -61,10 +63,19 @@ class Member:
         if not ident or not at or len(parts) != 3:
             raise ConfigError(f"member {text!r}: expected id@host:http_port:raft_port")
         host, http_port, raft_port = parts
-        try:
-            return cls(ident, host, int(http_port), int(raft_port))
-        except ValueError:
-            raise ConfigError(f"member {text!r}: ports must be numbers") from None
+        return cls(ident, host, _port(http_port, f"member {text!r}"), _port(raft_port, f"member {text!r}"))
+
+
+def _port(text: str | int, where: str) -> int:
+    """A port from the command line or a file; one out of range is refused here, since not every
+    socket call refuses it (99999 binds to 99999 - 65536)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"{where}: ports must be numbers") from None
+    if not 1 <= port <= MAX_PORT:
+        raise ConfigError(f"{where}: port {port} is not a port (1 to {MAX_PORT})")
+    return port
 
 
 def _bind(listen: str | None, host: str, port: int) -> tuple[str, int]:
@@ -76,7 +87,7 @@ def _bind(listen: str | None, host: str, port: int) -> tuple[str, int]:
         return listen, port
     if not listen_port.isdigit():
         raise ConfigError(f"listen address {listen!r}: expected host or host:port")
-    return listen_host, int(listen_port)
+    return listen_host, _port(listen_port, f"listen address {listen!r}")
 
 
 def parse_cluster(text: str) -> dict[str, Member]:
@@ -247,7 +258,8 @@ def load_toml(path: Path, node_id: str | None = None) -> NodeConfig:
         raise ConfigError(f"{path}: {e}") from None
     try:
         members = {
-            m["id"]: Member(m["id"], m["host"], int(m["http_port"]), int(m["raft_port"])) for m in raw.pop("members")
+            m["id"]: Member(m["id"], m["host"], _port(m["http_port"], f"member {m['id']!r}"),
+                            _port(m["raft_port"], f"member {m['id']!r}")) for m in raw.pop("members")
         }
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{path}: every [[members]] needs id, host, http_port, raft_port ({e})") from None

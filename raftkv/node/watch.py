@@ -30,7 +30,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 
 from raftkv.byte_text import byte_order
-from raftkv.kv import Change, KVStateMachine, Row, key_value_of, kv_to_dict
+from raftkv.kv import Change, CompactedError, KVStateMachine, Row, key_value_of, kv_to_dict
 
 __all__ = ["PROGRESS_EVERY_S", "WatchBatch", "WatchHub", "Watcher"]
 
@@ -119,7 +119,10 @@ class WatchHub:
         now = self.kv.revision
         start = now + 1 if start_revision is None else start_revision
         watcher = Watcher(key, prefix, prev_kv, delivered_to=start - 1)
-        self._replay(watcher, start - 1)
+        try:
+            self._replay(watcher, start - 1)
+        except CompactedError as e:  # said of the first revision the watch asked for, not of the one before it
+            raise CompactedError(start, e.compacted) from None
         watcher.delivered_to = max(watcher.delivered_to, now)
         self.watchers.add(watcher)
         return watcher
