@@ -153,9 +153,17 @@ def lease_show(conn: Connection, lease_id: int) -> None:
 
 # ---------------------------------------------------------------------- locks and elections --------
 
+def _queue_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
+    """A lock's or election's NAME: the prefix of its queue's keys, so never empty (its queue would
+    be keys at the top of the key space, among everyone's)."""
+    if not name:
+        raise click.BadParameter("must not be empty: it names the lock's or election's keys (NAME/...)")
+    return name
+
+
 @click.command(context_settings={"ignore_unknown_options": True})
 @connection_options
-@click.argument("name")
+@click.argument("name", callback=_queue_name)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("--ttl", type=click.IntRange(1, 3600), default=DEFAULT_TTL_S, show_default=True,
               help="The lease's TTL: how long a crashed holder keeps the lock.")
@@ -179,7 +187,7 @@ def lock(conn: Connection, name: str, command: tuple[str, ...], ttl: int) -> Non
 
 @click.command()
 @connection_options
-@click.argument("name")
+@click.argument("name", callback=_queue_name)
 @click.argument("value", required=False)
 @click.option("--listen", is_flag=True, help="Only print who leads NAME, as it changes.")
 @click.option("--ttl", type=click.IntRange(1, 3600), default=DEFAULT_TTL_S, show_default=True,

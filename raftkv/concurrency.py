@@ -120,6 +120,7 @@ class Contender:
     """One place in the queue of NAME, held through `session`."""
 
     def __init__(self, session: Session, name: str, value: Any) -> None:
+        assert name, "a queue's name is the prefix of its keys"
         self.session = session
         self.client = session.client
         self.prefix = name + "/"

@@ -193,6 +193,13 @@ def test_lock_and_elect_say_that_they_wait_for_an_unreachable_cluster() -> None:
             waiting.communicate(timeout=15)
 
 
+def test_lock_and_elect_refuse_an_empty_name() -> None:
+    """NAME is the prefix of the queue's keys: empty, the queue would sit among every key at the top."""
+    for args in (["lock", "", "--", "true"], ["elect", "", "me"]):
+        done = subprocess.run([sys.executable, "-m", "raftkv", *args], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2 and "Invalid value for 'NAME': must not be empty" in done.stderr, done
+
+
 def test_watch_exact_prints_that_key_alone(cluster: LocalCluster) -> None:
     leader_url = cluster.url(cluster.wait_for_leader())
     start = http("PUT", leader_url + "/kv/exact/a", {"value": 1})[1]["revision"]
@@ -212,7 +219,7 @@ def test_watch_from_a_compacted_revision_says_so(cluster: LocalCluster) -> None:
     http("PUT", leader_url + "/kv/old/k", {"value": 2})
     assert http("POST", leader_url + "/compact", {"revision": revision + 1})[0] == 200
     out = raftkv(cluster, "watch", "old/", "--rev", str(revision))
-    assert out.returncode == 1 and "compacted" in out.stderr and "--rev" in out.stderr, out
+    assert out.returncode == 1 and f"revision {revision} is compacted" in out.stderr and "--rev" in out.stderr, out
     assert out.stdout == ""
 
 

@@ -91,7 +91,7 @@ async def test_a_start_below_the_compacted_revision_is_refused() -> None:
     for i in range(5):
         s(Put("k", i))
     s(Compact(4))
-    with pytest.raises(CompactedError, match="^revision 2 is compacted: the compacted revision is 4 ") as refused:
+    with pytest.raises(CompactedError, match=r"^revision 2 is compacted: the compacted revision is 4 ") as refused:
         s.hub.watch(key="k", start_revision=2)  # named as asked for (the history it needs starts there)
     assert (refused.value.revision, refused.value.compacted) == (2, 4)
     assert [b.revision for b in drain(s.hub.watch(key="k", start_revision=5).queue)] == [5]
