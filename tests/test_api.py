@@ -556,6 +556,10 @@ BAD_INPUT = [
     ("DELETE", "/kv/a", b"null", {}, 400, "JSON object"),  # was taken for no body
     ("DELETE", "/kv/a?prev_revision=1", b'{"prev_revision": 1}', {}, 400, "both"),
     ("GET", "/kv?limit=0", None, {}, 400, "limit"),
+    ("GET", "/kv?prefix=a&prefix=b", None, {}, 400, "query parameter 'prefix' given more than once"),
+    ("GET", "/health?x=1", None, {}, 400, "unknown query parameter 'x' (allowed: none)"),
+    ("GET", "/metrics?x=1", None, {}, 400, "unknown query parameter 'x'"),
+    ("GET", "/openapi.json?x=1", None, {}, 400, "unknown query parameter 'x'"),
     ("GET", "/kv?limit=10001", None, {}, 400, "limit"),
     ("GET", "/kv?limit=ten", None, {}, 400, "limit"),
     ("GET", "/kv?prefx=a", None, {}, 400, "unknown query parameter 'prefx'"),

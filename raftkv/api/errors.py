@@ -203,6 +203,9 @@ def check_query(request: web.Request, allowed: set[str]) -> Mapping[str, str]:
     if unknown := query.keys() - allowed:
         names = ", ".join(sorted(allowed)) or "none"
         raise ApiError(400, f"unknown query parameter {sorted(unknown)[0]!r} (allowed: {names})")
+    if len(query) != len(set(query.keys())):  # `?prefix=a&prefix=b` read as one of them would answer another question
+        twice = next(name for name in query if len(query.getall(name)) > 1)
+        raise ApiError(400, f"query parameter {twice!r} given more than once; give it once")
     return query
 
 

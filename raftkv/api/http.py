@@ -432,16 +432,19 @@ class _Api:
                 pass  # the client went away; a partial file is never taken for a whole one (its checksum)
         return response
 
-    async def metrics(self, _request: web.Request) -> web.StreamResponse:
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        check_query(request, set())
         body, content_type = self.node.metrics_text()
         # Passed as a header: web.Response(content_type=...) rejects Prometheus' "; version=..." params.
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    async def health(self, _request: web.Request) -> web.StreamResponse:
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        check_query(request, set())
         health = dict(self.node.health())
         return json_response(self.node.id, health, 200 if health.get("hasLeader") else 503)
 
-    async def openapi(self, _request: web.Request) -> web.StreamResponse:
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        check_query(request, set())
         # Served as is: a "node" field is not allowed at the root of an OpenAPI document.
         return web.json_response(self.doc)
 

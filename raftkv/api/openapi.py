@@ -26,6 +26,7 @@ _BINARY = "application/octet-stream"
 
 
 _E400 = err("Malformed input: invalid JSON, wrong field types, unknown fields, empty key, bad query parameter.")
+_E400_QUERY = err("A query parameter: this route takes none.")
 _E404_KEY = err("The key does not exist.")
 _E412 = answer(ref("PreconditionFailed"), "A compare-and-set precondition did not hold; nothing was written.")
 _E403_LAB = err("Fault injection is off on this node (start it with --enable-fault-injection); nothing was done.")
@@ -322,11 +323,13 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "413": err(f"Body over {max_body_bytes} bytes.")}, body=ref("LinkRequest"))},
         "/metrics": {"get": op("Prometheus metrics", {"200": {
             "description": "Prometheus text exposition format.",
-            "content": {"text/plain": {"schema": {"type": "string"}}}}})},
+            "content": {"text/plain": {"schema": {"type": "string"}}}}, "400": _E400_QUERY})},
         "/health": {"get": op("Liveness and whether a leader is known", {
             "200": answer(ref("Health"), "Alive and a leader is known: status \"ok\"."),
-            "503": answer(ref("Health"), "Alive, but no leader is known: status \"unavailable\" and the reason.")})},
-        "/openapi.json": {"get": op("This document", {"200": answer({"type": "object"}, "OpenAPI 3.1.")})},
+            "503": answer(ref("Health"), "Alive, but no leader is known: status \"unavailable\" and the reason."),
+            "400": _E400_QUERY})},
+        "/openapi.json": {"get": op("This document", {"200": answer({"type": "object"}, "OpenAPI 3.1."),
+                                                       "400": _E400_QUERY})},
         "/compact": {"post": op("Forget key history at or below a revision", {
             "200": answer({"type": "object", "required": ["compacted", "revision"], "properties": {
                 "compacted": {"type": "integer"}, "dropped": {"type": "integer"}, "revision": {"type": "integer"},
