@@ -672,6 +672,8 @@ async def test_chunked_body_over_the_limit_is_413_json(api: tuple[FakeNode, Test
         ("PUT", "/metrics", "GET, HEAD"),
         ("PATCH", "/kv/a", "DELETE, GET, HEAD, PUT"),
         ("POST", "/some-key", "DELETE, GET, HEAD, PUT"),
+        ("PUT", "/members/node3", "DELETE, PATCH"),  # a route with a parameter, not a key under a reserved name
+        ("GET", "/members/node3/promote", "POST"),
     ],
 )
 async def test_wrong_method_is_405_json_with_allow(
@@ -692,6 +694,8 @@ async def test_reserved_names_are_not_root_keys(api: tuple[FakeNode, TestClient]
     assert status == 200 and node.kv.get("health").value == 1
     status, body, _ = await call(client, "GET", "/")
     assert status == 404 and "openapi" in body["error"]
+    status, body, _ = await call(client, "POST", "/members/node3/frob", {})  # no route: not a 405 for a key's methods
+    assert status == 404 and body["error"] == "no route /members/node3/frob; see /openapi.json"
 
 
 # ---- node failures -------------------------------------------------------------------------------

@@ -114,8 +114,12 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request, max_body_
     headers: dict[str, str] = {}
     if exc.status == 405:
         # The router's Allow set includes the root-key catch-all's methods for reserved paths
-        # (POST /raft-state "could" be GET/PUT/DELETE /{key}); use the real route's methods.
-        methods = allowed(request.path) or set(getattr(exc, "allowed_methods", ()))
+        # (POST /raft-state "could" be GET/PUT/DELETE /{key}); use the real route's methods. A
+        # path no route has but the catch-all (POST /v3/frob) is no route: each method it listed
+        # would answer that the path is under a reserved name.
+        methods = allowed(request.path)
+        if methods is None:
+            return ApiError(404, f"no route {request.path}; see /openapi.json", path=request.path)
         headers["Allow"] = ", ".join(sorted(methods))
         return ApiError(405, f"method {request.method} is not allowed on {request.path}",
                         headers=headers, allowed=sorted(methods))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -165,7 +166,10 @@ def create_app(node: Node, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         if isinstance(resource, web.PlainResource):
             # Each fixed route must be reserved, or PUT /<route> would write a key of that name.
             assert resource.canonical[1:].split("/")[0] in RESERVED_NAMES, resource.canonical
-            api.fixed[resource.canonical] = {route.method for route in resource}
+        matches = _matcher(resource)
+        if resource.canonical == "/{key}":  # the seed's catch-all: the route of paths under no reserved name
+            matches = functools.partial(_unreserved, matches)
+        api.fixed.append((matches, {route.method for route in resource}))
         for route in resource:
             route_need(resource.canonical, route.method)  # raises KeyError for a route auth does not cover
     app[FRONT] = FrontConfig(max_body_bytes, RESERVED_NAMES)  # for a server that serves the key routes itself
@@ -178,14 +182,17 @@ class _Api:
         self.node = node
         self.gate = gate
         self.read = RequestReader(max_body_bytes, max_key_bytes, max_value_bytes)
-        self.fixed: dict[str, set[str]] = {}  # path of each fixed route -> its methods
+        self.fixed: list[tuple[Callable[[str], bool], set[str]]] = []  # each route's paths, and its methods
         self.doc = openapi_document(max_body_bytes=max_body_bytes, max_key_bytes=max_key_bytes,
                                     max_value_bytes=max_value_bytes)
         self.one_snapshot_at_a_time = asyncio.Lock()  # each holds a copy of the whole store in memory
         self.coordination = Coordination(node, self.read, gate)
 
     def fixed_route_methods(self, path: str) -> set[str] | None:
-        return self.fixed.get(path)
+        """The methods of the routes at `path` (/members/{id} as /raft-state; the seed's /{key}
+        only where no reserved name begins the path); None when no route is there."""
+        methods = {method for matches, route_methods in self.fixed if matches(path) for method in route_methods}
+        return methods or None
 
     # ---- keys ------------------------------------------------------------------------------------
 
@@ -525,6 +532,19 @@ def _peers(body: dict[str, Any]) -> list[str] | None:
                               or not all(type(p) is str and p for p in peers)):
         raise ApiError(400, "peers: must be an array of peer ids (non-empty strings), or omitted for all peers")
     return peers
+
+
+def _matcher(resource: web.AbstractResource) -> Callable[[str], bool]:
+    """Whether a path is one of `resource`'s (its fixed path, or its pattern's)."""
+    info = resource.get_info()
+    if "path" in info:
+        return info["path"].__eq__
+    pattern = info["pattern"]
+    return lambda path: pattern.fullmatch(path) is not None
+
+
+def _unreserved(matches: Callable[[str], bool], path: str) -> bool:
+    return matches(path) and path[1:].split("/", 1)[0] not in RESERVED_NAMES
 
 
 class _RootKeys:
