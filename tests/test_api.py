@@ -685,6 +685,26 @@ async def test_wrong_method_is_405_json_with_allow(
     assert node.proposals == [] and len(node.kv) == 0
 
 
+async def test_an_event_stream_whose_client_vanished_ends_quietly() -> None:
+    """A WebSocket of /raft/events whose client is gone (a paused dashboard resumed, a reset) fails
+    its last send and its close: an ordinary end, not an error with a traceback in the log."""
+    import aiohttp
+
+    from raftkv.api.http import _pump_events
+
+    class Gone:
+        async def send_str(self, _text: str) -> None:
+            raise ConnectionResetError("reset by peer")
+
+        async def close(self, **_: Any) -> None:
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+
+    async def events() -> AsyncIterator[dict]:
+        yield {"type": "status"}
+
+    await _pump_events(Gone(), events(), lambda: 0, lambda: None)  # type: ignore[arg-type]
+
+
 async def test_reserved_names_are_not_root_keys(api: tuple[FakeNode, TestClient]) -> None:
     node, client = api
     for path in ("/metrics/x", "/watch/a/b", "/raft/x", "/events", "/dashboard"):

@@ -602,10 +602,11 @@ async def _pump_events(ws: web.WebSocketResponse, events: AsyncIterator[dict[str
     except (ConnectionError, aiohttp.ClientError):
         pass  # the client went away; the handler's receive loop ends too
     finally:
-        if why:
-            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=why[:120].encode())
-        else:
-            await ws.close()
+        with contextlib.suppress(ConnectionError, aiohttp.ClientError):  # a client gone already: nothing to close
+            if why:
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=why[:120].encode())
+            else:
+                await ws.close()
 
 
 def _route_template(request: web.Request) -> str:
