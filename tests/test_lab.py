@@ -300,6 +300,9 @@ def test_up_prints_a_killed_node_and_lab_restarts_it(start_up: Callable[..., Up]
     out = up.lab("stop", "node1")
     assert out.returncode == 0 and "exited: status 0" in out.stdout, out
     up.wait_for_line(r"^node1 exited: status 0$")
+    for action in ("crash", "pause", "stop", "resume"):  # nothing to do to an exited node: said, exit non-zero
+        out = up.lab(action, "node1")
+        assert out.returncode != 0 and "node1 is not " in out.stderr and "nothing was done" in out.stderr, out
     out = up.lab("start", "node1")
     assert out.returncode == 0 and "restarts: 2" in out.stdout, out
     header, row = up.lab("list").stdout.splitlines()

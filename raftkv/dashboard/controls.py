@@ -35,6 +35,7 @@ import aiohttp
 from raftkv.byte_text import canonical
 from raftkv.client import key_path
 from raftkv.node.tracing import TRACE_HEADER, TRACE_ID_HEADER
+from raftkv.supervisor import NodeProcess
 
 from .hub import Hub, NodeLink
 from .words import plain_error
@@ -215,6 +216,8 @@ class Controls:
         link = self.link(node_id)
         if link.id not in sup.nodes:
             raise ControlError(404, f"the supervisor does not run {node_id}")
+        if why := _not_applicable(op, sup.nodes[link.id]):  # said, not answered 200 for nothing done
+            raise ControlError(409, f"{node_id} {why}: nothing to {words}; nothing was done")
         self.hub.action(f"{words} {node_id}", kind=op, icon=icon, target=node_id)
         act = {"crash": sup.kill, "stop": functools.partial(sup.stop, grace_s=STOP_GRACE_S), "start": sup.start,
                "restart": sup.restart, "pause": sup.pause, "resume": sup.resume}[op]
@@ -285,6 +288,20 @@ class Controls:
 
 def error_text(body: Any) -> str:
     return str(body.get("error", body)) if isinstance(body, dict) else str(body)
+
+
+def _not_applicable(op: str, node: NodeProcess) -> str | None:
+    """Why `op` cannot be done to `node`'s process as it is, or None. Restart always can."""
+    paused = node.paused and node.running
+    if op in ("crash", "stop", "pause") and not node.running:
+        return f"is not running ({node.exit_status or 'never started'})"
+    if op == "pause" and paused:
+        return "is paused already"
+    if op == "resume" and not paused:
+        return "is not paused"
+    if op == "start" and node.running:
+        return "is running already"
+    return None
 
 
 def _short(v: Any, limit: int = 40) -> str:
