@@ -35,6 +35,7 @@ from raftkv.dashboard.cli_command import dashboard as dashboard_command
 from raftkv.logs import setup_logging
 from raftkv.node.config import ConfigError, NodeConfig, load_toml
 from raftkv.ports import (
+    DEFAULT_ETCD_PORT,
     OPEN_TO_NETWORK,
     WILDCARD_HOSTS,
     Listener,
@@ -45,7 +46,6 @@ from raftkv.ports import (
 )
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8080"
-DEFAULT_ETCD_PORT = 2379  # etcd's client port, for node1 of `raftkv up`
 PREVIEW_CHARS = 60  # of a deleted value, as `raftkv del` shows it
 LAB_TIMEOUT_S = 30.0  # a graceful stop through the dashboard waits for the node to exit
 LAB_ADD_TIMEOUT_S = 120.0  # a new node joins, catches up (a snapshot, then the log) and is promoted
@@ -314,13 +314,12 @@ def up(nodes: int, host: str, http_port: int, raft_port: int, etcd_port: int | N
         node_args += certs.node_args()
         access = Access(ClientTLS(ca=certs.ca), credentials)
     # The nodes an earlier `up` on this data directory added run again, and the ones it removed do not.
+    # nodeN's etcd port is the Nth whatever was removed since; the nodes added later get theirs from the ledger
+    etcd_ports = dict(zip((m.id for m in members), _etcd_ports(host, etcd_port, len(members)), strict=True))
     supervisor = Supervisor(members, data_dir, node_args, on_event=click.echo,
-                            env=trace_env(local_host, dashboard_port, trace_ratio) if trace else None)
-    founders = [n.member.id for n in supervisor.nodes.values() if n.join_url is None]
-    etcd_ports = _etcd_ports(host, etcd_port, len(founders))
-    etcd_listen = {node_id: f"{host}:{port}" for node_id, port in zip(founders, etcd_ports, strict=True)}
-    for node_id, listen in etcd_listen.items():
-        supervisor.nodes[node_id].extra_args += ["--listen-etcd", listen]
+                            env=trace_env(local_host, dashboard_port, trace_ratio) if trace else None,
+                            etcd_ports=etcd_ports, etcd_host=host)
+    etcd_listen = {n.member.id: f"{host}:{n.etcd_port}" for n in supervisor.nodes.values() if n.etcd_port is not None}
     configs = [NodeConfig(node_id=n.member.id, data_dir=n.data_dir, members={n.member.id: n.member},
                           listen_client=listen_client, listen_etcd=etcd_listen.get(n.member.id))
                for n in supervisor.nodes.values()]
@@ -743,8 +742,9 @@ def lab_add(dashboard: str, name: str | None, learner: bool) -> None:
     answer = _lab_call(dashboard, "POST", "/api/members", {"name": name, "promote": not learner},
                        timeout_s=LAB_ADD_TIMEOUT_S)
     process = answer["process"]
+    etcd = f", etcd API port {process['etcdPort']}" if process.get("etcdPort") else ""
     click.echo(f"{answer['node']} joined as a {answer['role']} (id {answer['id']}): {_process_words(process)}, "
-               f"{process['url']}, data: {process['dataDir']}")
+               f"{process['url']}{etcd}, data: {process['dataDir']}")
 
 
 @lab.command(name="promote")

@@ -26,6 +26,7 @@ import psutil
 
 from raftkv.node.config import NodeConfig
 
+DEFAULT_ETCD_PORT = 2379  # etcd's client port: node1's etcd API in `raftkv up`, nodeN's 2379 + N - 1
 MAX_COMMAND_CHARS = 80
 
 

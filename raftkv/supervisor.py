@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raftkv.node.config import Member
-from raftkv.ports import Listener, PortUnavailableError, check_listeners
+from raftkv.ports import DEFAULT_ETCD_PORT, Listener, PortUnavailableError, check_listeners
 
 EXIT_WATCH_INTERVAL_S = 0.2
 LOG_TAIL_BYTES = 4096
@@ -62,6 +62,7 @@ class NodeProcess:
     exit_reported: bool = False  # this proc's exit has been told to on_event
     extra_args: list[str] = field(default_factory=list)
     join_url: str | None = None  # a node added at run time joins the cluster through this member's URL
+    etcd_port: int | None = None  # where it serves etcd's API (--listen-etcd), on the supervisor's etcd host
     # An admin's token for that join when the cluster has auth on: in the process's environment
     # (RAFTKV_JOIN_TOKEN), where other users of the machine cannot read it as they can a command line.
     join_token: str | None = field(default=None, repr=False)
@@ -97,6 +98,7 @@ class NodeProcess:
             "exitCode": self.proc.returncode if self.proc is not None and not self.running else None,
             "exit": self.exit_status,
             "restarts": self.restarts,
+            "etcdPort": self.etcd_port,
         }
 
 
@@ -223,10 +225,15 @@ class Supervisor:
         node_args: list[str] | None = None,
         on_event: Callable[[str], None] | None = None,
         env: dict[str, str] | None = None,
+        etcd_ports: dict[str, int] | None = None,
+        etcd_host: str | None = None,
     ) -> None:
         """`env`: variables set for every node process, over this process's own (the OTEL_* ones
-        of `raftkv up --trace`)."""
+        of `raftkv up --trace`). `etcd_ports`: the founding members' etcd API ports on `etcd_host`
+        (a node keeps its port, whichever others were removed); with an `etcd_host`, a node added
+        later serves etcd's API too, on the port after the highest in use (kept in the ledger)."""
         self.env = dict(env or {})
+        self.etcd_host = etcd_host
         self.cluster = ",".join(f"{m.id}@{m.host}:{m.http_port}:{m.raft_port}" for m in members)
         self.data_dir = Path(data_dir)
         self.node_args = list(node_args or [])
@@ -236,8 +243,12 @@ class Supervisor:
         self._ledger = Ledger.load(self.data_dir)
         for name in self._ledger.removed:
             self.nodes.pop(name, None)
+        for name, port in (etcd_ports or {}).items():
+            if name in self.nodes:  # (not one removed since)
+                self.nodes[name].etcd_port = port
         for name, joined in self._ledger.joined.items():
             self.nodes[name] = self._joiner(name, joined["httpPort"], joined["raftPort"], joined["join"])
+            self.nodes[name].etcd_port = joined.get("etcdPort") if etcd_host is not None else None
         self._on_event = on_event
         self._report_lock = threading.Lock()  # the watcher and a kill may both see the same exit
         self._nodes_lock = threading.Lock()  # two adds must not pick the same name or ports
@@ -265,8 +276,9 @@ class Supervisor:
     def node_command(self, node: NodeProcess) -> list[str]:
         """The command line of one of this lab's nodes: fault injection on, since a supervised
         cluster is a lab (the dashboard, `raftkv chaos` and the tests break it on purpose)."""
+        etcd = ["--listen-etcd", f"{self.etcd_host}:{node.etcd_port}"] if node.etcd_port is not None else []
         return [sys.executable, "-m", "raftkv", "node", *node.identity_args(self.cluster),
-                "--data-dir", str(node.data_dir), "--enable-fault-injection", *node.extra_args]
+                "--data-dir", str(node.data_dir), "--enable-fault-injection", *node.extra_args, *etcd]
 
     def start_all(self) -> None:
         for node_id in list(self.nodes):
@@ -298,12 +310,15 @@ class Supervisor:
             if extra_args is not None:
                 node.extra_args = list(extra_args)
             node.join_token = join_token
+            node.etcd_port = self._next_etcd_port()
             self.nodes[name] = node
-            self._ledger.joined[name] = {"httpPort": http_port, "raftPort": raft_port, "join": join_url}
+            self._ledger.joined[name] = {"httpPort": http_port, "raftPort": raft_port, "join": join_url,
+                                         **({"etcdPort": node.etcd_port} if node.etcd_port is not None else {})}
             self._ledger.save()
         self.start(name)
         assert node.proc is not None
-        self._report(f"{name} added: joining through {join_url} (pid {node.proc.pid}, {node.member.url}, "
+        etcd = f", etcd API {self.etcd_host}:{node.etcd_port}" if node.etcd_port is not None else ""
+        self._report(f"{name} added: joining through {join_url} (pid {node.proc.pid}, {node.member.url}{etcd}, "
                      f"data: {node.data_dir})")
         return node
 
@@ -356,6 +371,22 @@ class Supervisor:
         except PortUnavailableError:
             http_port, raft_port = free_ports(2)
         return http_port, raft_port
+
+    def _next_etcd_port(self) -> int | None:
+        """A new node's etcd API port: the one after the highest in use when nothing listens there,
+        else one the OS picks; None when this lab serves no etcd API."""
+        if self.etcd_host is None:
+            return None
+        used = {n.etcd_port for n in self.nodes.values() if n.etcd_port is not None}
+        port = max(used, default=DEFAULT_ETCD_PORT - 1) + 1
+        nodes_ports = {p for n in self.nodes.values() for p in (n.member.http_port, n.member.raft_port)}
+        try:
+            if port > 65535 or port in nodes_ports:
+                raise PortUnavailableError("the next port belongs to a node")
+            check_listeners([Listener(self.etcd_host, port, "a new node's etcd API port")])
+        except PortUnavailableError:
+            (port,) = free_ports(1)
+        return port
 
     def kill(self, node_id: str) -> None:
         """kill -9: no chance to flush anything."""

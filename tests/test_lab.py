@@ -28,9 +28,8 @@ import psutil
 import pytest
 from cluster import http
 
-from raftkv.cli import DEFAULT_ETCD_PORT
 from raftkv.node.config import Member
-from raftkv.ports import network_addresses
+from raftkv.ports import DEFAULT_ETCD_PORT, network_addresses
 from raftkv.supervisor import PORT_RANGE_VARIABLE, Supervisor, free_ports, port_is_free
 
 pytestmark = pytest.mark.timeout(120)
@@ -81,17 +80,17 @@ def wait_until(what: str, condition: Callable[[], object], timeout: float = 30.0
 class Up:
     """`raftkv up` in a subprocess, its output collected line by line."""
 
-    def __init__(self, data_dir: Path, nodes: int, host: str = "127.0.0.1", ports: tuple[int, int, int] | None = None,
-                 ) -> None:
+    def __init__(self, data_dir: Path, nodes: int, host: str = "127.0.0.1",
+                 ports: tuple[int, int, int, int] | None = None) -> None:
         # One more consecutive port than the nodes need: a node added at run time takes the next ones.
-        self.http_port, self.raft_port, self.dashboard_port = ports or (
-            free_port_run(nodes + 1), free_port_run(nodes + 1), free_ports(1)[0])
+        # (etcd's default ports too would be free to another worker's `up` checking at the same moment)
+        self.http_port, self.raft_port, self.dashboard_port, self.etcd_port = ports or (
+            free_port_run(nodes + 1), free_port_run(nodes + 1), free_ports(1)[0], free_port_run(nodes + 1))
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.lines: list[str] = []
-        # etcd's default ports too would be free to another worker's `up` checking at the same moment
         self.proc = subprocess.Popen(
             [*RAFTKV, "up", "--nodes", str(nodes), "--host", host, "--http-port", str(self.http_port),
-             "--raft-port", str(self.raft_port), "--etcd-port", str(free_port_run(nodes + 1)),
+             "--raft-port", str(self.raft_port), "--etcd-port", str(self.etcd_port),
              "--dashboard-port", str(self.dashboard_port), "--data-dir", str(data_dir)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -137,7 +136,7 @@ class Up:
 def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
     started: list[Up] = []
 
-    def start(nodes: int = 1, host: str = "127.0.0.1", ports: tuple[int, int, int] | None = None) -> Up:
+    def start(nodes: int = 1, host: str = "127.0.0.1", ports: tuple[int, int, int, int] | None = None) -> Up:
         up = Up(tmp_path / "data", nodes, host, ports)
         started.append(up)
         return up
@@ -342,11 +341,12 @@ def test_lab_adds_a_node_that_joins_and_is_promoted_removes_one_and_the_next_up_
     wait_until("a leader", lambda: (s := get_json(up.node_url("node1") + "/raft-state")) and s["leaderId"])
 
     out = up.lab("add")
-    node4_url = f"http://127.0.0.1:{up.http_port + 3}"  # the next consecutive ports
+    node4_url, node4_etcd = f"http://127.0.0.1:{up.http_port + 3}", up.etcd_port + 3  # the next consecutive ports
     assert out.returncode == 0, out
     assert re.fullmatch(rf"node4 joined as a voter \(id node4-[0-9a-f]{{16}}\): running \(pid \d+\), {node4_url}, "
-                        rf"data: {tmp_path / 'data' / 'node4'}\n", out.stdout), out.stdout
-    up.wait_for_line(rf"^node4 added: joining through http://127\.0\.0\.1:\d+ \(pid \d+, {node4_url}, data: ")
+                        rf"etcd API port {node4_etcd}, data: {tmp_path / 'data' / 'node4'}\n", out.stdout), out.stdout
+    up.wait_for_line(rf"^node4 added: joining through http://127\.0\.0\.1:\d+ \(pid \d+, {node4_url}, "
+                     rf"etcd API 127\.0\.0\.1:{node4_etcd}, data: ")
     members = get_json(up.node_url("node1") + "/members")["members"]
     assert {m["name"]: m["role"] for m in members} == {f"node{i}": "voter" for i in range(1, 5)}
     rows = lab_rows(up)
@@ -362,14 +362,18 @@ def test_lab_adds_a_node_that_joins_and_is_promoted_removes_one_and_the_next_up_
     out = up.lab("remove", "node2")
     assert out.returncode == 1 and "no member 'node2'; members are ['node1', 'node3', 'node4']" in out.stderr, out
 
-    ports = (up.http_port, up.raft_port, up.dashboard_port)
+    ports = (up.http_port, up.raft_port, up.dashboard_port, up.etcd_port)
     assert up.stop() == 0
     again = start_up(nodes=3, ports=ports)
     again.wait_ready()
     assert again.wait_for_line(r"^node4: ").endswith("(joined later)")
+    # each node keeps its etcd port: node3's is not node2's now that node2 is gone, and node4 has one
+    assert again.wait_for_line(r"^node3 etcd API ").endswith(f"127.0.0.1:{up.etcd_port + 2}")
+    assert again.wait_for_line(r"^node4 etcd API ").endswith(f"127.0.0.1:{node4_etcd}")
     assert not any(line.startswith("node2: ") for line in again.lines), again.lines
     wait_until("node4 back and following a leader",
                lambda: (s := get_json(node4_url + "/raft-state")) and s["leaderId"] and s["state"] != "candidate")
+    assert get_json(node4_url + "/raft-state")["etcdURL"] == f"http://127.0.0.1:{node4_etcd}"  # it serves it
     status, body = http("PUT", again.node_url("node3") + "/kv/after-restart", {"value": 1})
     assert status == 200, body
 
