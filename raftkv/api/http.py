@@ -630,9 +630,9 @@ def _middleware(node: Node, gate: Gate, max_body_bytes: int,
                 response: web.StreamResponse = _preflight(request)
             else:
                 try:
-                    _check_content_encoding(request)
-                    _check_idempotency_key(request, template)
-                    if template != "unmatched":
+                    if template != "unmatched":  # (no route, or not this method: aiohttp's 404 or 405 first)
+                        _check_content_encoding(request)
+                        _check_idempotency_key(request, template)
                         await gate.admit(request, template)
                     response = await handler(request)
                 except Exception as exc:

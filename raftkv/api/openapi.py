@@ -27,6 +27,10 @@ _BINARY = "application/octet-stream"
 
 _E400 = err("Malformed input: invalid JSON, wrong field types, unknown fields, empty key, bad query parameter.")
 _E400_QUERY = err("A query parameter: this route takes none.")
+_SSE_EVENT = {"type": "object", "description": "One Server-Sent Event of the stream, by its fields.",
+              "required": ["data"],
+              "properties": {"event": {"enum": ["progress", "cancelled"]}, "id": {"type": "string"},
+                             "data": {"type": "string", "contentMediaType": "application/json"}}}
 _E404_KEY = err("The key does not exist.")
 _E412 = answer(ref("PreconditionFailed"), "A compare-and-set precondition did not hold; nothing was written.")
 _E403_LAB = err("Fault injection is off on this node (start it with --enable-fault-injection); nothing was done.")
@@ -342,7 +346,7 @@ def openapi_document(*, max_body_bytes: int, max_key_bytes: int, max_value_bytes
             "200": {"description": "text/event-stream: one message per revision (id: the revision; data: "
                                    "{revision, events: [{type: put|delete, key, kv?, prev?}]}); event: progress "
                                    "{revision} when idle; event: cancelled {cancelled, resumeRevision} ends it.",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
             "400": _E400, "410": answer(ref("Compacted"), "start_revision is below the compacted revision."),
             "413": err("key or prefix is longer than a key may be.")},
             parameters=[{"name": "key", "in": "query", "schema": {"type": "string"}},

@@ -11,7 +11,6 @@ API; revoking one deletes its keys, so it needs write access to each (admission.
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -97,7 +96,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
             return rpc_pb2.LeaseTimeToLiveResponse(header=self.identity.header(), ID=request.ID, TTL=-1)
         keys = [as_bytes(key) for key in info["keys"]] if request.keys else []
         return rpc_pb2.LeaseTimeToLiveResponse(header=self.identity.header(), ID=request.ID,
-                                               TTL=math.ceil(info["remaining"]), grantedTTL=info["ttl"], keys=keys)
+                                               TTL=int(info["remaining"]),  # etcd's whole seconds left, rounded
+                                               grantedTTL=info["ttl"], keys=keys)  # down: 59 just after a grant of 60
 
     @unary
     async def LeaseLeases(self, request: rpc_pb2.LeaseLeasesRequest,
