@@ -144,6 +144,20 @@ class _Header:
         return rpc_pb2.ResponseHeader(revision=revision or 0)
 
 
+async def test_a_leases_time_to_live_is_its_whole_seconds_left_rounded_down() -> None:
+    """As etcd's: 59 while 59.7 s are left (and -1 for no lease)."""
+    from raftkv.etcd.lease import LeaseService
+
+    class Leader:
+        async def lease_info(self, lease_id: int) -> dict:
+            return {"remaining": 59.7, "ttl": 60, "keys": ["k"]}
+
+    leases = LeaseService(Leader(), _Header(), None, None)  # type: ignore[arg-type]
+    answer = await leases.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=7, keys=True), None)
+    assert (answer.TTL, answer.grantedTTL, list(answer.keys)) == (59, 60, [b"k"])
+    assert (await leases.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=0), None)).TTL == -1
+
+
 def test_member_numbers_are_stable_and_never_zero() -> None:
     assert number_of("node1") == number_of("node1") != number_of("node2")
     assert all(number_of(f"n{i}") > 0 for i in range(1000))
