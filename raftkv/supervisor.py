@@ -317,7 +317,7 @@ class Supervisor:
             self._ledger.save()
         self.start(name)
         assert node.proc is not None
-        etcd = f", etcd API {self.etcd_host}:{node.etcd_port}" if node.etcd_port is not None else ""
+        etcd = f", etcd API port {node.etcd_port}" if node.etcd_port is not None else ""  # (its host may be 0.0.0.0)
         self._report(f"{name} added: joining through {join_url} (pid {node.proc.pid}, {node.member.url}{etcd}, "
                      f"data: {node.data_dir})")
         return node

@@ -346,7 +346,7 @@ def test_lab_adds_a_node_that_joins_and_is_promoted_removes_one_and_the_next_up_
     assert re.fullmatch(rf"node4 joined as a voter \(id node4-[0-9a-f]{{16}}\): running \(pid \d+\), {node4_url}, "
                         rf"etcd API port {node4_etcd}, data: {tmp_path / 'data' / 'node4'}\n", out.stdout), out.stdout
     up.wait_for_line(rf"^node4 added: joining through http://127\.0\.0\.1:\d+ \(pid \d+, {node4_url}, "
-                     rf"etcd API 127\.0\.0\.1:{node4_etcd}, data: ")
+                     rf"etcd API port {node4_etcd}, data: ")
     members = get_json(up.node_url("node1") + "/members")["members"]
     assert {m["name"]: m["role"] for m in members} == {f"node{i}": "voter" for i in range(1, 5)}
     rows = lab_rows(up)

@@ -538,7 +538,8 @@ def _matcher(resource: web.AbstractResource) -> Callable[[str], bool]:
     """Whether a path is one of `resource`'s (its fixed path, or its pattern's)."""
     info = resource.get_info()
     if "path" in info:
-        return info["path"].__eq__
+        fixed = info["path"]
+        return lambda path: path == fixed
     pattern = info["pattern"]
     return lambda path: pattern.fullmatch(path) is not None
 

@@ -18,13 +18,16 @@ async def election(t: Tour) -> None:
     follower = t.followers(leader)[0]
     await t.show(f"{before}Each node is a follower (circle), a candidate (diamond) or the leader (hexagon with a "
                  "crown). A follower's outer ring is its election timer: the leader's heartbeats refill it. "
-                 f"{leader} leads term {term}. Next: we press Force election on {follower}, which then asks for "
-                 "votes in a new, higher term.")
+                 f"{leader} leads term {term}. Next: we press Force election on {follower}. While a leader is alive "
+                 f"the others would refuse {follower} their votes (they heard a leader lately), so the button asks "
+                 f"{leader} to hand over: it sends {follower} TimeoutNow (a diamond on the link), and {follower} "
+                 "asks for votes at once, in a new, higher term.")
     t.doing(f"forcing an election on {follower}…")
     await t.controls.force_election(follower)
     new_leader, new_term = await t.agreed_leader(above_term=term)
     await t.show(f"{new_leader} won term {new_term}: a majority voted for it. Each node votes at most once per term, "
-                 "so there can never be two leaders in one term (the safety panel checks this live).")
+                 "so there can never be two leaders in one term (the safety panel checks this live). An election "
+                 "nobody asked for, started by a follower's timer running out, is the next tour's.")
 
 
 async def failover(t: Tour) -> None:
