@@ -359,34 +359,33 @@ class Supervisor:
                              f"that was, in {self.data_dir / name})")
 
     def _next_ports(self) -> tuple[int, int]:
-        """The client and peer ports after the highest in use, when nothing listens there; else two the OS picks."""
+        """A new node's client and peer ports: the ones after the highest in use (or two the OS picks)."""
         members = [n.member for n in self.nodes.values()]
-        used = {p for m in members for p in (m.http_port, m.raft_port)}
-        http_port, raft_port = max(m.http_port for m in members) + 1, max(m.raft_port for m in members) + 1
-        try:
-            if used & {http_port, raft_port} or raft_port > 65535:
-                raise PortUnavailableError("the next ports belong to a node")
-            check_listeners([Listener(self.host, http_port, "a new node's client port"),
-                             Listener(self.host, raft_port, "a new node's peer port")])
-        except PortUnavailableError:
-            http_port, raft_port = free_ports(2)
+        http_port, raft_port = self._ports_after([
+            Listener(self.host, max(m.http_port for m in members) + 1, "a new node's client port"),
+            Listener(self.host, max(m.raft_port for m in members) + 1, "a new node's peer port")])
         return http_port, raft_port
 
     def _next_etcd_port(self) -> int | None:
-        """A new node's etcd API port: the one after the highest in use when nothing listens there,
-        else one the OS picks; None when this lab serves no etcd API."""
+        """A new node's etcd API port: the one after the highest in use (or one the OS picks); None
+        when this lab serves no etcd API."""
         if self.etcd_host is None:
             return None
-        used = {n.etcd_port for n in self.nodes.values() if n.etcd_port is not None}
-        port = max(used, default=DEFAULT_ETCD_PORT - 1) + 1
-        nodes_ports = {p for n in self.nodes.values() for p in (n.member.http_port, n.member.raft_port)}
-        try:
-            if port > 65535 or port in nodes_ports:
-                raise PortUnavailableError("the next port belongs to a node")
-            check_listeners([Listener(self.etcd_host, port, "a new node's etcd API port")])
-        except PortUnavailableError:
-            (port,) = free_ports(1)
+        in_use = [n.etcd_port for n in self.nodes.values() if n.etcd_port is not None]
+        highest = max(in_use, default=DEFAULT_ETCD_PORT - 1)
+        (port,) = self._ports_after([Listener(self.etcd_host, highest + 1, "a new node's etcd API port")])
         return port
+
+    def _ports_after(self, wanted: list[Listener]) -> list[int]:
+        """The `wanted` ports when no node has them and nothing listens there; else as many the OS picks."""
+        taken = {p for n in self.nodes.values() for p in (n.member.http_port, n.member.raft_port, n.etcd_port)}
+        try:
+            if any(w.port in taken or w.port > 65535 for w in wanted):
+                raise PortUnavailableError("the next ports belong to a node")
+            check_listeners(wanted)
+        except PortUnavailableError:
+            return free_ports(len(wanted))
+        return [w.port for w in wanted]
 
     def kill(self, node_id: str) -> None:
         """kill -9: no chance to flush anything."""

@@ -52,7 +52,7 @@ from raftkv.api.errors import (
     query_flag,
     query_integer,
 )
-from raftkv.api.front import FRONT, FrontConfig
+from raftkv.api.front import FRONT, FrontConfig, FrontRequest
 from raftkv.api.node import Node
 from raftkv.api.openapi import openapi_document
 from raftkv.api.requests import RequestReader, path_key
@@ -672,8 +672,9 @@ _DEDUPLICATED_ROUTES = frozenset({"/kv/{key}", "/txn", "/{key}"})  # whose write
 def _check_idempotency_key(request: web.Request, template: str) -> None:
     """A write the state machine cannot deduplicate refuses an Idempotency-Key: ignored, a client's
     retry of it (a lease grant, a compaction) would be done twice while the client counted on once."""
-    if IDEMPOTENCY_HEADER in request.headers and request.method not in ("GET", "HEAD") \
-            and template not in _DEDUPLICATED_ROUTES:
+    # (the route first: the front's requests, all on deduplicated routes, decode their headers only when read)
+    if template not in _DEDUPLICATED_ROUTES and request.method not in ("GET", "HEAD") \
+            and IDEMPOTENCY_HEADER in request.headers:
         raise ApiError(400, f"{IDEMPOTENCY_HEADER}: {request.method} {template} is not applied at most once by its "
                             "key: only writes to keys (PUT and DELETE /kv/{key}) and POST /txn are; send it without "
                             "one, and check before retrying")
@@ -686,6 +687,8 @@ def _check_content_encoding(request: web.Request) -> None:
     """415 for a body in an encoding the node does not decode: ignored, it would be read as JSON
     and refused for what it is not (or, were it plain text, applied while its client thought it
     compressed). Brotli and zstd bodies do not get here: aiohttp refuses them as it parses them."""
+    if isinstance(request, FrontRequest):  # the front takes none with a Content-Encoding (front.py), and
+        return  # decodes a request's headers only when they are read: 4 us of a 26 us key read
     encoding = request.headers.get("Content-Encoding")
     if encoding is not None and encoding.strip().lower() not in _DECODED_ENCODINGS:
         raise ApiError(415, f"Content-Encoding {encoding!r}: the API decodes gzip and deflate bodies only; send the "
