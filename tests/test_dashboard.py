@@ -224,8 +224,13 @@ def test_load_pause_scrub_and_export(page: Any, dashboard: Dashboard) -> None:
     assert page.locator("#pause").get_attribute("aria-pressed") == "true"
     page.locator("#scrub").fill("500")
     assert "viewing" in page.locator("#view-at").inner_text()
+    # a card shows its node as it was: its buttons, which would act on the node as it is, are off
+    wait_until("every card's buttons off in the past", lambda: page.locator(
+        "[data-node] .buttons button:not([disabled])").count() == 0, 5)
     page.click("#live")
     assert page.locator("#view-at").inner_text() == "live"
+    wait_until("the crash buttons back", lambda: page.locator(
+        '[data-node] button[data-op="crash"]:not([disabled])').count() >= 1, 5)
     status, text = dashboard.api("GET", "/api/trace.ndjson")
     assert status == 200
     events = [json.loads(line) for line in text.splitlines() if line]

@@ -122,7 +122,8 @@ function renderButtons(c, n, member) {
   off("force-election", member === "learner" || unanswering);  // a learner never campaigns
   off("isolate", unanswering);
   off("remove", member === "removed" || members().length < 2);
-  if (member === "removed") for (const b of c.querySelectorAll(".buttons button")) b.disabled = true;
+  // A past view shows the node as it was; its buttons would act on it as it is now: none while looking back.
+  if (member === "removed" || !isLive()) for (const b of c.querySelectorAll(".buttons button")) b.disabled = true;
 }
 
 function renderKv(c, node, kv) {
