@@ -104,6 +104,8 @@ def test_an_election_stepped_message_by_message_shows_each_role_change_in_order(
     wait_until(f"{voter} in term {term + 1}", lambda: roles(page)[voter] == ("follower", term + 1), 10)
     seen.append(roles(page))
     assert seen[-1][candidate] == ("candidate", term + 1), "the vote is held: no leader yet"
+    own = page.locator(f'[data-ring-node="{candidate}"] .vote-badges text').first  # who voted, then how
+    assert own.text_content().startswith(f"{candidate.replace('node', 'n')}✓"), own.text_content()
     shot(page, "lab-election.png")
 
     deliver(page, voter, candidate, "VoteResponse")

@@ -158,7 +158,11 @@ function renderVotes(vb, s, role) {
   vb.dataset.sig = sig;
   vb.replaceChildren(...votes.map(([voter, granted], k) => {
     const tx = svg("text", {x: -RING.nodeR + k * 26, y: RING.nodeR + 26, class: granted ? "vote yes" : "vote no"});
-    tx.textContent = `${granted ? "✓" : "✗"}${nameOf(voter).replace(/^node/, "")}`;
+    // who answered, then how ("n2✓"): a bare "✓2" read as a count of votes
+    tx.textContent = `${nameOf(voter).replace(/^node/, "n")}${granted ? "✓" : "✗"}`;
+    const title = svg("title", {});
+    title.textContent = `${nameOf(voter)} ${granted ? "granted" : "refused"} its vote`;
+    tx.append(title);
     return tx;
   }));
 }
