@@ -164,7 +164,9 @@ def test_a_node_with_a_stale_log_cannot_win_an_election():
     """Raft 5.4.1: a voter refuses a candidate whose log is less up-to-date than its own (last
     term, then length), so a server missing committed entries cannot become leader; the
     up-to-date server wins instead."""
-    h = Harness(pre_vote=False)
+    refusals: list[str] = []
+    h = Harness(pre_vote=False, listener=lambda e: refusals.append(e.describe())
+                if e.kind == "vote" and not e.granted else None)
     h.elect("n1")
     h.isolate("n3")
     h.propose("n1", "a", "b", "c")
@@ -179,6 +181,8 @@ def test_a_node_with_a_stale_log_cannot_win_an_election():
     h.stabilize()
     assert h.leaders() == []  # n2 refused: its log [1,1,1,1] beats n3's [1]
     assert h.core("n2").voted_for is None
+    assert refusals == ["n2 refused its vote to n3 for term 2 (its log is more up to date: it ends at term 1, "
+                        "index 4; the candidate's at term 1, index 1)"]  # the feed says which rule refused it
 
     h.timeout("n2")
     h.stabilize()

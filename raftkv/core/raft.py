@@ -537,8 +537,9 @@ class RaftCore:
         return result
 
     def _handle_vote_request(self, m: VoteRequest) -> None:
-        granted = self._can_vote(m) and self.log.is_up_to_date(m.last_log_index, m.last_log_term)
-        self._trace_vote(m, granted=granted, reason="" if granted else "log or vote not available")
+        may_vote = self._can_vote(m)
+        granted = may_vote and self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+        self._trace_vote(m, granted=granted, reason="" if granted or not self._listener else self._refusal(m, may_vote))
         if granted:
             self._send(VoteResponse(src=self.id, dst=m.src, term=m.term, granted=True, pre_vote=m.pre_vote))
             if not m.pre_vote:
@@ -546,6 +547,16 @@ class RaftCore:
                 self.voted_for = m.src
         else:
             self._send(VoteResponse(src=self.id, dst=m.src, term=self.term, granted=False, pre_vote=m.pre_vote))
+
+    def _refusal(self, m: VoteRequest, may_vote: bool) -> str:
+        """Why this node refuses `m`, in the words a learner reads in the feed."""
+        if not may_vote:
+            if self.voted_for is not None:
+                return f"it voted for {self.voted_for} in term {self.term}"
+            return f"it follows {self.leader_id}, the leader of term {self.term}"
+        last_term, last_index = self.log.last_term(), self.log.last_index()
+        return (f"its log is more up to date: it ends at term {last_term}, index {last_index}; the candidate's at "
+                f"term {m.last_log_term}, index {m.last_log_index}")
 
     def _can_vote(self, m: VoteRequest) -> bool:
         """One vote per term: repeat it for the same candidate, refuse everyone else."""
