@@ -243,8 +243,11 @@ def test_wrong_passwords_unknown_users_and_missing_ones_get_etcds_messages(auth_
 def test_only_an_administrator_manages_users_and_the_cluster(auth_on: Etcd) -> None:
     etcd = auth_on
     for args in (["user", "list"], ["role", "add", "x"], ["user", "add", "eve:pw"], ["auth", "disable"],
-                 ["compaction", "1"], ["endpoint", "hashkv"], ["snapshot", "save", "/dev/null"]):
+                 ["compaction", "1"], ["endpoint", "hashkv"], ["snapshot", "save", "/dev/null"],
+                 ["user", "get", "root"], ["role", "get", "root"]):
         assert DENIED in etcd.refused(*args, user="alice", endpoint="node1"), args
+    assert etcd.ok("user", "get", "alice", user="alice") == "User: alice\nRoles: app\n"  # as etcd: oneself,
+    assert "[app/, app0) (prefix app/)" in etcd.ok("role", "get", "app", user="alice")  # and one's own roles
     assert len(etcd.ok("member", "list").splitlines()) == 3  # anyone may list members (as GET /members),
     assert DENIED in etcd.refused("member", "remove", "1", user="alice")  # an admin changes them
     assert "etcdserver: user name is empty" in etcd.refused("endpoint", "status")

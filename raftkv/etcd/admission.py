@@ -73,8 +73,9 @@ RPC_NEEDS: dict[str, Need] = {
     "Maintenance.MoveLeader": _A, "Maintenance.Downgrade": _A,
     "Auth.Authenticate": _O, "Auth.AuthStatus": _O,  # logging in; whether auth is on (raftkv's /auth/status)
     "Auth.UserChangePassword": _U,  # one's own; another's needs admin (checked as the change is proposed)
-    **{f"Auth.{name}": _A for name in ("AuthEnable", "AuthDisable", "UserAdd", "UserGet", "UserList", "UserDelete",
-                                       "UserGrantRole", "UserRevokeRole", "RoleAdd", "RoleGet", "RoleList",
+    "Auth.UserGet": _U, "Auth.RoleGet": _U,  # as etcd: oneself and one's own roles; others need admin (handler)
+    **{f"Auth.{name}": _A for name in ("AuthEnable", "AuthDisable", "UserAdd", "UserList", "UserDelete",
+                                       "UserGrantRole", "UserRevokeRole", "RoleAdd", "RoleList",
                                        "RoleDelete", "RoleGrantPermission", "RoleRevokePermission")},
 }
 _SERVICES = ("KV", "Watch", "Lease", "Cluster", "Maintenance", "Auth")

@@ -138,6 +138,9 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
     @unary
     async def UserGet(self, request: rpc_pb2.AuthUserGetRequest,
                       context: grpc.aio.ServicerContext) -> rpc_pb2.AuthUserGetResponse:
+        caller = self.admission.caller()
+        if caller is not None and caller != request.name:  # as etcd: a user may look at itself
+            self.admission.require(Access.ADMIN)
         user = self.gate.state.users.get(request.name)
         if user is None:
             raise errors.USER_NOT_FOUND()
@@ -188,6 +191,10 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
     async def RoleGet(self, request: rpc_pb2.AuthRoleGetRequest,
                       context: grpc.aio.ServicerContext) -> rpc_pb2.AuthRoleGetResponse:
         state = self.gate.state
+        caller = self.admission.caller()
+        held = state.users[caller].roles if caller is not None and caller in state.users else ()
+        if caller is not None and request.role not in held:  # as etcd: a user may look at its own roles
+            self.admission.require(Access.ADMIN)
         if request.role not in state.role_names():
             raise errors.ROLE_NOT_FOUND()
         permissions = [Permission(Access(p["access"]), p.get("key", ""), p.get("prefix", False))
