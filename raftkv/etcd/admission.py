@@ -10,9 +10,9 @@ every call is admitted before its handler runs, in the call's own task, the same
 
 1. `RPC_NEEDS` classifies every RPC of etcd's rpc.proto (the server and the gateway assert that
    none is left out): OPEN (Authenticate, AuthStatus, MemberList: raftkv's /auth/status and
-   GET /members are open too), USER (any authenticated user: leases, Status), KEYS (the handler
-   checks the keys it touches), ADMIN (membership changes, maintenance, users and roles,
-   compaction).
+   GET /members are open too), USER (any authenticated user: leases, Status; UserGet and RoleGet,
+   whose handlers ask admin for another user or a role not one's own), KEYS (the handler checks
+   the keys it touches), ADMIN (membership changes, maintenance, users and roles, compaction).
 2. The caller is named by the gRPC metadata `token` (what etcd's clients send once Authenticate
    gave them one) or `authorization` (what etcd's gateway passes on from the Authorization
    header): a token from etcd's Authenticate or from raftkv's `POST /auth/token` (one JWT, bare
