@@ -33,7 +33,7 @@ from raftkv.cli_support import (
 from raftkv.client import ClusterUnreachableError, Credentials, endpoint_url, key_path
 from raftkv.dashboard.cli_command import dashboard as dashboard_command
 from raftkv.logs import setup_logging
-from raftkv.node.config import ConfigError, NodeConfig, load_toml
+from raftkv.node.config import MAX_PORT, ConfigError, NodeConfig, load_toml
 from raftkv.ports import (
     DEFAULT_ETCD_PORT,
     OPEN_TO_NETWORK,
@@ -267,14 +267,14 @@ def _check_can_start(cfg: NodeConfig) -> None:
     show_default=True,
     help="Address the nodes' client APIs and the dashboard listen on; 0.0.0.0 opens them to the network.",
 )
-@click.option("--http-port", type=click.IntRange(1, 65535), default=3000, show_default=True,
+@click.option("--http-port", type=click.IntRange(1, MAX_PORT), default=3000, show_default=True,
               help="First node's client port.")
-@click.option("--raft-port", type=click.IntRange(1, 65535), default=4000, show_default=True,
+@click.option("--raft-port", type=click.IntRange(1, MAX_PORT), default=4000, show_default=True,
               help="First node's peer port.")
-@click.option("--etcd-port", type=click.IntRange(1, 65535), default=None,
+@click.option("--etcd-port", type=click.IntRange(1, MAX_PORT), default=None,
               help=f"First node's etcd API (gRPC) port [default: {DEFAULT_ETCD_PORT}, or ports the system picks "
               "when those are taken].")
-@click.option("--dashboard-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--dashboard-port", type=click.IntRange(1, MAX_PORT), default=8080, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True)
 @click.option("--tls", is_flag=True, help="Serve the nodes' client APIs over HTTPS (and their etcd APIs over TLS), "
               "with mutual TLS between peers, under a throwaway CA made in DATA_DIR/tls/ (clients trust its ca.pem).")

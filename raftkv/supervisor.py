@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raftkv.node.config import Member
+from raftkv.node.config import MAX_PORT, Member
 from raftkv.ports import DEFAULT_ETCD_PORT, Listener, PortUnavailableError, check_listeners
 
 EXIT_WATCH_INTERVAL_S = 0.2
@@ -153,8 +153,8 @@ def port_pick_range() -> tuple[int, int]:
     after a picked one. An empty range (the ephemeral range unknown): the OS picks."""
     if (given := os.environ.get(PORT_RANGE_VARIABLE)) is not None:
         low, _, high = given.partition("-")
-        if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) - _SPARE_ABOVE < 65536):
-            raise ValueError(f"{PORT_RANGE_VARIABLE}={given!r}: expected low-high between 1024 and 65535, "
+        if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) - _SPARE_ABOVE <= MAX_PORT):
+            raise ValueError(f"{PORT_RANGE_VARIABLE}={given!r}: expected low-high between 1024 and {MAX_PORT}, "
                              f"more than {_SPARE_ABOVE} ports wide, e.g. 20000-25000")
         return int(low), int(high) - _SPARE_ABOVE
     try:
@@ -380,7 +380,7 @@ class Supervisor:
         """The `wanted` ports when no node has them and nothing listens there; else as many the OS picks."""
         taken = {p for n in self.nodes.values() for p in (n.member.http_port, n.member.raft_port, n.etcd_port)}
         try:
-            if any(w.port in taken or w.port > 65535 for w in wanted):
+            if any(w.port in taken or w.port > MAX_PORT for w in wanted):
                 raise PortUnavailableError("the next ports belong to a node")
             check_listeners(wanted)
         except PortUnavailableError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from raftkv.cli_support import Connection, connection_options
+from raftkv.node.config import MAX_PORT
 from raftkv.ports import (
     OPEN_TO_NETWORK,
     WILDCARD_HOSTS,
@@ -24,7 +25,7 @@ from raftkv.ports import (
 @click.command(name="dashboard")
 @connection_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the dashboard listens on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(1, MAX_PORT), default=8080, show_default=True)
 def dashboard(conn: Connection, host: str, port: int) -> None:
     """Serve the live dashboard for a running cluster, until Ctrl-C. The connection options are
     how the dashboard reaches the nodes (the page itself is served over plain HTTP). With auth on,
